@@ -1,0 +1,3 @@
+from dsrnet.cli import main
+
+raise SystemExit(main())
