@@ -1,0 +1,682 @@
+"""Datasets of the paper (Section 4.1-4.2: CIFAR-10, CIFAR-100, STL-10) and a GPU-resident augmenting loader.
+
+Where the arrays come from, in this order (:func:`load_split`):
+
+1. the array cache ``DATA_DIR/<name>/{train,test}.npz`` with ``images`` (N,H,W,3) uint8 RGB and ``labels`` (N,)
+   int64 (CIFAR-100 also ``coarse_labels``) -- the format ``shared/data/cifar10/decode.py`` writes;
+2. the official layout inside ``DATA_DIR`` (``cifar-10-batches-py/``, ``cifar-100-python/``, ``stl10_binary/``,
+   also accepted one level down as ``DATA_DIR/<name>/<folder>/``); the array cache is written after the first read;
+3. torchvision's download (``download=True``, i.e. ``--download``), which fetches and md5-checks the official
+   archive into ``DATA_DIR`` and is then read as in 2.
+
+Why the official files are parsed here rather than through ``torchvision.datasets.CIFAR10/100/STL10``: those
+classes refuse any file whose md5 differs from the published one, so they cannot read the small files the test
+suite generates in exactly the official formats, and STL-10's class md5-hashes the 2.7 GB unlabeled split even to
+read the 5,000 training images. The parsers below follow torchvision's readers byte for byte (pickles loaded with
+``encoding="latin1"``; STL-10's column-major ``*_X.bin`` and 1-based ``*_y.bin``), and add what torchvision leaves
+out: shape, dtype, size and label-range checks with one-line errors. torchvision is used for the download, where
+its archive md5 check is exactly what is wanted. The pickles are the official archives' own format; load them only
+from a source you trust, as with torchvision.
+
+:class:`DeviceLoader` keeps a whole split as one uint8 tensor on the training device and augments each batch there
+(random crop of the zero-padded image, horizontal flip, per-channel normalisation -- the paper's "randomly cropped,
+flipped, and normalized", Section 4.2; for STL-10 "zero-padding ... then randomly crop the image to 96*96",
+Section 4.5), so data loading costs a few small kernels per batch and no host work at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dsrnet.errors import DsrnetError
+
+__all__ = [
+    "DATASETS",
+    "ArraySplit",
+    "DatasetInfo",
+    "DeviceLoader",
+    "channel_stats",
+    "crop_flip",
+    "default_data_dir",
+    "load_split",
+    "subset_per_class",
+]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about one dataset. ``pad`` is the zero padding before the random crop: 4 px is the usual CIFAR
+    recipe; the paper does not state STL-10's amount (Section 4.5), 12 px keeps the same 1/8-of-the-side ratio."""
+
+    name: str
+    num_classes: int
+    image_size: int
+    pad: int
+    classes: tuple[str, ...]
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel
+    can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+    dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion
+    lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter
+    palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road
+    rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower
+    sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
+    willow_tree wolf woman worm""".split()  # noqa: SIM905 (a word list reads better than quoted strings)
+)
+CIFAR100_COARSE_CLASSES = tuple(
+    """aquatic_mammals fish flowers food_containers fruit_and_vegetables household_electrical_devices
+    household_furniture insects large_carnivores large_man-made_outdoor_things
+    large_natural_outdoor_scenes large_omnivores_and_herbivores medium_mammals non-insect_invertebrates
+    people reptiles small_mammals trees vehicles_1 vehicles_2""".split()  # noqa: SIM905
+)
+STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo("cifar10", 10, 32, 4, CIFAR10_CLASSES),
+    "cifar100": DatasetInfo("cifar100", 100, 32, 4, CIFAR100_CLASSES),
+    "stl10": DatasetInfo("stl10", 10, 96, 12, STL10_CLASSES),
+}
+
+# Folder each official archive unpacks to, and the torchvision class that downloads it.
+_OFFICIAL_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+_TV_CLASS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "stl10": "STL10"}
+_STL_PIXELS = 3 * 96 * 96
+
+
+@dataclass
+class ArraySplit:
+    """One split in memory: ``images`` (N,H,W,3) uint8 RGB, ``labels`` (N,) int64 (-1 for STL-10's unlabeled
+    split), ``classes`` the class names; CIFAR-100 also carries its 20-way ``coarse_labels``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    coarse_labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices: np.ndarray) -> ArraySplit:
+        """The images at ``indices``, in that order (e.g. the output of :func:`subset_per_class`)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        coarse = None if self.coarse_labels is None else self.coarse_labels[indices]
+        return ArraySplit(
+            np.ascontiguousarray(self.images[indices]), self.labels[indices], self.classes, coarse
+        )
+
+    def subset_per_class(self, n: int, seed: int = 0) -> ArraySplit:
+        """``n`` images per class, chosen by :func:`subset_per_class`."""
+        return self.take(subset_per_class(self.labels, n, seed))
+
+
+def default_data_dir() -> Path:
+    """``$DSRNET_DATA`` if set, else the per-user cache folder ``${XDG_CACHE_HOME:-~/.cache}/dsrnet/data``."""
+    env = os.environ.get("DSRNET_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "dsrnet" / "data"
+
+
+def _info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DsrnetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# ----------------------------------------------------------------------------------------------------- loading
+
+
+def load_split(
+    name: str, split: str, data_dir: str | os.PathLike | None = None, *, download: bool = False
+) -> ArraySplit:
+    """Load one split (``"train"`` or ``"test"``; STL-10 also ``"unlabeled"``) as arrays, validated.
+
+    Sources in order: the array cache, the official layout (then the cache is written, atomically), torchvision's
+    download if ``download``. STL-10's 100k unlabeled split is not cached: it comes back memory-mapped from
+    ``unlabeled_X.bin`` (a lazy (N,96,96,3) view, 2.7 GB if materialised), so it costs nothing until indexed.
+    Anything missing, truncated or malformed raises :class:`DsrnetError` with one line saying what and how to fix.
+    """
+    info = _info(name)
+    splits = ("train", "test", "unlabeled") if name == "stl10" else ("train", "test")
+    if split not in splits:
+        raise DsrnetError(f"unknown split {split!r} for {name}: choose one of {', '.join(splits)}")
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    cache = root / name / f"{split}.npz"
+    if cache.is_file():
+        return _read_cache(cache, info, split)
+    folder = _find_official(root, info)
+    if folder is None and download:
+        _download(root, info)
+        folder = _find_official(root, info)
+    if folder is None:
+        raise DsrnetError(_missing_message(root, info, split, download))
+    data = _read_official(folder, info, split)
+    if split != "unlabeled":
+        _write_cache(cache, data)
+    return data
+
+
+def _missing_message(root: Path, info: DatasetInfo, split: str, download: bool) -> str:
+    folder = _OFFICIAL_FOLDER[info.name]
+    s = info.image_size
+    extra = " and CIFAR-100 optionally coarse_labels (N,) int64" if info.name == "cifar100" else ""
+    how = (
+        "the download left no usable files there"
+        if download
+        else "rerun with --download (needs network access)"
+    )
+    return (
+        f"dataset {info.name} ({split} split) not found: searched {root / info.name / split}.npz (array cache) and "
+        f"{root / folder}/, {root / info.name / folder}/ (official layout); fix: {how}, or unpack the official "
+        f"archive so that {root / folder}/ exists, or write {root / info.name}/train.npz and test.npz holding "
+        f"images (N,{s},{s},3) uint8 RGB and labels (N,) int64{extra}; choose the folder with --data-dir or "
+        f"$DSRNET_DATA"
+    )
+
+
+def _find_official(root: Path, info: DatasetInfo) -> Path | None:
+    folder = _OFFICIAL_FOLDER[info.name]
+    for cand in (root / folder, root / info.name / folder):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def _download(root: Path, info: DatasetInfo) -> None:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, _TV_CLASS[info.name])
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # The smallest split keeps the post-download in-memory load cheap; the archive holds every split.
+        if info.name == "stl10":
+            cls(str(root), split="test", download=True)
+        else:
+            cls(str(root), train=False, download=True)
+    # Network failures surface as URLError, OSError or RuntimeError depending on where they hit.
+    except Exception as err:
+        raise DsrnetError(
+            f"download of {info.name} into {root} failed ({type(err).__name__}: {err}); fix: check the network, "
+            f"or fetch the official archive yourself and unpack it into {root}"
+        ) from err
+
+
+def _read_cache(path: Path, info: DatasetInfo, split: str) -> ArraySplit:
+    fix = f"delete {path} to rebuild it from the official files, or write it again"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            missing = {"images", "labels"} - keys
+            if missing:
+                raise DsrnetError(f"{path} lacks the array(s) {', '.join(sorted(missing))}; fix: {fix}")
+            images, labels = z["images"], z["labels"]
+            coarse = z["coarse_labels"] if "coarse_labels" in keys else None
+    except DsrnetError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise DsrnetError(
+            f"{path} is unreadable or truncated ({type(err).__name__}: {err}); fix: {fix}"
+        ) from err
+    return _validated(info, split, images, labels, info.classes, coarse, str(path), fix)
+
+
+def _validated(
+    info: DatasetInfo,
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    coarse: np.ndarray | None,
+    where: str,
+    fix: str,
+) -> ArraySplit:
+    """Shapes, dtypes, sizes and label ranges, or one error line naming ``where`` and ``fix``."""
+    s = info.image_size
+    if images.dtype != np.uint8:
+        raise DsrnetError(
+            f"{where}: images have dtype {images.dtype}, expected uint8 (0-255 RGB); fix: {fix}"
+        )
+    if images.ndim != 4 or images.shape[1:] != (s, s, 3):
+        raise DsrnetError(
+            f"{where}: images have shape {images.shape}, expected (N, {s}, {s}, 3) for {info.name} "
+            f"(height, width, RGB last); fix: {fix}"
+        )
+    if len(images) == 0:
+        raise DsrnetError(f"{where}: the {split} split holds no images; fix: {fix}")
+    labels = _checked_labels(
+        labels, len(images), -1 if split == "unlabeled" else info.num_classes, where, fix
+    )
+    if coarse is not None:
+        coarse = _checked_labels(
+            coarse, len(images), len(CIFAR100_COARSE_CLASSES), where + " (coarse_labels)", fix
+        )
+    return ArraySplit(images, labels, tuple(classes), coarse)
+
+
+def _checked_labels(labels: np.ndarray, n: int, num_classes: int, where: str, fix: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or labels.size == 0):
+        raise DsrnetError(
+            f"{where}: labels have shape {labels.shape} and dtype {labels.dtype}, expected (N,) integers; fix: {fix}"
+        )
+    if len(labels) != n:
+        raise DsrnetError(
+            f"{where}: {n} images but {len(labels)} labels, expected one label per image; fix: {fix}"
+        )
+    labels = labels.astype(np.int64, copy=False)
+    if num_classes < 0:  # unlabeled
+        return labels
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DsrnetError(f"{where}: labels span {lo}..{hi}, expected 0..{num_classes - 1}; fix: {fix}")
+    return labels
+
+
+def _write_cache(path: Path, data: ArraySplit) -> None:
+    """Write the array cache atomically (temp file + ``os.replace``), so a crash never leaves half a file; a
+    read-only data dir only costs the speed-up, hence a warning, not an error."""
+    arrays = {"images": data.images, "labels": data.labels}
+    if data.coarse_labels is not None:
+        arrays["coarse_labels"] = data.coarse_labels
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:  # whatever stops the write (even Ctrl-C), no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        warnings.warn(
+            f"could not write the array cache {path} ({err}); the official files will be read each time",
+            stacklevel=3,
+        )
+
+
+# ------------------------------------------------------------------------------------------- official formats
+
+
+def _read_official(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
+    if info.name == "stl10":
+        return _read_stl10(folder, info, split)
+    return _read_cifar(folder, info, split)
+
+
+def _official_fix(info: DatasetInfo, folder: Path) -> str:
+    return (
+        f"replace {folder} with a fresh copy of the official {info.name} archive (or delete it and rerun with "
+        f"--download)"
+    )
+
+
+def _unpickle(path: Path, info: DatasetInfo, folder: Path) -> dict:
+    fix = _official_fix(info, folder)
+    if not path.is_file():
+        raise DsrnetError(f"{path} is missing from the official {info.name} layout; fix: {fix}")
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+    # Truncation surfaces as EOFError, UnpicklingError, ValueError, ... depending on where the file is cut.
+    except Exception as err:
+        raise DsrnetError(
+            f"{path} is truncated or not a CIFAR pickle ({type(err).__name__}: {err}); fix: {fix}"
+        ) from err
+    if not isinstance(obj, dict):
+        raise DsrnetError(
+            f"{path} holds a {type(obj).__name__}, expected the official CIFAR dict; fix: {fix}"
+        )
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _field(d: dict, key: str, path: Path, info: DatasetInfo, folder: Path):
+    if key not in d:
+        raise DsrnetError(
+            f"{path} lacks the key {key!r} (has {', '.join(map(str, d))}); fix: {_official_fix(info, folder)}"
+        )
+    return d[key]
+
+
+def _read_cifar(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
+    fix = _official_fix(info, folder)
+    if info.name == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        label_key, meta_file, names_key = "labels", "batches.meta", "label_names"
+    else:
+        files = ["train" if split == "train" else "test"]
+        label_key, meta_file, names_key = "fine_labels", "meta", "fine_label_names"
+    images, labels, coarse = [], [], []
+    for fname in files:
+        path = folder / fname
+        d = _unpickle(path, info, folder)
+        data = np.asarray(_field(d, "data", path, info, folder))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DsrnetError(
+                f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072) (1024 R, G, B values per "
+                f"row); fix: {fix}"
+            )
+        lab = np.asarray(_field(d, label_key, path, info, folder))
+        lab = _checked_labels(lab, len(data), info.num_classes, str(path), fix)
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(lab)
+        if info.name == "cifar100":
+            c = np.asarray(_field(d, "coarse_labels", path, info, folder))
+            coarse.append(_checked_labels(c, len(data), len(CIFAR100_COARSE_CLASSES), str(path), fix))
+    classes = info.classes
+    meta_path = folder / meta_file
+    if meta_path.is_file():  # the names are informative only: the label ids are what training uses
+        names = _field(_unpickle(meta_path, info, folder), names_key, meta_path, info, folder)
+        if len(names) != info.num_classes:
+            raise DsrnetError(
+                f"{meta_path}: {len(names)} class names, expected {info.num_classes} for {info.name}; fix: {fix}"
+            )
+        classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    return _validated(
+        info,
+        split,
+        np.ascontiguousarray(np.concatenate(images)),
+        np.concatenate(labels),
+        classes,
+        np.concatenate(coarse) if coarse else None,
+        str(folder),
+        fix,
+    )
+
+
+def _read_stl10(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
+    fix = _official_fix(info, folder)
+    x_path = folder / f"{split}_X.bin"
+    if not x_path.is_file():
+        raise DsrnetError(f"{x_path} is missing from the official stl10 layout; fix: {fix}")
+    size = x_path.stat().st_size
+    if size == 0 or size % _STL_PIXELS:
+        raise DsrnetError(
+            f"{x_path} has {size} bytes, not a whole number of 96x96x3 images ({_STL_PIXELS} bytes each): it is "
+            f"truncated or not STL-10; fix: {fix}"
+        )
+    n = size // _STL_PIXELS
+    # Column-major per image, as written by the MATLAB exporter: (N, C, W, H) in C order -> (N, H, W, C).
+    raw = np.memmap(x_path, dtype=np.uint8, mode="r", shape=(n, 3, 96, 96))
+    images = raw.transpose(0, 3, 2, 1)
+    if split == "unlabeled":
+        labels = np.full(n, -1, dtype=np.int64)
+    else:
+        images = np.ascontiguousarray(images)
+        del raw
+        y_path = folder / f"{split}_y.bin"
+        if not y_path.is_file():
+            raise DsrnetError(f"{y_path} is missing from the official stl10 layout; fix: {fix}")
+        y = np.fromfile(y_path, dtype=np.uint8)
+        if len(y) != n:
+            raise DsrnetError(
+                f"{y_path} holds {len(y)} labels but {x_path} holds {n} images: one of them is truncated; fix: {fix}"
+            )
+        if len(y) and (y.min() < 1 or y.max() > info.num_classes):
+            raise DsrnetError(
+                f"{y_path}: labels span {y.min()}..{y.max()}, expected 1..10 (1-based); fix: {fix}"
+            )
+        labels = y.astype(np.int64) - 1
+    classes = info.classes
+    names_path = folder / "class_names.txt"
+    if names_path.is_file():
+        names = tuple(line.strip() for line in names_path.read_text().splitlines() if line.strip())
+        if len(names) != info.num_classes:
+            raise DsrnetError(
+                f"{names_path}: {len(names)} class names, expected {info.num_classes}; fix: {fix}"
+            )
+        classes = names
+    return _validated(info, split, images, labels, classes, None, str(folder), fix)
+
+
+# --------------------------------------------------------------------------------------------- subsets, stats
+
+
+def subset_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of the first ``n`` images of each class after a shuffle seeded by ``seed``, returned in ascending
+    order (so the subset keeps the split's order). Raises if some class has fewer than ``n`` images."""
+    labels = np.asarray(labels)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DsrnetError(f"subset per class must be a positive integer, got {n!r}")
+    if labels.ndim != 1 or len(labels) == 0:
+        raise DsrnetError(f"subset per class needs a non-empty 1-D label array, got shape {labels.shape}")
+    if labels.min() < 0:
+        raise DsrnetError("subset per class needs labelled images (got label -1: the unlabeled split)")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    shuffled = labels[order]
+    by_class = np.argsort(shuffled, kind="stable")  # stable: within a class, keeps the seeded shuffle order
+    classes, starts, counts = np.unique(shuffled[by_class], return_index=True, return_counts=True)
+    if counts.min() < n:
+        worst = classes[counts.argmin()]
+        raise DsrnetError(
+            f"subset of {n} per class asked, but class {worst} has only {counts.min()} images; fix: use at most "
+            f"{counts.min()} per class, or all images (no subset)"
+        )
+    take = (starts[:, None] + np.arange(n)[None, :]).ravel()
+    return np.sort(order[by_class[take]])
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and (population) std of uint8 RGB images (N,H,W,3), in [0,1].
+
+    Computed exactly from 256-bin histograms, which is fast (about 0.4 s for CIFAR-10's train split) and needs no
+    float copy of the images; used for the normalisation the paper applies (Section 4.2)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or images.size == 0:
+        raise DsrnetError(
+            f"channel stats need non-empty uint8 (N,H,W,3) images, got {images.dtype} {images.shape}"
+        )
+    # torch.bincount counts uint8 directly; np.bincount would first widen all N*H*W values to int64.
+    with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: only read
+        warnings.simplefilter("ignore", UserWarning)
+        flat = torch.from_numpy(np.ascontiguousarray(images)).view(-1, 3)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for c in range(3):
+        hist = torch.bincount(flat[:, c].contiguous(), minlength=256).numpy().astype(np.float64)
+        total = hist.sum()
+        m = float((hist * levels).sum() / total)
+        var = float((hist * (levels - m) ** 2).sum() / total)
+        mean.append(m)
+        std.append(math.sqrt(var))
+    return (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
+
+
+# --------------------------------------------------------------------------------------------------- loader
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # SeedSequence mixes (seed, epoch) well and identically in every process, unlike Python's salted hash().
+    return int(
+        np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch]).generate_state(1)[0]
+    )
+
+
+class DeviceLoader:
+    """Iterate over a whole split held as one uint8 tensor on ``device``, yielding ``(x, y)``: ``x`` float32
+    (B,3,H,W) normalised with ``mean``/``std`` (in [0,1] units), ``y`` int64 (B,), both on ``device``.
+
+    ``train=True``: a fresh permutation each epoch, random crop of the image zero-padded by ``pad`` on each side
+    and a horizontal flip with probability 1/2 (Section 4.2; STL-10 Section 4.5), all computed on ``device`` in a
+    handful of batched kernels. The randomness is drawn on the CPU from ``(seed, epoch)``, so batches are the same
+    on every device and every rank. ``train=False``: fixed order, no augmentation.
+
+    Epochs: each ``iter()`` uses the current epoch and then advances it by one; :meth:`set_epoch` sets it
+    explicitly (as with ``DistributedSampler``), so forgetting it never repeats the same order.
+
+    DDP (``rank``/``world_size``): every rank draws the same global permutation and takes the positions
+    ``rank, rank + world_size, ...`` of it, so the ranks' samples are disjoint. For training each rank gets
+    ``N // world_size`` samples (at most ``world_size - 1`` images, different ones each epoch, are left out) so all
+    ranks run the same number of steps; for evaluation the ranks split all ``N`` images (sizes may differ by one).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        *,
+        batch_size: int,
+        train: bool,
+        device: str | torch.device = "cpu",
+        mean: tuple[float, float, float] | list[float],
+        std: tuple[float, float, float] | list[float],
+        pad: int = 4,
+        flip: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DsrnetError(f"batch size must be a positive integer, got {batch_size!r}")
+        if not (
+            isinstance(world_size, int)
+            and world_size >= 1
+            and isinstance(rank, int)
+            and 0 <= rank < world_size
+        ):
+            raise DsrnetError(
+                f"rank {rank!r} / world size {world_size!r} invalid: need 0 <= rank < world_size"
+            )
+        if not isinstance(pad, int) or pad < 0:
+            raise DsrnetError(f"pad must be a non-negative integer, got {pad!r}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise DsrnetError(f"mean and std need 3 values each with std > 0, got mean={mean!r} std={std!r}")
+        with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: they are copied, never written
+            warnings.simplefilter("ignore", UserWarning)
+            images_t = torch.as_tensor(images)
+        labels_t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
+        if images_t.dtype != torch.uint8 or images_t.ndim != 4 or images_t.shape[-1] != 3:
+            raise DsrnetError(
+                f"loader images must be uint8 (N,H,W,3), got {images_t.dtype} {tuple(images_t.shape)}"
+            )
+        if labels_t.ndim != 1 or len(labels_t) != len(images_t) or labels_t.is_floating_point():
+            raise DsrnetError(
+                f"loader labels must be (N,) integers matching {len(images_t)} images, got "
+                f"{labels_t.dtype} {tuple(labels_t.shape)}"
+            )
+        n = len(images_t)
+        if n == 0:
+            raise DsrnetError("loader got an empty split")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.train = train
+        self.pad = pad if train else 0
+        self.flip = flip and train
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.channels_last = channels_last
+        self.epoch = 0
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.num_total = n
+        self.num_samples = n // world_size if train else len(range(rank, n, world_size))
+        if self.num_samples == 0:
+            raise DsrnetError(f"{n} images cannot give each of {world_size} ranks at least one sample")
+        if drop_last and self.num_samples < batch_size:
+            raise DsrnetError(
+                f"drop_last with batch size {batch_size} leaves no batch of {self.num_samples} samples per rank; "
+                f"fix: lower the batch size or drop drop_last"
+            )
+        # NCHW once, on the device: one 150 MB copy for CIFAR's train split, then only gathers per batch.
+        self.images = images_t.to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.labels = labels_t.to(self.device, torch.int64)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # x_norm = (u8 / 255 - mean) / std = u8 * scale + shift: one fused multiply-add per element.
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = -mean_t / std_t
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next iteration (shuffle order and augmentation draw from ``(seed, epoch)``)."""
+        self.epoch = int(epoch)
+
+    def _plan(
+        self, epoch: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """This rank's indices for ``epoch`` and per-sample crop offsets / flip flags, on the CPU."""
+        n, ws = self.num_total, self.world_size
+        if not self.train:
+            return torch.arange(self.rank, n, ws), None, None, None
+        g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+        perm = torch.randperm(n, generator=g)
+        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        pos = torch.arange(self.rank, self.num_samples * ws, ws)  # the same global draw, sliced per rank
+        return perm[pos], dy[pos], dx[pos], flips[pos] & self.flip
+
+    def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
+        """Indices into the split that this rank visits in ``epoch`` (default: the next epoch), in batch order."""
+        return self._plan(self.epoch if epoch is None else epoch)[0][: len(self) * self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx, dy, dx, flips = self._plan(epoch)
+        non_blocking = self.device.type == "cuda"
+        idx = idx.to(self.device, non_blocking=non_blocking)
+        if self.train:
+            dy = dy.to(self.device, non_blocking=non_blocking)
+            dx = dx.to(self.device, non_blocking=non_blocking)
+            flips = flips.to(self.device, non_blocking=non_blocking)
+        sequential = not self.train and self.world_size == 1
+        bs = self.batch_size
+        for b in range(len(self)):
+            sl = slice(b * bs, (b + 1) * bs)
+            if sequential:  # evaluation on one rank: plain views, no gather
+                xb, yb = self.images[sl], self.labels[sl]
+            else:
+                ib = idx[sl]
+                xb, yb = self.images.index_select(0, ib), self.labels.index_select(0, ib)
+            if self.train and (self.pad or self.flip):
+                xb = crop_flip(xb, self.pad, dy[sl], dx[sl], flips[sl])
+            x = torch.addcmul(self._shift, xb.to(torch.float32), self._scale)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, yb
+
+
+def crop_flip(
+    x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
+    """Batched random crop + horizontal flip: sample ``i`` of ``x`` (B,C,H,W) is zero-padded by ``pad`` on every
+    side, cut at rows ``dy[i]..dy[i]+H`` and columns ``dx[i]..dx[i]+W`` (offsets in ``[0, 2*pad]``), then mirrored
+    left-right where ``flip[i]``. One pad and one gather for the whole batch; the flip is folded into the gather's
+    column index, so it costs nothing and is exact."""
+    b, c, h, w = x.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = dy.view(b, 1) + ar_h  # (B,H)
+    cols = dx.view(b, 1) + torch.where(flip.view(b, 1), (w - 1) - ar_w, ar_w)  # (B,W)
+    lin = (rows.view(b, h, 1) * wp + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
+    return xp.reshape(b, c, hp * wp).gather(2, lin).view(b, c, h, w)
