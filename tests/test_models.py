@@ -300,12 +300,20 @@ def test_bad_names_and_arguments_through_create_model():
         dsrnet.create_model("dsrnet50", colour="red")
     with pytest.raises(dsrnet.DsrnetError, match="does not take"):
         dsrnet.create_model("resnet50", separable=False)
+    with pytest.raises(dsrnet.DsrnetError, match="stem is part of the model name"):
+        dsrnet.create_model("dsrnet50", stem="cifar")
     with pytest.raises(dsrnet.DsrnetError, match="no pretrained weights"):
         dsrnet.create_model("dsrnet50", pretrained=True)
     with pytest.raises(dsrnet.DsrnetError, match="num_classes"):
         dsrnet.create_model("resnet50", num_classes="10")
     with pytest.raises(ValueError):  # DsrnetError is a ValueError for callers who catch that
         dsrnet.create_model("nope")
+
+
+def test_depth_override_through_create_model():
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=10, layers=(1, 1, 1, 1), widths=(8, 8, 8, 8))
+    assert [len(s) for s in (model.layer1, model.layer2, model.layer3, model.layer4)] == [1, 1, 1, 1]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_cifar_stem_baselines():

@@ -11,10 +11,20 @@ import sys
 from dsrnet.errors import DsrnetError
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes (an unknown flag, a missing value) as one line, like every other dsrnet error.
+
+    ``add_subparsers`` builds subcommand parsers with the root parser's class, so every subcommand inherits this.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; fix: see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dsrnet import bench, engine, reproduce
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="dsrnet",
         description="DSRNet: train, evaluate, benchmark and reproduce the paper's tables.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

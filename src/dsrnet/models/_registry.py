@@ -37,6 +37,6 @@ def create_model(name: str, num_classes: int = 1000, *, pretrained: bool = False
     try:
         return _BUILDERS[name](num_classes=num_classes, **kwargs)
     except TypeError as err:
-        if "unexpected keyword argument" in str(err):
+        if "unexpected keyword argument" in str(err) or "multiple values" in str(err):
             raise DsrnetError(f"model {name!r} does not take that argument ({err})") from None
         raise

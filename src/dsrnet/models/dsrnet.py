@@ -320,9 +320,15 @@ def _cfg(stem: str, **kwargs) -> dict:
     }
 
 
-def _create(layers: tuple[int, ...], stem: str, **kwargs) -> DSRNet:
-    model = DSRNet(layers, stem=stem, **kwargs)
-    model.pretrained_cfg = _cfg(stem, num_classes=model.num_classes)
+def _create(default_layers: tuple[int, ...], name_stem: str, **kwargs) -> DSRNet:
+    if "stem" in kwargs:
+        other = "dsrnet50" if name_stem == "cifar" else "dsrnet50_cifar"
+        raise DsrnetError(
+            f"the stem is part of the model name: use names like {other!r} instead of stem={kwargs['stem']!r}"
+        )
+    kwargs.setdefault("layers", default_layers)  # a depth override, e.g. layers=(1, 1, 1, 1) for tiny nets
+    model = DSRNet(stem=name_stem, **kwargs)
+    model.pretrained_cfg = _cfg(name_stem, num_classes=model.num_classes)
     return model
 
 

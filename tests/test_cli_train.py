@@ -1,0 +1,343 @@
+"""``dsrnet train / eval / predict`` from the command line (issue 4): help with defaults, config precedence,
+one-line errors for every bad input, a run killed with SIGKILL resumes from a loadable checkpoint, and DDP
+with 2 CPU processes under torchrun matches a single-process run with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from dsrnet.cli import main
+from dsrnet.models import _registry
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = '{"widths": [8, 16, 32, 64], "zero_init_residual": true}'
+
+
+def tiny_args(data_dir, out_dir, *extra: str) -> list[str]:
+    return [
+        "train", "--model", "dsrnet50", "--model-kwargs", TINY, "--data-dir", str(data_dir), "--device", "cpu",
+        "--recipe", "fast", "--batch-size", "20", "--lr", "0.05", "--subset-per-class", "4",
+        "--test-subset-per-class", "2", "--epochs", "2", "--no-progress", "--no-tensorboard", "--out-dir",
+        str(out_dir), *extra,
+    ]  # fmt: skip
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def env_1thread() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on the shared 2-core CI machine a second OpenMP thread contending with other
+    processes makes these tiny kernels up to 100x slower (spin-waiting), and results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -------------------------------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict"])
+def test_help_shows_defaults(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "default" in out
+    if command == "train":
+        assert "paper 160, fast 40" in out and "paper 0.1, fast 0.4" in out and "(default: auto)" in out
+        for flag in ("--resume", "--compile", "--channels-last", "--precision", "--seed", "--model-kwargs"):
+            assert flag in out
+    elif command == "eval":
+        assert "(default: 500)" in out and "--checkpoint" in out
+    else:
+        assert "(default: 5)" in out and "IMAGE" in out
+
+
+def test_config_precedence_recipe_yaml_flags(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recipe: fast\nepochs: 12\nlr: 0.2\nlabel-smoothing: 0.05\n")
+    code, out, _ = run_cli(
+        capsys, ["train", "--config", str(cfg), "--epochs", "30", "--device", "cpu", "--print-config"]
+    )
+    assert code == 0
+    resolved = yaml.safe_load(out)
+    assert resolved["epochs"] == 30  # flag beats YAML
+    assert resolved["lr"] == 0.2 and resolved["label_smoothing"] == 0.05  # YAML beats recipe
+    assert resolved["batch_size"] == 512 and resolved["nesterov"] is True  # recipe fills the rest
+    assert resolved["out_dir"] == str(Path("runs/cifar10/dsrnet50-fast-seed0"))
+    # The printed config, fed back, resolves to itself.
+    again = tmp_path / "again.yaml"
+    again.write_text(out)
+    code, out2, _ = run_cli(capsys, ["train", "--config", str(again), "--print-config"])
+    assert code == 0 and yaml.safe_load(out2) == resolved
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@pytest.fixture(scope="module")
+def cli_run(cifar10_dir, tmp_path_factory):
+    """A finished 2-epoch tiny run made through the CLI (used by the eval/predict/error tests)."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(tiny_args(cifar10_dir, run)) == 0
+    return run
+
+
+BAD_TRAIN = [
+    (["--model", "dsrnet5"], "unknown model 'dsrnet5'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--precision", "fp8"], "bad value for precision"),
+    (["--epochs", "-1"], "bad value for epochs: -1"),
+    (["--epochs", "two"], "bad value for epochs: 'two'"),
+    (["--lr", "fast"], "bad value for lr"),
+    (["--recipe", "quick"], "unknown recipe 'quick'"),
+    (["--model-kwargs", "{widths: 8}"], "bad value for model_kwargs"),
+    (["--model-kwargs", '{"no_such_arg": 1}'], "no_such_arg"),
+    (["--milestones", "5", "x"], "bad value for milestones"),
+    (["--device", "cuda:7"], "device"),
+    (["--resume", "missing/checkpoint.pt"], "not found"),
+    (["--config", "missing.yaml"], "config file missing.yaml not found"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_TRAIN)
+def test_bad_train_inputs_one_line_exit_2(extra, message, cifar10_dir, tmp_path, capsys):
+    if extra[0] == "--device" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    code, _, err = run_cli(capsys, tiny_args(cifar10_dir, tmp_path / "bad", *extra))
+    assert code == 2
+    assert err.startswith("dsrnet: error: ") and err.count("\n") == 1, err
+    assert message in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval"], "the following arguments are required: --checkpoint"),
+        (["predict", "--checkpoint", "run"], "the following arguments are required: IMAGE"),
+        (["train", "--epochs"], "argument --epochs: expected one argument"),
+    ],
+)
+def test_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_bad_yaml_key_and_missing_data(cifar10_dir, tmp_path, capsys):
+    cfg = tmp_path / "typo.yaml"
+    cfg.write_text("epochs: 2\nbatchsize: 64\n")
+    code, _, err = run_cli(capsys, ["train", "--config", str(cfg)])
+    assert code == 2 and "unknown key(s) batchsize" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, tiny_args(tmp_path / "no-data", tmp_path / "r"))
+    assert code == 2 and "dataset cifar10" in err and "not found" in err and err.count("\n") == 1
+
+
+def test_existing_run_resume_mismatch_and_foreign_checkpoints(cli_run, cifar10_dir, tmp_path, capsys):
+    # Same out-dir without --resume: refused, the finished run is untouched.
+    before = (cli_run / "final.json").read_bytes()
+    code, _, err = run_cli(capsys, tiny_args(cifar10_dir, cli_run))
+    assert code == 2 and "already holds a run" in err and (cli_run / "final.json").read_bytes() == before
+    # --resume with another model, or another hyper-parameter: refused.
+    code, _, err = run_cli(capsys, ["train", "--resume", str(cli_run), "--model", "resnet50"])
+    assert code == 2 and "is for dsrnet50" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, ["train", "--resume", "--out-dir", str(cli_run), "--epochs", "9"])
+    assert code == 2 and "epochs=9 differs from the checkpoint's 2" in err
+    # A checkpoint whose weights belong to another model: eval and predict refuse it.
+    ckpt = torch.load(cli_run / "checkpoint.pt", weights_only=True)
+    ckpt["model"] = "dsrnet50_cifar"
+    ckpt["model_kwargs"] = {"widths": [16, 32, 64, 128]}
+    other = tmp_path / "other.pt"
+    torch.save(ckpt, other)
+    for argv in (["eval", "--checkpoint", str(other)], ["predict", "--checkpoint", str(other), "x.png"]):
+        code, _, err = run_cli(capsys, argv)
+        assert code == 2 and "does not fit model 'dsrnet50_cifar'" in err and err.count("\n") == 1
+    for argv in (
+        ["eval", "--checkpoint", str(tmp_path / "no.pt")],
+        ["predict", "--checkpoint", "no.pt", "x.png"],
+    ):
+        code, _, err = run_cli(capsys, argv)
+        assert code == 2 and "not found" in err
+    code, _, err = run_cli(capsys, ["predict", "--checkpoint", str(cli_run), "--top-k", "0", "x.png"])
+    assert code == 2 and "bad value for top_k" in err
+    code, _, err = run_cli(capsys, ["eval", "--checkpoint", str(cli_run), "--batch-size", "many"])
+    assert code == 2 and "bad value for batch_size" in err
+
+
+# --------------------------------------------------------------------------------------------- eval/predict
+
+
+def test_eval_and_predict_commands(cli_run, cifar10_dir, tmp_path, capsys):
+    code, out, _ = run_cli(
+        capsys, ["eval", "--checkpoint", str(cli_run / "checkpoint.pt"), "--data-dir", str(cifar10_dir),
+                 "--device", "cpu", "--test-subset-per-class", "2"],
+    )  # fmt: skip
+    assert code == 0 and "top-1 error" in out and "top-5 error" in out
+    ev = cli_run / "eval"
+    for name in ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png"):
+        assert (ev / name).is_file(), name
+    final = json.loads((cli_run / "final.json").read_text())
+    assert json.loads((ev / "metrics.json").read_text())["top1_error"] == pytest.approx(final["top1_error"])
+
+    img = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 200, 3), dtype=np.uint8)).save(img)
+    code, out, _ = run_cli(
+        capsys, ["predict", "--checkpoint", str(cli_run), "--top-k", "3", str(img), str(img)]
+    )
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == str(img) and len(lines) == 8
+    probs = [float(line.split()[-1]) for line in lines[1:4]]
+    assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+
+
+# ---------------------------------------------------------------------------------------------- kill/resume
+
+
+def test_sigkill_leaves_a_loadable_checkpoint_and_resume_finishes(cifar10_dir, tmp_path, capsys):
+    run = tmp_path / "killed"
+    argv = tiny_args(cifar10_dir, run, "--epochs", "60")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsrnet", *argv],
+        env=env_1thread(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few more epochs: the kill may land mid-write
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "final.json").exists()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    done = ckpt["epoch"]
+    assert 1 <= done < 60 and len(ckpt["history"]) == done
+
+    code, out, err = run_cli(capsys, ["train", "--resume", "--out-dir", str(run)])
+    assert code == 0, err
+    assert f"resumed {run / 'checkpoint.pt'} at epoch {done}/60" in out
+    assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 61))
+    assert json.loads((run / "final.json").read_text())["epochs"] == 60
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 60
+
+
+# ------------------------------------------------------------------------------------------------------ DDP
+
+# A BatchNorm-free net: with GroupNorm every sample is normalised on its own, so 2 ranks x 20 images compute
+# exactly the same gradient as 1 process x 40 images, and the DDP run must match the single-process one to
+# rounding.
+GN_NET = textwrap.dedent(
+    """
+    from torch import nn
+
+    def tiny_gn(*, num_classes=1000):
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.GroupNorm(4, 32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+        )
+    """
+)
+DDP_SCRIPT = GN_NET + textwrap.dedent(
+    """
+    import sys
+    from dsrnet.cli import main
+    from dsrnet.models import _registry
+
+    _registry._BUILDERS["tiny_gn"] = tiny_gn
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def ddp_args(data_dir, out_dir, model: str, kwargs: str) -> list[str]:
+    return [
+        "train", "--model", model, "--model-kwargs", kwargs, "--data-dir", str(data_dir), "--device", "cpu",
+        "--recipe", "fast", "--batch-size", "40", "--lr", "0.05", "--warmup-epochs", "0", "--subset-per-class",
+        "20", "--test-subset-per-class", "10", "--epochs", "2", "--no-progress", "--no-tensorboard", "--out-dir",
+        str(out_dir),
+    ]  # fmt: skip
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, env=env_1thread(), capture_output=True, text=True, timeout=300)
+
+
+def test_ddp_two_processes_match_single_process(cifar10_dir, tmp_path, capsys, monkeypatch):
+    script = tmp_path / "ddp_gn.py"
+    script.write_text(DDP_SCRIPT)
+    gn = torchrun(str(script), *ddp_args(cifar10_dir, tmp_path / "gn-ddp", "tiny_gn", "{}"))
+    assert gn.returncode == 0, gn.stderr[-3000:]
+    assert gn.stdout.count("final (epoch 2)") == 1  # only rank 0 logs
+    assert "2 processes" in gn.stdout
+
+    namespace: dict = {}
+    exec(GN_NET, namespace)
+    monkeypatch.setitem(_registry._BUILDERS, "tiny_gn", namespace["tiny_gn"])
+    assert main(ddp_args(cifar10_dir, tmp_path / "gn-single", "tiny_gn", "{}")) == 0
+    capsys.readouterr()
+
+    a = torch.load(tmp_path / "gn-ddp" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "gn-single" / "checkpoint.pt", weights_only=True)
+    for key, value in b["model_state"].items():
+        torch.testing.assert_close(a["model_state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    ma, mb = read_metrics(tmp_path / "gn-ddp"), read_metrics(tmp_path / "gn-single")
+    for ra, rb in zip(ma, mb, strict=True):
+        for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top3", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-4), key
+    fa = json.loads((tmp_path / "gn-ddp" / "final.json").read_text())
+    assert fa["world_size"] == 2 and fa["train_images"] == 200 and fa["test_images"] == 100
+
+
+def test_ddp_dsrnet_under_torchrun_module(cifar10_dir, tmp_path, capsys):
+    """``torchrun -m dsrnet train`` with the real (BatchNorm) DSRNet: BatchNorm statistics are per rank on CPU
+    (no SyncBatchNorm there), so it matches the single-process run within a tolerance, not exactly."""
+    res = torchrun("-m", "dsrnet", *ddp_args(cifar10_dir, tmp_path / "ddp", "dsrnet50", TINY))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert main(ddp_args(cifar10_dir, tmp_path / "single", "dsrnet50", TINY)) == 0
+    capsys.readouterr()
+    ma, mb = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
+    assert len(ma) == len(mb) == 2
+    for ra, rb in zip(ma, mb, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=0.05)
+        assert ra["test_loss"] == pytest.approx(rb["test_loss"], rel=0.1)
+    assert json.loads((tmp_path / "ddp" / "final.json").read_text())["world_size"] == 2
