@@ -1,0 +1,681 @@
+"""``dsrnet bench``: parameters, MACs, latency per batch, throughput and peak memory of the paper's networks.
+
+The paper's speed measure is the time for one batch of 128 images ("fps/ms" rows of Tables 2-4, BatchSize=128) and
+its size claim is the parameter count (Fig. 2). Both are measured here for any model, input size, device, precision,
+memory layout and eager/compiled mode, so the claims can be checked on the reader's own hardware.
+
+How the timing is done:
+
+* the model is built, put on the device in eval mode (``mode="inference"``, run under ``torch.inference_mode``) or
+  train mode (``mode="train"``: forward, cross-entropy, backward and an SGD step, as in training);
+* ``warmup`` untimed calls first (they absorb cuDNN autotuning, allocator growth and ``torch.compile``), then
+  ``repeats`` timed calls, each timed on its own: with CUDA events on a GPU, ``time.perf_counter`` on the CPU
+  (a CPU call is synchronous), with a device synchronisation before and after;
+* the median is reported, with the 25th/75th percentiles and min/max as the spread.
+
+MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image (forward pass, eval mode);
+``FlopCounterMode`` counts a multiply-add as 2 FLOPs, so MACs = FLOPs / 2.
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the model was built
+(weights + activations + workspace of the timed calls). On CPU the growth of the process's peak resident set
+(``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the model was built; it is an
+approximation (the C allocator can reuse memory freed by an earlier model) and ``None`` where Linux's ``/proc``
+interface is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsrnet import report
+from dsrnet.errors import DsrnetError
+
+MODES = ("inference", "train")
+PRECISIONS = ("fp32", "bf16")
+#: Warm-up and repeat counts when the user gives none. A CPU batch of 128 through ResNeXt101 takes seconds, so the
+#: CPU defaults are small enough for the default bench to finish in a few minutes on 2 cores; the CUDA defaults
+#: match the reference H100 timings (median of 30 after warm-up).
+DEFAULT_WARMUP = {"cpu": 1, "cuda": 10}
+DEFAULT_REPEATS = {"cpu": 3, "cuda": 30}
+DEFAULT_SIZES = (32, 96)
+
+# ------------------------------------------------------------------------------------------------- environment
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; asking for CUDA where there is none is an error, not a fallback."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise DsrnetError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N ({err})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DsrnetError(
+            f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu (or auto)"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise DsrnetError(f"device type {dev.type!r} is not supported by dsrnet bench: use cpu or cuda")
+    return dev
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()} ({os.cpu_count()} logical CPUs)"
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """What a timing depends on: versions, device, threads, date (the header of every bench/reproduce output)."""
+    device = resolve_device(device)
+    env = {
+        "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        # Other processes competing for the cores slow CPU timings a lot; the load average says how busy it was.
+        "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import torchvision
+
+        env["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+        env["gpu_count"] = torch.cuda.device_count()
+    return env
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    parts = [
+        f"torch {env['torch']}",
+        f"device {env['device']} ({env['device_name']})",
+        f"{env['torch_threads']} torch threads",
+    ]
+    if env.get("load_avg_1min") is not None and env["device"] == "cpu":
+        parts.append(f"load average {env['load_avg_1min']:.2f} at start")
+    if "cuda" in env:
+        parts.append(f"CUDA {env['cuda']}, cuDNN {env['cudnn']}")
+    parts.append(env["date"])
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------- measurements
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
+    """Forward FLOPs for one image (eval mode, fp32, on the model's device), as FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, in_chans, image_size, image_size, device=device)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(x)
+        return int(counter.get_total_flops())
+    finally:
+        model.train(was_training)
+
+
+def _rss_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            match = re.search(rf"^{field}:\s+(\d+) kB", fh.read(), re.MULTILINE)
+        return int(match.group(1)) if match else None
+    except OSError:
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) of this process; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _MemoryProbe:
+    """Peak memory a block of work needs beyond what was in use when the probe started (see module docstring)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+            self.kind = "cuda max_memory_allocated"
+        else:
+            ok = _reset_peak_rss()
+            self.base = _rss_kb("VmRSS") if ok else None
+            self.kind = "peak RSS growth" if self.base is not None else "n/a"
+
+    def peak_mb(self) -> float | None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        if self.base is None:
+            return None
+        peak = _rss_kb("VmHWM")
+        return None if peak is None else max(peak - self.base, 0) / 1024
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, *, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of ``fn`` for ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    # Linear interpolation between order statistics (numpy's default), fine for as few as 2 values.
+    pos = q * (len(sorted_values) - 1)
+    lo, hi = int(pos), min(int(pos) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize_times(times: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles and range of per-call times, in milliseconds."""
+    ms = sorted(t * 1e3 for t in times)
+    return {
+        "latency_ms": statistics.median(ms),
+        "latency_p25_ms": _quantile(ms, 0.25),
+        "latency_p75_ms": _quantile(ms, 0.75),
+        "latency_min_ms": ms[0],
+        "latency_max_ms": ms[-1],
+    }
+
+
+def _check_positive(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DsrnetError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def build_model(
+    name: str, *, num_classes: int = 10, stem: str | None = None, model_kwargs: dict | None = None
+) -> tuple[str, nn.Module]:
+    """``(architecture name, model)``: ``stem`` ("paper"|"cifar"|None = as named) picks the stem variant;
+    ``model_kwargs`` go to DSRNet models only (the baselines are torchvision's and take none of them)."""
+    from dsrnet.models import create_model, stem_variant
+
+    if stem is not None and stem not in ("paper", "cifar"):
+        raise DsrnetError(f"stem {stem!r} is not valid: choose paper or cifar")
+    arch = stem_variant(name, stem) if stem is not None else name
+    kwargs = dict(model_kwargs or {}) if arch.startswith("dsrnet") else {}
+    return arch, create_model(arch, num_classes=num_classes, **kwargs)
+
+
+def benchmark_model(
+    name: str,
+    *,
+    image_size: int = 32,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
+    warmup: int | None = None,
+    repeats: int | None = None,
+    num_classes: int = 10,
+    mode: str = "inference",
+    stem: str | None = None,
+    model_kwargs: dict | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure one configuration (see the module docstring for the method). Returns one result row.
+
+    ``warmup``/``repeats`` of ``None`` take :data:`DEFAULT_WARMUP`/:data:`DEFAULT_REPEATS` for the device type.
+    """
+    dev = resolve_device(device)
+    if mode not in MODES:
+        raise DsrnetError(f"mode {mode!r} is not valid: choose one of {', '.join(MODES)}")
+    if precision not in PRECISIONS:
+        raise DsrnetError(f"precision {precision!r} is not valid: choose one of {', '.join(PRECISIONS)}")
+    _check_positive("image size", image_size, 8)
+    _check_positive("batch size", batch_size)
+    warmup = DEFAULT_WARMUP[dev.type] if warmup is None else _check_positive("warmup", warmup, 0)
+    repeats = DEFAULT_REPEATS[dev.type] if repeats is None else _check_positive("repeats", repeats)
+    if mode == "train" and batch_size < 2:
+        raise DsrnetError("train mode needs a batch size >= 2 (BatchNorm cannot train on one image)")
+
+    torch.manual_seed(seed)
+    probe = _MemoryProbe(dev)
+    arch, model = build_model(name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs)
+    params = count_params(model)
+    flops = count_flops(model, image_size)
+
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=memory_format)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
+    y = torch.randint(0, max(num_classes, 1), (batch_size,), device=dev)
+    runner = torch.compile(model) if compile else model
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    if mode == "inference":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast():
+                runner(x)
+
+    else:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = nn.functional.cross_entropy(runner(x), y)
+            loss.backward()
+            optimizer.step()
+
+    times = time_calls(step, device=dev, warmup=warmup, repeats=repeats)
+    peak = probe.peak_mb()
+    stats = summarize_times(times)
+    row = {
+        "model": name,
+        "arch": arch,
+        "stem": "cifar" if arch.endswith("_cifar") else "paper",
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "mode": mode,
+        "device": str(dev),
+        "precision": precision,
+        "channels_last": bool(channels_last),
+        "compile": bool(compile),
+        "num_classes": num_classes,
+        "params": params,
+        "flops_per_image": flops,
+        "gmacs_per_image": flops / 2 / 1e9,
+        **stats,
+        "images_per_s": batch_size / (stats["latency_ms"] / 1e3),
+        "peak_mem_mb": peak,
+        "peak_mem_kind": probe.kind,
+        "warmup": warmup,
+        "repeats": repeats,
+        "times_ms": [t * 1e3 for t in times],
+    }
+    if model_kwargs and arch.startswith("dsrnet"):
+        row["model_kwargs"] = dict(model_kwargs)
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------- run_bench
+
+CSV_FIELDS = (
+    "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
+    "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
+    "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet",
+)  # fmt: skip
+
+
+def _config_key(row: dict) -> tuple:
+    return (
+        row["image_size"],
+        row["batch_size"],
+        row["mode"],
+        row["precision"],
+        row["channels_last"],
+        row["compile"],
+    )
+
+
+def add_relative_latency(rows: list[dict]) -> None:
+    """``rel_to_dsrnet``: latency / DSRNet's latency in the same configuration (the paper's "N times faster")."""
+    ref = {_config_key(r): r["latency_ms"] for r in rows if r["arch"].removesuffix("_cifar") == "dsrnet50"}
+    for r in rows:
+        base = ref.get(_config_key(r))
+        r["rel_to_dsrnet"] = r["latency_ms"] / base if base else None
+
+
+def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | None = None) -> str:
+    headers = ["model", "stem", "px", "batch", "mode", "prec", "layout", "compiled", "params (M)", "GMACs/img",
+               "ms/batch (median)", "IQR ms", "images/s", "peak MB", "× DSRNet time"]  # fmt: skip
+    body = []
+    for r in rows:
+        peak = r["peak_mem_mb"]
+        body.append([
+            report.display_name(r["model"].removesuffix("_cifar")), r["stem"], r["image_size"], r["batch_size"],
+            r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", "yes" if r["compile"] else "no",
+            f"{r['params'] / 1e6:.2f}", f"{r['gmacs_per_image']:.3f}", f"{r['latency_ms']:.1f}",
+            f"{r['latency_p25_ms']:.1f}–{r['latency_p75_ms']:.1f}", f"{r['images_per_s']:.0f}",
+            "n/a" if peak is None else f"{peak:.0f}", report.fmt(r.get("rel_to_dsrnet"), 2, "x"),
+        ])  # fmt: skip
+    lines = [report.markdown_table(headers, body, align="llrrllllrrrrrrr")]
+    repeats = sorted({(r["warmup"], r["repeats"]) for r in rows})
+    mem_kinds = sorted({r["peak_mem_kind"] for r in rows})
+    lines.append(f"Environment: {environment_line(env)}.")
+    lines.append(
+        f"Method: median of {', '.join(f'{n}' for _, n in repeats)} timed calls after "
+        f"{', '.join(f'{w}' for w, _ in repeats)} warm-up call(s); spread = 25th–75th percentile; MACs per image "
+        f"from torch.utils.flop_counter (FLOPs / 2); peak memory = {', '.join(mem_kinds)}."
+    )
+    if env["device"] == "cpu" and any(r.get("cpu_defaults") for r in rows):
+        lines.append(
+            f"CPU defaults were used (warm-up {DEFAULT_WARMUP['cpu']}, repeats {DEFAULT_REPEATS['cpu']}) so the "
+            "default run finishes in minutes; pass --warmup/--repeats for tighter numbers."
+        )
+    if command:
+        lines.append(f"Command: `{command}`")
+    return "\n\n".join(lines) + "\n"
+
+
+def speed_claims(rows: list[dict]) -> list[str]:
+    """One line per baseline: its time over DSRNet's, measured and in the paper (Tables 2-4: 32 px = CIFAR-10's
+    Table 2, 96 px = STL-10's Table 4)."""
+    from dsrnet.models import PAPER_RESULTS
+
+    paper_ratio = {
+        32: ("cifar10", PAPER_RESULTS["cifar10"]),
+        96: ("stl10", PAPER_RESULTS["stl10"]),
+    }
+    out = []
+    for r in rows:
+        base = r["arch"].removesuffix("_cifar")
+        if r.get("rel_to_dsrnet") is None or base == "dsrnet50":
+            continue
+        line = (
+            f"{report.display_name(base)} at {r['image_size']} px ({r['mode']}, {r['precision']}): "
+            f"{r['rel_to_dsrnet']:.2f}x DSRNet's time"
+        )
+        table = paper_ratio.get(r["image_size"])
+        if table and r["batch_size"] == 128 and base in table[1]:
+            ratio = table[1][base]["paper_time"] / table[1]["dsrnet50"]["paper_time"]
+            line += f" (paper, {table[0]}: {ratio:.2f}x)"
+        out.append(line)
+    return out
+
+
+def run_bench(
+    models: Sequence[str],
+    *,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    batch_size: int = 128,
+    device: str = "auto",
+    precisions: Sequence[str] = ("fp32",),
+    channels_last: bool = False,
+    compile: bool = False,
+    modes: Sequence[str] = ("inference",),
+    warmup: int | None = None,
+    repeats: int | None = None,
+    num_classes: int = 10,
+    stem: str | None = None,
+    model_kwargs: dict | None = None,
+    out_dir: str | os.PathLike | None = None,
+    command: str | None = None,
+    log=None,
+) -> dict[str, Any]:
+    """Benchmark every model x size x precision x mode; write ``bench_<device>.{csv,json,md}`` to ``out_dir``.
+
+    Returns ``{"env", "rows", "markdown", "files"}``."""
+    from dsrnet.models import list_models, stem_variant
+
+    dev = resolve_device(device)
+    log = log or _log
+    if not models:
+        raise DsrnetError("no models to benchmark: pass --models NAME [NAME ...]")
+    for size in sizes:
+        _check_positive("image size", size, 8)
+    _check_positive("batch size", batch_size)
+    if warmup is not None:
+        _check_positive("warmup", warmup, 0)
+    if repeats is not None:
+        _check_positive("repeats", repeats)
+    known = set(list_models())
+    for name in models:
+        arch = stem_variant(name, stem) if stem else name
+        if arch not in known:
+            raise DsrnetError(f"unknown model {name!r}: choose from {', '.join(sorted(known))}")
+    env = environment(dev)
+    cpu_defaults = dev.type == "cpu" and warmup is None and repeats is None
+    rows = []
+    for mode in modes:
+        for precision in precisions:
+            for size in sizes:
+                for name in models:
+                    row = benchmark_model(
+                        name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
+                        channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
+                        num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs,
+                    )  # fmt: skip
+                    row["cpu_defaults"] = cpu_defaults
+                    rows.append(row)
+                    log(
+                        f"bench: {row['arch']} {size}px bs{batch_size} {mode} {precision}: "
+                        f"{row['latency_ms']:.1f} ms/batch, {row['params'] / 1e6:.2f} M params"
+                    )
+    add_relative_latency(rows)
+    markdown = render_markdown(rows, env, command=command)
+    claims = speed_claims(rows)
+    if claims:
+        markdown += (
+            "\nTime per batch relative to DSRNet (> 1: DSRNet is faster), measured (paper):\n\n"
+            + "".join(f"- {c}\n" for c in claims)
+        )
+    files = []
+    if out_dir is not None:
+        out = Path(out_dir)
+        stem_name = f"bench_{dev.type}"
+        files.append(report.write_csv(out / f"{stem_name}.csv", rows, CSV_FIELDS))
+        files.append(
+            report.write_json(out / f"{stem_name}.json", {"command": command, "env": env, "rows": rows})
+        )
+        files.append(report.write_text(out / f"{stem_name}.md", markdown))
+    return {"env": env, "rows": rows, "markdown": markdown, "files": files}
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The fully resolved command that reproduces ``args`` (every option spelled out, defaults included)."""
+    import shlex
+
+    parts = ["dsrnet", args.command]
+    for key, value in vars(args).items():
+        if key in ("func", "command") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def parse_model_kwargs(text: str | None) -> dict:
+    """``--model-kwargs '{"widths": [8, 16, 32, 64]}'`` -> dict (JSON object)."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DsrnetError(
+            f'--model-kwargs is not valid JSON ({err.msg}): pass an object like \'{{"widths": '
+            f"[8, 16, 32, 64]}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise DsrnetError(f"--model-kwargs must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none (``None``) or the help already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from dsrnet.models import PAPER_COMPARISON
+
+    p = sub.add_parser(
+        "bench",
+        help="parameters, MACs, latency per batch, throughput and peak memory of the paper's models",
+        description="Measure parameters, MACs per image, latency per batch (median and spread), throughput and "
+        "peak memory. Prints a markdown table; writes bench_<device>.{csv,json,md} to --out.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=list(PAPER_COMPARISON),
+        metavar="NAME",
+        help="models to measure (see `dsrnet.list_models()`)",
+    )
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=list(DEFAULT_SIZES),
+        metavar="PX",
+        help="square input sizes (32 = CIFAR, 96 = STL-10)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=128, help="images per batch (the paper times batches of 128)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=PRECISIONS,
+        help="fp32, or bf16 autocast; several values are measured in turn",
+    )
+    p.add_argument(
+        "--mode",
+        nargs="+",
+        default=["inference"],
+        choices=MODES,
+        help="inference (eval, inference_mode) and/or train (forward+backward+SGD step)",
+    )
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for weights and inputs")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (compilation is in the warm-up)"
+    )
+    p.add_argument(
+        "--stem",
+        choices=("paper", "cifar"),
+        default=None,
+        help="paper = 7x7/2 conv + max-pool (Table 1); cifar = 3x3/1 conv, no max-pool (default: as the "
+        "model is named, i.e. paper for plain names, cifar for *_cifar)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"untimed calls first (default: {DEFAULT_WARMUP['cpu']} on CPU, {DEFAULT_WARMUP['cuda']} on CUDA)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed calls (default: {DEFAULT_REPEATS['cpu']} on CPU, {DEFAULT_REPEATS['cuda']} on CUDA)",
+    )
+    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (10 = CIFAR-10 / STL-10)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--model-kwargs",
+        default=None,
+        metavar="JSON",
+        help="extra DSRNet constructor arguments as a JSON object, e.g. '{\"separable\": false}'",
+    )
+    p.add_argument("--out", default="results/bench", help="folder for bench_<device>.{csv,json,md}")
+    p.set_defaults(func=_cli)
+    return p
+
+
+def _cli(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(_check_positive("--threads", args.threads))
+    command = command_line(args)
+    result = run_bench(
+        args.models, sizes=args.sizes, batch_size=args.batch_size, device=args.device, precisions=args.precision,
+        channels_last=args.channels_last, compile=args.compile, modes=args.mode, warmup=args.warmup,
+        repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
+        model_kwargs=parse_model_kwargs(args.model_kwargs), out_dir=args.out, command=command,
+    )  # fmt: skip
+    print(result["markdown"], end="")
+    for path in result["files"]:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

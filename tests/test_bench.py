@@ -1,0 +1,144 @@
+"""``dsrnet bench``: sane numbers at tiny sizes on CPU, the FLOP count against a hand count, outputs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import dsrnet
+from dsrnet import bench
+from dsrnet.cli import main
+from dsrnet.errors import DsrnetError
+
+TINY = {"widths": [8, 16, 32, 64]}
+
+
+@pytest.mark.parametrize("name", ["dsrnet50", "resnet50"])
+def test_benchmark_model_numbers_are_sane(name):
+    row = bench.benchmark_model(name, image_size=32, batch_size=2, device="cpu", warmup=1, repeats=3)
+    model = dsrnet.create_model(name, num_classes=10)
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["flops_per_image"] > 0
+    assert row["gmacs_per_image"] == pytest.approx(row["flops_per_image"] / 2e9)
+    assert len(row["times_ms"]) == 3 and all(t > 0 for t in row["times_ms"])
+    assert row["latency_min_ms"] <= row["latency_p25_ms"] <= row["latency_ms"] <= row["latency_p75_ms"]
+    assert row["latency_p75_ms"] <= row["latency_max_ms"]
+    assert row["images_per_s"] == pytest.approx(2 / (row["latency_ms"] / 1e3))
+    assert (row["arch"], row["stem"], row["device"], row["mode"]) == (name, "paper", "cpu", "inference")
+
+
+def test_dsrnet_is_smaller_and_cheaper_than_resnet50():
+    """The paper's Fig. 2 claim in the form this code can check without timing: fewer params and MACs."""
+    d = bench.benchmark_model("dsrnet50", image_size=32, batch_size=2, warmup=0, repeats=1)
+    r = bench.benchmark_model("resnet50", image_size=32, batch_size=2, warmup=0, repeats=1)
+    assert d["params"] < r["params"] and d["flops_per_image"] < r["flops_per_image"]
+
+
+def test_flop_count_matches_hand_count():
+    conv = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False),
+    )
+    macs = 8 * 3 * 9 * 16 * 16 + 8 * 1 * 9 * 16 * 16  # full conv + depthwise conv on a 16x16 map
+    assert bench.count_flops(conv, 16) == 2 * macs
+
+
+def test_train_mode_bf16_channels_last_and_cifar_stem():
+    row = bench.benchmark_model(
+        "dsrnet50", image_size=32, batch_size=2, warmup=1, repeats=1, mode="train", precision="bf16",
+        channels_last=True, stem="cifar", model_kwargs=TINY,
+    )  # fmt: skip
+    assert row["arch"] == "dsrnet50_cifar" and row["stem"] == "cifar" and row["model_kwargs"] == TINY
+    assert row["params"] == sum(
+        p.numel() for p in dsrnet.create_model("dsrnet50_cifar", 10, **TINY).parameters()
+    )
+    assert row["latency_ms"] > 0 and row["mode"] == "train" and row["precision"] == "bf16"
+
+
+def test_summarize_times():
+    stats = bench.summarize_times([0.004, 0.001, 0.003, 0.002])
+    assert stats["latency_ms"] == pytest.approx(2.5)
+    assert stats["latency_p25_ms"] == pytest.approx(1.75)
+    assert stats["latency_p75_ms"] == pytest.approx(3.25)
+    assert (stats["latency_min_ms"], stats["latency_max_ms"]) == pytest.approx((1.0, 4.0))
+
+
+def test_run_bench_writes_csv_json_markdown(tmp_path):
+    result = bench.run_bench(
+        ["dsrnet50", "resnet50"], sizes=[32], batch_size=2, device="cpu", warmup=0, repeats=1, out_dir=tmp_path,
+        model_kwargs=TINY, log=lambda msg: None,
+    )  # fmt: skip
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["bench_cpu.csv", "bench_cpu.json", "bench_cpu.md"]
+    with open(tmp_path / "bench_cpu.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["model"] for r in rows] == ["dsrnet50", "resnet50"]
+    assert float(rows[0]["rel_to_dsrnet"]) == pytest.approx(1.0)
+    assert float(rows[1]["rel_to_dsrnet"]) == pytest.approx(
+        result["rows"][1]["latency_ms"] / result["rows"][0]["latency_ms"]
+    )
+    data = json.loads((tmp_path / "bench_cpu.json").read_text())
+    assert (
+        data["env"]["torch"] == torch.__version__ and data["env"]["torch_threads"] == torch.get_num_threads()
+    )
+    md = (tmp_path / "bench_cpu.md").read_text()
+    assert md.startswith("| model |") and "| DSRNet |" in md and "| ResNet50 |" in md
+    assert "Environment: torch" in md
+
+
+def test_cli_bench_prints_table(tmp_path, capsys):
+    rc = main(
+        [
+            "bench",
+            "--models",
+            "dsrnet50",
+            "--sizes",
+            "32",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--model-kwargs",
+            json.dumps(TINY),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| DSRNet | paper | 32 | 2 | inference | fp32 |" in out
+    assert "Command: `dsrnet bench --models dsrnet50 --sizes 32 --batch-size 2" in out
+    assert (tmp_path / "bench_cpu.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "resnet5"], "unknown model 'resnet5'"),
+        (["--repeats", "0"], "repeats must be an integer >= 1"),
+        (["--sizes", "4"], "image size must be an integer >= 8"),
+        (["--model-kwargs", "{widths"], "--model-kwargs is not valid JSON"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_cli_bad_arguments(argv, message, tmp_path, capsys):
+    rc = main(["bench", "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("dsrnet: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(DsrnetError, match="no CUDA GPU"):
+        bench.resolve_device("cuda")

@@ -1,0 +1,198 @@
+"""``dsrnet reproduce`` / ``dsrnet ablate``: a tiny real CIFAR-10 run writes every table and figure, re-runs skip
+finished work, and bad arguments fail with one clear line before any work starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import dsrnet
+from dsrnet import report, reproduce
+from dsrnet.cli import main
+
+TINY = json.dumps({"widths": [8, 16, 32, 64]})
+REPRODUCE_FILES = ("table.md", "table.csv", "summary.json", "params.png", "pareto.png", "curves.png",
+                   "confusion_dsrnet.png")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core runner a second thread mostly waits for a busy core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _quick(cifar10_dir, out, *extra):
+    return ["--quick", "--data-dir", str(cifar10_dir), "--out", str(out), "--bench-batch-size", "4", *extra]
+
+
+def _assert_png(path, min_side=200):
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and min(im.size) > min_side, (path, im.size)
+
+
+@pytest.fixture(scope="module")
+def quick_run(cifar10_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    rc = main(
+        ["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "resnet50", *_quick(cifar10_dir, out)]
+    )
+    assert rc == 0
+    return out
+
+
+def test_reproduce_quick_writes_every_table_and_figure(quick_run):
+    out = quick_run
+    for name in REPRODUCE_FILES:
+        assert (out / name).is_file(), name
+    for name in REPRODUCE_FILES:
+        if name.endswith(".png"):
+            _assert_png(out / name)
+    md = (out / "table.md").read_text()
+    assert "| Top1-error, ours (paper) |" in md and "(9.20%)" in md and "(11.85%)" in md
+    assert "| params (M), ours (paper) | 12.25 (21.9) | 23.53 (–) |" in md
+    assert "--quick" in md and "Command: `dsrnet reproduce --dataset cifar10" in md
+
+    with open(out / "table.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["model"] for r in rows] == ["dsrnet50", "resnet50"]
+    for r in rows:
+        assert 0 <= float(r["top1_error"]) <= 100 and float(r["top3_error"]) <= float(r["top1_error"])
+        assert float(r["latency_ms"]) > 0
+        assert int(r["params"]) == sum(p.numel() for p in dsrnet.create_model(r["model"], 10).parameters())
+    summary = report.read_json(out / "summary.json")
+    assert summary["env"]["torch"] == torch.__version__ and summary["seed"] == 0 and summary["quick"] is True
+    assert summary["models"][0]["paper"]["top1_error"] == 9.20
+
+    # Training ran on 20 per class and tested on 10 per class; the confusion matrix is of the same test images.
+    final = report.read_json(out / "runs" / "dsrnet50" / "final.json")
+    assert (final["epochs"], final["train_images"], final["test_images"]) == (1, 200, 100)
+    evaluated = report.read_json(out / "runs" / "dsrnet50" / "eval" / "metrics.json")
+    assert evaluated["test_images"] == 100 and evaluated["top1_error"] == pytest.approx(final["top1_error"])
+
+
+def test_rerun_skips_finished_work(quick_run, cifar10_dir, capsys):
+    out = quick_run
+    runs = [out / "runs" / m for m in ("dsrnet50", "resnet50")]
+    before = {p: p.stat().st_mtime_ns for run in runs for p in (run / "final.json", run / "checkpoint.pt",
+                                                                   run / "bench.json")}  # fmt: skip
+    rc = main(
+        ["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "resnet50", *_quick(cifar10_dir, out)]
+    )
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "skip dsrnet50: finished run" in err and "skip resnet50: finished run" in err
+    assert "skip bench of dsrnet50" in err and "skip eval of dsrnet50" in err
+    assert "training " not in err
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_rerun_with_other_settings_is_refused(quick_run, cifar10_dir, capsys):
+    argv = [
+        "reproduce",
+        "--dataset",
+        "cifar10",
+        "--models",
+        "dsrnet50",
+        *_quick(cifar10_dir, quick_run),
+        "--epochs",
+        "2",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dsrnet: error: ") and "holds a finished run with other settings: epochs=1" in err
+
+
+def test_unfinished_run_is_resumed(cifar10_dir, tmp_path, capsys):
+    argv = ["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "--model-kwargs", TINY,
+            *_quick(cifar10_dir, tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    final = tmp_path / "runs" / "dsrnet50" / "final.json"
+    first = report.read_json(final)
+    final.unlink()  # as if the run had been killed after its last checkpoint
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "resume dsrnet50 from" in captured.err and "resumed" in captured.out
+    assert report.read_json(final)["top1_error"] == pytest.approx(first["top1_error"])
+
+
+def test_ablate_quick_writes_table_and_plot(cifar10_dir, tmp_path):
+    rc = main(["ablate", "--dataset", "cifar10", "--model-kwargs", TINY, *_quick(cifar10_dir, tmp_path)])
+    assert rc == 0
+    for name in ("table.md", "table.csv", "summary.json", "ablation.png"):
+        assert (tmp_path / name).is_file(), name
+    _assert_png(tmp_path / "ablation.png")
+    with open(tmp_path / "table.csv", newline="") as fh:
+        rows = {r["variant"]: r for r in csv.DictReader(fh)}
+    assert list(rows) == [v.name for v in reproduce.ablation_variants("paper")]
+    assert float(rows["dsrnet"]["delta_top1_vs_dsrnet"]) == 0.0
+    # The variants really are different networks: a full 3x3 conv has more parameters, the cifar stem more MACs.
+    assert int(rows["full_3x3"]["params"]) > int(rows["dsrnet"]["params"])
+    assert float(rows["stem_cifar"]["gmacs_per_image"]) > 4 * float(rows["dsrnet"]["gmacs_per_image"])
+    assert json.loads(rows["no_dilation"]["model_kwargs"])["block_dilations"] == [1]
+    md = (tmp_path / "table.md").read_text()
+    assert "| no_dilation |" in md and "| stride_1x1 |" in md
+
+
+def test_ablation_variants_build():
+    for v in reproduce.ablation_variants("paper"):
+        name = "dsrnet50_cifar" if v.stem == "cifar" else "dsrnet50"
+        model = dsrnet.create_model(name, 10, widths=(8, 16, 32, 64), **v.kwargs)
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert [v.name for v in reproduce.ablation_variants("cifar")][-1] == "stem_paper"
+
+
+def test_pareto_front():
+    assert report.pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 6.0), (0.5, 9.0)]) == [3, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["reproduce", "--dataset", "cifar10", "--models", "resnet5"], "unknown model(s) resnet5"),
+        (["reproduce", "--dataset", "cifar10", "--epochs", "0"], "epochs"),
+        (
+            ["ablate", "--dataset", "cifar10", "--variants", "no_dilation", "wide"],
+            "unknown ablation variant(s) wide",
+        ),
+        (
+            ["reproduce", "--dataset", "cifar10", "--bench-repeats", "0"],
+            "bench repeats must be an integer >= 1",
+        ),
+        (
+            ["reproduce", "--dataset", "cifar10", "--model-kwargs", "[1]"],
+            "--model-kwargs must be a JSON object",
+        ),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*argv, "--data-dir", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dsrnet: error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "--dataset", "cifar10", "--quick", "--data-dir", str(tmp_path / "none"), "--out",
+                 str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("dsrnet: error: ") and "cifar10" in err
+    assert not out.exists()
+
+
+def test_unknown_dataset_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "--dataset", "mnist"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'mnist'" in capsys.readouterr().err
