@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
@@ -30,3 +31,13 @@ def cifar10_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
     subprocess.run([sys.executable, str(decoder), str(out)], check=True, capture_output=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules that train tiny networks: on a 2-core machine a second OpenMP thread
+    contending with other processes makes these small kernels up to 100x slower, and no result depends on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

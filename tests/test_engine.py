@@ -24,14 +24,7 @@ from dsrnet.errors import DsrnetError
 TINY_MODEL = {"widths": [8, 16, 32, 64], "zero_init_residual": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core CI machine a second OpenMP thread contending with other
-    processes makes these tiny kernels up to 100x slower (spin-waiting), and results do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, data_dir, name="run", **over) -> TrainConfig:

@@ -19,13 +19,7 @@ REPRODUCE_FILES = ("table.md", "table.csv", "summary.json", "params.png", "paret
                    "confusion_dsrnet.png")  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core runner a second thread mostly waits for a busy core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quick(cifar10_dir, out, *extra):

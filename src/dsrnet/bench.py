@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from dsrnet import report
+from dsrnet.device import resolve_device
 from dsrnet.errors import DsrnetError
 
 MODES = ("inference", "train")
@@ -54,23 +55,6 @@ DEFAULT_REPEATS = {"cpu": 3, "cuda": 30}
 DEFAULT_SIZES = (32, 96)
 
 # ------------------------------------------------------------------------------------------------- environment
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; asking for CUDA where there is none is an error, not a fallback."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise DsrnetError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DsrnetError(
-            f"device {device!r} asked for, but torch sees no CUDA GPU: use --device cpu (or auto)"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise DsrnetError(f"device type {dev.type!r} is not supported by dsrnet bench: use cpu or cuda")
-    return dev
 
 
 def cpu_name() -> str:

@@ -66,6 +66,7 @@ from dsrnet.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from dsrnet.device import resolve_device
 from dsrnet.distributed import DistContext
 from dsrnet.errors import DsrnetError
 from dsrnet.models import create_model, list_models
@@ -214,7 +215,7 @@ class TrainConfig:
             setattr(self, name, _coerce(name, kind, getattr(self, name)))
         if self.recipe not in RECIPES:
             raise DsrnetError(f"unknown recipe {self.recipe!r}; fix: choose one of {', '.join(RECIPES)}")
-        self.device = _resolve_device_name(self.device)
+        self.device = str(resolve_device(self.device))
         on_cpu = not self.device.startswith("cuda")
         recipe_warmup = self.warmup_epochs is None
         for key, value in RECIPES[self.recipe].items():
@@ -357,22 +358,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
-
-
-def _resolve_device_name(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise DsrnetError(f"bad value for device: {device!r}; fix: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DsrnetError(
-            f"device {device!r} asked for but CUDA is not available; fix: pass --device cpu (or auto)"
-        )
-    if dev.type not in ("cpu", "cuda"):
-        raise DsrnetError(f"device {device!r} is not supported; fix: use auto, cpu, cuda or cuda:N")
-    return str(dev)
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
@@ -978,7 +963,7 @@ def model_from_checkpoint(
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = build_model(ckpt["model"], ckpt["num_classes"], ckpt["model_kwargs"])
     _load_model_state(model, ckpt)
-    return model.to(torch.device(_resolve_device_name(device))).eval(), ckpt
+    return model.to(resolve_device(device)).eval(), ckpt
 
 
 def evaluate_checkpoint(

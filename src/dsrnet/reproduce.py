@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from dsrnet import bench, report
+from dsrnet.device import resolve_device
 from dsrnet.errors import DsrnetError
 
 DATASET_CHOICES = ("cifar10", "cifar100", "stl10")
@@ -562,7 +563,7 @@ def _settings(dataset, out, train, bench_settings, quick, command, *, default_ou
             default_out = Path("results") / "quick" / default_out.relative_to("results")
     train.setdefault("progress", False)
     train.setdefault("tensorboard", False)  # results/ keeps tables and figures, not event files
-    device = bench.resolve_device(train.get("device", "auto"))
+    device = resolve_device(train.get("device", "auto"))
     bench_defaults = {
         "image_size": DATASETS[dataset].image_size,
         "batch_size": 128,
@@ -573,7 +574,7 @@ def _settings(dataset, out, train, bench_settings, quick, command, *, default_ou
         "repeats": bench.DEFAULT_REPEATS[device.type],
     }
     bench_settings = {**bench_defaults, **bench_settings}
-    bench_settings["device"] = str(bench.resolve_device(bench_settings["device"]))
+    bench_settings["device"] = str(resolve_device(bench_settings["device"]))
     bench._check_positive("bench batch size", bench_settings["batch_size"])
     bench._check_positive("bench repeats", bench_settings["repeats"])
     bench._check_positive("bench warmup", bench_settings["warmup"], 0)
