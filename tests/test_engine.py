@@ -416,3 +416,10 @@ def test_progress_bar_bf16_channels_last_on_a_terminal(cifar10_dir, tmp_path, ca
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "loss=" in err and "acc=" in err and "img_s=" in err
     assert final["precision"] == "bf16" and final["channels_last"] and math.isfinite(final["test_loss"])
+
+
+def test_recipe_lr_scales_with_batch_size_unless_given():
+    assert TrainConfig.from_recipe("fast", device="cpu").lr == pytest.approx(0.4)
+    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128).lr == pytest.approx(0.1)
+    assert TrainConfig.from_recipe("paper", device="cpu", batch_size=256).lr == pytest.approx(0.2)
+    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128, lr=0.3).lr == pytest.approx(0.3)

@@ -218,9 +218,14 @@ class TrainConfig:
         self.device = str(resolve_device(self.device))
         on_cpu = not self.device.startswith("cuda")
         recipe_warmup = self.warmup_epochs is None
-        for key, value in RECIPES[self.recipe].items():
+        recipe_lr = self.lr is None
+        recipe = RECIPES[self.recipe]
+        for key, value in recipe.items():
             if getattr(self, key) is None:
                 setattr(self, key, _CPU_FALLBACK[key] if on_cpu and key in _CPU_FALLBACK else value)
+        if recipe_lr and isinstance(self.batch_size, int):
+            # Linear scaling rule (Goyal et al., 2017): the recipe's lr belongs to the recipe's batch size.
+            self.lr = recipe["lr"] * self.batch_size / recipe["batch_size"]
         if recipe_warmup and isinstance(self.epochs, int):
             self.warmup_epochs = min(
                 self.warmup_epochs, self.epochs / 2
@@ -1186,7 +1191,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lr",
         default=S,
-        help=f"initial (step) / peak (cosine, linear) learning rate {_recipe_help('lr')}",
+        help="initial (step) / peak (cosine, linear) learning rate "
+        f"{_recipe_help('lr')[:-1]}, scaled linearly when --batch-size differs from the recipe's)",
     )
     p.add_argument("--weight-decay", default=S, help=f"L2 weight decay {_recipe_help('weight_decay')}")
     p.add_argument("--momentum", default=S, help=f"SGD momentum {_recipe_help('momentum')}")
