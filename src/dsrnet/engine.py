@@ -23,8 +23,8 @@ Run folder (``out_dir``): ``config.yaml`` (the fully resolved config; ``dsrnet t
 repeats the run), ``metrics.jsonl`` (one JSON object per epoch; its ``lr`` is the rate at the epoch's first
 step), ``checkpoint.pt`` (the last one, written atomically), ``final.json`` (the FINAL epoch's metrics,
 never a best-on-test pick; it exists only once the run has finished), ``tb/`` (TensorBoard events, when
-``tensorboard`` is installed) and ``eval/`` (from ``dsrnet eval``). Accuracies and errors are in percent. The train loss is the optimised (label-smoothed) loss; the test
-loss is plain cross-entropy.
+``tensorboard`` is installed) and ``eval/`` (from ``dsrnet eval``). Accuracies and errors are in percent.
+The train loss is the optimised (label-smoothed) loss; the test loss is plain cross-entropy.
 
 Distributed: under ``torchrun --nproc_per_node N -m dsrnet train ...`` each rank trains on its disjoint shard
 of every epoch's global permutation (:class:`dsrnet.data.DeviceLoader`) with ``--batch-size`` as the GLOBAL
