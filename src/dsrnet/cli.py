@@ -22,12 +22,17 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dsrnet import bench, engine, reproduce
+    import torch
+
+    from dsrnet import __version__, bench, engine, reproduce
 
     parser = OneLineErrorParser(
         prog="dsrnet",
         description="DSRNet: train, evaluate, benchmark and reproduce the paper's tables.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"dsrnet {__version__} (torch {torch.__version__})"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     engine.add_parser(sub)  # train, eval, predict
