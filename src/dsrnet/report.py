@@ -210,14 +210,15 @@ def plot_tradeoff(
                 fontsize=7,
             )
         front = pareto_front([(p["latency_ms"], p["error"]) for p in pts])
-        ax.plot(
-            [pts[i]["latency_ms"] for i in front],
-            [pts[i]["error"] for i in front],
-            "k--",
-            lw=1,
-            label="Pareto front",
-        )
-        ax.legend(loc="best", fontsize=8)
+        if len(front) > 1:  # one point that beats all others on both axes is no line to draw
+            ax.plot(
+                [pts[i]["latency_ms"] for i in front],
+                [pts[i]["error"] for i in front],
+                "k--",
+                lw=1,
+                label="Pareto front",
+            )
+            ax.legend(loc="best", fontsize=8)
         ax.margins(0.2)
     else:
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
