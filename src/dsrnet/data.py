@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dsrnet.checkpoint import atomic_write
 from dsrnet.errors import DsrnetError
 
 __all__ = [
@@ -293,18 +294,9 @@ def _write_cache(path: Path, data: ArraySplit) -> None:
     arrays = {"images": data.images, "labels": data.labels}
     if data.coarse_labels is not None:
         arrays["coarse_labels"] = data.coarse_labels
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:  # whatever stops the write (even Ctrl-C), no half-written file stays behind
-        tmp.unlink(missing_ok=True)
-        if not isinstance(err, OSError):
-            raise
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except OSError as err:
         warnings.warn(
             f"could not write the array cache {path} ({err}); the official files will be read each time",
             stacklevel=3,
