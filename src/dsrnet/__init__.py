@@ -1,7 +1,26 @@
-"""DSRNet: a depthwise-separable, dilated residual network (Luo et al.), its baselines, and a harness for its claims."""
+"""DSRNet: a depthwise-separable, dilated residual network (Luo et al.), its baselines, and a harness for its claims.
+
+``import dsrnet`` is light: the model zoo (torch, torchvision) is imported on first use of ``create_model`` /
+``list_models``.
+"""
 
 from dsrnet.errors import DsrnetError
-from dsrnet.models import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["DsrnetError", "create_model", "list_models", "__version__"]
+__all__ = ["DsrnetError", "__version__", "create_model", "list_models"]
+
+_LAZY = {"create_model": "dsrnet.models", "list_models": "dsrnet.models"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dsrnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

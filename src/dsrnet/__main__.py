@@ -1,3 +1,3 @@
-from dsrnet.cli import main
+from dsrnet.cli.main import main
 
 raise SystemExit(main())

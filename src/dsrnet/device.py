@@ -1,10 +1,16 @@
-"""Which torch device a command runs on; shared by train, eval, predict, bench and reproduce."""
+"""Which torch device a command runs on, and the device helpers every layer shares (sync, label, precision)."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from dsrnet.errors import DsrnetError
+
+#: Numeric precisions of training, evaluation and benchmarks: fp32, or autocast to bf16 / fp16.
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AMP_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -23,3 +29,23 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise DsrnetError(f"device type {dev.type!r} is not supported; fix: use auto, cpu, cuda or cuda:N")
     return dev
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a wall-clock reading covers it (a CPU call is already synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_label(device: torch.device) -> str:
+    """``"cuda:0 (NVIDIA H100 80GB HBM3)"`` or ``"cpu"``, for logs and result files."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for ``precision`` (``fp32``: none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AMP_DTYPE[precision])

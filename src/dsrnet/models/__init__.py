@@ -1,7 +1,7 @@
 """Model zoo: DSRNet (``dsrnet.py``) and the paper's torchvision baselines (``baselines.py``) behind one registry."""
 
 from dsrnet.models import baselines, dsrnet
-from dsrnet.models._registry import create_model, list_models, register_model
+from dsrnet.models._registry import build_model, create_model, list_models, register_model
 from dsrnet.models._timm import register_with_timm
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
@@ -53,6 +53,7 @@ __all__ = [
     "PAPER_DSRNET_PARAMS",
     "PAPER_RESULTS",
     "baselines",
+    "build_model",
     "create_model",
     "dsrnet",
     "list_models",

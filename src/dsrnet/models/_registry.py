@@ -40,3 +40,15 @@ def create_model(name: str, num_classes: int = 1000, *, pretrained: bool = False
         if "unexpected keyword argument" in str(err) or "multiple values" in str(err):
             raise DsrnetError(f"model {name!r} does not take that argument ({err})") from None
         raise
+
+
+def build_model(name: str, num_classes: int, model_kwargs: dict | None = None) -> nn.Module:
+    """:func:`create_model` for a config or checkpoint: any argument the builder rejects is a one-line
+    :class:`DsrnetError` naming ``model_kwargs``."""
+    kwargs = dict(model_kwargs or {})
+    try:
+        return create_model(name, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise DsrnetError(
+            f"model {name!r} rejects model_kwargs {kwargs} ({err}); fix: correct --model-kwargs"
+        ) from None

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from dsrnet import data
-from dsrnet.data import DATASETS, DeviceLoader, channel_stats, crop_flip, load_split, subset_per_class
+from dsrnet.data import DATASETS, DeviceLoader, channel_stats, load_split, subset_per_class
+from dsrnet.data import datasets as data
 from dsrnet.errors import DsrnetError
 
 RNG = np.random.default_rng(1234)
@@ -285,146 +285,6 @@ def test_real_cifar10(cifar10_dir):
     assert x.mean(1).abs().max() < 0.02 and (x.std(1) - 1).abs().max() < 0.02
 
 
-# --------------------------------------------------------------------------------------------- the loader
-
-
-def _loader(n=50, size=8, **kw):
-    g = np.random.default_rng(0)
-    images = g.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    labels = np.arange(n) % 5
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("train", True)
-    return images, labels, DeviceLoader(images, labels, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), **kw)
-
-
-def _to_uint8(x: torch.Tensor, loader: DeviceLoader) -> torch.Tensor:
-    return ((x - loader._shift) / loader._scale).round().clamp(0, 255).to(torch.uint8)
-
-
-def test_eval_loader_is_plain_normalisation_in_order():
-    images, labels, loader = _loader(n=21, train=False, batch_size=8)
-    xs, ys = zip(*loader, strict=True)
-    assert [len(y) for y in ys] == [8, 8, 5] and len(loader) == 3
-    x = torch.cat(xs)
-    mean, std = torch.tensor((0.5, 0.4, 0.3)), torch.tensor((0.2, 0.25, 0.3))
-    ref = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean.view(1, 3, 1, 1)) / std.view(
-        1, 3, 1, 1
-    )
-    assert x.dtype == torch.float32 and x.shape == (21, 3, 8, 8)
-    torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)
-    assert torch.equal(torch.cat(ys), torch.from_numpy(labels))
-    assert torch.equal(torch.cat([y for _, y in loader]), torch.cat(ys))  # every pass identical
-
-
-def test_train_shapes_labels_and_len():
-    images, labels, loader = _loader(n=50, batch_size=8)
-    assert len(loader) == 7 and loader.num_samples == 50
-    idx = loader.epoch_indices(0)
-    batches = list(loader)
-    assert [tuple(x.shape) for x, _ in batches] == [(8, 3, 8, 8)] * 6 + [(2, 3, 8, 8)]
-    y = torch.cat([y for _, y in batches])
-    assert y.dtype == torch.int64 and torch.equal(y, torch.from_numpy(labels)[idx])
-    assert sorted(idx.tolist()) == list(range(50))
-    _, _, dl = _loader(n=50, batch_size=8, drop_last=True)
-    assert len(dl) == 6 and sum(len(y) for _, y in dl) == 48
-
-
-def test_flips_are_exact_without_padding():
-    images, _, loader = _loader(n=64, pad=0, batch_size=64)
-    idx = loader.epoch_indices(0)
-    x, _ = next(iter(loader))
-    got = _to_uint8(x, loader)
-    src = torch.from_numpy(images).permute(0, 3, 1, 2)[idx]
-    same = (got == src).flatten(1).all(1)
-    flipped = (got == src.flip(-1)).flatten(1).all(1)
-    assert (same | flipped).all()
-    assert 10 < int(flipped.sum()) < 54  # about half flipped
-    _, _, nf = _loader(n=64, pad=0, flip=False, batch_size=64)
-    idx = nf.epoch_indices(0)
-    x, _ = next(iter(nf))
-    assert torch.equal(_to_uint8(x, nf), torch.from_numpy(images).permute(0, 3, 1, 2)[idx])
-
-
-def test_crop_flip_matches_explicit_slicing():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (16, 3, 10, 12), dtype=torch.uint8, generator=g)
-    pad = 3
-    dy = torch.randint(0, 2 * pad + 1, (16,), generator=g)
-    dx = torch.randint(0, 2 * pad + 1, (16,), generator=g)
-    dy[0], dx[0], dy[1], dx[1] = 0, 0, 2 * pad, 2 * pad  # both extreme corners
-    fl = torch.rand(16, generator=g) < 0.5
-    out = crop_flip(x, pad, dy, dx, fl)
-    padded = torch.nn.functional.pad(x, (pad,) * 4)
-    for i in range(16):
-        ref = padded[i, :, dy[i] : dy[i] + 10, dx[i] : dx[i] + 12]
-        assert torch.equal(out[i], ref.flip(-1) if fl[i] else ref)
-
-
-def test_loader_crops_stay_inside_padded_image():
-    """Every augmented image is one of the (2*pad+1)^2 * 2 windows of its zero-padded source, and the offsets
-    cover the full range."""
-    pad = 2
-    images, _, loader = _loader(n=40, size=6, pad=pad, batch_size=40)
-    idx = loader.epoch_indices(0)
-    x, _ = next(iter(loader))
-    got = _to_uint8(x, loader)
-    padded = torch.nn.functional.pad(torch.from_numpy(images).permute(0, 3, 1, 2), (pad,) * 4)
-    offsets = set()
-    for i, j in enumerate(idx.tolist()):
-        hits = []
-        for a in range(2 * pad + 1):
-            for b in range(2 * pad + 1):
-                window = padded[j, :, a : a + 6, b : b + 6]
-                hits += [
-                    (a, b, f) for f, w in ((False, window), (True, window.flip(-1))) if torch.equal(got[i], w)
-                ]
-        assert hits, f"sample {i} is not a window of its padded source"
-        offsets.update((a, b) for a, b, _ in hits)
-    assert {a for a, _ in offsets} == set(range(2 * pad + 1))
-
-
-def test_same_seed_same_batches_other_seed_or_epoch_differs():
-    def run(seed, epoch):
-        _, _, ld = _loader(n=30, batch_size=7, seed=seed)
-        ld.set_epoch(epoch)
-        return [(x.clone(), y.clone()) for x, y in ld]
-
-    a, b = run(5, 2), run(5, 2)
-    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True))
-    c, d = run(6, 2), run(5, 3)
-    assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in c]))
-    assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in d]))
-    # Without set_epoch, successive passes advance the epoch instead of repeating the same order.
-    _, _, ld = _loader(n=30, batch_size=30)
-    first, second = next(iter(ld))[1], next(iter(ld))[1]
-    assert not torch.equal(first, second) and ld.epoch == 2
-
-
-def test_ranks_get_disjoint_slices_of_one_permutation():
-    n, ws = 103, 4
-    per_rank = []
-    for rank in range(ws):
-        _, _, ld = _loader(n=n, batch_size=5, rank=rank, world_size=ws, seed=9)
-        ld.set_epoch(4)
-        assert ld.num_samples == n // ws == 25 and len(ld) == 5
-        idx = ld.epoch_indices()
-        assert torch.equal(torch.cat([y for _, y in ld]), torch.from_numpy(np.arange(n) % 5)[idx])
-        per_rank.append(set(idx.tolist()))
-    assert sum(len(s) for s in per_rank) == len(set().union(*per_rank)) == (n // ws) * ws
-    # Evaluation splits all images over the ranks, each exactly once.
-    evals = [DeviceLoader(*_loader(n=n)[:2], batch_size=5, train=False, mean=(0,) * 3, std=(1,) * 3, rank=r,
-                          world_size=ws).epoch_indices().tolist() for r in range(ws)]  # fmt: skip
-    assert sorted(sum(evals, [])) == list(range(n))
-
-
-def test_channels_last_and_uint8_tensor_input():
-    images = torch.randint(0, 256, (10, 8, 8, 3), dtype=torch.uint8)
-    ld = DeviceLoader(images, torch.arange(10), batch_size=4, train=True, mean=(0.5,) * 3, std=(0.5,) * 3,
-                      channels_last=True)  # fmt: skip
-    x, y = next(iter(ld))
-    assert x.is_contiguous(memory_format=torch.channels_last) and x.shape == (4, 3, 8, 8)
-
-
 def test_subset_per_class():
     labels = np.repeat(np.arange(4), [10, 12, 7, 9])
     idx = subset_per_class(labels, 5, seed=1)
@@ -636,30 +496,3 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
         got = load_split("cifar10", "test", tmp_path)  # read-only data dir: still loads, warns once
     assert len(got) == 7 and any("could not write the array cache" in str(m.message) for m in w)
     assert list((tmp_path / "cifar10").iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"batch_size": 0}, "batch size must be a positive integer"),
-        ({"rank": 2, "world_size": 2}, "need 0 <= rank < world_size"),
-        ({"std": (0.2, 0.0, 0.2)}, "std > 0"),
-        ({"pad": -1}, "pad must be"),
-        ({"world_size": 11, "rank": 0}, "cannot give each of 11 ranks"),
-        ({"batch_size": 16, "drop_last": True}, "leaves no batch"),
-    ],
-)
-def test_loader_bad_arguments(kwargs, match):
-    args = {"batch_size": 4, "train": True, "mean": (0.5,) * 3, "std": (0.2,) * 3, **kwargs}
-    with pytest.raises(DsrnetError, match=match):
-        DeviceLoader(np.zeros((10, 8, 8, 3), np.uint8), np.zeros(10, np.int64), **args)
-
-
-def test_loader_bad_arrays():
-    kw = {"batch_size": 4, "train": True, "mean": (0.5,) * 3, "std": (0.2,) * 3}
-    with pytest.raises(DsrnetError, match="must be uint8"):
-        DeviceLoader(np.zeros((10, 8, 8, 3), np.float32), np.zeros(10), **kw)
-    with pytest.raises(DsrnetError, match="must be uint8"):
-        DeviceLoader(np.zeros((10, 3, 8, 8), np.uint8), np.zeros(10, np.int64), **kw)
-    with pytest.raises(DsrnetError, match="matching 10 images"):
-        DeviceLoader(np.zeros((10, 8, 8, 3), np.uint8), np.zeros(9, np.int64), **kw)

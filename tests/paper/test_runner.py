@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 import dsrnet
-from dsrnet import report, reproduce
-from dsrnet.cli import main
+from dsrnet.cli.main import main
+from dsrnet.paper import runner as reproduce
+from dsrnet.report.markdown import read_json
+from dsrnet.report.plots import pareto_front
 
 TINY = json.dumps({"widths": [8, 16, 32, 64]})
 REPRODUCE_FILES = ("table.md", "table.csv", "summary.json", "params.png", "pareto.png", "curves.png",
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quick(cifar10_dir, out, *extra):
-    return ["--quick", "--data-dir", str(cifar10_dir), "--out", str(out), "--bench-batch-size", "4", *extra]
+    return ["--quick", "--data-dir", str(cifar10_dir), "--out-dir", str(out), "--bench-batch-size", "4", *extra]
 
 
 def _assert_png(path, min_side=200):
@@ -62,14 +64,14 @@ def test_reproduce_quick_writes_every_table_and_figure(quick_run):
         assert 0 <= float(r["top1_error"]) <= 100 and float(r["top3_error"]) <= float(r["top1_error"])
         assert float(r["latency_ms"]) > 0
         assert int(r["params"]) == sum(p.numel() for p in dsrnet.create_model(r["model"], 10).parameters())
-    summary = report.read_json(out / "summary.json")
+    summary = read_json(out / "summary.json")
     assert summary["env"]["torch"] == torch.__version__ and summary["seed"] == 0 and summary["quick"] is True
     assert summary["models"][0]["paper"]["top1_error"] == 9.20
 
     # Training ran on 20 per class and tested on 10 per class; the confusion matrix is of the same test images.
-    final = report.read_json(out / "runs" / "dsrnet50" / "final.json")
+    final = read_json(out / "runs" / "dsrnet50" / "final.json")
     assert (final["epochs"], final["train_images"], final["test_images"]) == (1, 200, 100)
-    evaluated = report.read_json(out / "runs" / "dsrnet50" / "eval" / "metrics.json")
+    evaluated = read_json(out / "runs" / "dsrnet50" / "eval" / "metrics.json")
     assert evaluated["test_images"] == 100 and evaluated["top1_error"] == pytest.approx(final["top1_error"])
 
 
@@ -110,13 +112,15 @@ def test_unfinished_run_is_resumed(cifar10_dir, tmp_path, capsys):
             *_quick(cifar10_dir, tmp_path)]  # fmt: skip
     assert main(argv) == 0
     final = tmp_path / "runs" / "dsrnet50" / "final.json"
-    first = report.read_json(final)
+    first = read_json(final)
     final.unlink()  # as if the run had been killed after its last checkpoint
     capsys.readouterr()
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "resume dsrnet50 from" in captured.err and "resumed" in captured.out
-    assert report.read_json(final)["top1_error"] == pytest.approx(first["top1_error"])
+    assert "resume dsrnet50 from" in captured.err and "resumed" in captured.err
+    # stdout is the table alone: `dsrnet reproduce > table.md` captures no progress lines
+    assert captured.out.startswith("|") and "resumed" not in captured.out and "epoch" not in captured.out
+    assert read_json(final)["top1_error"] == pytest.approx(first["top1_error"])
 
 
 def test_ablate_quick_writes_table_and_plot(cifar10_dir, tmp_path):
@@ -146,7 +150,7 @@ def test_ablation_variants_build():
 
 
 def test_pareto_front():
-    assert report.pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 6.0), (0.5, 9.0)]) == [3, 0, 1]
+    assert pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 6.0), (0.5, 9.0)]) == [3, 0, 1]
 
 
 @pytest.mark.parametrize(
@@ -170,7 +174,7 @@ def test_pareto_front():
 )
 def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main([*argv, "--data-dir", str(tmp_path), "--out", str(out)]) == 2
+    assert main([*argv, "--data-dir", str(tmp_path), "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dsrnet: error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -178,7 +182,7 @@ def test_bad_arguments_fail_before_any_work(argv, message, tmp_path, capsys):
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["reproduce", "--dataset", "cifar10", "--quick", "--data-dir", str(tmp_path / "none"), "--out",
+    assert main(["reproduce", "--dataset", "cifar10", "--quick", "--data-dir", str(tmp_path / "none"), "--out-dir",
                  str(out)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert err.startswith("dsrnet: error: ") and "cifar10" in err

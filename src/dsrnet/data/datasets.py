@@ -1,4 +1,4 @@
-"""Datasets of the paper (Section 4.1-4.2: CIFAR-10, CIFAR-100, STL-10) and a GPU-resident augmenting loader.
+"""Datasets of the paper (Section 4.1-4.2: CIFAR-10, CIFAR-100, STL-10): where the arrays come from and how they are checked.
 
 Where the arrays come from, in this order (:func:`load_split`):
 
@@ -15,13 +15,13 @@ suite generates in exactly the official formats, and STL-10's class md5-hashes t
 read the 5,000 training images. The parsers below follow torchvision's readers byte for byte (pickles loaded with
 ``encoding="latin1"``; STL-10's column-major ``*_X.bin`` and 1-based ``*_y.bin``), and add what torchvision leaves
 out: shape, dtype, size and label-range checks with one-line errors. torchvision is used for the download, where
-its archive md5 check is exactly what is wanted. The pickles are the official archives' own format; load them only
-from a source you trust, as with torchvision.
+its archive md5 check is exactly what is wanted.
 
-:class:`DeviceLoader` keeps a whole split as one uint8 tensor on the training device and augments each batch there
-(random crop of the zero-padded image, horizontal flip, per-channel normalisation -- the paper's "randomly cropped,
-flipped, and normalized", Section 4.2; for STL-10 "zero-padding ... then randomly crop the image to 96*96",
-Section 4.5), so data loading costs a few small kernels per batch and no host work at all.
+The official CIFAR files are Python pickles. They are read with a restricted unpickler that accepts only the
+NumPy and builtin types the real files contain, so a doctored ``data_batch_1`` cannot run code (torchvision's
+readers, and a plain ``pickle.load``, would run it).
+
+The augmenting loader that puts a split on the device is :mod:`dsrnet.data.loader`.
 """
 
 from __future__ import annotations
@@ -31,24 +31,20 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dsrnet.checkpoint import atomic_write
 from dsrnet.errors import DsrnetError
+from dsrnet.run.atomic import atomic_write, remove_stale_temp_files
 
 __all__ = [
     "DATASETS",
     "ArraySplit",
     "DatasetInfo",
-    "DeviceLoader",
     "channel_stats",
-    "crop_flip",
     "default_data_dir",
     "load_split",
     "subset_per_class",
@@ -294,6 +290,7 @@ def _write_cache(path: Path, data: ArraySplit) -> None:
     arrays = {"images": data.images, "labels": data.labels}
     if data.coarse_labels is not None:
         arrays["coarse_labels"] = data.coarse_labels
+    remove_stale_temp_files(path.parent)  # an earlier run killed mid-write left its temp file
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as err:
@@ -319,13 +316,44 @@ def _official_fix(info: DatasetInfo, folder: Path) -> str:
     )
 
 
+class _ForbiddenPickle(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Only what the official CIFAR pickles (and NumPy's own array pickles) contain: dicts, lists, bytes, str,
+    ints and NumPy arrays. Any other global -- ``os.system``, ``builtins.eval``, ... -- is refused, never called."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise _ForbiddenPickle(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, info: DatasetInfo, folder: Path) -> dict:
     fix = _official_fix(info, folder)
     if not path.is_file():
         raise DsrnetError(f"{path} is missing from the official {info.name} layout; fix: {fix}")
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")  # the official files are Python 2 pickles
+            obj = _CifarUnpickler(f, encoding="latin1").load()  # the official files are Python 2 pickles
+    except _ForbiddenPickle as err:
+        raise DsrnetError(
+            f"{path} is not an official CIFAR pickle: it asks to run {err} (a doctored file would run code here); "
+            f"refused; fix: {fix}"
+        ) from None
     # Truncation surfaces as EOFError, UnpicklingError, ValueError, ... depending on where the file is cut.
     except Exception as err:
         raise DsrnetError(
@@ -490,185 +518,3 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, float, float], tuple
     return (mean[0], mean[1], mean[2]), (std[0], std[1], std[2])
 
 
-# --------------------------------------------------------------------------------------------------- loader
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # SeedSequence mixes (seed, epoch) well and identically in every process, unlike Python's salted hash().
-    return int(
-        np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch]).generate_state(1)[0]
-    )
-
-
-class DeviceLoader:
-    """Iterate over a whole split held as one uint8 tensor on ``device``, yielding ``(x, y)``: ``x`` float32
-    (B,3,H,W) normalised with ``mean``/``std`` (in [0,1] units), ``y`` int64 (B,), both on ``device``.
-
-    ``train=True``: a fresh permutation each epoch, random crop of the image zero-padded by ``pad`` on each side
-    and a horizontal flip with probability 1/2 (Section 4.2; STL-10 Section 4.5), all computed on ``device`` in a
-    handful of batched kernels. The randomness is drawn on the CPU from ``(seed, epoch)``, so batches are the same
-    on every device and every rank. ``train=False``: fixed order, no augmentation.
-
-    Epochs: each ``iter()`` uses the current epoch and then advances it by one; :meth:`set_epoch` sets it
-    explicitly (as with ``DistributedSampler``), so forgetting it never repeats the same order.
-
-    DDP (``rank``/``world_size``): every rank draws the same global permutation and takes the positions
-    ``rank, rank + world_size, ...`` of it, so the ranks' samples are disjoint. For training each rank gets
-    ``N // world_size`` samples (at most ``world_size - 1`` images, different ones each epoch, are left out) so all
-    ranks run the same number of steps; for evaluation the ranks split all ``N`` images (sizes may differ by one).
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray | torch.Tensor,
-        labels: np.ndarray | torch.Tensor,
-        *,
-        batch_size: int,
-        train: bool,
-        device: str | torch.device = "cpu",
-        mean: tuple[float, float, float] | list[float],
-        std: tuple[float, float, float] | list[float],
-        pad: int = 4,
-        flip: bool = True,
-        drop_last: bool = False,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        channels_last: bool = False,
-    ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DsrnetError(f"batch size must be a positive integer, got {batch_size!r}")
-        if not (
-            isinstance(world_size, int)
-            and world_size >= 1
-            and isinstance(rank, int)
-            and 0 <= rank < world_size
-        ):
-            raise DsrnetError(
-                f"rank {rank!r} / world size {world_size!r} invalid: need 0 <= rank < world_size"
-            )
-        if not isinstance(pad, int) or pad < 0:
-            raise DsrnetError(f"pad must be a non-negative integer, got {pad!r}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise DsrnetError(f"mean and std need 3 values each with std > 0, got mean={mean!r} std={std!r}")
-        with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: they are copied, never written
-            warnings.simplefilter("ignore", UserWarning)
-            images_t = torch.as_tensor(images)
-        labels_t = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
-        if images_t.dtype != torch.uint8 or images_t.ndim != 4 or images_t.shape[-1] != 3:
-            raise DsrnetError(
-                f"loader images must be uint8 (N,H,W,3), got {images_t.dtype} {tuple(images_t.shape)}"
-            )
-        if labels_t.ndim != 1 or len(labels_t) != len(images_t) or labels_t.is_floating_point():
-            raise DsrnetError(
-                f"loader labels must be (N,) integers matching {len(images_t)} images, got "
-                f"{labels_t.dtype} {tuple(labels_t.shape)}"
-            )
-        n = len(images_t)
-        if n == 0:
-            raise DsrnetError("loader got an empty split")
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.train = train
-        self.pad = pad if train else 0
-        self.flip = flip and train
-        self.drop_last = drop_last
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.channels_last = channels_last
-        self.epoch = 0
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
-        self.num_total = n
-        self.num_samples = n // world_size if train else len(range(rank, n, world_size))
-        if self.num_samples == 0:
-            raise DsrnetError(f"{n} images cannot give each of {world_size} ranks at least one sample")
-        if drop_last and self.num_samples < batch_size:
-            raise DsrnetError(
-                f"drop_last with batch size {batch_size} leaves no batch of {self.num_samples} samples per rank; "
-                f"fix: lower the batch size or drop drop_last"
-            )
-        # NCHW once, on the device: one 150 MB copy for CIFAR's train split, then only gathers per batch.
-        self.images = images_t.to(self.device).permute(0, 3, 1, 2).contiguous()
-        self.labels = labels_t.to(self.device, torch.int64)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        # x_norm = (u8 / 255 - mean) / std = u8 * scale + shift: one fused multiply-add per element.
-        self._scale = 1.0 / (255.0 * std_t)
-        self._shift = -mean_t / std_t
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next iteration (shuffle order and augmentation draw from ``(seed, epoch)``)."""
-        self.epoch = int(epoch)
-
-    def _plan(
-        self, epoch: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """This rank's indices for ``epoch`` and per-sample crop offsets / flip flags, on the CPU."""
-        n, ws = self.num_total, self.world_size
-        if not self.train:
-            return torch.arange(self.rank, n, ws), None, None, None
-        g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        perm = torch.randperm(n, generator=g)
-        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        flips = torch.rand(n, generator=g) < 0.5
-        pos = torch.arange(self.rank, self.num_samples * ws, ws)  # the same global draw, sliced per rank
-        return perm[pos], dy[pos], dx[pos], flips[pos] & self.flip
-
-    def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
-        """Indices into the split that this rank visits in ``epoch`` (default: the next epoch), in batch order."""
-        return self._plan(self.epoch if epoch is None else epoch)[0][: len(self) * self.batch_size]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.epoch += 1
-        return self._batches(epoch)
-
-    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx, dy, dx, flips = self._plan(epoch)
-        non_blocking = self.device.type == "cuda"
-        idx = idx.to(self.device, non_blocking=non_blocking)
-        if self.train:
-            dy = dy.to(self.device, non_blocking=non_blocking)
-            dx = dx.to(self.device, non_blocking=non_blocking)
-            flips = flips.to(self.device, non_blocking=non_blocking)
-        sequential = not self.train and self.world_size == 1
-        bs = self.batch_size
-        for b in range(len(self)):
-            sl = slice(b * bs, (b + 1) * bs)
-            if sequential:  # evaluation on one rank: plain views, no gather
-                xb, yb = self.images[sl], self.labels[sl]
-            else:
-                ib = idx[sl]
-                xb, yb = self.images.index_select(0, ib), self.labels.index_select(0, ib)
-            if self.train and (self.pad or self.flip):
-                xb = crop_flip(xb, self.pad, dy[sl], dx[sl], flips[sl])
-            x = torch.addcmul(self._shift, xb.to(torch.float32), self._scale)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, yb
-
-
-def crop_flip(
-    x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
-) -> torch.Tensor:
-    """Batched random crop + horizontal flip: sample ``i`` of ``x`` (B,C,H,W) is zero-padded by ``pad`` on every
-    side, cut at rows ``dy[i]..dy[i]+H`` and columns ``dx[i]..dx[i]+W`` (offsets in ``[0, 2*pad]``), then mirrored
-    left-right where ``flip[i]``. One pad and one gather for the whole batch; the flip is folded into the gather's
-    column index, so it costs nothing and is exact."""
-    b, c, h, w = x.shape
-    hp, wp = h + 2 * pad, w + 2 * pad
-    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
-    ar_h = torch.arange(h, device=x.device)
-    ar_w = torch.arange(w, device=x.device)
-    rows = dy.view(b, 1) + ar_h  # (B,H)
-    cols = dx.view(b, 1) + torch.where(flip.view(b, 1), (w - 1) - ar_w, ar_w)  # (B,W)
-    lin = (rows.view(b, h, 1) * wp + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
-    return xp.reshape(b, c, hp * wp).gather(2, lin).view(b, c, h, w)

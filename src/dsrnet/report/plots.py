@@ -1,144 +1,26 @@
-"""Tables and figures for ``dsrnet bench``, ``dsrnet reproduce`` and ``dsrnet ablate``.
+"""Figures for ``dsrnet reproduce``, ``ablate`` and ``eval``: Fig. 2 (parameters), error vs time, training curves,
+confusion matrices.
 
-Every output is written atomically (:func:`dsrnet.checkpoint.atomic_write`: temporary file, fsync, ``os.replace``), so an interrupted run
-never leaves a half-written table or PNG that a later, resumed run would take for a finished one. Figures are drawn
-on a bare :class:`matplotlib.figure.Figure` (Agg canvas), so no pyplot state or display is involved.
+Figures are drawn on a bare :class:`matplotlib.figure.Figure` (Agg canvas), so no pyplot state or display is
+involved, and written atomically (:mod:`dsrnet.run.atomic`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dsrnet.checkpoint import atomic_write, atomic_write_bytes, atomic_write_text
+import numpy as np
 
-#: Pretty names used in the paper's tables (Tables 2-4 write "ResNext"; the networks are ResNeXt).
-DISPLAY_NAMES = {
-    "dsrnet50": "DSRNet",
-    "dsrnet101": "DSRNet-101",
-    "resnet50": "ResNet50",
-    "resnet101": "ResNet101",
-    "resnext50_32x4d": "ResNeXt50",
-    "resnext101_32x8d": "ResNeXt101",
-    "mobilenet_v2": "MobileNetV2",
-}
-
-
-def display_name(name: str) -> str:
-    """``"resnext50_32x4d_cifar"`` -> ``"ResNeXt50 (cifar stem)"``; unknown names are returned as they are."""
-    base = name.removesuffix("_cifar")
-    pretty = DISPLAY_NAMES.get(base, base)
-    return f"{pretty} (cifar stem)" if name.endswith("_cifar") else pretty
-
-
-# ------------------------------------------------------------------------------------------------ atomic writes
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_text(path, text)
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write_bytes(path, data)
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
-
-
-def json_default(obj: Any) -> Any:
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_csv(
-    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] | None = None
-) -> Path:
-    """``rows`` as CSV; ``fields`` defaults to the union of the rows' keys in first-seen order."""
-    if fields is None:
-        fields = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_cell(row.get(k)) for k in fields})
-    return atomic_write_text(path, buf.getvalue())
-
-
-def plain(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples -> lists, numpy scalars -> numbers), for comparing settings."""
-    return json.loads(json.dumps(obj, default=json_default))
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return value
+from dsrnet.report.markdown import display_name
+from dsrnet.run.atomic import atomic_write
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight"))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSON-lines file; a torn last line (a run killed mid-write) is ignored."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
-
-
-# ------------------------------------------------------------------------------------------------------ tables
-
-
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
-    """A GitHub markdown table. ``align``: one of ``l``/``r``/``c`` per column (default: first left, rest right)."""
-    headers = [str(h) for h in headers]
-    align = align or "l" + "r" * (len(headers) - 1)
-    marks = {"l": ":--", "r": "--:", "c": ":-:"}
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
-    for row in rows:
-        lines.append("| " + " | ".join("" if c is None else str(c) for c in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
-    """Number formatting for tables; ``None``/NaN print as an en dash (no value)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}{suffix}"
-    return f"{value}{suffix}"
-
-
-# ----------------------------------------------------------------------------------------------------- figures
 
 
 def _figure(figsize=(7.0, 4.5), ncols: int = 1):
@@ -252,3 +134,35 @@ def plot_curves(
             ax.legend(fontsize=8)
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def plot_confusion(conf: np.ndarray, classes: Sequence[str], path: Path, title: str) -> Path:
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
+
+    n = len(classes)
+    rows = np.maximum(conf.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.45 * n, 24)
+    fig = Figure(figsize=(size, size * 0.9))
+    ax = fig.subplots()
+    im = ax.imshow(100.0 * conf / rows, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="% of true class")
+    if n <= 20:  # with more classes the labels are unreadable; the CSV has them
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if conf[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        str(int(conf[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if conf[i, j] > 0.5 * rows[i, 0] else "black",
+                    )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))

@@ -25,14 +25,13 @@ interface is missing.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import gc
+import logging
 import os
 import platform
 import re
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,18 +40,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsrnet import report
-from dsrnet.device import resolve_device
-from dsrnet.errors import DsrnetError
+from dsrnet.device import PRECISIONS, autocast, resolve_device, synchronize
+from dsrnet.errors import DsrnetError, check_int
+from dsrnet.report.markdown import display_name, fmt, markdown_table, write_csv
+from dsrnet.run.atomic import atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 MODES = ("inference", "train")
-PRECISIONS = ("fp32", "bf16")
 #: Warm-up and repeat counts when the user gives none. A CPU batch of 128 through ResNeXt101 takes seconds, so the
 #: CPU defaults are small enough for the default bench to finish in a few minutes on 2 cores; the CUDA defaults
 #: match the reference H100 timings (median of 30 after warm-up).
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 10}
+
+
 DEFAULT_REPEATS = {"cpu": 3, "cuda": 30}
+
+
 DEFAULT_SIZES = (32, 96)
+
 
 # ------------------------------------------------------------------------------------------------- environment
 
@@ -115,9 +121,6 @@ def environment_line(env: dict[str, Any]) -> str:
         parts.append(f"CUDA {env['cuda']}, cuDNN {env['cudnn']}")
     parts.append(env["date"])
     return ", ".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------- measurements
 
 
 def count_params(model: nn.Module) -> int:
@@ -188,16 +191,11 @@ class _MemoryProbe:
         return None if peak is None else max(peak - self.base, 0) / 1024
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_calls(fn, *, device: torch.device, warmup: int, repeats: int) -> list[float]:
     """Seconds per call of ``fn`` for ``repeats`` timed calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-    _synchronize(device)
+    synchronize(device)
     times = []
     if device.type == "cuda":
         for _ in range(repeats):
@@ -234,13 +232,7 @@ def summarize_times(times: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _check_positive(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise DsrnetError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def build_model(
+def model_for_bench(
     name: str, *, num_classes: int = 10, stem: str | None = None, model_kwargs: dict | None = None
 ) -> tuple[str, nn.Module]:
     """``(architecture name, model)``: ``stem`` ("paper"|"cifar"|None = as named) picks the stem variant;
@@ -280,16 +272,17 @@ def benchmark_model(
         raise DsrnetError(f"mode {mode!r} is not valid: choose one of {', '.join(MODES)}")
     if precision not in PRECISIONS:
         raise DsrnetError(f"precision {precision!r} is not valid: choose one of {', '.join(PRECISIONS)}")
-    _check_positive("image size", image_size, 8)
-    _check_positive("batch size", batch_size)
-    warmup = DEFAULT_WARMUP[dev.type] if warmup is None else _check_positive("warmup", warmup, 0)
-    repeats = DEFAULT_REPEATS[dev.type] if repeats is None else _check_positive("repeats", repeats)
+    check_int("image size", image_size, 8)
+    check_int("batch size", batch_size)
+    check_int("num classes", num_classes)
+    warmup = DEFAULT_WARMUP[dev.type] if warmup is None else check_int("warmup", warmup, 0)
+    repeats = DEFAULT_REPEATS[dev.type] if repeats is None else check_int("repeats", repeats)
     if mode == "train" and batch_size < 2:
         raise DsrnetError("train mode needs a batch size >= 2 (BatchNorm cannot train on one image)")
 
     torch.manual_seed(seed)
     probe = _MemoryProbe(dev)
-    arch, model = build_model(name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs)
+    arch, model = model_for_bench(name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs)
     params = count_params(model)
     flops = count_flops(model, image_size)
 
@@ -299,14 +292,11 @@ def benchmark_model(
     y = torch.randint(0, max(num_classes, 1), (batch_size,), device=dev)
     runner = torch.compile(model) if compile else model
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
     if mode == "inference":
         model.eval()
 
         def step() -> None:
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode(), autocast(dev, precision):
                 runner(x)
 
     else:
@@ -315,7 +305,7 @@ def benchmark_model(
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
-            with autocast():
+            with autocast(dev, precision):
                 loss = nn.functional.cross_entropy(runner(x), y)
             loss.backward()
             optimizer.step()
@@ -356,6 +346,7 @@ def benchmark_model(
 
 # ---------------------------------------------------------------------------------------------------- run_bench
 
+
 CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
@@ -389,13 +380,13 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
     for r in rows:
         peak = r["peak_mem_mb"]
         body.append([
-            report.display_name(r["model"].removesuffix("_cifar")), r["stem"], r["image_size"], r["batch_size"],
+            display_name(r["model"].removesuffix("_cifar")), r["stem"], r["image_size"], r["batch_size"],
             r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", "yes" if r["compile"] else "no",
             f"{r['params'] / 1e6:.2f}", f"{r['gmacs_per_image']:.3f}", f"{r['latency_ms']:.1f}",
             f"{r['latency_p25_ms']:.1f}–{r['latency_p75_ms']:.1f}", f"{r['images_per_s']:.0f}",
-            "n/a" if peak is None else f"{peak:.0f}", report.fmt(r.get("rel_to_dsrnet"), 2, "x"),
+            "n/a" if peak is None else f"{peak:.0f}", fmt(r.get("rel_to_dsrnet"), 2, "x"),
         ])  # fmt: skip
-    lines = [report.markdown_table(headers, body, align="llrrllllrrrrrrr")]
+    lines = [markdown_table(headers, body, align="llrrllllrrrrrrr")]
     repeats = sorted({(r["warmup"], r["repeats"]) for r in rows})
     mem_kinds = sorted({r["peak_mem_kind"] for r in rows})
     lines.append(f"Environment: {environment_line(env)}.")
@@ -429,7 +420,7 @@ def speed_claims(rows: list[dict]) -> list[str]:
         if r.get("rel_to_dsrnet") is None or base == "dsrnet50":
             continue
         line = (
-            f"{report.display_name(base)} at {r['image_size']} px ({r['mode']}, {r['precision']}): "
+            f"{display_name(base)} at {r['image_size']} px ({r['mode']}, {r['precision']}): "
             f"{r['rel_to_dsrnet']:.2f}x DSRNet's time"
         )
         table = paper_ratio.get(r["image_size"])
@@ -465,21 +456,29 @@ def run_bench(
     from dsrnet.models import list_models, stem_variant
 
     dev = resolve_device(device)
-    log = log or _log
+    log = log or logger.info
     if not models:
         raise DsrnetError("no models to benchmark: pass --models NAME [NAME ...]")
     for size in sizes:
-        _check_positive("image size", size, 8)
-    _check_positive("batch size", batch_size)
+        check_int("image size", size, 8)
+    check_int("batch size", batch_size)
     if warmup is not None:
-        _check_positive("warmup", warmup, 0)
+        check_int("warmup", warmup, 0)
     if repeats is not None:
-        _check_positive("repeats", repeats)
+        check_int("repeats", repeats)
+    check_int("num classes", num_classes)
     known = set(list_models())
-    for name in models:
-        arch = stem_variant(name, stem) if stem else name
+    archs = [stem_variant(name, stem) if stem else name for name in models]
+    for name, arch in zip(models, archs, strict=True):
         if arch not in known:
             raise DsrnetError(f"unknown model {name!r}: choose from {', '.join(sorted(known))}")
+    if model_kwargs and not any(a.startswith("dsrnet") for a in archs):
+        raise DsrnetError(
+            f"model kwargs {model_kwargs} apply to DSRNet models only, and none of {', '.join(models)} is one; "
+            "fix: drop --model-kwargs or add a dsrnet model to --models"
+        )
+    if model_kwargs and not all(a.startswith("dsrnet") for a in archs):
+        log(f"bench: model kwargs {model_kwargs} go to the DSRNet models only (the baselines are torchvision's)")
     env = environment(dev)
     cpu_defaults = dev.type == "cpu" and warmup is None and repeats is None
     rows = []
@@ -510,156 +509,7 @@ def run_bench(
     if out_dir is not None:
         out = Path(out_dir)
         stem_name = f"bench_{dev.type}"
-        files.append(report.write_csv(out / f"{stem_name}.csv", rows, CSV_FIELDS))
-        files.append(
-            report.write_json(out / f"{stem_name}.json", {"command": command, "env": env, "rows": rows})
-        )
-        files.append(report.write_text(out / f"{stem_name}.md", markdown))
+        files.append(write_csv(out / f"{stem_name}.csv", rows, CSV_FIELDS))
+        files.append(atomic_write_json(out / f"{stem_name}.json", {"command": command, "env": env, "rows": rows}))
+        files.append(atomic_write_text(out / f"{stem_name}.md", markdown))
     return {"env": env, "rows": rows, "markdown": markdown, "files": files}
-
-
-# ---------------------------------------------------------------------------------------------------------- CLI
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The fully resolved command that reproduces ``args`` (every option spelled out, defaults included)."""
-    import shlex
-
-    parts = ["dsrnet", args.command]
-    for key, value in vars(args).items():
-        if key in ("func", "command") or value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, (list, tuple)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
-
-
-def parse_model_kwargs(text: str | None) -> dict:
-    """``--model-kwargs '{"widths": [8, 16, 32, 64]}'`` -> dict (JSON object)."""
-    import json
-
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DsrnetError(
-            f'--model-kwargs is not valid JSON ({err.msg}): pass an object like \'{{"widths": '
-            f"[8, 16, 32, 64]}}'"
-        ) from None
-    if not isinstance(value, dict):
-        raise DsrnetError(f"--model-kwargs must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except where there is none (``None``) or the help already says what it is."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or "(default" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    from dsrnet.models import PAPER_COMPARISON
-
-    p = sub.add_parser(
-        "bench",
-        help="parameters, MACs, latency per batch, throughput and peak memory of the paper's models",
-        description="Measure parameters, MACs per image, latency per batch (median and spread), throughput and "
-        "peak memory. Prints a markdown table; writes bench_<device>.{csv,json,md} to --out.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument(
-        "--models",
-        nargs="+",
-        default=list(PAPER_COMPARISON),
-        metavar="NAME",
-        help="models to measure (see `dsrnet.list_models()`)",
-    )
-    p.add_argument(
-        "--sizes",
-        nargs="+",
-        type=int,
-        default=list(DEFAULT_SIZES),
-        metavar="PX",
-        help="square input sizes (32 = CIFAR, 96 = STL-10)",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=128, help="images per batch (the paper times batches of 128)"
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--precision",
-        nargs="+",
-        default=["fp32"],
-        choices=PRECISIONS,
-        help="fp32, or bf16 autocast; several values are measured in turn",
-    )
-    p.add_argument(
-        "--mode",
-        nargs="+",
-        default=["inference"],
-        choices=MODES,
-        help="inference (eval, inference_mode) and/or train (forward+backward+SGD step)",
-    )
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for weights and inputs")
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (compilation is in the warm-up)"
-    )
-    p.add_argument(
-        "--stem",
-        choices=("paper", "cifar"),
-        default=None,
-        help="paper = 7x7/2 conv + max-pool (Table 1); cifar = 3x3/1 conv, no max-pool (default: as the "
-        "model is named, i.e. paper for plain names, cifar for *_cifar)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help=f"untimed calls first (default: {DEFAULT_WARMUP['cpu']} on CPU, {DEFAULT_WARMUP['cuda']} on CUDA)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help=f"timed calls (default: {DEFAULT_REPEATS['cpu']} on CPU, {DEFAULT_REPEATS['cuda']} on CUDA)",
-    )
-    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (10 = CIFAR-10 / STL-10)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--model-kwargs",
-        default=None,
-        metavar="JSON",
-        help="extra DSRNet constructor arguments as a JSON object, e.g. '{\"separable\": false}'",
-    )
-    p.add_argument("--out", default="results/bench", help="folder for bench_<device>.{csv,json,md}")
-    p.set_defaults(func=_cli)
-    return p
-
-
-def _cli(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(_check_positive("--threads", args.threads))
-    command = command_line(args)
-    result = run_bench(
-        args.models, sizes=args.sizes, batch_size=args.batch_size, device=args.device, precisions=args.precision,
-        channels_last=args.channels_last, compile=args.compile, modes=args.mode, warmup=args.warmup,
-        repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
-        model_kwargs=parse_model_kwargs(args.model_kwargs), out_dir=args.out, command=command,
-    )  # fmt: skip
-    print(result["markdown"], end="")
-    for path in result["files"]:
-        print(f"wrote {path}", file=sys.stderr)
-    return 0

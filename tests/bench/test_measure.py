@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import dsrnet
-from dsrnet import bench
-from dsrnet.cli import main
+from dsrnet.bench import measure as bench
+from dsrnet.cli.main import main
+from dsrnet.device import resolve_device
 from dsrnet.errors import DsrnetError
 
 TINY = {"widths": [8, 16, 32, 64]}
@@ -108,7 +109,7 @@ def test_cli_bench_prints_table(tmp_path, capsys):
             "cpu",
             "--model-kwargs",
             json.dumps(TINY),
-            "--out",
+            "--out-dir",
             str(tmp_path),
         ]
     )
@@ -130,7 +131,7 @@ def test_cli_bench_prints_table(tmp_path, capsys):
     ],
 )
 def test_cli_bad_arguments(argv, message, tmp_path, capsys):
-    rc = main(["bench", "--out", str(tmp_path), *argv])
+    rc = main(["bench", "--out-dir", str(tmp_path), *argv])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("dsrnet: error: ") and message in err
@@ -141,4 +142,4 @@ def test_cli_bad_arguments(argv, message, tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when there is no GPU")
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(DsrnetError, match="no CUDA GPU"):
-        bench.resolve_device("cuda")
+        resolve_device("cuda")

@@ -19,10 +19,10 @@ import torch
 import yaml
 from PIL import Image
 
-from dsrnet.cli import main
+from dsrnet.cli.main import main
 from dsrnet.models import _registry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = '{"widths": [8, 16, 32, 64], "zero_init_residual": true}'
 
 
@@ -36,7 +36,11 @@ def tiny_args(data_dir, out_dir, *extra: str) -> list[str]:
 
 
 def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
-    code = main(argv)
+    """Exit status, stdout, stderr of ``dsrnet ARGV``; usage errors (argparse) exit through SystemExit."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -246,7 +250,8 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resume_finishes(cifar10_dir, t
 
     code, out, err = run_cli(capsys, ["train", "--resume", "--out-dir", str(run)])
     assert code == 0, err
-    assert f"resumed {run / 'checkpoint.pt'} at epoch {done}/60" in out
+    assert f"resumed {run / 'checkpoint.pt'} at epoch {done}/60" in err  # progress: stderr
+    assert "final epoch 60" in out  # the result: stdout
     assert [m["epoch"] for m in read_metrics(run)] == list(range(1, 61))
     assert json.loads((run / "final.json").read_text())["epochs"] == 60
     assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 60
@@ -272,7 +277,7 @@ GN_NET = textwrap.dedent(
 DDP_SCRIPT = GN_NET + textwrap.dedent(
     """
     import sys
-    from dsrnet.cli import main
+    from dsrnet.cli.main import main
     from dsrnet.models import _registry
 
     _registry._BUILDERS["tiny_gn"] = tiny_gn
@@ -300,8 +305,8 @@ def test_ddp_two_processes_match_single_process(cifar10_dir, tmp_path, capsys, m
     script.write_text(DDP_SCRIPT)
     gn = torchrun(str(script), *ddp_args(cifar10_dir, tmp_path / "gn-ddp", "tiny_gn", "{}"))
     assert gn.returncode == 0, gn.stderr[-3000:]
-    assert gn.stdout.count("final (epoch 2)") == 1  # only rank 0 logs
-    assert "2 processes" in gn.stdout
+    assert gn.stderr.count("final (epoch 2)") == 1  # only rank 0 logs (progress goes to stderr)
+    assert "2 processes" in gn.stderr
 
     namespace: dict = {}
     exec(GN_NET, namespace)

@@ -15,11 +15,11 @@ import torch
 import yaml
 from PIL import Image
 
-from dsrnet import engine
-from dsrnet.checkpoint import load_checkpoint
 from dsrnet.data import DATASETS
-from dsrnet.engine import RECIPES, TrainConfig, evaluate_checkpoint, lr_factor, predict, resume_config, train
 from dsrnet.errors import DsrnetError
+from dsrnet.infer import evaluate_checkpoint, model_from_checkpoint, predict
+from dsrnet.run.checkpoint import load_checkpoint
+from dsrnet.train import RECIPES, TrainConfig, load_config_file, loop, lr_factor, resume_config, train
 
 TINY_MODEL = {"widths": [8, 16, 32, 64], "zero_init_residual": True}
 
@@ -119,7 +119,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_pa
     train(full)
 
     # Interrupt the second run inside epoch 3 (after epoch 2's checkpoint), as Ctrl-C would.
-    real_evaluate, calls = engine.evaluate, []
+    real_evaluate, calls = loop.evaluate, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -127,13 +127,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_pa
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", interrupted)
+    monkeypatch.setattr(loop, "evaluate", interrupted)
     part = tiny(tmp_path, cifar10_dir, "part", epochs=4)
     with pytest.raises(KeyboardInterrupt):
         train(part)
     run = tmp_path / "part"
     assert load_checkpoint(run)["epoch"] == 2 and not (run / "final.json").exists()
-    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
 
     resumed = train(TrainConfig.from_recipe(**{**part.to_dict(), "resume": "auto"}))
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(run)
@@ -176,7 +176,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(cifar10_d
     # From the 3rd step of epoch 2 on the learning rate becomes NaN: that step turns the weights into NaN, so
     # the loss of the next step (the 4th of epoch 2) is the first non-finite one.
     cfg = tiny(tmp_path, cifar10_dir, epochs=3, subset_per_class=8, batch_size=20)  # 80 images: 4 steps/epoch
-    real = engine.lr_factor
+    real = loop.lr_factor
 
     def poisoned(step, *, cfg, steps_per_epoch):
         return (
@@ -185,7 +185,7 @@ def test_nonfinite_loss_stops_with_step_and_keeps_last_good_checkpoint(cifar10_d
             else real(step, cfg=cfg, steps_per_epoch=steps_per_epoch)
         )
 
-    monkeypatch.setattr(engine, "lr_factor", poisoned)
+    monkeypatch.setattr(loop, "lr_factor", poisoned)
     ckpt_path = tmp_path / "run" / "checkpoint.pt"
     with pytest.raises(
         DsrnetError, match=r"non-finite loss at step 8 \(epoch 2\).*last good checkpoint: .*checkpoint\.pt"
@@ -265,7 +265,7 @@ def test_checkpoint_for_another_model_is_refused(learned_run, tmp_path):
     ckpt = load_checkpoint(cfg.out_dir)
     ckpt["model_kwargs"] = {"widths": [16, 32, 64, 128]}
     with pytest.raises(DsrnetError, match="does not fit model 'dsrnet50'"):
-        engine.model_from_checkpoint(ckpt)
+        model_from_checkpoint(ckpt)
     bad = tmp_path / "truncated.pt"
     bad.write_bytes((Path(cfg.out_dir) / "checkpoint.pt").read_bytes()[:1000])
     with pytest.raises(DsrnetError, match="cannot be read safely"):
@@ -367,7 +367,7 @@ def test_lr_schedules():
 def test_yaml_config_file(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("recipe: fast\nepochs: 3\nweight-decay: 5e-4\nmodel_kwargs:\n  widths: [8, 16, 32, 64]\n")
-    values = engine.load_config_file(good)
+    values = load_config_file(good)
     assert values == {
         "recipe": "fast",
         "epochs": 3,
@@ -379,30 +379,30 @@ def test_yaml_config_file(tmp_path):
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text("epochs: 3\nlearning_rate: 0.1\n")
     with pytest.raises(DsrnetError, match="unknown key.*learning_rate.*bad.yaml"):
-        engine.load_config_file(bad_key)
+        load_config_file(bad_key)
     broken = tmp_path / "broken.yaml"
     broken.write_text("epochs: [3\n")
     with pytest.raises(DsrnetError, match="not valid YAML"):
-        engine.load_config_file(broken)
+        load_config_file(broken)
     listy = tmp_path / "list.yaml"
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(DsrnetError, match="must hold a mapping"):
-        engine.load_config_file(listy)
+        load_config_file(listy)
     with pytest.raises(DsrnetError, match="not found"):
-        engine.load_config_file(tmp_path / "missing.yaml")
+        load_config_file(tmp_path / "missing.yaml")
 
 
 def test_recipe_config_files_match_the_recipes():
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    paper = engine.load_config_file(configs / "paper.yaml")
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    paper = load_config_file(configs / "paper.yaml")
     assert TrainConfig.from_recipe(**paper, device="cpu") == TrainConfig.from_recipe(
         "paper", model="dsrnet50", device="cpu"
     )
-    fast = engine.load_config_file(configs / "fast.yaml")
+    fast = load_config_file(configs / "fast.yaml")
     assert TrainConfig.from_recipe(**fast, device="cpu") == TrainConfig.from_recipe(
         "fast", model="dsrnet50_cifar", device="cpu"
     )
-    smoke = TrainConfig.from_recipe(**engine.load_config_file(configs / "cpu-smoke.yaml"))
+    smoke = TrainConfig.from_recipe(**load_config_file(configs / "cpu-smoke.yaml"))
     assert smoke.device == "cpu" and smoke.model_kwargs["widths"] == [8, 16, 32, 64]
 
 

@@ -1,0 +1,1 @@
+"""``dsrnet bench``: parameters, MACs, latency, throughput and peak memory (:mod:`.measure`)."""

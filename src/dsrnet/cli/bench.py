@@ -1,0 +1,65 @@
+"""``dsrnet bench``: flags -> :func:`dsrnet.bench.measure.run_bench` -> the markdown table on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from dsrnet.cli.common import command_line, parse_model_kwargs, set_threads
+from dsrnet.device import PRECISIONS
+
+#: Mirrors dsrnet.bench.measure (kept here so that building this parser does not import torch).
+MODES = ("inference", "train")
+DEFAULT_SIZES = (32, 96)
+WARMUP_HELP = "untimed calls first (default: 1 on CPU, 10 on CUDA)"
+REPEATS_HELP = "timed calls (default: 3 on CPU, 30 on CUDA)"
+
+
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    from dsrnet.models import PAPER_COMPARISON
+
+    p.description = (
+        "Measure parameters, MACs per image, latency per batch (median and spread), throughput and peak memory. "
+        "Prints a markdown table; writes bench_<device>.{csv,json,md} to --out-dir."
+    )
+    p.add_argument("--models", nargs="+", default=list(PAPER_COMPARISON), metavar="NAME",
+                   help="models to measure (see `dsrnet.list_models()`)")
+    p.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES), metavar="PX",
+                   help="square input sizes (32 = CIFAR, 96 = STL-10)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="images per batch (the paper times batches of 128)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS,
+                   help="fp32, or bf16/fp16 autocast; several values are measured in turn")
+    p.add_argument("--mode", nargs="+", default=["inference"], choices=MODES,
+                   help="inference (eval, inference_mode) and/or train (forward+backward+SGD step)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for weights and inputs")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (compilation is in the warm-up)")
+    p.add_argument("--stem", choices=("paper", "cifar"), default=None,
+                   help="paper = 7x7/2 conv + max-pool (Table 1); cifar = 3x3/1 conv, no max-pool (default: as the "
+                   "model is named, i.e. paper for plain names, cifar for *_cifar)")
+    p.add_argument("--warmup", type=int, default=None, help=WARMUP_HELP)
+    p.add_argument("--repeats", type=int, default=None, help=REPEATS_HELP)
+    p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (10 = CIFAR-10 / STL-10)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="extra DSRNet constructor arguments as a JSON object, e.g. '{\"separable\": false}'")
+    p.add_argument("--out-dir", default="results/bench", help="folder for bench_<device>.{csv,json,md}")
+    p.set_defaults(func=_cmd_bench)  # fmt: skip
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dsrnet.bench.measure import run_bench
+
+    set_threads(args.threads)
+    result = run_bench(
+        args.models, sizes=args.sizes, batch_size=args.batch_size, device=args.device, precisions=args.precision,
+        channels_last=args.channels_last, compile=args.compile, modes=args.mode, warmup=args.warmup,
+        repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
+        model_kwargs=parse_model_kwargs(args.model_kwargs), out_dir=args.out_dir, command=command_line(args),
+    )  # fmt: skip
+    print(result["markdown"], end="")
+    for path in result["files"]:
+        logging.getLogger("dsrnet.bench").info(f"wrote {path}")
+    return 0

@@ -1,0 +1,150 @@
+"""``dsrnet reproduce`` and ``dsrnet ablate``: flags -> :func:`dsrnet.paper.runner.reproduce` /
+:func:`~dsrnet.paper.runner.ablate` -> the paper-layout table on stdout, progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from dsrnet.cli.common import command_line, parse_model_kwargs, set_threads
+from dsrnet.device import PRECISIONS
+
+DATASET_CHOICES = ("cifar10", "cifar100", "stl10")
+#: Mirrors dsrnet.paper.runner.QUICK, for the help text (building this parser does not import torch).
+QUICK = {"subset_per_class": 20, "test_subset_per_class": 10, "epochs": 1, "batch_size": 32}
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset of Table 2 (cifar10), 3 "
+                   "(cifar100) or 4 (stl10)")  # fmt: skip
+    p.add_argument(
+        "--recipe", choices=("paper", "fast"), default="paper", help="training recipe (dsrnet train)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the recipe's)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
+    p.add_argument(
+        "--stem",
+        choices=("paper", "cifar"),
+        default="paper",
+        help="stem of every model: paper = Table 1 (7x7/2 conv + max-pool), cifar = 3x3/1 conv",
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="datasets folder (default: $DSRNET_DATA or ~/.cache/dsrnet/data)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (training and timing)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="training precision (default: the recipe's; timing is always fp32)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="training seed (also picks the --subset-per-class images)"
+    )
+    p.add_argument("--subset-per-class", type=int, default=None, help="train on this many images per class")
+    p.add_argument(
+        "--test-subset-per-class", type=int, default=None, help="test on this many images per class"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny end-to-end run: {QUICK['subset_per_class']} train / {QUICK['test_subset_per_class']} "
+        f"test images per class, {QUICK['epochs']} epoch, batch {QUICK['batch_size']}, one timed call; "
+        "writes under results/quick/ unless --out-dir is given",
+    )
+    p.add_argument("--out-dir", default=None, help="output folder (default: results/<dataset>[/ablate])")
+    p.add_argument(
+        "--bench-batch-size", type=int, default=None, help="timed batch size (default: 128, the paper's)"
+    )
+    p.add_argument(
+        "--bench-warmup", type=int, default=None, help="untimed calls (default: bench's per device)"
+    )
+    p.add_argument(
+        "--bench-repeats", type=int, default=None, help="timed calls (default: bench's per device)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--model-kwargs",
+        default=None,
+        metavar="JSON",
+        help="extra DSRNet constructor arguments (JSON object), e.g. tiny widths for a smoke test",
+    )
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on a terminal")  # fmt: skip
+
+
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    from dsrnet.models import PAPER_COMPARISON
+    from dsrnet.paper.runner import ablation_variants
+
+    _common_args(p)
+    if name == "reproduce":
+        p.description = (
+            "Train every model of the paper's comparison with one recipe, time it, and write the paper's table "
+            "(ours beside the paper's numbers), CSV, JSON and figures to results/<dataset>/. Resumable."
+        )
+        p.add_argument("--models", nargs="+", default=list(PAPER_COMPARISON), metavar="NAME",
+                       help="subset of the comparison (or any registered model)")  # fmt: skip
+        p.set_defaults(func=_cmd_reproduce)
+    else:
+        variants = ablation_variants("paper")
+        names = [v.name for v in variants] + ["stem_paper"]
+        p.description = (
+            "Train DSRNet-50 variants on one recipe and tabulate error, latency and parameters. Variants: "
+            + "; ".join(f"{v.name} = {v.tests}" for v in variants)
+        )
+        p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                       help=f"subset of: {', '.join(names)} (stem_cifar with --stem paper, stem_paper with --stem "
+                       "cifar; default: all)")  # fmt: skip
+        p.set_defaults(func=_cmd_ablate)
+
+
+def _prepare(args: argparse.Namespace) -> dict:
+    set_threads(args.threads)
+    train = {
+        "recipe": args.recipe,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "data_dir": args.data_dir,
+        "device": args.device,
+        "precision": args.precision,
+        "seed": args.seed,
+        "subset_per_class": args.subset_per_class,
+        "test_subset_per_class": args.test_subset_per_class,
+        "progress": args.progress,
+    }
+    return {
+        "stem": args.stem,
+        "out": args.out_dir,
+        "train": train,
+        "bench_settings": {
+            "batch_size": args.bench_batch_size, "warmup": args.bench_warmup, "repeats": args.bench_repeats
+        },
+        "model_kwargs": parse_model_kwargs(args.model_kwargs),
+        "quick": args.quick,
+        "command": command_line(args),
+    }  # fmt: skip
+
+
+def _log_files(result: dict) -> int:
+    for path in result["files"]:
+        logging.getLogger("dsrnet.paper").info(f"wrote {path}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from dsrnet.paper.runner import reproduce
+
+    result = reproduce(args.dataset, models=args.models, **_prepare(args))
+    print(result["table"], end="")
+    return _log_files(result)
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from dsrnet.paper.runner import ablate
+
+    result = ablate(args.dataset, variants=args.variants, **_prepare(args))
+    print((result["files"][0]).read_text(), end="")  # table.md
+    return _log_files(result)

@@ -1,0 +1,221 @@
+"""``dsrnet train``, ``eval`` and ``predict``: flags -> one library call -> output.
+
+``train``'s flags are generated from :class:`~dsrnet.train.config.TrainConfig`'s fields (every field is a flag, typed
+as the field is; a test checks it), so the command line, YAML files and the library accept the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any
+
+from dsrnet.cli.common import one_of, typed
+from dsrnet.device import PRECISIONS
+
+#: Help of each TrainConfig field; the recipe's default is appended where the recipe sets the field.
+FIELD_HELP = {
+    "model": "model name (default: dsrnet50)",
+    "model_kwargs": "model constructor arguments as JSON, e.g. '{\"widths\": [8, 16, 32, 64]}' (default: {})",
+    "dataset": "dataset (default: cifar10)",
+    "data_dir": "folder holding the datasets (default: $DSRNET_DATA or ~/.cache/dsrnet/data)",
+    "download": "download the dataset if missing (default: off)",
+    "recipe": "training recipe; fills every unset value (default: paper)",
+    "epochs": "training epochs",
+    "batch_size": "global batch size (all processes)",
+    "lr": "initial (step) / peak (cosine, linear) learning rate, scaled linearly when --batch-size differs from "
+    "the recipe's",
+    "weight_decay": "L2 weight decay",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum",
+    "label_smoothing": "label smoothing of the training loss",
+    "schedule": "learning-rate schedule: step (x0.1 at each milestone), cosine or linear decay to zero, per step "
+    "after the warm-up",
+    "milestones": "epochs at which the step schedule divides the lr by 10 (default: 50%% and 75%% of --epochs)",
+    "warmup_epochs": "linear learning-rate warm-up length",
+    "bn_bias_weight_decay": "apply weight decay to BatchNorm parameters and biases too",
+    "drop_last": "drop each epoch's incomplete last batch",
+    "seed": "seed of initialisation, shuffling and augmentation (default: 0)",
+    "device": "auto (cuda if available), cpu, cuda or cuda:N (default: auto)",
+    "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaling)",
+    "channels_last": "NHWC memory format",
+    "compile": "torch.compile the model",
+    "sync_bn": "SyncBatchNorm across DDP processes (CUDA only) (default: off)",
+    "out_dir": "run folder (default: runs/<dataset>/<model>-<recipe>-seed<seed>)",
+    "resume": "continue a run: from --out-dir's checkpoint.pt, or from the given checkpoint or run folder; the saved "
+    "settings are used (default: off)",
+    "subset_per_class": "train on this many images per class (quick runs) (default: all)",
+    "test_subset_per_class": "test on this many images per class (quick runs) (default: all)",
+    "checkpoint_every": "write checkpoint.pt every this many epochs (and after the last) (default: 1)",
+    "progress": "progress bar on a terminal (default: on)",
+    "tensorboard": "write TensorBoard events to <out-dir>/tb when tensorboard is installed (default: on)",
+}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+def _recipe_help(key: str) -> str:
+    from dsrnet.train.config import _CPU_FALLBACK, RECIPES
+
+    if key not in RECIPES["paper"]:
+        return ""
+    vals = ", ".join(f"{r} {_fmt(RECIPES[r][key])}" for r in RECIPES)
+    extra = f" on CUDA; {_fmt(_CPU_FALLBACK[key])} on CPU" if key in _CPU_FALLBACK else ""
+    return f" (default: recipe's: {vals}{extra})"
+
+
+def _choices(name: str) -> tuple[str, ...] | None:
+    from dsrnet.data import DATASETS
+    from dsrnet.models import list_models
+    from dsrnet.train.config import RECIPES, SCHEDULES
+
+    return {
+        "model": tuple(list_models()),
+        "dataset": tuple(DATASETS),
+        "recipe": tuple(RECIPES),
+        "schedule": SCHEDULES,
+        "precision": PRECISIONS,
+    }.get(name)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    from dsrnet.train.config import _KINDS, TrainConfig, _coerce
+
+    S = argparse.SUPPRESS  # unset flags stay absent, so YAML values and recipe defaults can show through
+    p.add_argument("--config", metavar="YAML", default=S,
+                   help="YAML file of settings (keys = the long flag names); flags given here override it")
+    p.add_argument("--print-config", action="store_true", default=S,
+                   help="print the resolved config as YAML and exit without training")  # fmt: skip
+    for f in fields(TrainConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), _KINDS[f.name]
+        help_ = FIELD_HELP[f.name] + _recipe_help(f.name)
+        if f.name == "resume":
+            p.add_argument(flag, nargs="?", const="auto", default=S, metavar="CHECKPOINT", help=help_)
+        elif kind == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=S, help=help_)
+        else:
+            choices = _choices(f.name)
+            if choices:
+                convert = one_of(f.name, choices)
+            else:
+                elem = kind.removeprefix("list[").removesuffix("]")
+                convert = typed(lambda v, name=f.name, elem=elem: _coerce(name, elem, v))
+            if choices:
+                help_ = f"{help_}; one of {', '.join(choices)}"
+            nargs = "+" if kind.startswith("list") else None
+            metavar = {"model_kwargs": "JSON", "milestones": "EPOCH", "data_dir": "DIR", "out_dir": "DIR"}.get(
+                f.name, f.name.upper()
+            )
+            p.add_argument(flag, type=convert, nargs=nargs, default=S, metavar=metavar, help=help_)
+    p.set_defaults(func=_cmd_train)
+
+
+def configure(name: str, p: argparse.ArgumentParser) -> None:
+    from dsrnet.train.config import _coerce
+
+    int_ = typed(lambda v: _coerce("batch_size", "int", v))
+    if name == "train":
+        p.description = (
+            "Train a model on CIFAR-10/100 or STL-10 and write a run folder (config.yaml, metrics.jsonl, "
+            "checkpoint.pt, final.json). Precedence: command-line flags > --config YAML > --recipe defaults. Under "
+            "`torchrun --nproc_per_node N -m dsrnet train ...` it trains with DistributedDataParallel."
+        )
+        _add_train_flags(p)
+    elif name == "eval":
+        p.description = (
+            "Evaluate a checkpoint on its dataset's test split; writes metrics.json, per_class.csv, confusion.csv "
+            "and confusion.png to --out-dir."
+        )
+        p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a run, or the run folder")
+        p.add_argument("--data-dir", default=None, help="dataset folder (default: $DSRNET_DATA or "
+                       "~/.cache/dsrnet/data)")  # fmt: skip
+        p.add_argument("--download", action="store_true", help="download the dataset if missing")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--batch-size", type=int_, default=500, help="evaluation batch size")
+        p.add_argument("--precision", type=one_of("precision", PRECISIONS), default="fp32",
+                       help=f"inference precision: {', '.join(PRECISIONS)}")  # fmt: skip
+        p.add_argument("--test-subset-per-class", type=typed(lambda v: _coerce("test_subset_per_class", "int", v)),
+                       default=None, help="evaluate on this many images per class (default: all)")  # fmt: skip
+        p.add_argument("--out-dir", default=None, help="output folder (default: <run folder>/eval)")
+        p.set_defaults(func=_cmd_eval)
+    elif name == "predict":
+        p.description = (
+            "Classify image files of any size: the shorter side is resized to the model's input size and the "
+            "centre cropped. Prints the top-k class names with probabilities."
+        )
+        p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a run, or the run folder")
+        p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+        p.add_argument("--top-k", type=typed(lambda v: _coerce("top_k", "int", v)), default=5,
+                       help="how many classes to print per image")  # fmt: skip
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.set_defaults(func=_cmd_predict)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The run config from parsed ``train`` flags: flags > ``--config`` YAML > recipe defaults; with
+    ``--resume`` the checkpoint's saved config, to which the given flags may only add ``RESUME_MUTABLE``
+    changes."""
+    from dsrnet.train.config import _KINDS, TrainConfig, load_config_file, resume_config
+
+    given = {k: v for k, v in vars(args).items() if k in _KINDS}
+    from_file = load_config_file(args.config) if getattr(args, "config", None) else {}
+    explicit = {**from_file, **given}
+    resume = explicit.pop("resume", None)
+    if resume is None or resume is False:
+        return TrainConfig.from_recipe(**explicit)
+    if resume is True or resume == "auto":  # the run folder these flags would train into
+        resume = TrainConfig.from_recipe(**explicit).out_dir
+    return resume_config(resume, **explicit)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dsrnet.train import train
+
+    cfg = config_from_args(args)
+    if getattr(args, "print_config", False):
+        print(cfg.to_yaml(), end="")
+        return 0
+    final = train(cfg)
+    print(
+        f"{final['model']} on {final['dataset']}, final epoch {final['epochs']}: top-1 error "
+        f"{final['top1_error']:.2f}%, top-3 error {final['top3_error']:.2f}%, top-5 error {final['top5_error']:.2f}% "
+        f"-> {final['out_dir']}"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from dsrnet.infer import evaluate_checkpoint
+
+    m = evaluate_checkpoint(
+        args.checkpoint,
+        data_dir=args.data_dir,
+        download=args.download,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        test_subset_per_class=args.test_subset_per_class,
+        out_dir=args.out_dir,
+    )
+    print(
+        f"{m['model']} on {m['dataset']} ({m['test_images']} test images, epoch {m['epoch']}): top-1 error "
+        f"{m['top1_error']:.2f}%, top-3 error {m['top3_error']:.2f}%, top-5 error {m['top5_error']:.2f}%, "
+        f"loss {m['test_loss']:.4f} -> {m['out_dir']}"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from dsrnet.infer import predict
+
+    results = predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device)
+    width = max(len(c) for r in results for c, _ in r)
+    for path, res in zip(args.images, results, strict=True):
+        print(path)
+        for cls, prob in res:
+            print(f"  {cls:<{width}}  {prob:.4f}")
+    return 0

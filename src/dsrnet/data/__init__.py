@@ -1,0 +1,25 @@
+"""Datasets of the paper (CIFAR-10, CIFAR-100, STL-10: :mod:`.datasets`) and the device-resident loader
+(:mod:`.loader`)."""
+
+from dsrnet.data.datasets import (
+    DATASETS,
+    ArraySplit,
+    DatasetInfo,
+    channel_stats,
+    default_data_dir,
+    load_split,
+    subset_per_class,
+)
+from dsrnet.data.loader import DeviceLoader, crop_flip
+
+__all__ = [
+    "DATASETS",
+    "ArraySplit",
+    "DatasetInfo",
+    "DeviceLoader",
+    "channel_stats",
+    "crop_flip",
+    "default_data_dir",
+    "load_split",
+    "subset_per_class",
+]

@@ -1,0 +1,331 @@
+"""``dsrnet reproduce`` (the paper's Tables 2-4 and Fig. 2) and ``dsrnet ablate`` (DSRNet's design claims).
+
+``reproduce --dataset D`` trains every network of the paper's comparison (:data:`dsrnet.models.PAPER_COMPARISON`)
+with one recipe through :func:`dsrnet.train.train`, benchmarks each (:func:`dsrnet.bench.measure.benchmark_model`: inference,
+fp32, batch of 128, the paper's "BatchSize=128" speed measure), evaluates DSRNet's confusion matrix
+(:func:`dsrnet.infer.evaluate_checkpoint`) and writes, under ``--out-dir`` (default ``results/<dataset>``):
+
+* ``table.md`` -- the paper's layout (rows Top1-error, Top3-error, time per batch of 128, parameters; one column per
+  model), each cell "ours (paper)"; a details table; the command, hardware, versions, seed and date;
+* ``table.csv``, ``summary.json`` -- the same numbers, machine-readable;
+* ``params.png`` (Fig. 2), ``pareto.png`` (error vs latency, marker area ~ parameters), ``curves.png`` (test error
+  and train loss per epoch of every model), ``confusion_dsrnet.png``;
+* ``runs/<model>/`` -- each training run's folder (``config.yaml``, ``metrics.jsonl``, ``final.json``, ...) and its
+  ``bench.json``.
+
+Re-running is resumable: a model whose ``final.json`` exists (with the same settings) is not trained again, one with
+only a ``checkpoint.pt`` continues from it, and a finished benchmark with the same settings is not repeated. The
+tables cover every model of the comparison finished in the folder with the same settings, not only those of the
+current call, so ``reproduce --models resnet50`` into a folder that already holds DSRNet keeps DSRNet's column.
+
+Stem: ``--stem paper`` (default) is Table 1 and Section 4.2 as written (7x7 stride-2 conv at rate 3, then a stride-2
+max-pool) for every model, on every dataset. The paper mentions no adaptation to 32x32 inputs (where this stem leaves
+a 1x1 map at stage 4), and its CIFAR error rates (9-12 % top-1) are in the range such ImageNet-style stems reach;
+``--stem cifar`` (3x3 stride-1 conv, no max-pool, for every model alike) is the usual CIFAR adaptation and costs
+about 16x the MACs at 32 px.
+
+``ablate`` trains DSRNet variants (:func:`ablation_variants`) on the same recipe and writes ``table.md``,
+``table.csv``, ``summary.json`` and ``ablation.png`` (error vs latency, marker area ~ parameters) under ``--out-dir``
+(default ``results/<dataset>/ablate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsrnet.bench.measure import DEFAULT_REPEATS, DEFAULT_WARMUP, benchmark_model, environment
+from dsrnet.data import DATASETS, load_split
+from dsrnet.device import resolve_device
+from dsrnet.errors import DsrnetError, check_int
+from dsrnet.infer import evaluate_checkpoint
+from dsrnet.models import PAPER_COMPARISON, list_models, stem_variant
+from dsrnet.paper.tables import Settings, write_ablation_report, write_reproduce_report
+from dsrnet.report.markdown import read_json, read_jsonl
+from dsrnet.run.atomic import atomic_write_bytes, atomic_write_json, plain
+from dsrnet.run.rundir import RunDir
+from dsrnet.train import RESUME_MUTABLE, TrainConfig, train
+
+logger = logging.getLogger(__name__)
+_log = logger.info
+
+DATASET_CHOICES = ("cifar10", "cifar100", "stl10")
+
+
+#: ``--quick``: a few real images per class and one epoch, enough to run every stage of the pipeline on a CPU.
+QUICK = {"subset_per_class": 20, "test_subset_per_class": 10, "epochs": 1, "batch_size": 32}
+
+
+QUICK_BENCH = {"warmup": 0, "repeats": 1}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: the folder name under ``runs/``, the registered architecture and its kwargs."""
+
+    key: str
+    arch: str
+    model_kwargs: dict = field(default_factory=dict)
+    tests: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An ablation of DSRNet: constructor kwargs and the claim of the paper it tests."""
+
+    name: str
+    kwargs: dict
+    tests: str
+    stem: str | None = None  # None: the run's --stem; else this stem (the stem ablation)
+
+
+def ablation_variants(stem: str = "paper") -> list[Variant]:
+    """DSRNet-50 variants, each changing one design choice of Section 3 / Table 1 (see ``dsrnet.models.dsrnet``)."""
+    other = "cifar" if stem == "paper" else "paper"
+    return [
+        Variant("dsrnet", {}, "baseline: stem rate 3, rate 2 on downsampling blocks, in-stage rates (1,2,3)"),
+        Variant(
+            "no_dilation",
+            {"stem_dilation": 1, "down_dilation": 1, "block_dilations": [1]},
+            "dilation helps at all (Section 3): every rate 1",
+        ),
+        Variant(
+            "no_down_dilation",
+            {"down_dilation": 1},
+            "rate 2 on downsampling 'compensates the information loss' (Section 3): rate 1 there",
+        ),
+        Variant("rates_2", {"block_dilations": [2]}, "schedule: constant in-stage rate 2 (gridding risk)"),
+        Variant("rates_1_2_5", {"block_dilations": [1, 2, 5]}, "schedule: hybrid-dilated (1,2,5)"),
+        Variant(
+            "stride_1x1", {"stride_on": "1x1"}, "stride on the 1x1 conv as Table 1 is written (not on the dw)"
+        ),
+        Variant("full_3x3", {"separable": False}, "depthwise-separable vs a full 3x3 conv (Fig. 1)"),
+        Variant(f"stem_{other}", {}, f"{other} stem instead of the {stem} stem", stem=other),
+    ]
+
+
+def finished_run(config: TrainConfig) -> bool:
+    """True if ``config.out_dir`` holds a finished run with the same settings; a finished run with other settings
+    is an error, since a table would then mix recipes (:meth:`RunDir.check_compatible`)."""
+    run = RunDir(config.out_dir)
+    if not run.finished:
+        return False
+    run.check_compatible(config.to_dict(), RESUME_MUTABLE)
+    return True
+
+
+def train_or_skip(config: TrainConfig, *, log: Callable[[str], None] = _log) -> dict:
+    """Train ``config`` unless its run folder already holds a finished run with the same settings; an unfinished
+    run (a checkpoint, no ``final.json``) is resumed."""
+    run = RunDir(config.out_dir)
+    if finished_run(config):
+        log(f"skip {config.model}: finished run in {run.path}")
+        return read_json(run.final)
+    if run.resumable:
+        log(f"resume {config.model} from {run.checkpoint}")
+        config.resume = "auto"
+    return train(config)
+
+
+def bench_or_skip(job: Job, run: Path, request: dict, *, log: Callable[[str], None] = _log) -> dict:
+    """Benchmark ``job`` (inference latency per batch etc.) into ``run/bench.json`` unless already done alike."""
+    path = run / "bench.json"
+    if path.is_file():
+        saved = read_json(path)
+        if plain(saved.get("request")) == plain(request):
+            log(f"skip bench of {job.key}: {path}")
+            return saved["row"]
+    env = environment(request["device"])  # before the timing: its load average is what the timing met
+    row = benchmark_model(job.arch, model_kwargs=job.model_kwargs or None, **request)
+    row["model"] = job.key
+    log(
+        f"bench {job.key}: {row['latency_ms']:.1f} ms per batch of {request['batch_size']} on {row['device']}"
+    )
+    atomic_write_json(path, {"request": request, "row": row, "env": env})
+    return row
+
+
+def _configs(jobs: Sequence[Job], s: Settings) -> list[TrainConfig]:
+    return [
+        TrainConfig.from_recipe(
+            model=job.arch,
+            dataset=s.dataset,
+            model_kwargs=dict(job.model_kwargs),
+            out_dir=str(s.out / "runs" / job.key),
+            **s.train,
+        )
+        for job in jobs
+    ]
+
+
+def _finished_alike(job: Job, s: Settings) -> bool:
+    """``job`` already finished and benchmarked in ``s.out`` with the same settings."""
+    cfg = _configs([job], s)[0]
+    run = RunDir(cfg.out_dir)
+    if not (run.finished and (run.path / "bench.json").is_file()):
+        return False
+    try:
+        run.check_compatible(cfg.to_dict(), RESUME_MUTABLE)
+    except DsrnetError:
+        return False
+    return True
+
+
+def run_jobs(jobs: Sequence[Job], s: Settings, *, log: Callable[[str], None] = _log) -> list[dict]:
+    """Train (or skip), then benchmark (or skip) every job; returns one row per job with both results."""
+    # Every check before the first (long) run starts: settings, finished runs that would clash, the data.
+    configs = _configs(jobs, s)
+    for cfg in configs:
+        finished_run(cfg)
+    load_split(s.dataset, "test", s.train.get("data_dir"))
+    finals = []
+    for i, (job, cfg) in enumerate(zip(jobs, configs, strict=True)):
+        log(f"[{i + 1}/{len(jobs)}] {job.key} ({job.arch})")
+        t0 = time.perf_counter()
+        finals.append(train_or_skip(cfg, log=log))
+        log(f"[{i + 1}/{len(jobs)}] {job.key} done in {time.perf_counter() - t0:.0f} s")
+    rows = []
+    for job, cfg, final in zip(jobs, configs, finals, strict=True):
+        run = RunDir(cfg.out_dir)
+        b = bench_or_skip(job, run.path, s.bench, log=log)
+        metrics = read_jsonl(run.metrics) if run.metrics.is_file() else []
+        rows.append({"job": job, "final": final, "bench": b, "metrics": metrics, "run": run.path})
+    return rows
+
+
+def dsrnet_confusion(rows: list[dict], s: Settings, *, log: Callable[[str], None] = _log) -> Path | None:
+    """Evaluate DSRNet's checkpoint with :func:`dsrnet.infer.evaluate_checkpoint` (which draws the confusion
+    matrix) and copy its ``confusion.png`` to ``confusion_dsrnet.png``."""
+    row = next((r for r in rows if r["job"].key.startswith("dsrnet")), None)
+    if row is None:
+        return None
+    run = RunDir(row["run"])
+    eval_dir = run.eval
+    done = eval_dir / "metrics.json"
+    if not done.is_file() or done.stat().st_mtime < run.final.stat().st_mtime:
+        metrics = evaluate_checkpoint(
+            run.checkpoint,
+            data_dir=s.train.get("data_dir"),
+            device=s.train.get("device", "auto"),
+            test_subset_per_class=s.train.get("test_subset_per_class"),
+            out_dir=eval_dir,
+        )
+        log(f"evaluated {row['job'].key}: top-1 error {metrics['top1_error']:.2f}% -> {eval_dir}")
+    else:
+        log(f"skip eval of {row['job'].key}: {done}")
+    return atomic_write_bytes(s.out / "confusion_dsrnet.png", (eval_dir / "confusion.png").read_bytes())
+
+
+def reproduce(
+    dataset: str,
+    *,
+    models: Sequence[str] | None = None,
+    stem: str = "paper",
+    out: str | Path | None = None,
+    train: dict | None = None,
+    bench_settings: dict | None = None,
+    model_kwargs: dict | None = None,
+    quick: bool = False,
+    command: str = "",
+    log: Callable[[str], None] = _log,
+) -> dict:
+    """Library entry of ``dsrnet reproduce`` (see the module docstring). Returns ``{"rows", "files"}``."""
+    models = list(models or PAPER_COMPARISON)
+    _check_models(models)
+    s = _settings(dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset)
+    def job(name: str) -> Job:
+        arch = stem_variant(name, stem)
+        kwargs = dict(model_kwargs or {}) if arch.startswith("dsrnet") else {}
+        return Job(key=arch, arch=arch, model_kwargs=kwargs)
+
+    jobs = [job(name) for name in models]
+    asked = {j.key for j in jobs}
+    earlier = [job(n) for n in PAPER_COMPARISON if job(n).key not in asked and _finished_alike(job(n), s)]
+    if earlier:
+        log(f"tables also include the finished runs of {', '.join(j.key for j in earlier)} in {s.out}")
+    order = {stem_variant(n, stem): i for i, n in enumerate(PAPER_COMPARISON)}
+    jobs = sorted(jobs + earlier, key=lambda j: order.get(j.key, len(order)))
+    rows = run_jobs(jobs, s, log=log)
+    confusion = dsrnet_confusion(rows, s, log=log)
+    files, paper_table = write_reproduce_report(rows, s)
+    if confusion is not None:
+        files.append(confusion)
+    return {"rows": rows, "files": files, "table": paper_table}
+
+
+def ablate(
+    dataset: str,
+    *,
+    variants: Sequence[str] | None = None,
+    stem: str = "paper",
+    out: str | Path | None = None,
+    train: dict | None = None,
+    bench_settings: dict | None = None,
+    model_kwargs: dict | None = None,
+    quick: bool = False,
+    command: str = "",
+    log: Callable[[str], None] = _log,
+) -> dict:
+    """Library entry of ``dsrnet ablate``: train and time each variant; table + error/latency/params plot."""
+    all_variants = {v.name: v for v in ablation_variants(stem)}
+    names = list(variants or all_variants)
+    unknown = [n for n in names if n not in all_variants]
+    if unknown:
+        raise DsrnetError(
+            f"unknown ablation variant(s) {', '.join(unknown)}: choose from {', '.join(all_variants)}"
+        )
+    s = _settings(
+        dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset / "ablate"
+    )
+    jobs = []
+    for name in names:
+        v = all_variants[name]
+        jobs.append(
+            Job(key=name, arch=stem_variant("dsrnet50", v.stem or stem),
+                model_kwargs={**(model_kwargs or {}), **v.kwargs}, tests=v.tests)
+        )  # fmt: skip
+    rows = run_jobs(jobs, s, log=log)
+    return {"rows": rows, "files": write_ablation_report(rows, s)}
+
+
+def _check_models(models: Sequence[str]) -> None:
+    known = set(list_models())
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise DsrnetError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(sorted(known))}")
+
+
+def _settings(dataset, out, train, bench_settings, quick, command, *, default_out: Path) -> Settings:
+    if dataset not in DATASETS:
+        raise DsrnetError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    train = {k: v for k, v in (train or {}).items() if v is not None}
+    bench_settings = {k: v for k, v in (bench_settings or {}).items() if v is not None}
+    if quick:
+        train = {**QUICK, **train}
+        bench_settings = {**QUICK_BENCH, **bench_settings}
+        if out is None:
+            default_out = Path("results") / "quick" / default_out.relative_to("results")
+    train.setdefault("progress", False)
+    train.setdefault("tensorboard", False)  # results/ keeps tables and figures, not event files
+    device = resolve_device(train.get("device", "auto"))
+    bench_defaults = {
+        "image_size": DATASETS[dataset].image_size,
+        "batch_size": 128,
+        "device": str(device),
+        "precision": "fp32",
+        "num_classes": DATASETS[dataset].num_classes,
+        "warmup": DEFAULT_WARMUP[device.type],
+        "repeats": DEFAULT_REPEATS[device.type],
+    }
+    bench_settings = {**bench_defaults, **bench_settings}
+    bench_settings["device"] = str(resolve_device(bench_settings["device"]))
+    check_int("bench batch size", bench_settings["batch_size"])
+    check_int("bench repeats", bench_settings["repeats"])
+    check_int("bench warmup", bench_settings["warmup"], 0)
+    return Settings(
+        dataset=dataset, out=Path(out) if out is not None else default_out, train=train, bench=bench_settings,
+        command=command, quick=quick,
+    )  # fmt: skip

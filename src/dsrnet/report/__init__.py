@@ -1,0 +1,1 @@
+"""Result files (:mod:`.markdown`: markdown, CSV, JSON) and figures (:mod:`.plots`)."""

@@ -1,0 +1,233 @@
+"""Checkpoints: ``weights_only`` loading, integrity and sanity checks, RNG state capture.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that ``torch.load(...,
+weights_only=True)`` reads it without trusting the file (no pickled classes). It carries everything needed to
+continue training bit for bit (model, optimizer, scheduler, grad scaler, RNG states, epoch, metric history,
+the resolved config) and to rebuild the model and its preprocessing without any other file (model name and
+kwargs, number and names of classes, image size, normalisation mean/std).
+
+Written atomically (:mod:`dsrnet.run.atomic`). Read back, a checkpoint is checked before anything is built from it:
+the CRC-32 of every record of torch's zip container (a flipped byte is refused, not evaluated), the type and range of
+every field a model or a preprocessing step is built from, and the shapes of its weights against the model its
+fields describe, built on the ``meta`` device first (a hand-edited width cannot allocate 40 GB).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsrnet.errors import DsrnetError
+from dsrnet.run.atomic import atomic_write
+
+FORMAT = "dsrnet-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+#: Largest input side a checkpoint may ask predict/eval to resize to (the datasets use 32 and 96).
+MAX_IMAGE_SIZE = 1024
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "check_model_fields",
+    "get_rng_state",
+    "load_checkpoint",
+    "load_model_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
+
+# ------------------------------------------------------------------------------------------------------ RNG
+
+
+def get_rng_state() -> dict:
+    """Python, NumPy, torch CPU and CUDA generator states, as ``weights_only``-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_lists(random.getstate()),
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` captured (CUDA states only where this machine has as many GPUs)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _to_lists(obj: Any) -> Any:
+    if isinstance(obj, tuple | list):
+        return [_to_lists(o) for o in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` (plus the format tag) atomically with ``torch.save``. A full disk is one clear error and
+    leaves the previous checkpoint in place."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    try:
+        return atomic_write(path, lambda f: torch.save(payload, f))
+    except (OSError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise DsrnetError(
+            f"could not write checkpoint {path} ({first}); the previous checkpoint is kept; fix: free disk space "
+            f"in {Path(path).parent} (or pass another --out-dir) and resume with --resume"
+        ) from None
+
+
+def _damaged_record(path: Path) -> str | None:
+    """The first record of torch's zip container whose CRC-32 does not match, or ``None``."""
+    with zipfile.ZipFile(path) as z:
+        return z.testzip()
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a dsrnet checkpoint with ``weights_only=True``. ``path`` may be the file or a run folder holding
+    ``checkpoint.pt``. A missing, truncated, damaged (CRC mismatch), foreign or unsafe file, or one whose fields are
+    not what ``dsrnet train`` writes, raises :class:`DsrnetError`."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise DsrnetError(
+            f"checkpoint {path} not found; fix: pass the checkpoint.pt of a run (or its run folder) written by "
+            f"`dsrnet train`"
+        )
+    try:
+        bad = _damaged_record(path)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True) if bad is None else None
+    except Exception as err:  # truncation, foreign pickles and non-allowlisted classes surface as many types
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise DsrnetError(
+            f"checkpoint {path} cannot be read safely ({type(err).__name__}: {msg[:200]}); fix: use an intact "
+            f"checkpoint written by `dsrnet train` (a run killed mid-write keeps its previous checkpoint.pt)"
+        ) from None
+    if bad is not None:
+        raise DsrnetError(
+            f"checkpoint {path} is damaged (checksum mismatch in record {bad}); fix: use an intact copy of it"
+        )
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DsrnetError(
+            f"{path} is not a dsrnet checkpoint; fix: pass a checkpoint.pt written by `dsrnet train`"
+        )
+    if ckpt.get("version") != VERSION:
+        raise DsrnetError(
+            f"{path} has checkpoint format version {ckpt.get('version')}, this dsrnet reads {VERSION}; fix: use "
+            f"the dsrnet version that wrote it"
+        )
+    ckpt["path"] = str(path)
+    check_model_fields(ckpt)
+    return ckpt
+
+
+def _bad_field(ckpt: dict, key: str, expected: str) -> DsrnetError:
+    shown = repr(ckpt.get(key, "<missing>"))
+    return DsrnetError(
+        f"checkpoint {ckpt.get('path')} has a bad {key!r} field ({shown[:80]}; expected {expected}); fix: use a "
+        f"checkpoint written by `dsrnet train`, not a hand-edited one"
+    )
+
+
+def check_model_fields(ckpt: dict) -> None:
+    """Check the fields a model and its preprocessing are built from, before anything is built."""
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def triple(v: Any) -> bool:
+        return (
+            isinstance(v, list | tuple)
+            and len(v) == 3
+            and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+        )
+
+    if not isinstance(ckpt.get("model"), str):
+        raise _bad_field(ckpt, "model", "a model name")
+    if not isinstance(ckpt.get("model_kwargs", {}), dict):
+        raise _bad_field(ckpt, "model_kwargs", "a mapping")
+    n = ckpt.get("num_classes")
+    if not (is_int(n) and 1 <= n <= 100_000):
+        raise _bad_field(ckpt, "num_classes", "an integer in 1..100000")
+    classes = ckpt.get("classes")
+    if not (isinstance(classes, list) and len(classes) == n and all(isinstance(c, str) for c in classes)):
+        raise _bad_field(ckpt, "classes", f"a list of {n} class names")
+    size = ckpt.get("image_size")
+    if not (is_int(size) and 8 <= size <= MAX_IMAGE_SIZE):
+        raise _bad_field(ckpt, "image_size", f"an integer in 8..{MAX_IMAGE_SIZE}")
+    if not triple(ckpt.get("mean")):
+        raise _bad_field(ckpt, "mean", "3 finite numbers")
+    if not (triple(ckpt.get("std")) and all(s > 0 for s in ckpt["std"])):
+        raise _bad_field(ckpt, "std", "3 finite numbers > 0")
+    state = ckpt.get("model_state")
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise _bad_field(ckpt, "model_state", "a state dict of tensors")
+
+
+def load_model_state(model: nn.Module, ckpt: dict, *, require_finite: bool = False) -> None:
+    """Load ``ckpt["model_state"]`` into ``model``; one-line errors for weights that do not fit it and, with
+    ``require_finite``, for NaN/Inf weights (a diverged run must never be evaluated or served)."""
+    state = ckpt["model_state"]
+    if require_finite:
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise DsrnetError(
+                f"checkpoint {ckpt['path']} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): the run "
+                f"diverged; fix: use a checkpoint of a run that trained normally (retrain with a lower --lr)"
+            )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise DsrnetError(
+            f"checkpoint {ckpt['path']} does not fit model {ckpt.get('model')!r} with "
+            f"model_kwargs {ckpt.get('model_kwargs')} ({first}); fix: use a checkpoint written for this model"
+        ) from None
+
+
+def check_state_fits(meta_model: nn.Module, ckpt: dict) -> None:
+    """Compare the checkpoint's weight names and shapes with ``meta_model`` (built on the ``meta`` device, so it
+    holds no memory) before the real model is allocated."""
+    want = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in ckpt["model_state"].items()}
+    if want == have:
+        return
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    detail = (
+        f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else
+        f"{shape[0]} is {have[shape[0]]}, the model needs {want[shape[0]]}"
+    )  # fmt: skip
+    raise DsrnetError(
+        f"checkpoint {ckpt['path']} does not fit model {ckpt['model']!r} with model_kwargs "
+        f"{ckpt.get('model_kwargs')} ({detail}); fix: use a checkpoint written by `dsrnet train` for this model"
+    )

@@ -1,0 +1,126 @@
+"""The one owner of a run folder's rules: its file names, when it is finished or resumable, whether a saved run
+matches the settings asked for, and the lock that keeps two processes out of one folder.
+
+A run folder (written by ``dsrnet train``)::
+
+    config.yaml     the fully resolved config (``dsrnet train --config config.yaml`` repeats the run)
+    metrics.jsonl   one JSON object per epoch
+    checkpoint.pt   the last checkpoint (written atomically)
+    final.json      the FINAL epoch's metrics; exists only once the run has finished
+    tb/             TensorBoard events (when tensorboard is installed)
+    eval/           what ``dsrnet eval`` writes
+    .lock           held (flock) while a process trains into the folder
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dsrnet.errors import DsrnetError
+from dsrnet.run.atomic import plain, remove_stale_temp_files
+from dsrnet.run.checkpoint import CHECKPOINT_NAME
+
+
+def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """``key=saved (asked wanted)`` for every key of ``wanted`` outside ``ignore`` whose value differs."""
+    ignore = frozenset(ignore)
+    return [
+        f"{key}={plain(saved.get(key))!r} (asked {plain(value)!r})"
+        for key, value in wanted.items()
+        if key not in ignore and plain(saved.get(key)) != plain(value)
+    ]
+
+
+class RunDir:
+    """A run folder: file names and the rules for finished / resumable / compatible / locked."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).expanduser()
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.checkpoint = self.path / CHECKPOINT_NAME
+        self.final = self.path / "final.json"
+        self.tensorboard = self.path / "tb"
+        self.eval = self.path / "eval"
+        self.lock_file = self.path / ".lock"
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def finished(self) -> bool:
+        """The run ended (its ``final.json`` exists)."""
+        return self.final.is_file()
+
+    @property
+    def resumable(self) -> bool:
+        """A run started and can be continued: a checkpoint and no ``final.json``."""
+        return self.checkpoint.is_file() and not self.finished
+
+    @property
+    def holds_run(self) -> bool:
+        return self.checkpoint.exists() or self.final.exists()
+
+    def saved_config(self) -> dict:
+        """The saved ``config.yaml`` as a mapping (empty if there is none)."""
+        import yaml
+
+        if not self.config.is_file():
+            return {}
+        try:
+            values = yaml.safe_load(self.config.read_text())
+        except yaml.YAMLError:
+            raise DsrnetError(
+                f"{self.config} is not valid YAML; fix: restore it or delete {self.path} to start again"
+            ) from None
+        return values if isinstance(values, dict) else {}
+
+    def check_compatible(self, wanted: dict, ignore: Iterable[str] = ()) -> None:
+        """A finished run with other settings than ``wanted`` is an error: a table would mix recipes."""
+        diff = differences(self.saved_config(), wanted, ignore)
+        if diff:
+            raise DsrnetError(
+                f"{self.path} holds a finished run with other settings: {'; '.join(diff[:3])}; fix: pass another "
+                f"--out-dir, or delete {self.path} to train it again"
+            )
+
+    def check_writable(self) -> None:
+        """Fail before any work starts if the folder cannot be created or written."""
+        for p in (self.path, *self.path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise DsrnetError(f"run folder {self.path}: {p} is a file; fix: pass another --out-dir")
+                if not os.access(p, os.W_OK | os.X_OK):
+                    raise DsrnetError(f"run folder {self.path}: {p} is not writable; fix: pass another --out-dir")
+                return
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the folder; a second process asking for it fails at once (the kernel drops
+        the lock when a process dies, so a killed run never leaves the folder locked). A folder this call created
+        is removed again if the work inside fails before writing anything."""
+        self.check_writable()
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.path)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DsrnetError(
+                    f"run folder {self.path} is in use by another dsrnet process; fix: wait for it to finish, or "
+                    f"pass another --out-dir"
+                ) from None
+            try:
+                yield
+            finally:
+                self.lock_file.unlink(missing_ok=True)  # still ours: we hold the lock
+                if created and not any(self.path.iterdir()):
+                    self.path.rmdir()
+        finally:
+            os.close(fd)

@@ -1,0 +1,426 @@
+"""What a training run depends on: :class:`TrainConfig`, the two recipes, YAML files and the resume policy.
+
+Recipes (:data:`RECIPES`; every value can be overridden from the command line or a YAML file):
+
+``paper`` -- Section 4.2 of the paper: mini-batch SGD with momentum 0.9, weight decay 5e-4 ("L2
+regularization"), initial learning rate 0.1 "reduced by a factor of 1/10", batch 128 (Tables 2-4), images
+"randomly cropped, flipped, and normalized", fp32. The paper gives neither the number of epochs nor when the
+rate drops, so the default is the classic CIFAR ResNet schedule of He et al. (2016, Section 4.2): 64k
+iterations at batch 128 (= 164 epochs) with the rate divided by 10 at 50 % and 75 % of training. Here: 160
+epochs, milestones at epochs 80 and 120 (50 %/75 % of ``--epochs`` unless ``--milestones`` is given).
+
+``fast`` -- best time-to-accuracy on one GPU, with the changes that are known to shorten CIFAR training
+without changing the network: batch 512 with the learning rate scaled linearly (0.1 x 512/128 = 0.4, Goyal et
+al. 2017), a 2-epoch linear warm-up (the same paper; at most half of a shorter run) then a linear decay to
+zero per step (a one-cycle-style schedule; linear decay matches or beats cosine at short budgets, Defazio et
+al. 2023), Nesterov momentum, label smoothing 0.1, no weight decay on BatchNorm parameters and biases, and on
+CUDA bf16 autocast, channels_last and ``torch.compile`` (on a CPU those three fall back to fp32 / NCHW / eager
+unless asked for explicitly). 40 epochs by default: a rough prototype reached 93.4 % in 90 epochs; see
+BENCHMARKS.md for what this one measures. ``drop_last`` keeps every step's batch shape fixed so the compiled
+graph is never re-traced.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsrnet import data as D
+from dsrnet.device import PRECISIONS, resolve_device
+from dsrnet.errors import DsrnetError
+from dsrnet.models import list_models
+from dsrnet.run.checkpoint import load_checkpoint
+from dsrnet.run.rundir import differences
+
+__all__ = [
+    "PRECISIONS",
+    "RECIPES",
+    "RESUME_MUTABLE",
+    "SCHEDULES",
+    "TrainConfig",
+    "load_config_file",
+    "resume_config",
+]
+
+
+#: Learning-rate factor at each milestone of the ``step`` schedule (Section 4.2: "reduce it by a factor of
+#: 1/10").
+STEP_GAMMA = 0.1
+
+
+
+
+SCHEDULES = ("step", "cosine", "linear")
+
+
+#: Recipe defaults; a config value left unset (``None``) takes the recipe's. See the module docstring for why.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "epochs": 160,
+        "batch_size": 128,
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "momentum": 0.9,
+        "nesterov": False,
+        "label_smoothing": 0.0,
+        "schedule": "step",
+        "warmup_epochs": 0.0,
+        "bn_bias_weight_decay": True,
+        "drop_last": False,
+        "precision": "fp32",
+        "channels_last": False,
+        "compile": False,
+    },
+    "fast": {
+        "epochs": 40,
+        "batch_size": 512,
+        "lr": 0.4,
+        "weight_decay": 5e-4,
+        "momentum": 0.9,
+        "nesterov": True,
+        "label_smoothing": 0.1,
+        "schedule": "linear",
+        "warmup_epochs": 2.0,
+        "bn_bias_weight_decay": False,
+        "drop_last": True,
+        "precision": "bf16",
+        "channels_last": True,
+        "compile": True,
+    },
+}
+
+
+#: Recipe values that only pay off on a GPU: on a CPU they fall back to these unless set explicitly.
+_CPU_FALLBACK = {"precision": "fp32", "channels_last": False, "compile": False}
+
+
+#: Config fields that may differ when a run is resumed; every other field must match the checkpoint's.
+RESUME_MUTABLE = frozenset(
+    {
+        "data_dir",
+        "download",
+        "out_dir",
+        "resume",
+        "progress",
+        "device",
+        "compile",
+        "tensorboard",
+        "checkpoint_every",
+    }
+)
+
+#: Model arguments that make a network something other than a classifier of the dataset's classes.
+NOT_FOR_TRAINING = frozenset({"features_only", "out_indices", "num_classes", "pretrained", "checkpoint_path"})
+#: Seeds are stored as int64 by torch; larger ones cannot seed it.
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. ``None`` hyper-parameters take the ``recipe``'s defaults
+    (:data:`RECIPES`), so ``TrainConfig(recipe="fast", model="dsrnet50_cifar")`` is the fast recipe; after
+    construction every field is concrete and validated (bad values raise :class:`DsrnetError`).
+
+    ``batch_size`` and ``lr`` are for the global batch (all DDP ranks together). ``milestones`` are epochs
+    (step schedule only; default 50 % and 75 % of ``epochs``). ``device="auto"`` resolves to ``cuda`` when
+    available. ``resume``: ``"auto"`` (or ``True``) continues from ``out_dir/checkpoint.pt``; a path names a
+    checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
+    images per class (quick runs). ``model_kwargs`` go to :func:`dsrnet.create_model` (e.g.
+    ``{"widths": [8, 16, 32, 64]}``).
+    """
+
+    model: str = "dsrnet50"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    recipe: str = "paper"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    label_smoothing: float | None = None
+    schedule: str | None = None
+    milestones: list[int] | None = None
+    warmup_epochs: float | None = None
+    bn_bias_weight_decay: bool | None = None
+    drop_last: bool | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+    sync_bn: bool = False
+    out_dir: str | None = None
+    resume: str | None = None
+    subset_per_class: int | None = None
+    test_subset_per_class: int | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    progress: bool = True
+    tensorboard: bool = True
+    checkpoint_every: int = 1
+
+    @classmethod
+    def from_recipe(cls, recipe: str = "paper", **overrides: Any) -> TrainConfig:
+        """The ``recipe``'s defaults with ``overrides`` (config field names) applied; unknown keys raise."""
+        unknown = sorted(set(overrides) - set(_KINDS))
+        if unknown:
+            raise DsrnetError(
+                f"unknown config key(s) {', '.join(unknown)}; fix: use only {', '.join(_KINDS)}"
+            )
+        return cls(recipe=recipe, **overrides)
+
+    def __post_init__(self) -> None:
+        if self.resume is True:
+            self.resume = "auto"
+        elif self.resume is False:
+            self.resume = None
+        for name, kind in _KINDS.items():
+            setattr(self, name, _coerce(name, kind, getattr(self, name)))
+        if self.recipe not in RECIPES:
+            raise DsrnetError(f"unknown recipe {self.recipe!r}; fix: choose one of {', '.join(RECIPES)}")
+        self.device = str(resolve_device(self.device))
+        on_cpu = not self.device.startswith("cuda")
+        recipe_warmup = self.warmup_epochs is None
+        recipe_lr = self.lr is None
+        recipe = RECIPES[self.recipe]
+        for key, value in recipe.items():
+            if getattr(self, key) is None:
+                setattr(self, key, _CPU_FALLBACK[key] if on_cpu and key in _CPU_FALLBACK else value)
+        if recipe_lr and isinstance(self.batch_size, int):
+            # Linear scaling rule (Goyal et al., 2017): the recipe's lr belongs to the recipe's batch size.
+            self.lr = recipe["lr"] * self.batch_size / recipe["batch_size"]
+        if recipe_warmup and isinstance(self.epochs, int):
+            self.warmup_epochs = min(
+                self.warmup_epochs, self.epochs / 2
+            )  # short runs: warm up half of it at most
+        if self.milestones is None:
+            e = self.epochs
+            self.milestones = [max(1, e // 2), max(1, (3 * e) // 4)] if self.schedule == "step" else []
+        if self.out_dir is None:
+            self.out_dir = str(Path("runs") / self.dataset / f"{self.model}-{self.recipe}-seed{self.seed}")
+        self._validate()
+
+    def _validate(self) -> None:
+        models = list_models()
+        if self.model not in models:
+            raise DsrnetError(f"unknown model {self.model!r}; fix: choose one of {', '.join(models)}")
+        if self.dataset not in D.DATASETS:
+            raise DsrnetError(f"unknown dataset {self.dataset!r}; fix: choose one of {', '.join(D.DATASETS)}")
+        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.lr > 0, "lr", self.lr, "a number > 0")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        _check(
+            not (self.nesterov and self.momentum == 0), "nesterov", self.nesterov, "false when momentum is 0"
+        )
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
+        _check(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs", self.warmup_epochs, "in [0, epochs]")
+        if self.schedule != "step":
+            _check(not self.milestones, "milestones", self.milestones, "empty unless schedule is step")
+        ms = self.milestones
+        _check(
+            all(1 <= m <= self.epochs for m in ms) and ms == sorted(ms),
+            "milestones",
+            ms,
+            f"ascending epochs in 1..{self.epochs}",
+        )
+        _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
+        # BatchNorm cannot normalise one image per process in training mode.
+        _check(self.batch_size >= 2, "batch_size", self.batch_size, "an integer >= 2 (BatchNorm needs 2+ images)")
+        bad = sorted(NOT_FOR_TRAINING & set(self.model_kwargs))
+        _check(
+            not bad,
+            "model_kwargs",
+            self.model_kwargs,
+            f"no {', '.join(bad)} (training builds a classifier of the dataset's classes)",
+        )
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        _check(
+            not (self.sync_bn and not self.device.startswith("cuda")),
+            "sync_bn",
+            True,
+            "false on CPU (SyncBatchNorm needs CUDA)",
+        )
+        for key in ("subset_per_class", "test_subset_per_class"):
+            v = getattr(self, key)
+            _check(v is None or v >= 1, key, v, "an integer >= 1 (or unset for all images)")
+        _check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Kind of each config field ("int", "float", "bool", "str", "list[int]", "dict"), from its annotation, for
+# coercing YAML / API values; `None` always passes (= recipe default or unset).
+_KINDS = {f.name: f.type.replace(" | None", "") for f in fields(TrainConfig)}
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise DsrnetError(f"bad value for {name}: {value!r}; fix: use {expected}")
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    """``value`` as ``kind``; ``None`` passes through (= recipe default / unset)."""
+    if value is None:
+        return None
+    try:
+        if kind == "str":
+            if isinstance(value, os.PathLike):
+                return os.fspath(value)
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise TypeError
+        if kind == "int":
+            return _as_int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            out = float(value)  # also parses YAML 1.1's unquoted "5e-4", which PyYAML reads as a string
+            if not math.isfinite(out):
+                raise ValueError
+            return out
+        if kind == "list[int]":
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, list | tuple):
+                raise TypeError
+            return [_as_int(v) for v in value]
+        if kind == "dict":
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise TypeError
+            return _plain(value)
+    except (TypeError, ValueError):
+        pass
+    expected = {
+        "str": "a string",
+        "bool": "true or false",
+        "int": "an integer",
+        "float": "a finite number",
+        "list[int]": "a list of integers such as [80, 120]",
+        "dict": 'a mapping such as {"widths": [8, 16, 32, 64]}',
+    }[kind]
+    raise DsrnetError(f"bad value for {name}: {value!r}; fix: use {expected}")
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    raise TypeError
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively: the config round-trips through YAML, JSON and ``weights_only`` loads."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """``yaml.safe_load`` that refuses a key given twice (PyYAML would silently keep the last value)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """A YAML mapping of config fields (dashes or underscores); unknown keys and bad YAML raise."""
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DsrnetError(f"config file {path} not found; fix: pass an existing YAML file to --config")
+    try:
+        values = yaml.load(path.read_text(), Loader=_unique_key_loader())
+    except yaml.YAMLError as err:
+        first = str(err).replace("\n", " ")[:200]
+        raise DsrnetError(
+            f"config file {path} is not valid YAML ({first}); fix: correct the YAML syntax"
+        ) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise DsrnetError(
+            f"config file {path} must hold a mapping of settings; fix: write `key: value` lines"
+        )
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(_KINDS))
+    if unknown:
+        raise DsrnetError(
+            f"unknown key(s) {', '.join(unknown)} in config file {path}; fix: use only {', '.join(_KINDS)}"
+        )
+    return values
+
+
+def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The config saved in ``checkpoint`` (a file or run folder), set up to resume it. ``overrides`` may
+    change only :data:`RESUME_MUTABLE` fields; any other value that differs from the checkpoint's raises."""
+    ckpt = load_checkpoint(checkpoint)
+    saved = dict(ckpt["config"])
+    _check_resume_overrides(saved, overrides, ckpt["path"])
+    saved.update(overrides)
+    saved["resume"] = ckpt["path"]
+    if "out_dir" not in overrides:
+        saved["out_dir"] = str(Path(ckpt["path"]).parent)
+    return TrainConfig(**saved)
+
+
+def _check_resume_overrides(saved: dict, overrides: dict, path: str) -> None:
+    wanted = {
+        k: _coerce(k, _KINDS[k], v) for k, v in overrides.items() if k not in RESUME_MUTABLE and k in saved
+    }
+    for key in ("model", "model_kwargs", "dataset"):
+        if key in wanted and differences(saved, {key: wanted[key]}):
+            raise DsrnetError(
+                f"checkpoint {path} is for {saved['model']} {saved['model_kwargs'] or ''} on "
+                f"{saved['dataset']}, not {key}={wanted[key]!r}; fix: drop --{key.replace('_', '-')} or start a "
+                f"new run (another --out-dir, no --resume)"
+            )
+    for key, want in wanted.items():
+        if differences(saved, {key: want}):
+            raise DsrnetError(
+                f"{key}={want!r} differs from the checkpoint's {saved[key]!r} ({path}); fix: drop that setting "
+                f"to continue the saved run, or start a new run (another --out-dir, no --resume)"
+            )

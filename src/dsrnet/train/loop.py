@@ -1,0 +1,516 @@
+"""The training loop behind ``dsrnet train``: one run of a :class:`~dsrnet.train.config.TrainConfig` into a run
+folder (:class:`~dsrnet.run.rundir.RunDir`: ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt``, ``final.json``,
+``tb/``). ``metrics.jsonl`` holds one JSON object per epoch; its ``lr`` is the rate at the epoch's first step.
+Accuracies and errors are in percent. The train loss is the optimised (label-smoothed) loss; the test loss is plain
+cross-entropy. ``final.json`` holds the FINAL epoch's metrics, never a best-on-test pick.
+
+Progress goes to the ``dsrnet.train`` logger (stderr under the CLI); the function returns the final metrics.
+
+Safety: the run folder is locked while a process trains into it; a run never overwrites another run's folder;
+a non-finite training loss, test loss or weight stops the run before that state is checkpointed, so the checkpoint
+on disk is always the last good one.
+
+Distributed: under ``torchrun --nproc_per_node N -m dsrnet train ...`` each rank trains on its disjoint shard
+of every epoch's global permutation (:class:`dsrnet.data.DeviceLoader`) with ``--batch-size`` as the GLOBAL
+batch (``batch_size // N`` per rank), DistributedDataParallel averages the gradients (nccl on GPU, gloo on
+CPU), each rank evaluates its shard of the test set and the counts are summed with ``all_reduce``; only rank 0
+logs and writes. BatchNorm statistics are per rank unless ``--sync-bn`` (CUDA only: PyTorch's SyncBatchNorm
+has no CPU kernel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsrnet import data as D
+from dsrnet.device import autocast, device_label, synchronize
+from dsrnet.errors import DsrnetError
+from dsrnet.models import build_model
+from dsrnet.run.atomic import atomic_write_json, atomic_write_text
+from dsrnet.run.checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from dsrnet.run.rundir import RunDir
+from dsrnet.train.config import RESUME_MUTABLE, STEP_GAMMA, TrainConfig, _check_resume_overrides
+from dsrnet.train.distributed import DistContext
+from dsrnet.train.evaluate import evaluate
+
+__all__ = ["lr_factor", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """All parameters decayed (the paper's plain L2), or all but the 1-D ones, BatchNorm scales/shifts and
+    biases ("no bias decay", He et al. 2019, Bag of Tricks, Section 3.1), which the fast recipe uses."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norm_and_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, *, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of ``cfg.lr`` for optimiser step ``step`` (0-based): linear warm-up over ``warmup_epochs``,
+    then the step schedule (x0.1 at each milestone epoch), a cosine or a linear decay to zero at the last
+    step."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "step":
+        epoch = step // steps_per_epoch
+        return STEP_GAMMA ** sum(1 for m in cfg.milestones if epoch >= m)
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _load_data(cfg: TrainConfig, dist_: DistContext, device: torch.device):
+    info = D.DATASETS[cfg.dataset]
+    if not dist_.is_main:
+        dist_.barrier()  # rank 0 downloads and writes the array cache first
+    train = D.load_split(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
+    test = D.load_split(cfg.dataset, "test", cfg.data_dir, download=cfg.download)
+    if dist_.is_main:
+        dist_.barrier()
+    absent = sorted(set(range(info.num_classes)) - set(np.unique(train.labels).tolist()))
+    if absent:  # a model trained so would never predict them, and nothing else would say so
+        raise DsrnetError(
+            f"the {cfg.dataset} train split in {cfg.data_dir or D.default_data_dir()} has no image of class "
+            f"{absent[0]} ({info.classes[absent[0]]}){' and others' if len(absent) > 1 else ''}; fix: rebuild "
+            f"its array cache from the official files (delete {cfg.dataset}/train.npz there)"
+        )
+    if cfg.subset_per_class:
+        train = train.subset_per_class(cfg.subset_per_class, cfg.seed)
+    if cfg.test_subset_per_class:
+        test = test.subset_per_class(cfg.test_subset_per_class, cfg.seed)
+    mean, std = D.channel_stats(train.images)
+    if cfg.batch_size % dist_.world_size:
+        raise DsrnetError(
+            f"batch size {cfg.batch_size} does not split over {dist_.world_size} processes; fix: use a multiple "
+            f"of {dist_.world_size} (--batch-size is the global batch)"
+        )
+    per_rank = cfg.batch_size // dist_.world_size
+    common = {"device": device, "mean": mean, "std": std, "channels_last": cfg.channels_last}
+    train_loader = D.DeviceLoader(
+        train.images,
+        train.labels,
+        batch_size=per_rank,
+        train=True,
+        pad=info.pad,
+        drop_last=cfg.drop_last,
+        seed=cfg.seed,
+        rank=dist_.rank,
+        world_size=dist_.world_size,
+        **common,
+    )
+    if not cfg.drop_last and train_loader.num_samples % per_rank == 1:
+        # BatchNorm cannot normalise a batch of one image in training mode.
+        raise DsrnetError(
+            f"the last training batch would hold a single image ({train_loader.num_samples} images, batch "
+            f"{per_rank} per process); fix: pass --drop-last or change --batch-size"
+        )
+    test_loader = D.DeviceLoader(
+        test.images,
+        test.labels,
+        batch_size=per_rank,
+        train=False,
+        rank=dist_.rank,
+        world_size=dist_.world_size,
+        **common,
+    )
+    meta = {
+        "classes": list(train.classes),
+        "image_size": info.image_size,
+        "mean": list(mean),
+        "std": list(std),
+        "num_classes": info.num_classes,
+        "train_images": len(train),
+        "test_images": len(test),
+    }
+    return train_loader, test_loader, meta
+
+
+def _resolve_resume_path(cfg: TrainConfig) -> Path:
+    if cfg.resume == "auto":
+        return RunDir(cfg.out_dir).checkpoint
+    p = Path(cfg.resume).expanduser()
+    return RunDir(p).checkpoint if p.is_dir() else p
+
+
+def _write_metrics(run_dir: RunDir, history: list[dict]) -> None:
+    atomic_write_text(run_dir.metrics, "".join(json.dumps(r) + "\n" for r in history))
+
+
+class _TensorBoard:
+    """TensorBoard scalars when the optional ``tensorboard`` package is installed; else silently nothing."""
+
+    def __init__(self, log_dir: Path | None, purge_step: int | None) -> None:
+        self.writer = None
+        if log_dir is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # the optional extra is not installed
+            return
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def log(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, int | float):
+                self.writer.add_scalar(key, value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def train(config: TrainConfig) -> dict:
+    """Train ``config.model`` on ``config.dataset`` as ``config`` says, writing the run folder described in
+    the module docstring, and return the final-epoch metrics (the content of ``final.json``).
+
+    With ``config.resume`` the run continues from the checkpoint: on the same device and thread count it ends
+    with the same weights and metrics as an uninterrupted run (every source of randomness is a function of the
+    seed and the epoch, or is restored from the checkpoint). A non-finite loss raises :class:`DsrnetError`
+    naming the step, leaving the last checkpoint (from the last completed epoch) untouched. Call it under
+    ``torchrun`` for DDP; it initialises (and afterwards destroys) the process group itself."""
+    dist_ = DistContext()
+    device = dist_.device(torch.device(config.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        # Fixed input shapes: let cuDNN pick the fastest kernels once; TF32 for the fp32 matmuls and convs.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # Rank 0 holds the run folder's lock for the whole run: a second process training into it fails at once.
+    lock = RunDir(config.out_dir).lock() if dist_.is_main else contextlib.nullcontext()
+    dist_.setup(device)
+    try:
+        with lock:
+            return _Trainer(config, dist_, device).run()
+    finally:
+        dist_.teardown()
+
+
+class _Trainer:
+    """One run: the model, its optimiser state and data, the epoch loop, checkpoints and run files."""
+
+    def __init__(self, cfg: TrainConfig, dist_: DistContext, device: torch.device) -> None:
+        self.cfg, self.dist, self.device = cfg, dist_, device
+        self.resume_from = None
+        if cfg.resume:
+            path = _resolve_resume_path(cfg)
+            self.resume_from = load_checkpoint(path)
+            fixed = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MUTABLE}
+            _check_resume_overrides(self.resume_from["config"], fixed, str(path))
+        self.run_dir = RunDir(cfg.out_dir)
+        self.out, self.ckpt_path = self.run_dir.path, self.run_dir.checkpoint
+        self.run_dir.check_writable()
+        own_folder = self.resume_from is not None and Path(self.resume_from["path"]).parent.resolve() == (
+            self.out.resolve()
+        )
+        if self.run_dir.holds_run and not own_folder:
+            what = "another run" if self.resume_from is not None else "a run"
+            fix = "pass --resume to continue it, or choose another --out-dir" if self.resume_from is None else (
+                "resume into the checkpoint's own folder (drop --out-dir) or into an empty --out-dir"
+            )
+            raise DsrnetError(f"run folder {self.out} already holds {what}; fix: {fix}")
+
+        _seed_everything(cfg.seed)
+        self.num_classes = D.DATASETS[cfg.dataset].num_classes
+        model = build_model(cfg.model, self.num_classes, cfg.model_kwargs)  # before the data: fail fast
+        self.train_loader, self.test_loader, self.meta = _load_data(cfg, dist_, device)
+        if cfg.sync_bn and dist_.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model  # the plain module: what is checkpointed
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.optimizer = torch.optim.SGD(
+            _param_groups(model, cfg.weight_decay, cfg.bn_bias_weight_decay),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        spe = self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, cfg=cfg, steps_per_epoch=spe)
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.start_epoch, self.history = 0, []
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        # Compiled for speed; DDP around it for the gradient all-reduce; evaluation skips DDP (no gradients).
+        self.net = torch.compile(model) if cfg.compile else model
+        self.train_net = dist_.wrap(self.net, device)
+        self.show_bar = cfg.progress and dist_.is_main and sys.stderr.isatty()
+        # Reading the loss on a GPU forces a sync: the non-finite check and the progress bar look every 25
+        # steps.
+        self.check_every = 1 if device.type == "cpu" else 25
+
+    def log(self, message: str) -> None:
+        if self.dist.is_main:
+            logger.info(message)
+
+    def run(self) -> dict:
+        cfg, main = self.cfg, self.dist.is_main
+        tb = None
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir.config, cfg.to_yaml())
+            if self.resume_from is not None:
+                _write_metrics(self.run_dir, self.history)  # drops epochs logged after the checkpoint
+            tb = _TensorBoard(self.run_dir.tensorboard if cfg.tensorboard else None, purge_step=self.start_epoch + 1)
+        m = self.meta
+        if self.resume_from is not None:
+            self.log(f"resumed {self.resume_from['path']} at epoch {self.start_epoch}/{cfg.epochs}")
+        self.log(
+            f"training {cfg.model} ({self.n_params / 1e6:.2f} M params) on {cfg.dataset} ({m['train_images']} "
+            f"train / {m['test_images']} test images), recipe {cfg.recipe}, {cfg.epochs} epochs, batch "
+            f"{cfg.batch_size}, {cfg.precision}, {device_label(self.device)}"
+            + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
+            + f" -> {self.out}"
+        )
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                record = {
+                    "epoch": epoch + 1,
+                    "lr": cfg.lr
+                    * lr_factor(epoch * self.steps_per_epoch, cfg=cfg, steps_per_epoch=self.steps_per_epoch),
+                }
+                record.update(self.train_epoch(epoch))
+                record.update(self.test())
+                self._raise_if_diverged(record)
+                self.history.append(record)
+                self.log(
+                    f"epoch {epoch + 1}/{cfg.epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f} "
+                    f"top-1 {record['train_top1']:.2f}%  test loss {record['test_loss']:.4f} top-1 "
+                    f"{record['test_top1']:.2f}% top-3 {record['test_top3']:.2f}%  "
+                    f"{record['images_per_s']:.0f} img/s  {record['epoch_time_s']:.1f} s"
+                )
+                if main:
+                    tb.log(record)
+                    if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                        save_checkpoint(self.ckpt_path, self._payload(epoch + 1))
+                    _write_metrics(self.run_dir, self.history)
+        finally:
+            if tb is not None:
+                tb.close()
+        final = self._final_metrics()
+        if main:
+            atomic_write_json(self.run_dir.final, final)
+        self.log(
+            f"final (epoch {cfg.epochs}): top-1 error {final['top1_error']:.2f}%, top-3 error "
+            f"{final['top3_error']:.2f}%, top-5 error {final['top5_error']:.2f}%, {final['train_time_s']:.1f} s "
+            f"training -> {self.run_dir.final}"
+        )
+        return final
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over this rank's shard; returns the train loss/top-1 (all ranks), speed and time."""
+        cfg, device = self.cfg, self.device
+        self.train_loader.set_epoch(epoch)
+        self.train_net.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n
+        bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        first_step = epoch * self.steps_per_epoch + 1
+        bar = _progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", self.show_bar)
+        synchronize(device)
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(self.train_loader):
+            with autocast(device, cfg.precision):
+                logits = self.train_net(x)
+            loss = self.criterion(logits.float(), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self._scheduler_step()
+            loss = loss.detach()
+            # Remember the first non-finite step without a host sync; looked at every check_every steps.
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), first_step + i, bad_step)
+            sums[0] += loss.double() * len(y)
+            sums[1] += (logits.detach().argmax(1) == y).sum()
+            sums[2] += len(y)
+            if (i + 1) % self.check_every == 0 or i + 1 == self.steps_per_epoch:
+                self._raise_if_nonfinite(bad_step, epoch)
+                if self.show_bar:
+                    s = sums.tolist()
+                    bar.set_postfix(
+                        loss=f"{s[0] / s[2]:.3f}",
+                        acc=f"{100 * s[1] / s[2]:.1f}%",
+                        img_s=f"{s[2] * self.dist.world_size / (time.perf_counter() - t0):.0f}",
+                    )
+            bar.update(1)
+        synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        bar.close()
+        loss_sum, correct, n = self.dist.all_reduce(sums).tolist()
+        return {
+            "train_loss": loss_sum / n,
+            "train_top1": 100.0 * correct / n,
+            "images_per_s": n / epoch_time,
+            "epoch_time_s": epoch_time,
+        }
+
+    def test(self) -> dict:
+        """Test-set metrics of rank 0's model (each rank evaluates its shard; the counts are summed)."""
+        t0 = time.perf_counter()
+        self.dist.broadcast_buffers(self.model)
+        ev = evaluate(self.net, self.test_loader, num_classes=self.num_classes, precision=self.cfg.precision)
+        out = {
+            f"test_{k}": ev[k]
+            for k in ("loss", "top1", "top3", "top5", "top1_error", "top3_error", "top5_error")
+        }
+        out["eval_time_s"] = time.perf_counter() - t0
+        return out
+
+    def _scheduler_step(self) -> None:
+        if not self.scaler.is_enabled():
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():
+            # GradScaler skips the optimizer step while it calibrates its scale (overflowing fp16 gradients);
+            # the schedule advances regardless, as intended, and PyTorch would warn about exactly that.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+
+    def _raise_if_nonfinite(self, bad_step: torch.Tensor, epoch: int) -> None:
+        step = int(self.dist.all_reduce(bad_step.clone(), op="max"))  # every rank stops at the same check
+        if step < 0:
+            return
+        raise DsrnetError(
+            f"non-finite loss at step {step} (epoch {epoch + 1}); training stopped, {self._last_good()}; fix: start a new "
+            f"run with a lower --lr" + (" or --precision fp32" if self.cfg.precision != "fp32" else "")
+        )
+
+    def _last_good(self) -> str:
+        if self.ckpt_path.exists():
+            return f"last good checkpoint: {self.ckpt_path}"
+        return "no checkpoint was written yet"
+
+    def _raise_if_diverged(self, record: dict) -> None:
+        """A non-finite test loss or weight after an epoch: stop before that state is checkpointed."""
+        bad = [k for k in ("train_loss", "test_loss") if not math.isfinite(record[k])]
+        if not bad and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            bad = ["weights"]
+        if bad:
+            raise DsrnetError(
+                f"non-finite {' and '.join(bad)} after epoch {record['epoch']}; training stopped, "
+                f"{self._last_good()}; fix: start a new run with a lower --lr"
+                + (" or --precision fp32" if self.cfg.precision != "fp32" else "")
+            )
+
+    def _payload(self, epoch: int) -> dict:
+        cfg, m = self.cfg, self.meta
+        return {
+            "epoch": epoch,
+            "model": cfg.model,
+            "model_kwargs": cfg.model_kwargs,
+            "dataset": cfg.dataset,
+            "num_classes": m["num_classes"],
+            "classes": m["classes"],
+            "image_size": m["image_size"],
+            "mean": m["mean"],
+            "std": m["std"],
+            "config": cfg.to_dict(),
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict(),
+            "scaler_state": self.scaler.state_dict(),
+            "rng_state": get_rng_state(),
+            "history": self.history,
+            "torch_version": str(torch.__version__),
+        }
+
+    def _restore(self, ckpt: dict) -> None:
+        load_model_state(self.model, ckpt)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer_state"])
+            self.scheduler.load_state_dict(ckpt["scheduler_state"])
+            if ckpt["scaler_state"]:
+                self.scaler.load_state_dict(ckpt["scaler_state"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise DsrnetError(
+                f"checkpoint {ckpt['path']} has optimizer/scheduler state that does not fit this run ({err}); "
+                f"fix: resume with the settings the run was started with"
+            ) from None
+        set_rng_state(ckpt["rng_state"])
+        self.start_epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
+
+    def _final_metrics(self) -> dict:
+        cfg, last = self.cfg, self.history[-1]
+        times = [r["epoch_time_s"] for r in self.history]
+        train_time = float(sum(times))
+        return {
+            "model": cfg.model,
+            "model_kwargs": cfg.model_kwargs,
+            "dataset": cfg.dataset,
+            "recipe": cfg.recipe,
+            "epochs": cfg.epochs,
+            "params": self.n_params,
+            "top1_error": last["test_top1_error"],
+            "top3_error": last["test_top3_error"],
+            "top5_error": last["test_top5_error"],
+            "top1": last["test_top1"],
+            "test_loss": last["test_loss"],
+            "train_loss": last["train_loss"],
+            "train_top1": last["train_top1"],
+            "train_time_s": train_time,
+            "s_per_epoch": train_time / len(times),
+            # Steady state: the median skips epoch 1's compilation and cuDNN autotuning.
+            "median_epoch_time_s": statistics.median(times),
+            "eval_time_s": float(sum(r["eval_time_s"] for r in self.history)),
+            "images_per_s": statistics.median(r["images_per_s"] for r in self.history),
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "precision": cfg.precision,
+            "channels_last": cfg.channels_last,
+            "compile": cfg.compile,
+            "train_images": self.meta["train_images"],
+            "test_images": self.meta["test_images"],
+            "world_size": self.dist.world_size,
+            "device": device_label(self.device),
+            "torch": str(torch.__version__),
+            "seed": cfg.seed,
+            "out_dir": str(cfg.out_dir),
+        }
