@@ -4,6 +4,7 @@ failure, never a skip: the tests that use it are part of what CI promises."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,67 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------ tiny real training runs
+
+TINY_MODEL = {"widths": [8, 16, 32, 64], "zero_init_residual": True}
+
+
+def tiny(tmp_path, data_dir, name="run", **over):
+    """A CPU run of a narrow DSRNet-50 on a per-class subset of real CIFAR-10."""
+    kw = {
+        "model": "dsrnet50",
+        "model_kwargs": TINY_MODEL,
+        "dataset": "cifar10",
+        "data_dir": str(data_dir),
+        "device": "cpu",
+        "recipe": "fast",
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.1,
+        "warmup_epochs": 1,
+        "subset_per_class": 10,
+        "test_subset_per_class": 5,
+        "progress": False,
+        "tensorboard": False,
+        "out_dir": str(tmp_path / name),
+    }
+    kw.update(over)
+    from dsrnet.train import TrainConfig
+
+    return TrainConfig.from_recipe(**kw)
+
+
+def read_metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+DETERMINISTIC_KEYS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "test_loss",
+    "test_top1",
+    "test_top3",
+    "test_top5",
+)
+
+
+@pytest.fixture(scope="session")
+def learned_run(cifar10_dir, tmp_path_factory):
+    """8 epochs on 500 real training images (50 per class), tested on 300; the train, infer and CLI tests reuse it."""
+    from dsrnet.train import train
+
+    tmp = tmp_path_factory.mktemp("learn")
+    cfg = tiny(tmp, cifar10_dir, epochs=8, subset_per_class=50, test_subset_per_class=30, tensorboard=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        final = train(cfg)
+    finally:
+        torch.set_num_threads(before)
+    return cfg, final
+
+

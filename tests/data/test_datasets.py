@@ -496,3 +496,40 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
         got = load_split("cifar10", "test", tmp_path)  # read-only data dir: still loads, warns once
     assert len(got) == 7 and any("could not write the array cache" in str(m.message) for m in w)
     assert list((tmp_path / "cifar10").iterdir()) == []
+
+
+class _RunsCode:
+    """What a doctored CIFAR pickle would hold: unpickling it calls ``os.system``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_doctored_cifar_pickle_never_runs_code(tmp_path):
+    make_cifar10(tmp_path)
+    marker = tmp_path / "PWNED"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    d = _load(batch)
+    d["labels"] = _RunsCode(marker)
+    _dump(batch, d)
+    with pytest.raises(DsrnetError, match=r"asks to run posix\.system .*refused") as err:
+        load_split("cifar10", "train", tmp_path)
+    assert not marker.exists() and "\n" not in str(err.value)
+    assert not (tmp_path / "cifar10" / "train.npz").exists()
+
+
+def test_stale_cache_temp_file_of_a_killed_process_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    make_cifar10(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "cifar10").mkdir()
+    leftover = tmp_path / "cifar10" / f".train.npz.{dead.pid}.tmp"
+    leftover.write_bytes(b"\0" * 1000)
+    load_split("cifar10", "train", tmp_path)
+    assert not leftover.exists() and (tmp_path / "cifar10" / "train.npz").is_file()

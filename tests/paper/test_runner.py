@@ -91,6 +91,17 @@ def test_rerun_skips_finished_work(quick_run, cifar10_dir, capsys):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_rerun_with_fewer_models_keeps_the_finished_columns(quick_run, cifar10_dir, capsys):
+    out = quick_run
+    rc = main(["reproduce", "--dataset", "cifar10", "--models", "resnet50", *_quick(cifar10_dir, out)])
+    captured = capsys.readouterr()
+    assert rc == 0 and "also include the finished runs of dsrnet50" in captured.err
+    md = (out / "table.md").read_text()
+    assert "| DSRNet | ResNet50 |" in md  # DSRNet's column is kept, in the paper's order
+    with open(out / "table.csv", newline="") as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["dsrnet50", "resnet50"]
+
+
 def test_rerun_with_other_settings_is_refused(quick_run, cifar10_dir, capsys):
     argv = [
         "reproduce",

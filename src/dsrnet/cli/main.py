@@ -34,7 +34,8 @@ class _Version(argparse.Action):
 
         from dsrnet import __version__
 
-        parser.exit(0, f"dsrnet {__version__} (torch {torch.__version__})\n")
+        print(f"dsrnet {__version__} (torch {torch.__version__})")
+        parser.exit(0)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -1,0 +1,66 @@
+"""The root command: fast help (torch is not imported for it), one-line usage errors, and train flags that are
+generated from the config dataclass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from dsrnet.cli.main import COMMANDS, build_parser, main
+
+
+def test_root_help_does_not_import_torch():
+    code = (
+        "import sys\nfrom dsrnet.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "assert 'torch' not in sys.modules, 'dsrnet --help imported torch'\nprint('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr
+    assert all(name in out.stdout for name in COMMANDS)
+
+
+def test_import_dsrnet_is_light():
+    code = "import sys, dsrnet\nassert not {'torch', 'torchvision', 'timm'} & set(sys.modules), sys.modules.keys()"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60).returncode == 0
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and "dsrnet 0.1.0 (torch " in capsys.readouterr().out
+
+
+def test_every_config_field_is_a_typed_train_flag():
+    from dsrnet.train.config import TrainConfig
+
+    train = build_parser("train")._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest: a for a in train._actions}
+    for f in fields(TrainConfig):
+        assert f.name in flags, f"TrainConfig.{f.name} has no --{f.name.replace('_', '-')} flag"
+        action = flags[f.name]
+        if f.type.startswith(("int", "float", "str", "list", "dict")) and f.name != "resume":
+            assert action.type is not None, f"--{f.name} is untyped"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--epochs", "two"], "bad value for epochs: 'two'"),
+        (["train", "--schedule", "exp"], "bad value for schedule: 'exp'; fix: use one of step, cosine, linear"),
+        (["eval", "--checkpoint", "x", "--test-subset-per-class", "0"], "test_subset_per_class"),
+        (["bench", "--num-classes", "0"], "num classes"),
+        (["bench", "--models", "resnet50", "--model-kwargs", '{"widths": [8, 8, 8, 8]}'], "DSRNet models only"),
+        (["nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_bad_values_are_one_line(argv, message, capsys, tmp_path):
+    try:
+        code = main([*argv, *(["--out-dir", str(tmp_path)] if argv[0] == "bench" else [])])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dsrnet: error: ") and err.count("\n") == 1 and message in err, err

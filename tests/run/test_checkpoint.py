@@ -1,0 +1,125 @@
+"""Checkpoints are checked before anything is built from them: damaged bytes, hand-edited fields, weights that
+do not fit, non-finite weights, a full disk -- each one clear error, nothing allocated, nothing lost."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import torch
+
+from dsrnet.errors import DsrnetError
+from dsrnet.infer import model_from_checkpoint
+from dsrnet.models import create_model
+from dsrnet.run.checkpoint import load_checkpoint, save_checkpoint
+
+TINY = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
+
+
+def _payload(**over) -> dict:
+    model = create_model("dsrnet50_cifar", num_classes=10, **TINY)
+    p = {
+        "epoch": 1,
+        "model": "dsrnet50_cifar",
+        "model_kwargs": dict(TINY),
+        "dataset": "cifar10",
+        "num_classes": 10,
+        "classes": [f"c{i}" for i in range(10)],
+        "image_size": 32,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "config": {"seed": 0},
+        "model_state": model.state_dict(),
+    }
+    p.update(over)
+    return p
+
+
+@pytest.fixture
+def ckpt_path(tmp_path):
+    return save_checkpoint(tmp_path / "checkpoint.pt", _payload())
+
+
+def test_round_trip_rebuilds_the_model(ckpt_path):
+    model, ckpt = model_from_checkpoint(ckpt_path)
+    assert ckpt["model"] == "dsrnet50_cifar" and not model.training
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_flipped_bytes_are_refused(ckpt_path):
+    data = bytearray(ckpt_path.read_bytes())
+    mid = len(data) // 2
+    for i in range(mid, mid + 2000):
+        data[i] ^= 0xFF
+    ckpt_path.write_bytes(bytes(data))
+    with pytest.raises(DsrnetError, match="damaged|cannot be read safely") as err:
+        load_checkpoint(ckpt_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        ({"image_size": 100000}, "bad 'image_size' field"),
+        ({"classes": ["a", "b"]}, "bad 'classes' field"),
+        ({"num_classes": "ten"}, "bad 'num_classes' field"),
+        ({"mean": [0.5, float("nan"), 0.5]}, "bad 'mean' field"),
+        ({"std": [0.2, 0.0, 0.2]}, "bad 'std' field"),
+        ({"model": None}, "bad 'model' field"),
+        ({"model_state": {}}, "bad 'model_state' field"),
+    ],
+)
+def test_hand_edited_fields_are_refused_before_anything_is_built(tmp_path, edit, match):
+    path = save_checkpoint(tmp_path / "c.pt", _payload(**edit))
+    with pytest.raises(DsrnetError, match=match):
+        model_from_checkpoint(path)
+
+
+def test_missing_field_is_one_line_not_a_keyerror(tmp_path):
+    payload = _payload()
+    del payload["classes"]
+    path = save_checkpoint(tmp_path / "c.pt", payload)
+    with pytest.raises(DsrnetError, match="bad 'classes' field"):
+        model_from_checkpoint(path)
+
+
+def test_huge_widths_are_refused_without_allocating(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "c.pt", _payload(model_kwargs={**TINY, "widths": [100000, 8, 8, 16]}))
+    built = []
+    import dsrnet.infer as infer
+
+    real = infer.build_model
+    monkeypatch.setattr(
+        infer, "build_model", lambda *a, **k: built.append(str(torch.get_default_device())) or real(*a, **k)
+    )
+    with pytest.raises(DsrnetError, match="does not fit model"):
+        model_from_checkpoint(path)
+    assert built == ["meta"]  # only the memory-free skeleton was built
+
+
+def test_known_dataset_and_its_image_size_are_required(tmp_path):
+    with pytest.raises(DsrnetError, match="unknown dataset"):
+        model_from_checkpoint(save_checkpoint(tmp_path / "a.pt", _payload(dataset="imagenet")))
+    with pytest.raises(DsrnetError, match="cifar10 has 10 at 32 px"):
+        model_from_checkpoint(save_checkpoint(tmp_path / "b.pt", _payload(image_size=96)))
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    payload = _payload()
+    key = next(k for k, v in payload["model_state"].items() if v.is_floating_point())
+    payload["model_state"][key] = payload["model_state"][key].clone().fill_(float("nan"))
+    with pytest.raises(DsrnetError, match="non-finite weights"):
+        model_from_checkpoint(save_checkpoint(tmp_path / "nan.pt", payload))
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(ckpt_path, monkeypatch):
+    before = ckpt_path.read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(DsrnetError, match="could not write checkpoint .*No space left") as err:
+        save_checkpoint(ckpt_path, _payload(epoch=2))
+    assert "\n" not in str(err.value) and ckpt_path.read_bytes() == before
+    assert [p.name for p in ckpt_path.parent.iterdir()] == ["checkpoint.pt"]

@@ -1,0 +1,52 @@
+"""RunDir: the one owner of the run-folder rules (finished, resumable, compatible, writable, locked)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsrnet.errors import DsrnetError
+from dsrnet.run.rundir import RunDir
+
+
+def test_states(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert not run.holds_run and not run.finished and not run.resumable
+    run.path.mkdir()
+    run.checkpoint.write_bytes(b"x")
+    assert run.holds_run and run.resumable and not run.finished
+    run.final.write_text("{}")
+    assert run.finished and not run.resumable
+
+
+def test_check_compatible_names_the_difference(tmp_path):
+    run = RunDir(tmp_path)
+    run.config.write_text("epochs: 2\nlr: 0.1\nmodel_kwargs: {widths: [8, 16]}\nout_dir: a\n")
+    run.check_compatible({"epochs": 2, "lr": 0.1, "model_kwargs": {"widths": (8, 16)}, "out_dir": "b"}, {"out_dir"})
+    with pytest.raises(DsrnetError, match=r"other settings: epochs=2 \(asked 3\)"):
+        run.check_compatible({"epochs": 3})
+
+
+def test_a_file_where_the_folder_should_be_is_refused_at_once(tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    with pytest.raises(DsrnetError, match="is a file"):
+        RunDir(blocker / "run").check_writable()
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    run = RunDir(tmp_path / "r")
+    with run.lock():
+        assert run.lock_file.exists()
+        with pytest.raises(DsrnetError, match="in use by another dsrnet process"), run.lock():
+            pass
+    assert not run.lock_file.exists()
+    with run.lock():  # released: can be taken again
+        (run.path / "config.yaml").write_text("a: 1\n")
+    assert run.path.is_dir()
+
+
+def test_lock_removes_the_folder_it_created_when_the_work_fails_early(tmp_path):
+    run = RunDir(tmp_path / "new")
+    with pytest.raises(RuntimeError), run.lock():
+        raise RuntimeError("bad data")
+    assert not run.path.exists()

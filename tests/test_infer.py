@@ -1,0 +1,113 @@
+"""Inference (``dsrnet.infer``): evaluate a checkpoint, predict image files, rebuild the model from the checkpoint
+alone -- and refuse damaged, hand-edited or diverged checkpoints and unreadable images before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dsrnet.data import DATASETS
+from dsrnet.errors import DsrnetError
+from dsrnet.infer import evaluate_checkpoint, model_from_checkpoint, predict
+from dsrnet.run.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# ---------------------------------------------------------------------------------------------- eval/predict
+
+
+def test_evaluate_checkpoint_writes_metrics_per_class_and_confusion(learned_run, cifar10_dir, tmp_path):
+    cfg, final = learned_run
+    out = tmp_path / "eval"
+    m = evaluate_checkpoint(
+        Path(cfg.out_dir) / "checkpoint.pt", data_dir=str(cifar10_dir), device="cpu",
+        test_subset_per_class=30, out_dir=out,
+    )  # fmt: skip
+    assert m["test_images"] == 300
+    # Same subset, same weights: eval reproduces the run's final-epoch numbers from the checkpoint alone.
+    assert m["top1_error"] == pytest.approx(final["top1_error"])
+    assert m["top3_error"] == pytest.approx(final["top3_error"])
+    assert m["top5_error"] == pytest.approx(final["top5_error"])
+    assert m["top5_error"] <= m["top3_error"] <= m["top1_error"]
+    assert json.loads((out / "metrics.json").read_text())["top1_error"] == m["top1_error"]
+    rows = (out / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,correct,total,accuracy" and len(rows) == 11
+    assert sum(int(r.split(",")[2]) for r in rows[1:]) == 300
+    correct = sum(int(r.split(",")[1]) for r in rows[1:])
+    assert 100 * correct / 300 == pytest.approx(100 - m["top1_error"])
+    conf = np.array(
+        [[int(v) for v in r.split(",")[1:]] for r in (out / "confusion.csv").read_text().splitlines()[1:]]
+    )
+    assert conf.shape == (10, 10) and conf.sum() == 300 and np.trace(conf) == correct
+    assert (conf.sum(axis=1) == 30).all()
+    with Image.open(out / "confusion.png") as im:
+        assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_predict_any_size_image(learned_run, cifar10_dir, tmp_path):
+    cfg, _ = learned_run
+    rng = np.random.default_rng(0)
+    big = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 255, (75, 120, 4), dtype=np.uint8), "RGBA").save(big)
+    test = np.load(cifar10_dir / "cifar10" / "test.npz")
+    small = tmp_path / "frog.jpg"
+    Image.fromarray(test["images"][4]).resize((17, 23)).save(small)
+    res = predict(Path(cfg.out_dir), [big, small], top_k=3, device="cpu")
+    assert len(res) == 2 and all(len(r) == 3 for r in res)
+    for r in res:
+        probs = [p for _, p in r]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(c in DATASETS["cifar10"].classes for c, _ in r)
+    assert len(predict(Path(cfg.out_dir), [big], top_k=50, device="cpu")[0]) == 10  # capped at C
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not an image")
+    with pytest.raises(DsrnetError, match="cannot read image"):
+        predict(Path(cfg.out_dir), [not_image])
+    with pytest.raises(DsrnetError, match="not found"):
+        predict(Path(cfg.out_dir), [tmp_path / "missing.png"])
+
+
+def test_checkpoint_for_another_model_is_refused(learned_run, tmp_path):
+    cfg, _ = learned_run
+    ckpt = load_checkpoint(cfg.out_dir)
+    ckpt["model_kwargs"] = {"widths": [16, 32, 64, 128]}
+    with pytest.raises(DsrnetError, match="does not fit model 'dsrnet50'"):
+        model_from_checkpoint(ckpt)
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes((Path(cfg.out_dir) / "checkpoint.pt").read_bytes()[:1000])
+    with pytest.raises(DsrnetError, match="cannot be read safely"):
+        load_checkpoint(bad)
+    with pytest.raises(DsrnetError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(DsrnetError, match="not a dsrnet checkpoint"):
+        load_checkpoint(foreign)
+
+
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    from dsrnet.infer import load_image
+
+    g = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(g).save(tmp_path / "deep.png")  # mode I;16: a 16-bit grey ramp
+    Image.fromarray((g // 257).astype(np.uint8)).save(tmp_path / "flat.png")
+    deep = load_image(tmp_path / "deep.png", 32).astype(int)
+    flat = load_image(tmp_path / "flat.png", 32).astype(int)
+    assert np.abs(deep - flat).max() <= 1  # the same picture, not 98 % white
+    assert (deep == 255).mean() < 0.1
+
+
+def test_oversized_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    import dsrnet.infer as infer
+
+    Image.new("RGB", (200, 150)).save(tmp_path / "wide.png")
+    monkeypatch.setattr(infer, "MAX_IMAGE_PIXELS", 100 * 100)
+    with pytest.raises(DsrnetError, match=r"200x150 pixels.*fix: downscale"):
+        infer.load_image(tmp_path / "wide.png", 32)

@@ -1,0 +1,167 @@
+"""Run configs: recipe < YAML < explicit values, one-line errors for bad values, the lr schedules, the shipped
+config files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsrnet.errors import DsrnetError
+from dsrnet.train import RECIPES, TrainConfig, load_config_file, lr_factor
+
+# -------------------------------------------------------------------------------------------------- config
+
+
+def test_recipe_defaults_and_overrides():
+    paper = TrainConfig.from_recipe("paper", device="cpu")
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.weight_decay, paper.momentum) == (
+        160,
+        128,
+        0.1,
+        5e-4,
+        0.9,
+    )
+    assert paper.milestones == [80, 120] and paper.schedule == "step" and not paper.nesterov
+    assert paper.precision == "fp32" and paper.bn_bias_weight_decay and paper.label_smoothing == 0
+    assert TrainConfig.from_recipe("paper", device="cpu", epochs=10).milestones == [5, 7]
+    fast = TrainConfig.from_recipe("fast", device="cpu")
+    assert (
+        fast.batch_size == 512
+        and fast.nesterov
+        and fast.label_smoothing == 0.1
+        and not fast.bn_bias_weight_decay
+    )
+    assert fast.milestones == [] and fast.schedule == "linear"
+    # The GPU-only speed-ups fall back on a CPU unless asked for explicitly.
+    assert (fast.precision, fast.channels_last, fast.compile) == ("fp32", False, False)
+    assert (
+        RECIPES["fast"]["precision"] == "bf16"
+        and RECIPES["fast"]["compile"]
+        and RECIPES["fast"]["channels_last"]
+    )
+    explicit = TrainConfig.from_recipe("fast", device="cpu", precision="bf16", channels_last=True, lr="4e-1")
+    assert explicit.precision == "bf16" and explicit.channels_last and explicit.lr == 0.4
+    assert TrainConfig(recipe="fast", device="cpu") == fast
+    assert TrainConfig.from_recipe(
+        "paper", device="cpu", model_kwargs='{"widths": [8, 16, 32, 64]}'
+    ).model_kwargs == {"widths": [8, 16, 32, 64]}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"model": "resnet5"}, "unknown model 'resnet5'; fix: choose one of"),
+        ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+        ({"recipe": "slow"}, "unknown recipe 'slow'"),
+        ({"precision": "fp8"}, "bad value for precision: 'fp8'"),
+        ({"epochs": -3}, "bad value for epochs: -3"),
+        ({"epochs": "ten"}, "bad value for epochs: 'ten'; fix: use an integer"),
+        ({"batch_size": 0}, "bad value for batch_size"),
+        ({"lr": 0}, "bad value for lr"),
+        ({"lr": "nan"}, "bad value for lr"),
+        ({"momentum": 1.5}, "bad value for momentum"),
+        ({"label_smoothing": 1.0}, "bad value for label_smoothing"),
+        ({"schedule": "poly"}, "bad value for schedule"),
+        ({"milestones": [120, 80]}, "bad value for milestones"),
+        ({"milestones": [10], "schedule": "cosine"}, "milestones"),
+        ({"warmup_epochs": 500}, "bad value for warmup_epochs"),
+        ({"device": "tpu"}, "device"),
+        ({"model_kwargs": "{not json"}, "bad value for model_kwargs"),
+        ({"subset_per_class": 0}, "bad value for subset_per_class"),
+        ({"nesterov": "maybe"}, "bad value for nesterov"),
+        ({"sync_bn": True}, "sync_bn"),
+        ({"lrr": 0.1}, "unknown config key"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors(override, message):
+    with pytest.raises(DsrnetError, match=message) as err:
+        TrainConfig.from_recipe(**{"device": "cpu", **override})
+    assert "\n" not in str(err.value)
+
+
+def test_lr_schedules():
+    spe = 10
+    paper = TrainConfig.from_recipe("paper", device="cpu", epochs=8)  # milestones 4, 6
+    f = [lr_factor(s, cfg=paper, steps_per_epoch=spe) for s in range(80)]
+    assert (
+        f[0] == f[39] == 1 and f[40] == f[59] == pytest.approx(0.1) and f[60] == f[79] == pytest.approx(0.01)
+    )
+    fast = TrainConfig.from_recipe("fast", device="cpu", epochs=10, warmup_epochs=2)
+    f = [lr_factor(s, cfg=fast, steps_per_epoch=spe) for s in range(100)]
+    assert f[0] == pytest.approx(1 / 20) and f[19] == 1 and f[20] == 1  # linear warm-up to the peak
+    assert all(a > b for a, b in zip(f[20:], f[21:], strict=False)) and 0 < f[-1] < 0.02  # linear to ~0
+    cos = TrainConfig.from_recipe("fast", device="cpu", epochs=10, warmup_epochs=0, schedule="cosine")
+    f = [lr_factor(s, cfg=cos, steps_per_epoch=spe) for s in range(100)]
+    assert f[0] == 1 and f[50] == pytest.approx(0.5) and f[-1] < 0.001
+
+
+def test_yaml_config_file(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("recipe: fast\nepochs: 3\nweight-decay: 5e-4\nmodel_kwargs:\n  widths: [8, 16, 32, 64]\n")
+    values = load_config_file(good)
+    assert values == {
+        "recipe": "fast",
+        "epochs": 3,
+        "weight_decay": "5e-4",
+        "model_kwargs": {"widths": [8, 16, 32, 64]},
+    }
+    cfg = TrainConfig.from_recipe(**{**values, "device": "cpu"})
+    assert cfg.weight_decay == 5e-4 and cfg.epochs == 3 and cfg.batch_size == 512
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("epochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(DsrnetError, match="unknown key.*learning_rate.*bad.yaml"):
+        load_config_file(bad_key)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [3\n")
+    with pytest.raises(DsrnetError, match="not valid YAML"):
+        load_config_file(broken)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(DsrnetError, match="must hold a mapping"):
+        load_config_file(listy)
+    with pytest.raises(DsrnetError, match="not found"):
+        load_config_file(tmp_path / "missing.yaml")
+
+
+def test_recipe_config_files_match_the_recipes():
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    paper = load_config_file(configs / "paper.yaml")
+    assert TrainConfig.from_recipe(**paper, device="cpu") == TrainConfig.from_recipe(
+        "paper", model="dsrnet50", device="cpu"
+    )
+    fast = load_config_file(configs / "fast.yaml")
+    assert TrainConfig.from_recipe(**fast, device="cpu") == TrainConfig.from_recipe(
+        "fast", model="dsrnet50_cifar", device="cpu"
+    )
+    smoke = TrainConfig.from_recipe(**load_config_file(configs / "cpu-smoke.yaml"))
+    assert smoke.device == "cpu" and smoke.model_kwargs["widths"] == [8, 16, 32, 64]
+
+
+def test_recipe_lr_scales_with_batch_size_unless_given():
+    assert TrainConfig.from_recipe("fast", device="cpu").lr == pytest.approx(0.4)
+    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128).lr == pytest.approx(0.1)
+    assert TrainConfig.from_recipe("paper", device="cpu", batch_size=256).lr == pytest.approx(0.2)
+    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128, lr=0.3).lr == pytest.approx(0.3)
+
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"batch_size": 1}, "BatchNorm needs 2"),
+        ({"seed": 99999999999999999999}, "bad value for seed"),
+        ({"model_kwargs": {"features_only": True}}, "no features_only"),
+        ({"model_kwargs": {"num_classes": 3}}, "no num_classes"),
+    ],
+)
+def test_values_that_would_fail_mid_run_are_refused_up_front(override, message):
+    with pytest.raises(DsrnetError, match=message):
+        TrainConfig.from_recipe(recipe="paper", device="cpu", **override)
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("epochs: 2\nlr: 0.1\nepochs: 30\n")
+    with pytest.raises(DsrnetError, match="key 'epochs' appears twice"):
+        load_config_file(path)
