@@ -55,11 +55,15 @@ def test_every_config_field_is_a_typed_train_flag():
         (["bench", "--num-classes", "0"], "num classes"),
         (["bench", "--models", "resnet50", "--model-kwargs", '{"widths": [8, 8, 8, 8]}'], "DSRNet models only"),
         (["nope"], "invalid choice: 'nope'"),
+        (["bench", "--models", "dsrnet50", "--out-dir", "FILE/sub"], "is a file"),
+        (["reproduce", "--dataset", "cifar10", "--out-dir", "FILE/sub"], "is a file"),
     ],
 )
 def test_bad_values_are_one_line(argv, message, capsys, tmp_path):
+    (tmp_path / "FILE").write_text("a file where a folder should be")
+    argv = [str(tmp_path / a) if a.startswith("FILE") else a for a in argv]
     try:
-        code = main([*argv, *(["--out-dir", str(tmp_path)] if argv[0] == "bench" else [])])
+        code = main([*argv, *(["--out-dir", str(tmp_path)] if argv[0] == "bench" and "--out-dir" not in argv else [])])
     except SystemExit as exit_:
         code = exit_.code
     err = capsys.readouterr().err

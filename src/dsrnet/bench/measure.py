@@ -44,6 +44,7 @@ from dsrnet.device import PRECISIONS, autocast, resolve_device, synchronize
 from dsrnet.errors import DsrnetError, check_int
 from dsrnet.report.markdown import display_name, fmt, markdown_table, write_csv
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
+from dsrnet.run.rundir import RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -479,6 +480,8 @@ def run_bench(
         )
     if model_kwargs and not all(a.startswith("dsrnet") for a in archs):
         log(f"bench: model kwargs {model_kwargs} go to the DSRNet models only (the baselines are torchvision's)")
+    if out_dir is not None:
+        RunDir(out_dir).check_writable()  # before the timing, not after it
     env = environment(dev)
     cpu_defaults = dev.type == "cpu" and warmup is None and repeats is None
     rows = []

@@ -325,7 +325,9 @@ def _settings(dataset, out, train, bench_settings, quick, command, *, default_ou
     check_int("bench batch size", bench_settings["batch_size"])
     check_int("bench repeats", bench_settings["repeats"])
     check_int("bench warmup", bench_settings["warmup"], 0)
+    out = Path(out) if out is not None else default_out
+    RunDir(out).check_writable()  # before any training
     return Settings(
-        dataset=dataset, out=Path(out) if out is not None else default_out, train=train, bench=bench_settings,
+        dataset=dataset, out=out, train=train, bench=bench_settings,
         command=command, quick=quick,
     )  # fmt: skip
