@@ -121,7 +121,8 @@ def list_weights(pattern: str = "*") -> list[str]:
 
 
 def get_weights(name: str) -> WeightsEntry:
-    """The entry for ``model.tag``, or the model's first entry for a bare model name; one clear error if none."""
+    """The entry for ``model.tag``; for a bare model name its default, as timm picks it: the first entry whose file
+    is present, else the first entry. One clear error if there is none."""
     entries = all_weights()
     model, _, tag = name.partition(".")
     if tag:
@@ -129,9 +130,12 @@ def get_weights(name: str) -> WeightsEntry:
             known = ", ".join(list_weights(f"{model}.*")) or "none for this model"
             raise DsrnetError(f"unknown weights tag {name!r}: known are {known} (dsrnet.models.weights.list_weights())")
         return entries[name]
-    for key in sorted(entries):
-        if entries[key].model == model:
-            return entries[key]
+    candidates = [entry for entry in entries.values() if entry.model == model]
+    for entry in candidates:
+        if entry.path().is_file():
+            return entry
+    if candidates:
+        return candidates[0]
     shipped = ", ".join(list_weights()) or "none"
     raise DsrnetError(
         f"no pretrained weights for {model!r} (known weights: {shipped}); fix: train one with "
@@ -179,8 +183,7 @@ def weights_path(entry: WeightsEntry) -> Path:
         if entry.name in SHIPPED and entry.name not in _REGISTERED:
             raise DsrnetError(
                 f"weights {entry.name!r} are not shipped yet (no {path}); fix: train them (`dsrnet train --model "
-                f"{entry.model}`) and load the run with checkpoint_path=..., or set ${WEIGHTS_DIR_ENV} to a folder "
-                f"holding {path.name}"
+                f"{entry.model}`) and load the run with checkpoint_path=..."
             )
         raise DsrnetError(f"weights file {path} for {entry.name!r} is missing; fix: register an existing file")
     if entry.sha256 is None:
