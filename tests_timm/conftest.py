@@ -6,8 +6,13 @@ module, registers the dsrnet models with timm, so timm's parametrised model list
 """
 
 import timm  # noqa: F401  (imported first: dsrnet registers with the timm it finds)
+import torch
 
 import dsrnet  # noqa: F401
+
+# One intra-op thread: on a shared 2-core machine a second OpenMP thread made this run 12x slower (502 s against
+# 40 s for the same 45 tests); no result depends on the thread count.
+torch.set_num_threads(1)
 
 
 def pytest_configure(config):
