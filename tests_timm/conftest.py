@@ -17,6 +17,16 @@ torch.set_num_threads(1)
 
 def pytest_configure(config):
     # The markers timm's own pyproject declares (its CI splits the suite by them); timeout needs pytest-timeout.
-    for marker in ("base", "cfg", "cfg_nonstd", "forward", "backward", "torchscript", "features", "fxforward",
-                   "fxbackward", "timeout(seconds)"):
+    for marker in (
+        "base",
+        "cfg",
+        "cfg_nonstd",
+        "forward",
+        "backward",
+        "torchscript",
+        "features",
+        "fxforward",
+        "fxbackward",
+        "timeout(seconds)",
+    ):
         config.addinivalue_line("markers", f"{marker}: timm test group")

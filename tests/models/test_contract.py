@@ -113,7 +113,9 @@ def test_global_pool_and_reset_classifier():
     model.reset_classifier(5)  # None keeps the current pooling
     assert model.global_pool.pool_type == "catavgmax" and model(x).shape == (2, 5)
     model.reset_classifier(3, "max")
-    assert torch.allclose(model.forward_head(model.forward_features(x), pre_logits=True), model.forward_features(x).amax((2, 3)))
+    assert torch.allclose(
+        model.forward_head(model.forward_features(x), pre_logits=True), model.forward_features(x).amax((2, 3))
+    )
     with pytest.raises(dsrnet.DsrnetError, match="global_pool"):
         model.reset_classifier(3, "gem")
     with pytest.raises(dsrnet.DsrnetError, match="num_classes=0"):
@@ -160,7 +162,11 @@ def test_group_matcher_splits_stem_and_blocks():
 
 def test_drop_path_rate_increases_linearly_per_block():
     model = tiny(layers=(2, 1, 2, 1), drop_path_rate=0.5)
-    rates = [getattr(b.drop_path, "p", 0.0) for s in (model.layer1, model.layer2, model.layer3, model.layer4) for b in s]
+    rates = [
+        getattr(b.drop_path, "p", 0.0)
+        for s in (model.layer1, model.layer2, model.layer3, model.layer4)
+        for b in s
+    ]
     assert rates == pytest.approx([0.5 * i / 5 for i in range(6)])
     assert isinstance(model.layer1[0].drop_path, nn.Identity)  # the first block's rate is 0
     x = torch.randn(4, 3, 32, 32)
@@ -171,7 +177,9 @@ def test_drop_path_rate_increases_linearly_per_block():
     a = model(x)
     torch.manual_seed(2)
     assert not torch.allclose(a, model(x))  # on in training
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in tiny(layers=(2, 1, 2, 1)).parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in tiny(layers=(2, 1, 2, 1)).parameters()
+    )
 
 
 @pytest.mark.parametrize("features_only", [False, True])
@@ -223,7 +231,11 @@ def test_timm_registry_and_configs():
     model = timm.create_model("dsrnet50_cifar", num_classes=10, drop_path_rate=0.1, global_pool="avgmax")
     assert isinstance(model, DSRNet) and model.default_cfg["architecture"] == "dsrnet50_cifar"
     data_cfg = timm.data.resolve_data_config({}, model=model)
-    assert data_cfg["mean"] == CIFAR10_MEAN and data_cfg["std"] == CIFAR10_STD and data_cfg["input_size"] == (3, 32, 32)
+    assert (
+        data_cfg["mean"] == CIFAR10_MEAN
+        and data_cfg["std"] == CIFAR10_STD
+        and data_cfg["input_size"] == (3, 32, 32)
+    )
     with pytest.raises(TypeError):  # timm's rule: unknown constructor arguments raise TypeError
         timm.create_model("dsrnet50", not_an_arg=1)
 
@@ -258,7 +270,11 @@ sys.meta_path.insert(0, _NoTimm())
 
 def _run(code: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=REPO,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
         env={"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -266,7 +282,9 @@ def _run(code: str) -> dict:
 
 
 def test_import_dsrnet_is_light():
-    out = _run("import sys, json, dsrnet; print(json.dumps([m in sys.modules for m in ('timm', 'torchvision')]))")
+    out = _run(
+        "import sys, json, dsrnet; print(json.dumps([m in sys.modules for m in ('timm', 'torchvision')]))"
+    )
     assert out == [False, False]
 
 

@@ -70,7 +70,11 @@ def test_save_and_read_round_trip(trained, tmp_path):
 
 @pytest.mark.parametrize(
     ("metadata", "match"),
-    [({"model": "dsrnet50_cifar"}, "num_classes"), ({**META, "num_classes": 10}, "num_classes=10"), ({**META, "x": {1}}, "JSON")],
+    [
+        ({"model": "dsrnet50_cifar"}, "num_classes"),
+        ({**META, "num_classes": 10}, "num_classes=10"),
+        ({**META, "x": {1}}, "JSON"),
+    ],
 )
 def test_save_rejects_bad_metadata(trained, tmp_path, metadata, match):
     with pytest.raises(dsrnet.DsrnetError, match=match):
@@ -118,7 +122,9 @@ def test_pretrained_with_a_new_head_or_as_a_backbone(registered):
     other = dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, num_classes=5).eval()
     assert other(x).shape == (2, 5) and "label_names" not in other.pretrained_cfg
     torch.testing.assert_close(other.forward_features(x), model.forward_features(x), rtol=0, atol=0)
-    backbone = dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, features_only=True, out_indices=(1, 2))
+    backbone = dsrnet.create_model(
+        "dsrnet50_cifar.tiny", pretrained=True, features_only=True, out_indices=(1, 2)
+    )
     want = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
     for got, ref in zip(backbone.eval()(x), want, strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=0)
@@ -157,7 +163,9 @@ def test_weights_dir_override(trained, monkeypatch, tmp_path):
     folder = tmp_path / "shipped"
     folder.mkdir()
     (folder / "dsrnet50_cifar.toy.safetensors").write_bytes(path.read_bytes())
-    entry = weights.WeightsEntry("dsrnet50_cifar.toy", "dsrnet50_cifar.toy.safetensors", weights._sha256(path), META)
+    entry = weights.WeightsEntry(
+        "dsrnet50_cifar.toy", "dsrnet50_cifar.toy.safetensors", weights._sha256(path), META
+    )
     monkeypatch.setitem(weights.SHIPPED, entry.name, entry)
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
     x = torch.randn(1, 3, 32, 32)
@@ -172,7 +180,12 @@ def test_checkpoint_path_loads_weights_files_and_training_checkpoints(trained, t
     checkpoint = weights._run_checkpoint()
     ckpt = checkpoint.save_checkpoint(
         tmp_path / "run" / "checkpoint.pt",
-        {"model": "dsrnet50_cifar", "num_classes": 3, "model_kwargs": TINY, "model_state": model.state_dict()},
+        {
+            "model": "dsrnet50_cifar",
+            "num_classes": 3,
+            "model_kwargs": TINY,
+            "model_state": model.state_dict(),
+        },
     )
     for source in (ckpt, ckpt.parent):  # the file or its run folder
         from_run = dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=source, **TINY).eval()

@@ -27,14 +27,18 @@ def take_indices(num_features: int, indices: int | list[int] | None = None) -> t
         indices = num_features
     if isinstance(indices, int):
         if indices < 1 or indices > num_features:
-            raise DsrnetError(f"feature indices as a count (the last n) must be 1..{num_features}, got {indices}")
+            raise DsrnetError(
+                f"feature indices as a count (the last n) must be 1..{num_features}, got {indices}"
+            )
         taken = [num_features - indices + i for i in range(indices)]
     else:
         taken: list[int] = []
         for i in indices:
             idx = num_features + i if i < 0 else i
             if idx < 0 or idx >= num_features:
-                raise DsrnetError(f"feature index {i} is out of range: valid are 0..{num_features - 1} or negative")
+                raise DsrnetError(
+                    f"feature index {i} is out of range: valid are 0..{num_features - 1} or negative"
+                )
             taken.append(idx)
         if len(taken) == 0:
             raise DsrnetError("feature indices must not be empty")
@@ -47,7 +51,9 @@ def normalize_indices(num_features: int, indices) -> list[int]:
         raise DsrnetError(f"out_indices must be an int or a sequence of ints, got {indices!r}")
     if isinstance(indices, Sequence) and not all(isinstance(i, int) for i in indices):
         raise DsrnetError(f"out_indices must be an int or a sequence of ints, got {indices!r}")
-    return take_indices(num_features, indices if indices is None or isinstance(indices, int) else list(indices))[0]
+    return take_indices(
+        num_features, indices if indices is None or isinstance(indices, int) else list(indices)
+    )[0]
 
 
 class FeatureInfo(list):

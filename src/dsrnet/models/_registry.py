@@ -82,7 +82,11 @@ def create_model(
             from dsrnet.models import _timm
 
             return _timm.create_with_timm_features(
-                name, num_classes, pretrained=pretrained, checkpoint_path=checkpoint_path, feature_cfg=feature_cfg,
+                name,
+                num_classes,
+                pretrained=pretrained,
+                checkpoint_path=checkpoint_path,
+                feature_cfg=feature_cfg,
                 **kwargs,
             )
         kwargs["features_only"] = True

@@ -94,8 +94,14 @@ def create_with_timm_features(name, num_classes, *, pretrained, checkpoint_path,
     out_indices = feature_cfg.pop("out_indices", None)
     feature_cls = feature_cfg.pop("feature_cls", None)
     model = timm.create_model(
-        name, pretrained=pretrained, num_classes=num_classes, features_only=True, out_indices=out_indices,
-        feature_cls=feature_cls, feature_cfg=feature_cfg or None, **kwargs,
+        name,
+        pretrained=pretrained,
+        num_classes=num_classes,
+        features_only=True,
+        out_indices=out_indices,
+        feature_cls=feature_cls,
+        feature_cfg=feature_cfg or None,
+        **kwargs,
     )
     if checkpoint_path is not None:
         raise DsrnetError("checkpoint_path with a timm feature wrapper: load the weights first, then wrap")

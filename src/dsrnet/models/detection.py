@@ -43,7 +43,9 @@ def backbone_with_fpn(
     if not split_name(name)[0].startswith("dsrnet"):
         raise DsrnetError(f"backbone_with_fpn takes a dsrnet model name, got {name!r}")
     if kwargs.get("features_only") or "num_classes" in kwargs:
-        raise DsrnetError("backbone_with_fpn builds its own headless backbone: drop features_only / num_classes")
+        raise DsrnetError(
+            "backbone_with_fpn builds its own headless backbone: drop features_only / num_classes"
+        )
     indices = normalize_indices(5, list(out_indices))
     # The classification model without a head: torchvision's IntermediateLayerGetter runs its children in order up
     # to the last returned stage, so the names in feature_info are the layers it returns.

@@ -194,9 +194,13 @@ class DSRNet(nn.Module):
             layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths
         )
         if not 0.0 <= drop_path_rate < 1.0 or not 0.0 <= drop_rate < 1.0:
-            raise DsrnetError(f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}")
+            raise DsrnetError(
+                f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}"
+            )
         if global_pool == "" and num_classes > 0:
-            raise DsrnetError("global_pool='' (no pooling) needs num_classes=0: a linear head needs pooled features")
+            raise DsrnetError(
+                "global_pool='' (no pooling) needs num_classes=0: a linear head needs pooled features"
+            )
         dd = {"device": device, "dtype": dtype}
         stem_width = stem_width or widths[0]
         self.num_classes = num_classes
@@ -280,7 +284,9 @@ class DSRNet(nn.Module):
         self.out_indices = out_indices
         self._init_weights(zero_init_residual)
         # timm's FeatureInfo when timm is loaded, else a compatible list of dicts (``_features.FeatureInfo``).
-        self.feature_info = make_feature_info(feature_info, out_indices if features_only else len(feature_info))
+        self.feature_info = make_feature_info(
+            feature_info, out_indices if features_only else len(feature_info)
+        )
         self.take_indices = normalize_indices(len(feature_info), out_indices)
         self.max_index = max(self.take_indices)
         if features_only:
@@ -503,7 +509,12 @@ def model_args(name: str, kwargs: dict) -> dict:
 
 def _create(name: str, **kwargs) -> DSRNet:
     model = DSRNet(**model_args(name, kwargs))
-    model.pretrained_cfg = {**DEFAULT_CFGS[name], "architecture": name, "tag": None, "num_classes": model.num_classes}
+    model.pretrained_cfg = {
+        **DEFAULT_CFGS[name],
+        "architecture": name,
+        "tag": None,
+        "num_classes": model.num_classes,
+    }
     model.default_cfg = model.pretrained_cfg  # timm's old name for it, still read by timm's tests and scripts
     return model
 

@@ -38,7 +38,9 @@ def _build(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_
     if pretrained:
         tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
         entry = weights.get_weights(f"{name}.{tag}" if tag else name)
-        overlay["file"] = str(weights.weights_path(entry))  # unknown tag / not shipped / checksum: DsrnetError
+        overlay["file"] = str(
+            weights.weights_path(entry)
+        )  # unknown tag / not shipped / checksum: DsrnetError
         pretrained_cfg = pretrained_cfg or entry.tag
         kwargs = {**entry.model_kwargs, **kwargs}
     kwargs.pop("cache_dir", None)  # no download happens: dsrnet's weights are local files
@@ -67,7 +69,9 @@ def register_all() -> None:
     default_cfgs.clear()
     default_cfgs.update(_pretrained_cfgs())
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Overwriting dsrnet")  # re-registering after a weights change
+        warnings.filterwarnings(
+            "ignore", message="Overwriting dsrnet"
+        )  # re-registering after a weights change
         for name in DEFAULT_CFGS:
             globals()[name] = register_model(_entrypoint(name))
 

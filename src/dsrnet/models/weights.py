@@ -128,7 +128,9 @@ def get_weights(name: str) -> WeightsEntry:
     if tag:
         if name not in entries:
             known = ", ".join(list_weights(f"{model}.*")) or "none for this model"
-            raise DsrnetError(f"unknown weights tag {name!r}: known are {known} (dsrnet.models.weights.list_weights())")
+            raise DsrnetError(
+                f"unknown weights tag {name!r}: known are {known} (dsrnet.models.weights.list_weights())"
+            )
         return entries[name]
     candidates = [entry for entry in entries.values() if entry.model == model]
     for entry in candidates:
@@ -152,7 +154,9 @@ def register_weights(name: str, path: str | os.PathLike, *, sha256: str | None =
     path = Path(path).expanduser().resolve()
     _, metadata = read_weights(path)
     if metadata["model"] != model:
-        raise DsrnetError(f"{path} holds weights for {metadata['model']!r}, not {model!r}; fix: name it accordingly")
+        raise DsrnetError(
+            f"{path} holds weights for {metadata['model']!r}, not {model!r}; fix: name it accordingly"
+        )
     entry = WeightsEntry(name=name, file=str(path), sha256=sha256 or _sha256(path), metadata=metadata)
     _REGISTERED[name] = entry
     from dsrnet.models import _timm
@@ -185,9 +189,13 @@ def weights_path(entry: WeightsEntry) -> Path:
                 f"weights {entry.name!r} are not shipped yet (no {path}); fix: train them (`dsrnet train --model "
                 f"{entry.model}`) and load the run with checkpoint_path=..."
             )
-        raise DsrnetError(f"weights file {path} for {entry.name!r} is missing; fix: register an existing file")
+        raise DsrnetError(
+            f"weights file {path} for {entry.name!r} is missing; fix: register an existing file"
+        )
     if entry.sha256 is None:
-        raise DsrnetError(f"weights {entry.name!r} have no sha256 in the table; fix: add the file's sha256sum")
+        raise DsrnetError(
+            f"weights {entry.name!r} have no sha256 in the table; fix: add the file's sha256sum"
+        )
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if _VERIFIED.get(key) != entry.sha256:
@@ -218,9 +226,13 @@ def save_weights(
 
     missing = [k for k in REQUIRED_METADATA if metadata.get(k) is None]
     if missing:
-        raise DsrnetError(f"weights metadata needs {', '.join(missing)}; fix: pass metadata={{'model': ..., ...}}")
+        raise DsrnetError(
+            f"weights metadata needs {', '.join(missing)}; fix: pass metadata={{'model': ..., ...}}"
+        )
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise DsrnetError(f"dtype must be a floating torch dtype (torch.float16, torch.float32...), got {dtype!r}")
+        raise DsrnetError(
+            f"dtype must be a floating torch dtype (torch.float16, torch.float32...), got {dtype!r}"
+        )
     model_classes = getattr(model, "num_classes", None)
     if model_classes is not None and int(model_classes) != int(metadata["num_classes"]):
         raise DsrnetError(
@@ -249,7 +261,9 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DsrnetError(f"weights file {path} not found; fix: pass a .safetensors file written by save_weights")
+        raise DsrnetError(
+            f"weights file {path} not found; fix: pass a .safetensors file written by save_weights"
+        )
     raw = _read_header_metadata(path)
     try:
         state_dict = load_file(str(path))
@@ -278,11 +292,15 @@ def _read_header_metadata(path: Path) -> dict[str, str]:
         head = f.read(8)
         size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
         if size <= 1 or size > min(path.stat().st_size - 8, 100 << 20):
-            raise DsrnetError(f"{path} is not a safetensors file (bad header); fix: pass a file from save_weights")
+            raise DsrnetError(
+                f"{path} is not a safetensors file (bad header); fix: pass a file from save_weights"
+            )
         try:
             header = json.loads(f.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DsrnetError(f"{path} is not a safetensors file (corrupt header); fix: re-export it") from None
+            raise DsrnetError(
+                f"{path} is not a safetensors file (corrupt header); fix: re-export it"
+            ) from None
     if not isinstance(header, dict):
         raise DsrnetError(f"{path} is not a safetensors file (corrupt header); fix: re-export it")
     return dict(header.get("__metadata__") or {})
