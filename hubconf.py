@@ -1,6 +1,7 @@
 """torch.hub entry points: ``torch.hub.load("path/to/dsrnet", "dsrnet50", source="local", num_classes=10)``.
 
-Models are randomly initialised (the paper publishes no weights); kwargs go to ``dsrnet.create_model``.
+kwargs go to ``dsrnet.create_model``: models are randomly initialised unless ``pretrained=True``, which loads the
+model's default weights from ``dsrnet.models.weights`` (checksum-verified; an error names what is missing).
 """
 
 import os

@@ -1,7 +1,12 @@
-"""Model zoo: DSRNet (``dsrnet.py``) and the paper's torchvision baselines (``baselines.py``) behind one registry."""
+"""Model zoo: DSRNet (``dsrnet.py``) and the paper's torchvision baselines (``baselines.py``) behind one registry.
 
-from dsrnet.models import baselines, dsrnet
-from dsrnet.models._registry import build_model, create_model, list_models, register_model
+Importing this package imports torch but neither torchvision (baselines import it when built) nor timm (see
+``_timm.py``: the models are registered with timm when timm is imported).
+"""
+
+from dsrnet.models import _timm, baselines, dsrnet
+from dsrnet.models._features import FeatureInfo
+from dsrnet.models._registry import build_model, create_model, list_models, register_model, split_name
 from dsrnet.models._timm import register_with_timm
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
@@ -44,11 +49,12 @@ def stem_variant(name: str, stem: str) -> str:
     return f"{base}_cifar" if stem == "cifar" else base
 
 
-register_with_timm()
+_timm.install_timm_hook()
 
 __all__ = [
     "DSRBlock",
     "DSRNet",
+    "FeatureInfo",
     "PAPER_COMPARISON",
     "PAPER_DSRNET_PARAMS",
     "PAPER_RESULTS",
@@ -58,5 +64,7 @@ __all__ = [
     "dsrnet",
     "list_models",
     "register_model",
+    "register_with_timm",
+    "split_name",
     "stem_variant",
 ]

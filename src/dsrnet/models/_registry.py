@@ -1,8 +1,14 @@
-"""Name -> builder table behind ``dsrnet.create_model`` / ``dsrnet.list_models`` (timm's pattern, no timm needed)."""
+"""Name -> builder table behind ``dsrnet.create_model`` / ``dsrnet.list_models`` (timm's pattern, no timm needed).
+
+``create_model`` takes timm's keywords (``pretrained``, ``checkpoint_path``, ``features_only``, ``out_indices``,
+``feature_cls``, ``feature_cfg``, ``global_pool``, ``drop_path_rate``, ...) and timm's ``name.tag`` names for trained
+weights, with or without timm installed.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Callable
 
 from torch import nn
@@ -10,6 +16,8 @@ from torch import nn
 from dsrnet.errors import DsrnetError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+#: feature_cls values DSRNet serves itself (its own forward_intermediates); others go through timm's wrappers.
+NATIVE_FEATURE_CLS = (None, "list", "getter")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -22,24 +30,86 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _BUILDERS if fnmatch.fnmatch(name, pattern))
 
 
-def create_model(name: str, num_classes: int = 1000, *, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build a registered model with a fresh (randomly initialised) head of ``num_classes`` outputs.
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"dsrnet50_cifar.c10" -> ("dsrnet50_cifar", "c10")``; no tag -> ``None`` (timm's naming)."""
+    arch, _, tag = name.partition(".")
+    return arch, tag or None
 
-    ``kwargs`` go to the model's constructor (e.g. DSRNet's ablation switches). No pretrained weights exist for the
-    paper's models (they were trained from scratch, Section 4.2), so ``pretrained=True`` is an error.
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    *,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model. ``name`` may carry a weights tag, ``"dsrnet50_cifar.c10"``.
+
+    Args:
+        num_classes: classifier outputs (0 = none); default: the weights' classes when a tag or ``pretrained`` is
+            given, else 1000. A count other than the weights' gets a fresh head (timm's rule).
+        pretrained: load the shipped weights of the tag (or of the name's default tag); their checksum is verified.
+        checkpoint_path: then load a safetensors weights file (``save_weights``) or a ``dsrnet train`` checkpoint.
+        kwargs: go to the model's constructor (e.g. DSRNet's ablation switches, ``drop_path_rate``,
+            ``global_pool``). ``features_only=True`` returns a backbone whose ``forward`` gives the feature maps of
+            ``out_indices``; ``feature_cls`` ``"list"`` / ``"getter"`` (default) are served by DSRNet itself,
+            ``"dict"`` / ``"hook"`` / ``"fx"`` by timm's wrappers (timm needed).
     """
-    if name not in _BUILDERS:
-        raise DsrnetError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
-    if pretrained:
-        raise DsrnetError(f"no pretrained weights for {name!r}: train one with `dsrnet train --model {name}`")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+    from dsrnet.models import weights
+
+    arch, tag = split_name(name)
+    if arch not in _BUILDERS:
+        raise DsrnetError(f"unknown model {arch!r}: choose one of {', '.join(list_models())}")
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0
+    ):
         raise DsrnetError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    entry = weights.get_weights(name) if (tag or pretrained) else None
+    if pretrained and entry is not None:
+        weights.weights_path(entry)  # fail early (not shipped / corrupt) before building anything
+    if num_classes is None:
+        num_classes = entry.num_classes if entry is not None else 1000
+
+    feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
+    features_only = kwargs.pop("features_only", False) or feature_cfg.pop("features_only", False)
+    if features_only:
+        feature_cfg.update({k: kwargs.pop(k) for k in ("out_indices", "feature_cls") if k in kwargs})
+        if feature_cfg.get("feature_cls") not in NATIVE_FEATURE_CLS or set(feature_cfg) - {
+            "out_indices",
+            "feature_cls",
+        }:
+            from dsrnet.models import _timm
+
+            return _timm.create_with_timm_features(
+                name,
+                num_classes,
+                pretrained=pretrained,
+                checkpoint_path=checkpoint_path,
+                feature_cfg=feature_cfg,
+                **kwargs,
+            )
+        kwargs["features_only"] = True
+        if "out_indices" in feature_cfg:
+            kwargs["out_indices"] = feature_cfg["out_indices"]
+    elif feature_cfg or "feature_cls" in kwargs:
+        raise DsrnetError("feature_cls / feature_cfg only apply with features_only=True")
+
+    model_kwargs = {**(entry.model_kwargs if entry is not None else {}), **kwargs}
     try:
-        return _BUILDERS[name](num_classes=num_classes, **kwargs)
+        model = _BUILDERS[arch](num_classes=num_classes, **model_kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err) or "multiple values" in str(err):
-            raise DsrnetError(f"model {name!r} does not take that argument ({err})") from None
+            raise DsrnetError(f"model {arch!r} does not take that argument ({err})") from None
         raise
+    if entry is not None:
+        model.pretrained_cfg = weights.model_pretrained_cfg(model, entry)
+        model.default_cfg = model.pretrained_cfg
+    if pretrained:
+        weights.load_pretrained(model, entry)
+    if checkpoint_path is not None:
+        weights.load_checkpoint_path(model, checkpoint_path)
+    return model
 
 
 def build_model(name: str, num_classes: int, model_kwargs: dict | None = None) -> nn.Module:

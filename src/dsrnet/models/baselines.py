@@ -8,15 +8,14 @@ MobileNetV2's cifar stem sets its first conv's stride to 1 and keeps every later
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torchvision
 from torch import nn
 
 from dsrnet.models._registry import register_model
 
 
 def _cifar_stem(model: nn.Module) -> nn.Module:
+    import torchvision
+
     if isinstance(model, torchvision.models.ResNet):
         model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -28,18 +27,19 @@ def _cifar_stem(model: nn.Module) -> nn.Module:
     return model
 
 
-def _build(tv_builder: Callable[..., nn.Module], stem: str, num_classes: int, **kwargs) -> nn.Module:
-    model = tv_builder(weights=None, num_classes=num_classes, **kwargs)
+def _build(tv_name: str, stem: str, num_classes: int, **kwargs) -> nn.Module:
+    import torchvision  # lazy: `import dsrnet` stays free of torchvision until a baseline is built
+
+    model = getattr(torchvision.models, tv_name)(weights=None, num_classes=num_classes, **kwargs)
     return _cifar_stem(model) if stem == "cifar" else model
 
 
 def _pair(tv_name: str) -> None:
     """Register ``tv_name`` (paper stem = torchvision as is) and ``tv_name_cifar``."""
-    tv_builder = getattr(torchvision.models, tv_name)
     for stem, name in (("paper", tv_name), ("cifar", f"{tv_name}_cifar")):
 
         def builder(*, num_classes: int = 1000, _stem: str = stem, **kwargs) -> nn.Module:
-            return _build(tv_builder, _stem, num_classes, **kwargs)
+            return _build(tv_name, _stem, num_classes, **kwargs)
 
         builder.__name__ = builder.__qualname__ = name
         builder.__doc__ = f"torchvision ``{tv_name}`` ({stem} stem), random init."

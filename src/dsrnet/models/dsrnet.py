@@ -18,28 +18,45 @@ is stated next to the code and can be switched with a constructor argument:
   (default) does that, as torchvision's ResNet v1.5 does; ``stride_on="1x1"`` is the literal Table 1.
 * conv5 in Table 1 reads "1x1, 64" but "Dw = 512" and an output of 2048 channels: the width is 512, a typo in the table.
 * Parameters: the paper states 2.19e7 (Fig. 2, Section 5). The network as described has about 12.2 M with a 10-class
-  head (23.53 M, exactly ResNet-50, with ``separable=False``); the test suite pins the real counts. The model is not tuned to hit 21.9 M.
+  head (23.53 M, exactly ResNet-50, with ``separable=False``); the test suite pins the real counts. The model is not
+  tuned to hit 21.9 M.
+
+Beyond the paper, the class follows timm's model contract (as timm's ``ResNet`` does, with or without timm installed):
+``forward_features`` / ``forward_head`` / ``forward_intermediates`` / ``prune_intermediate_layers``, a
+``feature_info`` with timm's accessors, ``reset_classifier(n, global_pool)``, ``drop_path_rate`` (stochastic depth),
+``set_grad_checkpointing`` and ``group_matcher``. This file does not use ``from __future__ import annotations``:
+TorchScript must read its annotations as real types (FX tracing followed by scripting fails otherwise).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dsrnet.errors import DsrnetError
+from dsrnet.models._features import GlobalPool, make_feature_info, normalize_indices, take_indices
 from dsrnet.models._registry import register_model
 
 STEMS = ("paper", "cifar")
 STRIDE_ON = ("dw", "1x1")
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def _drop_path(rate: float) -> nn.Module:
+    """Stochastic depth on the residual branch, per sample (timm's ``DropPath``; torchvision's "row" mode)."""
+    if rate <= 0:
+        return nn.Identity()
+    from torchvision.ops import StochasticDepth  # lazy: torchvision is only needed when training with it
+
+    return StochasticDepth(rate, mode="row")
 
 
 class DSRBlock(nn.Module):
     """Fig. 1: 1x1 conv -> depthwise 3x3 (dilated) -> pointwise 1x1, with a residual shortcut.
 
     ``separable=False`` replaces the depthwise 3x3 by a full 3x3 conv (the ablation of the paper's main change).
+    ``drop_path`` is the stochastic-depth rate of the residual branch (0 = off, as in the paper).
     """
 
     expansion = 4
@@ -53,13 +70,17 @@ class DSRBlock(nn.Module):
         dilation: int = 1,
         stride_on: str = "dw",
         separable: bool = True,
+        drop_path: float = 0.0,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         out_chs = width * self.expansion
         stride_1x1, stride_dw = (stride, 1) if stride_on == "1x1" else (1, stride)
 
-        self.conv1 = nn.Conv2d(in_chs, width, 1, stride=stride_1x1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(in_chs, width, 1, stride=stride_1x1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(width, **dd)
         # padding = dilation keeps the spatial size of a 3x3 conv for every rate.
         self.conv_dw = nn.Conv2d(
             width,
@@ -70,16 +91,18 @@ class DSRBlock(nn.Module):
             dilation=dilation,
             groups=width if separable else 1,
             bias=False,
+            **dd,
         )
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv_pw = nn.Conv2d(width, out_chs, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.bn2 = nn.BatchNorm2d(width, **dd)
+        self.conv_pw = nn.Conv2d(width, out_chs, 1, bias=False, **dd)
+        self.bn3 = nn.BatchNorm2d(out_chs, **dd)
         self.act = nn.ReLU(inplace=True)
+        self.drop_path = _drop_path(drop_path)
 
         self.downsample: nn.Module | None = None
         if stride != 1 or in_chs != out_chs:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False), nn.BatchNorm2d(out_chs)
+                nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd), nn.BatchNorm2d(out_chs, **dd)
             )
 
     def zero_init_last(self) -> None:
@@ -90,7 +113,7 @@ class DSRBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         x = self.act(self.bn1(self.conv1(x)))
         x = self.act(self.bn2(self.conv_dw(x)))
-        x = self.bn3(self.conv_pw(x))
+        x = self.drop_path(self.bn3(self.conv_pw(x)))
         return self.act(x + shortcut)
 
 
@@ -108,12 +131,20 @@ def block_dilation_schedule(
     return rates
 
 
+def _checkpoint_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a stage block by block under activation checkpointing (recomputed in backward, as timm does)."""
+    for block in stage:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
+
+
 class DSRNet(nn.Module):
     """Table 1: stem, four stages of DSR blocks (widths 64, 128, 256, 512; outputs 4x), global pool, linear head.
 
     Args:
         layers: blocks per stage; ``(3, 4, 6, 3)`` is DSRNet-50, ``(3, 4, 23, 3)`` DSRNet-101.
         num_classes: classifier outputs; 0 gives a headless network (``forward`` returns pooled features).
+        in_chans: input channels.
         stem: ``"paper"`` = 7x7 stride-2 conv + 3x3 stride-2 max-pool (ImageNet-style, Table 1);
             ``"cifar"`` = 3x3 stride-1 conv, no max-pool, which keeps 32x32 inputs from collapsing to 1x1.
         stem_dilation: rate of the stem conv (paper: 3, Section 4.2).
@@ -122,9 +153,17 @@ class DSRNet(nn.Module):
         stride_on: ``"dw"`` (default) or ``"1x1"`` (as Table 1 is written); see the module docstring.
         separable: depthwise-separable conv (paper) or a full 3x3 conv (ablation).
         widths: per-stage bottleneck widths; shrink them for tiny test networks.
+        stem_width: stem output channels (default: ``widths[0]``).
+        global_pool: ``"avg"`` (Table 1), or timm's ``"max"``, ``"avgmax"``, ``"catavgmax"``; ``""`` = no pooling
+            (only with ``num_classes=0``: ``forward`` then returns the last feature map).
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth; block ``i`` of ``n`` drops its residual branch with probability
+            ``drop_path_rate * i / (n - 1)``, linearly increasing as in timm's ResNet (0 = off, as in the paper).
         zero_init_residual: zero the last BN of each block so that blocks start as identities.
         features_only: ``forward`` returns the feature maps of ``out_indices`` (0 = stem, 1..4 = stages) for use as
-            a detection/segmentation backbone; ``feature_info`` describes them.
+            a detection/segmentation backbone; the head and the stages after the last index are removed.
+        out_indices: which feature maps: a sequence (negative counts from the end) or an int n (the last n).
+        device, dtype: where and in which dtype to create the parameters (as ``torch.nn`` layers take them).
     """
 
     def __init__(
@@ -141,24 +180,41 @@ class DSRNet(nn.Module):
         separable: bool = True,
         widths: Sequence[int] = (64, 128, 256, 512),
         stem_width: int | None = None,
+        global_pool: str = "avg",
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
         zero_init_residual: bool = False,
         features_only: bool = False,
-        out_indices: Sequence[int] = (1, 2, 3, 4),
+        out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         _check_args(
             layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths
         )
+        if not 0.0 <= drop_path_rate < 1.0 or not 0.0 <= drop_rate < 1.0:
+            raise DsrnetError(
+                f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}"
+            )
+        if global_pool == "" and num_classes > 0:
+            raise DsrnetError(
+                "global_pool='' (no pooling) needs num_classes=0: a linear head needs pooled features"
+            )
+        dd = {"device": device, "dtype": dtype}
         stem_width = stem_width or widths[0]
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
+        self.grad_checkpointing = False
         self.dilation_config = {
             "stem": stem_dilation,
             "down": down_dilation,
             "blocks": tuple(block_dilations),
         }
 
+        # Registration order = execution order (conv1, bn1, act1, maxpool, layer1..4): timm's feature wrappers
+        # (FeatureListNet) rebuild the network by running the children in this order.
         if stem == "paper":
             # padding = 3 * dilation keeps the 7x7 conv's output at H/2 for every rate.
             self.conv1 = nn.Conv2d(
@@ -169,20 +225,28 @@ class DSRNet(nn.Module):
                 padding=3 * stem_dilation,
                 dilation=stem_dilation,
                 bias=False,
+                **dd,
             )
-            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
             stem_reduction, pool_stride = 2, 2
         else:
             self.conv1 = nn.Conv2d(
-                in_chans, stem_width, 3, stride=1, padding=stem_dilation, dilation=stem_dilation, bias=False
+                in_chans,
+                stem_width,
+                3,
+                stride=1,
+                padding=stem_dilation,
+                dilation=stem_dilation,
+                bias=False,
+                **dd,
             )
-            self.maxpool = nn.Identity()
             stem_reduction, pool_stride = 1, 1
-        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.bn1 = nn.BatchNorm2d(stem_width, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.feature_info = [{"num_chs": stem_width, "reduction": stem_reduction, "module": "act1"}]
+        self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if stem == "paper" else nn.Identity()
+        feature_info = [{"num_chs": stem_width, "reduction": stem_reduction, "module": "act1"}]
 
         in_chs, reduction = stem_width, stem_reduction * pool_stride
+        total_blocks, block_idx = sum(int(n) for n in layers), 0
         for idx, (num_blocks, width) in enumerate(zip(layers, widths, strict=True)):
             stride = 1 if idx == 0 else 2
             reduction *= stride
@@ -202,25 +266,32 @@ class DSRNet(nn.Module):
                         dilation=rate,
                         stride_on=stride_on,
                         separable=separable,
+                        drop_path=drop_path_rate * block_idx / max(total_blocks - 1, 1),
+                        **dd,
                     )
                 )
                 in_chs = width * DSRBlock.expansion
-            self.add_module(f"layer{idx + 1}", nn.Sequential(*blocks))
-            self.feature_info.append({"num_chs": in_chs, "reduction": reduction, "module": f"layer{idx + 1}"})
+                block_idx += 1
+            self.add_module(STAGES[idx], nn.Sequential(*blocks))
+            feature_info.append({"num_chs": in_chs, "reduction": reduction, "module": STAGES[idx]})
 
-        self.num_features = in_chs
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_features = self.head_hidden_size = in_chs
+        self.global_pool = GlobalPool("avg")
+        self.fc: nn.Module = nn.Identity()
+        self.reset_classifier(num_classes, global_pool)
 
         self.features_only = features_only
-        self.out_indices = tuple(out_indices)
-        if features_only:
-            if any(i < 0 or i > len(layers) for i in self.out_indices):
-                raise DsrnetError(f"out_indices {self.out_indices} out of range: valid are 0..{len(layers)}")
-            self.feature_info = [self.feature_info[i] for i in self.out_indices]
-            self.fc = nn.Identity()  # no head: a backbone for detection/segmentation
-
+        self.out_indices = out_indices
         self._init_weights(zero_init_residual)
+        # timm's FeatureInfo when timm is loaded, else a compatible list of dicts (``_features.FeatureInfo``).
+        self.feature_info = make_feature_info(
+            feature_info, out_indices if features_only else len(feature_info)
+        )
+        self.take_indices = normalize_indices(len(feature_info), out_indices)
+        self.max_index = max(self.take_indices)
+        if features_only:
+            # A backbone: drop the head and every stage after the last tap (no unused parameters under DDP).
+            self.prune_intermediate_layers(self.take_indices)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
@@ -234,47 +305,133 @@ class DSRNet(nn.Module):
                 if isinstance(m, DSRBlock):
                     m.zero_init_last()
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Parameter groups for layer-wise learning-rate decay (timm's optimizer factory): stem, then blocks."""
+        return {"stem": r"^conv1|bn1|maxpool", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        if global_pool != "avg":
-            raise DsrnetError(f"global_pool={global_pool!r} not supported: DSRNet uses 'avg' (Table 1)")
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (less memory, ~1/3 more time)."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False):
+        return "fc" if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New head of ``num_classes`` outputs (0 = none); ``global_pool=None`` keeps the current pooling."""
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        if num_classes < 0:
+            raise DsrnetError(f"num_classes must be >= 0, got {num_classes}")
+        ref = self.conv1.weight
+        self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.fc = (
+            nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))
 
+    def _stages(self, x: torch.Tensor, take: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stem and stages 1..``last``, keeping the outputs whose feature index is in ``take``."""
+        feats: list[torch.Tensor] = []
+        x = self.forward_stem(x)
+        if 0 in take:
+            feats.append(x)
+        x = self.maxpool(x)
+        # Unrolled rather than a loop over getattr(): TorchScript cannot index submodules by a runtime name.
+        if last >= 1:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = _checkpoint_blocks(self.layer1, x)
+            else:
+                x = self.layer1(x)
+            if 1 in take:
+                feats.append(x)
+        if last >= 2:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = _checkpoint_blocks(self.layer2, x)
+            else:
+                x = self.layer2(x)
+            if 2 in take:
+                feats.append(x)
+        if last >= 3:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = _checkpoint_blocks(self.layer3, x)
+            else:
+                x = self.layer3(x)
+            if 3 in take:
+                feats.append(x)
+        if last >= 4:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = _checkpoint_blocks(self.layer4, x)
+            else:
+                x = self.layer4(x)
+            if 4 in take:
+                feats.append(x)
+        return x, feats
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.forward_stem(x))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        """The last feature map, unpooled: ``(N, num_features, H/32, W/32)`` with the paper stem."""
+        return self._stages(x, [-1], 4)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)
+        x = self.global_pool(x)
         if self.drop_rate > 0:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps at ``out_indices`` (0 = stem output before max-pool, 1..4 = stage outputs)."""
-        x = self.forward_stem(x)
-        feats = [x]
-        x = self.layer1(self.maxpool(x))
-        feats.append(x)
-        x = self.layer2(x)
-        feats.append(x)
-        x = self.layer3(x)
-        feats.append(x)
-        feats.append(self.layer4(x))
-        return [feats[i] for i in self.out_indices]
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: feature maps at ``indices`` (0 = stem output before the max-pool, 1..4 = stages;
+        ``None`` = all, an int n = the last n, negative = from the end) and, unless ``intermediates_only``, the
+        final features. ``stop_early`` skips the stages after the last index; ``norm`` has no effect (DSRNet has no
+        final norm, as ResNet)."""
+        if output_fmt != "NCHW":
+            raise DsrnetError(f"output_fmt={output_fmt!r} is not supported: DSRNet's features are NCHW")
+        take, max_index = take_indices(5, indices)
+        x, feats = self._stages(x, take, max_index if stop_early else 4)
+        if intermediates_only:
+            return feats
+        return x, feats
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:  # noqa: UP007 (TorchScript)
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Remove what ``forward_intermediates(indices=...)`` does not need: the stages after the last index (and
+        the max-pool when only the stem is kept) and, with ``prune_head``, the classifier. Returns the absolute
+        indices."""
+        take = normalize_indices(5, indices)
+        max_index = max(take)
+        for name in STAGES[max_index:]:
+            setattr(self, name, nn.Sequential())  # empty, not removed: forward_features still runs through it
+        if max_index == 0:
+            self.maxpool = nn.Identity()
+        if max_index < 4:
+            # The features now end at the last kept tap; a head sized for stage 4 would not fit them.
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < 4:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.features_only:
-            return self.forward_intermediates(x)
+            return self._stages(x, self.take_indices, self.max_index)[1]
         return self.forward_head(self.forward_features(x))
 
 
@@ -300,57 +457,87 @@ def _check_args(layers, num_classes, stem, stem_dilation, down_dilation, block_d
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+#: CIFAR-10 training-split channel statistics (``dsrnet.data.channel_stats``), what ``dsrnet train`` normalises
+#: CIFAR-10 with; the ``_cifar`` models advertise them so ``timm.data.resolve_data_config`` matches training.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def _cfg(stem: str, **kwargs) -> dict:
-    """timm-style pretrained_cfg: what a timm data pipeline reads off a model. No weights are hosted."""
+    """timm-style pretrained_cfg: what a timm data pipeline reads off a model (see ``dsrnet.models.weights`` for
+    the tagged configs of trained weights)."""
     size = 224 if stem == "paper" else 32
     return {
         "url": "",
         "num_classes": 1000,
         "input_size": (3, size, size),
+        "test_input_size": (3, size, size),
+        "fixed_input_size": False,
         "pool_size": (7, 7) if stem == "paper" else (4, 4),
         "crop_pct": 0.875 if stem == "paper" else 1.0,
         "interpolation": "bilinear",
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
+        "mean": IMAGENET_MEAN if stem == "paper" else CIFAR10_MEAN,
+        "std": IMAGENET_STD if stem == "paper" else CIFAR10_STD,
         "first_conv": "conv1",
         "classifier": "fc",
+        "license": "mit",
+        "paper_name": "DSRNet: depthwise separable convolution and dilated residual network (Luo et al.)",
         **kwargs,
     }
 
 
-def _create(default_layers: tuple[int, ...], name_stem: str, **kwargs) -> DSRNet:
+#: Default (untagged) pretrained_cfg per model name; trained weights add tagged ones (``dsrnet.models.weights``).
+DEFAULT_CFGS = {
+    "dsrnet50": _cfg("paper"),
+    "dsrnet101": _cfg("paper"),
+    "dsrnet50_cifar": _cfg("cifar"),
+    "dsrnet101_cifar": _cfg("cifar"),
+}
+DEFAULT_LAYERS = {"dsrnet50": (3, 4, 6, 3), "dsrnet101": (3, 4, 23, 3)}
+
+
+def model_args(name: str, kwargs: dict) -> dict:
+    """Constructor arguments of the named variant: its depth and stem, then ``kwargs`` (a ``layers`` override, e.g.
+    ``(1, 1, 1, 1)`` for tiny nets, is allowed; the stem is part of the name)."""
     if "stem" in kwargs:
-        other = "dsrnet50" if name_stem == "cifar" else "dsrnet50_cifar"
+        other = "dsrnet50" if name.endswith("_cifar") else "dsrnet50_cifar"
         raise DsrnetError(
             f"the stem is part of the model name: use names like {other!r} instead of stem={kwargs['stem']!r}"
         )
-    kwargs.setdefault("layers", default_layers)  # a depth override, e.g. layers=(1, 1, 1, 1) for tiny nets
-    model = DSRNet(stem=name_stem, **kwargs)
-    model.pretrained_cfg = _cfg(name_stem, num_classes=model.num_classes)
+    base = name.removesuffix("_cifar")
+    return {"layers": DEFAULT_LAYERS[base], **kwargs, "stem": "cifar" if name.endswith("_cifar") else "paper"}
+
+
+def _create(name: str, **kwargs) -> DSRNet:
+    model = DSRNet(**model_args(name, kwargs))
+    model.pretrained_cfg = {
+        **DEFAULT_CFGS[name],
+        "architecture": name,
+        "tag": None,
+        "num_classes": model.num_classes,
+    }
+    model.default_cfg = model.pretrained_cfg  # timm's old name for it, still read by timm's tests and scripts
     return model
 
 
 @register_model
 def dsrnet50(*, num_classes: int = 1000, **kwargs) -> DSRNet:
     """DSRNet-50 (Table 1): stages of 3, 4, 6, 3 blocks, paper stem (7x7/2 conv, rate 3, + max-pool)."""
-    return _create((3, 4, 6, 3), "paper", num_classes=num_classes, **kwargs)
+    return _create("dsrnet50", num_classes=num_classes, **kwargs)
 
 
 @register_model
 def dsrnet101(*, num_classes: int = 1000, **kwargs) -> DSRNet:
     """DSRNet-101: stages of 3, 4, 23, 3 blocks, paper stem."""
-    return _create((3, 4, 23, 3), "paper", num_classes=num_classes, **kwargs)
+    return _create("dsrnet101", num_classes=num_classes, **kwargs)
 
 
 @register_model
 def dsrnet50_cifar(*, num_classes: int = 1000, **kwargs) -> DSRNet:
     """DSRNet-50 with the 32x32 stem (3x3/1 conv at rate 3, no max-pool)."""
-    return _create((3, 4, 6, 3), "cifar", num_classes=num_classes, **kwargs)
+    return _create("dsrnet50_cifar", num_classes=num_classes, **kwargs)
 
 
 @register_model
 def dsrnet101_cifar(*, num_classes: int = 1000, **kwargs) -> DSRNet:
     """DSRNet-101 with the 32x32 stem."""
-    return _create((3, 4, 23, 3), "cifar", num_classes=num_classes, **kwargs)
+    return _create("dsrnet101_cifar", num_classes=num_classes, **kwargs)

@@ -1,0 +1,62 @@
+"""DSRNet as a torchvision detection / segmentation backbone: stages 1-4 under a feature pyramid (FPN).
+
+The paper presents DSRNet as a feature extraction network; this is the shape torchvision's detectors take. Like
+``torchvision.models.detection.backbone_utils.resnet_fpn_backbone``, the result is a ``BackboneWithFPN`` whose
+``forward`` returns an ``OrderedDict`` of pyramid maps (``"0"`` .. ``"3"`` and ``"pool"``), ready for
+``FasterRCNN``, ``MaskRCNN``, ``KeypointRCNN`` or ``RetinaNet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from dsrnet.errors import DsrnetError
+from dsrnet.models._features import normalize_indices
+
+
+def backbone_with_fpn(
+    name: str = "dsrnet50",
+    *,
+    pretrained: bool = False,
+    out_indices: Sequence[int] = (1, 2, 3, 4),
+    out_channels: int = 256,
+    extra_blocks: nn.Module | None = None,
+    norm_layer: Callable[..., nn.Module] | None = None,
+    **kwargs,
+):
+    """A torchvision ``BackboneWithFPN`` on the DSRNet stages ``out_indices`` (0 = stem, 1..4 = stages).
+
+    Args:
+        name: a ``dsrnet*`` model name (optionally ``name.tag`` for trained weights).
+        pretrained: start from trained weights (the classifier is dropped).
+        out_channels: channels of every pyramid level.
+        extra_blocks: extra pyramid levels; default ``LastLevelMaxPool`` (the ``"pool"`` map), as torchvision.
+        norm_layer: normalisation inside the FPN (default none, as torchvision).
+        kwargs: go to ``dsrnet.create_model`` (e.g. ``widths``, ``layers``, ablation switches, ``drop_path_rate``).
+    """
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    from dsrnet.models._registry import create_model, split_name
+
+    if not split_name(name)[0].startswith("dsrnet"):
+        raise DsrnetError(f"backbone_with_fpn takes a dsrnet model name, got {name!r}")
+    if kwargs.get("features_only") or "num_classes" in kwargs:
+        raise DsrnetError(
+            "backbone_with_fpn builds its own headless backbone: drop features_only / num_classes"
+        )
+    indices = normalize_indices(5, list(out_indices))
+    # The classification model without a head: torchvision's IntermediateLayerGetter runs its children in order up
+    # to the last returned stage, so the names in feature_info are the layers it returns.
+    backbone = create_model(name, num_classes=0, pretrained=pretrained, **kwargs)
+    info = backbone.feature_info
+    return_layers = {info[i]["module"]: str(k) for k, i in enumerate(indices)}
+    return BackboneWithFPN(
+        backbone,
+        return_layers=return_layers,
+        in_channels_list=[info[i]["num_chs"] for i in indices],
+        out_channels=out_channels,
+        extra_blocks=extra_blocks,
+        norm_layer=norm_layer,
+    )

@@ -1,0 +1,371 @@
+"""Trained weights: a safetensors format with metadata, the table of shipped weights, and loading them.
+
+A weights file holds the model's state dict (fp16 by default) and JSON-encoded metadata: at least ``model`` (the
+registered name) and ``num_classes``, usually also ``class_names``, ``mean`` / ``std`` (the normalisation the model
+was trained with, in [0, 1] units), ``input_size``, ``dataset``, ``recipe``, ``epochs``, ``seed``, ``top1`` / ``top3``
+(final-epoch accuracy, %), ``model_kwargs`` (constructor arguments other than the name's defaults) and
+``dsrnet_version``. ``pretrained_cfg`` of a model built from weights carries their mean/std and class names.
+
+Weights are named as timm names them, ``<model>.<tag>`` (e.g. ``dsrnet50_cifar.c10``). :data:`SHIPPED` lists what
+the package ships under ``dsrnet/weights/`` with each file's sha256, checked before loading. To ship a file: write it
+with :func:`save_weights` (or ``dsrnet export-weights``), copy it to ``src/dsrnet/weights/``, and add an entry here
+with its ``sha256sum`` and metadata. ``$DSRNET_WEIGHTS_DIR`` overrides the folder the shipped files are read from;
+:func:`register_weights` adds a file at run time (tests, private weights).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsrnet.errors import DsrnetError
+from dsrnet.models.dsrnet import CIFAR10_MEAN, CIFAR10_STD
+from dsrnet.run.atomic import atomic_write_bytes
+from dsrnet.run.checkpoint import load_checkpoint, load_model_state
+
+WEIGHTS_DIR_ENV = "DSRNET_WEIGHTS_DIR"
+PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+REQUIRED_METADATA = ("model", "num_classes")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One set of trained weights: ``name`` = ``model.tag``, its file (relative to the weights folder, or absolute),
+    the file's sha256 (``None`` = not checked: only for :func:`register_weights` without a checksum), metadata."""
+
+    name: str
+    file: str
+    sha256: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.name.partition(".")[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.partition(".")[2]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.metadata["num_classes"])
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(self.metadata.get("model_kwargs") or {})
+
+    def path(self) -> Path:
+        file = Path(self.file)
+        return file if file.is_absolute() else weights_dir() / file
+
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The timm pretrained_cfg fields these weights determine."""
+        meta = self.metadata
+        cfg: dict[str, Any] = {"num_classes": self.num_classes}
+        if meta.get("mean") is not None:
+            cfg["mean"] = tuple(float(v) for v in meta["mean"])
+        if meta.get("std") is not None:
+            cfg["std"] = tuple(float(v) for v in meta["std"])
+        if meta.get("input_size") is not None:
+            cfg["input_size"] = cfg["test_input_size"] = tuple(int(v) for v in meta["input_size"])
+        if meta.get("class_names") is not None:
+            cfg["label_names"] = tuple(str(c) for c in meta["class_names"])
+        if meta.get("dataset"):
+            cfg["description"] = f"{self.model} trained from scratch on {meta['dataset']} with dsrnet"
+        return cfg
+
+
+#: Weights shipped with the package. No training run has produced them yet: the entry below fixes the name and what
+#: pretrained_cfg says, and loading it reports "not shipped yet" until the file and its sha256 are added.
+SHIPPED: dict[str, WeightsEntry] = {
+    "dsrnet50_cifar.c10": WeightsEntry(
+        name="dsrnet50_cifar.c10",
+        file="dsrnet50_cifar.c10.safetensors",
+        sha256=None,
+        metadata={
+            "model": "dsrnet50_cifar",
+            "num_classes": 10,
+            "class_names": list(CIFAR10_CLASSES),
+            "mean": list(CIFAR10_MEAN),
+            "std": list(CIFAR10_STD),
+            "input_size": [3, 32, 32],
+            "dataset": "cifar10",
+        },
+    ),
+}
+_REGISTERED: dict[str, WeightsEntry] = {}
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 already checked
+
+
+def weights_dir() -> Path:
+    """Where shipped weights files are read from: ``$DSRNET_WEIGHTS_DIR`` or the package's ``weights/``."""
+    return Path(os.environ.get(WEIGHTS_DIR_ENV) or PACKAGE_WEIGHTS_DIR).expanduser()
+
+
+def all_weights() -> dict[str, WeightsEntry]:
+    """Every known weights entry by ``model.tag``: shipped ones, then registered ones (which may override)."""
+    return {**SHIPPED, **_REGISTERED}
+
+
+def list_weights(pattern: str = "*") -> list[str]:
+    """Known ``model.tag`` names matching a shell-style pattern, sorted (including ones not shipped yet)."""
+    return sorted(n for n in all_weights() if fnmatch.fnmatch(n, pattern))
+
+
+def get_weights(name: str) -> WeightsEntry:
+    """The entry for ``model.tag``; for a bare model name its default, as timm picks it: the first entry whose file
+    is present, else the first entry. One clear error if there is none."""
+    entries = all_weights()
+    model, _, tag = name.partition(".")
+    if tag:
+        if name not in entries:
+            known = ", ".join(list_weights(f"{model}.*")) or "none for this model"
+            raise DsrnetError(
+                f"unknown weights tag {name!r}: known are {known} (dsrnet.models.weights.list_weights())"
+            )
+        return entries[name]
+    candidates = [entry for entry in entries.values() if entry.model == model]
+    for entry in candidates:
+        if entry.path().is_file():
+            return entry
+    if candidates:
+        return candidates[0]
+    shipped = ", ".join(list_weights()) or "none"
+    raise DsrnetError(
+        f"no pretrained weights for {model!r} (known weights: {shipped}); fix: train one with "
+        f"`dsrnet train --model {model}` and load it with checkpoint_path=..."
+    )
+
+
+def register_weights(name: str, path: str | os.PathLike, *, sha256: str | None = None) -> WeightsEntry:
+    """Make a weights file loadable as ``name`` (``model.tag``) by ``create_model(name, pretrained=True)`` and, once
+    timm is imported, ``timm.create_model``. Metadata comes from the file; ``sha256`` defaults to the file's own."""
+    model, _, tag = name.partition(".")
+    if not tag:
+        raise DsrnetError(f"weights name {name!r} needs a tag, as in 'dsrnet50_cifar.mine'")
+    path = Path(path).expanduser().resolve()
+    _, metadata = read_weights(path)
+    if metadata["model"] != model:
+        raise DsrnetError(
+            f"{path} holds weights for {metadata['model']!r}, not {model!r}; fix: name it accordingly"
+        )
+    entry = WeightsEntry(name=name, file=str(path), sha256=sha256 or _sha256(path), metadata=metadata)
+    _REGISTERED[name] = entry
+    from dsrnet.models import _timm
+
+    _timm.refresh_pretrained_cfgs()
+    return entry
+
+
+def unregister_weights(name: str) -> None:
+    _REGISTERED.pop(name, None)
+    from dsrnet.models import _timm
+
+    _timm.refresh_pretrained_cfgs()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_path(entry: WeightsEntry) -> Path:
+    """The entry's file, after checking it exists and matches its sha256 (checked once per file version)."""
+    path = entry.path()
+    if not path.is_file():
+        if entry.name in SHIPPED and entry.name not in _REGISTERED:
+            raise DsrnetError(
+                f"weights {entry.name!r} are not shipped yet (no {path}); fix: train them (`dsrnet train --model "
+                f"{entry.model}`) and load the run with checkpoint_path=..."
+            )
+        raise DsrnetError(
+            f"weights file {path} for {entry.name!r} is missing; fix: register an existing file"
+        )
+    if entry.sha256 is None:
+        raise DsrnetError(
+            f"weights {entry.name!r} have no sha256 in the table; fix: add the file's sha256sum"
+        )
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if _VERIFIED.get(key) != entry.sha256:
+        actual = _sha256(path)
+        if actual != entry.sha256:
+            raise DsrnetError(
+                f"checksum mismatch for {path} ({entry.name}): sha256 {actual[:16]}..., expected "
+                f"{entry.sha256[:16]}...; fix: the file is corrupt or replaced, restore it (reinstall dsrnet)"
+            )
+        _VERIFIED[key] = actual
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ file format
+
+
+def save_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    metadata: dict[str, Any],
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write ``model``'s state dict (floating tensors cast to ``dtype``) and ``metadata`` to a safetensors file,
+    atomically (a temp file next to ``path``, then ``os.replace``). ``metadata`` needs ``model`` and
+    ``num_classes``; every value is stored JSON-encoded. Returns the path."""
+    from safetensors.torch import save
+
+    missing = [k for k in REQUIRED_METADATA if metadata.get(k) is None]
+    if missing:
+        raise DsrnetError(
+            f"weights metadata needs {', '.join(missing)}; fix: pass metadata={{'model': ..., ...}}"
+        )
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise DsrnetError(
+            f"dtype must be a floating torch dtype (torch.float16, torch.float32...), got {dtype!r}"
+        )
+    model_classes = getattr(model, "num_classes", None)
+    if model_classes is not None and int(model_classes) != int(metadata["num_classes"]):
+        raise DsrnetError(
+            f"metadata num_classes={metadata['num_classes']} but the model has {model_classes} outputs; fix: pass "
+            f"the model's num_classes"
+        )
+    from dsrnet import __version__
+
+    meta = {"dsrnet_version": __version__, **metadata}
+    try:
+        encoded = {str(k): json.dumps(v) for k, v in meta.items()}
+    except TypeError as err:
+        raise DsrnetError(f"weights metadata must be JSON-serialisable ({err})") from None
+    tensors = {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
+    return atomic_write_bytes(Path(path).expanduser(), save(tensors, metadata=encoded))
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, metadata)`` of a safetensors weights file; a missing, corrupt or foreign file is one
+    :class:`DsrnetError`. Metadata values are JSON-decoded (values that are not JSON stay strings)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DsrnetError(
+            f"weights file {path} not found; fix: pass a .safetensors file written by save_weights"
+        )
+    raw = _read_header_metadata(path)
+    try:
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise DsrnetError(
+            f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:160]}); fix: re-export it"
+        ) from None
+    metadata = {}
+    for k, v in raw.items():
+        try:
+            metadata[k] = json.loads(v)
+        except (TypeError, json.JSONDecodeError):
+            metadata[k] = v
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        raise DsrnetError(
+            f"{path} has no {', '.join(missing)} in its metadata: not a dsrnet weights file; fix: write it with "
+            f"dsrnet.models.weights.save_weights (or load it with checkpoint_path=...)"
+        )
+    return state_dict, metadata
+
+
+def _read_header_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header: an 8-byte little-endian length, then that much JSON."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if size <= 1 or size > min(path.stat().st_size - 8, 100 << 20):
+            raise DsrnetError(
+                f"{path} is not a safetensors file (bad header); fix: pass a file from save_weights"
+            )
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DsrnetError(
+                f"{path} is not a safetensors file (corrupt header); fix: re-export it"
+            ) from None
+    if not isinstance(header, dict):
+        raise DsrnetError(f"{path} is not a safetensors file (corrupt header); fix: re-export it")
+    return dict(header.get("__metadata__") or {})
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def model_pretrained_cfg(model: nn.Module, entry: WeightsEntry) -> dict[str, Any]:
+    """``model.pretrained_cfg`` updated with what ``entry``'s weights say (mean/std, classes, input size, tag)."""
+    cfg = {**getattr(model, "pretrained_cfg", {}), **entry.pretrained_cfg()}
+    cfg.update(architecture=entry.model, tag=entry.tag)
+    cfg["num_classes"] = getattr(model, "num_classes", cfg["num_classes"])
+    if cfg["num_classes"] != entry.num_classes:
+        cfg.pop("label_names", None)  # a fresh head: the weights' class names no longer apply
+    if getattr(model, "features_only", False):
+        for key in ("num_classes", "classifier", "label_names"):
+            cfg.pop(key, None)
+    return cfg
+
+
+def load_pretrained(model: nn.Module, entry: WeightsEntry) -> None:
+    """Load ``entry``'s verified weights into ``model``; the classifier is skipped when the model's head differs
+    (another ``num_classes``) or is absent (``features_only``), as timm does."""
+    state_dict, metadata = read_weights(weights_path(entry))
+    _load_state(model, state_dict, f"weights {entry.name!r}")
+
+
+def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    if getattr(model, "features_only", False):
+        # A pruned backbone: keep what it still has (the stages up to its last tap), drop the head and the rest.
+        state_dict = {k: v for k, v in state_dict.items() if k in own}
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
+    head = [k for k in state_dict if k.startswith(f"{classifier}.")]
+    if head and any(k not in own or own[k].shape != state_dict[k].shape for k in head):
+        state_dict = {k: v for k, v in state_dict.items() if k not in head}
+    missing = [k for k in own if k not in state_dict and not k.startswith(f"{classifier}.")]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
+    if missing or unexpected or mismatched:
+        detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}")
+        detail = detail or f"shape mismatch at {mismatched[:3]}"
+        raise DsrnetError(
+            f"{source} do not fit this model ({detail}); fix: build the model the weights were trained as "
+            f"(same name and model_kwargs)"
+        )
+    model.load_state_dict(state_dict, strict=False)
+
+
+def load_checkpoint_path(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a safetensors weights file or a ``dsrnet train`` checkpoint (file or run folder) into ``model``."""
+    path = Path(path).expanduser()
+    if path.is_file() and _is_safetensors(path):
+        state_dict, _ = read_weights(path)
+        _load_state(model, state_dict, f"weights in {path}")
+        return
+    load_model_state(model, load_checkpoint(path))  # weights_only=True; clear errors for missing/foreign files
+
+
+def _is_safetensors(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then the JSON header

@@ -1,0 +1,221 @@
+"""Trained weights: the safetensors format, the tag table, checksums, and loading through create_model, timm,
+torch.hub and checkpoint_path. Every file here is a tiny model the test exports itself (nothing shipped is read)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dsrnet
+from dsrnet.models import weights
+from dsrnet.models.weights import read_weights, register_weights, save_weights
+from tests.conftest import REPO
+
+TINY = {"widths": [4, 8, 8, 8], "layers": [1, 1, 1, 1]}
+CLASSES = ["cat", "dog", "emu"]
+META = {
+    "model": "dsrnet50_cifar",
+    "num_classes": 3,
+    "class_names": CLASSES,
+    "mean": [0.5, 0.4, 0.3],
+    "std": [0.2, 0.25, 0.3],
+    "input_size": [3, 32, 32],
+    "dataset": "toy",
+    "recipe": "fast",
+    "epochs": 1,
+    "seed": 0,
+    "top1": 33.3,
+    "top3": 100.0,
+    "model_kwargs": TINY,
+}
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A tiny 'trained' model (random weights, BN statistics moved off their defaults) and its fp32 export."""
+    torch.manual_seed(0)
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=3, **TINY).train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))
+    model.eval()
+    path = save_weights(model, tmp_path / "tiny.safetensors", metadata=META, dtype=torch.float32)
+    return model, path
+
+
+@pytest.fixture
+def registered(trained, monkeypatch, tmp_path):
+    model, path = trained
+    empty = tmp_path / "no-shipped-weights"
+    empty.mkdir()
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(empty))  # shipped files, if any, never take part
+    entry = register_weights("dsrnet50_cifar.tiny", path)
+    yield model, entry
+    weights.unregister_weights("dsrnet50_cifar.tiny")
+
+
+def test_save_and_read_round_trip(trained, tmp_path):
+    model, path = trained
+    state, meta = read_weights(path)
+    assert state.keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(state[k], v), k
+    assert {k: meta[k] for k in META} == META and meta["dsrnet_version"] == dsrnet.__version__
+    half = save_weights(model, tmp_path / "half.safetensors", metadata=META)  # fp16 by default
+    state16, _ = read_weights(half)
+    assert state16["conv1.weight"].dtype == torch.float16
+    assert state16["bn1.num_batches_tracked"].dtype == torch.int64  # integer buffers keep their dtype
+    assert half.stat().st_size < path.stat().st_size
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"model": "dsrnet50_cifar"}, "num_classes"),
+        ({**META, "num_classes": 10}, "num_classes=10"),
+        ({**META, "x": {1}}, "JSON"),
+    ],
+)
+def test_save_rejects_bad_metadata(trained, tmp_path, metadata, match):
+    with pytest.raises(dsrnet.DsrnetError, match=match):
+        save_weights(trained[0], tmp_path / "bad.safetensors", metadata=metadata)
+
+
+def test_read_rejects_corrupt_and_foreign_files(trained, tmp_path):
+    _, path = trained
+    data = path.read_bytes()
+    cases = {
+        "truncated.safetensors": data[: len(data) // 2],
+        "text.safetensors": b"not a weights file at all",
+        "header.safetensors": data[:8] + b"\xff" * 64,
+        "empty.safetensors": b"",
+    }
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(dsrnet.DsrnetError) as err:
+            read_weights(tmp_path / name)
+        assert "\n" not in str(err.value) and "safetensors" in str(err.value), name
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(dsrnet.DsrnetError, match="not a dsrnet weights file"):
+        read_weights(tmp_path / "plain.safetensors")
+    with pytest.raises(dsrnet.DsrnetError, match="not found"):
+        read_weights(tmp_path / "missing.safetensors")
+
+
+def test_pretrained_by_tag_is_bit_exact(registered):
+    model, entry = registered
+    loaded = dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))
+    cfg = loaded.pretrained_cfg
+    assert cfg["tag"] == "tiny" and cfg["num_classes"] == 3 and tuple(cfg["label_names"]) == tuple(CLASSES)
+    assert cfg["mean"] == (0.5, 0.4, 0.3) and cfg["std"] == (0.2, 0.25, 0.3)
+    # The bare name picks the first weights whose file is present (timm's default-tag rule).
+    assert torch.equal(dsrnet.create_model("dsrnet50_cifar", pretrained=True).eval()(x), model(x))
+
+
+def test_pretrained_with_a_new_head_or_as_a_backbone(registered):
+    model, _ = registered
+    x = torch.randn(2, 3, 32, 32)
+    other = dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, num_classes=5).eval()
+    assert other(x).shape == (2, 5) and "label_names" not in other.pretrained_cfg
+    torch.testing.assert_close(other.forward_features(x), model.forward_features(x), rtol=0, atol=0)
+    backbone = dsrnet.create_model(
+        "dsrnet50_cifar.tiny", pretrained=True, features_only=True, out_indices=(1, 2)
+    )
+    want = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
+    for got, ref in zip(backbone.eval()(x), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_checksum_mismatch_and_unknown_tags(trained):
+    _, path = trained
+    register_weights("dsrnet50_cifar.bad", path, sha256="0" * 64)
+    try:
+        with pytest.raises(dsrnet.DsrnetError, match="checksum mismatch"):
+            dsrnet.create_model("dsrnet50_cifar.bad", pretrained=True)
+    finally:
+        weights.unregister_weights("dsrnet50_cifar.bad")
+    with pytest.raises(dsrnet.DsrnetError, match="unknown weights tag 'dsrnet50_cifar.nope'"):
+        dsrnet.create_model("dsrnet50_cifar.nope", pretrained=True)
+    with pytest.raises(dsrnet.DsrnetError, match="no pretrained weights for 'resnet50'"):
+        dsrnet.create_model("resnet50", pretrained=True)
+    with pytest.raises(dsrnet.DsrnetError, match="needs a tag"):
+        register_weights("dsrnet50_cifar", path)
+    with pytest.raises(dsrnet.DsrnetError, match="not 'dsrnet50'"):
+        register_weights("dsrnet50.mine", path)
+
+
+def test_shipped_entry_without_its_file(monkeypatch, tmp_path):
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    assert "dsrnet50_cifar.c10" in weights.list_weights()
+    with pytest.raises(dsrnet.DsrnetError, match="not shipped yet"):
+        dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True)
+    # Without pretrained, the tag still gives its configuration (CIFAR-10 classes) on a random model.
+    model = dsrnet.create_model("dsrnet50_cifar.c10", **TINY)
+    assert model.num_classes == 10 and model.pretrained_cfg["label_names"][0] == "airplane"
+
+
+def test_weights_dir_override(trained, monkeypatch, tmp_path):
+    model, path = trained
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    (folder / "dsrnet50_cifar.toy.safetensors").write_bytes(path.read_bytes())
+    entry = weights.WeightsEntry(
+        "dsrnet50_cifar.toy", "dsrnet50_cifar.toy.safetensors", weights._sha256(path), META
+    )
+    monkeypatch.setitem(weights.SHIPPED, entry.name, entry)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(dsrnet.create_model("dsrnet50_cifar.toy", pretrained=True).eval()(x), model(x))
+
+
+def test_checkpoint_path_loads_weights_files_and_training_checkpoints(trained, tmp_path):
+    model, path = trained
+    x = torch.randn(2, 3, 32, 32)
+    from_file = dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=path, **TINY).eval()
+    assert torch.equal(from_file(x), model(x))
+    from dsrnet.run.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(
+        tmp_path / "run" / "checkpoint.pt",
+        {  # the fields `dsrnet train` writes that a model is rebuilt from
+            "model": "dsrnet50_cifar",
+            "num_classes": 3,
+            "classes": ["a", "b", "c"],
+            "image_size": 32,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "model_kwargs": TINY,
+            "model_state": model.state_dict(),
+        },
+    )
+    for source in (ckpt, ckpt.parent):  # the file or its run folder
+        from_run = dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=source, **TINY).eval()
+        assert torch.equal(from_run(x), model(x))
+    with pytest.raises(dsrnet.DsrnetError, match="does not fit"):
+        dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=ckpt)  # full-size model
+    with pytest.raises(dsrnet.DsrnetError, match="do not fit"):
+        dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=path)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(dsrnet.DsrnetError, match="cannot be read safely"):
+        dsrnet.create_model("dsrnet50_cifar", checkpoint_path=tmp_path / "junk.pt")
+
+
+def test_timm_and_torch_hub_load_registered_weights(registered):
+    timm = pytest.importorskip("timm")
+    model, _ = registered
+    x = torch.randn(2, 3, 32, 32)
+    via_timm = timm.create_model("dsrnet50_cifar.tiny", pretrained=True).eval()
+    assert torch.equal(via_timm(x), model(x))
+    assert tuple(via_timm.pretrained_cfg["label_names"]) == tuple(CLASSES)
+    data_cfg = timm.data.resolve_data_config({}, model=via_timm)
+    assert data_cfg["mean"] == (0.5, 0.4, 0.3)
+    gray = timm.create_model("dsrnet50_cifar.tiny", pretrained=True, in_chans=1, num_classes=7)
+    assert gray.conv1.in_channels == 1 and gray(torch.randn(1, 1, 32, 32)).shape == (1, 7)
+    with pytest.raises(dsrnet.DsrnetError, match="not shipped yet"):
+        timm.create_model("dsrnet50_cifar.c10", pretrained=True)
+    hub = torch.hub.load(str(REPO), "dsrnet50_cifar", source="local", pretrained=True).eval()
+    assert torch.equal(hub(x), model(x))
