@@ -111,3 +111,82 @@ def test_oversized_image_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(infer, "MAX_IMAGE_PIXELS", 100 * 100)
     with pytest.raises(DsrnetError, match=r"200x150 pixels.*fix: downscale"):
         infer.load_image(tmp_path / "wide.png", 32)
+
+
+# ------------------------------------------------------------------------------------------ exported weights
+
+
+def test_export_weights_round_trip_and_predict(learned_run, cifar10_dir, tmp_path, capsys):
+    import dsrnet
+    from dsrnet.cli.main import main
+    from dsrnet.infer import export_weights
+    from dsrnet.models.weights import read_weights
+
+    cfg, final = learned_run
+    out = tmp_path / "w.safetensors"
+    assert main(["export-weights", cfg.out_dir, str(out), "--dtype", "fp32"]) == 0
+    assert "sha256" in capsys.readouterr().out
+    state, meta = read_weights(out)
+    assert meta["model"] == cfg.model and meta["model_kwargs"] == cfg.model_kwargs and meta["finished"] is True
+    assert meta["top1"] == pytest.approx(final["top1"]) and meta["epochs"] == cfg.epochs
+    assert meta["class_names"][3] == "cat" and meta["input_size"] == [3, 32, 32] and len(meta["mean"]) == 3
+    model, _ = model_from_checkpoint(cfg.out_dir)
+    for k, v in model.state_dict().items():
+        assert torch.equal(state[k], v), k  # fp32 export: bit-exact
+    # fp16 (the default) is what ships: half the size, the same predictions on real test images
+    half = tmp_path / "h.safetensors"
+    export_weights(cfg.out_dir, half)
+    assert half.stat().st_size < 0.6 * out.stat().st_size
+    rebuilt = dsrnet.create_model(cfg.model, num_classes=10, checkpoint_path=half, **cfg.model_kwargs).eval()
+    with np.load(cifar10_dir / "cifar10" / "test.npz") as z:
+        images = z["images"][:64]
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        assert (rebuilt(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.95
+    # predict with the weights file gives what predict with the checkpoint gives
+    img = tmp_path / "frog.png"
+    Image.fromarray(images[0]).resize((64, 64)).save(img)
+    from_ckpt = predict(cfg.out_dir, [img], top_k=3, device="cpu")
+    from_file = predict(out, [img], top_k=3, device="cpu")
+    assert [c for c, _ in from_ckpt[0]] == [c for c, _ in from_file[0]]
+
+
+def test_predict_without_a_model_uses_the_shipped_weights(learned_run, tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    from dsrnet.cli.main import main
+    from dsrnet.infer import export_weights
+    from dsrnet.models import weights
+
+    cfg, _ = learned_run
+    folder = tmp_path / "shipped"
+    path = export_weights(cfg.out_dir, folder / "dsrnet50.c10.safetensors")
+    _, meta = weights.read_weights(path)
+    entry = weights.WeightsEntry("dsrnet50.c10", path.name, hashlib.sha256(path.read_bytes()).hexdigest(), meta)
+    monkeypatch.setitem(weights.SHIPPED, "dsrnet50.c10", entry)
+    monkeypatch.setattr("dsrnet.infer.DEFAULT_WEIGHTS", "dsrnet50.c10")
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+    img = tmp_path / "x.jpg"
+    Image.fromarray(np.full((150, 200, 3), 128, np.uint8)).save(img)
+    assert main(["predict", "--top-k", "2", str(img)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(img) and len(lines) == 3
+    assert all(line.split()[0] in meta["class_names"] for line in lines[1:])
+    # the checksum is verified: a replaced file is refused
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    weights._VERIFIED.clear()
+    with pytest.raises(DsrnetError, match="checksum mismatch"):
+        predict(None, [img])
+
+
+def test_unknown_tag_and_bad_export_are_one_line(learned_run, tmp_path):
+    cfg, _ = learned_run
+    with pytest.raises(DsrnetError, match="not shipped yet|no sha256"):
+        predict("dsrnet50_cifar.c10", [tmp_path / "x.png"])
+    from dsrnet.infer import export_weights
+
+    with pytest.raises(DsrnetError, match="bad value for dtype"):
+        export_weights(cfg.out_dir, tmp_path / "w.safetensors", dtype="int8")
+    with pytest.raises(DsrnetError, match="not found"):
+        export_weights(tmp_path / "nothing", tmp_path / "w.safetensors")

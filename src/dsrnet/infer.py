@@ -26,7 +26,17 @@ from dsrnet.run.checkpoint import check_state_fits, load_checkpoint, load_model_
 from dsrnet.run.rundir import RunDir
 from dsrnet.train.evaluate import evaluate
 
-__all__ = ["evaluate_checkpoint", "load_image", "model_from_checkpoint", "predict"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "evaluate_checkpoint",
+    "export_weights",
+    "load_for_inference",
+    "load_image",
+    "model_from_checkpoint",
+    "open_image",
+    "predict",
+    "transforms",
+]
 
 #: Images larger than this many pixels are refused before they are decoded (PIL's own limit, as an error).
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -145,11 +155,10 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Any image file -> (size, size, 3) uint8 RGB: shorter side resized to ``size`` (bicubic), centre cut."""
+def open_image(path: str | os.PathLike):
+    """Any image file -> an 8-bit RGB PIL image; too large, unreadable or missing files are one-line errors."""
     from PIL import Image, UnidentifiedImageError
 
-    check_int("image size", size, 1)
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
@@ -157,44 +166,154 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
                     f"image {path} is {im.width}x{im.height} pixels, more than this reads "
                     f"({MAX_IMAGE_PIXELS:,}); fix: downscale it first"
                 )
-            im = _to_rgb(im)
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            return _to_rgb(im)
     except FileNotFoundError:
         raise DsrnetError(f"image {path} not found; fix: pass existing image files") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise DsrnetError(f"cannot read image {path} ({err}); fix: pass a PNG/JPEG/... image file") from None
 
 
+def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True):
+    """The evaluation preprocessing of a trained model, as torchvision's ``weights.transforms()``: shorter side
+    resized to ``image_size`` (bicubic, antialiased), centre crop, float in [0, 1], normalised with the training
+    ``mean``/``std``. Takes a PIL image (or uint8 tensor), returns a (3, S, S) float tensor."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    steps = [
+        v2.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(image_size),
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if normalize:
+        steps.append(v2.Normalize(list(mean), list(std)))
+    return v2.Compose(steps)
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Any image file -> (size, size, 3) uint8 RGB: shorter side resized to ``size`` (bicubic), centre cut."""
+    check_int("image size", size, 1)
+    from torchvision.transforms import InterpolationMode, v2
+
+    resize_crop = v2.Compose(
+        [v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)]
+    )
+    return np.asarray(resize_crop(open_image(path)), dtype=np.uint8)
+
+
+#: What ``dsrnet predict`` uses when no model is named: the shipped CIFAR-10 weights.
+DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
+
+
+def load_for_inference(source: str | os.PathLike | None, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """A trained model in eval mode and what its preprocessing needs (``classes``, ``image_size``, ``mean``,
+    ``std``, ``name``), from: a weights tag (``"dsrnet50_cifar.c10"``; ``None`` = :data:`DEFAULT_WEIGHTS`), a
+    ``.safetensors`` weights file, or a ``dsrnet train`` checkpoint / run folder."""
+    from dsrnet.models import create_model, weights
+
+    source = DEFAULT_WEIGHTS if source is None else source
+    dev = resolve_device(device)
+    if isinstance(source, str) and source in weights.list_weights():
+        model = create_model(source, pretrained=True)
+        cfg = model.pretrained_cfg
+        info = {
+            "name": source,
+            "classes": list(cfg.get("label_names") or range(model.num_classes)),
+            "image_size": int(cfg["input_size"][-1]),
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+        }
+    elif Path(source).suffix == ".safetensors":
+        _, meta = weights.read_weights(source)
+        model = create_model(
+            meta["model"], num_classes=meta["num_classes"], checkpoint_path=source, **(meta.get("model_kwargs") or {})
+        )
+        missing = [k for k in ("class_names", "input_size", "mean", "std") if meta.get(k) is None]
+        if missing:
+            raise DsrnetError(
+                f"weights {source} lack {', '.join(missing)} in their metadata, which preprocessing needs; fix: "
+                f"export them with `dsrnet export-weights`"
+            )
+        info = {
+            "name": str(source),
+            "classes": list(meta["class_names"]),
+            "image_size": int(meta["input_size"][-1]),
+            "mean": list(meta["mean"]),
+            "std": list(meta["std"]),
+        }
+    else:
+        model, ckpt = model_from_checkpoint(source)
+        info = {k: ckpt[k] for k in ("classes", "image_size", "mean", "std")}
+        info["name"] = ckpt["path"]
+    nonfinite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise DsrnetError(f"{source} holds non-finite weights (e.g. {nonfinite[0]}); fix: use weights of a run "
+                          "that trained normally")  # fmt: skip
+    return model.to(dev).eval(), info
+
+
 @torch.no_grad()
 def predict(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     images: Sequence[str | os.PathLike],
     *,
     top_k: int = 5,
     device: str = "auto",
 ) -> list[list[tuple[str, float]]]:
-    """Top-``k`` (class name, probability) pairs for each image file, any size: the shorter side is resized to
-    the checkpoint's image size and the centre cropped, then normalised with the training mean/std."""
+    """Top-``k`` (class name, probability) pairs for each image file, any size, with the model ``checkpoint``
+    names (a checkpoint or run folder, a ``.safetensors`` file, a weights tag; ``None``: the shipped CIFAR-10
+    weights), preprocessed by :func:`transforms` from the model's own metadata."""
     check_int("top_k", top_k)
     if not images:
         raise DsrnetError("no images given; fix: pass one or more image files")
-    model, ckpt = model_from_checkpoint(checkpoint, device)
+    model, info = load_for_inference(checkpoint, device)
     dev = next(model.parameters()).device
-    size = int(ckpt["image_size"])
-    batch = torch.from_numpy(np.stack([load_image(p, size) for p in images])).to(dev)
-    mean = torch.tensor(ckpt["mean"], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(ckpt["std"], device=dev).view(1, 3, 1, 1)
-    x = (batch.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    prep = transforms(info["image_size"], info["mean"], info["std"])
+    x = torch.stack([prep(open_image(p)) for p in images]).to(dev)
     probs = model(x).float().softmax(dim=1)
     k = min(top_k, probs.shape[1])
     p, idx = probs.topk(k, dim=1)
-    classes = ckpt["classes"]
+    classes = info["classes"]
     return [
-        [(classes[j], float(q)) for q, j in zip(pr.tolist(), ix.tolist(), strict=True)]
+        [(str(classes[j]), float(q)) for q, j in zip(pr.tolist(), ix.tolist(), strict=True)]
         for pr, ix in zip(p, idx, strict=True)
     ]
+
+
+def export_weights(source: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp16") -> Path:
+    """``dsrnet export-weights``: the trained model of a run folder or checkpoint as a safetensors weights file
+    (:func:`dsrnet.models.weights.save_weights`) whose metadata carries everything to rebuild, preprocess and cite
+    it: model name and kwargs, classes, mean/std, input size, dataset, recipe, epochs, seed, and the FINAL epoch's
+    top-1/top-3 accuracy (from the run's ``final.json`` when the run finished, else the checkpoint's last epoch)."""
+    from dsrnet import __version__
+    from dsrnet.models.weights import save_weights
+    from dsrnet.report.markdown import read_json
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype not in dtypes:
+        raise DsrnetError(f"bad value for dtype: {dtype!r}; fix: use one of {', '.join(dtypes)}")
+    model, ckpt = model_from_checkpoint(source)
+    run = RunDir(Path(ckpt["path"]).parent)
+    last = (ckpt.get("history") or [{}])[-1]
+    final = read_json(run.final) if run.finished else {}
+    config = ckpt.get("config") or {}
+    metadata = {
+        "model": ckpt["model"],
+        "model_kwargs": ckpt.get("model_kwargs") or {},
+        "num_classes": ckpt["num_classes"],
+        "class_names": list(ckpt["classes"]),
+        "mean": list(ckpt["mean"]),
+        "std": list(ckpt["std"]),
+        "input_size": [3, ckpt["image_size"], ckpt["image_size"]],
+        "dataset": ckpt.get("dataset"),
+        "recipe": config.get("recipe"),
+        "epochs": int(ckpt.get("epoch", 0)),
+        "planned_epochs": config.get("epochs"),
+        "seed": config.get("seed"),
+        "top1": final.get("top1", last.get("test_top1")),
+        "top3": 100.0 - final["top3_error"] if "top3_error" in final else last.get("test_top3"),
+        "finished": run.finished and not final.get("stopped_early", False),
+        "source_torch": ckpt.get("torch_version"),
+        "dsrnet_version": __version__,
+    }
+    return save_weights(model, out, metadata=metadata, dtype=dtypes[dtype])

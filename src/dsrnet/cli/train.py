@@ -145,9 +145,13 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "predict":
         p.description = (
             "Classify image files of any size: the shorter side is resized to the model's input size and the "
-            "centre cropped. Prints the top-k class names with probabilities."
+            "centre cropped (the preprocessing stored with the model). Prints the top-k class names with "
+            "probabilities."
         )
-        p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a run, or the run folder")
+        p.add_argument("--checkpoint", default=None, metavar="MODEL",
+                       help="what to classify with: a run folder or its checkpoint.pt, a .safetensors weights file "
+                       "(dsrnet export-weights), or a weights tag such as dsrnet50_cifar.c10 (default: the shipped "
+                       "CIFAR-10 weights, dsrnet50_cifar.c10)")  # fmt: skip
         p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
         p.add_argument("--top-k", type=typed(lambda v: _coerce("top_k", "int", v)), default=5,
                        help="how many classes to print per image")  # fmt: skip
