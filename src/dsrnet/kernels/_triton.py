@@ -236,7 +236,7 @@ def _pw_gemm(
     sxn, sxh, sxw, sxc,
     srn, srh, srw, src,
     syn, syh, syw, syc,
-    STRIDE: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+    STRIDE: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
@@ -259,6 +259,9 @@ def _pw_gemm(
         b = tl.load(
             w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
         )
+        if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
             acc = tl.dot(a, b, acc, input_precision="ieee")
         else:
@@ -297,7 +300,7 @@ def _dw_pw(
     srn, srh, srw, src,
     syn, syh, syw, syc,
     STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # x: conv1 output [Nb, H, W, K]; wdw: [9, K]; wpw: [K, N]; b: pointwise bias (+ downsample bias, pre-summed).
@@ -334,6 +337,9 @@ def _dw_pw(
         b = tl.load(
             wpw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
         )
+        if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
             acc = tl.dot(a, b, acc, input_precision="ieee")
         else:
@@ -355,6 +361,9 @@ def _dw_pw(
                 mask=k_mask[:, None] & n_mask[None, :],
                 other=0.0,
             )
+            if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
             if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:

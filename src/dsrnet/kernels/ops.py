@@ -205,6 +205,12 @@ def _ieee(t: torch.Tensor) -> bool:
     return t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
 
 
+def _dot_f32(t: torch.Tensor) -> bool:
+    # Triton 3.8's CPU interpreter computes bf16 tl.dot wrongly (garbage of order 1e10); feeding it the exact fp32
+    # upcast gives the GPU's numerics (bf16 products are exact in fp32, accumulation is fp32 on both).
+    return t.device.type == "cpu" and t.dtype == torch.bfloat16
+
+
 def _pw_fallback(x, w_kn, stride):
     return F.conv2d(x, w_kn.t().to(x.dtype)[:, :, None, None], None, stride)
 
@@ -235,7 +241,7 @@ def pointwise_conv(
         _tk.pw_gemm[grid](
             x, w_kn, bias, r, y,
             m, nout, k, ho, wo, *_nhwc_strides(x), *_nhwc_strides(r), *_nhwc_strides(y),
-            STRIDE=stride, HAS_RES=residual is not None, RELU=relu, IEEE=_ieee(x),
+            STRIDE=stride, HAS_RES=residual is not None, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
 
@@ -285,7 +291,7 @@ def dw_pw_block(
         _tk.dw_pw[grid](
             x, w_dw, b_dw, w_pw, bias, r, w_pw if w_ds is None else w_ds, y,
             m, nout, k, kds, h, w, ho, wo, *_nhwc_strides(x), *_nhwc_strides(r), *_nhwc_strides(y),
-            STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x),
+            STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
 
