@@ -20,6 +20,9 @@ The kernels are built lazily (:class:`_LazyKernel`) on first launch, so whether 
 Triton's CPU interpreter is decided by ``TRITON_INTERPRET`` at launch time, not at import time: Triton reads that
 variable when ``@triton.jit`` is applied (``triton.knobs.runtime.interpret`` in Triton 3.6-3.8).
 
+GEMM-like kernels use a 1-D grid with the output-channel blocks of one pixel tile adjacent, so the programs that
+share an input tile (and, in ``dw_pw``, its depthwise halo) run together and hit L2.
+
 Only APIs present in both Triton 3.6 and 3.8 are used.
 """
 
@@ -39,21 +42,26 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
-class _LazyKernel:
-    """``triton.jit`` (+ ``triton.autotune``) applied on first use, once per interpreter/compiled mode.
+def autotuning() -> bool:
+    """Whether to autotune block sizes (``DSRNET_TRITON_AUTOTUNE=0``: the first config only, no tuning runs)."""
+    return os.environ.get("DSRNET_TRITON_AUTOTUNE", "1") != "0"
 
-    On a GPU the autotuner picks block sizes per ``key``; the interpreter gets one small config because it would
-    otherwise benchmark every config on the CPU.
+
+class _LazyKernel:
+    """``triton.jit`` (+ ``triton.autotune``) applied on first launch, once per (interpreter, autotuning) mode.
+
+    On a GPU the autotuner picks block sizes per ``key`` (each config is compiled, then timed, on the first call of
+    each new key); the interpreter gets one small config because it would otherwise time every config on the CPU.
     """
 
     def __init__(self, fn, configs, key, interp_config):
         self.fn, self.configs, self.key, self.interp_config = fn, configs, key, interp_config
-        self._built: dict[bool, object] = {}
+        self._built: dict[tuple[bool, bool], object] = {}
 
     def build(self):
-        mode = interpreting()
+        mode = (interpreting(), autotuning())
         if mode not in self._built:
-            configs = [self.interp_config] if mode else self.configs
+            configs = [self.interp_config] if mode[0] else (self.configs if mode[1] else self.configs[:1])
             self._built[mode] = triton.autotune(configs=configs, key=self.key)(triton.jit(self.fn))
         return self._built[mode]
 
@@ -116,8 +124,6 @@ _DW_CONFIGS = [
     _cfg(BLOCK_P=128, BLOCK_C=32),
     _cfg(BLOCK_P=32, BLOCK_C=128),
     _cfg(BLOCK_P=128, BLOCK_C=64, num_warps=8),
-    _cfg(BLOCK_P=64, BLOCK_C=128, num_warps=8),
-    _cfg(BLOCK_P=16, BLOCK_C=256, num_warps=8),
 ]
 _DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
 dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL"], _DW_INTERP)
@@ -220,7 +226,6 @@ _DWW_CONFIGS = [
     _cfg(BLOCK_P=64, BLOCK_C=64),
     _cfg(BLOCK_P=128, BLOCK_C=32),
     _cfg(BLOCK_P=32, BLOCK_C=128, num_warps=8),
-    _cfg(BLOCK_P=128, BLOCK_C=64, num_warps=8),
 ]
 dw_bwd_weight = _LazyKernel(
     _dw_bwd_weight, _DWW_CONFIGS, ["P", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL"], _DW_INTERP
@@ -240,8 +245,9 @@ def _pw_gemm(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -282,8 +288,6 @@ _GEMM_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
     _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
-    _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
-    _cfg(BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
 ]
 _GEMM_INTERP = _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
 pw_gemm = _LazyKernel(_pw_gemm, _GEMM_CONFIGS, ["M", "N", "K", "STRIDE", "HAS_RES", "RELU"], _GEMM_INTERP)
@@ -306,8 +310,9 @@ def _dw_pw(
     # x: conv1 output [Nb, H, W, K]; wdw: [9, K]; wpw: [K, N]; b: pointwise bias (+ downsample bias, pre-summed).
     # SHORTCUT: 0 none, 1 identity tensor r [Nb, HO, WO, N], 2 downsample GEMM r [Nb, ., ., KDS] read at
     # (ho * DS_STRIDE, wo * DS_STRIDE) times wds [KDS, N], accumulated into the same fp32 tile.
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -380,7 +385,6 @@ _DWPW_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
-    _cfg(BLOCK_M=256, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=2),
 ]
 dw_pw = _LazyKernel(
     _dw_pw, _DWPW_CONFIGS, ["M", "N", "K", "KDS", "HO", "WO", "STRIDE", "DIL", "SHORTCUT"], _GEMM_INTERP

@@ -236,7 +236,7 @@ def pointwise_conv(
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
     r = y if residual is None else residual
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(nout, meta["BLOCK_N"]))  # noqa: E731
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
     with _launch(x):
         _tk.pw_gemm[grid](
             x, w_kn, bias, r, y,
@@ -286,7 +286,7 @@ def dw_pw_block(
     kind = 0 if shortcut is None else (1 if w_ds is None else 2)
     r = y if shortcut is None else shortcut
     kds = 0 if w_ds is None else w_ds.shape[0]
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(nout, meta["BLOCK_N"]))  # noqa: E731
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
     with _launch(x):
         _tk.dw_pw[grid](
             x, w_dw, b_dw, w_pw, bias, r, w_pw if w_ds is None else w_ds, y,
