@@ -35,9 +35,17 @@ except ImportError:  # pragma: no cover - depends on the install
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def triton_usable(t: torch.Tensor) -> bool:
-    """Whether the Triton kernels run for tensor ``t`` now (CUDA, or CPU under ``TRITON_INTERPRET=1``)."""
+_MAX_NUMEL = 2**31  # the kernels use 32-bit offsets
+
+
+def triton_usable(t: torch.Tensor, out_numel: int = 0) -> bool:
+    """Whether the Triton kernels run for tensor ``t`` now (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+
+    ``out_numel``: size of the op's output, which must also fit the kernels' 32-bit offsets.
+    """
     if _tk is None or os.environ.get("DSRNET_DISABLE_TRITON", "0") == "1" or t.dtype not in _KERNEL_DTYPES:
+        return False
+    if max(t.numel(), out_numel) >= _MAX_NUMEL:
         return False
     if t.device.type == "cuda":
         return True
@@ -53,9 +61,14 @@ def _empty_nhwc(n: int, c: int, h: int, w: int, like: torch.Tensor, dtype=None) 
     return torch.empty((n, c, h, w), device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
 
 
-def _nhwc_strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    """Strides in (n, h, w, c) order, whatever the memory format."""
-    return t.stride(0), t.stride(2), t.stride(3), t.stride(1)
+def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """Strides of (n, h, w); the kernels need channels contiguous (see :func:`_channels_inner`)."""
+    return t.stride(0), t.stride(2), t.stride(3)
+
+
+def _channels_inner(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its channels are contiguous (channels-last, or a view of it), else a channels-last copy."""
+    return t if t.stride(1) == 1 else t.contiguous(memory_format=torch.channels_last)
 
 
 def _as_nhwc(src: torch.Tensor) -> torch.Tensor:
@@ -91,16 +104,17 @@ def dwconv2d(
     _check_dw(x, weight)
     n, c, h, w = x.shape
     ho, wo = _out_size(h, stride), _out_size(w, stride)
-    if not triton_usable(x):
+    if not triton_usable(x, n * c * ho * wo):
         y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, dilation, dilation, c)
         return _as_nhwc(F.relu(y) if relu else y)
+    x = _channels_inner(x)
     y = _empty_nhwc(n, c, ho, wo, like=x)
     p = n * ho * wo
     grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(x):
         _tk.dw_fwd[grid](
             x, pack_taps(weight), weight if bias is None else bias, y,
-            p, c, h, w, ho, wo, *_nhwc_strides(x), *_nhwc_strides(y),
+            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu,
         )  # fmt: skip
     return y
@@ -117,18 +131,19 @@ def dwconv2d_grad_input(
     grad: torch.Tensor, weight: torch.Tensor, height: int, width: int, stride: int, dilation: int
 ) -> torch.Tensor:
     n, c, ho, wo = grad.shape
-    if not triton_usable(grad):
+    if not triton_usable(grad, n * c * height * width):
         dx = torch.nn.grad.conv2d_input(
             (n, c, height, width), weight.to(grad.dtype), grad, stride, dilation, dilation, c
         )
         return _as_nhwc(dx)
+    grad = _channels_inner(grad)
     dx = _empty_nhwc(n, c, height, width, like=grad)
     p = n * height * width
     grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(grad):
         _tk.dw_bwd_input[grid](
             grad, pack_taps(weight), dx,
-            p, c, height, width, ho, wo, *_nhwc_strides(grad), *_nhwc_strides(dx),
+            p, c, height, width, ho, wo, *_pixel_strides(grad), *_pixel_strides(dx),
             STRIDE=stride, DIL=dilation,
         )  # fmt: skip
     return dx
@@ -144,11 +159,12 @@ def dwconv2d_grad_weight(grad: torch.Tensor, x: torch.Tensor, stride: int, dilat
     """Weight gradient ``[C, 1, 3, 3]`` in float32 (the caller casts to the parameter's dtype)."""
     n, c, h, w = x.shape
     ho, wo = grad.shape[2], grad.shape[3]
-    if not triton_usable(x):
+    if not triton_usable(x, grad.numel()):
         gw = torch.nn.grad.conv2d_weight(
             x.float(), (c, 1, 3, 3), grad.float(), stride, dilation, dilation, c
         )
         return gw.contiguous()
+    x, grad = _channels_inner(x), _channels_inner(grad)
     p = n * ho * wo
     # Pixels per program: a multiple of every BLOCK_P the autotuner may pick, sized for a few hundred programs.
     granule = 64 if _tk.interpreting() else 256
@@ -160,7 +176,7 @@ def dwconv2d_grad_weight(grad: torch.Tensor, x: torch.Tensor, stride: int, dilat
     with _launch(x):
         _tk.dw_bwd_weight[grid](
             grad, x, part,
-            p, c, h, w, ho, wo, pix, *_nhwc_strides(grad), *_nhwc_strides(x),
+            p, c, h, w, ho, wo, pix, *_pixel_strides(grad), *_pixel_strides(x),
             STRIDE=stride, DIL=dilation,
         )  # fmt: skip
     return part.sum(0).t().reshape(c, 1, 3, 3).contiguous()
@@ -227,20 +243,20 @@ def pointwise_conv(
     n, k, h, w = x.shape
     nout = w_kn.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
-    if not triton_usable(x):
+    if not triton_usable(x, n * nout * ho * wo):
         y = _pw_fallback(x, w_kn, stride) + bias.to(x.dtype)[:, None, None]
         if residual is not None:
             y = y + residual
         return _as_nhwc(F.relu(y) if relu else y)
-    w_kn = w_kn.to(x.dtype)
+    x, w_kn = _channels_inner(x), w_kn.to(x.dtype).contiguous()
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
-    r = y if residual is None else residual
+    r = y if residual is None else _channels_inner(residual)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
     with _launch(x):
         _tk.pw_gemm[grid](
             x, w_kn, bias, r, y,
-            m, nout, k, ho, wo, *_nhwc_strides(x), *_nhwc_strides(r), *_nhwc_strides(y),
+            m, nout, k, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
             STRIDE=stride, HAS_RES=residual is not None, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
@@ -272,25 +288,27 @@ def dw_pw_block(
     n, k, h, w = x.shape
     nout = w_pw.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
-    if not triton_usable(x):
+    big = 0 if shortcut is None else shortcut.numel()
+    if not triton_usable(x, max(n * nout * ho * wo, big)):
         w_dw = w_dw.t().reshape(k, 1, 3, 3).to(x.dtype)
         mid = F.conv2d(x, w_dw, b_dw.to(x.dtype), stride, dilation, dilation, k)
         y = _pw_fallback(F.relu(mid), w_pw, 1) + bias.to(x.dtype)[:, None, None]
         if shortcut is not None:
             y = y + (shortcut if w_ds is None else _pw_fallback(shortcut, w_ds, ds_stride))
         return _as_nhwc(F.relu(y))
-    w_pw = w_pw.to(x.dtype)  # tl.dot wants both operands in the activation dtype
-    w_ds = None if w_ds is None else w_ds.to(x.dtype)
+    x = _channels_inner(x)
+    w_pw = w_pw.to(x.dtype).contiguous()  # tl.dot wants both operands in the activation dtype
+    w_ds = None if w_ds is None else w_ds.to(x.dtype).contiguous()
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
     kind = 0 if shortcut is None else (1 if w_ds is None else 2)
-    r = y if shortcut is None else shortcut
+    r = y if shortcut is None else _channels_inner(shortcut)
     kds = 0 if w_ds is None else w_ds.shape[0]
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
     with _launch(x):
         _tk.dw_pw[grid](
             x, w_dw, b_dw, w_pw, bias, r, w_pw if w_ds is None else w_ds, y,
-            m, nout, k, kds, h, w, ho, wo, *_nhwc_strides(x), *_nhwc_strides(r), *_nhwc_strides(y),
+            m, nout, k, kds, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
             STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y

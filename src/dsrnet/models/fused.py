@@ -126,7 +126,8 @@ def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
     """Inference form of a DSRNet: BN folded, NHWC, each DSR block run by fused Triton kernels.
 
     The input model is not changed (it is copied). The result is in eval mode, uses the BN running statistics (as
-    eval mode does), and keeps the model's dtype and device; cast it afterwards like any module
+    eval mode does), and keeps the model's dtype and device (BN is folded in fp32 and rounded once to that dtype);
+    cast it afterwards like any module
     (``fuse(model).to(torch.bfloat16)``). ``mode="split"``: unfused kernels, for comparison.
     """
     if not isinstance(model, DSRNet):
@@ -135,8 +136,9 @@ def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
         raise DsrnetError("fuse() builds classifiers: create the model without features_only=True")
     if mode not in FUSE_MODES:
         raise DsrnetError(f"mode={mode!r} is not valid: choose one of {FUSE_MODES}")
-    source = copy.deepcopy(model).eval()
-    return FusedDSRNet(source, mode).eval().to(memory_format=torch.channels_last)
+    dtype = next(model.parameters()).dtype
+    source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
+    return FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
 
 
 class TritonDepthwiseConv2d(nn.Conv2d):
