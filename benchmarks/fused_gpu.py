@@ -322,10 +322,10 @@ def step_correctness(bench: Bench) -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         batch = 2 if bench.dry else 16
+        # (split mode is checked by the CPU tests; here only the kernels that the timings use, to save compiles)
         cases = [
             ("cifar stem, stride_on=dw, fused", "cifar", {}, "fused"),
             ("cifar stem, stride_on=1x1, fused", "cifar", {"stride_on": "1x1"}, "fused"),
-            ("cifar stem, stride_on=dw, split", "cifar", {}, "split"),
             ("paper stem, stride_on=dw, fused", "paper", {}, "fused"),
         ]
         for name, stem, kwargs, mode in cases:
@@ -336,7 +336,7 @@ def step_correctness(bench: Bench) -> None:
             with torch.inference_mode():
                 ref_feats = model.forward_features(x)
                 ref_logits = model.forward_head(ref_feats)
-                dtypes = (torch.float32, torch.bfloat16) if mode == "fused" and stem == "cifar" else (torch.float32,)
+                dtypes = (torch.float32, torch.bfloat16) if not kwargs and stem == "cifar" else (torch.float32,)
                 for dtype in dtypes:
                     fused = dsrnet.fuse(model, mode=mode).to(dtype)
                     feats = fused.forward_features(x.to(dtype))
@@ -453,7 +453,7 @@ def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
                 for _ in range(3):
                     model(x)
                 bench.sync()
-        sort = "cuda_time_total" if cuda else "cpu_time_total"
+        sort = "self_device_time_total" if cuda else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=sort, row_limit=10, max_name_column_width=70)
         bench.profiles.append(f"== {form}, {stem} stem, {size} px, batch {b}, bf16, 3 forward calls ==\n{table}")
         del model
@@ -742,4 +742,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Results are written; skip interpreter teardown, which can wait on torch.compile's worker pools after a
+    # budget stop in the middle of a compilation.
+    os._exit(rc)
