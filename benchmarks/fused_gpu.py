@@ -726,11 +726,15 @@ def main(argv: list[str] | None = None) -> int:
         ("training 32px b512: dsrnet compiled + triton dw", 90, step_training,
          ("dsrnet_compiled_triton_dw",)),
     ]  # fmt: skip
+    done = 0
     try:
         for name, estimate, fn, *fn_args in plan:
             bench.step(name, 0 if args.dry_run else estimate, fn, bench, *fn_args)
+            done += 1
     except BudgetExceeded:
         bench.log("budget reached: writing what was measured")
+        for name, *_ in plan[done + 1 :]:
+            bench.results["skipped"].append({"step": name, "reason": "not started: budget reached"})
     finally:
         signal.alarm(0)
         bench.deadline = float("inf")  # the reserve: FLOPs/bytes per image take seconds and feed the roofline
