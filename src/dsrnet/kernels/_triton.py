@@ -126,7 +126,6 @@ _DW_CONFIGS = [
     _cfg(BLOCK_P=64, BLOCK_C=64, num_warps=8),
     _cfg(BLOCK_P=128, BLOCK_C=32),
     _cfg(BLOCK_P=32, BLOCK_C=128),
-    _cfg(BLOCK_P=32, BLOCK_C=64),
 ]
 _DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
 dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL"], _DW_INTERP)
