@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import REPO
 from tests.kernels import interp
 
+pytest.importorskip("triton")
+
 INTERPRETER_TESTS = ("tests/kernels/test_ops.py", "tests/models/test_fused.py")
 
 

@@ -125,6 +125,16 @@ def test_training_step_with_triton_dwconv_gives_the_eager_gradients():
         torch.testing.assert_close(p_triton, p_eager, rtol=1e-4, atol=1e-6)
 
 
+def test_fuse_accepts_a_model_already_using_triton_dwconv(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")  # the PyTorch fallback: this is about module plumbing, not kernels
+    model = _tiny()
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        expected = dsrnet.fuse(model)(x)
+        got = dsrnet.fuse(dsrnet.use_triton_dwconv(copy.deepcopy(model)))(x)
+    torch.testing.assert_close(got, expected)
+
+
 def test_fuse_rejects_what_it_cannot_fuse():
     with pytest.raises(DsrnetError, match="takes a DSRNet"):
         dsrnet.fuse(nn.Conv2d(3, 3, 1))
