@@ -436,11 +436,23 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
 # ---------------------------------------------------------------------------------------------------------------
 # 4. profiles
 # ---------------------------------------------------------------------------------------------------------------
-def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
+def profile_top10(bench: Bench, label: str, fn, calls: int = 3) -> None:
+    """torch.profiler over ``calls`` calls of ``fn`` (already warmed up): top-10 kernels by device time."""
     from torch.profiler import ProfilerActivity, profile
 
-    size, b = bench.size(image), bench.batch(batch)
     cuda = bench.device.type == "cuda"
+    bench.sync()
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+        bench.sync()
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=10, max_name_column_width=70)
+    bench.profiles.append(f"== {label}, {calls} calls ==\n{table}")
+
+
+def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
+    size, b = bench.size(image), bench.batch(batch)
     for form in ("dsrnet_fused", "dsrnet_eager"):
         model = make_form(bench, form, stem)
         x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
@@ -448,15 +460,7 @@ def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
         with torch.inference_mode():
             for _ in range(2):
                 model(x)
-            bench.sync()
-            activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
-            with profile(activities=activities) as prof:
-                for _ in range(3):
-                    model(x)
-                bench.sync()
-        sort = "self_device_time_total" if cuda else "self_cpu_time_total"
-        table = prof.key_averages().table(sort_by=sort, row_limit=10, max_name_column_width=70)
-        bench.profiles.append(f"== {form}, {stem} stem, {size} px, batch {b}, bf16, 3 forward calls ==\n{table}")
+            profile_top10(bench, f"{form} forward, {stem} stem, {size} px, batch {b}, bf16", lambda m=model, x=x: m(x))
         del model
 
 
@@ -497,6 +501,8 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         bench.sync()
         first_s = time.monotonic() - t0
         t = time_ms(bench, train_step, warmup=3, repeats=10)
+        if form == "dsrnet_eager_triton_dw":  # where a training step's time goes, Triton dw kernels included
+            profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
         row = {
             "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
             "ms_per_step": round(t["median_ms"], 3), "p25_ms": round(t["p25_ms"], 3), "p75_ms": round(t["p75_ms"], 3),
