@@ -122,6 +122,7 @@ def _block_reference(x, w_dw, b_dw, w_pw, b_pw, shortcut, w_ds, b_ds, stride, di
         (2, 1, "downsample", torch.float32),  # first block of stage 1: channel change, no stride
         (2, 2, "downsample", torch.bfloat16),
         (3, 1, "identity", torch.bfloat16),
+        (1, 1, "identity", torch.float16),
     ],
 )
 def test_dw_pw_block_matches_unfused_convs(dilation, stride, shortcut, dtype):
@@ -149,7 +150,7 @@ def test_dw_pw_block_matches_unfused_convs(dilation, stride, shortcut, dtype):
         cast(sc), cast(wds_kn), stride, dilation, ds_stride,
     )  # fmt: skip
     assert y.shape == ref.shape and y.dtype == dtype
-    _close(y, ref, 1e-4 if dtype == torch.float32 else 2e-2)
+    _close(y, ref, {torch.float32: 1e-4, torch.float16: 5e-3}.get(dtype, 2e-2))
 
 
 def test_fallback_without_interpreter_gives_the_same_numbers(monkeypatch):
