@@ -7,13 +7,23 @@
 from dsrnet.errors import DsrnetError
 
 __version__ = "0.1.0"
-__all__ = ["DsrnetError", "__version__", "backbone_with_fpn", "create_model", "list_models"]
+__all__ = [
+    "DsrnetError",
+    "__version__",
+    "backbone_with_fpn",
+    "create_model",
+    "fuse",
+    "list_models",
+    "use_triton_dwconv",
+]
 
 #: Names served on first use, so that `import dsrnet` imports neither torch's model zoo nor torchvision nor timm.
 _LAZY = {
     "create_model": "dsrnet.models",
     "list_models": "dsrnet.models",
     "backbone_with_fpn": "dsrnet.models.detection",
+    "fuse": "dsrnet.models.fused",  # Triton is imported only by the fused forms
+    "use_triton_dwconv": "dsrnet.models.fused",
 }
 
 

@@ -143,3 +143,15 @@ def test_cli_bad_arguments(argv, message, tmp_path, capsys):
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(DsrnetError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
+    result = bench.run_bench(
+        ["dsrnet50_cifar", "resnet50_cifar"], sizes=[16], batch_size=2, device="cpu", warmup=0, repeats=1,
+        fused=True, model_kwargs={"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}, out_dir=tmp_path,
+    )  # fmt: skip
+    rows = {r["arch"]: r for r in result["rows"]}
+    assert rows["dsrnet50_cifar"]["fused"] and not rows["resnet50_cifar"]["fused"]
+    assert "DSRNet (fused)" in result["markdown"]
+    with pytest.raises(DsrnetError, match="fused form is for inference"):
+        bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", fused=True)

@@ -234,16 +234,24 @@ def summarize_times(times: Sequence[float]) -> dict[str, float]:
 
 
 def model_for_bench(
-    name: str, *, num_classes: int = 10, stem: str | None = None, model_kwargs: dict | None = None
+    name: str,
+    *,
+    num_classes: int = 10,
+    stem: str | None = None,
+    model_kwargs: dict | None = None,
+    fused: bool = False,
 ) -> tuple[str, nn.Module]:
     """``(architecture name, model)``: ``stem`` ("paper"|"cifar"|None = as named) picks the stem variant;
-    ``model_kwargs`` go to DSRNet models only (the baselines are torchvision's and take none of them)."""
+    ``model_kwargs`` and ``fused`` (:func:`dsrnet.fuse`, the inference form) go to DSRNet models only (the baselines
+    are torchvision's and take none of them)."""
     from dsrnet.models import create_model, stem_variant
 
     if stem is not None and stem not in ("paper", "cifar"):
         raise DsrnetError(f"stem {stem!r} is not valid: choose paper or cifar")
     arch = stem_variant(name, stem) if stem is not None else name
     kwargs = dict(model_kwargs or {}) if arch.startswith("dsrnet") else {}
+    if fused and arch.startswith("dsrnet"):
+        kwargs["fused"] = True
     return arch, create_model(arch, num_classes=num_classes, **kwargs)
 
 
@@ -263,6 +271,7 @@ def benchmark_model(
     stem: str | None = None,
     model_kwargs: dict | None = None,
     seed: int = 0,
+    fused: bool = False,
 ) -> dict[str, Any]:
     """Measure one configuration (see the module docstring for the method). Returns one result row.
 
@@ -278,12 +287,16 @@ def benchmark_model(
     check_int("num classes", num_classes)
     warmup = DEFAULT_WARMUP[dev.type] if warmup is None else check_int("warmup", warmup, 0)
     repeats = DEFAULT_REPEATS[dev.type] if repeats is None else check_int("repeats", repeats)
+    if fused and mode != "inference":
+        raise DsrnetError("the fused form is for inference (BatchNorm is folded); fix: drop --fused or --mode train")
     if mode == "train" and batch_size < 2:
         raise DsrnetError("train mode needs a batch size >= 2 (BatchNorm cannot train on one image)")
 
     torch.manual_seed(seed)
     probe = _MemoryProbe(dev)
-    arch, model = model_for_bench(name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs)
+    arch, model = model_for_bench(
+        name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs, fused=fused
+    )
     params = count_params(model)
     flops = count_flops(model, image_size)
 
@@ -325,6 +338,7 @@ def benchmark_model(
         "precision": precision,
         "channels_last": bool(channels_last),
         "compile": bool(compile),
+        "fused": bool(fused and arch.startswith("dsrnet")),
         "num_classes": num_classes,
         "params": params,
         "flops_per_image": flops,
@@ -351,7 +365,7 @@ def benchmark_model(
 CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
-    "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet",
+    "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
 )  # fmt: skip
 
 
@@ -381,7 +395,7 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
     for r in rows:
         peak = r["peak_mem_mb"]
         body.append([
-            display_name(r["model"].removesuffix("_cifar")), r["stem"], r["image_size"], r["batch_size"],
+            display_name(r["model"].removesuffix("_cifar")) + (" (fused)" if r.get("fused") else ""), r["stem"], r["image_size"], r["batch_size"],
             r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", "yes" if r["compile"] else "no",
             f"{r['params'] / 1e6:.2f}", f"{r['gmacs_per_image']:.3f}", f"{r['latency_ms']:.1f}",
             f"{r['latency_p25_ms']:.1f}–{r['latency_p75_ms']:.1f}", f"{r['images_per_s']:.0f}",
@@ -447,6 +461,7 @@ def run_bench(
     num_classes: int = 10,
     stem: str | None = None,
     model_kwargs: dict | None = None,
+    fused: bool = False,
     out_dir: str | os.PathLike | None = None,
     command: str | None = None,
     log=None,
@@ -492,7 +507,7 @@ def run_bench(
                     row = benchmark_model(
                         name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
                         channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
-                        num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs,
+                        num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs, fused=fused,
                     )  # fmt: skip
                     row["cpu_defaults"] = cpu_defaults
                     rows.append(row)

@@ -51,6 +51,8 @@ def create_model(
             given, else 1000. A count other than the weights' gets a fresh head (timm's rule).
         pretrained: load the shipped weights of the tag (or of the name's default tag); their checksum is verified.
         checkpoint_path: then load a safetensors weights file (``save_weights``) or a ``dsrnet train`` checkpoint.
+        fused: return the inference form of :func:`dsrnet.fuse` (BatchNorm folded, NHWC, Triton kernels on CUDA;
+            plain PyTorch ops with the same numerics elsewhere). DSRNet models only.
         kwargs: go to the model's constructor (e.g. DSRNet's ablation switches, ``drop_path_rate``,
             ``global_pool``). ``features_only=True`` returns a backbone whose ``forward`` gives the feature maps of
             ``out_indices``; ``feature_cls`` ``"list"`` / ``"getter"`` (default) are served by DSRNet itself,
@@ -58,6 +60,7 @@ def create_model(
     """
     from dsrnet.models import weights
 
+    fused = kwargs.pop("fused", False)
     arch, tag = split_name(name)
     if arch not in _BUILDERS:
         raise DsrnetError(f"unknown model {arch!r}: choose one of {', '.join(list_models())}")
@@ -109,6 +112,10 @@ def create_model(
         weights.load_pretrained(model, entry)
     if checkpoint_path is not None:
         weights.load_checkpoint_path(model, checkpoint_path)
+    if fused:  # after the weights: BatchNorm is folded into the convs (an inference form)
+        from dsrnet.models.fused import fuse
+
+        model = fuse(model)
     return model
 
 

@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""One-call GPU benchmark of the fused DSRNet (issue 10): correctness first, then speed, most valuable numbers first.
+
+    PYTHONPATH=src python3 benchmarks/fused_gpu.py --out OUT_DIR --budget-s 500
+    PYTHONPATH=src python3 benchmarks/fused_gpu.py --out /tmp/dry --dry-run     # CPU, Triton interpreter, tiny
+
+What it measures (the run order, most valuable first, is the ``plan`` in ``main``: headline inference at 32 px,
+profiles, batch 128, training, then 96 px; a step is skipped, and says so, when its estimated cost no longer fits
+the budget, and results are rewritten after every step, so a run cut short keeps everything measured so far):
+
+ 1. the card: name, torch/Triton/CUDA versions; its copy bandwidth (a 2 GiB device-to-device copy) and bf16 matmul
+    rate (8192^3 ``torch.mm``), both measured here, as the roofline's ceilings;
+ 2. correctness on the GPU: ``dsrnet.fuse(model)`` against the eager model (eval, BN statistics randomised so the
+    folding matters) in fp32 (TF32 off) and bf16: max |logit diff|, max relative feature diff, top-1 agreement on
+    random inputs; ``mode="split"``; ``stride_on="1x1"``; the paper stem; and the gradients of a training step with
+    ``use_triton_dwconv`` against eager. Misses are reported, never fatal;
+ 3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused / eager /
+    compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px paper stem, batch 1024 and 128 (batch 128
+    also replayed as a CUDA graph, for every form): median ms per batch over repeats (CUDA events, after warm-up),
+    images/s, peak memory, ratio to ResNet-50 compiled;
+ 4. torch.profiler: top-10 CUDA kernels by time, fused and eager, batch 1024, 32 px;
+ 5. training step (forward, cross-entropy, backward, SGD; bf16 autocast, channels_last) at batch 512, 32 px:
+    ResNet-50 compiled, DSRNet eager, DSRNet eager + Triton depthwise conv, DSRNet compiled (+ Triton dw conv);
+ 6. a roofline line per timed form: forward FLOPs per image (``FlopCounterMode``), modelled activation bytes per
+    image (the floor: every block reads its input once and writes its output once; and each form's own traffic),
+    and the fraction of the measured compute / bandwidth each form reaches.
+
+Writes into ``--out``: ``results.json`` (everything), ``results.md`` (tables), ``profiles.txt``, ``log.txt``.
+Block sizes of the Triton kernels are autotuned on first use of each shape (part of the warm-up, not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+if "--dry-run" in sys.argv:  # Triton reads this when triton.language is first imported: set it before torch
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import dsrnet  # noqa: E402
+
+T0 = time.monotonic()
+RESERVE_S = 20
+
+
+class BudgetExceeded(BaseException):
+    """Raised by SIGALRM at the deadline; a BaseException so that library code catching Exception lets it pass."""
+
+
+class Bench:
+    """Holds the run's state: budget, results, output files."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dry = args.dry_run
+        self.device = torch.device("cpu" if self.dry else "cuda")
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        # RESERVE_S of the budget is kept for the per-image FLOPs/bytes and the final write.
+        self.deadline = T0 + args.budget_s - RESERVE_S
+        self.results: dict = {
+            "command": "PYTHONPATH=src python3 " + shlex.join(["benchmarks/fused_gpu.py", *sys.argv[1:]]),
+            "dry_run": self.dry,
+            "budget_s": args.budget_s,
+            "environment": {},
+            "ceilings": {},
+            "correctness": [],
+            "inference": [],
+            "training": [],
+            "roofline": [],
+            "per_image": {},
+            "skipped": [],
+            "errors": [],
+        }
+        self.profiles: list[str] = []
+        self.log_lines: list[str] = []
+
+    # -- bookkeeping ------------------------------------------------------------------------------------------
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.monotonic() - T0:7.1f}s] {msg}"
+        print(line, flush=True)
+        self.log_lines.append(line)
+
+    def step(self, name: str, estimate_s: float, fn, *fn_args) -> None:
+        """Run one step if its estimate fits the remaining budget; record a skip or an error otherwise."""
+        if self.remaining() < estimate_s:
+            self.log(f"SKIP {name}: needs ~{estimate_s:.0f}s, {self.remaining():.0f}s left")
+            self.results["skipped"].append({"step": name, "estimate_s": estimate_s, "left_s": self.remaining()})
+            return
+        self.log(f"START {name} (estimate {estimate_s:.0f}s, {self.remaining():.0f}s left)")
+        t = time.monotonic()
+        try:
+            fn(*fn_args)
+        except BudgetExceeded:
+            self.log(f"STOP {name}: budget reached")
+            self.results["skipped"].append({"step": name, "reason": "budget reached during the step"})
+            raise
+        except Exception as err:  # report and go on: one broken form must not cost the other numbers
+            self.log(f"ERROR {name}: {type(err).__name__}: {err}")
+            self.results["errors"].append(
+                {"step": name, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+            )
+        finally:
+            self.log(f"END {name} ({time.monotonic() - t:.1f}s)")
+            self.save()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def save(self) -> None:
+        self.results["elapsed_s"] = round(time.monotonic() - T0, 1)
+        _write(self.out / "results.json", json.dumps(self.results, indent=1, default=str))
+        _write(self.out / "results.md", render_markdown(self.results))
+        _write(self.out / "profiles.txt", "\n\n".join(self.profiles) or "(no profile taken)\n")
+        _write(self.out / "log.txt", "\n".join(self.log_lines) + "\n")
+
+    # -- sizes (the dry run shrinks everything so the interpreter finishes in about a minute) -------------------
+    def batch(self, b: int) -> int:
+        return max(1, b // 512) if self.dry else b
+
+    def size(self, s: int) -> int:
+        return {32: 16, 96: 32}.get(s, s) if self.dry else s
+
+    def model_kwargs(self) -> dict:
+        return {"layers": (1, 2, 1, 1), "widths": (4, 8, 8, 16)} if self.dry else {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# timing helpers
+# ---------------------------------------------------------------------------------------------------------------
+def time_ms(bench: Bench, fn, warmup: int, repeats: int) -> dict:
+    """Median (and quartiles) of ``repeats`` timed calls after ``warmup`` untimed ones, in ms."""
+    if bench.dry:
+        warmup, repeats = min(warmup, 1), min(repeats, 2)
+    for _ in range(warmup):
+        fn()
+    bench.sync()
+    times = []
+    for _ in range(repeats):
+        if bench.remaining() < 0:
+            raise BudgetExceeded
+        if bench.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[2], "repeats": len(times)}
+
+
+def cuda_graph(fn):
+    """Capture ``fn`` (already warmed up: autotuning and compilation done) into a CUDA graph; returns replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def peak_memory_start(bench: Bench) -> int:
+    if bench.device.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def peak_memory_mib(bench: Bench, base: int) -> float | None:
+    if bench.device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    return round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so that folding them into the convs is actually tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+    return model
+
+
+def dsrnet_name(stem: str) -> str:
+    return "dsrnet50_cifar" if stem == "cifar" else "dsrnet50"
+
+
+def build_dsrnet(bench: Bench, stem: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    model = dsrnet.create_model(dsrnet_name(stem), num_classes=10, **bench.model_kwargs(), **kwargs)
+    return randomise_bn(model).eval()
+
+
+def build_resnet(stem: str) -> nn.Module:
+    torch.manual_seed(0)
+    return dsrnet.create_model("resnet50_cifar" if stem == "cifar" else "resnet50", num_classes=10).eval()
+
+
+def to_bf16_cl(bench: Bench, model: nn.Module) -> nn.Module:
+    return model.to(device=bench.device, dtype=torch.bfloat16, memory_format=torch.channels_last)
+
+
+def compile_model(bench: Bench, model: nn.Module) -> nn.Module:
+    # dynamic=False: one static graph per batch size, as a deployed model would use.
+    return torch.compile(model, backend=bench.args.compile_backend, dynamic=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. environment and ceilings
+# ---------------------------------------------------------------------------------------------------------------
+def step_environment(bench: Bench) -> None:
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if bench.device.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        env.update(
+            device=torch.cuda.get_device_name(0),
+            sm_count=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+        )
+    else:
+        env["device"] = f"CPU ({platform.processor() or platform.machine()}), Triton interpreter"
+    env["triton_interpret"] = os.environ.get("TRITON_INTERPRET", "0")
+    bench.results["environment"] = env
+    bench.log(f"environment: {env}")
+
+
+def step_ceilings(bench: Bench) -> None:
+    dev = bench.device
+    n_bytes = (2 * 2**30) if not bench.dry else 2**24
+    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=dev).fill_(1.0)
+    dst = torch.empty_like(src)
+    t = time_ms(bench, lambda: dst.copy_(src), warmup=3, repeats=10)
+    bw = 2 * n_bytes / (t["median_ms"] / 1e3)  # read + write
+    n = 8192 if not bench.dry else 256
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    tm = time_ms(bench, lambda: torch.mm(a, b), warmup=3, repeats=10)
+    flops = 2 * n**3 / (tm["median_ms"] / 1e3)
+    bench.results["ceilings"] = {
+        "copy_bandwidth_GBps": round(bw / 1e9, 1),
+        "copy_bytes": 2 * n_bytes,
+        "bf16_matmul_TFLOPs": round(flops / 1e12, 1),
+        "matmul_n": n,
+    }
+    bench.log(f"ceilings: {bench.results['ceilings']}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. correctness
+# ---------------------------------------------------------------------------------------------------------------
+def _compare(name: str, dtype: torch.dtype, ref_logits, ref_feats, logits, feats) -> dict:
+    ref_logits, ref_feats = ref_logits.float(), ref_feats.float()
+    logits, feats = logits.float(), feats.float()
+    return {
+        "case": name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "max_abs_logit_diff": (logits - ref_logits).abs().max().item(),
+        "max_abs_logit": ref_logits.abs().max().item(),
+        "max_rel_feature_diff": ((feats - ref_feats).abs().max() / ref_feats.abs().max()).item(),
+        "top1_agreement": (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item(),
+    }
+
+
+def step_correctness(bench: Bench) -> None:
+    from dsrnet.models.fused import use_triton_dwconv
+
+    os.environ["DSRNET_TRITON_AUTOTUNE"] = "0"  # one config per kernel: correctness does not need tuning
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        batch = 2 if bench.dry else 16
+        # (split mode is checked by the CPU tests; here only the kernels that the timings use, to save compiles)
+        cases = [
+            ("cifar stem, stride_on=dw, fused", "cifar", {}, "fused"),
+            ("cifar stem, stride_on=1x1, fused", "cifar", {"stride_on": "1x1"}, "fused"),
+            ("paper stem, stride_on=dw, fused", "paper", {}, "fused"),
+        ]
+        for name, stem, kwargs, mode in cases:
+            size = bench.size(32 if stem == "cifar" else 96)
+            model = build_dsrnet(bench, stem, **kwargs).to(bench.device)
+            g = torch.Generator().manual_seed(1)
+            x = torch.randn(batch, 3, size, size, generator=g).to(bench.device)
+            with torch.inference_mode():
+                ref_feats = model.forward_features(x)
+                ref_logits = model.forward_head(ref_feats)
+                dtypes = (torch.float32, torch.bfloat16) if not kwargs and stem == "cifar" else (torch.float32,)
+                for dtype in dtypes:
+                    fused = dsrnet.fuse(model, mode=mode).to(dtype)
+                    feats = fused.forward_features(x.to(dtype))
+                    row = _compare(name, dtype, ref_logits, ref_feats, fused.forward_head(feats), feats)
+                    if dtype == torch.bfloat16:  # the eager model in bf16 too: what bf16 itself costs
+                        eager16 = build_dsrnet(bench, stem, **kwargs).to(bench.device, torch.bfloat16)
+                        f16 = eager16.forward_features(x.to(dtype))
+                        ref16 = _compare(name, dtype, ref_logits, ref_feats, eager16.forward_head(f16), f16)
+                        row["eager_bf16_vs_fp32"] = {k: ref16[k] for k in ref16 if k not in ("case", "dtype")}
+                    bench.results["correctness"].append(row)
+                    bench.log(f"correctness: {row}")
+        # training step gradients, Triton depthwise conv vs eager (fp32, train mode, batch statistics)
+        size = bench.size(32)
+        eager = build_dsrnet(bench, "cifar").to(bench.device).train()
+        triton_model = use_triton_dwconv(build_dsrnet(bench, "cifar").to(bench.device).train())
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(batch, 3, size, size, generator=g).to(bench.device)
+        y = torch.randint(0, 10, (batch,), generator=g).to(bench.device)
+        for model in (eager, triton_model):
+            nn.functional.cross_entropy(model(x), y).backward()
+        worst, worst_name = 0.0, ""
+        for (pname, pe), pt in zip(eager.named_parameters(), triton_model.parameters(), strict=True):
+            rel = ((pt.grad - pe.grad).abs().max() / pe.grad.abs().max().clamp_min(1e-30)).item()
+            if rel > worst:
+                worst, worst_name = rel, pname
+        row = {"case": "training step gradients, use_triton_dwconv vs eager", "dtype": "float32",
+               "max_rel_grad_diff": worst, "worst_param": worst_name}  # fmt: skip
+        bench.results["correctness"].append(row)
+        bench.log(f"correctness: {row}")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. inference timing
+# ---------------------------------------------------------------------------------------------------------------
+FORMS = ("dsrnet_fused", "dsrnet_eager", "dsrnet_compiled", "resnet50_compiled", "dsrnet_fused_split")
+
+
+def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
+    if form.startswith("resnet50"):
+        return compile_model(bench, to_bf16_cl(bench, build_resnet(stem)))
+    model = to_bf16_cl(bench, build_dsrnet(bench, stem))
+    if form == "dsrnet_fused":
+        return dsrnet.fuse(model)
+    if form == "dsrnet_fused_split":
+        return dsrnet.fuse(model, mode="split")
+    if form == "dsrnet_compiled":
+        return compile_model(bench, model)
+    return model
+
+
+def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple[str, ...], graphs: bool) -> None:
+    size, b = bench.size(image), bench.batch(batch)
+    for form in forms:
+        if bench.remaining() < 5:
+            raise BudgetExceeded
+        base = peak_memory_start(bench)
+        model = make_form(bench, form, stem)
+        x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+        def run(model=model, x=x):
+            return model(x)
+
+        t0 = time.monotonic()
+        with torch.inference_mode():
+            run()  # first call: compilation / autotuning
+            bench.sync()
+            first_s = time.monotonic() - t0
+            repeats = 30 if batch <= 128 else 15
+            timing = time_ms(bench, run, warmup=5, repeats=repeats)
+            mem = peak_memory_mib(bench, base)
+            rows = [(form, timing)]
+            if graphs and bench.device.type == "cuda":
+                try:
+                    replay = cuda_graph(run)
+                    rows.append((form + "+cudagraph", time_ms(bench, replay, warmup=5, repeats=repeats)))
+                except Exception as err:  # a form that cannot be captured is reported, not fatal
+                    bench.results["errors"].append({"step": f"cudagraph {form}", "error": repr(err)})
+        for name, t in rows:
+            row = {
+                "form": name, "stem": stem, "image": size, "batch": b, "dtype": "bfloat16", "channels_last": True,
+                "ms_per_batch": round(t["median_ms"], 4), "p25_ms": round(t["p25_ms"], 4),
+                "p75_ms": round(t["p75_ms"], 4), "repeats": t["repeats"],
+                "images_per_s": round(b / (t["median_ms"] / 1e3), 1),
+                "peak_mem_mib": mem, "first_call_s": round(first_s, 1),
+            }  # fmt: skip
+            bench.results["inference"].append(row)
+            bench.log(f"inference: {row}")
+        del model, run
+        bench.save()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. profiles
+# ---------------------------------------------------------------------------------------------------------------
+def profile_top10(bench: Bench, label: str, fn, calls: int = 3) -> None:
+    """torch.profiler over ``calls`` calls of ``fn`` (already warmed up): top-10 kernels by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = bench.device.type == "cuda"
+    bench.sync()
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+        bench.sync()
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=10, max_name_column_width=70)
+    bench.profiles.append(f"== {label}, {calls} calls ==\n{table}")
+
+
+def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
+    size, b = bench.size(image), bench.batch(batch)
+    for form in ("dsrnet_fused", "dsrnet_eager"):
+        model = make_form(bench, form, stem)
+        x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            for _ in range(2):
+                model(x)
+            profile_top10(bench, f"{form} forward, {stem} stem, {size} px, batch {b}, bf16", lambda m=model, x=x: m(x))
+        del model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. training step
+# ---------------------------------------------------------------------------------------------------------------
+def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> None:
+    from dsrnet.models.fused import use_triton_dwconv
+
+    size, b = bench.size(32), bench.batch(batch)
+    for form in forms:
+        if bench.remaining() < 5:
+            raise BudgetExceeded
+        base = peak_memory_start(bench)
+        torch.manual_seed(0)
+        if form.startswith("resnet50"):
+            model = build_resnet("cifar")
+        else:
+            model = dsrnet.create_model("dsrnet50_cifar", num_classes=10, **bench.model_kwargs())
+        model = model.to(bench.device, memory_format=torch.channels_last).train()
+        if "triton_dw" in form:
+            use_triton_dwconv(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        fwd = compile_model(bench, model) if "compiled" in form else model
+        x = torch.randn(b, 3, size, size, device=bench.device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (b,), device=bench.device)
+        autocast = torch.autocast(bench.device.type, dtype=torch.bfloat16)
+
+        def train_step(fwd=fwd, opt=opt, x=x, y=y, autocast=autocast):
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                loss = nn.functional.cross_entropy(fwd(x), y)
+            loss.backward()
+            opt.step()
+
+        t0 = time.monotonic()
+        train_step()
+        bench.sync()
+        first_s = time.monotonic() - t0
+        t = time_ms(bench, train_step, warmup=3, repeats=10)
+        if form == "dsrnet_eager_triton_dw":  # where a training step's time goes, Triton dw kernels included
+            profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
+        row = {
+            "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
+            "ms_per_step": round(t["median_ms"], 3), "p25_ms": round(t["p25_ms"], 3), "p75_ms": round(t["p75_ms"], 3),
+            "images_per_s": round(b / (t["median_ms"] / 1e3), 1), "peak_mem_mib": peak_memory_mib(bench, base),
+            "first_call_s": round(first_s, 1),
+        }  # fmt: skip
+        bench.results["training"].append(row)
+        bench.log(f"training: {row}")
+        del model, opt, fwd, train_step
+        bench.save()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. roofline
+# ---------------------------------------------------------------------------------------------------------------
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
+
+
+def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
+    """Modelled activation bytes for one forward pass (weights excluded, no cache effects).
+
+    ``floor``: each residual block reads its input once and writes its output once, plus the stem.
+    ``own``: every unfused module (conv, BN, ReLU, ...) reads its inputs and writes its output; a
+    :class:`FusedDSRBlock` (two kernels) reads x, writes and re-reads the 1x1 output, reads the shortcut input and
+    writes its output.
+    """
+    from torchvision.models.resnet import Bottleneck
+
+    from dsrnet.models.dsrnet import DSRBlock
+    from dsrnet.models.fused import FusedDSRBlock
+
+    block_types = (DSRBlock, FusedDSRBlock, Bottleneck)
+    counts = {"floor": 0, "own": 0}
+    hooks, inside_fused = [], set()
+    for m in model.modules():
+        if isinstance(m, FusedDSRBlock):
+            inside_fused.update(id(c) for c in m.modules() if c is not m)
+
+    def block_hook(mod, inp, out):
+        counts.setdefault("stem_out", _nbytes(inp))  # the first block's input: written once by the stem
+        counts["floor"] += _nbytes(inp) + _nbytes(out)
+        if isinstance(mod, FusedDSRBlock) and mod.separable:
+            x_bytes = _nbytes(inp)
+            y1 = x_bytes // max(1, mod.w1.shape[0]) * mod.w1.shape[1] // (mod.stride_1x1**2)
+            counts["own"] += x_bytes + 2 * y1 + x_bytes // (mod.ds_stride**2) + _nbytes(out)
+
+    def leaf_hook(mod, inp, out):
+        counts["own"] += _nbytes(inp) + _nbytes(out)
+
+    for m in model.modules():
+        if isinstance(m, block_types):
+            hooks.append(m.register_forward_hook(block_hook))
+        elif not list(m.children()) and id(m) not in inside_fused:
+            hooks.append(m.register_forward_hook(leaf_hook))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"floor": counts["floor"] + _nbytes(x) + counts.get("stem_out", 0), "own": counts["own"]}
+
+
+def flops_per_image(model: nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def step_per_image(bench: Bench) -> None:
+    """FLOPs and modelled bytes per image for each model and input size that was timed."""
+    seen = {(r["stem"], r["image"]) for r in bench.results["inference"]} or {("cifar", bench.size(32))}
+    for stem, size in sorted(seen):
+        x = torch.randn(1, 3, size, size, device=bench.device, dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        eager = to_bf16_cl(bench, build_dsrnet(bench, stem))
+        resnet = to_bf16_cl(bench, build_resnet(stem))
+        entry = {
+            "dsrnet_flops": flops_per_image(eager, x),
+            "resnet50_flops": flops_per_image(resnet, x),
+            "dsrnet_eager_bytes": traffic_per_image(eager, x),
+            "dsrnet_fused_bytes": traffic_per_image(dsrnet.fuse(eager), x),
+            "resnet50_bytes": traffic_per_image(resnet, x),
+        }
+        bench.results["per_image"][f"{stem}/{size}"] = entry
+        bench.log(f"per image {stem}/{size}: {entry}")
+
+
+def roofline_rows(results: dict) -> list[dict]:
+    ceil = results.get("ceilings") or {}
+    bw, peak = ceil.get("copy_bandwidth_GBps"), ceil.get("bf16_matmul_TFLOPs")
+    rows = []
+    for r in results["inference"]:
+        per = results["per_image"].get(f"{r['stem']}/{r['image']}")
+        if not per or not bw or not peak:
+            continue
+        is_resnet = r["form"].startswith("resnet50")
+        flops = per["resnet50_flops"] if is_resnet else per["dsrnet_flops"]
+        traffic = per["resnet50_bytes"] if is_resnet else per["dsrnet_eager_bytes"]
+        if r["form"].startswith("dsrnet_fused") and "split" not in r["form"]:
+            traffic = per["dsrnet_fused_bytes"]
+        ips = r["images_per_s"]
+        row = {
+            "form": r["form"], "stem": r["stem"], "image": r["image"], "batch": r["batch"],
+            "gflop_per_image": round(flops / 1e9, 4),
+            "floor_mb_per_image": round(traffic["floor"] / 1e6, 3),
+            "modelled_mb_per_image": None if "compiled" in r["form"] else round(traffic["own"] / 1e6, 3),
+            "compute_fraction": round(flops * ips / (peak * 1e12), 4),
+            "floor_bandwidth_fraction": round(traffic["floor"] * ips / (bw * 1e9), 4),
+            "modelled_bandwidth_fraction": None
+            if "compiled" in r["form"] else round(traffic["own"] * ips / (bw * 1e9), 4),
+        }  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------
+def _table(rows: list[dict], cols: list[str]) -> str:
+    if not rows:
+        return "(none)\n"
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def render_markdown(results: dict) -> str:
+    env = results.get("environment", {})
+    inf = [dict(r) for r in results["inference"]]
+    for r in inf:  # ratio to ResNet-50 compiled (same stem, size, batch; CUDA-graph rows to CUDA-graph rows)
+        key = "resnet50_compiled+cudagraph" if r["form"].endswith("+cudagraph") else "resnet50_compiled"
+        ref = [q for q in inf if q["form"] == key and (q["stem"], q["image"], q["batch"]) ==
+               (r["stem"], r["image"], r["batch"])]  # fmt: skip
+        r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
+    train = [dict(r) for r in results["training"]]
+    ref = [q for q in train if q["form"] == "resnet50_compiled"]
+    for r in train:
+        r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
+    lines = [
+        "# Fused DSRNet benchmark (issue 10)",
+        "",
+        f"Command: `{results['command']}`" + ("  (DRY RUN: CPU, Triton interpreter, tiny model: not timings)"
+                                                if results["dry_run"] else ""),
+        f"Device: {env.get('device')}; torch {env.get('torch')}, Triton {env.get('triton')}, "
+        f"CUDA {env.get('cuda')}; elapsed {results.get('elapsed_s')} s of a {results['budget_s']} s budget.",
+        f"Measured ceilings: {results.get('ceilings')}",
+        "",
+        "## Correctness (fused / Triton vs eager fp32 reference)",
+        _table(results["correctness"], ["case", "dtype", "max_abs_logit_diff", "max_abs_logit",
+                                        "max_rel_feature_diff", "top1_agreement", "max_rel_grad_diff"]),
+        "## Inference (bf16, channels_last; median of repeats after warm-up)",
+        _table(inf, ["form", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
+                     "peak_mem_mib", "first_call_s"]),
+        "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
+        _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "peak_mem_mib",
+                       "first_call_s"]),
+        "## Roofline (per image; fractions of the measured copy bandwidth and bf16 matmul rate)",
+        _table(roofline_rows(results), ["form", "stem", "image", "batch", "gflop_per_image", "floor_mb_per_image",
+                                        "modelled_mb_per_image", "compute_fraction", "floor_bandwidth_fraction",
+                                        "modelled_bandwidth_fraction"]),
+        "floor = every block reads its input once and writes its output once (activations only); modelled = the "
+        "form's own kernels (unfused: every conv/BN/ReLU reads and writes; fused: 2 kernels per block).",
+        "",
+        "## Skipped steps / errors",
+        _table(results["skipped"], ["step", "estimate_s", "left_s", "reason"]),
+        _table([{"step": e["step"], "error": e["error"][:200]} for e in results["errors"]], ["step", "error"]),
+        "Kernel profiles: profiles.txt; everything: results.json.",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for results.json, results.md, profiles.txt, log.txt")
+    parser.add_argument("--budget-s", type=float, default=500.0, help="stop starting new work after this many s")
+    parser.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes: finds bugs")
+    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated substrings: run only the plan steps whose name contains one"
+    )
+    args = parser.parse_args(argv)
+    if args.compile_backend is None:
+        args.compile_backend = "eager" if args.dry_run else "inductor"
+    if not args.dry_run and not torch.cuda.is_available():
+        print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
+        return 2
+    bench = Bench(args)
+
+    def on_alarm(signum, frame):
+        raise BudgetExceeded
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max(1, int(bench.deadline - time.monotonic())))
+    # (estimate in seconds on an H100, function, args): most valuable first, compile-heavy last.
+    plan = [
+        ("environment", 1, step_environment),
+        ("ceilings", 5, step_ceilings),
+        ("correctness", 40, step_correctness),
+        ("inference cifar/32 b1024: fused, eager, resnet50 compiled", 90, step_inference,
+         "cifar", 32, 1024, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), False),
+        ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
+        ("inference cifar/32 b128 (+cudagraph)", 60, step_inference,
+         "cifar", 32, 128, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), True),
+        ("training 32px b512: resnet50 compiled, dsrnet eager, + triton dw", 150, step_training,
+         ("resnet50_compiled", "dsrnet_eager", "dsrnet_eager_triton_dw")),
+        ("training 32px b512: dsrnet compiled + triton dw, dsrnet compiled", 150, step_training,
+         ("dsrnet_compiled_triton_dw", "dsrnet_compiled")),
+        ("inference paper/96 b1024: fused, eager, resnet50 compiled", 70, step_inference,
+         "paper", 96, 1024, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), False),
+        ("inference paper/96 b128 (+cudagraph)", 60, step_inference,
+         "paper", 96, 128, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), True),
+        ("inference cifar/32 b1024: dsrnet compiled", 50, step_inference,
+         "cifar", 32, 1024, ("dsrnet_compiled",), False),
+        ("inference cifar/32 b1024: fused split mode", 30, step_inference,
+         "cifar", 32, 1024, ("dsrnet_fused_split",), False),
+    ]  # fmt: skip
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        plan = [p for p in plan if p[2] in (step_environment, step_ceilings) or any(w in p[0] for w in wanted)]
+    done = 0
+    try:
+        for name, estimate, fn, *fn_args in plan:
+            bench.step(name, 0 if args.dry_run else estimate, fn, bench, *fn_args)
+            done += 1
+    except BudgetExceeded:
+        bench.log("budget reached: writing what was measured")
+        for name, *_ in plan[done + 1 :]:
+            bench.results["skipped"].append({"step": name, "reason": "not started: budget reached"})
+    finally:
+        signal.alarm(0)
+        bench.deadline = float("inf")  # the reserve: FLOPs/bytes per image take seconds and feed the roofline
+        bench.step("per-image FLOPs and bytes", 0, step_per_image, bench)
+        bench.results["roofline"] = roofline_rows(bench.results)
+        bench.save()
+    bench.log(f"done in {time.monotonic() - T0:.0f}s; results in {bench.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Results are written; skip interpreter teardown, which can wait on torch.compile's worker pools after a
+    # budget stop in the middle of a compilation.
+    os._exit(rc)

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Compile every Triton kernel of ``dsrnet.kernels`` for a GPU target on a machine without a GPU.
+
+Triton's interpreter (what the unit tests use) runs kernels as NumPy and never lowers them, so type errors, layout
+problems and register/shared-memory overflows only show up when a kernel is compiled for a real target. This script
+compiles each kernel, for each autotune config and each constexpr variant that DSRNet uses, down to PTX and cubin for
+``--arch`` (default 90 = H100/H200) with Triton's bundled ``ptxas``, and prints registers, spills and shared memory.
+
+    PYTHONPATH=src python3 benchmarks/triton_compile_check.py --quick          # every variant, first config, bf16
+    PYTHONPATH=src python3 benchmarks/triton_compile_check.py --all-configs    # every config, one variant each
+    PYTHONPATH=src python3 benchmarks/triton_compile_check.py                  # everything (slow: ~500 compiles)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from dsrnet.kernels import _triton as tk
+
+
+def _signature(fn, ptr_dtype: str, constexprs: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*fp32" if name == "part_ptr" else f"*{ptr_dtype}"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+# Integer arguments that are multiples of 16 in DSRNet-50 (channel counts and the strides built from them), which a
+# real launch detects and specialises on ("tt.divisibility"); pixel counts and map sizes are left general.
+_DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG"}
+
+
+def _attrs(fn, constexprs: dict) -> dict:
+    attrs = {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            continue
+        if name.endswith("_ptr") or name in _DIVISIBLE_INTS or (name.startswith("s") and name[-1] in "nhw"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def variants():
+    """(kernel, constexpr dict) for every variant DSRNet-50 (either stride placement) and the training form use."""
+    dw = [(1, 1), (1, 2), (1, 3), (2, 2), (2, 1), (2, 3)]  # (stride, dilation)
+    for (s, d), (bias, relu) in itertools.product(dw, [(False, False), (True, True)]):
+        yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": bias, "RELU": relu}
+    for s, d in dw:
+        yield tk.dw_bwd_input, {"STRIDE": s, "DIL": d}
+        yield tk.dw_bwd_weight, {"STRIDE": s, "DIL": d}
+    for s, res, relu in [(1, False, True), (2, False, True), (1, True, True), (2, False, False), (1, False, False)]:
+        yield tk.pw_gemm, {"STRIDE": s, "HAS_RES": res, "RELU": relu}
+    for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:
+        yield tk.dw_pw, {"STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
+
+
+def resource_usage(kernel) -> str:
+    """Registers / spills / shared memory per thread as ``cuobjdump -res-usage`` reads them off the cubin."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    lines = [ln.strip() for ln in out.splitlines() if "REG:" in ln]
+    return lines[0] if lines else "?"
+
+
+def representative():
+    """One variant per kernel, the heaviest (bias, residual / downsample GEMM, stride 2, dilation 2)."""
+    seen = set()
+    for lazy, consts in reversed(list(variants())):
+        if lazy.fn.__name__ not in seen:
+            seen.add(lazy.fn.__name__)
+            yield lazy, consts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--quick", action="store_true", help="every variant, first autotune config, bf16 only")
+    parser.add_argument("--all-configs", action="store_true", help="one variant per kernel, every config, bf16+fp32")
+    args = parser.parse_args()
+    target = GPUTarget("cuda", args.arch, 32)
+    failures, count, t0 = 0, 0, time.time()
+    dtypes = ("bf16",) if args.quick else (("bf16", "fp32") if args.all_configs else ("bf16", "fp32", "fp16"))
+    for lazy, consts in representative() if args.all_configs else variants():
+        jit = triton.jit(lazy.fn)
+        configs = lazy.configs[:1] if args.quick else lazy.configs
+        for dtype, cfg in itertools.product(dtypes, configs):
+            extra = {}
+            if "IEEE" in jit.arg_names:
+                extra = {"IEEE": dtype == "fp32", "DOT_F32": False}
+            constexprs = {**consts, **extra, **cfg.kwargs}
+            src = ASTSource(jit, _signature(jit, dtype, constexprs), constexprs, _attrs(jit, constexprs))
+            opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            label = f"{lazy.fn.__name__} {dtype} {consts} {cfg.kwargs} w{cfg.num_warps} s{cfg.num_stages}"
+            count += 1
+            try:
+                kernel = triton.compile(src, target=target, options=opts)
+                print(f"ok   {label}  shared={kernel.metadata.shared} {resource_usage(kernel)}", flush=True)
+            except Exception as err:  # report every failing variant, not just the first
+                failures += 1
+                print(f"FAIL {label}: {type(err).__name__}: {str(err)[:2000]}", flush=True)
+    print(f"{count - failures}/{count} variants compiled for sm_{args.arch} in {time.time() - t0:.0f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""Triton kernels for DSRNet (NHWC depthwise 3x3 conv and fused DSR blocks) as ``torch.library`` custom ops.
+
+Importing this package imports torch and, when installed, Triton; ``import dsrnet`` does not import it. See
+:mod:`dsrnet.kernels.ops` for the ops and :mod:`dsrnet.kernels._triton` for the kernels.
+"""
+
+from dsrnet.kernels.ops import (
+    dw_pw_block,
+    dwconv2d,
+    dwconv2d_grad_input,
+    dwconv2d_grad_weight,
+    pack_taps,
+    pointwise_conv,
+    triton_usable,
+)
+
+__all__ = [
+    "dw_pw_block",
+    "dwconv2d",
+    "dwconv2d_grad_input",
+    "dwconv2d_grad_weight",
+    "pack_taps",
+    "pointwise_conv",
+    "triton_usable",
+]

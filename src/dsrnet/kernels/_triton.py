@@ -1,0 +1,389 @@
+"""Triton kernels for DSRNet's blocks, all on channels-last (NHWC) activations.
+
+Why NHWC: a depthwise 3x3 does 9 multiply-adds per element it reads, so it is bound by memory traffic, not
+arithmetic; with channels innermost every tap of a tile is one contiguous, coalesced load of ``BLOCK_C`` channels,
+and a 1x1 conv is a plain ``[pixels, Cin] @ [Cin, Cout]`` GEMM on the same memory.
+
+Kernels (each one program per output tile; weights pre-packed by the caller, see ``dsrnet.kernels.ops``):
+
+* ``dw_fwd``: depthwise 3x3, any dilation and stride (padding = dilation), bias + optional ReLU in the epilogue.
+* ``dw_bwd_input`` / ``dw_bwd_weight``: the two backward passes of the depthwise conv (weight grad written as
+  per-program partial sums and reduced by the caller, so it is deterministic).
+* ``pw_gemm``: a 1x1 conv (optionally strided) as a GEMM with ``tl.dot``; bias, residual add and ReLU in the
+  epilogue.
+* ``dw_pw``: the second half of a folded DSR block in one kernel: depthwise 3x3 + bias + ReLU computed tile by tile
+  in registers and fed straight into ``tl.dot`` with the pointwise weights, then + bias + shortcut (identity tensor,
+  or the strided 1x1 downsample GEMM accumulated into the same tile) + ReLU. The depthwise output never touches
+  global memory.
+
+The kernels are built lazily (:class:`_LazyKernel`) on first launch, so whether they run compiled on a GPU or in
+Triton's CPU interpreter is decided by ``TRITON_INTERPRET`` at launch time, not at import time: Triton reads that
+variable when ``@triton.jit`` is applied (``triton.knobs.runtime.interpret`` in Triton 3.6-3.8).
+
+Activations are addressed by per-pixel strides (n, h, w) with channels contiguous (stride 1, which lets Triton
+vectorise the channel loads) and 32-bit offsets; the wrappers guarantee both (channels-last copies of other layouts,
+the PyTorch fallback for tensors of 2**31 elements or more).
+
+GEMM-like kernels use a 1-D grid with the output-channel blocks of one pixel tile adjacent, so the programs that
+share an input tile (and, in ``dw_pw``, its depthwise halo) run together and hit L2.
+
+Only APIs present in both Triton 3.6 and 3.8 are used.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    """Whether Triton would build interpreter kernels now (``TRITON_INTERPRET=1``)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def autotuning() -> bool:
+    """Whether to autotune block sizes (``DSRNET_TRITON_AUTOTUNE=0``: the first config only, no tuning runs)."""
+    return os.environ.get("DSRNET_TRITON_AUTOTUNE", "1") != "0"
+
+
+class _LazyKernel:
+    """``triton.jit`` (+ ``triton.autotune``) applied on first launch, once per (interpreter, autotuning) mode.
+
+    On a GPU the autotuner picks block sizes per ``key`` (each config is compiled, then timed, on the first call of
+    each new key); the interpreter gets one small config because it would otherwise time every config on the CPU.
+    """
+
+    def __init__(self, fn, configs, key, interp_config):
+        self.fn, self.configs, self.key, self.interp_config = fn, configs, key, interp_config
+        self._built: dict[tuple[bool, bool], object] = {}
+
+    def build(self):
+        mode = (interpreting(), autotuning())
+        if mode not in self._built:
+            configs = [self.interp_config] if mode[0] else (self.configs if mode[1] else self.configs[:1])
+            self._built[mode] = triton.autotune(configs=configs, key=self.key)(triton.jit(self.fn))
+        return self._built[mode]
+
+    def __getitem__(self, grid):
+        return self.build()[grid]
+
+
+def _cfg(num_warps=4, num_stages=2, **meta):
+    return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Depthwise 3x3 forward
+# ---------------------------------------------------------------------------------------------------------------
+def _dw_fwd(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    P, C, H, W, HO, WO,
+    sxn, sxh, sxw,
+    syn, syh, syw,
+    STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # x: [N, H, W, C] via pixel strides, channels contiguous; w: [9, C] (tap-major); y: [N, HO, WO, C] likewise.
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_mask = offs_p < P
+    c_mask = offs_c < C
+    n = offs_p // (HO * WO)
+    rem = offs_p % (HO * WO)
+    ho = rem // WO
+    wo = rem % WO
+    x_base = n * sxn
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for kh in tl.static_range(3):
+        ih = ho * STRIDE - DIL + kh * DIL
+        h_ok = (ih >= 0) & (ih < H)
+        for kw in tl.static_range(3):
+            iw = wo * STRIDE - DIL + kw * DIL
+            ok = p_mask & h_ok & (iw >= 0) & (iw < W)
+            ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
+            xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+            acc += xv * wv[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_ptrs = y_ptr + (n * syn + ho * syh + wo * syw)[:, None] + offs_c[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+
+
+# The 9 taps' loads are all in flight at once (ILP), which costs registers (~180 for 64x64 on 4 warps on sm_90),
+# so configs with fewer elements per thread are offered for occupancy.
+_DW_CONFIGS = [
+    _cfg(BLOCK_P=64, BLOCK_C=64),
+    _cfg(BLOCK_P=64, BLOCK_C=64, num_warps=8),
+    _cfg(BLOCK_P=128, BLOCK_C=32),
+    _cfg(BLOCK_P=32, BLOCK_C=128),
+]
+_DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
+dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL"], _DW_INTERP)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Depthwise 3x3 backward: grad input
+# ---------------------------------------------------------------------------------------------------------------
+def _dw_bwd_input(
+    g_ptr, w_ptr, dx_ptr,
+    P, C, H, W, HO, WO,
+    sgn, sgh, sgw,
+    sdn, sdh, sdw,
+    STRIDE: tl.constexpr, DIL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # One program per tile of INPUT pixels: dx[ih, iw] = sum over taps of g[oh, ow] * w[tap], where
+    # ih = oh * STRIDE - DIL + kh * DIL, so oh = (ih + DIL - kh * DIL) / STRIDE when that divides exactly.
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    p_mask = offs_p < P
+    c_mask = offs_c < C
+    n = offs_p // (H * W)
+    rem = offs_p % (H * W)
+    ih = rem // W
+    iw = rem % W
+    g_base = n * sgn
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for kh in tl.static_range(3):
+        th = ih + DIL - kh * DIL
+        oh = th // STRIDE
+        h_ok = (th >= 0) & (th % STRIDE == 0) & (oh < HO)
+        for kw in tl.static_range(3):
+            tw = iw + DIL - kw * DIL
+            ow = tw // STRIDE
+            ok = p_mask & h_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < WO)
+            ptrs = g_ptr + (g_base + oh * sgh + ow * sgw)[:, None] + offs_c[None, :]
+            gv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+            acc += gv * wv[None, :]
+    dx_ptrs = dx_ptr + (n * sdn + ih * sdh + iw * sdw)[:, None] + offs_c[None, :]
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+
+
+dw_bwd_input = _LazyKernel(_dw_bwd_input, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL"], _DW_INTERP)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Depthwise 3x3 backward: grad weight (per-program partial sums)
+# ---------------------------------------------------------------------------------------------------------------
+def _dw_bwd_weight(
+    g_ptr, x_ptr, part_ptr,
+    P, C, H, W, HO, WO, PIX_PER_PROG,
+    sgn, sgh, sgw,
+    sxn, sxh, sxw,
+    STRIDE: tl.constexpr, DIL: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # Program (chunk, cblock) sums g * x_tap over PIX_PER_PROG output pixels (a multiple of BLOCK_P, so the
+    # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, tap, c] in fp32.
+    # The 9 per-tap sums live in one [16, BLOCK_C] accumulator (row = tap) so no per-tap variables are needed.
+    pid_k = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    rows = tl.arange(0, 16)
+    acc = tl.zeros((16, BLOCK_C), dtype=tl.float32)
+    for p0 in range(0, PIX_PER_PROG, BLOCK_P):
+        offs_p = pid_k * PIX_PER_PROG + p0 + tl.arange(0, BLOCK_P)
+        p_mask = offs_p < P
+        n = offs_p // (HO * WO)
+        rem = offs_p % (HO * WO)
+        ho = rem // WO
+        wo = rem % WO
+        m2 = p_mask[:, None] & c_mask[None, :]
+        g_ptrs = g_ptr + (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_c[None, :]
+        gv = tl.load(g_ptrs, mask=m2, other=0.0).to(tl.float32)
+        x_base = n * sxn
+        for kh in tl.static_range(3):
+            ih = ho * STRIDE - DIL + kh * DIL
+            h_ok = (ih >= 0) & (ih < H)
+            for kw in tl.static_range(3):
+                iw = wo * STRIDE - DIL + kw * DIL
+                ok = p_mask & h_ok & (iw >= 0) & (iw < W)
+                x_ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
+                xv = tl.load(x_ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+                s = tl.sum(gv * xv, axis=0)
+                acc = tl.where(rows[:, None] == kh * 3 + kw, acc + s[None, :], acc)
+    out = part_ptr + pid_k * 9 * C + rows[:, None] * C + offs_c[None, :]
+    tl.store(out, acc, mask=(rows[:, None] < 9) & c_mask[None, :])
+
+
+_DWW_CONFIGS = [
+    _cfg(BLOCK_P=64, BLOCK_C=64),
+    _cfg(BLOCK_P=128, BLOCK_C=32),
+    _cfg(BLOCK_P=32, BLOCK_C=128, num_warps=8),
+]
+dw_bwd_weight = _LazyKernel(
+    _dw_bwd_weight, _DWW_CONFIGS, ["P", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL"], _DW_INTERP
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1x1 conv as a GEMM (optionally strided), epilogue: bias, residual, ReLU
+# ---------------------------------------------------------------------------------------------------------------
+def _pw_gemm(
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
+    M, N, K, HO, WO,
+    sxn, sxh, sxw,
+    srn, srh, srw,
+    syn, syh, syw,
+    STRIDE: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    img = offs_m // (HO * WO)
+    rem = offs_m % (HO * WO)
+    ho = rem // WO
+    wo = rem % WO
+    a_row = x_ptr + img * sxn + (ho * STRIDE) * sxh + (wo * STRIDE) * sxw
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        a = tl.load(a_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(
+            w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
+        )
+        if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+    acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    mask2 = m_mask[:, None] & n_mask[None, :]
+    if HAS_RES:
+        r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
+        acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask2)
+
+
+_GEMM_CONFIGS = [
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+    _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+    _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+]
+_GEMM_INTERP = _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+pw_gemm = _LazyKernel(_pw_gemm, _GEMM_CONFIGS, ["M", "N", "K", "STRIDE", "HAS_RES", "RELU"], _GEMM_INTERP)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused: depthwise 3x3 + bias + ReLU -> pointwise 1x1 + bias + shortcut + ReLU
+# ---------------------------------------------------------------------------------------------------------------
+def _dw_pw(
+    x_ptr, wdw_ptr, bdw_ptr, wpw_ptr, b_ptr,
+    r_ptr, wds_ptr, y_ptr,
+    M, N, K, KDS, H, W, HO, WO,
+    sxn, sxh, sxw,
+    srn, srh, srw,
+    syn, syh, syw,
+    STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
+    IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # x: conv1 output [Nb, H, W, K]; wdw: [9, K]; wpw: [K, N]; b: pointwise bias (+ downsample bias, pre-summed).
+    # SHORTCUT: 0 none, 1 identity tensor r [Nb, HO, WO, N], 2 downsample GEMM r [Nb, ., ., KDS] read at
+    # (ho * DS_STRIDE, wo * DS_STRIDE) times wds [KDS, N], accumulated into the same fp32 tile.
+    num_n = tl.cdiv(N, BLOCK_N)
+    pid_m = tl.program_id(0) // num_n
+    pid_n = tl.program_id(0) % num_n
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    img = offs_m // (HO * WO)
+    rem = offs_m % (HO * WO)
+    ho = rem // WO
+    wo = rem % WO
+    x_img = x_ptr + img * sxn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        dw = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for kh in tl.static_range(3):
+            ih = ho * STRIDE - DIL + kh * DIL
+            h_ok = (ih >= 0) & (ih < H)
+            for kw in tl.static_range(3):
+                iw = wo * STRIDE - DIL + kw * DIL
+                ok = m_mask & h_ok & (iw >= 0) & (iw < W)
+                ptrs = x_img[:, None] + (ih * sxh + iw * sxw)[:, None] + offs_k[None, :]
+                xv = tl.load(ptrs, mask=ok[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
+                wv = tl.load(wdw_ptr + (kh * 3 + kw) * K + offs_k, mask=k_mask, other=0.0).to(tl.float32)
+                dw += xv * wv[None, :]
+        dw += tl.load(bdw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
+        a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)
+        b = tl.load(
+            wpw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
+        )
+        if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+    mask2 = m_mask[:, None] & n_mask[None, :]
+    if SHORTCUT == 1:
+        r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
+        acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
+    if SHORTCUT == 2:
+        r_row = r_ptr + img * srn + (ho * DS_STRIDE) * srh + (wo * DS_STRIDE) * srw
+        for k0 in range(0, KDS, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < KDS
+            a = tl.load(
+                r_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0
+            )
+            b = tl.load(
+                wds_ptr + offs_k[:, None] * N + offs_n[None, :],
+                mask=k_mask[:, None] & n_mask[None, :],
+                other=0.0,
+            )
+            if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+    acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    acc = tl.maximum(acc, 0.0)
+    y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask2)
+
+
+_DWPW_CONFIGS = [
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
+    _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+]
+dw_pw = _LazyKernel(
+    _dw_pw, _DWPW_CONFIGS, ["M", "N", "K", "KDS", "HO", "WO", "STRIDE", "DIL", "SHORTCUT"], _GEMM_INTERP
+)

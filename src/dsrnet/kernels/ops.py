@@ -1,0 +1,321 @@
+"""``torch.library`` custom ops around the Triton kernels, with a plain-PyTorch fallback of the same math.
+
+Every op takes and returns NCHW-shaped tensors; outputs are always allocated channels-last (NHWC in memory), which is
+what the kernels write and what ``register_fake`` promises to ``torch.compile``. Which implementation runs is decided
+per call (:func:`triton_usable`): the Triton kernel on CUDA tensors, or on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1``); otherwise the fallback (``torch.nn.functional.conv2d`` and friends). Set
+``DSRNET_DISABLE_TRITON=1`` to force the fallback, e.g. to compare the two.
+
+Ops (namespace ``dsrnet``):
+
+* ``dwconv2d(x, weight, bias, stride, dilation, relu)``: depthwise 3x3, padding = dilation; differentiable
+  (backward = ``dwconv2d_grad_input`` + ``dwconv2d_grad_weight``, both Triton kernels too).
+* ``pointwise_conv(x, w_kn, bias, residual, stride, relu)``: 1x1 conv with weight ``[Cin, Cout]``; inference only.
+* ``dw_pw_block(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride)``: the fused second half of
+  a folded DSR block (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU); inference only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import torch.nn.functional as F
+
+from dsrnet.errors import DsrnetError
+
+try:  # Triton is optional: without it (or on a CPU without the interpreter) every op uses the fallback.
+    import triton
+
+    from dsrnet.kernels import _triton as _tk
+except ImportError:  # pragma: no cover - depends on the install
+    triton = _tk = None
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+_MAX_NUMEL = 2**31  # the kernels use 32-bit offsets
+
+
+def triton_usable(t: torch.Tensor, out_numel: int = 0) -> bool:
+    """Whether the Triton kernels run for tensor ``t`` now (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+
+    ``out_numel``: size of the op's output, which must also fit the kernels' 32-bit offsets.
+    """
+    if _tk is None or os.environ.get("DSRNET_DISABLE_TRITON", "0") == "1" or t.dtype not in _KERNEL_DTYPES:
+        return False
+    if max(t.numel(), out_numel) >= _MAX_NUMEL:
+        return False
+    if t.device.type == "cuda":
+        return True
+    return t.device.type == "cpu" and _tk.interpreting()
+
+
+def _out_size(size: int, stride: int) -> int:
+    # 3x3, padding = dilation: (size + 2d - 2d - 1) // stride + 1 for every rate.
+    return (size - 1) // stride + 1
+
+
+def _empty_nhwc(n: int, c: int, h: int, w: int, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    return torch.empty((n, c, h, w), device=like.device, dtype=dtype or like.dtype, memory_format=torch.channels_last)
+
+
+def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """Strides of (n, h, w); the kernels need channels contiguous (see :func:`_channels_inner`)."""
+    return t.stride(0), t.stride(2), t.stride(3)
+
+
+def _channels_inner(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its channels are contiguous (channels-last, or a view of it), else a channels-last copy."""
+    return t if t.stride(1) == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
+def _as_nhwc(src: torch.Tensor) -> torch.Tensor:
+    """A fresh channels-last copy: fixed strides even where the two formats coincide (1x1 maps, one channel)."""
+    out = _empty_nhwc(*src.shape, like=src)
+    return out.copy_(src)
+
+
+def pack_taps(weight: torch.Tensor) -> torch.Tensor:
+    """Depthwise weight ``[C, 1, 3, 3]`` -> ``[9, C]``: each tap's channels contiguous for the kernels."""
+    return weight.reshape(weight.shape[0], 9).t().contiguous()
+
+
+def _check_dw(x: torch.Tensor, weight: torch.Tensor) -> None:
+    if x.dim() != 4 or weight.shape != (x.shape[1], 1, 3, 3):
+        raise DsrnetError(
+            f"dwconv2d wants x [N, C, H, W] and weight [C, 1, 3, 3], got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+
+
+def _launch(t: torch.Tensor):
+    """Launch on ``t``'s GPU (Triton launches on the current device); a no-op context on the CPU interpreter."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# depthwise conv, differentiable
+# ---------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("dsrnet::dwconv2d", mutates_args=())
+def dwconv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dilation: int, relu: bool
+) -> torch.Tensor:
+    _check_dw(x, weight)
+    n, c, h, w = x.shape
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    if not triton_usable(x, n * c * ho * wo):
+        y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, dilation, dilation, c)
+        return _as_nhwc(F.relu(y) if relu else y)
+    x = _channels_inner(x)
+    y = _empty_nhwc(n, c, ho, wo, like=x)
+    p = n * ho * wo
+    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
+    with _launch(x):
+        _tk.dw_fwd[grid](
+            x, pack_taps(weight), weight if bias is None else bias, y,
+            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y),
+            STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu,
+        )  # fmt: skip
+    return y
+
+
+@dwconv2d.register_fake
+def _(x, weight, bias, stride, dilation, relu):
+    n, c, h, w = x.shape
+    return _empty_nhwc(n, c, _out_size(h, stride), _out_size(w, stride), like=x)
+
+
+@torch.library.custom_op("dsrnet::dwconv2d_grad_input", mutates_args=())
+def dwconv2d_grad_input(
+    grad: torch.Tensor, weight: torch.Tensor, height: int, width: int, stride: int, dilation: int
+) -> torch.Tensor:
+    n, c, ho, wo = grad.shape
+    if not triton_usable(grad, n * c * height * width):
+        dx = torch.nn.grad.conv2d_input(
+            (n, c, height, width), weight.to(grad.dtype), grad, stride, dilation, dilation, c
+        )
+        return _as_nhwc(dx)
+    grad = _channels_inner(grad)
+    dx = _empty_nhwc(n, c, height, width, like=grad)
+    p = n * height * width
+    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
+    with _launch(grad):
+        _tk.dw_bwd_input[grid](
+            grad, pack_taps(weight), dx,
+            p, c, height, width, ho, wo, *_pixel_strides(grad), *_pixel_strides(dx),
+            STRIDE=stride, DIL=dilation,
+        )  # fmt: skip
+    return dx
+
+
+@dwconv2d_grad_input.register_fake
+def _(grad, weight, height, width, stride, dilation):
+    return _empty_nhwc(grad.shape[0], grad.shape[1], height, width, like=grad)
+
+
+@torch.library.custom_op("dsrnet::dwconv2d_grad_weight", mutates_args=())
+def dwconv2d_grad_weight(grad: torch.Tensor, x: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
+    """Weight gradient ``[C, 1, 3, 3]`` in float32 (the caller casts to the parameter's dtype)."""
+    n, c, h, w = x.shape
+    ho, wo = grad.shape[2], grad.shape[3]
+    if not triton_usable(x, grad.numel()):
+        gw = torch.nn.grad.conv2d_weight(
+            x.float(), (c, 1, 3, 3), grad.float(), stride, dilation, dilation, c
+        )
+        return gw.contiguous()
+    x, grad = _channels_inner(x), _channels_inner(grad)
+    p = n * ho * wo
+    # Pixels per program: a multiple of every BLOCK_P the autotuner may pick, sized for a few hundred programs.
+    granule = 64 if _tk.interpreting() else 256
+    chunks_wanted = max(1, 1024 // max(1, triton.cdiv(c, 64)))
+    pix = max(granule, triton.cdiv(triton.cdiv(p, chunks_wanted), granule) * granule)
+    chunks = triton.cdiv(p, pix)
+    part = torch.empty((chunks, 9, c), device=x.device, dtype=torch.float32)
+    grid = lambda meta: (chunks, triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
+    with _launch(x):
+        _tk.dw_bwd_weight[grid](
+            grad, x, part,
+            p, c, h, w, ho, wo, pix, *_pixel_strides(grad), *_pixel_strides(x),
+            STRIDE=stride, DIL=dilation,
+        )  # fmt: skip
+    return part.sum(0).t().reshape(c, 1, 3, 3).contiguous()
+
+
+@dwconv2d_grad_weight.register_fake
+def _(grad, x, stride, dilation):
+    return x.new_empty((x.shape[1], 1, 3, 3), dtype=torch.float32)
+
+
+def _dwconv2d_setup(ctx, inputs, output):
+    x, weight, bias, stride, dilation, relu = inputs
+    ctx.stride, ctx.dilation, ctx.relu, ctx.has_bias = stride, dilation, relu, bias is not None
+    ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
+    ctx.b_dtype = None if bias is None else bias.dtype
+    ctx.save_for_backward(x, weight, output if relu else None)
+
+
+def _dwconv2d_backward(ctx, grad):
+    x, weight, out = ctx.saved_tensors
+    if ctx.relu:
+        grad = grad * (out > 0)
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = dwconv2d_grad_input(grad, weight, x.shape[2], x.shape[3], ctx.stride, ctx.dilation)
+        grad_x = grad_x.to(ctx.x_dtype)
+    if ctx.needs_input_grad[1]:
+        grad_w = dwconv2d_grad_weight(grad, x, ctx.stride, ctx.dilation).to(ctx.w_dtype)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad.float().sum((0, 2, 3)).to(ctx.b_dtype)
+    return grad_x, grad_w, grad_b, None, None, None
+
+
+dwconv2d.register_autograd(_dwconv2d_backward, setup_context=_dwconv2d_setup)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inference: 1x1 conv GEMM and the fused depthwise -> pointwise block
+# ---------------------------------------------------------------------------------------------------------------
+def _ieee(t: torch.Tensor) -> bool:
+    # fp32 tiles use exact fp32 products unless the user allowed TF32 for matmuls, as torch itself does.
+    return t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+def _dot_f32(t: torch.Tensor) -> bool:
+    # Triton 3.8's CPU interpreter computes bf16 tl.dot wrongly (garbage of order 1e10); feeding it the exact fp32
+    # upcast gives the GPU's numerics (bf16 products are exact in fp32, accumulation is fp32 on both).
+    return t.device.type == "cpu" and t.dtype == torch.bfloat16
+
+
+def _pw_fallback(x, w_kn, stride):
+    return F.conv2d(x, w_kn.t().to(x.dtype)[:, :, None, None], None, stride)
+
+
+@torch.library.custom_op("dsrnet::pointwise_conv", mutates_args=())
+def pointwise_conv(
+    x: torch.Tensor,
+    w_kn: torch.Tensor,
+    bias: torch.Tensor,
+    residual: torch.Tensor | None,
+    stride: int,
+    relu: bool,
+) -> torch.Tensor:
+    n, k, h, w = x.shape
+    nout = w_kn.shape[1]
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    if not triton_usable(x, n * nout * ho * wo):
+        y = _pw_fallback(x, w_kn, stride) + bias.to(x.dtype)[:, None, None]
+        if residual is not None:
+            y = y + residual
+        return _as_nhwc(F.relu(y) if relu else y)
+    x, w_kn = _channels_inner(x), w_kn.to(x.dtype).contiguous()
+    y = _empty_nhwc(n, nout, ho, wo, like=x)
+    m = n * ho * wo
+    r = y if residual is None else _channels_inner(residual)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
+    with _launch(x):
+        _tk.pw_gemm[grid](
+            x, w_kn, bias, r, y,
+            m, nout, k, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
+            STRIDE=stride, HAS_RES=residual is not None, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+        )  # fmt: skip
+    return y
+
+
+@pointwise_conv.register_fake
+def _(x, w_kn, bias, residual, stride, relu):
+    return _empty_nhwc(x.shape[0], w_kn.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
+
+
+@torch.library.custom_op("dsrnet::dw_pw_block", mutates_args=())
+def dw_pw_block(
+    x: torch.Tensor,
+    w_dw: torch.Tensor,
+    b_dw: torch.Tensor,
+    w_pw: torch.Tensor,
+    bias: torch.Tensor,
+    shortcut: torch.Tensor | None,
+    w_ds: torch.Tensor | None,
+    stride: int,
+    dilation: int,
+    ds_stride: int,
+) -> torch.Tensor:
+    """relu(pw(relu(dw(x) + b_dw)) + bias + s): ``s`` = ``shortcut`` (identity), or ``shortcut`` strided by
+    ``ds_stride`` times ``w_ds`` (the 1x1 downsample; its bias is pre-added into ``bias``), or nothing.
+
+    ``w_dw``: ``[9, C]`` (taps-major, see :func:`pack_taps`); ``w_pw``: ``[C, Cout]``; ``w_ds``: ``[Cin, Cout]``.
+    """
+    n, k, h, w = x.shape
+    nout = w_pw.shape[1]
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    big = 0 if shortcut is None else shortcut.numel()
+    if not triton_usable(x, max(n * nout * ho * wo, big)):
+        w_dw = w_dw.t().reshape(k, 1, 3, 3).to(x.dtype)
+        mid = F.conv2d(x, w_dw, b_dw.to(x.dtype), stride, dilation, dilation, k)
+        y = _pw_fallback(F.relu(mid), w_pw, 1) + bias.to(x.dtype)[:, None, None]
+        if shortcut is not None:
+            y = y + (shortcut if w_ds is None else _pw_fallback(shortcut, w_ds, ds_stride))
+        return _as_nhwc(F.relu(y))
+    x = _channels_inner(x)
+    w_pw = w_pw.to(x.dtype).contiguous()  # tl.dot wants both operands in the activation dtype
+    w_ds = None if w_ds is None else w_ds.to(x.dtype).contiguous()
+    y = _empty_nhwc(n, nout, ho, wo, like=x)
+    m = n * ho * wo
+    kind = 0 if shortcut is None else (1 if w_ds is None else 2)
+    r = y if shortcut is None else _channels_inner(shortcut)
+    kds = 0 if w_ds is None else w_ds.shape[0]
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
+    with _launch(x):
+        _tk.dw_pw[grid](
+            x, w_dw, b_dw, w_pw, bias, r, w_pw if w_ds is None else w_ds, y,
+            m, nout, k, kds, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
+            STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+        )  # fmt: skip
+    return y
+
+
+@dw_pw_block.register_fake
+def _(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride):
+    return _empty_nhwc(x.shape[0], w_pw.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
+
+

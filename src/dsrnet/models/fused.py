@@ -1,0 +1,189 @@
+"""Fast forms of a :class:`~dsrnet.models.dsrnet.DSRNet` built on the Triton kernels of :mod:`dsrnet.kernels`.
+
+* :func:`fuse` -> inference form: BatchNorm folded into the convs (``torch.nn.utils.fusion.fuse_conv_bn_eval``),
+  channels-last, and every depthwise-separable DSR block (Fig. 1) run as two kernels:
+
+  1. the first 1x1 conv + bias + ReLU as a GEMM (``dsrnet::pointwise_conv``);
+  2. dilated depthwise 3x3 + bias + ReLU -> pointwise 1x1 + bias + shortcut + ReLU in one kernel
+     (``dsrnet::dw_pw_block``): the depthwise tile stays in registers and feeds ``tl.dot`` directly, and a
+     downsampling block's strided 1x1 shortcut conv is accumulated into the same output tile, so neither the
+     depthwise output nor the shortcut branch is ever written to memory.
+
+  ``mode="split"`` runs the same folded block as three/four kernels instead (1x1 GEMM, depthwise, 1x1 GEMM with the
+  residual add), for measuring what the fusion buys. Blocks with ``separable=False`` (the ablation) run their folded
+  convs with plain PyTorch. Stem, pooling and head stay PyTorch ops.
+* :func:`use_triton_dwconv` -> training form: each block's depthwise conv becomes a
+  :class:`TritonDepthwiseConv2d`, an ``nn.Conv2d`` subclass with the same parameters (``state_dict`` compatible) whose
+  forward and both backward passes are the NHWC Triton kernels (``dsrnet::dwconv2d``).
+
+On a machine without CUDA (and without ``TRITON_INTERPRET=1``) the custom ops fall back to PyTorch's own convs, so
+both forms run everywhere with the same math.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from dsrnet.errors import DsrnetError
+from dsrnet.kernels import ops
+from dsrnet.models.dsrnet import DSRBlock, DSRNet
+
+FUSE_MODES = ("fused", "split")
+
+
+def _pointwise_kn(conv: nn.Conv2d) -> torch.Tensor:
+    """1x1 conv weight ``[Cout, Cin, 1, 1]`` -> GEMM operand ``[Cin, Cout]`` (output channels contiguous)."""
+    return conv.weight.detach()[:, :, 0, 0].t().contiguous()
+
+
+class FusedDSRBlock(nn.Module):
+    """A folded :class:`DSRBlock` for inference (see the module docstring); same input and output as the block."""
+
+    def __init__(self, block: DSRBlock, mode: str = "fused") -> None:
+        super().__init__()
+        if mode not in FUSE_MODES:
+            raise DsrnetError(f"mode={mode!r} is not valid: choose one of {FUSE_MODES}")
+        self.mode = mode
+        conv1 = fuse_conv_bn_eval(block.conv1, block.bn1)
+        conv_dw = fuse_conv_bn_eval(block.conv_dw, block.bn2)
+        conv_pw = fuse_conv_bn_eval(block.conv_pw, block.bn3)
+        ds = None if block.downsample is None else fuse_conv_bn_eval(block.downsample[0], block.downsample[1])
+        self.stride_1x1 = conv1.stride[0]
+        self.stride_dw = conv_dw.stride[0]
+        self.dilation = conv_dw.dilation[0]
+        self.ds_stride = 1 if ds is None else ds.stride[0]
+        self.width = conv_dw.in_channels
+        self.separable = conv_dw.groups == conv_dw.in_channels
+        if not self.separable:  # the separable=False ablation: folded convs, plain PyTorch
+            self.conv1, self.conv2, self.conv3, self.downsample = conv1, conv_dw, conv_pw, ds
+            return
+        self.register_buffer("w1", _pointwise_kn(conv1))
+        self.register_buffer("b1", conv1.bias.detach().clone())
+        self.register_buffer("w_dw", ops.pack_taps(conv_dw.weight.detach()))
+        self.register_buffer("b_dw", conv_dw.bias.detach().clone())
+        self.register_buffer("w_pw", _pointwise_kn(conv_pw))
+        self.register_buffer("b_pw", conv_pw.bias.detach().clone())
+        self.register_buffer("w_ds", None if ds is None else _pointwise_kn(ds))
+        self.register_buffer("b_ds", None if ds is None else ds.bias.detach().clone())
+        # The fused kernel adds both branches' biases once, so it gets their sum.
+        self.register_buffer("b_out", self.b_pw.clone() if ds is None else self.b_pw + self.b_ds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.separable:
+            shortcut = x if self.downsample is None else self.downsample(x)
+            y = F.relu(self.conv1(x))
+            y = F.relu(self.conv2(y))
+            return F.relu(self.conv3(y) + shortcut)
+        y1 = ops.pointwise_conv(x, self.w1, self.b1, None, self.stride_1x1, True)
+        if self.mode == "fused":
+            return ops.dw_pw_block(
+                y1, self.w_dw, self.b_dw, self.w_pw, self.b_out, x, self.w_ds,
+                self.stride_dw, self.dilation, self.ds_stride,
+            )  # fmt: skip
+        w_dw = self.w_dw.t().reshape(self.width, 1, 3, 3)
+        y2 = ops.dwconv2d(y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
+        shortcut = x
+        if self.w_ds is not None:
+            shortcut = ops.pointwise_conv(x, self.w_ds, self.b_ds, None, self.ds_stride, False)
+        return ops.pointwise_conv(y2, self.w_pw, self.b_pw, shortcut, 1, True)
+
+
+class FusedDSRNet(nn.Module):
+    """Inference form of a :class:`DSRNet` made by :func:`fuse`: same inputs and logits, channels-last inside."""
+
+    def __init__(self, model: DSRNet, mode: str = "fused") -> None:
+        super().__init__()
+        self.num_classes = model.num_classes
+        self.num_features = model.num_features
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+        self.conv1 = fuse_conv_bn_eval(model.conv1, model.bn1)
+        self.maxpool = model.maxpool
+        for idx in range(1, 5):
+            stage = getattr(model, f"layer{idx}")
+            self.add_module(f"layer{idx}", nn.Sequential(*(FusedDSRBlock(b, mode) for b in stage)))
+        self.global_pool = model.global_pool
+        self.fc = model.fc
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(F.relu(self.conv1(x), inplace=True))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
+    """Inference form of a DSRNet: BN folded, NHWC, each DSR block run by fused Triton kernels.
+
+    The input model is not changed (it is copied). The result is in eval mode, uses the BN running statistics (as
+    eval mode does), and keeps the model's dtype and device (BN is folded in fp32 and rounded once to that dtype);
+    cast it afterwards like any module
+    (``fuse(model).to(torch.bfloat16)``). ``mode="split"``: unfused kernels, for comparison.
+    """
+    if not isinstance(model, DSRNet):
+        raise DsrnetError(f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')), got {type(model).__name__}")
+    if model.features_only:
+        raise DsrnetError("fuse() builds classifiers: create the model without features_only=True")
+    if mode not in FUSE_MODES:
+        raise DsrnetError(f"mode={mode!r} is not valid: choose one of {FUSE_MODES}")
+    dtype = next(model.parameters()).dtype
+    source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
+    return FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
+
+
+class TritonDepthwiseConv2d(nn.Conv2d):
+    """A depthwise 3x3 ``nn.Conv2d`` (padding = dilation) computed by the NHWC Triton kernels, forward and backward.
+
+    Same parameters and ``state_dict`` keys as the ``nn.Conv2d`` it replaces; the output is channels-last.
+    """
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> TritonDepthwiseConv2d:
+        if not is_depthwise_3x3(conv):
+            raise DsrnetError(f"not a depthwise 3x3 conv with padding = dilation: {conv}")
+        new = cls(
+            conv.in_channels, conv.out_channels, 3, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, device="meta",
+        )  # fmt: skip
+        new.weight = conv.weight
+        new.bias = conv.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.dwconv2d(x, self.weight, self.bias, self.stride[0], self.dilation[0], False)
+
+
+def is_depthwise_3x3(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a square-strided depthwise 3x3 conv with padding = dilation (what the kernels do)."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.groups == conv.in_channels == conv.out_channels
+        and conv.stride[0] == conv.stride[1]
+        and conv.dilation[0] == conv.dilation[1]
+        and conv.padding == conv.dilation
+        and conv.padding_mode == "zeros"
+    )
+
+
+def use_triton_dwconv(model: nn.Module) -> nn.Module:
+    """Training form: swap every depthwise 3x3 conv of ``model`` for a :class:`TritonDepthwiseConv2d`, in place.
+
+    The parameters are the same objects, so an optimizer built before or after the swap keeps working and
+    ``state_dict`` keys do not change. Returns ``model``.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if is_depthwise_3x3(child) and not isinstance(child, TritonDepthwiseConv2d):
+                setattr(parent, name, TritonDepthwiseConv2d.from_conv(child))
+    return model

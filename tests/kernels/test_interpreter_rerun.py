@@ -1,0 +1,26 @@
+"""Runs the interpreter-based kernel tests in a fresh process when this one imported Triton too early."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.kernels import interp
+
+pytest.importorskip("triton")
+
+INTERPRETER_TESTS = ("tests/kernels/test_ops.py", "tests/models/test_fused.py")
+
+
+@pytest.mark.skipif(interp.READY, reason="the kernel tests ran in this process")
+def test_kernel_tests_pass_in_a_fresh_interpreter_process():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *INTERPRETER_TESTS],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -1,0 +1,189 @@
+"""The Triton kernels (run by Triton's CPU interpreter) and their PyTorch fallback against torch's own convs."""
+
+from __future__ import annotations  # noqa: I001 (interp must be imported before anything imports Triton)
+
+from tests.kernels import interp  # first: sets TRITON_INTERPRET=1 before anything imports Triton
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsrnet.errors import DsrnetError
+from dsrnet.kernels import ops
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(not interp.READY, reason=interp.SKIP_REASON)
+
+RATES_STRIDES = [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)]  # (dilation, stride)
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("DSRNET_DISABLE_TRITON", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _close(actual, expected, rel):
+    """max |a - e| <= rel * max |e| (+ a tiny floor for all-zero tensors)."""
+    err = (actual.float() - expected.float()).abs().max().item()
+    scale = expected.float().abs().max().item()
+    assert err <= rel * scale + 1e-6, f"max abs diff {err:.3g} vs scale {scale:.3g} (rel tol {rel})"
+
+
+def _dw_inputs(dtype, c=20, h=7, w=9, n=1, channels_last=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=g).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, 3, 3, generator=g).to(dtype)
+    bias = torch.randn(c, generator=g).to(dtype)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize(("dilation", "stride"), RATES_STRIDES)
+def test_dwconv2d_forward_and_both_backward_passes_match_conv2d(dilation, stride):
+    # 20 channels (not a multiple of the 16-wide interpreter block), odd 7x9 map, batch 1.
+    x, weight, bias = (t.requires_grad_() for t in _dw_inputs(torch.float32))
+    assert ops.triton_usable(x)
+    y = ops.dwconv2d(x, weight, bias, stride, dilation, True)
+    ref = F.relu(F.conv2d(x, weight, bias, stride, dilation, dilation, 20))
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, ref, 1e-4)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(y, (x, weight, bias), grad)
+    want = torch.autograd.grad(ref, (x, weight, bias), grad)
+    for name, a, e in zip(("input", "weight", "bias"), got, want, strict=True):
+        assert a.shape == e.shape, name
+        _close(a, e, 1e-4)
+
+
+@pytest.mark.parametrize(("dilation", "stride"), [(3, 1), (2, 2)])
+def test_dwconv2d_bf16_within_bf16_tolerance(dilation, stride):
+    x, weight, _ = (t.requires_grad_() for t in _dw_inputs(torch.bfloat16, c=33, h=6, w=5, n=2))
+    y = ops.dwconv2d(x, weight, None, stride, dilation, False)
+    assert y.dtype == torch.bfloat16
+    x32, w32 = (t.detach().float().requires_grad_() for t in (x, weight))
+    ref = F.conv2d(x32, w32, None, stride, dilation, dilation, 33)
+    _close(y, ref, 2e-2)
+    grad = torch.randn(ref.shape).to(torch.bfloat16)
+    gx, gw = torch.autograd.grad(y, (x, weight), grad)
+    rx, rw = torch.autograd.grad(ref, (x32, w32), grad.float())
+    assert gx.dtype == gw.dtype == torch.bfloat16
+    _close(gx, rx, 2e-2)
+    _close(gw, rw, 2e-2)
+
+
+def test_dwconv2d_accepts_contiguous_nchw_input():
+    x, weight, bias = _dw_inputs(torch.float32, channels_last=False)
+    _close(ops.dwconv2d(x, weight, bias, 1, 2, False), F.conv2d(x, weight, bias, 1, 2, 2, 20), 1e-4)
+
+
+def test_dwconv2d_rejects_a_non_depthwise_weight():
+    x, weight, bias = _dw_inputs(torch.float32)
+    with pytest.raises(DsrnetError, match=r"weight \[C, 1, 3, 3\]"):
+        ops.dwconv2d(x, weight[:5], None, 1, 1, False)
+
+
+@pytest.mark.parametrize(("stride", "residual", "relu"), [(1, True, True), (2, False, False)])
+def test_pointwise_conv_matches_conv2d(stride, residual, relu):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 20, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, 20, 1, 1, generator=g)
+    b = torch.randn(24, generator=g)
+    ref = F.conv2d(x, w, b, stride)
+    res = torch.randn(ref.shape, generator=g) if residual else None
+    if residual:
+        ref = ref + res
+    if relu:
+        ref = F.relu(ref)
+    _close(ops.pointwise_conv(x, w[:, :, 0, 0].t().contiguous(), b, res, stride, relu), ref, 1e-4)
+
+
+def _block_reference(x, w_dw, b_dw, w_pw, b_pw, shortcut, w_ds, b_ds, stride, dilation, ds_stride):
+    c = x.shape[1]
+    y = F.relu(F.conv2d(x, w_dw, b_dw, stride, dilation, dilation, c))
+    y = F.conv2d(y, w_pw, b_pw)
+    if shortcut is not None:
+        y = y + (shortcut if w_ds is None else F.conv2d(shortcut, w_ds, b_ds, ds_stride))
+    return F.relu(y)
+
+
+@pytest.mark.parametrize(
+    ("dilation", "stride", "shortcut", "dtype"),
+    [
+        (1, 1, "identity", torch.float32),
+        (3, 1, "none", torch.float32),
+        (2, 2, "downsample", torch.float32),  # stride_on="dw": the shortcut conv is strided too
+        (1, 1, "downsample-strided", torch.float32),  # stride_on="1x1": dw unstrided, shortcut strided
+        (2, 1, "downsample", torch.float32),  # first block of stage 1: channel change, no stride
+        (2, 2, "downsample", torch.bfloat16),
+        (3, 1, "identity", torch.bfloat16),
+        (1, 1, "identity", torch.float16),
+    ],
+)
+def test_dw_pw_block_matches_unfused_convs(dilation, stride, shortcut, dtype):
+    g = torch.Generator().manual_seed(2)
+    n, c, cin, cout, h, w = 1, 20, 12, 36, 7, 9
+    ds_stride = 2 if shortcut == "downsample-strided" else stride
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    w_dw, b_dw = torch.randn(c, 1, 3, 3, generator=g), torch.randn(c, generator=g)
+    w_pw, b_pw = torch.randn(cout, c, 1, 1, generator=g) / 4, torch.randn(cout, generator=g)
+    w_ds, b_ds = torch.randn(cout, cin, 1, 1, generator=g) / 3, torch.randn(cout, generator=g)
+    sc, wds_kn, bias = None, None, b_pw
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    if shortcut == "identity":
+        sc = torch.randn(n, cout, ho, wo, generator=g).contiguous(memory_format=torch.channels_last)
+    elif shortcut.startswith("downsample"):
+        sh = h if ds_stride == stride else h * 2 - 1  # a pre-conv1 map that the shortcut reads with its stride
+        sw = w if ds_stride == stride else w * 2 - 1
+        sc = torch.randn(n, cin, sh, sw, generator=g).contiguous(memory_format=torch.channels_last)
+        wds_kn, bias = w_ds[:, :, 0, 0].t().contiguous(), b_pw + b_ds
+    ref = _block_reference(x, w_dw, b_dw, w_pw, b_pw, sc, None if wds_kn is None else w_ds, b_ds,
+                           stride, dilation, ds_stride)  # fmt: skip
+    cast = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
+    y = ops.dw_pw_block(
+        cast(x), cast(ops.pack_taps(w_dw)), cast(b_dw), cast(w_pw[:, :, 0, 0].t().contiguous()), cast(bias),
+        cast(sc), cast(wds_kn), stride, dilation, ds_stride,
+    )  # fmt: skip
+    assert y.shape == ref.shape and y.dtype == dtype
+    _close(y, ref, {torch.float32: 1e-4, torch.float16: 5e-3}.get(dtype, 2e-2))
+
+
+def test_fallback_without_interpreter_gives_the_same_numbers(monkeypatch):
+    x, weight, bias = (t.requires_grad_() for t in _dw_inputs(torch.float32))
+    grad = torch.randn(1, 20, 4, 5)
+    y_triton = ops.dwconv2d(x, weight, bias, 2, 3, True)
+    g_triton = torch.autograd.grad(y_triton, (x, weight, bias), grad)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not ops.triton_usable(x)
+    y_fallback = ops.dwconv2d(x, weight, bias, 2, 3, True)
+    g_fallback = torch.autograd.grad(y_fallback, (x, weight, bias), grad)
+    assert y_fallback.is_contiguous(memory_format=torch.channels_last)
+    _close(y_fallback, y_triton, 1e-5)
+    for a, b in zip(g_fallback, g_triton, strict=True):
+        _close(a, b, 1e-5)
+
+
+def test_custom_op_registrations_pass_opcheck():
+    # Schema, fake (meta) kernel, autograd registration and AOT dispatch: what torch.compile relies on.
+    x, weight, bias = (t.requires_grad_() for t in _dw_inputs(torch.float32, c=5, h=4, w=3))
+    torch.library.opcheck(torch.ops.dsrnet.dwconv2d.default, (x, weight, bias, 2, 2, True))
+    g = torch.randn(1, 5, 4, 3)
+    torch.library.opcheck(torch.ops.dsrnet.dwconv2d_grad_weight.default, (g, x.detach(), 1, 1))
+
+
+def test_dwconv2d_under_torch_compile_matches_eager():
+    x, weight, bias = (t.requires_grad_() for t in _dw_inputs(torch.float32, c=6, h=5, w=5))
+
+    def f(x, weight, bias):
+        return ops.dwconv2d(x, weight, bias, 1, 2, True).sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(x, weight, bias), (x, weight, bias))
+    want = torch.autograd.grad(f(x, weight, bias), (x, weight, bias))
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, 1e-5)

@@ -1,0 +1,167 @@
+"""``dsrnet.fuse`` (inference form) and ``dsrnet.use_triton_dwconv`` (training form) against the eager DSRNet.
+
+The Triton kernels run in Triton's CPU interpreter (see ``tests/kernels/interp.py``) on tiny networks.
+"""
+
+from __future__ import annotations  # noqa: I001 (interp must be imported before anything imports Triton)
+
+from tests.kernels import interp
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import dsrnet
+from dsrnet.errors import DsrnetError
+from dsrnet.models.dsrnet import DSRNet
+from tests.conftest import REPO
+
+pytest.importorskip("triton")
+needs_interpreter = pytest.mark.skipif(not interp.READY, reason=interp.SKIP_REASON)
+
+# layers=(1, 2, 1, 1) gives every block kind: stage-1 block with a channel-changing shortcut, an identity block
+# (rate 1), and downsampling blocks (rate 2, stride 2) in stages 2-4.
+TINY = {"layers": (1, 2, 1, 1), "widths": (4, 8, 8, 16), "num_classes": 10}
+
+
+@pytest.fixture(autouse=True)
+def one_thread_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("DSRNET_DISABLE_TRITON", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(stem="cifar", **kwargs) -> DSRNet:
+    """A tiny DSRNet whose BatchNorms have non-trivial statistics, so that folding them is actually exercised."""
+    torch.manual_seed(0)
+    model = DSRNet(stem=stem, **{**TINY, **kwargs})
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    ("stem", "stride_on", "separable", "mode", "size"),
+    [
+        ("cifar", "dw", True, "fused", 9),
+        ("cifar", "1x1", True, "fused", 9),
+        ("cifar", "dw", True, "split", 9),
+        ("paper", "dw", True, "fused", 19),
+        ("cifar", "dw", False, "fused", 9),
+    ],
+)
+def test_fused_model_matches_the_eager_model(stem, stride_on, separable, mode, size):
+    model = _tiny(stem, stride_on=stride_on, separable=separable)
+    fused = dsrnet.fuse(model, mode=mode)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert _rel_err(fused.forward_features(x), model.forward_features(x)) < 1e-4
+        assert _rel_err(fused(x), model(x)) < 1e-4
+    assert not fused.training
+
+
+@needs_interpreter
+def test_fused_model_in_bf16_stays_within_bf16_tolerance():
+    model = _tiny(block_dilations=(3, 1, 2))
+    fused = dsrnet.fuse(model).to(torch.bfloat16)
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        out = fused.forward_features(x.to(torch.bfloat16))
+        assert out.dtype == torch.bfloat16
+        assert _rel_err(out, model.forward_features(x)) < 3e-2  # four blocks of bf16 rounding
+
+
+@needs_interpreter
+def test_fused_model_without_interpreter_uses_the_fallback_with_the_same_numbers(monkeypatch):
+    model = _tiny()
+    fused = dsrnet.fuse(model)
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        triton_out = fused(x)
+        monkeypatch.delenv("TRITON_INTERPRET")
+        assert not dsrnet.kernels.triton_usable(x)
+        fallback_out = fused(x)
+    assert _rel_err(fallback_out, triton_out) < 1e-5
+
+
+@needs_interpreter
+def test_training_step_with_triton_dwconv_gives_the_eager_gradients():
+    torch.manual_seed(0)
+    eager = DSRNet(stem="cifar", layers=(1, 1, 1, 1), widths=(4, 8, 8, 8), num_classes=10)
+    triton_model = dsrnet.use_triton_dwconv(copy.deepcopy(eager))
+    swapped = [m for m in triton_model.modules() if type(m).__name__ == "TritonDepthwiseConv2d"]
+    assert len(swapped) == 4
+    assert list(triton_model.state_dict()) == list(eager.state_dict())
+    x, y = torch.randn(2, 3, 12, 12), torch.tensor([1, 7])  # 2x2 maps in stage 4: BN stays well-conditioned
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, triton_model)]
+    for model in (eager, triton_model):
+        model.train()
+        nn.functional.cross_entropy(model(x), y).backward()
+    for (name, p_eager), p_triton in zip(eager.named_parameters(), triton_model.parameters(), strict=True):
+        assert p_triton.grad is not None, name
+        err = (p_triton.grad - p_eager.grad).abs().max().item()
+        assert err <= 1e-4 * p_eager.grad.abs().max().item() + 1e-7, f"{name}: {err}"
+    for opt in opts:
+        opt.step()
+    for p_eager, p_triton in zip(eager.parameters(), triton_model.parameters(), strict=True):
+        torch.testing.assert_close(p_triton, p_eager, rtol=1e-4, atol=1e-6)
+
+
+def test_fuse_accepts_a_model_already_using_triton_dwconv(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")  # the PyTorch fallback: this is about module plumbing, not kernels
+    model = _tiny()
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        expected = dsrnet.fuse(model)(x)
+        got = dsrnet.fuse(dsrnet.use_triton_dwconv(copy.deepcopy(model)))(x)
+    torch.testing.assert_close(got, expected)
+
+
+def test_fuse_rejects_what_it_cannot_fuse():
+    with pytest.raises(DsrnetError, match="takes a DSRNet"):
+        dsrnet.fuse(nn.Conv2d(3, 3, 1))
+    with pytest.raises(DsrnetError, match="features_only"):
+        dsrnet.fuse(DSRNet(stem="cifar", features_only=True, **TINY))
+    with pytest.raises(DsrnetError, match="mode="):
+        dsrnet.fuse(DSRNet(stem="cifar", **TINY), mode="fast")
+
+
+def test_create_model_fused_is_the_fused_form_of_the_same_weights(tmp_path):
+    torch.manual_seed(0)
+    kw = {k: v for k, v in TINY.items() if k != "num_classes"}
+    eager = dsrnet.create_model("dsrnet50_cifar", num_classes=10, **kw).eval()
+    from dsrnet.models.weights import save_weights
+
+    path = save_weights(eager, tmp_path / "w.safetensors", metadata={"model": "dsrnet50_cifar", "num_classes": 10},
+                        dtype=torch.float32)  # fmt: skip
+    fused = dsrnet.create_model("dsrnet50_cifar", num_classes=10, fused=True, checkpoint_path=path, **kw)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert _rel_err(fused(x), eager(x)) < 1e-4
+    with pytest.raises(DsrnetError, match="takes a DSRNet"):
+        dsrnet.create_model("resnet50_cifar", num_classes=10, fused=True)
+
+
+def test_import_dsrnet_does_not_import_the_kernels():
+    code = "import sys, dsrnet; assert 'dsrnet.kernels' not in sys.modules; dsrnet.fuse; print('ok')"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
