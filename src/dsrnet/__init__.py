@@ -4,6 +4,7 @@
 ``list_models``.
 """
 
+from dsrnet._timm_hook import install_timm_hook
 from dsrnet.errors import DsrnetError
 
 __version__ = "0.1.0"
@@ -39,3 +40,6 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+install_timm_hook()

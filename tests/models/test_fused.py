@@ -144,6 +144,7 @@ def test_fuse_rejects_what_it_cannot_fuse():
         dsrnet.fuse(DSRNet(stem="cifar", **TINY), mode="fast")
 
 
+@needs_interpreter
 def test_create_model_fused_is_the_fused_form_of_the_same_weights(tmp_path):
     torch.manual_seed(0)
     kw = {k: v for k, v in TINY.items() if k != "num_classes"}

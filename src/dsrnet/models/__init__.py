@@ -4,7 +4,7 @@ Importing this package imports torch but neither torchvision (baselines import i
 ``_timm.py``: the models are registered with timm when timm is imported).
 """
 
-from dsrnet.models import _timm, baselines, dsrnet
+from dsrnet.models import baselines, dsrnet
 from dsrnet.models._features import FeatureInfo
 from dsrnet.models._registry import build_model, create_model, list_models, register_model, split_name
 from dsrnet.models._timm import register_with_timm
@@ -49,7 +49,6 @@ def stem_variant(name: str, stem: str) -> str:
     return f"{base}_cifar" if stem == "cifar" else base
 
 
-_timm.install_timm_hook()
 
 __all__ = [
     "DSRBlock",
