@@ -76,6 +76,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "fp32",
         "channels_last": False,
         "compile": False,
+        "pad_fill": "zero",
     },
     "fast": {
         "epochs": 40,
@@ -92,6 +93,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "bf16",
         "channels_last": True,
         "compile": True,
+        "pad_fill": "zero",
     },
 }
 
@@ -112,6 +114,7 @@ RESUME_MUTABLE = frozenset(
         "compile",
         "tensorboard",
         "checkpoint_every",
+        "deadline",
     }
 )
 
@@ -132,7 +135,14 @@ class TrainConfig:
     available. ``resume``: ``"auto"`` (or ``True``) continues from ``out_dir/checkpoint.pt``; a path names a
     checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
     images per class (quick runs). ``model_kwargs`` go to :func:`dsrnet.create_model` (e.g.
-    ``{"widths": [8, 16, 32, 64]}``).
+    ``{"widths": [8, 16, 32, 64]}``). ``pad_fill``: what the random crop pads with, ``"zero"`` (black) or
+    ``"mean"`` (the mean colour; :mod:`dsrnet.data.loader`).
+
+    ``deadline``: a wall-clock time (Unix seconds, ``time.time()``) after which training stops at the end of the
+    current epoch, as a safety net for time-boxed runs (choose ``epochs`` to fit; this only catches overruns). A run
+    stopped so has a truncated learning-rate schedule: its ``final.json`` says ``"stopped_early": true`` with the
+    epochs done, it does not count as finished (:attr:`dsrnet.run.rundir.RunDir.finished`), and resuming it
+    without a deadline completes the planned schedule.
     """
 
     model: str = "dsrnet50"
@@ -166,6 +176,8 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     checkpoint_every: int = 1
+    pad_fill: str | None = None
+    deadline: float | None = None
 
     @classmethod
     def from_recipe(cls, recipe: str = "paper", **overrides: Any) -> TrainConfig:
@@ -255,6 +267,10 @@ class TrainConfig:
             v = getattr(self, key)
             _check(v is None or v >= 1, key, v, "an integer >= 1 (or unset for all images)")
         _check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _check(self.pad_fill in D.PAD_FILLS, "pad_fill", self.pad_fill, f"one of {', '.join(D.PAD_FILLS)}")
+        _check(
+            self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
