@@ -488,6 +488,11 @@ class _Trainer:
         }
 
     def _restore(self, ckpt: dict) -> None:
+        if "optimizer_state" not in ckpt:
+            raise DsrnetError(
+                f"checkpoint {ckpt['path']} holds weights only (no optimizer state), so it cannot be resumed; fix: "
+                f"use it with eval/predict, or start a new run"
+            )
         load_model_state(self.model, ckpt)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer_state"])
