@@ -68,3 +68,32 @@ def test_shards_reassemble_into_the_trained_weights(dry_run, tmp_path):
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(DsrnetError, match="holds weights only"):
         train(resume_config(joined, out_dir=str(tmp_path / "resumed"), progress=False))
+
+
+def _campaign_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_campaign", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_epoch_planning_and_like_settings(tmp_path):
+    campaign = _campaign_module()
+    timing = {"s_per_epoch": 4.0, "first_epoch_extra_s": 60.0}
+    # (360 s - 60 s of compilation) / (4 s * 1.05) = 71.4 -> 71 epochs; nothing fits in less than the extra.
+    assert campaign.epochs_that_fit(360.0, timing, 0.05) == 71
+    assert campaign.epochs_that_fit(50.0, timing, 0.05) == 0
+    config = tmp_path / "config.yaml"
+    config.write_text("recipe: fast\nepochs: 71\nbatch_size: 512\nlr: 0.4\nmodel: dsrnet50_cifar\ndevice: cuda\n"
+                      "subset_per_class: null\npad_fill: zero\n")  # fmt: skip
+    assert campaign.like_settings(config) == {
+        "recipe": "fast", "epochs": 71, "batch_size": 512, "lr": 0.4, "pad_fill": "zero"
+    }  # fmt: skip
+    final = tmp_path / "final.json"
+    final.write_text(json.dumps({"recipe": "fast", "epochs": 71, "epochs_done": 30, "stopped_early": True}))
+    with pytest.raises(DsrnetError, match="stopped early"):
+        campaign.like_settings(final)
+    with pytest.raises(DsrnetError, match="no such file"):
+        campaign.like_settings(tmp_path / "missing.json")
