@@ -38,25 +38,38 @@ Stages (in order of value):
 Data: ``--data-dir`` (default /root/data) must hold ``cifar10/{train,test}.npz``; if it does not and
 ``--decoder`` (default /root/c10/decode.py) exists, the script runs it first (~5 s).
 
-GPU session, exact commands (each device call sends the repository, <= 64 MiB, so CIFAR-10 travels in 3 parts)::
+GPU session, exact commands. The device tool sends the checkout the session started in (main: merge this first)
+plus the paths named in ``carry``, at most 64 MiB per call, so CIFAR-10 (~98 MB) travels in parts; the machine keeps
+``/root/c10`` only while it stays warm (~30 s after a call), so make the staging calls back to back::
 
-    ../shared/tools/stage-cifar10.sh 3     # here: fills the git-ignored .gpu-data/1 .. 3 (~33 MB each)
+    ../shared/tools/stage-cifar10.sh 3     # here, in the main checkout: fills the git-ignored .gpu-data/1..3
 
-    # device call 1 and 2 (one right after the other: the machine stays warm only ~30 s; carry one part each)
-    run(carry=[".gpu-data/1"], command="mkdir -p /root/c10 && cp .gpu-data/1/* /root/c10/")
-    run(carry=[".gpu-data/2"], command="mkdir -p /root/c10 && cp .gpu-data/2/* /root/c10/")
-    # device call 3: the last part, then the stage (decode happens inside; ~540 s of a 600 s call)
-    run(carry=[".gpu-data/3"], timeout_s=600, command="mkdir -p /root/c10 && cp .gpu-data/3/* /root/c10/ && \
-        PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet --out $OUT \
-        --budget-s 540")
-    # later stages on the same warm machine (data already there): e.g.
-    run(command="PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage bench --out $OUT \
-        --budget-s 540")
-    # baselines need the dsrnet stage's settings: copy its config.yaml into the repo first (results/...), then
-    run(command="... --stage baselines --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT ...")
+    run(carry=[".gpu-data/1"], timeout_s=120, command="mkdir -p /root/c10 && cp .gpu-data/1/* /root/c10/")
+    run(carry=[".gpu-data/2"], timeout_s=120, command="mkdir -p /root/c10 && cp .gpu-data/2/* /root/c10/")
+    run(carry=[".gpu-data/3"], timeout_s=600, command="mkdir -p /root/c10 && cp .gpu-data/3/* /root/c10/ && "
+        "PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet --out $OUT "
+        "--budget-s 540")
 
-If the machine went cold between calls, repeat the three staging calls. With 15 minutes of device time per session,
-plan one stage per session. The returned files land read-only under ``files_at``; copy them into ``results/``.
+The last call decodes /root/c10 into /root/data (~5 s) and runs the stage; 540 s leaves the call 60 s of its 600.
+(While the tracked repository stays ~1 MB, ``stage-cifar10.sh 2`` and two calls do the same.) Other stages, on the
+same warm machine (the decoded data is still in /root/data) or after staging again on a fresh one::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage bench --out $OUT --budget-s 540
+    # copy the dsrnet stage's returned config.yaml into the repo first (e.g. results/gpu/dsrnet/config.yaml):
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
+        --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 540
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage ablation \
+        --like results/gpu/dsrnet/config.yaml --variants no_dilation --out $OUT --budget-s 540
+
+A baseline or variant is trained only if ALL its epochs fit (a truncated schedule is no comparison), so the epochs
+of the ``dsrnet`` stage decide whether a ResNet-50 (about twice DSRNet's MACs at 32 px) fits one call: if it must,
+give the ``dsrnet`` stage ``--target-train-s`` (or ``--epochs``) small enough; the ``baselines`` stage reports each
+model's measured s/epoch and how many epochs would have fitted. A second call can skip the warm-up with
+``--s-per-epoch S --first-epoch-extra-s X`` taken from the first call's summary. With 15 minutes of device time per
+session (starts and idle time included), plan one stage per session.
+
+The summary (plan, warm-up timings, what was skipped, files) is the last line on stdout and in ``campaign.json`` where
+a slot is left. The returned files land read-only under ``files_at``; copy them into ``results/``.
 
 Weights, here afterwards::
 
@@ -147,7 +160,7 @@ def ensure_data(data_dir: Path, decoder: Path) -> dict:
             f"(../shared/tools/stage-cifar10.sh, copy the parts to {decoder.parent}) or pass --data-dir"
         )
     t0 = time.time()
-    subprocess.run([sys.executable, str(decoder), str(data_dir)], check=True)
+    subprocess.run([sys.executable, str(decoder), str(data_dir)], check=True, stdout=sys.stderr)  # stdout: summary
     return {"data_dir": str(data_dir), "decoded": True, "decode_s": round(time.time() - t0, 1)}
 
 
@@ -285,6 +298,8 @@ def stage_dsrnet(args, budget: Budget, work: Path, summary: dict) -> list[tuple[
     summary["train_wall_s"] = round(time.time() - t0, 1)
     summary["final"] = {k: final.get(k) for k in ("top1_error", "top3_error", "epochs", "epochs_done",
                                                    "stopped_early", "train_time_s", "median_epoch_time_s")}
+    if final.get("stopped_early"):
+        summary["warning"] = "stopped early by the deadline: truncated schedule, NOT a full-schedule result"
     weights = weights_only_checkpoint(run_dir, work / WEIGHTS_NAME)
     shard_dir = work / "shards"
     shutil.rmtree(shard_dir, ignore_errors=True)
