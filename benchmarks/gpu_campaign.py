@@ -120,8 +120,9 @@ RECIPE_KEYS = (
 DRY_TRAIN = {"subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "device": "cpu"}
 DRY_DSRNET_KWARGS = {"widths": [8, 16, 32, 64]}
 #: Cost guesses for a bench group before anything was measured (s; compilation dominates a compiled group).
-FIRST_GUESS_S = {("eager", "inference"): 20.0, ("eager", "train"): 30.0, ("compiled", "inference"): 90.0,
-                 ("compiled", "train"): 180.0}  # fmt: skip
+#: Per model; once a kind was measured, 1.2x its slowest measured group per model is used instead.
+FIRST_GUESS_S = {("eager", "inference"): 15.0, ("eager", "train"): 20.0, ("compiled", "inference"): 60.0,
+                 ("compiled", "train"): 100.0}  # fmt: skip
 
 log = logging.getLogger("gpu_campaign")
 
@@ -140,9 +141,6 @@ class Budget:
 
     def left(self) -> float:
         return self.deadline - time.time()
-
-    def elapsed(self) -> float:
-        return time.time() - self.start
 
 
 # --------------------------------------------------------------------------------------------------------- data
@@ -190,6 +188,10 @@ def like_settings(path: Path) -> dict:
         path = path / "config.yaml" if (path / "config.yaml").is_file() else path / "final.json"
     if not path.is_file():
         raise DsrnetError(f"--like {path}: no such file; fix: pass the dsrnet stage's config.yaml or final.json")
+    sibling = path.with_name("final.json")
+    final = json.loads(sibling.read_text()) if sibling.is_file() else {}
+    if final.get("stopped_early"):
+        raise DsrnetError(f"--like {path} is a run stopped early (truncated schedule); fix: use a finished run")
     if path.suffix in (".yaml", ".yml"):
         cfg = yaml.safe_load(path.read_text())
         return {k: cfg[k] for k in RECIPE_KEYS if cfg.get(k) is not None}
