@@ -89,9 +89,10 @@ class RunDir:
             ) from None
         return values if isinstance(values, dict) else {}
 
-    def check_compatible(self, wanted: dict, ignore: Iterable[str] = ()) -> None:
-        """A finished run with other settings than ``wanted`` is an error: a table would mix recipes."""
-        diff = differences(self.saved_config(), wanted, ignore)
+    def check_compatible(self, wanted: dict, ignore: Iterable[str] = (), legacy: dict | None = None) -> None:
+        """A finished run with other settings than ``wanted`` is an error: a table would mix recipes. ``legacy``:
+        the values of settings that a run saved before they existed had implicitly."""
+        diff = differences({**(legacy or {}), **self.saved_config()}, wanted, ignore)
         if diff:
             raise DsrnetError(
                 f"{self.path} holds a finished run with other settings: {'; '.join(diff[:3])}; fix: pass another "

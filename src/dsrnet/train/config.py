@@ -39,6 +39,7 @@ from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.run.rundir import differences
 
 __all__ = [
+    "LEGACY_DEFAULTS",
     "PRECISIONS",
     "RECIPES",
     "RESUME_MUTABLE",
@@ -117,6 +118,10 @@ RESUME_MUTABLE = frozenset(
         "deadline",
     }
 )
+
+#: The value each field added after the first release had implicitly before it existed: a run saved without the
+#: field compares equal to a config that sets it to this (``RunDir.check_compatible``), e.g. black crop padding.
+LEGACY_DEFAULTS = {"pad_fill": "zero"}
 
 #: Model arguments that make a network something other than a classifier of the dataset's classes.
 NOT_FOR_TRAINING = frozenset({"features_only", "out_indices", "num_classes", "pretrained", "checkpoint_path"})
