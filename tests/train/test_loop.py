@@ -449,3 +449,15 @@ def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cif
     # A deadline far ahead changes nothing.
     far = train(tiny(tmp_path, cifar10_dir, "far", deadline=time.time() + 3600, **over))
     assert far["stopped_early"] is False and far["epochs_done"] == 3
+
+
+@pytest.mark.parametrize(("model", "zeroed"), [("dsrnet50_cifar", 16), ("resnet50_cifar", 16), ("mobilenet_v2", 0)])
+def test_zero_init_residual_setting_starts_blocks_as_identities(model, zeroed):
+    def zero_scales(net):
+        return sum(
+            1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) and not bool(m.weight.detach().any())
+        )
+
+    on = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu", zero_init_residual=True), 10)
+    off = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu", zero_init_residual=False), 10)
+    assert zero_scales(on) == zeroed and zero_scales(off) == 0  # one per residual block; MobileNetV2 has none

@@ -49,6 +49,8 @@ FIELD_HELP = {
     "checkpoint_every": "write checkpoint.pt every this many epochs (and after the last) (default: 1)",
     "pad_fill": "what the random crop pads with: zero (black pixels) or mean (the mean colour, 0 after "
     "normalisation)",
+    "zero_init_residual": "start each residual block as an identity (last BatchNorm scale zeroed), for the models "
+    "with residual blocks",
     "deadline": "Unix time (s) by which training must end: it stops after the epoch whose successor would end later, "
     "marks final.json stopped_early (truncated schedule, not a full result); resume to complete (default: off)",
     "progress": "progress bar on a terminal (default: on)",

@@ -78,6 +78,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "channels_last": False,
         "compile": False,
         "pad_fill": "zero",
+        "zero_init_residual": False,
     },
     "fast": {
         "epochs": 40,
@@ -95,6 +96,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "channels_last": True,
         "compile": True,
         "pad_fill": "zero",
+        "zero_init_residual": False,
     },
 }
 
@@ -121,7 +123,7 @@ RESUME_MUTABLE = frozenset(
 
 #: The value each field added after the first release had implicitly before it existed: a run saved without the
 #: field compares equal to a config that sets it to this (``RunDir.check_compatible``), e.g. black crop padding.
-LEGACY_DEFAULTS = {"pad_fill": "zero"}
+LEGACY_DEFAULTS = {"pad_fill": "zero", "zero_init_residual": False}
 
 #: Model arguments that make a network something other than a classifier of the dataset's classes.
 NOT_FOR_TRAINING = frozenset({"features_only", "out_indices", "num_classes", "pretrained", "checkpoint_path"})
@@ -141,7 +143,9 @@ class TrainConfig:
     checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
     images per class (quick runs). ``model_kwargs`` go to :func:`dsrnet.create_model` (e.g.
     ``{"widths": [8, 16, 32, 64]}``). ``pad_fill``: what the random crop pads with, ``"zero"`` (black) or
-    ``"mean"`` (the mean colour; :mod:`dsrnet.data.loader`).
+    ``"mean"`` (the mean colour; :mod:`dsrnet.data.loader`). ``zero_init_residual``: start every residual block
+    as an identity (its last BatchNorm scale zeroed, Goyal et al. 2017), for the models that have such blocks;
+    ``model_kwargs`` may still set it per model.
 
     ``deadline``: a wall-clock time (Unix seconds, ``time.time()``) after which training stops at the end of the
     current epoch, as a safety net for time-boxed runs (choose ``epochs`` to fit; this only catches overruns). A run
@@ -182,6 +186,7 @@ class TrainConfig:
     tensorboard: bool = True
     checkpoint_every: int = 1
     pad_fill: str | None = None
+    zero_init_residual: bool | None = None
     deadline: float | None = None
 
     @classmethod

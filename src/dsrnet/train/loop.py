@@ -90,6 +90,17 @@ def lr_factor(step: int, *, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return 1.0 - progress
 
 
+def _build(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The config's model; ``zero_init_residual`` goes to the models that take it (DSRNet, ResNet, ResNeXt) unless
+    ``model_kwargs`` sets it; a model without residual blocks (MobileNetV2) has nothing to zero."""
+    if cfg.zero_init_residual and "zero_init_residual" not in cfg.model_kwargs:
+        try:
+            return build_model(cfg.model, num_classes, {**cfg.model_kwargs, "zero_init_residual": True})
+        except DsrnetError:
+            pass  # the model does not take it; a bad model_kwargs fails again just below
+    return build_model(cfg.model, num_classes, cfg.model_kwargs)
+
+
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -261,7 +272,7 @@ class _Trainer:
 
         _seed_everything(cfg.seed)
         self.num_classes = D.DATASETS[cfg.dataset].num_classes
-        model = build_model(cfg.model, self.num_classes, cfg.model_kwargs)  # before the data: fail fast
+        model = _build(cfg, self.num_classes)  # before the data: fail fast
         self.train_loader, self.test_loader, self.meta = _load_data(cfg, dist_, device)
         if cfg.sync_bn and dist_.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
