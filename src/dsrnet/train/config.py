@@ -13,7 +13,9 @@ epochs, milestones at epochs 80 and 120 (50 %/75 % of ``--epochs`` unless ``--mi
 without changing the network: batch 512 with the learning rate scaled linearly (0.1 x 512/128 = 0.4, Goyal et
 al. 2017), a 2-epoch linear warm-up (the same paper; at most half of a shorter run) then a linear decay to
 zero per step (a one-cycle-style schedule; linear decay matches or beats cosine at short budgets, Defazio et
-al. 2023), Nesterov momentum, label smoothing 0.1, no weight decay on BatchNorm parameters and biases, and on
+al. 2023), Nesterov momentum, label smoothing 0.1, no weight decay on BatchNorm parameters and biases, residual blocks
+that start as identities (``zero_init_residual``: the last BatchNorm scale of each block zeroed, Goyal et al. 2017;
+on CPU it removed a first-epoch blow-up, see ``results/recipe-leads``), and on
 CUDA bf16 autocast, channels_last and ``torch.compile`` (on a CPU those three fall back to fp32 / NCHW / eager
 unless asked for explicitly). 40 epochs by default: a rough prototype reached 93.4 % in 90 epochs; see
 BENCHMARKS.md for what this one measures. ``drop_last`` keeps every step's batch shape fixed so the compiled
@@ -96,7 +98,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "channels_last": True,
         "compile": True,
         "pad_fill": "zero",
-        "zero_init_residual": False,
+        "zero_init_residual": True,
     },
 }
 

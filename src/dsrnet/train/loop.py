@@ -366,7 +366,8 @@ class _Trainer:
         if main:
             atomic_write_json(self.run_dir.final, final)
         self.log(
-            f"final (epoch {final['epochs_done']}/{cfg.epochs}): top-1 error {final['top1_error']:.2f}%, top-3 error "
+            f"final (epoch {final['epochs_done']}{f' of {cfg.epochs}, stopped early' if self.stopped_early else ''}): "
+            f"top-1 error {final['top1_error']:.2f}%, top-3 error "
             f"{final['top3_error']:.2f}%, top-5 error {final['top5_error']:.2f}%, {final['train_time_s']:.1f} s "
             f"training -> {self.run_dir.final}"
         )
