@@ -175,3 +175,20 @@ def test_loader_bad_arrays():
         DeviceLoader(np.zeros((10, 3, 8, 8), np.uint8), np.zeros(10, np.int64), **kw)
     with pytest.raises(DsrnetError, match="matching 10 images"):
         DeviceLoader(np.zeros((10, 8, 8, 3), np.uint8), np.zeros(9, np.int64), **kw)
+
+
+def test_pad_fill_mean_pads_with_zero_after_normalisation_and_changes_nothing_else():
+    _, _, black = _loader(n=32, pad=3, pad_fill="zero")
+    _, _, mean = _loader(n=32, pad=3, pad_fill="mean")
+    xb, yb = next(iter(black))
+    xm, ym = next(iter(mean))
+    assert torch.equal(yb, ym)
+    padded = xb != xm  # the same crops and flips: only the padded border differs
+    assert padded.any()
+    assert torch.all(xm[padded] == 0)  # the mean colour, exactly
+    assert torch.allclose(xb[padded], black._shift.expand_as(xb)[padded])  # black: (0 - mean) / std
+    # Every crop offset in [0, 2 * pad] away from the centre pads the border rows/columns it shifts in.
+    interior = (slice(None), slice(None), slice(3, 5), slice(3, 5))
+    assert torch.equal(xb[interior], xm[interior])
+    with pytest.raises(DsrnetError, match="pad_fill must be one of zero, mean"):
+        _loader(pad_fill="reflect")

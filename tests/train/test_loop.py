@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import yaml
 
 from dsrnet.errors import DsrnetError
 from dsrnet.run.checkpoint import load_checkpoint
-from dsrnet.train import TrainConfig, loop, resume_config, train
+from dsrnet.train import TrainConfig, loop, lr_factor, resume_config, train
 from tests.conftest import DETERMINISTIC_KEYS, read_metrics, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -234,3 +235,47 @@ def test_a_train_split_missing_a_class_is_refused(tmp_path, cifar10_dir):
     cfg = tiny(tmp_path, tmp_path / "data", subset_per_class=None, test_subset_per_class=None)
     with pytest.raises(DsrnetError, match=r"has no image of class 3 \(cat\)"):
         train(cfg)
+
+
+def test_recipe_lr_scales_with_batch_size_unless_given():
+    assert TrainConfig.from_recipe("fast", device="cpu").lr == pytest.approx(0.4)
+    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128).lr == pytest.approx(0.1)
+    assert TrainConfig.from_recipe("paper", device="cpu", batch_size=256).lr == pytest.approx(0.2)
+    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128, lr=0.3).lr == pytest.approx(0.3)
+
+
+def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cifar10_dir, tmp_path):
+    from dsrnet.run.rundir import RunDir
+
+    over = {"epochs": 3, "subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20}
+    # A deadline long past: the run stops after its first epoch, the planned schedule untouched.
+    cfg = tiny(tmp_path, cifar10_dir, deadline=1.0, **over)
+    final = train(cfg)
+    run = RunDir(cfg.out_dir)
+    assert final["stopped_early"] is True and final["epochs_done"] == 1 and final["epochs"] == 3
+    assert "NOT a full-schedule result" in final["note"]
+    assert json.loads(run.final.read_text()) == final
+    assert load_checkpoint(run.path)["epoch"] == 1 and len(read_metrics(run.path)) == 1
+    assert not run.finished and run.resumable  # never counted as a finished run
+    # Resumed without the deadline it completes the schedule it was started with.
+    resumed = train(resume_config(cfg.out_dir, deadline=None, progress=False))
+    assert resumed["stopped_early"] is False and resumed["epochs_done"] == 3 and "note" not in resumed
+    assert run.finished
+    lrs = [m["lr"] for m in read_metrics(run.path)]
+    spe = 40 // 20
+    assert lrs == pytest.approx([cfg.lr * lr_factor(e * spe, cfg=cfg, steps_per_epoch=spe) for e in range(3)])
+    # A deadline far ahead changes nothing.
+    far = train(tiny(tmp_path, cifar10_dir, "far", deadline=time.time() + 3600, **over))
+    assert far["stopped_early"] is False and far["epochs_done"] == 3
+
+
+@pytest.mark.parametrize(("model", "zeroed"), [("dsrnet50_cifar", 16), ("resnet50_cifar", 16), ("mobilenet_v2", 0)])
+def test_zero_init_residual_setting_starts_blocks_as_identities(model, zeroed):
+    def zero_scales(net):
+        return sum(
+            1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d) and not bool(m.weight.detach().any())
+        )
+
+    on = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu", zero_init_residual=True), 10)
+    off = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu", zero_init_residual=False), 10)
+    assert zero_scales(on) == zeroed and zero_scales(off) == 0  # one per residual block; MobileNetV2 has none

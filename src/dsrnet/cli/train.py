@@ -47,6 +47,12 @@ FIELD_HELP = {
     "subset_per_class": "train on this many images per class (quick runs) (default: all)",
     "test_subset_per_class": "test on this many images per class (quick runs) (default: all)",
     "checkpoint_every": "write checkpoint.pt every this many epochs (and after the last) (default: 1)",
+    "pad_fill": "what the random crop pads with: zero (black pixels) or mean (the mean colour, 0 after "
+    "normalisation)",
+    "zero_init_residual": "start each residual block as an identity (last BatchNorm scale zeroed), for the models "
+    "with residual blocks",
+    "deadline": "Unix time (s) by which training must end: it stops after the epoch whose successor would end later, "
+    "marks final.json stopped_early (truncated schedule, not a full result); resume to complete (default: off)",
     "progress": "progress bar on a terminal (default: on)",
     "tensorboard": "write TensorBoard events to <out-dir>/tb when tensorboard is installed (default: on)",
 }
@@ -69,7 +75,7 @@ def _recipe_help(key: str) -> str:
 
 
 def _choices(name: str) -> tuple[str, ...] | None:
-    from dsrnet.data import DATASETS
+    from dsrnet.data import DATASETS, PAD_FILLS
     from dsrnet.models import list_models
     from dsrnet.train.config import RECIPES, SCHEDULES
 
@@ -79,6 +85,7 @@ def _choices(name: str) -> tuple[str, ...] | None:
         "recipe": tuple(RECIPES),
         "schedule": SCHEDULES,
         "precision": PRECISIONS,
+        "pad_fill": PAD_FILLS,
     }.get(name)
 
 
@@ -184,8 +191,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     final = train(cfg)
+    stopped = f" (STOPPED EARLY by --deadline, of {final['epochs']} planned)" if final["stopped_early"] else ""
     print(
-        f"{final['model']} on {final['dataset']}, final epoch {final['epochs']}: top-1 error "
+        f"{final['model']} on {final['dataset']}, final epoch {final['epochs_done']}{stopped}: top-1 error "
         f"{final['top1_error']:.2f}%, top-3 error {final['top3_error']:.2f}%, top-5 error {final['top5_error']:.2f}% "
         f"-> {final['out_dir']}"
     )

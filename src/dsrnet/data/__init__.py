@@ -10,10 +10,11 @@ from dsrnet.data.datasets import (
     load_split,
     subset_per_class,
 )
-from dsrnet.data.loader import DeviceLoader, crop_flip
+from dsrnet.data.loader import PAD_FILLS, DeviceLoader, crop_flip
 
 __all__ = [
     "DATASETS",
+    "PAD_FILLS",
     "ArraySplit",
     "DatasetInfo",
     "DeviceLoader",

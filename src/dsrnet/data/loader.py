@@ -4,6 +4,11 @@
 (random crop of the zero-padded image, horizontal flip, per-channel normalisation; for STL-10 "zero-padding ... then
 randomly crop the image to 96*96", Section 4.5), so data loading costs a few small kernels per batch and no host work
 at all.
+
+What the crop pads with (``pad_fill``): ``"zero"`` pads the image with black pixels (zero in pixel space, the paper's
+"zero-padding" read literally); ``"mean"`` pads with the dataset's mean colour, i.e. with zeros AFTER normalisation,
+which is what a network padding its own normalised input sees at its borders. Which trains better is a recipe
+question (see ``results/recipe-leads``); ``"zero"`` is the default.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ import torch.nn.functional as F
 
 from dsrnet.errors import DsrnetError
 
-__all__ = ["DeviceLoader", "crop_flip"]
+__all__ = ["PAD_FILLS", "DeviceLoader", "crop_flip"]
+
+#: What the random crop pads with: black pixels, or the mean colour (= 0 after normalisation).
+PAD_FILLS = ("zero", "mean")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -32,7 +40,8 @@ class DeviceLoader:
     """Iterate over a whole split held as one uint8 tensor on ``device``, yielding ``(x, y)``: ``x`` float32
     (B,3,H,W) normalised with ``mean``/``std`` (in [0,1] units), ``y`` int64 (B,), both on ``device``.
 
-    ``train=True``: a fresh permutation each epoch, random crop of the image zero-padded by ``pad`` on each side
+    ``train=True``: a fresh permutation each epoch, random crop of the image padded by ``pad`` on each side
+    (with black, ``pad_fill="zero"``, or the mean colour, ``pad_fill="mean"``; module docstring)
     and a horizontal flip with probability 1/2 (Section 4.2; STL-10 Section 4.5), all computed on ``device`` in a
     handful of batched kernels. The randomness is drawn on the CPU from ``(seed, epoch)``, so batches are the same
     on every device and every rank. ``train=False``: fixed order, no augmentation.
@@ -63,6 +72,7 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        pad_fill: str = "zero",
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DsrnetError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -77,6 +87,8 @@ class DeviceLoader:
             )
         if not isinstance(pad, int) or pad < 0:
             raise DsrnetError(f"pad must be a non-negative integer, got {pad!r}")
+        if pad_fill not in PAD_FILLS:
+            raise DsrnetError(f"pad_fill must be one of {', '.join(PAD_FILLS)}, got {pad_fill!r}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise DsrnetError(f"mean and std need 3 values each with std > 0, got mean={mean!r} std={std!r}")
         with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: they are copied, never written
@@ -105,6 +117,7 @@ class DeviceLoader:
         self.rank = rank
         self.world_size = world_size
         self.channels_last = channels_last
+        self.pad_fill = pad_fill
         self.epoch = 0
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
@@ -176,9 +189,12 @@ class DeviceLoader:
             else:
                 ib = idx[sl]
                 xb, yb = self.images.index_select(0, ib), self.labels.index_select(0, ib)
-            if self.train and (self.pad or self.flip):
+            augment = self.train and (self.pad or self.flip)
+            if augment and self.pad_fill == "zero":  # pad the uint8 image with black, then normalise
                 xb = crop_flip(xb, self.pad, dy[sl], dx[sl], flips[sl])
             x = torch.addcmul(self._shift, xb.to(torch.float32), self._scale)
+            if augment and self.pad_fill == "mean":  # normalise, then pad with 0 = the mean colour, exactly
+                x = crop_flip(x, self.pad, dy[sl], dx[sl], flips[sl])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, yb

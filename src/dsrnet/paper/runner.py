@@ -47,7 +47,7 @@ from dsrnet.paper.tables import Settings, write_ablation_report, write_reproduce
 from dsrnet.report.markdown import read_json, read_jsonl
 from dsrnet.run.atomic import atomic_write_bytes, atomic_write_json, plain
 from dsrnet.run.rundir import RunDir
-from dsrnet.train import RESUME_MUTABLE, TrainConfig, train
+from dsrnet.train import LEGACY_DEFAULTS, RESUME_MUTABLE, TrainConfig, train
 
 logger = logging.getLogger(__name__)
 _log = logger.info
@@ -113,7 +113,7 @@ def finished_run(config: TrainConfig) -> bool:
     run = RunDir(config.out_dir)
     if not run.finished:
         return False
-    run.check_compatible(config.to_dict(), RESUME_MUTABLE)
+    run.check_compatible(config.to_dict(), RESUME_MUTABLE, LEGACY_DEFAULTS)
     return True
 
 
@@ -168,7 +168,7 @@ def _finished_alike(job: Job, s: Settings) -> bool:
     if not (run.finished and (run.path / "bench.json").is_file()):
         return False
     try:
-        run.check_compatible(cfg.to_dict(), RESUME_MUTABLE)
+        run.check_compatible(cfg.to_dict(), RESUME_MUTABLE, LEGACY_DEFAULTS)
     except DsrnetError:
         return False
     return True

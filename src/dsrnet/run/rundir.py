@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,8 +54,17 @@ class RunDir:
 
     @property
     def finished(self) -> bool:
-        """The run ended (its ``final.json`` exists)."""
-        return self.final.is_file()
+        """The run ended its planned schedule: ``final.json`` exists and does not say ``stopped_early`` (a run a
+        deadline cut short is resumable, not finished)."""
+        return self.final.is_file() and not self.stopped_early
+
+    @property
+    def stopped_early(self) -> bool:
+        """``final.json`` says a deadline stopped the run before its last epoch (its schedule is truncated)."""
+        try:
+            return bool(json.loads(self.final.read_text()).get("stopped_early"))
+        except (OSError, ValueError, AttributeError):
+            return False
 
     @property
     def resumable(self) -> bool:
@@ -79,9 +89,10 @@ class RunDir:
             ) from None
         return values if isinstance(values, dict) else {}
 
-    def check_compatible(self, wanted: dict, ignore: Iterable[str] = ()) -> None:
-        """A finished run with other settings than ``wanted`` is an error: a table would mix recipes."""
-        diff = differences(self.saved_config(), wanted, ignore)
+    def check_compatible(self, wanted: dict, ignore: Iterable[str] = (), legacy: dict | None = None) -> None:
+        """A finished run with other settings than ``wanted`` is an error: a table would mix recipes. ``legacy``:
+        the values of settings that a run saved before they existed had implicitly."""
+        diff = differences({**(legacy or {}), **self.saved_config()}, wanted, ignore)
         if diff:
             raise DsrnetError(
                 f"{self.path} holds a finished run with other settings: {'; '.join(diff[:3])}; fix: pass another "

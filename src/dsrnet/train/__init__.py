@@ -1,11 +1,19 @@
 """Training: the run config and recipes (:mod:`.config`), the loop (:mod:`.loop`), test-set metrics
 (:mod:`.evaluate`) and DDP plumbing (:mod:`.distributed`)."""
 
-from dsrnet.train.config import RECIPES, RESUME_MUTABLE, TrainConfig, load_config_file, resume_config
+from dsrnet.train.config import (
+    LEGACY_DEFAULTS,
+    RECIPES,
+    RESUME_MUTABLE,
+    TrainConfig,
+    load_config_file,
+    resume_config,
+)
 from dsrnet.train.evaluate import evaluate
 from dsrnet.train.loop import lr_factor, train
 
 __all__ = [
+    "LEGACY_DEFAULTS",
     "RECIPES",
     "RESUME_MUTABLE",
     "TrainConfig",

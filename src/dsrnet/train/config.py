@@ -13,7 +13,9 @@ epochs, milestones at epochs 80 and 120 (50 %/75 % of ``--epochs`` unless ``--mi
 without changing the network: batch 512 with the learning rate scaled linearly (0.1 x 512/128 = 0.4, Goyal et
 al. 2017), a 2-epoch linear warm-up (the same paper; at most half of a shorter run) then a linear decay to
 zero per step (a one-cycle-style schedule; linear decay matches or beats cosine at short budgets, Defazio et
-al. 2023), Nesterov momentum, label smoothing 0.1, no weight decay on BatchNorm parameters and biases, and on
+al. 2023), Nesterov momentum, label smoothing 0.1, no weight decay on BatchNorm parameters and biases, residual blocks
+that start as identities (``zero_init_residual``: the last BatchNorm scale of each block zeroed, Goyal et al. 2017;
+on CPU it removed a first-epoch blow-up, see ``results/recipe-leads``), and on
 CUDA bf16 autocast, channels_last and ``torch.compile`` (on a CPU those three fall back to fp32 / NCHW / eager
 unless asked for explicitly). 40 epochs by default: a rough prototype reached 93.4 % in 90 epochs; see
 BENCHMARKS.md for what this one measures. ``drop_last`` keeps every step's batch shape fixed so the compiled
@@ -39,6 +41,7 @@ from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.run.rundir import differences
 
 __all__ = [
+    "LEGACY_DEFAULTS",
     "PRECISIONS",
     "RECIPES",
     "RESUME_MUTABLE",
@@ -76,6 +79,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "fp32",
         "channels_last": False,
         "compile": False,
+        "pad_fill": "zero",
+        "zero_init_residual": False,
     },
     "fast": {
         "epochs": 40,
@@ -92,6 +97,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "bf16",
         "channels_last": True,
         "compile": True,
+        "pad_fill": "zero",
+        "zero_init_residual": True,
     },
 }
 
@@ -112,8 +119,13 @@ RESUME_MUTABLE = frozenset(
         "compile",
         "tensorboard",
         "checkpoint_every",
+        "deadline",
     }
 )
+
+#: The value each field added after the first release had implicitly before it existed: a run saved without the
+#: field compares equal to a config that sets it to this (``RunDir.check_compatible``), e.g. black crop padding.
+LEGACY_DEFAULTS = {"pad_fill": "zero", "zero_init_residual": False}
 
 #: Model arguments that make a network something other than a classifier of the dataset's classes.
 NOT_FOR_TRAINING = frozenset({"features_only", "out_indices", "num_classes", "pretrained", "checkpoint_path"})
@@ -132,7 +144,16 @@ class TrainConfig:
     available. ``resume``: ``"auto"`` (or ``True``) continues from ``out_dir/checkpoint.pt``; a path names a
     checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
     images per class (quick runs). ``model_kwargs`` go to :func:`dsrnet.create_model` (e.g.
-    ``{"widths": [8, 16, 32, 64]}``).
+    ``{"widths": [8, 16, 32, 64]}``). ``pad_fill``: what the random crop pads with, ``"zero"`` (black) or
+    ``"mean"`` (the mean colour; :mod:`dsrnet.data.loader`). ``zero_init_residual``: start every residual block
+    as an identity (its last BatchNorm scale zeroed, Goyal et al. 2017), for the models that have such blocks;
+    ``model_kwargs`` may still set it per model.
+
+    ``deadline``: a wall-clock time (Unix seconds, ``time.time()``) after which training stops at the end of the
+    current epoch, as a safety net for time-boxed runs (choose ``epochs`` to fit; this only catches overruns). A run
+    stopped so has a truncated learning-rate schedule: its ``final.json`` says ``"stopped_early": true`` with the
+    epochs done, it does not count as finished (:attr:`dsrnet.run.rundir.RunDir.finished`), and resuming it
+    without a deadline completes the planned schedule.
     """
 
     model: str = "dsrnet50"
@@ -166,6 +187,9 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     checkpoint_every: int = 1
+    pad_fill: str | None = None
+    zero_init_residual: bool | None = None
+    deadline: float | None = None
 
     @classmethod
     def from_recipe(cls, recipe: str = "paper", **overrides: Any) -> TrainConfig:
@@ -255,6 +279,10 @@ class TrainConfig:
             v = getattr(self, key)
             _check(v is None or v >= 1, key, v, "an integer >= 1 (or unset for all images)")
         _check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _check(self.pad_fill in D.PAD_FILLS, "pad_fill", self.pad_fill, f"one of {', '.join(D.PAD_FILLS)}")
+        _check(
+            self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,6 +4,12 @@ folder (:class:`~dsrnet.run.rundir.RunDir`: ``config.yaml``, ``metrics.jsonl``, 
 Accuracies and errors are in percent. The train loss is the optimised (label-smoothed) loss; the test loss is plain
 cross-entropy. ``final.json`` holds the FINAL epoch's metrics, never a best-on-test pick.
 
+Time-boxed runs: with ``config.deadline`` (Unix time) the loop stops after an epoch when the next one (estimated by
+the last epoch's train + test time) would end past the deadline. It checkpoints that epoch and writes ``final.json``
+with ``"stopped_early": true``, ``epochs_done`` and the planned ``epochs``: the learning-rate schedule was cut short
+(for ``linear``/``cosine`` the rate never reached zero), so such a run is NOT a full-schedule result and does not count
+as finished; resuming it without a deadline completes the schedule.
+
 Progress goes to the ``dsrnet.train`` logger (stderr under the CLI); the function returns the final metrics.
 
 Safety: the run folder is locked while a process trains into it; a run never overwrites another run's folder;
@@ -84,6 +90,17 @@ def lr_factor(step: int, *, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return 1.0 - progress
 
 
+def _build(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """The config's model; ``zero_init_residual`` goes to the models that take it (DSRNet, ResNet, ResNeXt) unless
+    ``model_kwargs`` sets it; a model without residual blocks (MobileNetV2) has nothing to zero."""
+    if cfg.zero_init_residual and "zero_init_residual" not in cfg.model_kwargs:
+        try:
+            return build_model(cfg.model, num_classes, {**cfg.model_kwargs, "zero_init_residual": True})
+        except DsrnetError:
+            pass  # the model does not take it; a bad model_kwargs fails again just below
+    return build_model(cfg.model, num_classes, cfg.model_kwargs)
+
+
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -127,6 +144,7 @@ def _load_data(cfg: TrainConfig, dist_: DistContext, device: torch.device):
         pad=info.pad,
         drop_last=cfg.drop_last,
         seed=cfg.seed,
+        pad_fill=cfg.pad_fill,
         rank=dist_.rank,
         world_size=dist_.world_size,
         **common,
@@ -254,7 +272,7 @@ class _Trainer:
 
         _seed_everything(cfg.seed)
         self.num_classes = D.DATASETS[cfg.dataset].num_classes
-        model = build_model(cfg.model, self.num_classes, cfg.model_kwargs)  # before the data: fail fast
+        model = _build(cfg, self.num_classes)  # before the data: fail fast
         self.train_loader, self.test_loader, self.meta = _load_data(cfg, dist_, device)
         if cfg.sync_bn and dist_.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -310,6 +328,7 @@ class _Trainer:
             + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
             + f" -> {self.out}"
         )
+        self.stopped_early = False
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 record = {
@@ -327,11 +346,19 @@ class _Trainer:
                     f"{record['test_top1']:.2f}% top-3 {record['test_top3']:.2f}%  "
                     f"{record['images_per_s']:.0f} img/s  {record['epoch_time_s']:.1f} s"
                 )
+                stop = epoch + 1 < cfg.epochs and self._past_deadline(record)
                 if main:
                     tb.log(record)
-                    if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                    if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or stop:
                         save_checkpoint(self.ckpt_path, self._payload(epoch + 1))
                     _write_metrics(self.run_dir, self.history)
+                if stop:
+                    self.stopped_early = True
+                    self.log(
+                        f"stopping after epoch {epoch + 1}/{cfg.epochs}: the next epoch would end past the deadline; "
+                        f"the learning-rate schedule is truncated (resume without a deadline to complete it)"
+                    )
+                    break
         finally:
             if tb is not None:
                 tb.close()
@@ -339,7 +366,8 @@ class _Trainer:
         if main:
             atomic_write_json(self.run_dir.final, final)
         self.log(
-            f"final (epoch {cfg.epochs}): top-1 error {final['top1_error']:.2f}%, top-3 error "
+            f"final (epoch {final['epochs_done']}{f' of {cfg.epochs}, stopped early' if self.stopped_early else ''}): "
+            f"top-1 error {final['top1_error']:.2f}%, top-3 error "
             f"{final['top3_error']:.2f}%, top-5 error {final['top5_error']:.2f}%, {final['train_time_s']:.1f} s "
             f"training -> {self.run_dir.final}"
         )
@@ -414,6 +442,15 @@ class _Trainer:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
 
+    def _past_deadline(self, record: dict) -> bool:
+        """Whether the next epoch, as long as this one (train + test), would end past ``cfg.deadline``; one late
+        rank stops them all, so every rank stops after the same epoch."""
+        if self.cfg.deadline is None:
+            return False
+        next_end = time.time() + record["epoch_time_s"] + record["eval_time_s"]
+        late = torch.tensor(int(next_end > self.cfg.deadline), device=self.device)
+        return bool(self.dist.all_reduce(late, op="max").item())
+
     def _raise_if_nonfinite(self, bad_step: torch.Tensor, epoch: int) -> None:
         step = int(self.dist.all_reduce(bad_step.clone(), op="max"))  # every rank stops at the same check
         if step < 0:
@@ -463,6 +500,11 @@ class _Trainer:
         }
 
     def _restore(self, ckpt: dict) -> None:
+        if "optimizer_state" not in ckpt:
+            raise DsrnetError(
+                f"checkpoint {ckpt['path']} holds weights only (no optimizer state), so it cannot be resumed; fix: "
+                f"use it with eval/predict, or start a new run"
+            )
         load_model_state(self.model, ckpt)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -487,6 +529,16 @@ class _Trainer:
             "dataset": cfg.dataset,
             "recipe": cfg.recipe,
             "epochs": cfg.epochs,
+            "epochs_done": len(self.history),
+            "stopped_early": self.stopped_early,
+            **(
+                {
+                    "note": f"stopped by the deadline after {len(self.history)} of {cfg.epochs} epochs: the "
+                    f"learning-rate schedule is truncated, so this is NOT a full-schedule result"
+                }
+                if self.stopped_early
+                else {}
+            ),
             "params": self.n_params,
             "top1_error": last["test_top1_error"],
             "top3_error": last["test_top3_error"],

@@ -1,0 +1,591 @@
+"""GPU campaign of issue 9: one prepared command per stage, each fitting a few minutes of GPU time.
+
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet|bench|baselines|ablation --out DIR \
+        --budget-s S [--data-dir D] [--dry-run] [...]
+
+Runs from the repository root with no install (the GPU box has Python 3.12, torch 2.11, torchvision 0.26, Triton 3.6,
+timm, safetensors, PyYAML, matplotlib). Every stage goes through the project's own library calls
+(:func:`dsrnet.train.train`, :func:`dsrnet.bench.measure.run_bench`, :func:`dsrnet.paper.runner.reproduce` /
+``ablate``), stops itself before ``--budget-s`` (margin kept for writing results; a SIGALRM watchdog at the budget's
+end as a last resort) and leaves at most 8 files of at most 15 MiB each in ``--out`` (at most one folder deep), the
+device tool's limits. What did not fit is listed in the summary printed as the last stdout line (and in
+``campaign.json`` where a slot is free).
+
+Stages (in order of value):
+
+* ``dsrnet`` -- ``dsrnet50_cifar``, fast recipe (bf16, channels_last, torch.compile on CUDA), full CIFAR-10, seed 0.
+  The number of epochs is fixed BEFORE training (changing it mid-run would bend the LR schedule): a 2-epoch warm-up
+  run through ``train()`` measures the steady s/epoch (train + test) and the first epoch's extra (compilation, cold
+  caches); epochs = what fits ``min(--target-train-s, time left)``; ``--epochs N`` skips the warm-up. As a safety
+  net the run gets a ``deadline`` (:class:`~dsrnet.train.config.TrainConfig`): an overrun ends it after an epoch with
+  ``"stopped_early": true`` in final.json (truncated schedule: never report it as a full-schedule result).
+  OUT: ``final.json``, ``metrics.jsonl``, ``config.yaml`` and the weights as a weights-only dsrnet checkpoint
+  (the training checkpoint without optimizer/scheduler/scaler/RNG state) split by :mod:`dsrnet.run.shards` into
+  ``dsrnet50_cifar.c10.pt.partNN`` (<= 15 MiB) + ``dsrnet50_cifar.c10.pt.manifest.json``: 8 files.
+* ``bench`` -- ``run_bench`` on CUDA: DSRNet-50 vs ResNet-50, cifar stem @ 32 px and paper stem @ 96 px, batch 128
+  and 1024, fp32 eager and bf16 channels_last compiled, inference and train step; then the other baselines. Each
+  group is skipped (and recorded as skipped) when its estimated cost (compilation dominates) no longer fits.
+  OUT: ``bench_cuda.{csv,json,md}``, ``campaign.json``.
+* ``baselines`` -- ``resnet50_cifar``, ``resnext50_32x4d_cifar`` with the recipe and epochs of the ``dsrnet`` stage
+  (``--like DSRNET_OUT/config.yaml`` or ``final.json``; or ``--epochs``), through ``dsrnet.paper.runner.reproduce``,
+  so that ``dsrnet reproduce`` picks the finished runs up. Each model gets a warm-up (unless ``--s-per-epoch`` is
+  given) and is trained only if its whole schedule fits; otherwise it is skipped with the measured s/epoch and the
+  epochs that would have fitted. OUT: ``<model>/{final.json,bench.json,config.yaml,metrics.jsonl}``, no weights.
+* ``ablation`` -- ``no_dilation``, ``full_3x3``, ``stem_paper`` (cifar-stem DSRNet otherwise), same recipe and
+  epochs, one seed each, through ``dsrnet.paper.runner.ablate``. OUT: ``table.md``, ``summary.json``,
+  ``<variant>/metrics.jsonl``, ``campaign.json``.
+
+Data: ``--data-dir`` (default /root/data) must hold ``cifar10/{train,test}.npz``; if it does not and
+``--decoder`` (default /root/c10/decode.py) exists, the script runs it first (~5 s).
+
+GPU session, exact commands. The device tool sends the checkout the session started in (main: merge this first)
+plus the paths named in ``carry``, at most 64 MiB per call, so CIFAR-10 (~98 MB) travels in parts; the machine keeps
+``/root/c10`` only while it stays warm (~30 s after a call), so make the staging calls back to back::
+
+    ../shared/tools/stage-cifar10.sh 3     # here, in the main checkout: fills the git-ignored .gpu-data/1..3
+
+    run(carry=[".gpu-data/1"], timeout_s=120, command="mkdir -p /root/c10 && cp .gpu-data/1/* /root/c10/")
+    run(carry=[".gpu-data/2"], timeout_s=120, command="mkdir -p /root/c10 && cp .gpu-data/2/* /root/c10/")
+    run(carry=[".gpu-data/3"], timeout_s=600, command="mkdir -p /root/c10 && cp .gpu-data/3/* /root/c10/ && "
+        "PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet --out $OUT "
+        "--budget-s 540")
+
+The last call decodes /root/c10 into /root/data (~5 s) and runs the stage; 540 s leaves the call 60 s of its 600.
+(While the tracked repository stays ~1 MB, ``stage-cifar10.sh 2`` and two calls do the same.) Other stages, on the
+same warm machine (the decoded data is still in /root/data) or after staging again on a fresh one::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage bench --out $OUT --budget-s 540
+    # copy the dsrnet stage's returned config.yaml into the repo first (e.g. results/gpu/dsrnet/config.yaml):
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
+        --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 540
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage ablation \
+        --like results/gpu/dsrnet/config.yaml --variants no_dilation --out $OUT --budget-s 540
+
+A baseline or variant is trained only if ALL its epochs fit (a truncated schedule is no comparison), so the epochs
+of the ``dsrnet`` stage decide whether a ResNet-50 (about twice DSRNet's MACs at 32 px) fits one call: if it must,
+give the ``dsrnet`` stage ``--target-train-s`` (or ``--epochs``) small enough; the ``baselines`` stage reports each
+model's measured s/epoch and how many epochs would have fitted. A second call can skip the warm-up with
+``--s-per-epoch S --first-epoch-extra-s X`` taken from the first call's summary. With 15 minutes of device time per
+session (starts and idle time included), plan one stage per session.
+
+The summary (plan, warm-up timings, what was skipped, files) is the last line on stdout and in ``campaign.json`` where
+a slot is left. The returned files land read-only under ``files_at``; copy them into ``results/``.
+
+Weights, here afterwards::
+
+    PYTHONPATH=src python3 -c "from dsrnet.run.shards import join_parts; \
+        join_parts('FILES_AT/dsrnet50_cifar.c10.pt.manifest.json', 'dsrnet50_cifar.c10.pt')"
+    # every part's and the whole file's SHA-256 is checked; the result loads with dsrnet.run.checkpoint.load_checkpoint
+    # (weights only: dsrnet eval / predict / export-weights read it; it cannot be resumed)
+
+Dry run (CPU, tiny widths, a few images per class, 1-2 epochs, no compilation), e.g.::
+
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet --dry-run --data-dir /tmp/c10data \
+        --out /tmp/campaign-dry/dsrnet --budget-s 120
+"""
+
+from __future__ import annotations
+
+import time
+
+T0 = time.time()  # the budget counts from the process start, imports included
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+STAGES = ("dsrnet", "bench", "baselines", "ablation")
+MAX_FILES = 8
+MAX_FILE_BYTES = 15 * 2**20
+DSRNET_MODEL = "dsrnet50_cifar"
+WEIGHTS_NAME = "dsrnet50_cifar.c10.pt"
+DEFAULT_BASELINES = ("resnet50", "resnext50_32x4d")
+DEFAULT_VARIANTS = ("no_dilation", "full_3x3", "stem_paper")
+#: Settings copied from the dsrnet stage's config.yaml into the baseline / ablation runs ("same recipe and epochs").
+RECIPE_KEYS = (
+    "recipe", "epochs", "batch_size", "lr", "weight_decay", "momentum", "nesterov", "label_smoothing", "schedule",
+    "milestones", "warmup_epochs", "bn_bias_weight_decay", "drop_last", "precision", "channels_last", "pad_fill",
+    "seed", "subset_per_class", "test_subset_per_class",
+)  # fmt: skip
+#: Dry run: the same code paths on a CPU in seconds.
+DRY_TRAIN = {"subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "device": "cpu"}
+DRY_DSRNET_KWARGS = {"widths": [8, 16, 32, 64]}
+#: Cost guesses for a bench group before anything was measured (s; compilation dominates a compiled group).
+#: Per model; once a kind was measured, 1.2x its slowest measured group per model is used instead.
+FIRST_GUESS_S = {("eager", "inference"): 15.0, ("eager", "train"): 20.0, ("compiled", "inference"): 60.0,
+                 ("compiled", "train"): 100.0}  # fmt: skip
+
+log = logging.getLogger("gpu_campaign")
+
+
+class BudgetExceeded(Exception):
+    """Raised by the watchdog (SIGALRM) when the whole budget is spent."""
+
+
+class Budget:
+    """Wall-clock budget from the process start: ``deadline`` leaves ``margin_s`` for writing the results."""
+
+    def __init__(self, budget_s: float, margin_s: float) -> None:
+        self.start, self.budget_s, self.margin_s = T0, budget_s, margin_s
+        self.end = T0 + budget_s
+        self.deadline = self.end - margin_s
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+
+# --------------------------------------------------------------------------------------------------------- data
+
+
+def ensure_data(data_dir: Path, decoder: Path) -> dict:
+    from dsrnet.errors import DsrnetError
+
+    c10 = data_dir / "cifar10"
+    if (c10 / "train.npz").is_file() and (c10 / "test.npz").is_file():
+        return {"data_dir": str(data_dir), "decoded": False}
+    if not decoder.is_file():
+        raise DsrnetError(
+            f"no CIFAR-10 in {c10} (train.npz, test.npz) and no decoder at {decoder}; fix: stage the data "
+            f"(../shared/tools/stage-cifar10.sh, copy the parts to {decoder.parent}) or pass --data-dir"
+        )
+    t0 = time.time()
+    subprocess.run([sys.executable, str(decoder), str(data_dir)], check=True, stdout=sys.stderr)  # stdout: summary
+    return {"data_dir": str(data_dir), "decoded": True, "decode_s": round(time.time() - t0, 1)}
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def run_settings(args, budget: Budget) -> dict:
+    """The training settings shared by every run of a stage (the same for DSRNet and the baselines)."""
+    s: dict = {"recipe": "fast", "seed": args.seed}
+    if args.like:
+        s.update(like_settings(Path(args.like)))
+    if args.epochs:
+        s["epochs"] = args.epochs
+    if args.dry_run:
+        s.update(DRY_TRAIN)
+    s["data_dir"] = str(args.data_dir)
+    return s
+
+
+def like_settings(path: Path) -> dict:
+    """Recipe and epochs of an earlier run: its config.yaml (everything) or final.json (the main values)."""
+    import yaml
+
+    from dsrnet.errors import DsrnetError
+
+    if path.is_dir():
+        path = path / "config.yaml" if (path / "config.yaml").is_file() else path / "final.json"
+    if not path.is_file():
+        raise DsrnetError(f"--like {path}: no such file; fix: pass the dsrnet stage's config.yaml or final.json")
+    sibling = path.with_name("final.json")
+    final = json.loads(sibling.read_text()) if sibling.is_file() else {}
+    if final.get("stopped_early"):
+        raise DsrnetError(f"--like {path} is a run stopped early (truncated schedule); fix: use a finished run")
+    if path.suffix in (".yaml", ".yml"):
+        cfg = yaml.safe_load(path.read_text())
+        return {k: cfg[k] for k in RECIPE_KEYS if cfg.get(k) is not None}
+    final = json.loads(path.read_text())
+    if final.get("stopped_early"):
+        raise DsrnetError(f"--like {path} is a run stopped early (truncated schedule); fix: use a finished run")
+    return {k: final[k] for k in ("recipe", "epochs", "batch_size", "lr", "seed") if k in final}
+
+
+def train_config(model: str, out_dir: Path, settings: dict, model_kwargs: dict | None = None, **over):
+    """The TrainConfig ``dsrnet.paper.runner`` would build for ``model`` (so ``reproduce`` recognises the run)."""
+    from dsrnet.train import TrainConfig
+
+    kw = {"progress": False, "tensorboard": False, **settings, **over}
+    return TrainConfig.from_recipe(
+        model=model, dataset="cifar10", model_kwargs=dict(model_kwargs or {}), out_dir=str(out_dir), **kw
+    )
+
+
+def warmup(
+    model: str, work: Path, settings: dict, model_kwargs: dict | None, budget: Budget, key: str | None = None
+) -> dict:
+    """A 2-epoch run through ``train()`` into a scratch folder: steady s/epoch (epoch 2: train + test) and the
+    first epoch's extra time (compilation, cuDNN autotuning). The real run's compilation reuses Inductor's caches,
+    so using the cold extra for planning errs on the safe side."""
+    from dsrnet.train import train
+
+    out = work / "warmup" / (key or model)
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    cfg = train_config(model, out, {**settings, "epochs": 2}, model_kwargs, deadline=budget.deadline)
+    train(cfg)
+    _reset_compiler()
+    m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = [r["epoch_time_s"] + r["eval_time_s"] for r in m]
+    steady = per_epoch[-1]
+    extra = max(0.0, per_epoch[0] - steady) if len(per_epoch) > 1 else 0.0
+    res = {"s_per_epoch": round(steady, 3), "first_epoch_extra_s": round(extra, 2),
+           "warmup_wall_s": round(time.time() - t0, 1), "epochs_measured": len(m)}  # fmt: skip
+    log.info("warm-up %s: %.2f s/epoch steady, first epoch +%.1f s, %.0f s wall", model, steady, extra,
+             res["warmup_wall_s"])  # fmt: skip
+    return res
+
+
+def _reset_compiler() -> None:
+    """Forget Dynamo's compiled frames (Inductor's on-disk caches stay): every new model instance of a class adds
+    a cache entry to its ``forward``, and past ``torch._dynamo.config.recompile_limit`` Dynamo silently runs it
+    eagerly, which would mislabel a "compiled" timing."""
+    import torch
+
+    torch._dynamo.reset()
+
+
+def epochs_that_fit(available_s: float, timing: dict, slack: float) -> int:
+    per_epoch = timing["s_per_epoch"] * (1.0 + slack)
+    return max(0, math.floor((available_s - timing["first_epoch_extra_s"]) / per_epoch))
+
+
+def timing_for(model, args, work, settings, model_kwargs, budget, summary, key=None) -> dict:
+    """The warm-up's timing of ``model``, or the one given with ``--s-per-epoch``."""
+    if args.s_per_epoch:
+        return {"s_per_epoch": args.s_per_epoch, "first_epoch_extra_s": args.first_epoch_extra_s, "given": True}
+    t = warmup(model, work, settings, model_kwargs, budget, key)
+    summary.setdefault("warmups", {})[key or model] = t
+    return t
+
+
+def weights_only_checkpoint(run_dir: Path, dest: Path) -> Path:
+    """The training checkpoint without optimizer/scheduler/scaler/RNG state, written with ``save_checkpoint``
+    and read back with ``load_checkpoint`` (which checks it)."""
+    from dsrnet.run.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(run_dir)
+    drop = {"optimizer_state", "scheduler_state", "scaler_state", "rng_state", "path", "format", "version"}
+    save_checkpoint(dest, {k: v for k, v in ckpt.items() if k not in drop})
+    load_checkpoint(dest)
+    return dest
+
+
+def stage_dsrnet(args, budget: Budget, work: Path, summary: dict) -> list[tuple[Path, str]]:
+    from dsrnet.run.shards import split_file
+    from dsrnet.train import train
+
+    settings = run_settings(args, budget)
+    kwargs = DRY_DSRNET_KWARGS if args.dry_run else {}
+    post_s = args.post_s
+    if args.epochs:
+        epochs, plan = args.epochs, {"epochs_from": "--epochs"}
+    else:
+        timing = timing_for(DSRNET_MODEL, args, work, settings, kwargs, budget, summary)
+        available = min(args.target_train_s, budget.left() - post_s)
+        epochs = min(args.max_epochs, epochs_that_fit(available, timing, args.slack))
+        plan = {"epochs_from": "warm-up" if "given" not in timing else "--s-per-epoch", "timing": timing,
+                "available_s": round(available, 1), "target_train_s": args.target_train_s}  # fmt: skip
+        if epochs < 1:
+            summary["skipped"] = [{"what": DSRNET_MODEL, "why": f"not one epoch fits in {available:.0f} s"}]
+            return []
+    plan["epochs"] = epochs
+    summary["plan"] = plan
+    log.info("training %s for %d epochs (%.0f s left of the budget)", DSRNET_MODEL, epochs, budget.left())
+    run_dir = work / "runs" / DSRNET_MODEL
+    cfg = train_config(DSRNET_MODEL, run_dir, {**settings, "epochs": epochs}, kwargs,
+                       deadline=budget.deadline - post_s)  # fmt: skip
+    t0 = time.time()
+    final = train(cfg)
+    summary["train_wall_s"] = round(time.time() - t0, 1)
+    summary["final"] = {k: final.get(k) for k in ("top1_error", "top3_error", "epochs", "epochs_done",
+                                                   "stopped_early", "train_time_s", "median_epoch_time_s")}
+    if final.get("stopped_early"):
+        summary["warning"] = "stopped early by the deadline: truncated schedule, NOT a full-schedule result"
+    weights = weights_only_checkpoint(run_dir, work / WEIGHTS_NAME)
+    shard_dir = work / "shards"
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    manifest = split_file(weights, shard_dir, max_bytes=args.shard_bytes)
+    parts = [shard_dir / p["file"] for p in json.loads(manifest.read_text())["parts"]]
+    summary["weights"] = {"file": WEIGHTS_NAME, "bytes": weights.stat().st_size, "parts": len(parts)}
+    if len(parts) + 2 > MAX_FILES:  # never bring back half a checkpoint
+        raise RuntimeError(f"{WEIGHTS_NAME} needs {len(parts)} parts: more than {MAX_FILES - 2} cannot come back")
+    # Priority: final.json, the whole weights, then config.yaml and metrics.jsonl (both also inside the checkpoint:
+    # "config" and "history"). dsrnet50_cifar: 46.7 MiB of fp32 weights = 4 parts, so all 8 files come back.
+    return [
+        (run_dir / "final.json", "final.json"),
+        (manifest, manifest.name),
+        *[(p, p.name) for p in parts],
+        (run_dir / "config.yaml", "config.yaml"),
+        (run_dir / "metrics.jsonl", "metrics.jsonl"),
+    ]
+
+
+def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tuple[Path, str]]:
+    """``baselines`` (reproduce) and ``ablation`` (ablate): each model/variant trained only if its whole schedule
+    fits what is left of the budget."""
+    from dsrnet.models import stem_variant
+    from dsrnet.paper import runner
+
+    settings = run_settings(args, budget)
+    if "epochs" not in settings:
+        from dsrnet.errors import DsrnetError
+
+        raise DsrnetError("the baselines/ablation stages need the dsrnet stage's epochs; fix: pass --like or --epochs")
+    summary["settings"] = {k: v for k, v in settings.items() if k != "data_dir"}
+    baselines = args.stage == "baselines"
+    out = work / ("reproduce" if baselines else "ablate")
+    bench_settings = {"warmup": 0, "repeats": 1} if args.dry_run else {}
+    if baselines:
+        names = args.models or list(DEFAULT_BASELINES)
+        jobs = [(n, stem_variant(n, args.stem), {}) for n in names]
+    else:
+        names = args.variants or list(DEFAULT_VARIANTS)
+        variants = {v.name: v for v in runner.ablation_variants(args.stem)}
+        dry_kw = DRY_DSRNET_KWARGS if args.dry_run else {}
+        jobs = [(n, stem_variant("dsrnet50", variants[n].stem or args.stem), {**dry_kw, **variants[n].kwargs})
+                for n in names]  # fmt: skip
+    common = {"stem": args.stem, "out": out, "train": {**settings, "deadline": budget.deadline - 5},
+              "bench_settings": bench_settings, "model_kwargs": DRY_DSRNET_KWARGS if args.dry_run else None,
+              "command": " ".join(sys.argv)}  # fmt: skip
+    done, skipped = [], []
+    for name, arch, kwargs in jobs:
+        timing = timing_for(arch, args, work, settings, kwargs, budget, summary, key=name)
+        need = timing["first_epoch_extra_s"] + settings["epochs"] * timing["s_per_epoch"] * (1 + args.slack)
+        need += args.post_s
+        if need > budget.left():
+            fit = epochs_that_fit(budget.left() - args.post_s, timing, args.slack)
+            skipped.append({"what": name, "why": f"needs ~{need:.0f} s for {settings['epochs']} epochs, "
+                            f"{budget.left():.0f} s left (about {fit} epochs would fit now)", "timing": timing})
+            log.info("skip %s: %s", name, skipped[-1]["why"])
+            continue
+        _reset_compiler()
+        t0 = time.time()
+        if baselines:
+            runner.reproduce("cifar10", models=[name], **common)
+        else:
+            runner.ablate("cifar10", variants=[name], **common)
+        done.append({"what": name, "arch": arch, "wall_s": round(time.time() - t0, 1)})
+    if not baselines and len(done) > 1:  # one table of every finished variant (nothing is retrained)
+        runner.ablate("cifar10", variants=[d["what"] for d in done], **common)
+    summary["done"], summary["skipped"] = done, skipped
+    files = []
+    if baselines:
+        for d in done:
+            run = out / "runs" / d["arch"]
+            files += [(run / f, f"{d['arch']}/{f}") for f in ("final.json", "bench.json", "config.yaml")]
+        files += [(out / "runs" / d["arch"] / "metrics.jsonl", f"{d['arch']}/metrics.jsonl") for d in done]
+    else:
+        if done:
+            files += [(out / "table.md", "table.md"), (out / "summary.json", "summary.json")]
+        files += [(out / "runs" / d["what"] / "metrics.jsonl", f"{d['what']}/metrics.jsonl") for d in done]
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------------- bench
+
+
+def bench_groups(dry_run: bool) -> list[dict]:
+    """run_bench calls in order of value: DSRNet vs ResNet-50 (both stems, 2 batch sizes, eager fp32 then compiled
+    bf16 channels_last, inference and train), then the other baselines."""
+    batches = (2, 4) if dry_run else (128, 1024)
+    stems = (("cifar", 32), ("paper", 96))
+    pair = ["dsrnet50", "resnet50"]
+    groups = []
+    for mode in ("inference", "train"):
+        for bs in batches:
+            for stem, size in stems:
+                groups.append({"models": pair, "stem": stem, "size": size, "bs": bs, "mode": mode, "compiled": False})
+    for bs in batches:
+        for mode in ("inference", "train"):
+            for stem, size in stems:
+                groups.append({"models": pair, "stem": stem, "size": size, "bs": bs, "mode": mode, "compiled": True})
+    others = ["mobilenet_v2"] if dry_run else ["resnext50_32x4d", "resnet101", "resnext101_32x8d", "mobilenet_v2"]
+    for compiled in (False, True):
+        for stem, size in stems:
+            for m in others:
+                groups.append({"models": [m], "stem": stem, "size": size, "bs": batches[0], "mode": "inference",
+                               "compiled": compiled})  # fmt: skip
+    return groups
+
+
+def stage_bench(args, budget: Budget, work: Path, summary: dict) -> list[tuple[Path, str]]:
+    import torch
+
+    from dsrnet.bench.measure import CSV_FIELDS, add_relative_latency, environment, render_markdown, run_bench
+    from dsrnet.report.markdown import write_csv
+    from dsrnet.run.atomic import atomic_write_json, atomic_write_text
+
+    device = "cpu" if args.dry_run else "cuda"
+    compile_ok = not args.dry_run  # Inductor on a CPU takes minutes: the dry run measures eager only
+    env = environment(device)
+    rows, skipped, spent = [], [], {}
+    out = work / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"bench_{device}"
+    command = " ".join(sys.argv)
+
+    def write() -> None:
+        add_relative_latency(rows)
+        md = render_markdown(rows, env, command=command) if rows else "No rows measured.\n"
+        if skipped:
+            md += "\nSkipped (did not fit the time budget or failed):\n\n" + "".join(
+                f"- {s['group']}: {s['why']}\n" for s in skipped
+            )
+        write_csv(out / f"{name}.csv", rows, CSV_FIELDS)
+        atomic_write_json(out / f"{name}.json", {"command": command, "env": env, "rows": rows, "skipped": skipped})
+        atomic_write_text(out / f"{name}.md", md)
+
+    for g in bench_groups(args.dry_run):
+        compiled = g["compiled"] and compile_ok
+        kind = ("compiled" if compiled else "eager", g["mode"])
+        label = (f"{'+'.join(g['models'])} {g['stem']} stem {g['size']}px bs{g['bs']} {g['mode']} "
+                 f"{'bf16 channels_last compiled' if g['compiled'] else 'fp32 eager'}")  # fmt: skip
+        est = len(g["models"]) * spent.get(kind, FIRST_GUESS_S[kind] * (0.05 if args.dry_run else 1.0))
+        if est > budget.left():
+            skipped.append({"group": label, "why": f"estimated {est:.0f} s, {budget.left():.0f} s left"})
+            continue
+        if compiled:
+            _reset_compiler()
+        t0 = time.time()
+        try:
+            res = run_bench(
+                g["models"], sizes=[g["size"]], batch_size=g["bs"], device=device,
+                precisions=["bf16" if g["compiled"] else "fp32"], channels_last=g["compiled"], compile=compiled,
+                modes=[g["mode"]], stem=g["stem"], warmup=0 if args.dry_run else None,
+                repeats=1 if args.dry_run else None, log=log.info,
+            )  # fmt: skip
+        except torch.cuda.OutOfMemoryError:
+            skipped.append({"group": label, "why": "CUDA out of memory"})
+            torch.cuda.empty_cache()
+            continue
+        except Exception as err:  # one failing group must not lose the others' results
+            skipped.append({"group": label, "why": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+            log.warning("bench group %s failed:\n%s", label, traceback.format_exc())
+            continue
+        per_model = (time.time() - t0) / len(g["models"])
+        spent[kind] = max(spent.get(kind, 0.0), per_model * 1.2)
+        for r in res["rows"]:
+            r["group_wall_s"] = round(time.time() - t0, 1)
+            if g["compiled"] and not compiled:
+                r["note"] = "dry run: compile skipped on CPU"
+        rows.extend(res["rows"])
+        write()
+    write()
+    summary["rows"], summary["skipped"] = len(rows), skipped
+    return [(out / f"{name}.{ext}", f"{name}.{ext}") for ext in ("csv", "json", "md")]
+
+
+# ------------------------------------------------------------------------------------------------------- results
+
+
+def collect(files: list[tuple[Path, str]], out: Path, summary: dict) -> None:
+    """Copy ``files`` (source, name in OUT) in order of priority into OUT, within the device tool's limits; then
+    ``campaign.json`` if a slot is left. What does not fit is listed in the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    kept, left = [], []
+    for src, name in files:
+        if not src.is_file():
+            left.append(f"{name} (missing)")
+        elif src.stat().st_size > MAX_FILE_BYTES:
+            left.append(f"{name} ({src.stat().st_size} bytes > {MAX_FILE_BYTES})")
+        elif len(kept) >= MAX_FILES:
+            left.append(f"{name} (over {MAX_FILES} files)")
+        else:
+            dest = out / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            kept.append(name)
+    summary["files"], summary["left_out"] = kept, left
+    summary["wall_s"] = round(time.time() - T0, 1)
+    if len(kept) < MAX_FILES:
+        summary["files"].append("campaign.json")
+        (out / "campaign.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--out", required=True, type=Path, help="folder for the returned files (<= 8, <= 15 MiB each)")
+    p.add_argument("--budget-s", required=True, type=float, help="wall-clock budget of the whole command")
+    p.add_argument("--data-dir", type=Path, default=Path("/root/data"))
+    p.add_argument("--decoder", type=Path, default=Path("/root/c10/decode.py"),
+                   help="CIFAR-10 decoder run when --data-dir holds no arrays")  # fmt: skip
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder)")
+    p.add_argument("--dry-run", action="store_true", help="CPU, tiny widths, a few images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="fix the epochs (dsrnet: skips the warm-up)")
+    p.add_argument("--like", default=None, help="config.yaml / final.json / run folder of the dsrnet stage")
+    p.add_argument("--s-per-epoch", type=float, default=None, help="known s/epoch: skip the warm-up run")
+    p.add_argument("--first-epoch-extra-s", type=float, default=90.0, help="with --s-per-epoch: compile etc.")
+    p.add_argument("--target-train-s", type=float, default=360.0, help="dsrnet: training wall time to aim for")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--slack", type=float, default=0.05, help="planning margin on s/epoch")
+    p.add_argument("--margin-s", type=float, default=None, help="kept for writing results (default 5%%, >= 15 s)")
+    p.add_argument("--post-s", type=float, default=15.0, help="time reserved after training (weights, shards)")
+    p.add_argument("--models", nargs="+", default=None, help=f"baselines (default: {' '.join(DEFAULT_BASELINES)})")
+    p.add_argument("--variants", nargs="+", default=None, help=f"ablation (default: {' '.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--stem", choices=("cifar", "paper"), default="cifar")
+    p.add_argument("--shard-bytes", type=int, default=MAX_FILE_BYTES)
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.max_epochs = min(args.max_epochs, 2)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    margin = args.margin_s if args.margin_s is not None else max(15.0, 0.05 * args.budget_s)
+    budget = Budget(args.budget_s, margin)
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"campaign-{args.stage}-"))
+    summary: dict = {"stage": args.stage, "dry_run": args.dry_run, "budget_s": args.budget_s, "margin_s": margin,
+                     "argv": sys.argv[1:], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0))}  # fmt: skip
+
+    def watchdog(signum, frame):
+        raise BudgetExceeded(f"budget of {args.budget_s:.0f} s spent")
+
+    signal.signal(signal.SIGALRM, watchdog)
+    signal.alarm(max(1, int(budget.end - time.time() - min(5.0, margin / 2))))
+    files: list[tuple[Path, str]] = []
+    status = 0
+    try:
+        import torch
+
+        import dsrnet
+
+        summary["versions"] = {"dsrnet": dsrnet.__version__, "torch": torch.__version__,
+                               "python": sys.version.split()[0]}  # fmt: skip
+        if torch.cuda.is_available():
+            summary["gpu"] = torch.cuda.get_device_name(0)
+        elif not args.dry_run:
+            raise RuntimeError("no CUDA device; fix: run on the GPU machine, or pass --dry-run for a CPU rehearsal")
+        if args.stage != "bench":
+            summary["data"] = ensure_data(args.data_dir, args.decoder)
+        stage = {"dsrnet": stage_dsrnet, "bench": stage_bench}.get(args.stage, stage_paper_runs)
+        files = stage(args, budget, work, summary)
+        summary["status"] = "ok"
+    except BudgetExceeded as err:
+        summary["status"] = f"stopped by the watchdog: {err}"
+        status = 3
+    except Exception as err:
+        summary["status"] = f"failed: {type(err).__name__}: {err}"
+        log.error("stage %s failed:\n%s", args.stage, traceback.format_exc())
+        status = 1
+    finally:
+        signal.alarm(0)
+    if status and args.stage == "dsrnet" and not files:  # whatever the run left (final.json only if it finished)
+        run_dir = work / "runs" / DSRNET_MODEL
+        files = [(run_dir / f, f) for f in ("final.json", "metrics.jsonl", "config.yaml")]
+    if status and args.stage == "bench":
+        name = "bench_cpu" if args.dry_run else "bench_cuda"
+        files = [(work / "bench" / f"{name}.{e}", f"{name}.{e}") for e in ("csv", "json", "md")]
+    collect(files, args.out, summary)
+    print(json.dumps(summary, default=str))
+    if args.work is None and not os.environ.get("CAMPAIGN_KEEP_WORK"):
+        shutil.rmtree(work, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

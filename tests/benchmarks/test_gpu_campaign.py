@@ -1,0 +1,99 @@
+"""The GPU campaign script (issue 9), rehearsed on a CPU: its ``dsrnet`` stage's dry run end to end, as the GPU
+machine would run it (a subprocess from the repository root, ``PYTHONPATH=src``), within the device tool's limits on
+returned files, with weight shards that reassemble into a loadable, weights-only checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dsrnet.errors import DsrnetError
+from dsrnet.infer import model_from_checkpoint
+from dsrnet.run.checkpoint import load_checkpoint
+from dsrnet.run.shards import join_parts
+from dsrnet.train import resume_config, train
+from tests.conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_campaign.py"
+SHARD_BYTES = 256 * 1024  # the tiny model's ~0.9 MB checkpoint comes back in 4 parts, as the real one would
+
+
+@pytest.fixture(scope="module")
+def dry_run(cifar10_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("campaign")
+    out, work = tmp / "out", tmp / "work"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), "--stage", "dsrnet", "--dry-run", "--data-dir", str(cifar10_dir),
+           "--out", str(out), "--work", str(work), "--budget-s", "120", "--shard-bytes", str(SHARD_BYTES)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out, work, summary
+
+
+def test_dsrnet_stage_dry_run_files_within_the_device_limits(dry_run):
+    out, _, summary = dry_run
+    assert summary["status"] == "ok" and summary["left_out"] == []
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8 and sorted(p.name for p in files) == sorted(summary["files"])
+    assert all(p.stat().st_size <= 15 * 2**20 for p in files)
+    assert all(p.parent == out for p in files)  # flat: nothing deeper than the tool brings back
+    parts = sorted(p.name for p in out.glob("dsrnet50_cifar.c10.pt.part*"))
+    assert parts == [f"dsrnet50_cifar.c10.pt.part{i:02d}" for i in range(4)]
+    assert all((out / p).stat().st_size <= SHARD_BYTES for p in parts)
+    final = json.loads((out / "final.json").read_text())
+    plan = summary["plan"]
+    assert final["stopped_early"] is False and final["epochs_done"] == final["epochs"] == plan["epochs"] >= 1
+    assert plan["epochs_from"] == "warm-up" and plan["timing"]["s_per_epoch"] > 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == final["epochs"]
+    assert "model: dsrnet50_cifar" in (out / "config.yaml").read_text()
+    assert summary["wall_s"] < 120
+
+
+def test_shards_reassemble_into_the_trained_weights(dry_run, tmp_path):
+    out, work, _ = dry_run
+    joined = join_parts(out / "dsrnet50_cifar.c10.pt.manifest.json", tmp_path / "weights.pt")
+    ckpt = load_checkpoint(joined)
+    trained = load_checkpoint(work / "runs" / "dsrnet50_cifar")
+    assert not {"optimizer_state", "scheduler_state", "scaler_state", "rng_state"} & set(ckpt)
+    assert ckpt["model_state"].keys() == trained["model_state"].keys()
+    for key, value in trained["model_state"].items():
+        assert torch.equal(value, ckpt["model_state"][key]), key
+    model, _ = model_from_checkpoint(joined)  # eval/predict rebuild the network from it alone
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(DsrnetError, match="holds weights only"):
+        train(resume_config(joined, out_dir=str(tmp_path / "resumed"), progress=False))
+
+
+def _campaign_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_campaign", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_epoch_planning_and_like_settings(tmp_path):
+    campaign = _campaign_module()
+    timing = {"s_per_epoch": 4.0, "first_epoch_extra_s": 60.0}
+    # (360 s - 60 s of compilation) / (4 s * 1.05) = 71.4 -> 71 epochs; nothing fits in less than the extra.
+    assert campaign.epochs_that_fit(360.0, timing, 0.05) == 71
+    assert campaign.epochs_that_fit(50.0, timing, 0.05) == 0
+    config = tmp_path / "config.yaml"
+    config.write_text("recipe: fast\nepochs: 71\nbatch_size: 512\nlr: 0.4\nmodel: dsrnet50_cifar\ndevice: cuda\n"
+                      "subset_per_class: null\npad_fill: zero\n")  # fmt: skip
+    assert campaign.like_settings(config) == {
+        "recipe": "fast", "epochs": 71, "batch_size": 512, "lr": 0.4, "pad_fill": "zero"
+    }  # fmt: skip
+    final = tmp_path / "final.json"
+    final.write_text(json.dumps({"recipe": "fast", "epochs": 71, "epochs_done": 30, "stopped_early": True}))
+    with pytest.raises(DsrnetError, match="stopped early"):
+        campaign.like_settings(final)
+    with pytest.raises(DsrnetError, match="no such file"):
+        campaign.like_settings(tmp_path / "missing.json")
