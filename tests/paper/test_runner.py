@@ -14,7 +14,6 @@ import dsrnet
 from dsrnet.cli.main import main
 from dsrnet.paper import runner as reproduce
 from dsrnet.report.markdown import read_json
-from dsrnet.report.plots import pareto_front
 
 TINY = json.dumps({"widths": [8, 16, 32, 64]})
 REPRODUCE_FILES = ("table.md", "table.csv", "summary.json", "params.png", "pareto.png", "curves.png",
@@ -158,10 +157,6 @@ def test_ablation_variants_build():
         model = dsrnet.create_model(name, 10, widths=(8, 16, 32, 64), **v.kwargs)
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert [v.name for v in reproduce.ablation_variants("cifar")][-1] == "stem_paper"
-
-
-def test_pareto_front():
-    assert pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 6.0), (0.5, 9.0)]) == [3, 0, 1]
 
 
 @pytest.mark.parametrize(

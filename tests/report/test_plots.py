@@ -1,0 +1,34 @@
+"""Figures: the Pareto front, and that every plot writes a real PNG atomically."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from dsrnet.report.plots import pareto_front, plot_confusion, plot_curves, plot_params, plot_tradeoff
+
+
+def test_pareto_front():
+    assert pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 6.0), (0.5, 9.0)]) == [3, 0, 1]
+
+
+def _png(path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_every_plot_writes_a_png(tmp_path):
+    plot_params({"dsrnet50": 12_245_258, "resnet50": 23_528_522}, tmp_path / "p.png", paper_dsrnet=2.19e7)
+    pts = [{"label": "a", "latency_ms": 1.0, "error": 10.0, "params": 1e6},
+           {"label": "b", "latency_ms": 2.0, "error": 8.0, "params": 2e6}]  # fmt: skip
+    plot_tradeoff(pts, tmp_path / "t.png", title="t", xlabel="ms")
+    curves = {"dsrnet50": [{"epoch": 1, "test_top1_error": 50.0, "train_loss": 2.0},
+                           {"epoch": 2, "test_top1_error": 40.0, "train_loss": 1.5}]}  # fmt: skip
+    plot_curves(curves, tmp_path / "c.png", title="c")
+    conf = np.array([[5, 1], [2, 7]])
+    plot_confusion(conf, ["cat", "dog"], tmp_path / "m.png", "m")
+    for name in ("p", "t", "c", "m"):
+        w, h = _png(tmp_path / f"{name}.png")
+        assert w > 100 and h > 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "m.png", "p.png", "t.png"]  # no temp files
