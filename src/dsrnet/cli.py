@@ -24,7 +24,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     import torch
 
-    from dsrnet import __version__, bench, engine, reproduce
+    from dsrnet import __version__, bench, cli_export, engine, reproduce
 
     parser = OneLineErrorParser(
         prog="dsrnet",
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_parser(sub)  # train, eval, predict
     bench.add_parser(sub)  # bench
     reproduce.add_parser(sub)  # reproduce, ablate
+    cli_export.add_parser(sub)  # export
     return parser
 
 

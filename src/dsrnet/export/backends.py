@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,9 @@ def _torch_module(source: Any, image_size: int | None) -> nn.Module:
         return torch.export.load(str(source)).module()
     if _is_file_of(source, ".pt") and Path(source).is_file():
         try:  # a TorchScript archive (dsrnet export --format torchscript) is a zip with a constants.pkl
-            return torch.jit.load(str(source), map_location="cpu").eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; its files still load
+                return torch.jit.load(str(source), map_location="cpu").eval()
         except RuntimeError:
             pass  # not TorchScript: a training checkpoint, handled below
     if _is_file_of(source, ".onnx", ".xml"):

@@ -135,7 +135,7 @@ def export_onnx_model(model: nn.Module, image_size: int, metadata: dict[str, str
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata), **metadata})
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".tmp-{out.name}")
     onnx.save_model(proto, str(tmp))
     os.replace(tmp, out)
     return out
@@ -147,7 +147,7 @@ def _export_torchscript(model: nn.Module, image_size: int, metadata: dict[str, s
         scripted = torch.jit.trace(model, (x,), check_trace=False)
         scripted = torch.jit.freeze(scripted.eval())
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".tmp-{out.name}")
     with _quiet():
         torch.jit.save(scripted, str(tmp), _extra_files={METADATA_KEY: json.dumps(metadata)})
     os.replace(tmp, out)
@@ -161,7 +161,7 @@ def _export_program(model: nn.Module, image_size: int, metadata: dict[str, str],
             model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".tmp-{out.name}")
     torch.export.save(program, str(tmp), extra_files={METADATA_KEY: json.dumps(metadata)})
     os.replace(tmp, out)
     return out
@@ -196,7 +196,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             raw = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
         elif fmt == "torchscript":
             files = {METADATA_KEY: ""}
-            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+            with _quiet():
+                torch.jit.load(str(path), map_location="cpu", _extra_files=files)
             raw = files[METADATA_KEY]
         elif fmt == "exported-program":
             files = {METADATA_KEY: ""}
@@ -229,6 +230,7 @@ def export_model(
     docstring. ``int8`` (ONNX only) quantises the checked fp32 file with :func:`dsrnet.export.quantize.quantize_onnx`
     calibrated on ``calib_images`` CIFAR-10 training images from ``data_dir``."""
     _check_format(format)
+    torch.manual_seed(seed)  # a registry name gets the same random weights every time
     if int8 and format != "onnx":
         raise DsrnetError(f"--int8 is available for --format onnx only, not {format}; fix: use --format onnx")
     src = source if isinstance(source, ModelSource) else load_source(
@@ -239,7 +241,6 @@ def export_model(
     out = Path(out).expanduser()
     if out.is_dir():
         raise DsrnetError(f"--out {out} is a folder; fix: name the file to write, e.g. {out / src.name}.onnx")
-    torch.manual_seed(seed)
     folded, n_folded = fold_batchnorm(src.model)
     metadata = src.metadata()
     metadata["batchnorm_folded"] = str(n_folded)

@@ -1,0 +1,45 @@
+"""``dsrnet export``: flags -> :func:`dsrnet.export.export_model` -> one summary line."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from dsrnet.export.formats import DEFAULT_TOLERANCE, FORMATS
+    from dsrnet.export.quantize import QUANTIZERS
+
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX / TorchScript / ExportedProgram (BN folded, optional int8), checked",
+        description="Export a registered model (random weights), a training run (folder or checkpoint.pt) or a "
+        ".safetensors weights file with BatchNorm folded, a dynamic batch dimension and the normalisation "
+        "metadata inside the file; the file is loaded back and compared with PyTorch (max abs diff printed, "
+        "error above the tolerance). --int8 quantises the ONNX file (post-training, static) on real CIFAR-10 "
+        "training images and keeps the fp32 file next to it as NAME.fp32.onnx.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", metavar="MODEL_OR_RUN_OR_WEIGHTS", help="registry name, run folder, .pt or .safetensors")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="file format to write")
+    p.add_argument("--out", required=True, help="file to write (.onnx, .pt for TorchScript, .pt2)")
+    p.add_argument("--int8", action="store_true", help="post-training static int8 quantisation (ONNX only)")
+    p.add_argument("--calib-images", type=int, default=300, help="CIFAR-10 training images to calibrate on")
+    p.add_argument("--quantizer", choices=QUANTIZERS, default=None, help="int8 tool (default: ort, measured)")
+    p.add_argument("--data-dir", default=None, help="dataset folder holding cifar10/ (default: $DSRNET_DATA)")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's/run's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of a registry model (default 10)")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative max-abs-diff bound")
+    p.set_defaults(func=_cli)
+    return p
+
+
+def _cli(args: argparse.Namespace) -> int:
+    from dsrnet.export import export_model
+
+    result = export_model(
+        args.source, args.out, format=args.format, int8=args.int8, calib_images=args.calib_images,
+        data_dir=args.data_dir, quantizer=args.quantizer, image_size=args.image_size,
+        num_classes=args.num_classes, tolerance=args.tolerance,
+    )  # fmt: skip
+    print(result.summary())
+    return 0
