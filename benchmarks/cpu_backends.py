@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""The CPU deployment table of issue 11: DSRNet-50 vs ResNet-50 vs MobileNetV2 through every installed backend.
+"""The CPU deployment table of issue 11: DSRNet-50 vs ResNet-50 vs MobileNetV2 through every installed
+backend.
 
-For each model and input size (32 px = the ``*_cifar`` 3x3 stem, 96/224 px = the paper's 7x7 stem) the model is
-exported once to ONNX with BatchNorm folded (:func:`dsrnet.export.export_model`'s path), quantised to int8 once
-(:func:`dsrnet.export.quantize.quantize_onnx`, calibrated on real CIFAR-10 training images), and then timed
-through each backend (``torch`` eager on the folded model, ``onnxruntime``, ``openvino``; ``torch-compile`` with
-``--backends``), fp32 and int8 (int8: the ONNX engines), at each batch size and thread count: median of
-``--repeats`` calls after ``--warmup`` calls (fewer at batch 32, ``--repeats-large``). "x ResNet-50" is ResNet-50's
-latency over the model's on the same backend, precision, size, batch and threads (> 1: faster than ResNet-50).
+For each model and input size (32 px = the ``*_cifar`` 3x3 stem, 96/224 px = the paper's 7x7 stem) the model
+is exported once to ONNX with BatchNorm folded (:func:`dsrnet.export.export_model`'s path), quantised to int8
+once (:func:`dsrnet.export.quantize.quantize_onnx`, calibrated on real CIFAR-10 training images), and then
+timed through each backend (``torch`` eager on the folded model, ``onnxruntime``, ``openvino``;
+``torch-compile`` with ``--backends``), fp32 and int8 (int8: the ONNX engines), at each batch size and thread
+count: median of ``--repeats`` calls after ``--warmup`` calls (fewer at batch 32, ``--repeats-large``). "x
+ResNet-50" is ResNet-50's latency over the model's on the same backend, precision, size, batch and threads (>
+1: faster than ResNet-50).
 
-The weights are random (no trained ones exist yet), which does not change the speed of dense kernels. Accuracy is
-reported only with ``--checkpoint RUN``: that model's fp32 and int8 top-1 on the full CIFAR-10 test split and
-their top-1 agreement; without it no accuracy is claimed.
+The weights are random (no trained ones exist yet), which does not change the speed of dense kernels. Accuracy
+is reported only with ``--checkpoint RUN``: that model's fp32 and int8 top-1 on the full CIFAR-10 test split
+and their top-1 agreement; without it no accuracy is claimed.
 
     python3 ../shared/data/cifar10/decode.py /tmp/c10data
     PYTHONPATH=src python benchmarks/cpu_backends.py --data-dir /tmp/c10data
@@ -56,7 +58,15 @@ def cpu_info() -> dict:
                     info["cpu"] = line.split(":", 1)[1].strip()
                 elif line.startswith("flags"):
                     flags = line.split(":", 1)[1].split()
-                    keep = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni")
+                    keep = (
+                        "avx2",
+                        "avx512f",
+                        "avx512_vnni",
+                        "avx512_bf16",
+                        "amx_int8",
+                        "amx_bf16",
+                        "avx_vnni",
+                    )
                     info["flags"] = [f for f in keep if f in flags]
                     break
     except OSError:
@@ -103,9 +113,15 @@ def run(args: argparse.Namespace) -> dict:
             if "int8" in args.precisions:
                 t0 = time.time()
                 q = quantize_onnx(
-                    fp32, Path(tmp.name) / f"{arch}-{size}.int8.onnx", calib_images=args.calib_images,
-                    data_dir=args.data_dir, image_size=size, mean=src.mean, std=src.std, check_images=100,
-                )  # fmt: skip
+                    fp32,
+                    Path(tmp.name) / f"{arch}-{size}.int8.onnx",
+                    calib_images=args.calib_images,
+                    data_dir=args.data_dir,
+                    image_size=size,
+                    mean=src.mean,
+                    std=src.std,
+                    check_images=100,
+                )
                 files["int8"] = Path(tmp.name) / f"{arch}-{size}.int8.onnx"
                 int8_checks.append({"arch": arch, "image_size": size, "quantize_s": time.time() - t0, **q})
             for backend in backends:
@@ -113,6 +129,8 @@ def run(args: argparse.Namespace) -> dict:
                     if precision == "int8" and backend not in INT8_BACKENDS:
                         continue
                     for threads in args.threads:
+                        if backend == "torch-compile" and threads not in args.compile_threads:
+                            continue
                         torch.set_num_threads(threads)
                         source = folded if backend.startswith("torch") else files[precision]
                         if backend == "torch-compile":
@@ -120,15 +138,21 @@ def run(args: argparse.Namespace) -> dict:
                         runner = load_runner(backend, source, threads=threads)
                         for batch in args.batch_sizes:
                             if backend == "torch-compile" and batch not in args.compile_batch_sizes:
-                                continue
+                                continue  # each new shape compiles for about a minute on 2 cores
                             large = batch > 1
                             row = time_runner(
-                                runner, batch_size=batch, image_size=size,
+                                runner,
+                                batch_size=batch,
+                                image_size=size,
                                 warmup=args.warmup_large if large else args.warmup,
                                 repeats=args.repeats_large if large else args.repeats,
-                                model=name, arch=arch, stem=stem_of(size), backend=backend,
-                                precision=precision, threads=threads,
-                            )  # fmt: skip
+                                model=name,
+                                arch=arch,
+                                stem=stem_of(size),
+                                backend=backend,
+                                precision=precision,
+                                threads=threads,
+                            )
                             row["load_avg_1min_after"] = os.getloadavg()[0]
                             rows.append(row)
                             log(
@@ -146,8 +170,8 @@ def run(args: argparse.Namespace) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**cpu_info(), "platform": platform.platform()},
         "versions": versions(),
-        "threads_note": "torch.set_num_threads(t); onnxruntime intra_op_num_threads=t, inter_op 1, sequential; "
-        "OpenVINO INFERENCE_NUM_THREADS=t, PERFORMANCE_HINT=LATENCY, static shape per batch size",
+        "threads_note": "torch.set_num_threads(t); onnxruntime intra_op_num_threads=t, inter_op 1, "
+        "sequential; OpenVINO INFERENCE_NUM_THREADS=t, PERFORMANCE_HINT=LATENCY, static shape per batch size",
         "load_avg_before": load_before,
         "load_avg_after": load_after,
         "wall_s": time.time() - started,
@@ -174,7 +198,9 @@ def targets(rows: list[dict]) -> list[dict]:
     out = []
     threads = 2 if any(r["threads"] == 2 for r in rows) else max((r["threads"] for r in rows), default=1)
     for size in sorted({r["image_size"] for r in rows}):
-        sel = [r for r in rows if r["image_size"] == size and r["batch_size"] == 1 and r["threads"] == threads]
+        sel = [
+            r for r in rows if r["image_size"] == size and r["batch_size"] == 1 and r["threads"] == threads
+        ]
 
         def best(model, sel=sel, **match):
             cands = [r for r in sel if r["model"] == model and all(r[k] == v for k, v in match.items())]
@@ -184,21 +210,38 @@ def targets(rows: list[dict]) -> list[dict]:
             match = {"precision": precision} if precision else {}
             d, r = best("dsrnet50", **match), best("resnet50", **match)
             if d and r:
-                out.append({
-                    "target": "DSRNet-50 best >= 2x ResNet-50 best", "image_size": size, "threads": threads,
-                    "precision": precision or "any", "dsrnet": f"{d['backend']} {d['precision']}",
-                    "dsrnet_ms": d["latency_ms"], "resnet": f"{r['backend']} {r['precision']}",
-                    "resnet_ms": r["latency_ms"], "ratio": r["latency_ms"] / d["latency_ms"],
-                    "met": r["latency_ms"] / d["latency_ms"] >= 2.0,
-                })  # fmt: skip
+                out.append(
+                    {
+                        "target": "DSRNet-50 best >= 2x ResNet-50 best",
+                        "image_size": size,
+                        "threads": threads,
+                        "precision": precision or "any",
+                        "dsrnet": f"{d['backend']} {d['precision']}",
+                        "dsrnet_ms": d["latency_ms"],
+                        "resnet": f"{r['backend']} {r['precision']}",
+                        "resnet_ms": r["latency_ms"],
+                        "ratio": r["latency_ms"] / d["latency_ms"],
+                        "met": r["latency_ms"] / d["latency_ms"] >= 2.0,
+                    }
+                )
         for backend in INT8_BACKENDS:
-            f, q = best("dsrnet50", backend=backend, precision="fp32"), best("dsrnet50", backend=backend, precision="int8")
+            f, q = (
+                best("dsrnet50", backend=backend, precision="fp32"),
+                best("dsrnet50", backend=backend, precision="int8"),
+            )
             if f and q:
-                out.append({
-                    "target": "int8 DSRNet-50 >= 1.5x fp32, same backend", "image_size": size, "threads": threads,
-                    "backend": backend, "fp32_ms": f["latency_ms"], "int8_ms": q["latency_ms"],
-                    "ratio": f["latency_ms"] / q["latency_ms"], "met": f["latency_ms"] / q["latency_ms"] >= 1.5,
-                })  # fmt: skip
+                out.append(
+                    {
+                        "target": "int8 DSRNet-50 >= 1.5x fp32, same backend",
+                        "image_size": size,
+                        "threads": threads,
+                        "backend": backend,
+                        "fp32_ms": f["latency_ms"],
+                        "int8_ms": q["latency_ms"],
+                        "ratio": f["latency_ms"] / q["latency_ms"],
+                        "met": f["latency_ms"] / q["latency_ms"] >= 1.5,
+                    }
+                )
     return out
 
 
@@ -207,28 +250,69 @@ def checkpoint_accuracy(args: argparse.Namespace, tmpdir: str) -> dict:
     from dsrnet.export import export_model
 
     src = load_source(args.checkpoint)
-    res = export_model(src, Path(tmpdir) / "ckpt.onnx", int8=True, calib_images=args.calib_images,
-                       data_dir=args.data_dir)  # fmt: skip
-    check = compare_int8(res.int8["fp32_path"], res.path, data_dir=args.data_dir, image_size=src.image_size,
-                         mean=src.mean, std=src.std, n=10000)  # fmt: skip
+    res = export_model(
+        src, Path(tmpdir) / "ckpt.onnx", int8=True, calib_images=args.calib_images, data_dir=args.data_dir
+    )
+    check = compare_int8(
+        res.int8["fp32_path"],
+        res.path,
+        data_dir=args.data_dir,
+        image_size=src.image_size,
+        mean=src.mean,
+        std=src.std,
+        n=10000,
+    )
     return {"checkpoint": str(args.checkpoint), "model": src.name, **check}
 
 
 def render(result: dict) -> str:
     m, v = result["machine"], result["versions"]
-    head = ["model", "stem", "px", "backend", "prec", "threads", "batch", "ms (median)", "IQR ms", "images/s",
-            "x ResNet-50"]  # fmt: skip
+    head = [
+        "model",
+        "stem",
+        "px",
+        "backend",
+        "prec",
+        "threads",
+        "batch",
+        "ms (median)",
+        "IQR ms",
+        "images/s",
+        "x ResNet-50",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + [":--"] * 2 + ["--:"] * 6) + "|"]
-    rows = sorted(result["rows"], key=lambda r: (r["image_size"], r["batch_size"], r["threads"], r["model"],
-                                                   r["backend"], r["precision"]))  # fmt: skip
+    rows = sorted(
+        result["rows"],
+        key=lambda r: (
+            r["image_size"],
+            r["batch_size"],
+            r["threads"],
+            r["model"],
+            r["backend"],
+            r["precision"],
+        ),
+    )
     for r in rows:
         ratio = r.get("speedup_vs_resnet50")
-        lines.append("| " + " | ".join([
-            DISPLAY.get(r["model"], r["model"]), r["stem"], str(r["image_size"]), r["backend"], r["precision"],
-            str(r["threads"]), str(r["batch_size"]), f"{r['latency_ms']:.2f}",
-            f"{r['latency_p25_ms']:.2f}–{r['latency_p75_ms']:.2f}", f"{r['images_per_s']:.0f}",
-            "–" if ratio is None else f"{ratio:.2f}x",
-        ]) + " |")  # fmt: skip
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    DISPLAY.get(r["model"], r["model"]),
+                    r["stem"],
+                    str(r["image_size"]),
+                    r["backend"],
+                    r["precision"],
+                    str(r["threads"]),
+                    str(r["batch_size"]),
+                    f"{r['latency_ms']:.2f}",
+                    f"{r['latency_p25_ms']:.2f}–{r['latency_p75_ms']:.2f}",
+                    f"{r['images_per_s']:.0f}",
+                    "–" if ratio is None else f"{ratio:.2f}x",
+                ]
+            )
+            + " |"
+        )
     text = ["\n".join(lines), ""]
     text.append(
         f"Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs; {', '.join(m['flags'])}), {m['platform']}. "
@@ -241,52 +325,68 @@ def render(result: dict) -> str:
         f"{la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}; run took {result['wall_s'] / 60:.1f} min, {result['date']}."
     )
     reps = sorted({(r["batch_size"], r["warmup"], r["repeats"]) for r in result["rows"]})
-    text.append("Method: median of " + ", ".join(f"{n} calls after {w} warm-up at batch {b}" for b, w, n in reps)
-                + "; random weights, BatchNorm folded, ONNX from torch.onnx (dynamo), int8 = onnxruntime "
-                "quantize_static QDQ (per-channel s8 weights, u8 activations, MinMax on "
-                f"{result['int8_checks'][0]['calibration_images'] if result['int8_checks'] else 0} CIFAR-10 "
-                "training images).")  # fmt: skip
+    text.append(
+        "Method: median of "
+        + ", ".join(f"{n} calls after {w} warm-up at batch {b}" for b, w, n in reps)
+        + "; random weights, BatchNorm folded, ONNX from torch.onnx (dynamo), int8 = onnxruntime "
+        "quantize_static QDQ (per-channel s8 weights, u8 activations, MinMax on "
+        f"{result['int8_checks'][0]['calibration_images'] if result['int8_checks'] else 0} CIFAR-10 "
+        "training images)."
+    )
     text.append(f"Command: `{result['command']}`")
     if result["targets"]:
-        text.append("\nTargets (batch 1):\n")
+        bullets = []
         for t in result["targets"]:
+            met = "met" if t["met"] else "NOT met"
+            where = f"- {t['image_size']} px, {t['threads']} threads"
             if "backend" in t:
-                text.append(
-                    f"- {t['image_size']} px, {t['threads']} threads, {t['backend']}: int8 {t['int8_ms']:.2f} ms vs "
-                    f"fp32 {t['fp32_ms']:.2f} ms = {t['ratio']:.2f}x (target 1.5x: {'met' if t['met'] else 'NOT met'})"
+                bullets.append(
+                    f"{where}, {t['backend']}: int8 {t['int8_ms']:.2f} ms vs fp32 {t['fp32_ms']:.2f} ms = "
+                    f"{t['ratio']:.2f}x (target 1.5x: {met})"
                 )
             else:
-                text.append(
-                    f"- {t['image_size']} px, {t['threads']} threads, best {t['precision']}: DSRNet-50 {t['dsrnet_ms']:.2f} "
-                    f"ms ({t['dsrnet']}) vs ResNet-50 {t['resnet_ms']:.2f} ms ({t['resnet']}) = {t['ratio']:.2f}x "
-                    f"(target 2x: {'met' if t['met'] else 'NOT met'})"
+                bullets.append(
+                    f"{where}, best {t['precision']}: DSRNet-50 {t['dsrnet_ms']:.2f} ms ({t['dsrnet']}) vs "
+                    f"ResNet-50 {t['resnet_ms']:.2f} ms ({t['resnet']}) = {t['ratio']:.2f}x "
+                    f"(target 2x: {met})"
                 )
+        text.append("Targets of issue 11 (batch 1):\n\n" + "\n".join(bullets))
     if result["int8_checks"]:
         text.append(
-            "\nint8 vs fp32 on 100 CIFAR-10 test images with RANDOM weights (a sanity check that the int8 graph "
-            "computes the same function, not an accuracy): "
-            + "; ".join(f"{c['arch']} {c['image_size']} px: logit correlation {c['logit_correlation']:.4f}"
-                        for c in result["int8_checks"])  # fmt: skip
+            "int8 vs fp32 on 100 CIFAR-10 test images with RANDOM weights (a sanity check that the int8 "
+            "graph computes the same function, not an accuracy): "
+            + "; ".join(
+                f"{c['arch']} {c['image_size']} px: logit correlation {c['logit_correlation']:.4f}"
+                for c in result["int8_checks"]
+            )
         )
     acc = result["checkpoint_accuracy"]
     if acc:
         text.append(
-            f"\nAccuracy ({acc['model']}, {acc['checkpoint']}, {acc['check_images']} CIFAR-10 test images): fp32 "
-            f"top-1 {acc['fp32_top1']:.2%}, int8 {acc['int8_top1']:.2%}, agreement {acc['top1_agreement']:.2%}."
+            f"Accuracy ({acc['model']}, {acc['checkpoint']}, {acc['check_images']} CIFAR-10 test images): "
+            f"fp32 top-1 {acc['fp32_top1']:.2%}, int8 {acc['int8_top1']:.2%}, agreement "
+            f"{acc['top1_agreement']:.2%}."
         )
     else:
-        text.append("\nAccuracy: not measured (no trained checkpoint given; pass --checkpoint RUN).")
-    return "\n\n".join(text[:1]) + "\n\n" + "\n\n".join(t for t in text[1:] if t) + "\n"
+        text.append("Accuracy: not measured (no trained checkpoint given; pass --checkpoint RUN).")
+    return "\n\n".join(t for t in text if t) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["dsrnet50", "resnet50", "mobilenet_v2"])
-    p.add_argument("--sizes", nargs="+", type=int, default=[32, 96], help="32 = cifar stem; larger = paper stem")
+    p.add_argument(
+        "--sizes", nargs="+", type=int, default=[32, 96], help="32 = cifar stem; larger = paper stem"
+    )
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--backends", nargs="+", default=None, help="default: every installed one but torch-compile")
-    p.add_argument("--compile-batch-sizes", nargs="+", type=int, default=[1], help="torch-compile batch sizes")
+    p.add_argument(
+        "--backends", nargs="+", default=None, help="default: every installed one but torch-compile"
+    )
+    p.add_argument(
+        "--compile-batch-sizes", nargs="+", type=int, default=[1], help="torch-compile batch sizes"
+    )
+    p.add_argument("--compile-threads", nargs="+", type=int, default=[2], help="torch-compile thread counts")
     p.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=("fp32", "int8"))
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30)
@@ -297,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=None, help="trained run: report fp32/int8 top-1 on CIFAR-10 test")
     p.add_argument("--out", default="results/cpu-deploy")
     args = p.parse_args(argv)
-    args.command = shlex.join(["python", "benchmarks/cpu_backends.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = shlex.join(
+        ["python", "benchmarks/cpu_backends.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     try:
         result = run(args)
     except DsrnetError as err:

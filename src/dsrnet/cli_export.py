@@ -12,14 +12,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="export a model to ONNX / TorchScript / ExportedProgram (BN folded, optional int8), checked",
-        description="Export a registered model (random weights), a training run (folder or checkpoint.pt) or a "
+        description="Export a registered model (random weights), a training run (folder or checkpoint.pt) or "
+        "a "
         ".safetensors weights file with BatchNorm folded, a dynamic batch dimension and the normalisation "
         "metadata inside the file; the file is loaded back and compared with PyTorch (max abs diff printed, "
         "error above the tolerance). --int8 quantises the ONNX file (post-training, static) on real CIFAR-10 "
         "training images and keeps the fp32 file next to it as NAME.fp32.onnx.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("source", metavar="MODEL_OR_RUN_OR_WEIGHTS", help="registry name, run folder, .pt or .safetensors")
+    p.add_argument(
+        "source", metavar="MODEL_OR_RUN_OR_WEIGHTS", help="registry name, run folder, .pt or .safetensors"
+    )
     p.add_argument("--format", choices=FORMATS, default="onnx", help="file format to write")
     p.add_argument("--out", required=True, help="file to write (.onnx, .pt for TorchScript, .pt2)")
     p.add_argument("--int8", action="store_true", help="post-training static int8 quantisation (ONNX only)")

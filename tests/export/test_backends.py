@@ -1,4 +1,5 @@
-"""dsrnet.export.backends: every installed backend computes the eager model's function; clear errors otherwise."""
+"""dsrnet.export.backends: every installed backend computes the eager model's function; clear errors
+otherwise."""
 
 from __future__ import annotations
 

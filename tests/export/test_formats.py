@@ -109,7 +109,9 @@ def test_safetensors_source_goes_through_read_weights(tiny, tmp_path, monkeypatc
                 '"layers": [1, 1, 1, 1]}', "mean": "[0.5, 0.5, 0.5]", "std": "[0.2, 0.2, 0.2]"}  # fmt: skip
         return tiny.state_dict(), meta
 
-    monkeypatch.setitem(sys.modules, "dsrnet.models.weights", types.SimpleNamespace(read_weights=read_weights))
+    monkeypatch.setitem(
+        sys.modules, "dsrnet.models.weights", types.SimpleNamespace(read_weights=read_weights)
+    )
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"")
     res = export_model(weights, tmp_path / "w.pt", format="torchscript")

@@ -1,11 +1,12 @@
-"""dsrnet.export.quantize: int8 export of a small model runs, and its agreement with fp32 on real CIFAR-10 is bounded.
+"""dsrnet.export.quantize: int8 export of a small model runs, and its agreement with fp32 on real CIFAR-10 is
+bounded.
 
-Why the model is trained for a few seconds first: a randomly initialised network maps almost every image to the
-same class, so int8-vs-fp32 top-1 agreement would be ~100 % whatever the quantiser did. After 60 SGD steps the
-tiny DSRNet predicts many classes with small margins between them -- the case where int8 rounding can flip a
-prediction -- so agreement measures something. The bounds: logits of a sound int8 graph correlate with fp32's at
-> 0.98 (a wrong scale or zero point gives ~0), and >= 80 % of the 200 held-out top-1 decisions survive (the
-measured value is ~97 %; the slack covers thread-count-dependent rounding).
+Why the model is trained for a few seconds first: a randomly initialised network maps almost every image to
+the same class, so int8-vs-fp32 top-1 agreement would be ~100 % whatever the quantiser did. After 60 SGD steps
+the tiny DSRNet predicts many classes with small margins between them -- the case where int8 rounding can flip
+a prediction -- so agreement measures something. The bounds: logits of a sound int8 graph correlate with
+fp32's at > 0.98 (a wrong scale or zero point gives ~0), and >= 80 % of the 200 held-out top-1 decisions
+survive (the measured value is ~97 %; the slack covers thread-count-dependent rounding).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def trained_tiny(cifar10_dir):
 
 
 def test_int8_export_runs_and_agrees_with_fp32(trained_tiny, cifar10_dir, tmp_path):
-    res = export_model(trained_tiny, tmp_path / "tiny.onnx", int8=True, calib_images=100, data_dir=cifar10_dir)
+    res = export_model(
+        trained_tiny, tmp_path / "tiny.onnx", int8=True, calib_images=100, data_dir=cifar10_dir
+    )
     q = res.int8
     assert q["quantizer"] == "ort" and q["calibration_images"] == 100 and q["check_images"] == 200
     assert (tmp_path / "tiny.fp32.onnx").is_file() and res.path == tmp_path / "tiny.onnx"
@@ -52,7 +55,9 @@ def test_int8_export_runs_and_agrees_with_fp32(trained_tiny, cifar10_dir, tmp_pa
     x, labels = cifar10_batch("test", 200, data_dir=cifar10_dir, image_size=32, mean=res.metadata["mean"],
                               std=res.metadata["std"])  # fmt: skip
     fp32 = load_runner("onnxruntime", tmp_path / "tiny.fp32.onnx")(x)
-    assert len(set(fp32.argmax(1).tolist())) >= 4, "the fp32 model must predict several classes for this to test"
+    assert len(set(fp32.argmax(1).tolist())) >= 4, (
+        "the fp32 model must predict several classes for this to test"
+    )
     assert q["logit_correlation"] > 0.98
     assert q["top1_agreement"] >= 0.80
     assert abs(q["int8_top1"] - q["fp32_top1"]) <= 0.10

@@ -1,7 +1,9 @@
-"""Deployment: export a model to ONNX / TorchScript / ExportedProgram (BatchNorm folded, dynamic batch, metadata
-inside, checked against PyTorch), int8 post-training quantisation, and CPU inference backends behind one runner.
+"""Deployment: export a model to ONNX / TorchScript / ExportedProgram (BatchNorm folded, dynamic batch,
+metadata inside, checked against PyTorch), int8 post-training quantisation, and CPU inference backends behind
+one runner.
 
-Heavy optional engines (onnx, onnxruntime, openvino, nncf) are imported only inside the functions that need them.
+Heavy optional engines (onnx, onnxruntime, openvino, nncf) are imported only inside the functions that need
+them.
 """
 
 from dsrnet.export.backends import BACKENDS, best_cpu_backend, installed_backends, load_runner

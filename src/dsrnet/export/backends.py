@@ -1,13 +1,14 @@
 """Run a model on the CPU through one of several inference engines behind one call signature.
 
-``load_runner(backend, source, threads=...)`` returns a callable: NCHW float32 tensor -> float32 logits tensor.
+``load_runner(backend, source, threads=...)`` returns a callable: NCHW float32 tensor -> float32 logits
+tensor.
 
 Backends (:data:`BACKENDS`):
 
-* ``torch`` -- PyTorch eager under ``inference_mode`` on the BN-folded model (or a TorchScript / ExportedProgram
-  file from ``dsrnet export``);
-* ``torch-compile`` -- the same model through ``torch.compile`` (Inductor's C++/OpenMP CPU backend, with weight
-  freezing); the first call of each new input shape compiles, which takes tens of seconds on 2 cores;
+* ``torch`` -- PyTorch eager under ``inference_mode`` on the BN-folded model (or a TorchScript /
+  ExportedProgram file from ``dsrnet export``);
+* ``torch-compile`` -- the same model through ``torch.compile`` (Inductor's C++/OpenMP CPU backend, with
+  weight freezing); the first call of each new input shape compiles, which takes tens of seconds on 2 cores;
 * ``onnxruntime`` -- an ONNX file (fp32 or int8 QDQ) in an onnxruntime session (CPU execution provider);
 * ``openvino`` -- an ONNX file (or OpenVINO IR ``.xml``) compiled by OpenVINO for the CPU, latency hint.
 
@@ -39,8 +40,9 @@ BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
 #: Which pip extra brings each backend's engine.
 EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
 #: Fastest first, as measured on a 2-core AVX-512 Xeon (benchmarks/cpu_backends.py, BENCHMARKS.md): OpenVINO
-#: and onnxruntime run the BN-folded graph with fused, pre-packed kernels; eager PyTorch is 2-4x slower at batch
-#: 1. torch-compile is left out of the automatic choice: its first call per input shape compiles for a minute.
+#: and onnxruntime run the BN-folded graph with fused, pre-packed kernels; eager PyTorch is several times
+#: slower at batch 1. torch-compile is left out of the automatic choice: its first call per input shape
+#: compiles for about a minute on 2 cores.
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -94,9 +96,11 @@ def _is_file_of(source: Any, *suffixes: str) -> bool:
     return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in suffixes
 
 
-def load_runner(backend: str, source: Any, *, threads: int | None = None, image_size: int | None = None) -> Runner:
-    """A callable running ``source`` on ``backend``; see the module docstring. ``image_size`` is used only when
-    ``source`` has to be exported first (default: the model's size)."""
+def load_runner(
+    backend: str, source: Any, *, threads: int | None = None, image_size: int | None = None
+) -> Runner:
+    """A callable running ``source`` on ``backend``; see the module docstring. ``image_size`` is used only
+    when ``source`` has to be exported first (default: the model's size)."""
     if backend not in BACKENDS:
         raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
     _check_threads(threads)
@@ -105,9 +109,8 @@ def load_runner(backend: str, source: Any, *, threads: int | None = None, image_
         keep: Any = None
         if not _is_file_of(source, ".onnx", ".xml"):
             keep, source = _export_temporary_onnx(source, image_size)
-        runner = _onnxruntime_runner(engine, source, threads) if backend == "onnxruntime" else _openvino_runner(
-            engine, source, threads
-        )  # fmt: skip
+        make = _onnxruntime_runner if backend == "onnxruntime" else _openvino_runner
+        runner = make(engine, source, threads)
         if keep is not None:
             runner.tmpdir = keep  # type: ignore[attr-defined] - the file must outlive the session
         return runner
@@ -131,12 +134,16 @@ def _export_temporary_onnx(source: Any, image_size: int | None) -> tuple[tempfil
 def _torch_module(source: Any, image_size: int | None) -> nn.Module:
     if _is_file_of(source, ".pt2"):
         if not Path(source).is_file():
-            raise DsrnetError(f"exported model {source} not found; fix: pass a file written by `dsrnet export`")
+            raise DsrnetError(
+                f"exported model {source} not found; fix: pass a file written by `dsrnet export`"
+            )
         return torch.export.load(str(source)).module()
     if _is_file_of(source, ".pt") and Path(source).is_file():
         try:  # a TorchScript archive (dsrnet export --format torchscript) is a zip with a constants.pkl
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; its files still load
+                warnings.simplefilter(
+                    "ignore", FutureWarning
+                )  # torch.jit is deprecated; its files still load
                 return torch.jit.load(str(source), map_location="cpu").eval()
         except RuntimeError:
             pass  # not TorchScript: a training checkpoint, handled below

@@ -1,15 +1,17 @@
-"""``dsrnet export``: a model -> an ONNX, TorchScript or ExportedProgram file with BatchNorm folded, a dynamic batch
-dimension, the preprocessing metadata inside the file, and a numerical check against the PyTorch model.
+"""``dsrnet export``: a model -> an ONNX, TorchScript or ExportedProgram file with BatchNorm folded, a dynamic
+batch dimension, the preprocessing metadata inside the file, and a numerical check against the PyTorch model.
 
-* BatchNorm folding is torch's own: :func:`torch.fx.experimental.optimization.fuse` folds every conv -> BN pair of
-  an FX-traceable model into the conv (DSRNet, ResNet and MobileNetV2 are all traceable); ``folded_batchnorms``
-  in the result says how many BN layers disappeared.
+* BatchNorm folding is torch's own: :func:`torch.fx.experimental.optimization.fuse` folds every conv -> BN
+  pair of an FX-traceable model into the conv (DSRNet, ResNet and MobileNetV2 are all traceable);
+  ``folded_batchnorms`` in the result says how many BN layers disappeared.
 * The batch dimension is dynamic in every format: the check runs a batch size other than the traced one.
 * Metadata (:meth:`dsrnet.export.source.ModelSource.metadata`): ONNX ``metadata_props``; TorchScript
-  ``_extra_files``; the ExportedProgram archive's ``extra_files`` -- all under :data:`METADATA_KEY`, read back by
+  ``_extra_files``; the ExportedProgram archive's ``extra_files`` -- all under :data:`METADATA_KEY`, read back
+  by
   :func:`read_metadata`.
-* The check: the exported file is loaded back and run on a random batch; the largest absolute difference from the
-  eager model is reported and anything above ``tolerance`` (relative to the largest logit, at least 1) raises.
+* The check: the exported file is loaded back and run on a random batch; the largest absolute difference from
+  the eager model is reported and anything above ``tolerance`` (relative to the largest logit, at least 1)
+  raises.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from dsrnet.export.source import METADATA_KEY, ModelSource, load_source, parse_m
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
-#: fp32 check: max |exported - eager| <= DEFAULT_TOLERANCE * max(1, max |eager|). Folding BN changes the rounding
-#: of every conv, and a 50-layer random-init network amplifies it; 1e-3 of the logit scale is far below anything
-#: that can change a prediction, far above float32 reassociation noise (~1e-6 relative).
+#: fp32 check: max |exported - eager| <= DEFAULT_TOLERANCE * max(1, max |eager|). Folding BN changes the
+#: rounding of every conv, and a 50-layer random-init network amplifies it; 1e-3 of the logit scale is far
+#: below anything that can change a prediction, far above float32 reassociation noise (~1e-6 relative).
 DEFAULT_TOLERANCE = 1e-3
 _EXAMPLE_BATCH = 2  # traced batch; the check uses another size so a baked-in batch dimension is caught
 _CHECK_BATCH = 3
@@ -53,13 +55,15 @@ class ExportResult:
 
     def summary(self) -> str:
         text = (
-            f"{self.metadata['model']} -> {self.path} ({self.format}, {self.folded_batchnorms} BatchNorms folded, "
+            f"{self.metadata['model']} -> {self.path} ({self.format}, {self.folded_batchnorms} BatchNorms "
+            f"folded, "
             f"max |exported - PyTorch| = {self.max_abs_diff:.2e} <= {self.tolerance:.1e}"
         )
         if self.int8:
             q = self.int8
             text += (
-                f"; int8 ({q['quantizer']}, {q['calibration_images']} calibration images): top-1 agreement with "
+                f"; int8 ({q['quantizer']}, {q['calibration_images']} calibration images): top-1 agreement "
+                f"with "
                 f"fp32 {q['top1_agreement']:.1%} on {q['check_images']} held-out images, max |int8 - fp32| "
                 f"{q['max_abs_diff']:.3g}"
             )
@@ -67,8 +71,8 @@ class ExportResult:
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
-    """An eval-mode copy of ``model`` with every conv->BN pair folded (torch.fx's ``fuse``); returns the copy and
-    the number of BatchNorm layers removed. A model FX cannot trace is returned unfolded (count 0)."""
+    """An eval-mode copy of ``model`` with every conv->BN pair folded (torch.fx's ``fuse``); returns the copy
+    and the number of BatchNorm layers removed. A model FX cannot trace is returned unfolded (count 0)."""
     from torch.fx.experimental.optimization import fuse
 
     model = model.eval()
@@ -76,7 +80,9 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     try:
         fused = fuse(model, inplace=False)
     except Exception as err:  # noqa: BLE001 - FX raises many types on untraceable code
-        warnings.warn(f"BatchNorm not folded: {type(model).__name__} is not FX-traceable ({err})", stacklevel=2)
+        warnings.warn(
+            f"BatchNorm not folded: {type(model).__name__} is not FX-traceable ({err})", stacklevel=2
+        )
         return copy.deepcopy(model), 0
     after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
     return fused.eval(), before - after
@@ -117,7 +123,8 @@ def _quiet():
 
 
 def export_onnx_model(model: nn.Module, image_size: int, metadata: dict[str, str], out: Path) -> Path:
-    """Write ``model`` as ONNX (torch.onnx dynamo exporter, dynamic batch) with ``metadata`` in metadata_props."""
+    """Write ``model`` as ONNX (torch.onnx dynamo exporter, dynamic batch) with ``metadata`` in
+    metadata_props."""
     require("onnxscript", "onnx")
     onnx = require("onnx", "onnx")
     x = torch.randn(_EXAMPLE_BATCH, 3, image_size, image_size)
@@ -167,7 +174,11 @@ def _export_program(model: nn.Module, image_size: int, metadata: dict[str, str],
     return out
 
 
-_WRITERS = {"onnx": export_onnx_model, "torchscript": _export_torchscript, "exported-program": _export_program}
+_WRITERS = {
+    "onnx": export_onnx_model,
+    "torchscript": _export_torchscript,
+    "exported-program": _export_program,
+}
 
 
 def guess_format(path: str | os.PathLike) -> str:
@@ -183,7 +194,8 @@ def guess_format(path: str | os.PathLike) -> str:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The dsrnet metadata stored in an exported file (any of :data:`FORMATS`), parsed (lists, ints, bools)."""
+    """The dsrnet metadata stored in an exported file (any of :data:`FORMATS`), parsed (lists, ints,
+    bools)."""
     path = Path(path)
     if not path.is_file():
         raise DsrnetError(f"exported model {path} not found; fix: pass a file written by `dsrnet export`")
@@ -226,9 +238,10 @@ def export_model(
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
 ) -> ExportResult:
-    """Export ``source`` (see :func:`dsrnet.export.source.load_source`) to ``out`` and check it; see the module
-    docstring. ``int8`` (ONNX only) quantises the checked fp32 file with :func:`dsrnet.export.quantize.quantize_onnx`
-    calibrated on ``calib_images`` CIFAR-10 training images from ``data_dir``."""
+    """Export ``source`` (see :func:`dsrnet.export.source.load_source`) to ``out`` and check it; see the
+    module docstring. ``int8`` (ONNX only) quantises the checked fp32 file with
+    :func:`dsrnet.export.quantize.quantize_onnx` calibrated on ``calib_images`` CIFAR-10 training images from
+    ``data_dir``."""
     _check_format(format)
     torch.manual_seed(seed)  # a registry name gets the same random weights every time
     if int8 and format != "onnx":
@@ -252,7 +265,9 @@ def export_model(
         msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         raise DsrnetError(f"exporting {src.name} to {format} failed ({type(err).__name__}: {msg})") from None
 
-    x = torch.randn(_CHECK_BATCH, 3, src.image_size, src.image_size, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        _CHECK_BATCH, 3, src.image_size, src.image_size, generator=torch.Generator().manual_seed(seed)
+    )
     with torch.inference_mode():
         want = src.model(x).float()
     from dsrnet.export.backends import load_runner
@@ -265,7 +280,8 @@ def export_model(
     tol = tolerance * max(1.0, float(want.abs().max()))
     if not diff <= tol:  # also catches NaN
         raise DsrnetError(
-            f"exported {path} does not match PyTorch: max abs diff {diff:.3g} > tolerance {tol:.3g}; fix: report "
+            f"exported {path} does not match PyTorch: max abs diff {diff:.3g} > tolerance {tol:.3g}; fix: "
+            f"report "
             f"this with the model name (or raise --tolerance if the difference is expected)"
         )
     result = ExportResult(path, format, diff, tol, n_folded, read_metadata(path), files=[path])

@@ -1,7 +1,7 @@
-"""Post-training static int8 quantisation of an exported ONNX model, calibrated on real CIFAR-10 training images.
+"""Post-training static int8 quantisation of an exported ONNX model, calibrated on real CIFAR-10 images.
 
-Two quantisers, both writing an ONNX file with QuantizeLinear/DequantizeLinear (QDQ) pairs that onnxruntime and
-OpenVINO both run with int8 kernels:
+Two quantisers, both writing an ONNX file with QuantizeLinear/DequantizeLinear (QDQ) pairs that onnxruntime
+and OpenVINO both run with int8 kernels:
 
 * ``"ort"`` -- :func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel int8 weights, uint8
   activations (the recommended x86 setting: u8s8 is what VNNI's ``vpdpbusd`` multiplies), MinMax calibration;
@@ -12,13 +12,15 @@ OpenVINO both run with int8 kernels:
 :data:`DEFAULT_QUANTIZER` is the one that measured faster at equal agreement on a 2-core AVX-512 Xeon
 (``benchmarks/cpu_backends.py --quantizers ort nncf``, BENCHMARKS.md).
 
-Calibration images are drawn ``calib_images // 10`` per class from CIFAR-10's training split (seeded), resized to
-the model's input size when it is not 32 px, and normalised with the model's mean/std. The int8 model is then
-compared with the fp32 one on held-out test images: top-1 agreement and max |int8 - fp32| are reported.
+Calibration images are drawn ``calib_images // 10`` per class from CIFAR-10's training split (seeded), resized
+to the model's input size when it is not 32 px, and normalised with the model's mean/std. The int8 model is
+then compared with the fp32 one on held-out test images: top-1 agreement and max |int8 - fp32| are reported.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from dsrnet.errors import DsrnetError
+from dsrnet.export.source import METADATA_KEY
 
 QUANTIZERS = ("ort", "nncf")
 DEFAULT_QUANTIZER = "ort"
@@ -45,7 +48,7 @@ def cifar10_batch(
     std,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` real CIFAR-10 images (``n // 10`` per class, seeded) as a normalised NCHW float32 batch, and labels."""
+    """``n`` real CIFAR-10 images (``n // 10`` per class, seeded): a normalised NCHW float32 batch, labels."""
     from dsrnet import data as D
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 10:
@@ -60,7 +63,9 @@ def cifar10_batch(
     sub = images.subset_per_class(n // 10, seed)
     x = torch.from_numpy(sub.images).permute(0, 3, 1, 2).float() / 255.0
     if image_size != x.shape[-1]:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return ((x - m) / s).contiguous(), torch.from_numpy(sub.labels)
@@ -93,17 +98,24 @@ def _quantize_ort(fp32: Path, out: Path, calib: torch.Tensor) -> None:
             b = next(self._it, None)
             return None if b is None else {name: b}
 
-    quantize_static(
-        str(fp32),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-    )
+    # quantize_static logs advice ("consider pre-processing") on the root logger at WARNING for every call.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(fp32),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    finally:
+        root.setLevel(level)
 
 
 def _quantize_nncf(fp32: Path, out: Path, calib: torch.Tensor) -> None:
@@ -112,7 +124,9 @@ def _quantize_nncf(fp32: Path, out: Path, calib: torch.Tensor) -> None:
     try:
         import nncf
     except ImportError:
-        raise DsrnetError("the nncf quantiser is not installed; fix: pip install 'dsrnet[openvino]'") from None
+        raise DsrnetError(
+            "the nncf quantiser is not installed; fix: pip install 'dsrnet[openvino]'"
+        ) from None
     model = onnx.load_model(str(fp32))
     name = model.graph.input[0].name
     batches = [calib[i : i + _CALIB_BATCH].numpy() for i in range(0, len(calib), _CALIB_BATCH)]
@@ -140,7 +154,8 @@ def quantize_onnx(
     seed: int = 0,
     check_images: int = CHECK_IMAGES,
 ) -> dict[str, Any]:
-    """Quantise ``fp32_path`` to ``out`` (see the module docstring); return what was done and the check's numbers.
+    """Quantise ``fp32_path`` to ``out`` (see the module docstring); return what was done and the check's
+    numbers.
 
     The metadata props of the fp32 file are copied into the int8 file, plus ``precision = int8`` and the
     quantiser used."""
@@ -163,10 +178,6 @@ def quantize_onnx(
         q_model = onnx.load_model(str(tmp))
         props = {p.key: p.value for p in fp32_model.metadata_props}
         props.update({"precision": "int8", "quantizer": quantizer, "calibration_images": str(len(calib))})
-        from dsrnet.export.source import METADATA_KEY
-
-        import json
-
         meta = json.loads(props.get(METADATA_KEY, "{}"))
         meta.update({"precision": "int8", "quantizer": quantizer, "calibration_images": str(len(calib))})
         props[METADATA_KEY] = json.dumps(meta)
@@ -199,7 +210,9 @@ def compare_int8(
     two ONNX files on ``n`` CIFAR-10 test images (``n // 10`` per class)."""
     from dsrnet.export.backends import load_runner
 
-    x, labels = cifar10_batch("test", n, data_dir=data_dir, image_size=image_size, mean=mean, std=std, seed=seed)
+    x, labels = cifar10_batch(
+        "test", n, data_dir=data_dir, image_size=image_size, mean=mean, std=std, seed=seed
+    )
     fp32, int8 = load_runner(backend, fp32_path), load_runner(backend, int8_path)
     a = torch.cat([fp32(x[i : i + 50]) for i in range(0, len(x), 50)])
     b = torch.cat([int8(x[i : i + 50]) for i in range(0, len(x), 50)])

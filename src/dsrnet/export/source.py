@@ -1,10 +1,11 @@
-"""Turn what a user names -- a registry name, a training run (folder or ``checkpoint.pt``) or a ``.safetensors``
-weights file -- into an eval-mode model plus the preprocessing metadata that must travel with it when exported.
+"""Turn what a user names -- a registry name, a training run (folder or ``checkpoint.pt``) or a
+``.safetensors`` weights file -- into an eval-mode model plus the preprocessing metadata that must travel with
+it when exported.
 
-The metadata is what a deployment needs to feed the network correctly: the input size, the per-channel mean/std
-the network was trained with, and the class names. A checkpoint carries all of it; a bare registry name does not
-(its weights are random), so it gets the model's timm-style ``pretrained_cfg`` values or the ImageNet statistics
-and ``trained = false``.
+The metadata is what a deployment needs to feed the network correctly: the input size, the per-channel
+mean/std the network was trained with, and the class names. A checkpoint carries all of it; a bare registry
+name does not (its weights are random), so it gets the model's timm-style ``pretrained_cfg`` values or the
+ImageNet statistics and ``trained = false``.
 """
 
 from __future__ import annotations
@@ -93,11 +94,12 @@ def load_source(
 ) -> ModelSource:
     """Resolve ``source`` to a :class:`ModelSource`.
 
-    ``source`` is one of: an ``nn.Module`` (used as is, in eval mode), a registered model name (random weights,
-    ``num_classes`` default 10), a run folder or ``checkpoint.pt`` written by ``dsrnet train`` (read safely by
+    ``source`` is one of: an ``nn.Module`` (used as is, in eval mode), a registered model name (random
+    weights, ``num_classes`` default 10), a run folder or ``checkpoint.pt`` written by ``dsrnet train`` (read
+    safely by
     :func:`dsrnet.engine.model_from_checkpoint`), or a ``.safetensors`` file read by
-    :func:`dsrnet.models.weights.read_weights`. ``image_size`` overrides the size stored with the weights only for
-    a registry name or module (a trained model is exported at its training size unless asked otherwise).
+    :func:`dsrnet.models.weights.read_weights`. ``image_size`` overrides the size stored with the weights only
+    for a registry name or module (a trained model is exported at its training size unless asked otherwise).
     """
     if image_size is not None:
         _check_int("image size", image_size, 8)
@@ -188,8 +190,8 @@ def _from_weights(path: Path, image_size: int | None, num_classes: int | None) -
         from dsrnet.models.weights import read_weights
     except ImportError:
         raise DsrnetError(
-            f"cannot read {path}: this dsrnet has no dsrnet.models.weights (safetensors support); fix: export from "
-            f"the run folder or checkpoint.pt instead"
+            f"cannot read {path}: this dsrnet has no dsrnet.models.weights (safetensors support); fix: export "
+            f"from the run folder or checkpoint.pt instead"
         ) from None
     from dsrnet.engine import build_model
 
@@ -204,8 +206,12 @@ def _from_weights(path: Path, image_size: int | None, num_classes: int | None) -
         model.load_state_dict(state_dict)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
-        raise DsrnetError(f"{path} does not fit model {name!r} ({first}); fix: pass matching weights") from None
-    size = image_size or _meta_value(meta, "image_size", default=None) or _default_image_size(str(name), model)
+        raise DsrnetError(
+            f"{path} does not fit model {name!r} ({first}); fix: pass matching weights"
+        ) from None
+    size = (
+        image_size or _meta_value(meta, "image_size", default=None) or _default_image_size(str(name), model)
+    )
     return ModelSource(
         model.eval(),
         str(name),

@@ -1,11 +1,11 @@
 """Time a :func:`dsrnet.export.backends.load_runner` callable; the row has the keys of ``dsrnet bench``'s rows
 (``latency_ms`` = median, quartiles, min/max, ``images_per_s``, ``warmup``, ``repeats``, ``times_ms``) plus
-``backend``, ``threads`` and ``precision`` ("fp32" or "int8"), so ``bench --backend`` can print them as it prints
-its own.
+``backend``, ``threads`` and ``precision`` ("fp32" or "int8"), so ``bench --backend`` can print them as it
+prints its own.
 
 Method (as ``dsrnet bench`` on a CPU): ``warmup`` untimed calls on the same input (they absorb one-off work:
-OpenVINO's per-shape compilation, torch.compile, allocator growth), then ``repeats`` calls each timed on its own
-with ``time.perf_counter`` (a CPU call is synchronous); the median is the reported latency.
+OpenVINO's per-shape compilation, torch.compile, allocator growth), then ``repeats`` calls each timed on its
+own with ``time.perf_counter`` (a CPU call is synchronous); the median is the reported latency.
 """
 
 from __future__ import annotations
