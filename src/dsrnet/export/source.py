@@ -190,8 +190,8 @@ def _from_weights(path: Path, image_size: int | None, num_classes: int | None) -
         from dsrnet.models.weights import read_weights
     except ImportError:
         raise DsrnetError(
-            f"cannot read {path}: this dsrnet has no dsrnet.models.weights (safetensors support); fix: export "
-            f"from the run folder or checkpoint.pt instead"
+            f"cannot read {path}: this dsrnet has no dsrnet.models.weights (safetensors support); fix: "
+            f"export from the run folder or checkpoint.pt instead"
         ) from None
     from dsrnet.engine import build_model
 
