@@ -47,6 +47,18 @@ def test_runner_matches_eager_model(backend, tiny, tiny_onnx):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.skipif(not _installed("openvino"), reason="no openvino")
+def test_openvino_bf16_is_close_and_bf16_elsewhere_is_refused(tiny, tiny_onnx):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        want = tiny(x)
+    got = load_runner("openvino", tiny_onnx, threads=1, precision="bf16")(x)
+    # bf16 keeps 8 bits of mantissa: about 2-3 significant digits survive a small network.
+    torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
+    with pytest.raises(dsrnet.DsrnetError, match="precision 'bf16' is not available on backend 'onnxruntime'"):
+        load_runner("onnxruntime", tiny_onnx, precision="bf16")
+
+
 def test_onnx_backend_exports_a_model_source_itself(tiny):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

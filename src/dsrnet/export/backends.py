@@ -10,7 +10,8 @@ Backends (:data:`BACKENDS`):
 * ``torch-compile`` -- the same model through ``torch.compile`` (Inductor's C++/OpenMP CPU backend, with
   weight freezing); the first call of each new input shape compiles, which takes tens of seconds on 2 cores;
 * ``onnxruntime`` -- an ONNX file (fp32 or int8 QDQ) in an onnxruntime session (CPU execution provider);
-* ``openvino`` -- an ONNX file (or OpenVINO IR ``.xml``) compiled by OpenVINO for the CPU, latency hint.
+* ``openvino`` -- an ONNX file (or OpenVINO IR ``.xml``) compiled by OpenVINO for the CPU, latency hint, fp32
+  unless ``precision="bf16"`` (OpenVINO's own default where the CPU has bf16 instructions).
 
 A source that is not the backend's file type (a registry name, a run folder, an ``nn.Module``) is exported
 first: to ONNX for onnxruntime/openvino (into a temporary folder that lives as long as the runner).
@@ -44,6 +45,8 @@ EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "open
 #: slower at batch 1. torch-compile is left out of the automatic choice: its first call per input shape
 #: compiles for about a minute on 2 cores.
 CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
+
+FLOAT_PRECISIONS = ("fp32", "bf16")
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -97,12 +100,24 @@ def _is_file_of(source: Any, *suffixes: str) -> bool:
 
 
 def load_runner(
-    backend: str, source: Any, *, threads: int | None = None, image_size: int | None = None
+    backend: str,
+    source: Any,
+    *,
+    threads: int | None = None,
+    image_size: int | None = None,
+    precision: str = "fp32",
 ) -> Runner:
     """A callable running ``source`` on ``backend``; see the module docstring. ``image_size`` is used only
-    when ``source`` has to be exported first (default: the model's size)."""
+    when ``source`` has to be exported first (default: the model's size). ``precision``: the float precision
+    of the computation, ``"fp32"`` everywhere; ``"bf16"`` only with openvino (OpenVINO's own default on CPUs
+    with bf16 instructions -- faster, not bit-faithful: about 3 significant digits). An int8 file runs its
+    quantised layers in int8 whatever ``precision`` says."""
     if backend not in BACKENDS:
         raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
+    if precision not in FLOAT_PRECISIONS or (precision == "bf16" and backend != "openvino"):
+        raise DsrnetError(
+            f"precision {precision!r} is not available on backend {backend!r}; fix: use fp32 (bf16: openvino)"
+        )
     _check_threads(threads)
     if backend in ("onnxruntime", "openvino"):
         engine = _import_engine(backend)
@@ -110,7 +125,7 @@ def load_runner(
         if not _is_file_of(source, ".onnx", ".xml"):
             keep, source = _export_temporary_onnx(source, image_size)
         make = _onnxruntime_runner if backend == "onnxruntime" else _openvino_runner
-        runner = make(engine, source, threads)
+        runner = make(engine, source, threads, precision)
         if keep is not None:
             runner.tmpdir = keep  # type: ignore[attr-defined] - the file must outlive the session
         return runner
@@ -167,7 +182,7 @@ def _torch_runner(model: nn.Module, threads: int | None) -> Runner:
     return run
 
 
-def _onnxruntime_runner(ort, path: Path | str, threads: int | None) -> Runner:
+def _onnxruntime_runner(ort, path: Path | str, threads: int | None, precision: str = "fp32") -> Runner:
     if not Path(path).is_file():
         raise DsrnetError(f"ONNX file {path} not found; fix: write it with `dsrnet export --format onnx`")
     opts = ort.SessionOptions()
@@ -194,11 +209,15 @@ def _onnxruntime_runner(ort, path: Path | str, threads: int | None) -> Runner:
     return run
 
 
-def _openvino_runner(ov, path: Path | str, threads: int | None) -> Runner:
+def _openvino_runner(ov, path: Path | str, threads: int | None, precision: str = "fp32") -> Runner:
     if not Path(path).is_file():
         raise DsrnetError(f"model file {path} not found; fix: write it with `dsrnet export --format onnx`")
     core = ov.Core()
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    # OpenVINO silently computes in bf16 on CPUs that have bf16 instructions unless told otherwise.
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+    }
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
     try:
