@@ -12,6 +12,7 @@ import torch
 import dsrnet
 from dsrnet.export import backends, export_model, load_runner
 from dsrnet.export.timing import time_runner
+from tests.export.conftest import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,11 +21,12 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@pytest.fixture
-def tiny_onnx(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """The ONNX export of conftest's ``tiny`` model (same seed, same weights), written once per module."""
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
-    return export_model(tiny, tmp_path / "tiny.onnx").path
+    return export_model(tiny_model(), tmp_path_factory.mktemp("onnx") / "tiny.onnx").path
 
 
 @pytest.mark.parametrize(
