@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import dsrnet
-from dsrnet.export import backends, export_model, load_runner
+from dsrnet.export import RunnerModule, backends, export_model, load_predictor, load_runner
 from dsrnet.export.timing import time_runner
 from tests.export.conftest import tiny_model
 
@@ -57,7 +57,9 @@ def test_openvino_bf16_is_close_and_bf16_elsewhere_is_refused(tiny, tiny_onnx):
     got = load_runner("openvino", tiny_onnx, threads=1, precision="bf16")(x)
     # bf16 keeps 8 bits of mantissa: about 2-3 significant digits survive a small network.
     torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
-    with pytest.raises(dsrnet.DsrnetError, match="precision 'bf16' is not available on backend 'onnxruntime'"):
+    with pytest.raises(
+        dsrnet.DsrnetError, match="precision 'bf16' is not available on backend 'onnxruntime'"
+    ):
         load_runner("onnxruntime", tiny_onnx, precision="bf16")
 
 
@@ -123,3 +125,18 @@ def test_time_runner_row_has_bench_fields(tiny):
     assert row["backend"] == "torch" and row["repeats"] == 3 and len(row["times_ms"]) == 3
     assert row["latency_min_ms"] <= row["latency_ms"] <= row["latency_max_ms"]
     assert row["images_per_s"] == pytest.approx(2 / (row["latency_ms"] / 1e3))
+
+
+def test_load_predictor_reads_metadata_from_runs_and_exported_files(tiny_checkpoint, tmp_path):
+    ckpt, model = tiny_checkpoint
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        want = model(x)
+    run, meta = load_predictor(ckpt.parent, backend="torch")
+    assert meta["classes"][3] == "class3" and meta["mean"] == pytest.approx([0.49, 0.48, 0.45])
+    torch.testing.assert_close(run(x), want, rtol=1e-4, atol=1e-4)
+    exported = export_model(ckpt, tmp_path / "m.pt", format="torchscript").path
+    run, meta = load_predictor(exported, backend="torch")
+    assert meta["classes"][3] == "class3" and meta["image_size"] == 32 and meta["trained"] is True
+    module = RunnerModule(run).eval()  # what engine.evaluate expects
+    torch.testing.assert_close(module(x), want, rtol=1e-4, atol=1e-4)

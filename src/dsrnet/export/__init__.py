@@ -6,7 +6,14 @@ Heavy optional engines (onnx, onnxruntime, openvino, nncf) are imported only ins
 them.
 """
 
-from dsrnet.export.backends import BACKENDS, best_cpu_backend, installed_backends, load_runner
+from dsrnet.export.backends import (
+    BACKENDS,
+    RunnerModule,
+    best_cpu_backend,
+    installed_backends,
+    load_predictor,
+    load_runner,
+)
 from dsrnet.export.formats import FORMATS, ExportResult, export_model, fold_batchnorm, read_metadata
 from dsrnet.export.source import ModelSource, load_source
 
@@ -15,10 +22,12 @@ __all__ = [
     "FORMATS",
     "ExportResult",
     "ModelSource",
+    "RunnerModule",
     "best_cpu_backend",
     "export_model",
     "fold_batchnorm",
     "installed_backends",
+    "load_predictor",
     "load_runner",
     "load_source",
     "read_metadata",

@@ -1,16 +1,17 @@
 """Post-training static int8 quantisation of an exported ONNX model, calibrated on real CIFAR-10 images.
 
-Two quantisers, both writing an ONNX file with QuantizeLinear/DequantizeLinear (QDQ) pairs that onnxruntime
-and OpenVINO both run with int8 kernels:
+Two quantisers write an ONNX file with QuantizeLinear/DequantizeLinear (QDQ) pairs:
 
-* ``"ort"`` -- :func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel int8 weights, uint8
-  activations (the recommended x86 setting: u8s8 is what VNNI's ``vpdpbusd`` multiplies), MinMax calibration;
+* ``"ort"`` (default) -- :func:`onnxruntime.quantization.quantize_static`: QDQ format, per-channel int8
+  weights, uint8 activations (the recommended x86 setting: u8s8 is what VNNI's ``vpdpbusd`` multiplies),
+  MinMax calibration. onnxruntime AND OpenVINO both run the file with int8 kernels;
 * ``"nncf"`` -- :func:`nncf.quantize` (OpenVINO's Neural Network Compression Framework) on the ONNX graph:
-  its ``PERFORMANCE`` preset (symmetric weights and activations) and fast bias correction, which
-  re-centres each layer's output after quantising its weights.
+  its ``PERFORMANCE`` preset (symmetric) and fast bias correction. Its file quantises depthwise-conv inputs
+  per channel, which onnxruntime refuses (QLinearConv needs a scalar input zero point): OpenVINO only.
 
-:data:`DEFAULT_QUANTIZER` is the one that measured faster at equal agreement on a 2-core AVX-512 Xeon
-(``benchmarks/cpu_backends.py --quantizers ort nncf``, BENCHMARKS.md).
+Why ``"ort"`` is the default: on OpenVINO both files run at the same speed within noise (2-core AVX-512
+Xeon, ``benchmarks/cpu_backends.py --quantizer nncf``, BENCHMARKS.md), and only the ``"ort"`` file also
+runs on onnxruntime -- one int8 file for every backend, the "same quantisation choice" for every model.
 
 Calibration images are drawn ``calib_images // 10`` per class from CIFAR-10's training split (seeded), resized
 to the model's input size when it is not 32 px, and normalised with the model's mean/std. The int8 model is
