@@ -18,20 +18,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "metadata inside the file; the file is loaded back and compared with PyTorch (max abs diff printed, "
         "error above the tolerance). --int8 quantises the ONNX file (post-training, static) on real CIFAR-10 "
         "training images and keeps the fp32 file next to it as NAME.fp32.onnx.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "source", metavar="MODEL_OR_RUN_OR_WEIGHTS", help="registry name, run folder, .pt or .safetensors"
     )
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="file format to write")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="file format to write (default: onnx)")
     p.add_argument("--out", required=True, help="file to write (.onnx, .pt for TorchScript, .pt2)")
     p.add_argument("--int8", action="store_true", help="post-training static int8 quantisation (ONNX only)")
-    p.add_argument("--calib-images", type=int, default=300, help="CIFAR-10 training images to calibrate on")
-    p.add_argument("--quantizer", choices=QUANTIZERS, default=None, help="int8 tool (default: ort, measured)")
+    p.add_argument(
+        "--calib-images",
+        type=int,
+        default=300,
+        help="CIFAR-10 training images to calibrate on (default: 300)",
+    )
+    p.add_argument(
+        "--quantizer",
+        choices=QUANTIZERS,
+        default=None,
+        help="int8 tool (default: ort; nncf output runs on OpenVINO only)",
+    )
     p.add_argument("--data-dir", default=None, help="dataset folder holding cifar10/ (default: $DSRNET_DATA)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's/run's)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of a registry model (default 10)")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="relative max-abs-diff bound")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="max |exported - PyTorch| allowed, relative to the largest logit (default: %(default)s)",
+    )
     p.set_defaults(func=_cli)
     return p
 
