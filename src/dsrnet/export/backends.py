@@ -40,11 +40,13 @@ from dsrnet.errors import DsrnetError
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
 #: Which pip extra brings each backend's engine.
 EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
-#: Fastest first, as measured on a 2-core AVX-512 Xeon (benchmarks/cpu_backends.py, BENCHMARKS.md): OpenVINO
-#: and onnxruntime run the BN-folded graph with fused, pre-packed kernels; eager PyTorch is several times
-#: slower at batch 1. torch-compile is left out of the automatic choice: its first call per input shape
-#: compiles for about a minute on 2 cores.
-CPU_PREFERENCE = ("openvino", "onnxruntime", "torch")
+#: Fastest exact (fp32) backend first, for DSRNet-50 at batch 1, as measured on a 2-core AVX-512/AMX Xeon
+#: (benchmarks/cpu_backends.py, BENCHMARKS.md): onnxruntime 11.7 ms (32 px) / 8.0 ms (96 px), OpenVINO fp32
+#: 12.7 / 8.6 ms, eager PyTorch 24.9 / 24.9 ms (1 thread). Faster still, but opt-in because they change the
+#: numbers: OpenVINO ``precision="bf16"`` (2.2-2.9 ms) and an int8 file (``dsrnet export --int8``, 1.9-2.1 ms
+#: on OpenVINO, 3.0-3.9 ms on onnxruntime). torch-compile is left out of the automatic choice: each new input
+#: shape compiles for about a minute on 2 cores.
+CPU_PREFERENCE = ("onnxruntime", "openvino", "torch")
 
 FLOAT_PRECISIONS = ("fp32", "bf16")
 
@@ -65,7 +67,8 @@ def installed_backends() -> list[str]:
 
 
 def best_cpu_backend() -> str:
-    """The fastest installed backend for CPU inference (:data:`CPU_PREFERENCE`); ``torch`` always exists."""
+    """The fastest installed backend for exact (fp32) CPU inference (:data:`CPU_PREFERENCE`); ``torch`` always
+    exists."""
     return next(b for b in CPU_PREFERENCE if backend_available(b))
 
 
