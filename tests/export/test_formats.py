@@ -157,6 +157,7 @@ def test_out_is_a_folder_and_features_only_models_are_refused(tmp_path):
         export_model(backbone, tmp_path / "b.pt", format="torchscript")
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated; still what users have
 def test_read_metadata_errors(tmp_path):
     with pytest.raises(dsrnet.DsrnetError, match="not found"):
         read_metadata(tmp_path / "nothing.onnx")
