@@ -103,13 +103,14 @@ def run(args: argparse.Namespace) -> dict:
     rows, int8_checks = [], []
     tmp = tempfile.TemporaryDirectory(prefix="dsrnet-cpu-bench-")
     for size in args.sizes:
+        prepared = {}  # model -> (arch, BN-folded module, {precision: ONNX file})
         for name in args.models:
             arch = stem_variant(name, stem_of(size))
             torch.manual_seed(0)
             src = load_source(arch, num_classes=10, image_size=size)
             folded, _ = fold_batchnorm(src.model)
             fp32 = export_onnx_model(folded, size, src.metadata(), Path(tmp.name) / f"{arch}-{size}.onnx")
-            files = {"fp32": fp32}
+            files = {"fp32": fp32, "bf16": fp32}
             if "int8" in args.precisions:
                 t0 = time.time()
                 q = quantize_onnx(
@@ -125,27 +126,36 @@ def run(args: argparse.Namespace) -> dict:
                 )
                 files["int8"] = Path(tmp.name) / f"{arch}-{size}.int8.onnx"
                 int8_checks.append({"arch": arch, "image_size": size, "quantize_s": time.time() - t0, **q})
-            for backend in backends:
-                for precision in args.precisions:
-                    if precision == "int8" and backend not in INT8_BACKENDS:
+            prepared[name] = (arch, folded, files)
+        # The models are timed back to back within each configuration, so that a change in the machine's load
+        # (it is shared) hits the compared models alike instead of whichever model happened to run then.
+        for backend in backends:
+            for precision in args.precisions:
+                if precision == "int8" and backend not in INT8_BACKENDS:
+                    continue
+                if precision == "int8" and args.quantizer == "nncf" and backend != "openvino":
+                    continue  # NNCF's ONNX output quantises depthwise inputs per channel: OpenVINO only
+                if precision == "bf16" and backend != "openvino":
+                    continue
+                for threads in args.threads:
+                    if backend == "torch-compile" and threads not in args.compile_threads:
                         continue
-                    if precision == "int8" and args.quantizer == "nncf" and backend != "openvino":
-                        continue  # NNCF's ONNX output quantises depthwise inputs per channel: OpenVINO only
-                    if precision == "bf16" and backend != "openvino":
-                        continue
-                    for threads in args.threads:
-                        if backend == "torch-compile" and threads not in args.compile_threads:
-                            continue
-                        torch.set_num_threads(threads)
-                        source = folded if backend.startswith("torch") else files.get(precision, fp32)
-                        if backend == "torch-compile":
-                            torch._dynamo.reset()
-                        float_precision = "bf16" if precision == "bf16" else "fp32"
-                        runner = load_runner(backend, source, threads=threads, precision=float_precision)
-                        for batch in args.batch_sizes:
-                            if backend == "torch-compile" and batch not in args.compile_batch_sizes:
-                                continue  # each new shape compiles for about a minute on 2 cores
-                            large = batch > 1
+                    torch.set_num_threads(threads)
+                    float_precision = "bf16" if precision == "bf16" else "fp32"
+                    runners = {
+                        name: load_runner(
+                            backend,
+                            folded if backend.startswith("torch") else files[precision],
+                            threads=threads,
+                            precision=float_precision,
+                        )
+                        for name, (arch, folded, files) in prepared.items()
+                    }
+                    for batch in args.batch_sizes:
+                        if backend == "torch-compile" and batch not in args.compile_batch_sizes:
+                            continue  # each new shape compiles for about a minute on 2 cores
+                        large = batch > 1
+                        for name, runner in runners.items():
                             row = time_runner(
                                 runner,
                                 batch_size=batch,
@@ -153,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
                                 warmup=args.warmup_large if large else args.warmup,
                                 repeats=args.repeats_large if large else args.repeats,
                                 model=name,
-                                arch=arch,
+                                arch=prepared[name][0],
                                 stem=stem_of(size),
                                 backend=backend,
                                 precision=precision,
@@ -162,11 +172,11 @@ def run(args: argparse.Namespace) -> dict:
                             row["load_avg_1min_after"] = os.getloadavg()[0]
                             rows.append(row)
                             log(
-                                f"{arch} {size}px {backend} {precision} t{threads} b{batch}: "
+                                f"{row['arch']} {size}px {backend} {precision} t{threads} b{batch}: "
                                 f"{row['latency_ms']:.2f} ms (load {row['load_avg_1min_after']:.2f})"
                             )
-                        del runner
-                        gc.collect()
+                    del runners
+                    gc.collect()
     add_ratio(rows)
     accuracy = checkpoint_accuracy(args, tmp.name) if args.checkpoint else None
     load_after = os.getloadavg()
