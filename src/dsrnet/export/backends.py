@@ -40,12 +40,13 @@ from dsrnet.errors import DsrnetError
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
 #: Which pip extra brings each backend's engine.
 EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
-#: Fastest exact (fp32) backend first, for DSRNet-50 at batch 1, as measured on a 2-core AVX-512/AMX Xeon
-#: (benchmarks/cpu_backends.py, BENCHMARKS.md): onnxruntime 11.7 ms (32 px) / 8.0 ms (96 px), OpenVINO fp32
-#: 12.7 / 8.6 ms, eager PyTorch 24.9 / 24.9 ms (1 thread). Faster still, but opt-in because they change the
-#: numbers: OpenVINO ``precision="bf16"`` (2.2-2.9 ms) and an int8 file (``dsrnet export --int8``, 1.9-2.1 ms
-#: on OpenVINO, 3.0-3.9 ms on onnxruntime). torch-compile is left out of the automatic choice: each new input
-#: shape compiles for about a minute on 2 cores.
+#: Fastest exact (fp32) backend first, for DSRNet-50 at batch 1 on a 2-core AVX-512/AMX Xeon (shared, load
+#: 2-3; benchmarks/cpu_backends.py, results/cpu-deploy/): onnxruntime 9.9 ms (32 px) / 5.7 ms (96 px) at one
+#: thread vs OpenVINO fp32 11.4 / 8.2 ms and eager PyTorch 30.0 / 20.5 ms; at two threads onnxruntime and
+#: OpenVINO fp32 are within noise of each other. Faster still, but opt-in because they change the numbers:
+#: OpenVINO ``precision="bf16"`` (2.0-2.3 ms) and an int8 file (``dsrnet export --int8``: 1.6 ms on OpenVINO,
+#: 2.5-3.3 ms on onnxruntime). torch-compile is left out of the automatic choice: each new input shape
+#: compiles for about a minute on 2 cores.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torch")
 
 FLOAT_PRECISIONS = ("fp32", "bf16")
