@@ -14,15 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from dsrnet import data as D
-from dsrnet.device import PRECISIONS, resolve_device
+from dsrnet.device import PRECISIONS
 from dsrnet.errors import DsrnetError, check_int
-from dsrnet.models import build_model
+from dsrnet.models.weights import load_trained, model_from_checkpoint
 from dsrnet.report.plots import plot_confusion
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
-from dsrnet.run.checkpoint import check_state_fits, load_checkpoint, load_model_state
 from dsrnet.run.rundir import RunDir
 from dsrnet.train.evaluate import evaluate
 
@@ -30,8 +28,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "evaluate_checkpoint",
     "export_weights",
-    "load_for_inference",
-    "load_image",
+        "load_image",
     "model_from_checkpoint",
     "open_image",
     "predict",
@@ -40,32 +37,6 @@ __all__ = [
 
 #: Images larger than this many pixels are refused before they are decoded (PIL's own limit, as an error).
 MAX_IMAGE_PIXELS = 8192 * 8192
-
-
-def model_from_checkpoint(
-    checkpoint: str | os.PathLike | dict, device: str = "cpu"
-) -> tuple[nn.Module, dict]:
-    """Rebuild the trained model (eval mode, on ``device``) from a checkpoint path or loaded dict; returns
-    ``(model, checkpoint)``. A checkpoint whose fields or weights do not describe a working model of a known
-    dataset -- or whose weights are not finite -- raises :class:`DsrnetError` before any memory is allocated."""
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    info = D.DATASETS.get(ckpt.get("dataset"))
-    if info is None:
-        raise DsrnetError(
-            f"checkpoint {ckpt['path']} names an unknown dataset {ckpt.get('dataset')!r}; fix: use a checkpoint "
-            f"written by `dsrnet train`"
-        )
-    if ckpt["num_classes"] != info.num_classes or ckpt["image_size"] != info.image_size:
-        raise DsrnetError(
-            f"checkpoint {ckpt['path']} says {ckpt['num_classes']} classes at {ckpt['image_size']} px, but "
-            f"{info.name} has {info.num_classes} at {info.image_size} px; fix: use an unedited checkpoint"
-        )
-    with torch.device("meta"):
-        skeleton = build_model(ckpt["model"], ckpt["num_classes"], ckpt["model_kwargs"])
-    check_state_fits(skeleton, ckpt)
-    model = build_model(ckpt["model"], ckpt["num_classes"], ckpt["model_kwargs"])
-    load_model_state(model, ckpt, require_finite=True)
-    return model.to(resolve_device(device)).eval(), ckpt
 
 
 def evaluate_checkpoint(
@@ -205,53 +176,6 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
 
 
-def load_for_inference(source: str | os.PathLike | None, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """A trained model in eval mode and what its preprocessing needs (``classes``, ``image_size``, ``mean``,
-    ``std``, ``name``), from: a weights tag (``"dsrnet50_cifar.c10"``; ``None`` = :data:`DEFAULT_WEIGHTS`), a
-    ``.safetensors`` weights file, or a ``dsrnet train`` checkpoint / run folder."""
-    from dsrnet.models import create_model, weights
-
-    source = DEFAULT_WEIGHTS if source is None else source
-    dev = resolve_device(device)
-    if isinstance(source, str) and source in weights.list_weights():
-        model = create_model(source, pretrained=True)
-        cfg = model.pretrained_cfg
-        info = {
-            "name": source,
-            "classes": list(cfg.get("label_names") or range(model.num_classes)),
-            "image_size": int(cfg["input_size"][-1]),
-            "mean": list(cfg["mean"]),
-            "std": list(cfg["std"]),
-        }
-    elif Path(source).suffix == ".safetensors":
-        _, meta = weights.read_weights(source)
-        model = create_model(
-            meta["model"], num_classes=meta["num_classes"], checkpoint_path=source, **(meta.get("model_kwargs") or {})
-        )
-        missing = [k for k in ("class_names", "input_size", "mean", "std") if meta.get(k) is None]
-        if missing:
-            raise DsrnetError(
-                f"weights {source} lack {', '.join(missing)} in their metadata, which preprocessing needs; fix: "
-                f"export them with `dsrnet export-weights`"
-            )
-        info = {
-            "name": str(source),
-            "classes": list(meta["class_names"]),
-            "image_size": int(meta["input_size"][-1]),
-            "mean": list(meta["mean"]),
-            "std": list(meta["std"]),
-        }
-    else:
-        model, ckpt = model_from_checkpoint(source)
-        info = {k: ckpt[k] for k in ("classes", "image_size", "mean", "std")}
-        info["name"] = ckpt["path"]
-    nonfinite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite:
-        raise DsrnetError(f"{source} holds non-finite weights (e.g. {nonfinite[0]}); fix: use weights of a run "
-                          "that trained normally")  # fmt: skip
-    return model.to(dev).eval(), info
-
-
 @torch.no_grad()
 def predict(
     checkpoint: str | os.PathLike | None,
@@ -266,7 +190,7 @@ def predict(
     check_int("top_k", top_k)
     if not images:
         raise DsrnetError("no images given; fix: pass one or more image files")
-    model, info = load_for_inference(checkpoint, device)
+    model, info = load_trained(DEFAULT_WEIGHTS if checkpoint is None else checkpoint, device)
     dev = next(model.parameters()).device
     prep = transforms(info["image_size"], info["mean"], info["std"])
     x = torch.stack([prep(open_image(p)) for p in images]).to(dev)

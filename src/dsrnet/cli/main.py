@@ -18,6 +18,7 @@ COMMANDS = {
     "eval": ("dsrnet.cli.train", "evaluate a checkpoint: top-1/3/5 error, per-class accuracy, confusion matrix"),
     "predict": ("dsrnet.cli.train", "top-k classes of image files with a trained checkpoint"),
     "export-weights": ("dsrnet.cli.weights", "a run's trained model as a safetensors weights file with metadata"),
+    "export": ("dsrnet.cli.export", "export to ONNX / TorchScript / ExportedProgram (BN folded, optional int8)"),
     "bench": ("dsrnet.cli.bench", "parameters, MACs, latency per batch, throughput and peak memory"),
     "reproduce": ("dsrnet.cli.reproduce", "train, time and tabulate the paper's comparison (Tables 2-4, Fig. 2)"),
     "ablate": ("dsrnet.cli.reproduce", "DSRNet variants that test the paper's design claims"),

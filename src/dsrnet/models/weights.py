@@ -30,7 +30,7 @@ from torch import nn
 from dsrnet.errors import DsrnetError
 from dsrnet.models.dsrnet import CIFAR10_MEAN, CIFAR10_STD
 from dsrnet.run.atomic import atomic_write_bytes
-from dsrnet.run.checkpoint import load_checkpoint, load_model_state
+from dsrnet.run.checkpoint import check_state_fits, load_checkpoint, load_model_state
 
 WEIGHTS_DIR_ENV = "DSRNET_WEIGHTS_DIR"
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -369,3 +369,93 @@ def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{"  # 8-byte header length, then the JSON header
+
+
+# ------------------------------------------------------------------------------------ trained models
+
+
+def model_from_checkpoint(
+    checkpoint: str | os.PathLike | dict, device: str = "cpu"
+) -> tuple[nn.Module, dict]:
+    """Rebuild the trained model (eval mode, on ``device``) from a checkpoint path or loaded dict; returns
+    ``(model, checkpoint)``. A checkpoint whose fields or weights do not describe a working model of a known
+    dataset -- or whose weights are not finite -- raises :class:`DsrnetError` before any memory is allocated."""
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    from dsrnet.data import DATASETS  # a table of facts; data does not import models
+
+    info = DATASETS.get(ckpt.get("dataset"))
+    if info is None:
+        raise DsrnetError(
+            f"checkpoint {ckpt['path']} names an unknown dataset {ckpt.get('dataset')!r}; fix: use a checkpoint "
+            f"written by `dsrnet train`"
+        )
+    if ckpt["num_classes"] != info.num_classes or ckpt["image_size"] != info.image_size:
+        raise DsrnetError(
+            f"checkpoint {ckpt['path']} says {ckpt['num_classes']} classes at {ckpt['image_size']} px, but "
+            f"{info.name} has {info.num_classes} at {info.image_size} px; fix: use an unedited checkpoint"
+        )
+    from dsrnet.device import resolve_device
+    from dsrnet.models._registry import build_model
+
+    with torch.device("meta"):
+        skeleton = build_model(ckpt["model"], ckpt["num_classes"], ckpt["model_kwargs"])
+    check_state_fits(skeleton, ckpt)
+    model = build_model(ckpt["model"], ckpt["num_classes"], ckpt["model_kwargs"])
+    load_model_state(model, ckpt, require_finite=True)
+    return model.to(resolve_device(device)).eval(), ckpt
+
+
+def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """A trained model in eval mode and what preprocessing and export need (``name``, ``model``,
+    ``num_classes``, ``classes``, ``image_size``, ``mean``, ``std``, ``dataset``, ``model_kwargs``), from: a weights
+    tag (``"dsrnet50_cifar.c10"``), a ``.safetensors`` weights file, or a ``dsrnet train`` checkpoint / run folder.
+    Non-finite weights are refused."""
+    from dsrnet.device import resolve_device
+    from dsrnet.models import create_model
+
+    dev = resolve_device(device)
+    if isinstance(source, str) and source in list_weights():
+        model = create_model(source, pretrained=True)
+        cfg = model.pretrained_cfg
+        meta = all_weights()[source].metadata
+        info = {
+            "name": source,
+            "model": meta["model"],
+            "dataset": meta.get("dataset"),
+            "model_kwargs": dict(meta.get("model_kwargs") or {}),
+            "classes": list(cfg.get("label_names") or range(model.num_classes)),
+            "image_size": int(cfg["input_size"][-1]),
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+        }
+    elif Path(source).suffix == ".safetensors":
+        _, meta = read_weights(source)
+        model = create_model(
+            meta["model"], num_classes=meta["num_classes"], checkpoint_path=source, **(meta.get("model_kwargs") or {})
+        )
+        missing = [k for k in ("class_names", "input_size", "mean", "std") if meta.get(k) is None]
+        if missing:
+            raise DsrnetError(
+                f"weights {source} lack {', '.join(missing)} in their metadata, which preprocessing needs; fix: "
+                f"export them with `dsrnet export-weights`"
+            )
+        info = {
+            "name": str(source),
+            "model": meta["model"],
+            "dataset": meta.get("dataset"),
+            "model_kwargs": dict(meta.get("model_kwargs") or {}),
+            "classes": list(meta["class_names"]),
+            "image_size": int(meta["input_size"][-1]),
+            "mean": list(meta["mean"]),
+            "std": list(meta["std"]),
+        }
+    else:
+        model, ckpt = model_from_checkpoint(source)
+        info = {k: ckpt[k] for k in ("model", "classes", "image_size", "mean", "std", "dataset")}
+        info.update(name=ckpt["path"], model_kwargs=dict(ckpt.get("model_kwargs") or {}))
+    nonfinite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise DsrnetError(f"{source} holds non-finite weights (e.g. {nonfinite[0]}); fix: use weights of a run "
+                          "that trained normally")  # fmt: skip
+    info["num_classes"] = len(info["classes"])
+    return model.to(dev).eval(), info

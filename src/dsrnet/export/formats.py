@@ -1,0 +1,299 @@
+"""``dsrnet export``: a model -> an ONNX, TorchScript or ExportedProgram file with BatchNorm folded, a dynamic
+batch dimension, the preprocessing metadata inside the file, and a numerical check against the PyTorch model.
+
+* BatchNorm folding is torch's own: :func:`torch.fx.experimental.optimization.fuse` folds every conv -> BN
+  pair of an FX-traceable model into the conv (DSRNet, ResNet and MobileNetV2 are all traceable);
+  ``folded_batchnorms`` in the result says how many BN layers disappeared.
+* The batch dimension is dynamic in every format: the check runs a batch size other than the traced one.
+* Metadata (:meth:`dsrnet.export.source.ModelSource.metadata`): ONNX ``metadata_props``; TorchScript
+  ``_extra_files``; the ExportedProgram archive's ``extra_files`` -- all under :data:`METADATA_KEY`, read back
+  by
+  :func:`read_metadata`.
+* The check: the exported file is loaded back and run on a random batch; the largest absolute difference from
+  the eager model is reported and anything above ``tolerance`` (relative to the largest logit, at least 1)
+  raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsrnet.errors import DsrnetError
+from dsrnet.export.source import METADATA_KEY, ModelSource, load_source, parse_metadata
+
+FORMATS = ("onnx", "torchscript", "exported-program")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+#: fp32 check: max |exported - eager| <= DEFAULT_TOLERANCE * max(1, max |eager|). Folding BN changes the
+#: rounding of every conv, and a 50-layer random-init network amplifies it; 1e-3 of the logit scale is far
+#: below anything that can change a prediction, far above float32 reassociation noise (~1e-6 relative).
+DEFAULT_TOLERANCE = 1e-3
+_EXAMPLE_BATCH = 2  # traced batch; the check uses another size so a baked-in batch dimension is caught
+_CHECK_BATCH = 3
+ONNX_OPSET = 18
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    tolerance: float
+    folded_batchnorms: int
+    metadata: dict[str, Any]
+    int8: dict[str, Any] | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"{self.metadata['model']} -> {self.path} ({self.format}, {self.folded_batchnorms} BatchNorms "
+            f"folded, "
+            f"max |exported - PyTorch| = {self.max_abs_diff:.2e} <= {self.tolerance:.1e}"
+        )
+        if self.int8:
+            q = self.int8
+            text += (
+                f"; int8 ({q['quantizer']}, {q['calibration_images']} calibration images): top-1 agreement "
+                f"with "
+                f"fp32 {q['top1_agreement']:.1%} on {q['check_images']} held-out images, max |int8 - fp32| "
+                f"{q['max_abs_diff']:.3g}"
+            )
+        return text + ")"
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` with every conv->BN pair folded (torch.fx's ``fuse``); returns the copy
+    and the number of BatchNorm layers removed. A model FX cannot trace is returned unfolded (count 0)."""
+    from torch.fx.experimental.optimization import fuse
+
+    model = model.eval()
+    before = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    try:
+        fused = fuse(model, inplace=False)
+    except Exception as err:  # noqa: BLE001 - FX raises many types on untraceable code
+        warnings.warn(
+            f"BatchNorm not folded: {type(model).__name__} is not FX-traceable ({err})", stacklevel=2
+        )
+        return copy.deepcopy(model), 0
+    after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    return fused.eval(), before - after
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise DsrnetError(f"unknown export format {fmt!r}; fix: choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def require(module: str, extra: str) -> Any:
+    """``import module`` or one :class:`DsrnetError` line naming the pip extra that provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DsrnetError(f"{module} is not installed; fix: pip install 'dsrnet[{extra}]'") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The ONNX/export machinery prints progress and warns about things that do not concern the user."""
+    import io
+    import logging
+
+    levels = {n: logging.getLogger(n).level for n in ("torch.onnx", "torch.export", "torch._dynamo")}
+    for n in levels:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def export_onnx_model(model: nn.Module, image_size: int, metadata: dict[str, str], out: Path) -> Path:
+    """Write ``model`` as ONNX (torch.onnx dynamo exporter, dynamic batch) with ``metadata`` in
+    metadata_props."""
+    require("onnxscript", "onnx")
+    onnx = require("onnx", "onnx")
+    x = torch.randn(_EXAMPLE_BATCH, 3, image_size, image_size)
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (x,),
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            input_names=["images"],
+            output_names=["logits"],
+            opset_version=ONNX_OPSET,
+            dynamo=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata), **metadata})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    onnx.save_model(proto, str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+def _export_torchscript(model: nn.Module, image_size: int, metadata: dict[str, str], out: Path) -> Path:
+    x = torch.randn(_EXAMPLE_BATCH, 3, image_size, image_size)
+    with _quiet(), torch.no_grad():
+        scripted = torch.jit.trace(model, (x,), check_trace=False)
+        scripted = torch.jit.freeze(scripted.eval())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    with _quiet():
+        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_KEY: json.dumps(metadata)})
+    os.replace(tmp, out)
+    return out
+
+
+def _export_program(model: nn.Module, image_size: int, metadata: dict[str, str], out: Path) -> Path:
+    x = torch.randn(_EXAMPLE_BATCH, 3, image_size, image_size)
+    with _quiet(), torch.no_grad():
+        program = torch.export.export(
+            model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    torch.export.save(program, str(tmp), extra_files={METADATA_KEY: json.dumps(metadata)})
+    os.replace(tmp, out)
+    return out
+
+
+_WRITERS = {
+    "onnx": export_onnx_model,
+    "torchscript": _export_torchscript,
+    "exported-program": _export_program,
+}
+
+
+def guess_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    for fmt, s in SUFFIXES.items():
+        if suffix == s:
+            return fmt
+    if suffix == ".xml":
+        return "openvino-ir"
+    raise DsrnetError(
+        f"cannot tell the format of {path} from its suffix; fix: use .onnx, .pt (TorchScript) or .pt2"
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The dsrnet metadata stored in an exported file (any of :data:`FORMATS`), parsed (lists, ints,
+    bools)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DsrnetError(f"exported model {path} not found; fix: pass a file written by `dsrnet export`")
+    fmt = guess_format(path)
+    raw: str | bytes | None = None
+    try:
+        if fmt == "onnx":
+            onnx = require("onnx", "onnx")
+            model = onnx.load_model(str(path), load_external_data=False)
+            raw = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+        elif fmt == "torchscript":
+            files = {METADATA_KEY: ""}
+            with _quiet():
+                torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+            raw = files[METADATA_KEY]
+        elif fmt == "exported-program":
+            files = {METADATA_KEY: ""}
+            torch.export.load(str(path), extra_files=files)
+            raw = files[METADATA_KEY]
+    except DsrnetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - corrupt files surface as many exception types
+        raise DsrnetError(f"cannot read {path} as {fmt} ({type(err).__name__}); fix: re-export it") from None
+    if not raw:
+        raise DsrnetError(f"{path} carries no dsrnet metadata; fix: export it with `dsrnet export`")
+    return parse_metadata(json.loads(raw))
+
+
+def export_model(
+    source: str | os.PathLike | nn.Module | ModelSource,
+    out: str | os.PathLike,
+    *,
+    format: str = "onnx",  # noqa: A002 - the CLI flag's name
+    int8: bool = False,
+    calib_images: int = 300,
+    data_dir: str | os.PathLike | None = None,
+    quantizer: str | None = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``source`` (see :func:`dsrnet.export.source.load_source`) to ``out`` and check it; see the
+    module docstring. ``int8`` (ONNX only) quantises the checked fp32 file with
+    :func:`dsrnet.export.quantize.quantize_onnx` calibrated on ``calib_images`` CIFAR-10 training images from
+    ``data_dir``."""
+    _check_format(format)
+    torch.manual_seed(seed)  # a registry name gets the same random weights every time
+    if int8 and format != "onnx":
+        raise DsrnetError(f"--int8 is available for --format onnx only, not {format}; fix: use --format onnx")
+    src = source if isinstance(source, ModelSource) else load_source(
+        source, num_classes=num_classes, image_size=image_size
+    )  # fmt: skip
+    if getattr(src.model, "features_only", False):
+        raise DsrnetError("features_only models return several maps; fix: export the classifier model")
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise DsrnetError(f"--out {out} is a folder; fix: name the file to write, e.g. {out / src.name}.onnx")
+    folded, n_folded = fold_batchnorm(src.model)
+    metadata = src.metadata()
+    metadata["batchnorm_folded"] = str(n_folded)
+    try:
+        path = _WRITERS[format](folded, src.image_size, metadata, out)
+    except DsrnetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - surface exporter failures as one line
+        msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise DsrnetError(f"exporting {src.name} to {format} failed ({type(err).__name__}: {msg})") from None
+
+    x = torch.randn(
+        _CHECK_BATCH, 3, src.image_size, src.image_size, generator=torch.Generator().manual_seed(seed)
+    )
+    with torch.inference_mode():
+        want = src.model(x).float()
+    from dsrnet.export.backends import load_runner
+
+    backend = "onnxruntime" if format == "onnx" else "torch"
+    got = load_runner(backend, path, threads=None)(x)
+    if tuple(got.shape) != tuple(want.shape):
+        raise DsrnetError(f"exported {path} returns shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
+    diff = float((got - want).abs().max())
+    tol = tolerance * max(1.0, float(want.abs().max()))
+    if not diff <= tol:  # also catches NaN
+        raise DsrnetError(
+            f"exported {path} does not match PyTorch: max abs diff {diff:.3g} > tolerance {tol:.3g}; fix: "
+            f"report "
+            f"this with the model name (or raise --tolerance if the difference is expected)"
+        )
+    result = ExportResult(path, format, diff, tol, n_folded, read_metadata(path), files=[path])
+    if int8:
+        from dsrnet.export.quantize import quantize_onnx
+
+        fp32_path = path.with_name(path.stem + ".fp32.onnx")
+        os.replace(path, fp32_path)
+        result.int8 = quantize_onnx(
+            fp32_path, path, calib_images=calib_images, data_dir=data_dir, quantizer=quantizer, seed=seed,
+            image_size=src.image_size, mean=src.mean, std=src.std,
+        )  # fmt: skip
+        result.files = [path, fp32_path]
+        result.metadata = read_metadata(path)
+    return result

@@ -1,0 +1,173 @@
+"""dsrnet.export.formats: every export format round-trips (outputs, dynamic batch, metadata, BN folded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dsrnet
+from dsrnet.cli.main import main
+from dsrnet.export import FORMATS, export_model, fold_batchnorm, load_runner, read_metadata
+from dsrnet.export.formats import SUFFIXES
+from tests.export.conftest import TINY, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_onnx = pytest.mark.skipif(
+    any(__import__("importlib").util.find_spec(m) is None for m in ("onnx", "onnxruntime", "onnxscript")),
+    reason="onnx extra not installed",
+)
+
+
+def _runner_backend(fmt: str) -> str:
+    return "onnxruntime" if fmt == "onnx" else "torch"
+
+
+def _bn_count(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_fold_batchnorm_removes_every_bn_and_keeps_the_function(tiny):
+    folded, n = fold_batchnorm(tiny)
+    assert n == _bn_count(tiny) > 0
+    assert _bn_count(folded) == 0
+    assert _bn_count(tiny) == n  # the original is left alone
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), tiny(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "torchscript", "exported-program"])
+def test_round_trip_matches_pytorch_with_dynamic_batch_and_metadata(fmt, tiny, tmp_path):
+    out = tmp_path / f"tiny{SUFFIXES[fmt]}"
+    res = export_model(tiny, out, format=fmt, image_size=32)
+    assert res.path == out and out.is_file()
+    assert res.folded_batchnorms == _bn_count(tiny)
+    assert 0 <= res.max_abs_diff <= res.tolerance
+    run = load_runner(_runner_backend(fmt), out)
+    for batch in (1, 3):  # the file was traced at batch 2
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.inference_mode():
+            want = tiny(x)
+        got = run(x)
+        assert got.shape == (batch, 10)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    meta = read_metadata(out)
+    assert meta["num_classes"] == 10 and meta["image_size"] == 32
+    assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["trained"] is False
+    assert meta["batchnorm_folded"] == str(_bn_count(tiny))
+
+
+@needs_onnx
+def test_onnx_graph_has_no_batchnorm_and_stores_metadata_props(tiny, tmp_path):
+    import onnx
+
+    res = export_model(tiny, tmp_path / "tiny.onnx")
+    proto = onnx.load(str(res.path))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["num_classes"] == "10" and "mean" in props and "dsrnet_metadata" in props
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # symbolic, not a fixed batch
+
+
+@needs_onnx
+def test_full_size_dsrnet50_cifar_onnx_export(tmp_path):
+    torch.manual_seed(0)
+    from tests.export.conftest import randomize_batchnorm
+
+    model = randomize_batchnorm(dsrnet.create_model("dsrnet50_cifar", num_classes=10))
+    res = export_model(model, tmp_path / "dsrnet50_cifar.onnx", image_size=32)
+    assert res.folded_batchnorms == _bn_count(model) == 53
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(load_runner("onnxruntime", res.path)(x), model(x), rtol=1e-3, atol=1e-3)
+
+
+def test_checkpoint_source_carries_its_metadata(tiny_checkpoint, tmp_path):
+    ckpt, model = tiny_checkpoint
+    res = export_model(ckpt.parent, tmp_path / "run.pt2", format="exported-program")
+    meta = res.metadata
+    assert meta["trained"] is True and meta["model"] == "dsrnet50_cifar"
+    assert meta["classes"] == [f"class{i}" for i in range(10)]
+    assert meta["mean"] == pytest.approx([0.49, 0.48, 0.45]) and meta["dataset"] == "cifar10"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(load_runner("torch", res.path)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_safetensors_source_keeps_the_weights_and_their_metadata(tiny, tmp_path):
+    from dsrnet.models.weights import save_weights
+
+    weights = save_weights(
+        tiny, tmp_path / "w.safetensors", dtype=torch.float32,
+        metadata={"model": "dsrnet50_cifar", "num_classes": 10, "model_kwargs": {k: list(v) for k, v in TINY.items()},
+                  "class_names": [f"c{i}" for i in range(10)], "input_size": [3, 32, 32],
+                  "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2], "dataset": "cifar10"},
+    )  # fmt: skip
+    res = export_model(weights, tmp_path / "w.pt", format="torchscript")
+    assert res.metadata["mean"] == [0.5, 0.5, 0.5] and res.metadata["trained"] is True
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(load_runner("torch", res.path)(x), tiny(x), rtol=1e-4, atol=1e-4)
+
+
+def test_mismatch_above_tolerance_raises(tiny, tmp_path):
+    with pytest.raises(dsrnet.DsrnetError, match="does not match PyTorch: max abs diff"):
+        export_model(tiny, tmp_path / "t.pt", format="torchscript", tolerance=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("source", "kwargs", "match"),
+    [
+        ("dsrnet50_cifar", {"format": "tflite"}, "unknown export format 'tflite'"),
+        ("dsrnet50_cifar", {"format": "torchscript", "int8": True}, "--int8 is available for --format onnx"),
+        ("no_such_model", {}, "neither a file, a run folder nor a registered model"),
+        ("dsrnet50_cifar", {"image_size": 4}, "image size must be an integer >= 8"),
+        ("dsrnet50_cifar", {"num_classes": 0}, "num_classes must be an integer >= 1"),
+        ("missing/checkpoint.pt", {}, "not found"),
+    ],
+)
+def test_bad_export_arguments(source, kwargs, match, tmp_path):
+    with pytest.raises(dsrnet.DsrnetError, match=match):
+        export_model(source, tmp_path / "out.onnx", **kwargs)
+
+
+def test_out_is_a_folder_and_features_only_models_are_refused(tmp_path):
+    model = tiny_model()
+    with pytest.raises(dsrnet.DsrnetError, match="is a folder"):
+        export_model(model, tmp_path, format="torchscript")
+    backbone = dsrnet.create_model("dsrnet50_cifar", features_only=True, **TINY)
+    with pytest.raises(dsrnet.DsrnetError, match="features_only"):
+        export_model(backbone, tmp_path / "b.pt", format="torchscript")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated; still what users have
+def test_read_metadata_errors(tmp_path):
+    with pytest.raises(dsrnet.DsrnetError, match="not found"):
+        read_metadata(tmp_path / "nothing.onnx")
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(dsrnet.DsrnetError, match="cannot tell the format"):
+        read_metadata(tmp_path / "model.bin")
+    (tmp_path / "junk.pt2").write_bytes(b"not a zip")
+    with pytest.raises(dsrnet.DsrnetError, match="cannot read"):
+        read_metadata(tmp_path / "junk.pt2")
+    plain = torch.jit.trace(torch.nn.Conv2d(3, 4, 1), torch.randn(1, 3, 4, 4))
+    plain.save(str(tmp_path / "plain.pt"))
+    with pytest.raises(dsrnet.DsrnetError, match="no dsrnet metadata"):
+        read_metadata(tmp_path / "plain.pt")
+
+
+def test_cli_export_from_a_run(tiny_checkpoint, tmp_path, capsys):
+    ckpt, _ = tiny_checkpoint
+    out = tmp_path / "exported.pt"
+    assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "dsrnet50_cifar ->" in line and "BatchNorms folded" in line and "max |exported - PyTorch|" in line
+    assert read_metadata(out)["classes"][0] == "class0"
+    assert main(["export", "no_such_model", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "dsrnet: error:" in capsys.readouterr().err
+
+
+def test_formats_constant_matches_the_cli():
+    assert FORMATS == ("onnx", "torchscript", "exported-program")
