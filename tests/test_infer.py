@@ -190,3 +190,30 @@ def test_unknown_tag_and_bad_export_are_one_line(learned_run, tmp_path):
         export_weights(cfg.out_dir, tmp_path / "w.safetensors", dtype="int8")
     with pytest.raises(DsrnetError, match="not found"):
         export_weights(tmp_path / "nothing", tmp_path / "w.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- CPU backends
+
+
+def test_eval_and_predict_on_cpu_backends_match_torch(learned_run, cifar10_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from dsrnet.export import export_model
+
+    cfg, _ = learned_run
+    common = {"data_dir": str(cifar10_dir), "device": "cpu", "test_subset_per_class": 30}
+    eager = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "e", **common)
+    ort = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "o", backend="onnxruntime", **common)
+    assert ort["backend"] == "onnxruntime" and ort["test_images"] == eager["test_images"] == 300
+    assert abs(ort["top1"] - eager["top1"]) <= 100 / 300 + 1e-9  # at most one image flips (float rounding)
+    # an exported file is evaluated by the same call, its folder next to it
+    onnx = export_model(cfg.out_dir, tmp_path / "m.onnx").path
+    from_file = evaluate_checkpoint(onnx, backend="onnxruntime", **common)
+    assert from_file["top1"] == pytest.approx(ort["top1"]) and (tmp_path / "m.onnx.eval" / "metrics.json").is_file()
+    with pytest.raises(DsrnetError, match="exported file; fix: pass --backend onnxruntime"):
+        evaluate_checkpoint(onnx, backend="torch", **common)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(img)
+    a = predict(cfg.out_dir, [img], top_k=3, device="cpu", backend="torch")
+    b = predict(onnx, [img], top_k=3, device="cpu", backend="onnxruntime")
+    assert [c for c, _ in a[0]] == [c for c, _ in b[0]]
+    assert [p for _, p in a[0]] == pytest.approx([p for _, p in b[0]], abs=1e-4)

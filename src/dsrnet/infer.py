@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from dsrnet import data as D
-from dsrnet.device import PRECISIONS
+from dsrnet.device import PRECISIONS, resolve_device
 from dsrnet.errors import DsrnetError, check_int
 from dsrnet.models.weights import load_trained, model_from_checkpoint
 from dsrnet.report.plots import plot_confusion
@@ -49,33 +50,46 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     test_subset_per_class: int | None = None,
     out_dir: str | os.PathLike | None = None,
+    backend: str = "torch",
 ) -> dict:
-    """``dsrnet eval``: top-1/3/5 error, per-class accuracy and the confusion matrix of a checkpoint on its
-    dataset's test split, written to ``out_dir`` (default ``<run>/eval``) as ``metrics.json``,
-    ``per_class.csv``, ``confusion.csv`` and ``confusion.png``. Returns the metrics dict."""
+    """``dsrnet eval``: top-1/3/5 error, per-class accuracy and the confusion matrix of a trained model on its
+    dataset's test split, written to ``out_dir`` (default ``<run>/eval``, or ``<file>.eval/`` for an exported
+    file) as ``metrics.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png``. Returns the metrics.
+
+    ``checkpoint``: a run folder or its checkpoint, or (with a CPU ``backend``) a file written by ``dsrnet export``
+    -- e.g. an int8 ONNX file, so its accuracy is checked by the same command as the original's. ``backend``:
+    ``torch`` (any device), ``onnxruntime`` / ``openvino`` / ``torch-compile`` (CPU, fp32; see
+    :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch)."""
     check_int("batch_size", batch_size)
     if test_subset_per_class is not None:
         check_int("test_subset_per_class", test_subset_per_class)
     if precision not in PRECISIONS:
         raise DsrnetError(f"bad value for precision: {precision!r}; fix: use one of {', '.join(PRECISIONS)}")
-    model, ckpt = model_from_checkpoint(checkpoint, device)
-    out = Path(out_dir) if out_dir is not None else RunDir(Path(ckpt["path"]).parent).eval
+    model, info = _model_on_backend(checkpoint, backend, device)
+    if info["backend"] != "torch" and precision != "fp32":
+        raise DsrnetError(f"backend {info['backend']} evaluates in fp32; fix: drop --precision")
+    ckpt = info.get("checkpoint") or {}
+    source = Path(info["name"])
+    default_out = RunDir(source.parent).eval if ckpt else source.with_name(source.name + ".eval")
+    out = Path(out_dir) if out_dir is not None else default_out
     RunDir(out).check_writable()  # before the evaluation, not after it
-    dev = next(model.parameters()).device
-    test = D.load_split(ckpt["dataset"], "test", data_dir, download=download)
+    if not info.get("dataset"):
+        raise DsrnetError(f"{checkpoint} does not name its dataset; fix: export it from a `dsrnet train` run")
+    dev = info["device"]
+    test = D.load_split(info["dataset"], "test", data_dir, download=download)
     if test_subset_per_class:  # the run's seed picks the same images its test subset had
-        test = test.subset_per_class(test_subset_per_class, ckpt["config"]["seed"])
+        test = test.subset_per_class(test_subset_per_class, (ckpt.get("config") or {}).get("seed", 0))
     loader = D.DeviceLoader(
         test.images,
         test.labels,
         batch_size=batch_size,
         train=False,
         device=dev,
-        mean=ckpt["mean"],
-        std=ckpt["std"],
+        mean=info["mean"],
+        std=info["std"],
     )
-    classes = list(ckpt["classes"])
-    res = evaluate(model, loader, num_classes=ckpt["num_classes"], precision=precision, confusion=True)
+    classes = [str(c) for c in info["classes"]]
+    res = evaluate(model, loader, num_classes=len(classes), precision=precision, confusion=True)
     conf = res.pop("confusion").numpy()
     totals = conf.sum(axis=1)
     per_class = [
@@ -88,10 +102,11 @@ def evaluate_checkpoint(
         for i, c in enumerate(classes)
     ]
     metrics = {
-        "checkpoint": ckpt["path"],
-        "model": ckpt["model"],
-        "dataset": ckpt["dataset"],
-        "epoch": int(ckpt["epoch"]),
+        "checkpoint": info["name"],
+        "model": info.get("model"),
+        "dataset": info["dataset"],
+        "epoch": int(ckpt["epoch"]) if "epoch" in ckpt else None,
+        "backend": info["backend"],
         "test_images": res["n"],
         "test_loss": res["loss"],
         **{k: res[k] for k in ("top1", "top3", "top5", "top1_error", "top3_error", "top5_error")},
@@ -106,7 +121,7 @@ def evaluate_checkpoint(
     header = "true\\predicted," + ",".join(classes) + "\n"
     rows = "".join(f"{c}," + ",".join(str(int(v)) for v in conf[i]) + "\n" for i, c in enumerate(classes))
     atomic_write_text(out / "confusion.csv", header + rows)
-    plot_confusion(conf, classes, out / "confusion.png", f"{ckpt['model']} on {ckpt['dataset']}")
+    plot_confusion(conf, classes, out / "confusion.png", f"{info.get('model')} on {info['dataset']} ({info['backend']})")
     metrics["out_dir"] = str(out)
     return metrics
 
@@ -174,6 +189,44 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 
 #: What ``dsrnet predict`` uses when no model is named: the shipped CIFAR-10 weights.
 DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
+#: ``predict --backend auto``: from this many images on, exporting a model for a faster CPU backend pays off.
+AUTO_BACKEND_MIN_IMAGES = 32
+#: Inference backends of ``eval`` / ``predict`` (``torch`` and the CPU engines of :mod:`dsrnet.export`).
+BACKENDS = ("auto", "torch", "torch-compile", "onnxruntime", "openvino")
+_EXPORTED = (".onnx", ".pt2", ".xml")
+
+
+def _is_exported(source) -> bool:
+    return isinstance(source, str | os.PathLike) and Path(source).suffix.lower() in _EXPORTED
+
+
+def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dict]:
+    """``(model, info)``: the trained model as an ``nn.Module`` running on ``backend`` and what its preprocessing
+    needs (:func:`dsrnet.models.weights.load_trained`'s info, plus ``backend``, ``device`` and, for a training
+    checkpoint, ``checkpoint``)."""
+    if backend not in BACKENDS:
+        raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
+    dev = resolve_device(device)
+    if backend == "auto":
+        from dsrnet.export.backends import best_cpu_backend
+
+        backend = best_cpu_backend() if dev.type == "cpu" else "torch"
+    if backend != "torch" and dev.type != "cpu":
+        raise DsrnetError(f"backend {backend} runs on the CPU; fix: pass --device cpu, or --backend torch")
+    if _is_exported(source):
+        if backend == "torch" and Path(source).suffix.lower() != ".pt2":
+            raise DsrnetError(f"{source} is an exported file; fix: pass --backend onnxruntime or openvino")
+        from dsrnet.export.backends import RunnerModule, load_predictor
+
+        runner, meta = load_predictor(source, backend=backend)
+        info = {**meta, "name": str(source), "model": meta.get("model") or meta.get("arch")}
+        return RunnerModule(runner), {**info, "backend": backend, "device": dev}
+    model, info = load_trained(source, str(dev) if backend == "torch" else "cpu")
+    if backend != "torch":
+        from dsrnet.export.backends import RunnerModule, load_runner
+
+        model = RunnerModule(load_runner(backend, model, image_size=info["image_size"]))
+    return model, {**info, "backend": backend, "device": dev}
 
 
 @torch.no_grad()
@@ -183,15 +236,22 @@ def predict(
     *,
     top_k: int = 5,
     device: str = "auto",
+    backend: str = "auto",
 ) -> list[list[tuple[str, float]]]:
     """Top-``k`` (class name, probability) pairs for each image file, any size, with the model ``checkpoint``
-    names (a checkpoint or run folder, a ``.safetensors`` file, a weights tag; ``None``: the shipped CIFAR-10
-    weights), preprocessed by :func:`transforms` from the model's own metadata."""
+    names (a checkpoint or run folder, a ``.safetensors`` file, a weights tag, a file from ``dsrnet export``;
+    ``None``: the shipped CIFAR-10 weights), preprocessed by :func:`transforms` from the model's own metadata.
+    ``backend``: see :func:`evaluate_checkpoint`; ``auto`` on a CPU runs exported files and batches of
+    :data:`AUTO_BACKEND_MIN_IMAGES` or more images on the fastest installed CPU backend, and a few images of a
+    not-yet-exported model eagerly (exporting costs seconds, more than it saves on a few images)."""
     check_int("top_k", top_k)
     if not images:
         raise DsrnetError("no images given; fix: pass one or more image files")
-    model, info = load_trained(DEFAULT_WEIGHTS if checkpoint is None else checkpoint, device)
-    dev = next(model.parameters()).device
+    source = DEFAULT_WEIGHTS if checkpoint is None else checkpoint
+    if backend == "auto" and not _is_exported(source) and len(images) < AUTO_BACKEND_MIN_IMAGES:
+        backend = "torch"
+    model, info = _model_on_backend(source, backend, device)
+    dev = info["device"]
     prep = transforms(info["image_size"], info["mean"], info["std"])
     x = torch.stack([prep(open_image(p)) for p in images]).to(dev)
     probs = model(x).float().softmax(dim=1)

@@ -155,3 +155,15 @@ def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
     assert "DSRNet (fused)" in result["markdown"]
     with pytest.raises(DsrnetError, match="fused form is for inference"):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", fused=True)
+
+
+def test_cpu_backend_rows(tmp_path):
+    pytest.importorskip("onnxruntime")
+    kw = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
+    result = bench.run_bench(["dsrnet50_cifar"], sizes=[16], batch_size=2, device="cpu", warmup=1, repeats=2,
+                             backend="onnxruntime", model_kwargs=kw, out_dir=tmp_path)  # fmt: skip
+    (row,) = result["rows"]
+    assert row["backend"] == "onnxruntime" and row["latency_ms"] > 0 and row["params"] > 0
+    assert "DSRNet [onnxruntime]" in result["markdown"]
+    with pytest.raises(DsrnetError, match="times CPU inference"):
+        bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", backend="onnxruntime")

@@ -272,6 +272,7 @@ def benchmark_model(
     model_kwargs: dict | None = None,
     seed: int = 0,
     fused: bool = False,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """Measure one configuration (see the module docstring for the method). Returns one result row.
 
@@ -287,6 +288,11 @@ def benchmark_model(
     check_int("num classes", num_classes)
     warmup = DEFAULT_WARMUP[dev.type] if warmup is None else check_int("warmup", warmup, 0)
     repeats = DEFAULT_REPEATS[dev.type] if repeats is None else check_int("repeats", repeats)
+    if backend != "torch" and (dev.type != "cpu" or mode != "inference" or compile or fused):
+        raise DsrnetError(
+            f"backend {backend} times CPU inference of the plain model; fix: --device cpu --mode inference, no "
+            "--compile/--fused (or --backend torch)"
+        )
     if fused and mode != "inference":
         raise DsrnetError("the fused form is for inference (BatchNorm is folded); fix: drop --fused or --mode train")
     if mode == "train" and batch_size < 2:
@@ -305,6 +311,11 @@ def benchmark_model(
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
     y = torch.randint(0, max(num_classes, 1), (batch_size,), device=dev)
     runner = torch.compile(model) if compile else model
+    if backend != "torch":  # an inference engine of dsrnet.export (BatchNorm folded, ONNX for onnxruntime/openvino)
+        from dsrnet.export.backends import load_runner
+
+        engine = load_runner(backend, model.eval(), image_size=image_size, precision=precision)
+        runner = lambda inputs: engine(inputs.contiguous().float())  # noqa: E731
 
     if mode == "inference":
         model.eval()
@@ -339,6 +350,7 @@ def benchmark_model(
         "channels_last": bool(channels_last),
         "compile": bool(compile),
         "fused": bool(fused and arch.startswith("dsrnet")),
+        "backend": backend,
         "num_classes": num_classes,
         "params": params,
         "flops_per_image": flops,
@@ -366,11 +378,13 @@ CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
     "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
+    "backend",
 )  # fmt: skip
 
 
 def _config_key(row: dict) -> tuple:
     return (
+        row.get("backend", "torch"),
         row["image_size"],
         row["batch_size"],
         row["mode"],
@@ -395,7 +409,8 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
     for r in rows:
         peak = r["peak_mem_mb"]
         body.append([
-            display_name(r["model"].removesuffix("_cifar")) + (" (fused)" if r.get("fused") else ""), r["stem"], r["image_size"], r["batch_size"],
+            display_name(r["model"].removesuffix("_cifar")) + (" (fused)" if r.get("fused") else "")
+            + (f" [{r['backend']}]" if r.get("backend", "torch") != "torch" else ""), r["stem"], r["image_size"], r["batch_size"],
             r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", "yes" if r["compile"] else "no",
             f"{r['params'] / 1e6:.2f}", f"{r['gmacs_per_image']:.3f}", f"{r['latency_ms']:.1f}",
             f"{r['latency_p25_ms']:.1f}–{r['latency_p75_ms']:.1f}", f"{r['images_per_s']:.0f}",
@@ -462,6 +477,7 @@ def run_bench(
     stem: str | None = None,
     model_kwargs: dict | None = None,
     fused: bool = False,
+    backend: str = "torch",
     out_dir: str | os.PathLike | None = None,
     command: str | None = None,
     log=None,
@@ -508,6 +524,7 @@ def run_bench(
                         name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
                         channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
                         num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs, fused=fused,
+                        backend=backend,
                     )  # fmt: skip
                     row["cpu_defaults"] = cpu_defaults
                     rows.append(row)

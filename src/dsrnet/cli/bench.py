@@ -37,6 +37,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused", action="store_true",
                    help="DSRNet models in their fused inference form (dsrnet.fuse: BatchNorm folded, Triton kernels "
                    "on CUDA); the baselines as they are")
+    p.add_argument("--backend", choices=("torch", "torch-compile", "onnxruntime", "openvino"), default="torch",
+                   help="inference engine (CPU engines: BatchNorm folded, exported to ONNX for onnxruntime/openvino; "
+                   "int8 timings: benchmarks/cpu_backends.py)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (compilation is in the warm-up)")
     p.add_argument("--stem", choices=("paper", "cifar"), default=None,
@@ -60,7 +63,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         args.models, sizes=args.sizes, batch_size=args.batch_size, device=args.device, precisions=args.precision,
         channels_last=args.channels_last, compile=args.compile, modes=args.mode, warmup=args.warmup,
         repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
-        model_kwargs=parse_model_kwargs(args.model_kwargs), fused=args.fused, out_dir=args.out_dir, command=command_line(args),
+        model_kwargs=parse_model_kwargs(args.model_kwargs), fused=args.fused,
+        backend=args.backend, out_dir=args.out_dir, command=command_line(args),
     )  # fmt: skip
     print(result["markdown"], end="")
     for path in result["files"]:

@@ -407,7 +407,8 @@ def model_from_checkpoint(
 
 def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
     """A trained model in eval mode and what preprocessing and export need (``name``, ``model``,
-    ``num_classes``, ``classes``, ``image_size``, ``mean``, ``std``, ``dataset``, ``model_kwargs``), from: a weights
+    ``num_classes``, ``classes``, ``image_size``, ``mean``, ``std``, ``dataset``, ``model_kwargs``, and for a
+    training checkpoint the loaded ``checkpoint`` itself), from: a weights
     tag (``"dsrnet50_cifar.c10"``), a ``.safetensors`` weights file, or a ``dsrnet train`` checkpoint / run folder.
     Non-finite weights are refused."""
     from dsrnet.device import resolve_device
@@ -452,7 +453,7 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
     else:
         model, ckpt = model_from_checkpoint(source)
         info = {k: ckpt[k] for k in ("model", "classes", "image_size", "mean", "std", "dataset")}
-        info.update(name=ckpt["path"], model_kwargs=dict(ckpt.get("model_kwargs") or {}))
+        info.update(name=ckpt["path"], model_kwargs=dict(ckpt.get("model_kwargs") or {}), checkpoint=ckpt)
     nonfinite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if nonfinite:
         raise DsrnetError(f"{source} holds non-finite weights (e.g. {nonfinite[0]}); fix: use weights of a run "
