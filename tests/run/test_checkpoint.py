@@ -86,11 +86,11 @@ def test_missing_field_is_one_line_not_a_keyerror(tmp_path):
 def test_huge_widths_are_refused_without_allocating(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "c.pt", _payload(model_kwargs={**TINY, "widths": [100000, 8, 8, 16]}))
     built = []
-    import dsrnet.infer as infer
+    from dsrnet.models import _registry  # model_from_checkpoint builds through _registry.build_model
 
-    real = infer.build_model
+    real = _registry.build_model
     monkeypatch.setattr(
-        infer, "build_model", lambda *a, **k: built.append(str(torch.get_default_device())) or real(*a, **k)
+        _registry, "build_model", lambda *a, **k: built.append(str(torch.get_default_device())) or real(*a, **k)
     )
     with pytest.raises(DsrnetError, match="does not fit model"):
         model_from_checkpoint(path)
