@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 if "triton" not in sys.modules:
     os.environ["TRITON_INTERPRET"] = "1"
 
@@ -27,3 +29,18 @@ def _ready() -> bool:
 #: Whether Triton kernels launched from this process run in the interpreter.
 READY = _ready()
 SKIP_REASON = "Triton was imported before TRITON_INTERPRET=1 was set; tests/kernels/test_interpreter_rerun.py runs this"
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    """Autouse in each test module that binds it (``interpreter = interp.interpreter``): kernels go through the
+    interpreter (``DSRNET_DISABLE_TRITON`` unset), on one intra-op thread (the interpreter runs on the CPU, and
+    a second thread only contends)."""
+    import torch  # not at the top: nothing here may import Triton before TRITON_INTERPRET is set
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("DSRNET_DISABLE_TRITON", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,14 +17,7 @@ pytestmark = pytest.mark.skipif(not interp.READY, reason=interp.SKIP_REASON)
 RATES_STRIDES = [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)]  # (dilation, stride)
 
 
-@pytest.fixture(autouse=True)
-def interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("DSRNET_DISABLE_TRITON", raising=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+interpreter = interp.interpreter  # autouse: Triton interpreter, one thread
 
 
 def _close(actual, expected, rel):

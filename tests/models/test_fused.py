@@ -29,14 +29,7 @@ needs_interpreter = pytest.mark.skipif(not interp.READY, reason=interp.SKIP_REAS
 TINY = {"layers": (1, 2, 1, 1), "widths": (4, 8, 8, 16), "num_classes": 10}
 
 
-@pytest.fixture(autouse=True)
-def one_thread_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("DSRNET_DISABLE_TRITON", raising=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+interpreter = interp.interpreter  # autouse: Triton interpreter, one thread
 
 
 def _tiny(stem="cifar", **kwargs) -> DSRNet:
