@@ -9,12 +9,10 @@ import logging
 from dsrnet.cli.common import command_line, parse_model_kwargs, set_threads
 from dsrnet.device import PRECISIONS
 
-DATASET_CHOICES = ("cifar10", "cifar100", "stl10")
-#: Mirrors dsrnet.paper.runner.QUICK, for the help text (building this parser does not import torch).
-QUICK = {"subset_per_class": 20, "test_subset_per_class": 10, "epochs": 1, "batch_size": 32}
-
 
 def _common_args(p: argparse.ArgumentParser) -> None:
+    from dsrnet.paper.runner import DATASET_CHOICES, QUICK  # configure() imports the runner anyway
+
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset of Table 2 (cifar10), 3 "
                    "(cifar100) or 4 (stl10)")  # fmt: skip
     p.add_argument(
