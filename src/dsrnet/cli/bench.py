@@ -8,14 +8,14 @@ import logging
 from dsrnet.cli.common import command_line, parse_model_kwargs, set_threads
 from dsrnet.device import PRECISIONS
 
-#: Mirrors dsrnet.bench.measure (kept here so that building this parser does not import torch).
-MODES = ("inference", "train")
-DEFAULT_SIZES = (32, 96)
-WARMUP_HELP = "untimed calls first (default: 1 on CPU, 10 on CUDA)"
-REPEATS_HELP = "timed calls (default: 3 on CPU, 30 on CUDA)"
+
+def _per_device(defaults: dict[str, int]) -> str:
+    return ", ".join(f"{n} on {dev.upper()}" for dev, n in defaults.items())
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
+    # Only `dsrnet bench ...` runs this (not `dsrnet --help`), and the model registry imports torch anyway.
+    from dsrnet.bench.measure import DEFAULT_REPEATS, DEFAULT_SIZES, DEFAULT_WARMUP, MODES
     from dsrnet.models import PAPER_COMPARISON
 
     p.description = (
@@ -45,8 +45,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--stem", choices=("paper", "cifar"), default=None,
                    help="paper = 7x7/2 conv + max-pool (Table 1); cifar = 3x3/1 conv, no max-pool (default: as the "
                    "model is named, i.e. paper for plain names, cifar for *_cifar)")
-    p.add_argument("--warmup", type=int, default=None, help=WARMUP_HELP)
-    p.add_argument("--repeats", type=int, default=None, help=REPEATS_HELP)
+    p.add_argument("--warmup", type=int, default=None, help=f"untimed calls first (default: {_per_device(DEFAULT_WARMUP)})")
+    p.add_argument("--repeats", type=int, default=None, help=f"timed calls (default: {_per_device(DEFAULT_REPEATS)})")
     p.add_argument("--num-classes", type=int, default=10, help="classifier outputs (10 = CIFAR-10 / STL-10)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--model-kwargs", default=None, metavar="JSON",
