@@ -19,6 +19,7 @@ from torch import nn
 from dsrnet import data as D
 from dsrnet.device import PRECISIONS, resolve_device
 from dsrnet.errors import DsrnetError, check_int
+from dsrnet.export.backends import BACKENDS as ENGINES
 from dsrnet.models.weights import load_trained, model_from_checkpoint
 from dsrnet.report.plots import plot_confusion
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
@@ -29,7 +30,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "evaluate_checkpoint",
     "export_weights",
-        "load_image",
+    "load_image",
     "model_from_checkpoint",
     "open_image",
     "predict",
@@ -192,7 +193,7 @@ DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
 #: ``predict --backend auto``: from this many images on, exporting a model for a faster CPU backend pays off.
 AUTO_BACKEND_MIN_IMAGES = 32
 #: Inference backends of ``eval`` / ``predict`` (``torch`` and the CPU engines of :mod:`dsrnet.export`).
-BACKENDS = ("auto", "torch", "torch-compile", "onnxruntime", "openvino")
+BACKENDS = ("auto", *ENGINES)
 _EXPORTED = (".onnx", ".pt2", ".xml")
 
 

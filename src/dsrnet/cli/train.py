@@ -13,9 +13,6 @@ from typing import Any
 from dsrnet.cli.common import one_of, typed
 from dsrnet.device import PRECISIONS
 
-#: Mirrors dsrnet.infer.BACKENDS (kept here so that building this parser does not import torch).
-BACKENDS = ("auto", "torch", "torch-compile", "onnxruntime", "openvino")
-
 #: Help of each TrainConfig field; the recipe's default is appended where the recipe sets the field.
 FIELD_HELP = {
     "model": "model name (default: dsrnet50)",
@@ -125,7 +122,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
+    from dsrnet.export.backends import BACKENDS as ENGINES  # light: the engines load when used
     from dsrnet.train.config import _coerce
+
+    backends = ("auto", *ENGINES)  # as dsrnet.infer.BACKENDS
 
     int_ = typed(lambda v: _coerce("batch_size", "int", v))
     if name == "train":
@@ -151,10 +151,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--test-subset-per-class", type=typed(lambda v: _coerce("test_subset_per_class", "int", v)),
                        default=None, help="evaluate on this many images per class (default: all)")  # fmt: skip
         p.add_argument("--out-dir", default=None, help="output folder (default: <run folder>/eval)")
-        p.add_argument("--backend", type=one_of("backend", BACKENDS), default="torch",
+        p.add_argument("--backend", type=one_of("backend", backends), default="torch",
                        help="inference engine: torch (any device) or a CPU engine (onnxruntime, openvino, "
                        "torch-compile; auto = the fastest installed); a file from `dsrnet export` (e.g. int8 "
-                       f"ONNX) needs a CPU engine; one of {', '.join(BACKENDS)}")  # fmt: skip
+                       f"ONNX) needs a CPU engine; one of {', '.join(backends)}")  # fmt: skip
         p.set_defaults(func=_cmd_eval)
     elif name == "predict":
         p.description = (
@@ -170,9 +170,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--top-k", type=typed(lambda v: _coerce("top_k", "int", v)), default=5,
                        help="how many classes to print per image")  # fmt: skip
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        p.add_argument("--backend", type=one_of("backend", BACKENDS), default="auto",
+        p.add_argument("--backend", type=one_of("backend", backends), default="auto",
                        help="inference engine: auto = on a CPU the fastest installed engine for exported files and "
-                       "for 32+ images (exporting costs seconds), else torch; one of " + ", ".join(BACKENDS))
+                       "for 32+ images (exporting costs seconds), else torch; one of " + ", ".join(backends))
         p.set_defaults(func=_cmd_predict)
 
 
