@@ -94,6 +94,16 @@ def _launch(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def _pixel_channel_grid(pixels: int, channels: int):
+    """Launch grid of the depthwise kernels: pixel blocks x channel blocks (block sizes from autotune)."""
+    return lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(channels, meta["BLOCK_C"]))
+
+
+def _gemm_grid(rows: int, cols: int):
+    """Launch grid of the 1x1 (GEMM) kernels: one program per output tile, flattened."""
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # depthwise conv, differentiable
 # ---------------------------------------------------------------------------------------------------------------
@@ -110,9 +120,8 @@ def dwconv2d(
     x = _channels_inner(x)
     y = _empty_nhwc(n, c, ho, wo, like=x)
     p = n * ho * wo
-    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(x):
-        _tk.dw_fwd[grid](
+        _tk.dw_fwd[_pixel_channel_grid(p, c)](
             x, pack_taps(weight), weight if bias is None else bias, y,
             p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu,
@@ -139,9 +148,8 @@ def dwconv2d_grad_input(
     grad = _channels_inner(grad)
     dx = _empty_nhwc(n, c, height, width, like=grad)
     p = n * height * width
-    grid = lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(grad):
-        _tk.dw_bwd_input[grid](
+        _tk.dw_bwd_input[_pixel_channel_grid(p, c)](
             grad, pack_taps(weight), dx,
             p, c, height, width, ho, wo, *_pixel_strides(grad), *_pixel_strides(dx),
             STRIDE=stride, DIL=dilation,
@@ -252,9 +260,8 @@ def pointwise_conv(
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
     r = y if residual is None else _channels_inner(residual)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
     with _launch(x):
-        _tk.pw_gemm[grid](
+        _tk.pw_gemm[_gemm_grid(m, nout)](
             x, w_kn, bias, r, y,
             m, nout, k, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
             STRIDE=stride, HAS_RES=residual is not None, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
@@ -304,9 +311,8 @@ def dw_pw_block(
     kind = 0 if shortcut is None else (1 if w_ds is None else 2)
     r = y if shortcut is None else _channels_inner(shortcut)
     kds = 0 if w_ds is None else w_ds.shape[0]
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(nout, meta["BLOCK_N"]),)  # noqa: E731
     with _launch(x):
-        _tk.dw_pw[grid](
+        _tk.dw_pw[_gemm_grid(m, nout)](
             x, w_dw, b_dw, w_pw, bias, r, w_pw if w_ds is None else w_ds, y,
             m, nout, k, kds, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
             STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
