@@ -138,5 +138,5 @@ def test_load_predictor_reads_metadata_from_runs_and_exported_files(tiny_checkpo
     exported = export_model(ckpt, tmp_path / "m.pt", format="torchscript").path
     run, meta = load_predictor(exported, backend="torch")
     assert meta["classes"][3] == "class3" and meta["image_size"] == 32 and meta["trained"] is True
-    module = RunnerModule(run).eval()  # what engine.evaluate expects
+    module = RunnerModule(run).eval()  # what dsrnet.train.evaluate.evaluate expects
     torch.testing.assert_close(module(x), want, rtol=1e-4, atol=1e-4)

@@ -243,7 +243,8 @@ def _openvino_runner(ov, path: Path | str, threads: int | None, precision: str =
 
 
 class RunnerModule(nn.Module):
-    """A runner as an ``nn.Module`` (eval-only), for code that expects a model, e.g. ``engine.evaluate``."""
+    """A runner as an ``nn.Module`` (eval-only), for code that expects a model, e.g.
+    :func:`dsrnet.train.evaluate.evaluate`."""
 
     def __init__(self, runner: Runner) -> None:
         super().__init__()
