@@ -44,6 +44,25 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def checkpoint_payload(net: torch.nn.Module, net_kwargs: dict, /, **over) -> dict:
+    """The fields ``dsrnet train`` saves in ``checkpoint.pt``, for ``net`` (a ``dsrnet50_cifar`` built with
+    ``net_kwargs``) on CIFAR-10; ``over`` replaces any of them (``model``, ``model_kwargs`` included)."""
+    payload = {
+        "epoch": 1,
+        "model": "dsrnet50_cifar",
+        "model_kwargs": dict(net_kwargs),
+        "dataset": "cifar10",
+        "num_classes": 10,
+        "classes": [f"c{i}" for i in range(10)],
+        "image_size": 32,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "config": {"seed": 0},
+        "model_state": net.state_dict(),
+    }
+    return {**payload, **over}
+
+
 # ------------------------------------------------------------------------------------ tiny real training runs
 
 TINY_MODEL = {"widths": [8, 16, 32, 64], "zero_init_residual": True}

@@ -7,6 +7,7 @@ import torch
 
 import dsrnet
 from dsrnet.run.checkpoint import save_checkpoint
+from tests.conftest import checkpoint_payload
 
 TINY = {"widths": (8, 16, 32, 64), "layers": (1, 1, 1, 1)}
 
@@ -39,20 +40,10 @@ def tiny_checkpoint(tmp_path):
     """A `dsrnet train`-style checkpoint of a tiny model with non-default metadata."""
     model = tiny_model()
     path = tmp_path / "run" / "checkpoint.pt"
-    save_checkpoint(
-        path,
-        {
-            "epoch": 3,
-            "model": "dsrnet50_cifar",
-            "model_kwargs": {k: list(v) for k, v in TINY.items()},
-            "dataset": "cifar10",
-            "num_classes": 10,
-            "classes": [f"class{i}" for i in range(10)],
-            "image_size": 32,
-            "mean": [0.49, 0.48, 0.45],
-            "std": [0.25, 0.24, 0.26],
-            "config": {"seed": 0},
-            "model_state": model.state_dict(),
-        },
+    kwargs = {k: list(v) for k, v in TINY.items()}
+    classes = [f"class{i}" for i in range(10)]
+    payload = checkpoint_payload(
+        model, kwargs, epoch=3, classes=classes, mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26]
     )
+    save_checkpoint(path, payload)
     return path, model

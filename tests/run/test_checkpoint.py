@@ -12,27 +12,13 @@ from dsrnet.errors import DsrnetError
 from dsrnet.infer import model_from_checkpoint
 from dsrnet.models import create_model
 from dsrnet.run.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import checkpoint_payload
 
 TINY = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
 
 
 def _payload(**over) -> dict:
-    model = create_model("dsrnet50_cifar", num_classes=10, **TINY)
-    p = {
-        "epoch": 1,
-        "model": "dsrnet50_cifar",
-        "model_kwargs": dict(TINY),
-        "dataset": "cifar10",
-        "num_classes": 10,
-        "classes": [f"c{i}" for i in range(10)],
-        "image_size": 32,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
-        "config": {"seed": 0},
-        "model_state": model.state_dict(),
-    }
-    p.update(over)
-    return p
+    return checkpoint_payload(create_model("dsrnet50_cifar", num_classes=10, **TINY), TINY, **over)
 
 
 @pytest.fixture
