@@ -30,6 +30,7 @@ from torch import nn
 
 from dsrnet.errors import DsrnetError
 from dsrnet.export.source import METADATA_KEY, ModelSource, load_source, parse_metadata
+from dsrnet.run.atomic import atomic_write
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -141,11 +142,7 @@ def export_onnx_model(model: nn.Module, image_size: int, metadata: dict[str, str
         )
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata), **metadata})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    onnx.save_model(proto, str(tmp))
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda f: onnx.save_model(proto, f))
 
 
 def _export_torchscript(model: nn.Module, image_size: int, metadata: dict[str, str], out: Path) -> Path:
@@ -153,12 +150,9 @@ def _export_torchscript(model: nn.Module, image_size: int, metadata: dict[str, s
     with _quiet(), torch.no_grad():
         scripted = torch.jit.trace(model, (x,), check_trace=False)
         scripted = torch.jit.freeze(scripted.eval())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
+    extra = {METADATA_KEY: json.dumps(metadata)}
     with _quiet():
-        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_KEY: json.dumps(metadata)})
-    os.replace(tmp, out)
-    return out
+        return atomic_write(out, lambda f: torch.jit.save(scripted, f, _extra_files=extra))
 
 
 def _export_program(model: nn.Module, image_size: int, metadata: dict[str, str], out: Path) -> Path:
@@ -167,11 +161,8 @@ def _export_program(model: nn.Module, image_size: int, metadata: dict[str, str],
         program = torch.export.export(
             model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    torch.export.save(program, str(tmp), extra_files={METADATA_KEY: json.dumps(metadata)})
-    os.replace(tmp, out)
-    return out
+    extra = {METADATA_KEY: json.dumps(metadata)}
+    return atomic_write(out, lambda f: torch.export.save(program, f, extra_files=extra))
 
 
 _WRITERS = {
