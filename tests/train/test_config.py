@@ -145,7 +145,6 @@ def test_recipe_lr_scales_with_batch_size_unless_given():
     assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128, lr=0.3).lr == pytest.approx(0.3)
 
 
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -237,13 +237,6 @@ def test_a_train_split_missing_a_class_is_refused(tmp_path, cifar10_dir):
         train(cfg)
 
 
-def test_recipe_lr_scales_with_batch_size_unless_given():
-    assert TrainConfig.from_recipe("fast", device="cpu").lr == pytest.approx(0.4)
-    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128).lr == pytest.approx(0.1)
-    assert TrainConfig.from_recipe("paper", device="cpu", batch_size=256).lr == pytest.approx(0.2)
-    assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128, lr=0.3).lr == pytest.approx(0.3)
-
-
 def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cifar10_dir, tmp_path):
     from dsrnet.run.rundir import RunDir
 
