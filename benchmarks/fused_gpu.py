@@ -375,9 +375,6 @@ def step_correctness(bench: Bench) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # 3. inference timing
 # ---------------------------------------------------------------------------------------------------------------
-FORMS = ("dsrnet_fused", "dsrnet_eager", "dsrnet_compiled", "resnet50_compiled", "dsrnet_fused_split")
-
-
 def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
     if form.startswith("resnet50"):
         return compile_model(bench, to_bf16_cl(bench, build_resnet(stem)))
