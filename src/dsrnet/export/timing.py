@@ -10,13 +10,12 @@ own with ``time.perf_counter`` (a CPU call is synchronous); the median is the re
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from dsrnet.bench.measure import summarize_times
+from dsrnet.bench.measure import summarize_times, time_calls
 
 
 def time_runner(
@@ -32,14 +31,9 @@ def time_runner(
     """Median latency of ``runner`` on a random (batch_size, 3, image_size, image_size) batch; ``row_fields``
     (e.g. ``model``, ``backend``, ``threads``, ``precision``) are copied into the returned row."""
     x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-    for _ in range(warmup):
-        runner(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        runner(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    stats = summarize_times([t / 1e3 for t in times])  # the same statistics as `dsrnet bench`
+    # The same timing loop and statistics as `dsrnet bench`.
+    seconds = time_calls(lambda: runner(x), device=torch.device("cpu"), warmup=warmup, repeats=repeats)
+    stats = summarize_times(seconds)
     return {
         **row_fields,
         "image_size": image_size,
@@ -50,5 +44,5 @@ def time_runner(
         "images_per_s": batch_size / (stats["latency_ms"] / 1e3),
         "warmup": warmup,
         "repeats": repeats,
-        "times_ms": times,
+        "times_ms": [t * 1e3 for t in seconds],
     }
