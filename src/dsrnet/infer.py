@@ -211,7 +211,10 @@ def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dic
     if backend == "auto":
         from dsrnet.export.backends import best_cpu_backend
 
-        backend = best_cpu_backend() if dev.type == "cpu" else "torch"
+        # An exported file runs on a CPU engine wherever it is; a model on CUDA stays with torch.
+        backend = best_cpu_backend() if dev.type == "cpu" or _is_exported(source) else "torch"
+    if backend != "torch" and str(device) == "auto":
+        dev = torch.device("cpu")  # the CPU engines' device, when none was asked for
     if backend != "torch" and dev.type != "cpu":
         raise DsrnetError(f"backend {backend} runs on the CPU; fix: pass --device cpu, or --backend torch")
     if _is_exported(source):

@@ -130,8 +130,10 @@ class RunDir:
             try:
                 yield
             finally:
-                self.lock_file.unlink(missing_ok=True)  # still ours: we hold the lock
-                if created and not any(self.path.iterdir()):
+                # The lock file stays: deleting it while locked would let a process that opened the old file and
+                # one that creates a new file both get a lock. Only a folder this call created and left empty goes.
+                if created and [p.name for p in self.path.iterdir()] == [self.lock_file.name]:
+                    self.lock_file.unlink()
                     self.path.rmdir()
         finally:
             os.close(fd)
