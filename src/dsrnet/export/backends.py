@@ -40,13 +40,13 @@ from dsrnet.errors import DsrnetError
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
 #: Which pip extra brings each backend's engine.
 EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
-#: Fastest exact (fp32) backend first, for DSRNet-50 at batch 1 on a 2-core AVX-512/AMX Xeon (shared, load
-#: 2-3; benchmarks/cpu_backends.py, results/cpu-deploy/): onnxruntime 9.9 ms (32 px) / 5.7 ms (96 px) at one
-#: thread vs OpenVINO fp32 11.4 / 8.2 ms and eager PyTorch 30.0 / 20.5 ms; at two threads onnxruntime and
-#: OpenVINO fp32 are within noise of each other. Faster still, but opt-in because they change the numbers:
-#: OpenVINO ``precision="bf16"`` (2.0-2.3 ms) and an int8 file (``dsrnet export --int8``: 1.6 ms on OpenVINO,
-#: 2.5-3.3 ms on onnxruntime). torch-compile is left out of the automatic choice: each new input shape
-#: compiles for about a minute on 2 cores.
+#: Fastest exact (fp32) backend first, for DSRNet-50 at batch 1 on an idle 2-core AVX-512/AMX Xeon
+#: (benchmarks/cpu_backends.py, results/cpu-deploy/): onnxruntime 9.7 ms (32 px) / 6.5 ms (96 px) at one thread vs
+#: OpenVINO fp32 11.8 / 8.9 ms and eager PyTorch 22.7 / 21.4 ms; at two threads onnxruntime and OpenVINO fp32 are
+#: within noise of each other (6.1 / 4.5 vs 6.4 / 4.2 ms). Faster still, but opt-in because they change the numbers:
+#: OpenVINO ``precision="bf16"`` (1.9-2.4 ms) and an int8 file (``dsrnet export --int8``: 1.5-1.8 ms on OpenVINO,
+#: 2.9-3.3 ms on onnxruntime). torch-compile is left out of the automatic choice: each new input shape compiles
+#: for about a minute on 2 cores.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torch")
 
 FLOAT_PRECISIONS = ("fp32", "bf16")
