@@ -430,10 +430,9 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
             "std": list(cfg["std"]),
         }
     elif Path(source).suffix == ".safetensors":
-        _, meta = read_weights(source)
-        model = create_model(
-            meta["model"], num_classes=meta["num_classes"], checkpoint_path=source, **(meta.get("model_kwargs") or {})
-        )
+        state_dict, meta = read_weights(source)  # read once: the same tensors go into the model
+        model = create_model(meta["model"], num_classes=meta["num_classes"], **(meta.get("model_kwargs") or {}))
+        _load_state(model, state_dict, f"weights in {source}")
         missing = [k for k in ("class_names", "input_size", "mean", "std") if meta.get(k) is None]
         if missing:
             raise DsrnetError(
