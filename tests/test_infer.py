@@ -14,6 +14,7 @@ from PIL import Image
 from dsrnet.data import DATASETS
 from dsrnet.errors import DsrnetError
 from dsrnet.infer import evaluate_checkpoint, model_from_checkpoint, predict
+from dsrnet.models import weights
 from dsrnet.run.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -157,7 +158,6 @@ def test_predict_without_a_model_uses_the_shipped_weights(learned_run, tmp_path,
 
     from dsrnet.cli.main import main
     from dsrnet.infer import export_weights
-    from dsrnet.models import weights
 
     cfg, _ = learned_run
     folder = tmp_path / "shipped"
@@ -180,9 +180,10 @@ def test_predict_without_a_model_uses_the_shipped_weights(learned_run, tmp_path,
         predict(None, [img])
 
 
-def test_unknown_tag_and_bad_export_are_one_line(learned_run, tmp_path):
+def test_unknown_tag_and_bad_export_are_one_line(learned_run, tmp_path, monkeypatch):
     cfg, _ = learned_run
-    with pytest.raises(DsrnetError, match="not shipped yet|no sha256"):
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
+    with pytest.raises(DsrnetError, match="shipped weights 'dsrnet50_cifar.c10' are missing"):
         predict("dsrnet50_cifar.c10", [tmp_path / "x.png"])
     from dsrnet.infer import export_weights
 

@@ -151,7 +151,7 @@ def test_checksum_mismatch_and_unknown_tags(trained):
 def test_shipped_entry_without_its_file(monkeypatch, tmp_path):
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
     assert "dsrnet50_cifar.c10" in weights.list_weights()
-    with pytest.raises(dsrnet.DsrnetError, match="not shipped yet"):
+    with pytest.raises(dsrnet.DsrnetError, match="shipped weights 'dsrnet50_cifar.c10' are missing.*DSRNET_WEIGHTS_DIR"):
         dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True)
     # Without pretrained, the tag still gives its configuration (CIFAR-10 classes) on a random model.
     model = dsrnet.create_model("dsrnet50_cifar.c10", **TINY)
@@ -215,7 +215,25 @@ def test_timm_and_torch_hub_load_registered_weights(registered):
     assert data_cfg["mean"] == (0.5, 0.4, 0.3)
     gray = timm.create_model("dsrnet50_cifar.tiny", pretrained=True, in_chans=1, num_classes=7)
     assert gray.conv1.in_channels == 1 and gray(torch.randn(1, 1, 32, 32)).shape == (1, 7)
-    with pytest.raises(dsrnet.DsrnetError, match="not shipped yet"):
-        timm.create_model("dsrnet50_cifar.c10", pretrained=True)
     hub = torch.hub.load(str(REPO), "dsrnet50_cifar", source="local", pretrained=True).eval()
     assert torch.equal(hub(x), model(x))
+
+
+def test_the_shipped_cifar10_weights_load_everywhere():
+    """The file in the package: checksum verified, same model through dsrnet, timm and torch.hub."""
+    entry = weights.SHIPPED["dsrnet50_cifar.c10"]
+    _, meta = read_weights(weights.weights_path(entry))
+    # The metadata records the final epoch of a finished run (results/gpu/dsrnet/final.json), not a best-epoch pick.
+    assert meta["finished"] and meta["epochs"] == meta["planned_epochs"]
+    assert meta["model"] == "dsrnet50_cifar" and meta["class_names"] == entry.metadata["class_names"]
+    assert 90.0 <= meta["top1"] <= 100.0
+    model = dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"][3] == "cat"
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        assert logits.shape == (4, 10) and torch.isfinite(logits).all()
+        hub = torch.hub.load(str(REPO), "dsrnet50_cifar", source="local", pretrained=True).eval()
+        assert torch.equal(hub(x), logits)
+        timm = pytest.importorskip("timm")
+        assert torch.equal(timm.create_model("dsrnet50_cifar.c10", pretrained=True).eval()(x), logits)
