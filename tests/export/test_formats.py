@@ -72,13 +72,13 @@ def test_onnx_graph_has_no_batchnorm_and_stores_metadata_props(tiny, tmp_path):
 
 
 @needs_onnx
-def test_full_size_dsrnet50_cifar_onnx_export(tmp_path):
-    torch.manual_seed(0)
-    from tests.export.conftest import randomize_batchnorm
-
-    model = randomize_batchnorm(dsrnet.create_model("dsrnet50_cifar", num_classes=10))
-    res = export_model(model, tmp_path / "dsrnet50_cifar.onnx", image_size=32)
+def test_full_size_shipped_weights_onnx_export(tmp_path):
+    """A weights tag exports the shipped trained model (real BatchNorm statistics folded), not a random one."""
+    res = export_model("dsrnet50_cifar.c10", tmp_path / "dsrnet50_cifar.onnx")
+    model = dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True).eval()
     assert res.folded_batchnorms == _bn_count(model) == 53
+    assert res.metadata["trained"] is True and res.metadata["classes"][0] == "airplane"
+    assert res.metadata["image_size"] == 32 and res.metadata["dataset"] == "cifar10"
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(load_runner("onnxruntime", res.path)(x), model(x), rtol=1e-3, atol=1e-3)

@@ -17,7 +17,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         "training images and keeps the fp32 file next to it as NAME.fp32.onnx."
     )
     p.add_argument(
-        "source", metavar="MODEL_OR_RUN_OR_WEIGHTS", help="registry name, run folder, .pt or .safetensors"
+        "source",
+        metavar="MODEL_OR_RUN_OR_WEIGHTS",
+        help="registry name (random weights), weights tag (e.g. dsrnet50_cifar.c10), run folder, .pt or .safetensors",
     )
     p.add_argument("--format", choices=FORMATS, default="onnx", help="file format to write (default: onnx)")
     p.add_argument("--out", required=True, help="file to write (.onnx, .pt for TorchScript, .pt2)")

@@ -224,8 +224,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         backend=args.backend,
     )
+    epoch = f", epoch {m['epoch']}" if m["epoch"] is not None else ""  # a weights or exported file has no epoch
     print(
-        f"{m['model']} on {m['dataset']} ({m['test_images']} test images, epoch {m['epoch']}): top-1 error "
+        f"{m['model']} on {m['dataset']} ({m['test_images']} test images{epoch}): top-1 error "
         f"{m['top1_error']:.2f}%, top-3 error {m['top3_error']:.2f}%, top-5 error {m['top5_error']:.2f}%, "
         f"loss {m['test_loss']:.4f} -> {m['out_dir']}"
     )

@@ -89,7 +89,8 @@ def load_source(
     """Resolve ``source`` to a :class:`ModelSource`.
 
     ``source`` is one of: an ``nn.Module`` (used as is, in eval mode), a registered model name (random
-    weights, ``num_classes`` default 10), a run folder or ``checkpoint.pt`` written by ``dsrnet train``, or a
+    weights, ``num_classes`` default 10), a weights tag (``"dsrnet50_cifar.c10"``: the shipped trained model), a run
+    folder or ``checkpoint.pt`` written by ``dsrnet train``, or a
     ``.safetensors`` file written by ``dsrnet export-weights`` (both read by
     :func:`dsrnet.models.weights.load_trained`). ``image_size`` overrides the size stored with the weights only
     for a registry name or module (a trained model is exported at its training size unless asked otherwise).
@@ -110,6 +111,10 @@ def load_source(
     if path.suffix in (".safetensors", ".pt", ".pth") or path.is_dir() or path.exists():
         return _from_trained(path, image_size, num_classes)
     from dsrnet.models import create_model, list_models
+    from dsrnet.models.weights import list_weights
+
+    if text in list_weights():  # a weights tag ("dsrnet50_cifar.c10"): the trained model, not a random one
+        return _from_trained(text, image_size, num_classes)
 
     if text not in list_models():
         raise DsrnetError(
@@ -140,12 +145,13 @@ def _infer_num_classes(model: nn.Module) -> int:
     return head[-1].out_features if head else 0
 
 
-def _from_trained(path: Path, image_size: int | None, num_classes: int | None) -> ModelSource:
-    """A run folder, ``checkpoint.pt`` or ``.safetensors`` file, through :func:`dsrnet.models.weights.load_trained`
-    (which checks the file and refuses non-finite weights)."""
+def _from_trained(path: Path | str, image_size: int | None, num_classes: int | None) -> ModelSource:
+    """A weights tag, run folder, ``checkpoint.pt`` or ``.safetensors`` file, through
+    :func:`dsrnet.models.weights.load_trained` (which checks the file and refuses non-finite weights)."""
     from dsrnet.models.weights import load_trained
 
     model, info = load_trained(path)
+    kind = "checkpoint" if isinstance(path, Path) and path.suffix != ".safetensors" else "weights"
     if num_classes is not None and num_classes != info["num_classes"]:
         raise DsrnetError(
             f"--num-classes {num_classes} does not match the trained model's {info['num_classes']}; fix: drop it"
@@ -159,6 +165,6 @@ def _from_trained(path: Path, image_size: int | None, num_classes: int | None) -
         tuple(float(v) for v in info["std"]),
         classes=tuple(info["classes"]),
         trained=True,
-        origin=f"{'weights' if path.suffix == '.safetensors' else 'checkpoint'}:{info['name']}",
+        origin=f"{kind}:{info['name']}",
         extra={"dataset": info.get("dataset") or "", "model_kwargs": info.get("model_kwargs") or {}},
     )
