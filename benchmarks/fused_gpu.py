@@ -13,7 +13,9 @@ the budget, and results are rewritten after every step, so a run cut short keeps
  2. correctness on the GPU: ``dsrnet.fuse(model)`` against the eager model (eval, BN statistics randomised so the
     folding matters) in fp32 (TF32 off) and bf16: max |logit diff|, max relative feature diff, top-1 agreement on
     random inputs; ``mode="split"``; ``stride_on="1x1"``; the paper stem; and the gradients of a training step with
-    ``use_triton_dwconv`` against eager. Misses are reported, never fatal;
+    ``use_triton_dwconv`` against eager; with ``--data-dir`` holding CIFAR-10, the fused model with the shipped
+    weights against the eager one on all 10,000 test images (top-1 of each, agreement, max logit diff). Misses
+    are reported, never fatal;
  3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused / eager /
     compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px paper stem, batch 1024 and 128 (batch 128
     also replayed as a CUDA graph, for every form): median ms per batch over repeats (CUDA events, after warm-up),
@@ -32,6 +34,7 @@ Block sizes of the Triton kernels are autotuned on first use of each shape (part
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -372,6 +375,58 @@ def step_correctness(bench: Bench) -> None:
         os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
 
 
+def step_trained_agreement(bench: Bench) -> None:
+    """Issue 10's accuracy target: the fused model with the shipped CIFAR-10 weights against the eager model on the
+    CIFAR-10 test set (all 10,000 images; in a dry run 8 images through the PyTorch fallback of the kernels:
+    the interpreter runs the full-size model far too slowly, and the other steps check the kernels): top-1 of each, top-1 agreement, max |logit diff|."""
+    from dsrnet.data import load_split
+
+    test_npz = Path(bench.args.data_dir) / "cifar10" / "test.npz"
+    if not test_npz.is_file():
+        bench.results["skipped"].append({"step": "trained agreement", "reason": f"no {test_npz} (stage CIFAR-10)"})
+        bench.log(f"trained agreement: skipped, no {test_npz}")
+        return
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if bench.dry:
+        os.environ["DSRNET_DISABLE_TRITON"] = "1"
+    try:
+        test = load_split("cifar10", "test", bench.args.data_dir)
+        n = 8 if bench.dry else len(test.labels)
+        model = dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True).to(bench.device).eval()
+        mean = torch.tensor(model.pretrained_cfg["mean"], device=bench.device).view(1, 3, 1, 1)
+        std = torch.tensor(model.pretrained_cfg["std"], device=bench.device).view(1, 3, 1, 1)
+        images = torch.from_numpy(test.images[:n]).to(bench.device).permute(0, 3, 1, 2).float().div(255)
+        images = (images - mean) / std
+        labels = torch.from_numpy(test.labels[:n]).to(bench.device)
+        forms = {
+            "fused fp32": dsrnet.fuse(model),
+            "fused bf16 channels_last": dsrnet.fuse(to_bf16_cl(bench, copy.deepcopy(model))),  # .to() is in place
+        }
+        with torch.inference_mode():
+            ref = torch.cat([model(x) for x in images.split(1000)]).float()
+            for name, form in forms.items():
+                dtype = next(form.parameters()).dtype
+                out = torch.cat(
+                    [form(x.to(dtype).contiguous(memory_format=torch.channels_last)) for x in images.split(1000)]
+                ).float()
+                row = {
+                    "case": f"shipped dsrnet50_cifar.c10 on CIFAR-10 test, {name} vs eager fp32",
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "images": n,
+                    "top1_eager": 100.0 * (ref.argmax(1) == labels).float().mean().item(),
+                    "top1_form": 100.0 * (out.argmax(1) == labels).float().mean().item(),
+                    "top1_agreement": (out.argmax(1) == ref.argmax(1)).float().mean().item(),
+                    "max_abs_logit_diff": (out - ref).abs().max().item(),
+                    "max_abs_logit": ref.abs().max().item(),
+                }
+                bench.results["correctness"].append(row)
+                bench.log(f"trained agreement: {row}")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        os.environ.pop("DSRNET_DISABLE_TRITON", None)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 3. inference timing
 # ---------------------------------------------------------------------------------------------------------------
@@ -665,7 +720,8 @@ def render_markdown(results: dict) -> str:
         "",
         "## Correctness (fused / Triton vs eager fp32 reference)",
         _table(results["correctness"], ["case", "dtype", "max_abs_logit_diff", "max_abs_logit",
-                                        "max_rel_feature_diff", "top1_agreement", "max_rel_grad_diff"]),
+                                        "max_rel_feature_diff", "top1_agreement", "max_rel_grad_diff",
+                                        "images", "top1_eager", "top1_form"]),
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
         _table(inf, ["form", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
                      "peak_mem_mib", "first_call_s"]),
@@ -694,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=500.0, help="stop starting new work after this many s")
     parser.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes: finds bugs")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)")
+    parser.add_argument("--data-dir", default="/root/data", help="holds cifar10/test.npz (trained agreement step)")
     parser.add_argument(
         "--only", default="", help="comma-separated substrings: run only the plan steps whose name contains one"
     )
@@ -715,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         ("environment", 1, step_environment),
         ("ceilings", 5, step_ceilings),
         ("correctness", 40, step_correctness),
+        ("trained agreement (shipped weights, CIFAR-10 test)", 25, step_trained_agreement),
         ("inference cifar/32 b1024: fused, eager, resnet50 compiled", 90, step_inference,
          "cifar", 32, 1024, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), False),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
