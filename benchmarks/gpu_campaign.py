@@ -51,8 +51,9 @@ plus the paths named in ``carry``, at most 64 MiB per call, so CIFAR-10 (~98 MB)
         "--budget-s 540")
 
 The last call decodes /root/c10 into /root/data (~5 s) and runs the stage; 540 s leaves the call 60 s of its 600.
-(While the tracked repository stays ~1 MB, ``stage-cifar10.sh 2`` and two calls do the same.) Other stages, on the
-same warm machine (the decoded data is still in /root/data) or after staging again on a fresh one::
+(The repository's own files, shipped weights included, are ~26 MiB: keep 3 parts so that each call stays under the
+tool's 64 MiB.) Other stages, on the same warm machine (the decoded data is still in /root/data) or after staging
+again on a fresh one::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage bench --out $OUT --budget-s 540
     # copy the dsrnet stage's returned config.yaml into the repo first (e.g. results/gpu/dsrnet/config.yaml):
@@ -66,7 +67,9 @@ of the ``dsrnet`` stage decide whether a ResNet-50 (about twice DSRNet's MACs at
 give the ``dsrnet`` stage ``--target-train-s`` (or ``--epochs``) small enough; the ``baselines`` stage reports each
 model's measured s/epoch and how many epochs would have fitted. A second call can skip the warm-up with
 ``--s-per-epoch S --first-epoch-extra-s X`` taken from the first call's summary. With 15 minutes of device time per
-session (starts and idle time included), plan one stage per session.
+session (starts and idle time included), two stages fit a session when each gets ~380 s: the first session (H200,
+2026-11-26) ran ``dsrnet`` (``--budget-s 560``: 391 s) and ``bench`` (``--budget-s 370``: 337 s) back to back on
+one warm machine, 785 s of device time with the machine's start (34 s) and two staging calls.
 
 The summary (plan, warm-up timings, what was skipped, files) is the last line on stdout and in ``campaign.json`` where
 a slot is left. The returned files land read-only under ``files_at``; copy them into ``results/``.
