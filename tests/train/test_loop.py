@@ -180,17 +180,21 @@ def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, 
     # The PyTorch fallback of the Triton ops (a CPU without the interpreter): the trainer's plumbing, not the
     # kernels, which tests/train/test_loop_triton.py runs in Triton's interpreter.
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    over = {"epochs": 3, "subset_per_class": 10, "test_subset_per_class": 2, "batch_size": 20}
+    # lr 0.03: small enough that the two runs' rounding differences stay small for a few epochs.
+    over = {"epochs": 5, "subset_per_class": 20, "test_subset_per_class": 2, "batch_size": 20, "lr": 0.03}
     plain = train(tiny(tmp_path, cifar10_dir, "torch", **over))
     with caplog.at_level("INFO", logger="dsrnet.train"):
         fast = train(tiny(tmp_path, cifar10_dir, "triton", dwconv="triton", **over))
     assert "dwconv triton: 16 depthwise convs run the PyTorch fallback" in caplog.text
     assert (plain["dwconv"], fast["dwconv"]) == ("torch", "triton")
     torch_m, triton_m = read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "triton")
-    # Same seed, same math: the losses agree to float rounding (the ops' NHWC outputs reorder some sums).
+    # Same seed, same math: the losses agree to float rounding (the ops' NHWC outputs reorder some sums), which
+    # SGD amplifies a little epoch after epoch (measured: 1e-6 relative after 2 epochs, 1e-3 after 5).
+    for a, b in zip(torch_m[:2], triton_m[:2], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (a, b)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4), (a, b)
     for a, b in zip(torch_m, triton_m, strict=True):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4), (a, b)
-        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-3), (a, b)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2), (a, b)
     assert triton_m[-1]["train_loss"] < triton_m[0]["train_loss"] - 0.1  # it learns
     # The checkpoint is the plain model's: same state_dict keys, loads strictly into a model without the swap.
     ckpt = load_checkpoint(tmp_path / "triton")
