@@ -188,8 +188,8 @@ def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, 
     assert "dwconv triton: 16 depthwise convs run the PyTorch fallback" in caplog.text
     assert (plain["dwconv"], fast["dwconv"]) == ("torch", "triton")
     torch_m, triton_m = read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "triton")
-    # Same seed, same math: the losses agree to float rounding (the ops' NHWC outputs reorder some sums), which
-    # SGD amplifies a little epoch after epoch (measured: 1e-6 relative after 2 epochs, 1e-3 after 5).
+    # Same seed, same math: the losses agree to float rounding (the ops' NHWC outputs reorder some sums),
+    # which SGD amplifies a little epoch after epoch (measured: 1e-6 relative after 2 epochs, 1e-3 after 5).
     for a, b in zip(torch_m[:2], triton_m[:2], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (a, b)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4), (a, b)

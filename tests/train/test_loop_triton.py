@@ -19,9 +19,9 @@ pytest.importorskip("triton")
 
 interpreter = interp.interpreter  # autouse: Triton interpreter, one thread
 
-# One block per stage (4 depthwise convs: a stride-1 one and three stride-2 ones), 10 training images in 2 steps,
-# NHWC as on the GPU. The paper's stem (7x7 stride 2 + max-pool) leaves 8x8 maps for the blocks: the interpreter
-# takes ~9 s for both runs, against ~100 s at the 32x32 maps of the cifar stem.
+# One block per stage (4 depthwise convs: a stride-1 one and three stride-2 ones), 10 training images in 2
+# steps, NHWC as on the GPU. The paper's stem (7x7 stride 2 + max-pool) leaves 8x8 maps for the blocks: the
+# interpreter takes ~9 s for both runs, against ~100 s at the 32x32 maps of the cifar stem.
 TINY_NET = {"layers": [1, 1, 1, 1], "widths": [4, 8, 8, 8], "zero_init_residual": True}
 RUN = {"model": "dsrnet50", "model_kwargs": TINY_NET, "epochs": 1, "batch_size": 5, "subset_per_class": 1,
        "test_subset_per_class": 1, "channels_last": True}  # fmt: skip
