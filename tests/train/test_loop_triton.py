@@ -1,7 +1,7 @@
-"""``TrainConfig(dwconv="triton")`` with the real Triton kernels, run by Triton's CPU interpreter: a tiny training
-run gives the losses and weights of the PyTorch run. A module of its own because the interpreter must be switched on
-before anything imports Triton (``tests/kernels/interp.py``); ``test_interpreter_rerun.py`` reruns it in a fresh
-process when the test session imported Triton too early."""
+"""``TrainConfig(dwconv="triton")`` with the real Triton kernels, run by Triton's CPU interpreter: a tiny
+training run gives the losses and weights of the PyTorch run. A module of its own because the interpreter must be
+switched on before anything imports Triton (``tests/kernels/interp.py``); ``test_interpreter_rerun.py`` reruns it
+in a fresh process when the test session imported Triton too early."""
 
 from __future__ import annotations  # noqa: I001 (interp must be imported before anything imports Triton)
 
@@ -38,7 +38,8 @@ def test_training_with_the_triton_kernels_matches_the_torch_run(cifar10_dir, tmp
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
     assert fast["top1"] == plain["top1"]
-    want, got = load_checkpoint(tmp_path / "torch")["model_state"], load_checkpoint(tmp_path / "triton")["model_state"]
+    want = load_checkpoint(tmp_path / "torch")["model_state"]
+    got = load_checkpoint(tmp_path / "triton")["model_state"]
     assert list(got) == list(want)
-    for name, value in want.items():  # two SGD steps apart from the same start: the kernels' gradients were right
+    for name, value in want.items():  # two SGD steps from the same start: the kernels' gradients are right
         torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
