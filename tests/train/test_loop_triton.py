@@ -1,7 +1,7 @@
 """``TrainConfig(dwconv="triton")`` with the real Triton kernels, run by Triton's CPU interpreter: a tiny
-training run gives the losses and weights of the PyTorch run. A module of its own because the interpreter must be
-switched on before anything imports Triton (``tests/kernels/interp.py``); ``test_interpreter_rerun.py`` reruns it
-in a fresh process when the test session imported Triton too early."""
+training run gives the losses and weights of the PyTorch run. A module of its own because the interpreter must
+be switched on before anything imports Triton (``tests/kernels/interp.py``); ``test_interpreter_rerun.py``
+reruns it in a fresh process when the test session imported Triton too early."""
 
 from __future__ import annotations  # noqa: I001 (interp must be imported before anything imports Triton)
 
