@@ -19,6 +19,9 @@ Stages (in order of value):
   caches); epochs = what fits ``min(--target-train-s, time left)``; ``--epochs N`` skips the warm-up. As a safety
   net the run gets a ``deadline`` (:class:`~dsrnet.train.config.TrainConfig`): an overrun ends it after an epoch with
   ``"stopped_early": true`` in final.json (truncated schedule: never report it as a full-schedule result).
+  ``--dwconv triton`` trains (warm-up included) with the Triton depthwise conv (``TrainConfig.dwconv``,
+  recorded in config.yaml, final.json and the summary); use it only once ``benchmarks/fused_gpu.py`` has shown
+  the Triton training step faster than the default (torch) on the card in question.
   OUT: ``final.json``, ``metrics.jsonl``, ``config.yaml`` and the weights as a weights-only dsrnet checkpoint
   (the training checkpoint without optimizer/scheduler/scaler/RNG state) split by :mod:`dsrnet.run.shards` into
   ``dsrnet50_cifar.c10.pt.partNN`` (<= 15 MiB) + ``dsrnet50_cifar.c10.pt.manifest.json``: 8 files.
@@ -278,7 +281,8 @@ def stage_dsrnet(args, budget: Budget, work: Path, summary: dict) -> list[tuple[
     from dsrnet.run.shards import split_file
     from dsrnet.train import train
 
-    settings = run_settings(args, budget)
+    settings = {**run_settings(args, budget), "dwconv": args.dwconv}
+    summary["dwconv"] = args.dwconv
     kwargs = DRY_DSRNET_KWARGS if args.dry_run else {}
     post_s = args.post_s
     if args.epochs:
@@ -301,8 +305,9 @@ def stage_dsrnet(args, budget: Budget, work: Path, summary: dict) -> list[tuple[
     t0 = time.time()
     final = train(cfg)
     summary["train_wall_s"] = round(time.time() - t0, 1)
-    summary["final"] = {k: final.get(k) for k in ("top1_error", "top3_error", "epochs", "epochs_done",
-                                                   "stopped_early", "train_time_s", "median_epoch_time_s")}
+    keys = ("top1_error", "top3_error", "epochs", "epochs_done", "stopped_early", "train_time_s",
+            "median_epoch_time_s", "dwconv")
+    summary["final"] = {k: final.get(k) for k in keys}
     if final.get("stopped_early"):
         summary["warning"] = "stopped early by the deadline: truncated schedule, NOT a full-schedule result"
     weights = weights_only_checkpoint(run_dir, work / WEIGHTS_NAME)
@@ -530,7 +535,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=None, help=f"ablation (default: {' '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--stem", choices=("cifar", "paper"), default="cifar")
     p.add_argument("--shard-bytes", type=int, default=MAX_FILE_BYTES)
+    p.add_argument("--dwconv", choices=("torch", "triton"), default="torch",
+                   help="dsrnet stage: what computes the depthwise convs (TrainConfig.dwconv)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.dwconv != "torch" and args.stage != "dsrnet":
+        p.error("--dwconv is for the dsrnet stage only (the baselines have no depthwise convs)")
     if args.dry_run:
         args.max_epochs = min(args.max_epochs, 2)
     return args

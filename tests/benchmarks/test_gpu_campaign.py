@@ -27,9 +27,12 @@ SHARD_BYTES = 256 * 1024  # the tiny model's ~0.9 MB checkpoint comes back in 4 
 def dry_run(cifar10_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("campaign")
     out, work = tmp / "out", tmp / "work"
+    # --dwconv triton: on this CPU the Triton ops' PyTorch fallback (no interpreter: that would take minutes).
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
     cmd = [sys.executable, str(SCRIPT), "--stage", "dsrnet", "--dry-run", "--data-dir", str(cifar10_dir),
-           "--out", str(out), "--work", str(work), "--budget-s", "120", "--shard-bytes", str(SHARD_BYTES)]  # fmt: skip
+           "--out", str(out), "--work", str(work), "--budget-s", "120", "--shard-bytes", str(SHARD_BYTES),
+           "--dwconv", "triton"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -52,6 +55,8 @@ def test_dsrnet_stage_dry_run_files_within_the_device_limits(dry_run):
     assert plan["epochs_from"] == "warm-up" and plan["timing"]["s_per_epoch"] > 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == final["epochs"]
     assert "model: dsrnet50_cifar" in (out / "config.yaml").read_text()
+    assert "dwconv: triton" in (out / "config.yaml").read_text()  # warm-up and run both trained with it
+    assert summary["dwconv"] == summary["final"]["dwconv"] == final["dwconv"] == "triton"
     assert summary["wall_s"] < 120
 
 
@@ -68,6 +73,16 @@ def test_shards_reassemble_into_the_trained_weights(dry_run, tmp_path):
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(DsrnetError, match="holds weights only"):
         train(resume_config(joined, out_dir=str(tmp_path / "resumed"), progress=False))
+
+
+def test_dwconv_is_for_the_dsrnet_stage_only(capsys):
+    campaign = _campaign_module()
+    base = ["--out", "o", "--budget-s", "60"]
+    assert campaign.parse_args(["--stage", "dsrnet", *base]).dwconv == "torch"
+    assert campaign.parse_args(["--stage", "dsrnet", "--dwconv", "triton", *base]).dwconv == "triton"
+    with pytest.raises(SystemExit):
+        campaign.parse_args(["--stage", "baselines", "--dwconv", "triton", *base])
+    assert "--dwconv is for the dsrnet stage only" in capsys.readouterr().err
 
 
 def _campaign_module():

@@ -72,6 +72,7 @@ def test_help_shows_defaults(command, capsys):
         assert "paper 160, fast 40" in out and "paper 0.1, fast 0.4" in out and "(default: auto)" in out
         for flag in ("--resume", "--compile", "--channels-last", "--precision", "--seed", "--model-kwargs"):
             assert flag in out
+        assert "--dwconv DWCONV" in out and "(default: torch); one of torch, triton" in out
     elif command == "eval":
         assert "(default: 500)" in out and "--checkpoint" in out
     else:
@@ -122,6 +123,8 @@ BAD_TRAIN = [
     (["--device", "cuda:7"], "device"),
     (["--resume", "missing/checkpoint.pt"], "not found"),
     (["--config", "missing.yaml"], "config file missing.yaml not found"),
+    (["--dwconv", "cudnn"], "bad value for dwconv: 'cudnn'; fix: use one of torch, triton"),
+    (["--dwconv", "triton", "--model", "resnet50", "--model-kwargs", "{}"], "resnet50 has no depthwise 3x3"),
 ]
 
 
@@ -214,6 +217,32 @@ def test_eval_and_predict_commands(cli_run, cifar10_dir, tmp_path, capsys):
     assert code == 0 and lines[0] == str(img) and len(lines) == 8
     probs = [float(line.split()[-1]) for line in lines[1:4]]
     assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+
+
+def test_dwconv_flag_yaml_key_and_a_triton_trained_run_in_eval(cifar10_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the ops' PyTorch fallback: fast on a CPU
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("dwconv: triton\n")
+    for argv, want in [
+        (["--dwconv", "triton"], "triton"),
+        (["--config", str(yaml_file)], "triton"),
+        (["--config", str(yaml_file), "--dwconv", "torch"], "torch"),  # flag beats YAML
+        ([], "torch"),  # default
+    ]:
+        code, out, _ = run_cli(capsys, ["train", *argv, "--device", "cpu", "--print-config"])
+        assert code == 0 and yaml.safe_load(out)["dwconv"] == want, argv
+    run = tmp_path / "run"
+    assert main(tiny_args(cifar10_dir, run, "--dwconv", "triton")) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert yaml.safe_load((run / "config.yaml").read_text())["dwconv"] == final["dwconv"] == "triton"
+    capsys.readouterr()
+    code, out, _ = run_cli(
+        capsys, ["eval", "--checkpoint", str(run), "--data-dir", str(cifar10_dir), "--device", "cpu",
+                 "--test-subset-per-class", "2", "--out-dir", str(tmp_path / "eval")],
+    )  # fmt: skip
+    assert code == 0 and "top-1 error" in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["top1_error"] == pytest.approx(final["top1_error"])  # the plain model predicts the same
 
 
 # ---------------------------------------------------------------------------------------------- kill/resume

@@ -13,7 +13,8 @@ from tests.kernels import interp
 
 pytest.importorskip("triton")
 
-INTERPRETER_TESTS = ("tests/kernels/test_ops.py", "tests/models/test_fused.py")
+INTERPRETER_TESTS = ("tests/kernels/test_ops.py", "tests/models/test_fused.py",
+                     "tests/train/test_loop_triton.py")
 
 
 @pytest.mark.skipif(interp.READY, reason="the kernel tests ran in this process")

@@ -33,6 +33,7 @@ def test_recipe_defaults_and_overrides():
         and not fast.bn_bias_weight_decay
     )
     assert fast.milestones == [] and fast.schedule == "linear"
+    assert paper.dwconv == fast.dwconv == "torch"  # the Triton depthwise conv only when asked for
     # The GPU-only speed-ups fall back on a CPU unless asked for explicitly.
     assert (fast.precision, fast.channels_last, fast.compile) == ("fp32", False, False)
     assert (
@@ -72,6 +73,7 @@ def test_recipe_defaults_and_overrides():
         ({"nesterov": "maybe"}, "bad value for nesterov"),
         ({"sync_bn": True}, "sync_bn"),
         ({"lrr": 0.1}, "unknown config key"),
+        ({"dwconv": "cudnn"}, "bad value for dwconv: 'cudnn'; fix: use one of torch, triton"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(override, message):

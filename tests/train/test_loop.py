@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from dsrnet.errors import DsrnetError
+from dsrnet.models.weights import load_trained
 from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.train import TrainConfig, loop, lr_factor, resume_config, train
 from tests.conftest import DETERMINISTIC_KEYS, read_metrics, tiny
@@ -165,6 +166,71 @@ def test_progress_bar_bf16_channels_last_on_a_terminal(cifar10_dir, tmp_path, ca
     assert final["precision"] == "bf16" and final["channels_last"] and math.isfinite(final["test_loss"])
 
 
+
+
+# ------------------------------------------------------------------------------------------------ dwconv
+
+
+def _dwconv_modules(model: torch.nn.Module) -> int:
+    return sum(type(m).__name__ == "TritonDepthwiseConv2d" for m in model.modules())
+
+
+def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, tmp_path, monkeypatch,
+                                                                   caplog):
+    # The PyTorch fallback of the Triton ops (a CPU without the interpreter): the trainer's plumbing, not the
+    # kernels, which tests/train/test_loop_triton.py runs in Triton's interpreter.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    # lr 0.03: small enough that the two runs' rounding differences stay small for a few epochs.
+    over = {"epochs": 5, "subset_per_class": 20, "test_subset_per_class": 2, "batch_size": 20, "lr": 0.03}
+    plain = train(tiny(tmp_path, cifar10_dir, "torch", **over))
+    with caplog.at_level("INFO", logger="dsrnet.train"):
+        fast = train(tiny(tmp_path, cifar10_dir, "triton", dwconv="triton", **over))
+    assert "dwconv triton: 16 depthwise convs run the PyTorch fallback" in caplog.text
+    assert (plain["dwconv"], fast["dwconv"]) == ("torch", "triton")
+    torch_m, triton_m = read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "triton")
+    # Same seed, same math: the losses agree to float rounding (the ops' NHWC outputs reorder some sums),
+    # which SGD amplifies a little epoch after epoch (measured: 1e-6 relative after 2 epochs, 1e-3 after 5).
+    for a, b in zip(torch_m[:2], triton_m[:2], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5), (a, b)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4), (a, b)
+    for a, b in zip(torch_m, triton_m, strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2), (a, b)
+    assert triton_m[-1]["train_loss"] < triton_m[0]["train_loss"] - 0.1  # it learns
+    # The checkpoint is the plain model's: same state_dict keys, loads strictly into a model without the swap.
+    ckpt = load_checkpoint(tmp_path / "triton")
+    assert ckpt["config"]["dwconv"] == "triton"
+    assert list(ckpt["model_state"]) == list(load_checkpoint(tmp_path / "torch")["model_state"])
+    model, info = load_trained(tmp_path / "triton")
+    assert _dwconv_modules(model) == 0 and info["model"] == "dsrnet50"
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, ckpt["model_state"][name], rtol=0, atol=0)
+    # Resume keeps the saved setting (and restores into the swapped model); it may change it, as it only
+    # changes the speed.
+    again = resume_config(tmp_path / "triton", progress=False)
+    assert again.dwconv == "triton"
+    assert train(again) == fast  # finished: nothing left to train, the same final metrics
+    assert resume_config(tmp_path / "triton", dwconv="torch").dwconv == "torch"
+
+
+@pytest.mark.parametrize(
+    ("model", "swapped"), [("dsrnet50_cifar", 16), ("mobilenet_v2", 17), ("resnet50_cifar", 0)]
+)
+def test_dwconv_triton_swaps_every_depthwise_conv_or_refuses_a_model_without(model, swapped, tmp_path):
+    cfg = TrainConfig.from_recipe("fast", model=model, device="cpu", dwconv="triton")
+    net = loop._build(cfg, 10)
+    keys = list(net.state_dict())
+    if swapped:
+        assert loop._use_dwconv(net, cfg) == swapped == _dwconv_modules(net)
+        assert list(net.state_dict()) == keys
+        return
+    with pytest.raises(DsrnetError, match="resnet50_cifar has no depthwise 3x3.*fix: drop --dwconv") as e:
+        loop._use_dwconv(net, cfg)
+    assert "\n" not in str(e.value)
+    # train() refuses it before reading any data (there is none here).
+    run = tiny(tmp_path, tmp_path / "no-data", model=model, model_kwargs={}, dwconv="triton")
+    with pytest.raises(DsrnetError, match="no depthwise 3x3 conv"):
+        train(run)
+    assert loop._use_dwconv(net, TrainConfig.from_recipe("fast", model=model, device="cpu")) == 0  # torch
 
 
 # ------------------------------------------------------------------------------------------- run folders

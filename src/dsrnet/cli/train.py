@@ -53,6 +53,9 @@ FIELD_HELP = {
     "with residual blocks",
     "deadline": "Unix time (s) by which training must end: it stops after the epoch whose successor would end later, "
     "marks final.json stopped_early (truncated schedule, not a full result); resume to complete (default: off)",
+    "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv) or triton (the NHWC Triton "
+    "kernels, forward and backward; same numbers within float tolerance; models with depthwise convs only; "
+    "PyTorch fallback without CUDA) (default: torch)",
     "progress": "progress bar on a terminal (default: on)",
     "tensorboard": "write TensorBoard events to <out-dir>/tb when tensorboard is installed (default: on)",
 }
@@ -77,7 +80,7 @@ def _recipe_help(key: str) -> str:
 def _choices(name: str) -> tuple[str, ...] | None:
     from dsrnet.data import DATASETS, PAD_FILLS
     from dsrnet.models import list_models
-    from dsrnet.train.config import RECIPES, SCHEDULES
+    from dsrnet.train.config import DWCONVS, RECIPES, SCHEDULES
 
     return {
         "model": tuple(list_models()),
@@ -86,6 +89,7 @@ def _choices(name: str) -> tuple[str, ...] | None:
         "schedule": SCHEDULES,
         "precision": PRECISIONS,
         "pad_fill": PAD_FILLS,
+        "dwconv": DWCONVS,
     }.get(name)
 
 

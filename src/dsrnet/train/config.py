@@ -41,6 +41,7 @@ from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.run.rundir import differences
 
 __all__ = [
+    "DWCONVS",
     "LEGACY_DEFAULTS",
     "PRECISIONS",
     "RECIPES",
@@ -60,6 +61,10 @@ STEP_GAMMA = 0.1
 
 
 SCHEDULES = ("step", "cosine", "linear")
+
+#: What computes the depthwise 3x3 convs in training (``TrainConfig.dwconv``): PyTorch's own conv (cuDNN on a
+#: GPU), or the NHWC Triton kernels of :mod:`dsrnet.kernels` (:func:`dsrnet.use_triton_dwconv`).
+DWCONVS = ("torch", "triton")
 
 
 #: Recipe defaults; a config value left unset (``None``) takes the recipe's. See the module docstring for why.
@@ -120,6 +125,7 @@ RESUME_MUTABLE = frozenset(
         "tensorboard",
         "checkpoint_every",
         "deadline",
+        "dwconv",  # the same math either way (fp32 within ~1e-4): switching it mid-run only changes the speed
     }
 )
 
@@ -154,6 +160,15 @@ class TrainConfig:
     stopped so has a truncated learning-rate schedule: its ``final.json`` says ``"stopped_early": true`` with the
     epochs done, it does not count as finished (:attr:`dsrnet.run.rundir.RunDir.finished`), and resuming it
     without a deadline completes the planned schedule.
+
+    ``dwconv``: what computes the depthwise 3x3 convs (:data:`DWCONVS`). ``"torch"``: PyTorch's conv.
+    ``"triton"``: the NHWC Triton kernels, forward and both backward passes (:func:`dsrnet.use_triton_dwconv`)
+    applied before channels_last, ``torch.compile`` and DDP; only for models with depthwise 3x3 convs (DSRNet,
+    MobileNetV2), any other model is an error. Parameters and ``state_dict`` keys stay those of the plain
+    model, so checkpoints load anywhere (eval, predict, export, ``load_trained``). Where the kernels cannot
+    run (no CUDA, no Triton, ``DSRNET_DISABLE_TRITON=1``) the same ops fall back to PyTorch's convs. Only the
+    speed differs (the numbers agree within float tolerance), so a resumed run may change it
+    (:data:`RESUME_MUTABLE`); it keeps the saved value unless told otherwise.
     """
 
     model: str = "dsrnet50"
@@ -190,6 +205,7 @@ class TrainConfig:
     pad_fill: str | None = None
     zero_init_residual: bool | None = None
     deadline: float | None = None
+    dwconv: str = "torch"
 
     @classmethod
     def from_recipe(cls, recipe: str = "paper", **overrides: Any) -> TrainConfig:
@@ -280,6 +296,7 @@ class TrainConfig:
             _check(v is None or v >= 1, key, v, "an integer >= 1 (or unset for all images)")
         _check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
         _check(self.pad_fill in D.PAD_FILLS, "pad_fill", self.pad_fill, f"one of {', '.join(D.PAD_FILLS)}")
+        _check(self.dwconv in DWCONVS, "dwconv", self.dwconv, f"one of {', '.join(DWCONVS)}")
         _check(
             self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
         )

@@ -101,6 +101,27 @@ def _build(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return build_model(cfg.model, num_classes, cfg.model_kwargs)
 
 
+def _use_dwconv(model: nn.Module, cfg: TrainConfig) -> int:
+    """Apply ``cfg.dwconv`` to ``model`` in place; returns how many depthwise convs now run the Triton ops.
+
+    The swap keeps the parameter objects and ``state_dict`` keys (:func:`dsrnet.use_triton_dwconv`), so the
+    checkpoint is the plain model's; it runs before channels_last, ``torch.compile`` and DDP, which then wrap
+    the swapped modules. A model with no depthwise 3x3 conv is an error rather than a silent no-op: whoever
+    asks for the kernels expects them to run."""
+    if cfg.dwconv == "torch":
+        return 0
+    from dsrnet.models.fused import TritonDepthwiseConv2d, use_triton_dwconv  # imports Triton: only if asked
+
+    use_triton_dwconv(model)
+    swapped = sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
+    if not swapped:
+        raise DsrnetError(
+            f"dwconv={cfg.dwconv!r}: model {cfg.model} has no depthwise 3x3 conv for the Triton kernel; fix: "
+            f"drop --dwconv (= torch) or train a model with depthwise convs (dsrnet*, mobilenet_v2)"
+        )
+    return swapped
+
+
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -273,6 +294,7 @@ class _Trainer:
         _seed_everything(cfg.seed)
         self.num_classes = D.DATASETS[cfg.dataset].num_classes
         model = _build(cfg, self.num_classes)  # before the data: fail fast
+        self.triton_dwconvs = _use_dwconv(model, cfg)
         self.train_loader, self.test_loader, self.meta = _load_data(cfg, dist_, device)
         if cfg.sync_bn and dist_.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -328,6 +350,14 @@ class _Trainer:
             + (f", {self.dist.world_size} processes" if self.dist.enabled else "")
             + f" -> {self.out}"
         )
+        if self.triton_dwconvs:
+            from dsrnet.kernels import triton_usable
+
+            if triton_usable(torch.empty(1, device=self.device)):
+                runs = "Triton kernels"
+            else:
+                runs = "PyTorch fallback (the kernels need CUDA and Triton, and no DSRNET_DISABLE_TRITON=1)"
+            self.log(f"dwconv {cfg.dwconv}: {self.triton_dwconvs} depthwise convs run the {runs}")
         self.stopped_early = False
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -558,6 +588,7 @@ class _Trainer:
             "precision": cfg.precision,
             "channels_last": cfg.channels_last,
             "compile": cfg.compile,
+            "dwconv": cfg.dwconv,
             "train_images": self.meta["train_images"],
             "test_images": self.meta["test_images"],
             "world_size": self.dist.world_size,
