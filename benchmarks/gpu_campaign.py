@@ -33,7 +33,8 @@ Stages (in order of value):
   if its whole schedule fits (plus ``--bench-reserve-s``); otherwise it is skipped with the measured s/epoch and the
   epochs that would have fitted. Then, in the same call and with the same settings
   (:func:`dsrnet.paper.runner.bench_models`), it times every other model of ``--bench-models`` (default: DSRNet-50
-  and the rest of the paper's comparison, a few seconds each; a dry run: DSRNet only): DSRNet's run came from the
+  and the rest of the paper's comparison, DSRNet first, each only while ``--bench-s`` is left; expected to take seconds
+  each, not yet measured on a GPU; a dry run: DSRNet only): DSRNet's run came from the
   ``dsrnet`` stage, and a table compares timings from one card in one call only. OUT: ``runs.json``
   (:func:`dsrnet.paper.assemble.write_bundle`: the call's ``call_id``, card and settings, and per model the text of
   its ``final.json``, ``config.yaml``, ``metrics.jsonl`` (trained models) and ``bench.json`` (every timed model),
@@ -602,8 +603,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bench-models", nargs="+", default=None, help="baselines: models timed in the call besides "
                    "the trained ones (default: dsrnet50 and the paper's comparison; dry run: dsrnet50)")
     p.add_argument("--bench-s", type=float, default=10.0, help="baselines: time one model only if this is left")
-    p.add_argument("--bench-reserve-s", type=float, default=30.0,
-                   help="baselines: kept after training for timing the other models")
+    p.add_argument("--bench-reserve-s", type=float, default=10.0,
+                   help="baselines: kept after training for timing DSRNet (the others: while --bench-s is left)")
     g = p.add_argument_group("assemble (here, no GPU)")
     g.add_argument("--assemble", nargs="+", type=Path, metavar="RETURNED_DIR", default=None,
                    help="folders returned by the dsrnet stage and baselines calls: write a reproduce folder")

@@ -136,7 +136,7 @@ def test_assemble_writes_the_paper_table_from_both_stages(dry_run, baselines_dry
     out = tmp_path / "cifar10"
     proc = _assemble(dry_run[0], baselines_dry_run[0], "--out-dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "DSRNet50 (cifar stem)" in proc.stdout and "ResNet50 (cifar stem)" in proc.stdout
+    assert "DSRNet (cifar stem)" in proc.stdout and "ResNet50 (cifar stem)" in proc.stdout
     assert "ResNeXt" not in proc.stdout  # not trained: no column
     table = (out / "table.md").read_text()
     assert "--quick run" in table  # a dry run's table says it is no result

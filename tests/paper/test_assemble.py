@@ -118,6 +118,20 @@ def test_assembled_folder_has_the_paper_table_from_the_returned_numbers(returns,
     assert [r["job"].key for r in again["rows"]] == ["dsrnet50_cifar", "resnet50_cifar"]
 
 
+def test_saved_evaluation_gives_the_confusion_figure_and_other_timing_settings_are_refused(returns, tmp_path):
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps({"checkpoint": "dsrnet50_cifar.c10", "top1_error": 7.6}))
+    (evaluation / "confusion.png").write_bytes(b"png bytes of a dsrnet eval")
+    out = tmp_path / "cifar10"
+    assemble(returns, out, dsrnet_eval=evaluation)
+    assert (out / "confusion_dsrnet.png").read_bytes() == b"png bytes of a dsrnet eval"
+    assert json.loads((out / "assembled.json").read_text())["dsrnet_eval"]["checkpoint"] == "dsrnet50_cifar.c10"
+    with pytest.raises(DsrnetError, match="timed with other settings"):
+        runner.report_finished("cifar10", stem="cifar", out=out, train={"recipe": "fast", "epochs": EPOCHS,
+                               "precision": "bf16", "channels_last": True}, bench_settings={**REQUEST, "repeats": 30})
+
+
 def test_reproduce_treats_the_assembled_runs_as_finished(returns, tmp_path, cifar10_dir, monkeypatch):
     out = tmp_path / "cifar10"
     assemble(returns, out)
