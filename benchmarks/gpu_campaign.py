@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet|bench|baselines|ablation --out DIR \
         --budget-s S [--data-dir D] [--dry-run] [...]
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble RETURNED_DIR [...] --out-dir results/gpu/cifar10
 
 Runs from the repository root with no install (the GPU box has Python 3.12, torch 2.11, torchvision 0.26, Triton 3.6,
 timm, safetensors, PyYAML, matplotlib). Every stage goes through the project's own library calls
@@ -38,7 +39,8 @@ Stages (in order of value):
   ``dsrnet`` stage, and a table compares timings from one card in one call only. OUT: ``runs.json``
   (:func:`dsrnet.paper.assemble.write_bundle`: the call's ``call_id``, card and settings, and per model the text of
   its ``final.json``, ``config.yaml``, ``metrics.jsonl`` (trained models) and ``bench.json`` (every timed model),
-  verbatim; one file whatever the number of models, ~0.1 MiB) and ``campaign.json``. No weights.
+  verbatim; one file whatever the number of models: ~32 KiB for one 67-epoch run in the dry run) and
+  ``campaign.json``. No weights.
 * ``ablation`` -- ``no_dilation``, ``full_3x3``, ``stem_paper`` (cifar-stem DSRNet otherwise), same recipe and
   epochs, one seed each, through ``dsrnet.paper.runner.ablate``. OUT: ``table.md``, ``summary.json``,
   ``<variant>/metrics.jsonl``, ``campaign.json``.

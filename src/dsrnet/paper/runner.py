@@ -24,6 +24,10 @@ a 1x1 map at stage 4), and its CIFAR error rates (9-12 % top-1) are in the range
 ``--stem cifar`` (3x3 stride-1 conv, no max-pool, for every model alike) is the usual CIFAR adaptation and costs
 about 16x the MACs at 32 px.
 
+:func:`report_finished` writes the same files from the finished runs a folder holds, training and timing nothing;
+:func:`bench_models` times models as ``reproduce`` does without training them (both used by
+:mod:`dsrnet.paper.assemble` for runs trained over several GPU calls).
+
 ``ablate`` trains DSRNet variants (:func:`ablation_variants`) on the same recipe and writes ``table.md``,
 ``table.csv``, ``summary.json`` and ``ablation.png`` (error vs latency, marker area ~ parameters) under ``--out-dir``
 (default ``results/<dataset>/ablate``).
