@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet|bench|baselines|ablation --out DIR \
         --budget-s S [--data-dir D] [--dry-run] [...]
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble RETURNED_DIR [...] --out-dir results/gpu/cifar10
 
 Runs from the repository root with no install (the GPU box has Python 3.12, torch 2.11, torchvision 0.26, Triton 3.6,
 timm, safetensors, PyYAML, matplotlib). Every stage goes through the project's own library calls
@@ -30,10 +31,19 @@ Stages (in order of value):
   group is skipped (and recorded as skipped) when its estimated cost (compilation dominates) no longer fits.
   OUT: ``bench_cuda.{csv,json,md}``, ``campaign.json``.
 * ``baselines`` -- ``resnet50_cifar``, ``resnext50_32x4d_cifar`` with the recipe and epochs of the ``dsrnet`` stage
-  (``--like DSRNET_OUT/config.yaml`` or ``final.json``; or ``--epochs``), through ``dsrnet.paper.runner.reproduce``,
-  so that ``dsrnet reproduce`` picks the finished runs up. Each model gets a warm-up (unless ``--s-per-epoch`` is
-  given) and is trained only if its whole schedule fits; otherwise it is skipped with the measured s/epoch and the
-  epochs that would have fitted. OUT: ``<model>/{final.json,bench.json,config.yaml,metrics.jsonl}``, no weights.
+  (``--like DSRNET_OUT/config.yaml`` or ``final.json``; or ``--epochs``), through ``dsrnet.paper.runner.reproduce``
+  (trained, then timed as ``reproduce`` times: inference, fp32 eager, batch 128, 32 px, median of 30 after 10
+  warm-up calls, no compilation). Each model gets a warm-up (unless ``--s-per-epoch`` is given) and is trained only
+  if its whole schedule fits (plus ``--bench-reserve-s``); otherwise it is skipped with the measured s/epoch and the
+  epochs that would have fitted. Then, in the same call and with the same settings
+  (:func:`dsrnet.paper.runner.bench_models`), it times every other model of ``--bench-models`` (default: DSRNet-50
+  and the rest of the paper's comparison, DSRNet first, each only while ``--bench-s`` is left; expected to take seconds
+  each, not yet measured on a GPU; a dry run: DSRNet only): DSRNet's run came from the
+  ``dsrnet`` stage, and a table compares timings from one card in one call only. OUT: ``runs.json``
+  (:func:`dsrnet.paper.assemble.write_bundle`: the call's ``call_id``, card and settings, and per model the text of
+  its ``final.json``, ``config.yaml``, ``metrics.jsonl`` (trained models) and ``bench.json`` (every timed model),
+  verbatim; one file whatever the number of models: ~32 KiB for one 67-epoch run in the dry run) and
+  ``campaign.json``. No weights.
 * ``ablation`` -- ``no_dilation``, ``full_3x3``, ``stem_paper`` (cifar-stem DSRNet otherwise), same recipe and
   epochs, one seed each, through ``dsrnet.paper.runner.ablate``. OUT: ``table.md``, ``summary.json``,
   ``<variant>/metrics.jsonl``, ``campaign.json``.
@@ -59,7 +69,7 @@ tool's 64 MiB.) Other stages, on the same warm machine (the decoded data is stil
 again on a fresh one::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage bench --out $OUT --budget-s 540
-    # copy the dsrnet stage's returned config.yaml into the repo first (e.g. results/gpu/dsrnet/config.yaml):
+    # the dsrnet stage's returned config.yaml is committed at results/gpu/dsrnet/config.yaml:
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
         --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 540
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage ablation \
@@ -74,8 +84,32 @@ session (starts and idle time included), two stages fit a session when each gets
 2026-11-26) ran ``dsrnet`` (``--budget-s 560``: 391 s) and ``bench`` (``--budget-s 370``: 337 s) back to back on
 one warm machine, 785 s of device time with the machine's start (34 s) and two staging calls.
 
-The summary (plan, warm-up timings, what was skipped, files) is the last line on stdout and in ``campaign.json`` where
-a slot is left. The returned files land read-only under ``files_at``; copy them into ``results/``.
+The summary (plan, warm-up timings, what was skipped, files, ``call_id``) is the last line on stdout and in
+``campaign.json`` where a slot is left. The returned files land read-only under ``files_at``; copy them into
+``results/`` (e.g. ``results/gpu/baselines-<call_id>/``).
+
+Next GPU session (``baselines``), after staging the data as above (the last staging call runs it; ~540 s)::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
+        --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 540
+
+then ``--models resnext50_32x4d`` (later ``resnet101``, ``resnext101_32x8d``) in later calls. Every such call times
+DSRNet and the whole comparison again, so its ``runs.json`` alone gives the table's time row.
+
+The paper's table, here afterwards (no GPU, nothing trained or timed; :mod:`dsrnet.paper.assemble`)::
+
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble results/gpu/dsrnet \
+        results/gpu/baselines-CALL1 [results/gpu/baselines-CALL2 ...] --out-dir results/gpu/cifar10 \
+        [--dsrnet-eval results/gpu/dsrnet/eval-cpu] [--bench-call CALL_ID]
+
+It writes ``results/gpu/cifar10/{table.md,table.csv,summary.json,params.png,pareto.png,curves.png,assembled.json}``
+and ``runs/<arch>/{config.yaml,final.json,metrics.jsonl,bench.json}`` with ``dsrnet.paper.tables``' writer (the
+same as ``dsrnet reproduce``); rows only for models trained; timings all from one call (the newest that timed every
+trained model, or ``--bench-call``). It refuses (one line) runs of other recipe/epochs/seed/stem, runs stopped
+early, a model trained twice, or timings of different calls/cards. A later ``dsrnet reproduce --dataset cifar10
+--recipe fast --epochs 67 --stem cifar --device cuda --out-dir results/gpu/cifar10`` on a GPU treats the assembled
+runs as finished (no retraining; no re-timing while the bench settings match -- the timings of the models it trains
+then come from another call: assemble again instead to keep one call's timings).
 
 Weights, here afterwards::
 
@@ -88,6 +122,10 @@ Dry run (CPU, tiny widths, a few images per class, 1-2 epochs, no compilation), 
 
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet --dry-run --data-dir /tmp/c10data \
         --out /tmp/campaign-dry/dsrnet --budget-s 120
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines --dry-run --data-dir /tmp/c10data \
+        --like /tmp/campaign-dry/dsrnet/config.yaml --models resnet50 --out /tmp/campaign-dry/b1 --budget-s 300
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble /tmp/campaign-dry/dsrnet /tmp/campaign-dry/b1 \
+        --out-dir /tmp/campaign-dry/cifar10
 """
 
 from __future__ import annotations
@@ -125,6 +163,10 @@ RECIPE_KEYS = (
 #: Dry run: the same code paths on a CPU in seconds.
 DRY_TRAIN = {"subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "device": "cpu"}
 DRY_DSRNET_KWARGS = {"widths": [8, 16, 32, 64]}
+#: Dry run: the reproduce runner's timing, but one call of a small batch (full-width baselines on a CPU).
+DRY_BENCH = {"warmup": 0, "repeats": 1, "batch_size": 8}
+#: The models a baselines call times besides the ones it trains (the rest of the paper's comparison).
+BENCH_COMPARISON = ("resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
 #: Cost guesses for a bench group before anything was measured (s; compilation dominates a compiled group).
 #: Per model; once a kind was measured, 1.2x its slowest measured group per model is used instead.
 FIRST_GUESS_S = {("eager", "inference"): 15.0, ("eager", "train"): 20.0, ("compiled", "inference"): 60.0,
@@ -343,7 +385,7 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
     summary["settings"] = {k: v for k, v in settings.items() if k != "data_dir"}
     baselines = args.stage == "baselines"
     out = work / ("reproduce" if baselines else "ablate")
-    bench_settings = {"warmup": 0, "repeats": 1} if args.dry_run else {}
+    bench_settings = DRY_BENCH if args.dry_run else {}
     if baselines:
         names = args.models or list(DEFAULT_BASELINES)
         jobs = [(n, stem_variant(n, args.stem), {}) for n in names]
@@ -360,7 +402,7 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
     for name, arch, kwargs in jobs:
         timing = timing_for(arch, args, work, settings, kwargs, budget, summary, key=name)
         need = timing["first_epoch_extra_s"] + settings["epochs"] * timing["s_per_epoch"] * (1 + args.slack)
-        need += args.post_s
+        need += args.post_s + (args.bench_reserve_s if baselines else 0.0)
         if need > budget.left():
             fit = epochs_that_fit(budget.left() - args.post_s, timing, args.slack)
             skipped.append({"what": name, "why": f"needs ~{need:.0f} s for {settings['epochs']} epochs, "
@@ -379,15 +421,45 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
     summary["done"], summary["skipped"] = done, skipped
     files = []
     if baselines:
-        for d in done:
-            run = out / "runs" / d["arch"]
-            files += [(run / f, f"{d['arch']}/{f}") for f in ("final.json", "bench.json", "config.yaml")]
-        files += [(out / "runs" / d["arch"] / "metrics.jsonl", f"{d['arch']}/metrics.jsonl") for d in done]
+        summary["timed"] = bench_comparison(args, out, common, [d["arch"] for d in done], budget)
+        bundle = bundle_runs(out, summary)
+        files.append((bundle, bundle.name))
     else:
         if done:
             files += [(out / "table.md", "table.md"), (out / "summary.json", "summary.json")]
         files += [(out / "runs" / d["what"] / "metrics.jsonl", f"{d['what']}/metrics.jsonl") for d in done]
     return files
+
+
+def bench_comparison(args, out: Path, common: dict, trained: list[str], budget: Budget) -> list[str]:
+    """Time, in this call and with the reproduce runner's own settings, every model of ``--bench-models`` that the
+    call did not train (DSRNet first: its run came from the dsrnet stage), so that this call's timings make the
+    whole time-per-batch column of the table (see ``--assemble``); the trained ones were timed after training."""
+    from dsrnet.models import stem_variant
+    from dsrnet.paper import runner
+
+    names = args.bench_models or ([DSRNET_MODEL] if args.dry_run else [DSRNET_MODEL, *BENCH_COMPARISON])
+    todo = [n for n in dict.fromkeys(stem_variant(n, args.stem) for n in names) if n not in trained]
+    timed = list(trained)
+    for arch in todo:
+        if budget.left() < args.bench_s:
+            log.info("no time left to time %s (%.0f s left)", arch, budget.left())
+            continue
+        runner.bench_models("cifar10", [arch], stem=args.stem, out=out, train=common["train"],
+                            bench_settings=common["bench_settings"], model_kwargs=common["model_kwargs"])  # fmt: skip
+        timed.append(arch)
+    return timed
+
+
+def bundle_runs(out: Path, summary: dict) -> Path:
+    """``runs.json``: the run files of every model trained and the bench.json of every model timed in this call
+    (:func:`dsrnet.paper.assemble.write_bundle`), under the call's id: one file, whatever the number of models."""
+    from dsrnet.paper.assemble import BUNDLE_NAME, write_bundle
+
+    runs = {p.name: p for p in sorted((out / "runs").glob("*")) if p.is_dir()} if (out / "runs").is_dir() else {}
+    header = {k: summary.get(k) for k in ("call_id", "stage", "dry_run", "started", "versions", "settings")}
+    header["device_name"] = summary.get("gpu") or summary.get("device_name")
+    return write_bundle(out / BUNDLE_NAME, runs, header)
 
 
 # ---------------------------------------------------------------------------------------------------------- bench
@@ -513,9 +585,9 @@ def collect(files: list[tuple[Path, str]], out: Path, summary: dict) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stage", required=True, choices=STAGES)
-    p.add_argument("--out", required=True, type=Path, help="folder for the returned files (<= 8, <= 15 MiB each)")
-    p.add_argument("--budget-s", required=True, type=float, help="wall-clock budget of the whole command")
+    p.add_argument("--stage", choices=STAGES, help="the GPU stage to run (or --assemble)")
+    p.add_argument("--out", type=Path, help="folder for the returned files (<= 8, <= 15 MiB each)")
+    p.add_argument("--budget-s", type=float, help="wall-clock budget of the whole command")
     p.add_argument("--data-dir", type=Path, default=Path("/root/data"))
     p.add_argument("--decoder", type=Path, default=Path("/root/c10/decode.py"),
                    help="CIFAR-10 decoder run when --data-dir holds no arrays")  # fmt: skip
@@ -537,7 +609,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shard-bytes", type=int, default=MAX_FILE_BYTES)
     p.add_argument("--dwconv", choices=("torch", "triton"), default="torch",
                    help="dsrnet stage: what computes the depthwise convs (TrainConfig.dwconv)")  # fmt: skip
+    p.add_argument("--bench-models", nargs="+", default=None, help="baselines: models timed in the call besides "
+                   "the trained ones (default: dsrnet50 and the paper's comparison; dry run: dsrnet50)")
+    p.add_argument("--bench-s", type=float, default=10.0, help="baselines: time one model only if this is left")
+    p.add_argument("--bench-reserve-s", type=float, default=10.0,
+                   help="baselines: kept after training for timing DSRNet (the others: while --bench-s is left)")
+    g = p.add_argument_group("assemble (here, no GPU)")
+    g.add_argument("--assemble", nargs="+", type=Path, metavar="RETURNED_DIR", default=None,
+                   help="folders returned by the dsrnet stage and baselines calls: write a reproduce folder")
+    g.add_argument("--out-dir", type=Path, default=Path("results/gpu/cifar10"), help="--assemble: output folder")
+    g.add_argument("--bench-call", default=None, help="--assemble: the call whose timings to use (default: the "
+                   "newest call that timed every trained model)")
+    g.add_argument("--dsrnet-eval", type=Path, default=None,
+                   help="--assemble: a `dsrnet eval` folder of DSRNet's weights (its confusion matrix)")
     args = p.parse_args(argv)
+    if args.assemble:
+        if args.stage:
+            p.error("--assemble runs no stage; fix: drop --stage")
+        return args
+    missing = [f for f, v in (("--stage", args.stage), ("--out", args.out), ("--budget-s", args.budget_s)) if not v]
+    if missing:
+        p.error(f"{', '.join(missing)} required (or --assemble)")
     if args.dwconv != "torch" and args.stage != "dsrnet":
         p.error("--dwconv is for the dsrnet stage only (the baselines have no depthwise convs)")
     if args.dry_run:
@@ -545,14 +637,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def call_id() -> str:
+    """Names one call of this script: its start (UTC) and a random tag (two calls in one second differ)."""
+    import secrets
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(T0)) + "-" + secrets.token_hex(4)
+
+
+def assemble_main(args: argparse.Namespace) -> int:
+    """``--assemble``: a reproduce results folder and the paper's table from returned folders (no GPU)."""
+    from dsrnet.errors import DsrnetError
+    from dsrnet.paper.assemble import assemble
+
+    try:
+        result = assemble(args.assemble, args.out_dir, bench_call=args.bench_call, dsrnet_eval=args.dsrnet_eval,
+                          command=" ".join(["python", "benchmarks/gpu_campaign.py", *sys.argv[1:]]), log=log.info)
+    except DsrnetError as err:
+        print(f"gpu_campaign: error: {err}", file=sys.stderr)
+        return 2
+    print(result["table"], end="")
+    for path in result["files"]:
+        log.info("wrote %s", path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.assemble:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+        return assemble_main(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     margin = args.margin_s if args.margin_s is not None else max(15.0, 0.05 * args.budget_s)
     budget = Budget(args.budget_s, margin)
     work = args.work or Path(tempfile.mkdtemp(prefix=f"campaign-{args.stage}-"))
     summary: dict = {"stage": args.stage, "dry_run": args.dry_run, "budget_s": args.budget_s, "margin_s": margin,
-                     "argv": sys.argv[1:], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0))}  # fmt: skip
+                     "argv": sys.argv[1:], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0)),
+                     "call_id": call_id()}  # fmt: skip
 
     def watchdog(signum, frame):
         raise BudgetExceeded(f"budget of {args.budget_s:.0f} s spent")
@@ -570,7 +690,11 @@ def main(argv: list[str] | None = None) -> int:
                                "python": sys.version.split()[0]}  # fmt: skip
         if torch.cuda.is_available():
             summary["gpu"] = torch.cuda.get_device_name(0)
-        elif not args.dry_run:
+        elif args.dry_run:
+            from dsrnet.bench.measure import device_name
+
+            summary["device_name"] = device_name(torch.device("cpu"))
+        else:
             raise RuntimeError("no CUDA device; fix: run on the GPU machine, or pass --dry-run for a CPU rehearsal")
         if args.stage != "bench":
             summary["data"] = ensure_data(args.data_dir, args.decoder)
@@ -589,6 +713,12 @@ def main(argv: list[str] | None = None) -> int:
     if status and args.stage == "dsrnet" and not files:  # whatever the run left (final.json only if it finished)
         run_dir = work / "runs" / DSRNET_MODEL
         files = [(run_dir / f, f) for f in ("final.json", "metrics.jsonl", "config.yaml")]
+    if status and args.stage == "baselines" and not files and (work / "reproduce" / "runs").is_dir():
+        try:  # the runs that finished (and the timings taken) before the failure still come back
+            bundle = bundle_runs(work / "reproduce", summary)
+            files = [(bundle, bundle.name)]
+        except Exception:
+            log.error("could not bundle the runs:\n%s", traceback.format_exc())
     if status and args.stage == "bench":
         name = "bench_cpu" if args.dry_run else "bench_cuda"
         files = [(work / "bench" / f"{name}.{e}", f"{name}.{e}") for e in ("csv", "json", "md")]

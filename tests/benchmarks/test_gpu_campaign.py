@@ -112,3 +112,57 @@ def test_epoch_planning_and_like_settings(tmp_path):
         campaign.like_settings(final)
     with pytest.raises(DsrnetError, match="no such file"):
         campaign.like_settings(tmp_path / "missing.json")
+
+
+@pytest.fixture(scope="module")
+def baselines_dry_run(dry_run, cifar10_dir, tmp_path_factory):
+    """The ``baselines`` stage rehearsed with the dsrnet stage's dry-run settings: ResNet-50 trained, DSRNet timed."""
+    out = tmp_path_factory.mktemp("baselines") / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), "--stage", "baselines", "--dry-run", "--data-dir", str(cifar10_dir),
+           "--like", str(dry_run[0] / "config.yaml"), "--models", "resnet50", "--s-per-epoch", "1",
+           "--first-epoch-extra-s", "0", "--out", str(out), "--budget-s", "200"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_baselines_call_returns_one_bundle_with_dsrnet_timed_alike(baselines_dry_run):
+    out, summary = baselines_dry_run
+    assert summary["status"] == "ok" and summary["left_out"] == []
+    assert sorted(p.name for p in out.iterdir()) == ["campaign.json", "runs.json"] == sorted(summary["files"])
+    bundle = json.loads((out / "runs.json").read_text())
+    assert bundle["call_id"] == summary["call_id"] and bundle["dry_run"] is True
+    assert sorted(bundle["runs"]["resnet50_cifar"]) == ["bench.json", "config.yaml", "final.json", "metrics.jsonl"]
+    assert list(bundle["runs"]["dsrnet50_cifar"]) == ["bench.json"]  # timed in this call, trained elsewhere
+    dsrnet, resnet = (json.loads(bundle["runs"][a]["bench.json"]) for a in ("dsrnet50_cifar", "resnet50_cifar"))
+    assert dsrnet["request"] == resnet["request"] and dsrnet["request"]["precision"] == "fp32"
+    assert dsrnet["row"]["model_kwargs"] == {"widths": [8, 16, 32, 64]} and dsrnet["row"]["compile"] is False
+    assert summary["timed"] == ["resnet50_cifar", "dsrnet50_cifar"]
+
+
+def _assemble(*argv):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), "--assemble", *map(str, argv)]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_assemble_writes_the_paper_table_from_both_stages(dry_run, baselines_dry_run, tmp_path):
+    out = tmp_path / "cifar10"
+    proc = _assemble(dry_run[0], baselines_dry_run[0], "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DSRNet (cifar stem)" in proc.stdout and "ResNet50 (cifar stem)" in proc.stdout
+    assert "ResNeXt" not in proc.stdout  # not trained: no column
+    table = (out / "table.md").read_text()
+    assert "--quick run" in table  # a dry run's table says it is no result
+    summary = json.loads((out / "summary.json").read_text())
+    dsrnet_final = json.loads((dry_run[0] / "final.json").read_text())
+    assert [m["model"] for m in summary["models"]] == ["dsrnet50_cifar", "resnet50_cifar"]
+    assert summary["models"][0]["final"]["top1_error"] == dsrnet_final["top1_error"]
+    bundle = json.loads((baselines_dry_run[0] / "runs.json").read_text())
+    timed = json.loads(bundle["runs"]["dsrnet50_cifar"]["bench.json"])["row"]
+    assert summary["models"][0]["bench"]["latency_ms"] == timed["latency_ms"]
+    # DSRNet without a call that timed it: refused in one line, nothing written.
+    proc = _assemble(dry_run[0], "--out-dir", tmp_path / "alone")
+    assert proc.returncode == 2 and "no single call timed all of dsrnet50_cifar" in proc.stderr
+    assert proc.stderr.count("error:") == 1 and not (tmp_path / "alone").exists()

@@ -24,6 +24,10 @@ a 1x1 map at stage 4), and its CIFAR error rates (9-12 % top-1) are in the range
 ``--stem cifar`` (3x3 stride-1 conv, no max-pool, for every model alike) is the usual CIFAR adaptation and costs
 about 16x the MACs at 32 px.
 
+:func:`report_finished` writes the same files from the finished runs a folder holds, training and timing nothing;
+:func:`bench_models` times models as ``reproduce`` does without training them (both used by
+:mod:`dsrnet.paper.assemble` for runs trained over several GPU calls).
+
 ``ablate`` trains DSRNet variants (:func:`ablation_variants`) on the same recipe and writes ``table.md``,
 ``table.csv``, ``summary.json`` and ``ablation.png`` (error vs latency, marker area ~ parameters) under ``--out-dir``
 (default ``results/<dataset>/ablate``).
@@ -205,7 +209,14 @@ def dsrnet_confusion(rows: list[dict], s: Settings, *, log: Callable[[str], None
     run = RunDir(row["run"])
     eval_dir = run.eval
     done = eval_dir / "metrics.json"
-    if not done.is_file() or done.stat().st_mtime < run.final.stat().st_mtime:
+    if not run.checkpoint.is_file():
+        # A finished run brought back without its checkpoint (e.g. a GPU campaign's return, assembled by
+        # dsrnet.paper.assemble): nothing to evaluate; an evaluation saved with it is used, else no figure.
+        if not (eval_dir / "confusion.png").is_file():
+            log(f"skip confusion matrix of {row['job'].key}: {run.path} holds no checkpoint")
+            return None
+        log(f"confusion matrix of {row['job'].key}: the saved {eval_dir / 'confusion.png'} (no checkpoint)")
+    elif not done.is_file() or done.stat().st_mtime < run.final.stat().st_mtime:
         metrics = evaluate_checkpoint(
             run.checkpoint,
             data_dir=s.train.get("data_dir"),
@@ -236,24 +247,102 @@ def reproduce(
     models = list(models or PAPER_COMPARISON)
     _check_models(models)
     s = _settings(dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset)
-    def job(name: str) -> Job:
-        arch = stem_variant(name, stem)
-        kwargs = dict(model_kwargs or {}) if arch.startswith("dsrnet") else {}
-        return Job(key=arch, arch=arch, model_kwargs=kwargs)
-
-    jobs = [job(name) for name in models]
+    jobs = [_comparison_job(name, stem, model_kwargs) for name in models]
     asked = {j.key for j in jobs}
-    earlier = [job(n) for n in PAPER_COMPARISON if job(n).key not in asked and _finished_alike(job(n), s)]
+    earlier = [j for j in _finished_comparison(s, stem, model_kwargs) if j.key not in asked]
     if earlier:
         log(f"tables also include the finished runs of {', '.join(j.key for j in earlier)} in {s.out}")
-    order = {stem_variant(n, stem): i for i, n in enumerate(PAPER_COMPARISON)}
-    jobs = sorted(jobs + earlier, key=lambda j: order.get(j.key, len(order)))
+    jobs = _in_paper_order(jobs + earlier, stem)
     rows = run_jobs(jobs, s, log=log)
+    return _reproduce_report(rows, s, log=log)
+
+
+def _comparison_job(name: str, stem: str, model_kwargs: dict | None) -> Job:
+    """The job ``reproduce`` runs for ``name``: its ``stem`` variant; ``model_kwargs`` go to DSRNet only."""
+    arch = stem_variant(name, stem)
+    kwargs = dict(model_kwargs or {}) if arch.startswith("dsrnet") else {}
+    return Job(key=arch, arch=arch, model_kwargs=kwargs)
+
+
+def _finished_comparison(s: Settings, stem: str, model_kwargs: dict | None) -> list[Job]:
+    """The models of the comparison that ``s.out`` holds finished and benchmarked with ``s``'s settings."""
+    jobs = [_comparison_job(n, stem, model_kwargs) for n in PAPER_COMPARISON]
+    return [j for j in jobs if _finished_alike(j, s)]
+
+
+def _in_paper_order(jobs: list[Job], stem: str) -> list[Job]:
+    order = {stem_variant(n, stem): i for i, n in enumerate(PAPER_COMPARISON)}
+    return sorted(jobs, key=lambda j: order.get(j.key, len(order)))
+
+
+def _reproduce_report(rows: list[dict], s: Settings, *, log: Callable[[str], None] = _log) -> dict:
     confusion = dsrnet_confusion(rows, s, log=log)
     files, paper_table = write_reproduce_report(rows, s)
     if confusion is not None:
         files.append(confusion)
     return {"rows": rows, "files": files, "table": paper_table}
+
+
+def report_finished(
+    dataset: str,
+    *,
+    stem: str = "paper",
+    out: str | Path,
+    train: dict | None = None,
+    bench_settings: dict | None = None,
+    model_kwargs: dict | None = None,
+    quick: bool = False,
+    command: str = "",
+    log: Callable[[str], None] = _log,
+) -> dict:
+    """``reproduce``'s tables and figures from the runs ``out`` already holds finished and benchmarked with these
+    settings (the rule ``reproduce`` skips them by), without training or benchmarking anything. A finished run
+    timed with other bench settings is an error: one table, one timing method."""
+    s = _settings(dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset,
+                  timing_here=False)  # fmt: skip
+    jobs = _finished_comparison(s, stem, model_kwargs)
+    if not jobs:
+        raise DsrnetError(
+            f"{s.out} holds no finished, benchmarked run of the comparison with these settings; fix: pass the "
+            "settings the runs were trained with, or run `dsrnet reproduce` first"
+        )
+    rows = []
+    for job in _in_paper_order(jobs, stem):
+        run = RunDir(s.out / "runs" / job.key)
+        saved = read_json(run.path / "bench.json")
+        if plain(saved.get("request")) != plain(s.bench):
+            raise DsrnetError(
+                f"{run.path / 'bench.json'} was timed with other settings ({saved.get('request')}, asked "
+                f"{s.bench}); fix: pass the bench settings it was timed with, or delete it to time it again"
+            )
+        metrics = read_jsonl(run.metrics) if run.metrics.is_file() else []
+        rows.append({"job": job, "final": read_json(run.final), "bench": saved["row"], "metrics": metrics,
+                     "run": run.path})  # fmt: skip
+    return _reproduce_report(rows, s, log=log)
+
+
+def bench_models(
+    dataset: str,
+    models: Sequence[str],
+    *,
+    stem: str = "paper",
+    out: str | Path,
+    train: dict | None = None,
+    bench_settings: dict | None = None,
+    model_kwargs: dict | None = None,
+    quick: bool = False,
+    log: Callable[[str], None] = _log,
+) -> list[dict]:
+    """Time ``models`` exactly as ``reproduce`` times its runs (:func:`bench_or_skip`, the same settings, into
+    ``out/runs/<arch>/bench.json``) without training them: the timings of models trained elsewhere, measured on
+    the card and in the call that times the others (the timing depends on the architecture, not the weights)."""
+    _check_models(list(models))
+    s = _settings(dataset, out, train, bench_settings, quick, "", default_out=Path("results") / dataset)
+    rows = []
+    for name in models:
+        job = _comparison_job(name, stem, model_kwargs)
+        rows.append(bench_or_skip(job, s.out / "runs" / job.key, s.bench, log=log))
+    return rows
 
 
 def ablate(
@@ -298,7 +387,11 @@ def _check_models(models: Sequence[str]) -> None:
         raise DsrnetError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(sorted(known))}")
 
 
-def _settings(dataset, out, train, bench_settings, quick, command, *, default_out: Path) -> Settings:
+def _settings(
+    dataset, out, train, bench_settings, quick, command, *, default_out: Path, timing_here: bool = True
+) -> Settings:
+    """``timing_here=False``: nothing is timed in this process (a report of saved timings), so the bench device
+    is kept as saved (e.g. ``cuda`` on a machine without one)."""
     if dataset not in DATASETS:
         raise DsrnetError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     train = {k: v for k, v in (train or {}).items() if v is not None}
@@ -321,7 +414,8 @@ def _settings(dataset, out, train, bench_settings, quick, command, *, default_ou
         "repeats": DEFAULT_REPEATS[device.type],
     }
     bench_settings = {**bench_defaults, **bench_settings}
-    bench_settings["device"] = str(resolve_device(bench_settings["device"]))
+    if timing_here:
+        bench_settings["device"] = str(resolve_device(bench_settings["device"]))
     check_int("bench batch size", bench_settings["batch_size"])
     check_int("bench repeats", bench_settings["repeats"])
     check_int("bench warmup", bench_settings["warmup"], 0)
