@@ -11,9 +11,10 @@ count: median of ``--repeats`` calls after ``--warmup`` calls (fewer at batch 32
 ResNet-50" is ResNet-50's latency over the model's on the same backend, precision, size, batch and threads (>
 1: faster than ResNet-50).
 
-The weights are random (no trained ones exist yet), which does not change the speed of dense kernels. Accuracy
-is reported only with ``--checkpoint RUN``: that model's fp32 and int8 top-1 on the full CIFAR-10 test split
-and their top-1 agreement; without it no accuracy is claimed.
+The weights are random, which does not change the speed of dense kernels. Accuracy is reported only with
+``--checkpoint SOURCE`` (a run, a ``.safetensors`` file or a weights tag such as ``dsrnet50_cifar.c10``): that
+model's fp32 and int8 top-1 on the full CIFAR-10 test split and their top-1 agreement; without it no accuracy is
+claimed (results/cpu-deploy/int8-accuracy/ has the shipped weights' numbers through ``dsrnet eval``).
 
     python3 ../shared/data/cifar10/decode.py /tmp/c10data
     PYTHONPATH=src python benchmarks/cpu_backends.py --data-dir /tmp/c10data

@@ -10,8 +10,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     from dsrnet.export.quantize import QUANTIZERS
 
     p.description = (
-        "Export a registered model (random weights), a training run (folder or checkpoint.pt) or a "
-        ".safetensors weights file with BatchNorm folded, a dynamic batch dimension and the normalisation "
+        "Export a registered model (random weights), a weights tag (the shipped trained model, e.g. "
+        "dsrnet50_cifar.c10), a training run (folder or checkpoint.pt) or a .safetensors weights file with "
+        "BatchNorm folded, a dynamic batch dimension and the normalisation "
         "metadata inside the file; the file is loaded back and compared with PyTorch (max abs diff printed, "
         "error above the tolerance). --int8 quantises the ONNX file (post-training, static) on real CIFAR-10 "
         "training images and keeps the fp32 file next to it as NAME.fp32.onnx."
