@@ -388,6 +388,7 @@ def step_trained_agreement(bench: Bench) -> None:
         return
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    os.environ["DSRNET_TRITON_AUTOTUNE"] = "0"  # agreement, not speed: skip tuning runs at these new shapes
     if bench.dry:
         os.environ["DSRNET_DISABLE_TRITON"] = "1"
     try:
@@ -425,6 +426,7 @@ def step_trained_agreement(bench: Bench) -> None:
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         os.environ.pop("DSRNET_DISABLE_TRITON", None)
+        os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
