@@ -555,7 +555,7 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         bench.sync()
         first_s = time.monotonic() - t0
         t = time_ms(bench, train_step, warmup=3, repeats=10)
-        if form == "dsrnet_eager_triton_dw":  # where a training step's time goes, Triton dw kernels included
+        if form in ("dsrnet_eager", "dsrnet_eager_triton_dw"):  # where a training step's time goes: cuDNN vs Triton dw
             profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
         row = {
             "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
