@@ -37,6 +37,11 @@ __all__ = [
     "transforms",
 ]
 
+#: ``dsrnet eval`` batch sizes: large on a GPU; small on a CPU, where batches of 500 32x32 images ran 2x slower than
+#: 32 (2-vCPU Xeon, DSRNet-50: the large activations are allocated and returned to the OS at every batch).
+EVAL_BATCH_GPU = 500
+EVAL_BATCH_CPU = 32
+
 #: Images larger than this many pixels are refused before they are decoded (PIL's own limit, as an error).
 MAX_IMAGE_PIXELS = 8192 * 8192
 
@@ -47,7 +52,7 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     download: bool = False,
     device: str = "auto",
-    batch_size: int = 500,
+    batch_size: int | None = None,
     precision: str = "fp32",
     test_subset_per_class: int | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -60,8 +65,10 @@ def evaluate_checkpoint(
     ``checkpoint``: a run folder or its checkpoint, or (with a CPU ``backend``) a file written by ``dsrnet export``
     -- e.g. an int8 ONNX file, so its accuracy is checked by the same command as the original's. ``backend``:
     ``torch`` (any device), ``onnxruntime`` / ``openvino`` / ``torch-compile`` (CPU, fp32; see
-    :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch)."""
-    check_int("batch_size", batch_size)
+    :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch).
+    ``batch_size``: default :data:`EVAL_BATCH_GPU` on a GPU, :data:`EVAL_BATCH_CPU` on a CPU."""
+    if batch_size is not None:
+        check_int("batch_size", batch_size)
     if test_subset_per_class is not None:
         check_int("test_subset_per_class", test_subset_per_class)
     if precision not in PRECISIONS:
@@ -77,6 +84,8 @@ def evaluate_checkpoint(
     if not info.get("dataset"):
         raise DsrnetError(f"{checkpoint} does not name its dataset; fix: export it from a `dsrnet train` run")
     dev = info["device"]
+    if batch_size is None:
+        batch_size = EVAL_BATCH_GPU if torch.device(dev).type == "cuda" else EVAL_BATCH_CPU
     test = D.load_split(info["dataset"], "test", data_dir, download=download)
     if test_subset_per_class:  # the run's seed picks the same images its test subset had
         test = test.subset_per_class(test_subset_per_class, (ckpt.get("config") or {}).get("seed", 0))

@@ -74,7 +74,7 @@ def test_help_shows_defaults(command, capsys):
             assert flag in out
         assert "--dwconv DWCONV" in out and "(default: torch); one of torch, triton" in out
     elif command == "eval":
-        assert "(default: 500)" in out and "--checkpoint" in out
+        assert "(default: 500 on a GPU, 32 on a CPU)" in out and "--checkpoint" in out
     else:
         assert "(default: 5)" in out and "IMAGE" in out
 

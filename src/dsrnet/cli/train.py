@@ -149,7 +149,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                        "~/.cache/dsrnet/data)")  # fmt: skip
         p.add_argument("--download", action="store_true", help="download the dataset if missing")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        p.add_argument("--batch-size", type=int_, default=500, help="evaluation batch size")
+        p.add_argument("--batch-size", type=int_, default=None,
+                       help="evaluation batch size (default: 500 on a GPU, 32 on a CPU)")  # fmt: skip
         p.add_argument("--precision", type=one_of("precision", PRECISIONS), default="fp32",
                        help=f"inference precision: {', '.join(PRECISIONS)}")  # fmt: skip
         p.add_argument("--test-subset-per-class", type=typed(lambda v: _coerce("test_subset_per_class", "int", v)),
