@@ -72,6 +72,22 @@ class RunDir:
         return self.checkpoint.is_file() and not self.finished
 
     @property
+    def in_use(self) -> bool:
+        """A process holds the folder's lock right now (a run is training into it). Only probes: takes a shared
+        lock for an instant and never creates the lock file."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's own lock
+        return False
+
+    @property
     def holds_run(self) -> bool:
         return self.checkpoint.exists() or self.final.exists()
 
