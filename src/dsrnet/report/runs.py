@@ -143,7 +143,9 @@ def load_run(path: str | os.PathLike, label: str) -> Run:
 def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
     """The run folders' names; names that clash get their parent folders prepended (``a/dsrnet50``,
     ``b/dsrnet50``) until they differ, and the same folder given twice gets ``-2``, ``-3``, ..."""
-    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    distinct = list(dict.fromkeys(absolute))
+    parts = [p.parts[1:] or (str(p),) for p in distinct]  # without the root: "/a" is "a", not "//a"
     depth = [1] * len(parts)
 
     def label(i: int) -> str:
@@ -156,7 +158,7 @@ def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
             break
         for i in clashing:
             depth[i] += 1
-    return _numbered(labels)
+    return _numbered([labels[distinct.index(p)] for p in absolute])
 
 
 def _numbered(names: Sequence[str]) -> list[str]:

@@ -23,7 +23,10 @@ from pathlib import Path
 
 from dsrnet.errors import DsrnetError
 from dsrnet.run.atomic import plain, remove_stale_temp_files
-from dsrnet.run.checkpoint import CHECKPOINT_NAME
+
+#: The checkpoint's file name in a run folder (defined here, not in :mod:`.checkpoint`, so that reading a run
+#: folder's metrics does not import torch).
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[str]:
