@@ -46,6 +46,19 @@ def test_lock_is_exclusive_and_released(tmp_path):
     assert run.path.is_dir()
 
 
+def test_in_use_probes_the_lock_without_taking_it(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert not run.in_use and not run.path.exists()  # no folder, no lock file: nothing created by asking
+    with run.lock():
+        (run.path / "metrics.jsonl").write_text("{}\n")
+        assert run.in_use
+        with pytest.raises(DsrnetError, match="in use"), run.lock():  # the probe left the holder's lock alone
+            pass
+    assert run.lock_file.exists() and not run.in_use  # the holder is gone; its lock file stays
+    with run.lock():  # the probes kept no lock of their own
+        pass
+
+
 def test_lock_removes_the_folder_it_created_when_the_work_fails_early(tmp_path):
     run = RunDir(tmp_path / "new")
     with pytest.raises(RuntimeError), run.lock():

@@ -22,6 +22,7 @@ COMMANDS = {
     "bench": ("dsrnet.cli.bench", "parameters, MACs, latency per batch, throughput and peak memory"),
     "reproduce": ("dsrnet.cli.reproduce", "train, time and tabulate the paper's comparison (Tables 2-4, Fig. 2)"),
     "ablate": ("dsrnet.cli.reproduce", "DSRNet variants that test the paper's design claims"),
+    "plot": ("dsrnet.cli.plot", "figures and a summary table of run folders (curves, lr, final-epoch errors)"),
 }
 
 

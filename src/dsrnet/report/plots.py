@@ -112,17 +112,25 @@ def plot_tradeoff(
 
 
 def plot_curves(
-    curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *, title: str
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | os.PathLike,
+    *,
+    title: str,
+    pretty_names: bool = True,
 ) -> Path:
-    """Training curves of several runs from their ``metrics.jsonl`` rows: test top-1 error and train loss per epoch."""
+    """Training curves of several runs from their ``metrics.jsonl`` rows: test top-1 error and train loss per epoch.
+
+    ``pretty_names``: legend entries through :func:`display_name` (model names); ``False`` keeps them verbatim
+    (labels a user chose)."""
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_err, ax_loss) = _figure(figsize=(11.0, 4.5), ncols=2)
     for name, rows in curves.items():
         epochs = [r["epoch"] for r in rows]
         marker = "o" if len(rows) < 20 else None
-        ax_err.plot(epochs, [r.get("test_top1_error") for r in rows], marker=marker, label=display_name(name))
-        ax_loss.plot(epochs, [r.get("train_loss") for r in rows], marker=marker, label=display_name(name))
+        label = display_name(name) if pretty_names else name
+        ax_err.plot(epochs, [r.get("test_top1_error") for r in rows], marker=marker, label=label)
+        ax_loss.plot(epochs, [r.get("train_loss") for r in rows], marker=marker, label=label)
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("test top-1 error (%)")
     ax_loss.set_xlabel("epoch")
@@ -133,6 +141,25 @@ def plot_curves(
         if curves:
             ax.legend(fontsize=8)
     fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_lr(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *, title: str) -> Path:
+    """The learning rate per epoch (``metrics.jsonl``'s ``lr``: the rate at the epoch's first step) of several runs:
+    shows warm-up, decay, and a schedule a deadline cut short (its rate never reached the end)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _figure()
+    for name, rows in curves.items():
+        rows = [r for r in rows if r.get("lr") is not None]
+        ax.plot([r["epoch"] for r in rows], [r["lr"] for r in rows], marker="o" if len(rows) < 20 else None, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate (at the epoch's first step)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    ax.set_title(title)
     return save_figure(fig, path)
 
 

@@ -27,10 +27,10 @@ from torch import nn
 
 from dsrnet.errors import DsrnetError
 from dsrnet.run.atomic import atomic_write
+from dsrnet.run.rundir import CHECKPOINT_NAME
 
 FORMAT = "dsrnet-checkpoint"
 VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 #: Largest input side a checkpoint may ask predict/eval to resize to (the datasets use 32 and 96).
 MAX_IMAGE_SIZE = 1024
 

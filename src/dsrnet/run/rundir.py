@@ -23,7 +23,10 @@ from pathlib import Path
 
 from dsrnet.errors import DsrnetError
 from dsrnet.run.atomic import plain, remove_stale_temp_files
-from dsrnet.run.checkpoint import CHECKPOINT_NAME
+
+#: The checkpoint's file name in a run folder (defined here, not in :mod:`.checkpoint`, so that reading a run
+#: folder's metrics does not import torch).
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[str]:
@@ -70,6 +73,22 @@ class RunDir:
     def resumable(self) -> bool:
         """A run started and can be continued: a checkpoint and no ``final.json``."""
         return self.checkpoint.is_file() and not self.finished
+
+    @property
+    def in_use(self) -> bool:
+        """A process holds the folder's lock right now (a run is training into it). Only probes: takes a shared
+        lock for an instant and never creates the lock file."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the probe's own lock
+        return False
 
     @property
     def holds_run(self) -> bool:

@@ -1,0 +1,308 @@
+"""``dsrnet plot``: figures and a summary table of a few ``dsrnet train`` run folders, for a report.
+
+What a run folder holds is :class:`~dsrnet.run.rundir.RunDir`'s business (``metrics.jsonl``: one JSON row per
+epoch; ``final.json``: the FINAL epoch's metrics once the run ended; ``config.yaml``; ``eval/`` from
+``dsrnet eval``). The summary always reports the final epoch, never the best one: the paper's protocol has no
+validation split, so picking the best test epoch would tune on the test set. A run that has not ended reports its
+last logged epoch, marked as such.
+
+Every input is read and checked before the first file is written, and every file is written atomically, so a bad
+run folder leaves ``out_dir`` as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsrnet.errors import DsrnetError
+from dsrnet.report.markdown import fmt, markdown_table, write_csv
+from dsrnet.run.atomic import atomic_write_text
+from dsrnet.run.rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+#: ``status`` of a run: its ``final.json`` says it ended its schedule / a deadline cut it short; no ``final.json``
+#: and a process holds its lock / no process does (killed or interrupted; ``dsrnet train --resume`` continues it).
+FINISHED, STOPPED_EARLY, RUNNING, INTERRUPTED = "finished", "stopped early", "running", "interrupted"
+
+#: Columns of ``summary.csv`` (``summary.md`` shows the same runs, formatted).
+SUMMARY_FIELDS = (
+    "label", "model", "model_kwargs", "dataset", "recipe", "epochs_done", "epochs", "status", "top1_error",
+    "top3_error", "errors_from", "train_time_s", "s_per_epoch", "params", "device", "path",
+)  # fmt: skip
+
+_FIX_RUN = "fix: pass the --out-dir of a `dsrnet train` run"
+
+
+@dataclass
+class Run:
+    """One run folder as read for a report. ``final`` is ``final.json`` when it describes the logged epochs (a
+    stopped-early run being resumed still has the old one: then it is ``None`` and the last row counts)."""
+
+    label: str
+    path: Path
+    rows: list[dict]
+    config: dict
+    final: dict | None
+    status: str
+    confusion: tuple[list[str], list[list[int]]] | None = field(default=None, repr=False)
+
+    @property
+    def last(self) -> dict:
+        return self.rows[-1]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The epoch rows of a ``metrics.jsonl``, strictly: a line that is not a JSON object with an integer ``epoch``
+    is an error naming the file and line (the trainer writes the file atomically, so a bad line is damage, not
+    a run caught mid-write)."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DsrnetError(
+                    f"{path} line {number} is not valid JSON ({err.msg}); fix: repair or remove that line, or leave "
+                    f"the run out"
+                ) from None
+            if not isinstance(row, dict) or isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
+                raise DsrnetError(
+                    f"{path} line {number} is not an epoch row (a JSON object with an integer \"epoch\"); fix: repair "
+                    f"or remove that line, or leave the run out"
+                )
+            rows.append(row)
+    if not rows:
+        raise DsrnetError(f"{path} is empty: the run has not finished an epoch yet; fix: wait for its first epoch, "
+                          f"or leave the run out")  # fmt: skip
+    return rows
+
+
+def _read_final(run: RunDir) -> dict | None:
+    if not run.final.is_file():
+        return None
+    try:
+        final = json.loads(run.final.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise DsrnetError(f"{run.final} is not valid JSON ({err}); fix: repair it, or delete it (the summary then "
+                          f"reports the last logged epoch)") from None  # fmt: skip
+    if not isinstance(final, dict):
+        raise DsrnetError(f"{run.final} is not a JSON object; fix: repair it, or delete it")
+    return final
+
+
+def _read_confusion(path: Path) -> tuple[list[str], list[list[int]]] | None:
+    """``eval/confusion.csv`` (header: a corner cell, then the classes; one row per true class). A file that is not
+    such a matrix is skipped with a warning: the confusion figure is an extra, not a reason to fail."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            table = list(csv.reader(fh))
+        classes = table[0][1:]
+        counts = [[int(v) for v in row[1:]] for row in table[1:]]
+        if not classes or len(counts) != len(classes) or any(len(r) != len(classes) for r in counts):
+            raise ValueError(f"{len(counts)} rows for {len(classes)} classes")
+    except (OSError, ValueError, IndexError) as err:
+        logger.warning(f"{path}: not a confusion matrix ({err}); its figure is left out")
+        return None
+    return classes, counts
+
+
+def load_run(path: str | os.PathLike, label: str) -> Run:
+    """Read and check one run folder (see the module docstring); a :class:`DsrnetError` names what is wrong."""
+    run = RunDir(path)
+    if not run.path.exists():
+        raise DsrnetError(f"run folder {run.path} does not exist; {_FIX_RUN}")
+    if not run.path.is_dir():
+        raise DsrnetError(f"{run.path} is not a folder; {_FIX_RUN}")
+    if not run.metrics.is_file():
+        raise DsrnetError(f"{run.path} has no {run.metrics.name}, so it is not a run folder (or no epoch has "
+                          f"finished yet); {_FIX_RUN}")  # fmt: skip
+    rows = read_metrics(run.metrics)
+    final = _read_final(run)
+    if final is not None and final.get("epochs_done", rows[-1]["epoch"]) != rows[-1]["epoch"]:
+        final = None  # left by a stopped-early run that is being resumed: the logged epochs went on past it
+    if final is not None:
+        status = STOPPED_EARLY if final.get("stopped_early") else FINISHED
+    else:
+        status = RUNNING if run.in_use else INTERRUPTED
+    confusion_csv = run.eval / "confusion.csv"
+    confusion = _read_confusion(confusion_csv) if confusion_csv.is_file() else None
+    return Run(label, run.path, rows, run.saved_config(), final, status, confusion)
+
+
+def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The run folders' names; names that clash get their parent folders prepended (``a/dsrnet50``,
+    ``b/dsrnet50``) until they differ, and the same folder given twice gets ``-2``, ``-3``, ..."""
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    distinct = list(dict.fromkeys(absolute))
+    parts = [p.parts[1:] or (str(p),) for p in distinct]  # without the root: "/a" is "a", not "//a"
+    depth = [1] * len(parts)
+
+    def label(i: int) -> str:
+        return "/".join(parts[i][-depth[i]:])
+
+    while True:
+        labels = [label(i) for i in range(len(parts))]
+        clashing = [i for i, lab in enumerate(labels) if labels.count(lab) > 1 and depth[i] < len(parts[i])]
+        if not clashing:
+            break
+        for i in clashing:
+            depth[i] += 1
+    return _numbered([labels[distinct.index(p)] for p in absolute])
+
+
+def _numbered(names: Sequence[str]) -> list[str]:
+    """``names`` with the second, third, ... copy of a name suffixed ``-2``, ``-3``, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return out
+
+
+def _check_labels(labels: Sequence[str], n_runs: int) -> list[str]:
+    labels = [str(lab) for lab in labels]
+    if len(labels) != n_runs:
+        raise DsrnetError(f"--labels gives {len(labels)} label(s) for {n_runs} run(s); fix: give one label per run, "
+                          f"in the order of the runs")  # fmt: skip
+    for lab in labels:
+        if not lab.strip():
+            raise DsrnetError("--labels has an empty label; fix: give every run a non-empty label")
+        if labels.count(lab) > 1:
+            raise DsrnetError(f"--labels gives {lab!r} to {labels.count(lab)} runs; fix: give each run its own label")
+    return labels
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    for p in (out_dir, *out_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise DsrnetError(f"output folder {out_dir}: {p} is a file; fix: pass another --out-dir")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise DsrnetError(f"output folder {out_dir}: {p} is not writable; fix: pass another --out-dir")
+            return
+
+
+def summary_row(run: Run) -> dict[str, Any]:
+    """One run as a row of ``summary.csv``: final-epoch errors from ``final.json``; for a run without one, the last
+    logged epoch's (``errors_from`` says which)."""
+    final, cfg, last = run.final or {}, run.config, run.last
+    if run.final is not None:
+        top1, top3 = final.get("top1_error"), final.get("top3_error")
+        train_time, s_per_epoch = final.get("train_time_s"), final.get("s_per_epoch")
+        errors_from = "final.json"
+    else:
+        top1, top3 = last.get("test_top1_error"), last.get("test_top3_error")
+        times = [r["epoch_time_s"] for r in run.rows if isinstance(r.get("epoch_time_s"), (int, float))]
+        train_time = float(sum(times)) if len(times) == len(run.rows) else None
+        s_per_epoch = train_time / len(times) if train_time is not None else None
+        errors_from = f"last logged epoch ({run.status}, not a final result)"
+    return {
+        "label": run.label,
+        "model": final.get("model", cfg.get("model")),
+        "model_kwargs": final.get("model_kwargs", cfg.get("model_kwargs")) or None,
+        "dataset": final.get("dataset", cfg.get("dataset")),
+        "recipe": final.get("recipe", cfg.get("recipe")),
+        "epochs_done": final.get("epochs_done", last["epoch"]),
+        "epochs": final.get("epochs", cfg.get("epochs")),
+        "status": run.status,
+        "top1_error": top1,
+        "top3_error": top3,
+        "errors_from": errors_from,
+        "train_time_s": train_time,
+        "s_per_epoch": s_per_epoch,
+        "params": final.get("params"),
+        "device": final.get("device", cfg.get("device")),
+        "path": str(run.path),
+    }
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """``summary.md``: the rows of :func:`summary_row` as a table, with what the numbers are."""
+    marked = "†"
+    table = []
+    for r in rows:
+        mark = "" if r["errors_from"] == "final.json" else marked
+        params = fmt(r["params"] / 1e6, 2) if isinstance(r["params"], (int, float)) else fmt(None)
+        table.append([
+            r["label"], r["model"] or fmt(None), r["dataset"] or fmt(None),
+            f"{r['epochs_done']}/{fmt(r['epochs'])}", r["status"],
+            fmt(r["top1_error"]) + mark, fmt(r["top3_error"]) + mark,
+            fmt(r["train_time_s"], 0), fmt(r["s_per_epoch"], 1), params, r["device"] or fmt(None),
+        ])  # fmt: skip
+    headers = ["Run", "Model", "Dataset", "Epochs", "Status", "Top-1 err. (%)", "Top-3 err. (%)", "Train time (s)",
+               "s/epoch", "Params (M)", "Device"]  # fmt: skip
+    notes = [
+        "Errors are the FINAL epoch's test errors (`final.json`), never the best epoch's.",
+        "Train time: the sum of the epochs' training times (evaluation not included).",
+    ]
+    if any(r["errors_from"] != "final.json" for r in rows):
+        notes.append(f"{marked} the run has not ended (status running / interrupted): its last logged epoch, not a "
+                     f"final result.")  # fmt: skip
+    if any(r["status"] == STOPPED_EARLY for r in rows):
+        notes.append("stopped early: a deadline cut the learning-rate schedule short, so the run is not a "
+                     "full-schedule result (`dsrnet train --resume` without a deadline completes it).")  # fmt: skip
+    runs = "\n".join(f"- {r['label']}: `{r['path']}`" for r in rows)
+    return (
+        f"# {title}\n\n{markdown_table(headers, table, align='lllrlrrrrrl')}\n"
+        + "".join(f"{n}\n\n" for n in notes)
+        + f"Run folders:\n\n{runs}\n"
+    )
+
+
+def _file_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "run"
+
+
+def plot_runs(
+    runs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """Figures and a summary of the run folders ``runs`` in ``out_dir``; returns the files written:
+
+    - ``curves.png``: test top-1 error and train loss per epoch of every run;
+    - ``lr.png``: the learning rate per epoch (when the runs logged it);
+    - ``confusion_<label>.png``: for each run with an ``eval/confusion.csv`` (``dsrnet eval``);
+    - ``summary.md`` / ``summary.csv``: one row per run (:func:`summary_row`).
+
+    ``labels`` default to the folder names (:func:`default_labels`). Every run is read and checked before anything
+    is written."""
+    from dsrnet.report.plots import plot_confusion, plot_curves, plot_lr
+
+    if not runs:
+        raise DsrnetError("no run folders given; fix: pass one or more folders written by `dsrnet train`")
+    labels = _check_labels(labels, len(runs)) if labels is not None else default_labels(runs)
+    out = Path(out_dir).expanduser()
+    _check_out_dir(out)
+    loaded = [load_run(path, label) for path, label in zip(runs, labels, strict=True)]
+
+    curves = {r.label: r.rows for r in loaded}
+    written = [plot_curves(curves, out / "curves.png", title=title or "Training curves", pretty_names=False)]
+    if any(row.get("lr") is not None for r in loaded for row in r.rows):
+        lr_title = f"{title}: learning rate per epoch" if title else "Learning rate per epoch"
+        written.append(plot_lr(curves, out / "lr.png", title=lr_title))
+    names = _numbered([_file_name(r.label) for r in loaded])  # distinct even if two labels map to one name
+    for r, name in zip(loaded, names, strict=True):
+        if r.confusion is not None:
+            import numpy as np
+
+            classes, counts = r.confusion
+            written.append(plot_confusion(np.array(counts), classes, out / f"confusion_{name}.png",
+                                          f"{r.label}: confusion matrix (dsrnet eval)"))  # fmt: skip
+    rows = [summary_row(r) for r in loaded]
+    written.append(atomic_write_text(out / "summary.md", summary_markdown(rows, title or "Training runs")))
+    written.append(write_csv(out / "summary.csv", rows, SUMMARY_FIELDS))
+    return written

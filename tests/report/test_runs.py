@@ -1,0 +1,158 @@
+"""``plot_runs``: figures and summary of run folders written by hand (no training): the summary reports the FINAL
+epoch, unfinished runs are marked, labels are unique, and bad input fails before anything is written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import pytest
+from PIL import Image
+
+from dsrnet.errors import DsrnetError
+from dsrnet.report.runs import default_labels, plot_runs
+from dsrnet.run.rundir import RunDir
+
+
+def make_run(path, errors, *, planned=None, final=True, stopped_early=False, model="dsrnet50_cifar"):
+    """A run folder like ``dsrnet train`` leaves: one metrics row per entry of ``errors`` (test top-1 error)."""
+    planned = planned or len(errors)
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(f"model: {model}\ndataset: cifar10\nepochs: {planned}\ndevice: cpu\n")
+    rows = [
+        {"epoch": i + 1, "lr": 0.1 * (1 - i / planned), "train_loss": 2.0 - 0.1 * i, "test_top1_error": e,
+         "test_top3_error": e / 3, "epoch_time_s": 10.0}
+        for i, e in enumerate(errors)
+    ]  # fmt: skip
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if final:
+        last = rows[-1]
+        (path / "final.json").write_text(json.dumps({
+            "model": model, "dataset": "cifar10", "epochs": planned, "epochs_done": len(rows),
+            "stopped_early": stopped_early, "params": 1_234_567, "top1_error": last["test_top1_error"],
+            "top3_error": last["test_top3_error"], "train_time_s": 10.0 * len(rows), "s_per_epoch": 10.0,
+            "device": "cuda:0 (NVIDIA H200)",
+        }))  # fmt: skip
+    return path
+
+
+def read_summary(out):
+    with open(out / "summary.csv", newline="") as fh:
+        return {row["label"]: row for row in csv.DictReader(fh)}
+
+
+def test_writes_figures_and_summary(tmp_path):
+    a = make_run(tmp_path / "a", [60.0, 40.0, 30.0])
+    b = make_run(tmp_path / "b", [70.0, 50.0], planned=4, final=False)
+    out = tmp_path / "report"
+    written = plot_runs([a, b], out, title="My runs")
+    assert [p.name for p in written] == ["curves.png", "lr.png", "summary.md", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temp files
+    for png in ("curves.png", "lr.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+    rows = read_summary(out)
+    assert rows["a"]["status"] == "finished" and rows["a"]["epochs_done"] == "3" and rows["a"]["epochs"] == "3"
+    assert float(rows["a"]["params"]) == 1_234_567 and rows["a"]["device"] == "cuda:0 (NVIDIA H200)"
+    assert rows["b"]["epochs_done"] == "2" and rows["b"]["epochs"] == "4" and rows["b"]["device"] == "cpu"
+    # b has no final.json: time from its epoch rows
+    assert float(rows["b"]["train_time_s"]) == 20.0 and float(rows["b"]["s_per_epoch"]) == 10.0
+    md = (out / "summary.md").read_text()
+    assert md.startswith("# My runs\n") and "| a | dsrnet50_cifar | cifar10 | 3/3 | finished | 30.00 |" in md
+
+
+def test_summary_is_the_final_epoch_not_the_best(tmp_path):
+    run = make_run(tmp_path / "run", [50.0, 20.0, 35.0])  # best epoch 2 (20 %), final epoch 3 (35 %)
+    plot_runs([run], tmp_path / "out")
+    row = read_summary(tmp_path / "out")["run"]
+    assert float(row["top1_error"]) == 35.0 and row["errors_from"] == "final.json"
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "35.00" in md and "20.00" not in md
+
+
+def test_unfinished_runs_are_marked(tmp_path):
+    interrupted = make_run(tmp_path / "interrupted", [50.0, 20.0, 35.0], planned=10, final=False)
+    running = make_run(tmp_path / "running", [60.0, 45.0], planned=10, final=False)
+    stopped = make_run(tmp_path / "stopped", [60.0, 40.0], planned=10, stopped_early=True)
+    with RunDir(running).lock():  # a trainer holds the lock while it runs
+        plot_runs([interrupted, running, stopped], tmp_path / "out")
+    rows = read_summary(tmp_path / "out")
+    assert rows["interrupted"]["status"] == "interrupted" and rows["running"]["status"] == "running"
+    assert rows["stopped"]["status"] == "stopped early" and rows["stopped"]["errors_from"] == "final.json"
+    # without final.json: the LAST logged epoch (35), not the best (20), and said so
+    assert float(rows["interrupted"]["top1_error"]) == 35.0 and float(rows["running"]["top1_error"]) == 45.0
+    assert "last logged epoch" in rows["interrupted"]["errors_from"]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| 35.00† |" in md and "| 45.00† |" in md and "| 40.00 |" in md
+    assert "not a final result" in md and "stopped early: a deadline" in md
+
+
+def test_stale_final_json_of_a_resumed_run_is_ignored(tmp_path):
+    run = make_run(tmp_path / "run", [60.0, 40.0], planned=4, stopped_early=True)
+    with open(run / "metrics.jsonl", "a") as fh:  # resumed without a deadline: epoch 3 logged since
+        fh.write(json.dumps({"epoch": 3, "test_top1_error": 25.0, "test_top3_error": 8.0, "train_loss": 1.0}) + "\n")
+    plot_runs([run], tmp_path / "out")
+    row = read_summary(tmp_path / "out")["run"]
+    assert row["status"] == "interrupted" and float(row["top1_error"]) == 25.0 and row["epochs_done"] == "3"
+
+
+def test_labels(tmp_path):
+    assert default_labels(["x/a/dsrnet50", "x/b/dsrnet50", "x/c/resnet50"]) == ["a/dsrnet50", "b/dsrnet50", "resnet50"]
+    assert default_labels(["runs/a", "runs/a/"]) == ["a", "a-2"]  # the same folder twice
+    a = make_run(tmp_path / "one" / "run", [50.0])
+    b = make_run(tmp_path / "two" / "run", [40.0])
+    plot_runs([a, b], tmp_path / "out")
+    assert set(read_summary(tmp_path / "out")) == {"one/run", "two/run"}
+    plot_runs([a, b], tmp_path / "out2", labels=["baseline", "ours"])
+    assert set(read_summary(tmp_path / "out2")) == {"baseline", "ours"}
+
+
+def test_confusion_figure_from_eval_folder(tmp_path, caplog):
+    run = make_run(tmp_path / "run", [50.0])
+    (run / "eval").mkdir()
+    (run / "eval" / "confusion.csv").write_text("true\\predicted,cat,dog\ncat,5,1\ndog,2,7\n")
+    broken = make_run(tmp_path / "broken", [50.0])
+    (broken / "eval").mkdir()
+    (broken / "eval" / "confusion.csv").write_text("true\\predicted,cat,dog\ncat,5\n")
+    with caplog.at_level(logging.WARNING, logger="dsrnet"):
+        written = plot_runs([run, broken], tmp_path / "out", labels=["my run", "broken"])
+    assert "confusion_my_run.png" in [p.name for p in written]
+    assert not (tmp_path / "out" / "confusion_broken.png").exists() and "not a confusion matrix" in caplog.text
+    with Image.open(tmp_path / "out" / "confusion_my_run.png") as im:
+        assert im.format == "PNG"
+
+
+def _bad_metrics(tmp_path, text):
+    run = make_run(tmp_path / "run", [50.0])
+    (run / "metrics.jsonl").write_text(text)
+    return [run]
+
+
+@pytest.mark.parametrize(
+    ("setup", "kwargs", "message"),
+    [
+        (lambda t: [t / "missing"], {}, "does not exist"),
+        (lambda t: [t / "FILE"], {}, "is not a folder"),
+        (lambda t: [(t / "empty").mkdir() or t / "empty"], {}, "has no metrics.jsonl, so it is not a run folder"),
+        (lambda t: _bad_metrics(t, ""), {}, "metrics.jsonl is empty"),
+        (lambda t: _bad_metrics(t, '{"epoch": 1}\n{"epoch": 2,\n'), {}, "metrics.jsonl line 2 is not valid JSON"),
+        (lambda t: _bad_metrics(t, '{"epoch": 1}\n[1, 2]\n'), {}, "metrics.jsonl line 2 is not an epoch row"),
+        (lambda t: [make_run(t / "run", [50.0])], {"labels": ["a", "b"]}, "--labels gives 2 label(s) for 1 run(s)"),
+        (lambda t: [make_run(t / "r1", [5.0]), make_run(t / "r2", [5.0])], {"labels": ["a", "a"]}, "gives 'a' to 2"),
+        (lambda t: [make_run(t / "run", [50.0])], {"out": "FILE"}, "FILE is a file; fix: pass another --out-dir"),
+        (lambda t: [make_run(t / "run", [50.0])], {"out": "FILE/sub"}, "FILE is a file"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, kwargs, message):
+    (tmp_path / "FILE").write_text("a file")
+    good = make_run(tmp_path / "good", [50.0])
+    runs = [good, *setup(tmp_path)]  # a good run first: the bad one must still stop everything
+    labels = kwargs.get("labels")
+    out = tmp_path / kwargs.get("out", "out")
+    with pytest.raises(DsrnetError) as err:
+        plot_runs(runs[1:] if labels else runs, out, labels=labels)
+    assert message in str(err.value) and "fix:" in str(err.value) and "\n" not in str(err.value)
+    if "out" not in kwargs:
+        assert not out.exists()
+    assert (tmp_path / "FILE").read_text() == "a file"
