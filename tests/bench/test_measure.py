@@ -167,3 +167,25 @@ def test_cpu_backend_rows(tmp_path):
     assert "DSRNet [onnxruntime]" in result["markdown"]
     with pytest.raises(DsrnetError, match="times CPU inference"):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", backend="onnxruntime")
+
+
+def test_compile_mode_reaches_torch_compile_and_the_table(tmp_path, capsys, monkeypatch):
+    seen = []
+
+    def fake_compile(model, **kwargs):  # compiling for real takes minutes on a CPU; the plumbing is what's tested
+        seen.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    argv = ["bench", "--models", "dsrnet50", "--sizes", "32", "--batch-size", "2", "--warmup", "0", "--repeats", "1",
+            "--device", "cpu", "--model-kwargs", json.dumps(TINY), "--out-dir", str(tmp_path)]  # fmt: skip
+    assert main([*argv, "--compile-mode", "reduce-overhead"]) == 0
+    assert seen == [{"mode": "reduce-overhead"}]
+    out = capsys.readouterr().out
+    assert "| NCHW | reduce-overhead |" in out
+    row = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"][0]
+    assert row["compile"] is True and row["compile_mode"] == "reduce-overhead"
+    assert main([*argv, "--compile"]) == 0 and seen[-1] == {"mode": "default"}
+    assert "| NCHW | yes |" in capsys.readouterr().out
+    with pytest.raises(DsrnetError, match="compile mode 'fast' is not valid"):
+        bench.benchmark_model("dsrnet50", device="cpu", compile=True, compile_mode="fast", model_kwargs=TINY)

@@ -49,6 +49,8 @@ from dsrnet.run.rundir import RunDir
 logger = logging.getLogger(__name__)
 
 MODES = ("inference", "train")
+#: ``torch.compile`` modes ``dsrnet bench --compile-mode`` passes on.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Warm-up and repeat counts when the user gives none. A CPU batch of 128 through ResNeXt101 takes seconds, so the
 #: CPU defaults are small enough for the default bench to finish in a few minutes on 2 cores; the CUDA defaults
 #: match the reference H100 timings (median of 30 after warm-up).
@@ -273,16 +275,21 @@ def benchmark_model(
     seed: int = 0,
     fused: bool = False,
     backend: str = "torch",
+    compile_mode: str = "default",
 ) -> dict[str, Any]:
     """Measure one configuration (see the module docstring for the method). Returns one result row.
 
     ``warmup``/``repeats`` of ``None`` take :data:`DEFAULT_WARMUP`/:data:`DEFAULT_REPEATS` for the device type.
+    ``compile_mode``: ``torch.compile``'s ``mode`` when ``compile`` (``reduce-overhead`` replays CUDA graphs, which
+    matters at small batches where kernel launches dominate; ``max-autotune`` also times Triton templates).
     """
     dev = resolve_device(device)
     if mode not in MODES:
         raise DsrnetError(f"mode {mode!r} is not valid: choose one of {', '.join(MODES)}")
     if precision not in PRECISIONS:
         raise DsrnetError(f"precision {precision!r} is not valid: choose one of {', '.join(PRECISIONS)}")
+    if compile_mode not in COMPILE_MODES:
+        raise DsrnetError(f"compile mode {compile_mode!r} is not valid: choose one of {', '.join(COMPILE_MODES)}")
     check_int("image size", image_size, 8)
     check_int("batch size", batch_size)
     check_int("num classes", num_classes)
@@ -310,7 +317,7 @@ def benchmark_model(
     model = model.to(dev, memory_format=memory_format)
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
     y = torch.randint(0, max(num_classes, 1), (batch_size,), device=dev)
-    runner = torch.compile(model) if compile else model
+    runner = torch.compile(model, mode=compile_mode) if compile else model
     if backend != "torch":  # an inference engine of dsrnet.export (BatchNorm folded, ONNX for onnxruntime/openvino)
         from dsrnet.export.backends import load_runner
 
@@ -349,6 +356,7 @@ def benchmark_model(
         "precision": precision,
         "channels_last": bool(channels_last),
         "compile": bool(compile),
+        "compile_mode": compile_mode if compile else None,
         "fused": bool(fused and arch.startswith("dsrnet")),
         "backend": backend,
         "num_classes": num_classes,
@@ -378,7 +386,7 @@ CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
     "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
-    "backend",
+    "backend", "compile_mode",
 )  # fmt: skip
 
 
@@ -391,6 +399,7 @@ def _config_key(row: dict) -> tuple:
         row["precision"],
         row["channels_last"],
         row["compile"],
+        row.get("compile_mode"),
     )
 
 
@@ -402,6 +411,13 @@ def add_relative_latency(rows: list[dict]) -> None:
         r["rel_to_dsrnet"] = r["latency_ms"] / base if base else None
 
 
+def _compiled(row: dict) -> str:
+    if not row["compile"]:
+        return "no"
+    mode = row.get("compile_mode") or "default"
+    return "yes" if mode == "default" else mode
+
+
 def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | None = None) -> str:
     headers = ["model", "stem", "px", "batch", "mode", "prec", "layout", "compiled", "params (M)", "GMACs/img",
                "ms/batch (median)", "IQR ms", "images/s", "peak MB", "× DSRNet time"]  # fmt: skip
@@ -411,7 +427,7 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
         body.append([
             display_name(r["model"].removesuffix("_cifar")) + (" (fused)" if r.get("fused") else "")
             + (f" [{r['backend']}]" if r.get("backend", "torch") != "torch" else ""), r["stem"], r["image_size"], r["batch_size"],
-            r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", "yes" if r["compile"] else "no",
+            r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", _compiled(r),
             f"{r['params'] / 1e6:.2f}", f"{r['gmacs_per_image']:.3f}", f"{r['latency_ms']:.1f}",
             f"{r['latency_p25_ms']:.1f}–{r['latency_p75_ms']:.1f}", f"{r['images_per_s']:.0f}",
             "n/a" if peak is None else f"{peak:.0f}", fmt(r.get("rel_to_dsrnet"), 2, "x"),
@@ -478,6 +494,7 @@ def run_bench(
     model_kwargs: dict | None = None,
     fused: bool = False,
     backend: str = "torch",
+    compile_mode: str = "default",
     out_dir: str | os.PathLike | None = None,
     command: str | None = None,
     log=None,
@@ -524,7 +541,7 @@ def run_bench(
                         name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
                         channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
                         num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs, fused=fused,
-                        backend=backend,
+                        backend=backend, compile_mode=compile_mode,
                     )  # fmt: skip
                     row["cpu_defaults"] = cpu_defaults
                     rows.append(row)

@@ -15,7 +15,7 @@ def _per_device(defaults: dict[str, int]) -> str:
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     # Only `dsrnet bench ...` runs this (not `dsrnet --help`), and the model registry imports torch anyway.
-    from dsrnet.bench.measure import DEFAULT_REPEATS, DEFAULT_SIZES, DEFAULT_WARMUP, MODES
+    from dsrnet.bench.measure import COMPILE_MODES, DEFAULT_REPEATS, DEFAULT_SIZES, DEFAULT_WARMUP, MODES
     from dsrnet.models import PAPER_COMPARISON
 
     p.description = (
@@ -42,6 +42,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                    "int8 timings: benchmarks/cpu_backends.py)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (compilation is in the warm-up)")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode (implies --compile): reduce-overhead replays CUDA graphs (small batches), "
+                   "max-autotune also times Triton kernel templates (long warm-up) (default: default)")
     p.add_argument("--stem", choices=("paper", "cifar"), default=None,
                    help="paper = 7x7/2 conv + max-pool (Table 1); cifar = 3x3/1 conv, no max-pool (default: as the "
                    "model is named, i.e. paper for plain names, cifar for *_cifar)")
@@ -61,7 +64,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     result = run_bench(
         args.models, sizes=args.sizes, batch_size=args.batch_size, device=args.device, precisions=args.precision,
-        channels_last=args.channels_last, compile=args.compile, modes=args.mode, warmup=args.warmup,
+        channels_last=args.channels_last, compile=args.compile or args.compile_mode is not None,
+        compile_mode=args.compile_mode or "default", modes=args.mode, warmup=args.warmup,
         repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
         model_kwargs=parse_model_kwargs(args.model_kwargs), fused=args.fused,
         backend=args.backend, out_dir=args.out_dir, command=command_line(args),
