@@ -101,6 +101,26 @@ def test_rerun_with_fewer_models_keeps_the_finished_columns(quick_run, cifar10_d
         assert [r["model"] for r in csv.DictReader(fh)] == ["dsrnet50", "resnet50"]
 
 
+def test_report_only_rewrites_the_tables_and_trains_nothing(quick_run, cifar10_dir, tmp_path, capsys):
+    out = quick_run
+    table = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    runs = [out / "runs" / m for m in ("dsrnet50", "resnet50")]
+    before = {p: p.stat().st_mtime_ns for run in runs for p in run.iterdir() if p.is_file()}
+    rc = main(["reproduce", "--dataset", "cifar10", "--report-only", *_quick(cifar10_dir, out)])
+    captured = capsys.readouterr()
+    assert rc == 0 and "training " not in captured.err
+    rewritten = (out / "table.md").read_text()
+    assert captured.out.strip() and captured.out.strip() in rewritten
+    rows = [line for line in rewritten.splitlines() if line.startswith("|")]
+    assert rows and rows == [line for line in table.splitlines() if line.startswith("|")]  # the same numbers
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    # A folder with no finished run of these settings: one line, nothing written.
+    rc = main(["reproduce", "--dataset", "cifar10", "--report-only", *_quick(cifar10_dir, tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds no finished, benchmarked run" in err and len(err.strip().splitlines()) == 1
+
+
 def test_rerun_with_other_settings_is_refused(quick_run, cifar10_dir, capsys):
     argv = [
         "reproduce",

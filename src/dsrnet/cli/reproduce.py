@@ -84,6 +84,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         )
         p.add_argument("--models", nargs="+", default=list(PAPER_COMPARISON), metavar="NAME",
                        help="subset of the comparison (or any registered model)")  # fmt: skip
+        p.add_argument("--report-only", action="store_true",
+                       help="train and time nothing: rewrite the tables and figures from the finished, timed runs "
+                       "already in --out-dir with these settings (e.g. runs assembled from GPU calls)")  # fmt: skip
         p.set_defaults(func=_cmd_reproduce)
     else:
         variants = ablation_variants("paper")
@@ -133,9 +136,12 @@ def _log_files(result: dict) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from dsrnet.paper.runner import reproduce
+    from dsrnet.paper.runner import report_finished, reproduce
 
-    result = reproduce(args.dataset, models=args.models, **_prepare(args))
+    if args.report_only:  # every finished run of the comparison in --out-dir, whatever --models says
+        result = report_finished(args.dataset, **_prepare(args))
+    else:
+        result = reproduce(args.dataset, models=args.models, **_prepare(args))
     print(result["table"], end="")
     return _log_files(result)
 
