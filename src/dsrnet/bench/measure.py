@@ -109,6 +109,10 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
         env["gpu_count"] = torch.cuda.device_count()
+        # "fp32" convolutions/matmuls may run in TF32 on Ampere and later: PyTorch's defaults allow it for cuDNN
+        # convolutions, not for matmuls. Recorded because it changes fp32 timings a lot.
+        env["tf32_conv"] = bool(torch.backends.cudnn.allow_tf32)
+        env["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
     return env
 
 
@@ -122,6 +126,9 @@ def environment_line(env: dict[str, Any]) -> str:
         parts.append(f"load average {env['load_avg_1min']:.2f} at start")
     if "cuda" in env:
         parts.append(f"CUDA {env['cuda']}, cuDNN {env['cudnn']}")
+        if "tf32_conv" in env:
+            parts.append(f"TF32 convs {'on' if env['tf32_conv'] else 'off'}, matmuls "
+                         f"{'on' if env['tf32_matmul'] else 'off'}")  # fmt: skip
     parts.append(env["date"])
     return ", ".join(parts)
 
