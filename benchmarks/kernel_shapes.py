@@ -1,43 +1,50 @@
 #!/usr/bin/env python3
-"""Per-kernel GPU timings of the fused DSRNet, one block shape at a time (issue 10): which shape and which kernel is
-far from its floor.
+"""Per-kernel GPU timings of the fused DSRNet, one block shape at a time (issue 10): which shape and which
+kernel is far from its floor.
 
-    PYTHONPATH=src python3 benchmarks/kernel_shapes.py --out OUT --budget-s 240        # one H100/H200 call, ~4 min
-    PYTHONPATH=src python3 benchmarks/kernel_shapes.py --out /tmp/ks --dry-run         # CPU, Triton interpreter
+    PYTHONPATH=src python3 benchmarks/kernel_shapes.py --out OUT --budget-s 240  # one H100/H200 call, ~4 min
+    PYTHONPATH=src python3 benchmarks/kernel_shapes.py --out /tmp/ks --dry-run   # CPU, Triton interpreter
 
-``benchmarks/fused_gpu.py`` times the whole model; when that misses the target, this script says where the time goes.
-The block shapes are derived from the real network, not written down: ``dsrnet.fuse(create_model(...))`` is run once
-on the CPU (batch 1, PyTorch fallback of the kernels) with a hook on every :class:`FusedDSRBlock` that records its
-input size and kernel arguments (input C/H/W, width, output channels, strides, dilation, shortcut kind); blocks with
-the same arguments are one shape, counted. ``dsrnet50_cifar`` at 32 px first, then, budget permitting, ``dsrnet50``
-at 96 px (paper stem). For each distinct shape, in ``--dtype`` (bf16) channels-last at ``--batch`` (1024), with the
-folded weights of the network's first block of that shape:
+``benchmarks/fused_gpu.py`` times the whole model; when that misses the target, this script says where the
+time goes. The block shapes are derived from the real network, not written down:
+``dsrnet.fuse(create_model(...))`` is run once on the CPU (batch 1, PyTorch fallback of the kernels) with a
+hook on every :class:`FusedDSRBlock` that records its input size and kernel arguments (input C/H/W, width,
+output channels, strides, dilation, shortcut kind); blocks with the same arguments are one shape, counted.
+``dsrnet50_cifar`` at 32 px first, then, budget permitting, ``dsrnet50`` at 96 px (paper stem). For each
+distinct shape, in ``--dtype`` (bf16) channels-last at ``--batch`` (1024), with the folded weights of the
+network's first block of that shape:
 
- 1. ``fused``: the ``dsrnet::dw_pw_block`` kernel (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU),
-    autotuned; the config the autotuner picked (``best_config``) and, where it tuned, every config's time;
- 2. ``split``: Triton ``dwconv2d``, then Triton ``pointwise_conv`` (the downsample 1x1 too, where the block has one),
-    as a whole and each kernel alone (``split dw``, ``split pw``, ``split ds``);
+ 1. ``fused``: the ``dsrnet::dw_pw_block`` kernel (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut +
+    ReLU), autotuned; the config the autotuner picked (``best_config``) and, where it tuned, every config's
+    time;
+ 2. ``split``: Triton ``dwconv2d``, then Triton ``pointwise_conv`` (the downsample 1x1 too, where the block
+    has one), as a whole and each kernel alone (``split dw``, ``split pw``, ``split ds``);
  3. ``torch``: the same math in PyTorch eager (cuDNN depthwise conv2d, groups = C, + ReLU; 1x1 conv2d + bias +
-    shortcut + ReLU), as a whole and each conv alone; ``torch compiled``: ``torch.compile`` of it, last (compiles);
- 4. ``pw1``: the block's first 1x1 (Cin -> width, + bias + ReLU): Triton ``pointwise_conv`` vs cuDNN ``conv2d``
-    (timed once per distinct 1x1 shape, counted over the blocks that have it).
+    shortcut + ReLU), as a whole and each conv alone; ``torch compiled``: ``torch.compile`` of it, last
+    (compiles);
+ 4. ``pw1``: the block's first 1x1 (Cin -> width, + bias + ReLU): Triton ``pointwise_conv`` vs cuDNN
+    ``conv2d`` (timed once per distinct 1x1 shape, counted over the blocks that have it).
 
-Each row: median ms (CUDA events, after warm-up: ``fused_gpu.time_ms``), the bytes an ideal kernel moves (inputs read
-once, output written once, weights once), FLOPs (2 per multiply-add), achieved GB/s and TFLOP/s, the fractions of the
-card's copy bandwidth and bf16 matmul rate (both measured first, by ``fused_gpu.step_ceilings``), the floor
-(max(bytes / bandwidth, FLOPs / matmul rate)) and how many times the floor the kernel takes; and the block count, so
-that ms x count ranks the shapes by their share of the network's time. The Triton rows also carry the largest
-relative difference to the PyTorch output (a check that the rows time the same math).
+Each row: median ms (CUDA events, after warm-up: ``fused_gpu.time_ms``), the bytes an ideal kernel moves
+(inputs read once, output written once, weights once), FLOPs (2 per multiply-add), achieved GB/s and TFLOP/s,
+the fractions of the card's copy bandwidth and bf16 matmul rate (both measured first, by
+``fused_gpu.step_ceilings``), the floor (max(bytes / bandwidth, FLOPs / matmul rate)) and how many times the
+floor the kernel takes; and the block count, so that ms x count ranks the shapes by their share of the
+network's time. The Triton rows also carry the largest relative difference to the PyTorch output (a check that
+the rows time the same math).
 
-Steps run most valuable first (fused, then pw1, torch, split for every 32-px shape; then 96 px; then compiled);
-a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100 guesses and
-follow the last measured step of the same kind), SIGALRM stops a step at the deadline, and the results are
-rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into ``--out``.
+Steps run most valuable first (fused, then pw1, torch, split for every 32-px shape; then 96 px; then
+compiled); a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100
+guesses and follow the last measured step of the same kind), SIGALRM stops a step at the deadline, and the
+results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
+``--out``. For a narrower follow-up call: ``--kinds fused,pw1`` (a subset of fused, pw1, torch, split,
+compiled), ``--max-shapes N``, ``--no-paper``; also ``--batch``, ``--dtype``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import signal
@@ -62,15 +69,16 @@ from dsrnet.models.fused import FusedDSRBlock  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NETWORKS = (("cifar", "dsrnet50_cifar", 32), ("paper", "dsrnet50", 96))
-#: First-shape estimates in seconds on an H100 (compiles and autotuning included); later shapes of the same kind are
-#: estimated from the last one measured.
+#: First-shape estimates in seconds on an H100 (compiles and autotuning included); later shapes of the same
+#: kind are estimated from the last one measured.
 FIRST_ESTIMATE_S = {"fused": 25.0, "pw1": 12.0, "torch": 3.0, "split": 25.0, "compiled": 30.0}
 WARMUP, REPEATS = 5, 20
 
 
 @dataclass(frozen=True)
 class BlockShape:
-    """A :class:`FusedDSRBlock`'s kernel arguments and input size: two blocks with equal ones run the same kernels."""
+    """A :class:`FusedDSRBlock`'s kernel arguments and input size: blocks with equal ones run the same
+    kernels."""
 
     cin: int
     h: int
@@ -102,8 +110,10 @@ class BlockShape:
     def label(self) -> str:
         stride = max(self.stride_1x1, self.stride_dw)
         sc = "id" if self.shortcut == "identity" else f"ds/{self.ds_stride}"
-        return (f"{self.cin}x{self.h}x{self.w} -> {self.width} -> {self.cout}x{self.ho}x{self.wo} "
-                f"s{stride} d{self.dilation} {sc}")  # fmt: skip
+        return (
+            f"{self.cin}x{self.h}x{self.w} -> {self.width} -> {self.cout}x{self.ho}x{self.wo} "
+            f"s{stride} d{self.dilation} {sc}"
+        )
 
     def pw1_key(self) -> tuple[int, int, int, int, int]:
         return (self.cin, self.h, self.w, self.width, self.stride_1x1)
@@ -114,20 +124,21 @@ def pw1_label(key: tuple[int, int, int, int, int]) -> str:
     return f"{cin}x{h}x{w} -> {width}" + (f" s{stride}" if stride > 1 else "")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # shapes from the real network
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def build_fused(model_name: str, model_kwargs: dict):
-    """``dsrnet.fuse`` of the network (random weights, BN statistics randomised so the folding is not trivial)."""
+    """``dsrnet.fuse`` of the network (random weights, BN statistics randomised: a non-trivial folding)."""
     torch.manual_seed(0)
     model = dsrnet.create_model(model_name, num_classes=10, **model_kwargs)
     return dsrnet.fuse(fused_gpu.randomise_bn(model).eval())
 
 
 def derive_shapes(fused: torch.nn.Module, image: int) -> list[dict]:
-    """Every distinct block shape of ``fused`` in network order: ``shape``, ``count``, ``blocks`` (module names).
+    """Each distinct block shape of ``fused`` in network order: ``shape``, ``count``, ``blocks`` (names).
 
-    One forward pass of one image on the CPU through the kernels' PyTorch fallback records each block's input size.
+    One forward pass of one image on the CPU through the kernels' PyTorch fallback records each block's
+    input size.
     """
     inputs: dict[str, tuple[int, ...]] = {}
     hooks = []
@@ -164,14 +175,14 @@ def derive_shapes(fused: torch.nn.Module, image: int) -> list[dict]:
     return [{"shape": s, "count": len(names), "blocks": names} for s, names in shapes.items()]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # ideal traffic and arithmetic of each kernel (elements; x element size later)
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def work(s: BlockShape, n: int, part: str) -> tuple[int, int]:
     """(elements moved by an ideal kernel, FLOPs) of ``part`` for batch ``n``.
 
-    ``block``: the whole dw -> pw + shortcut math (what ``dw_pw_block`` does: reads y1 and the shortcut input, writes
-    the output); ``dw`` / ``pw`` / ``ds``: one kernel of the split form; ``pw1``: the block's first 1x1.
+    ``block``: the whole dw -> pw + shortcut math (what ``dw_pw_block`` does: reads y1 and the shortcut input,
+    writes the output); ``dw`` / ``pw`` / ``ds``: one kernel of the split form; ``pw1``: the first 1x1.
     A strided 1x1 reads only the pixels it uses (NHWC: each is a contiguous run of channels).
     """
     y1 = n * s.width * s.h1 * s.w1
@@ -195,11 +206,11 @@ def work(s: BlockShape, n: int, part: str) -> tuple[int, int]:
     raise ValueError(part)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # the benchmark
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 class ShapeBench(fused_gpu.Bench):
-    """fused_gpu's budgeted runner (``step``: estimate, skip, record errors, save) with this script's results."""
+    """fused_gpu's budgeted runner (``step``: estimate, skip, record errors, save), this script's results."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -262,8 +273,6 @@ class ShapeBench(fused_gpu.Bench):
 
 
 def _json(obj) -> str:
-    import json
-
     return json.dumps(obj, indent=1, default=str)
 
 
@@ -273,16 +282,15 @@ def _rel_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 class ShapeTensors:
-    """Inputs and the folded weights of one block shape, on the device in the benchmark dtype, channels-last."""
+    """Inputs and folded weights of one block shape, on the device, in the benchmark dtype, channels-last."""
 
     def __init__(self, bench: ShapeBench, block: FusedDSRBlock, s: BlockShape) -> None:
         dev, dt, n = bench.device, bench.dtype, bench.args.batch_eff
-        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
 
-        def act(c, h, w, relu=False):
-            t = torch.randn(n, c, h, w, generator=g)
-            t = t.relu() if relu else t
-            return t.to(dev, dt).contiguous(memory_format=torch.channels_last)
+        def act(c, h, w, relu=False):  # drawn on the device: a batch-1024 input is a GB in fp32 on the host
+            t = torch.randn(n, h, w, c, device=dev, dtype=dt).permute(0, 3, 1, 2)  # NCHW view, NHWC memory
+            return t.relu_() if relu else t
 
         self.x = act(s.cin, s.h, s.w, relu=True)  # a block input is a ReLU output
         self.y1 = act(s.width, s.h1, s.w1, relu=True)  # so is the first 1x1's output
@@ -297,11 +305,21 @@ class ShapeTensors:
         self.w_ds4 = None if self.w_ds is None else self.w_ds.t()[:, :, None, None].contiguous()
         self.s = s
 
-    # -- Triton ------------------------------------------------------------------------------------------------
+    # -- Triton ----------------------------------------------------------------------------------------------
     def fused(self):
         s = self.s
-        return ops.dw_pw_block(self.y1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.x, self.w_ds,
-                               s.stride_dw, s.dilation, s.ds_stride)  # fmt: skip
+        return ops.dw_pw_block(
+            self.y1,
+            self.w_dw,
+            self.b_dw,
+            self.w_pw,
+            self.b_out,
+            self.x,
+            self.w_ds,
+            s.stride_dw,
+            s.dilation,
+            s.ds_stride,
+        )
 
     def split_dw(self):
         return ops.dwconv2d(self.y1, self.w_dw4, self.b_dw, self.s.stride_dw, self.s.dilation, True)
@@ -319,7 +337,7 @@ class ShapeTensors:
     def pw1(self):
         return ops.pointwise_conv(self.x, self.w1, self.b1, None, self.s.stride_1x1, True)
 
-    # -- PyTorch -----------------------------------------------------------------------------------------------
+    # -- PyTorch ---------------------------------------------------------------------------------------------
     def torch_dw(self):
         s = self.s
         return F.relu(F.conv2d(self.y1, self.w_dw4, self.b_dw, s.stride_dw, s.dilation, s.dilation, s.width))
@@ -339,7 +357,7 @@ class ShapeTensors:
 
 
 def _autotuner(name: str):
-    """The Triton autotuner behind ``dsrnet.kernels._triton.<name>`` in the current mode (None without Triton)."""
+    """The Triton autotuner behind ``dsrnet.kernels._triton.<name>`` in the current mode (None: no Triton)."""
     tk = getattr(ops, "_tk", None)
     return None if tk is None else getattr(tk, name).build()
 
@@ -381,24 +399,42 @@ def _backend(t: torch.Tensor) -> str:
     return "triton" if ops.triton_usable(t) else "pytorch fallback"
 
 
-# -- steps (one shape each) -------------------------------------------------------------------------------------
+# -- steps (one shape each) ----------------------------------------------------------------------------------
 def step_fused(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
     info = first_call(bench, tensors.fused, "dw_pw")
     with torch.inference_mode():
         ref = tensors.torch_block()
     diff = _rel_diff(info["output"], ref)
-    bench.add_row(net, entry, "fused dw_pw_block", "block", _time(bench, tensors.fused),
-                  config=info.get("config"), tuning_ms=info.get("tuning_ms"), first_call_s=info["first_call_s"],
-                  max_rel_diff=diff, backend=_backend(tensors.y1))  # fmt: skip
+    bench.add_row(
+        net,
+        entry,
+        "fused dw_pw_block",
+        "block",
+        _time(bench, tensors.fused),
+        config=info.get("config"),
+        tuning_ms=info.get("tuning_ms"),
+        first_call_s=info["first_call_s"],
+        max_rel_diff=diff,
+        backend=_backend(tensors.y1),
+    )
 
 
 def step_pw1(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
     info = first_call(bench, tensors.pw1, "pw_gemm")
     with torch.inference_mode():
         diff = _rel_diff(info["output"], tensors.torch_pw1())
-    bench.add_row(net, entry, "pw1 triton pointwise_conv", "pw1", _time(bench, tensors.pw1),
-                  config=info.get("config"), tuning_ms=info.get("tuning_ms"), first_call_s=info["first_call_s"],
-                  max_rel_diff=diff, backend=_backend(tensors.x))  # fmt: skip
+    bench.add_row(
+        net,
+        entry,
+        "pw1 triton pointwise_conv",
+        "pw1",
+        _time(bench, tensors.pw1),
+        config=info.get("config"),
+        tuning_ms=info.get("tuning_ms"),
+        first_call_s=info["first_call_s"],
+        max_rel_diff=diff,
+        backend=_backend(tensors.x),
+    )
     first_call(bench, tensors.torch_pw1)
     bench.add_row(net, entry, "pw1 torch conv2d", "pw1", _time(bench, tensors.torch_pw1))
 
@@ -410,8 +446,9 @@ def step_torch(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
         y2 = tensors.torch_dw()
         shortcut = tensors.x if tensors.w_ds is None else tensors.torch_ds()
     bench.add_row(net, entry, "torch dw conv2d + relu", "dw", _time(bench, tensors.torch_dw))
-    bench.add_row(net, entry, "torch 1x1 + shortcut + relu", "pw",
-                  _time(bench, lambda: tensors.torch_pw(y2, shortcut)))  # fmt: skip
+    bench.add_row(
+        net, entry, "torch 1x1 + shortcut + relu", "pw", _time(bench, lambda: tensors.torch_pw(y2, shortcut))
+    )
     if tensors.w_ds is not None:
         bench.add_row(net, entry, "torch 1x1 downsample", "ds", _time(bench, tensors.torch_ds))
 
@@ -424,16 +461,46 @@ def step_split(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
     with torch.inference_mode():
         diff = _rel_diff(tensors.split(), tensors.torch_block())
     backend = _backend(tensors.y1)
-    bench.add_row(net, entry, "split dwconv2d + pointwise_conv", "block", _time(bench, tensors.split),
-                  max_rel_diff=diff, backend=backend)  # fmt: skip
-    bench.add_row(net, entry, "split dwconv2d", "dw", _time(bench, tensors.split_dw), config=dw.get("config"),
-                  tuning_ms=dw.get("tuning_ms"), backend=backend)  # fmt: skip
-    bench.add_row(net, entry, "split pointwise_conv + shortcut", "pw",
-                  _time(bench, lambda: tensors.split_pw(dw["output"], shortcut)), config=pw.get("config"),
-                  tuning_ms=pw.get("tuning_ms"), backend=backend)  # fmt: skip
+    bench.add_row(
+        net,
+        entry,
+        "split dwconv2d + pointwise_conv",
+        "block",
+        _time(bench, tensors.split),
+        max_rel_diff=diff,
+        backend=backend,
+    )
+    bench.add_row(
+        net,
+        entry,
+        "split dwconv2d",
+        "dw",
+        _time(bench, tensors.split_dw),
+        config=dw.get("config"),
+        tuning_ms=dw.get("tuning_ms"),
+        backend=backend,
+    )
+    bench.add_row(
+        net,
+        entry,
+        "split pointwise_conv + shortcut",
+        "pw",
+        _time(bench, lambda: tensors.split_pw(dw["output"], shortcut)),
+        config=pw.get("config"),
+        tuning_ms=pw.get("tuning_ms"),
+        backend=backend,
+    )
     if ds is not None:
-        bench.add_row(net, entry, "split pointwise_conv downsample", "ds", _time(bench, tensors.split_ds),
-                      config=ds.get("config"), tuning_ms=ds.get("tuning_ms"), backend=backend)  # fmt: skip
+        bench.add_row(
+            net,
+            entry,
+            "split pointwise_conv downsample",
+            "ds",
+            _time(bench, tensors.split_ds),
+            config=ds.get("config"),
+            tuning_ms=ds.get("tuning_ms"),
+            backend=backend,
+        )
 
 
 def step_compiled(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
@@ -464,9 +531,9 @@ STEPS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # networks and the plan
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 def step_shapes(bench: ShapeBench, stem: str, model_name: str, image: int, models: dict) -> None:
     size = dry_size(stem, image) if bench.dry else image
     kwargs = {"widths": (4, 8, 8, 16)} if bench.dry else {}
@@ -492,13 +559,13 @@ def step_shapes(bench: ShapeBench, stem: str, model_name: str, image: int, model
 
 
 def dry_size(stem: str, image: int) -> int:
-    """Input size of a dry run: layer1 sees 8x8 with either stem (the interpreter's time grows with the pixels)."""
+    """Input size of a dry run: layer1 sees 8x8 either way (the interpreter's time grows with pixels)."""
     return 8 if stem == "cifar" else 32
 
 
 def select(entries: list[dict], max_shapes: int | None) -> list[dict]:
-    """The shapes to time. ``max_shapes``: that many, one per shortcut kind and stride first (so a dry run with a
-    couple of shapes still runs every kernel variant), then in network order."""
+    """The shapes to time. ``max_shapes``: that many, one per shortcut kind and stride first (so a dry run
+    with a couple of shapes still runs every kernel variant), then in network order."""
     if max_shapes is None:
         return entries
     firsts, seen = [], set()
@@ -525,8 +592,12 @@ def run_kind(bench: ShapeBench, kind: str, net: str, models: dict, max_shapes: i
             if s.pw1_key() in pw1_done:
                 continue
             pw1_done.add(s.pw1_key())
-            entry = {**entry, "id": "pw1:" + entry["id"], "label": pw1_label(s.pw1_key()),
-                     "count": sum(e["count"] for e in entries if e["shape"].pw1_key() == s.pw1_key())}  # fmt: skip
+            entry = {
+                **entry,
+                "id": "pw1:" + entry["id"],
+                "label": pw1_label(s.pw1_key()),
+                "count": sum(e["count"] for e in entries if e["shape"].pw1_key() == s.pw1_key()),
+            }
 
         def one(entry=entry, s=s):
             tensors = ShapeTensors(bench, fused.get_submodule(entry["blocks"][0]), s)
@@ -545,13 +616,14 @@ def render_markdown(results: dict) -> str:
         "",
         f"Command: `{results['command']}`" + ("  (DRY RUN: CPU, Triton interpreter, tiny widths: not timings)"
                                                 if results["dry_run"] else ""),
-        f"Device: {env.get('device')}; torch {env.get('torch')}, Triton {env.get('triton')}, CUDA {env.get('cuda')}; "
-        f"{results['dtype']}, channels_last, batch {results['batch']}; elapsed {results.get('elapsed_s')} s of a "
-        f"{results['budget_s']} s budget.",
-        f"Measured ceilings: {ceil.get('copy_bandwidth_GBps')} GB/s copy, {ceil.get('bf16_matmul_TFLOPs')} TFLOP/s "
-        "bf16 matmul. floor = max(ideal bytes / copy bandwidth, FLOPs / matmul rate); ideal bytes = inputs read "
-        "once + output written once + weights. Later stages' tensors (tens of MB) may partly stay in L2 between "
-        "repeats, so their GB/s can exceed what a whole-model pass sees.",
+        f"Device: {env.get('device')}; torch {env.get('torch')}, Triton {env.get('triton')}, "
+        f"CUDA {env.get('cuda')}; {results['dtype']}, channels_last, batch {results['batch']}; "
+        f"elapsed {results.get('elapsed_s')} s of a {results['budget_s']} s budget.",
+        f"Measured ceilings: {ceil.get('copy_bandwidth_GBps')} GB/s copy, "
+        f"{ceil.get('bf16_matmul_TFLOPs')} TFLOP/s bf16 matmul. floor = max(ideal bytes / copy bandwidth, "
+        "FLOPs / matmul rate); ideal bytes = inputs read once + output written once + weights. Later stages' "
+        "tensors (tens of MB) may partly stay in L2 between repeats, so their GB/s can exceed what a "
+        "whole-model pass sees. x_vs_torch > 1: faster than the PyTorch row of the same math.",
         "",
     ]  # fmt: skip
     for net, info in results["networks"].items():
@@ -560,8 +632,11 @@ def render_markdown(results: dict) -> str:
             f"## {net}: {info['model']}, {info['blocks']} blocks, {info['distinct_shapes']} distinct shapes",
             "",
         ]
-        lines += ["Shape: input CxHxW -> width -> output CxHxW, stride, dilation, shortcut (id, or ds/stride = the "
-                  "1x1 downsample). Blank: not timed (budget, --max-shapes or --kinds).", ""]  # fmt: skip
+        lines += [
+            "Shape: input CxHxW -> width -> output CxHxW, stride, dilation, shortcut (id, or ds/stride = the "
+            "1x1 downsample). Blank: not timed (budget, --max-shapes or --kinds).",
+            "",
+        ]
         lines += [_summary(info, rows), ""]
         by = {(r["shape_id"], r["impl"]): r for r in rows}
         for impl in dict.fromkeys(r["impl"] for r in rows):
@@ -594,10 +669,15 @@ def render_markdown(results: dict) -> str:
             if all(r.get("backend") == "triton" for r in sel):
                 cols.remove("backend")
             lines.append(_table(sel, cols))
-    lines += ["## Skipped steps / errors", "",
-              _table(results["skipped"], ["step", "estimate_s", "left_s", "reason"]),
-              _table([{"step": e["step"], "error": e["error"][:200]} for e in results["errors"]], ["step", "error"]),
-              "Everything, with the autotuner's time for every config it tried: results.json."]  # fmt: skip
+    lines += [
+        "## Skipped steps / errors",
+        "",
+        _table(results["skipped"], ["step", "estimate_s", "left_s", "reason"]),
+        _table(
+            [{"step": e["step"], "error": e["error"][:200]} for e in results["errors"]], ["step", "error"]
+        ),
+        "Everything, with the autotuner's time for every config it tried: results.json.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -607,10 +687,22 @@ def _summary(info: dict, rows: list[dict]) -> str:
     pw1_of = {}
     for s in info["shapes"]:
         label = pw1_label((s["cin"], s["h"], s["w"], s["width"], s["stride_1x1"]))
-        pw1_of[s["id"]] = next((r for r in rows if r["part"] == "pw1" and r["shape"] == label and
-                                r["impl"].startswith("pw1 triton")), None)  # fmt: skip
-        pw1_of[s["id"] + "torch"] = next((r for r in rows if r["part"] == "pw1" and r["shape"] == label and
-                                          r["impl"].startswith("pw1 torch")), None)  # fmt: skip
+        pw1_of[s["id"]] = next(
+            (
+                r
+                for r in rows
+                if r["part"] == "pw1" and r["shape"] == label and r["impl"].startswith("pw1 triton")
+            ),
+            None,
+        )
+        pw1_of[s["id"] + "torch"] = next(
+            (
+                r
+                for r in rows
+                if r["part"] == "pw1" and r["shape"] == label and r["impl"].startswith("pw1 torch")
+            ),
+            None,
+        )
     out = []
     for s in info["shapes"]:
         fused, torch_row = by.get((s["id"], "fused dw_pw_block")), by.get((s["id"], "torch eager"))
@@ -618,12 +710,19 @@ def _summary(info: dict, rows: list[dict]) -> str:
         fused_ms = fused["ms"] + p1["ms"] if fused and p1 else None
         torch_ms = torch_row["ms"] + p1t["ms"] if torch_row and p1t else None
         floor = fused["floor_ms"] + p1["floor_ms"] if fused and p1 and fused["floor_ms"] is not None else None
-        out.append({
-            "shape_id": s["id"], "shape": s["label"], "count": s["count"],
-            "fused_block_ms": fused_ms, "fused_total_ms": None if fused_ms is None else fused_ms * s["count"],
-            "torch_block_ms": torch_ms, "fused_x_faster": round(torch_ms / fused_ms, 2) if fused_ms and torch_ms else None,
-            "floor_ms": floor, "fused_x_floor": round(fused_ms / floor, 2) if fused_ms and floor else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "shape_id": s["id"],
+                "shape": s["label"],
+                "count": s["count"],
+                "fused_block_ms": fused_ms,
+                "fused_total_ms": None if fused_ms is None else fused_ms * s["count"],
+                "torch_block_ms": torch_ms,
+                "fused_x_faster": round(torch_ms / fused_ms, 2) if fused_ms and torch_ms else None,
+                "floor_ms": floor,
+                "fused_x_floor": round(fused_ms / floor, 2) if fused_ms and floor else None,
+            }
+        )
     timed = [r for r in out if r["fused_total_ms"] is not None]
     total = sum(r["fused_total_ms"] for r in timed) or 1.0
     for r in timed:
@@ -631,10 +730,24 @@ def _summary(info: dict, rows: list[dict]) -> str:
     out.sort(key=lambda r: -(r["fused_total_ms"] or -1))
     head = (
         "Fused model's blocks (pw1 + dw_pw_block) per shape, sorted by share of their summed time "
-        f"({total:.4g} ms per batch over the {len(timed)} timed shapes); torch = PyTorch eager of the same math.\n\n"
+        f"({total:.4g} ms per batch over the {len(timed)} timed shapes); torch = PyTorch eager of the same "
+        "math.\n\n"
     )
-    return head + _table(out, ["shape_id", "shape", "count", "fused_block_ms", "fused_total_ms", "fused_share_%",
-                               "torch_block_ms", "fused_x_faster", "floor_ms", "fused_x_floor"])  # fmt: skip
+    return head + _table(
+        out,
+        [
+            "shape_id",
+            "shape",
+            "count",
+            "fused_block_ms",
+            "fused_total_ms",
+            "fused_share_%",
+            "torch_block_ms",
+            "fused_x_faster",
+            "floor_ms",
+            "fused_x_floor",
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -683,12 +796,16 @@ def main(argv: list[str] | None = None) -> int:
     models: dict = {}
     nets = {stem: f"{stem}/{dry_size(stem, image) if args.dry_run else image}" for stem, _, image in NETWORKS}
     # Most valuable first: every 32-px shape through the fused model's two kernels, then the references, then
-    # 96 px, then torch.compile (seconds of compilation per shape). A dry run times one 96-px / compiled shape.
+    # 96 px, then torch.compile (seconds of compilation per shape). A dry run times one 96-px / compiled
+    # shape.
     few = 1 if args.dry_run else args.max_shapes
     stems = ("cifar",) if args.no_paper else ("cifar", "paper")
     plan = [("environment", fused_gpu.step_environment), ("ceilings", fused_gpu.step_ceilings)]
-    plan += [(f"shapes {stem}", step_shapes, stem, name, image, models)
-             for stem, name, image in NETWORKS if stem in stems]  # fmt: skip
+    plan += [
+        (f"shapes {stem}", step_shapes, stem, name, image, models)
+        for stem, name, image in NETWORKS
+        if stem in stems
+    ]
     order = [(k, "cifar", args.max_shapes) for k in ("fused", "pw1", "torch", "split")]
     order += [(k, "paper", few) for k in ("fused", "pw1", "torch")] + [("compiled", "cifar", few)]
     plan += [(k, run_kind, k, nets[stem], models, n) for k, stem, n in order if k in kinds and stem in stems]

@@ -1,6 +1,6 @@
-"""``benchmarks/kernel_shapes.py`` rehearsed on a CPU: its ``--dry-run`` (Triton's interpreter, tiny widths) in a fresh
-process, as the GPU machine would run it, and a run whose budget ends early. The block shapes it reports are checked
-against the eager network's own blocks, derived here independently with forward hooks."""
+"""``benchmarks/kernel_shapes.py`` rehearsed on a CPU: its ``--dry-run`` (Triton's interpreter, tiny widths)
+in a fresh process, as the GPU machine would run it, and a run whose budget ends early. The block shapes it
+reports are checked against the eager network's own blocks, derived here independently with forward hooks."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def dry_run(tmp_path_factory):
 
 
 def _eager_shapes(model_name: str, image: int, model_kwargs: dict) -> Counter:
-    """(cin, h, w, width, cout, ho, wo, dilation, shortcut) of every DSRBlock, from the eager network's forward."""
+    """(cin, h, w, width, cout, ho, wo, dilation, shortcut) of every DSRBlock, from an eager forward pass."""
     model = dsrnet.create_model(model_name, num_classes=10, **model_kwargs).eval()
     seen = []
 
