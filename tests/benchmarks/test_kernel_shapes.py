@@ -1,0 +1,142 @@
+"""``benchmarks/kernel_shapes.py`` rehearsed on a CPU: its ``--dry-run`` (Triton's interpreter, tiny widths)
+in a fresh process, as the GPU machine would run it, and a run whose budget ends early. The block shapes it
+reports are checked against the eager network's own blocks, derived here independently with forward hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+import dsrnet
+from dsrnet.models.dsrnet import DSRBlock
+from tests.conftest import REPO
+
+pytest.importorskip("triton")
+
+SCRIPT = REPO / "benchmarks" / "kernel_shapes.py"
+FILES = ["log.txt", "results.json", "results.md"]
+
+
+def _run(out, *extra) -> subprocess.CompletedProcess:
+    # A fresh process: Triton must see TRITON_INTERPRET=1 before it is first imported.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    env.pop("DSRNET_DISABLE_TRITON", None)
+    env.pop("DSRNET_TRITON_AUTOTUNE", None)
+    cmd = [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kernel_shapes")
+    proc = _run(out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _eager_shapes(model_name: str, image: int, model_kwargs: dict) -> Counter:
+    """(cin, h, w, width, cout, ho, wo, dilation, shortcut) of every DSRBlock, from an eager forward pass."""
+    model = dsrnet.create_model(model_name, num_classes=10, **model_kwargs).eval()
+    seen = []
+
+    def hook(block, args, out):
+        (_, cin, h, w), (_, cout, ho, wo) = args[0].shape, out.shape
+        shortcut = "identity" if block.downsample is None else "downsample"
+        seen.append((cin, h, w, block.conv_dw.in_channels, cout, ho, wo, block.conv_dw.dilation[0], shortcut))
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, DSRBlock)]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, image, image))
+    for h in hooks:
+        h.remove()
+    return Counter(seen)
+
+
+def test_dry_run_writes_three_files_and_no_errors(dry_run):
+    out, res = dry_run
+    assert sorted(p.name for p in out.iterdir()) == FILES
+    assert res["dry_run"] is True and res["errors"] == [] and res["skipped"] == []
+    assert res["ceilings"]["copy_bandwidth_GBps"] > 0 and res["ceilings"]["bf16_matmul_TFLOPs"] > 0
+    md = (out / "results.md").read_text()
+    assert "DRY RUN" in md and "## cifar/8: dsrnet50_cifar, 16 blocks, 14 distinct shapes" in md
+    assert "### fused dw_pw_block (block)" in md and "### pw1 triton pointwise_conv (pw1)" in md
+
+
+@pytest.mark.parametrize("net", ["cifar/8", "paper/32"])
+def test_shapes_are_the_networks_blocks(dry_run, net):
+    _, res = dry_run
+    info = res["networks"][net]
+    expected = _eager_shapes(info["model"], info["image"], info["model_kwargs"])
+    got = Counter()
+    for s in info["shapes"]:
+        key = (
+            s["cin"],
+            s["h"],
+            s["w"],
+            s["width"],
+            s["cout"],
+            s["ho"],
+            s["wo"],
+            s["dilation"],
+            s["shortcut"],
+        )
+        got[key] += s["count"]
+        assert s["count"] == len(s["blocks"])
+    assert got == expected
+    assert info["blocks"] == sum(expected.values()) == 16  # DSRNet-50: 3 + 4 + 6 + 3
+    # distinct = what the fused kernels see differently; the dilation cycle (1, 2, 3) repeats in layer3 only
+    assert info["distinct_shapes"] == len(expected) == 14
+    assert sorted(s["count"] for s in info["shapes"])[-2:] == [2, 2]
+    assert sum(s["count"] for s in info["pw1_shapes"]) == 16
+
+
+def test_rows_time_the_same_math_through_the_kernels(dry_run):
+    _, res = dry_run
+    rows = [r for r in res["rows"] if r["network"] == "cifar/8"]
+    timed = {r["shape_id"] for r in rows if r["impl"] == "fused dw_pw_block"}
+    shapes = {s["id"]: s for s in res["networks"]["cifar/8"]["shapes"]}
+    assert len(timed) == 3  # the dry run's --max-shapes: one of each shortcut kind / stride
+    assert {(shapes[i]["shortcut"], shapes[i]["stride_dw"]) for i in timed} == {
+        ("downsample", 1), ("identity", 1), ("downsample", 2)
+    }  # fmt: skip
+    impls = Counter(r["impl"] for r in rows)
+    for impl in ("fused dw_pw_block", "split dwconv2d + pointwise_conv", "split dwconv2d", "torch eager",
+                 "torch dw conv2d + relu", "pw1 triton pointwise_conv", "pw1 torch conv2d"):  # fmt: skip
+        assert impls[impl] == 3, impl
+    assert impls["split pointwise_conv downsample"] == impls["torch 1x1 downsample"] == 2
+    assert impls["torch compiled"] == 1
+    for r in rows:
+        assert r["ms"] > 0 and r["floor_ms"] > 0 and r["x_floor"] > 0 and r["ideal_bytes"] > 0, r
+        if "max_rel_diff" in r:  # Triton vs PyTorch, both bf16: the kernels ran (not the fallback), same math
+            assert r["backend"] == "triton" and r["max_rel_diff"] < 0.05, r
+        if r["impl"] in ("fused dw_pw_block", "pw1 triton pointwise_conv", "split dwconv2d"):
+            assert r["config"], r  # the config the autotuner used
+    # the ideal traffic and FLOPs of an identity block: y1 and the shortcut read, the output written, weights
+    ident = next(
+        r
+        for r in rows
+        if r["impl"] == "fused dw_pw_block" and shapes[r["shape_id"]]["shortcut"] == "identity"
+    )
+    s, n = shapes[ident["shape_id"]], ident["batch"]
+    px = n * s["ho"] * s["wo"]
+    assert ident["ideal_bytes"] == 2 * (
+        s["width"] * px + 2 * s["cout"] * px + 10 * s["width"] + (s["width"] + 1) * s["cout"]
+    )
+    assert ident["flops"] == 2 * px * (9 * s["width"] + s["width"] * s["cout"])
+
+
+def test_budget_end_still_writes_what_was_measured(tmp_path):
+    # the last 20 s of a budget are kept for writing, so 23 s leaves ~3 s: less than the dry run needs
+    proc = _run(tmp_path, "--budget-s", "23", "--kinds", "fused,pw1,torch")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == FILES
+    assert res["skipped"] and res["errors"] == []
+    assert not any(r["impl"].startswith("split") for r in res["rows"])  # --kinds
+    assert "## Skipped steps / errors" in (tmp_path / "results.md").read_text()
