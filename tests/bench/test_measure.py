@@ -153,6 +153,11 @@ def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
     rows = {r["arch"]: r for r in result["rows"]}
     assert rows["dsrnet50_cifar"]["fused"] and not rows["resnet50_cifar"]["fused"]
     assert "DSRNet (fused)" in result["markdown"]
+    # The fused form reports the network's parameters and MACs (its folded weights are buffers, its ops custom).
+    plain = bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, warmup=0, repeats=1,
+                                  model_kwargs={"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]})  # fmt: skip
+    assert rows["dsrnet50_cifar"]["params"] == plain["params"] > 0
+    assert rows["dsrnet50_cifar"]["flops_per_image"] == plain["flops_per_image"] > 0
     with pytest.raises(DsrnetError, match="fused form is for inference"):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", fused=True)
 

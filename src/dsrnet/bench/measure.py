@@ -317,8 +317,14 @@ def benchmark_model(
     arch, model = model_for_bench(
         name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs, fused=fused
     )
-    params = count_params(model)
-    flops = count_flops(model, image_size)
+    # The fused form keeps its folded weights in buffers and runs custom ops that FlopCounterMode does not see: its
+    # parameters and MACs are the network's, so count them on the plain model.
+    counted = model
+    if fused and arch.startswith("dsrnet"):
+        counted = model_for_bench(name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs)[1]
+    params = count_params(counted)
+    flops = count_flops(counted, image_size)
+    del counted
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format)
