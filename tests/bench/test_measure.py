@@ -194,3 +194,15 @@ def test_compile_mode_reaches_torch_compile_and_the_table(tmp_path, capsys, monk
     assert "| NCHW | yes |" in capsys.readouterr().out
     with pytest.raises(DsrnetError, match="compile mode 'fast' is not valid"):
         bench.benchmark_model("dsrnet50", device="cpu", compile=True, compile_mode="fast", model_kwargs=TINY)
+
+
+def test_relative_latency_compares_within_a_stem():
+    rows = [
+        {"arch": a, "stem": st, "image_size": 32, "batch_size": 2, "mode": "inference", "precision": "fp32",
+         "channels_last": False, "compile": False, "latency_ms": ms}
+        for a, st, ms in [("dsrnet50", "paper", 1.0), ("dsrnet50_cifar", "cifar", 10.0), ("resnet50", "paper", 2.0),
+                          ("resnet50_cifar", "cifar", 15.0)]
+    ]  # fmt: skip
+    bench.add_relative_latency(rows)
+    assert [r["rel_to_dsrnet"] for r in rows] == [1.0, 1.0, 2.0, 1.5]
+

@@ -405,6 +405,7 @@ CSV_FIELDS = (
 
 def _config_key(row: dict) -> tuple:
     return (
+        row.get("stem"),  # a model is compared with the DSRNet of its own stem
         row.get("backend", "torch"),
         row["image_size"],
         row["batch_size"],
@@ -417,7 +418,8 @@ def _config_key(row: dict) -> tuple:
 
 
 def add_relative_latency(rows: list[dict]) -> None:
-    """``rel_to_dsrnet``: latency / DSRNet's latency in the same configuration (the paper's "N times faster")."""
+    """``rel_to_dsrnet``: latency / DSRNet's latency in the same configuration and stem (the paper's "N times
+    faster")."""
     ref = {_config_key(r): r["latency_ms"] for r in rows if r["arch"].removesuffix("_cifar") == "dsrnet50"}
     for r in rows:
         base = ref.get(_config_key(r))
