@@ -184,16 +184,6 @@ def _check_labels(labels: Sequence[str], n_runs: int) -> list[str]:
     return labels
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    for p in (out_dir, *out_dir.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise DsrnetError(f"output folder {out_dir}: {p} is a file; fix: pass another --out-dir")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise DsrnetError(f"output folder {out_dir}: {p} is not writable; fix: pass another --out-dir")
-            return
-
-
 def summary_row(run: Run) -> dict[str, Any]:
     """One run as a row of ``summary.csv``: final-epoch errors from ``final.json``; for a run without one, the last
     logged epoch's (``errors_from`` says which)."""
@@ -286,7 +276,7 @@ def plot_runs(
         raise DsrnetError("no run folders given; fix: pass one or more folders written by `dsrnet train`")
     labels = _check_labels(labels, len(runs)) if labels is not None else default_labels(runs)
     out = Path(out_dir).expanduser()
-    _check_out_dir(out)
+    RunDir(out).check_writable()  # before anything is read or written, as bench and eval do
     loaded = [load_run(path, label) for path, label in zip(runs, labels, strict=True)]
 
     curves = {r.label: r.rows for r in loaded}
