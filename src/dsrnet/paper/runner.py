@@ -194,10 +194,14 @@ def run_jobs(jobs: Sequence[Job], s: Settings, *, log: Callable[[str], None] = _
     rows = []
     for job, cfg, final in zip(jobs, configs, finals, strict=True):
         run = RunDir(cfg.out_dir)
-        b = bench_or_skip(job, run.path, s.bench, log=log)
-        metrics = read_jsonl(run.metrics) if run.metrics.is_file() else []
-        rows.append({"job": job, "final": final, "bench": b, "metrics": metrics, "run": run.path})
+        rows.append(_report_row(job, run, final, bench_or_skip(job, run.path, s.bench, log=log)))
     return rows
+
+
+def _report_row(job: Job, run: RunDir, final: dict, bench: dict) -> dict:
+    """One model's row of the report: its final metrics, timing, per-epoch metrics and folder."""
+    metrics = read_jsonl(run.metrics) if run.metrics.is_file() else []
+    return {"job": job, "final": final, "bench": bench, "metrics": metrics, "run": run.path}
 
 
 def dsrnet_confusion(rows: list[dict], s: Settings, *, log: Callable[[str], None] = _log) -> Path | None:
@@ -315,9 +319,7 @@ def report_finished(
                 f"{run.path / 'bench.json'} was timed with other settings ({saved.get('request')}, asked "
                 f"{s.bench}); fix: pass the bench settings it was timed with, or delete it to time it again"
             )
-        metrics = read_jsonl(run.metrics) if run.metrics.is_file() else []
-        rows.append({"job": job, "final": read_json(run.final), "bench": saved["row"], "metrics": metrics,
-                     "run": run.path})  # fmt: skip
+        rows.append(_report_row(job, run, read_json(run.final), saved["row"]))
     return _reproduce_report(rows, s, log=log)
 
 
