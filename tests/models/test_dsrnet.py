@@ -128,6 +128,40 @@ def test_dilation_off_switch():
     assert n_params(model) == n_params(dsrnet.create_model("dsrnet50"))
 
 
+@pytest.mark.parametrize(
+    ("name", "side", "expected"),
+    [
+        # cifar stem at 32 px: maps 32/16/8/4; only the 4x4 stage's rate-2 in-stage block changes.
+        ("dsrnet50_cifar", 32, [[1, 2, 3], [2, 1, 2, 3], [2, 1, 2, 3, 1, 2], [2, 1, 1]]),
+        # paper stem at 32 px: maps 8/4/2/1 -> rate 1 from the 4x4 maps on (the 8x8 stage keeps 1, 2, 3).
+        ("dsrnet50", 32, [[1, 2, 3], [2, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 1, 1]]),
+        # paper stem at 96 px (STL-10): maps 24/12/6/3 -> the 6x6 stage caps 3 at 2, the 3x3 stage at 1.
+        ("dsrnet50", 96, [[1, 2, 3], [2, 1, 2, 3], [2, 1, 2, 2, 1, 2], [2, 1, 1]]),
+    ],
+)
+def test_fit_dilation_caps_rates_to_the_map(name, side, expected):
+    """``fit_dilation_to``: no dilated 3x3 spans more than the map it reads ("appropriate dilated rate", Sec. 3)."""
+    model = dsrnet.create_model(name, num_classes=10, fit_dilation_to=side)
+    assert _rates(model) == expected
+    assert model.conv1.dilation == (3, 3)  # 32 px still holds a rate-3 3x3 (7 px) or 7x7 (19 px) stem
+    assert model.dilation_config["fit_to"] == side
+    # Large inputs keep the paper's rates; parameters never change.
+    paper = dsrnet.create_model(name, num_classes=10)
+    assert _rates(dsrnet.create_model(name, num_classes=10, fit_dilation_to=224)) == _rates(paper)
+    assert n_params(model) == n_params(paper)
+    assert model(torch.randn(2, 3, side, side)).shape == (2, 10)
+
+
+def test_fit_rate_and_bad_fit_size():
+    from dsrnet.models.dsrnet import fit_rate
+
+    assert [fit_rate(3, s) for s in (1, 2, 4, 5, 6, 7, 100)] == [1, 1, 1, 2, 2, 3, 3]
+    assert fit_rate(3, 18, kernel_size=7) == 2 and fit_rate(3, 19, kernel_size=7) == 3
+    for bad in (0, -4, 2.5):
+        with pytest.raises(dsrnet.DsrnetError, match="fit_dilation_to must be"):
+            dsrnet.create_model("dsrnet50_cifar", fit_dilation_to=bad)
+
+
 def _receptive_extent(fn, channels: int, size: int = 64) -> int:
     """Width of the input region that reaches the centre output pixel, from the input gradient."""
     x = torch.ones(1, channels, size, size, requires_grad=True)  # > 0 so no ReLU sits at its kink

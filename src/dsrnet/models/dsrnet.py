@@ -12,6 +12,10 @@ is stated next to the code and can be switched with a constructor argument:
   inside the stages. The paper gives no schedule; the default cycles ``(1, 2, 3)`` over a stage's remaining blocks.
   Rates without a common factor are the hybrid-dilated-convolution rule (Wang et al., 2018) that avoids gridding, the
   "information discontinuity" the paper warns of in Section 3.
+* "Set appropriate dilated rate" (Section 3): the paper's rates were chosen for its input sizes; on a 32x32 CIFAR
+  image the last stage's map is 4x4 (cifar stem) or 1x1 (paper stem), where a rate-2 or rate-3 tap mostly reads
+  padding. ``fit_dilation_to=SIDE`` caps every rate so the dilated kernel spans at most the map it reads for a
+  ``SIDE``-pixel input (:func:`fit_rate`); ``None`` (default) keeps the paper's rates at every size.
 * Stride (Table 1 writes "1x1, stride"): a strided 1x1 conv reads one pixel in four and throws the rest away before
   the dilated 3x3 can see it, so the stated purpose of the rate-2 downsampling conv ("compensate for the information
   loss caused by down-sampling", Section 3) only holds if the stride sits on the depthwise conv. ``stride_on="dw"``
@@ -131,6 +135,17 @@ def block_dilation_schedule(
     return rates
 
 
+def fit_rate(rate: int, side: int, kernel_size: int = 3) -> int:
+    """The largest rate <= ``rate`` whose dilated kernel spans at most ``side`` pixels, i.e.
+    ``(kernel_size - 1) * r + 1 <= side`` (at least 1): every tap of a centre pixel then lands inside the map."""
+    return max(1, min(rate, (side - 1) // (kernel_size - 1)))
+
+
+def _out_side(side: int, stride: int) -> int:
+    # Every conv/pool here pads to keep ceil(side / stride) (padding = dilation * (kernel - 1) / 2).
+    return -(-side // stride)
+
+
 def _checkpoint_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run a stage block by block under activation checkpointing (recomputed in backward, as timm does)."""
     for block in stage:
@@ -150,6 +165,8 @@ class DSRNet(nn.Module):
         stem_dilation: rate of the stem conv (paper: 3, Section 4.2).
         down_dilation: rate of the depthwise conv in each block that downsamples (paper: 2).
         block_dilations: the "dynamic" in-stage rates, cycled over the other blocks of each stage.
+        fit_dilation_to: input side (px) to fit the rates to: each conv's rate is capped by :func:`fit_rate` for
+            the side of the map it reads at that input size (e.g. 32 for CIFAR); ``None`` = the paper's rates.
         stride_on: ``"dw"`` (default) or ``"1x1"`` (as Table 1 is written); see the module docstring.
         separable: depthwise-separable conv (paper) or a full 3x3 conv (ablation).
         widths: per-stage bottleneck widths; shrink them for tiny test networks.
@@ -176,6 +193,7 @@ class DSRNet(nn.Module):
         stem_dilation: int = 3,
         down_dilation: int = 2,
         block_dilations: Sequence[int] = (1, 2, 3),
+        fit_dilation_to: int | None = None,
         stride_on: str = "dw",
         separable: bool = True,
         widths: Sequence[int] = (64, 128, 256, 512),
@@ -193,6 +211,10 @@ class DSRNet(nn.Module):
         _check_args(
             layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths
         )
+        if fit_dilation_to is not None and (int(fit_dilation_to) != fit_dilation_to or fit_dilation_to < 1):
+            raise DsrnetError(
+                f"fit_dilation_to must be an input side in pixels >= 1 or None, got {fit_dilation_to!r}"
+            )
         if not 0.0 <= drop_path_rate < 1.0 or not 0.0 <= drop_rate < 1.0:
             raise DsrnetError(
                 f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}"
@@ -211,12 +233,17 @@ class DSRNet(nn.Module):
             "stem": stem_dilation,
             "down": down_dilation,
             "blocks": tuple(block_dilations),
+            "fit_to": fit_dilation_to,
         }
+        # Side of the map each conv reads at the fitted input size (a huge side: no cap).
+        side = fit_dilation_to or 1 << 30
 
         # Registration order = execution order (conv1, bn1, act1, maxpool, layer1..4): timm's feature wrappers
         # (FeatureListNet) rebuild the network by running the children in this order.
         if stem == "paper":
             # padding = 3 * dilation keeps the 7x7 conv's output at H/2 for every rate.
+            stem_dilation = fit_rate(stem_dilation, side, 7)
+            side = _out_side(_out_side(side, 2), 2)
             self.conv1 = nn.Conv2d(
                 in_chans,
                 stem_width,
@@ -229,6 +256,7 @@ class DSRNet(nn.Module):
             )
             stem_reduction, pool_stride = 2, 2
         else:
+            stem_dilation = fit_rate(stem_dilation, side)
             self.conv1 = nn.Conv2d(
                 in_chans,
                 stem_width,
@@ -258,6 +286,9 @@ class DSRNet(nn.Module):
             )
             blocks = []
             for i, rate in enumerate(rates):
+                # The depthwise conv reads the stage's input size when it carries the stride, else the output's.
+                dw_side = side if (i == 0 and stride_on == "dw") else _out_side(side, stride)
+                rate = fit_rate(rate, dw_side)
                 blocks.append(
                     DSRBlock(
                         in_chs,
@@ -272,6 +303,7 @@ class DSRNet(nn.Module):
                 )
                 in_chs = width * DSRBlock.expansion
                 block_idx += 1
+            side = _out_side(side, stride)
             self.add_module(STAGES[idx], nn.Sequential(*blocks))
             feature_info.append({"num_chs": in_chs, "reduction": reduction, "module": STAGES[idx]})
 
