@@ -86,8 +86,9 @@ class Variant:
     stem: str | None = None  # None: the run's --stem; else this stem (the stem ablation)
 
 
-def ablation_variants(stem: str = "paper") -> list[Variant]:
-    """DSRNet-50 variants, each changing one design choice of Section 3 / Table 1 (see ``dsrnet.models.dsrnet``)."""
+def ablation_variants(stem: str = "paper", image_size: int = 32) -> list[Variant]:
+    """DSRNet-50 variants, each changing one design choice of Section 3 / Table 1 (see ``dsrnet.models.dsrnet``);
+    ``image_size`` is the dataset's input side, which ``fit_dilation`` fits the rates to."""
     other = "cifar" if stem == "paper" else "paper"
     return [
         Variant("dsrnet", {}, "baseline: stem rate 3, rate 2 on downsampling blocks, in-stage rates (1,2,3)"),
@@ -95,6 +96,11 @@ def ablation_variants(stem: str = "paper") -> list[Variant]:
             "no_dilation",
             {"stem_dilation": 1, "down_dilation": 1, "block_dilations": [1]},
             "dilation helps at all (Section 3): every rate 1",
+        ),
+        Variant(
+            "fit_dilation",
+            {"fit_dilation_to": image_size},
+            "'appropriate dilated rate' (Section 3): each rate capped to the feature map it reads",
         ),
         Variant(
             "no_down_dilation",
@@ -361,7 +367,7 @@ def ablate(
     log: Callable[[str], None] = _log,
 ) -> dict:
     """Library entry of ``dsrnet ablate``: train and time each variant; table + error/latency/params plot."""
-    all_variants = {v.name: v for v in ablation_variants(stem)}
+    all_variants = {v.name: v for v in ablation_variants(stem, DATASETS[dataset].image_size)}
     names = list(variants or all_variants)
     unknown = [n for n in names if n not in all_variants]
     if unknown:
