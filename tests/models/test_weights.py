@@ -237,3 +237,53 @@ def test_the_shipped_cifar10_weights_load_everywhere():
         assert torch.equal(hub(x), logits)
         timm = pytest.importorskip("timm")
         assert torch.equal(timm.create_model("dsrnet50_cifar.c10", pretrained=True).eval()(x), logits)
+
+
+# ------------------------------------------------------------------------------------ fine-tuning's start
+
+
+def _backbone(model) -> dict:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+@pytest.mark.parametrize("source", ["tag", "file", "checkpoint", "run_folder"])
+def test_initial_weights_load_the_backbone_and_reset_another_head(registered, tmp_path, source):
+    from dsrnet.run.checkpoint import save_checkpoint
+    from tests.conftest import checkpoint_payload
+
+    model, entry = registered
+    if source in ("checkpoint", "run_folder"):
+        (tmp_path / "run").mkdir()
+        payload = checkpoint_payload(model, TINY, num_classes=3, classes=CLASSES)
+        save_checkpoint(tmp_path / "run" / "checkpoint.pt", payload)
+    where = {"tag": entry.name, "file": str(entry.path()), "checkpoint": str(tmp_path / "run" / "checkpoint.pt"),
+             "run_folder": str(tmp_path / "run")}[source]  # fmt: skip
+    torch.manual_seed(1)
+    same = dsrnet.create_model("dsrnet50_cifar", num_classes=3, **TINY)
+    other = dsrnet.create_model("dsrnet50_cifar", num_classes=7, **TINY)  # e.g. fine-tuning on another dataset
+    fresh_head = {k: v.clone() for k, v in other.fc.state_dict().items()}
+    assert not torch.equal(same.conv1.weight, model.conv1.weight)
+    assert weights.load_initial_weights(same, where)
+    assert weights.load_initial_weights(other, where)
+    for k, v in model.state_dict().items():
+        assert torch.equal(same.state_dict()[k], v), k  # same classes: everything, head included
+    for k, v in _backbone(model).items():
+        assert torch.equal(other.state_dict()[k], v), k
+    for k, v in other.fc.state_dict().items():
+        assert torch.equal(v, fresh_head[k]), k  # another class count: the model's own fresh head
+
+
+def test_initial_weights_refuse_other_networks_unknown_sources_and_nan(registered, tmp_path):
+    model, entry = registered
+    wider = dsrnet.create_model("dsrnet50_cifar", num_classes=3, widths=[8, 8, 8, 8], layers=[1, 1, 1, 1])
+    with pytest.raises(dsrnet.DsrnetError, match="do not fit this model"):
+        weights.load_initial_weights(wider, entry.name)
+    target = dsrnet.create_model("dsrnet50_cifar", num_classes=3, **TINY)
+    for missing in ("dsrnet50_cifar.nope", str(tmp_path / "nowhere.safetensors")):
+        with pytest.raises(dsrnet.DsrnetError, match="neither a weights tag nor an existing file"):
+            weights.load_initial_weights(target, missing)
+    with torch.no_grad():
+        model.conv1.weight[0, 0, 0, 0] = float("nan")
+    bad = save_weights(model, tmp_path / "nan.safetensors", metadata=META, dtype=torch.float32)
+    with pytest.raises(dsrnet.DsrnetError, match="non-finite"):
+        weights.load_initial_weights(target, bad)

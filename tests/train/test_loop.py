@@ -338,3 +338,28 @@ def test_zero_init_residual_setting_starts_blocks_as_identities(model, zeroed):
     on = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu", zero_init_residual=True), 10)
     off = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu", zero_init_residual=False), 10)
     assert zero_scales(on) == zeroed and zero_scales(off) == 0  # one per residual block; MobileNetV2 has none
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuning
+
+
+def test_init_weights_starts_from_a_trained_run(learned_run, cifar10_dir, tmp_path):
+    """``init_weights`` (fine-tuning): with a learning rate too small to move the weights, one epoch from the learned
+    run scores what that run scored, where the same epoch from a random start stays near chance (10 %)."""
+    cfg, learned = learned_run
+    common = {"epochs": 1, "lr": 1e-9, "warmup_epochs": 0, "subset_per_class": 50, "test_subset_per_class": 30}
+    tuned = train(tiny(tmp_path, cifar10_dir, "tuned", init_weights=cfg.out_dir, **common))
+    scratch = train(tiny(tmp_path, cifar10_dir, "scratch", **common))
+    assert abs(tuned["top1"] - learned["top1"]) < 5.0, (tuned["top1"], learned["top1"])
+    assert tuned["top1"] > scratch["top1"] + 5.0, (tuned["top1"], scratch["top1"])
+    assert tuned["init_weights"] == cfg.out_dir and "init_weights" not in scratch
+    saved = yaml.safe_load((tmp_path / "tuned" / "config.yaml").read_text())
+    assert saved["init_weights"] == cfg.out_dir
+
+
+def test_init_weights_of_another_network_fails_before_training(learned_run, cifar10_dir, tmp_path):
+    cfg, _ = learned_run
+    wider = tiny(tmp_path, cifar10_dir, "wider", init_weights=cfg.out_dir, model_kwargs={"widths": [16, 16, 32, 64]})
+    with pytest.raises(DsrnetError, match="do not fit this model"):
+        train(wider)
+    assert not (tmp_path / "wider" / "checkpoint.pt").exists()

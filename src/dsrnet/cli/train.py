@@ -56,6 +56,9 @@ FIELD_HELP = {
     "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv) or triton (the NHWC Triton "
     "kernels, forward and backward; same numbers within float tolerance; models with depthwise convs only; "
     "PyTorch fallback without CUDA) (default: torch)",
+    "init_weights": "fine-tune: start from a weights tag (e.g. dsrnet50_cifar.c10), a .safetensors file or a "
+    "dsrnet train checkpoint / run folder of the same model; a classifier of another class count is "
+    "re-initialised (default: random initialisation)",
     "progress": "progress bar on a terminal (default: on)",
     "tensorboard": "write TensorBoard events to <out-dir>/tb when tensorboard is installed (default: on)",
 }

@@ -364,6 +364,40 @@ def load_checkpoint_path(model: nn.Module, path: str | os.PathLike) -> None:
     load_model_state(model, load_checkpoint(path))  # weights_only=True; clear errors for missing/foreign files
 
 
+def load_initial_weights(model: nn.Module, source: str | os.PathLike) -> str:
+    """Fine-tuning's start: load a weights tag (``"dsrnet50_cifar.c10"``, checksum verified), a ``.safetensors``
+    weights file or a ``dsrnet train`` checkpoint / run folder into ``model``, which must be the same network.
+    The classifier is loaded when its shape matches and left as the model initialised it otherwise (another
+    ``num_classes``: timm's rule). Non-finite weights are refused. Returns what was loaded, for the log."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if text in all_weights():
+        entry = get_weights(text)
+        load_pretrained(model, entry)
+        what = f"weights {text} (sha256 {entry.sha256[:12]}...)" if entry.sha256 else f"weights {text}"
+    elif path.is_file() and _is_safetensors(path):
+        state_dict, _ = read_weights(path)
+        _load_state(model, state_dict, f"weights in {path}")
+        what = f"weights file {path}"
+    elif path.exists():
+        ckpt = load_checkpoint(path)  # weights_only=True; clear errors for foreign files
+        _load_state(model, ckpt["model_state"], f"weights of checkpoint {ckpt['path']}")
+        what = f"checkpoint {ckpt['path']} (epoch {ckpt.get('epoch')})"
+    else:
+        tags = ", ".join(list_weights()) or "none"
+        raise DsrnetError(
+            f"init_weights {text!r} is neither a weights tag nor an existing file or run folder; fix: pass one of "
+            f"the tags ({tags}), a .safetensors file or a checkpoint written by `dsrnet train`"
+        )
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise DsrnetError(
+            f"init_weights {text!r} hold non-finite values ({len(bad)} tensors, e.g. {bad[0]}); fix: start from "
+            f"weights of a run that trained normally"
+        )
+    return what
+
+
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True

@@ -131,7 +131,7 @@ RESUME_MUTABLE = frozenset(
 
 #: The value each field added after the first release had implicitly before it existed: a run saved without the
 #: field compares equal to a config that sets it to this (``RunDir.check_compatible``), e.g. black crop padding.
-LEGACY_DEFAULTS = {"pad_fill": "zero", "zero_init_residual": False}
+LEGACY_DEFAULTS = {"pad_fill": "zero", "zero_init_residual": False, "init_weights": None}
 
 #: Model arguments that make a network something other than a classifier of the dataset's classes.
 NOT_FOR_TRAINING = frozenset({"features_only", "out_indices", "num_classes", "pretrained", "checkpoint_path"})
@@ -169,6 +169,13 @@ class TrainConfig:
     run (no CUDA, no Triton, ``DSRNET_DISABLE_TRITON=1``) the same ops fall back to PyTorch's convs. Only the
     speed differs (the numbers agree within float tolerance), so a resumed run may change it
     (:data:`RESUME_MUTABLE`); it keeps the saved value unless told otherwise.
+
+    ``init_weights``: fine-tuning -- start from these weights instead of a random initialisation: a shipped
+    weights tag (``"dsrnet50_cifar.c10"``), a ``.safetensors`` file (``dsrnet export-weights``) or a ``dsrnet
+    train`` checkpoint / run folder (:func:`dsrnet.models.weights.load_initial_weights`). They must be of the same
+    network (``model`` and ``model_kwargs``); the classifier is kept when its shape matches and re-initialised when
+    the dataset has another number of classes (timm's rule). Applied once, when the run starts; a resumed run
+    continues from its own checkpoint.
     """
 
     model: str = "dsrnet50"
@@ -206,6 +213,7 @@ class TrainConfig:
     zero_init_residual: bool | None = None
     deadline: float | None = None
     dwconv: str = "torch"
+    init_weights: str | None = None
 
     @classmethod
     def from_recipe(cls, recipe: str = "paper", **overrides: Any) -> TrainConfig:

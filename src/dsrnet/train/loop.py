@@ -44,6 +44,7 @@ from dsrnet import data as D
 from dsrnet.device import autocast, device_label, synchronize
 from dsrnet.errors import DsrnetError
 from dsrnet.models import build_model
+from dsrnet.models.weights import load_initial_weights
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 from dsrnet.run.checkpoint import (
     get_rng_state,
@@ -294,6 +295,8 @@ class _Trainer:
         _seed_everything(cfg.seed)
         self.num_classes = D.DATASETS[cfg.dataset].num_classes
         model = _build(cfg, self.num_classes)  # before the data: fail fast
+        if cfg.init_weights and self.resume_from is None:  # fine-tuning; a resumed run has its own weights
+            self.log(f"initial weights: {load_initial_weights(model, cfg.init_weights)}")
         self.triton_dwconvs = _use_dwconv(model, cfg)
         self.train_loader, self.test_loader, self.meta = _load_data(cfg, dist_, device)
         if cfg.sync_bn and dist_.enabled:
@@ -569,6 +572,7 @@ class _Trainer:
                 if self.stopped_early
                 else {}
             ),
+            **({"init_weights": cfg.init_weights} if cfg.init_weights else {}),  # fine-tuned: from what
             "params": self.n_params,
             "top1_error": last["test_top1_error"],
             "top3_error": last["test_top3_error"],
