@@ -21,7 +21,10 @@ import yaml
 from PIL import Image
 
 from dsrnet.cli.main import main
+from dsrnet.errors import DsrnetError
 from dsrnet.models import _registry
+from dsrnet.run.checkpoint import save_checkpoint
+from dsrnet.train import resume_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = '{"widths": [8, 16, 32, 64], "zero_init_residual": true}'
@@ -275,6 +278,15 @@ def test_regularisation_switches_train_are_recorded_and_resume(cifar10_dir, tmp_
     assert code == 2 and "cutout=8 differs from the checkpoint's 16" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, ["train", "--resume", str(run), "--dw-weight-decay"])
     assert code == 2 and "dw_weight_decay=True differs from the checkpoint's False" in err
+    # A checkpoint written before the switches existed resumes with them off (LEGACY_DEFAULTS), whatever the recipe.
+    old = tmp_path / "old"
+    old.mkdir()
+    legacy = {k: v for k, v in ckpt["config"].items() if k not in ("cutout", "pad_fill", "dw_weight_decay")}
+    save_checkpoint(old / "checkpoint.pt", {**ckpt, "config": legacy})
+    cfg = resume_config(old)
+    assert (cfg.cutout, cfg.pad_fill, cfg.dw_weight_decay) == (0, "zero", True)
+    with pytest.raises(DsrnetError, match="cutout=16 differs from the checkpoint's 0"):
+        resume_config(old, cutout=16)
 
 
 # ---------------------------------------------------------------------------------------------- kill/resume

@@ -453,10 +453,11 @@ def load_config_file(path: str | os.PathLike) -> dict:
 
 
 def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfig:
-    """The config saved in ``checkpoint`` (a file or run folder), set up to resume it. ``overrides`` may
-    change only :data:`RESUME_MUTABLE` fields; any other value that differs from the checkpoint's raises."""
+    """The config saved in ``checkpoint`` (a file or run folder), set up to resume it; a field the checkpoint
+    predates takes its :data:`LEGACY_DEFAULTS` value, not the recipe's. ``overrides`` may change only
+    :data:`RESUME_MUTABLE` fields; any other value that differs from the checkpoint's raises."""
     ckpt = load_checkpoint(checkpoint)
-    saved = dict(ckpt["config"])
+    saved = {**LEGACY_DEFAULTS, **ckpt["config"]}  # a field the checkpoint predates: the value it ran with
     _check_resume_overrides(saved, overrides, ckpt["path"])
     saved.update(overrides)
     saved["resume"] = ckpt["path"]
