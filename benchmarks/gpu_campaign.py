@@ -158,7 +158,7 @@ DEFAULT_VARIANTS = ("no_dilation", "full_3x3", "stem_paper")
 RECIPE_KEYS = (
     "recipe", "epochs", "batch_size", "lr", "weight_decay", "momentum", "nesterov", "label_smoothing", "schedule",
     "milestones", "warmup_epochs", "bn_bias_weight_decay", "drop_last", "precision", "channels_last", "pad_fill",
-    "seed", "subset_per_class", "test_subset_per_class",
+    "cutout", "dw_weight_decay", "seed", "subset_per_class", "test_subset_per_class",
 )  # fmt: skip
 #: Dry run: the same code paths on a CPU in seconds.
 DRY_TRAIN = {"subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "device": "cpu"}

@@ -5,6 +5,7 @@ with 2 CPU processes under torchrun matches a single-process run with the same g
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,10 @@ import yaml
 from PIL import Image
 
 from dsrnet.cli.main import main
+from dsrnet.errors import DsrnetError
 from dsrnet.models import _registry
+from dsrnet.run.checkpoint import save_checkpoint
+from dsrnet.train import resume_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = '{"widths": [8, 16, 32, 64], "zero_init_residual": true}'
@@ -243,6 +247,46 @@ def test_dwconv_flag_yaml_key_and_a_triton_trained_run_in_eval(cifar10_dir, tmp_
     assert code == 0 and "top-1 error" in out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["top1_error"] == pytest.approx(final["top1_error"])  # the plain model predicts the same
+
+
+def test_regularisation_switches_train_are_recorded_and_resume(cifar10_dir, tmp_path, capsys, monkeypatch):
+    """--cutout, --pad-fill reflect and --no-dw-weight-decay together (with the Triton dwconv swap): the run trains,
+    config.yaml and the checkpoint record them, the optimizer holds the depthwise weights without decay, and
+    resuming restores that optimizer state while refusing a changed switch."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the ops' PyTorch fallback: fast on a CPU
+    run = tmp_path / "run"
+    extra = ("--cutout", "16", "--pad-fill", "reflect", "--no-dw-weight-decay", "--dwconv", "triton", "--epochs", "1")
+    assert main(tiny_args(cifar10_dir, run, *extra)) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["cutout"], saved["pad_fill"], saved["dw_weight_decay"]) == (16, "reflect", False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"] == saved
+    groups = ckpt["optimizer_state"]["param_groups"]
+    state = ckpt["model_state"]
+    n_1d = sum(v.ndim == 1 for k, v in state.items() if k.endswith((".weight", ".bias")))
+    n_dw = sum(v.ndim == 4 and v.shape[1] == 1 for v in state.values())
+    assert n_dw == 16 and [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+    assert len(groups[1]["params"]) == n_1d + n_dw  # the fast recipe exempts BatchNorm/biases, and the dw filters
+    final = json.loads((run / "final.json").read_text())
+    assert math.isfinite(final["train_loss"])
+    capsys.readouterr()
+    # Resume (finished: restores the optimizer state, trains nothing) keeps the switches; changing one is refused.
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "final.json").read_text()) == final
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, ["train", "--resume", str(run), "--cutout", "8"])
+    assert code == 2 and "cutout=8 differs from the checkpoint's 16" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, ["train", "--resume", str(run), "--dw-weight-decay"])
+    assert code == 2 and "dw_weight_decay=True differs from the checkpoint's False" in err
+    # A checkpoint written before the switches existed resumes with them off (LEGACY_DEFAULTS), whatever the recipe.
+    old = tmp_path / "old"
+    old.mkdir()
+    legacy = {k: v for k, v in ckpt["config"].items() if k not in ("cutout", "pad_fill", "dw_weight_decay")}
+    save_checkpoint(old / "checkpoint.pt", {**ckpt, "config": legacy})
+    cfg = resume_config(old)
+    assert (cfg.cutout, cfg.pad_fill, cfg.dw_weight_decay) == (0, "zero", True)
+    with pytest.raises(DsrnetError, match="cutout=16 differs from the checkpoint's 0"):
+        resume_config(old, cutout=16)
 
 
 # ---------------------------------------------------------------------------------------------- kill/resume

@@ -1,5 +1,5 @@
-"""The on-device augmenting loader (Section 4.2): normalisation, exact crops and flips, determinism per
-(seed, epoch), disjoint DDP shards, and its bad-argument errors."""
+"""The on-device augmenting loader (Section 4.2): normalisation, exact crops and flips, the pad fills, Cutout,
+determinism per (seed, epoch), disjoint DDP shards, and its bad-argument errors."""
 
 from __future__ import annotations
 
@@ -190,5 +190,110 @@ def test_pad_fill_mean_pads_with_zero_after_normalisation_and_changes_nothing_el
     # Every crop offset in [0, 2 * pad] away from the centre pads the border rows/columns it shifts in.
     interior = (slice(None), slice(None), slice(3, 5), slice(3, 5))
     assert torch.equal(xb[interior], xm[interior])
-    with pytest.raises(DsrnetError, match="pad_fill must be one of zero, mean"):
-        _loader(pad_fill="reflect")
+    with pytest.raises(DsrnetError, match="pad_fill must be one of zero, mean, reflect"):
+        _loader(pad_fill="wrap")
+
+
+# ------------------------------------------------------------------------------------------ reflect padding
+
+
+def _reflect_index(p: int, pad: int, n: int) -> int:
+    """Source index of padded position ``p`` under reflection without repeating the edge: -1 -> 1, n -> n - 2."""
+    i = p - pad
+    return -i if i < 0 else 2 * (n - 1) - i if i >= n else i
+
+
+def test_crop_flip_reflect_pads_with_the_mirrored_image():
+    h, w, pad = 5, 6, 3
+    x = torch.arange(2 * 3 * h * w, dtype=torch.float32).view(2, 3, h, w)
+    dy, dx = torch.tensor([0, 2 * pad]), torch.tensor([0, 2 * pad])  # the two extreme corners
+    out = crop_flip(x, pad, dy, dx, torch.tensor([False, True]), mode="reflect")
+    for i in range(2):
+        rows = [_reflect_index(dy[i].item() + r, pad, h) for r in range(h)]
+        cols = [_reflect_index(dx[i].item() + c, pad, w) for c in range(w)]
+        ref = x[i][:, rows][:, :, cols]
+        assert torch.equal(out[i], ref.flip(-1) if i == 1 else ref)
+    assert out[0, 0, 0, 0] == x[0, 0, pad, pad]  # top-left corner of the padded image: the pixel (pad, pad) away
+    # The default (zero) mode is unchanged.
+    assert torch.equal(crop_flip(x, pad, dy, dx, torch.tensor([False, False]))[0, :, :pad, :], torch.zeros(3, pad, w))
+
+
+def test_loader_reflect_fill_gives_windows_of_the_reflected_image():
+    pad, size = 2, 6
+    images, _, loader = _loader(n=24, size=size, pad=pad, batch_size=24, pad_fill="reflect")
+    idx = loader.epoch_indices(0)
+    _, draws = loader._plan(0)
+    x, _ = next(iter(loader))
+    got = _to_uint8(x, loader)
+    src = torch.from_numpy(images).permute(0, 3, 1, 2)
+    for i, j in enumerate(idx.tolist()):
+        rows = [_reflect_index(draws["dy"][i].item() + r, pad, size) for r in range(size)]
+        cols = [_reflect_index(draws["dx"][i].item() + c, pad, size) for c in range(size)]
+        ref = src[j][:, rows][:, :, cols]
+        assert torch.equal(got[i], ref.flip(-1) if draws["flip"][i] else ref), i
+    # The same draws as the other fills: only the border differs from black padding.
+    _, _, black = _loader(n=24, size=size, pad=pad, batch_size=24)
+    xb, _ = next(iter(black))
+    inner = (slice(None), slice(None), slice(pad, size - pad), slice(pad, size - pad))
+    assert torch.equal(xb[inner], x[inner]) and not torch.equal(xb, x)
+    with pytest.raises(DsrnetError, match="pad 6 cannot be reflected in a 6-pixel image"):
+        _loader(size=6, pad=6, pad_fill="reflect")
+
+
+# -------------------------------------------------------------------------------------------------- cutout
+
+
+def _constant_loader(n=40, size=8, **kw):
+    """Every pixel 200 (far from the mean colour), so only Cutout makes zeros after normalisation."""
+    images = np.full((n, size, size, 3), 200, np.uint8)
+    kw = {"batch_size": n, "train": True, "pad": 0, **kw}
+    return DeviceLoader(images, np.arange(n) % 5, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), **kw)
+
+
+def test_cutout_zeroes_one_clipped_square_per_image_at_the_drawn_centre():
+    size, side = 8, 5
+    loader = _constant_loader(size=size, cutout=side)
+    loader.set_epoch(3)
+    _, draws = loader._plan(3)
+    x, _ = next(iter(loader))
+    zero = x == 0
+    assert torch.equal(zero, zero[:, :1].expand_as(zero))  # all channels of a pixel, or none
+    areas = set()
+    for i in range(len(x)):
+        top, left = draws["cy"][i].item() - side // 2, draws["cx"][i].item() - side // 2
+        want = torch.zeros(size, size, dtype=torch.bool)
+        want[max(top, 0) : top + side, max(left, 0) : left + side] = True  # the square, clipped at the borders
+        assert torch.equal(zero[i, 0], want), i
+        areas.add(int(want.sum()))
+    assert side * side in areas and min(areas) < side * side  # whole squares and clipped ones
+    assert x[~zero].abs().min() > 0.5  # everything else is the normalised 200
+    # Centres vary across images and epochs; the same (seed, epoch) gives the same squares.
+    assert len({(cy.item(), cx.item()) for cy, cx in zip(draws["cy"], draws["cx"], strict=True)}) > 10
+    again = _constant_loader(size=size, cutout=side)
+    again.set_epoch(3)
+    assert torch.equal(next(iter(again))[0], x)
+    again.set_epoch(4)
+    assert not torch.equal(next(iter(again))[0], x)
+
+
+def test_cutout_is_train_only_and_keeps_the_crop_and_flip_draws():
+    assert not (next(iter(_constant_loader(cutout=8, train=False)))[0] == 0).any()  # never at evaluation
+    _, _, plain = _loader(n=32, pad=3)
+    _, _, cut = _loader(n=32, pad=3, cutout=4)
+    _, _, off = _loader(n=32, pad=3, cutout=0)
+    (xp, yp), (xc, yc), (xo, yo) = next(iter(plain)), next(iter(cut)), next(iter(off))
+    assert torch.equal(xo, xp) and torch.equal(yo, yp)  # cutout=0 is the loader without it
+    changed = xc != xp
+    assert torch.equal(yc, yp) and changed.any() and torch.all(xc[changed] == 0)  # same crops, flips, order
+    assert int((xc == 0).flatten(1).any(1).sum()) == len(xc)  # every image got its square
+
+
+@pytest.mark.parametrize(
+    ("cutout", "match"),
+    [(-1, "cutout must be a non-negative integer"), (True, "cutout must be"), (2.5, "cutout must be"),
+     (9, "cutout 9 is larger than the 8-pixel image")],
+)  # fmt: skip
+def test_cutout_bad_values(cutout, match):
+    with pytest.raises(DsrnetError, match=match) as err:
+        _loader(cutout=cutout)
+    assert "\n" not in str(err.value)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from dsrnet.errors import DsrnetError
-from dsrnet.train import RECIPES, TrainConfig, load_config_file, lr_factor
+from dsrnet.train import LEGACY_DEFAULTS, RECIPES, RESUME_MUTABLE, TrainConfig, load_config_file, lr_factor
+from dsrnet.train.config import _check_resume_overrides
 
 # -------------------------------------------------------------------------------------------------- config
 
@@ -74,6 +75,13 @@ def test_recipe_defaults_and_overrides():
         ({"sync_bn": True}, "sync_bn"),
         ({"lrr": 0.1}, "unknown config key"),
         ({"dwconv": "cudnn"}, "bad value for dwconv: 'cudnn'; fix: use one of torch, triton"),
+        ({"pad_fill": "wrap"}, "bad value for pad_fill: 'wrap'; fix: use one of zero, mean, reflect"),
+        ({"cutout": -1}, r"bad value for cutout: -1; fix: use an integer in 0\.\.32"),
+        ({"cutout": 33}, r"bad value for cutout: 33; fix: use an integer in 0\.\.32"),
+        ({"cutout": 97, "dataset": "stl10"}, r"in 0\.\.96"),
+        ({"cutout": "big"}, "bad value for cutout: 'big'; fix: use an integer"),
+        ({"cutout": 1.5}, "bad value for cutout"),
+        ({"dw_weight_decay": "maybe"}, "bad value for dw_weight_decay: 'maybe'; fix: use true or false"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(override, message):
@@ -166,3 +174,32 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path):
     path.write_text("epochs: 2\nlr: 0.1\nepochs: 30\n")
     with pytest.raises(DsrnetError, match="key 'epochs' appears twice"):
         load_config_file(path)
+
+
+def test_regularisation_switches_are_off_by_default_and_set_from_yaml_or_values(tmp_path):
+    for recipe in RECIPES:
+        cfg = TrainConfig.from_recipe(recipe, device="cpu")
+        assert (cfg.cutout, cfg.pad_fill, cfg.dw_weight_decay) == (0, "zero", True), recipe
+        assert LEGACY_DEFAULTS["cutout"] == 0 and LEGACY_DEFAULTS["dw_weight_decay"] is True
+    path = tmp_path / "arms.yaml"
+    path.write_text("recipe: fast\ncutout: 16\npad-fill: reflect\ndw_weight_decay: false\n")
+    cfg = TrainConfig.from_recipe(**load_config_file(path), device="cpu")
+    assert (cfg.cutout, cfg.pad_fill, cfg.dw_weight_decay) == (16, "reflect", False)
+    assert TrainConfig.from_recipe("fast", device="cpu", cutout="8", dw_weight_decay="no").cutout == 8
+    assert TrainConfig.from_recipe(**cfg.to_dict()) == cfg  # what config.yaml records resolves to itself
+
+
+def test_resume_refuses_changed_switches_also_against_a_checkpoint_from_before_them():
+    saved = TrainConfig.from_recipe("fast", device="cpu", cutout=16).to_dict()
+    legacy = {k: v for k, v in saved.items() if k not in ("cutout", "dw_weight_decay", "pad_fill")}
+    assert RESUME_MUTABLE.isdisjoint({"cutout", "pad_fill", "dw_weight_decay"})
+    _check_resume_overrides(saved, {"cutout": 16, "pad_fill": "zero"}, "ck.pt")  # the saved values: fine
+    with pytest.raises(DsrnetError, match="cutout=0 differs from the checkpoint's 16"):
+        _check_resume_overrides(saved, {"cutout": 0}, "ck.pt")
+    with pytest.raises(DsrnetError, match="dw_weight_decay=False differs from the checkpoint's True"):
+        _check_resume_overrides(saved, {"dw_weight_decay": False}, "ck.pt")
+    # A checkpoint saved before the switches existed ran with them off: the same is fine, a change is refused.
+    _check_resume_overrides(legacy, {"cutout": 0, "pad_fill": "zero", "dw_weight_decay": True}, "old.pt")
+    for key, value in (("cutout", 16), ("pad_fill", "reflect"), ("dw_weight_decay", False)):
+        with pytest.raises(DsrnetError, match=f"{key}={value!r} differs from the checkpoint's"):
+            _check_resume_overrides(legacy, {key: value}, "old.pt")

@@ -363,3 +363,37 @@ def test_init_weights_of_another_network_fails_before_training(learned_run, cifa
     with pytest.raises(DsrnetError, match="do not fit this model"):
         train(wider)
     assert not (tmp_path / "wider" / "checkpoint.pt").exists()
+
+
+# --------------------------------------------------------------------------------------------- weight decay
+
+
+def _group_ids(groups: list[dict]) -> list[tuple[float, list[int]]]:
+    return [(g["weight_decay"], [id(p) for p in g["params"]]) for g in groups]
+
+
+@pytest.mark.parametrize(("model", "depthwise"), [("dsrnet50_cifar", 16), ("mobilenet_v2", 17), ("resnet50_cifar", 0)])
+def test_dw_weight_decay_off_exempts_exactly_the_depthwise_weights(model, depthwise):
+    net = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu"), 10)
+    params = list(net.parameters())
+    # Depthwise filters are the (C, 1, k, k) conv weights with C > 1; nothing else has that shape in these models.
+    dw = [p for p in params if p.ndim == 4 and p.shape[1] == 1 and p.shape[0] > 1]
+    one_d = [p for p in params if p.ndim == 1]
+    assert len(dw) == depthwise and one_d
+    for decay_bn in (True, False):
+        on = loop._param_groups(net, 5e-4, decay_bn, True)
+        off = loop._param_groups(net, 5e-4, decay_bn, False)
+        want = [len(params)] if decay_bn else [len(params) - len(one_d), len(one_d)]
+        assert [len(g["params"]) for g in on] == want  # the switch on: the groups as before it existed
+        if not depthwise:  # nothing to exempt: the same groups as with the switch on
+            assert _group_ids(off) == _group_ids(on)
+            continue
+        exempt = dw if decay_bn else [p for p in params if p.ndim == 1 or any(p is w for w in dw)]
+        assert len(off) == 2 and [g["weight_decay"] for g in off] == [5e-4, 0.0]
+        assert [id(p) for p in off[1]["params"]] == [id(p) for p in exempt]  # exactly these, in model order
+        assert [id(p) for p in off[0]["params"]] == [id(p) for p in params if all(p is not e for e in exempt)]
+        if model == "dsrnet50_cifar":  # the Triton swap keeps the parameter objects: the same groups after it
+            swapped = loop._build(TrainConfig.from_recipe("fast", model=model, device="cpu"), 10)
+            before = _group_ids(loop._param_groups(swapped, 5e-4, decay_bn, False))
+            assert loop._use_dwconv(swapped, TrainConfig.from_recipe("fast", model=model, device="cpu", dwconv="triton")) == 16
+            assert _group_ids(loop._param_groups(swapped, 5e-4, decay_bn, False)) == before

@@ -47,10 +47,14 @@ FIELD_HELP = {
     "subset_per_class": "train on this many images per class (quick runs) (default: all)",
     "test_subset_per_class": "test on this many images per class (quick runs) (default: all)",
     "checkpoint_every": "write checkpoint.pt every this many epochs (and after the last) (default: 1)",
-    "pad_fill": "what the random crop pads with: zero (black pixels) or mean (the mean colour, 0 after "
-    "normalisation)",
+    "pad_fill": "what the random crop pads with: zero (black pixels), mean (the mean colour, 0 after "
+    "normalisation) or reflect (the image mirrored at its borders)",
     "zero_init_residual": "start each residual block as an identity (last BatchNorm scale zeroed), for the models "
     "with residual blocks",
+    "cutout": "Cutout: side in pixels of one square per training image, centre anywhere in the image, set to the "
+    "mean colour after the crop and flip (DeVries & Taylor 2017 use 16 on CIFAR-10); 0 = off",
+    "dw_weight_decay": "apply weight decay to the depthwise conv weights too (--no-dw-weight-decay exempts them, "
+    "as MobileNets advise)",
     "deadline": "Unix time (s) by which training must end: it stops after the epoch whose successor would end later, "
     "marks final.json stopped_early (truncated schedule, not a full result); resume to complete (default: off)",
     "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv) or triton (the NHWC Triton "

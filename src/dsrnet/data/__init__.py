@@ -10,7 +10,7 @@ from dsrnet.data.datasets import (
     load_split,
     subset_per_class,
 )
-from dsrnet.data.loader import PAD_FILLS, DeviceLoader, crop_flip
+from dsrnet.data.loader import PAD_FILLS, DeviceLoader, crop_flip, cutout
 
 __all__ = [
     "DATASETS",
@@ -20,6 +20,7 @@ __all__ = [
     "DeviceLoader",
     "channel_stats",
     "crop_flip",
+    "cutout",
     "default_data_dir",
     "load_split",
     "subset_per_class",

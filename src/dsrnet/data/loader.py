@@ -7,8 +7,14 @@ at all.
 
 What the crop pads with (``pad_fill``): ``"zero"`` pads the image with black pixels (zero in pixel space, the paper's
 "zero-padding" read literally); ``"mean"`` pads with the dataset's mean colour, i.e. with zeros AFTER normalisation,
-which is what a network padding its own normalised input sees at its borders. Which trains better is a recipe
-question (see ``results/recipe-leads``); ``"zero"`` is the default.
+which is what a network padding its own normalised input sees at its borders; ``"reflect"`` mirrors the image at
+its borders (``F.pad(mode="reflect")``, the edge pixel not repeated), as several fast CIFAR trainers do. Which trains
+better is a recipe question (see ``results/recipe-leads``); ``"zero"`` is the default.
+
+Cutout (``cutout``, off by default): after the crop and flip, one square of ``cutout`` x ``cutout`` pixels per
+training image, its centre uniform over the image and the square clipped at the borders, is set to 0 after
+normalisation, i.e. to the mean colour (DeVries & Taylor 2017, "Improved Regularization of Convolutional Neural
+Networks with Cutout"; 16 px on CIFAR-10).
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ import torch.nn.functional as F
 
 from dsrnet.errors import DsrnetError
 
-__all__ = ["PAD_FILLS", "DeviceLoader", "crop_flip"]
+__all__ = ["PAD_FILLS", "DeviceLoader", "crop_flip", "cutout"]
 
-#: What the random crop pads with: black pixels, or the mean colour (= 0 after normalisation).
-PAD_FILLS = ("zero", "mean")
+#: What the random crop pads with: black pixels, the mean colour (= 0 after normalisation), or the image mirrored
+#: at its borders.
+PAD_FILLS = ("zero", "mean", "reflect")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -41,10 +48,12 @@ class DeviceLoader:
     (B,3,H,W) normalised with ``mean``/``std`` (in [0,1] units), ``y`` int64 (B,), both on ``device``.
 
     ``train=True``: a fresh permutation each epoch, random crop of the image padded by ``pad`` on each side
-    (with black, ``pad_fill="zero"``, or the mean colour, ``pad_fill="mean"``; module docstring)
-    and a horizontal flip with probability 1/2 (Section 4.2; STL-10 Section 4.5), all computed on ``device`` in a
-    handful of batched kernels. The randomness is drawn on the CPU from ``(seed, epoch)``, so batches are the same
-    on every device and every rank. ``train=False``: fixed order, no augmentation.
+    (with black, ``pad_fill="zero"``, the mean colour, ``pad_fill="mean"``, or the mirrored image,
+    ``pad_fill="reflect"``; module docstring), a horizontal flip with probability 1/2 (Section 4.2; STL-10
+    Section 4.5) and, with ``cutout > 0``, one ``cutout``-pixel square per image set to the mean colour (DeVries &
+    Taylor 2017), all computed on ``device`` in a handful of batched kernels. The randomness is drawn on the CPU
+    from ``(seed, epoch)``, so batches are the same on every device and every rank. ``train=False``: fixed order,
+    no augmentation.
 
     Epochs: each ``iter()`` uses the current epoch and then advances it by one; :meth:`set_epoch` sets it
     explicitly (as with ``DistributedSampler``), so forgetting it never repeats the same order.
@@ -73,6 +82,7 @@ class DeviceLoader:
         world_size: int = 1,
         channels_last: bool = False,
         pad_fill: str = "zero",
+        cutout: int = 0,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DsrnetError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -89,6 +99,8 @@ class DeviceLoader:
             raise DsrnetError(f"pad must be a non-negative integer, got {pad!r}")
         if pad_fill not in PAD_FILLS:
             raise DsrnetError(f"pad_fill must be one of {', '.join(PAD_FILLS)}, got {pad_fill!r}")
+        if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
+            raise DsrnetError(f"cutout must be a non-negative integer (0 = off), got {cutout!r}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise DsrnetError(f"mean and std need 3 values each with std > 0, got mean={mean!r} std={std!r}")
         with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: they are copied, never written
@@ -107,6 +119,13 @@ class DeviceLoader:
         n = len(images_t)
         if n == 0:
             raise DsrnetError("loader got an empty split")
+        side = min(images_t.shape[1:3])
+        if cutout > side:
+            raise DsrnetError(f"cutout {cutout} is larger than the {side}-pixel image; fix: use 0..{side}")
+        if train and pad_fill == "reflect" and pad >= side:
+            raise DsrnetError(
+                f"pad {pad} cannot be reflected in a {side}-pixel image; fix: use pad < {side} or another pad_fill"
+            )
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.train = train
@@ -118,6 +137,7 @@ class DeviceLoader:
         self.world_size = world_size
         self.channels_last = channels_last
         self.pad_fill = pad_fill
+        self.cutout = cutout if train else 0
         self.epoch = 0
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
@@ -148,20 +168,25 @@ class DeviceLoader:
         """Use ``epoch`` for the next iteration (shuffle order and augmentation draw from ``(seed, epoch)``)."""
         self.epoch = int(epoch)
 
-    def _plan(
-        self, epoch: int
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """This rank's indices for ``epoch`` and per-sample crop offsets / flip flags, on the CPU."""
+    def _plan(self, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """This rank's indices for ``epoch`` and its per-sample augmentation draws, on the CPU: crop offsets
+        ``dy``/``dx``, ``flip`` flags and, with cutout, the square's centre ``cy``/``cx`` (none for evaluation)."""
         n, ws = self.num_total, self.world_size
         if not self.train:
-            return torch.arange(self.rank, n, ws), None, None, None
+            return torch.arange(self.rank, n, ws), {}
         g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
         perm = torch.randperm(n, generator=g)
-        dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        flips = torch.rand(n, generator=g) < 0.5
+        draws = {
+            "dy": torch.randint(0, 2 * self.pad + 1, (n,), generator=g),
+            "dx": torch.randint(0, 2 * self.pad + 1, (n,), generator=g),
+            "flip": (torch.rand(n, generator=g) < 0.5) & self.flip,
+        }
+        if self.cutout:  # drawn after the crop and flip, which therefore do not depend on it
+            h, w = self.images.shape[-2:]
+            draws["cy"] = torch.randint(0, h, (n,), generator=g)
+            draws["cx"] = torch.randint(0, w, (n,), generator=g)
         pos = torch.arange(self.rank, self.num_samples * ws, ws)  # the same global draw, sliced per rank
-        return perm[pos], dy[pos], dx[pos], flips[pos] & self.flip
+        return perm[pos], {k: v[pos] for k, v in draws.items()}
 
     def epoch_indices(self, epoch: int | None = None) -> torch.Tensor:
         """Indices into the split that this rank visits in ``epoch`` (default: the next epoch), in batch order."""
@@ -173,13 +198,10 @@ class DeviceLoader:
         return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx, dy, dx, flips = self._plan(epoch)
+        idx, draws = self._plan(epoch)
         non_blocking = self.device.type == "cuda"
         idx = idx.to(self.device, non_blocking=non_blocking)
-        if self.train:
-            dy = dy.to(self.device, non_blocking=non_blocking)
-            dx = dx.to(self.device, non_blocking=non_blocking)
-            flips = flips.to(self.device, non_blocking=non_blocking)
+        draws = {k: v.to(self.device, non_blocking=non_blocking) for k, v in draws.items()}
         sequential = not self.train and self.world_size == 1
         bs = self.batch_size
         for b in range(len(self)):
@@ -190,29 +212,48 @@ class DeviceLoader:
                 ib = idx[sl]
                 xb, yb = self.images.index_select(0, ib), self.labels.index_select(0, ib)
             augment = self.train and (self.pad or self.flip)
+            crop = {k: draws[k][sl] for k in ("dy", "dx", "flip")} if augment else {}
             if augment and self.pad_fill == "zero":  # pad the uint8 image with black, then normalise
-                xb = crop_flip(xb, self.pad, dy[sl], dx[sl], flips[sl])
+                xb = crop_flip(xb, self.pad, **crop)
             x = torch.addcmul(self._shift, xb.to(torch.float32), self._scale)
             if augment and self.pad_fill == "mean":  # normalise, then pad with 0 = the mean colour, exactly
-                x = crop_flip(x, self.pad, dy[sl], dx[sl], flips[sl])
+                x = crop_flip(x, self.pad, **crop)
+            elif augment and self.pad_fill == "reflect":  # per-pixel normalisation commutes with the mirroring
+                x = crop_flip(x, self.pad, **crop, mode="reflect")
+            if self.cutout:
+                x = cutout(x, self.cutout, draws["cy"][sl], draws["cx"][sl])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, yb
 
 
 def crop_flip(
-    x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor
+    x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, mode: str = "constant"
 ) -> torch.Tensor:
-    """Batched random crop + horizontal flip: sample ``i`` of ``x`` (B,C,H,W) is zero-padded by ``pad`` on every
-    side, cut at rows ``dy[i]..dy[i]+H`` and columns ``dx[i]..dx[i]+W`` (offsets in ``[0, 2*pad]``), then mirrored
-    left-right where ``flip[i]``. One pad and one gather for the whole batch; the flip is folded into the gather's
-    column index, so it costs nothing and is exact."""
+    """Batched random crop + horizontal flip: sample ``i`` of ``x`` (B,C,H,W) is padded by ``pad`` on every side
+    (with zeros, or ``mode="reflect"``: mirrored at the borders, as :func:`torch.nn.functional.pad`), cut at rows
+    ``dy[i]..dy[i]+H`` and columns ``dx[i]..dx[i]+W`` (offsets in ``[0, 2*pad]``), then mirrored left-right where
+    ``flip[i]``. One pad and one gather for the whole batch; the flip is folded into the gather's column index, so
+    it costs nothing and is exact."""
     b, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
-    xp = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    xp = F.pad(x, (pad, pad, pad, pad), mode=mode) if pad else x
     ar_h = torch.arange(h, device=x.device)
     ar_w = torch.arange(w, device=x.device)
     rows = dy.view(b, 1) + ar_h  # (B,H)
     cols = dx.view(b, 1) + torch.where(flip.view(b, 1), (w - 1) - ar_w, ar_w)  # (B,W)
     lin = (rows.view(b, h, 1) * wp + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
     return xp.reshape(b, c, hp * wp).gather(2, lin).view(b, c, h, w)
+
+
+def cutout(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Batched Cutout (DeVries & Taylor 2017): in sample ``i`` of ``x`` (B,C,H,W) the ``size`` x ``size`` square
+    at rows ``cy[i] - size//2 ..`` and columns ``cx[i] - size//2 ..``, clipped at the borders, is set to 0 in every
+    channel (on normalised input: the mean colour). Two comparisons and one masked fill for the whole batch."""
+    b, _, h, w = x.shape
+    top, left = (cy - size // 2).view(b, 1), (cx - size // 2).view(b, 1)
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    in_rows = (ar_h >= top) & (ar_h < top + size)  # (B,H)
+    in_cols = (ar_w >= left) & (ar_w < left + size)  # (B,W)
+    return x.masked_fill((in_rows.view(b, 1, h, 1) & in_cols.view(b, 1, 1, w)), 0.0)

@@ -86,6 +86,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "compile": False,
         "pad_fill": "zero",
         "zero_init_residual": False,
+        "cutout": 0,
+        "dw_weight_decay": True,
     },
     "fast": {
         "epochs": 40,
@@ -104,6 +106,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "compile": True,
         "pad_fill": "zero",
         "zero_init_residual": True,
+        "cutout": 0,
+        "dw_weight_decay": True,
     },
 }
 
@@ -131,7 +135,13 @@ RESUME_MUTABLE = frozenset(
 
 #: The value each field added after the first release had implicitly before it existed: a run saved without the
 #: field compares equal to a config that sets it to this (``RunDir.check_compatible``), e.g. black crop padding.
-LEGACY_DEFAULTS = {"pad_fill": "zero", "zero_init_residual": False, "init_weights": None}
+LEGACY_DEFAULTS = {
+    "pad_fill": "zero",
+    "zero_init_residual": False,
+    "cutout": 0,
+    "dw_weight_decay": True,
+    "init_weights": None,
+}
 
 #: Model arguments that make a network something other than a classifier of the dataset's classes.
 NOT_FOR_TRAINING = frozenset({"features_only", "out_indices", "num_classes", "pretrained", "checkpoint_path"})
@@ -150,10 +160,15 @@ class TrainConfig:
     available. ``resume``: ``"auto"`` (or ``True``) continues from ``out_dir/checkpoint.pt``; a path names a
     checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
     images per class (quick runs). ``model_kwargs`` go to :func:`dsrnet.create_model` (e.g.
-    ``{"widths": [8, 16, 32, 64]}``). ``pad_fill``: what the random crop pads with, ``"zero"`` (black) or
-    ``"mean"`` (the mean colour; :mod:`dsrnet.data.loader`). ``zero_init_residual``: start every residual block
-    as an identity (its last BatchNorm scale zeroed, Goyal et al. 2017), for the models that have such blocks;
-    ``model_kwargs`` may still set it per model.
+    ``{"widths": [8, 16, 32, 64]}``). ``pad_fill``: what the random crop pads with, ``"zero"`` (black),
+    ``"mean"`` (the mean colour) or ``"reflect"`` (the image mirrored at its borders; :mod:`dsrnet.data.loader`).
+    ``cutout``: side in pixels of the square set to the mean colour in each training image after the crop and flip
+    (DeVries & Taylor 2017, who use 16 on CIFAR-10); 0 (both recipes) is off. ``zero_init_residual``: start every
+    residual block as an identity (its last BatchNorm scale zeroed, Goyal et al. 2017), for the models that have
+    such blocks; ``model_kwargs`` may still set it per model. ``dw_weight_decay``: ``False`` exempts the weights of
+    depthwise convs from weight decay ("very little or no weight decay on the depthwise filters since there are
+    so few parameters in them", Howard et al. 2017, MobileNets, Section 3.3); ``True`` (both recipes) decays them
+    like every other conv weight. Changing any of these on resume is refused, as for every recipe value.
 
     ``deadline``: a wall-clock time (Unix seconds, ``time.time()``) after which training stops at the end of the
     current epoch, as a safety net for time-boxed runs (choose ``epochs`` to fit; this only catches overruns). A run
@@ -211,6 +226,8 @@ class TrainConfig:
     checkpoint_every: int = 1
     pad_fill: str | None = None
     zero_init_residual: bool | None = None
+    cutout: int | None = None
+    dw_weight_decay: bool | None = None
     deadline: float | None = None
     dwconv: str = "torch"
     init_weights: str | None = None
@@ -304,6 +321,8 @@ class TrainConfig:
             _check(v is None or v >= 1, key, v, "an integer >= 1 (or unset for all images)")
         _check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "an integer >= 1")
         _check(self.pad_fill in D.PAD_FILLS, "pad_fill", self.pad_fill, f"one of {', '.join(D.PAD_FILLS)}")
+        side = D.DATASETS[self.dataset].image_size
+        _check(0 <= self.cutout <= side, "cutout", self.cutout, f"an integer in 0..{side} (pixels; 0 = off)")
         _check(self.dwconv in DWCONVS, "dwconv", self.dwconv, f"one of {', '.join(DWCONVS)}")
         _check(
             self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
@@ -448,10 +467,11 @@ def load_config_file(path: str | os.PathLike) -> dict:
 
 
 def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfig:
-    """The config saved in ``checkpoint`` (a file or run folder), set up to resume it. ``overrides`` may
-    change only :data:`RESUME_MUTABLE` fields; any other value that differs from the checkpoint's raises."""
+    """The config saved in ``checkpoint`` (a file or run folder), set up to resume it; a field the checkpoint
+    predates takes its :data:`LEGACY_DEFAULTS` value, not the recipe's. ``overrides`` may change only
+    :data:`RESUME_MUTABLE` fields; any other value that differs from the checkpoint's raises."""
     ckpt = load_checkpoint(checkpoint)
-    saved = dict(ckpt["config"])
+    saved = {**LEGACY_DEFAULTS, **ckpt["config"]}  # a field the checkpoint predates: the value it ran with
     _check_resume_overrides(saved, overrides, ckpt["path"])
     saved.update(overrides)
     saved["resume"] = ckpt["path"]
@@ -461,6 +481,7 @@ def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfi
 
 
 def _check_resume_overrides(saved: dict, overrides: dict, path: str) -> None:
+    saved = {**LEGACY_DEFAULTS, **saved}  # a checkpoint from before a field existed ran with its legacy value
     wanted = {
         k: _coerce(k, _KINDS[k], v) for k, v in overrides.items() if k not in RESUME_MUTABLE and k in saved
     }

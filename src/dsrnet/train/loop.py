@@ -63,15 +63,36 @@ __all__ = ["lr_factor", "train"]
 logger = logging.getLogger(__name__)
 
 
-def _param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """All parameters decayed (the paper's plain L2), or all but the 1-D ones, BatchNorm scales/shifts and
-    biases ("no bias decay", He et al. 2019, Bag of Tricks, Section 3.1), which the fast recipe uses."""
+def _param_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool, decay_depthwise: bool = True
+) -> list[dict]:
+    """The optimiser's parameter groups: all parameters decayed (the paper's plain L2), or some exempt from weight
+    decay: with ``decay_norm_and_bias=False`` the 1-D ones, BatchNorm scales/shifts and biases ("no bias decay",
+    He et al. 2019, Bag of Tricks, Section 3.1; the fast recipe), with ``decay_depthwise=False`` the weights of
+    depthwise convs ("very little or no weight decay on the depthwise filters since there are so few parameters
+    in them", Howard et al. 2017, MobileNets, Section 3.3). Groups: ``[decayed]`` when everything is decayed (also
+    a model without depthwise convs under ``decay_depthwise=False``), else ``[decayed, not decayed]``, each in
+    ``model.parameters()`` order, so the same config and model always give the same structure (what resuming the
+    optimizer state needs)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if decay_norm_and_bias:
+    exempt = set() if decay_norm_and_bias else {id(p) for p in params if p.ndim <= 1}
+    if not decay_depthwise:
+        exempt |= {id(w) for w in _depthwise_weights(model)}
+    if decay_norm_and_bias and not exempt:
         return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
+    decay = [p for p in params if id(p) not in exempt]
+    no_decay = [p for p in params if id(p) in exempt]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _depthwise_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of ``model``'s depthwise convs (``groups == in_channels == out_channels > 1``), including the
+    Triton ones of :func:`dsrnet.use_triton_dwconv` (an ``nn.Conv2d`` subclass holding the same parameter)."""
+    return [
+        m.weight
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels
+    ]
 
 
 def lr_factor(step: int, *, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -167,6 +188,7 @@ def _load_data(cfg: TrainConfig, dist_: DistContext, device: torch.device):
         drop_last=cfg.drop_last,
         seed=cfg.seed,
         pad_fill=cfg.pad_fill,
+        cutout=cfg.cutout,
         rank=dist_.rank,
         world_size=dist_.world_size,
         **common,
@@ -307,7 +329,7 @@ class _Trainer:
         self.model = model  # the plain module: what is checkpointed
         self.n_params = sum(p.numel() for p in model.parameters())
         self.optimizer = torch.optim.SGD(
-            _param_groups(model, cfg.weight_decay, cfg.bn_bias_weight_decay),
+            _param_groups(model, cfg.weight_decay, cfg.bn_bias_weight_decay, cfg.dw_weight_decay),
             lr=cfg.lr,
             momentum=cfg.momentum,
             nesterov=cfg.nesterov,
