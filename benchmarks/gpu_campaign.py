@@ -1,6 +1,6 @@
 """GPU campaign of issue 9: one prepared command per stage, each fitting a few minutes of GPU time.
 
-    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet|bench|baselines|ablation --out DIR \
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet|bench|baselines|ablation|recipe --out DIR \
         --budget-s S [--data-dir D] [--dry-run] [...]
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble RETURNED_DIR [...] --out-dir results/gpu/cifar10
 
@@ -47,6 +47,20 @@ Stages (in order of value):
 * ``ablation`` -- ``no_dilation``, ``full_3x3``, ``stem_paper`` (cifar-stem DSRNet otherwise), same recipe and
   epochs, one seed each, through ``dsrnet.paper.runner.ablate``. OUT: ``table.md``, ``summary.json``,
   ``<variant>/metrics.jsonl``, ``campaign.json``.
+* ``recipe`` -- short runs of recipe ARMS (:data:`RECIPE_ARMS`: each a TrainConfig override and/or DSRNet model
+  kwargs on top of ``--like``'s recipe; ``--arms`` picks and orders them, default all, most informative first:
+  ``base combo cutout16 no_dilation mean_pad no_dw_wd reflect_pad ls02``), all at ``--epochs N`` (the fast
+  schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
+  ``dsrnet.train.train``, each only if its whole schedule fits; the shipped run overfits (train top-1 99.8 %,
+  7.63 % test error at 67 epochs) and the arms look for what closes the gap to 5.5 %. Every arm is checked before
+  anything is decoded or trained (names, TrainConfig keys this checkout has, values, model kwargs): one refused
+  arm refuses the call in one line (exit 2). One warm-up for the first architecture; each finished arm plans the
+  next arm of its architecture; an architecture not measured yet (``no_dilation``) is planned conservatively
+  (:func:`stage_recipe`). OUT: ``recipe.md`` (arm, what changed, FINAL-epoch top-1/top-3 error and their delta vs
+  ``base``, final train top-1, s/epoch, epochs, wall s; command, card, versions, seed; what was skipped and why),
+  ``recipe.json`` (the same, machine-readable, with each arm's plan), ``runs.json`` (every trained arm's
+  ``config.yaml``, ``final.json``, ``metrics.jsonl``: :func:`dsrnet.paper.assemble.write_bundle`), ``campaign.json``.
+  One seed per arm at a short length is a lead, not a result: below ~0.3 pp is noise.
 
 Data: ``--data-dir`` (default /root/data) must hold ``cifar10/{train,test}.npz``; if it does not and
 ``--decoder`` (default /root/c10/decode.py) exists, the script runs it first (~5 s).
@@ -96,6 +110,21 @@ Next GPU session (``baselines``), after staging the data as above (the last stag
 then ``--models resnext50_32x4d`` (later ``resnet101``, ``resnext101_32x8d``) in later calls. Every such call times
 DSRNet and the whole comparison again, so its ``runs.json`` alone gives the table's time row.
 
+Recipe arms (towards <= 5.5 % error in <= 6 min of training), once the branch adding ``TrainConfig.cutout``,
+``dw_weight_decay`` and ``pad_fill: reflect`` is merged (until then those arms are refused before training; a CPU
+without the data checks the arms in seconds: the call stops at "no CUDA device" once they pass)::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage recipe \
+        --like results/gpu/dsrnet/config.yaml --epochs 20 --out $OUT --budget-s 540
+
+Planned from the first session's H200 timings (not yet measured for this stage): 20 epochs are ~80 s of
+training per arm (3.66 s/epoch + 0.26 s of test pass) plus ~20 s of warm-cache compilation; the 99-s warm-up
+(cold compilation) comes first, so 3-4 arms fit 540 s in the default order (``base combo cutout16``, then
+``mean_pad`` if ~107 s are left: ``no_dilation``, a new architecture, is planned with a cold compilation and 1.25x
+the s/epoch, ~200 s, and is skipped unless it comes earlier); an H100 fits fewer. Put the arms that matter most first
+(``--arms``); a second call with ``--arms`` the rest, ``--s-per-epoch`` / ``--first-epoch-extra-s`` from the
+first call's ``campaign.json`` skips the warm-up. Copy the returned files to ``results/gpu/recipe-<call_id>/``.
+
 The paper's table, here afterwards (no GPU, nothing trained or timed; :mod:`dsrnet.paper.assemble`)::
 
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble results/gpu/dsrnet \
@@ -126,6 +155,9 @@ Dry run (CPU, tiny widths, a few images per class, 1-2 epochs, no compilation), 
         --like /tmp/campaign-dry/dsrnet/config.yaml --models resnet50 --out /tmp/campaign-dry/b1 --budget-s 300
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble /tmp/campaign-dry/dsrnet /tmp/campaign-dry/b1 \
         --out-dir /tmp/campaign-dry/cifar10
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage recipe --dry-run --data-dir /tmp/c10data \
+        --like results/gpu/dsrnet/config.yaml --epochs 2 --arms base no_dilation mean_pad ls02 \
+        --out /tmp/campaign-dry/recipe --budget-s 120
 """
 
 from __future__ import annotations
