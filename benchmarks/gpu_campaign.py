@@ -178,8 +178,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 STAGES = ("dsrnet", "bench", "baselines", "ablation", "recipe")
 MAX_FILES = 8
@@ -503,8 +503,7 @@ def bundle_runs(out: Path, summary: dict) -> Path:
 # -------------------------------------------------------------------------------------------------------- recipe
 
 
-@dataclass(frozen=True)
-class Arm:
+class Arm(NamedTuple):
     """One arm of the ``recipe`` stage: ``train`` overrides the stage's TrainConfig settings, ``model`` is added to
     the model kwargs; ``tests`` says what it tests, ``reference`` what motivates it."""
 
