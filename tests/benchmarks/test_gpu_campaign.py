@@ -245,7 +245,7 @@ def test_recipe_arms_are_refused_before_anything_runs(campaign_in_process, monke
     cases = {
         "nope": "unknown recipe arm(s) nope; fix: choose from base combo",
         "knob": "knob sets no_such_knob, which this checkout's TrainConfig lacks",
-        "kwarg": "kwarg: ",
+        "kwarg": "kwarg: model 'dsrnet50_cifar' does not take that argument",
         "reseed": "reseed changes seed, which every arm shares",
     }
     for arm, message in cases.items():
