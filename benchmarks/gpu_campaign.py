@@ -617,7 +617,7 @@ def arm_changes(arm: Arm) -> str:
     """What an arm changes, as text: ``cutout=16, pad_fill=mean; model: stem_dilation=1``."""
     text = lambda d: ", ".join(f"{k}={json.dumps(v)}" for k, v in d.items())  # noqa: E731
     parts = ([text(arm.train)] if arm.train else []) + ([f"model: {text(arm.model)}"] if arm.model else [])
-    return "; ".join(parts) or "nothing (the shipped recipe)"
+    return "; ".join(parts) or "nothing (--like's recipe)"
 
 
 def measured_timing(run_dir: Path, wall_s: float) -> dict:
@@ -666,7 +666,7 @@ def stage_recipe(args, budget: Budget, work: Path, summary: dict, arms: dict[str
         if key in timings:
             timing = timings[key]
         elif reference is None:
-            t = timing_for(arch, args, work, settings, kwargs, budget, summary, key=f"{name} (architecture)")
+            t = timing_for(arch, args, work, settings, kwargs, budget, summary, key=name)
             overhead = t["first_epoch_extra_s"]
             if "warmup_wall_s" in t:  # all of the warm-up's time beyond its steady epochs: cold compile, data
                 overhead = max(overhead, t["warmup_wall_s"] - t["epochs_measured"] * t["s_per_epoch"])
