@@ -541,8 +541,10 @@ RECIPE_ARMS: dict[str, Arm] = {
                 "Szegedy et al. 2016 (Inception-v3, Sec. 7); Mueller et al. 2019, When does label smoothing help?"),
 }  # fmt: skip
 #: Settings every arm shares: an arm that changed one would not be comparable (or not be a recipe change).
-SHARED_KEYS = frozenset({"model", "dataset", "data_dir", "download", "epochs", "seed", "subset_per_class",
-                         "test_subset_per_class", "device", "out_dir", "resume", "deadline", "model_kwargs"})  # fmt: skip
+SHARED_KEYS = frozenset({
+    "model", "dataset", "data_dir", "download", "epochs", "seed", "subset_per_class", "test_subset_per_class",
+    "device", "out_dir", "resume", "deadline", "model_kwargs",
+})  # fmt: skip
 #: An architecture no arm measured yet: the reference architecture's s/epoch times this (dilation changes the
 #: speed of the depthwise convs; the measured run then replaces the estimate for later arms).
 NEW_ARCH_FACTOR = 1.25
@@ -803,8 +805,9 @@ def render_recipe(doc: dict) -> str:
     if doc["skipped"]:
         lines += ["", "Not trained:", ""] + [f"- `{s['arm']}`: {s['why']}" for s in doc["skipped"]]
     s, v = doc["settings"], doc["versions"]
-    shared = ", ".join(f"{k} {s[k]}" for k in ("recipe", "batch_size", "lr", "weight_decay", "label_smoothing",
-                                               "schedule", "warmup_epochs", "pad_fill", "precision") if k in s)  # fmt: skip
+    keys = ("recipe", "batch_size", "lr", "weight_decay", "label_smoothing", "schedule", "warmup_epochs",
+            "pad_fill", "precision")
+    shared = ", ".join(f"{k} {s[k]}" for k in keys if k in s)
     lines += [
         "",
         f"Command: `{doc['command']}`",
@@ -1091,7 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
             files = [(bundle, bundle.name)]
         except Exception:
             log.error("could not bundle the runs:\n%s", traceback.format_exc())
-    if status and args.stage == "recipe" and (work / "recipe").is_dir():  # the arms finished before the failure (written after each arm)
+    if status and args.stage == "recipe" and (work / "recipe").is_dir():  # the arms finished before the failure
         files = [(work / "recipe" / name, name) for name in RECIPE_FILES]
     if status and args.stage == "bench":
         name = "bench_cpu" if args.dry_run else "bench_cuda"
