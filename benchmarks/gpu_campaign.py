@@ -1,6 +1,6 @@
 """GPU campaign of issue 9: one prepared command per stage, each fitting a few minutes of GPU time.
 
-    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet|bench|baselines|ablation --out DIR \
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage dsrnet|bench|baselines|ablation|recipe --out DIR \
         --budget-s S [--data-dir D] [--dry-run] [...]
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble RETURNED_DIR [...] --out-dir results/gpu/cifar10
 
@@ -47,6 +47,20 @@ Stages (in order of value):
 * ``ablation`` -- ``no_dilation``, ``full_3x3``, ``stem_paper`` (cifar-stem DSRNet otherwise), same recipe and
   epochs, one seed each, through ``dsrnet.paper.runner.ablate``. OUT: ``table.md``, ``summary.json``,
   ``<variant>/metrics.jsonl``, ``campaign.json``.
+* ``recipe`` -- short runs of recipe ARMS (:data:`RECIPE_ARMS`: each a TrainConfig override and/or DSRNet model
+  kwargs on top of ``--like``'s recipe; ``--arms`` picks and orders them, default all, most informative first:
+  ``base combo cutout16 no_dilation mean_pad no_dw_wd reflect_pad ls02``), all at ``--epochs N`` (the fast
+  schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
+  ``dsrnet.train.train``, each only if its whole schedule fits; the shipped run overfits (train top-1 99.8 %,
+  7.63 % test error at 67 epochs) and the arms look for what closes the gap to 5.5 %. Every arm is checked before
+  anything is decoded or trained (names, TrainConfig keys this checkout has, values, model kwargs): one refused
+  arm refuses the call in one line (exit 2). One warm-up for the first architecture; each finished arm plans the
+  next arm of its architecture; an architecture not measured yet (``no_dilation``) is planned conservatively
+  (:func:`stage_recipe`). OUT: ``recipe.md`` (arm, what changed, FINAL-epoch top-1/top-3 error and their delta vs
+  ``base``, final train top-1, s/epoch, epochs, wall s; command, card, versions, seed; what was skipped and why),
+  ``recipe.json`` (the same, machine-readable, with each arm's plan), ``runs.json`` (every trained arm's
+  ``config.yaml``, ``final.json``, ``metrics.jsonl``: :func:`dsrnet.paper.assemble.write_bundle`), ``campaign.json``.
+  One seed per arm at a short length is a lead, not a result: below ~0.3 pp is noise.
 
 Data: ``--data-dir`` (default /root/data) must hold ``cifar10/{train,test}.npz``; if it does not and
 ``--decoder`` (default /root/c10/decode.py) exists, the script runs it first (~5 s).
@@ -96,6 +110,21 @@ Next GPU session (``baselines``), after staging the data as above (the last stag
 then ``--models resnext50_32x4d`` (later ``resnet101``, ``resnext101_32x8d``) in later calls. Every such call times
 DSRNet and the whole comparison again, so its ``runs.json`` alone gives the table's time row.
 
+Recipe arms (towards <= 5.5 % error in <= 6 min of training), once the branch adding ``TrainConfig.cutout``,
+``dw_weight_decay`` and ``pad_fill: reflect`` is merged (until then those arms are refused before training; a CPU
+without the data checks the arms in seconds: the call stops at "no CUDA device" once they pass)::
+
+    PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage recipe \
+        --like results/gpu/dsrnet/config.yaml --epochs 20 --out $OUT --budget-s 540
+
+Planned from the first session's H200 timings (not yet measured for this stage): 20 epochs are ~80 s of
+training per arm (3.66 s/epoch + 0.26 s of test pass) plus ~20 s of warm-cache compilation; the 99-s warm-up
+(cold compilation) comes first, so 3-4 arms fit 540 s in the default order (``base combo cutout16``, then
+``mean_pad`` if ~107 s are left: ``no_dilation``, a new architecture, is planned with a cold compilation and 1.25x
+the s/epoch, ~200 s, and is skipped unless it comes earlier); an H100 fits fewer. Put the arms that matter most first
+(``--arms``); a second call with ``--arms`` the rest, ``--s-per-epoch`` / ``--first-epoch-extra-s`` from the
+first call's ``campaign.json`` skips the warm-up. Copy the returned files to ``results/gpu/recipe-<call_id>/``.
+
 The paper's table, here afterwards (no GPU, nothing trained or timed; :mod:`dsrnet.paper.assemble`)::
 
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble results/gpu/dsrnet \
@@ -126,6 +155,9 @@ Dry run (CPU, tiny widths, a few images per class, 1-2 epochs, no compilation), 
         --like /tmp/campaign-dry/dsrnet/config.yaml --models resnet50 --out /tmp/campaign-dry/b1 --budget-s 300
     PYTHONPATH=src python3 benchmarks/gpu_campaign.py --assemble /tmp/campaign-dry/dsrnet /tmp/campaign-dry/b1 \
         --out-dir /tmp/campaign-dry/cifar10
+    PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage recipe --dry-run --data-dir /tmp/c10data \
+        --like results/gpu/dsrnet/config.yaml --epochs 2 --arms base no_dilation mean_pad ls02 \
+        --out /tmp/campaign-dry/recipe --budget-s 120
 """
 
 from __future__ import annotations
@@ -139,6 +171,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -146,8 +179,9 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
-STAGES = ("dsrnet", "bench", "baselines", "ablation")
+STAGES = ("dsrnet", "bench", "baselines", "ablation", "recipe")
 MAX_FILES = 8
 MAX_FILE_BYTES = 15 * 2**20
 DSRNET_MODEL = "dsrnet50_cifar"
@@ -160,8 +194,9 @@ RECIPE_KEYS = (
     "milestones", "warmup_epochs", "bn_bias_weight_decay", "drop_last", "precision", "channels_last", "pad_fill",
     "cutout", "dw_weight_decay", "seed", "subset_per_class", "test_subset_per_class",
 )  # fmt: skip
-#: Dry run: the same code paths on a CPU in seconds.
-DRY_TRAIN = {"subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "device": "cpu"}
+#: Dry run: the same code paths on a CPU in seconds (fp32 NCHW even when --like names a bf16 GPU run).
+DRY_TRAIN = {"subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "device": "cpu",
+             "precision": "fp32", "channels_last": False}  # fmt: skip
 DRY_DSRNET_KWARGS = {"widths": [8, 16, 32, 64]}
 #: Dry run: the reproduce runner's timing, but one call of a small batch (full-width baselines on a CPU).
 DRY_BENCH = {"warmup": 0, "repeats": 1, "batch_size": 8}
@@ -215,9 +250,11 @@ def ensure_data(data_dir: Path, decoder: Path) -> dict:
 
 def run_settings(args, budget: Budget) -> dict:
     """The training settings shared by every run of a stage (the same for DSRNet and the baselines)."""
-    s: dict = {"recipe": "fast", "seed": args.seed}
+    s: dict = {"recipe": "fast", "seed": 0}
     if args.like:
         s.update(like_settings(Path(args.like)))
+    if args.seed is not None:  # an explicit --seed wins over --like's
+        s["seed"] = args.seed
     if args.epochs:
         s["epochs"] = args.epochs
     if args.dry_run:
@@ -326,7 +363,7 @@ def stage_dsrnet(args, budget: Budget, work: Path, summary: dict) -> list[tuple[
     settings = {**run_settings(args, budget), "dwconv": args.dwconv}
     summary["dwconv"] = args.dwconv
     kwargs = DRY_DSRNET_KWARGS if args.dry_run else {}
-    post_s = args.post_s
+    post_s = args.post_s if args.post_s is not None else 15.0
     if args.epochs:
         epochs, plan = args.epochs, {"epochs_from": "--epochs"}
     else:
@@ -399,12 +436,13 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
               "bench_settings": bench_settings, "model_kwargs": DRY_DSRNET_KWARGS if args.dry_run else None,
               "command": " ".join(sys.argv)}  # fmt: skip
     done, skipped = [], []
+    post_s = args.post_s if args.post_s is not None else 15.0
     for name, arch, kwargs in jobs:
         timing = timing_for(arch, args, work, settings, kwargs, budget, summary, key=name)
         need = timing["first_epoch_extra_s"] + settings["epochs"] * timing["s_per_epoch"] * (1 + args.slack)
-        need += args.post_s + (args.bench_reserve_s if baselines else 0.0)
+        need += post_s + (args.bench_reserve_s if baselines else 0.0)
         if need > budget.left():
-            fit = epochs_that_fit(budget.left() - args.post_s, timing, args.slack)
+            fit = epochs_that_fit(budget.left() - post_s, timing, args.slack)
             skipped.append({"what": name, "why": f"needs ~{need:.0f} s for {settings['epochs']} epochs, "
                             f"{budget.left():.0f} s left (about {fit} epochs would fit now)", "timing": timing})
             log.info("skip %s: %s", name, skipped[-1]["why"])
@@ -460,6 +498,326 @@ def bundle_runs(out: Path, summary: dict) -> Path:
     header = {k: summary.get(k) for k in ("call_id", "stage", "dry_run", "started", "versions", "settings")}
     header["device_name"] = summary.get("gpu") or summary.get("device_name")
     return write_bundle(out / BUNDLE_NAME, runs, header)
+
+
+# -------------------------------------------------------------------------------------------------------- recipe
+
+
+class Arm(NamedTuple):
+    """One arm of the ``recipe`` stage: ``train`` overrides the stage's TrainConfig settings, ``model`` is added to
+    the model kwargs; ``tests`` says what it tests, ``reference`` what motivates it."""
+
+    train: dict
+    model: dict
+    tests: str
+    reference: str
+
+
+#: The ``recipe`` stage's built-in arms, most informative first (the default order; ``base`` anchors every delta).
+#: Each arm changes the shipped recipe (``--like results/gpu/dsrnet/config.yaml``: 7.63 % final top-1 error at
+#: 67 epochs, train top-1 99.8 %, i.e. overfitting) in one respect, except ``combo``.
+RECIPE_ARMS: dict[str, Arm] = {
+    "base": Arm({}, {}, "the shipped recipe itself: the anchor of every delta",
+                "results/gpu/dsrnet (fast recipe, 7.63 % at 67 epochs)"),
+    "combo": Arm({"cutout": 16, "dw_weight_decay": False, "pad_fill": "mean"}, {},
+                 "cutout16 + no_dw_wd + mean_pad together: whether the three add up", "the three arms below"),
+    "cutout16": Arm({"cutout": 16}, {},
+                    "stronger augmentation against the overfitting: a random 16x16 square of each training image "
+                    "blanked", "DeVries & Taylor 2017, Improved Regularization of CNNs with Cutout (16 px, CIFAR-10)"),
+    "no_dilation": Arm({}, {"stem_dilation": 1, "down_dilation": 1, "block_dilations": [1]},
+                       "the paper's dilation at 32 px: the last stage's map is 4x4, where rate-3 taps mostly read "
+                       "padding; every rate 1",
+                       "results/cifar10-ablate-5k/table.md (paper stem at 32 px, CPU, 5k images, one seed: 9 pp "
+                       "LOWER error without dilation)"),
+    "mean_pad": Arm({"pad_fill": "mean"}, {},
+                    "the random crop pads with the mean colour (0 after normalisation) instead of black",
+                    "results/recipe-leads: better on 4 of 4 seeds by 0.2-1.5 pp (CPU, tiny widths, 2k images)"),
+    "no_dw_wd": Arm({"dw_weight_decay": False}, {},
+                    "no weight decay on the depthwise 3x3 kernels (9 weights per channel)",
+                    "Howard et al. 2017, MobileNets, Sec. 3.3 (little or no weight decay on depthwise filters)"),
+    "reflect_pad": Arm({"pad_fill": "reflect"}, {}, "the random crop pads by reflecting the image (no flat border)",
+                       "Zagoruyko & Komodakis 2016, Wide Residual Networks, Sec. 4 (reflection padding)"),
+    "ls02": Arm({"label_smoothing": 0.2}, {}, "stronger label smoothing, 0.1 -> 0.2, against over-confidence",
+                "Szegedy et al. 2016 (Inception-v3, Sec. 7); Mueller et al. 2019, When does label smoothing help?"),
+}  # fmt: skip
+#: Settings every arm shares: an arm that changed one would not be comparable (or not be a recipe change).
+SHARED_KEYS = frozenset({
+    "model", "dataset", "data_dir", "download", "epochs", "seed", "subset_per_class", "test_subset_per_class",
+    "device", "out_dir", "resume", "deadline", "model_kwargs",
+})  # fmt: skip
+#: An architecture no arm measured yet: the reference architecture's s/epoch times this (dilation changes the
+#: speed of the depthwise convs; the measured run then replaces the estimate for later arms).
+NEW_ARCH_FACTOR = 1.25
+#: Spread of one seed's top-1 error on 10,000 test images (binomial SD at ~7 % error: 0.26 pp).
+NOISE_PP = 0.3
+RECIPE_FILES = ("recipe.md", "recipe.json", "runs.json")
+
+
+def recipe_arms(args) -> dict[str, Arm]:
+    """The requested arms, checked BEFORE anything is decoded or trained: known names, TrainConfig keys this
+    checkout has, no shared setting changed, values TrainConfig accepts, model kwargs the model takes. Every
+    problem is named in one DsrnetError line."""
+    from dataclasses import fields
+
+    from dsrnet.errors import DsrnetError
+    from dsrnet.models import create_model, stem_variant
+    from dsrnet.train import TrainConfig
+
+    names = list(dict.fromkeys(args.arms or RECIPE_ARMS))
+    unknown = [n for n in names if n not in RECIPE_ARMS]
+    if unknown:
+        raise DsrnetError(f"unknown recipe arm(s) {', '.join(unknown)}; fix: choose from {' '.join(RECIPE_ARMS)}")
+    settings = recipe_settings(args)
+    known = {f.name for f in fields(TrainConfig)}
+    arch = stem_variant(DSRNET_MODEL, args.stem)
+    problems, ok = [], []
+    for name in names:
+        arm = RECIPE_ARMS[name]
+        missing = sorted(set(arm.train) - known)
+        shared = sorted(set(arm.train) & SHARED_KEYS)
+        if missing:
+            problems.append(f"{name} sets {', '.join(missing)}, which this checkout's TrainConfig lacks")
+        elif shared:
+            problems.append(f"{name} changes {', '.join(shared)}, which every arm shares")
+        else:
+            try:
+                train_config(arch, Path("unused"), settings, arm_model_kwargs(arm, args.dry_run), **arm.train)
+                create_model(arch, num_classes=10, device="meta", **arm_model_kwargs(arm, args.dry_run))
+            except Exception as err:  # any refusal of the arm's values or kwargs is the arm's problem
+                head, _, fix = (str(err).splitlines() or [type(err).__name__])[0].partition("; fix: ")
+                problems.append(f"{name}: {head}" + (f" ({fix})" if fix else ""))
+            else:
+                ok.append(name)
+    if problems:
+        fix = f"--arms {' '.join(ok)}" if ok else "fix the arms"
+        raise DsrnetError(f"recipe arm(s) refused before training: {'; '.join(problems)}; fix: merge the branch "
+                          f"that adds the key(s) or leave those arms out ({fix})")  # fmt: skip
+    return {n: RECIPE_ARMS[n] for n in names}
+
+
+def recipe_settings(args) -> dict:
+    """The settings every arm starts from: ``--like``'s recipe at ``--epochs`` (a dry run: at most 2) and one seed.
+    The schedule is the fast recipe's at that length (linear warm-up of at most 2 epochs and at most half the run,
+    as ``TrainConfig`` sets it for any length, then linear decay to zero at the last epoch)."""
+    from dsrnet.errors import DsrnetError
+
+    settings = run_settings(args, None)
+    if "epochs" not in settings:
+        raise DsrnetError("the recipe stage needs the arms' epochs; fix: pass --epochs N (or --like with epochs)")
+    if args.dry_run:
+        settings["epochs"] = min(settings["epochs"], args.max_epochs)
+    if settings.get("warmup_epochs") is not None:  # --like's 2 warm-up epochs, kept within a shorter run
+        settings["warmup_epochs"] = min(settings["warmup_epochs"], settings["epochs"] / 2)
+    return settings
+
+
+def arm_model_kwargs(arm: Arm, dry_run: bool) -> dict:
+    return {**(DRY_DSRNET_KWARGS if dry_run else {}), **arm.model}
+
+
+def arm_changes(arm: Arm) -> str:
+    """What an arm changes, as text: ``cutout=16, pad_fill=mean; model: stem_dilation=1``."""
+    text = lambda d: ", ".join(f"{k}={json.dumps(v)}" for k, v in d.items())  # noqa: E731
+    parts = ([text(arm.train)] if arm.train else []) + ([f"model: {text(arm.model)}"] if arm.model else [])
+    return "; ".join(parts) or "nothing (--like's recipe)"
+
+
+def measured_timing(run_dir: Path, wall_s: float) -> dict:
+    """A finished arm's timing for planning the next arm of the same architecture: its steady s/epoch (train +
+    test, median after epoch 1) and the rest of its wall time (compilation with warm caches, data, checkpoint) as
+    the first epoch's extra, so that the same epochs plan to the same wall time (plus the slack)."""
+    import statistics
+
+    m = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = [r["epoch_time_s"] + r["eval_time_s"] for r in m]
+    steady = statistics.median(per_epoch[1:] or per_epoch)
+    return {"s_per_epoch": round(steady, 3), "first_epoch_extra_s": round(max(0.0, wall_s - len(m) * steady), 2)}
+
+
+def stage_recipe(args, budget: Budget, work: Path, summary: dict, arms: dict[str, Arm]) -> list[tuple[Path, str]]:
+    """``recipe``: each arm trains the same architecture (unless it changes the model), epochs and seed with its
+    overrides, one after the other, each only if its whole schedule fits what is left; results after each arm.
+
+    Timing: one warm-up (or ``--s-per-epoch``) for the first arm's architecture, its cold overhead (compilation
+    with empty caches) charged to the first arm. An arm's measured run then plans the later arms of its
+    architecture (Dynamo is reset before each arm so the recompile limit never turns a run eager; Inductor's
+    caches make the recompilation of an identical graph cheap: loss, augmentation and optimizer lie outside the
+    compiled model). An architecture not measured yet (``no_dilation``) is planned at ``NEW_ARCH_FACTOR`` x the
+    reference s/epoch plus the cold overhead; the deadline stops any overrun after an epoch (marked stopped early).
+    """
+    from dsrnet.models import stem_variant
+    from dsrnet.train import train
+
+    settings = recipe_settings(args)
+    epochs = settings["epochs"]
+    summary["settings"] = {k: v for k, v in settings.items() if k != "data_dir"}
+    summary["arms"] = list(arms)
+    arch = stem_variant(DSRNET_MODEL, args.stem)
+    out = work / "recipe"
+    out.mkdir(parents=True, exist_ok=True)
+    post_s = args.post_s if args.post_s is not None else 5.0  # small text files only
+    timings: dict[str, dict] = {}  # architecture (model kwargs) -> timing of its latest finished arm
+    reference: dict | None = None  # first architecture's timing, cold overhead included
+    reference_key = None
+    rows, skipped, plans = [], [], {}
+    files = [(out / name, name) for name in RECIPE_FILES]
+
+    for name, arm in arms.items():
+        kwargs = arm_model_kwargs(arm, args.dry_run)
+        key = json.dumps(kwargs, sort_keys=True)
+        if key in timings:
+            timing = timings[key]
+        elif reference is None:
+            t = timing_for(arch, args, work, settings, kwargs, budget, summary, key=name)
+            overhead = t["first_epoch_extra_s"]
+            if "warmup_wall_s" in t:  # all of the warm-up's time beyond its steady epochs: cold compile, data
+                overhead = max(overhead, t["warmup_wall_s"] - t["epochs_measured"] * t["s_per_epoch"])
+            source = "--s-per-epoch" if t.get("given") else f"warm-up ({name}'s architecture)"
+            reference = timing = {"s_per_epoch": t["s_per_epoch"], "first_epoch_extra_s": round(overhead, 2),
+                                  "from": f"{source}, cold overhead"}  # fmt: skip
+            reference_key = key
+        elif key == reference_key:  # its first arm did not fit: the same cold plan
+            timing = reference
+        else:
+            ref = timings.get(reference_key, reference)  # the measured run's s/epoch once there is one
+            timing = {"s_per_epoch": round(ref["s_per_epoch"] * NEW_ARCH_FACTOR, 3),
+                      "first_epoch_extra_s": reference["first_epoch_extra_s"],
+                      "from": f"estimate: {NEW_ARCH_FACTOR}x the s/epoch of {ref['from']}, cold overhead"}  # fmt: skip
+        need = timing["first_epoch_extra_s"] + epochs * timing["s_per_epoch"] * (1 + args.slack) + post_s
+        plans[name] = {**timing, "need_s": round(need, 1), "left_s": round(budget.left(), 1)}
+        if need > budget.left():
+            fit = epochs_that_fit(budget.left() - post_s, timing, args.slack)
+            skipped.append({"arm": name, "why": f"needs ~{need:.0f} s for {epochs} epochs ({timing['from']}), "
+                            f"{budget.left():.0f} s left (about {fit} epochs would fit now)"})  # fmt: skip
+            log.info("skip %s: %s", name, skipped[-1]["why"])
+            continue
+        run_dir = out / "runs" / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        _reset_compiler()
+        log.info("arm %s (%s): %d epochs, ~%.0f s planned, %.0f s left", name, arm_changes(arm), epochs, need,
+                 budget.left())  # fmt: skip
+        t0 = time.time()
+        try:
+            cfg = train_config(arch, run_dir, settings, kwargs, deadline=budget.deadline - post_s,
+                               checkpoint_every=epochs, **arm.train)  # fmt: skip
+            train(cfg)
+        except BudgetExceeded:
+            raise
+        except Exception as err:  # one failing arm must not lose the others' results
+            why = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            skipped.append({"arm": name, "why": why})
+            log.warning("arm %s failed:\n%s", name, traceback.format_exc())
+            if "cuda" in settings.get("device", "cuda"):
+                _empty_cuda_cache()
+            continue
+        wall = time.time() - t0
+        rows.append(recipe_row(name, arm, run_dir, wall))
+        if not rows[-1]["stopped_early"]:
+            timings[key] = {**measured_timing(run_dir, wall), "from": f"measured ({name})"}
+        write_recipe(out, rows, skipped, plans, settings, arch, args, summary)
+    write_recipe(out, rows, skipped, plans, settings, arch, args, summary)
+    summary["done"] = [r["arm"] for r in rows]
+    summary["skipped"], summary["plan"] = skipped, plans
+    return files
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def recipe_row(name: str, arm: Arm, run_dir: Path, wall_s: float) -> dict:
+    """One arm's FINAL-epoch numbers (the last line of its metrics.jsonl; never the best epoch)."""
+    import statistics
+
+    m = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = json.loads((run_dir / "final.json").read_text())
+    last = m[-1]
+    return {
+        "arm": name, "changed": arm_changes(arm), "train_overrides": arm.train, "model_kwargs": arm.model,
+        "top1_error": last["test_top1_error"], "top3_error": last["test_top3_error"],
+        "train_top1": last["train_top1"], "test_loss": last["test_loss"], "epoch": last["epoch"],
+        "epochs": final["epochs"], "epochs_done": final["epochs_done"], "stopped_early": final["stopped_early"],
+        "s_per_epoch": round(statistics.median(r["epoch_time_s"] for r in m), 3), "wall_s": round(wall_s, 1),
+        "test_images": final["test_images"], "device": final["device"], "torch": final["torch"],
+    }  # fmt: skip
+
+
+def write_recipe(out: Path, rows: list[dict], skipped: list[dict], plans: dict, settings: dict, arch: str, args,
+                 summary: dict) -> None:  # fmt: skip
+    """recipe.md, recipe.json and runs.json (every trained arm's config.yaml, final.json and metrics.jsonl) in
+    ``out``; rewritten after each arm, so a call stopped by the watchdog still returns the arms it finished."""
+    from dsrnet.paper.assemble import write_bundle
+    from dsrnet.run.atomic import atomic_write_json, atomic_write_text
+
+    base = next((r for r in rows if r["arm"] == "base" and not r["stopped_early"]), None)
+    for r in rows:
+        comparable = base is not None and not r["stopped_early"]
+        r["delta_top1_vs_base_pp"] = round(r["top1_error"] - base["top1_error"], 2) if comparable else None
+        r["delta_top3_vs_base_pp"] = round(r["top3_error"] - base["top3_error"], 2) if comparable else None
+    command = "PYTHONPATH=src python3 benchmarks/gpu_campaign.py " + shlex.join(args.argv)
+    card = summary.get("gpu") or summary.get("device_name")
+    versions = summary.get("versions", {})
+    header = {"call_id": summary.get("call_id"), "stage": "recipe", "dry_run": args.dry_run,
+              "started": summary.get("started"), "device_name": card, "versions": versions,
+              "settings": {k: v for k, v in settings.items() if k != "data_dir"}}  # fmt: skip
+    doc = {**header, "command": command, "arch": arch, "epochs": settings["epochs"], "seed": settings["seed"],
+           "base_arm": "base", "noise_pp": NOISE_PP, "rows": rows, "skipped": skipped, "plan": plans,
+           "arms": {n: {"changed": arm_changes(a), "train": a.train, "model": a.model, "tests": a.tests,
+                        "reference": a.reference} for n, a in RECIPE_ARMS.items() if n in plans}}  # fmt: skip
+    atomic_write_json(out / "recipe.json", doc)
+    write_bundle(out / "runs.json", {r["arm"]: out / "runs" / r["arm"] for r in rows}, header)
+    atomic_write_text(out / "recipe.md", render_recipe(doc))
+
+
+def render_recipe(doc: dict) -> str:
+    pp = lambda v: "–" if v is None else f"{v:+.2f} pp"  # noqa: E731
+    test_images = doc["rows"][0]["test_images"] if doc["rows"] else None
+    lines = [
+        f"# Recipe arms: {doc['arch']}, {doc['epochs']} epochs each, seed {doc['seed']}",
+        "",
+        "| arm | what changed | top-1 err (%) | Δ top-1 vs base | top-3 err (%) | Δ top-3 vs base | train top-1 (%) "
+        "| s/epoch | epochs | wall s |",
+        "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: |",
+    ]
+    for r in doc["rows"]:
+        epochs = f"{r['epochs_done']}/{r['epochs']} STOPPED EARLY" if r["stopped_early"] else str(r["epochs"])
+        lines.append(f"| {r['arm']} | {r['changed']} | {r['top1_error']:.2f} | {pp(r['delta_top1_vs_base_pp'])} | "
+                     f"{r['top3_error']:.2f} | {pp(r['delta_top3_vs_base_pp'])} | {r['train_top1']:.2f} | "
+                     f"{r['s_per_epoch']:.2f} | {epochs} | {r['wall_s']:.0f} |")  # fmt: skip
+    if not doc["rows"]:
+        lines.append("| (no arm trained) | | | | | | | | | |")
+    lines += [
+        "",
+        f"FINAL-epoch errors (never the best epoch) on {test_images or 'the'} test images; train top-1 is the last "
+        "epoch's, on augmented batches; s/epoch = median training epoch (test pass excluded); wall s = the arm's "
+        "whole training call, compilation included. An arm stopped early by the deadline has a truncated schedule: "
+        "no delta.",
+        "",
+        f"**One seed per arm at {doc['epochs']} epochs is a lead, not a result**: a difference below "
+        f"~{doc['noise_pp']} pp (the spread of one seed's error on 10,000 test images) is noise.",
+    ]
+    if doc["dry_run"]:
+        lines += ["", "DRY RUN (CPU, tiny widths, a few images per class): the numbers say nothing about the recipes."]
+    lines += ["", "Arms:", ""] + [f"- `{n}`: {a['tests']}. Why: {a['reference']}." for n, a in doc["arms"].items()]
+    if doc["skipped"]:
+        lines += ["", "Not trained:", ""] + [f"- `{s['arm']}`: {s['why']}" for s in doc["skipped"]]
+    s, v = doc["settings"], doc["versions"]
+    keys = ("recipe", "batch_size", "lr", "weight_decay", "label_smoothing", "schedule", "warmup_epochs",
+            "pad_fill", "precision")
+    shared = ", ".join(f"{k} {s[k]}" for k in keys if k in s)
+    lines += [
+        "",
+        f"Command: `{doc['command']}`",
+        "",
+        f"Card: {doc['device_name']}; torch {v.get('torch')}, dsrnet {v.get('dsrnet')}, Python {v.get('python')}; "
+        f"seed {doc['seed']} for every arm; call {doc['call_id']}, started {doc['started']}. Every arm's settings "
+        f"unless it changes them: {shared or 'the recipe defaults'}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------- bench
@@ -593,7 +951,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="CIFAR-10 decoder run when --data-dir holds no arrays")  # fmt: skip
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny widths, a few images per class")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: --like's, else 0)")
     p.add_argument("--epochs", type=int, default=None, help="fix the epochs (dsrnet: skips the warm-up)")
     p.add_argument("--like", default=None, help="config.yaml / final.json / run folder of the dsrnet stage")
     p.add_argument("--s-per-epoch", type=float, default=None, help="known s/epoch: skip the warm-up run")
@@ -602,9 +960,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--slack", type=float, default=0.05, help="planning margin on s/epoch")
     p.add_argument("--margin-s", type=float, default=None, help="kept for writing results (default 5%%, >= 15 s)")
-    p.add_argument("--post-s", type=float, default=15.0, help="time reserved after training (weights, shards)")
+    p.add_argument("--post-s", type=float, default=None,
+                   help="time reserved after training (default: 15 s, recipe: 5 s; weights, shards, tables)")
     p.add_argument("--models", nargs="+", default=None, help=f"baselines (default: {' '.join(DEFAULT_BASELINES)})")
     p.add_argument("--variants", nargs="+", default=None, help=f"ablation (default: {' '.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help=f"recipe: arms of RECIPE_ARMS, in this order (default: {' '.join(RECIPE_ARMS)})")
     p.add_argument("--stem", choices=("cifar", "paper"), default="cifar")
     p.add_argument("--shard-bytes", type=int, default=MAX_FILE_BYTES)
     p.add_argument("--dwconv", choices=("torch", "triton"), default="torch",
@@ -623,6 +984,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--dsrnet-eval", type=Path, default=None,
                    help="--assemble: a `dsrnet eval` folder of DSRNet's weights (its confusion matrix)")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.assemble:
         if args.stage:
             p.error("--assemble runs no stage; fix: drop --stage")
@@ -632,6 +994,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"{', '.join(missing)} required (or --assemble)")
     if args.dwconv != "torch" and args.stage != "dsrnet":
         p.error("--dwconv is for the dsrnet stage only (the baselines have no depthwise convs)")
+    if args.arms and args.stage != "recipe":
+        p.error("--arms is for the recipe stage only")
     if args.dry_run:
         args.max_epochs = min(args.max_epochs, 2)
     return args
@@ -681,11 +1045,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.alarm(max(1, int(budget.end - time.time() - min(5.0, margin / 2))))
     files: list[tuple[Path, str]] = []
     status = 0
+    from dsrnet.errors import DsrnetError
+
     try:
         import torch
 
         import dsrnet
 
+        # Refused here (one line), before the data is decoded or anything trains, even on a machine with no GPU.
+        arms = recipe_arms(args) if args.stage == "recipe" else None
         summary["versions"] = {"dsrnet": dsrnet.__version__, "torch": torch.__version__,
                                "python": sys.version.split()[0]}  # fmt: skip
         if torch.cuda.is_available():
@@ -698,12 +1066,19 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError("no CUDA device; fix: run on the GPU machine, or pass --dry-run for a CPU rehearsal")
         if args.stage != "bench":
             summary["data"] = ensure_data(args.data_dir, args.decoder)
-        stage = {"dsrnet": stage_dsrnet, "bench": stage_bench}.get(args.stage, stage_paper_runs)
-        files = stage(args, budget, work, summary)
+        if args.stage == "recipe":
+            files = stage_recipe(args, budget, work, summary, arms)
+        else:
+            stage = {"dsrnet": stage_dsrnet, "bench": stage_bench}.get(args.stage, stage_paper_runs)
+            files = stage(args, budget, work, summary)
         summary["status"] = "ok"
     except BudgetExceeded as err:
         summary["status"] = f"stopped by the watchdog: {err}"
         status = 3
+    except DsrnetError as err:  # bad input: one line naming the problem and the fix, no traceback
+        summary["status"] = f"refused: {err}"
+        print(f"gpu_campaign: error: {err}", file=sys.stderr)
+        status = 2
     except Exception as err:
         summary["status"] = f"failed: {type(err).__name__}: {err}"
         log.error("stage %s failed:\n%s", args.stage, traceback.format_exc())
@@ -719,6 +1094,8 @@ def main(argv: list[str] | None = None) -> int:
             files = [(bundle, bundle.name)]
         except Exception:
             log.error("could not bundle the runs:\n%s", traceback.format_exc())
+    if status and args.stage == "recipe" and (work / "recipe").is_dir():  # the arms finished before the failure
+        files = [(work / "recipe" / name, name) for name in RECIPE_FILES]
     if status and args.stage == "bench":
         name = "bench_cpu" if args.dry_run else "bench_cuda"
         files = [(work / "bench" / f"{name}.{e}", f"{name}.{e}") for e in ("csv", "json", "md")]

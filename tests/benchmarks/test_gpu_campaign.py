@@ -166,3 +166,117 @@ def test_assemble_writes_the_paper_table_from_both_stages(dry_run, baselines_dry
     proc = _assemble(dry_run[0], "--out-dir", tmp_path / "alone")
     assert proc.returncode == 2 and "no single call timed all of dsrnet50_cifar" in proc.stderr
     assert proc.stderr.count("error:") == 1 and not (tmp_path / "alone").exists()
+
+
+# ------------------------------------------------------------------------------------------------ recipe stage
+
+
+@pytest.fixture(scope="module")
+def recipe_dry_run(cifar10_dir, tmp_path_factory):
+    """The ``recipe`` stage rehearsed as the GPU machine would run it, with the shipped run's recipe (--like), three
+    arms that this checkout supports: the warm-up plans ``base``, ``base``'s run plans ``mean_pad``, and
+    ``no_dilation`` (another architecture) is estimated."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    out, work = tmp / "out", tmp / "work"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), "--stage", "recipe", "--dry-run", "--data-dir", str(cifar10_dir),
+           "--like", str(REPO / "results" / "gpu" / "dsrnet" / "config.yaml"), "--epochs", "20",
+           "--arms", "base", "mean_pad", "no_dilation", "--seed", "3", "--out", str(out), "--work", str(work),
+           "--budget-s", "120"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_recipe_stage_reports_each_arms_final_epoch(recipe_dry_run):
+    out, summary = recipe_dry_run
+    assert summary["status"] == "ok" and summary["left_out"] == [] and summary["skipped"] == []
+    names = ["recipe.md", "recipe.json", "runs.json", "campaign.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names) == sorted(summary["files"])
+    recipe = json.loads((out / "recipe.json").read_text())
+    bundle = json.loads((out / "runs.json").read_text())
+    assert bundle["call_id"] == recipe["call_id"] == summary["call_id"]
+    arms = ["base", "mean_pad", "no_dilation"]
+    assert [r["arm"] for r in recipe["rows"]] == arms == list(bundle["runs"])
+    md = (out / "recipe.md").read_text()
+    base = recipe["rows"][0]
+    for row in recipe["rows"]:
+        metrics = bundle["runs"][row["arm"]]["metrics.jsonl"].splitlines()
+        last = json.loads(metrics[-1])
+        assert len(metrics) == row["epochs"] == row["epochs_done"] == 2  # --epochs 20 capped by the dry run
+        assert (row["top1_error"], row["top3_error"], row["train_top1"]) == (
+            last["test_top1_error"], last["test_top3_error"], last["train_top1"])  # fmt: skip
+        assert row["delta_top1_vs_base_pp"] == round(row["top1_error"] - base["top1_error"], 2)
+        assert [line.startswith(f"| {row['arm']} | ") for line in md.splitlines()].count(True) == 1
+        assert f"| {row['top1_error']:.2f} |" in md
+        config = bundle["runs"][row["arm"]]["config.yaml"]
+        assert "seed: 3\n" in config and "epochs: 2\n" in config and "warmup_epochs: 1.0\n" in config
+    configs = {a: bundle["runs"][a]["config.yaml"] for a in arms}
+    assert "pad_fill: mean" in configs["mean_pad"] and "pad_fill: zero" in configs["base"]
+    assert "stem_dilation: 1" in configs["no_dilation"] and "stem_dilation" not in configs["base"]
+    assert "widths:" in configs["no_dilation"]  # the dry run's tiny widths kept under the arm's kwargs
+    plan = recipe["plan"]
+    assert plan["base"]["from"].startswith("warm-up") and plan["mean_pad"]["from"] == "measured (base)"
+    assert plan["no_dilation"]["from"].startswith("estimate")
+    assert "is a lead, not a result" in md and "DRY RUN" in md and "--stage recipe" in md
+    assert f"seed {recipe['seed']} for every arm" in md and recipe["seed"] == 3
+
+
+@pytest.fixture
+def campaign_in_process():
+    """The campaign module, run in this process (its main() installs a SIGALRM watchdog: put pytest's back)."""
+    import signal
+
+    before = signal.getsignal(signal.SIGALRM)
+    yield _campaign_module()
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, before)
+
+
+def test_recipe_arms_are_refused_before_anything_runs(campaign_in_process, monkeypatch, tmp_path, capsys):
+    campaign = campaign_in_process
+    monkeypatch.setitem(campaign.RECIPE_ARMS, "knob", campaign.Arm({"no_such_knob": 1}, {}, "t", "r"))
+    monkeypatch.setitem(campaign.RECIPE_ARMS, "kwarg", campaign.Arm({}, {"no_such_kwarg": 1}, "t", "r"))
+    monkeypatch.setitem(campaign.RECIPE_ARMS, "reseed", campaign.Arm({"seed": 1}, {}, "t", "r"))
+    work = tmp_path / "work"
+    # No data and no decoder: a refusal that came after the data step would name the data instead.
+    base = ["--stage", "recipe", "--dry-run", "--epochs", "2", "--data-dir", str(tmp_path / "none"),
+            "--decoder", str(tmp_path / "none.py"), "--work", str(work), "--budget-s", "60"]  # fmt: skip
+    cases = {
+        "nope": "unknown recipe arm(s) nope; fix: choose from base combo",
+        "knob": "knob sets no_such_knob, which this checkout's TrainConfig lacks",
+        "kwarg": "kwarg: model 'dsrnet50_cifar' does not take that argument",
+        "reseed": "reseed changes seed, which every arm shares",
+    }
+    for arm, message in cases.items():
+        out = tmp_path / arm
+        assert campaign.main([*base, "--arms", "base", arm, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if "error:" in line]
+        assert len(lines) == 1 and message in lines[0], err
+        if arm != "nope":
+            assert "(--arms base)" in lines[0]  # the fix names the arms that pass
+        assert json.loads((out / "campaign.json").read_text())["status"].startswith("refused: ")
+        assert not work.exists()  # nothing warmed up or trained
+    no_epochs = [a for a in base if a not in ("--epochs", "2")]
+    assert campaign.main([*no_epochs, "--arms", "base", "--out", str(tmp_path / "no-epochs")]) == 2
+    assert "the recipe stage needs the arms' epochs; fix: pass --epochs N" in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_recipe_arms_that_do_not_fit_are_skipped_with_the_reason(campaign_in_process, cifar10_dir, tmp_path,
+                                                                  capsys):  # fmt: skip
+    campaign = campaign_in_process
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--stage", "recipe", "--dry-run", "--data-dir", str(cifar10_dir), "--epochs", "2", "--arms", "base",
+            "mean_pad", "--s-per-epoch", "1000", "--first-epoch-extra-s", "0", "--out", str(out), "--work",
+            str(work), "--budget-s", "60"]  # fmt: skip
+    assert campaign.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["rows"] == [] and summary["done"] == [] and not (work / "recipe" / "runs").exists()
+    assert [s["arm"] for s in recipe["skipped"]] == ["base", "mean_pad"] == [s["arm"] for s in summary["skipped"]]
+    for skipped in recipe["skipped"]:
+        assert "needs ~2105 s for 2 epochs" in skipped["why"] and "s left (about 0 epochs" in skipped["why"]
+    md = (out / "recipe.md").read_text()
+    assert "(no arm trained)" in md and "- `mean_pad`: needs ~2105 s" in md
