@@ -539,6 +539,10 @@ RECIPE_ARMS: dict[str, Arm] = {
                        "Zagoruyko & Komodakis 2016, Wide Residual Networks, Sec. 4 (reflection padding)"),
     "ls02": Arm({"label_smoothing": 0.2}, {}, "stronger label smoothing, 0.1 -> 0.2, against over-confidence",
                 "Szegedy et al. 2016 (Inception-v3, Sec. 7); Mueller et al. 2019, When does label smoothing help?"),
+    "stem_rate1": Arm({}, {"stem_dilation": 1},
+                      "the stem's rate 3 alone: on the cifar stem a rate-3 3x3 conv reads the raw image at 3-px "
+                      "gaps (no neighbouring pixels), the in-stage rates stay",
+                      "isolates the stem's part of no_dilation (Section 4.2: 'dilated rate=3 in the first layer')"),
 }  # fmt: skip
 #: Settings every arm shares: an arm that changed one would not be comparable (or not be a recipe change).
 SHARED_KEYS = frozenset({
