@@ -1,7 +1,9 @@
 """Triton kernels for DSRNet (NHWC depthwise 3x3 conv and fused DSR blocks) as ``torch.library`` custom ops.
 
 Importing this package imports torch and, when installed, Triton; ``import dsrnet`` does not import it. See
-:mod:`dsrnet.kernels.ops` for the ops and :mod:`dsrnet.kernels._triton` for the kernels.
+:mod:`dsrnet.kernels.ops` for the ops and :mod:`dsrnet.kernels._triton` for the kernels. The first call at new
+shapes compiles (and autotunes) each kernel; one throw-away call under :func:`precompile` compiles them all in
+parallel first.
 """
 
 from dsrnet.kernels.ops import (
@@ -11,6 +13,7 @@ from dsrnet.kernels.ops import (
     dwconv2d_grad_weight,
     pack_taps,
     pointwise_conv,
+    precompile,
     triton_usable,
 )
 
@@ -21,5 +24,6 @@ __all__ = [
     "dwconv2d_grad_weight",
     "pack_taps",
     "pointwise_conv",
+    "precompile",
     "triton_usable",
 ]

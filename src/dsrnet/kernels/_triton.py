@@ -32,7 +32,9 @@ Only APIs present in both Triton 3.6 and 3.8 are used.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from contextvars import ContextVar
 
 import triton
 import triton.language as tl
@@ -70,7 +72,102 @@ class _LazyKernel:
         return self._built[mode]
 
     def __getitem__(self, grid):
-        return self.build()[grid]
+        kernel = self.build()
+        pass_ = _PRECOMPILE.get()
+        if pass_ is None:
+            return kernel[grid]
+        return lambda *args, **kwargs: pass_.compile(self.fn.__name__, kernel, grid, args, kwargs)
+
+
+class Precompile:
+    """What a :func:`precompiling` pass did: the launches it turned into compilations, the distinct kernel
+    specializations those needed, how many the workers compiled, and the errors (reported, never raised)."""
+
+    def __init__(self) -> None:
+        self.launches: list[str] = []
+        self.specs: dict[str, tuple[str, str]] = {}  # specialization data -> (module, qualname)
+        self.compiled = 0
+        self.errors: list[str] = []
+
+    def compile(self, name: str, kernel, grid, args, kwargs) -> None:
+        try:
+            kernel.warmup(*args, grid=grid, **kwargs)  # every autotune config: each reaches record() below
+            self.launches.append(name)
+        except Exception as err:  # never fatal: the real launch compiles whatever is missing, serially
+            self.errors.append(f"{name}: {type(err).__name__}: {err}")
+
+    def record(self, *, fn, compile, is_manual_warmup, **_) -> bool | None:
+        """Triton's ``jit_cache_hook``: note a warm-up's specialization and skip compiling it here (True)."""
+        if not is_manual_warmup:
+            return None
+        self.specs.setdefault(compile["specialization_data"], (fn.module, fn.name))
+        return True
+
+
+_PRECOMPILE: ContextVar[Precompile | None] = ContextVar("dsrnet_precompile", default=None)
+
+
+@contextlib.contextmanager
+def precompiling(workers: int | None = None):
+    """Compile instead of run, in parallel processes: inside, every launch of these kernels only records what
+    compiling each of its autotune configs for the launch's shapes needs (Triton's ``jit_cache_hook`` with the
+    specialization data ``JITFunction.preload`` takes) and runs nothing, so outputs are left UNINITIALISED. On
+    exit ``workers`` processes (default: one per CPU; ``python -m dsrnet.kernels._precompile_worker``) compile
+    them into Triton's on-disk cache, where the next real launch finds them: that launch then only times the
+    configs (autotuning) instead of compiling them one by one (~1 s each on an H200's host, and a DSRNet-50 pass
+    needs ~100). Processes, not threads: a compilation holds the GIL for ~30 % of its time, which caps threads at
+    ~3x. Use it for one throw-away pass with the real shapes and dtypes (forward, and backward for training).
+    Under the interpreter, or nested in another pass, it is a no-op context and launches run as usual. Yields a
+    :class:`Precompile` (``None`` when inactive)."""
+    if interpreting() or _PRECOMPILE.get() is not None:
+        yield None
+        return
+    knobs = triton.knobs.runtime
+    pass_, hook_before = Precompile(), knobs.jit_cache_hook
+    token = _PRECOMPILE.set(pass_)
+    knobs.jit_cache_hook = pass_.record
+    try:
+        yield pass_
+    finally:
+        knobs.jit_cache_hook = hook_before
+        _PRECOMPILE.reset(token)
+    if pass_.specs:
+        _compile_in_workers(pass_, workers or os.cpu_count() or 1)
+
+
+def _compile_in_workers(pass_: Precompile, workers: int) -> None:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from dataclasses import asdict
+
+    from triton.runtime.driver import driver
+
+    target = asdict(driver.active.get_current_target())
+    specs = [[module, name, spec] for spec, (module, name) in pass_.specs.items()]
+    chunks = [specs[i::workers] for i in range(min(workers, len(specs)))]
+    cmd = [sys.executable, "-m", "dsrnet.kernels._precompile_worker"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # The workers import this package from where this process did (a checkout on sys.path, not installed).
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    procs = []
+    for chunk in chunks:  # every worker started before any is waited for
+        with tempfile.TemporaryFile("w+") as jobs:
+            json.dump({"target": target, "specs": chunk}, jobs)
+            jobs.seek(0)
+            procs.append(subprocess.Popen(cmd, stdin=jobs, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, env=env))  # fmt: skip
+    for proc in procs:
+        out, err = proc.communicate()
+        try:
+            report = json.loads(out)
+        except ValueError:
+            pass_.errors.append(f"precompile worker exited {proc.returncode}: {err.strip()[-300:]}")
+            continue
+        pass_.compiled += report["compiled"]
+        pass_.errors += report["errors"]
 
 
 def _cfg(num_warps=4, num_stages=2, **meta):

@@ -52,6 +52,22 @@ def triton_usable(t: torch.Tensor, out_numel: int = 0) -> bool:
     return t.device.type == "cpu" and _tk.interpreting()
 
 
+def precompile(fn, workers: int | None = None):
+    """Call ``fn()`` once with every launch of these kernels compiling all its autotune configs instead of running
+    (:func:`dsrnet.kernels._triton.precompiling`: ``workers`` processes, default one per CPU, fill Triton's
+    on-disk cache), so that the next real call at the same shapes only autotunes. Give it a throw-away call with
+    the real shapes and dtypes (a forward, or forward + backward for training): outputs are garbage, so never step
+    an optimiser in it, and BatchNorm statistics it updates in training mode are garbage too. Returns the pass's
+    :class:`~dsrnet.kernels._triton.Precompile` record (launches, specializations, how many compiled, errors:
+    reported, never raised), or ``None`` -- without calling ``fn`` -- where nothing would compile (no Triton, no
+    CUDA, Triton's interpreter)."""
+    if _tk is None or _tk.interpreting() or not torch.cuda.is_available():
+        return None
+    with _tk.precompiling(workers) as pass_:
+        fn()
+    return pass_
+
+
 def _out_size(size: int, stride: int) -> int:
     # 3x3, padding = dilation: (size + 2d - 2d - 1) // stride + 1 for every rate.
     return (size - 1) // stride + 1
