@@ -18,7 +18,7 @@ from dsrnet.errors import DsrnetError
 from dsrnet.models.weights import load_trained
 from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.train import TrainConfig, loop, lr_factor, resume_config, train
-from tests.conftest import DETERMINISTIC_KEYS, read_metrics, tiny
+from tests.conftest import DETERMINISTIC_KEYS, TINY_MODEL, read_metrics, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -210,6 +210,34 @@ def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, 
     assert again.dwconv == "triton"
     assert train(again) == fast  # finished: nothing left to train, the same final metrics
     assert resume_config(tmp_path / "triton", dwconv="torch").dwconv == "torch"
+
+
+def test_dwconv_triton_precompile_pass_leaves_the_run_unchanged(cifar10_dir, tmp_path, monkeypatch):
+    """On a GPU, ``dwconv="triton"`` first compiles its kernels in a throw-away forward + backward
+    (:func:`dsrnet.kernels.precompile`): the run must not see it (weights, BatchNorm statistics, RNG). Here the
+    pass is made to run its function on the CPU fallback, and the run must match one whose pass did nothing."""
+    import dsrnet.kernels as kernels
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    calls = []
+
+    def run_the_pass(fn, workers=None):
+        calls.append(workers)
+        fn()
+
+    over = {"epochs": 1, "subset_per_class": 10, "test_subset_per_class": 2, "batch_size": 20, "dwconv": "triton",
+            "model_kwargs": {**TINY_MODEL, "drop_path_rate": 0.2}}  # stochastic depth: draws from the global RNG
+    monkeypatch.setattr(kernels, "precompile", run_the_pass)
+    with_pass = train(tiny(tmp_path, cifar10_dir, "with", **over))
+    monkeypatch.setattr(kernels, "precompile", lambda fn, workers=None: None)
+    without = train(tiny(tmp_path, cifar10_dir, "without", **over))
+    assert len(calls) == 1 and calls[0] >= 1
+    for key in DETERMINISTIC_KEYS:
+        assert read_metrics(tmp_path / "with")[0][key] == read_metrics(tmp_path / "without")[0][key], key
+    a, b = load_checkpoint(tmp_path / "with")["model_state"], load_checkpoint(tmp_path / "without")["model_state"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert with_pass["top1"] == without["top1"]
 
 
 @pytest.mark.parametrize(

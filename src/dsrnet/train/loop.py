@@ -27,9 +27,11 @@ has no CPU kernel).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -327,6 +329,8 @@ class _Trainer:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: what is checkpointed
+        if self.triton_dwconvs:
+            self._precompile_dwconv()
         self.n_params = sum(p.numel() for p in model.parameters())
         self.optimizer = torch.optim.SGD(
             _param_groups(model, cfg.weight_decay, cfg.bn_bias_weight_decay, cfg.dw_weight_decay),
@@ -355,6 +359,34 @@ class _Trainer:
     def log(self, message: str) -> None:
         if self.dist.is_main:
             logger.info(message)
+
+    def _precompile_dwconv(self) -> None:
+        """Compile the Triton depthwise kernels (forward and both backward passes, every autotune config) for this
+        run's batch shape in worker processes before the first step (:func:`dsrnet.kernels.precompile`; nothing on
+        a CPU): a throw-away forward + backward of a copy of the model, whose BatchNorm statistics take the pass's
+        garbage, on a random batch drawn with the RNG state put back afterwards, so the run itself is unchanged."""
+        from dsrnet.kernels import precompile
+
+        cfg, device, loader = self.cfg, self.device, self.train_loader
+
+        def forward_backward() -> None:
+            model = copy.deepcopy(self.model).train()
+            x = torch.randn(loader.batch_size, *loader.images.shape[1:], device=device)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, cfg.precision):
+                out = model(x)
+            out.float().sum().backward()
+
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            pass_ = precompile(forward_backward, workers=max(1, (os.cpu_count() or 1) // self.dist.world_size))
+        if pass_ is not None:
+            errors = f"; errors: {'; '.join(pass_.errors[:2])}" if pass_.errors else ""
+            self.log(
+                f"precompiled {pass_.compiled} of {len(pass_.specs)} Triton kernel configs in "
+                f"{time.perf_counter() - t0:.1f} s{errors}"
+            )
 
     def run(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
