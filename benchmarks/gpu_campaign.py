@@ -539,6 +539,9 @@ RECIPE_ARMS: dict[str, Arm] = {
                        "Zagoruyko & Komodakis 2016, Wide Residual Networks, Sec. 4 (reflection padding)"),
     "ls02": Arm({"label_smoothing": 0.2}, {}, "stronger label smoothing, 0.1 -> 0.2, against over-confidence",
                 "Szegedy et al. 2016 (Inception-v3, Sec. 7); Mueller et al. 2019, When does label smoothing help?"),
+    "lr_half": Arm({"lr": 0.2}, {}, "half the peak learning rate (0.4 -> 0.2 at batch 512): the shipped run's test "
+                   "error swung by up to 10 points until its last ~10 epochs",
+                   "results/gpu/dsrnet/metrics.jsonl (the shipped run's test curve)"),
     "stem_rate1": Arm({}, {"stem_dilation": 1},
                       "the stem's rate 3 alone: on the cifar stem a rate-3 3x3 conv reads the raw image at 3-px "
                       "gaps (no neighbouring pixels), the in-stage rates stay",
