@@ -72,6 +72,21 @@ def test_fused_model_matches_the_eager_model(stem, stride_on, separable, mode, s
 
 
 @needs_interpreter
+def test_auto_mode_fuses_narrow_blocks_and_splits_wide_ones(monkeypatch):
+    from dsrnet.models import fused as fused_module
+
+    model = _tiny()
+    outs = sorted({b.conv_pw.out_channels for stage in (model.layer1, model.layer4) for b in stage})
+    monkeypatch.setattr(fused_module, "AUTO_FUSED_MAX_OUT", outs[0])  # the tiny net's narrowest blocks fuse
+    auto = dsrnet.fuse(model, mode="auto")
+    assert outs[0] < outs[-1]
+    assert [b.mode for b in auto.layer1] == ["fused"] and [b.mode for b in auto.layer4] == ["split"]
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert _rel_err(auto(x), model(x)) < 1e-4
+
+
+@needs_interpreter
 def test_fused_model_in_bf16_stays_within_bf16_tolerance():
     model = _tiny(block_dilations=(3, 1, 2))
     fused = dsrnet.fuse(model).to(torch.bfloat16)

@@ -10,8 +10,16 @@
      depthwise output nor the shortcut branch is ever written to memory.
 
   ``mode="split"`` runs the same folded block as three/four kernels instead (1x1 GEMM, depthwise, 1x1 GEMM with the
-  residual add), for measuring what the fusion buys. Blocks with ``separable=False`` (the ablation) run their folded
-  convs with plain PyTorch. Stem, pooling and head stay PyTorch ops.
+  residual add), for measuring what the fusion buys. ``mode="auto"`` picks per block: fused where the block has at
+  most :data:`AUTO_FUSED_MAX_OUT` output channels, split above. Why: each program of the fused kernel computes the
+  depthwise tile for its own ``BLOCK_N``-wide slice of the output channels, in fp32 on the CUDA cores (~15x fewer
+  multiply-adds per second than the bf16 tensor cores of the GEMM on an H100), so the depthwise work, ~9 x 15 /
+  ``BLOCK_N`` of the GEMM's time per slice, is paid once per slice: cheap at 256 outputs (one or two slices), ~8-16
+  times over at DSRNet-50's 2048, where writing the depthwise output once (2 bytes per channel and pixel in bf16)
+  and reading it back costs less. That is a model, not a measurement: ``benchmarks/kernel_shapes.py`` times both
+  forms per block shape, and the default stays ``"fused"`` until a GPU run shows which wins. Blocks with
+  ``separable=False`` (the ablation) run their folded convs with plain PyTorch. Stem, pooling and head stay
+  PyTorch ops.
 * :func:`use_triton_dwconv` -> training form: each block's depthwise conv becomes a
   :class:`TritonDepthwiseConv2d`, an ``nn.Conv2d`` subclass with the same parameters (``state_dict`` compatible) whose
   forward and both backward passes are the NHWC Triton kernels (``dsrnet::dwconv2d``).
@@ -33,7 +41,9 @@ from dsrnet.errors import DsrnetError
 from dsrnet.kernels import ops
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
-FUSE_MODES = ("fused", "split")
+FUSE_MODES = ("fused", "split", "auto")
+#: ``mode="auto"``: blocks with at most this many output channels run fused, wider ones split (module docstring).
+AUTO_FUSED_MAX_OUT = 256
 
 
 def _pointwise_kn(conv: nn.Conv2d) -> torch.Tensor:
@@ -48,6 +58,8 @@ class FusedDSRBlock(nn.Module):
         super().__init__()
         if mode not in FUSE_MODES:
             raise DsrnetError(f"mode={mode!r} is not valid: choose one of {FUSE_MODES}")
+        if mode == "auto":
+            mode = "fused" if block.conv_pw.out_channels <= AUTO_FUSED_MAX_OUT else "split"
         self.mode = mode
         conv1 = fuse_conv_bn_eval(block.conv1, block.bn1)
         conv_dw = fuse_conv_bn_eval(block.conv_dw, block.bn2)
@@ -128,7 +140,8 @@ def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
     The input model is not changed (it is copied). The result is in eval mode, uses the BN running statistics (as
     eval mode does), and keeps the model's dtype and device (BN is folded in fp32 and rounded once to that dtype);
     cast it afterwards like any module
-    (``fuse(model).to(torch.bfloat16)``). ``mode="split"``: unfused kernels, for comparison.
+    (``fuse(model).to(torch.bfloat16)``). ``mode="split"``: unfused kernels, for comparison; ``mode="auto"``: fused
+    or split per block by its output width (module docstring).
     """
     if not isinstance(model, DSRNet):
         raise DsrnetError(f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')), got {type(model).__name__}")
