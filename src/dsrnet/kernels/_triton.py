@@ -105,6 +105,8 @@ class Precompile:
 
 
 _PRECOMPILE: ContextVar[Precompile | None] = ContextVar("dsrnet_precompile", default=None)
+#: A worker still compiling after this long is stopped (its kernels then compile at their first launch).
+WORKER_TIMEOUT_S = 600
 
 
 @contextlib.contextmanager
@@ -160,7 +162,11 @@ def _compile_in_workers(pass_: Precompile, workers: int) -> None:
             procs.append(subprocess.Popen(cmd, stdin=jobs, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True, env=env))  # fmt: skip
     for proc in procs:
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=WORKER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
         try:
             report = json.loads(out)
         except ValueError:
