@@ -102,17 +102,18 @@ The summary (plan, warm-up timings, what was skipped, files, ``call_id``) is the
 ``campaign.json`` where a slot is left. The returned files land read-only under ``files_at``; copy them into
 ``results/`` (e.g. ``results/gpu/baselines-<call_id>/``).
 
-Next GPU session (``baselines``), after staging the data as above (the last staging call runs it; ~540 s)::
+Next GPU session (``baselines``), after staging the data as above (the last staging call runs it; ResNet-50's
+67 epochs are expected to need ~350-400 s with the warm-up, so 470 s leaves the rest of the session's 15 minutes to
+``benchmarks/fused_gpu.py`` on the same warm machine)::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
-        --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 540
+        --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 470
 
 then ``--models resnext50_32x4d`` (later ``resnet101``, ``resnext101_32x8d``) in later calls. Every such call times
 DSRNet and the whole comparison again, so its ``runs.json`` alone gives the table's time row.
 
-Recipe arms (towards <= 5.5 % error in <= 6 min of training), once the branch adding ``TrainConfig.cutout``,
-``dw_weight_decay`` and ``pad_fill: reflect`` is merged (until then those arms are refused before training; a CPU
-without the data checks the arms in seconds: the call stops at "no CUDA device" once they pass)::
+Recipe arms (towards <= 5.5 % error in <= 6 min of training; a CPU without the data checks the arms in seconds:
+the call stops at "no CUDA device" once they pass)::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage recipe \
         --like results/gpu/dsrnet/config.yaml --epochs 20 --out $OUT --budget-s 540
