@@ -22,7 +22,10 @@ Stages (in order of value):
   ``"stopped_early": true`` in final.json (truncated schedule: never report it as a full-schedule result).
   ``--dwconv triton`` trains (warm-up included) with the Triton depthwise conv (``TrainConfig.dwconv``,
   recorded in config.yaml, final.json and the summary); use it only once ``benchmarks/fused_gpu.py`` has shown
-  the Triton training step faster than the default (torch) on the card in question.
+  the Triton training step faster than the default (torch) on the card in question. ``--arms A B ...`` trains with
+  those recipe arms' changes applied together (:data:`RECIPE_ARMS`; checked before anything runs, contradicting
+  arms refused), for new shipped weights once the ``recipe`` stage has picked its winners; recorded in
+  config.yaml and ``campaign.json``.
   OUT: ``final.json``, ``metrics.jsonl``, ``config.yaml`` and the weights as a weights-only dsrnet checkpoint
   (the training checkpoint without optimizer/scheduler/scaler/RNG state) split by :mod:`dsrnet.run.shards` into
   ``dsrnet50_cifar.c10.pt.partNN`` (<= 15 MiB) + ``dsrnet50_cifar.c10.pt.manifest.json``: 8 files.
@@ -357,13 +360,20 @@ def weights_only_checkpoint(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def stage_dsrnet(args, budget: Budget, work: Path, summary: dict) -> list[tuple[Path, str]]:
+def stage_dsrnet(
+    args, budget: Budget, work: Path, summary: dict, arms: dict | None = None
+) -> list[tuple[Path, str]]:
     from dsrnet.run.shards import split_file
     from dsrnet.train import train
 
     settings = {**run_settings(args, budget), "dwconv": args.dwconv}
     summary["dwconv"] = args.dwconv
     kwargs = DRY_DSRNET_KWARGS if args.dry_run else {}
+    if arms:  # the recipe stage's winners, trained with together (shipped weights of an improved recipe)
+        train_over, model_over = combined_arms(arms)
+        settings.update(train_over)
+        kwargs = {**kwargs, **model_over}
+        summary["arms"] = {"names": list(arms), "train": train_over, "model": model_over}
     post_s = args.post_s if args.post_s is not None else 15.0
     if args.epochs:
         epochs, plan = args.epochs, {"epochs_from": "--epochs"}
@@ -564,7 +574,8 @@ RECIPE_FILES = ("recipe.md", "recipe.json", "runs.json")
 def recipe_arms(args) -> dict[str, Arm]:
     """The requested arms, checked BEFORE anything is decoded or trained: known names, TrainConfig keys this
     checkout has, no shared setting changed, values TrainConfig accepts, model kwargs the model takes. Every
-    problem is named in one DsrnetError line."""
+    problem is named in one DsrnetError line. For the ``dsrnet`` stage (the arms whose changes it trains with,
+    together) each arm is checked at one placeholder epoch, its epochs not being known yet."""
     from dataclasses import fields
 
     from dsrnet.errors import DsrnetError
@@ -575,7 +586,7 @@ def recipe_arms(args) -> dict[str, Arm]:
     unknown = [n for n in names if n not in RECIPE_ARMS]
     if unknown:
         raise DsrnetError(f"unknown recipe arm(s) {', '.join(unknown)}; fix: choose from {' '.join(RECIPE_ARMS)}")
-    settings = recipe_settings(args)
+    settings = recipe_settings(args) if args.stage == "recipe" else {**run_settings(args, None), "epochs": 1}
     known = {f.name for f in fields(TrainConfig)}
     arch = stem_variant(DSRNET_MODEL, args.stem)
     problems, ok = [], []
@@ -601,6 +612,21 @@ def recipe_arms(args) -> dict[str, Arm]:
         raise DsrnetError(f"recipe arm(s) refused before training: {'; '.join(problems)}; fix: merge the branch "
                           f"that adds the key(s) or leave those arms out ({fix})")  # fmt: skip
     return {n: RECIPE_ARMS[n] for n in names}
+
+
+def combined_arms(arms: dict[str, Arm]) -> tuple[dict, dict]:
+    """The TrainConfig overrides and model kwargs of ``arms`` applied together (the ``dsrnet`` stage's
+    ``--arms``); two arms that set one key to different values are refused."""
+    from dsrnet.errors import DsrnetError
+
+    train_over, model_over = {}, {}
+    for arm in arms.values():
+        for mine, theirs in ((train_over, arm.train), (model_over, arm.model)):
+            clash = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+            if clash:
+                raise DsrnetError(f"--arms {' '.join(arms)} set {', '.join(clash)} differently; fix: keep one of them")
+            mine.update(theirs)
+    return train_over, model_over
 
 
 def recipe_settings(args) -> dict:
@@ -973,7 +999,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=None, help=f"baselines (default: {' '.join(DEFAULT_BASELINES)})")
     p.add_argument("--variants", nargs="+", default=None, help=f"ablation (default: {' '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
-                   help=f"recipe: arms of RECIPE_ARMS, in this order (default: {' '.join(RECIPE_ARMS)})")
+                   help=f"recipe: arms of RECIPE_ARMS to compare, in this order (default: {' '.join(RECIPE_ARMS)}); "
+                   "dsrnet: arms whose changes the run trains with, together")
     p.add_argument("--stem", choices=("cifar", "paper"), default="cifar")
     p.add_argument("--shard-bytes", type=int, default=MAX_FILE_BYTES)
     p.add_argument("--dwconv", choices=("torch", "triton"), default="torch",
@@ -1002,8 +1029,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"{', '.join(missing)} required (or --assemble)")
     if args.dwconv != "torch" and args.stage != "dsrnet":
         p.error("--dwconv is for the dsrnet stage only (the baselines have no depthwise convs)")
-    if args.arms and args.stage != "recipe":
-        p.error("--arms is for the recipe stage only")
+    if args.arms and args.stage not in ("recipe", "dsrnet"):
+        p.error("--arms is for the recipe stage (arms to compare) and the dsrnet stage (arms to train with)")
     if args.dry_run:
         args.max_epochs = min(args.max_epochs, 2)
     return args
@@ -1061,7 +1088,9 @@ def main(argv: list[str] | None = None) -> int:
         import dsrnet
 
         # Refused here (one line), before the data is decoded or anything trains, even on a machine with no GPU.
-        arms = recipe_arms(args) if args.stage == "recipe" else None
+        arms = recipe_arms(args) if args.stage == "recipe" or (args.stage == "dsrnet" and args.arms) else None
+        if args.stage == "dsrnet" and arms:
+            combined_arms(arms)  # arms that contradict each other: refused now, not after the data step
         summary["versions"] = {"dsrnet": dsrnet.__version__, "torch": torch.__version__,
                                "python": sys.version.split()[0]}  # fmt: skip
         if torch.cuda.is_available():
@@ -1076,8 +1105,10 @@ def main(argv: list[str] | None = None) -> int:
             summary["data"] = ensure_data(args.data_dir, args.decoder)
         if args.stage == "recipe":
             files = stage_recipe(args, budget, work, summary, arms)
+        elif args.stage == "dsrnet":
+            files = stage_dsrnet(args, budget, work, summary, arms)
         else:
-            stage = {"dsrnet": stage_dsrnet, "bench": stage_bench}.get(args.stage, stage_paper_runs)
+            stage = {"bench": stage_bench}.get(args.stage, stage_paper_runs)
             files = stage(args, budget, work, summary)
         summary["status"] = "ok"
     except BudgetExceeded as err:

@@ -280,3 +280,25 @@ def test_recipe_arms_that_do_not_fit_are_skipped_with_the_reason(campaign_in_pro
         assert "needs ~2105 s for 2 epochs" in skipped["why"] and "s left (about 0 epochs" in skipped["why"]
     md = (out / "recipe.md").read_text()
     assert "(no arm trained)" in md and "- `mean_pad`: needs ~2105 s" in md
+
+
+def test_dsrnet_stage_trains_with_the_arms_it_is_given(campaign_in_process, cifar10_dir, tmp_path, capsys,
+                                                       monkeypatch):  # fmt: skip
+    """``--stage dsrnet --arms A B``: the shipped weights' run with the recipe stage's winners applied together;
+    contradicting arms are refused before the data step."""
+    campaign = campaign_in_process
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    base = ["--stage", "dsrnet", "--dry-run", "--epochs", "1", "--budget-s", "120"]
+    out = tmp_path / "out"
+    argv = [*base, "--arms", "cutout16", "no_dw_wd", "no_dilation", "--data-dir", str(cifar10_dir),
+            "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    assert campaign.main(argv) == 0, capsys.readouterr().err
+    config = (out / "config.yaml").read_text()
+    assert "cutout: 16" in config and "dw_weight_decay: false" in config and "block_dilations:\n  - 1" in config
+    summary = json.loads((out / "campaign.json").read_text())
+    assert summary["arms"]["names"] == ["cutout16", "no_dw_wd", "no_dilation"]
+    clash = [*base, "--arms", "mean_pad", "reflect_pad", "--data-dir", str(tmp_path / "none"),
+             "--decoder", str(tmp_path / "none.py"), "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")]
+    assert campaign.main(clash) == 2
+    assert "set pad_fill differently; fix: keep one of them" in capsys.readouterr().err
+    assert not (tmp_path / "w2").exists()
