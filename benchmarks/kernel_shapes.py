@@ -33,7 +33,7 @@ floor the kernel takes; and the block count, so that ms x count ranks the shapes
 network's time. The Triton rows also carry the largest relative difference to the PyTorch output (a check that
 the rows time the same math).
 
-Steps run most valuable first (fused, then pw1, torch, split for every 32-px shape; then 96 px; then
+Steps run most valuable first (fused, then split, pw1, torch for every 32-px shape; then 96 px; then
 compiled); a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100
 guesses and follow the fastest measured step of the same kind), SIGALRM stops a step at the deadline, and the
 results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
@@ -719,6 +719,7 @@ def _summary(info: dict, rows: list[dict]) -> str:
     out = []
     for s in info["shapes"]:
         fused, torch_row = by.get((s["id"], "fused dw_pw_block")), by.get((s["id"], "torch eager"))
+        split = by.get((s["id"], "split dwconv2d + pointwise_conv"))
         p1, p1t = pw1_of[s["id"]], pw1_of[s["id"] + "torch"]
         fused_ms = fused["ms"] + p1["ms"] if fused and p1 else None
         torch_ms = torch_row["ms"] + p1t["ms"] if torch_row and p1t else None
@@ -734,6 +735,10 @@ def _summary(info: dict, rows: list[dict]) -> str:
                 "fused_x_faster": round(torch_ms / fused_ms, 2) if fused_ms and torch_ms else None,
                 "floor_ms": floor,
                 "fused_x_floor": round(fused_ms / floor, 2) if fused_ms and floor else None,
+                # fuse(mode="auto") fuses blocks of at most AUTO_FUSED_MAX_OUT outputs: is that the faster one?
+                "split_block_ms": None if not (split and p1) else split["ms"] + p1["ms"],
+                "faster": None if not (fused and split) else ("fused" if fused["ms"] <= split["ms"] else "split"),
+                "out_ch": s["cout"],
             }
         )
     timed = [r for r in out if r["fused_total_ms"] is not None]
@@ -757,6 +762,9 @@ def _summary(info: dict, rows: list[dict]) -> str:
             "fused_share_%",
             "torch_block_ms",
             "fused_x_faster",
+            "split_block_ms",
+            "faster",
+            "out_ch",
             "floor_ms",
             "fused_x_floor",
         ],
@@ -819,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
         for stem, name, image in NETWORKS
         if stem in stems
     ]
-    order = [(k, "cifar", args.max_shapes) for k in ("fused", "pw1", "torch", "split")]
+    # split right after fused: per shape, which of the two fuse(mode="auto") should pick
+    order = [(k, "cifar", args.max_shapes) for k in ("fused", "split", "pw1", "torch")]
     order += [(k, "paper", few) for k in ("fused", "pw1", "torch")] + [("compiled", "cifar", few)]
     plan += [(k, run_kind, k, nets[stem], models, n) for k, stem, n in order if k in kinds and stem in stems]
     done = 0
