@@ -144,12 +144,10 @@ early, a model trained twice, or timings of different calls/cards. A later ``dsr
 runs as finished (no retraining; no re-timing while the bench settings match -- the timings of the models it trains
 then come from another call: assemble again instead to keep one call's timings).
 
-Weights, here afterwards::
+Weights, here afterwards (shards joined and checked, exported fp16 with the final epoch's accuracy, read back; it
+prints the sha256 and the ``SHIPPED`` entry to paste into ``src/dsrnet/models/weights.py``)::
 
-    PYTHONPATH=src python3 -c "from dsrnet.run.shards import join_parts; \
-        join_parts('FILES_AT/dsrnet50_cifar.c10.pt.manifest.json', 'dsrnet50_cifar.c10.pt')"
-    # every part's and the whole file's SHA-256 is checked; the result loads with dsrnet.run.checkpoint.load_checkpoint
-    # (weights only: dsrnet eval / predict / export-weights read it; it cannot be resumed)
+    PYTHONPATH=src python3 benchmarks/ship_weights.py FILES_AT [--tag dsrnet50_cifar.c10]
 
 Dry run (CPU, tiny widths, a few images per class, 1-2 epochs, no compilation), e.g.::
 

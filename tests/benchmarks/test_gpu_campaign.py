@@ -302,3 +302,30 @@ def test_dsrnet_stage_trains_with_the_arms_it_is_given(campaign_in_process, cifa
     assert campaign.main(clash) == 2
     assert "set pad_fill differently; fix: keep one of them" in capsys.readouterr().err
     assert not (tmp_path / "w2").exists()
+
+
+def test_ship_weights_turns_the_returned_shards_into_a_loadable_weights_file(dry_run, tmp_path):
+    import hashlib
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("ship_weights", REPO / "benchmarks" / "ship_weights.py")
+    ship_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_weights)
+    out, _, _ = dry_run
+    info = ship_weights.ship(out, "dsrnet50_cifar.c10", tmp_path / "weights")
+    path = tmp_path / "weights" / "dsrnet50_cifar.c10.safetensors"
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() == info["shipped_entry"]["sha256"]
+    final = json.loads((out / "final.json").read_text())
+    assert info["top1"] == pytest.approx(final["top1"]) and info["epochs"] == final["epochs"]
+    meta = info["shipped_entry"]["metadata"]
+    assert meta["model"] == "dsrnet50_cifar" and meta["num_classes"] == 10 and meta["model_kwargs"]["widths"]
+    # A run a deadline cut short, or a folder without the run's files, is refused.
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    (cut / "final.json").write_text(json.dumps({**final, "stopped_early": True}))
+    with pytest.raises(DsrnetError, match="stopped early"):
+        ship_weights.ship(cut, "dsrnet50_cifar.c10", tmp_path / "w2")
+    (cut / "config.yaml").unlink()
+    with pytest.raises(DsrnetError, match="lacks config.yaml"):
+        ship_weights.ship(cut, "dsrnet50_cifar.c10", tmp_path / "w3")
