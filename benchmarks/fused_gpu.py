@@ -28,6 +28,10 @@ the budget, and results are rewritten after every step, so a run cut short keeps
     and the fraction of the measured compute / bandwidth each form reaches.
 
 Writes into ``--out``: ``results.json`` (everything), ``results.md`` (tables), ``profiles.txt``, ``log.txt``.
+Last, budget permitting: DSRNet-50 and ResNet-50 both compiled with inductor's own fusion route
+(``TUNED_INDUCTOR``: freezing folds BatchNorm, 1x1 convs become matmuls with fused epilogues, GEMM templates
+autotuned), what plain PyTorch can make of each network without custom kernels.
+
 Block sizes of the Triton kernels are autotuned on first use of each shape (part of the warm-up, not timed); every
 Triton form first gets one throw-away pass under ``dsrnet.kernels.precompile`` (all autotune configs compiled by
 worker processes at once; its time is recorded as ``precompile_s``, the first real call's as ``first_call_s``).
@@ -273,6 +277,19 @@ def compile_model(bench: Bench, model: nn.Module) -> nn.Module:
     return torch.compile(model, backend=bench.args.compile_backend, dynamic=False)
 
 
+#: Inductor's own route to fused 1x1 convs, for any CNN: weights frozen (BatchNorm folded into the convs), 1x1
+#: convs lowered to matmuls whose bias/ReLU/residual epilogues it fuses, and its GEMM templates autotuned.
+TUNED_INDUCTOR = {"freezing": True, "conv_1x1_as_mm": True, "max_autotune": True, "triton.cudagraphs": False}
+
+
+def compile_tuned(bench: Bench, model: nn.Module) -> nn.Module:
+    """``torch.compile`` with :data:`TUNED_INDUCTOR` (inference only: freezing); the same for DSRNet and ResNet-50,
+    so the pair shows what inductor alone makes of each. The dry run's ``eager`` backend takes no options."""
+    if bench.args.compile_backend != "inductor":
+        return compile_model(bench, model)
+    return torch.compile(model, options=dict(TUNED_INDUCTOR), dynamic=False)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 1. environment and ceilings
 # ---------------------------------------------------------------------------------------------------------------
@@ -456,9 +473,13 @@ def step_trained_agreement(bench: Bench) -> None:
 # 3. inference timing
 # ---------------------------------------------------------------------------------------------------------------
 def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
+    if form == "resnet50_compiled_tuned":
+        return compile_tuned(bench, to_bf16_cl(bench, build_resnet(stem)))
     if form.startswith("resnet50"):
         return compile_model(bench, to_bf16_cl(bench, build_resnet(stem)))
     model = to_bf16_cl(bench, build_dsrnet(bench, stem))
+    if form == "dsrnet_compiled_tuned":
+        return compile_tuned(bench, model)
     if form == "dsrnet_fused":
         return dsrnet.fuse(model)
     if form == "dsrnet_fused_split":
@@ -743,6 +764,9 @@ def render_markdown(results: dict) -> str:
         ref = [q for q in inf if q["form"] == key and (q["stem"], q["image"], q["batch"]) ==
                (r["stem"], r["image"], r["batch"])]  # fmt: skip
         r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
+        tuned = [q for q in inf if q["form"] == "resnet50_compiled_tuned" and (q["stem"], q["image"], q["batch"])
+                 == (r["stem"], r["image"], r["batch"])]  # fmt: skip
+        r["x_resnet50_tuned"] = round(r["images_per_s"] / tuned[0]["images_per_s"], 3) if tuned else None
     train = [dict(r) for r in results["training"]]
     ref = [q for q in train if q["form"] == "resnet50_compiled"]
     for r in train:
@@ -761,11 +785,11 @@ def render_markdown(results: dict) -> str:
                                         "max_rel_feature_diff", "top1_agreement", "max_rel_grad_diff",
                                         "images", "top1_eager", "top1_form"]),
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
-        _table(inf, ["form", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
-                     "peak_mem_mib", "first_call_s"]),
+        _table(inf, ["form", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50", "x_resnet50_tuned",
+                     "peak_mem_mib", "precompile_s", "first_call_s"]),
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
         _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "peak_mem_mib",
-                       "first_call_s"]),
+                       "precompile_s", "first_call_s"]),
         "## Roofline (per image; fractions of the measured copy bandwidth and bf16 matmul rate)",
         _table(roofline_rows(results), ["form", "stem", "image", "batch", "gflop_per_image", "floor_mb_per_image",
                                         "modelled_mb_per_image", "compute_fraction", "floor_bandwidth_fraction",
@@ -828,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
          "cifar", 32, 1024, ("dsrnet_compiled",), False),
         ("inference cifar/32 b1024: fused split mode", 30, step_inference,
          "cifar", 32, 1024, ("dsrnet_fused_split",), False),
+        ("inference cifar/32 b1024: dsrnet, resnet50 compiled tuned (freezing, 1x1 as mm, max-autotune)", 180,
+         step_inference, "cifar", 32, 1024, ("dsrnet_compiled_tuned", "resnet50_compiled_tuned"), False),
     ]  # fmt: skip
     if args.only:
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
