@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from contextvars import ContextVar
 
 import triton
 import triton.language as tl
@@ -73,7 +72,7 @@ class _LazyKernel:
 
     def __getitem__(self, grid):
         kernel = self.build()
-        pass_ = _PRECOMPILE.get()
+        pass_ = _PRECOMPILE
         if pass_ is None:
             return kernel[grid]
         return lambda *args, **kwargs: pass_.compile(self.fn.__name__, kernel, grid, args, kwargs)
@@ -104,7 +103,9 @@ class Precompile:
         return True
 
 
-_PRECOMPILE: ContextVar[Precompile | None] = ContextVar("dsrnet_precompile", default=None)
+#: The active :func:`precompiling` pass. A process-wide global, not a ContextVar: autograd runs CUDA backward
+#: functions on its own device threads, whose launches the pass must see too (as it does Triton's global hook).
+_PRECOMPILE: Precompile | None = None
 #: A worker still compiling after this long is stopped (its kernels then compile at their first launch).
 WORKER_TIMEOUT_S = 600
 
@@ -121,18 +122,17 @@ def precompiling(workers: int | None = None):
     ~3x. Use it for one throw-away pass with the real shapes and dtypes (forward, and backward for training).
     Under the interpreter, or nested in another pass, it is a no-op context and launches run as usual. Yields a
     :class:`Precompile` (``None`` when inactive)."""
-    if interpreting() or _PRECOMPILE.get() is not None:
+    global _PRECOMPILE
+    if interpreting() or _PRECOMPILE is not None:
         yield None
         return
     knobs = triton.knobs.runtime
     pass_, hook_before = Precompile(), knobs.jit_cache_hook
-    token = _PRECOMPILE.set(pass_)
-    knobs.jit_cache_hook = pass_.record
+    _PRECOMPILE, knobs.jit_cache_hook = pass_, pass_.record
     try:
         yield pass_
     finally:
-        knobs.jit_cache_hook = hook_before
-        _PRECOMPILE.reset(token)
+        _PRECOMPILE, knobs.jit_cache_hook = None, hook_before
     if pass_.specs:
         _compile_in_workers(pass_, workers or os.cpu_count() or 1)
 
