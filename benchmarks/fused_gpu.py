@@ -372,16 +372,36 @@ def step_correctness(bench: Bench) -> None:
             ("cifar stem, stride_on=1x1, fused", "cifar", {"stride_on": "1x1"}, "fused"),
             ("paper stem, stride_on=dw, fused", "paper", {}, "fused"),
         ]
-        for name, stem, kwargs, mode in cases:
+        inputs = {}
+        for _, stem, _, _ in cases:
             size = bench.size(32 if stem == "cifar" else 96)
-            model = build_dsrnet(bench, stem, **kwargs).to(bench.device)
             g = torch.Generator().manual_seed(1)
-            x = torch.randn(batch, 3, size, size, generator=g).to(bench.device)
+            inputs[stem] = torch.randn(batch, 3, size, size, generator=g).to(bench.device)
+        size = bench.size(32)
+        g = torch.Generator().manual_seed(2)
+        x_train = torch.randn(batch, 3, size, size, generator=g).to(bench.device)
+        y_train = torch.randint(0, 10, (batch,), generator=g).to(bench.device)
+
+        def dtypes_of(stem: str, kwargs: dict) -> tuple:
+            return (torch.float32, torch.bfloat16) if not kwargs and stem == "cifar" else (torch.float32,)
+
+        def every_triton_form() -> None:  # the kernels of everything below, compiled at once (outputs garbage)
+            with torch.inference_mode():
+                for _, stem, kwargs, mode in cases:
+                    model = build_dsrnet(bench, stem, **kwargs).to(bench.device)
+                    for dtype in dtypes_of(stem, kwargs):
+                        dsrnet.fuse(model, mode=mode).to(dtype)(inputs[stem].to(dtype))
+            model = use_triton_dwconv(build_dsrnet(bench, "cifar").to(bench.device).train())
+            nn.functional.cross_entropy(model(x_train), y_train).backward()
+
+        precompile(bench, every_triton_form)
+        for name, stem, kwargs, mode in cases:
+            model = build_dsrnet(bench, stem, **kwargs).to(bench.device)
+            x = inputs[stem]
             with torch.inference_mode():
                 ref_feats = model.forward_features(x)
                 ref_logits = model.forward_head(ref_feats)
-                dtypes = (torch.float32, torch.bfloat16) if not kwargs and stem == "cifar" else (torch.float32,)
-                for dtype in dtypes:
+                for dtype in dtypes_of(stem, kwargs):
                     fused = dsrnet.fuse(model, mode=mode).to(dtype)
                     feats = fused.forward_features(x.to(dtype))
                     row = _compare(name, dtype, ref_logits, ref_feats, fused.forward_head(feats), feats)
@@ -393,14 +413,10 @@ def step_correctness(bench: Bench) -> None:
                     bench.results["correctness"].append(row)
                     bench.log(f"correctness: {row}")
         # training step gradients, Triton depthwise conv vs eager (fp32, train mode, batch statistics)
-        size = bench.size(32)
         eager = build_dsrnet(bench, "cifar").to(bench.device).train()
         triton_model = use_triton_dwconv(build_dsrnet(bench, "cifar").to(bench.device).train())
-        g = torch.Generator().manual_seed(2)
-        x = torch.randn(batch, 3, size, size, generator=g).to(bench.device)
-        y = torch.randint(0, 10, (batch,), generator=g).to(bench.device)
         for model in (eager, triton_model):
-            nn.functional.cross_entropy(model(x), y).backward()
+            nn.functional.cross_entropy(model(x_train), y_train).backward()
         worst, worst_name = 0.0, ""
         for (pname, pe), pt in zip(eager.named_parameters(), triton_model.parameters(), strict=True):
             rel = ((pt.grad - pe.grad).abs().max() / pe.grad.abs().max().clamp_min(1e-30)).item()
