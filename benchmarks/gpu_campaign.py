@@ -52,7 +52,7 @@ Stages (in order of value):
   ``<variant>/metrics.jsonl``, ``campaign.json``.
 * ``recipe`` -- short runs of recipe ARMS (:data:`RECIPE_ARMS`: each a TrainConfig override and/or DSRNet model
   kwargs on top of ``--like``'s recipe; ``--arms`` picks and orders them, default all, most informative first:
-  ``base combo cutout16 no_dilation mean_pad no_dw_wd reflect_pad ls02``), all at ``--epochs N`` (the fast
+  ``base combo cutout16 mean_pad no_dw_wd reflect_pad ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
   schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
   ``dsrnet.train.train``, each only if its whole schedule fits; the shipped run overfits (train top-1 99.8 %,
   7.63 % test error at 67 epochs) and the arms look for what closes the gap to 5.5 %. Every arm is checked before
@@ -124,8 +124,9 @@ the call stops at "no CUDA device" once they pass)::
 Planned from the first session's H200 timings (not yet measured for this stage): 20 epochs are ~80 s of
 training per arm (3.66 s/epoch + 0.26 s of test pass) plus ~20 s of warm-cache compilation; the 99-s warm-up
 (cold compilation) comes first, so 3-4 arms fit 540 s in the default order (``base combo cutout16``, then
-``mean_pad`` if ~107 s are left: ``no_dilation``, a new architecture, is planned with a cold compilation and 1.25x
-the s/epoch, ~200 s, and is skipped unless it comes earlier); an H100 fits fewer. Put the arms that matter most first
+``mean_pad`` if ~107 s are left; the architecture arms ``no_dilation`` and ``stem_rate1`` come last: each is planned
+with a cold compilation and 1.25x the s/epoch, ~200 s, and a CPU lead saw no effect of the cifar stem's dilation,
+results/recipe-leads); an H100 fits fewer. Put the arms that matter most first
 (``--arms``); a second call with ``--arms`` the rest, ``--s-per-epoch`` / ``--first-epoch-extra-s`` from the
 first call's ``campaign.json`` skips the warm-up. Copy the returned files to ``results/gpu/recipe-<call_id>/``.
 
@@ -533,11 +534,6 @@ RECIPE_ARMS: dict[str, Arm] = {
     "cutout16": Arm({"cutout": 16}, {},
                     "stronger augmentation against the overfitting: a random 16x16 square of each training image "
                     "blanked", "DeVries & Taylor 2017, Improved Regularization of CNNs with Cutout (16 px, CIFAR-10)"),
-    "no_dilation": Arm({}, {"stem_dilation": 1, "down_dilation": 1, "block_dilations": [1]},
-                       "the paper's dilation at 32 px: the last stage's map is 4x4, where rate-3 taps mostly read "
-                       "padding; every rate 1",
-                       "results/cifar10-ablate-5k/table.md (paper stem at 32 px, CPU, 5k images, one seed: 9 pp "
-                       "LOWER error without dilation)"),
     "mean_pad": Arm({"pad_fill": "mean"}, {},
                     "the random crop pads with the mean colour (0 after normalisation) instead of black",
                     "results/recipe-leads: better on 4 of 4 seeds by 0.2-1.5 pp (CPU, tiny widths, 2k images)"),
@@ -551,6 +547,11 @@ RECIPE_ARMS: dict[str, Arm] = {
     "lr_half": Arm({"lr": 0.2}, {}, "half the peak learning rate (0.4 -> 0.2 at batch 512): the shipped run's test "
                    "error swung by up to 10 points until its last ~10 epochs",
                    "results/gpu/dsrnet/metrics.jsonl (the shipped run's test curve)"),
+    "no_dilation": Arm({}, {"stem_dilation": 1, "down_dilation": 1, "block_dilations": [1]},
+                       "the paper's dilation at 32 px: the last stage's map is 4x4, where rate-3 taps mostly read "
+                       "padding; every rate 1",
+                       "results/cifar10-ablate-5k/table.md (paper stem at 32 px: 9 pp LOWER error without dilation); "
+                       "but with the cifar stem a CPU lead saw no difference (results/recipe-leads), hence last"),
     "stem_rate1": Arm({}, {"stem_dilation": 1},
                       "the stem's rate 3 alone: on the cifar stem a rate-3 3x3 conv reads the raw image at 3-px "
                       "gaps (no neighbouring pixels), the in-stage rates stay",
