@@ -68,3 +68,19 @@ def test_bad_values_are_one_line(argv, message, capsys, tmp_path):
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("dsrnet: error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_command_line_records_every_option_and_switches_that_are_off():
+    """The ``command`` a results table records must rerun the same thing: ``--no-progress`` included."""
+    import shlex
+
+    from dsrnet.cli.common import command_line
+
+    argv = ["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "resnet50", "--no-progress", "--epochs", "3"]
+    parser = build_parser("reproduce")
+    recorded = command_line(parser.parse_args(argv))
+    assert "--no-progress" in recorded and "--epochs 3" in recorded and "--models dsrnet50 resnet50" in recorded
+    assert "_negatable" not in recorded and "--quick" not in recorded  # a store_true left off is the default
+    again = parser.parse_args(shlex.split(recorded)[1:])
+    assert vars(again) == vars(parser.parse_args(argv))  # the recorded command parses back to the same run
+    assert "--progress" in command_line(parser.parse_args(argv[:-3] + ["--epochs", "3"]))

@@ -88,10 +88,16 @@ def parse_model_kwargs(text: str | None) -> dict:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The fully resolved command that reproduces ``args`` (every option spelled out, defaults included)."""
+    """The fully resolved command that reproduces ``args`` (every option spelled out, defaults included; a switch
+    that is off appears as ``--no-x`` where the flag has that form, and is left out where off is its default)."""
     parts = ["dsrnet", args.command]
+    negatable = set(getattr(args, "_negatable", ()))
     for key, value in vars(args).items():
-        if key in ("func", "command") or value is None or value is False:
+        if key in ("func", "command") or key.startswith("_") or value is None:
+            continue
+        if value is False:
+            if key in negatable:
+                parts.append("--no-" + key.replace("_", "-"))
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:

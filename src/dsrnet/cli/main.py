@@ -54,6 +54,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, formatter_class=HelpFormatter)
         if command is None or name == command:
             importlib.import_module(module).configure(name, p)
+            # Flags whose off state is spelled --no-x: command_line() must write it out to reproduce the run.
+            negatable = tuple(a.dest for a in p._actions if isinstance(a, argparse.BooleanOptionalAction))
+            p.set_defaults(_negatable=negatable)
     return parser
 
 
