@@ -27,7 +27,8 @@ the budget, and results are rewritten after every step, so a run cut short keeps
     image (the floor: every block reads its input once and writes its output once; and each form's own traffic),
     and the fraction of the measured compute / bandwidth each form reaches.
 
-Writes into ``--out``: ``results.json`` (everything), ``results.md`` (tables), ``profiles.txt``, ``log.txt``.
+Writes into ``--out``: ``results.json`` (everything, with the block sizes the autotuner picked per kernel and
+shape: ``dsrnet.kernels._triton.autotune_picks``), ``results.md`` (tables), ``profiles.txt``, ``log.txt``.
 Last, budget permitting: the training step of both with inductor's ``conv_1x1_as_mm`` (1x1 convs lowered to
 matmuls, whose neighbours inductor can then fuse), and DSRNet-50 and ResNet-50 both compiled with inductor's own fusion route
 (``TUNED_INDUCTOR``: freezing folds BatchNorm, 1x1 convs become matmuls with fused epilogues, GEMM templates
@@ -135,6 +136,10 @@ class Bench:
 
     def save(self) -> None:
         self.results["elapsed_s"] = round(time.monotonic() - T0, 1)
+        from dsrnet.kernels import ops
+
+        tk = getattr(ops, "_tk", None)  # the configs the autotuner picked per shape: data for a tuning table
+        self.results["autotune_picks"] = tk.autotune_picks() if tk is not None else {}
         _write(self.out / "results.json", json.dumps(self.results, indent=1, default=str))
         _write(self.out / "results.md", render_markdown(self.results))
         _write(self.out / "profiles.txt", "\n\n".join(self.profiles) or "(no profile taken)\n")

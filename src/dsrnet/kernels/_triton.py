@@ -490,3 +490,21 @@ _DWPW_CONFIGS = [
 dw_pw = _LazyKernel(
     _dw_pw, _DWPW_CONFIGS, ["M", "N", "K", "KDS", "HO", "WO", "STRIDE", "DIL", "SHORTCUT"], _GEMM_INTERP
 )
+
+
+def autotune_picks() -> dict[str, list[dict]]:
+    """What the autotuner chose so far in this process, per kernel: for each tuning key (the kernel's ``key``
+    arguments, then the tensors' dtypes) the config that won, as plain data (for a benchmark's results: the
+    block sizes a card prefers, per shape)."""
+    picks: dict[str, list[dict]] = {}
+    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "dw_pw"):
+        lazy = globals()[name]
+        tuner = lazy._built.get((False, True))  # compiled kernels, autotuning on
+        cache = getattr(tuner, "cache", None) or {}
+        picks[name] = [
+            {"key": {**{n: str(v) for n, v in zip(lazy.key, k[: len(lazy.key)], strict=True)},
+                     "dtypes": [str(v) for v in k[len(lazy.key):]]},
+             "config": {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}}
+            for k, c in cache.items()
+        ]  # fmt: skip
+    return picks
