@@ -166,3 +166,16 @@ def test_autotune_picks_lists_each_kernels_winning_config_per_key(monkeypatch):
                 "dtypes": ["torch.bfloat16", "torch.bfloat16"]},
         "config": {"BLOCK_P": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
     }]  # fmt: skip
+
+
+def test_workers_that_cannot_start_are_an_error_in_the_record_not_an_exception(compiled_mode, monkeypatch):
+    lazy = _lazy(monkeypatch, StandIn([]))
+
+    def no_processes(pass_, workers):
+        raise OSError("fork refused")
+
+    monkeypatch.setattr(tk, "_compile_in_workers", no_processes)
+    with tk.precompiling(workers=2) as pass_:
+        lazy[(1,)](0)
+        pass_.specs["spec"] = ("dsrnet.kernels._triton", "_dw_fwd")  # what Triton's hook would have recorded
+    assert pass_.errors == ["precompile workers: OSError: fork refused"] and tk._PRECOMPILE is None

@@ -134,7 +134,10 @@ def precompiling(workers: int | None = None):
     finally:
         _PRECOMPILE, knobs.jit_cache_hook = None, hook_before
     if pass_.specs:
-        _compile_in_workers(pass_, workers or os.cpu_count() or 1)
+        try:
+            _compile_in_workers(pass_, workers or os.cpu_count() or 1)
+        except Exception as err:  # e.g. no way to start processes: the first real launches compile serially
+            pass_.errors.append(f"precompile workers: {type(err).__name__}: {err}")
 
 
 def _compile_in_workers(pass_: Precompile, workers: int) -> None:
