@@ -397,6 +397,11 @@ def first_call(bench: ShapeBench, fn, tuner_name: str | None = None) -> dict:
     return info
 
 
+def tuned_fields(info: dict) -> dict:
+    """The row fields of a Triton kernel's :func:`first_call`: the autotuner's pick and timings, compile times."""
+    return {k: info.get(k) for k in ("config", "tuning_ms", "first_call_s", "precompile_s")}
+
+
 def _first(v) -> float:
     return float(v[0] if isinstance(v, (list, tuple)) else v)
 
@@ -422,10 +427,7 @@ def step_fused(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
         "fused dw_pw_block",
         "block",
         _time(bench, tensors.fused),
-        config=info.get("config"),
-        tuning_ms=info.get("tuning_ms"),
-        first_call_s=info["first_call_s"],
-        precompile_s=info.get("precompile_s"),
+        **tuned_fields(info),
         max_rel_diff=diff,
         backend=_backend(tensors.y1),
     )
@@ -441,10 +443,7 @@ def step_pw1(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) ->
         "pw1 triton pointwise_conv",
         "pw1",
         _time(bench, tensors.pw1),
-        config=info.get("config"),
-        tuning_ms=info.get("tuning_ms"),
-        first_call_s=info["first_call_s"],
-        precompile_s=info.get("precompile_s"),
+        **tuned_fields(info),
         max_rel_diff=diff,
         backend=_backend(tensors.x),
     )
