@@ -36,9 +36,9 @@ Stages (in order of value):
 * ``baselines`` -- ``resnet50_cifar``, ``resnext50_32x4d_cifar`` with the recipe and epochs of the ``dsrnet`` stage
   (``--like DSRNET_OUT/config.yaml`` or ``final.json``; or ``--epochs``), through ``dsrnet.paper.runner.reproduce``
   (trained, then timed as ``reproduce`` times: inference, fp32 eager, batch 128, 32 px, median of 30 after 10
-  warm-up calls, no compilation). Each model gets a warm-up (unless ``--s-per-epoch`` is given) and is trained only
-  if its whole schedule fits (plus ``--bench-reserve-s``); otherwise it is skipped with the measured s/epoch and the
-  epochs that would have fitted. Then, in the same call and with the same settings
+  warm-up calls, no compilation). No warm-up run: each model starts while ``--min-run-s`` are left and trains
+  under the deadline's ``schedule`` rule (``--bench-reserve-s`` kept for its timing), so it either completes its
+  schedule or stops after its second epoch and is skipped with its measured pace (:func:`train_to_the_end`). Then, in the same call and with the same settings
   (:func:`dsrnet.paper.runner.bench_models`), it times every other model of ``--bench-models`` (default: DSRNet-50
   and the rest of the paper's comparison, DSRNet first, each only while ``--bench-s`` is left; expected to take seconds
   each, not yet measured on a GPU; a dry run: DSRNet only): DSRNet's run came from the
@@ -54,14 +54,13 @@ Stages (in order of value):
   kwargs on top of ``--like``'s recipe; ``--arms`` picks and orders them, default all, most informative first:
   ``base combo cutout16 mean_pad no_dw_wd reflect_pad ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
   schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
-  ``dsrnet.train.train``, each only if its whole schedule fits; the shipped run overfits (train top-1 99.8 %,
+  ``dsrnet.train.train``, each as a whole schedule or not at all (as the baselines: no warm-up; the ``schedule``
+  rule stops an arm that cannot fit after its second epoch); the shipped run overfits (train top-1 99.8 %,
   7.63 % test error at 67 epochs) and the arms look for what closes the gap to 5.5 %. Every arm is checked before
   anything is decoded or trained (names, TrainConfig keys this checkout has, values, model kwargs): one refused
-  arm refuses the call in one line (exit 2). One warm-up for the first architecture; each finished arm plans the
-  next arm of its architecture; an architecture not measured yet (``no_dilation``) is planned conservatively
-  (:func:`stage_recipe`). OUT: ``recipe.md`` (arm, what changed, FINAL-epoch top-1/top-3 error and their delta vs
+  arm refuses the call in one line (exit 2). OUT: ``recipe.md`` (arm, what changed, FINAL-epoch top-1/top-3 error and their delta vs
   ``base``, final train top-1, s/epoch, epochs, wall s; command, card, versions, seed; what was skipped and why),
-  ``recipe.json`` (the same, machine-readable, with each arm's plan), ``runs.json`` (every trained arm's
+  ``recipe.json`` (the same, machine-readable), ``runs.json`` (every trained arm's
   ``config.yaml``, ``final.json``, ``metrics.jsonl``: :func:`dsrnet.paper.assemble.write_bundle`), ``campaign.json``.
   One seed per arm at a short length is a lead, not a result: below ~0.3 pp is noise.
 
@@ -92,22 +91,22 @@ again on a fresh one::
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage ablation \
         --like results/gpu/dsrnet/config.yaml --variants no_dilation --out $OUT --budget-s 540
 
-A baseline or variant is trained only if ALL its epochs fit (a truncated schedule is no comparison), so the epochs
+A baseline or variant counts only if ALL its epochs ran (a truncated schedule is no comparison), so the epochs
 of the ``dsrnet`` stage decide whether a ResNet-50 (about twice DSRNet's MACs at 32 px) fits one call: if it must,
-give the ``dsrnet`` stage ``--target-train-s`` (or ``--epochs``) small enough; the ``baselines`` stage reports each
-model's measured s/epoch and how many epochs would have fitted. A second call can skip the warm-up with
-``--s-per-epoch S --first-epoch-extra-s X`` taken from the first call's summary. With 15 minutes of device time per
+give the ``dsrnet`` stage ``--target-train-s`` (or ``--epochs``) small enough; a model that cannot fit stops after
+its second epoch and the ``baselines`` stage reports its measured pace. With 15 minutes of device time per
 session (starts and idle time included), two stages fit a session when each gets ~380 s: the first session (H200,
 2026-11-26) ran ``dsrnet`` (``--budget-s 560``: 391 s) and ``bench`` (``--budget-s 370``: 337 s) back to back on
 one warm machine, 785 s of device time with the machine's start (34 s) and two staging calls.
 
-The summary (plan, warm-up timings, what was skipped, files, ``call_id``) is the last line on stdout and in
+The summary (plan, timings, what was skipped, files, ``call_id``) is the last line on stdout and in
 ``campaign.json`` where a slot is left. The returned files land read-only under ``files_at``; copy them into
 ``results/`` (e.g. ``results/gpu/baselines-<call_id>/``).
 
 Next GPU session (``baselines``), after staging the data as above (the last staging call runs it; ResNet-50's
-67 epochs are expected to need ~350-400 s with the warm-up, so 470 s leaves the rest of the session's 15 minutes to
-``benchmarks/fused_gpu.py`` on the same warm machine)::
+67 epochs are guessed at ~300-350 s with a cold compilation, not measured; if they cannot fit, the run stops after
+its second epoch; 470 s leaves the rest of the session's 15 minutes to ``benchmarks/fused_gpu.py`` on the same
+warm machine)::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
         --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 470
@@ -121,14 +120,13 @@ the call stops at "no CUDA device" once they pass)::
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage recipe \
         --like results/gpu/dsrnet/config.yaml --epochs 20 --out $OUT --budget-s 540
 
-Planned from the first session's H200 timings (not yet measured for this stage): 20 epochs are ~80 s of
-training per arm (3.66 s/epoch + 0.26 s of test pass) plus ~20 s of warm-cache compilation; the 99-s warm-up
-(cold compilation) comes first, so 3-4 arms fit 540 s in the default order (``base combo cutout16``, then
-``mean_pad`` if ~107 s are left; the architecture arms ``no_dilation`` and ``stem_rate1`` come last: each is planned
-with a cold compilation and 1.25x the s/epoch, ~200 s, and a CPU lead saw no effect of the cifar stem's dilation,
-results/recipe-leads); an H100 fits fewer. Put the arms that matter most first
-(``--arms``); a second call with ``--arms`` the rest, ``--s-per-epoch`` / ``--first-epoch-extra-s`` from the
-first call's ``campaign.json`` skips the warm-up. Copy the returned files to ``results/gpu/recipe-<call_id>/``.
+Guessed from the first session's H200 timings (not yet measured for this stage): 20 epochs are ~80 s of training
+per arm (3.66 s/epoch + 0.26 s of test pass) plus its compilation, cold for the first arm (~100 s, as the first
+session's warm-up run) and ~20 s with Inductor's warm caches after it, so about 4 arms fit 540 s in the default order
+(``base combo cutout16 mean_pad``; the architecture arms ``no_dilation`` and ``stem_rate1`` come last: they
+compile anew, and a CPU lead saw no effect of the cifar stem's dilation, results/recipe-leads); an H100 fits
+fewer. Put the arms that matter most first (``--arms``); a second call with ``--arms`` the rest. Copy the returned
+files to ``results/gpu/recipe-<call_id>/``.
 
 The paper's table, here afterwards (no GPU, nothing trained or timed; :mod:`dsrnet.paper.assemble`)::
 
@@ -299,15 +297,13 @@ def train_config(model: str, out_dir: Path, settings: dict, model_kwargs: dict |
     )
 
 
-def warmup(
-    model: str, work: Path, settings: dict, model_kwargs: dict | None, budget: Budget, key: str | None = None
-) -> dict:
+def warmup(model: str, work: Path, settings: dict, model_kwargs: dict | None, budget: Budget) -> dict:
     """A 2-epoch run through ``train()`` into a scratch folder: steady s/epoch (epoch 2: train + test) and the
     first epoch's extra time (compilation, cuDNN autotuning). The real run's compilation reuses Inductor's caches,
     so using the cold extra for planning errs on the safe side."""
     from dsrnet.train import train
 
-    out = work / "warmup" / (key or model)
+    out = work / "warmup" / model
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
     cfg = train_config(model, out, {**settings, "epochs": 2}, model_kwargs, deadline=budget.deadline)
@@ -338,13 +334,40 @@ def epochs_that_fit(available_s: float, timing: dict, slack: float) -> int:
     return max(0, math.floor((available_s - timing["first_epoch_extra_s"]) / per_epoch))
 
 
-def timing_for(model, args, work, settings, model_kwargs, budget, summary, key=None) -> dict:
-    """The warm-up's timing of ``model``, or the one given with ``--s-per-epoch``."""
+def timing_for(model, args, work, settings, model_kwargs, budget, summary) -> dict:
+    """The warm-up's timing of ``model``, or the one given with ``--s-per-epoch`` (the dsrnet stage's epochs)."""
     if args.s_per_epoch:
         return {"s_per_epoch": args.s_per_epoch, "first_epoch_extra_s": args.first_epoch_extra_s, "given": True}
-    t = warmup(model, work, settings, model_kwargs, budget, key)
-    summary.setdefault("warmups", {})[key or model] = t
+    t = warmup(model, work, settings, model_kwargs, budget)
+    summary.setdefault("warmups", {})[model] = t
     return t
+
+
+def train_to_the_end(cfg, deadline: float, min_run_s: float) -> str | None:
+    """Train ``cfg`` into its (emptied) folder only as a whole schedule: started while at least ``min_run_s`` are
+    left before ``deadline``, and under the deadline's ``schedule`` rule, which stops the run after its second
+    epoch when the rest, at that epoch's pace, cannot end in time (:class:`~dsrnet.train.config.TrainConfig`).
+    So no warm-up run is needed to decide whether it fits, and one that does not costs about two epochs. Returns
+    ``None`` when the run finished, else why not; a stopped run's folder is removed (a truncated schedule is no
+    result: its pace is in the reason)."""
+    from dataclasses import replace
+
+    from dsrnet.train import train
+
+    left = deadline - time.time()
+    if left < min_run_s:
+        return f"{left:.0f} s left, less than --min-run-s {min_run_s:.0f} (a compilation and two epochs)"
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)
+    _reset_compiler()
+    final = train(replace(cfg, deadline=deadline, deadline_rule="schedule"))
+    if not final["stopped_early"]:
+        return None
+    last = json.loads(Path(cfg.out_dir, "metrics.jsonl").read_text().splitlines()[-1])
+    pace = last["epoch_time_s"] + last["eval_time_s"]
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)
+    return (f"cannot finish {final['epochs']} epochs in the {left:.0f} s it had: stopped by the deadline after "
+            f"{final['epochs_done']} (last epoch {pace:.1f} s with its test pass, ~{final['epochs'] * pace:.0f} s "
+            "for the whole schedule)")
 
 
 def weights_only_checkpoint(run_dir: Path, dest: Path) -> Path:
@@ -389,8 +412,10 @@ def stage_dsrnet(
     summary["plan"] = plan
     log.info("training %s for %d epochs (%.0f s left of the budget)", DSRNET_MODEL, epochs, budget.left())
     run_dir = work / "runs" / DSRNET_MODEL
+    # The schedule rule: a run that could not end in time stops within ~2 epochs instead of being cut short at the
+    # end (weights of a truncated schedule are not shipped), leaving the rest of the call's time to what follows.
     cfg = train_config(DSRNET_MODEL, run_dir, {**settings, "epochs": epochs}, kwargs,
-                       deadline=budget.deadline - post_s)  # fmt: skip
+                       deadline=budget.deadline - post_s, deadline_rule="schedule")  # fmt: skip
     t0 = time.time()
     final = train(cfg)
     summary["train_wall_s"] = round(time.time() - t0, 1)
@@ -447,18 +472,17 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
               "command": " ".join(sys.argv)}  # fmt: skip
     done, skipped = [], []
     post_s = args.post_s if args.post_s is not None else 15.0
+    deadline = budget.deadline - post_s - (args.bench_reserve_s if baselines else 0.0)
     for name, arch, kwargs in jobs:
-        timing = timing_for(arch, args, work, settings, kwargs, budget, summary, key=name)
-        need = timing["first_epoch_extra_s"] + settings["epochs"] * timing["s_per_epoch"] * (1 + args.slack)
-        need += post_s + (args.bench_reserve_s if baselines else 0.0)
-        if need > budget.left():
-            fit = epochs_that_fit(budget.left() - post_s, timing, args.slack)
-            skipped.append({"what": name, "why": f"needs ~{need:.0f} s for {settings['epochs']} epochs, "
-                            f"{budget.left():.0f} s left (about {fit} epochs would fit now)", "timing": timing})
-            log.info("skip %s: %s", name, skipped[-1]["why"])
-            continue
-        _reset_compiler()
+        key = arch if baselines else name  # the runner's run folder: runs/<arch> (reproduce), runs/<variant>
         t0 = time.time()
+        cfg = train_config(arch, out / "runs" / key, settings, kwargs)
+        why = train_to_the_end(cfg, deadline, args.min_run_s)
+        if why:
+            skipped.append({"what": name, "why": why})
+            log.info("skip %s: %s", name, why)
+            continue
+        # The finished run is the runner's own (same config and folder): it is not trained again, only timed.
         if baselines:
             runner.reproduce("cifar10", models=[name], **common)
         else:
@@ -562,9 +586,6 @@ SHARED_KEYS = frozenset({
     "model", "dataset", "data_dir", "download", "epochs", "seed", "subset_per_class", "test_subset_per_class",
     "device", "out_dir", "resume", "deadline", "model_kwargs",
 })  # fmt: skip
-#: An architecture no arm measured yet: the reference architecture's s/epoch times this (dilation changes the
-#: speed of the depthwise convs; the measured run then replaces the estimate for later arms).
-NEW_ARCH_FACTOR = 1.25
 #: Spread of one seed's top-1 error on 10,000 test images (binomial SD at ~7 % error: 0.26 pp).
 NOISE_PP = 0.3
 RECIPE_FILES = ("recipe.md", "recipe.json", "runs.json")
@@ -655,31 +676,15 @@ def arm_changes(arm: Arm) -> str:
     return "; ".join(parts) or "nothing (--like's recipe)"
 
 
-def measured_timing(run_dir: Path, wall_s: float) -> dict:
-    """A finished arm's timing for planning the next arm of the same architecture: its steady s/epoch (train +
-    test, median after epoch 1) and the rest of its wall time (compilation with warm caches, data, checkpoint) as
-    the first epoch's extra, so that the same epochs plan to the same wall time (plus the slack)."""
-    import statistics
-
-    m = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    per_epoch = [r["epoch_time_s"] + r["eval_time_s"] for r in m]
-    steady = statistics.median(per_epoch[1:] or per_epoch)
-    return {"s_per_epoch": round(steady, 3), "first_epoch_extra_s": round(max(0.0, wall_s - len(m) * steady), 2)}
-
-
 def stage_recipe(args, budget: Budget, work: Path, summary: dict, arms: dict[str, Arm]) -> list[tuple[Path, str]]:
     """``recipe``: each arm trains the same architecture (unless it changes the model), epochs and seed with its
-    overrides, one after the other, each only if its whole schedule fits what is left; results after each arm.
-
-    Timing: one warm-up (or ``--s-per-epoch``) for the first arm's architecture, its cold overhead (compilation
-    with empty caches) charged to the first arm. An arm's measured run then plans the later arms of its
-    architecture (Dynamo is reset before each arm so the recompile limit never turns a run eager; Inductor's
-    caches make the recompilation of an identical graph cheap: loss, augmentation and optimizer lie outside the
-    compiled model). An architecture not measured yet (``no_dilation``) is planned at ``NEW_ARCH_FACTOR`` x the
-    reference s/epoch plus the cold overhead; the deadline stops any overrun after an epoch (marked stopped early).
+    overrides, one after the other; results after each arm. No warm-up: every arm starts while at least
+    ``--min-run-s`` are left and trains under the deadline's ``schedule`` rule (:func:`train_to_the_end`), so an
+    arm whose whole schedule cannot fit stops after its second epoch and is reported as not trained, with its pace.
+    Dynamo is reset before each arm so the recompile limit never turns a run eager; Inductor's caches make the
+    recompilation of an identical graph cheap (loss, augmentation and optimizer lie outside the compiled model).
     """
     from dsrnet.models import stem_variant
-    from dsrnet.train import train
 
     settings = recipe_settings(args)
     epochs = settings["epochs"]
@@ -689,68 +694,36 @@ def stage_recipe(args, budget: Budget, work: Path, summary: dict, arms: dict[str
     out = work / "recipe"
     out.mkdir(parents=True, exist_ok=True)
     post_s = args.post_s if args.post_s is not None else 5.0  # small text files only
-    timings: dict[str, dict] = {}  # architecture (model kwargs) -> timing of its latest finished arm
-    reference: dict | None = None  # first architecture's timing, cold overhead included
-    reference_key = None
-    rows, skipped, plans = [], [], {}
+    deadline = budget.deadline - post_s
+    rows, skipped = [], []
     files = [(out / name, name) for name in RECIPE_FILES]
 
     for name, arm in arms.items():
-        kwargs = arm_model_kwargs(arm, args.dry_run)
-        key = json.dumps(kwargs, sort_keys=True)
-        if key in timings:
-            timing = timings[key]
-        elif reference is None:
-            t = timing_for(arch, args, work, settings, kwargs, budget, summary, key=name)
-            overhead = t["first_epoch_extra_s"]
-            if "warmup_wall_s" in t:  # all of the warm-up's time beyond its steady epochs: cold compile, data
-                overhead = max(overhead, t["warmup_wall_s"] - t["epochs_measured"] * t["s_per_epoch"])
-            source = "--s-per-epoch" if t.get("given") else f"warm-up ({name}'s architecture)"
-            reference = timing = {"s_per_epoch": t["s_per_epoch"], "first_epoch_extra_s": round(overhead, 2),
-                                  "from": f"{source}, cold overhead"}  # fmt: skip
-            reference_key = key
-        elif key == reference_key:  # its first arm did not fit: the same cold plan
-            timing = reference
-        else:
-            ref = timings.get(reference_key, reference)  # the measured run's s/epoch once there is one
-            timing = {"s_per_epoch": round(ref["s_per_epoch"] * NEW_ARCH_FACTOR, 3),
-                      "first_epoch_extra_s": reference["first_epoch_extra_s"],
-                      "from": f"estimate: {NEW_ARCH_FACTOR}x the s/epoch of {ref['from']}, cold overhead"}  # fmt: skip
-        need = timing["first_epoch_extra_s"] + epochs * timing["s_per_epoch"] * (1 + args.slack) + post_s
-        plans[name] = {**timing, "need_s": round(need, 1), "left_s": round(budget.left(), 1)}
-        if need > budget.left():
-            fit = epochs_that_fit(budget.left() - post_s, timing, args.slack)
-            skipped.append({"arm": name, "why": f"needs ~{need:.0f} s for {epochs} epochs ({timing['from']}), "
-                            f"{budget.left():.0f} s left (about {fit} epochs would fit now)"})  # fmt: skip
-            log.info("skip %s: %s", name, skipped[-1]["why"])
-            continue
         run_dir = out / "runs" / name
-        shutil.rmtree(run_dir, ignore_errors=True)
-        _reset_compiler()
-        log.info("arm %s (%s): %d epochs, ~%.0f s planned, %.0f s left", name, arm_changes(arm), epochs, need,
-                 budget.left())  # fmt: skip
+        log.info("arm %s (%s): %d epochs, %.0f s left", name, arm_changes(arm), epochs, deadline - time.time())
         t0 = time.time()
         try:
-            cfg = train_config(arch, run_dir, settings, kwargs, deadline=budget.deadline - post_s,
-                               checkpoint_every=epochs, **arm.train)  # fmt: skip
-            train(cfg)
+            why = train_to_the_end(
+                train_config(arch, run_dir, settings, arm_model_kwargs(arm, args.dry_run), checkpoint_every=epochs,
+                             **arm.train),
+                deadline, args.min_run_s,
+            )  # fmt: skip
         except BudgetExceeded:
             raise
         except Exception as err:  # one failing arm must not lose the others' results
             why = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-            skipped.append({"arm": name, "why": why})
             log.warning("arm %s failed:\n%s", name, traceback.format_exc())
             if "cuda" in settings.get("device", "cuda"):
                 _empty_cuda_cache()
-            continue
-        wall = time.time() - t0
-        rows.append(recipe_row(name, arm, run_dir, wall))
-        if not rows[-1]["stopped_early"]:
-            timings[key] = {**measured_timing(run_dir, wall), "from": f"measured ({name})"}
-        write_recipe(out, rows, skipped, plans, settings, arch, args, summary)
-    write_recipe(out, rows, skipped, plans, settings, arch, args, summary)
+        if why:
+            skipped.append({"arm": name, "why": why})
+            log.info("arm %s not trained: %s", name, why)
+        else:
+            rows.append(recipe_row(name, arm, run_dir, time.time() - t0))
+        write_recipe(out, rows, skipped, arms, settings, arch, args, summary)
+    write_recipe(out, rows, skipped, arms, settings, arch, args, summary)
     summary["done"] = [r["arm"] for r in rows]
-    summary["skipped"], summary["plan"] = skipped, plans
+    summary["skipped"] = skipped
     return files
 
 
@@ -772,24 +745,23 @@ def recipe_row(name: str, arm: Arm, run_dir: Path, wall_s: float) -> dict:
         "arm": name, "changed": arm_changes(arm), "train_overrides": arm.train, "model_kwargs": arm.model,
         "top1_error": last["test_top1_error"], "top3_error": last["test_top3_error"],
         "train_top1": last["train_top1"], "test_loss": last["test_loss"], "epoch": last["epoch"],
-        "epochs": final["epochs"], "epochs_done": final["epochs_done"], "stopped_early": final["stopped_early"],
+        "epochs": final["epochs"],
         "s_per_epoch": round(statistics.median(r["epoch_time_s"] for r in m), 3), "wall_s": round(wall_s, 1),
         "test_images": final["test_images"], "device": final["device"], "torch": final["torch"],
     }  # fmt: skip
 
 
-def write_recipe(out: Path, rows: list[dict], skipped: list[dict], plans: dict, settings: dict, arch: str, args,
-                 summary: dict) -> None:  # fmt: skip
+def write_recipe(out: Path, rows: list[dict], skipped: list[dict], arms: dict[str, Arm], settings: dict, arch: str,
+                 args, summary: dict) -> None:  # fmt: skip
     """recipe.md, recipe.json and runs.json (every trained arm's config.yaml, final.json and metrics.jsonl) in
     ``out``; rewritten after each arm, so a call stopped by the watchdog still returns the arms it finished."""
     from dsrnet.paper.assemble import write_bundle
     from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 
-    base = next((r for r in rows if r["arm"] == "base" and not r["stopped_early"]), None)
+    base = next((r for r in rows if r["arm"] == "base"), None)
     for r in rows:
-        comparable = base is not None and not r["stopped_early"]
-        r["delta_top1_vs_base_pp"] = round(r["top1_error"] - base["top1_error"], 2) if comparable else None
-        r["delta_top3_vs_base_pp"] = round(r["top3_error"] - base["top3_error"], 2) if comparable else None
+        r["delta_top1_vs_base_pp"] = round(r["top1_error"] - base["top1_error"], 2) if base else None
+        r["delta_top3_vs_base_pp"] = round(r["top3_error"] - base["top3_error"], 2) if base else None
     command = "PYTHONPATH=src python3 benchmarks/gpu_campaign.py " + shlex.join(args.argv)
     card = summary.get("gpu") or summary.get("device_name")
     versions = summary.get("versions", {})
@@ -797,9 +769,9 @@ def write_recipe(out: Path, rows: list[dict], skipped: list[dict], plans: dict, 
               "started": summary.get("started"), "device_name": card, "versions": versions,
               "settings": {k: v for k, v in settings.items() if k != "data_dir"}}  # fmt: skip
     doc = {**header, "command": command, "arch": arch, "epochs": settings["epochs"], "seed": settings["seed"],
-           "base_arm": "base", "noise_pp": NOISE_PP, "rows": rows, "skipped": skipped, "plan": plans,
+           "base_arm": "base", "noise_pp": NOISE_PP, "rows": rows, "skipped": skipped,
            "arms": {n: {"changed": arm_changes(a), "train": a.train, "model": a.model, "tests": a.tests,
-                        "reference": a.reference} for n, a in RECIPE_ARMS.items() if n in plans}}  # fmt: skip
+                        "reference": a.reference} for n, a in arms.items()}}  # fmt: skip
     atomic_write_json(out / "recipe.json", doc)
     write_bundle(out / "runs.json", {r["arm"]: out / "runs" / r["arm"] for r in rows}, header)
     atomic_write_text(out / "recipe.md", render_recipe(doc))
@@ -816,18 +788,17 @@ def render_recipe(doc: dict) -> str:
         "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: |",
     ]
     for r in doc["rows"]:
-        epochs = f"{r['epochs_done']}/{r['epochs']} STOPPED EARLY" if r["stopped_early"] else str(r["epochs"])
         lines.append(f"| {r['arm']} | {r['changed']} | {r['top1_error']:.2f} | {pp(r['delta_top1_vs_base_pp'])} | "
                      f"{r['top3_error']:.2f} | {pp(r['delta_top3_vs_base_pp'])} | {r['train_top1']:.2f} | "
-                     f"{r['s_per_epoch']:.2f} | {epochs} | {r['wall_s']:.0f} |")  # fmt: skip
+                     f"{r['s_per_epoch']:.2f} | {r['epochs']} | {r['wall_s']:.0f} |")  # fmt: skip
     if not doc["rows"]:
         lines.append("| (no arm trained) | | | | | | | | | |")
     lines += [
         "",
         f"FINAL-epoch errors (never the best epoch) on {test_images or 'the'} test images; train top-1 is the last "
         "epoch's, on augmented batches; s/epoch = median training epoch (test pass excluded); wall s = the arm's "
-        "whole training call, compilation included. An arm stopped early by the deadline has a truncated schedule: "
-        "no delta.",
+        "whole training call, compilation included. Only arms that completed their schedule have a row (an arm the "
+        "deadline would have cut short stops and is listed under \"Not trained\").",
         "",
         f"**One seed per arm at {doc['epochs']} epochs is a lead, not a result**: a difference below "
         f"~{doc['noise_pp']} pp (the spread of one seed's error on 10,000 test images) is noise.",
@@ -987,8 +958,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="training seed (default: --like's, else 0)")
     p.add_argument("--epochs", type=int, default=None, help="fix the epochs (dsrnet: skips the warm-up)")
     p.add_argument("--like", default=None, help="config.yaml / final.json / run folder of the dsrnet stage")
-    p.add_argument("--s-per-epoch", type=float, default=None, help="known s/epoch: skip the warm-up run")
+    p.add_argument("--s-per-epoch", type=float, default=None, help="dsrnet: known s/epoch: skip the warm-up run")
     p.add_argument("--first-epoch-extra-s", type=float, default=90.0, help="with --s-per-epoch: compile etc.")
+    p.add_argument("--min-run-s", type=float, default=60.0,
+                   help="baselines/ablation/recipe: start a run only while this much is left (a compilation and two "
+                        "epochs); it stops itself after its 2nd epoch if its whole schedule cannot fit")
     p.add_argument("--target-train-s", type=float, default=360.0, help="dsrnet: training wall time to aim for")
     p.add_argument("--max-epochs", type=int, default=200)
     p.add_argument("--slack", type=float, default=0.05, help="planning margin on s/epoch")
@@ -1032,6 +1006,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--arms is for the recipe stage (arms to compare) and the dsrnet stage (arms to train with)")
     if args.dry_run:
         args.max_epochs = min(args.max_epochs, 2)
+        args.min_run_s = min(args.min_run_s, 5.0)
     return args
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -120,8 +121,8 @@ def baselines_dry_run(dry_run, cifar10_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines") / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(SCRIPT), "--stage", "baselines", "--dry-run", "--data-dir", str(cifar10_dir),
-           "--like", str(dry_run[0] / "config.yaml"), "--models", "resnet50", "--s-per-epoch", "1",
-           "--first-epoch-extra-s", "0", "--out", str(out), "--budget-s", "200"]  # fmt: skip
+           "--like", str(dry_run[0] / "config.yaml"), "--models", "resnet50", "--out", str(out), "--budget-s",
+           "200"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads(proc.stdout.strip().splitlines()[-1])
@@ -139,6 +140,7 @@ def test_baselines_call_returns_one_bundle_with_dsrnet_timed_alike(baselines_dry
     assert dsrnet["request"] == resnet["request"] and dsrnet["request"]["precision"] == "fp32"
     assert dsrnet["row"]["model_kwargs"] == {"widths": [8, 16, 32, 64]} and dsrnet["row"]["compile"] is False
     assert summary["timed"] == ["resnet50_cifar", "dsrnet50_cifar"]
+    assert "warmups" not in summary and summary["skipped"] == []  # trained once, straight away
 
 
 def _assemble(*argv):
@@ -174,8 +176,7 @@ def test_assemble_writes_the_paper_table_from_both_stages(dry_run, baselines_dry
 @pytest.fixture(scope="module")
 def recipe_dry_run(cifar10_dir, tmp_path_factory):
     """The ``recipe`` stage rehearsed as the GPU machine would run it, with the shipped run's recipe (--like), three
-    arms that this checkout supports: the warm-up plans ``base``, ``base``'s run plans ``mean_pad``, and
-    ``no_dilation`` (another architecture) is estimated."""
+    arms that this checkout supports, ``no_dilation`` another architecture."""
     tmp = tmp_path_factory.mktemp("recipe")
     out, work = tmp / "out", tmp / "work"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
@@ -203,7 +204,7 @@ def test_recipe_stage_reports_each_arms_final_epoch(recipe_dry_run):
     for row in recipe["rows"]:
         metrics = bundle["runs"][row["arm"]]["metrics.jsonl"].splitlines()
         last = json.loads(metrics[-1])
-        assert len(metrics) == row["epochs"] == row["epochs_done"] == 2  # --epochs 20 capped by the dry run
+        assert len(metrics) == row["epochs"] == 2  # --epochs 20 capped by the dry run
         assert (row["top1_error"], row["top3_error"], row["train_top1"]) == (
             last["test_top1_error"], last["test_top3_error"], last["train_top1"])  # fmt: skip
         assert row["delta_top1_vs_base_pp"] == round(row["top1_error"] - base["top1_error"], 2)
@@ -215,9 +216,7 @@ def test_recipe_stage_reports_each_arms_final_epoch(recipe_dry_run):
     assert "pad_fill: mean" in configs["mean_pad"] and "pad_fill: zero" in configs["base"]
     assert "stem_dilation: 1" in configs["no_dilation"] and "stem_dilation" not in configs["base"]
     assert "widths:" in configs["no_dilation"]  # the dry run's tiny widths kept under the arm's kwargs
-    plan = recipe["plan"]
-    assert plan["base"]["from"].startswith("warm-up") and plan["mean_pad"]["from"] == "measured (base)"
-    assert plan["no_dilation"]["from"].startswith("estimate")
+    assert list(recipe["arms"]) == arms and "warmups" not in summary  # no warm-up run before the arms
     assert "is a lead, not a result" in md and "DRY RUN" in md and "--stage recipe" in md
     assert f"seed {recipe['seed']} for every arm" in md and recipe["seed"] == 3
 
@@ -264,22 +263,33 @@ def test_recipe_arms_are_refused_before_anything_runs(campaign_in_process, monke
     assert not work.exists()
 
 
-def test_recipe_arms_that_do_not_fit_are_skipped_with_the_reason(campaign_in_process, cifar10_dir, tmp_path,
-                                                                  capsys):  # fmt: skip
+def test_recipe_arms_that_cannot_finish_are_skipped_with_the_reason(campaign_in_process, cifar10_dir, tmp_path,
+                                                                    capsys, monkeypatch):  # fmt: skip
+    """An arm whose schedule cannot end by the deadline stops and counts as not trained (no truncated row), with
+    its pace; an arm that would start with less than --min-run-s left is not started."""
+    import dsrnet.train.loop as loop
+
     campaign = campaign_in_process
+    # A clock 10^6 s ahead: every run looks past the deadline at its first check and stops after epoch 1.
+    monkeypatch.setattr(loop, "_wall_clock", lambda: time.time() + 1e6)
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--stage", "recipe", "--dry-run", "--data-dir", str(cifar10_dir), "--epochs", "2", "--arms", "base",
-            "mean_pad", "--s-per-epoch", "1000", "--first-epoch-extra-s", "0", "--out", str(out), "--work",
-            str(work), "--budget-s", "60"]  # fmt: skip
+            "mean_pad", "--out", str(out), "--work", str(work), "--budget-s", "60"]  # fmt: skip
     assert campaign.main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     recipe = json.loads((out / "recipe.json").read_text())
-    assert recipe["rows"] == [] and summary["done"] == [] and not (work / "recipe" / "runs").exists()
+    assert recipe["rows"] == [] and summary["done"] == [] and json.loads((out / "runs.json").read_text())["runs"] == {}
     assert [s["arm"] for s in recipe["skipped"]] == ["base", "mean_pad"] == [s["arm"] for s in summary["skipped"]]
     for skipped in recipe["skipped"]:
-        assert "needs ~2105 s for 2 epochs" in skipped["why"] and "s left (about 0 epochs" in skipped["why"]
+        assert "cannot finish 2 epochs in the" in skipped["why"] and "stopped by the deadline after 1" in skipped["why"]
+    assert not any((work / "recipe" / "runs").iterdir())  # a truncated run's folder is not kept
     md = (out / "recipe.md").read_text()
-    assert "(no arm trained)" in md and "- `mean_pad`: needs ~2105 s" in md
+    assert "(no arm trained)" in md and "- `mean_pad`: cannot finish 2 epochs" in md
+    # Less than --min-run-s left: the run does not start (its folder is left as it was).
+    cfg = campaign.train_config("dsrnet50_cifar", tmp_path / "late", {"data_dir": str(cifar10_dir)})
+    why = campaign.train_to_the_end(cfg, time.time() + 30, min_run_s=60)
+    assert why.endswith("s left, less than --min-run-s 60 (a compilation and two epochs)")
+    assert not (tmp_path / "late").exists()
 
 
 def test_dsrnet_stage_trains_with_the_arms_it_is_given(campaign_in_process, cifar10_dir, tmp_path, capsys,

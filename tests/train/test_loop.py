@@ -356,6 +356,26 @@ def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cif
     assert far["stopped_early"] is False and far["epochs_done"] == 3
 
 
+@pytest.mark.parametrize(("rule", "epochs_done"), [("epoch", 4), ("schedule", 2)])
+def test_deadline_rule_schedule_stops_as_soon_as_the_rest_cannot_finish(cifar10_dir, tmp_path, monkeypatch, rule,
+                                                                       epochs_done):  # fmt: skip
+    # A clock on which every epoch takes 100 s from end to end; the deadline leaves room for 3.5 of them. The
+    # epoch rule runs until the next epoch would overrun (4 of 5); the schedule rule stops after the second epoch,
+    # the first whose pace it knows, since the 3 left would need 300 s more with 150 s left.
+    ticks = iter(range(1, 100))
+    monkeypatch.setattr(loop, "_wall_clock", lambda: 1e9 + 100 * next(ticks))
+    cfg = tiny(tmp_path, cifar10_dir, rule, epochs=5, subset_per_class=2, test_subset_per_class=1, batch_size=20,
+               deadline=1e9 + 350, deadline_rule=rule)  # fmt: skip
+    final = train(cfg)
+    assert final["stopped_early"] is True and final["epochs_done"] == epochs_done and final["epochs"] == 5
+    assert cfg.deadline_rule == rule and f"deadline_rule: {rule}" in (tmp_path / rule / "config.yaml").read_text()
+
+
+def test_deadline_rule_is_checked():
+    with pytest.raises(DsrnetError, match="deadline_rule"):
+        TrainConfig(deadline_rule="asap")
+
+
 @pytest.mark.parametrize(("model", "zeroed"), [("dsrnet50_cifar", 16), ("resnet50_cifar", 16), ("mobilenet_v2", 0)])
 def test_zero_init_residual_setting_starts_blocks_as_identities(model, zeroed):
     def zero_scales(net):

@@ -57,6 +57,9 @@ FIELD_HELP = {
     "as MobileNets advise)",
     "deadline": "Unix time (s) by which training must end: it stops after the epoch whose successor would end later, "
     "marks final.json stopped_early (truncated schedule, not a full result); resume to complete (default: off)",
+    "deadline_rule": "with --deadline: epoch (stop when the next epoch would end past it) or schedule (also stop, "
+    "from the second epoch on, as soon as the rest of the schedule at the last epoch's pace would end past it) "
+    "(default: epoch)",
     "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv) or triton (the NHWC Triton "
     "kernels, forward and backward; same numbers within float tolerance; models with depthwise convs only; "
     "PyTorch fallback without CUDA) (default: torch)",
@@ -87,7 +90,7 @@ def _recipe_help(key: str) -> str:
 def _choices(name: str) -> tuple[str, ...] | None:
     from dsrnet.data import DATASETS, PAD_FILLS
     from dsrnet.models import list_models
-    from dsrnet.train.config import DWCONVS, RECIPES, SCHEDULES
+    from dsrnet.train.config import DEADLINE_RULES, DWCONVS, RECIPES, SCHEDULES
 
     return {
         "model": tuple(list_models()),
@@ -97,6 +100,7 @@ def _choices(name: str) -> tuple[str, ...] | None:
         "precision": PRECISIONS,
         "pad_fill": PAD_FILLS,
         "dwconv": DWCONVS,
+        "deadline_rule": DEADLINE_RULES,
     }.get(name)
 
 

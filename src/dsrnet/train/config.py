@@ -41,6 +41,7 @@ from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.run.rundir import differences
 
 __all__ = [
+    "DEADLINE_RULES",
     "DWCONVS",
     "LEGACY_DEFAULTS",
     "PRECISIONS",
@@ -65,6 +66,11 @@ SCHEDULES = ("step", "cosine", "linear")
 #: What computes the depthwise 3x3 convs in training (``TrainConfig.dwconv``): PyTorch's own conv (cuDNN on a
 #: GPU), or the NHWC Triton kernels of :mod:`dsrnet.kernels` (:func:`dsrnet.use_triton_dwconv`).
 DWCONVS = ("torch", "triton")
+
+#: What a ``deadline`` stops (``TrainConfig.deadline_rule``): ``"epoch"`` ends a run after the epoch whose successor
+#: would end past it (as many epochs as fit: a truncated schedule); ``"schedule"`` also ends it as soon as the rest
+#: of its schedule can no longer end in time, so a time-boxed run either completes or stops within ~2 epochs.
+DEADLINE_RULES = ("epoch", "schedule")
 
 
 #: Recipe defaults; a config value left unset (``None``) takes the recipe's. See the module docstring for why.
@@ -129,6 +135,7 @@ RESUME_MUTABLE = frozenset(
         "tensorboard",
         "checkpoint_every",
         "deadline",
+        "deadline_rule",
         "dwconv",  # the same math either way (fp32 within ~1e-4): switching it mid-run only changes the speed
     }
 )
@@ -174,7 +181,12 @@ class TrainConfig:
     current epoch, as a safety net for time-boxed runs (choose ``epochs`` to fit; this only catches overruns). A run
     stopped so has a truncated learning-rate schedule: its ``final.json`` says ``"stopped_early": true`` with the
     epochs done, it does not count as finished (:attr:`dsrnet.run.rundir.RunDir.finished`), and resuming it
-    without a deadline completes the planned schedule.
+    without a deadline completes the planned schedule. ``deadline_rule`` (:data:`DEADLINE_RULES`): ``"epoch"``
+    stops only when the next epoch would end past the deadline; ``"schedule"`` stops as soon as the remaining
+    epochs, at the pace of the last one measured end to end (wall time between two epoch ends: train, test,
+    checkpoint; known from the second epoch on, after the first one's compilation), would end past it. A time-boxed
+    run that has to finish its schedule to be of any use (a result for a table, shipped weights) then costs about
+    two epochs when it cannot, instead of the whole budget for a truncated schedule.
 
     ``dwconv``: what computes the depthwise 3x3 convs (:data:`DWCONVS`). ``"torch"``: PyTorch's conv.
     ``"triton"``: the NHWC Triton kernels, forward and both backward passes (:func:`dsrnet.use_triton_dwconv`)
@@ -229,6 +241,7 @@ class TrainConfig:
     cutout: int | None = None
     dw_weight_decay: bool | None = None
     deadline: float | None = None
+    deadline_rule: str = "epoch"
     dwconv: str = "torch"
     init_weights: str | None = None
 
@@ -327,6 +340,8 @@ class TrainConfig:
         _check(
             self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
         )
+        _check(self.deadline_rule in DEADLINE_RULES, "deadline_rule", self.deadline_rule,
+               f"one of {', '.join(DEADLINE_RULES)}")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,7 +8,9 @@ Time-boxed runs: with ``config.deadline`` (Unix time) the loop stops after an ep
 the last epoch's train + test time) would end past the deadline. It checkpoints that epoch and writes ``final.json``
 with ``"stopped_early": true``, ``epochs_done`` and the planned ``epochs``: the learning-rate schedule was cut short
 (for ``linear``/``cosine`` the rate never reached zero), so such a run is NOT a full-schedule result and does not count
-as finished; resuming it without a deadline completes the schedule.
+as finished; resuming it without a deadline completes the schedule. With ``config.deadline_rule="schedule"`` it
+also stops, from the second epoch on, as soon as the rest of the schedule at the pace of the last epoch (wall time
+from one epoch's end to the next: train, test, checkpoint) would end past the deadline.
 
 Progress goes to the ``dsrnet.train`` logger (stderr under the CLI); the function returns the final metrics.
 
@@ -63,6 +65,8 @@ from dsrnet.train.evaluate import evaluate
 __all__ = ["lr_factor", "train"]
 
 logger = logging.getLogger(__name__)
+#: The clock ``deadline`` is compared with (Unix seconds); a name of its own so tests can drive the rule.
+_wall_clock = time.time
 
 
 def _param_groups(
@@ -416,6 +420,7 @@ class _Trainer:
                 runs = "PyTorch fallback (the kernels need CUDA and Triton, and no DSRNET_DISABLE_TRITON=1)"
             self.log(f"dwconv {cfg.dwconv}: {self.triton_dwconvs} depthwise convs run the {runs}")
         self.stopped_early = False
+        self._epoch_end: float | None = None  # wall time at the last epoch's deadline check (its end)
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 record = {
@@ -433,7 +438,7 @@ class _Trainer:
                     f"{record['test_top1']:.2f}% top-3 {record['test_top3']:.2f}%  "
                     f"{record['images_per_s']:.0f} img/s  {record['epoch_time_s']:.1f} s"
                 )
-                stop = epoch + 1 < cfg.epochs and self._past_deadline(record)
+                stop = epoch + 1 < cfg.epochs and self._past_deadline(record, cfg.epochs - epoch - 1)
                 if main:
                     tb.log(record)
                     if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or stop:
@@ -529,13 +534,18 @@ class _Trainer:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
 
-    def _past_deadline(self, record: dict) -> bool:
-        """Whether the next epoch, as long as this one (train + test), would end past ``cfg.deadline``; one late
-        rank stops them all, so every rank stops after the same epoch."""
+    def _past_deadline(self, record: dict, epochs_left: int) -> bool:
+        """Whether the next epoch, as long as this one (train + test), would end past ``cfg.deadline``, or, with
+        ``deadline_rule="schedule"``, the ``epochs_left`` remaining ones at the pace of the last epoch measured
+        end to end; one late rank stops them all, so every rank stops after the same epoch."""
         if self.cfg.deadline is None:
             return False
-        next_end = time.time() + record["epoch_time_s"] + record["eval_time_s"]
-        late = torch.tensor(int(next_end > self.cfg.deadline), device=self.device)
+        now, previous_end = _wall_clock(), self._epoch_end
+        self._epoch_end = now
+        need = record["epoch_time_s"] + record["eval_time_s"]
+        if self.cfg.deadline_rule == "schedule" and previous_end is not None:
+            need = max(need, epochs_left * (now - previous_end))
+        late = torch.tensor(int(now + need > self.cfg.deadline), device=self.device)
         return bool(self.dist.all_reduce(late, op="max").item())
 
     def _raise_if_nonfinite(self, bad_step: torch.Tensor, epoch: int) -> None:
