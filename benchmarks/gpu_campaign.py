@@ -52,7 +52,7 @@ Stages (in order of value):
   ``<variant>/metrics.jsonl``, ``campaign.json``.
 * ``recipe`` -- short runs of recipe ARMS (:data:`RECIPE_ARMS`: each a TrainConfig override and/or DSRNet model
   kwargs on top of ``--like``'s recipe; ``--arms`` picks and orders them, default all, most informative first:
-  ``base combo cutout16 mean_pad no_dw_wd reflect_pad ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
+  ``base combo cutout16 mean_pad no_dw_wd reflect_pad drop_path01 ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
   schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
   ``dsrnet.train.train``, each as a whole schedule or not at all (as the baselines: no warm-up; the ``schedule``
   rule stops an arm that cannot fit after its second epoch); the shipped run overfits (train top-1 99.8 %,
@@ -566,6 +566,10 @@ RECIPE_ARMS: dict[str, Arm] = {
                     "Howard et al. 2017, MobileNets, Sec. 3.3 (little or no weight decay on depthwise filters)"),
     "reflect_pad": Arm({"pad_fill": "reflect"}, {}, "the random crop pads by reflecting the image (no flat border)",
                        "Zagoruyko & Komodakis 2016, Wide Residual Networks, Sec. 4 (reflection padding)"),
+    "drop_path01": Arm({}, {"drop_path_rate": 0.1},
+                       "stochastic depth: block i of 16 skips its residual branch with probability 0.1 * i / 15 "
+                       "in training (a regulariser of deep residual nets, off in the paper)",
+                       "Huang et al. 2016, Deep Networks with Stochastic Depth; timm's ResNet recipes"),
     "ls02": Arm({"label_smoothing": 0.2}, {}, "stronger label smoothing, 0.1 -> 0.2, against over-confidence",
                 "Szegedy et al. 2016 (Inception-v3, Sec. 7); Mueller et al. 2019, When does label smoothing help?"),
     "lr_half": Arm({"lr": 0.2}, {}, "half the peak learning rate (0.4 -> 0.2 at batch 512): the shipped run's test "
