@@ -184,6 +184,51 @@ def _cfg(num_warps=4, num_stages=2, **meta):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Helpers shared by the kernels (``@triton.jit`` functions, inlined where they are called). Triton decides at
+# decoration whether they are compiled or interpreted, as it does for ``triton.language``'s own helpers
+# (``tl.zeros``, ``tl.sum``, ...) when it is first imported; so they follow the mode Triton itself was imported in.
+# ---------------------------------------------------------------------------------------------------------------
+@triton.jit
+def _pixels(offs, HO, WO):
+    """(image, row, column) of flat indices over the pixels of an [N, HO, WO] map."""
+    img = offs // (HO * WO)
+    rem = offs % (HO * WO)
+    return img, rem // WO, rem % WO
+
+
+@triton.jit
+def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw,
+             STRIDE: tl.constexpr, DIL: tl.constexpr):  # fmt: skip
+    """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
+    the image starting at element offset ``x_base``, in fp32; w: [9, C] (tap-major). All 9 taps' loads are
+    independent, so they are in flight at once."""
+    for kh in tl.static_range(3):
+        ih = ho * STRIDE - DIL + kh * DIL
+        h_ok = (ih >= 0) & (ih < H)
+        for kw in tl.static_range(3):
+            iw = wo * STRIDE - DIL + kw * DIL
+            ok = p_mask & h_ok & (iw >= 0) & (iw < W)
+            ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
+            xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+            acc += xv * wv[None, :]
+    return acc
+
+
+@triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
+    """``acc + a @ b`` on the tensor cores (fp32 accumulation); ``IEEE``: full fp32 products (no TF32)."""
+    if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Depthwise 3x3 forward
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_fwd(
@@ -201,22 +246,9 @@ def _dw_fwd(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < P
     c_mask = offs_c < C
-    n = offs_p // (HO * WO)
-    rem = offs_p % (HO * WO)
-    ho = rem // WO
-    wo = rem % WO
-    x_base = n * sxn
+    n, ho, wo = _pixels(offs_p, HO, WO)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for kh in tl.static_range(3):
-        ih = ho * STRIDE - DIL + kh * DIL
-        h_ok = (ih >= 0) & (ih < H)
-        for kw in tl.static_range(3):
-            iw = wo * STRIDE - DIL + kw * DIL
-            ok = p_mask & h_ok & (iw >= 0) & (iw < W)
-            ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
-            xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-            acc += xv * wv[None, :]
+    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, STRIDE, DIL)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -256,10 +288,7 @@ def _dw_bwd_input(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < P
     c_mask = offs_c < C
-    n = offs_p // (H * W)
-    rem = offs_p % (H * W)
-    ih = rem // W
-    iw = rem % W
+    n, ih, iw = _pixels(offs_p, H, W)
     g_base = n * sgn
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for kh in tl.static_range(3):
@@ -304,10 +333,7 @@ def _dw_bwd_weight(
     for p0 in range(0, PIX_PER_PROG, BLOCK_P):
         offs_p = pid_k * PIX_PER_PROG + p0 + tl.arange(0, BLOCK_P)
         p_mask = offs_p < P
-        n = offs_p // (HO * WO)
-        rem = offs_p % (HO * WO)
-        ho = rem // WO
-        wo = rem % WO
+        n, ho, wo = _pixels(offs_p, HO, WO)
         m2 = p_mask[:, None] & c_mask[None, :]
         g_ptrs = g_ptr + (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_c[None, :]
         gv = tl.load(g_ptrs, mask=m2, other=0.0).to(tl.float32)
@@ -356,10 +382,7 @@ def _pw_gemm(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    img = offs_m // (HO * WO)
-    rem = offs_m % (HO * WO)
-    ho = rem // WO
-    wo = rem % WO
+    img, ho, wo = _pixels(offs_m, HO, WO)
     a_row = x_ptr + img * sxn + (ho * STRIDE) * sxh + (wo * STRIDE) * sxw
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -369,13 +392,7 @@ def _pw_gemm(
         b = tl.load(
             w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
         )
-        if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+        acc = _mma(a, b, acc, IEEE, DOT_F32)
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     mask2 = m_mask[:, None] & n_mask[None, :]
     if HAS_RES:
@@ -421,38 +438,20 @@ def _dw_pw(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    img = offs_m // (HO * WO)
-    rem = offs_m % (HO * WO)
-    ho = rem // WO
-    wo = rem % WO
-    x_img = x_ptr + img * sxn
+    img, ho, wo = _pixels(offs_m, HO, WO)
+    x_base = img * sxn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         dw = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        for kh in tl.static_range(3):
-            ih = ho * STRIDE - DIL + kh * DIL
-            h_ok = (ih >= 0) & (ih < H)
-            for kw in tl.static_range(3):
-                iw = wo * STRIDE - DIL + kw * DIL
-                ok = m_mask & h_ok & (iw >= 0) & (iw < W)
-                ptrs = x_img[:, None] + (ih * sxh + iw * sxw)[:, None] + offs_k[None, :]
-                xv = tl.load(ptrs, mask=ok[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-                wv = tl.load(wdw_ptr + (kh * 3 + kw) * K + offs_k, mask=k_mask, other=0.0).to(tl.float32)
-                dw += xv * wv[None, :]
+        dw = _dw_taps(dw, x_ptr, x_base, wdw_ptr, ho, wo, m_mask, offs_k, k_mask, K, H, W, sxh, sxw, STRIDE, DIL)
         dw += tl.load(bdw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
         a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)
         b = tl.load(
             wpw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
         )
-        if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
+        acc = _mma(a, b, acc, IEEE, DOT_F32)
     mask2 = m_mask[:, None] & n_mask[None, :]
     if SHORTCUT == 1:
         r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
@@ -470,13 +469,7 @@ def _dw_pw(
                 mask=k_mask[:, None] & n_mask[None, :],
                 other=0.0,
             )
-            if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            if IEEE:  # noqa: SIM108 (a constexpr branch: Triton compiles only one side)
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+            acc = _mma(a, b, acc, IEEE, DOT_F32)
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
     y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]
