@@ -103,16 +103,18 @@ The summary (plan, timings, what was skipped, files, ``call_id``) is the last li
 ``campaign.json`` where a slot is left. The returned files land read-only under ``files_at``; copy them into
 ``results/`` (e.g. ``results/gpu/baselines-<call_id>/``).
 
-Next GPU session (``baselines``), after staging the data as above (the last staging call runs it; ResNet-50's
-67 epochs are guessed at ~300-350 s with a cold compilation, not measured; if they cannot fit, the run stops after
-its second epoch; 470 s leaves the rest of the session's 15 minutes to ``benchmarks/fused_gpu.py`` on the same
-warm machine)::
+Next GPU session (``baselines``), after staging the data as above (the last staging call runs it). Guesses, not
+measurements: from the first session's H200 bench (ResNet-50 inference at 86.5k images/s, bf16, compiled), a
+training epoch of ResNet-50 at batch 512 should take ~2 s and one of ResNeXt-50 ~3 s, so 67 epochs of both plus
+their cold compilations may fit one call; a model that cannot fit stops after its second epoch and is reported with
+its pace, and the call returns early (the rest of the session goes to ``benchmarks/fused_gpu.py`` on the same warm
+machine)::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
-        --like results/gpu/dsrnet/config.yaml --models resnet50 --out $OUT --budget-s 470
+        --like results/gpu/dsrnet/config.yaml --models resnet50 resnext50_32x4d --out $OUT --budget-s 560
 
-then ``--models resnext50_32x4d`` (later ``resnet101``, ``resnext101_32x8d``) in later calls. Every such call times
-DSRNet and the whole comparison again, so its ``runs.json`` alone gives the table's time row.
+then what did not fit (later ``resnet101``, ``resnext101_32x8d``) in later calls. Every such call times DSRNet and
+the whole comparison again, so its ``runs.json`` alone gives the table's time row.
 
 Recipe arms (towards <= 5.5 % error in <= 6 min of training; a CPU without the data checks the arms in seconds:
 the call stops at "no CUDA device" once they pass)::
