@@ -185,6 +185,10 @@ def test_unknown_tag_and_bad_export_are_one_line(learned_run, tmp_path, monkeypa
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(tmp_path))
     with pytest.raises(DsrnetError, match="shipped weights 'dsrnet50_cifar.c10' are missing"):
         predict("dsrnet50_cifar.c10", [tmp_path / "x.png"])
+    # A mistyped tag: the error lists the tags there are, besides files and runs.
+    with pytest.raises(DsrnetError, match=r"no weights tag, weights file or run named dsrnet50_cifar\.c99; fix: "
+                                          r"pass a weights tag \(dsrnet50_cifar\.c10\)"):
+        predict("dsrnet50_cifar.c99", [tmp_path / "x.png"])
     from dsrnet.infer import export_weights
 
     with pytest.raises(DsrnetError, match="bad value for dtype"):

@@ -125,7 +125,7 @@ def test_mismatch_above_tolerance_raises(tiny, tmp_path):
         ("no_such_model", {}, "neither a file, a run folder nor a registered model"),
         ("dsrnet50_cifar", {"image_size": 4}, "image size must be an integer >= 8"),
         ("dsrnet50_cifar", {"num_classes": 0}, "num_classes must be an integer >= 1"),
-        ("missing/checkpoint.pt", {}, "not found"),
+        ("missing/checkpoint.pt", {}, "no weights tag, weights file or run named missing/checkpoint.pt"),
     ],
 )
 def test_bad_export_arguments(source, kwargs, match, tmp_path):

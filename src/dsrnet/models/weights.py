@@ -485,6 +485,12 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
             "std": list(meta["std"]),
         }
     else:
+        if not Path(source).expanduser().exists():  # nothing of that name: say every kind of source it could be
+            raise DsrnetError(
+                f"no weights tag, weights file or run named {source}; fix: pass a weights tag "
+                f"({', '.join(list_weights()) or 'none is shipped'}), a .safetensors file from "
+                "`dsrnet export-weights`, or a `dsrnet train` checkpoint.pt / run folder"
+            )
         model, ckpt = model_from_checkpoint(source)
         info = {k: ckpt[k] for k in ("model", "classes", "image_size", "mean", "std", "dataset")}
         info.update(name=ckpt["path"], model_kwargs=dict(ckpt.get("model_kwargs") or {}), checkpoint=ckpt)
