@@ -15,14 +15,15 @@ the budget, and results are rewritten after every step, so a run cut short keeps
     random inputs; ``mode="split"``; ``stride_on="1x1"``; the paper stem; and the gradients of a training step with
     ``use_triton_dwconv`` against eager; with ``--data-dir`` holding CIFAR-10, the fused model with the shipped
     weights against the eager one on all 10,000 test images (top-1 of each, agreement, max logit diff). Misses
-    are reported, never fatal;
+    are reported, never fatal (the gradient check covers ``use_triton_dwconv`` with and without ``bn_relu``);
  3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused / eager /
     compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px paper stem, batch 1024 and 128 (batch 128
     also replayed as a CUDA graph, for every form): median ms per batch over repeats (CUDA events, after warm-up),
     images/s, peak memory, ratio to ResNet-50 compiled;
  4. torch.profiler: top-10 CUDA kernels by time, fused and eager, batch 1024, 32 px;
  5. training step (forward, cross-entropy, backward, SGD; bf16 autocast, channels_last) at batch 512, 32 px:
-    ResNet-50 compiled, DSRNet eager, DSRNet eager + Triton depthwise conv, DSRNet compiled (+ Triton dw conv);
+    ResNet-50 compiled, DSRNet eager, DSRNet eager + Triton depthwise conv, DSRNet compiled (+ Triton dw conv; then
+    + Triton dw conv with each block's preceding BatchNorm and ReLU in its kernel, ``bn_relu=True``);
  6. a roofline line per timed form: forward FLOPs per image (``FlopCounterMode``), modelled activation bytes per
     image (the floor: every block reads its input once and writes its output once; and each form's own traffic),
     and the fraction of the measured compute / bandwidth each form reaches.
@@ -397,8 +398,9 @@ def step_correctness(bench: Bench) -> None:
                     model = build_dsrnet(bench, stem, **kwargs).to(bench.device)
                     for dtype in dtypes_of(stem, kwargs):
                         dsrnet.fuse(model, mode=mode).to(dtype)(inputs[stem].to(dtype))
-            model = use_triton_dwconv(build_dsrnet(bench, "cifar").to(bench.device).train())
-            nn.functional.cross_entropy(model(x_train), y_train).backward()
+            for bn_relu in (False, True):
+                model = use_triton_dwconv(build_dsrnet(bench, "cifar").to(bench.device).train(), bn_relu=bn_relu)
+                nn.functional.cross_entropy(model(x_train), y_train).backward()
 
         precompile(bench, every_triton_form)
         for name, stem, kwargs, mode in cases:
@@ -418,20 +420,23 @@ def step_correctness(bench: Bench) -> None:
                         row["eager_bf16_vs_fp32"] = {k: ref16[k] for k in ref16 if k not in ("case", "dtype")}
                     bench.results["correctness"].append(row)
                     bench.log(f"correctness: {row}")
-        # training step gradients, Triton depthwise conv vs eager (fp32, train mode, batch statistics)
+        # training step gradients, Triton depthwise conv (alone, and with the BatchNorm + ReLU before it in its
+        # kernel) vs eager (fp32, train mode, batch statistics)
         eager = build_dsrnet(bench, "cifar").to(bench.device).train()
-        triton_model = use_triton_dwconv(build_dsrnet(bench, "cifar").to(bench.device).train())
-        for model in (eager, triton_model):
-            nn.functional.cross_entropy(model(x_train), y_train).backward()
-        worst, worst_name = 0.0, ""
-        for (pname, pe), pt in zip(eager.named_parameters(), triton_model.parameters(), strict=True):
-            rel = ((pt.grad - pe.grad).abs().max() / pe.grad.abs().max().clamp_min(1e-30)).item()
-            if rel > worst:
-                worst, worst_name = rel, pname
-        row = {"case": "training step gradients, use_triton_dwconv vs eager", "dtype": "float32",
-               "max_rel_grad_diff": worst, "worst_param": worst_name}  # fmt: skip
-        bench.results["correctness"].append(row)
-        bench.log(f"correctness: {row}")
+        nn.functional.cross_entropy(eager(x_train), y_train).backward()
+        for bn_relu in (False, True):
+            triton_model = use_triton_dwconv(build_dsrnet(bench, "cifar").to(bench.device).train(), bn_relu=bn_relu)
+            nn.functional.cross_entropy(triton_model(x_train), y_train).backward()
+            worst, worst_name = 0.0, ""
+            for (pname, pe), pt in zip(eager.named_parameters(), triton_model.parameters(), strict=True):
+                rel = ((pt.grad - pe.grad).abs().max() / pe.grad.abs().max().clamp_min(1e-30)).item()
+                if rel > worst:
+                    worst, worst_name = rel, pname
+            form = "use_triton_dwconv(bn_relu=True)" if bn_relu else "use_triton_dwconv"
+            row = {"case": f"training step gradients, {form} vs eager", "dtype": "float32",
+                   "max_rel_grad_diff": worst, "worst_param": worst_name}  # fmt: skip
+            bench.results["correctness"].append(row)
+            bench.log(f"correctness: {row}")
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
@@ -605,7 +610,7 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
             model = dsrnet.create_model("dsrnet50_cifar", num_classes=10, **bench.model_kwargs())
         model = model.to(bench.device, memory_format=torch.channels_last).train()
         if "triton_dw" in form:
-            use_triton_dwconv(model)
+            use_triton_dwconv(model, bn_relu=form.endswith("_bn_relu"))
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if form.endswith("_1x1mm") and bench.args.compile_backend == "inductor":  # 1x1 convs as matmuls (training)
             fwd = torch.compile(model, options={"conv_1x1_as_mm": True}, dynamic=False)
@@ -871,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
          ("resnet50_compiled", "dsrnet_eager", "dsrnet_eager_triton_dw")),
         ("training 32px b512: dsrnet compiled + triton dw, dsrnet compiled", 150, step_training,
          ("dsrnet_compiled_triton_dw", "dsrnet_compiled")),
+        ("training 32px b512: dsrnet compiled + triton dw with the BatchNorm + ReLU before it in its kernel", 80,
+         step_training, ("dsrnet_compiled_triton_dw_bn_relu",)),
         ("inference paper/96 b1024: fused, eager, resnet50 compiled", 70, step_inference,
          "paper", 96, 1024, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), False),
         ("inference paper/96 b128 (+cudagraph)", 60, step_inference,

@@ -34,7 +34,8 @@ def _signature(fn, ptr_dtype: str, constexprs: dict) -> dict:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*fp32" if name == "part_ptr" else f"*{ptr_dtype}"
+            # Partial sums and a BatchNorm prologue's scale/shift are fp32 whatever the activations' dtype.
+            sig[name] = "*fp32" if name in ("part_ptr", "s_ptr", "t_ptr") else f"*{ptr_dtype}"
         else:
             sig[name] = "i32"
     return sig
@@ -59,10 +60,12 @@ def variants():
     """(kernel, constexpr dict) for every variant DSRNet-50 (either stride placement) and the training form use."""
     dw = [(1, 1), (1, 2), (1, 3), (2, 2), (2, 1), (2, 3)]  # (stride, dilation)
     for (s, d), (bias, relu) in itertools.product(dw, [(False, False), (True, True)]):
-        yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": bias, "RELU": relu}
-    for s, d in dw:
-        yield tk.dw_bwd_input, {"STRIDE": s, "DIL": d}
-        yield tk.dw_bwd_weight, {"STRIDE": s, "DIL": d}
+        yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": bias, "RELU": relu, "AFFINE": False}
+    for (s, d), affine in itertools.product(dw, (False, True)):  # AFFINE: BatchNorm + ReLU prologue (training)
+        if affine:
+            yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": False, "RELU": False, "AFFINE": True}
+        yield tk.dw_bwd_input, {"STRIDE": s, "DIL": d, "AFFINE": affine}
+        yield tk.dw_bwd_weight, {"STRIDE": s, "DIL": d, "AFFINE": affine}
     for s, res, relu in [(1, False, True), (2, False, True), (1, True, True), (2, False, False), (1, False, False)]:
         yield tk.pw_gemm, {"STRIDE": s, "HAS_RES": res, "RELU": relu}
     for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:

@@ -111,12 +111,16 @@ def test_fused_model_without_interpreter_uses_the_fallback_with_the_same_numbers
 
 
 @needs_interpreter
-def test_training_step_with_triton_dwconv_gives_the_eager_gradients():
+@pytest.mark.parametrize("bn_relu", [False, True])
+def test_training_step_with_triton_dwconv_gives_the_eager_gradients(bn_relu):
+    # bn_relu: each block's first BatchNorm (batch statistics) and ReLU inside its depthwise kernel: the same
+    # gradients (through the statistics too), the same running statistics, the same eval outputs.
     torch.manual_seed(0)
     eager = DSRNet(stem="cifar", layers=(1, 1, 1, 1), widths=(4, 8, 8, 8), num_classes=10)
-    triton_model = dsrnet.use_triton_dwconv(copy.deepcopy(eager))
+    triton_model = dsrnet.use_triton_dwconv(copy.deepcopy(eager), bn_relu=bn_relu)
     swapped = [m for m in triton_model.modules() if type(m).__name__ == "TritonDepthwiseConv2d"]
-    assert len(swapped) == 4
+    fused_bn = [m for m in triton_model.modules() if type(m).__name__ == "BNReLUIntoDepthwiseBlock"]
+    assert len(swapped) == 4 and len(fused_bn) == (4 if bn_relu else 0)
     assert list(triton_model.state_dict()) == list(eager.state_dict())
     x, y = torch.randn(2, 3, 12, 12), torch.tensor([1, 7])  # 2x2 maps in stage 4: BN stays well-conditioned
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, triton_model)]
@@ -131,6 +135,47 @@ def test_training_step_with_triton_dwconv_gives_the_eager_gradients():
         opt.step()
     for p_eager, p_triton in zip(eager.parameters(), triton_model.parameters(), strict=True):
         torch.testing.assert_close(p_triton, p_eager, rtol=1e-4, atol=1e-6)
+    for (name, b_eager), b_triton in zip(eager.named_buffers(), triton_model.buffers(), strict=True):
+        torch.testing.assert_close(b_triton, b_eager, rtol=1e-5, atol=1e-6, msg=name)  # running statistics
+    with torch.no_grad():
+        torch.testing.assert_close(triton_model.eval()(x), eager.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+@needs_interpreter
+def test_bn_relu_form_under_torch_compile_matches_eager():
+    # What torch.compile sees in training: var_mean, the running-statistics update, the custom op and its backward.
+    torch.manual_seed(0)
+    eager = DSRNet(stem="cifar", layers=(1, 1, 1, 1), widths=(4, 8, 8, 8), num_classes=10).train()
+    model = dsrnet.use_triton_dwconv(copy.deepcopy(eager), bn_relu=True)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x, y = torch.randn(2, 3, 12, 12), torch.tensor([1, 7])
+    for net in (eager, compiled):
+        nn.functional.cross_entropy(net(x), y).backward()
+    for (name, p_eager), p_model in zip(eager.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p_model.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, b_eager), b_model in zip(eager.named_buffers(), model.buffers(), strict=True):
+        torch.testing.assert_close(b_model, b_eager, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bn_relu_form_refuses_what_it_cannot_fuse(cifar10_dir, tmp_path, monkeypatch):
+    import dsrnet.train.config as config
+    from dsrnet.train import TrainConfig, train
+
+    with monkeypatch.context() as m:  # sync_bn needs CUDA: the config is checked as on a GPU machine
+        m.setattr(config, "resolve_device", lambda device: torch.device("cuda"))
+        with pytest.raises(DsrnetError, match="sync_bn would average across processes; fix: drop --sync-bn"):
+            TrainConfig(model="dsrnet50_cifar", dwconv="triton_bn_relu", sync_bn=True)
+    # MobileNetV2 has depthwise convs but no DSR block: asked for the BatchNorm fusion, it says so.
+    cfg = TrainConfig(model="mobilenet_v2_cifar", dataset="cifar10", data_dir=str(cifar10_dir), device="cpu",
+                      epochs=1, subset_per_class=2, test_subset_per_class=1, batch_size=10, dwconv="triton_bn_relu",
+                      out_dir=str(tmp_path / "run"), progress=False, tensorboard=False)  # fmt: skip
+    with pytest.raises(DsrnetError, match="no DSR block whose BatchNorm"):
+        train(cfg)
+    # A block whose BatchNorm keeps no running statistics keeps its own forward (only the conv is swapped).
+    model = DSRNet(stem="cifar", layers=(1, 1, 1, 1), widths=(4, 8, 8, 8), num_classes=10)
+    model.layer1[0].bn1 = nn.BatchNorm2d(4, track_running_stats=False)
+    dsrnet.use_triton_dwconv(model, bn_relu=True)
+    assert [type(b).__name__ for b in (model.layer1[0], model.layer2[0])] == ["DSRBlock", "BNReLUIntoDepthwiseBlock"]
 
 
 def test_fuse_accepts_a_model_already_using_triton_dwconv(monkeypatch):

@@ -27,18 +27,26 @@ RUN = {"model": "dsrnet50", "model_kwargs": TINY_NET, "epochs": 1, "batch_size":
        "test_subset_per_class": 1, "channels_last": True}  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def torch_run(cifar10_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch-run")
+    return out, train(tiny(out, cifar10_dir, "torch", **RUN))
+
+
 @pytest.mark.skipif(not interp.READY, reason=interp.SKIP_REASON)
-def test_training_with_the_triton_kernels_matches_the_torch_run(cifar10_dir, tmp_path, caplog):
+@pytest.mark.parametrize("dwconv", ["triton", "triton_bn_relu"])
+def test_training_with_the_triton_kernels_matches_the_torch_run(torch_run, cifar10_dir, tmp_path, caplog, dwconv):
+    # triton_bn_relu: each block's first BatchNorm + ReLU inside the depthwise kernel, the same run again.
     assert triton_usable(torch.empty(1))  # the kernels, not the fallback, run below
-    plain = train(tiny(tmp_path, cifar10_dir, "torch", **RUN))
+    torch_dir, plain = torch_run
     with caplog.at_level("INFO", logger="dsrnet.train"):
-        fast = train(tiny(tmp_path, cifar10_dir, "triton", dwconv="triton", **RUN))
-    assert "dwconv triton: 4 depthwise convs run the Triton kernels" in caplog.text
-    (a,), (b,) = read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "triton")
+        fast = train(tiny(tmp_path, cifar10_dir, "triton", dwconv=dwconv, **RUN))
+    assert f"dwconv {dwconv}: 4 depthwise convs run the Triton kernels" in caplog.text
+    (a,), (b,) = read_metrics(torch_dir / "torch"), read_metrics(tmp_path / "triton")
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
     assert fast["top1"] == plain["top1"]
-    want = load_checkpoint(tmp_path / "torch")["model_state"]
+    want = load_checkpoint(torch_dir / "torch")["model_state"]
     got = load_checkpoint(tmp_path / "triton")["model_state"]
     assert list(got) == list(want)
     for name, value in want.items():  # two SGD steps from the same start: the kernels' gradients are right

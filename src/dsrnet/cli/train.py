@@ -60,9 +60,10 @@ FIELD_HELP = {
     "deadline_rule": "with --deadline: epoch (stop when the next epoch would end past it) or schedule (also stop, "
     "from the second epoch on, as soon as the rest of the schedule at the last epoch's pace would end past it) "
     "(default: epoch)",
-    "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv) or triton (the NHWC Triton "
+    "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv), triton (the NHWC Triton "
     "kernels, forward and backward; same numbers within float tolerance; models with depthwise convs only; "
-    "PyTorch fallback without CUDA) (default: torch)",
+    "PyTorch fallback without CUDA) or triton_bn_relu (those kernels with each DSR block's BatchNorm + ReLU "
+    "before the depthwise conv inside them; dsrnet* only, not with --sync-bn) (default: torch)",
     "init_weights": "fine-tune: start from a weights tag (e.g. dsrnet50_cifar.c10), a .safetensors file or a "
     "dsrnet train checkpoint / run folder of the same model; a classifier of another class count is "
     "re-initialised (default: random initialisation)",

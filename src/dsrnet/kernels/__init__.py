@@ -9,6 +9,8 @@ parallel first.
 from dsrnet.kernels.ops import (
     dw_pw_block,
     dwconv2d,
+    dwconv2d_affine_relu,
+    dwconv2d_affine_relu_grad_input,
     dwconv2d_grad_input,
     dwconv2d_grad_weight,
     pack_taps,
@@ -20,6 +22,8 @@ from dsrnet.kernels.ops import (
 __all__ = [
     "dw_pw_block",
     "dwconv2d",
+    "dwconv2d_affine_relu",
+    "dwconv2d_affine_relu_grad_input",
     "dwconv2d_grad_input",
     "dwconv2d_grad_weight",
     "pack_taps",

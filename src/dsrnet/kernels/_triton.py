@@ -6,9 +6,13 @@ and a 1x1 conv is a plain ``[pixels, Cin] @ [Cin, Cout]`` GEMM on the same memor
 
 Kernels (each one program per output tile; weights pre-packed by the caller, see ``dsrnet.kernels.ops``):
 
-* ``dw_fwd``: depthwise 3x3, any dilation and stride (padding = dilation), bias + optional ReLU in the epilogue.
+* ``dw_fwd``: depthwise 3x3, any dilation and stride (padding = dilation), bias + optional ReLU in the epilogue;
+  ``AFFINE``: a per-channel scale + shift and a ReLU applied to the taps as they are loaded (training: the
+  BatchNorm before the conv, whose statistics are known, so its output is never written).
 * ``dw_bwd_input`` / ``dw_bwd_weight``: the two backward passes of the depthwise conv (weight grad written as
-  per-program partial sums and reduced by the caller, so it is deterministic).
+  per-program partial sums and reduced by the caller, so it is deterministic); with ``AFFINE`` the input grad is
+  taken back through the ReLU and the scale (with per-program partial sums for the scale's and shift's grads),
+  and the weight grad recomputes the conv's input from ``x``.
 * ``pw_gemm``: a 1x1 conv (optionally strided) as a GEMM with ``tl.dot``; bias, residual add and ReLU in the
   epilogue.
 * ``dw_pw``: the second half of a folded DSR block in one kernel: depthwise 3x3 + bias + ReLU computed tile by tile
@@ -69,6 +73,12 @@ class _LazyKernel:
             configs = [self.interp_config] if mode[0] else (self.configs if mode[1] else self.configs[:1])
             self._built[mode] = triton.autotune(configs=configs, key=self.key)(triton.jit(self.fn))
         return self._built[mode]
+
+    def smallest(self, meta: str) -> int:
+        """The smallest value of block size ``meta`` among the configs a launch may pick now (buffers of
+        per-program partial sums are sized for it)."""
+        kernel = self.build()
+        return min(c.kwargs[meta] for c in kernel.configs)
 
     def __getitem__(self, grid):
         kernel = self.build()
@@ -197,11 +207,12 @@ def _pixels(offs, HO, WO):
 
 
 @triton.jit
-def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw,
-             STRIDE: tl.constexpr, DIL: tl.constexpr):  # fmt: skip
+def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, scale, shift,
+             STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
     """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
     the image starting at element offset ``x_base``, in fp32; w: [9, C] (tap-major). All 9 taps' loads are
-    independent, so they are in flight at once."""
+    independent, so they are in flight at once. ``AFFINE``: the conv reads ``relu(x * scale + shift)`` (per-channel
+    [channels] vectors: a BatchNorm with its statistics, then the ReLU, applied as the taps are loaded)."""
     for kh in tl.static_range(3):
         ih = ho * STRIDE - DIL + kh * DIL
         h_ok = (ih >= 0) & (ih < H)
@@ -210,9 +221,23 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W,
             ok = p_mask & h_ok & (iw >= 0) & (iw < W)
             ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
             xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+            if AFFINE:  # the conv's input is relu(x * scale + shift); its zero padding stays zero
+                xv = tl.where(ok[:, None], tl.maximum(xv * scale[None, :] + shift[None, :], 0.0), 0.0)
             wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
             acc += xv * wv[None, :]
     return acc
+
+
+@triton.jit
+def _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE: tl.constexpr):
+    """The per-channel (scale, shift) of an ``AFFINE`` prologue as fp32 vectors; (0, 0), unused, otherwise."""
+    if AFFINE:
+        scale = tl.load(s_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+        shift = tl.load(t_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    else:
+        scale = 0.0
+        shift = 0.0
+    return scale, shift
 
 
 @triton.jit
@@ -232,14 +257,15 @@ def _mma(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
 # Depthwise 3x3 forward
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_fwd(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, s_ptr, t_ptr, y_ptr,
     P, C, H, W, HO, WO,
     sxn, sxh, sxw,
     syn, syh, syw,
-    STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+    STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # x: [N, H, W, C] via pixel strides, channels contiguous; w: [9, C] (tap-major); y: [N, HO, WO, C] likewise.
+    # AFFINE: the conv reads relu(x * s + t) (s, t: [C]), the preceding BatchNorm and ReLU in the prologue.
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -247,8 +273,10 @@ def _dw_fwd(
     p_mask = offs_p < P
     c_mask = offs_c < C
     n, ho, wo = _pixels(offs_p, HO, WO)
+    scale, shift = _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, STRIDE, DIL)
+    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, scale, shift,
+                   STRIDE, DIL, AFFINE)  # fmt: skip
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -266,22 +294,26 @@ _DW_CONFIGS = [
     _cfg(BLOCK_P=32, BLOCK_C=128),
 ]
 _DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
-dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL"], _DW_INTERP)
+dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Depthwise 3x3 backward: grad input
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_bwd_input(
-    g_ptr, w_ptr, dx_ptr,
+    g_ptr, w_ptr, dx_ptr, x_ptr, s_ptr, t_ptr, part_ptr,
     P, C, H, W, HO, WO,
     sgn, sgh, sgw,
     sdn, sdh, sdw,
-    STRIDE: tl.constexpr, DIL: tl.constexpr,
+    sxn, sxh, sxw,
+    STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # One program per tile of INPUT pixels: dx[ih, iw] = sum over taps of g[oh, ow] * w[tap], where
     # ih = oh * STRIDE - DIL + kh * DIL, so oh = (ih + DIL - kh * DIL) / STRIDE when that divides exactly.
+    # AFFINE (the forward read relu(x * s + t)): back through the ReLU and the affine map, dx = da * [x*s+t > 0] * s,
+    # and this program's sums over its pixels of da * [x*s+t > 0] * x (d s) and da * [x*s+t > 0] (d t) go to
+    # part[pid_p, 0|1, c] (fp32; the caller sums the rows, so the result does not depend on scheduling).
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -303,31 +335,45 @@ def _dw_bwd_input(
             gv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
             wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
             acc += gv * wv[None, :]
+    mask2 = p_mask[:, None] & c_mask[None, :]
+    if AFFINE:
+        scale, shift = _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE)
+        x_ptrs = x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
+        xv = tl.load(x_ptrs, mask=mask2, other=0.0).to(tl.float32)
+        acc = tl.where(xv * scale[None, :] + shift[None, :] > 0, acc, 0.0)  # rows past P are 0 already
+        row = part_ptr + pid_p * 2 * C + offs_c
+        tl.store(row, tl.sum(acc * xv, axis=0), mask=c_mask)
+        tl.store(row + C, tl.sum(acc, axis=0), mask=c_mask)
+        acc = acc * scale[None, :]
     dx_ptrs = dx_ptr + (n * sdn + ih * sdh + iw * sdw)[:, None] + offs_c[None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask2)
 
 
-dw_bwd_input = _LazyKernel(_dw_bwd_input, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL"], _DW_INTERP)
+dw_bwd_input = _LazyKernel(
+    _dw_bwd_input, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Depthwise 3x3 backward: grad weight (per-program partial sums)
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_bwd_weight(
-    g_ptr, x_ptr, part_ptr,
+    g_ptr, x_ptr, s_ptr, t_ptr, part_ptr,
     P, C, H, W, HO, WO, PIX_PER_PROG,
     sgn, sgh, sgw,
     sxn, sxh, sxw,
-    STRIDE: tl.constexpr, DIL: tl.constexpr,
+    STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # Program (chunk, cblock) sums g * x_tap over PIX_PER_PROG output pixels (a multiple of BLOCK_P, so the
     # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, tap, c] in fp32.
     # The 9 per-tap sums live in one [16, BLOCK_C] accumulator (row = tap) so no per-tap variables are needed.
+    # AFFINE: the forward's input was relu(x * s + t), recomputed here from x as the taps are loaded.
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
+    scale, shift = _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE)
     rows = tl.arange(0, 16)
     acc = tl.zeros((16, BLOCK_C), dtype=tl.float32)
     for p0 in range(0, PIX_PER_PROG, BLOCK_P):
@@ -346,6 +392,8 @@ def _dw_bwd_weight(
                 ok = p_mask & h_ok & (iw >= 0) & (iw < W)
                 x_ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
                 xv = tl.load(x_ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+                if AFFINE:
+                    xv = tl.where(ok[:, None], tl.maximum(xv * scale[None, :] + shift[None, :], 0.0), 0.0)
                 s = tl.sum(gv * xv, axis=0)
                 acc = tl.where(rows[:, None] == kh * 3 + kw, acc + s[None, :], acc)
     out = part_ptr + pid_k * 9 * C + rows[:, None] * C + offs_c[None, :]
@@ -358,7 +406,7 @@ _DWW_CONFIGS = [
     _cfg(BLOCK_P=32, BLOCK_C=128, num_warps=8),
 ]
 dw_bwd_weight = _LazyKernel(
-    _dw_bwd_weight, _DWW_CONFIGS, ["P", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL"], _DW_INTERP
+    _dw_bwd_weight, _DWW_CONFIGS, ["P", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
 )
 
 
@@ -445,7 +493,8 @@ def _dw_pw(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         dw = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        dw = _dw_taps(dw, x_ptr, x_base, wdw_ptr, ho, wo, m_mask, offs_k, k_mask, K, H, W, sxh, sxw, STRIDE, DIL)
+        dw = _dw_taps(dw, x_ptr, x_base, wdw_ptr, ho, wo, m_mask, offs_k, k_mask, K, H, W, sxh, sxw, 0.0, 0.0,
+                      STRIDE, DIL, False)  # fmt: skip
         dw += tl.load(bdw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
         a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)
         b = tl.load(

@@ -22,7 +22,12 @@
   PyTorch ops.
 * :func:`use_triton_dwconv` -> training form: each block's depthwise conv becomes a
   :class:`TritonDepthwiseConv2d`, an ``nn.Conv2d`` subclass with the same parameters (``state_dict`` compatible) whose
-  forward and both backward passes are the NHWC Triton kernels (``dsrnet::dwconv2d``).
+  forward and both backward passes are the NHWC Triton kernels (``dsrnet::dwconv2d``). ``bn_relu=True`` also
+  moves the BatchNorm and ReLU between each DSR block's first 1x1 conv and its depthwise conv into the depthwise
+  kernel: that BatchNorm's statistics are those of the 1x1 conv's output, known before the depthwise conv runs
+  (unlike the one after it, which needs the depthwise output of the whole batch first), so the kernel applies the
+  normalisation and the ReLU to the taps it loads (``dsrnet::dwconv2d_affine_relu``, :func:`bn_relu_dwconv`) and
+  the normalised activations are neither written nor read back, in the forward or the backward pass.
 
 On a machine without CUDA (and without ``TRITON_INTERPRET=1``) the custom ops fall back to PyTorch's own convs, so
 both forms run everywhere with the same math.
@@ -176,6 +181,50 @@ class TritonDepthwiseConv2d(nn.Conv2d):
         return ops.dwconv2d(x, self.weight, self.bias, self.stride[0], self.dilation[0], False)
 
 
+def bn_relu_dwconv(x: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(relu(bn(x)))`` for a depthwise 3x3 ``conv`` in one kernel (``dsrnet::dwconv2d_affine_relu``): the
+    BatchNorm becomes a per-channel ``scale`` and ``shift`` that the kernel applies, with the ReLU, to each tap it
+    loads. In training the statistics are those of ``x`` (biased variance for normalising, unbiased for the
+    running average, as ``nn.BatchNorm2d`` does), computed first by one reduction; in eval, the running ones.
+    Gradients reach ``x`` (through the statistics too), ``bn.weight``, ``bn.bias`` and ``conv.weight``."""
+    if bn.training:
+        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+        with torch.no_grad():  # the running statistics, as nn.BatchNorm2d updates them (momentum set)
+            count = x.numel() // x.shape[1]
+            bn.num_batches_tracked.add_(1)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+            bn.running_var.lerp_((var * (count / max(count - 1, 1))).to(bn.running_var.dtype), bn.momentum)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    shift = bn.bias - mean * scale
+    return ops.dwconv2d_affine_relu(x, scale, shift, conv.weight, conv.stride[0], conv.dilation[0])
+
+
+def _bn_relu_fusable(block: DSRBlock) -> bool:
+    bn = block.bn1
+    return (
+        type(bn) is nn.BatchNorm2d  # not SyncBatchNorm: its statistics span processes
+        and bn.affine
+        and bn.track_running_stats
+        and bn.momentum is not None
+        and is_depthwise_3x3(block.conv_dw)
+    )
+
+
+class BNReLUIntoDepthwiseBlock(DSRBlock):
+    """A :class:`~dsrnet.models.dsrnet.DSRBlock` (same modules, parameters and ``state_dict``) whose first
+    BatchNorm and ReLU run inside its depthwise conv's kernel (:func:`bn_relu_dwconv`); made by
+    ``use_triton_dwconv(model, bn_relu=True)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = bn_relu_dwconv(self.conv1(x), self.bn1, self.conv_dw)
+        x = self.act(self.bn2(x))
+        x = self.drop_path(self.bn3(self.conv_pw(x)))
+        return self.act(x + shortcut)
+
+
 def is_depthwise_3x3(conv: nn.Module) -> bool:
     """Whether ``conv`` is a square-strided depthwise 3x3 conv with padding = dilation (what the kernels do)."""
     return (
@@ -189,12 +238,19 @@ def is_depthwise_3x3(conv: nn.Module) -> bool:
     )
 
 
-def use_triton_dwconv(model: nn.Module) -> nn.Module:
-    """Training form: swap every depthwise 3x3 conv of ``model`` for a :class:`TritonDepthwiseConv2d`, in place.
+def use_triton_dwconv(model: nn.Module, *, bn_relu: bool = False) -> nn.Module:
+    """Training form: swap every depthwise 3x3 conv of ``model`` for a :class:`TritonDepthwiseConv2d`, in place;
+    with ``bn_relu``, every DSR block whose first BatchNorm is a plain ``nn.BatchNorm2d`` with affine parameters,
+    running statistics and a momentum also runs that BatchNorm and the ReLU after it inside its depthwise kernel
+    (:func:`bn_relu_dwconv`; the block's other modules are untouched).
 
     The parameters are the same objects, so an optimizer built before or after the swap keeps working and
     ``state_dict`` keys do not change. Returns ``model``.
     """
+    if bn_relu:
+        for block in model.modules():
+            if type(block) is DSRBlock and _bn_relu_fusable(block):
+                block.__class__ = BNReLUIntoDepthwiseBlock  # same modules and state: only forward() differs
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if is_depthwise_3x3(child) and not isinstance(child, TritonDepthwiseConv2d):

@@ -64,8 +64,9 @@ STEP_GAMMA = 0.1
 SCHEDULES = ("step", "cosine", "linear")
 
 #: What computes the depthwise 3x3 convs in training (``TrainConfig.dwconv``): PyTorch's own conv (cuDNN on a
-#: GPU), or the NHWC Triton kernels of :mod:`dsrnet.kernels` (:func:`dsrnet.use_triton_dwconv`).
-DWCONVS = ("torch", "triton")
+#: GPU), the NHWC Triton kernels of :mod:`dsrnet.kernels` (:func:`dsrnet.use_triton_dwconv`), or those kernels with
+#: each DSR block's preceding BatchNorm and ReLU inside them (``use_triton_dwconv(model, bn_relu=True)``).
+DWCONVS = ("torch", "triton", "triton_bn_relu")
 
 #: What a ``deadline`` stops (``TrainConfig.deadline_rule``): ``"epoch"`` ends a run after the epoch whose successor
 #: would end past it (as many epochs as fit: a truncated schedule); ``"schedule"`` also ends it as soon as the rest
@@ -195,7 +196,10 @@ class TrainConfig:
     model, so checkpoints load anywhere (eval, predict, export, ``load_trained``). Where the kernels cannot
     run (no CUDA, no Triton, ``DSRNET_DISABLE_TRITON=1``) the same ops fall back to PyTorch's convs. Only the
     speed differs (the numbers agree within float tolerance), so a resumed run may change it
-    (:data:`RESUME_MUTABLE`); it keeps the saved value unless told otherwise.
+    (:data:`RESUME_MUTABLE`); it keeps the saved value unless told otherwise. ``"triton_bn_relu"``: the same, and
+    in each DSR block the BatchNorm + ReLU before the depthwise conv run inside its kernel (their statistics are
+    known by then), so the normalised activations never go to memory; DSRNet only, not with ``sync_bn`` (whose
+    statistics span processes).
 
     ``init_weights``: fine-tuning -- start from these weights instead of a random initialisation: a shipped
     weights tag (``"dsrnet50_cifar.c10"``), a ``.safetensors`` file (``dsrnet export-weights``) or a ``dsrnet
@@ -337,6 +341,11 @@ class TrainConfig:
         side = D.DATASETS[self.dataset].image_size
         _check(0 <= self.cutout <= side, "cutout", self.cutout, f"an integer in 0..{side} (pixels; 0 = off)")
         _check(self.dwconv in DWCONVS, "dwconv", self.dwconv, f"one of {', '.join(DWCONVS)}")
+        if self.dwconv == "triton_bn_relu" and self.sync_bn:
+            raise DsrnetError(
+                "dwconv=triton_bn_relu computes each BatchNorm's statistics on this process's batch, which "
+                "sync_bn would average across processes; fix: drop --sync-bn or use --dwconv triton"
+            )
         _check(
             self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
         )

@@ -138,14 +138,23 @@ def _use_dwconv(model: nn.Module, cfg: TrainConfig) -> int:
     asks for the kernels expects them to run."""
     if cfg.dwconv == "torch":
         return 0
-    from dsrnet.models.fused import TritonDepthwiseConv2d, use_triton_dwconv  # imports Triton: only if asked
+    from dsrnet.models.fused import (  # imports Triton: only if asked
+        BNReLUIntoDepthwiseBlock,
+        TritonDepthwiseConv2d,
+        use_triton_dwconv,
+    )
 
-    use_triton_dwconv(model)
+    use_triton_dwconv(model, bn_relu=cfg.dwconv == "triton_bn_relu")
     swapped = sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
     if not swapped:
         raise DsrnetError(
             f"dwconv={cfg.dwconv!r}: model {cfg.model} has no depthwise 3x3 conv for the Triton kernel; fix: "
             f"drop --dwconv (= torch) or train a model with depthwise convs (dsrnet*, mobilenet_v2)"
+        )
+    if cfg.dwconv == "triton_bn_relu" and not any(isinstance(m, BNReLUIntoDepthwiseBlock) for m in model.modules()):
+        raise DsrnetError(
+            f"dwconv='triton_bn_relu': model {cfg.model} has no DSR block whose BatchNorm + ReLU could move into "
+            f"its depthwise kernel; fix: use --dwconv triton, or train a dsrnet* model"
         )
     return swapped
 
