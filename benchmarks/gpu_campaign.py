@@ -982,7 +982,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "dsrnet: arms whose changes the run trains with, together")
     p.add_argument("--stem", choices=("cifar", "paper"), default="cifar")
     p.add_argument("--shard-bytes", type=int, default=MAX_FILE_BYTES)
-    p.add_argument("--dwconv", choices=("torch", "triton"), default="torch",
+    p.add_argument("--dwconv", choices=("torch", "triton", "triton_bn_relu"), default="torch",
                    help="dsrnet stage: what computes the depthwise convs (TrainConfig.dwconv)")  # fmt: skip
     p.add_argument("--bench-models", nargs="+", default=None, help="baselines: models timed in the call besides "
                    "the trained ones (default: dsrnet50 and the paper's comparison; dry run: dsrnet50)")
