@@ -178,13 +178,14 @@ def test_bn_relu_form_refuses_what_it_cannot_fuse(cifar10_dir, tmp_path, monkeyp
     assert [type(b).__name__ for b in (model.layer1[0], model.layer2[0])] == ["DSRBlock", "BNReLUIntoDepthwiseBlock"]
 
 
-def test_fuse_accepts_a_model_already_using_triton_dwconv(monkeypatch):
+@pytest.mark.parametrize("bn_relu", [False, True])
+def test_fuse_accepts_a_model_already_using_triton_dwconv(monkeypatch, bn_relu):
     monkeypatch.delenv("TRITON_INTERPRET")  # the PyTorch fallback: this is about module plumbing, not kernels
     model = _tiny()
     x = torch.randn(1, 3, 9, 9)
     with torch.no_grad():
         expected = dsrnet.fuse(model)(x)
-        got = dsrnet.fuse(dsrnet.use_triton_dwconv(copy.deepcopy(model)))(x)
+        got = dsrnet.fuse(dsrnet.use_triton_dwconv(copy.deepcopy(model), bn_relu=bn_relu))(x)
     torch.testing.assert_close(got, expected)
 
 
