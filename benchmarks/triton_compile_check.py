@@ -34,8 +34,8 @@ def _signature(fn, ptr_dtype: str, constexprs: dict) -> dict:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            # Partial sums and a BatchNorm prologue's scale/shift are fp32 whatever the activations' dtype.
-            sig[name] = "*fp32" if name in ("part_ptr", "s_ptr", "t_ptr") else f"*{ptr_dtype}"
+            # Partial sums and a BatchNorm prologue's centre/scale/shift are fp32 whatever the activations' dtype.
+            sig[name] = "*fp32" if name in ("part_ptr", "a_ptr") else f"*{ptr_dtype}"
         else:
             sig[name] = "i32"
     return sig

@@ -71,19 +71,23 @@ def test_dwconv2d_bf16_within_bf16_tolerance(dilation, stride):
 
 
 def _affine_inputs(c=20):
-    """Per-channel scale/shift that make the ReLU cut a good part of each channel (negative scales too)."""
+    """Per-channel centre/scale/shift that make the ReLU cut a good part of each channel (negative scales too)."""
     g = torch.Generator().manual_seed(1)
-    return torch.randn(c, generator=g), 0.5 * torch.randn(c, generator=g)
+    return 0.3 * torch.randn(c, generator=g), torch.randn(c, generator=g), 0.5 * torch.randn(c, generator=g)
+
+
+def _bn_relu(x, centre, scale, shift):
+    view = (1, -1, 1, 1)
+    return F.relu((x - centre.view(view)) * scale.view(view) + shift.view(view))
 
 
 @pytest.mark.parametrize(("dilation", "stride"), RATES_STRIDES)
 def test_dwconv2d_affine_relu_matches_bn_relu_then_conv2d_forward_and_backward(dilation, stride):
-    # The preceding BatchNorm (as its affine map) and ReLU in the dw kernel's prologue: all four gradients.
+    # The preceding BatchNorm (as its centred affine map) and ReLU in the dw kernel's prologue: all 5 gradients.
     x, weight, _ = _dw_inputs(torch.float32)
-    scale, shift = _affine_inputs()
-    leaves = tuple(t.requires_grad_() for t in (x, scale, shift, weight))
-    y = ops.dwconv2d_affine_relu(x, scale, shift, weight, stride, dilation)
-    a = F.relu(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    leaves = tuple(t.requires_grad_() for t in (x, *_affine_inputs(), weight))
+    y = ops.dwconv2d_affine_relu(*leaves, stride, dilation)
+    a = _bn_relu(*leaves[:4])
     ref = F.conv2d(a, weight, None, stride, dilation, dilation, 20)
     assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
     assert 0.2 < (a == 0).float().mean() < 0.8  # the ReLU matters, and padding must stay 0, not relu(shift)
@@ -91,43 +95,42 @@ def test_dwconv2d_affine_relu_matches_bn_relu_then_conv2d_forward_and_backward(d
     grad = torch.randn_like(ref)
     got = torch.autograd.grad(y, leaves, grad)
     want = torch.autograd.grad(ref, leaves, grad)
-    for name, g, e in zip(("input", "scale", "shift", "weight"), got, want, strict=True):
+    for name, g, e in zip(("input", "centre", "scale", "shift", "weight"), got, want, strict=True):
         assert g.shape == e.shape, name
         _close(g, e, 1e-4)
 
 
 def test_dwconv2d_affine_relu_bf16_and_fallback_agree():
     x, weight, _ = _dw_inputs(torch.bfloat16, c=33, h=6, w=5, n=2)
-    scale, shift = _affine_inputs(33)
-    leaves = tuple(t.requires_grad_() for t in (x, scale, shift, weight))
+    leaves = tuple(t.requires_grad_() for t in (x, *_affine_inputs(33), weight))
     grad = torch.randn(2, 33, 3, 3).to(torch.bfloat16)
-    y = ops.dwconv2d_affine_relu(x, scale, shift, weight, 2, 3)
+    y = ops.dwconv2d_affine_relu(*leaves, 2, 3)
     got = torch.autograd.grad(y, leaves, grad)
-    assert y.dtype == got[0].dtype == got[3].dtype == torch.bfloat16 and got[1].dtype == torch.float32
+    assert y.dtype == got[0].dtype == got[4].dtype == torch.bfloat16 and got[2].dtype == torch.float32
     x32, w32 = (t.detach().float().requires_grad_() for t in (x, weight))
-    ref = F.conv2d(F.relu(x32 * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)), w32, None, 2, 3, 3, 33)
+    ref = F.conv2d(_bn_relu(x32, *leaves[1:4]), w32, None, 2, 3, 3, 33)
     _close(y, ref, 2e-2)
-    want = torch.autograd.grad(ref, (x32, scale, shift, w32), grad.float())
+    want = torch.autograd.grad(ref, (x32, *leaves[1:4], w32), grad.float())
     for g, e in zip(got, want, strict=True):
         _close(g, e, 2e-2)
 
 
 def test_dwconv2d_affine_relu_fallback_gives_the_same_numbers(monkeypatch):
     x, weight, _ = _dw_inputs(torch.float32, n=2)
-    scale, shift = _affine_inputs()
-    leaves = tuple(t.requires_grad_() for t in (x, scale, shift, weight))
+    leaves = tuple(t.requires_grad_() for t in (x, *_affine_inputs(), weight))
     grad = torch.randn(2, 20, 4, 5)
     runs = []
     for interpret in (True, False):
         if not interpret:
             monkeypatch.delenv("TRITON_INTERPRET")
         assert ops.triton_usable(x) is interpret
-        y = ops.dwconv2d_affine_relu(x, scale, shift, weight, 2, 1)
+        y = ops.dwconv2d_affine_relu(*leaves, 2, 1)
         runs.append((y, *torch.autograd.grad(y, leaves, grad)))
     for a, b in zip(*runs, strict=True):
         _close(a, b, 1e-5)
-    with pytest.raises(DsrnetError, match=r"scale and shift of shape \[20\]"):
-        ops.dwconv2d_affine_relu(x, scale[:3], shift, weight, 1, 1)
+    centre, scale, shift = _affine_inputs()
+    with pytest.raises(DsrnetError, match=r"centre, scale and shift of shape \[20\]"):
+        ops.dwconv2d_affine_relu(x, centre, scale[:3], shift, weight, 1, 1)
 
 
 def test_dwconv2d_accepts_contiguous_nchw_input():
@@ -227,11 +230,11 @@ def test_custom_op_registrations_pass_opcheck():
     torch.library.opcheck(torch.ops.dsrnet.dwconv2d.default, (x, weight, bias, 2, 2, True))
     g = torch.randn(1, 5, 4, 3)
     torch.library.opcheck(torch.ops.dsrnet.dwconv2d_grad_weight.default, (g, x.detach(), 1, 1))
-    scale, shift = (t.requires_grad_() for t in _affine_inputs(5))
-    torch.library.opcheck(torch.ops.dsrnet.dwconv2d_affine_relu.default, (x, scale, shift, weight, 1, 2))
+    centre, scale, shift = (t.requires_grad_() for t in _affine_inputs(5))
+    torch.library.opcheck(torch.ops.dsrnet.dwconv2d_affine_relu.default, (x, centre, scale, shift, weight, 1, 2))
+    affine = torch.stack((centre, scale, shift)).detach()
     torch.library.opcheck(
-        torch.ops.dsrnet.dwconv2d_affine_relu_grad_input.default,
-        (g, x.detach(), scale.detach(), shift.detach(), weight.detach(), 1, 1),
+        torch.ops.dsrnet.dwconv2d_affine_relu_grad_input.default, (g, x.detach(), affine, weight.detach(), 1, 1)
     )
 
 

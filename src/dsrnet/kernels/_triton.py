@@ -7,8 +7,8 @@ and a 1x1 conv is a plain ``[pixels, Cin] @ [Cin, Cout]`` GEMM on the same memor
 Kernels (each one program per output tile; weights pre-packed by the caller, see ``dsrnet.kernels.ops``):
 
 * ``dw_fwd``: depthwise 3x3, any dilation and stride (padding = dilation), bias + optional ReLU in the epilogue;
-  ``AFFINE``: a per-channel scale + shift and a ReLU applied to the taps as they are loaded (training: the
-  BatchNorm before the conv, whose statistics are known, so its output is never written).
+  ``AFFINE``: ``relu((x - centre) * scale + shift)`` per channel applied to the taps as they are loaded
+  (training: the BatchNorm before the conv, whose statistics are known, so its output is never written).
 * ``dw_bwd_input`` / ``dw_bwd_weight``: the two backward passes of the depthwise conv (weight grad written as
   per-program partial sums and reduced by the caller, so it is deterministic); with ``AFFINE`` the input grad is
   taken back through the ReLU and the scale (with per-program partial sums for the scale's and shift's grads),
@@ -207,12 +207,13 @@ def _pixels(offs, HO, WO):
 
 
 @triton.jit
-def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, scale, shift,
+def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale, shift,
              STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
     """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
     the image starting at element offset ``x_base``, in fp32; w: [9, C] (tap-major). All 9 taps' loads are
-    independent, so they are in flight at once. ``AFFINE``: the conv reads ``relu(x * scale + shift)`` (per-channel
-    [channels] vectors: a BatchNorm with its statistics, then the ReLU, applied as the taps are loaded)."""
+    independent, so they are in flight at once. ``AFFINE``: the conv reads ``relu((x - centre) * scale + shift)``
+    (per-channel [channels] vectors: a BatchNorm with its statistics, then the ReLU, applied as the taps are
+    loaded; centred as BatchNorm itself computes, which rounds better than a folded ``x * a + b``)."""
     for kh in tl.static_range(3):
         ih = ho * STRIDE - DIL + kh * DIL
         h_ok = (ih >= 0) & (ih < H)
@@ -221,23 +222,27 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W,
             ok = p_mask & h_ok & (iw >= 0) & (iw < W)
             ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
             xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-            if AFFINE:  # the conv's input is relu(x * scale + shift); its zero padding stays zero
-                xv = tl.where(ok[:, None], tl.maximum(xv * scale[None, :] + shift[None, :], 0.0), 0.0)
+            if AFFINE:  # the conv's input is relu((x - centre) * scale + shift); its zero padding stays zero
+                xv = tl.maximum((xv - centre[None, :]) * scale[None, :] + shift[None, :], 0.0)
+                xv = tl.where(ok[:, None], xv, 0.0)
             wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
             acc += xv * wv[None, :]
     return acc
 
 
 @triton.jit
-def _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE: tl.constexpr):
-    """The per-channel (scale, shift) of an ``AFFINE`` prologue as fp32 vectors; (0, 0), unused, otherwise."""
+def _affine(a_ptr, offs_c, c_mask, C, AFFINE: tl.constexpr):
+    """The per-channel (centre, scale, shift) of an ``AFFINE`` prologue, rows 0-2 of the fp32 [3, C] tensor at
+    ``a_ptr``; zeros, unused, otherwise."""
     if AFFINE:
-        scale = tl.load(s_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-        shift = tl.load(t_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+        centre = tl.load(a_ptr + offs_c, mask=c_mask, other=0.0)
+        scale = tl.load(a_ptr + C + offs_c, mask=c_mask, other=0.0)
+        shift = tl.load(a_ptr + 2 * C + offs_c, mask=c_mask, other=0.0)
     else:
+        centre = 0.0
         scale = 0.0
         shift = 0.0
-    return scale, shift
+    return centre, scale, shift
 
 
 @triton.jit
@@ -257,7 +262,7 @@ def _mma(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
 # Depthwise 3x3 forward
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_fwd(
-    x_ptr, w_ptr, b_ptr, s_ptr, t_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, a_ptr, y_ptr,
     P, C, H, W, HO, WO,
     sxn, sxh, sxw,
     syn, syh, syw,
@@ -265,7 +270,7 @@ def _dw_fwd(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # x: [N, H, W, C] via pixel strides, channels contiguous; w: [9, C] (tap-major); y: [N, HO, WO, C] likewise.
-    # AFFINE: the conv reads relu(x * s + t) (s, t: [C]), the preceding BatchNorm and ReLU in the prologue.
+    # AFFINE: the conv reads relu((x - centre) * scale + shift) (a: [3, C]), the preceding BatchNorm and ReLU.
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -273,10 +278,10 @@ def _dw_fwd(
     p_mask = offs_p < P
     c_mask = offs_c < C
     n, ho, wo = _pixels(offs_p, HO, WO)
-    scale, shift = _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE)
+    centre, scale, shift = _affine(a_ptr, offs_c, c_mask, C, AFFINE)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, scale, shift,
-                   STRIDE, DIL, AFFINE)  # fmt: skip
+    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale,
+                   shift, STRIDE, DIL, AFFINE)  # fmt: skip
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -301,7 +306,7 @@ dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL
 # Depthwise 3x3 backward: grad input
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_bwd_input(
-    g_ptr, w_ptr, dx_ptr, x_ptr, s_ptr, t_ptr, part_ptr,
+    g_ptr, w_ptr, dx_ptr, x_ptr, a_ptr, part_ptr,
     P, C, H, W, HO, WO,
     sgn, sgh, sgw,
     sdn, sdh, sdw,
@@ -311,9 +316,9 @@ def _dw_bwd_input(
 ):  # fmt: skip
     # One program per tile of INPUT pixels: dx[ih, iw] = sum over taps of g[oh, ow] * w[tap], where
     # ih = oh * STRIDE - DIL + kh * DIL, so oh = (ih + DIL - kh * DIL) / STRIDE when that divides exactly.
-    # AFFINE (the forward read relu(x * s + t)): back through the ReLU and the affine map, dx = da * [x*s+t > 0] * s,
-    # and this program's sums over its pixels of da * [x*s+t > 0] * x (d s) and da * [x*s+t > 0] (d t) go to
-    # part[pid_p, 0|1, c] (fp32; the caller sums the rows, so the result does not depend on scheduling).
+    # AFFINE (the forward read relu(u) with u = (x - centre) * scale + shift): back through the ReLU and the affine
+    # map, dx = da * [u > 0] * scale, and this program's sums over its pixels of da * [u > 0] * (x - centre) (d scale)
+    # and da * [u > 0] (d shift) go to part[pid_p, 0|1, c] (fp32; the caller sums the rows: deterministic).
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -337,12 +342,12 @@ def _dw_bwd_input(
             acc += gv * wv[None, :]
     mask2 = p_mask[:, None] & c_mask[None, :]
     if AFFINE:
-        scale, shift = _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE)
+        centre, scale, shift = _affine(a_ptr, offs_c, c_mask, C, AFFINE)
         x_ptrs = x_ptr + (n * sxn + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
-        xv = tl.load(x_ptrs, mask=mask2, other=0.0).to(tl.float32)
-        acc = tl.where(xv * scale[None, :] + shift[None, :] > 0, acc, 0.0)  # rows past P are 0 already
+        xc = tl.load(x_ptrs, mask=mask2, other=0.0).to(tl.float32) - centre[None, :]
+        acc = tl.where(xc * scale[None, :] + shift[None, :] > 0, acc, 0.0)  # rows past P are 0 already
         row = part_ptr + pid_p * 2 * C + offs_c
-        tl.store(row, tl.sum(acc * xv, axis=0), mask=c_mask)
+        tl.store(row, tl.sum(acc * xc, axis=0), mask=c_mask)
         tl.store(row + C, tl.sum(acc, axis=0), mask=c_mask)
         acc = acc * scale[None, :]
     dx_ptrs = dx_ptr + (n * sdn + ih * sdh + iw * sdw)[:, None] + offs_c[None, :]
@@ -358,7 +363,7 @@ dw_bwd_input = _LazyKernel(
 # Depthwise 3x3 backward: grad weight (per-program partial sums)
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_bwd_weight(
-    g_ptr, x_ptr, s_ptr, t_ptr, part_ptr,
+    g_ptr, x_ptr, a_ptr, part_ptr,
     P, C, H, W, HO, WO, PIX_PER_PROG,
     sgn, sgh, sgw,
     sxn, sxh, sxw,
@@ -368,12 +373,12 @@ def _dw_bwd_weight(
     # Program (chunk, cblock) sums g * x_tap over PIX_PER_PROG output pixels (a multiple of BLOCK_P, so the
     # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, tap, c] in fp32.
     # The 9 per-tap sums live in one [16, BLOCK_C] accumulator (row = tap) so no per-tap variables are needed.
-    # AFFINE: the forward's input was relu(x * s + t), recomputed here from x as the taps are loaded.
+    # AFFINE: the forward's input was relu((x - centre) * scale + shift), recomputed from x as the taps are loaded.
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    scale, shift = _affine(s_ptr, t_ptr, offs_c, c_mask, AFFINE)
+    centre, scale, shift = _affine(a_ptr, offs_c, c_mask, C, AFFINE)
     rows = tl.arange(0, 16)
     acc = tl.zeros((16, BLOCK_C), dtype=tl.float32)
     for p0 in range(0, PIX_PER_PROG, BLOCK_P):
@@ -393,7 +398,8 @@ def _dw_bwd_weight(
                 x_ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
                 xv = tl.load(x_ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
                 if AFFINE:
-                    xv = tl.where(ok[:, None], tl.maximum(xv * scale[None, :] + shift[None, :], 0.0), 0.0)
+                    xv = tl.maximum((xv - centre[None, :]) * scale[None, :] + shift[None, :], 0.0)
+                    xv = tl.where(ok[:, None], xv, 0.0)
                 s = tl.sum(gv * xv, axis=0)
                 acc = tl.where(rows[:, None] == kh * 3 + kw, acc + s[None, :], acc)
     out = part_ptr + pid_k * 9 * C + rows[:, None] * C + offs_c[None, :]
@@ -494,7 +500,7 @@ def _dw_pw(
         k_mask = offs_k < K
         dw = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
         dw = _dw_taps(dw, x_ptr, x_base, wdw_ptr, ho, wo, m_mask, offs_k, k_mask, K, H, W, sxh, sxw, 0.0, 0.0,
-                      STRIDE, DIL, False)  # fmt: skip
+                      0.0, STRIDE, DIL, False)  # fmt: skip
         dw += tl.load(bdw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
         a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)
         b = tl.load(

@@ -10,9 +10,10 @@ Ops (namespace ``dsrnet``):
 
 * ``dwconv2d(x, weight, bias, stride, dilation, relu)``: depthwise 3x3, padding = dilation; differentiable
   (backward = ``dwconv2d_grad_input`` + ``dwconv2d_grad_weight``, both Triton kernels too).
-* ``dwconv2d_affine_relu(x, scale, shift, weight, stride, dilation)``: the depthwise 3x3 of ``relu(x * scale +
-  shift)`` (a BatchNorm with known statistics, then a ReLU, in the kernel's prologue); differentiable in all four
-  tensors (backward = ``dwconv2d_affine_relu_grad_input`` + ``dwconv2d_grad_weight`` with ``scale``/``shift``).
+* ``dwconv2d_affine_relu(x, centre, scale, shift, weight, stride, dilation)``: the depthwise 3x3 of ``relu((x -
+  centre) * scale + shift)`` (a BatchNorm with known statistics, then a ReLU, in the kernel's prologue);
+  differentiable in all five tensors (backward = ``dwconv2d_affine_relu_grad_input`` + ``dwconv2d_grad_weight``
+  with ``affine``).
 * ``pointwise_conv(x, w_kn, bias, residual, stride, relu)``: 1x1 conv with weight ``[Cin, Cout]``; inference only.
 * ``dw_pw_block(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride)``: the fused second half of
   a folded DSR block (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU); inference only.
@@ -136,24 +137,22 @@ def dwconv2d(
     if not triton_usable(x, n * c * ho * wo):
         y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, dilation, dilation, c)
         return _as_nhwc(F.relu(y) if relu else y)
-    return _run_dw_fwd(x, weight, bias, None, None, stride, dilation, relu)
+    return _run_dw_fwd(x, weight, bias, None, stride, dilation, relu)
 
 
-def _run_dw_fwd(x, weight, bias, scale, shift, stride: int, dilation: int, relu: bool) -> torch.Tensor:
-    """The ``dw_fwd`` kernel's output: bias and ReLU epilogue, and with ``scale``/``shift`` the affine + ReLU
-    prologue on the taps it loads."""
+def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool) -> torch.Tensor:
+    """The ``dw_fwd`` kernel's output: bias and ReLU epilogue, and with ``affine`` ([centre; scale; shift], fp32
+    [3, C]) the ``relu((x - centre) * scale + shift)`` prologue on the taps it loads."""
     n, c, h, w = x.shape
     ho, wo = _out_size(h, stride), _out_size(w, stride)
     x = _channels_inner(x)
     y = _empty_nhwc(n, c, ho, wo, like=x)
     p = n * ho * wo
-    affine = scale is not None
     with _launch(x):
         _tk.dw_fwd[_pixel_channel_grid(p, c)](
-            x, pack_taps(weight), weight if bias is None else bias, scale if affine else weight,
-            shift if affine else weight, y,
+            x, pack_taps(weight), weight if bias is None else bias, weight if affine is None else affine, y,
             p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y),
-            STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine,
+            STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine is not None,
         )  # fmt: skip
     return y
 
@@ -181,16 +180,17 @@ def dwconv2d_grad_input(
 
 
 def _run_dw_bwd_input(grad, weight, shape, stride: int, dilation: int, affine=None) -> torch.Tensor:
-    """The ``dw_bwd_input`` kernel's input gradient (channels-last, of ``shape``); ``affine = (x, scale, shift,
-    part)``: taken back through ``relu(x * scale + shift)``, with per-program partial sums written to ``part``."""
+    """The ``dw_bwd_input`` kernel's input gradient (channels-last, of ``shape``); ``affine = (x, [centre; scale;
+    shift], part)``: taken back through ``relu((x - centre) * scale + shift)``, with per-program partial sums
+    written to ``part``."""
     n, c, h, w = shape
     grad = _channels_inner(grad)
     dx = _empty_nhwc(n, c, h, w, like=grad)
-    x, scale, shift, part = affine or (dx, weight, weight, dx)
+    x, packed, part = affine or (dx, weight, dx)
     p = n * h * w
     with _launch(grad):
         _tk.dw_bwd_input[_pixel_channel_grid(p, c)](
-            grad, pack_taps(weight), dx, x, scale, shift, part,
+            grad, pack_taps(weight), dx, x, packed, part,
             p, c, h, w, grad.shape[2], grad.shape[3], *_pixel_strides(grad), *_pixel_strides(dx), *_pixel_strides(x),
             STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
@@ -208,17 +208,15 @@ def dwconv2d_grad_weight(
     x: torch.Tensor,
     stride: int,
     dilation: int,
-    scale: torch.Tensor | None = None,
-    shift: torch.Tensor | None = None,
+    affine: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weight gradient ``[C, 1, 3, 3]`` in float32 (the caller casts to the parameter's dtype). With ``scale`` and
-    ``shift`` the conv's input was ``relu(x * scale + shift)`` (:func:`dwconv2d_affine_relu`), recomputed from
-    ``x`` as it is read."""
+    """Weight gradient ``[C, 1, 3, 3]`` in float32 (the caller casts to the parameter's dtype). With ``affine``
+    ([centre; scale; shift], fp32 [3, C]) the conv's input was ``relu((x - centre) * scale + shift)``
+    (:func:`dwconv2d_affine_relu`), recomputed from ``x`` as it is read."""
     n, c, h, w = x.shape
     ho, wo = grad.shape[2], grad.shape[3]
-    affine = scale is not None
     if not triton_usable(x, grad.numel()):
-        a = _affine_relu(x, scale, shift) if affine else x.float()
+        a = x.float() if affine is None else _affine_relu(x, affine)
         return torch.nn.grad.conv2d_weight(a, (c, 1, 3, 3), grad.float(), stride, dilation, dilation, c).contiguous()
     x, grad = _channels_inner(x), _channels_inner(grad)
     p = n * ho * wo
@@ -231,15 +229,15 @@ def dwconv2d_grad_weight(
     grid = lambda meta: (chunks, triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(x):
         _tk.dw_bwd_weight[grid](
-            grad, x, scale if affine else x, shift if affine else x, part,
+            grad, x, x if affine is None else affine, part,
             p, c, h, w, ho, wo, pix, *_pixel_strides(grad), *_pixel_strides(x),
-            STRIDE=stride, DIL=dilation, AFFINE=affine,
+            STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
     return part.sum(0).t().reshape(c, 1, 3, 3).contiguous()
 
 
 @dwconv2d_grad_weight.register_fake
-def _(grad, x, stride, dilation, scale=None, shift=None):
+def _(grad, x, stride, dilation, affine=None):
     return x.new_empty((x.shape[1], 1, 3, 3), dtype=torch.float32)
 
 
@@ -272,96 +270,102 @@ dwconv2d.register_autograd(_dwconv2d_backward, setup_context=_dwconv2d_setup)
 # ---------------------------------------------------------------------------------------------------------------
 # training: the preceding BatchNorm (its statistics known) and ReLU in the depthwise conv's prologue
 # ---------------------------------------------------------------------------------------------------------------
-def _affine_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``relu(x * scale + shift)`` per channel, in fp32: the fallback's form of the kernels' prologue."""
-    return F.relu(x.float() * scale.float().view(1, -1, 1, 1) + shift.float().view(1, -1, 1, 1))
+def _affine_relu(x: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """``relu((x - centre) * scale + shift)`` per channel in fp32, ``affine = [centre; scale; shift]`` ([3, C]):
+    the fallback's form of the kernels' prologue."""
+    centre, scale, shift = (v.view(1, -1, 1, 1) for v in affine.float())
+    return F.relu((x.float() - centre) * scale + shift)
 
 
-def _check_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> None:
-    if scale.shape != (x.shape[1],) or shift.shape != (x.shape[1],):
+def _pack_affine(x: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``[centre; scale; shift]`` as one contiguous fp32 [3, C] tensor (what the kernels read)."""
+    c = x.shape[1]
+    if not centre.shape == scale.shape == shift.shape == (c,):
         raise DsrnetError(
-            f"dwconv2d_affine_relu wants scale and shift of shape [{x.shape[1]}] (one per channel), got "
-            f"{tuple(scale.shape)} and {tuple(shift.shape)}"
+            f"dwconv2d_affine_relu wants centre, scale and shift of shape [{c}] (one per channel), got "
+            f"{tuple(centre.shape)}, {tuple(scale.shape)} and {tuple(shift.shape)}"
         )
+    return torch.stack((centre, scale, shift)).float().contiguous()
 
 
 @torch.library.custom_op("dsrnet::dwconv2d_affine_relu", mutates_args=())
 def dwconv2d_affine_relu(
-    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int
-) -> torch.Tensor:
-    """Depthwise 3x3 (padding = dilation, no bias) of ``relu(x * scale + shift)``, per-channel ``scale``/``shift``
-    [C]: a BatchNorm whose statistics are known (``scale = weight / sqrt(var + eps)``, ``shift = bias - mean *
-    scale``) and a ReLU, applied in fp32 as the kernel loads its taps, so their output never goes to memory.
-    Differentiable in all four tensors; the backward recomputes ``relu(x * scale + shift)`` from ``x``."""
-    _check_dw(x, weight)
-    _check_affine(x, scale, shift)
-    n, c, h, w = x.shape
-    ho, wo = _out_size(h, stride), _out_size(w, stride)
-    if not triton_usable(x, n * c * ho * wo):
-        a = _affine_relu(x, scale, shift).to(x.dtype)
-        return _as_nhwc(F.conv2d(a, weight.to(x.dtype), None, stride, dilation, dilation, c))
-    return _run_dw_fwd(x, weight, None, scale, shift, stride, dilation, False)
-
-
-dwconv2d_affine_relu.register_fake(lambda x, scale, shift, weight, stride, dilation: _dw_out_like(x, stride))
-
-
-@torch.library.custom_op("dsrnet::dwconv2d_affine_relu_grad_input", mutates_args=())
-def dwconv2d_affine_relu_grad_input(
-    grad: torch.Tensor,
     x: torch.Tensor,
+    centre: torch.Tensor,
     scale: torch.Tensor,
     shift: torch.Tensor,
     weight: torch.Tensor,
     stride: int,
     dilation: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(d x, d scale, d shift)`` of :func:`dwconv2d_affine_relu`: the conv's input gradient taken back through
-    the ReLU and the affine map in the same kernel; ``d x`` in ``x``'s dtype (channels-last), the other two fp32
-    [C] (summed from per-program partial sums: deterministic)."""
+) -> torch.Tensor:
+    """Depthwise 3x3 (padding = dilation, no bias) of ``relu((x - centre) * scale + shift)`` with per-channel [C]
+    ``centre``, ``scale``, ``shift``: a BatchNorm whose statistics are known (``centre = mean``, ``scale = weight /
+    sqrt(var + eps)``, ``shift = bias``, centred as BatchNorm computes) and a ReLU, applied in fp32 as the kernel
+    loads its taps, so their output never goes to memory. Differentiable in all five tensors; the backward
+    recomputes the conv's input from ``x``."""
+    _check_dw(x, weight)
+    affine = _pack_affine(x, centre, scale, shift)
     n, c, h, w = x.shape
-    view = (1, -1, 1, 1)
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    if not triton_usable(x, n * c * ho * wo):
+        a = _affine_relu(x, affine).to(x.dtype)
+        return _as_nhwc(F.conv2d(a, weight.to(x.dtype), None, stride, dilation, dilation, c))
+    return _run_dw_fwd(x, weight, None, affine, stride, dilation, False)
+
+
+dwconv2d_affine_relu.register_fake(lambda x, centre, scale, shift, weight, stride, dilation: _dw_out_like(x, stride))
+
+
+@torch.library.custom_op("dsrnet::dwconv2d_affine_relu_grad_input", mutates_args=())
+def dwconv2d_affine_relu_grad_input(
+    grad: torch.Tensor, x: torch.Tensor, affine: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d x, d scale, d shift)`` of :func:`dwconv2d_affine_relu` (``affine = [centre; scale; shift]``, fp32
+    [3, C]): the conv's input gradient taken back through the ReLU and the affine map in the same kernel (``d
+    centre`` is ``-scale * d shift``); ``d x`` in ``x``'s dtype (channels-last), the other two fp32 [C], summed
+    from per-program partial sums (deterministic)."""
+    n, c, h, w = x.shape
     if not triton_usable(x, n * c * h * w):
+        centre, scale, shift = (v.view(1, -1, 1, 1) for v in affine)
         da = torch.nn.grad.conv2d_input((n, c, h, w), weight.float(), grad.float(), stride, dilation, dilation, c)
-        g = da * (x.float() * scale.float().view(view) + shift.float().view(view) > 0)
-        dx = _as_nhwc((g * scale.float().view(view)).to(x.dtype))
-        return dx, (g * x.float()).sum((0, 2, 3)), g.sum((0, 2, 3))
+        xc = x.float() - centre
+        g = da * (xc * scale + shift > 0)
+        return _as_nhwc((g * scale).to(x.dtype)), (g * xc).sum((0, 2, 3)), g.sum((0, 2, 3))
     # One row of partial sums per program, for the smallest pixel block the autotuner may pick (rows a larger
     # block leaves unwritten stay zero).
     part = torch.zeros((triton.cdiv(n * h * w, _tk.dw_bwd_input.smallest("BLOCK_P")), 2, c), device=x.device,
                        dtype=torch.float32)  # fmt: skip
-    affine = (_channels_inner(x), scale, shift, part)
-    dx = _run_dw_bwd_input(grad, weight, (n, c, h, w), stride, dilation, affine)
+    dx = _run_dw_bwd_input(grad, weight, (n, c, h, w), stride, dilation, (_channels_inner(x), affine, part))
     sums = part.sum(0)
     return dx, sums[0].clone(), sums[1].clone()  # two outputs, not two views of one tensor
 
 
 @dwconv2d_affine_relu_grad_input.register_fake
-def _(grad, x, scale, shift, weight, stride, dilation):
+def _(grad, x, affine, weight, stride, dilation):
     c = x.shape[1]
     per_channel = lambda: x.new_empty((c,), dtype=torch.float32)  # noqa: E731
     return _empty_nhwc(*x.shape, like=x), per_channel(), per_channel()
 
 
 def _affine_setup(ctx, inputs, output):
-    x, scale, shift, weight, stride, dilation = inputs
+    x, centre, scale, shift, weight, stride, dilation = inputs
     ctx.stride, ctx.dilation = stride, dilation
-    ctx.dtypes = (x.dtype, scale.dtype, shift.dtype, weight.dtype)
-    ctx.save_for_backward(x, scale, shift, weight)
+    ctx.dtypes = (x.dtype, centre.dtype, scale.dtype, shift.dtype, weight.dtype)
+    ctx.save_for_backward(x, centre, scale, shift, weight)
 
 
 def _affine_backward(ctx, grad):
-    x, scale, shift, weight = ctx.saved_tensors
-    x_dtype, s_dtype, t_dtype, w_dtype = ctx.dtypes
-    grad_x = grad_s = grad_t = grad_w = None
-    if any(ctx.needs_input_grad[:3]):
-        grad_x, grad_s, grad_t = dwconv2d_affine_relu_grad_input(
-            grad, x, scale, shift, weight, ctx.stride, ctx.dilation
-        )
+    x, centre, scale, shift, weight = ctx.saved_tensors
+    affine = _pack_affine(x, centre, scale, shift)
+    x_dtype, c_dtype, s_dtype, t_dtype, w_dtype = ctx.dtypes
+    grad_x = grad_c = grad_s = grad_t = grad_w = None
+    if any(ctx.needs_input_grad[:4]):
+        grad_x, grad_s, grad_t = dwconv2d_affine_relu_grad_input(grad, x, affine, weight, ctx.stride, ctx.dilation)
+        grad_c = (-affine[1] * grad_t).to(c_dtype)  # d/d centre of (x - centre) * scale
         grad_x, grad_s, grad_t = grad_x.to(x_dtype), grad_s.to(s_dtype), grad_t.to(t_dtype)
-    if ctx.needs_input_grad[3]:
-        grad_w = dwconv2d_grad_weight(grad, x, ctx.stride, ctx.dilation, scale, shift).to(w_dtype)
-    return grad_x, grad_s, grad_t, grad_w, None, None
+    if ctx.needs_input_grad[4]:
+        grad_w = dwconv2d_grad_weight(grad, x, ctx.stride, ctx.dilation, affine).to(w_dtype)
+    return grad_x, grad_c, grad_s, grad_t, grad_w, None, None
 
 
 dwconv2d_affine_relu.register_autograd(_affine_backward, setup_context=_affine_setup)
