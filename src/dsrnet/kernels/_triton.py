@@ -207,6 +207,14 @@ def _pixels(offs, HO, WO):
 
 
 @triton.jit
+def _bn_relu(xv, ok, centre, scale, shift):
+    """``relu((x - centre) * scale + shift)`` of a loaded [pixels, channels] tap tile, per channel; taps outside the
+    image (``ok`` false) stay zero, since the conv pads its input, not ``x``."""
+    xv = tl.maximum((xv - centre[None, :]) * scale[None, :] + shift[None, :], 0.0)
+    return tl.where(ok[:, None], xv, 0.0)
+
+
+@triton.jit
 def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale, shift,
              STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
     """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
@@ -222,9 +230,8 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W,
             ok = p_mask & h_ok & (iw >= 0) & (iw < W)
             ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
             xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-            if AFFINE:  # the conv's input is relu((x - centre) * scale + shift); its zero padding stays zero
-                xv = tl.maximum((xv - centre[None, :]) * scale[None, :] + shift[None, :], 0.0)
-                xv = tl.where(ok[:, None], xv, 0.0)
+            if AFFINE:
+                xv = _bn_relu(xv, ok, centre, scale, shift)
             wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
             acc += xv * wv[None, :]
     return acc
@@ -398,8 +405,7 @@ def _dw_bwd_weight(
                 x_ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
                 xv = tl.load(x_ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
                 if AFFINE:
-                    xv = tl.maximum((xv - centre[None, :]) * scale[None, :] + shift[None, :], 0.0)
-                    xv = tl.where(ok[:, None], xv, 0.0)
+                    xv = _bn_relu(xv, ok, centre, scale, shift)
                 s = tl.sum(gv * xv, axis=0)
                 acc = tl.where(rows[:, None] == kh * 3 + kw, acc + s[None, :], acc)
     out = part_ptr + pid_k * 9 * C + rows[:, None] * C + offs_c[None, :]
