@@ -18,9 +18,10 @@ Stages (in order of value):
   The number of epochs is fixed BEFORE training (changing it mid-run would bend the LR schedule): a 2-epoch warm-up
   run through ``train()`` measures the steady s/epoch (train + test) and the first epoch's extra (compilation, cold
   caches); epochs = what fits ``min(--target-train-s, time left)``; ``--epochs N`` skips the warm-up. As a safety
-  net the run gets a ``deadline`` (:class:`~dsrnet.train.config.TrainConfig`): an overrun ends it after an epoch with
-  ``"stopped_early": true`` in final.json (truncated schedule: never report it as a full-schedule result).
-  ``--dwconv triton`` trains (warm-up included) with the Triton depthwise conv (``TrainConfig.dwconv``,
+  net the run gets a ``deadline`` with the ``schedule`` rule (:class:`~dsrnet.train.config.TrainConfig`): a run
+  whose rest can no longer finish in time stops (from its second epoch on) with ``"stopped_early": true`` in
+  final.json (truncated schedule: never report it as a full-schedule result, never ship its weights).
+  ``--dwconv triton`` (or ``triton_bn_relu``) trains (warm-up included) with the Triton depthwise conv (``TrainConfig.dwconv``,
   recorded in config.yaml, final.json and the summary); use it only once ``benchmarks/fused_gpu.py`` has shown
   the Triton training step faster than the default (torch) on the card in question. ``--arms A B ...`` trains with
   those recipe arms' changes applied together (:data:`RECIPE_ARMS`; checked before anything runs, contradicting
