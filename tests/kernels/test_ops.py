@@ -133,6 +133,31 @@ def test_dwconv2d_affine_relu_fallback_gives_the_same_numbers(monkeypatch):
         ops.dwconv2d_affine_relu(x, centre, scale[:3], shift, weight, 1, 1)
 
 
+def test_affine_grad_input_sums_survive_autotuning_configs_of_other_block_sizes(monkeypatch):
+    # On a GPU the autotuner first runs every config on the same buffers, then the winner once more. The partial
+    # sums of d scale / d shift have one row per pixel block: the winner (larger blocks, fewer rows) must not add
+    # up rows that a smaller-block config wrote while it was timed.
+    import triton
+
+    from dsrnet.kernels import _triton as tk
+
+    lazy = tk.dw_bwd_input
+    timings = iter([2.0, 1.0])  # the 16-pixel config runs first; the 64-pixel one is "faster" and wins
+    configs = [tk._cfg(BLOCK_P=16, BLOCK_C=16), tk._cfg(BLOCK_P=64, BLOCK_C=16)]
+    tuner = triton.autotune(configs=configs, key=lazy.key, reset_to_zero=lazy.reset_to_zero,
+                            do_bench=lambda call, quantiles: (call(), [next(timings)] * 3)[1])  # fmt: skip
+    monkeypatch.setitem(lazy._built, (True, True), tuner(triton.jit(lazy.fn)))
+    x, weight, _ = _dw_inputs(torch.float32, n=2, h=9, w=9)
+    affine = torch.stack(_affine_inputs())
+    grad = torch.randn(2, 20, 9, 9)
+    got = ops.dwconv2d_affine_relu_grad_input(grad, x, affine, weight, 1, 2)
+    assert next(timings, None) is None  # both configs were timed
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")
+    want = ops.dwconv2d_affine_relu_grad_input(grad, x, affine, weight, 1, 2)
+    for a, b in zip(got, want, strict=True):
+        _close(a, b, 1e-5)
+
+
 def test_dwconv2d_accepts_contiguous_nchw_input():
     x, weight, bias = _dw_inputs(torch.float32, channels_last=False)
     _close(ops.dwconv2d(x, weight, bias, 1, 2, False), F.conv2d(x, weight, bias, 1, 2, 2, 20), 1e-4)

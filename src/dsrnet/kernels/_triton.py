@@ -61,17 +61,22 @@ class _LazyKernel:
 
     On a GPU the autotuner picks block sizes per ``key`` (each config is compiled, then timed, on the first call of
     each new key); the interpreter gets one small config because it would otherwise time every config on the CPU.
+    ``reset_to_zero``: arguments the autotuner zeroes before each timed run and before the real one (buffers of
+    per-program partial sums whose rows depend on the block size: a config with fewer programs must not find the
+    rows another config wrote).
     """
 
-    def __init__(self, fn, configs, key, interp_config):
+    def __init__(self, fn, configs, key, interp_config, reset_to_zero=None):
         self.fn, self.configs, self.key, self.interp_config = fn, configs, key, interp_config
+        self.reset_to_zero = reset_to_zero
         self._built: dict[tuple[bool, bool], object] = {}
 
     def build(self):
         mode = (interpreting(), autotuning())
         if mode not in self._built:
             configs = [self.interp_config] if mode[0] else (self.configs if mode[1] else self.configs[:1])
-            self._built[mode] = triton.autotune(configs=configs, key=self.key)(triton.jit(self.fn))
+            tune = triton.autotune(configs=configs, key=self.key, reset_to_zero=self.reset_to_zero)
+            self._built[mode] = tune(triton.jit(self.fn))
         return self._built[mode]
 
     def smallest(self, meta: str) -> int:
@@ -361,8 +366,9 @@ def _dw_bwd_input(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask2)
 
 
+# part_ptr (AFFINE): one row of partial sums per pixel block, so how many rows a launch writes depends on BLOCK_P.
 dw_bwd_input = _LazyKernel(
-    _dw_bwd_input, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
+    _dw_bwd_input, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP, ["part_ptr"]
 )
 
 
