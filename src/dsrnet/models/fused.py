@@ -184,9 +184,10 @@ class TritonDepthwiseConv2d(nn.Conv2d):
 def bn_relu_dwconv(x: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torch.Tensor:
     """``conv(relu(bn(x)))`` for a depthwise 3x3 ``conv`` in one kernel (``dsrnet::dwconv2d_affine_relu``): the
     kernel computes ``relu((x - mean) * weight / sqrt(var + eps) + bias)`` per channel, in fp32 and centred as
-    BatchNorm itself does, on each tap it loads. In training the statistics are those of ``x`` (biased variance for normalising, unbiased for the
-    running average, as ``nn.BatchNorm2d`` does), computed first by one reduction; in eval, the running ones.
-    Gradients reach ``x`` (through the statistics too), ``bn.weight``, ``bn.bias`` and ``conv.weight``."""
+    BatchNorm itself does, on each tap it loads. In training the statistics are those of ``x`` (biased variance
+    for normalising, unbiased for the running average, as ``nn.BatchNorm2d`` does), computed first by one
+    reduction; in eval, the running ones. Gradients reach ``x`` (through the statistics too), ``bn.weight``,
+    ``bn.bias`` and ``conv.weight``."""
     if bn.training:
         var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
         with torch.no_grad():  # the running statistics, as nn.BatchNorm2d updates them (momentum set)
