@@ -162,6 +162,28 @@ def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", fused=True)
 
 
+def test_dwconv_training_forms_are_timed_for_models_with_depthwise_convs(tmp_path):
+    # On this CPU the Triton ops take their PyTorch fallback: this is about which models get which form.
+    tiny = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
+    result = bench.run_bench(
+        ["dsrnet50_cifar", "resnet50_cifar"], sizes=[16], batch_size=2, device="cpu", warmup=0, repeats=1,
+        modes=["train"], dwconv="triton_bn_relu", model_kwargs=tiny, out_dir=tmp_path,
+    )  # fmt: skip
+    rows = {r["arch"]: r for r in result["rows"]}
+    assert (rows["dsrnet50_cifar"]["dwconv"], rows["resnet50_cifar"]["dwconv"]) == ("triton_bn_relu", "torch")
+    assert "DSRNet (triton_bn_relu)" in result["markdown"] and "ResNet50 |" in result["markdown"]
+    assert "triton_bn_relu" in (tmp_path / "bench_cpu.csv").read_text()
+    plain = bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, warmup=0, repeats=1, mode="train",
+                                  model_kwargs=tiny)  # fmt: skip
+    assert rows["dsrnet50_cifar"]["flops_per_image"] == plain["flops_per_image"] > 0  # counted on the plain model
+    with pytest.raises(DsrnetError, match="none of resnet50 has any; fix: drop --dwconv"):
+        bench.run_bench(["resnet50"], sizes=[16], device="cpu", dwconv="triton", out_dir=tmp_path / "no")
+    with pytest.raises(DsrnetError, match="--fused \\(inference form\\) and other backends replace"):
+        bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, fused=True, dwconv="triton")
+    with pytest.raises(DsrnetError, match="dwconv 'cudnn' is not valid"):
+        bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, dwconv="cudnn")
+
+
 def test_cpu_backend_rows(tmp_path):
     pytest.importorskip("onnxruntime")
     kw = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}

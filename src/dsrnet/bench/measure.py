@@ -13,6 +13,11 @@ How the timing is done:
   (a CPU call is synchronous), with a device synchronisation before and after;
 * the median is reported, with the 25th/75th percentiles and min/max as the spread.
 
+``dwconv`` (:data:`dsrnet.models.DWCONVS`) times the models with depthwise convs (DSRNet, MobileNetV2) with them
+computed by the Triton kernels (``triton``; ``triton_bn_relu`` also moves each DSR block's preceding BatchNorm and
+ReLU into the kernel), the training forms of :func:`dsrnet.use_triton_dwconv`; the other models run as they are.
+Their kernels are compiled in worker processes before the warm-up (:func:`dsrnet.kernels.precompile`).
+
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image (forward pass, eval mode);
 ``FlopCounterMode`` counts a multiply-add as 2 FLOPs, so MACs = FLOPs / 2.
 
@@ -242,6 +247,29 @@ def summarize_times(times: Sequence[float]) -> dict[str, float]:
     }
 
 
+def _check_dwconv(dwconv: str, fused: bool, backend: str) -> None:
+    from dsrnet.models import DWCONVS
+
+    if dwconv not in DWCONVS:
+        raise DsrnetError(f"dwconv {dwconv!r} is not valid: choose one of {', '.join(DWCONVS)}")
+    if dwconv != "torch" and (fused or backend != "torch"):
+        raise DsrnetError(
+            f"dwconv {dwconv} times the training form of the Triton kernels, which --fused (inference form) and "
+            "other backends replace; fix: drop one of them"
+        )
+
+
+def _use_dwconv(model: nn.Module, dwconv: str) -> int:
+    """Apply ``dwconv`` to ``model`` in place (:func:`dsrnet.use_triton_dwconv`); returns how many depthwise convs
+    now run the Triton ops (0 for a model without any: it is timed as it is)."""
+    if dwconv == "torch":
+        return 0
+    from dsrnet.models.fused import TritonDepthwiseConv2d, use_triton_dwconv  # imports Triton: only if asked
+
+    use_triton_dwconv(model, bn_relu=dwconv == "triton_bn_relu")
+    return sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
+
+
 def model_for_bench(
     name: str,
     *,
@@ -264,6 +292,13 @@ def model_for_bench(
     return arch, create_model(arch, num_classes=num_classes, **kwargs)
 
 
+def _forward_backward(runner, x: torch.Tensor, y: torch.Tensor, dev: torch.device, precision: str) -> None:
+    """A training step without the optimizer's: what a precompile pass may run (its gradients are garbage)."""
+    with autocast(dev, precision):
+        loss = nn.functional.cross_entropy(runner(x), y)
+    loss.backward()
+
+
 def benchmark_model(
     name: str,
     *,
@@ -283,6 +318,7 @@ def benchmark_model(
     fused: bool = False,
     backend: str = "torch",
     compile_mode: str = "default",
+    dwconv: str = "torch",
 ) -> dict[str, Any]:
     """Measure one configuration (see the module docstring for the method). Returns one result row.
 
@@ -297,6 +333,7 @@ def benchmark_model(
         raise DsrnetError(f"precision {precision!r} is not valid: choose one of {', '.join(PRECISIONS)}")
     if compile_mode not in COMPILE_MODES:
         raise DsrnetError(f"compile mode {compile_mode!r} is not valid: choose one of {', '.join(COMPILE_MODES)}")
+    _check_dwconv(dwconv, fused, backend)
     check_int("image size", image_size, 8)
     check_int("batch size", batch_size)
     check_int("num classes", num_classes)
@@ -326,6 +363,7 @@ def benchmark_model(
     flops = count_flops(counted, image_size)
     del counted
 
+    triton_dwconvs = _use_dwconv(model, dwconv)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format)
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
@@ -355,10 +393,10 @@ def benchmark_model(
             loss.backward()
             optimizer.step()
 
-    if fused and arch.startswith("dsrnet"):  # its Triton kernels compiled in parallel before the warm-up calls
+    if (fused and arch.startswith("dsrnet")) or triton_dwconvs:  # Triton kernels compiled before the warm-up
         from dsrnet.kernels import precompile
 
-        precompile(step)
+        precompile(step if mode == "inference" else lambda: _forward_backward(runner, x, y, dev, precision))
     times = time_calls(step, device=dev, warmup=warmup, repeats=repeats)
     peak = probe.peak_mb()
     stats = summarize_times(times)
@@ -375,6 +413,7 @@ def benchmark_model(
         "compile": bool(compile),
         "compile_mode": compile_mode if compile else None,
         "fused": bool(fused and arch.startswith("dsrnet")),
+        "dwconv": dwconv if triton_dwconvs else "torch",
         "backend": backend,
         "num_classes": num_classes,
         "params": params,
@@ -403,7 +442,7 @@ CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
     "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
-    "backend", "compile_mode",
+    "backend", "compile_mode", "dwconv",
 )  # fmt: skip
 
 
@@ -445,6 +484,7 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
         peak = r["peak_mem_mb"]
         body.append([
             display_name(r["model"].removesuffix("_cifar")) + (" (fused)" if r.get("fused") else "")
+            + (f" ({r['dwconv']})" if r.get("dwconv", "torch") != "torch" else "")
             + (f" [{r['backend']}]" if r.get("backend", "torch") != "torch" else ""), r["stem"], r["image_size"], r["batch_size"],
             r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", _compiled(r),
             f"{r['params'] / 1e6:.2f}", f"{r['gmacs_per_image']:.3f}", f"{r['latency_ms']:.1f}",
@@ -514,6 +554,7 @@ def run_bench(
     fused: bool = False,
     backend: str = "torch",
     compile_mode: str = "default",
+    dwconv: str = "torch",
     out_dir: str | os.PathLike | None = None,
     command: str | None = None,
     log=None,
@@ -547,6 +588,13 @@ def run_bench(
         )
     if model_kwargs and not all(a.startswith("dsrnet") for a in archs):
         log(f"bench: model kwargs {model_kwargs} go to the DSRNet models only (the baselines are torchvision's)")
+    _check_dwconv(dwconv, fused, backend)
+    with_dw = [a for a in archs if a.startswith(("dsrnet", "mobilenet"))]
+    if dwconv != "torch" and not with_dw:
+        raise DsrnetError(
+            f"dwconv {dwconv} runs depthwise convs, and none of {', '.join(models)} has any; fix: drop --dwconv or "
+            "add a dsrnet (or mobilenet_v2) model to --models"
+        )
     if out_dir is not None:
         RunDir(out_dir).check_writable()  # before the timing, not after it
     env = environment(dev)
@@ -560,7 +608,7 @@ def run_bench(
                         name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
                         channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
                         num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs, fused=fused,
-                        backend=backend, compile_mode=compile_mode,
+                        backend=backend, compile_mode=compile_mode, dwconv=dwconv,
                     )  # fmt: skip
                     row["cpu_defaults"] = cpu_defaults
                     rows.append(row)

@@ -16,7 +16,7 @@ def _per_device(defaults: dict[str, int]) -> str:
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     # Only `dsrnet bench ...` runs this (not `dsrnet --help`), and the model registry imports torch anyway.
     from dsrnet.bench.measure import COMPILE_MODES, DEFAULT_REPEATS, DEFAULT_SIZES, DEFAULT_WARMUP, MODES
-    from dsrnet.models import PAPER_COMPARISON
+    from dsrnet.models import DWCONVS, PAPER_COMPARISON
 
     p.description = (
         "Measure parameters, MACs per image, latency per batch (median and spread), throughput and peak memory. "
@@ -37,6 +37,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--fused", action="store_true",
                    help="DSRNet models in their fused inference form (dsrnet.fuse: BatchNorm folded, Triton kernels "
                    "on CUDA); the baselines as they are")
+    p.add_argument("--dwconv", choices=DWCONVS, default="torch",
+                   help="what computes the depthwise convs of the models that have them (DSRNet, MobileNetV2): torch, "
+                   "triton (the NHWC Triton kernels, dsrnet.use_triton_dwconv) or triton_bn_relu (also each DSR "
+                   "block's BatchNorm + ReLU before it inside the kernel); the training forms (default: torch)")
     p.add_argument("--backend", choices=("torch", "torch-compile", "onnxruntime", "openvino"), default="torch",
                    help="inference engine (CPU engines: BatchNorm folded, exported to ONNX for onnxruntime/openvino; "
                    "int8 timings: benchmarks/cpu_backends.py)")
@@ -67,7 +71,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         channels_last=args.channels_last, compile=args.compile or args.compile_mode is not None,
         compile_mode=args.compile_mode or "default", modes=args.mode, warmup=args.warmup,
         repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
-        model_kwargs=parse_model_kwargs(args.model_kwargs), fused=args.fused,
+        model_kwargs=parse_model_kwargs(args.model_kwargs), fused=args.fused, dwconv=args.dwconv,
         backend=args.backend, out_dir=args.out_dir, command=command_line(args),
     )  # fmt: skip
     print(result["markdown"], end="")

@@ -42,6 +42,12 @@ PAPER_RESULTS = {
 #: Fig. 2 / Section 5: DSRNet's stated parameter count.
 PAPER_DSRNET_PARAMS = 2.19e7
 
+#: What computes a model's depthwise 3x3 convs (training and ``dsrnet bench``; same parameters and numbers within
+#: float tolerance): PyTorch's own conv (cuDNN on a GPU), the NHWC Triton kernels of :mod:`dsrnet.kernels`
+#: (:func:`dsrnet.use_triton_dwconv`), or those kernels with each DSR block's preceding BatchNorm and ReLU inside
+#: them (``use_triton_dwconv(model, bn_relu=True)``).
+DWCONVS = ("torch", "triton", "triton_bn_relu")
+
 
 def stem_variant(name: str, stem: str) -> str:
     """``("dsrnet50", "cifar") -> "dsrnet50_cifar"``; ``("dsrnet50_cifar", "paper") -> "dsrnet50"``."""
@@ -51,6 +57,7 @@ def stem_variant(name: str, stem: str) -> str:
 
 
 __all__ = [
+    "DWCONVS",
     "DSRBlock",
     "DSRNet",
     "FeatureInfo",

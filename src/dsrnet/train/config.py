@@ -36,7 +36,7 @@ import numpy as np
 from dsrnet import data as D
 from dsrnet.device import PRECISIONS, resolve_device
 from dsrnet.errors import DsrnetError
-from dsrnet.models import list_models
+from dsrnet.models import DWCONVS, list_models
 from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.run.rundir import differences
 
@@ -62,11 +62,6 @@ STEP_GAMMA = 0.1
 
 
 SCHEDULES = ("step", "cosine", "linear")
-
-#: What computes the depthwise 3x3 convs in training (``TrainConfig.dwconv``): PyTorch's own conv (cuDNN on a
-#: GPU), the NHWC Triton kernels of :mod:`dsrnet.kernels` (:func:`dsrnet.use_triton_dwconv`), or those kernels with
-#: each DSR block's preceding BatchNorm and ReLU inside them (``use_triton_dwconv(model, bn_relu=True)``).
-DWCONVS = ("torch", "triton", "triton_bn_relu")
 
 #: What a ``deadline`` stops (``TrainConfig.deadline_rule``): ``"epoch"`` ends a run after the epoch whose successor
 #: would end past it (as many epochs as fit: a truncated schedule); ``"schedule"`` also ends it as soon as the rest
