@@ -259,17 +259,6 @@ def _check_dwconv(dwconv: str, fused: bool, backend: str) -> None:
         )
 
 
-def _use_dwconv(model: nn.Module, dwconv: str) -> int:
-    """Apply ``dwconv`` to ``model`` in place (:func:`dsrnet.use_triton_dwconv`); returns how many depthwise convs
-    now run the Triton ops (0 for a model without any: it is timed as it is)."""
-    if dwconv == "torch":
-        return 0
-    from dsrnet.models.fused import TritonDepthwiseConv2d, use_triton_dwconv  # imports Triton: only if asked
-
-    use_triton_dwconv(model, bn_relu=dwconv == "triton_bn_relu")
-    return sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
-
-
 def model_for_bench(
     name: str,
     *,
@@ -363,7 +352,11 @@ def benchmark_model(
     flops = count_flops(counted, image_size)
     del counted
 
-    triton_dwconvs = _use_dwconv(model, dwconv)
+    triton_dwconvs = 0  # a model without depthwise convs is timed as it is
+    if dwconv != "torch":
+        from dsrnet.models.fused import apply_dwconv  # imports Triton: only if asked
+
+        triton_dwconvs = apply_dwconv(model, dwconv)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=memory_format)
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)

@@ -225,6 +225,16 @@ class BNReLUIntoDepthwiseBlock(DSRBlock):
         return self.act(x + shortcut)
 
 
+def apply_dwconv(model: nn.Module, dwconv: str) -> int:
+    """Put ``model`` in place into the training form ``dwconv`` names (:data:`dsrnet.models.DWCONVS`: ``"torch"``
+    leaves it as it is, ``"triton"`` / ``"triton_bn_relu"`` are :func:`use_triton_dwconv` without / with
+    ``bn_relu``); returns how many depthwise convs now run the Triton ops."""
+    if dwconv == "torch":
+        return 0
+    use_triton_dwconv(model, bn_relu=dwconv == "triton_bn_relu")
+    return sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
+
+
 def is_depthwise_3x3(conv: nn.Module) -> bool:
     """Whether ``conv`` is a square-strided depthwise 3x3 conv with padding = dilation (what the kernels do)."""
     return (

@@ -138,14 +138,9 @@ def _use_dwconv(model: nn.Module, cfg: TrainConfig) -> int:
     asks for the kernels expects them to run."""
     if cfg.dwconv == "torch":
         return 0
-    from dsrnet.models.fused import (  # imports Triton: only if asked
-        BNReLUIntoDepthwiseBlock,
-        TritonDepthwiseConv2d,
-        use_triton_dwconv,
-    )
+    from dsrnet.models.fused import BNReLUIntoDepthwiseBlock, apply_dwconv  # imports Triton: only if asked
 
-    use_triton_dwconv(model, bn_relu=cfg.dwconv == "triton_bn_relu")
-    swapped = sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
+    swapped = apply_dwconv(model, cfg.dwconv)
     if not swapped:
         raise DsrnetError(
             f"dwconv={cfg.dwconv!r}: model {cfg.model} has no depthwise 3x3 conv for the Triton kernel; fix: "
