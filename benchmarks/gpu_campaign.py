@@ -53,7 +53,7 @@ Stages (in order of value):
   ``<variant>/metrics.jsonl``, ``campaign.json``.
 * ``recipe`` -- short runs of recipe ARMS (:data:`RECIPE_ARMS`: each a TrainConfig override and/or DSRNet model
   kwargs on top of ``--like``'s recipe; ``--arms`` picks and orders them, default all, most informative first:
-  ``base combo cutout16 mean_pad no_dw_wd reflect_pad drop_path01 ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
+  ``base combo cutout16 ema mean_pad no_dw_wd reflect_pad drop_path01 ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
   schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
   ``dsrnet.train.train``, each as a whole schedule or not at all (as the baselines: no warm-up; the ``schedule``
   rule stops an arm that cannot fit after its second epoch); the shipped run overfits (train top-1 99.8 %,
@@ -126,7 +126,7 @@ the call stops at "no CUDA device" once they pass)::
 Guessed from the first session's H200 timings (not yet measured for this stage): 20 epochs are ~80 s of training
 per arm (3.66 s/epoch + 0.26 s of test pass) plus its compilation, cold for the first arm (~100 s, as the first
 session's warm-up run) and ~20 s with Inductor's warm caches after it, so about 4 arms fit 540 s in the default order
-(``base combo cutout16 mean_pad``; the architecture arms ``no_dilation`` and ``stem_rate1`` come last: they
+(``base combo cutout16 ema``; the ``ema`` arm adds a second test pass per epoch; the architecture arms ``no_dilation`` and ``stem_rate1`` come last: they
 compile anew, and a CPU lead saw no effect of the cifar stem's dilation, results/recipe-leads); an H100 fits
 fewer. Put the arms that matter most first (``--arms``); a second call with ``--arms`` the rest. Copy the returned
 files to ``results/gpu/recipe-<call_id>/``.
@@ -561,6 +561,11 @@ RECIPE_ARMS: dict[str, Arm] = {
     "cutout16": Arm({"cutout": 16}, {},
                     "stronger augmentation against the overfitting: a random 16x16 square of each training image "
                     "blanked", "DeVries & Taylor 2017, Improved Regularization of CNNs with Cutout (16 px, CIFAR-10)"),
+    "ema": Arm({"ema_decay": 0.995}, {},
+               "the reported weights are a moving average of the trained ones over the last ~200 steps (~2 "
+               "epochs at batch 512; 10 % of a 20-epoch arm); the same training as base, so its row also gives the "
+               "plain weights' error again (a second measurement of base, up to GPU nondeterminism)",
+               "Polyak & Juditsky 1992; timm's --model-ema; the shipped run's test error swung by up to 10 points"),
     "mean_pad": Arm({"pad_fill": "mean"}, {},
                     "the random crop pads with the mean colour (0 after normalisation) instead of black",
                     "results/recipe-leads: better on 4 of 4 seeds by 0.2-1.5 pp (CPU, tiny widths, 2k images)"),
@@ -751,6 +756,7 @@ def recipe_row(name: str, arm: Arm, run_dir: Path, wall_s: float) -> dict:
     return {
         "arm": name, "changed": arm_changes(arm), "train_overrides": arm.train, "model_kwargs": arm.model,
         "top1_error": last["test_top1_error"], "top3_error": last["test_top3_error"],
+        "raw_top1_error": last.get("raw_test_top1_error"),  # an ema arm's trained weights without the average
         "train_top1": last["train_top1"], "test_loss": last["test_loss"], "epoch": last["epoch"],
         "epochs": final["epochs"],
         "s_per_epoch": round(statistics.median(r["epoch_time_s"] for r in m), 3), "wall_s": round(wall_s, 1),
@@ -784,6 +790,10 @@ def write_recipe(out: Path, rows: list[dict], skipped: list[dict], arms: dict[st
     atomic_write_text(out / "recipe.md", render_recipe(doc))
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def render_recipe(doc: dict) -> str:
     pp = lambda v: "–" if v is None else f"{v:+.2f} pp"  # noqa: E731
     test_images = doc["rows"][0]["test_images"] if doc["rows"] else None
@@ -791,20 +801,22 @@ def render_recipe(doc: dict) -> str:
         f"# Recipe arms: {doc['arch']}, {doc['epochs']} epochs each, seed {doc['seed']}",
         "",
         "| arm | what changed | top-1 err (%) | Δ top-1 vs base | top-3 err (%) | Δ top-3 vs base | train top-1 (%) "
-        "| s/epoch | epochs | wall s |",
-        "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: |",
+        "| top-1 err without EMA (%) | s/epoch | epochs | wall s |",
+        "| :-- | :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: |",
     ]
     for r in doc["rows"]:
         lines.append(f"| {r['arm']} | {r['changed']} | {r['top1_error']:.2f} | {pp(r['delta_top1_vs_base_pp'])} | "
                      f"{r['top3_error']:.2f} | {pp(r['delta_top3_vs_base_pp'])} | {r['train_top1']:.2f} | "
-                     f"{r['s_per_epoch']:.2f} | {r['epochs']} | {r['wall_s']:.0f} |")  # fmt: skip
+                     f"{_pct(r.get('raw_top1_error'))} | {r['s_per_epoch']:.2f} | {r['epochs']} | "
+                     f"{r['wall_s']:.0f} |")  # fmt: skip
     if not doc["rows"]:
-        lines.append("| (no arm trained) | | | | | | | | | |")
+        lines.append("| (no arm trained) | | | | | | | | | | |")
     lines += [
         "",
         f"FINAL-epoch errors (never the best epoch) on {test_images or 'the'} test images; train top-1 is the last "
         "epoch's, on augmented batches; s/epoch = median training epoch (test pass excluded); wall s = the arm's "
-        "whole training call, compilation included. Only arms that completed their schedule have a row (an arm the "
+        "whole training call, compilation included; \"without EMA\" = the trained weights of an arm that reports "
+        "their moving average (`ema_decay`). Only arms that completed their schedule have a row (an arm the "
         "deadline would have cut short stops and is listed under \"Not trained\").",
         "",
         f"**One seed per arm at {doc['epochs']} epochs is a lead, not a result**: a difference below "

@@ -176,13 +176,13 @@ def test_assemble_writes_the_paper_table_from_both_stages(dry_run, baselines_dry
 @pytest.fixture(scope="module")
 def recipe_dry_run(cifar10_dir, tmp_path_factory):
     """The ``recipe`` stage rehearsed as the GPU machine would run it, with the shipped run's recipe (--like), three
-    arms that this checkout supports, ``no_dilation`` another architecture."""
+    arms that this checkout supports: ``ema`` reports a weight average, ``no_dilation`` is another architecture."""
     tmp = tmp_path_factory.mktemp("recipe")
     out, work = tmp / "out", tmp / "work"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(SCRIPT), "--stage", "recipe", "--dry-run", "--data-dir", str(cifar10_dir),
            "--like", str(REPO / "results" / "gpu" / "dsrnet" / "config.yaml"), "--epochs", "20",
-           "--arms", "base", "mean_pad", "no_dilation", "--seed", "3", "--out", str(out), "--work", str(work),
+           "--arms", "base", "ema", "no_dilation", "--seed", "3", "--out", str(out), "--work", str(work),
            "--budget-s", "120"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -197,7 +197,7 @@ def test_recipe_stage_reports_each_arms_final_epoch(recipe_dry_run):
     recipe = json.loads((out / "recipe.json").read_text())
     bundle = json.loads((out / "runs.json").read_text())
     assert bundle["call_id"] == recipe["call_id"] == summary["call_id"]
-    arms = ["base", "mean_pad", "no_dilation"]
+    arms = ["base", "ema", "no_dilation"]
     assert [r["arm"] for r in recipe["rows"]] == arms == list(bundle["runs"])
     md = (out / "recipe.md").read_text()
     base = recipe["rows"][0]
@@ -208,12 +208,16 @@ def test_recipe_stage_reports_each_arms_final_epoch(recipe_dry_run):
         assert (row["top1_error"], row["top3_error"], row["train_top1"]) == (
             last["test_top1_error"], last["test_top3_error"], last["train_top1"])  # fmt: skip
         assert row["delta_top1_vs_base_pp"] == round(row["top1_error"] - base["top1_error"], 2)
+        assert row["raw_top1_error"] == last.get("raw_test_top1_error")  # the ema arm's plain weights, else None
         assert [line.startswith(f"| {row['arm']} | ") for line in md.splitlines()].count(True) == 1
         assert f"| {row['top1_error']:.2f} |" in md
         config = bundle["runs"][row["arm"]]["config.yaml"]
         assert "seed: 3\n" in config and "epochs: 2\n" in config and "warmup_epochs: 1.0\n" in config
     configs = {a: bundle["runs"][a]["config.yaml"] for a in arms}
-    assert "pad_fill: mean" in configs["mean_pad"] and "pad_fill: zero" in configs["base"]
+    assert "ema_decay: 0.995" in configs["ema"] and "ema_decay: 0.0" in configs["base"]
+    assert recipe["rows"][1]["raw_top1_error"] is not None and base["raw_top1_error"] is None
+    ema_line = next(line for line in md.splitlines() if line.startswith("| ema | "))
+    assert f"| {recipe['rows'][1]['raw_top1_error']:.2f} |" in ema_line
     assert "stem_dilation: 1" in configs["no_dilation"] and "stem_dilation" not in configs["base"]
     assert "widths:" in configs["no_dilation"]  # the dry run's tiny widths kept under the arm's kwargs
     assert list(recipe["arms"]) == arms and "warmups" not in summary  # no warm-up run before the arms

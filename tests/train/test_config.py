@@ -82,6 +82,8 @@ def test_recipe_defaults_and_overrides():
         ({"cutout": "big"}, "bad value for cutout: 'big'; fix: use an integer"),
         ({"cutout": 1.5}, "bad value for cutout"),
         ({"dw_weight_decay": "maybe"}, "bad value for dw_weight_decay: 'maybe'; fix: use true or false"),
+        ({"ema_decay": 1.0}, r"bad value for ema_decay: 1\.0; fix: use a number in \[0, 1\) \(0 = off\)"),
+        ({"ema_decay": -0.1}, "bad value for ema_decay: -0.1"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(override, message):

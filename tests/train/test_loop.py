@@ -62,8 +62,9 @@ def test_tiny_run_learns_and_writes_its_run_folder(learned_run):
 # -------------------------------------------------------------------------------------------------- resume
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_path, monkeypatch):
-    full = tiny(tmp_path, cifar10_dir, "full", epochs=4)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_path, monkeypatch, ema_decay):
+    full = tiny(tmp_path, cifar10_dir, "full", epochs=4, ema_decay=ema_decay)
     train(full)
 
     # Interrupt the second run inside epoch 3 (after epoch 2's checkpoint), as Ctrl-C would.
@@ -71,12 +72,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_pa
 
     def interrupted(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2 * (2 if ema_decay else 1) + 1:  # epoch 3's test pass (the average and raw each)
             raise KeyboardInterrupt
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(loop, "evaluate", interrupted)
-    part = tiny(tmp_path, cifar10_dir, "part", epochs=4)
+    part = tiny(tmp_path, cifar10_dir, "part", epochs=4, ema_decay=ema_decay)
     with pytest.raises(KeyboardInterrupt):
         train(part)
     run = tmp_path / "part"
@@ -85,9 +86,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_pa
 
     resumed = train(TrainConfig.from_recipe(**{**part.to_dict(), "resume": "auto"}))
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(run)
-    assert a["model_state"].keys() == b["model_state"].keys()
-    for key, value in a["model_state"].items():
-        assert torch.equal(value, b["model_state"][key]), key
+    states = ["model_state"] + (["train_model_state"] if ema_decay else [])  # the average and the trained weights
+    for state in states:
+        assert a[state].keys() == b[state].keys()
+        for key, value in a[state].items():
+            assert torch.equal(value, b[state][key]), (state, key)
+    assert a.get("ema_updates") == b.get("ema_updates") == (4 * 3 if ema_decay else None)  # 100 images / 32
     for s1, s2 in zip(
         a["optimizer_state"]["state"].values(), b["optimizer_state"]["state"].values(), strict=True
     ):
@@ -98,6 +102,30 @@ def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_pa
     ]
     final = json.loads((tmp_path / "full" / "final.json").read_text())
     assert resumed["top1_error"] == final["top1_error"] and resumed["test_loss"] == final["test_loss"]
+
+
+def test_ema_run_reports_and_saves_the_average_and_keeps_the_trained_weights(cifar10_dir, tmp_path):
+    from dsrnet.infer import evaluate_checkpoint
+
+    cfg = tiny(tmp_path, cifar10_dir, epochs=2, ema_decay=0.9)
+    final = train(cfg)
+    last = read_metrics(tmp_path / "run")[-1]
+    assert final["ema_decay"] == 0.9 and final["top1_error"] == last["test_top1_error"]
+    assert final["raw_top1_error"] == last["raw_test_top1_error"] and final["raw_test_loss"] == last["raw_test_loss"]
+    assert last["test_loss"] != last["raw_test_loss"]  # two models were evaluated
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["ema_updates"] == 2 * 3
+    assert any(not torch.equal(v, ckpt["train_model_state"][k]) for k, v in ckpt["model_state"].items())
+    # What eval (and predict, export, load_trained) load is the reported model: the same test metrics.
+    ev = evaluate_checkpoint(tmp_path / "run", data_dir=str(cifar10_dir), device="cpu", test_subset_per_class=5)
+    assert ev["top1_error"] == pytest.approx(final["top1_error"])
+    assert ev["test_loss"] == pytest.approx(final["test_loss"], rel=1e-4)
+    # Resuming without the trained weights beside the average is refused (a hand-made checkpoint).
+    broken = {k: v for k, v in ckpt.items() if k not in ("train_model_state", "path")}
+    torch.save(broken, tmp_path / "broken.pt")
+    more = tiny(tmp_path, cifar10_dir, "more", epochs=2, ema_decay=0.9, resume=str(tmp_path / "broken.pt"))
+    with pytest.raises(DsrnetError, match="no optimised weights beside its weight average"):
+        train(more)
 
 
 def test_resume_refuses_other_settings_and_a_finished_run_is_not_overwritten(cifar10_dir, tmp_path):

@@ -1,5 +1,5 @@
 """Training: the run config and recipes (:mod:`.config`), the loop (:mod:`.loop`), test-set metrics
-(:mod:`.evaluate`) and DDP plumbing (:mod:`.distributed`)."""
+(:mod:`.evaluate`), the weight average (:mod:`.ema`) and DDP plumbing (:mod:`.distributed`)."""
 
 from dsrnet.train.config import (
     LEGACY_DEFAULTS,

@@ -90,6 +90,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "zero_init_residual": False,
         "cutout": 0,
         "dw_weight_decay": True,
+        "ema_decay": 0.0,
     },
     "fast": {
         "epochs": 40,
@@ -110,6 +111,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "zero_init_residual": True,
         "cutout": 0,
         "dw_weight_decay": True,
+        "ema_decay": 0.0,
     },
 }
 
@@ -143,6 +145,7 @@ LEGACY_DEFAULTS = {
     "zero_init_residual": False,
     "cutout": 0,
     "dw_weight_decay": True,
+    "ema_decay": 0.0,
     "init_weights": None,
 }
 
@@ -171,7 +174,14 @@ class TrainConfig:
     such blocks; ``model_kwargs`` may still set it per model. ``dw_weight_decay``: ``False`` exempts the weights of
     depthwise convs from weight decay ("very little or no weight decay on the depthwise filters since there are
     so few parameters in them", Howard et al. 2017, MobileNets, Section 3.3); ``True`` (both recipes) decays them
-    like every other conv weight. Changing any of these on resume is refused, as for every recipe value.
+    like every other conv weight. ``ema_decay``: above 0, an exponential moving average of the weights and
+    BatchNorm statistics (:class:`dsrnet.train.ema.WeightEma`, updated after every optimiser step with that decay,
+    warmed up over the first steps) is the model the run reports: its test metrics are ``test_*`` in
+    ``metrics.jsonl`` and ``final.json``, its weights are the checkpoint's ``model_state`` (what eval, predict,
+    export and ``load_trained`` use); the optimised weights' own test metrics are logged as ``raw_test_*``, so one
+    run shows what the average changed. The average lags by about ``1 / (1 - ema_decay)`` steps (0.998: ~500 steps,
+    ~5 epochs of CIFAR-10 at batch 512). 0 (both recipes) is off. Changing any of these on resume is refused, as
+    for every recipe value.
 
     ``deadline``: a wall-clock time (Unix seconds, ``time.time()``) after which training stops at the end of the
     current epoch, as a safety net for time-boxed runs (choose ``epochs`` to fit; this only catches overruns). A run
@@ -239,6 +249,7 @@ class TrainConfig:
     zero_init_residual: bool | None = None
     cutout: int | None = None
     dw_weight_decay: bool | None = None
+    ema_decay: float | None = None
     deadline: float | None = None
     deadline_rule: str = "epoch"
     dwconv: str = "torch"
@@ -335,6 +346,7 @@ class TrainConfig:
         _check(self.pad_fill in D.PAD_FILLS, "pad_fill", self.pad_fill, f"one of {', '.join(D.PAD_FILLS)}")
         side = D.DATASETS[self.dataset].image_size
         _check(0 <= self.cutout <= side, "cutout", self.cutout, f"an integer in 0..{side} (pixels; 0 = off)")
+        _check(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in [0, 1) (0 = off)")
         _check(self.dwconv in DWCONVS, "dwconv", self.dwconv, f"one of {', '.join(DWCONVS)}")
         if self.dwconv == "triton_bn_relu" and self.sync_bn:
             raise DsrnetError(

@@ -2,7 +2,9 @@
 folder (:class:`~dsrnet.run.rundir.RunDir`: ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt``, ``final.json``,
 ``tb/``). ``metrics.jsonl`` holds one JSON object per epoch; its ``lr`` is the rate at the epoch's first step.
 Accuracies and errors are in percent. The train loss is the optimised (label-smoothed) loss; the test loss is plain
-cross-entropy. ``final.json`` holds the FINAL epoch's metrics, never a best-on-test pick.
+cross-entropy. ``final.json`` holds the FINAL epoch's metrics, never a best-on-test pick. With ``ema_decay`` > 0
+the reported model is the weight average (:mod:`dsrnet.train.ema`): ``test_*`` and ``model_state`` are its, the
+optimised weights are ``raw_test_*`` and the checkpoint's ``train_model_state``.
 
 Time-boxed runs: with ``config.deadline`` (Unix time) the loop stops after an epoch when the next one (estimated by
 the last epoch's train + test time) would end past the deadline. It checkpoints that epoch and writes ``final.json``
@@ -60,6 +62,7 @@ from dsrnet.run.checkpoint import (
 from dsrnet.run.rundir import RunDir
 from dsrnet.train.config import RESUME_MUTABLE, STEP_GAMMA, TrainConfig, _check_resume_overrides
 from dsrnet.train.distributed import DistContext
+from dsrnet.train.ema import WeightEma
 from dsrnet.train.evaluate import evaluate
 
 __all__ = ["lr_factor", "train"]
@@ -336,9 +339,11 @@ class _Trainer:
         model.to(device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.model = model  # the plain module: what is checkpointed
+        self.model = model  # the plain module: what the optimiser trains
         if self.triton_dwconvs:
             self._precompile_dwconv()
+        # The weight average, when asked for, is the model the run reports and checkpoints as model_state.
+        self.ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.n_params = sum(p.numel() for p in model.parameters())
         self.optimizer = torch.optim.SGD(
             _param_groups(model, cfg.weight_decay, cfg.bn_bias_weight_decay, cfg.dw_weight_decay),
@@ -359,6 +364,9 @@ class _Trainer:
         # Compiled for speed; DDP around it for the gradient all-reduce; evaluation skips DDP (no gradients).
         self.net = torch.compile(model) if cfg.compile else model
         self.train_net = dist_.wrap(self.net, device)
+        self.ema_net = None
+        if self.ema is not None:
+            self.ema_net = torch.compile(self.ema.module) if cfg.compile else self.ema.module
         self.show_bar = cfg.progress and dist_.is_main and sys.stderr.isatty()
         # Reading the loss on a GPU forces a sync: the non-finite check and the progress bar look every 25
         # steps.
@@ -489,6 +497,8 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self._scheduler_step()
+            if self.ema is not None:
+                self.ema.update()
             loss = loss.detach()
             # Remember the first non-finite step without a host sync; looked at every check_every steps.
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), first_step + i, bad_step)
@@ -517,14 +527,19 @@ class _Trainer:
         }
 
     def test(self) -> dict:
-        """Test-set metrics of rank 0's model (each rank evaluates its shard; the counts are summed)."""
+        """Test-set metrics of rank 0's model (each rank evaluates its shard; the counts are summed): ``test_*``
+        of the reported model (the weight average when ``ema_decay`` > 0), ``raw_test_*`` of the optimised weights
+        when they are not the reported ones."""
         t0 = time.perf_counter()
-        self.dist.broadcast_buffers(self.model)
-        ev = evaluate(self.net, self.test_loader, num_classes=self.num_classes, precision=self.cfg.precision)
-        out = {
-            f"test_{k}": ev[k]
-            for k in ("loss", "top1", "top3", "top5", "top1_error", "top3_error", "top5_error")
-        }
+        forms = [("test", self.net, self.model)]
+        if self.ema is not None:
+            forms = [("test", self.ema_net, self.ema.module), ("raw_test", self.net, self.model)]
+        out = {}
+        for prefix, net, module in forms:
+            self.dist.broadcast_buffers(module)
+            ev = evaluate(net, self.test_loader, num_classes=self.num_classes, precision=self.cfg.precision)
+            keys = ("loss", "top1", "top3", "top5", "top1_error", "top3_error", "top5_error")
+            out.update({f"{prefix}_{k}": ev[k] for k in keys})
         out["eval_time_s"] = time.perf_counter() - t0
         return out
 
@@ -569,7 +584,7 @@ class _Trainer:
     def _raise_if_diverged(self, record: dict) -> None:
         """A non-finite test loss or weight after an epoch: stop before that state is checkpointed."""
         bad = [k for k in ("train_loss", "test_loss") if not math.isfinite(record[k])]
-        if not bad and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        if not bad and not all(bool(torch.isfinite(p).all()) for p in self._reported().parameters()):
             bad = ["weights"]
         if bad:
             raise DsrnetError(
@@ -591,7 +606,12 @@ class _Trainer:
             "mean": m["mean"],
             "std": m["std"],
             "config": cfg.to_dict(),
-            "model_state": self.model.state_dict(),
+            "model_state": self._reported().state_dict(),
+            **(
+                {"train_model_state": self.model.state_dict(), "ema_updates": self.ema.updates}
+                if self.ema is not None
+                else {}
+            ),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict(),
             "scaler_state": self.scaler.state_dict(),
@@ -606,7 +626,18 @@ class _Trainer:
                 f"checkpoint {ckpt['path']} holds weights only (no optimizer state), so it cannot be resumed; fix: "
                 f"use it with eval/predict, or start a new run"
             )
-        load_model_state(self.model, ckpt)
+        if self.ema is None:
+            load_model_state(self.model, ckpt)
+        else:  # model_state holds the average; the optimised weights are kept beside it
+            if "train_model_state" not in ckpt or not isinstance(ckpt.get("ema_updates"), int):
+                raise DsrnetError(
+                    f"checkpoint {ckpt['path']} has no optimised weights beside its weight average "
+                    f"(train_model_state, ema_updates), so it cannot be resumed; fix: resume an intact checkpoint "
+                    f"written by `dsrnet train`, or start a new run"
+                )
+            load_model_state(self.model, {**ckpt, "model_state": ckpt["train_model_state"]})
+            load_model_state(self.ema.module, ckpt)
+            self.ema.updates = ckpt["ema_updates"]
         try:
             self.optimizer.load_state_dict(ckpt["optimizer_state"])
             self.scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -619,6 +650,10 @@ class _Trainer:
             ) from None
         set_rng_state(ckpt["rng_state"])
         self.start_epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
+
+    def _reported(self) -> nn.Module:
+        """The model the run evaluates as ``test_*``, checkpoints as ``model_state`` and exports."""
+        return self.model if self.ema is None else self.ema.module
 
     def _final_metrics(self) -> dict:
         cfg, last = self.cfg, self.history[-1]
@@ -647,6 +682,16 @@ class _Trainer:
             "top5_error": last["test_top5_error"],
             "top1": last["test_top1"],
             "test_loss": last["test_loss"],
+            "ema_decay": cfg.ema_decay,
+            **(
+                {  # the optimised weights, without the average: what the average changed in this run
+                    "raw_top1_error": last["raw_test_top1_error"],
+                    "raw_top3_error": last["raw_test_top3_error"],
+                    "raw_test_loss": last["raw_test_loss"],
+                }
+                if self.ema is not None
+                else {}
+            ),
             "train_loss": last["train_loss"],
             "train_top1": last["train_top1"],
             "train_time_s": train_time,
