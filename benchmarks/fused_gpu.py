@@ -641,7 +641,7 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         bench.sync()
         first_s = time.monotonic() - t0
         t = time_ms(bench, train_step, warmup=3, repeats=10)
-        if form in ("dsrnet_eager", "dsrnet_eager_triton_dw"):  # where a training step's time goes: cuDNN vs Triton dw
+        if form.startswith("dsrnet") and not form.endswith("_1x1mm"):  # where a step's time goes: cuDNN vs Triton dw
             profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
         row = {
             "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,

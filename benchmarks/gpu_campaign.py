@@ -53,7 +53,7 @@ Stages (in order of value):
   ``<variant>/metrics.jsonl``, ``campaign.json``.
 * ``recipe`` -- short runs of recipe ARMS (:data:`RECIPE_ARMS`: each a TrainConfig override and/or DSRNet model
   kwargs on top of ``--like``'s recipe; ``--arms`` picks and orders them, default all, most informative first:
-  ``base combo cutout16 ema mean_pad no_dw_wd reflect_pad drop_path01 ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
+  ``base combo cutout16 mean_pad ema no_dw_wd reflect_pad drop_path01 ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
   schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
   ``dsrnet.train.train``, each as a whole schedule or not at all (as the baselines: no warm-up; the ``schedule``
   rule stops an arm that cannot fit after its second epoch); the shipped run overfits (train top-1 99.8 %,
@@ -126,7 +126,8 @@ the call stops at "no CUDA device" once they pass)::
 Guessed from the first session's H200 timings (not yet measured for this stage): 20 epochs are ~80 s of training
 per arm (3.66 s/epoch + 0.26 s of test pass) plus its compilation, cold for the first arm (~100 s, as the first
 session's warm-up run) and ~20 s with Inductor's warm caches after it, so about 4 arms fit 540 s in the default order
-(``base combo cutout16 ema``; the ``ema`` arm adds a second test pass per epoch; the architecture arms ``no_dilation`` and ``stem_rate1`` come last: they
+(``base combo cutout16 mean_pad``; ``combo`` and ``ema`` report a weight average and the plain weights, at the cost
+of a second test pass per epoch; the architecture arms ``no_dilation`` and ``stem_rate1`` come last: they
 compile anew, and a CPU lead saw no effect of the cifar stem's dilation, results/recipe-leads); an H100 fits
 fewer. Put the arms that matter most first (``--arms``); a second call with ``--arms`` the rest. Copy the returned
 files to ``results/gpu/recipe-<call_id>/``.
@@ -556,19 +557,21 @@ class Arm(NamedTuple):
 RECIPE_ARMS: dict[str, Arm] = {
     "base": Arm({}, {}, "the shipped recipe itself: the anchor of every delta",
                 "results/gpu/dsrnet (fast recipe, 7.63 % at 67 epochs)"),
-    "combo": Arm({"cutout": 16, "dw_weight_decay": False, "pad_fill": "mean"}, {},
-                 "cutout16 + no_dw_wd + mean_pad together: whether the three add up", "the three arms below"),
+    "combo": Arm({"cutout": 16, "dw_weight_decay": False, "pad_fill": "mean", "ema_decay": 0.995}, {},
+                 "cutout16 + no_dw_wd + mean_pad together, whether the three add up; reported with ema's weight "
+                 "average, and without it in the 'without EMA' column (the average does not change the training)",
+                 "the arms below"),
     "cutout16": Arm({"cutout": 16}, {},
                     "stronger augmentation against the overfitting: a random 16x16 square of each training image "
                     "blanked", "DeVries & Taylor 2017, Improved Regularization of CNNs with Cutout (16 px, CIFAR-10)"),
+    "mean_pad": Arm({"pad_fill": "mean"}, {},
+                    "the random crop pads with the mean colour (0 after normalisation) instead of black",
+                    "results/recipe-leads: better on 4 of 4 seeds by 0.2-1.5 pp (CPU, tiny widths, 2k images)"),
     "ema": Arm({"ema_decay": 0.995}, {},
                "the reported weights are a moving average of the trained ones over the last ~200 steps (~2 "
                "epochs at batch 512; 10 % of a 20-epoch arm); the same training as base, so its row also gives the "
                "plain weights' error again (a second measurement of base, up to GPU nondeterminism)",
                "Polyak & Juditsky 1992; timm's --model-ema; the shipped run's test error swung by up to 10 points"),
-    "mean_pad": Arm({"pad_fill": "mean"}, {},
-                    "the random crop pads with the mean colour (0 after normalisation) instead of black",
-                    "results/recipe-leads: better on 4 of 4 seeds by 0.2-1.5 pp (CPU, tiny widths, 2k images)"),
     "no_dw_wd": Arm({"dw_weight_decay": False}, {},
                     "no weight decay on the depthwise 3x3 kernels (9 weights per channel)",
                     "Howard et al. 2017, MobileNets, Sec. 3.3 (little or no weight decay on depthwise filters)"),
