@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from dsrnet.report import plots
 from dsrnet.report.plots import pareto_front, plot_confusion, plot_curves, plot_params, plot_tradeoff
 
 
@@ -32,3 +33,18 @@ def test_every_plot_writes_a_png(tmp_path):
         w, h = _png(tmp_path / f"{name}.png")
         assert w > 100 and h > 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "m.png", "p.png", "t.png"]  # no temp files
+
+
+def test_curves_of_a_weight_averaged_run_show_the_trained_weights_dashed(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "test_top1_error": 50.0 - e, "raw_test_top1_error": 52.0 - e, "train_loss": 2.0 / e}
+            for e in (1, 2, 3)]  # fmt: skip
+    plot_curves({"ema run": rows, "plain run": [{k: v for k, v in r.items() if not k.startswith("raw")} for r in rows]},
+                tmp_path / "c.png", title="c", pretty_names=False)  # fmt: skip
+    ax_err = figures[0].axes[0]
+    lines = {line.get_label(): line for line in ax_err.get_lines()}
+    assert sorted(lines) == ["ema run", "ema run (without EMA)", "plain run"]
+    dashed = lines["ema run (without EMA)"]
+    assert list(dashed.get_ydata()) == [51.0, 50.0, 49.0] and dashed.get_linestyle() == "--"
+    assert dashed.get_color() == lines["ema run"].get_color()

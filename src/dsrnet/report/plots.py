@@ -118,7 +118,8 @@ def plot_curves(
     title: str,
     pretty_names: bool = True,
 ) -> Path:
-    """Training curves of several runs from their ``metrics.jsonl`` rows: test top-1 error and train loss per epoch.
+    """Training curves of several runs from their ``metrics.jsonl`` rows: test top-1 error and train loss per epoch;
+    a run that reports a weight average (``ema_decay``) also gets its trained weights' error, dashed.
 
     ``pretty_names``: legend entries through :func:`display_name` (model names); ``False`` keeps them verbatim
     (labels a user chose)."""
@@ -129,7 +130,10 @@ def plot_curves(
         epochs = [r["epoch"] for r in rows]
         marker = "o" if len(rows) < 20 else None
         label = display_name(name) if pretty_names else name
-        ax_err.plot(epochs, [r.get("test_top1_error") for r in rows], marker=marker, label=label)
+        (line,) = ax_err.plot(epochs, [r.get("test_top1_error") for r in rows], marker=marker, label=label)
+        if any("raw_test_top1_error" in r for r in rows):  # a run reporting its weight average (ema_decay)
+            ax_err.plot(epochs, [r.get("raw_test_top1_error") for r in rows], linestyle="--", color=line.get_color(),
+                        label=f"{label} (without EMA)")  # fmt: skip
         ax_loss.plot(epochs, [r.get("train_loss") for r in rows], marker=marker, label=label)
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("test top-1 error (%)")
