@@ -376,7 +376,8 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 def test_ddp_two_processes_match_single_process(cifar10_dir, tmp_path, capsys, monkeypatch):
     script = tmp_path / "ddp_gn.py"
     script.write_text(DDP_SCRIPT)
-    gn = torchrun(str(script), *ddp_args(cifar10_dir, tmp_path / "gn-ddp", "tiny_gn", "{}"))
+    ema = ("--ema-decay", "0.9")  # the weight average too: each rank keeps its own, which must stay rank 0's
+    gn = torchrun(str(script), *ddp_args(cifar10_dir, tmp_path / "gn-ddp", "tiny_gn", "{}"), *ema)
     assert gn.returncode == 0, gn.stderr[-3000:]
     assert gn.stderr.count("final (epoch 2)") == 1  # only rank 0 logs (progress goes to stderr)
     assert "2 processes" in gn.stderr
@@ -384,16 +385,17 @@ def test_ddp_two_processes_match_single_process(cifar10_dir, tmp_path, capsys, m
     namespace: dict = {}
     exec(GN_NET, namespace)
     monkeypatch.setitem(_registry._BUILDERS, "tiny_gn", namespace["tiny_gn"])
-    assert main(ddp_args(cifar10_dir, tmp_path / "gn-single", "tiny_gn", "{}")) == 0
+    assert main([*ddp_args(cifar10_dir, tmp_path / "gn-single", "tiny_gn", "{}"), *ema]) == 0
     capsys.readouterr()
 
     a = torch.load(tmp_path / "gn-ddp" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "gn-single" / "checkpoint.pt", weights_only=True)
-    for key, value in b["model_state"].items():
-        torch.testing.assert_close(a["model_state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    for state in ("model_state", "train_model_state"):  # the average, the trained weights
+        for key, value in b[state].items():
+            torch.testing.assert_close(a[state][key], value, rtol=1e-4, atol=1e-5, msg=f"{state} {key}")
     ma, mb = read_metrics(tmp_path / "gn-ddp"), read_metrics(tmp_path / "gn-single")
     for ra, rb in zip(ma, mb, strict=True):
-        for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top3", "lr"):
+        for key in ("train_loss", "train_top1", "test_loss", "test_top1", "test_top3", "raw_test_loss", "lr"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-4), key
     fa = json.loads((tmp_path / "gn-ddp" / "final.json").read_text())
     assert fa["world_size"] == 2 and fa["train_images"] == 200 and fa["test_images"] == 100
