@@ -131,6 +131,7 @@ def test_export_weights_round_trip_and_predict(learned_run, cifar10_dir, tmp_pat
     assert meta["model"] == cfg.model and meta["model_kwargs"] == cfg.model_kwargs and meta["finished"] is True
     assert meta["top1"] == pytest.approx(final["top1"]) and meta["epochs"] == cfg.epochs
     assert meta["class_names"][3] == "cat" and meta["input_size"] == [3, 32, 32] and len(meta["mean"]) == 3
+    assert meta["ema_decay"] == 0.0  # the trained weights themselves, no average
     model, _ = model_from_checkpoint(cfg.out_dir)
     for k, v in model.state_dict().items():
         assert torch.equal(state[k], v), k  # fp32 export: bit-exact

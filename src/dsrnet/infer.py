@@ -280,7 +280,8 @@ def predict(
 def export_weights(source: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp16") -> Path:
     """``dsrnet export-weights``: the trained model of a run folder or checkpoint as a safetensors weights file
     (:func:`dsrnet.models.weights.save_weights`) whose metadata carries everything to rebuild, preprocess and cite
-    it: model name and kwargs, classes, mean/std, input size, dataset, recipe, epochs, seed, and the FINAL epoch's
+    it: model name and kwargs, classes, mean/std, input size, dataset, recipe, epochs, seed, ``ema_decay`` (above 0
+    the weights are the run's moving average, the model its metrics describe), and the FINAL epoch's
     top-1/top-3 accuracy (from the run's ``final.json`` when the run finished, else the checkpoint's last epoch)."""
     from dsrnet import __version__
     from dsrnet.models.weights import save_weights
@@ -307,6 +308,7 @@ def export_weights(source: str | os.PathLike, out: str | os.PathLike, *, dtype: 
         "epochs": int(ckpt.get("epoch", 0)),
         "planned_epochs": config.get("epochs"),
         "seed": config.get("seed"),
+        "ema_decay": config.get("ema_decay", 0.0),  # > 0: these are the run's weight average (train --ema-decay)
         "top1": final.get("top1", last.get("test_top1")),
         "top3": 100.0 - final["top3_error"] if "top3_error" in final else last.get("test_top3"),
         "finished": run.finished and not final.get("stopped_early", False),

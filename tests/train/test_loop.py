@@ -105,7 +105,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(cifar10_dir, tmp_pa
 
 
 def test_ema_run_reports_and_saves_the_average_and_keeps_the_trained_weights(cifar10_dir, tmp_path):
-    from dsrnet.infer import evaluate_checkpoint
+    from dsrnet.infer import evaluate_checkpoint, export_weights
+    from dsrnet.models.weights import read_weights
 
     cfg = tiny(tmp_path, cifar10_dir, epochs=2, ema_decay=0.9)
     final = train(cfg)
@@ -120,6 +121,8 @@ def test_ema_run_reports_and_saves_the_average_and_keeps_the_trained_weights(cif
     ev = evaluate_checkpoint(tmp_path / "run", data_dir=str(cifar10_dir), device="cpu", test_subset_per_class=5)
     assert ev["top1_error"] == pytest.approx(final["top1_error"])
     assert ev["test_loss"] == pytest.approx(final["test_loss"], rel=1e-4)
+    state, meta = read_weights(export_weights(tmp_path / "run", tmp_path / "w.safetensors", dtype="fp32"))
+    assert meta["ema_decay"] == 0.9 and all(torch.equal(v, ckpt["model_state"][k]) for k, v in state.items())
     # Resuming without the trained weights beside the average is refused (a hand-made checkpoint).
     broken = {k: v for k, v in ckpt.items() if k not in ("train_model_state", "path")}
     torch.save(broken, tmp_path / "broken.pt")
