@@ -534,11 +534,11 @@ class _Trainer:
         forms = [("test", self.net, self.model)]
         if self.ema is not None:
             forms = [("test", self.ema_net, self.ema.module), ("raw_test", self.net, self.model)]
+        keys = ("loss", "top1", "top3", "top5", "top1_error", "top3_error", "top5_error")
         out = {}
         for prefix, net, module in forms:
             self.dist.broadcast_buffers(module)
             ev = evaluate(net, self.test_loader, num_classes=self.num_classes, precision=self.cfg.precision)
-            keys = ("loss", "top1", "top3", "top5", "top1_error", "top3_error", "top5_error")
             out.update({f"{prefix}_{k}": ev[k] for k in keys})
         out["eval_time_s"] = time.perf_counter() - t0
         return out
