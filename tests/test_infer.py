@@ -223,3 +223,37 @@ def test_eval_and_predict_on_cpu_backends_match_torch(learned_run, cifar10_dir, 
     b = predict(onnx, [img], top_k=3, device="cpu", backend="onnxruntime")
     assert [c for c, _ in a[0]] == [c for c, _ in b[0]]
     assert [p for _, p in a[0]] == pytest.approx([p for _, p in b[0]], abs=1e-4)
+
+
+def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir, tmp_path):
+    """``backend="fused"``: the trained DSRNet through :func:`dsrnet.fuse` (on a CPU its ops fall back to PyTorch's,
+    with the same numerics), in fp32 and bf16; anything but a trained DSRNet is one clear error."""
+    import dsrnet
+    from dsrnet.run.checkpoint import save_checkpoint
+    from tests.conftest import checkpoint_payload
+
+    cfg, _ = learned_run
+    common = {"data_dir": str(cifar10_dir), "device": "cpu", "test_subset_per_class": 30}
+    eager = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "e", **common)
+    fused = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "f", backend="fused", **common)
+    assert fused["backend"] == "fused" and fused["test_images"] == 300
+    assert abs(fused["top1"] - eager["top1"]) <= 100 / 300 + 1e-9  # at most one image flips (float rounding)
+    assert fused["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-4)
+    half = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "h", backend="fused", precision="bf16", **common)
+    assert abs(half["top1"] - eager["top1"]) <= 2.0 and half["test_loss"] == pytest.approx(eager["test_loss"], rel=0.05)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(img)
+    a = predict(cfg.out_dir, [img], top_k=3, device="cpu", backend="torch")
+    b = predict(cfg.out_dir, [img], top_k=3, device="cpu", backend="fused")
+    assert [c for c, _ in a[0]] == [c for c, _ in b[0]]
+    assert [p for _, p in a[0]] == pytest.approx([p for _, p in b[0]], abs=1e-5)
+    # Not a DSRNet, or not a trained model at all: refused before anything runs.
+    net = dsrnet.create_model("mobilenet_v2_cifar", num_classes=10)
+    save_checkpoint(tmp_path / "mnv2.pt", checkpoint_payload(net, {}, model="mobilenet_v2_cifar"))
+    with pytest.raises(DsrnetError, match="backend fused runs DSRNet models, .* holds mobilenet_v2_cifar; fix: pass "
+                                          "--backend torch"):  # fmt: skip
+        predict(tmp_path / "mnv2.pt", [img], device="cpu", backend="fused")
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not read")
+    with pytest.raises(DsrnetError, match="exported file; fix: pass --backend onnxruntime or openvino"):
+        predict(onnx, [img], device="cpu", backend="fused")

@@ -65,8 +65,9 @@ def evaluate_checkpoint(
     ``checkpoint``: a run folder or its checkpoint, or (with a CPU ``backend``) a file written by ``dsrnet export``
     -- e.g. an int8 ONNX file, so its accuracy is checked by the same command as the original's. ``backend``:
     ``torch`` (any device), ``onnxruntime`` / ``openvino`` / ``torch-compile`` (CPU, fp32; see
-    :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch).
-    ``batch_size``: default :data:`EVAL_BATCH_GPU` on a GPU, :data:`EVAL_BATCH_CPU` on a CPU."""
+    :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch), ``fused``
+    (a DSRNet in :func:`dsrnet.fuse`'s inference form, any device; with ``precision`` bf16/fp16 its weights are cast
+    to that type, as its kernels compute in the weights' dtype). ``batch_size``: default :data:`EVAL_BATCH_GPU` on a GPU, :data:`EVAL_BATCH_CPU` on a CPU."""
     if batch_size is not None:
         check_int("batch_size", batch_size)
     if test_subset_per_class is not None:
@@ -74,8 +75,10 @@ def evaluate_checkpoint(
     if precision not in PRECISIONS:
         raise DsrnetError(f"bad value for precision: {precision!r}; fix: use one of {', '.join(PRECISIONS)}")
     model, info = _model_on_backend(checkpoint, backend, device)
-    if info["backend"] != "torch" and precision != "fp32":
+    if info["backend"] not in ("torch", "fused") and precision != "fp32":
         raise DsrnetError(f"backend {info['backend']} evaluates in fp32; fix: drop --precision")
+    if info["backend"] == "fused" and precision != "fp32":  # its kernels run in the weights' dtype (no autocast)
+        model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     ckpt = info.get("checkpoint") or {}
     source = Path(info["name"])
     default_out = RunDir(source.parent).eval if ckpt else source.with_name(source.name + ".eval")
@@ -201,8 +204,10 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
 #: ``predict --backend auto``: from this many images on, exporting a model for a faster CPU backend pays off.
 AUTO_BACKEND_MIN_IMAGES = 32
-#: Inference backends of ``eval`` / ``predict`` (``torch`` and the CPU engines of :mod:`dsrnet.export`).
-BACKENDS = ("auto", *ENGINES)
+#: Inference backends of ``eval`` / ``predict``: ``torch`` and the CPU engines of :mod:`dsrnet.export`, and
+#: ``fused``: a DSRNet in :func:`dsrnet.fuse`'s inference form on any device (BatchNorm folded, NHWC, each DSR block
+#: run by fused Triton kernels on CUDA; PyTorch's ops with the same numerics elsewhere), issue 10's fast path.
+BACKENDS = ("auto", *ENGINES, "fused")
 _EXPORTED = (".onnx", ".pt2", ".xml")
 
 
@@ -222,6 +227,8 @@ def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dic
 
         # An exported file runs on a CPU engine wherever it is; a model on CUDA stays with torch.
         backend = best_cpu_backend() if dev.type == "cpu" or _is_exported(source) else "torch"
+    if backend == "fused":
+        return _fused_model(source, dev)
     if backend != "torch" and str(device) == "auto":
         dev = torch.device("cpu")  # the CPU engines' device, when none was asked for
     if backend != "torch" and dev.type != "cpu":
@@ -240,6 +247,21 @@ def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dic
 
         model = RunnerModule(load_runner(backend, model, image_size=info["image_size"]))
     return model, {**info, "backend": backend, "device": dev}
+
+
+def _fused_model(source, dev: torch.device) -> tuple[nn.Module, dict]:
+    """``backend="fused"``: the trained DSRNet of ``source`` in :func:`dsrnet.fuse`'s inference form on ``dev``."""
+    from dsrnet.models.dsrnet import DSRNet
+    from dsrnet.models.fused import fuse
+
+    if _is_exported(source):
+        raise DsrnetError(f"{source} is an exported file; fix: pass --backend onnxruntime or openvino (fused runs "
+                          f"a trained DSRNet: a run folder, checkpoint, weights file or tag)")  # fmt: skip
+    model, info = load_trained(source, str(dev))
+    if not isinstance(model, DSRNet):
+        raise DsrnetError(f"backend fused runs DSRNet models, {source} holds {info.get('model')}; fix: pass "
+                          f"--backend torch")  # fmt: skip
+    return fuse(model), {**info, "backend": "fused", "device": dev}
 
 
 @torch.no_grad()

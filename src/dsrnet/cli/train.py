@@ -143,7 +143,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     from dsrnet.export.backends import BACKENDS as ENGINES  # light: the engines load when used
     from dsrnet.train.config import _coerce
 
-    backends = ("auto", *ENGINES)  # as dsrnet.infer.BACKENDS
+    backends = ("auto", *ENGINES, "fused")  # as dsrnet.infer.BACKENDS
 
     int_ = typed(lambda v: _coerce("batch_size", "int", v))
     if name == "train":
@@ -171,9 +171,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                        default=None, help="evaluate on this many images per class (default: all)")  # fmt: skip
         p.add_argument("--out-dir", default=None, help="output folder (default: <run folder>/eval)")
         p.add_argument("--backend", type=one_of("backend", backends), default="torch",
-                       help="inference engine: torch (any device) or a CPU engine (onnxruntime, openvino, "
-                       "torch-compile; auto = the fastest installed); a file from `dsrnet export` (e.g. int8 "
-                       f"ONNX) needs a CPU engine; one of {', '.join(backends)}")  # fmt: skip
+                       help="inference engine: torch (any device), fused (a DSRNet in dsrnet.fuse's inference "
+                       "form: BatchNorm folded, fused Triton kernels on CUDA) or a CPU engine (onnxruntime, "
+                       "openvino, torch-compile; auto = the fastest installed); a file from `dsrnet export` (e.g. "
+                       f"int8 ONNX) needs a CPU engine; one of {', '.join(backends)}")  # fmt: skip
         p.set_defaults(func=_cmd_eval)
     elif name == "predict":
         p.description = (
@@ -191,7 +192,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--backend", type=one_of("backend", backends), default="auto",
                        help="inference engine: auto = on a CPU the fastest installed engine for exported files and "
-                       "for 32+ images (exporting costs seconds), else torch; one of " + ", ".join(backends))
+                       "for 32+ images (exporting costs seconds), else torch; fused = a DSRNet in dsrnet.fuse's "
+                       "inference form (fused Triton kernels on CUDA); one of " + ", ".join(backends))
         p.set_defaults(func=_cmd_predict)
 
 
