@@ -123,14 +123,21 @@ def test_training_step_with_triton_dwconv_gives_the_eager_gradients(bn_relu):
     assert len(swapped) == 4 and len(fused_bn) == (4 if bn_relu else 0)
     assert list(triton_model.state_dict()) == list(eager.state_dict())
     x, y = torch.randn(2, 3, 12, 12), torch.tensor([1, 7])  # 2x2 maps in stage 4: BN stays well-conditioned
+    exact = copy.deepcopy(eager).double()  # the referee where fp32 rounding alone exceeds the tolerance
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, triton_model)]
-    for model in (eager, triton_model):
+    for model, inputs in ((eager, x), (triton_model, x), (exact, x.double())):
         model.train()
-        nn.functional.cross_entropy(model(x), y).backward()
-    for (name, p_eager), p_triton in zip(eager.named_parameters(), triton_model.parameters(), strict=True):
+        nn.functional.cross_entropy(model(inputs), y).backward()
+    for (name, p_eager), p_triton, p_exact in zip(eager.named_parameters(), triton_model.parameters(),
+                                                  exact.parameters(), strict=True):  # fmt: skip
         assert p_triton.grad is not None, name
         err = (p_triton.grad - p_eager.grad).abs().max().item()
-        assert err <= 1e-4 * p_eager.grad.abs().max().item() + 1e-7, f"{name}: {err}"
+        if err > 1e-4 * p_eager.grad.abs().max().item() + 1e-7:
+            # An ill-conditioned sum (e.g. a BatchNorm scale's gradient of ~1e-5 from terms of ~1e-3), where eager
+            # fp32 itself is ~1e-7 off (torch 2.11's CPU conv): the kernels must then be at least as exact.
+            triton_off = (p_triton.grad.double() - p_exact.grad).abs().max().item()
+            eager_off = (p_eager.grad.double() - p_exact.grad).abs().max().item()
+            assert triton_off <= eager_off, f"{name}: {err} from eager; vs float64 {triton_off} > eager's {eager_off}"
     for opt in opts:
         opt.step()
     for p_eager, p_triton in zip(eager.parameters(), triton_model.parameters(), strict=True):
