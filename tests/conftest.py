@@ -34,6 +34,15 @@ def cifar10_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _triton_interpreter_off(monkeypatch):
+    """Every test starts with Triton's interpreter off. Importing ``tests/kernels/interp.py`` (at collection) sets
+    ``TRITON_INTERPRET=1`` for the whole process, so the custom ops of any later test would run their kernels in
+    the interpreter (minutes for a whole DSRNet) instead of PyTorch's fallback. The kernel-test modules switch it
+    back on for their own tests (``interp.interpreter``: an autouse fixture of the module, set up after this one)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for modules that train tiny networks: on a 2-core machine a second OpenMP thread
