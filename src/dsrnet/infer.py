@@ -67,7 +67,8 @@ def evaluate_checkpoint(
     ``torch`` (any device), ``onnxruntime`` / ``openvino`` / ``torch-compile`` (CPU, fp32; see
     :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch), ``fused``
     (a DSRNet in :func:`dsrnet.fuse`'s inference form, any device; with ``precision`` bf16/fp16 its weights are cast
-    to that type, as its kernels compute in the weights' dtype). ``batch_size``: default :data:`EVAL_BATCH_GPU` on a GPU, :data:`EVAL_BATCH_CPU` on a CPU."""
+    to that type, as its kernels compute in the weights' dtype). ``batch_size``: default :data:`EVAL_BATCH_GPU` on a
+    GPU, :data:`EVAL_BATCH_CPU` on a CPU."""
     if batch_size is not None:
         check_int("batch_size", batch_size)
     if test_subset_per_class is not None:
@@ -206,7 +207,7 @@ DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
 AUTO_BACKEND_MIN_IMAGES = 32
 #: Inference backends of ``eval`` / ``predict``: ``torch`` and the CPU engines of :mod:`dsrnet.export`, and
 #: ``fused``: a DSRNet in :func:`dsrnet.fuse`'s inference form on any device (BatchNorm folded, NHWC, each DSR block
-#: run by fused Triton kernels on CUDA; PyTorch's ops with the same numerics elsewhere), issue 10's fast path.
+#: run by fused Triton kernels on CUDA; PyTorch's ops with the same numerics elsewhere).
 BACKENDS = ("auto", *ENGINES, "fused")
 _EXPORTED = (".onnx", ".pt2", ".xml")
 
