@@ -225,14 +225,10 @@ def test_eval_and_predict_on_cpu_backends_match_torch(learned_run, cifar10_dir, 
     assert [p for _, p in a[0]] == pytest.approx([p for _, p in b[0]], abs=1e-4)
 
 
-def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir, tmp_path, monkeypatch):
+def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir, tmp_path):
     """``backend="fused"``: the trained DSRNet through :func:`dsrnet.fuse` (on a CPU its ops fall back to PyTorch's,
     with the same numerics), in fp32 and bf16; anything but a trained DSRNet is one clear error."""
     import dsrnet
-
-    # The fallback: this is about the backend's plumbing (the kernels have their own interpreter tests), and a
-    # kernel-test module imported earlier in the session may have set the variable for the whole process.
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from dsrnet.run.checkpoint import save_checkpoint
     from tests.conftest import checkpoint_payload
 

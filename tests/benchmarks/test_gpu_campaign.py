@@ -296,12 +296,10 @@ def test_recipe_arms_that_cannot_finish_are_skipped_with_the_reason(campaign_in_
     assert not (tmp_path / "late").exists()
 
 
-def test_dsrnet_stage_trains_with_the_arms_it_is_given(campaign_in_process, cifar10_dir, tmp_path, capsys,
-                                                       monkeypatch):  # fmt: skip
+def test_dsrnet_stage_trains_with_the_arms_it_is_given(campaign_in_process, cifar10_dir, tmp_path, capsys):  # fmt: skip
     """``--stage dsrnet --arms A B``: the shipped weights' run with the recipe stage's winners applied together;
     contradicting arms are refused before the data step."""
     campaign = campaign_in_process
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     base = ["--stage", "dsrnet", "--dry-run", "--epochs", "1", "--budget-s", "120"]
     out = tmp_path / "out"
     argv = [*base, "--arms", "cutout16", "no_dw_wd", "no_dilation", "--data-dir", str(cifar10_dir),

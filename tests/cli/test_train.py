@@ -223,8 +223,7 @@ def test_eval_and_predict_commands(cli_run, cifar10_dir, tmp_path, capsys):
     assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
 
 
-def test_dwconv_flag_yaml_key_and_a_triton_trained_run_in_eval(cifar10_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the ops' PyTorch fallback: fast on a CPU
+def test_dwconv_flag_yaml_key_and_a_triton_trained_run_in_eval(cifar10_dir, tmp_path, capsys):
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("dwconv: triton\n")
     for argv, want in [
@@ -249,11 +248,10 @@ def test_dwconv_flag_yaml_key_and_a_triton_trained_run_in_eval(cifar10_dir, tmp_
     assert metrics["top1_error"] == pytest.approx(final["top1_error"])  # the plain model predicts the same
 
 
-def test_regularisation_switches_train_are_recorded_and_resume(cifar10_dir, tmp_path, capsys, monkeypatch):
+def test_regularisation_switches_train_are_recorded_and_resume(cifar10_dir, tmp_path, capsys):
     """--cutout, --pad-fill reflect and --no-dw-weight-decay together (with the Triton dwconv swap): the run trains,
     config.yaml and the checkpoint record them, the optimizer holds the depthwise weights without decay, and
     resuming restores that optimizer state while refusing a changed switch."""
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the ops' PyTorch fallback: fast on a CPU
     run = tmp_path / "run"
     extra = ("--cutout", "16", "--pad-fill", "reflect", "--no-dw-weight-decay", "--dwconv", "triton", "--epochs", "1")
     assert main(tiny_args(cifar10_dir, run, *extra)) == 0

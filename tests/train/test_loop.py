@@ -206,11 +206,9 @@ def _dwconv_modules(model: torch.nn.Module) -> int:
     return sum(type(m).__name__ == "TritonDepthwiseConv2d" for m in model.modules())
 
 
-def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, tmp_path, monkeypatch,
-                                                                   caplog):
+def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, tmp_path, caplog):
     # The PyTorch fallback of the Triton ops (a CPU without the interpreter): the trainer's plumbing, not the
     # kernels, which tests/train/test_loop_triton.py runs in Triton's interpreter.
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     # lr 0.03: small enough that the two runs' rounding differences stay small for a few epochs.
     over = {"epochs": 5, "subset_per_class": 20, "test_subset_per_class": 2, "batch_size": 20, "lr": 0.03}
     plain = train(tiny(tmp_path, cifar10_dir, "torch", **over))
@@ -249,7 +247,6 @@ def test_dwconv_triton_precompile_pass_leaves_the_run_unchanged(cifar10_dir, tmp
     pass is made to run its function on the CPU fallback, and the run must match one whose pass did nothing."""
     import dsrnet.kernels as kernels
 
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     calls = []
 
     def run_the_pass(fn, workers=None):
