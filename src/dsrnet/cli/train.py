@@ -56,7 +56,7 @@ FIELD_HELP = {
     "dw_weight_decay": "apply weight decay to the depthwise conv weights too (--no-dw-weight-decay exempts them, "
     "as MobileNets advise)",
     "ema_decay": "above 0: evaluate, checkpoint and export an exponential moving average of the weights with this "
-    "decay per step (e.g. 0.998); the optimised weights' test metrics are logged as raw_test_*; 0 = off",
+    "decay per step (e.g. 0.995); the optimised weights' test metrics are logged as raw_test_*; 0 = off",
     "deadline": "Unix time (s) by which training must end: it stops after the epoch whose successor would end later, "
     "marks final.json stopped_early (truncated schedule, not a full result); resume to complete (default: off)",
     "deadline_rule": "with --deadline: epoch (stop when the next epoch would end past it) or schedule (also stop, "
