@@ -220,3 +220,31 @@ def test_unknown_dataset_is_an_argparse_error(capsys):
         main(["reproduce", "--dataset", "mnist"])
     assert exc.value.code == 2
     assert "invalid choice: 'mnist'" in capsys.readouterr().err
+
+
+def test_config_file_gives_every_model_its_settings_and_flags_win(cifar10_dir, tmp_path, capsys):
+    import yaml
+
+    config = tmp_path / "recipe.yaml"
+    # A recipe file as configs/fast.yaml is: it names the model it was written for (ignored here) and the dataset.
+    config.write_text("model: dsrnet50_cifar\ndataset: cifar10\nrecipe: fast\ncutout: 8\nema-decay: 0.9\nlr: 0.2\n"
+                      "seed: 5\n")
+    out = tmp_path / "out"
+    argv = ["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "--model-kwargs", TINY, "--config",
+            str(config), "--lr", "0.05", *_quick(cifar10_dir, out)]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    saved = yaml.safe_load((out / "runs" / "dsrnet50" / "config.yaml").read_text())
+    assert (saved["recipe"], saved["cutout"], saved["ema_decay"], saved["seed"]) == ("fast", 8, 0.9, 5)
+    assert saved["lr"] == 0.05  # the flag beats the file
+    assert "--recipe fast" in (out / "table.md").read_text() and "--seed 5" in (out / "table.md").read_text()
+    # What reproduce sets per model cannot come from the file: one line, before any work.
+    for line, message in [("dwconv: triton\n", "sets dwconv, which every model"),
+                          ("out-dir: elsewhere\n", "sets out_dir, which every model"),
+                          ("dataset: cifar100\n", "is for another dataset than --dataset cifar10")]:
+        config.write_text(line)
+        other = tmp_path / "other"
+        assert main([*argv[:-len(_quick(cifar10_dir, out))], *_quick(cifar10_dir, other)]) == 2
+        err = capsys.readouterr().err
+        assert f"config file {config} {message}" in err and len(err.strip().splitlines()) == 1
+        assert not other.exists()

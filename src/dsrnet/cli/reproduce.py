@@ -15,8 +15,12 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset of Table 2 (cifar10), 3 "
                    "(cifar100) or 4 (stl10)")  # fmt: skip
+    p.add_argument("--config", metavar="YAML", default=None,
+                   help="YAML file of `dsrnet train` settings (e.g. configs/fast.yaml) for every model; the flags "
+                   "here override it; its model is ignored (--models picks them), its dataset must be --dataset's, "
+                   "and it may not set model_kwargs, out_dir, resume, init_weights or a Triton dwconv")  # fmt: skip
     p.add_argument(
-        "--recipe", choices=("paper", "fast"), default="paper", help="training recipe (dsrnet train)"
+        "--recipe", choices=("paper", "fast"), default=None, help="training recipe (dsrnet train) (default: paper)"
     )
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the recipe's)")
@@ -38,7 +42,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
         help="training precision (default: the recipe's; timing is always fp32)",
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="training seed (also picks the --subset-per-class images)"
+        "--seed", type=int, default=None, help="training seed (also picks the --subset-per-class images) (default: 0)"
     )
     p.add_argument("--subset-per-class", type=int, default=None, help="train on this many images per class")
     p.add_argument(
@@ -101,9 +105,37 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         p.set_defaults(func=_cmd_ablate)
 
 
+#: TrainConfig fields a --config file may not set: reproduce/ablate set them per model (or they fit one model only).
+PER_MODEL_KEYS = ("model_kwargs", "out_dir", "resume", "init_weights")
+
+
+def _config_file(path: str, dataset: str) -> dict:
+    """The file's settings for every model: a recipe file such as configs/fast.yaml names the model it was written
+    for, which the comparison replaces by each of its models (logged), and a dataset, which must be this one."""
+    from dsrnet.errors import DsrnetError
+    from dsrnet.train.config import load_config_file
+
+    values = load_config_file(path)
+    if values.pop("model", None) is not None:
+        logging.getLogger("dsrnet.paper").info(f"config file {path}: its model is ignored, --models picks them")
+    if values.pop("dataset", dataset) != dataset:
+        raise DsrnetError(f"config file {path} is for another dataset than --dataset {dataset}; fix: drop its "
+                          f"dataset line or pass its dataset")  # fmt: skip
+    owned = [k for k in PER_MODEL_KEYS if k in values]
+    if values.get("dwconv", "torch") != "torch":  # the Triton kernels exist for depthwise convs only
+        owned.append("dwconv")
+    if owned:
+        raise DsrnetError(
+            f"config file {path} sets {', '.join(owned)}, which every model of the comparison cannot share; fix: "
+            f"remove it from the file (reproduce/ablate set models, data and folders themselves; --model-kwargs "
+            f"for DSRNet)"
+        )
+    return values
+
+
 def _prepare(args: argparse.Namespace) -> dict:
     set_threads(args.threads)
-    train = {
+    flags = {
         "recipe": args.recipe,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -116,6 +148,12 @@ def _prepare(args: argparse.Namespace) -> dict:
         "test_subset_per_class": args.test_subset_per_class,
         "progress": args.progress,
     }
+    # Precedence as in `dsrnet train`: flags > --config file > the recipe's defaults.
+    from_file = _config_file(args.config, args.dataset) if args.config else {}
+    train = {**from_file, **{k: v for k, v in flags.items() if v is not None}}
+    train.setdefault("recipe", "paper")
+    train.setdefault("seed", 0)
+    args.recipe, args.seed = train["recipe"], train["seed"]  # spelled out in the recorded command
     return {
         "stem": args.stem,
         "out": args.out_dir,
