@@ -71,6 +71,19 @@ def test_summary_is_the_final_epoch_not_the_best(tmp_path):
     assert "35.00" in md and "20.00" not in md
 
 
+def test_a_weight_averaged_run_shows_its_trained_weights_error_too(tmp_path):
+    plain = make_run(tmp_path / "plain", [50.0, 30.0])
+    averaged = make_run(tmp_path / "ema", [48.0, 28.0])
+    final = json.loads((averaged / "final.json").read_text())
+    (averaged / "final.json").write_text(json.dumps({**final, "ema_decay": 0.995, "raw_top1_error": 29.5}))
+    plot_runs([plain, averaged], tmp_path / "out")
+    rows = read_summary(tmp_path / "out")
+    assert (rows["ema"]["ema_decay"], rows["ema"]["raw_top1_error"]) == ("0.995", "29.5")
+    assert rows["ema"]["top1_error"] == "28.0" and rows["plain"]["raw_top1_error"] == ""
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "their trained weights' top-1 error: ema 29.50." in md
+
+
 def test_unfinished_runs_are_marked(tmp_path):
     interrupted = make_run(tmp_path / "interrupted", [50.0, 20.0, 35.0], planned=10, final=False)
     running = make_run(tmp_path / "running", [60.0, 45.0], planned=10, final=False)

@@ -36,7 +36,8 @@ FINISHED, STOPPED_EARLY, RUNNING, INTERRUPTED = "finished", "stopped early", "ru
 #: Columns of ``summary.csv`` (``summary.md`` shows the same runs, formatted).
 SUMMARY_FIELDS = (
     "label", "model", "model_kwargs", "dataset", "recipe", "epochs_done", "epochs", "status", "top1_error",
-    "top3_error", "errors_from", "train_time_s", "s_per_epoch", "params", "device", "path",
+    "top3_error", "errors_from", "ema_decay", "raw_top1_error", "train_time_s", "s_per_epoch", "params", "device",
+    "path",
 )  # fmt: skip
 
 _FIX_RUN = "fix: pass the --out-dir of a `dsrnet train` run"
@@ -189,11 +190,11 @@ def summary_row(run: Run) -> dict[str, Any]:
     logged epoch's (``errors_from`` says which)."""
     final, cfg, last = run.final or {}, run.config, run.last
     if run.final is not None:
-        top1, top3 = final.get("top1_error"), final.get("top3_error")
+        top1, top3, raw_top1 = final.get("top1_error"), final.get("top3_error"), final.get("raw_top1_error")
         train_time, s_per_epoch = final.get("train_time_s"), final.get("s_per_epoch")
         errors_from = "final.json"
     else:
-        top1, top3 = last.get("test_top1_error"), last.get("test_top3_error")
+        top1, top3, raw_top1 = last.get("test_top1_error"), last.get("test_top3_error"), last.get("raw_test_top1_error")
         times = [r["epoch_time_s"] for r in run.rows if isinstance(r.get("epoch_time_s"), (int, float))]
         train_time = float(sum(times)) if len(times) == len(run.rows) else None
         s_per_epoch = train_time / len(times) if train_time is not None else None
@@ -210,6 +211,9 @@ def summary_row(run: Run) -> dict[str, Any]:
         "top1_error": top1,
         "top3_error": top3,
         "errors_from": errors_from,
+        # a run that reports a weight average: its decay, and the trained weights' own top-1 error
+        "ema_decay": final.get("ema_decay", cfg.get("ema_decay")) or None,
+        "raw_top1_error": raw_top1,
         "train_time_s": train_time,
         "s_per_epoch": s_per_epoch,
         "params": final.get("params"),
@@ -240,6 +244,10 @@ def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
     if any(r["errors_from"] != "final.json" for r in rows):
         notes.append(f"{marked} the run has not ended (status running / interrupted): its last logged epoch, not a "
                      f"final result.")  # fmt: skip
+    averaged = [r for r in rows if r["raw_top1_error"] is not None]
+    if averaged:
+        notes.append("Runs with a weight average (`ema_decay`) report the average; their trained weights' top-1 "
+                     "error: " + ", ".join(f"{r['label']} {fmt(r['raw_top1_error'])}" for r in averaged) + ".")
     if any(r["status"] == STOPPED_EARLY for r in rows):
         notes.append("stopped early: a deadline cut the learning-rate schedule short, so the run is not a "
                      "full-schedule result (`dsrnet train --resume` without a deadline completes it).")  # fmt: skip
