@@ -41,7 +41,7 @@ class WeightEma:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         ours, theirs = self.module.state_dict(), model.state_dict()  # detached views of the live tensors
         floating = [k for k, v in ours.items() if v.is_floating_point()]
-        other = [k for k in ours if k not in set(floating)]
+        other = [k for k, v in ours.items() if not v.is_floating_point()]
         self._floating = ([ours[k] for k in floating], [theirs[k] for k in floating])
         self._other = ([ours[k] for k in other], [theirs[k] for k in other])
 
