@@ -807,12 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("DSRNET_DISABLE_TRITON", None)
     bench = ShapeBench(args)
     bench.results["batch"] = args.batch_eff
-
-    def on_alarm(signum, frame):
-        raise BudgetExceeded
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(max(1, int(bench.deadline - time.monotonic())))
+    bench.start_alarm()
     models: dict = {}
     nets = {stem: f"{stem}/{dry_size(stem, image) if args.dry_run else image}" for stem, _, image in NETWORKS}
     # Most valuable first: every 32-px shape through the fused model's two kernels, then the references, then
