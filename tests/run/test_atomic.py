@@ -47,3 +47,20 @@ def test_plain_normalises_like_json():
     import numpy as np
 
     assert plain({"a": (1, 2), "b": np.int64(3), "p": PurePosixPath("x/y")}) == {"a": [1, 2], "b": 3, "p": "x/y"}
+
+
+def test_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    """The rename is made durable too: after the file's own fsync comes one of the folder it was renamed into."""
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        synced.append(("folder" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    target = atomic_write_json(tmp_path / "sub" / "a.json", {"v": 1})
+    assert synced == [("file", target.stat().st_ino), ("folder", target.parent.stat().st_ino)]

@@ -1,8 +1,9 @@
 """Atomic file writes: a crash or SIGKILL at any moment leaves either the old file or the new one, never half.
 
 Every file is written to ``.<name>.<pid>.tmp`` in the target's folder, flushed, fsynced and renamed over the target
-with ``os.replace``. A process killed mid-write leaves its temp file behind; :func:`remove_stale_temp_files` deletes
-those of processes that no longer exist (called wherever dsrnet writes into a folder again).
+with ``os.replace``, and the folder is fsynced so that the rename survives a power loss. A process killed mid-write
+leaves its temp file behind; :func:`remove_stale_temp_files` deletes those of processes that no longer exist (called
+wherever dsrnet writes into a folder again).
 """
 
 from __future__ import annotations
@@ -32,7 +33,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], A
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable: without it a power loss can bring the previous file back."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where a folder cannot be opened (nor needs to be)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder: the file itself is already synced
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -2,7 +2,7 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that ``torch.load(...,
 weights_only=True)`` reads it without trusting the file (no pickled classes). It carries everything needed to
-continue training bit for bit (model, optimizer, scheduler, grad scaler, RNG states, epoch, metric history,
+continue training bit for bit on a CPU (model, optimizer, scheduler, grad scaler, RNG states, epoch, metric history,
 the resolved config) and to rebuild the model and its preprocessing without any other file (model name and
 kwargs, number and names of classes, image size, normalisation mean/std).
 

@@ -105,9 +105,10 @@ def _depthwise_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 def lr_factor(step: int, *, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Multiplier of ``cfg.lr`` for optimiser step ``step`` (0-based): linear warm-up over ``warmup_epochs``,
-    then the step schedule (x0.1 at each milestone epoch), a cosine or a linear decay to zero at the last
-    step."""
+    """Multiplier of ``cfg.lr`` for optimiser step ``step`` (0-based): linear warm-up over ``warmup_epochs``
+    (``1/warm`` .. 1), then the step schedule (x0.1 at each milestone epoch), or a cosine or linear decay from 1 at
+    the first step after the warm-up towards 0 at step ``total``, one past the last: the last step still learns,
+    at ``1/(total - warm)`` of the peak for the linear decay."""
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warm:
@@ -280,9 +281,10 @@ def train(config: TrainConfig) -> dict:
     """Train ``config.model`` on ``config.dataset`` as ``config`` says, writing the run folder described in
     the module docstring, and return the final-epoch metrics (the content of ``final.json``).
 
-    With ``config.resume`` the run continues from the checkpoint: on the same device and thread count it ends
+    With ``config.resume`` the run continues from the checkpoint: on a CPU, with the same thread count, it ends
     with the same weights and metrics as an uninterrupted run (every source of randomness is a function of the
-    seed and the epoch, or is restored from the checkpoint). A non-finite loss raises :class:`DsrnetError`
+    seed and the epoch, or is restored from the checkpoint); on CUDA, where cuDNN's benchmark mode may pick other
+    (non-deterministic) kernels in the new process, it continues the same run, not bit for bit. A non-finite loss raises :class:`DsrnetError`
     naming the step, leaving the last checkpoint (from the last completed epoch) untouched. Call it under
     ``torchrun`` for DDP; it initialises (and afterwards destroys) the process group itself."""
     dist_ = DistContext()
