@@ -26,7 +26,10 @@ Stages (in order of value):
   the Triton training step faster than the default (torch) on the card in question. ``--arms A B ...`` trains with
   those recipe arms' changes applied together (:data:`RECIPE_ARMS`; checked before anything runs, contradicting
   arms refused), for new shipped weights once the ``recipe`` stage has picked its winners; recorded in
-  config.yaml and ``campaign.json``.
+  config.yaml and ``campaign.json``. ``--eval-every N`` scores the test set only every N epochs and after the
+  last (``TrainConfig.eval_every``; the training is the same): the epochs are planned with the warm-up's test
+  pass counted only that often, so more of them fit the target (a test pass is ~7 % of an epoch, ~14 % with a
+  weight average).
   OUT: ``final.json``, ``metrics.jsonl``, ``config.yaml`` and the weights as a weights-only dsrnet checkpoint
   (the training checkpoint without optimizer/scheduler/scaler/RNG state) split by :mod:`dsrnet.run.shards` into
   ``dsrnet50_cifar.c10.pt.partNN`` (<= 15 MiB) + ``dsrnet50_cifar.c10.pt.manifest.json``: 8 files.
@@ -197,7 +200,8 @@ DEFAULT_VARIANTS = ("no_dilation", "full_3x3", "stem_paper")
 RECIPE_KEYS = (
     "recipe", "epochs", "batch_size", "lr", "weight_decay", "momentum", "nesterov", "label_smoothing", "schedule",
     "milestones", "warmup_epochs", "bn_bias_weight_decay", "drop_last", "precision", "channels_last", "pad_fill",
-    "cutout", "dw_weight_decay", "seed", "subset_per_class", "test_subset_per_class",
+    "cutout", "dw_weight_decay", "zero_init_residual", "ema_decay", "seed", "subset_per_class",
+    "test_subset_per_class",
 )  # fmt: skip
 #: Dry run: the same code paths on a CPU in seconds (fp32 NCHW even when --like names a bf16 GPU run).
 DRY_TRAIN = {"subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "device": "cpu",
@@ -262,6 +266,8 @@ def run_settings(args, budget: Budget) -> dict:
         s["seed"] = args.seed
     if args.epochs:
         s["epochs"] = args.epochs
+    if args.eval_every is not None:
+        s["eval_every"] = args.eval_every
     if args.dry_run:
         s.update(DRY_TRAIN)
     s["data_dir"] = str(args.data_dir)
@@ -310,7 +316,8 @@ def warmup(model: str, work: Path, settings: dict, model_kwargs: dict | None, bu
     out = work / "warmup" / model
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
-    cfg = train_config(model, out, {**settings, "epochs": 2}, model_kwargs, deadline=budget.deadline)
+    # Both epochs scored, so that the test pass's compilation falls in the first one and the second is steady.
+    cfg = train_config(model, out, {**settings, "epochs": 2, "eval_every": 1}, model_kwargs, deadline=budget.deadline)
     train(cfg)
     _reset_compiler()
     m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -318,7 +325,8 @@ def warmup(model: str, work: Path, settings: dict, model_kwargs: dict | None, bu
     steady = per_epoch[-1]
     extra = max(0.0, per_epoch[0] - steady) if len(per_epoch) > 1 else 0.0
     res = {"s_per_epoch": round(steady, 3), "first_epoch_extra_s": round(extra, 2),
-           "warmup_wall_s": round(time.time() - t0, 1), "epochs_measured": len(m)}  # fmt: skip
+           "eval_s": round(m[-1]["eval_time_s"], 3), "warmup_wall_s": round(time.time() - t0, 1),
+           "epochs_measured": len(m)}  # fmt: skip
     log.info("warm-up %s: %.2f s/epoch steady, first epoch +%.1f s, %.0f s wall", model, steady, extra,
              res["warmup_wall_s"])  # fmt: skip
     return res
@@ -333,9 +341,13 @@ def _reset_compiler() -> None:
     torch._dynamo.reset()
 
 
-def epochs_that_fit(available_s: float, timing: dict, slack: float) -> int:
-    per_epoch = timing["s_per_epoch"] * (1.0 + slack)
-    return max(0, math.floor((available_s - timing["first_epoch_extra_s"]) / per_epoch))
+def epochs_that_fit(available_s: float, timing: dict, slack: float, eval_every: int = 1) -> int:
+    """Epochs of ``timing`` (a warm-up's: each epoch scored) that fit ``available_s`` when the test set is scored
+    only every ``eval_every`` epochs (0: after the last only) and always after the last: the warm-up's test pass
+    (``eval_s``) counted once per scored epoch."""
+    eval_s = timing.get("eval_s", 0.0) if eval_every != 1 else 0.0  # else it stays inside s_per_epoch
+    per_epoch = (timing["s_per_epoch"] - eval_s + (eval_s / eval_every if eval_every else 0.0)) * (1.0 + slack)
+    return max(0, math.floor((available_s - timing["first_epoch_extra_s"] - eval_s) / per_epoch))
 
 
 def timing_for(model, args, work, settings, model_kwargs, budget, summary) -> dict:
@@ -406,7 +418,7 @@ def stage_dsrnet(
     else:
         timing = timing_for(DSRNET_MODEL, args, work, settings, kwargs, budget, summary)
         available = min(args.target_train_s, budget.left() - post_s)
-        epochs = min(args.max_epochs, epochs_that_fit(available, timing, args.slack))
+        epochs = min(args.max_epochs, epochs_that_fit(available, timing, args.slack, settings.get("eval_every", 1)))
         plan = {"epochs_from": "warm-up" if "given" not in timing else "--s-per-epoch", "timing": timing,
                 "available_s": round(available, 1), "target_train_s": args.target_train_s}  # fmt: skip
         if epochs < 1:
@@ -987,6 +999,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "epochs); it stops itself after its 2nd epoch if its whole schedule cannot fit")
     p.add_argument("--target-train-s", type=float, default=360.0, help="dsrnet: training wall time to aim for")
     p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=None, metavar="N",
+                   help="score the test set every N epochs and after the last (TrainConfig.eval_every; 0: the last "
+                   "only; default: every epoch); the dsrnet stage plans its epochs with it")  # fmt: skip
     p.add_argument("--slack", type=float, default=0.05, help="planning margin on s/epoch")
     p.add_argument("--margin-s", type=float, default=None, help="kept for writing results (default 5%%, >= 15 s)")
     p.add_argument("--post-s", type=float, default=None,

@@ -101,11 +101,21 @@ def test_epoch_planning_and_like_settings(tmp_path):
     # (360 s - 60 s of compilation) / (4 s * 1.05) = 71.4 -> 71 epochs; nothing fits in less than the extra.
     assert campaign.epochs_that_fit(360.0, timing, 0.05) == 71
     assert campaign.epochs_that_fit(50.0, timing, 0.05) == 0
+    # The warm-up scored each epoch (0.5 s of its 4 s): scored every 5th, an epoch costs 3.6 s, plus the last's
+    # test pass once: (360 - 60 - 0.5) / (3.6 * 1.05) = 79.2; only after the last: (299.5) / (3.5 * 1.05) = 81.5.
+    timed = {**timing, "eval_s": 0.5}
+    assert campaign.epochs_that_fit(360.0, timed, 0.05, eval_every=1) == 71
+    assert campaign.epochs_that_fit(360.0, timed, 0.05, eval_every=5) == 79
+    assert campaign.epochs_that_fit(360.0, timed, 0.05, eval_every=0) == 81
     config = tmp_path / "config.yaml"
     config.write_text("recipe: fast\nepochs: 71\nbatch_size: 512\nlr: 0.4\nmodel: dsrnet50_cifar\ndevice: cuda\n"
-                      "subset_per_class: null\npad_fill: zero\n")  # fmt: skip
+                      "subset_per_class: null\npad_fill: zero\nema_decay: 0.995\nzero_init_residual: true\n"
+                      "eval_every: 5\n")  # fmt: skip
+    # The recipe values travel (the weight average too: the baselines' reported model must be the same kind);
+    # where and when it ran does not.
     assert campaign.like_settings(config) == {
-        "recipe": "fast", "epochs": 71, "batch_size": 512, "lr": 0.4, "pad_fill": "zero"
+        "recipe": "fast", "epochs": 71, "batch_size": 512, "lr": 0.4, "pad_fill": "zero", "ema_decay": 0.995,
+        "zero_init_residual": True,
     }  # fmt: skip
     final = tmp_path / "final.json"
     final.write_text(json.dumps({"recipe": "fast", "epochs": 71, "epochs_done": 30, "stopped_early": True}))

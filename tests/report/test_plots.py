@@ -48,3 +48,17 @@ def test_curves_of_a_weight_averaged_run_show_the_trained_weights_dashed(tmp_pat
     dashed = lines["ema run (without EMA)"]
     assert list(dashed.get_ydata()) == [51.0, 50.0, 49.0] and dashed.get_linestyle() == "--"
     assert dashed.get_color() == lines["ema run"].get_color()
+
+
+def test_curves_of_a_run_scored_every_few_epochs_join_the_scored_epochs(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "train_loss": 2.0 / e} for e in (1, 2, 3, 4)]
+    for r in rows[1::2]:  # eval_every=2: epochs 2 and 4 scored
+        r.update(test_top1_error=50.0 - r["epoch"], raw_test_top1_error=52.0 - r["epoch"])
+    plot_curves({"run": rows}, tmp_path / "c.png", title="c", pretty_names=False)
+    err, loss = figures[0].axes[:2]
+    lines = {line.get_label(): line for line in err.get_lines()}
+    assert list(lines["run"].get_xdata()) == [2, 4] and list(lines["run"].get_ydata()) == [48.0, 46.0]
+    assert list(lines["run (without EMA)"].get_ydata()) == [50.0, 48.0]
+    assert list(loss.get_lines()[0].get_xdata()) == [1, 2, 3, 4]  # the training loss of every epoch

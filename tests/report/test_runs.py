@@ -101,6 +101,16 @@ def test_unfinished_runs_are_marked(tmp_path):
     assert "not a final result" in md and "stopped early: a deadline" in md
 
 
+def test_an_unfinished_run_scored_every_few_epochs_reports_its_last_scored_epoch(tmp_path):
+    run = make_run(tmp_path / "run", [60.0, 40.0], planned=10, final=False)
+    with open(run / "metrics.jsonl", "a") as fh:  # eval_every=2: epoch 3 trained, not scored
+        fh.write(json.dumps({"epoch": 3, "train_loss": 1.0, "eval_time_s": 0.0}) + "\n")
+    plot_runs([run], tmp_path / "out")
+    row = read_summary(tmp_path / "out")["run"]
+    assert float(row["top1_error"]) == 40.0 and row["epochs_done"] == "3"
+    assert row["errors_from"] == "epoch 2, the last scored (interrupted, not a final result)"
+
+
 def test_stale_final_json_of_a_resumed_run_is_ignored(tmp_path):
     run = make_run(tmp_path / "run", [60.0, 40.0], planned=4, stopped_early=True)
     with open(run / "metrics.jsonl", "a") as fh:  # resumed without a deadline: epoch 3 logged since

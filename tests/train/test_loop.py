@@ -384,6 +384,40 @@ def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cif
     assert far["stopped_early"] is False and far["epochs_done"] == 3
 
 
+@pytest.mark.parametrize("eval_every", [2, 0])
+def test_eval_every_scores_fewer_epochs_and_trains_the_same(cifar10_dir, tmp_path, eval_every):
+    over = {"epochs": 3, "subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "ema_decay": 0.9}
+    every = train(tiny(tmp_path, cifar10_dir, "every", **over))
+    fewer = train(tiny(tmp_path, cifar10_dir, "fewer", eval_every=eval_every, **over))
+    rows = read_metrics(tmp_path / "fewer")
+    scored = [r["epoch"] for r in rows if "test_top1_error" in r]
+    assert scored == ([2, 3] if eval_every == 2 else [3])  # every 2nd epoch and always the last
+    assert all("raw_test_top1_error" not in r and r["eval_time_s"] == 0.0 for r in rows if r["epoch"] not in scored)
+    # Scoring changes nothing in the training: same weights, same final metrics, same training rows.
+    a, b = load_checkpoint(tmp_path / "every"), load_checkpoint(tmp_path / "fewer")
+    for state in ("model_state", "train_model_state"):
+        assert all(torch.equal(v, b[state][k]) for k, v in a[state].items()), state
+    keys = ("top1_error", "top3_error", "test_loss", "raw_top1_error", "train_loss", "epochs_done")
+    assert {k: every[k] for k in keys} == {k: fewer[k] for k in keys}
+    train_keys = ("epoch", "lr", "train_loss", "train_top1")
+    assert [[r[k] for k in train_keys] for r in read_metrics(tmp_path / "every")] == [
+        [r[k] for k in train_keys] for r in rows
+    ]
+    with pytest.raises(DsrnetError, match="eval_every"):
+        TrainConfig(eval_every=-1)
+
+
+def test_deadline_stop_at_an_unscored_epoch_scores_it(cifar10_dir, tmp_path):
+    # A deadline long past stops the run after epoch 1, which eval_every=5 would not score: the run's final
+    # metrics must still be that epoch's own.
+    cfg = tiny(tmp_path, cifar10_dir, epochs=3, subset_per_class=4, test_subset_per_class=2, batch_size=20,
+               deadline=1.0, eval_every=5)  # fmt: skip
+    final = train(cfg)
+    (row,) = read_metrics(Path(cfg.out_dir))
+    assert final["stopped_early"] and final["epochs_done"] == 1 and row["eval_time_s"] > 0
+    assert final["top1_error"] == row["test_top1_error"]
+
+
 @pytest.mark.parametrize(("rule", "epochs_done"), [("epoch", 4), ("schedule", 2)])
 def test_deadline_rule_schedule_stops_as_soon_as_the_rest_cannot_finish(cifar10_dir, tmp_path, monkeypatch, rule,
                                                                        epochs_done):  # fmt: skip

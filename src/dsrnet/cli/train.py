@@ -47,6 +47,8 @@ FIELD_HELP = {
     "subset_per_class": "train on this many images per class (quick runs) (default: all)",
     "test_subset_per_class": "test on this many images per class (quick runs) (default: all)",
     "checkpoint_every": "write checkpoint.pt every this many epochs (and after the last) (default: 1)",
+    "eval_every": "score the test set after every this many epochs (and always after the last); 0 = after the "
+    "last only; the training is the same either way (default: 1)",
     "pad_fill": "what the random crop pads with: zero (black pixels), mean (the mean colour, 0 after "
     "normalisation) or reflect (the image mirrored at its borders)",
     "zero_init_residual": "start each residual block as an identity (last BatchNorm scale zeroed), for the models "

@@ -128,12 +128,14 @@ def plot_curves(
     fig, (ax_err, ax_loss) = _figure(figsize=(11.0, 4.5), ncols=2)
     for name, rows in curves.items():
         epochs = [r["epoch"] for r in rows]
+        scored = [r for r in rows if "test_top1_error" in r]  # eval_every: not every epoch is scored
         marker = "o" if len(rows) < 20 else None
         label = display_name(name) if pretty_names else name
-        (line,) = ax_err.plot(epochs, [r.get("test_top1_error") for r in rows], marker=marker, label=label)
+        (line,) = ax_err.plot([r["epoch"] for r in scored], [r["test_top1_error"] for r in scored],
+                              marker="o" if len(scored) < 20 else None, label=label)  # fmt: skip
         if any("raw_test_top1_error" in r for r in rows):  # a run reporting its weight average (ema_decay)
-            ax_err.plot(epochs, [r.get("raw_test_top1_error") for r in rows], linestyle="--", color=line.get_color(),
-                        label=f"{label} (without EMA)")  # fmt: skip
+            ax_err.plot([r["epoch"] for r in scored], [r.get("raw_test_top1_error") for r in scored], linestyle="--",
+                        color=line.get_color(), label=f"{label} (without EMA)")  # fmt: skip
         ax_loss.plot(epochs, [r.get("train_loss") for r in rows], marker=marker, label=label)
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("test top-1 error (%)")

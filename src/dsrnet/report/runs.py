@@ -194,11 +194,16 @@ def summary_row(run: Run) -> dict[str, Any]:
         train_time, s_per_epoch = final.get("train_time_s"), final.get("s_per_epoch")
         errors_from = "final.json"
     else:
-        top1, top3, raw_top1 = last.get("test_top1_error"), last.get("test_top3_error"), last.get("raw_test_top1_error")
+        scored = next((r for r in reversed(run.rows) if "test_top1_error" in r), {})  # eval_every skips epochs
+        top1, top3 = scored.get("test_top1_error"), scored.get("test_top3_error")
+        raw_top1 = scored.get("raw_test_top1_error")
         times = [r["epoch_time_s"] for r in run.rows if isinstance(r.get("epoch_time_s"), (int, float))]
         train_time = float(sum(times)) if len(times) == len(run.rows) else None
         s_per_epoch = train_time / len(times) if train_time is not None else None
         errors_from = f"last logged epoch ({run.status}, not a final result)"
+        if scored is not last:
+            errors_from = (f"epoch {scored['epoch']}, the last scored ({run.status}, not a final result)" if scored
+                           else f"no epoch scored yet ({run.status})")  # fmt: skip
     return {
         "label": run.label,
         "model": final.get("model", cfg.get("model")),

@@ -1,6 +1,7 @@
 """The training loop behind ``dsrnet train``: one run of a :class:`~dsrnet.train.config.TrainConfig` into a run
 folder (:class:`~dsrnet.run.rundir.RunDir`: ``config.yaml``, ``metrics.jsonl``, ``checkpoint.pt``, ``final.json``,
-``tb/``). ``metrics.jsonl`` holds one JSON object per epoch; its ``lr`` is the rate at the epoch's first step.
+``tb/``). ``metrics.jsonl`` holds one JSON object per epoch; its ``lr`` is the rate at the epoch's first step; epochs
+that ``eval_every`` skips have no ``test_*`` keys.
 Accuracies and errors are in percent. The train loss is the optimised (label-smoothed) loss; the test loss is plain
 cross-entropy. ``final.json`` holds the FINAL epoch's metrics, never a best-on-test pick. With ``ema_decay`` > 0
 the reported model is the weight average (:mod:`dsrnet.train.ema`): ``test_*`` and ``model_state`` are its, the
@@ -435,6 +436,7 @@ class _Trainer:
             self.log(f"dwconv {cfg.dwconv}: {self.triton_dwconvs} depthwise convs run the {runs}")
         self.stopped_early = False
         self._epoch_end: float | None = None  # wall time at the last epoch's deadline check (its end)
+        self._last_eval_s = 0.0  # the last test pass's time
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 record = {
@@ -443,16 +445,24 @@ class _Trainer:
                     * lr_factor(epoch * self.steps_per_epoch, cfg=cfg, steps_per_epoch=self.steps_per_epoch),
                 }
                 record.update(self.train_epoch(epoch))
-                record.update(self.test())
+                scored = self._scored(epoch)
+                record.update(self.test() if scored else {"eval_time_s": 0.0})
+                stop = epoch + 1 < cfg.epochs and self._past_deadline(record, epoch)
+                if stop and not scored:  # the run ends here: its final metrics are this epoch's
+                    record.update(self.test())
                 self._raise_if_diverged(record)
                 self.history.append(record)
+                tested = (
+                    f"test loss {record['test_loss']:.4f} top-1 {record['test_top1']:.2f}% top-3 "
+                    f"{record['test_top3']:.2f}%  "
+                    if "test_loss" in record
+                    else ""
+                )
                 self.log(
                     f"epoch {epoch + 1}/{cfg.epochs}  lr {record['lr']:.4g}  train loss {record['train_loss']:.4f} "
-                    f"top-1 {record['train_top1']:.2f}%  test loss {record['test_loss']:.4f} top-1 "
-                    f"{record['test_top1']:.2f}% top-3 {record['test_top3']:.2f}%  "
+                    f"top-1 {record['train_top1']:.2f}%  {tested}"
                     f"{record['images_per_s']:.0f} img/s  {record['epoch_time_s']:.1f} s"
                 )
-                stop = epoch + 1 < cfg.epochs and self._past_deadline(record, cfg.epochs - epoch - 1)
                 if main:
                     tb.log(record)
                     if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or stop:
@@ -542,7 +552,7 @@ class _Trainer:
             self.dist.broadcast_buffers(module)
             ev = evaluate(net, self.test_loader, num_classes=self.num_classes, precision=self.cfg.precision)
             out.update({f"{prefix}_{k}": ev[k] for k in keys})
-        out["eval_time_s"] = time.perf_counter() - t0
+        out["eval_time_s"] = self._last_eval_s = time.perf_counter() - t0
         return out
 
     def _scheduler_step(self) -> None:
@@ -555,17 +565,25 @@ class _Trainer:
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
 
-    def _past_deadline(self, record: dict, epochs_left: int) -> bool:
-        """Whether the next epoch, as long as this one (train + test), would end past ``cfg.deadline``, or, with
-        ``deadline_rule="schedule"``, the ``epochs_left`` remaining ones at the pace of the last epoch measured
-        end to end; one late rank stops them all, so every rank stops after the same epoch."""
+    def _scored(self, epoch: int) -> bool:
+        """Whether the test set is scored after ``epoch`` (0-based): every ``eval_every``-th and the last."""
+        every = self.cfg.eval_every
+        return epoch + 1 == self.cfg.epochs or (every > 0 and (epoch + 1) % every == 0)
+
+    def _past_deadline(self, record: dict, epoch: int) -> bool:
+        """Whether the next epoch, as long as this one's training plus the last test pass, would end past
+        ``cfg.deadline``, or, with ``deadline_rule="schedule"``, the remaining ones at the pace of the last epoch
+        measured end to end (its test pass, if any, counted only for the epochs that will be scored); one late rank
+        stops them all, so every rank stops after the same epoch."""
         if self.cfg.deadline is None:
             return False
         now, previous_end = _wall_clock(), self._epoch_end
         self._epoch_end = now
-        need = record["epoch_time_s"] + record["eval_time_s"]
+        need = record["epoch_time_s"] + self._last_eval_s  # the next epoch may be scored even if this one was not
         if self.cfg.deadline_rule == "schedule" and previous_end is not None:
-            need = max(need, epochs_left * (now - previous_end))
+            left = range(epoch + 1, self.cfg.epochs)
+            pace = now - previous_end - record["eval_time_s"]
+            need = max(need, len(left) * pace + sum(map(self._scored, left)) * self._last_eval_s)
         late = torch.tensor(int(now + need > self.cfg.deadline), device=self.device)
         return bool(self.dist.all_reduce(late, op="max").item())
 
@@ -585,7 +603,7 @@ class _Trainer:
 
     def _raise_if_diverged(self, record: dict) -> None:
         """A non-finite test loss or weight after an epoch: stop before that state is checkpointed."""
-        bad = [k for k in ("train_loss", "test_loss") if not math.isfinite(record[k])]
+        bad = [k for k in ("train_loss", "test_loss") if k in record and not math.isfinite(record[k])]
         if not bad and not all(bool(torch.isfinite(p).all()) for p in self._reported().parameters()):
             bad = ["weights"]
         if bad:
