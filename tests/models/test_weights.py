@@ -195,13 +195,25 @@ def test_checkpoint_path_loads_weights_files_and_training_checkpoints(trained, t
     for source in (ckpt, ckpt.parent):  # the file or its run folder
         from_run = dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=source, **TINY).eval()
         assert torch.equal(from_run(x), model(x))
-    with pytest.raises(dsrnet.DsrnetError, match="does not fit"):
-        dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=ckpt)  # full-size model
+    with pytest.raises(dsrnet.DsrnetError, match=r"do not fit this model \(missing layer1\.1\."):
+        dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=ckpt)  # full-size model: names it
     with pytest.raises(dsrnet.DsrnetError, match="do not fit"):
         dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=path)
+    # Without num_classes the model takes the file's classes (not 1000 with the trained head silently dropped);
+    # a count the file does not have is an error naming the head, as timm's strict checkpoint_path loading.
+    for source in (path, ckpt):
+        own = dsrnet.create_model("dsrnet50_cifar", checkpoint_path=source, **TINY).eval()
+        assert own.num_classes == 3 and torch.equal(own(x), model(x))
+        with pytest.raises(dsrnet.DsrnetError, match=r"fc\.bias is \(3,\), the model needs \(5,\).*num_classes"):
+            dsrnet.create_model("dsrnet50_cifar", num_classes=5, checkpoint_path=source, **TINY)
+    backbone = dsrnet.create_model("dsrnet50_cifar", features_only=True, checkpoint_path=path, **TINY).eval()
+    assert torch.equal(backbone(x)[-1], model.forward_features(x))  # a backbone takes all but the head
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(dsrnet.DsrnetError, match="cannot be read safely"):
         dsrnet.create_model("dsrnet50_cifar", checkpoint_path=tmp_path / "junk.pt")
+    timm = pytest.importorskip("timm")  # timm's own checkpoint_path reads a dsrnet train checkpoint too
+    via_timm = timm.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path=str(ckpt), **TINY).eval()
+    assert torch.equal(via_timm(x), model(x))
 
 
 def test_timm_and_torch_hub_load_registered_weights(registered):
@@ -217,6 +229,37 @@ def test_timm_and_torch_hub_load_registered_weights(registered):
     assert gray.conv1.in_channels == 1 and gray(torch.randn(1, 1, 32, 32)).shape == (1, 7)
     hub = torch.hub.load(str(REPO), "dsrnet50_cifar", source="local", pretrained=True).eval()
     assert torch.equal(hub(x), model(x))
+
+
+@pytest.mark.parametrize("in_chans", [1, 2, 4, 7])
+def test_pretrained_weights_adapt_the_first_conv_to_other_input_channels(registered, in_chans):
+    model, _ = registered
+    rgb = model.conv1.weight.detach()
+    other = dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, in_chans=in_chans).eval()
+    w = other.conv1.weight.detach()
+    assert w.shape[1] == in_chans and torch.equal(other.fc.weight, model.fc.weight)  # the rest loads as usual
+    if in_chans == 1:
+        torch.testing.assert_close(w[:, 0], rgb.sum(1))
+    else:  # the colours repeated, scaled by 3 / in_chans: a constant image gives the RGB model's response
+        torch.testing.assert_close(w, torch.cat([rgb] * 3, 1)[:, :in_chans] * (3 / in_chans))
+    if in_chans % 3 == 0 or in_chans == 1:
+        x = torch.full((1, in_chans, 32, 32), 0.7)
+        torch.testing.assert_close(other(x), model(torch.full((1, 3, 32, 32), 0.7)), rtol=1e-4, atol=1e-5)
+    timm = pytest.importorskip("timm")  # the referee: timm's own adaptation of the same file
+    via_timm = timm.create_model("dsrnet50_cifar.tiny", pretrained=True, in_chans=in_chans)
+    assert torch.equal(via_timm.conv1.weight, other.conv1.weight)
+
+
+@pytest.mark.parametrize("name", ["dsrnet50_cifar", "dsrnet50"])  # with registered weights of its own / none
+def test_timm_loads_a_users_file_through_the_pretrained_cfg_overlay(registered, tmp_path, name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(1)
+    model = dsrnet.create_model(name, num_classes=3, **TINY).eval()
+    path = save_weights(model, tmp_path / "mine.safetensors", metadata={**META, "model": name}, dtype=torch.float32)
+    overlay = {"file": str(path), "num_classes": 3}  # timm keeps a head only where the cfg's class count matches
+    mine = timm.create_model(name, pretrained=True, num_classes=3, pretrained_cfg_overlay=overlay, **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(mine(x), model(x)) and mine.pretrained_cfg["file"] == str(path)
 
 
 def test_the_shipped_cifar10_weights_load_everywhere():

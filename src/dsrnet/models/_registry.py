@@ -47,10 +47,12 @@ def create_model(
     """Build a registered model. ``name`` may carry a weights tag, ``"dsrnet50_cifar.c10"``.
 
     Args:
-        num_classes: classifier outputs (0 = none); default: the weights' classes when a tag or ``pretrained`` is
-            given, else 1000. A count other than the weights' gets a fresh head (timm's rule).
+        num_classes: classifier outputs (0 = none); default: the classes of ``checkpoint_path``'s weights, else of
+            the tag's (with a tag or ``pretrained``), else 1000. A count other than the pretrained weights' gets a
+            fresh head (timm's rule).
         pretrained: load the shipped weights of the tag (or of the name's default tag); their checksum is verified.
-        checkpoint_path: then load a safetensors weights file (``save_weights``) or a ``dsrnet train`` checkpoint.
+        checkpoint_path: then load a safetensors weights file (``save_weights``) or a ``dsrnet train`` checkpoint,
+            strictly (timm's rule): ``num_classes`` defaults to the file's, and every weight must fit.
         fused: return the inference form of :func:`dsrnet.fuse` (BatchNorm folded, NHWC, Triton kernels on CUDA;
             plain PyTorch ops with the same numerics elsewhere). DSRNet models only.
         kwargs: go to the model's constructor (e.g. DSRNet's ablation switches, ``drop_path_rate``,
@@ -71,8 +73,9 @@ def create_model(
     entry = weights.get_weights(name) if (tag or pretrained) else None
     if pretrained and entry is not None:
         weights.weights_path(entry)  # fail early (not shipped / corrupt) before building anything
-    if num_classes is None:
-        num_classes = entry.num_classes if entry is not None else 1000
+    own = weights.read_checkpoint_path(checkpoint_path) if checkpoint_path is not None else None
+    if num_classes is None:  # the classes of the weights the model gets last
+        num_classes = next(n for n in (own and own[1], entry and entry.num_classes, 1000) if n is not None)
 
     feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
     features_only = kwargs.pop("features_only", False) or feature_cfg.pop("features_only", False)
@@ -110,8 +113,8 @@ def create_model(
         model.default_cfg = model.pretrained_cfg
     if pretrained:
         weights.load_pretrained(model, entry)
-    if checkpoint_path is not None:
-        weights.load_checkpoint_path(model, checkpoint_path)
+    if own is not None:
+        weights.load_checkpoint_path(model, own)
     if fused:  # after the weights: BatchNorm is folded into the convs (an inference form)
         from dsrnet.models.fused import fuse
 

@@ -35,7 +35,8 @@ def _pretrained_cfgs() -> dict:
 
 def _build(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs):
     overlay = dict(pretrained_cfg_overlay or {})
-    if pretrained:
+    # A user's own weights through timm's overlay (file / state_dict) load as given; else dsrnet's table's.
+    if pretrained and not (overlay.get("file") or overlay.get("state_dict")):
         tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
         entry = weights.get_weights(f"{name}.{tag}" if tag else name)
         overlay["file"] = str(

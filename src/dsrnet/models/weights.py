@@ -30,7 +30,7 @@ from torch import nn
 from dsrnet.errors import DsrnetError
 from dsrnet.models.dsrnet import CIFAR10_MEAN, CIFAR10_STD
 from dsrnet.run.atomic import atomic_write_bytes
-from dsrnet.run.checkpoint import check_state_fits, load_checkpoint, load_model_state
+from dsrnet.run.checkpoint import check_state_fits, load_checkpoint, load_model_state, state_mismatch
 
 WEIGHTS_DIR_ENV = "DSRNET_WEIGHTS_DIR"
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -326,42 +326,69 @@ def model_pretrained_cfg(model: nn.Module, entry: WeightsEntry) -> dict[str, Any
 
 
 def load_pretrained(model: nn.Module, entry: WeightsEntry) -> None:
-    """Load ``entry``'s verified weights into ``model``; the classifier is skipped when the model's head differs
-    (another ``num_classes``) or is absent (``features_only``), as timm does."""
+    """Load ``entry``'s verified weights into ``model``, as timm loads pretrained weights: the classifier is skipped
+    when the model's head differs (another ``num_classes``) or is absent (``features_only``), and the first conv
+    is adapted to another ``in_chans`` (:func:`adapt_input_conv`)."""
     state_dict, metadata = read_weights(weights_path(entry))
+    first = f"{getattr(model, 'pretrained_cfg', {}).get('first_conv', 'conv1')}.weight"
+    own = model.state_dict().get(first)
+    if own is not None and first in state_dict and own.shape[1] != state_dict[first].shape[1]:
+        state_dict[first] = adapt_input_conv(own.shape[1], state_dict[first])
     _load_state(model, state_dict, f"weights {entry.name!r}")
 
 
-def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """A first conv's RGB ``weight`` (out, 3, kh, kw) for ``in_chans`` inputs, by timm's rule (``in_chans``
+    pretrained adaptation): summed over the colours for 1 channel; else repeated over the channels and scaled by
+    ``3 / in_chans``, so that a constant image gives the same response."""
+    if weight.shape[1] != 3:
+        raise DsrnetError(f"cannot adapt a first conv of {weight.shape[1]} input channels (only 3) to {in_chans}")
+    dtype, weight = weight.dtype, weight.float()
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True).to(dtype)
+    repeat = -(-in_chans // 3)
+    return (weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3 / in_chans)).to(dtype)
+
+
+def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, *, new_head: bool = True) -> None:
+    """Load ``state_dict`` into ``model``. ``new_head`` (pretrained weights, timm's rule): a classifier of another
+    shape is skipped, leaving the model's fresh one; ``False`` (a user's own file, timm's strict
+    ``checkpoint_path``): it must fit like every other weight."""
     own = model.state_dict()
     if getattr(model, "features_only", False):
         # A pruned backbone: keep what it still has (the stages up to its last tap), drop the head and the rest.
         state_dict = {k: v for k, v in state_dict.items() if k in own}
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
-    head = [k for k in state_dict if k.startswith(f"{classifier}.")]
-    if head and any(k not in own or own[k].shape != state_dict[k].shape for k in head):
-        state_dict = {k: v for k, v in state_dict.items() if k not in head}
-    missing = [k for k in own if k not in state_dict and not k.startswith(f"{classifier}.")]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
-    if missing or unexpected or mismatched:
-        detail = (missing and f"missing {missing[:3]}") or (unexpected and f"unexpected {unexpected[:3]}")
-        detail = detail or f"shape mismatch at {mismatched[:3]}"
+    classifier = f"{getattr(model, 'pretrained_cfg', {}).get('classifier', 'fc')}."
+    if new_head:
+        head = [k for k in state_dict if k.startswith(classifier)]
+        if any(k not in own or own[k].shape != state_dict[k].shape for k in head):
+            state_dict = {k: v for k, v in state_dict.items() if k not in head}
+        own = {k: v for k, v in own.items() if k in state_dict or not k.startswith(classifier)}
+    detail = state_mismatch(own, state_dict)
+    if detail:
+        hint = "same name, num_classes and model_kwargs" if classifier in detail else "same name and model_kwargs"
         raise DsrnetError(
-            f"{source} do not fit this model ({detail}); fix: build the model the weights were trained as "
-            f"(same name and model_kwargs)"
+            f"{source} do not fit this model ({detail}); fix: build the model the weights were trained as ({hint})"
         )
     model.load_state_dict(state_dict, strict=False)
 
 
-def load_checkpoint_path(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a safetensors weights file or a ``dsrnet train`` checkpoint (file or run folder) into ``model``."""
+def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int | None, str]:
+    """``(state_dict, num_classes, description)`` of a safetensors weights file or a ``dsrnet train`` checkpoint
+    (file or run folder): what ``create_model(..., checkpoint_path=path)`` builds and loads."""
     path = Path(path).expanduser()
     if path.is_file() and _is_safetensors(path):
-        state_dict, _ = read_weights(path)
-        _load_state(model, state_dict, f"weights in {path}")
-        return
-    load_model_state(model, load_checkpoint(path))  # weights_only=True; clear errors for missing/foreign files
+        state_dict, metadata = read_weights(path)
+        return state_dict, metadata.get("num_classes"), f"weights in {path}"
+    ckpt = load_checkpoint(path)  # weights_only=True; clear errors for missing/foreign files
+    return ckpt["model_state"], ckpt.get("num_classes"), f"weights of checkpoint {ckpt['path']}"
+
+
+def load_checkpoint_path(model: nn.Module, source: tuple[dict[str, torch.Tensor], int | None, str]) -> None:
+    """Load :func:`read_checkpoint_path`'s weights into ``model``, strictly (the classifier too), as timm's
+    ``checkpoint_path`` does."""
+    state_dict, _, description = source
+    _load_state(model, state_dict, description, new_head=False)
 
 
 def load_initial_weights(model: nn.Module, source: str | os.PathLike) -> str:

@@ -4,7 +4,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so t
 weights_only=True)`` reads it without trusting the file (no pickled classes). It carries everything needed to
 continue training bit for bit on a CPU (model, optimizer, scheduler, grad scaler, RNG states, epoch, metric history,
 the resolved config) and to rebuild the model and its preprocessing without any other file (model name and
-kwargs, number and names of classes, image size, normalisation mean/std).
+kwargs, number and names of classes, image size, normalisation mean/std). ``state_dict`` repeats ``model_state``
+(the same tensors, stored once) under the key other loaders look for, e.g. ``timm.create_model(...,
+checkpoint_path=...)``.
 
 Written atomically (:mod:`dsrnet.run.atomic`). Read back, a checkpoint is checked before anything is built from it:
 the CRC-32 of every record of torch's zip container (a flipped byte is refused, not evaluated), the type and range of
@@ -18,6 +20,7 @@ import math
 import os
 import random
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     """Write ``payload`` (plus the format tag) atomically with ``torch.save``. A full disk is one clear error and
     leaves the previous checkpoint in place."""
     payload = {"format": FORMAT, "version": VERSION, **payload}
+    if "model_state" in payload:  # the key timm's checkpoint_path (and most trainers) read; the same tensors
+        payload["state_dict"] = payload["model_state"]  # torch.save stores shared storages once
     try:
         return atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as err:
@@ -203,30 +208,37 @@ def load_model_state(model: nn.Module, ckpt: dict, *, require_finite: bool = Fal
                 f"checkpoint {ckpt['path']} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): the run "
                 f"diverged; fix: use a checkpoint of a run that trained normally (retrain with a lower --lr)"
             )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else ""
+    detail = state_mismatch(model.state_dict(), state)
+    if detail:
         raise DsrnetError(
             f"checkpoint {ckpt['path']} does not fit model {ckpt.get('model')!r} with "
-            f"model_kwargs {ckpt.get('model_kwargs')} ({first}); fix: use a checkpoint written for this model"
-        ) from None
+            f"model_kwargs {ckpt.get('model_kwargs')} ({detail}); fix: use a checkpoint written for this model"
+        )
+    model.load_state_dict(state)
+
+
+def state_mismatch(want: Mapping[str, torch.Tensor], have: Mapping[str, torch.Tensor]) -> str | None:
+    """How the weights ``have`` fail to fit a model's ``state_dict()`` ``want``, as a short phrase naming the first
+    missing, unexpected or misshapen entry (``None``: same names and shapes)."""
+    want_s = {k: tuple(v.shape) for k, v in want.items()}
+    have_s = {k: tuple(v.shape) for k, v in have.items()}
+    if want_s == have_s:
+        return None
+    missing = sorted(set(want_s) - set(have_s))
+    extra = sorted(set(have_s) - set(want_s))
+    shape = sorted(k for k in set(want_s) & set(have_s) if want_s[k] != have_s[k])
+    return (
+        f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else
+        f"{shape[0]} is {have_s[shape[0]]}, the model needs {want_s[shape[0]]}"
+    )  # fmt: skip
 
 
 def check_state_fits(meta_model: nn.Module, ckpt: dict) -> None:
     """Compare the checkpoint's weight names and shapes with ``meta_model`` (built on the ``meta`` device, so it
     holds no memory) before the real model is allocated."""
-    want = {k: tuple(v.shape) for k, v in meta_model.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in ckpt["model_state"].items()}
-    if want == have:
+    detail = state_mismatch(meta_model.state_dict(), ckpt["model_state"])
+    if detail is None:
         return
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    shape = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-    detail = (
-        f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else
-        f"{shape[0]} is {have[shape[0]]}, the model needs {want[shape[0]]}"
-    )  # fmt: skip
     raise DsrnetError(
         f"checkpoint {ckpt['path']} does not fit model {ckpt['model']!r} with model_kwargs "
         f"{ckpt.get('model_kwargs')} ({detail}); fix: use a checkpoint written by `dsrnet train` for this model"
