@@ -57,6 +57,49 @@ def test_backbone_with_fpn_rejects_bad_input():
         dsrnet.backbone_with_fpn("dsrnet50", out_indices=(2, 5), **TINY)
 
 
+def test_frozen_batchnorm_normalises_as_eval_mode_in_train_mode_too():
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from dsrnet.models.detection import freeze_batchnorm
+
+    torch.manual_seed(0)
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=0, **TINY).train()
+    model(torch.randn(8, 3, 32, 32))  # statistics off their defaults
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        frozen = freeze_batchnorm(model).train()
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+        assert sum(isinstance(m, FrozenBatchNorm2d) for m in frozen.modules()) > 0
+        torch.testing.assert_close(frozen(x), expected)
+
+
+def test_pretrained_backbone_freezes_batchnorm_and_the_lower_layers_as_torchvision():
+    from torch import nn
+
+    def trainable(backbone) -> dict[str, bool]:
+        parts = {}
+        for name, p in backbone.body.named_parameters():
+            parts.setdefault(name.split(".")[0], set()).add(p.requires_grad)
+        return {k: v == {True} for k, v in parts.items() if v}
+
+    scratch = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=16, **TINY)
+    assert all(trainable(scratch).values()) and isinstance(scratch.body.bn1, nn.BatchNorm2d)
+    two = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=16, trainable_layers=2, frozen_bn=True, **TINY)
+    assert trainable(two) == {"conv1": False, "layer1": False, "layer2": False, "layer3": True, "layer4": True}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in two.body.modules())
+    assert all(p.requires_grad for p in two.fpn.parameters())  # the pyramid always trains
+    # The shipped weights: torchvision's defaults for a trained backbone (3 layers, frozen statistics).
+    trained = dsrnet.backbone_with_fpn("dsrnet50_cifar.c10", pretrained=True, out_channels=16)
+    assert trainable(trained) == {"conv1": False, "layer1": False, "layer2": True, "layer3": True, "layer4": True}
+    weights = dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True).state_dict()
+    assert torch.equal(trained.body.layer4[0].bn1.running_var, weights["layer4.0.bn1.running_var"])
+    for bad in (6, -1, True):
+        with pytest.raises(dsrnet.DsrnetError, match="trainable_layers"):
+            dsrnet.backbone_with_fpn("dsrnet50_cifar", trainable_layers=bad, **TINY)
+
+
 @pytest.mark.parametrize("detector", ["FasterRCNN", "MaskRCNN"])
 def test_detector_trains_and_infers(detector, one_thread):
     from torchvision.models import detection

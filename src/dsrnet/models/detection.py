@@ -10,10 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from dsrnet.errors import DsrnetError
 from dsrnet.models._features import normalize_indices
+
+#: The parts ``trainable_layers`` counts, from the top (torchvision's ``_resnet_fpn_extractor`` order; the stem is
+#: its conv and BatchNorm).
+TRAINABLE_ORDER = (("layer4.",), ("layer3.",), ("layer2.",), ("layer1.",), ("conv1.", "bn1."))
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` (in place) by torchvision's ``FrozenBatchNorm2d`` with the same
+    statistics, scale, shift and eps: the normalisation of eval mode, in train mode too, with nothing to learn."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.weight.device)
+            with torch.no_grad():
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key))
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
 
 
 def backbone_with_fpn(
@@ -24,6 +46,8 @@ def backbone_with_fpn(
     out_channels: int = 256,
     extra_blocks: nn.Module | None = None,
     norm_layer: Callable[..., nn.Module] | None = None,
+    trainable_layers: int | None = None,
+    frozen_bn: bool | None = None,
     **kwargs,
 ):
     """A torchvision ``BackboneWithFPN`` on the DSRNet stages ``out_indices`` (0 = stem, 1..4 = stages).
@@ -34,6 +58,12 @@ def backbone_with_fpn(
         out_channels: channels of every pyramid level.
         extra_blocks: extra pyramid levels; default ``LastLevelMaxPool`` (the ``"pool"`` map), as torchvision.
         norm_layer: normalisation inside the FPN (default none, as torchvision).
+        trainable_layers: how many of ``layer4, layer3, layer2, layer1, stem`` (counted from the top) keep
+            trainable weights; the rest are frozen. Default: 3 with ``pretrained``, else all 5 (torchvision's
+            ``trainable_backbone_layers`` rule).
+        frozen_bn: every BatchNorm becomes torchvision's ``FrozenBatchNorm2d`` (its statistics and affine fixed),
+            as torchvision's detectors do with trained backbones: detection batches of a few images would spoil
+            the statistics. Default: ``pretrained``.
         kwargs: go to ``dsrnet.create_model`` (e.g. ``widths``, ``layers``, ablation switches, ``drop_path_rate``).
     """
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -46,10 +76,19 @@ def backbone_with_fpn(
         raise DsrnetError(
             "backbone_with_fpn builds its own headless backbone: drop features_only / num_classes"
         )
+    trainable_layers = (3 if pretrained else len(TRAINABLE_ORDER)) if trainable_layers is None else trainable_layers
+    if isinstance(trainable_layers, bool) or trainable_layers not in range(len(TRAINABLE_ORDER) + 1):
+        raise DsrnetError(f"trainable_layers must be an integer in 0..5, got {trainable_layers!r}")
     indices = normalize_indices(5, list(out_indices))
     # The classification model without a head: torchvision's IntermediateLayerGetter runs its children in order up
     # to the last returned stage, so the names in feature_info are the layers it returns.
     backbone = create_model(name, num_classes=0, pretrained=pretrained, **kwargs)
+    if pretrained if frozen_bn is None else frozen_bn:
+        freeze_batchnorm(backbone)
+    trained = sum(TRAINABLE_ORDER[:trainable_layers], ())
+    for param_name, param in backbone.named_parameters():
+        if not param_name.startswith(trained):
+            param.requires_grad_(False)
     info = backbone.feature_info
     return_layers = {info[i]["module"]: str(k) for k, i in enumerate(indices)}
     return BackboneWithFPN(
