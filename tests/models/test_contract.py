@@ -256,6 +256,36 @@ def test_timm_feature_wrappers(feature_cls):
         assert [f.shape[1] for f in out] == model.feature_info.channels() == [16, 32]
 
 
+@pytest.mark.parametrize(("name", "output_stride", "side", "reductions", "factor"), [
+    ("dsrnet50", 16, 4, [2, 4, 8, 16, 16], 2),  # layer4's stride removed: its rates x2
+    ("dsrnet50", 8, 8, [2, 4, 8, 8, 8], 4),  # layer3's and layer4's: layer3 x2, layer4 x4
+    ("dsrnet50_cifar", 4, 16, [1, 1, 2, 4, 4], 2),
+])  # fmt: skip
+def test_output_stride_trades_the_last_strides_for_dilation(name, output_stride, side, reductions, factor):
+    natural = tiny(name, layers=(1, 1, 2, 3), num_classes=0, global_pool="").eval()
+    dense = tiny(name, layers=(1, 1, 2, 3), num_classes=0, global_pool="", output_stride=output_stride).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert tuple(dense(x).shape[-2:]) == (side, side) and dense.feature_info.reduction() == reductions
+    assert natural.state_dict().keys() == dense.state_dict().keys()  # same weights: pretrained ones still load
+    dw = [[(m.stride[0], m.dilation[0]) for m in stage.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+          for stage in (natural.layer4, dense.layer4)]  # fmt: skip
+    # The first block keeps the factor of the stage before (timm's first_dilation), the others take layer4's.
+    assert dw[1] == [(1, dw[0][0][1] * factor // 2)] + [(1, d * factor) for _, d in dw[0][1:]]
+    with torch.no_grad():  # the fused inference form keeps the rates, and the unpooled map (global_pool="")
+        torch.testing.assert_close(dsrnet.fuse(dense)(x), dense(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(dsrnet.DsrnetError, match="output_stride=.* is not possible"):
+        tiny(name, output_stride=output_stride // 4)
+    timm = pytest.importorskip("timm")  # timm's keyword, through timm's builder and feature wrapper
+    features = timm.create_model(name, **TINY, features_only=True, output_stride=output_stride, feature_cls="hook")
+    assert features.feature_info.reduction() == reductions
+
+
+def test_drop_block_is_refused_with_the_alternative():
+    with pytest.raises(dsrnet.DsrnetError, match="no DropBlock.*drop_path_rate"):
+        tiny(drop_block_rate=0.1)
+    assert tiny(drop_block_rate=0.0).num_classes == 1000  # off: a no-op, as timm passes it
+
+
 # ---------------------------------------------------------------------------------------------- without timm
 
 _BLOCK_TIMM = """

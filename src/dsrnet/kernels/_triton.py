@@ -199,11 +199,28 @@ def _cfg(num_warps=4, num_stages=2, **meta):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Helpers shared by the kernels (``@triton.jit`` functions, inlined where they are called). Triton decides at
-# decoration whether they are compiled or interpreted, as it does for ``triton.language``'s own helpers
-# (``tl.zeros``, ``tl.sum``, ...) when it is first imported; so they follow the mode Triton itself was imported in.
+# Helpers shared by the kernels (jitted functions, inlined where they are called). Triton decides at decoration
+# whether they are compiled or interpreted, as it does for ``triton.language``'s own helpers (``tl.zeros``,
+# ``tl.sum``, ...) when it is first imported; a kernel can only call helpers of its own mode, so these follow the
+# mode Triton itself was imported in, not ``TRITON_INTERPRET`` at the time this module happens to be imported.
 # ---------------------------------------------------------------------------------------------------------------
-@triton.jit
+def _jit_as_triton(fn):
+    """``triton.jit(fn)`` in the mode of ``triton.language``'s own helpers."""
+    import triton.language.standard as standard
+
+    mode = "1" if type(standard.zeros).__name__ == "InterpretedFunction" else "0"
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = mode
+    try:
+        return triton.jit(fn)
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+@_jit_as_triton
 def _pixels(offs, HO, WO):
     """(image, row, column) of flat indices over the pixels of an [N, HO, WO] map."""
     img = offs // (HO * WO)
@@ -211,7 +228,7 @@ def _pixels(offs, HO, WO):
     return img, rem // WO, rem % WO
 
 
-@triton.jit
+@_jit_as_triton
 def _bn_relu(xv, ok, centre, scale, shift):
     """``relu((x - centre) * scale + shift)`` of a loaded [pixels, channels] tap tile, per channel; taps outside the
     image (``ok`` false) stay zero, since the conv pads its input, not ``x``."""
@@ -219,7 +236,7 @@ def _bn_relu(xv, ok, centre, scale, shift):
     return tl.where(ok[:, None], xv, 0.0)
 
 
-@triton.jit
+@_jit_as_triton
 def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale, shift,
              STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
     """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
@@ -242,7 +259,7 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W,
     return acc
 
 
-@triton.jit
+@_jit_as_triton
 def _affine(a_ptr, offs_c, c_mask, C, AFFINE: tl.constexpr):
     """The per-channel (centre, scale, shift) of an ``AFFINE`` prologue, rows 0-2 of the fp32 [3, C] tensor at
     ``a_ptr``; zeros, unused, otherwise."""
@@ -257,7 +274,7 @@ def _affine(a_ptr, offs_c, c_mask, C, AFFINE: tl.constexpr):
     return centre, scale, shift
 
 
-@triton.jit
+@_jit_as_triton
 def _mma(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
     """``acc + a @ b`` on the tensor cores (fp32 accumulation); ``IEEE``: full fp32 products (no TF32)."""
     if DOT_F32:  # Triton 3.8's interpreter gets bf16 tl.dot wrong; bf16 products are exact in fp32

@@ -1,12 +1,10 @@
 """timm's feature and head vocabulary without needing timm: ``FeatureInfo``, feature index selection, pooling.
 
-DSRNet speaks timm's model contract whether or not timm is installed. When timm is already imported, models
-describe their features with timm's own ``FeatureInfo``; otherwise with the compatible class below, which is also a
-``list`` of the per-feature dicts (as ``feature_info`` is on timm's own ResNet), so timm's feature wrappers accept it
-if timm is imported later.
+DSRNet speaks timm's model contract whether or not timm is installed. Models describe their features with the
+class below, whatever was imported first: a ``list`` of the per-feature dicts (as ``feature_info`` is on timm's own
+ResNet, so timm's feature wrappers accept it) with the accessors of timm's ``FeatureInfo``.
 """
 
-import sys
 from collections.abc import Sequence
 from copy import deepcopy
 
@@ -105,18 +103,6 @@ class FeatureInfo(list):
 
     def module_name(self, idx: int | Sequence[int] | None = None):
         return self.get("module", idx)
-
-
-def make_feature_info(feature_info: list[dict], out_indices: int | Sequence[int]):
-    """timm's ``FeatureInfo`` when timm is already imported, else :class:`FeatureInfo`. Never imports timm."""
-    if "timm" in sys.modules:
-        try:
-            from timm.models import FeatureInfo as TimmFeatureInfo
-        except ImportError:  # a broken or partially imported timm: the compatible class still works
-            pass
-        else:
-            return TimmFeatureInfo(feature_info, tuple(normalize_indices(len(feature_info), out_indices)))
-    return FeatureInfo(feature_info, out_indices)
 
 
 class GlobalPool(nn.Module):

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dsrnet.errors import DsrnetError
-from dsrnet.models._features import GlobalPool, make_feature_info, normalize_indices, take_indices
+from dsrnet.models._features import FeatureInfo, GlobalPool, normalize_indices, take_indices
 from dsrnet.models._registry import register_model
 
 STEMS = ("paper", "cifar")
@@ -61,6 +61,8 @@ class DSRBlock(nn.Module):
 
     ``separable=False`` replaces the depthwise 3x3 by a full 3x3 conv (the ablation of the paper's main change).
     ``drop_path`` is the stochastic-depth rate of the residual branch (0 = off, as in the paper).
+    ``project_shortcut``: a 1x1 conv + BN on the shortcut even where stride 1 keeps the shapes (the first block of a
+    stage whose stride ``output_stride`` removed keeps the strided block's weights).
     """
 
     expansion = 4
@@ -75,6 +77,7 @@ class DSRBlock(nn.Module):
         stride_on: str = "dw",
         separable: bool = True,
         drop_path: float = 0.0,
+        project_shortcut: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -104,7 +107,7 @@ class DSRBlock(nn.Module):
         self.drop_path = _drop_path(drop_path)
 
         self.downsample: nn.Module | None = None
-        if stride != 1 or in_chs != out_chs:
+        if stride != 1 or in_chs != out_chs or project_shortcut:
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd), nn.BatchNorm2d(out_chs, **dd)
             )
@@ -180,6 +183,11 @@ class DSRNet(nn.Module):
         features_only: ``forward`` returns the feature maps of ``out_indices`` (0 = stem, 1..4 = stages) for use as
             a detection/segmentation backbone; the head and the stages after the last index are removed.
         out_indices: which feature maps: a sequence (negative counts from the end) or an int n (the last n).
+        output_stride: the last map's reduction for dense prediction (timm's ``output_stride``, torchvision's
+            ``replace_stride_with_dilation``): half or a quarter of the natural one (32 with the paper stem, 8 with
+            the cifar stem) removes the stride of layer4, or of layer3 and layer4, and multiplies the rates of
+            those stages' depthwise convs by what the stride would have been (the first block keeps the previous
+            stage's factor, as timm's ResNet); ``None`` = the natural stride.
         device, dtype: where and in which dtype to create the parameters (as ``torch.nn`` layers take them).
     """
 
@@ -204,6 +212,7 @@ class DSRNet(nn.Module):
         zero_init_residual: bool = False,
         features_only: bool = False,
         out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
+        output_stride: int | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -274,13 +283,23 @@ class DSRNet(nn.Module):
         feature_info = [{"num_chs": stem_width, "reduction": stem_reduction, "module": "act1"}]
 
         in_chs, reduction = stem_width, stem_reduction * pool_stride
+        natural = reduction * 8
+        output_stride = natural if output_stride is None else output_stride
+        if output_stride not in (natural, natural // 2, natural // 4) or isinstance(output_stride, bool):
+            raise DsrnetError(
+                f"output_stride={output_stride!r} is not possible with the {stem} stem: choose {natural} (natural), "
+                f"{natural // 2} or {natural // 4}"
+            )
         total_blocks, block_idx = sum(int(n) for n in layers), 0
+        factor = 1  # the rate multiplier of stages whose stride output_stride removed
         for idx, (num_blocks, width) in enumerate(zip(layers, widths, strict=True)):
-            stride = 1 if idx == 0 else 2
+            stride, first_factor = (1 if idx == 0 else 2), factor
+            if reduction * stride > output_stride:
+                stride, factor = 1, factor * stride
             reduction *= stride
             rates = block_dilation_schedule(
                 num_blocks,
-                downsamples=stride > 1,
+                downsamples=idx > 0,  # a stage's first block keeps the downsampling rate without its stride
                 down_dilation=down_dilation,
                 block_dilations=block_dilations,
             )
@@ -288,7 +307,7 @@ class DSRNet(nn.Module):
             for i, rate in enumerate(rates):
                 # The depthwise conv reads the stage's input size when it carries the stride, else the output's.
                 dw_side = side if (i == 0 and stride_on == "dw") else _out_side(side, stride)
-                rate = fit_rate(rate, dw_side)
+                rate = fit_rate(rate * (first_factor if i == 0 else factor), dw_side)
                 blocks.append(
                     DSRBlock(
                         in_chs,
@@ -298,6 +317,7 @@ class DSRNet(nn.Module):
                         stride_on=stride_on,
                         separable=separable,
                         drop_path=drop_path_rate * block_idx / max(total_blocks - 1, 1),
+                        project_shortcut=i == 0 and idx > 0,
                         **dd,
                     )
                 )
@@ -315,10 +335,9 @@ class DSRNet(nn.Module):
         self.features_only = features_only
         self.out_indices = out_indices
         self._init_weights(zero_init_residual)
-        # timm's FeatureInfo when timm is loaded, else a compatible list of dicts (``_features.FeatureInfo``).
-        self.feature_info = make_feature_info(
-            feature_info, out_indices if features_only else len(feature_info)
-        )
+        # A list of dicts, as timm's ResNet has, with timm's FeatureInfo accessors (channels(), reduction(), ...),
+        # the same object whether or not timm is imported (timm's feature wrappers take lists).
+        self.feature_info = FeatureInfo(feature_info, out_indices if features_only else len(feature_info))
         self.take_indices = normalize_indices(len(feature_info), out_indices)
         self.max_index = max(self.take_indices)
         if features_only:
@@ -530,6 +549,9 @@ DEFAULT_LAYERS = {"dsrnet50": (3, 4, 6, 3), "dsrnet101": (3, 4, 23, 3)}
 def model_args(name: str, kwargs: dict) -> dict:
     """Constructor arguments of the named variant: its depth and stem, then ``kwargs`` (a ``layers`` override, e.g.
     ``(1, 1, 1, 1)`` for tiny nets, is allowed; the stem is part of the name)."""
+    if kwargs.get("drop_block_rate"):  # timm's ResNet option; None / 0 (off) pass as no-ops
+        raise DsrnetError("DSRNet has no DropBlock (drop_block_rate); fix: use drop_path_rate (stochastic depth)")
+    kwargs = {k: v for k, v in kwargs.items() if k != "drop_block_rate"}
     if "stem" in kwargs:
         other = "dsrnet50" if name.endswith("_cifar") else "dsrnet50_cifar"
         raise DsrnetError(
