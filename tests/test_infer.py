@@ -196,6 +196,13 @@ def test_unknown_tag_and_bad_export_are_one_line(learned_run, tmp_path, monkeypa
         export_weights(cfg.out_dir, tmp_path / "w.safetensors", dtype="int8")
     with pytest.raises(DsrnetError, match="not found"):
         export_weights(tmp_path / "nothing", tmp_path / "w.safetensors")
+    # The run's own checkpoint is never the target (it was overwritten, and the run lost), nor a folder.
+    ckpt = Path(cfg.out_dir) / "checkpoint.pt"
+    before = ckpt.read_bytes()
+    for target, match in ((ckpt, r"does not end in \.safetensors"), (tmp_path, "is a folder")):
+        with pytest.raises(DsrnetError, match=match):
+            export_weights(cfg.out_dir, target)
+    assert ckpt.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------------------------- CPU backends

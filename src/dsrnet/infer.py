@@ -23,7 +23,7 @@ from dsrnet.export.backends import BACKENDS as ENGINES
 from dsrnet.models.weights import load_trained, model_from_checkpoint
 from dsrnet.report.plots import plot_confusion
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
-from dsrnet.run.rundir import RunDir
+from dsrnet.run.rundir import RunDir, export_target
 from dsrnet.train.evaluate import evaluate
 
 __all__ = [
@@ -313,9 +313,11 @@ def export_weights(source: str | os.PathLike, out: str | os.PathLike, *, dtype: 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if dtype not in dtypes:
         raise DsrnetError(f"bad value for dtype: {dtype!r}; fix: use one of {', '.join(dtypes)}")
+    out = export_target(out, (".safetensors",), "OUT")
     model, ckpt = model_from_checkpoint(source)
     run = RunDir(Path(ckpt["path"]).parent)
-    last = (ckpt.get("history") or [{}])[-1]
+    # The last epoch the test set was scored (eval_every may skip some; a finished run's final.json wins anyway).
+    last = next((r for r in reversed(ckpt.get("history") or []) if "test_top1" in r), {})
     final = read_json(run.final) if run.finished else {}
     config = ckpt.get("config") or {}
     metadata = {

@@ -112,9 +112,40 @@ def test_safetensors_source_keeps_the_weights_and_their_metadata(tiny, tmp_path)
         torch.testing.assert_close(load_runner("torch", res.path)(x), tiny(x), rtol=1e-4, atol=1e-4)
 
 
-def test_mismatch_above_tolerance_raises(tiny, tmp_path):
+def test_mismatch_above_tolerance_raises_and_leaves_no_file(tiny, tmp_path, monkeypatch):
+    from dsrnet.export import backends
+
+    earlier = tmp_path / "t.pt"
+    earlier.write_bytes(b"an earlier export")
+    real = backends.load_runner
+
+    def off_by_one(*args, **kwargs):  # an exported file whose outputs are 1 off PyTorch's
+        run = real(*args, **kwargs)
+        return lambda x: run(x) + 1.0
+
+    monkeypatch.setattr(backends, "load_runner", off_by_one)
     with pytest.raises(dsrnet.DsrnetError, match="does not match PyTorch: max abs diff"):
-        export_model(tiny, tmp_path / "t.pt", format="torchscript", tolerance=-1.0)
+        export_model(tiny, earlier, format="torchscript")
+    # Nothing half-done: the unchecked file never took the name, the earlier one is intact, no temp file is left.
+    assert earlier.read_bytes() == b"an earlier export" and sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]
+    with pytest.raises(dsrnet.DsrnetError, match="tolerance must be a number >= 0"):
+        export_model(tiny, tmp_path / "u.pt", format="torchscript", tolerance=-1.0)
+
+
+@pytest.mark.parametrize(("fmt", "name", "match"), [
+    ("onnx", "m.txt", r"does not end in \.onnx"),
+    ("torchscript", "m.pt2", r"does not end in \.pt;"),
+    ("exported-program", "m.pt", r"does not end in \.pt2"),
+    ("torchscript", "run/checkpoint.pt", "is a file of the run in"),
+])  # fmt: skip
+def test_export_targets_are_checked_before_anything_is_written(tiny, tmp_path, fmt, name, match):
+    from dsrnet.run.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoint.pt", {"epoch": 1})  # any run folder's checkpoint
+    before = ckpt.read_bytes()
+    with pytest.raises(dsrnet.DsrnetError, match=match):
+        export_model(tiny, tmp_path / name, format=fmt)
+    assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 @pytest.mark.parametrize(

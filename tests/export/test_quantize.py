@@ -75,6 +75,7 @@ def test_int8_without_cifar10_is_a_clear_error(tiny, tmp_path):
     pytest.importorskip("onnxscript")
     with pytest.raises(dsrnet.DsrnetError, match="real CIFAR-10"):
         export_model(tiny, tmp_path / "t.onnx", int8=True, data_dir=tmp_path / "empty")
+    assert not list(tmp_path.iterdir())  # neither the int8 file nor its checked fp32 twin, nor a temp file
 
 
 def test_bad_quantize_arguments(tiny, cifar10_dir, tmp_path):

@@ -31,6 +31,7 @@ from torch import nn
 from dsrnet.errors import DsrnetError
 from dsrnet.export.source import METADATA_KEY, ModelSource, load_source, parse_metadata
 from dsrnet.run.atomic import atomic_write
+from dsrnet.run.rundir import export_target
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
@@ -242,49 +243,72 @@ def export_model(
     )  # fmt: skip
     if getattr(src.model, "features_only", False):
         raise DsrnetError("features_only models return several maps; fix: export the classifier model")
-    out = Path(out).expanduser()
-    if out.is_dir():
-        raise DsrnetError(f"--out {out} is a folder; fix: name the file to write, e.g. {out / src.name}.onnx")
+    if not tolerance >= 0:
+        raise DsrnetError(f"tolerance must be a number >= 0, got {tolerance}; fix: pass e.g. --tolerance 1e-3")
+    out = export_target(out, (SUFFIXES[format],), "--out")
     folded, n_folded = fold_batchnorm(src.model)
     metadata = src.metadata()
     metadata["batchnorm_folded"] = str(n_folded)
+    # Written under temp names and moved into place only once checked (and quantised): a failed export leaves
+    # nothing behind, and an earlier file of the same name stays until it is replaced by a checked one.
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    int8_tmp = out.with_name(f".{out.stem}.{os.getpid()}.int8.tmp{out.suffix}")
     try:
-        path = _WRITERS[format](folded, src.image_size, metadata, out)
-    except DsrnetError:
-        raise
-    except Exception as err:  # noqa: BLE001 - surface exporter failures as one line
-        msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        raise DsrnetError(f"exporting {src.name} to {format} failed ({type(err).__name__}: {msg})") from None
+        try:
+            _WRITERS[format](folded, src.image_size, metadata, tmp)
+        except DsrnetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - surface exporter failures as one line
+            msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            raise DsrnetError(f"exporting {src.name} to {format} failed ({type(err).__name__}: {msg})") from None
+        diff, tol = _check_against_pytorch(src, tmp, out, format, tolerance, seed)
+        files = [out]
+        int8_info = None
+        if int8:
+            from dsrnet.export.quantize import quantize_onnx
+
+            fp32_path = out.with_name(out.stem + ".fp32.onnx")
+            int8_info = quantize_onnx(
+                tmp, int8_tmp, calib_images=calib_images, data_dir=data_dir, quantizer=quantizer, seed=seed,
+                image_size=src.image_size, mean=src.mean, std=src.std,
+            )  # fmt: skip
+            os.replace(tmp, fp32_path)
+            int8_info["fp32_path"] = str(fp32_path)
+            files.append(fp32_path)
+        os.replace(int8_tmp if int8 else tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        int8_tmp.unlink(missing_ok=True)
+    result = ExportResult(out, format, diff, tol, n_folded, read_metadata(out), files=files)
+    result.int8 = int8_info
+    return result
+
+
+def _check_against_pytorch(src, path: Path, out: Path, format: str, tolerance: float, seed: int):  # noqa: A002
+    """Run the exported file at ``path`` on random images and compare with PyTorch; ``(max abs diff, tolerance)``
+    or a one-line error naming ``out``."""
+    from dsrnet.export.backends import load_runner
 
     x = torch.randn(
         _CHECK_BATCH, 3, src.image_size, src.image_size, generator=torch.Generator().manual_seed(seed)
     )
     with torch.inference_mode():
         want = src.model(x).float()
-    from dsrnet.export.backends import load_runner
-
     backend = "onnxruntime" if format == "onnx" else "torch"
-    got = load_runner(backend, path, threads=None)(x)
+    try:
+        got = load_runner(backend, path, threads=None)(x)
+    except DsrnetError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a file its own runtime cannot run: one line, not a traceback
+        raise DsrnetError(f"the exported {format} file for {out} does not run ({type(err).__name__}); fix: report "
+                          f"this with the model name and --format") from None  # fmt: skip
     if tuple(got.shape) != tuple(want.shape):
-        raise DsrnetError(f"exported {path} returns shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
+        raise DsrnetError(f"exported {out} returns shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
     diff = float((got - want).abs().max())
     tol = tolerance * max(1.0, float(want.abs().max()))
     if not diff <= tol:  # also catches NaN
         raise DsrnetError(
-            f"exported {path} does not match PyTorch: max abs diff {diff:.3g} > tolerance {tol:.3g}; fix: "
-            f"report "
+            f"exported {out} does not match PyTorch: max abs diff {diff:.3g} > tolerance {tol:.3g}; fix: report "
             f"this with the model name (or raise --tolerance if the difference is expected)"
         )
-    result = ExportResult(path, format, diff, tol, n_folded, read_metadata(path), files=[path])
-    if int8:
-        from dsrnet.export.quantize import quantize_onnx
-
-        fp32_path = path.with_name(path.stem + ".fp32.onnx")
-        os.replace(path, fp32_path)
-        result.int8 = quantize_onnx(
-            fp32_path, path, calib_images=calib_images, data_dir=data_dir, quantizer=quantizer, seed=seed,
-            image_size=src.image_size, mean=src.mean, std=src.std,
-        )  # fmt: skip
-        result.files = [path, fp32_path]
-        result.metadata = read_metadata(path)
-    return result
+    return diff, tol

@@ -39,6 +39,22 @@ def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[s
     ]
 
 
+def export_target(out: str | os.PathLike, suffixes: tuple[str, ...], flag: str) -> Path:
+    """``out`` checked as the file an export writes (``flag`` names it in errors): not a folder, ending in one of
+    ``suffixes``, and not one of a run folder's own files (a checkpoint is never overwritten by its export)."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise DsrnetError(f"{flag} {out} is a folder; fix: name the file to write, e.g. {out / 'model'}{suffixes[0]}")
+    if out.suffix.lower() not in suffixes:
+        raise DsrnetError(
+            f"{flag} {out} does not end in {' or '.join(suffixes)}; fix: name it e.g. {out.with_suffix(suffixes[0])}"
+        )
+    run = RunDir(out.parent)
+    if run.holds_run and out.name in {run.checkpoint.name, run.config.name, run.metrics.name, run.final.name}:
+        raise DsrnetError(f"{flag} {out} is a file of the run in {out.parent}; fix: write the export elsewhere")
+    return out
+
+
 class RunDir:
     """A run folder: file names and the rules for finished / resumable / compatible / locked."""
 
