@@ -372,13 +372,19 @@ def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cif
     assert json.loads(run.final.read_text()) == final
     assert load_checkpoint(run.path)["epoch"] == 1 and len(read_metrics(run.path)) == 1
     assert not run.finished and run.resumable  # never counted as a finished run
-    # Resumed without the deadline it completes the schedule it was started with.
-    resumed = train(resume_config(cfg.out_dir, deadline=None, progress=False))
+    # Resumed without a deadline (the saved one, long past, is not carried over) it completes the schedule it was
+    # started with.
+    assert resume_config(cfg.out_dir, deadline=2.0).deadline == 2.0  # a new time box when asked for
+    resumed = train(resume_config(cfg.out_dir, progress=False))
     assert resumed["stopped_early"] is False and resumed["epochs_done"] == 3 and "note" not in resumed
     assert run.finished
     lrs = [m["lr"] for m in read_metrics(run.path)]
     spe = 40 // 20
     assert lrs == pytest.approx([cfg.lr * lr_factor(e * spe, cfg=cfg, steps_per_epoch=spe) for e in range(3)])
+    # The finished checkpoint resumed into another folder would leave a run folder without a checkpoint: refused.
+    with pytest.raises(DsrnetError, match="has trained all its 3 epochs: there is nothing to resume into"):
+        train(resume_config(cfg.out_dir, out_dir=str(tmp_path / "elsewhere"), progress=False))
+    assert not (tmp_path / "elsewhere").exists()
     # A deadline far ahead changes nothing.
     far = train(tiny(tmp_path, cifar10_dir, "far", deadline=time.time() + 3600, **over))
     assert far["stopped_early"] is False and far["epochs_done"] == 3

@@ -509,10 +509,13 @@ def load_config_file(path: str | os.PathLike) -> dict:
 def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The config saved in ``checkpoint`` (a file or run folder), set up to resume it; a field the checkpoint
     predates takes its :data:`LEGACY_DEFAULTS` value, not the recipe's. ``overrides`` may change only
-    :data:`RESUME_MUTABLE` fields; any other value that differs from the checkpoint's raises."""
+    :data:`RESUME_MUTABLE` fields; any other value that differs from the checkpoint's raises. The saved
+    ``deadline`` is not kept (a wall-clock time of the call that stopped the run: kept, it would stop every
+    resume after one epoch); pass one again to time-box the resumed run."""
     ckpt = load_checkpoint(checkpoint)
     saved = {**LEGACY_DEFAULTS, **ckpt["config"]}  # a field the checkpoint predates: the value it ran with
     _check_resume_overrides(saved, overrides, ckpt["path"])
+    saved["deadline"] = None  # the time box of the call that stopped it; a resume gets a new one or none
     saved.update(overrides)
     saved["resume"] = ckpt["path"]
     if "out_dir" not in overrides:
