@@ -232,6 +232,31 @@ def test_eval_and_predict_on_cpu_backends_match_torch(learned_run, cifar10_dir, 
     assert [p for _, p in a[0]] == pytest.approx([p for _, p in b[0]], abs=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated; its files are still made and read
+@pytest.mark.parametrize(("fmt", "name", "kind"), [("torchscript", "m.ts.pt", "TorchScript"),
+                                                   ("exported-program", "m.pt2", "an ExportedProgram")])
+def test_predict_runs_pytorch_exports_on_pytorch(learned_run, tmp_path, fmt, name, kind):
+    """A TorchScript / ExportedProgram file is predicted with on PyTorch by default (``auto``), not read as a
+    training checkpoint nor sent to ONNX Runtime; another engine asked for is one clear error."""
+    from dsrnet.export import export_model
+
+    cfg, _ = learned_run
+    exported = export_model(cfg.out_dir, tmp_path / name, format=fmt).path
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(img)
+    want = predict(cfg.out_dir, [img], top_k=3, device="cpu", backend="torch")
+    got = predict(exported, [img], top_k=3, device="cpu")
+    assert [c for c, _ in got[0]] == [c for c, _ in want[0]]
+    assert [p for _, p in got[0]] == pytest.approx([p for _, p in want[0]], abs=1e-4)
+    with pytest.raises(DsrnetError, match=f"is {kind}, which only PyTorch runs; fix: pass --backend torch"):
+        predict(exported, [img], device="cpu", backend="onnxruntime")
+    # Where a training checkpoint is needed, the file is named for what it is, not "cannot be read safely".
+    from dsrnet.run.checkpoint import load_checkpoint
+
+    with pytest.raises(DsrnetError, match=f"is {kind} \\(a model for inference\\), not a training checkpoint"):
+        load_checkpoint(exported)
+
+
 def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir, tmp_path):
     """``backend="fused"``: the trained DSRNet through :func:`dsrnet.fuse` (on a CPU its ops fall back to PyTorch's,
     with the same numerics), in fp32 and bf16; anything but a trained DSRNet is one clear error."""

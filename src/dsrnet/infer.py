@@ -23,6 +23,7 @@ from dsrnet.export.backends import BACKENDS as ENGINES
 from dsrnet.models.weights import load_trained, model_from_checkpoint
 from dsrnet.report.plots import plot_confusion
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
+from dsrnet.run.checkpoint import exported_kind
 from dsrnet.run.rundir import RunDir, export_target
 from dsrnet.train.evaluate import evaluate
 
@@ -209,11 +210,20 @@ AUTO_BACKEND_MIN_IMAGES = 32
 #: ``fused``: a DSRNet in :func:`dsrnet.fuse`'s inference form on any device (BatchNorm folded, NHWC, each DSR block
 #: run by fused Triton kernels on CUDA; PyTorch's ops with the same numerics elsewhere).
 BACKENDS = ("auto", *ENGINES, "fused")
-_EXPORTED = (".onnx", ".pt2", ".xml")
-
-
 def _is_exported(source) -> bool:
-    return isinstance(source, str | os.PathLike) and Path(source).suffix.lower() in _EXPORTED
+    return _exported_kind(source) is not None
+
+
+#: Exported forms only PyTorch runs (``dsrnet export --format torchscript / exported-program``).
+_TORCH_EXPORTS = ("TorchScript", "an ExportedProgram")
+
+
+def _exported_kind(source) -> str | None:
+    """The kind of model file ``dsrnet export`` wrote (:func:`dsrnet.run.checkpoint.exported_kind`), else None."""
+    if not isinstance(source, str | os.PathLike):
+        return None
+    kind = exported_kind(source)
+    return None if kind == "safetensors weights" else kind
 
 
 def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dict]:
@@ -223,19 +233,23 @@ def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dic
     if backend not in BACKENDS:
         raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
     dev = resolve_device(device)
+    kind = _exported_kind(source)
     if backend == "auto":
         from dsrnet.export.backends import best_cpu_backend
 
-        # An exported file runs on a CPU engine wherever it is; a model on CUDA stays with torch.
-        backend = best_cpu_backend() if dev.type == "cpu" or _is_exported(source) else "torch"
+        # An exported file runs on a CPU engine wherever it is (TorchScript and ExportedProgram files on PyTorch
+        # only); a model on CUDA stays with torch.
+        backend = "torch" if kind in _TORCH_EXPORTS else best_cpu_backend() if dev.type == "cpu" or kind else "torch"
+    if kind in _TORCH_EXPORTS and backend != "torch":
+        raise DsrnetError(f"{source} is {kind}, which only PyTorch runs; fix: pass --backend torch (or auto)")
     if backend == "fused":
         return _fused_model(source, dev)
     if backend != "torch" and str(device) == "auto":
         dev = torch.device("cpu")  # the CPU engines' device, when none was asked for
     if backend != "torch" and dev.type != "cpu":
         raise DsrnetError(f"backend {backend} runs on the CPU; fix: pass --device cpu, or --backend torch")
-    if _is_exported(source):
-        if backend == "torch" and Path(source).suffix.lower() != ".pt2":
+    if kind is not None:
+        if backend == "torch" and kind not in _TORCH_EXPORTS:
             raise DsrnetError(f"{source} is an exported file; fix: pass --backend onnxruntime or openvino")
         from dsrnet.export.backends import RunnerModule, load_predictor
 

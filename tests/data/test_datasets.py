@@ -333,7 +333,7 @@ def test_missing_dataset_names_search_layout_and_fix(tmp_path):
 
 
 def test_unknown_names(tmp_path):
-    with pytest.raises(DsrnetError, match="unknown dataset 'mnist': choose one of cifar10, cifar100, stl10"):
+    with pytest.raises(DsrnetError, match="unknown dataset 'mnist'; fix: choose one of cifar10, cifar100, stl10"):
         load_split("mnist", "train", tmp_path)
     with pytest.raises(DsrnetError, match="unknown split 'val'"):
         load_split("cifar10", "val", tmp_path)

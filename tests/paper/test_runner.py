@@ -171,6 +171,14 @@ def test_ablate_quick_writes_table_and_plot(cifar10_dir, tmp_path):
     assert "| no_dilation |" in md and "| stride_1x1 |" in md
 
 
+def test_ablate_refuses_model_kwargs_that_a_variant_overrides(tmp_path, capsys):
+    rc = main(["ablate", "--dataset", "cifar10", "--variants", "full_3x3", "--model-kwargs", '{"separable": true}',
+               "--out-dir", str(tmp_path / "a")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and not (tmp_path / "a").exists()
+    assert "variant full_3x3 sets separable=False, and --model-kwargs sets separable=True; fix: drop separable" in err
+
+
 def test_ablation_variants_build():
     for v in reproduce.ablation_variants("paper"):
         name = "dsrnet50_cifar" if v.stem == "cifar" else "dsrnet50"

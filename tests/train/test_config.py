@@ -132,6 +132,8 @@ def test_yaml_config_file(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(DsrnetError, match="must hold a mapping"):
         load_config_file(listy)
+    with pytest.raises(DsrnetError, match="is a folder; fix: pass a YAML file"):
+        load_config_file(tmp_path)
     with pytest.raises(DsrnetError, match="not found"):
         load_config_file(tmp_path / "missing.yaml")
 

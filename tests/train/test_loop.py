@@ -124,7 +124,7 @@ def test_ema_run_reports_and_saves_the_average_and_keeps_the_trained_weights(cif
     state, meta = read_weights(export_weights(tmp_path / "run", tmp_path / "w.safetensors", dtype="fp32"))
     assert meta["ema_decay"] == 0.9 and all(torch.equal(v, ckpt["model_state"][k]) for k, v in state.items())
     # Resuming without the trained weights beside the average is refused (a hand-made checkpoint).
-    broken = {k: v for k, v in ckpt.items() if k not in ("train_model_state", "path")}
+    broken = {k: v for k, v in ckpt.items() if k not in ("train_model_state", "path")} | {"epoch": 1}  # 1 to go
     torch.save(broken, tmp_path / "broken.pt")
     more = tiny(tmp_path, cifar10_dir, "more", epochs=2, ema_decay=0.9, resume=str(tmp_path / "broken.pt"))
     with pytest.raises(DsrnetError, match="no optimised weights beside its weight average"):

@@ -251,7 +251,7 @@ def _check_dwconv(dwconv: str, fused: bool, backend: str) -> None:
     from dsrnet.models import DWCONVS
 
     if dwconv not in DWCONVS:
-        raise DsrnetError(f"dwconv {dwconv!r} is not valid: choose one of {', '.join(DWCONVS)}")
+        raise DsrnetError(f"dwconv {dwconv!r} is not valid; fix: choose one of {', '.join(DWCONVS)}")
     if dwconv != "torch" and (fused or backend != "torch"):
         raise DsrnetError(
             f"dwconv {dwconv} times the training form of the Triton kernels, which --fused (inference form) and "
@@ -317,11 +317,11 @@ def benchmark_model(
     """
     dev = resolve_device(device)
     if mode not in MODES:
-        raise DsrnetError(f"mode {mode!r} is not valid: choose one of {', '.join(MODES)}")
+        raise DsrnetError(f"mode {mode!r} is not valid; fix: choose one of {', '.join(MODES)}")
     if precision not in PRECISIONS:
-        raise DsrnetError(f"precision {precision!r} is not valid: choose one of {', '.join(PRECISIONS)}")
+        raise DsrnetError(f"precision {precision!r} is not valid; fix: choose one of {', '.join(PRECISIONS)}")
     if compile_mode not in COMPILE_MODES:
-        raise DsrnetError(f"compile mode {compile_mode!r} is not valid: choose one of {', '.join(COMPILE_MODES)}")
+        raise DsrnetError(f"compile mode {compile_mode!r} is not valid; fix: choose one of {', '.join(COMPILE_MODES)}")
     _check_dwconv(dwconv, fused, backend)
     check_int("image size", image_size, 8)
     check_int("batch size", batch_size)
@@ -573,7 +573,7 @@ def run_bench(
     archs = [stem_variant(name, stem) if stem else name for name in models]
     for name, arch in zip(models, archs, strict=True):
         if arch not in known:
-            raise DsrnetError(f"unknown model {name!r}: choose from {', '.join(sorted(known))}")
+            raise DsrnetError(f"unknown model {name!r}; fix: choose from {', '.join(sorted(known))}")
     if model_kwargs and not any(a.startswith("dsrnet") for a in archs):
         raise DsrnetError(
             f"model kwargs {model_kwargs} apply to DSRNet models only, and none of {', '.join(models)} is one; "

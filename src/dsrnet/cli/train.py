@@ -23,8 +23,8 @@ FIELD_HELP = {
     "recipe": "training recipe; fills every unset value (default: paper)",
     "epochs": "training epochs",
     "batch_size": "global batch size (all processes)",
-    "lr": "initial (step) / peak (cosine, linear) learning rate, scaled linearly when --batch-size differs from "
-    "the recipe's",
+    "lr": "initial (step) / peak (cosine, linear) learning rate; unset, the recipe's, scaled linearly when "
+    "--batch-size differs from the recipe's (a given --lr is used as is)",
     "weight_decay": "L2 weight decay",
     "momentum": "SGD momentum",
     "nesterov": "Nesterov momentum",

@@ -131,7 +131,7 @@ def default_data_dir() -> Path:
 
 def _info(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise DsrnetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        raise DsrnetError(f"unknown dataset {name!r}; fix: choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
@@ -151,7 +151,7 @@ def load_split(
     info = _info(name)
     splits = ("train", "test", "unlabeled") if name == "stl10" else ("train", "test")
     if split not in splits:
-        raise DsrnetError(f"unknown split {split!r} for {name}: choose one of {', '.join(splits)}")
+        raise DsrnetError(f"unknown split {split!r} for {name}; fix: choose one of {', '.join(splits)}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     cache = root / name / f"{split}.npz"
     if cache.is_file():

@@ -277,11 +277,6 @@ def load_predictor(
 
 
 def _is_torchscript(path: Any) -> bool:
-    """A TorchScript archive is a zip holding ``*/constants.pkl``; a training checkpoint is not."""
-    import zipfile
+    from dsrnet.run.checkpoint import exported_kind
 
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("/constants.pkl") for n in zf.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+    return exported_kind(path) == "TorchScript"

@@ -53,12 +53,14 @@ def cifar10_batch(
     from dsrnet import data as D
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 10:
-        raise DsrnetError(f"calibration needs at least 10 images (one per class), got {n!r}")
+        raise DsrnetError(f"calibration needs at least 10 images (one per class), got {n!r}; fix: pass "
+                          f"--calib-images 10 or more")  # fmt: skip
     try:
         images = D.load_split("cifar10", split, data_dir)
     except DsrnetError as err:
         raise DsrnetError(
-            f"int8 calibration/checks use real CIFAR-10 images and none were found ({err}); fix: pass "
+            f"int8 calibration/checks use real CIFAR-10 images and none were found ({str(err).split('; fix:')[0]}); "
+            f"fix: pass "
             f"--data-dir with cifar10/{split}.npz or the official cifar-10-batches-py/"
         ) from None
     sub = images.subset_per_class(n // 10, seed)

@@ -111,7 +111,7 @@ class GlobalPool(nn.Module):
     def __init__(self, pool_type: str = "avg") -> None:
         super().__init__()
         if pool_type not in POOL_TYPES:
-            raise DsrnetError(f"global_pool={pool_type!r} is not valid: choose one of {POOL_TYPES}")
+            raise DsrnetError(f"global_pool={pool_type!r} is not valid; fix: choose one of {POOL_TYPES}")
         self.pool_type = pool_type
 
     def feat_mult(self) -> int:

@@ -65,7 +65,7 @@ def create_model(
     fused = kwargs.pop("fused", False)
     arch, tag = split_name(name)
     if arch not in _BUILDERS:
-        raise DsrnetError(f"unknown model {arch!r}: choose one of {', '.join(list_models())}")
+        raise DsrnetError(f"unknown model {arch!r}; fix: choose one of {', '.join(list_models())}")
     if num_classes is not None and (
         not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0
     ):
@@ -106,7 +106,10 @@ def create_model(
         model = _BUILDERS[arch](num_classes=num_classes, **model_kwargs)
     except TypeError as err:
         if "unexpected keyword argument" in str(err) or "multiple values" in str(err):
-            raise DsrnetError(f"model {arch!r} does not take that argument ({err})") from None
+            raise DsrnetError(
+                f"model {arch!r} does not take that argument ({err}); fix: drop it or correct its name (the "
+                f"builder's keyword arguments: help(dsrnet.models.{'DSRNet' if arch.startswith('dsrnet') else arch})"
+            ) from None
         raise
     if entry is not None:
         model.pretrained_cfg = weights.model_pretrained_cfg(model, entry)

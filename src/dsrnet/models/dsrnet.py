@@ -488,15 +488,18 @@ class DSRNet(nn.Module):
 
 def _check_args(layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths):
     if stem not in STEMS:
-        raise DsrnetError(f"stem={stem!r} is not valid: choose one of {STEMS}")
+        raise DsrnetError(f"stem={stem!r} is not valid; fix: choose one of {STEMS}")
     if stride_on not in STRIDE_ON:
-        raise DsrnetError(f"stride_on={stride_on!r} is not valid: choose one of {STRIDE_ON}")
+        raise DsrnetError(f"stride_on={stride_on!r} is not valid; fix: choose one of {STRIDE_ON}")
     if len(layers) != 4 or len(widths) != 4:
         raise DsrnetError(
-            f"layers and widths need 4 entries (one per stage), got {tuple(layers)} and {tuple(widths)}"
+            f"layers and widths need 4 entries (one per stage), got {tuple(layers)} and {tuple(widths)}; fix: give "
+            f"4 of each"
         )
     if any(int(n) < 1 for n in layers) or any(int(w) < 1 for w in widths):
-        raise DsrnetError(f"layers and widths must be positive, got {tuple(layers)} and {tuple(widths)}")
+        raise DsrnetError(
+            f"layers and widths must be positive, got {tuple(layers)} and {tuple(widths)}; fix: use integers >= 1"
+        )
     rates = [stem_dilation, down_dilation, *block_dilations]
     if not block_dilations or any(int(r) != r or r < 1 for r in rates):
         raise DsrnetError(

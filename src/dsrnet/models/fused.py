@@ -62,7 +62,7 @@ class FusedDSRBlock(nn.Module):
     def __init__(self, block: DSRBlock, mode: str = "fused") -> None:
         super().__init__()
         if mode not in FUSE_MODES:
-            raise DsrnetError(f"mode={mode!r} is not valid: choose one of {FUSE_MODES}")
+            raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
         if mode == "auto":
             mode = "fused" if block.conv_pw.out_channels <= AUTO_FUSED_MAX_OUT else "split"
         self.mode = mode
@@ -153,7 +153,7 @@ def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
     if model.features_only:
         raise DsrnetError("fuse() builds classifiers: create the model without features_only=True")
     if mode not in FUSE_MODES:
-        raise DsrnetError(f"mode={mode!r} is not valid: choose one of {FUSE_MODES}")
+        raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
     dtype = next(model.parameters()).dtype
     source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
     return FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)

@@ -372,7 +372,7 @@ def ablate(
     unknown = [n for n in names if n not in all_variants]
     if unknown:
         raise DsrnetError(
-            f"unknown ablation variant(s) {', '.join(unknown)}: choose from {', '.join(all_variants)}"
+            f"unknown ablation variant(s) {', '.join(unknown)}; fix: choose from {', '.join(all_variants)}"
         )
     s = _settings(
         dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset / "ablate"
@@ -380,6 +380,13 @@ def ablate(
     jobs = []
     for name in names:
         v = all_variants[name]
+        clash = sorted(k for k in v.kwargs if k in (model_kwargs or {}) and model_kwargs[k] != v.kwargs[k])
+        if clash:  # the variant is defined by those arguments: the user's would be silently replaced
+            raise DsrnetError(
+                f"variant {name} sets {', '.join(f'{k}={v.kwargs[k]!r}' for k in clash)}, and --model-kwargs sets "
+                f"{', '.join(f'{k}={model_kwargs[k]!r}' for k in clash)}; fix: drop {', '.join(clash)} from "
+                f"--model-kwargs, or the variant"
+            )
         jobs.append(
             Job(key=name, arch=stem_variant("dsrnet50", v.stem or stem),
                 model_kwargs={**(model_kwargs or {}), **v.kwargs}, tests=v.tests)
@@ -392,7 +399,7 @@ def _check_models(models: Sequence[str]) -> None:
     known = set(list_models())
     unknown = [m for m in models if m not in known]
     if unknown:
-        raise DsrnetError(f"unknown model(s) {', '.join(unknown)}: choose from {', '.join(sorted(known))}")
+        raise DsrnetError(f"unknown model(s) {', '.join(unknown)}; fix: choose from {', '.join(sorted(known))}")
 
 
 def _settings(
@@ -401,7 +408,7 @@ def _settings(
     """``timing_here=False``: nothing is timed in this process (a report of saved timings), so the bench device
     is kept as saved (e.g. ``cuda`` on a machine without one)."""
     if dataset not in DATASETS:
-        raise DsrnetError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+        raise DsrnetError(f"unknown dataset {dataset!r}; fix: choose one of {', '.join(DATASETS)}")
     train = {k: v for k, v in (train or {}).items() if v is not None}
     bench_settings = {k: v for k, v in (bench_settings or {}).items() if v is not None}
     if quick:

@@ -115,6 +115,27 @@ def _damaged_record(path: Path) -> str | None:
         return z.testzip()
 
 
+def exported_kind(path: str | os.PathLike) -> str | None:
+    """What a file that is not a training checkpoint is, by content or suffix: ``"TorchScript"`` (a zip holding
+    ``*/constants.pkl``), ``"an ExportedProgram"`` (``*/archive_format``), ``"ONNX"``, ``"OpenVINO IR"``,
+    ``"safetensors weights"``; ``None`` otherwise (a checkpoint, or something :func:`load_checkpoint` refuses)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    named = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".safetensors": "safetensors weights", ".pt2": "an ExportedProgram"}
+    if suffix in named:
+        return named[suffix]
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if any(n.endswith("/constants.pkl") for n in names):
+        return "TorchScript"
+    if any(n.endswith("/archive_format") for n in names):
+        return "an ExportedProgram"
+    return None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a dsrnet checkpoint with ``weights_only=True``. ``path`` may be the file or a run folder holding
     ``checkpoint.pt``. A missing, truncated, damaged (CRC mismatch), foreign or unsafe file, or one whose fields are
@@ -126,6 +147,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise DsrnetError(
             f"checkpoint {path} not found; fix: pass the checkpoint.pt of a run (or its run folder) written by "
             f"`dsrnet train`"
+        )
+    kind = exported_kind(path)
+    if kind is not None:  # a model from `dsrnet export` / `export-weights`: say so, not "cannot be read safely"
+        raise DsrnetError(
+            f"{path} is {kind} (a model for inference), not a training checkpoint; fix: pass it where such files are "
+            f"read (dsrnet eval / predict --checkpoint; create_model(checkpoint_path=...) or --init-weights for "
+            f"safetensors), or pass a checkpoint.pt written by `dsrnet train`"
         )
     try:
         bad = _damaged_record(path)

@@ -482,6 +482,8 @@ def load_config_file(path: str | os.PathLike) -> dict:
     import yaml
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise DsrnetError(f"config file {path} is a folder; fix: pass a YAML file to --config")
     if not path.is_file():
         raise DsrnetError(f"config file {path} not found; fix: pass an existing YAML file to --config")
     try:

@@ -323,18 +323,18 @@ class _Trainer:
         own_folder = self.resume_from is not None and Path(self.resume_from["path"]).parent.resolve() == (
             self.out.resolve()
         )
-        if self.resume_from is not None and not own_folder and int(self.resume_from["epoch"]) >= cfg.epochs:
-            raise DsrnetError(
-                f"checkpoint {self.resume_from['path']} has trained all its {cfg.epochs} epochs: there is nothing "
-                f"to resume into {self.out}; fix: use it as it is (dsrnet eval / predict / export-weights), or start "
-                f"a new run from its weights with --init-weights"
-            )
         if self.run_dir.holds_run and not own_folder:
             what = "another run" if self.resume_from is not None else "a run"
             fix = "pass --resume to continue it, or choose another --out-dir" if self.resume_from is None else (
                 "resume into the checkpoint's own folder (drop --out-dir) or into an empty --out-dir"
             )
             raise DsrnetError(f"run folder {self.out} already holds {what}; fix: {fix}")
+        if self.resume_from is not None and not own_folder and int(self.resume_from["epoch"]) >= cfg.epochs:
+            raise DsrnetError(
+                f"checkpoint {self.resume_from['path']} has trained all its {cfg.epochs} epochs: there is nothing "
+                f"to resume into {self.out}; fix: use it as it is (dsrnet eval / predict / export-weights), or start "
+                f"a new run from its weights with --init-weights"
+            )
 
         _seed_everything(cfg.seed)
         self.num_classes = D.DATASETS[cfg.dataset].num_classes
