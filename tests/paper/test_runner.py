@@ -90,6 +90,20 @@ def test_rerun_skips_finished_work(quick_run, cifar10_dir, capsys):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_a_saved_timing_of_another_setup_is_taken_again(quick_run, cifar10_dir, capsys):
+    """One table, one setup: a bench.json timed with another thread count (or machine, or torch) is re-timed."""
+    out = quick_run
+    path = out / "runs" / "resnet50" / "bench.json"
+    saved = read_json(path)
+    saved["env"]["torch_threads"] += 7
+    path.write_text(json.dumps(saved))
+    rc = main(["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "resnet50", *_quick(cifar10_dir, out)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "skip bench of dsrnet50" in err
+    assert f"re-time resnet50: its saved timing had another setup (torch_threads {saved['env']['torch_threads']}" in err
+    assert read_json(path)["env"]["torch_threads"] == saved["env"]["torch_threads"] - 7
+
+
 def test_rerun_with_fewer_models_keeps_the_finished_columns(quick_run, cifar10_dir, capsys):
     out = quick_run
     rc = main(["reproduce", "--dataset", "cifar10", "--models", "resnet50", *_quick(cifar10_dir, out)])

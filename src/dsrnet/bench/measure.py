@@ -118,7 +118,19 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         # convolutions, not for matmuls. Recorded because it changes fp32 timings a lot.
         env["tf32_conv"] = bool(torch.backends.cudnn.allow_tf32)
         env["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        env["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)  # on after a train() in the same process
     return env
+
+
+#: The parts of :func:`environment` that make two timings comparable: the same machine, software and settings
+#: (the date and load average may differ).
+SAME_SETUP_KEYS = ("torch", "torchvision", "device_name", "cpu", "torch_threads", "tf32_conv", "tf32_matmul",
+                   "cudnn_benchmark")  # fmt: skip
+
+
+def setup_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key saved -> current`` for every :data:`SAME_SETUP_KEYS` entry in which two environments differ."""
+    return [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in SAME_SETUP_KEYS if saved.get(k) != current.get(k)]
 
 
 def environment_line(env: dict[str, Any]) -> str:

@@ -41,7 +41,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsrnet.bench.measure import DEFAULT_REPEATS, DEFAULT_WARMUP, benchmark_model, environment
+from dsrnet.bench.measure import (
+    DEFAULT_REPEATS,
+    DEFAULT_WARMUP,
+    benchmark_model,
+    environment,
+    setup_differences,
+)
 from dsrnet.data import DATASETS, load_split
 from dsrnet.device import resolve_device
 from dsrnet.errors import DsrnetError, check_int
@@ -143,12 +149,16 @@ def train_or_skip(config: TrainConfig, *, log: Callable[[str], None] = _log) -> 
 def bench_or_skip(job: Job, run: Path, request: dict, *, log: Callable[[str], None] = _log) -> dict:
     """Benchmark ``job`` (inference latency per batch etc.) into ``run/bench.json`` unless already done alike."""
     path = run / "bench.json"
+    env = environment(request["device"])  # before the timing: its load average is what the timing met
     if path.is_file():
         saved = read_json(path)
         if plain(saved.get("request")) == plain(request):
-            log(f"skip bench of {job.key}: {path}")
-            return saved["row"]
-    env = environment(request["device"])  # before the timing: its load average is what the timing met
+            # A timing of another machine, software or thread count is not reused: one table, one setup.
+            changed = setup_differences(saved.get("env") or {}, env)
+            if not changed:
+                log(f"skip bench of {job.key}: {path}")
+                return saved["row"]
+            log(f"re-time {job.key}: its saved timing had another setup ({'; '.join(changed)})")
     row = benchmark_model(job.arch, model_kwargs=job.model_kwargs or None, **request)
     row["model"] = job.key
     log(

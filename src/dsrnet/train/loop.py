@@ -329,7 +329,8 @@ class _Trainer:
                 "resume into the checkpoint's own folder (drop --out-dir) or into an empty --out-dir"
             )
             raise DsrnetError(f"run folder {self.out} already holds {what}; fix: {fix}")
-        if self.resume_from is not None and not own_folder and int(self.resume_from["epoch"]) >= cfg.epochs:
+        finished = self.resume_from is not None and int(self.resume_from["epoch"]) >= cfg.epochs
+        if finished and not own_folder and "optimizer_state" in self.resume_from:  # (weights only: _restore says so)
             raise DsrnetError(
                 f"checkpoint {self.resume_from['path']} has trained all its {cfg.epochs} epochs: there is nothing "
                 f"to resume into {self.out}; fix: use it as it is (dsrnet eval / predict / export-weights), or start "
