@@ -147,8 +147,9 @@ same as ``dsrnet reproduce``); rows only for models trained; timings all from on
 trained model, or ``--bench-call``). It refuses (one line) runs of other recipe/epochs/seed/stem, runs stopped
 early, a model trained twice, or timings of different calls/cards. A later ``dsrnet reproduce --dataset cifar10
 --recipe fast --epochs 67 --stem cifar --device cuda --out-dir results/gpu/cifar10`` on a GPU treats the assembled
-runs as finished (no retraining; no re-timing while the bench settings match -- the timings of the models it trains
-then come from another call: assemble again instead to keep one call's timings).
+runs as finished (no retraining; no re-timing while the bench settings and the setup -- card, torch, threads --
+match, else every row is timed again there; the timings of the models it trains then come from another call:
+assemble again instead to keep one call's timings).
 
 Weights, here afterwards (shards joined and checked, exported fp16 with the final epoch's accuracy, read back; it
 prints the sha256 and the ``SHIPPED`` entry to paste into ``src/dsrnet/models/weights.py``)::

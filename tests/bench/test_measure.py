@@ -87,7 +87,8 @@ def test_run_bench_writes_csv_json_markdown(tmp_path):
         data["env"]["torch"] == torch.__version__ and data["env"]["torch_threads"] == torch.get_num_threads()
     )
     md = (tmp_path / "bench_cpu.md").read_text()
-    assert md.startswith("| model |") and "| DSRNet |" in md and "| ResNet50 |" in md
+    # A narrowed DSRNet is not the paper's network: its arguments are part of its name.
+    assert md.startswith("| model |") and '| DSRNet {"widths":' in md and "| ResNet50 |" in md
     assert "Environment: torch" in md
 
 
@@ -115,7 +116,7 @@ def test_cli_bench_prints_table(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert rc == 0
-    assert "| DSRNet | paper | 32 | 2 | inference | fp32 |" in out
+    assert '| DSRNet {"widths":[8,16,32,64]} | paper | 32 | 2 | inference | fp32 |' in out
     assert "Command: `dsrnet bench --models dsrnet50 --sizes 32 --batch-size 2" in out
     assert (tmp_path / "bench_cpu.json").is_file()
 
@@ -152,7 +153,7 @@ def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
     )  # fmt: skip
     rows = {r["arch"]: r for r in result["rows"]}
     assert rows["dsrnet50_cifar"]["fused"] and not rows["resnet50_cifar"]["fused"]
-    assert "DSRNet (fused)" in result["markdown"]
+    assert 'DSRNet {"widths":[4,8,8,16],"layers":[1,1,1,1]} (fused)' in result["markdown"]
     # The fused form reports the network's parameters and MACs (its folded weights are buffers, its ops custom).
     plain = bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, warmup=0, repeats=1,
                                   model_kwargs={"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]})  # fmt: skip
@@ -171,7 +172,7 @@ def test_dwconv_training_forms_are_timed_for_models_with_depthwise_convs(tmp_pat
     )  # fmt: skip
     rows = {r["arch"]: r for r in result["rows"]}
     assert (rows["dsrnet50_cifar"]["dwconv"], rows["resnet50_cifar"]["dwconv"]) == ("triton_bn_relu", "torch")
-    assert "DSRNet (triton_bn_relu)" in result["markdown"] and "ResNet50 |" in result["markdown"]
+    assert '1,1]} (triton_bn_relu)' in result["markdown"] and "ResNet50 |" in result["markdown"]
     assert "triton_bn_relu" in (tmp_path / "bench_cpu.csv").read_text()
     plain = bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, warmup=0, repeats=1, mode="train",
                                   model_kwargs=tiny)  # fmt: skip
@@ -191,7 +192,7 @@ def test_cpu_backend_rows(tmp_path):
                              backend="onnxruntime", model_kwargs=kw, out_dir=tmp_path)  # fmt: skip
     (row,) = result["rows"]
     assert row["backend"] == "onnxruntime" and row["latency_ms"] > 0 and row["params"] > 0
-    assert "DSRNet [onnxruntime]" in result["markdown"]
+    assert '1,1]} [onnxruntime]' in result["markdown"]
     with pytest.raises(DsrnetError, match="times CPU inference"):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", backend="onnxruntime")
 
@@ -204,6 +205,8 @@ def test_compile_mode_reaches_torch_compile_and_the_table(tmp_path, capsys, monk
         return model
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
     argv = ["bench", "--models", "dsrnet50", "--sizes", "32", "--batch-size", "2", "--warmup", "0", "--repeats", "1",
             "--device", "cpu", "--model-kwargs", json.dumps(TINY), "--out-dir", str(tmp_path)]  # fmt: skip
     assert main([*argv, "--compile-mode", "reduce-overhead"]) == 0
@@ -213,9 +216,32 @@ def test_compile_mode_reaches_torch_compile_and_the_table(tmp_path, capsys, monk
     row = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"][0]
     assert row["compile"] is True and row["compile_mode"] == "reduce-overhead"
     assert main([*argv, "--compile"]) == 0 and seen[-1] == {"mode": "default"}
+    assert len(resets) == len(seen) == 2  # each compiled configuration gets a fresh (static-shape) graph
     assert "| NCHW | yes |" in capsys.readouterr().out
     with pytest.raises(DsrnetError, match="compile mode 'fast' is not valid"):
         bench.benchmark_model("dsrnet50", device="cpu", compile=True, compile_mode="fast", model_kwargs=TINY)
+
+
+def test_the_papers_ratio_stands_only_beside_the_papers_setting():
+    def rows(**over):
+        base = {"stem": "paper", "image_size": 32, "batch_size": 128, "mode": "inference", "precision": "fp32",
+                "channels_last": False, "compile": False}  # fmt: skip
+        out = [{**base, "arch": "dsrnet50", "model": "dsrnet50", "latency_ms": 10.0},
+               {**base, "arch": "resnet50", "model": "resnet50", "latency_ms": 20.0}]  # fmt: skip
+        for r in out:
+            r.update({k: v for k, v in over.items() if k != "model_kwargs"})
+        if "model_kwargs" in over:
+            out[0]["model_kwargs"] = over["model_kwargs"]
+        bench.add_relative_latency(out)
+        return bench.speed_claims(out)
+
+    (line,) = rows()
+    assert line.startswith("ResNet50 at 32 px (inference, fp32): 2.00x DSRNet's time (paper, cifar10: 4.86x)")
+    for over in ({"compile": True}, {"mode": "train"}, {"precision": "bf16"}, {"batch_size": 1024}):
+        (line,) = rows(**over)
+        assert "paper" not in line, over
+    (line,) = rows(model_kwargs={"widths": [8, 16, 32, 64]})
+    assert line == 'ResNet50 at 32 px (inference, fp32): 2.00x DSRNet {"widths":[8,16,32,64]}\'s time'
 
 
 def test_relative_latency_compares_within_a_stem():

@@ -136,18 +136,29 @@ def test_reproduce_treats_the_assembled_runs_as_finished(returns, tmp_path, cifa
     out = tmp_path / "cifar10"
     assemble(returns, out)
 
-    def no_work(*args, **kwargs):
-        raise AssertionError("reproduce trained or timed an assembled model again")
+    def no(what: str):
+        def work(*args, **kwargs):
+            raise AssertionError(f"reproduce {what} an assembled model again")
 
-    monkeypatch.setattr(runner, "train", no_work)
-    monkeypatch.setattr(runner, "benchmark_model", no_work)
-    monkeypatch.setattr(runner, "evaluate_checkpoint", no_work)
+        return work
+
+    monkeypatch.setattr(runner, "train", no("trained"))
+    monkeypatch.setattr(runner, "benchmark_model", no("timed"))
+    monkeypatch.setattr(runner, "evaluate_checkpoint", no("evaluated"))
+    # On the machine that timed them (the same card, torch and threads), the assembled timings are reused too.
+    saved_env = json.loads((out / "runs" / "dsrnet50_cifar" / "bench.json").read_text())["env"]
+    monkeypatch.setattr(runner, "environment", lambda device: dict(saved_env))
     train = {"recipe": "fast", "epochs": EPOCHS, "seed": 0, "precision": "bf16", "channels_last": True,
              "device": "cpu", "data_dir": str(cifar10_dir)}  # fmt: skip
     bench = {k: REQUEST[k] for k in ("batch_size", "warmup", "repeats")}
     result = runner.reproduce("cifar10", models=["dsrnet50", "resnet50"], stem="cifar", out=out, train=train,
                               bench_settings=bench)  # fmt: skip
     assert [r["final"]["top1_error"] for r in result["rows"]] == [7.5, 6.25]
+    # Elsewhere (another card) the runs stay finished, but the timings are taken again: one table, one setup.
+    monkeypatch.setattr(runner, "environment", lambda device: {**saved_env, "device_name": "another card"})
+    with pytest.raises(AssertionError, match="reproduce timed an assembled model again"):
+        runner.reproduce("cifar10", models=["dsrnet50", "resnet50"], stem="cifar", out=out, train=train,
+                         bench_settings=bench)  # fmt: skip
     # Other epochs: the finished runs are not silently mixed with a new recipe.
     with pytest.raises(DsrnetError, match="other settings"):
         runner.reproduce("cifar10", models=["resnet50"], stem="cifar", out=out, train={**train, "epochs": 4},

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import json
 import logging
 import os
 import platform
@@ -373,6 +374,8 @@ def benchmark_model(
     model = model.to(dev, memory_format=memory_format)
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
     y = torch.randint(0, max(num_classes, 1), (batch_size,), device=dev)
+    if compile:  # a fresh graph per configuration: else Dynamo reuses a dynamic-shape one from the size before
+        torch._dynamo.reset()
     runner = torch.compile(model, mode=compile_mode) if compile else model
     if backend != "torch":  # an inference engine of dsrnet.export (BatchNorm folded, ONNX for onnxruntime/openvino)
         from dsrnet.export.backends import load_runner
@@ -488,7 +491,7 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
     for r in rows:
         peak = r["peak_mem_mb"]
         body.append([
-            display_name(r["model"].removesuffix("_cifar")) + (" (fused)" if r.get("fused") else "")
+            _label(r) + (" (fused)" if r.get("fused") else "")
             + (f" ({r['dwconv']})" if r.get("dwconv", "torch") != "torch" else "")
             + (f" [{r['backend']}]" if r.get("backend", "torch") != "torch" else ""), r["stem"], r["image_size"], r["batch_size"],
             r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", _compiled(r),
@@ -515,6 +518,14 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
     return "\n\n".join(lines) + "\n"
 
 
+def _label(row: dict) -> str:
+    """The model's display name, with the arguments it was built with when they are not its defaults (a narrowed
+    DSRNet is not the paper's network)."""
+    name = display_name(row["model"].removesuffix("_cifar"))
+    kwargs = row.get("model_kwargs")
+    return f"{name} {json.dumps(kwargs, separators=(',', ':'))}" if kwargs else name
+
+
 def speed_claims(rows: list[dict]) -> list[str]:
     """One line per baseline: its time over DSRNet's, measured and in the paper (Tables 2-4: 32 px = CIFAR-10's
     Table 2, 96 px = STL-10's Table 4)."""
@@ -525,16 +536,23 @@ def speed_claims(rows: list[dict]) -> list[str]:
         96: ("stl10", PAPER_RESULTS["stl10"]),
     }
     out = []
+    reference = {_config_key(r): r for r in rows if r["arch"].removesuffix("_cifar") == "dsrnet50"}
     for r in rows:
         base = r["arch"].removesuffix("_cifar")
         if r.get("rel_to_dsrnet") is None or base == "dsrnet50":
             continue
+        dsrnet = reference[_config_key(r)]
         line = (
             f"{display_name(base)} at {r['image_size']} px ({r['mode']}, {r['precision']}): "
-            f"{r['rel_to_dsrnet']:.2f}x DSRNet's time"
+            f"{r['rel_to_dsrnet']:.2f}x {_label(dsrnet)}'s time"
         )
         table = paper_ratio.get(r["image_size"])
-        if table and r["batch_size"] == 128 and base in table[1]:
+        # The paper's ratio only beside the paper's setting: its batch of 128, inference in fp32, the network as
+        # described (no narrowed widths, no compiler, no fused or Triton forms, PyTorch itself).
+        papers = (r["batch_size"] == 128 and r["mode"] == "inference" and r["precision"] == "fp32"
+                  and not r["compile"] and not dsrnet.get("model_kwargs") and not dsrnet.get("fused")
+                  and dsrnet.get("dwconv", "torch") == "torch" and r.get("backend", "torch") == "torch")  # fmt: skip
+        if table and papers and base in table[1]:
             ratio = table[1][base]["paper_time"] / table[1]["dsrnet50"]["paper_time"]
             line += f" (paper, {table[0]}: {ratio:.2f}x)"
         out.append(line)
