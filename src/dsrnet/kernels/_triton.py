@@ -321,11 +321,14 @@ def _dw_fwd(
 
 # The 9 taps' loads are all in flight at once (ILP), which costs registers (~180 for 64x64 on 4 warps on sm_90),
 # so configs with fewer elements per thread are offered for occupancy.
+# With the BatchNorm prologue (AFFINE) the 4-warp 32x128 tile spilled (sm_90, Triton 3.8): 8 warps for it, and a
+# smaller 4-warp tile beside the others.
 _DW_CONFIGS = [
     _cfg(BLOCK_P=64, BLOCK_C=64),
     _cfg(BLOCK_P=64, BLOCK_C=64, num_warps=8),
     _cfg(BLOCK_P=128, BLOCK_C=32),
-    _cfg(BLOCK_P=32, BLOCK_C=128),
+    _cfg(BLOCK_P=32, BLOCK_C=128, num_warps=8),
+    _cfg(BLOCK_P=32, BLOCK_C=64),
 ]
 _DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
 dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP)
@@ -489,6 +492,7 @@ def _pw_gemm(
 
 _GEMM_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),  # four 16-deep MMA steps per stage
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
     _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
@@ -560,12 +564,15 @@ def _dw_pw(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask2)
 
 
+# Each program recomputes the depthwise tile of its pixels for its block of output channels, so wide BLOCK_N tiles
+# recompute least. Offline sm_90 builds (Triton 3.8) showed 64x256 splitting N over its two warp groups (each
+# computing the whole depthwise tile: no saving), and 128x64x64 / 64x128x64 at 4 warps spilling or at the register
+# limit; those are gone. num_stages=1: the taps become plain L1-cached loads, so overlapping taps hit L1.
 _DWPW_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=2),
-    _cfg(BLOCK_M=64, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=2),
-    _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
-    _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=1),
+    _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=1),
 ]
 dw_pw = _LazyKernel(
     _dw_pw, _DWPW_CONFIGS, ["M", "N", "K", "KDS", "HO", "WO", "STRIDE", "DIL", "SHORTCUT"], _GEMM_INTERP
