@@ -39,7 +39,8 @@ Block sizes of the Triton kernels are autotuned on first use of each shape (part
 Triton form first gets one throw-away pass under ``dsrnet.kernels.precompile`` (all autotune configs compiled by
 worker processes at once; its time is recorded as ``precompile_s``, the first real call's as ``first_call_s``).
 At 32 px, batch 1024, the headline step also times ``dsrnet_fused_auto`` (``dsrnet.fuse(model, mode="auto")``:
-fused blocks up to 256 output channels, split wider ones), the form a model of the fused kernel's cost favours.
+fused blocks up to 256 output channels, split wider ones), the form a model of the fused kernel's cost favours, and
+``dsrnet_fused_split`` (every block split), so that the first timing already decides the default mode.
 """
 
 from __future__ import annotations
@@ -881,8 +882,11 @@ def main(argv: list[str] | None = None) -> int:
         ("ceilings", 5, step_ceilings),
         ("correctness", 40, step_correctness),
         ("trained agreement (shipped weights, CIFAR-10 test)", 25, step_trained_agreement),
-        ("inference cifar/32 b1024: fused, fused auto, eager, resnet50 compiled", 100, step_inference,
-         "cifar", 32, 1024, ("dsrnet_fused", "dsrnet_fused_auto", "dsrnet_eager", "resnet50_compiled"), False),
+        # All three fuse() modes in the first timing: the fused kernel recomputes each pixel tile's depthwise conv
+        # once per block of output channels (N / BLOCK_N times: 16x at layer4), so split may win on wide blocks.
+        ("inference cifar/32 b1024: fused, fused auto, fused split, eager, resnet50 compiled", 130, step_inference,
+         "cifar", 32, 1024, ("dsrnet_fused", "dsrnet_fused_auto", "dsrnet_fused_split", "dsrnet_eager",
+                             "resnet50_compiled"), False),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("inference cifar/32 b128 (+cudagraph)", 60, step_inference,
          "cifar", 32, 128, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), True),
@@ -898,8 +902,6 @@ def main(argv: list[str] | None = None) -> int:
          "paper", 96, 128, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), True),
         ("inference cifar/32 b1024: dsrnet compiled", 50, step_inference,
          "cifar", 32, 1024, ("dsrnet_compiled",), False),
-        ("inference cifar/32 b1024: fused split mode", 30, step_inference,
-         "cifar", 32, 1024, ("dsrnet_fused_split",), False),
         ("training 32px b512: dsrnet, resnet50 compiled with 1x1 convs as matmuls", 150, step_training,
          ("dsrnet_compiled_1x1mm", "resnet50_compiled_1x1mm")),
         ("inference cifar/32 b1024: dsrnet, resnet50 compiled tuned (freezing, 1x1 as mm, max-autotune)", 180,
