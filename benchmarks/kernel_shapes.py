@@ -17,8 +17,9 @@ network's first block of that shape:
  1. ``fused``: the ``dsrnet::dw_pw_block`` kernel (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut +
     ReLU), autotuned; the config the autotuner picked (``best_config``) and, where it tuned, every config's
     time;
- 2. ``split``: Triton ``dwconv2d``, then Triton ``pointwise_conv`` (the downsample 1x1 too, where the block
-    has one), as a whole and each kernel alone (``split dw``, ``split pw``, ``split ds``);
+ 2. ``split``: Triton ``dwconv2d``, then Triton ``pointwise_conv`` with the shortcut in its tile (the strided
+    downsample 1x1 as a second GEMM into the same accumulator, where the block has one), as a whole and each
+    kernel alone (``split dw``, ``split pw``);
  3. ``torch``: the same math in PyTorch eager (cuDNN depthwise conv2d, groups = C, + ReLU; 1x1 conv2d + bias +
     shortcut + ReLU), as a whole and each conv alone; ``torch compiled``: ``torch.compile`` of it, last
     (compiles);
@@ -182,7 +183,7 @@ def work(s: BlockShape, n: int, part: str) -> tuple[int, int]:
     """(elements moved by an ideal kernel, FLOPs) of ``part`` for batch ``n``.
 
     ``block``: the whole dw -> pw + shortcut math (what ``dw_pw_block`` does: reads y1 and the shortcut input,
-    writes the output); ``dw`` / ``pw`` / ``ds``: one kernel of the split form; ``pw1``: the first 1x1.
+    writes the output); ``dw`` / ``pw``: one kernel of the split form; ``pw1``: the first 1x1.
     A strided 1x1 reads only the pixels it uses (NHWC: each is a contiguous run of channels).
     """
     y1 = n * s.width * s.h1 * s.w1
@@ -196,10 +197,9 @@ def work(s: BlockShape, n: int, part: str) -> tuple[int, int]:
         return y1 + shortcut_in + s.cout * out_px + weights, dw_flops + pw_flops + ds_flops
     if part == "dw":
         return y1 + s.width * out_px + w_dw, dw_flops
-    if part == "pw":  # 1x1 + bias + residual (the identity input, or the ds branch's output) + ReLU
-        return s.width * out_px + 2 * s.cout * out_px + w_pw, pw_flops
-    if part == "ds":
-        return s.cin * out_px + s.cout * out_px + w_ds, ds_flops
+    if part == "pw":  # 1x1 + bias + shortcut (the identity input, or the downsample GEMM of the block input) + ReLU
+        weights = w_pw + (w_ds if s.shortcut == "downsample" else 0)
+        return s.width * out_px + shortcut_in + s.cout * out_px + weights, pw_flops + ds_flops
     if part == "pw1":
         px = n * s.h1 * s.w1
         return s.cin * px + s.width * px + (s.cin + 1) * s.width, 2 * s.cin * s.width * px
@@ -326,15 +326,11 @@ class ShapeTensors:
     def split_dw(self):
         return ops.dwconv2d(self.y1, self.w_dw4, self.b_dw, self.s.stride_dw, self.s.dilation, True)
 
-    def split_ds(self):
-        return ops.pointwise_conv(self.x, self.w_ds, self.b_ds, None, self.s.ds_stride, False)
-
-    def split_pw(self, y2, shortcut):
-        return ops.pointwise_conv(y2, self.w_pw, self.b_pw, shortcut, 1, True)
+    def split_pw(self, y2):  # the shortcut, downsample GEMM included, in the same tile
+        return ops.pointwise_conv(y2, self.w_pw, self.b_out, self.x, 1, True, self.w_ds, self.s.ds_stride)
 
     def split(self):  # what FusedDSRBlock does with mode="split", after the first 1x1
-        shortcut = self.x if self.w_ds is None else self.split_ds()
-        return self.split_pw(self.split_dw(), shortcut)
+        return self.split_pw(self.split_dw())
 
     def pw1(self):
         return ops.pointwise_conv(self.x, self.w1, self.b1, None, self.s.stride_1x1, True)
@@ -347,12 +343,12 @@ class ShapeTensors:
     def torch_ds(self):
         return F.conv2d(self.x, self.w_ds4, self.b_ds, self.s.ds_stride)
 
-    def torch_pw(self, y2, shortcut):
+    def torch_pw(self, y2):  # the shortcut, downsample conv included
+        shortcut = self.x if self.w_ds is None else self.torch_ds()
         return F.relu(F.conv2d(y2, self.w_pw4, self.b_pw) + shortcut)
 
     def torch_block(self):
-        shortcut = self.x if self.w_ds is None else self.torch_ds()
-        return self.torch_pw(self.torch_dw(), shortcut)
+        return self.torch_pw(self.torch_dw())
 
     def torch_pw1(self):
         return F.relu(F.conv2d(self.x, self.w1_4, self.b1, self.s.stride_1x1))
@@ -456,20 +452,13 @@ def step_torch(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
     bench.add_row(net, entry, "torch eager", "block", _time(bench, tensors.torch_block))
     with torch.inference_mode():
         y2 = tensors.torch_dw()
-        shortcut = tensors.x if tensors.w_ds is None else tensors.torch_ds()
     bench.add_row(net, entry, "torch dw conv2d + relu", "dw", _time(bench, tensors.torch_dw))
-    bench.add_row(
-        net, entry, "torch 1x1 + shortcut + relu", "pw", _time(bench, lambda: tensors.torch_pw(y2, shortcut))
-    )
-    if tensors.w_ds is not None:
-        bench.add_row(net, entry, "torch 1x1 downsample", "ds", _time(bench, tensors.torch_ds))
+    bench.add_row(net, entry, "torch 1x1 + shortcut + relu", "pw", _time(bench, lambda: tensors.torch_pw(y2)))
 
 
 def step_split(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
     dw = first_call(bench, tensors.split_dw, "dw_fwd")
-    ds = first_call(bench, tensors.split_ds, "pw_gemm") if tensors.w_ds is not None else None
-    shortcut = tensors.x if ds is None else ds["output"]
-    pw = first_call(bench, lambda: tensors.split_pw(dw["output"], shortcut), "pw_gemm")
+    pw = first_call(bench, lambda: tensors.split_pw(dw["output"]), "pw_gemm")
     with torch.inference_mode():
         diff = _rel_diff(tensors.split(), tensors.torch_block())
     backend = _backend(tensors.y1)
@@ -497,22 +486,11 @@ def step_split(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
         entry,
         "split pointwise_conv + shortcut",
         "pw",
-        _time(bench, lambda: tensors.split_pw(dw["output"], shortcut)),
+        _time(bench, lambda: tensors.split_pw(dw["output"])),
         config=pw.get("config"),
         tuning_ms=pw.get("tuning_ms"),
         backend=backend,
     )
-    if ds is not None:
-        bench.add_row(
-            net,
-            entry,
-            "split pointwise_conv downsample",
-            "ds",
-            _time(bench, tensors.split_ds),
-            config=ds.get("config"),
-            tuning_ms=ds.get("tuning_ms"),
-            backend=backend,
-        )
 
 
 def step_compiled(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
@@ -530,7 +508,6 @@ TORCH_OF = {
     "split dwconv2d + pointwise_conv": "torch eager",
     "split dwconv2d": "torch dw conv2d + relu",
     "split pointwise_conv + shortcut": "torch 1x1 + shortcut + relu",
-    "split pointwise_conv downsample": "torch 1x1 downsample",
     "pw1 triton pointwise_conv": "pw1 torch conv2d",
     "torch compiled": "torch eager",
 }

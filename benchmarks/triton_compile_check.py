@@ -66,8 +66,10 @@ def variants():
             yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": False, "RELU": False, "AFFINE": True}
         yield tk.dw_bwd_input, {"STRIDE": s, "DIL": d, "AFFINE": affine}
         yield tk.dw_bwd_weight, {"STRIDE": s, "DIL": d, "AFFINE": affine}
-    for s, res, relu in [(1, False, True), (2, False, True), (1, True, True), (2, False, False), (1, False, False)]:
-        yield tk.pw_gemm, {"STRIDE": s, "HAS_RES": res, "RELU": relu}
+    # RES: 0 none (conv1; stride_on="1x1"), 1 identity residual, 2 the downsample GEMM in the tile (split blocks)
+    for s, res, ds, relu in [(1, 0, 1, True), (2, 0, 1, True), (1, 1, 1, True), (1, 2, 1, True), (1, 2, 2, True),
+                             (1, 0, 1, False)]:  # fmt: skip
+        yield tk.pw_gemm, {"STRIDE": s, "RES": res, "DS_STRIDE": ds, "RELU": relu}
     for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:
         yield tk.dw_pw, {"STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
 

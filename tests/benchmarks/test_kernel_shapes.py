@@ -107,9 +107,11 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
     }  # fmt: skip
     impls = Counter(r["impl"] for r in rows)
     for impl in ("fused dw_pw_block", "split dwconv2d + pointwise_conv", "split dwconv2d", "torch eager",
-                 "torch dw conv2d + relu", "pw1 triton pointwise_conv", "pw1 torch conv2d"):  # fmt: skip
+                 "torch dw conv2d + relu", "pw1 triton pointwise_conv", "pw1 torch conv2d",
+                 "split pointwise_conv + shortcut", "torch 1x1 + shortcut + relu"):  # fmt: skip
         assert impls[impl] == 3, impl
-    assert impls["split pointwise_conv downsample"] == impls["torch 1x1 downsample"] == 2
+    # The downsample shortcut is a second GEMM into the pointwise tile: no kernel (nor row) of its own.
+    assert impls["split pointwise_conv downsample"] == impls["torch 1x1 downsample"] == 0
     assert impls["torch compiled"] == 1
     for r in rows:
         assert r["ms"] > 0 and r["floor_ms"] > 0 and r["x_floor"] > 0 and r["ideal_bytes"] > 0, r

@@ -184,6 +184,25 @@ def test_pointwise_conv_matches_conv2d(stride, residual, relu):
     _close(ops.pointwise_conv(x, w[:, :, 0, 0].t().contiguous(), b, res, stride, relu), ref, 1e-4)
 
 
+@pytest.mark.parametrize("ds_stride", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pointwise_conv_with_the_downsample_gemm_in_its_tile(ds_stride, dtype):
+    """``w_ds``: the residual is a block's input, read every ``ds_stride`` pixels and multiplied by ``w_ds`` into the
+    same accumulator (odd channel counts: masked K and N tails)."""
+    g = torch.Generator().manual_seed(2)
+    block_in = torch.randn(2, 19, 6, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w_ds = torch.randn(24, 19, 1, 1, generator=g)
+    ho, wo = -(-6 // ds_stride), -(-7 // ds_stride)
+    y2 = torch.randn(2, 13, ho, wo, generator=g).contiguous(memory_format=torch.channels_last)
+    w_pw = torch.randn(24, 13, 1, 1, generator=g)
+    b_pw, b_ds = torch.randn(24, generator=g), torch.randn(24, generator=g)
+    ref = F.relu(F.conv2d(y2, w_pw, b_pw) + F.conv2d(block_in, w_ds, b_ds, ds_stride))
+    kn = lambda w: w[:, :, 0, 0].t().contiguous().to(dtype)  # noqa: E731
+    got = ops.pointwise_conv(y2.to(dtype), kn(w_pw), b_pw + b_ds, block_in.to(dtype), 1, True, kn(w_ds), ds_stride)
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=torch.channels_last)
+    _close(got, ref, 1e-4 if dtype == torch.float32 else 2e-2)
+
+
 def _block_reference(x, w_dw, b_dw, w_pw, b_pw, shortcut, w_ds, b_ds, stride, dilation, ds_stride):
     c = x.shape[1]
     y = F.relu(F.conv2d(x, w_dw, b_dw, stride, dilation, dilation, c))

@@ -448,19 +448,38 @@ dw_bwd_weight = _LazyKernel(
 )
 
 
+@_jit_as_triton
+def _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
+                   DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """``acc`` + a block's strided 1x1 downsample of its input ``r`` [Nb, ., ., KDS] at output pixels (``img``,
+    ``ho``, ``wo``): ``r[img, ho * DS_STRIDE, wo * DS_STRIDE, :] @ wds`` with wds [KDS, N], in the same fp32 tile."""
+    r_row = r_ptr + img * srn + (ho * DS_STRIDE) * srh + (wo * DS_STRIDE) * srw
+    for k0 in range(0, KDS, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < KDS
+        a = tl.load(r_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(wds_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
+                    other=0.0)  # fmt: skip
+        acc = _mma(a, b, acc, IEEE, DOT_F32)
+    return acc
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 1x1 conv as a GEMM (optionally strided), epilogue: bias, residual, ReLU
 # ---------------------------------------------------------------------------------------------------------------
 def _pw_gemm(
-    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr,
-    M, N, K, HO, WO,
+    x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr,
+    M, N, K, KDS, HO, WO,
     sxn, sxh, sxw,
     srn, srh, srw,
     syn, syh, syw,
-    STRIDE: tl.constexpr, HAS_RES: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    STRIDE: tl.constexpr, RES: tl.constexpr, DS_STRIDE: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
+    # RES: 0 none, 1 a residual tensor r [Nb, HO, WO, N] added in the epilogue, 2 a downsample GEMM: r [Nb, ., .,
+    # KDS] read at (ho * DS_STRIDE, wo * DS_STRIDE) times wds [KDS, N] into the same fp32 tile (a block's strided
+    # 1x1 shortcut, never written to memory; its bias is pre-added into b).
     num_n = tl.cdiv(N, BLOCK_N)
     pid_m = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
@@ -479,9 +498,12 @@ def _pw_gemm(
             w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
         )
         acc = _mma(a, b, acc, IEEE, DOT_F32)
+    if RES == 2:
+        acc = _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
+                             DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     mask2 = m_mask[:, None] & n_mask[None, :]
-    if HAS_RES:
+    if RES == 1:
         r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
         acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
     if RELU:
@@ -498,7 +520,7 @@ _GEMM_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
 ]
 _GEMM_INTERP = _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
-pw_gemm = _LazyKernel(_pw_gemm, _GEMM_CONFIGS, ["M", "N", "K", "STRIDE", "HAS_RES", "RELU"], _GEMM_INTERP)
+pw_gemm = _LazyKernel(_pw_gemm, _GEMM_CONFIGS, ["M", "N", "K", "KDS", "STRIDE", "RES", "RELU"], _GEMM_INTERP)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -545,19 +567,8 @@ def _dw_pw(
         r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
         acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
     if SHORTCUT == 2:
-        r_row = r_ptr + img * srn + (ho * DS_STRIDE) * srh + (wo * DS_STRIDE) * srw
-        for k0 in range(0, KDS, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = offs_k < KDS
-            a = tl.load(
-                r_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0
-            )
-            b = tl.load(
-                wds_ptr + offs_k[:, None] * N + offs_n[None, :],
-                mask=k_mask[:, None] & n_mask[None, :],
-                other=0.0,
-            )
-            acc = _mma(a, b, acc, IEEE, DOT_F32)
+        acc = _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
+                             DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
     y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]

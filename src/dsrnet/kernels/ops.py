@@ -14,7 +14,8 @@ Ops (namespace ``dsrnet``):
   centre) * scale + shift)`` (a BatchNorm with known statistics, then a ReLU, in the kernel's prologue);
   differentiable in all five tensors (backward = ``dwconv2d_affine_relu_grad_input`` + ``dwconv2d_grad_weight``
   with ``affine``).
-* ``pointwise_conv(x, w_kn, bias, residual, stride, relu)``: 1x1 conv with weight ``[Cin, Cout]``; inference only.
+* ``pointwise_conv(x, w_kn, bias, residual, stride, relu, w_ds=None, ds_stride=1)``: 1x1 conv with weight
+  ``[Cin, Cout]`` (+ a residual, or with ``w_ds`` the block's strided 1x1 downsample of it); inference only.
 * ``dw_pw_block(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride)``: the fused second half of
   a folded DSR block (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU); inference only.
 """
@@ -404,31 +405,40 @@ def pointwise_conv(
     residual: torch.Tensor | None,
     stride: int,
     relu: bool,
+    w_ds: torch.Tensor | None = None,
+    ds_stride: int = 1,
 ) -> torch.Tensor:
+    """``[relu](pw(x) + bias + r)``: ``r`` = ``residual`` itself, or, with ``w_ds`` ``[Cin, Cout]``, the 1x1
+    downsample of ``residual`` (a block's input) strided by ``ds_stride``, computed into the same tile and never
+    written (its bias pre-added into ``bias``)."""
     n, k, h, w = x.shape
     nout = w_kn.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
-    if not triton_usable(x, n * nout * ho * wo):
+    big = 0 if residual is None else residual.numel()
+    if not triton_usable(x, max(n * nout * ho * wo, big)):
         y = _pw_fallback(x, w_kn, stride)  # fresh and channels-last: updated in place
         y += bias.to(x.dtype)[:, None, None]
         if residual is not None:
-            y += residual
+            y += residual if w_ds is None else _pw_fallback(residual, w_ds, ds_stride)
         return y.relu_() if relu else y
     x, w_kn = _channels_inner(x), w_kn.to(x.dtype).contiguous()
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
-    r = y if residual is None else _channels_inner(residual)
+    r = y if residual is None else _channels_inner(residual.to(x.dtype))
+    wds = w_kn if w_ds is None else w_ds.to(x.dtype).contiguous()
+    res = 0 if residual is None else 1 if w_ds is None else 2
     with _launch(x):
         _tk.pw_gemm[_gemm_grid(m, nout)](
-            x, w_kn, bias, r, y,
-            m, nout, k, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
-            STRIDE=stride, HAS_RES=residual is not None, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+            x, w_kn, bias, r, wds, y,
+            m, nout, k, wds.shape[0] if res == 2 else 0, ho, wo,
+            *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
+            STRIDE=stride, RES=res, DS_STRIDE=ds_stride, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
 
 
 @pointwise_conv.register_fake
-def _(x, w_kn, bias, residual, stride, relu):
+def _(x, w_kn, bias, residual, stride, relu, w_ds=None, ds_stride=1):
     return _empty_nhwc(x.shape[0], w_kn.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
 
 

@@ -104,10 +104,8 @@ class FusedDSRBlock(nn.Module):
             )  # fmt: skip
         w_dw = self.w_dw.t().reshape(self.width, 1, 3, 3)
         y2 = ops.dwconv2d(y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
-        shortcut = x
-        if self.w_ds is not None:
-            shortcut = ops.pointwise_conv(x, self.w_ds, self.b_ds, None, self.ds_stride, False)
-        return ops.pointwise_conv(y2, self.w_pw, self.b_pw, shortcut, 1, True)
+        # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
+        return ops.pointwise_conv(y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
 
 
 class FusedDSRNet(nn.Module):
