@@ -112,10 +112,12 @@ measurements: from the first session's H200 bench (ResNet-50 inference at 86.5k 
 training epoch of ResNet-50 at batch 512 should take ~2 s and one of ResNeXt-50 ~3 s, so 67 epochs of both plus
 their cold compilations may fit one call; a model that cannot fit stops after its second epoch and is reported with
 its pace, and the call returns early (the rest of the session goes to ``benchmarks/fused_gpu.py`` on the same warm
-machine)::
+machine). ``--eval-every 5`` scores the test set every 5th epoch and after the last (the table needs only the
+final epoch's; the training is the same), leaving more of the call to training::
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_campaign.py --stage baselines \
-        --like results/gpu/dsrnet/config.yaml --models resnet50 resnext50_32x4d --out $OUT --budget-s 560
+        --like results/gpu/dsrnet/config.yaml --models resnet50 resnext50_32x4d --eval-every 5 --out $OUT \
+        --budget-s 560
 
 then what did not fit (later ``resnet101``, ``resnext101_32x8d``) in later calls. Every such call times DSRNet and
 the whole comparison again, so its ``runs.json`` alone gives the table's time row.
