@@ -210,10 +210,6 @@ AUTO_BACKEND_MIN_IMAGES = 32
 #: ``fused``: a DSRNet in :func:`dsrnet.fuse`'s inference form on any device (BatchNorm folded, NHWC, each DSR block
 #: run by fused Triton kernels on CUDA; PyTorch's ops with the same numerics elsewhere).
 BACKENDS = ("auto", *ENGINES, "fused")
-def _is_exported(source) -> bool:
-    return _exported_kind(source) is not None
-
-
 #: Exported forms only PyTorch runs (``dsrnet export --format torchscript / exported-program``).
 _TORCH_EXPORTS = ("TorchScript", "an ExportedProgram")
 
@@ -224,6 +220,10 @@ def _exported_kind(source) -> str | None:
         return None
     kind = exported_kind(source)
     return None if kind == "safetensors weights" else kind
+
+
+def _is_exported(source) -> bool:
+    return _exported_kind(source) is not None
 
 
 def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dict]:

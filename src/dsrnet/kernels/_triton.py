@@ -450,7 +450,8 @@ dw_bwd_weight = _LazyKernel(
 
 @_jit_as_triton
 def _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
-                   DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+                   DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+                   BLOCK_K: tl.constexpr):  # fmt: skip
     """``acc`` + a block's strided 1x1 downsample of its input ``r`` [Nb, ., ., KDS] at output pixels (``img``,
     ``ho``, ``wo``): ``r[img, ho * DS_STRIDE, wo * DS_STRIDE, :] @ wds`` with wds [KDS, N], in the same fp32 tile."""
     r_row = r_ptr + img * srn + (ho * DS_STRIDE) * srh + (wo * DS_STRIDE) * srw

@@ -285,8 +285,9 @@ def train(config: TrainConfig) -> dict:
     With ``config.resume`` the run continues from the checkpoint: on a CPU, with the same thread count, it ends
     with the same weights and metrics as an uninterrupted run (every source of randomness is a function of the
     seed and the epoch, or is restored from the checkpoint); on CUDA, where cuDNN's benchmark mode may pick other
-    (non-deterministic) kernels in the new process, it continues the same run, not bit for bit. A non-finite loss raises :class:`DsrnetError`
-    naming the step, leaving the last checkpoint (from the last completed epoch) untouched. Call it under
+    (non-deterministic) kernels in the new process, it continues the same run, not bit for bit. A non-finite loss
+    raises :class:`DsrnetError` naming the step, leaving the last checkpoint (from the last completed epoch)
+    untouched. Call it under
     ``torchrun`` for DDP; it initialises (and afterwards destroys) the process group itself."""
     dist_ = DistContext()
     device = dist_.device(torch.device(config.device))
