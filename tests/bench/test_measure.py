@@ -151,14 +151,17 @@ def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
         ["dsrnet50_cifar", "resnet50_cifar"], sizes=[16], batch_size=2, device="cpu", warmup=0, repeats=1,
         fused=True, model_kwargs={"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}, out_dir=tmp_path,
     )  # fmt: skip
-    rows = {r["arch"]: r for r in result["rows"]}
-    assert rows["dsrnet50_cifar"]["fused"] and not rows["resnet50_cifar"]["fused"]
+    # The plain DSRNet, then its fused form (one run, back to back), then the baseline as it is.
+    assert [(r["arch"], r["fused"]) for r in result["rows"]] == [
+        ("dsrnet50_cifar", False), ("dsrnet50_cifar", True), ("resnet50_cifar", False)
+    ]  # fmt: skip
+    plain, fused, resnet = result["rows"]
+    assert plain["rel_to_dsrnet"] == 1.0 and fused["rel_to_dsrnet"] == fused["latency_ms"] / plain["latency_ms"]
+    assert resnet["rel_to_dsrnet"] == resnet["latency_ms"] / plain["latency_ms"]  # against the plain DSRNet
     assert 'DSRNet {"widths":[4,8,8,16],"layers":[1,1,1,1]} (fused)' in result["markdown"]
     # The fused form reports the network's parameters and MACs (its folded weights are buffers, its ops custom).
-    plain = bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, warmup=0, repeats=1,
-                                  model_kwargs={"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]})  # fmt: skip
-    assert rows["dsrnet50_cifar"]["params"] == plain["params"] > 0
-    assert rows["dsrnet50_cifar"]["flops_per_image"] == plain["flops_per_image"] > 0
+    assert fused["params"] == plain["params"] > 0
+    assert fused["flops_per_image"] == plain["flops_per_image"] > 0
     with pytest.raises(DsrnetError, match="fused form is for inference"):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", fused=True)
 

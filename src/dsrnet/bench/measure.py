@@ -470,11 +470,21 @@ def _config_key(row: dict) -> tuple:
 
 def add_relative_latency(rows: list[dict]) -> None:
     """``rel_to_dsrnet``: latency / DSRNet's latency in the same configuration and stem (the paper's "N times
-    faster")."""
-    ref = {_config_key(r): r["latency_ms"] for r in rows if r["arch"].removesuffix("_cifar") == "dsrnet50"}
+    faster"); the reference is the plain DSRNet where a fused one was timed beside it (whose own ratio is then
+    its time over the plain model's)."""
+    ref = _dsrnet_rows(rows)
     for r in rows:
         base = ref.get(_config_key(r))
-        r["rel_to_dsrnet"] = r["latency_ms"] / base if base else None
+        r["rel_to_dsrnet"] = r["latency_ms"] / base["latency_ms"] if base else None
+
+
+def _dsrnet_rows(rows: list[dict]) -> dict[tuple, dict]:
+    """The DSRNet row of each configuration: the plain model where its fused form was timed too."""
+    ref = {}
+    for r in sorted(rows, key=lambda r: bool(r.get("fused")), reverse=True):  # plain rows last: they win
+        if r["arch"].removesuffix("_cifar") == "dsrnet50":
+            ref[_config_key(r)] = r
+    return ref
 
 
 def _compiled(row: dict) -> str:
@@ -536,7 +546,7 @@ def speed_claims(rows: list[dict]) -> list[str]:
         96: ("stl10", PAPER_RESULTS["stl10"]),
     }
     out = []
-    reference = {_config_key(r): r for r in rows if r["arch"].removesuffix("_cifar") == "dsrnet50"}
+    reference = _dsrnet_rows(rows)
     for r in rows:
         base = r["arch"].removesuffix("_cifar")
         if r.get("rel_to_dsrnet") is None or base == "dsrnet50":
@@ -626,19 +636,21 @@ def run_bench(
     for mode in modes:
         for precision in precisions:
             for size in sizes:
-                for name in models:
-                    row = benchmark_model(
-                        name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
-                        channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
-                        num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs, fused=fused,
-                        backend=backend, compile_mode=compile_mode, dwconv=dwconv,
-                    )  # fmt: skip
-                    row["cpu_defaults"] = cpu_defaults
-                    rows.append(row)
-                    log(
-                        f"bench: {row['arch']} {size}px bs{batch_size} {mode} {precision}: "
-                        f"{row['latency_ms']:.1f} ms/batch, {row['params'] / 1e6:.2f} M params"
-                    )
+                for name, arch in zip(models, archs, strict=True):
+                    # fused: a DSRNet's eager form, then its fused form, back to back (one comparison, one run)
+                    for form_fused in (False, True) if fused and arch.startswith("dsrnet") else (False,):
+                        row = benchmark_model(
+                            name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
+                            channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
+                            num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs,
+                            fused=form_fused, backend=backend, compile_mode=compile_mode, dwconv=dwconv,
+                        )  # fmt: skip
+                        row["cpu_defaults"] = cpu_defaults
+                        rows.append(row)
+                        log(
+                            f"bench: {row['arch']}{' (fused)' if row['fused'] else ''} {size}px bs{batch_size} "
+                            f"{mode} {precision}: {row['latency_ms']:.1f} ms/batch, {row['params'] / 1e6:.2f} M params"
+                        )
     add_relative_latency(rows)
     markdown = render_markdown(rows, env, command=command)
     claims = speed_claims(rows)

@@ -35,8 +35,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                    help="inference (eval, inference_mode) and/or train (forward+backward+SGD step)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for weights and inputs")
     p.add_argument("--fused", action="store_true",
-                   help="DSRNet models in their fused inference form (dsrnet.fuse: BatchNorm folded, Triton kernels "
-                   "on CUDA); the baselines as they are")
+                   help="DSRNet models also in their fused inference form (dsrnet.fuse: BatchNorm folded, Triton "
+                   "kernels on CUDA), each timed right after the plain model; the baselines as they are")
     p.add_argument("--dwconv", choices=DWCONVS, default="torch",
                    help="what computes the depthwise convs of the models that have them (DSRNet, MobileNetV2): torch, "
                    "triton (the NHWC Triton kernels, dsrnet.use_triton_dwconv) or triton_bn_relu (also each DSR "
