@@ -293,3 +293,9 @@ def test_dwconv2d_under_torch_compile_matches_eager():
     want = torch.autograd.grad(f(x, weight, bias), (x, weight, bias))
     for a, b in zip(got, want, strict=True):
         _close(a, b, 1e-5)
+
+
+def test_autotune_bucket_is_the_next_power_of_two():
+    # A test set's last partial batch (784 of 1024 images) falls in the bucket its full batches were tuned for.
+    assert ops._tune_size(784 * 16) == ops._tune_size(1024 * 16) == 16384
+    assert [ops._tune_size(n) for n in (1, 2, 3, 4, 5, 1023, 1024, 1025)] == [1, 2, 4, 4, 8, 1024, 1024, 2048]

@@ -162,7 +162,7 @@ def test_autotune_picks_lists_each_kernels_winning_config_per_key(monkeypatch):
     picks = tk.autotune_picks()
     assert set(picks) == {"dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "dw_pw"}
     assert picks["dw_fwd"] == [{
-        "key": {"P": "4096", "C": "64", "HO": "8", "WO": "8", "STRIDE": "1", "DIL": "2", "AFFINE": "False",
+        "key": {"TUNE_SIZE": "4096", "C": "64", "HO": "8", "WO": "8", "STRIDE": "1", "DIL": "2", "AFFINE": "False",
                 "dtypes": ["torch.bfloat16", "torch.bfloat16"]},
         "config": {"BLOCK_P": 64, "BLOCK_C": 32, "num_warps": 8, "num_stages": 2},
     }]  # fmt: skip

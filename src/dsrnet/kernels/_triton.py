@@ -60,7 +60,9 @@ class _LazyKernel:
     """``triton.jit`` (+ ``triton.autotune``) applied on first launch, once per (interpreter, autotuning) mode.
 
     On a GPU the autotuner picks block sizes per ``key`` (each config is compiled, then timed, on the first call of
-    each new key); the interpreter gets one small config because it would otherwise time every config on the CPU.
+    each new key; the kernels' ``TUNE_SIZE`` argument, unused by the kernel itself, is the pixel count rounded up to a
+    power of two, so a new batch size within the same bucket, e.g. a test set's last partial batch, is not tuned
+    again); the interpreter gets one small config because it would otherwise time every config on the CPU.
     ``reset_to_zero``: arguments the autotuner zeroes before each timed run and before the real one (buffers of
     per-program partial sums whose rows depend on the block size: a config with fewer programs must not find the
     rows another config wrote).
@@ -294,7 +296,7 @@ def _dw_fwd(
     x_ptr, w_ptr, b_ptr, a_ptr, y_ptr,
     P, C, H, W, HO, WO,
     sxn, sxh, sxw,
-    syn, syh, syw,
+    syn, syh, syw, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -331,7 +333,9 @@ _DW_CONFIGS = [
     _cfg(BLOCK_P=32, BLOCK_C=64),
 ]
 _DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
-dw_fwd = _LazyKernel(_dw_fwd, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP)
+dw_fwd = _LazyKernel(
+    _dw_fwd, _DW_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ def _dw_bwd_input(
     P, C, H, W, HO, WO,
     sgn, sgh, sgw,
     sdn, sdh, sdw,
-    sxn, sxh, sxw,
+    sxn, sxh, sxw, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -388,7 +392,7 @@ def _dw_bwd_input(
 
 # part_ptr (AFFINE): one row of partial sums per pixel block, so how many rows a launch writes depends on BLOCK_P.
 dw_bwd_input = _LazyKernel(
-    _dw_bwd_input, _DW_CONFIGS, ["P", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP, ["part_ptr"]
+    _dw_bwd_input, _DW_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP, ["part_ptr"]
 )
 
 
@@ -399,7 +403,7 @@ def _dw_bwd_weight(
     g_ptr, x_ptr, a_ptr, part_ptr,
     P, C, H, W, HO, WO, PIX_PER_PROG,
     sgn, sgh, sgw,
-    sxn, sxh, sxw,
+    sxn, sxh, sxw, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -444,7 +448,8 @@ _DWW_CONFIGS = [
     _cfg(BLOCK_P=32, BLOCK_C=128, num_warps=8),
 ]
 dw_bwd_weight = _LazyKernel(
-    _dw_bwd_weight, _DWW_CONFIGS, ["P", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
+    _dw_bwd_weight, _DWW_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL", "AFFINE"],
+    _DW_INTERP,
 )
 
 
@@ -473,7 +478,7 @@ def _pw_gemm(
     M, N, K, KDS, HO, WO,
     sxn, sxh, sxw,
     srn, srh, srw,
-    syn, syh, syw,
+    syn, syh, syw, TUNE_SIZE,
     STRIDE: tl.constexpr, RES: tl.constexpr, DS_STRIDE: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -521,7 +526,9 @@ _GEMM_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
 ]
 _GEMM_INTERP = _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
-pw_gemm = _LazyKernel(_pw_gemm, _GEMM_CONFIGS, ["M", "N", "K", "KDS", "STRIDE", "RES", "RELU"], _GEMM_INTERP)
+pw_gemm = _LazyKernel(
+    _pw_gemm, _GEMM_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "STRIDE", "RES", "RELU"], _GEMM_INTERP
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -533,7 +540,7 @@ def _dw_pw(
     M, N, K, KDS, H, W, HO, WO,
     sxn, sxh, sxw,
     srn, srh, srw,
-    syn, syh, syw,
+    syn, syh, syw, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
     IEEE: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -587,7 +594,7 @@ _DWPW_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=32, num_warps=8, num_stages=1),
 ]
 dw_pw = _LazyKernel(
-    _dw_pw, _DWPW_CONFIGS, ["M", "N", "K", "KDS", "HO", "WO", "STRIDE", "DIL", "SHORTCUT"], _GEMM_INTERP
+    _dw_pw, _DWPW_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "HO", "WO", "STRIDE", "DIL", "SHORTCUT"], _GEMM_INTERP
 )
 
 

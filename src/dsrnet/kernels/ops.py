@@ -152,7 +152,7 @@ def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool)
     with _launch(x):
         _tk.dw_fwd[_pixel_channel_grid(p, c)](
             x, pack_taps(weight), weight if bias is None else bias, weight if affine is None else affine, y,
-            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y),
+            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), _tune_size(p),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine is not None,
         )  # fmt: skip
     return y
@@ -193,7 +193,7 @@ def _run_dw_bwd_input(grad, weight, shape, stride: int, dilation: int, affine=No
         _tk.dw_bwd_input[_pixel_channel_grid(p, c)](
             grad, pack_taps(weight), dx, x, packed, part,
             p, c, h, w, grad.shape[2], grad.shape[3], *_pixel_strides(grad), *_pixel_strides(dx), *_pixel_strides(x),
-            STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
+            _tune_size(p), STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
     return dx
 
@@ -231,7 +231,7 @@ def dwconv2d_grad_weight(
     with _launch(x):
         _tk.dw_bwd_weight[grid](
             grad, x, x if affine is None else affine, part,
-            p, c, h, w, ho, wo, pix, *_pixel_strides(grad), *_pixel_strides(x),
+            p, c, h, w, ho, wo, pix, *_pixel_strides(grad), *_pixel_strides(x), _tune_size(p),
             STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
     return part.sum(0).t().reshape(c, 1, 3, 3).contiguous()
@@ -380,6 +380,12 @@ def _ieee(t: torch.Tensor) -> bool:
     return t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
 
 
+def _tune_size(n: int) -> int:
+    """The kernels' autotune bucket for ``n`` pixels: the next power of two (a new batch size in the same bucket
+    reuses the tuned block sizes instead of timing every config again)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def _dot_f32(t: torch.Tensor) -> bool:
     # Triton 3.8's CPU interpreter computes bf16 tl.dot wrongly (garbage of order 1e10); feeding it the exact fp32
     # upcast gives the GPU's numerics (bf16 products are exact in fp32, accumulation is fp32 on both).
@@ -431,7 +437,7 @@ def pointwise_conv(
         _tk.pw_gemm[_gemm_grid(m, nout)](
             x, w_kn, bias, r, wds, y,
             m, nout, k, wds.shape[0] if res == 2 else 0, ho, wo,
-            *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
+            *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), _tune_size(m),
             STRIDE=stride, RES=res, DS_STRIDE=ds_stride, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
@@ -483,7 +489,7 @@ def dw_pw_block(
     with _launch(x):
         _tk.dw_pw[_gemm_grid(m, nout)](
             x, w_dw, b_dw, w_pw, bias, r, w_pw if w_ds is None else w_ds, y,
-            m, nout, k, kds, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y),
+            m, nout, k, kds, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), _tune_size(m),
             STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
