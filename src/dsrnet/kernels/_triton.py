@@ -262,6 +262,21 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W,
 
 
 @_jit_as_triton
+def _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, KH: tl.constexpr,
+         KW: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
+    """The conv input under tap (``KH``, ``KW``) of output pixels (``ho``, ``wo``), [pixels, channels] in fp32 (0
+    where the tap falls in the padding); ``AFFINE``: after the BatchNorm + ReLU prologue."""
+    ih = ho * STRIDE - DIL + KH * DIL
+    iw = wo * STRIDE - DIL + KW * DIL
+    ok = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
+    xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+    if AFFINE:
+        xv = _bn_relu(xv, ok, centre, scale, shift)
+    return xv
+
+
+@_jit_as_triton
 def _affine(a_ptr, offs_c, c_mask, C, AFFINE: tl.constexpr):
     """The per-channel (centre, scale, shift) of an ``AFFINE`` prologue, rows 0-2 of the fp32 [3, C] tensor at
     ``a_ptr``; zeros, unused, otherwise."""
@@ -409,43 +424,60 @@ def _dw_bwd_weight(
 ):  # fmt: skip
     # Program (chunk, cblock) sums g * x_tap over PIX_PER_PROG output pixels (a multiple of BLOCK_P, so the
     # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, tap, c] in fp32.
-    # The 9 per-tap sums live in one [16, BLOCK_C] accumulator (row = tap) so no per-tap variables are needed.
+    # One elementwise [BLOCK_P, BLOCK_C] accumulator per tap, reduced over the pixels once after the loop: a
+    # reduction per tap and pixel block (warp shuffles and barriers) cost more than the multiply-adds themselves.
     # AFFINE: the forward's input was relu((x - centre) * scale + shift), recomputed from x as the taps are loaded.
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     centre, scale, shift = _affine(a_ptr, offs_c, c_mask, C, AFFINE)
-    rows = tl.arange(0, 16)
-    acc = tl.zeros((16, BLOCK_C), dtype=tl.float32)
+    a0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
     for p0 in range(0, PIX_PER_PROG, BLOCK_P):
         offs_p = pid_k * PIX_PER_PROG + p0 + tl.arange(0, BLOCK_P)
         p_mask = offs_p < P
         n, ho, wo = _pixels(offs_p, HO, WO)
-        m2 = p_mask[:, None] & c_mask[None, :]
         g_ptrs = g_ptr + (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_c[None, :]
-        gv = tl.load(g_ptrs, mask=m2, other=0.0).to(tl.float32)
+        gv = tl.load(g_ptrs, mask=p_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
         x_base = n * sxn
-        for kh in tl.static_range(3):
-            ih = ho * STRIDE - DIL + kh * DIL
-            h_ok = (ih >= 0) & (ih < H)
-            for kw in tl.static_range(3):
-                iw = wo * STRIDE - DIL + kw * DIL
-                ok = p_mask & h_ok & (iw >= 0) & (iw < W)
-                x_ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
-                xv = tl.load(x_ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-                if AFFINE:
-                    xv = _bn_relu(xv, ok, centre, scale, shift)
-                s = tl.sum(gv * xv, axis=0)
-                acc = tl.where(rows[:, None] == kh * 3 + kw, acc + s[None, :], acc)
-    out = part_ptr + pid_k * 9 * C + rows[:, None] * C + offs_c[None, :]
-    tl.store(out, acc, mask=(rows[:, None] < 9) & c_mask[None, :])
+        a0 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0, 0,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a1 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0, 1,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a2 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0, 2,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a3 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a4 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a5 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a6 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2, 0,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a7 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2, 1,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+        a8 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2, 2,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+    out = part_ptr + pid_k * 9 * C + offs_c
+    tl.store(out, tl.sum(a0, axis=0), mask=c_mask)
+    tl.store(out + C, tl.sum(a1, axis=0), mask=c_mask)
+    tl.store(out + 2 * C, tl.sum(a2, axis=0), mask=c_mask)
+    tl.store(out + 3 * C, tl.sum(a3, axis=0), mask=c_mask)
+    tl.store(out + 4 * C, tl.sum(a4, axis=0), mask=c_mask)
+    tl.store(out + 5 * C, tl.sum(a5, axis=0), mask=c_mask)
+    tl.store(out + 6 * C, tl.sum(a6, axis=0), mask=c_mask)
+    tl.store(out + 7 * C, tl.sum(a7, axis=0), mask=c_mask)
+    tl.store(out + 8 * C, tl.sum(a8, axis=0), mask=c_mask)
 
 
+# Nine [BLOCK_P, BLOCK_C] fp32 accumulators live in registers: at most 8 elements per thread each (more spilled in
+# offline sm_90 builds with the BatchNorm prologue).
 _DWW_CONFIGS = [
-    _cfg(BLOCK_P=64, BLOCK_C=64),
-    _cfg(BLOCK_P=128, BLOCK_C=32),
-    _cfg(BLOCK_P=32, BLOCK_C=128, num_warps=8),
+    _cfg(BLOCK_P=16, BLOCK_C=64),
+    _cfg(BLOCK_P=32, BLOCK_C=64, num_warps=8),
+    _cfg(BLOCK_P=16, BLOCK_C=128, num_warps=8),
+    _cfg(BLOCK_P=16, BLOCK_C=32),
 ]
 dw_bwd_weight = _LazyKernel(
     _dw_bwd_weight, _DWW_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL", "AFFINE"],
