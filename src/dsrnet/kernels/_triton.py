@@ -426,6 +426,7 @@ def _dw_bwd_weight(
     # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, tap, c] in fp32.
     # One elementwise [BLOCK_P, BLOCK_C] accumulator per tap, reduced over the pixels once after the loop: a
     # reduction per tap and pixel block (warp shuffles and barriers) cost more than the multiply-adds themselves.
+    # Written out tap by tap: Triton (3.6-3.8) cannot keep a list of tensors indexed inside a static loop.
     # AFFINE: the forward's input was relu((x - centre) * scale + shift), recomputed from x as the taps are loaded.
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
