@@ -239,29 +239,6 @@ def _bn_relu(xv, ok, centre, scale, shift):
 
 
 @_jit_as_triton
-def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale, shift,
-             STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
-    """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
-    the image starting at element offset ``x_base``, in fp32; w: [9, C] (tap-major). All 9 taps' loads are
-    independent, so they are in flight at once. ``AFFINE``: the conv reads ``relu((x - centre) * scale + shift)``
-    (per-channel [channels] vectors: a BatchNorm with its statistics, then the ReLU, applied as the taps are
-    loaded; centred as BatchNorm itself computes, which rounds better than a folded ``x * a + b``)."""
-    for kh in tl.static_range(3):
-        ih = ho * STRIDE - DIL + kh * DIL
-        h_ok = (ih >= 0) & (ih < H)
-        for kw in tl.static_range(3):
-            iw = wo * STRIDE - DIL + kw * DIL
-            ok = p_mask & h_ok & (iw >= 0) & (iw < W)
-            ptrs = x_ptr + (x_base + ih * sxh + iw * sxw)[:, None] + offs_c[None, :]
-            xv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-            if AFFINE:
-                xv = _bn_relu(xv, ok, centre, scale, shift)
-            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
-            acc += xv * wv[None, :]
-    return acc
-
-
-@_jit_as_triton
 def _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, KH: tl.constexpr,
          KW: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
     """The conv input under tap (``KH``, ``KW``) of output pixels (``ho``, ``wo``), [pixels, channels] in fp32 (0
@@ -274,6 +251,23 @@ def _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, 
     if AFFINE:
         xv = _bn_relu(xv, ok, centre, scale, shift)
     return xv
+
+
+@_jit_as_triton
+def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale, shift,
+             STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
+    """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
+    the image starting at element offset ``x_base``, in fp32; w: [9, C] (tap-major). All 9 taps' loads are
+    independent, so they are in flight at once. ``AFFINE``: the conv reads ``relu((x - centre) * scale + shift)``
+    (per-channel [channels] vectors: a BatchNorm with its statistics, then the ReLU, applied as the taps are
+    loaded; centred as BatchNorm itself computes, which rounds better than a folded ``x * a + b``)."""
+    for kh in tl.static_range(3):
+        for kw in tl.static_range(3):
+            xv = _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, kh, kw,
+                      STRIDE, DIL, AFFINE)  # fmt: skip
+            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+            acc += xv * wv[None, :]
+    return acc
 
 
 @_jit_as_triton
