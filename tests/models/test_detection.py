@@ -136,3 +136,23 @@ def test_detector_trains_and_infers(detector, one_thread):
         assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"]) == len(out["labels"])
         if detector == "MaskRCNN":
             assert out["masks"].shape[0] == len(out["boxes"])
+
+
+def test_dense_backbone_under_torchvisions_deeplabv3(one_thread):
+    """``output_stride=8`` (layer3 and layer4 dilated instead of strided) under torchvision's DeepLabV3, as its
+    ResNet backbones are used: full-resolution logits, and a training step reaches the stem."""
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+    torch.manual_seed(0)
+    backbone = dsrnet.create_model("dsrnet50", num_classes=0, output_stride=8, **TINY)
+    body = IntermediateLayerGetter(backbone, return_layers={"layer4": "out"})
+    model = DeepLabV3(body, DeepLabHead(backbone.num_features, 3))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert body(x.clone())["out"].shape[-2:] == (8, 8)  # 64 / 8, not 64 / 32
+    out = model.train()(x)["out"]
+    assert out.shape == (2, 3, 64, 64)
+    loss = torch.nn.functional.cross_entropy(out, torch.randint(0, 3, (2, 64, 64)))
+    loss.backward()
+    assert torch.isfinite(loss) and backbone.conv1.weight.grad.abs().sum() > 0
