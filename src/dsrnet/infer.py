@@ -93,7 +93,9 @@ def evaluate_checkpoint(
         batch_size = EVAL_BATCH_GPU if torch.device(dev).type == "cuda" else EVAL_BATCH_CPU
     test = D.load_split(info["dataset"], "test", data_dir, download=download)
     if test_subset_per_class:  # the run's seed picks the same images its test subset had
-        test = test.subset_per_class(test_subset_per_class, (ckpt.get("config") or {}).get("seed", 0))
+        test = test.subset_per_class(
+            test_subset_per_class, (ckpt.get("config") or {}).get("seed", 0), what="--test-subset-per-class (test split)"
+        )
     loader = D.DeviceLoader(
         test.images,
         test.labels,

@@ -402,6 +402,53 @@ def test_truncated_cache(tmp_path):
     path.write_bytes(b"not a zip at all")
     with pytest.raises(DsrnetError, match="unreadable or truncated"):
         load_split("cifar10", "train", tmp_path)
+    np.save(path.with_suffix(".npy"), np.ones((5, 32, 32, 3), np.uint8))  # one array under the .npz name
+    path.with_suffix(".npy").replace(path)
+    with pytest.raises(DsrnetError, match=r"one array, not an \.npz archive .* fix: delete"):
+        load_split("cifar10", "train", tmp_path)
+
+
+def test_damaged_compressed_cache_is_one_error(tmp_path):
+    # np.savez_compressed caches load too; damaged deflate data raises zlib.error, not an OSError/ValueError.
+    path = tmp_path / "cifar10" / "test.npz"
+    path.parent.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez_compressed(path, images=rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8), labels=np.arange(50) % 10)
+    raw = path.read_bytes()
+    for pos in range(100, len(raw) - 200, 500):  # find damage that reaches the inflater (not only the CRC check)
+        path.write_bytes(raw[:pos] + b"\x00\xff" * 4 + raw[pos + 8 :])
+        try:
+            with np.load(path) as z:
+                z["images"], z["labels"]
+        except Exception as err:  # noqa: BLE001 (looking for the zlib case)
+            if type(err).__module__ == "zlib":
+                break
+    else:
+        pytest.fail("no damage position gave a zlib.error")
+    with pytest.raises(DsrnetError, match=r"unreadable or truncated \(error: .* fix: delete"):
+        load_split("cifar10", "test", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar-10-batches-py"])
+def test_data_dir_pointing_at_the_dataset_folder_names_its_parent(tmp_path, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(DsrnetError, match=rf"is the dataset's own folder; fix: .*--data-dir {tmp_path}\)"):
+        load_split("cifar10", "test", tmp_path / name)
+
+
+def test_official_class_names_survive_the_cache(tmp_path):
+    make_stl10(tmp_path)
+    names = [f"c{i}" for i in range(10)]
+    (tmp_path / "stl10_binary" / "class_names.txt").write_text("\n".join(names) + "\n")
+    first = load_split("stl10", "train", tmp_path)
+    assert (tmp_path / "stl10" / "train.npz").is_file()
+    again = load_split("stl10", "train", tmp_path)  # now from the array cache
+    assert first.classes == again.classes == tuple(names)
+
+
+def test_subset_error_names_the_setting():
+    with pytest.raises(DsrnetError, match=r"^--test-subset-per-class \(test split\): 5 images per class asked"):
+        subset_per_class(np.arange(20) % 10, 5, what="--test-subset-per-class (test split)")
 
 
 def test_truncated_cifar_pickle_fails_and_writes_no_cache(tmp_path):

@@ -237,6 +237,28 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["reproduce", "ablate"])
+def test_download_flag_reaches_the_data_check(command, tmp_path, capsys, monkeypatch):
+    # The missing-data error says "rerun with --download": both commands take it and pass it on to the data.
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def no_network(root, **kwargs):
+        calls.append(kwargs)
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(tvd, "CIFAR10", no_network)
+    out = tmp_path / "out"
+    argv = [command, "--dataset", "cifar10", "--quick", "--download", "--data-dir", str(tmp_path / "none"),
+            "--out-dir", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    assert calls and calls[0]["download"] is True
+    err = capsys.readouterr().err
+    assert "download of cifar10" in err and "fix: check the network" in err
+    assert not out.exists()
+
+
 def test_unknown_dataset_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["reproduce", "--dataset", "mnist"])

@@ -34,6 +34,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data-dir", default=None, help="datasets folder (default: $DSRNET_DATA or ~/.cache/dsrnet/data)"
     )
+    p.add_argument(
+        "--download", action="store_true", default=None, help="download the dataset if missing (default: off)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (training and timing)")
     p.add_argument(
         "--precision",
@@ -141,6 +144,7 @@ def _prepare(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "data_dir": args.data_dir,
+        "download": args.download,
         "device": args.device,
         "precision": args.precision,
         "seed": args.seed,

@@ -31,6 +31,7 @@ import os
 import pickle
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,9 +116,9 @@ class ArraySplit:
             np.ascontiguousarray(self.images[indices]), self.labels[indices], self.classes, coarse
         )
 
-    def subset_per_class(self, n: int, seed: int = 0) -> ArraySplit:
-        """``n`` images per class, chosen by :func:`subset_per_class`."""
-        return self.take(subset_per_class(self.labels, n, seed))
+    def subset_per_class(self, n: int, seed: int = 0, *, what: str = "subset per class") -> ArraySplit:
+        """``n`` images per class, chosen by :func:`subset_per_class` (``what`` names the setting in errors)."""
+        return self.take(subset_per_class(self.labels, n, seed, what=what))
 
 
 def default_data_dir() -> Path:
@@ -161,6 +162,11 @@ def load_split(
         _download(root, info)
         folder = _find_official(root, info)
     if folder is None:
+        if root.name in (_OFFICIAL_FOLDER[info.name], info.name):  # the dataset's own folder, not the one above
+            raise DsrnetError(
+                f"dataset {info.name} ({split} split) not found: the data folder {root} is the dataset's own "
+                f"folder; fix: pass the folder that contains {root.name}/ (--data-dir {root.parent})"
+            )
         raise DsrnetError(_missing_message(root, info, split, download))
     data = _read_official(folder, info, split)
     if split != "unlabeled":
@@ -215,21 +221,32 @@ def _download(root: Path, info: DatasetInfo) -> None:
 
 def _read_cache(path: Path, info: DatasetInfo, split: str) -> ArraySplit:
     fix = f"delete {path} to rebuild it from the official files, or write it again"
+    classes = info.classes
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a single .npy array saved under the .npz name
+            raise DsrnetError(
+                f"{path} is one array, not an .npz archive of images and labels; fix: {fix}"
+            )
+        with loaded as z:
             keys = set(z.files)
             missing = {"images", "labels"} - keys
             if missing:
                 raise DsrnetError(f"{path} lacks the array(s) {', '.join(sorted(missing))}; fix: {fix}")
             images, labels = z["images"], z["labels"]
             coarse = z["coarse_labels"] if "coarse_labels" in keys else None
+            if "classes" in keys:  # the names the official files carried (they may differ from the built-in)
+                classes = tuple(str(c) for c in z["classes"])
     except DsrnetError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+    # zlib.error: a compressed archive (np.savez_compressed) with damaged bytes
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as err:
         raise DsrnetError(
             f"{path} is unreadable or truncated ({type(err).__name__}: {err}); fix: {fix}"
         ) from err
-    return _validated(info, split, images, labels, info.classes, coarse, str(path), fix)
+    if len(classes) != info.num_classes:
+        raise DsrnetError(f"{path}: {len(classes)} class names, expected {info.num_classes}; fix: {fix}")
+    return _validated(info, split, images, labels, classes, coarse, str(path), fix)
 
 
 def _validated(
@@ -290,6 +307,7 @@ def _write_cache(path: Path, data: ArraySplit) -> None:
     arrays = {"images": data.images, "labels": data.labels}
     if data.coarse_labels is not None:
         arrays["coarse_labels"] = data.coarse_labels
+    arrays["classes"] = np.array(data.classes)  # the official files' names; fixed-width unicode: no pickle
     remove_stale_temp_files(path.parent)  # an earlier run killed mid-write left its temp file
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
@@ -468,16 +486,17 @@ def _read_stl10(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
 # --------------------------------------------------------------------------------------------- subsets, stats
 
 
-def subset_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+def subset_per_class(labels: np.ndarray, n: int, seed: int = 0, *, what: str = "subset per class") -> np.ndarray:
     """Indices of the first ``n`` images of each class after a shuffle seeded by ``seed``, returned in ascending
-    order (so the subset keeps the split's order). Raises if some class has fewer than ``n`` images."""
+    order (so the subset keeps the split's order). Raises if some class has fewer than ``n`` images; ``what``
+    names the setting (e.g. the flag and split) in the errors."""
     labels = np.asarray(labels)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise DsrnetError(f"subset per class must be a positive integer, got {n!r}")
+        raise DsrnetError(f"{what} must be a positive integer, got {n!r}")
     if labels.ndim != 1 or len(labels) == 0:
-        raise DsrnetError(f"subset per class needs a non-empty 1-D label array, got shape {labels.shape}")
+        raise DsrnetError(f"{what} needs a non-empty 1-D label array, got shape {labels.shape}")
     if labels.min() < 0:
-        raise DsrnetError("subset per class needs labelled images (got label -1: the unlabeled split)")
+        raise DsrnetError(f"{what} needs labelled images (got label -1: the unlabeled split)")
     order = np.random.default_rng(seed).permutation(len(labels))
     shuffled = labels[order]
     by_class = np.argsort(shuffled, kind="stable")  # stable: within a class, keeps the seeded shuffle order
@@ -485,7 +504,7 @@ def subset_per_class(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     if counts.min() < n:
         worst = classes[counts.argmin()]
         raise DsrnetError(
-            f"subset of {n} per class asked, but class {worst} has only {counts.min()} images; fix: use at most "
+            f"{what}: {n} images per class asked, but class {worst} has only {counts.min()} images; fix: use at most "
             f"{counts.min()} per class, or all images (no subset)"
         )
     take = (starts[:, None] + np.arange(n)[None, :]).ravel()

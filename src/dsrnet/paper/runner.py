@@ -200,7 +200,7 @@ def run_jobs(jobs: Sequence[Job], s: Settings, *, log: Callable[[str], None] = _
     configs = _configs(jobs, s)
     for cfg in configs:
         finished_run(cfg)
-    load_split(s.dataset, "test", s.train.get("data_dir"))
+    load_split(s.dataset, "test", s.train.get("data_dir"), download=bool(s.train.get("download")))
     finals = []
     for i, (job, cfg) in enumerate(zip(jobs, configs, strict=True)):
         log(f"[{i + 1}/{len(jobs)}] {job.key} ({job.arch})")

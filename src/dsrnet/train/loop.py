@@ -183,9 +183,11 @@ def _load_data(cfg: TrainConfig, dist_: DistContext, device: torch.device):
             f"its array cache from the official files (delete {cfg.dataset}/train.npz there)"
         )
     if cfg.subset_per_class:
-        train = train.subset_per_class(cfg.subset_per_class, cfg.seed)
+        train = train.subset_per_class(cfg.subset_per_class, cfg.seed, what="subset_per_class (train split)")
     if cfg.test_subset_per_class:
-        test = test.subset_per_class(cfg.test_subset_per_class, cfg.seed)
+        test = test.subset_per_class(
+            cfg.test_subset_per_class, cfg.seed, what="test_subset_per_class (test split)"
+        )
     mean, std = D.channel_stats(train.images)
     if cfg.batch_size % dist_.world_size:
         raise DsrnetError(
