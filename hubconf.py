@@ -6,14 +6,23 @@ model's default weights from ``dsrnet.models.weights`` (checksum-verified; an er
 
 import os
 import sys
+import warnings
 
-dependencies = ["torch", "torchvision"]
+dependencies = ["torch", "torchvision", "safetensors"]
 
-try:
-    import dsrnet
-except ImportError:  # a plain checkout that was never pip-installed
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
-    import dsrnet
+# This checkout's own package, ahead of any installed dsrnet: the hub loads the code it was pointed at.
+_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
+sys.path.insert(0, _SRC)
+import dsrnet  # noqa: E402
+
+if not os.path.abspath(dsrnet.__file__).startswith(os.path.join(_SRC, "")):
+    # dsrnet was imported from elsewhere before torch.hub.load: Python keeps that one.
+    warnings.warn(
+        f"torch.hub: dsrnet {dsrnet.__version__} was already imported from {os.path.dirname(dsrnet.__file__)}, so "
+        f"its models are used, not this checkout's ({_SRC}); load the hub entry in a fresh process to use the "
+        f"checkout",
+        stacklevel=2,
+    )
 
 
 def _entry(name):

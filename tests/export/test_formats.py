@@ -132,6 +132,24 @@ def test_mismatch_above_tolerance_raises_and_leaves_no_file(tiny, tmp_path, monk
         export_model(tiny, tmp_path / "u.pt", format="torchscript", tolerance=-1.0)
 
 
+@pytest.mark.parametrize(
+    ("error", "fix"),
+    [(ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_2_11'"), r'pip install -U "dsrnet\[onnx\]"'),
+     (RuntimeError("unsupported operator"), "try another --format")],
+)  # fmt: skip
+def test_exporter_failures_are_one_line_with_a_fix(error, fix, tiny, tmp_path, monkeypatch):
+    # An onnxscript too old for this torch fails inside torch.onnx with an ImportError: the fix is an upgrade.
+    from dsrnet.export import formats
+
+    def broken_writer(*args):
+        raise error
+
+    monkeypatch.setitem(formats._WRITERS, "onnx", broken_writer)
+    with pytest.raises(dsrnet.DsrnetError, match=rf"exporting .* to onnx failed \({type(error).__name__}: .*; fix: {fix}"):
+        export_model(tiny, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("fmt", "name", "match"), [
     ("onnx", "m.txt", r"does not end in \.onnx"),
     ("torchscript", "m.pt2", r"does not end in \.pt;"),

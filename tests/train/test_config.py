@@ -3,13 +3,11 @@ config files."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dsrnet.errors import DsrnetError
 from dsrnet.train import LEGACY_DEFAULTS, RECIPES, RESUME_MUTABLE, TrainConfig, load_config_file, lr_factor
-from dsrnet.train.config import _check_resume_overrides
+from dsrnet.train.config import _check_resume_overrides, shipped_config_path
 
 # -------------------------------------------------------------------------------------------------- config
 
@@ -139,7 +137,7 @@ def test_yaml_config_file(tmp_path):
 
 
 def test_recipe_config_files_match_the_recipes():
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = shipped_config_path("fast").parent
     paper = load_config_file(configs / "paper.yaml")
     assert TrainConfig.from_recipe(**paper, device="cpu") == TrainConfig.from_recipe(
         "paper", model="dsrnet50", device="cpu"
@@ -207,3 +205,19 @@ def test_resume_refuses_changed_switches_also_against_a_checkpoint_from_before_t
     for key, value in (("cutout", 16), ("pad_fill", "reflect"), ("dw_weight_decay", False)):
         with pytest.raises(DsrnetError, match=f"{key}={value!r} differs from the checkpoint's"):
             _check_resume_overrides(legacy, {key: value}, "old.pt")
+
+
+@pytest.mark.parametrize("name", ["fast", "paper", "cpu-smoke"])
+def test_shipped_configs_load_by_name(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file of that name here: the package's own copy is read
+    by_name = load_config_file(name)
+    assert by_name == load_config_file(f"{name}.yaml") == load_config_file(shipped_config_path(name))
+    assert by_name and "recipe" in by_name  # (what each file holds: test_recipe_config_files_match_the_recipes)
+
+
+def test_a_local_file_wins_over_a_shipped_name_and_unknown_names_list_the_shipped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fast.yaml").write_text("epochs: 3\n")
+    assert load_config_file("fast.yaml") == {"epochs": 3}
+    with pytest.raises(DsrnetError, match=r"fastest not found; fix: .*shipped config name \(fast, paper, cpu-smoke\)"):
+        load_config_file("fastest")

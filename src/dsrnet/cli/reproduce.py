@@ -16,7 +16,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES, help="dataset of Table 2 (cifar10), 3 "
                    "(cifar100) or 4 (stl10)")  # fmt: skip
     p.add_argument("--config", metavar="YAML", default=None,
-                   help="YAML file of `dsrnet train` settings (e.g. configs/fast.yaml) for every model; the flags "
+                   help="YAML file of `dsrnet train` settings (e.g. fast, a shipped recipe file, or a path) for every model; the flags "
                    "here override it; its model is ignored (--models picks them), its dataset must be --dataset's, "
                    "and it may not set model_kwargs, out_dir, resume, init_weights or a Triton dwconv")  # fmt: skip
     p.add_argument(
@@ -113,7 +113,7 @@ PER_MODEL_KEYS = ("model_kwargs", "out_dir", "resume", "init_weights")
 
 
 def _config_file(path: str, dataset: str) -> dict:
-    """The file's settings for every model: a recipe file such as configs/fast.yaml names the model it was written
+    """The file's settings for every model: a recipe file such as the shipped fast.yaml names the model it was written
     for, which the comparison replaces by each of its models (logged), and a dataset, which must be this one."""
     from dsrnet.errors import DsrnetError
     from dsrnet.train.config import load_config_file

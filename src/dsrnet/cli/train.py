@@ -114,7 +114,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
     S = argparse.SUPPRESS  # unset flags stay absent, so YAML values and recipe defaults can show through
     p.add_argument("--config", metavar="YAML", default=S,
-                   help="YAML file of settings (keys = the long flag names); flags given here override it")
+                   help="YAML file of settings (keys = the long flag names), or a shipped recipe file by name: fast, "
+                        "paper, cpu-smoke; flags given here override it")
     p.add_argument("--print-config", action="store_true", default=S,
                    help="print the resolved config as YAML and exit without training")  # fmt: skip
     for f in fields(TrainConfig):
@@ -160,7 +161,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
             "Evaluate a checkpoint on its dataset's test split; writes metrics.json, per_class.csv, confusion.csv "
             "and confusion.png to --out-dir."
         )
-        p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a run, or the run folder")
+        p.add_argument("--checkpoint", required=True, metavar="MODEL",
+                       help="what to evaluate: a run folder or its checkpoint.pt, a .safetensors weights file "
+                       "(dsrnet export-weights), a weights tag such as dsrnet50_cifar.c10, or a file from `dsrnet "
+                       "export` (e.g. model.int8.onnx)")  # fmt: skip
         p.add_argument("--data-dir", default=None, help="dataset folder (default: $DSRNET_DATA or "
                        "~/.cache/dsrnet/data)")  # fmt: skip
         p.add_argument("--download", action="store_true", help="download the dataset if missing")
@@ -171,7 +175,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                        help=f"inference precision: {', '.join(PRECISIONS)}")  # fmt: skip
         p.add_argument("--test-subset-per-class", type=typed(lambda v: _coerce("test_subset_per_class", "int", v)),
                        default=None, help="evaluate on this many images per class (default: all)")  # fmt: skip
-        p.add_argument("--out-dir", default=None, help="output folder (default: <run folder>/eval)")
+        p.add_argument("--out-dir", default=None, help="output folder (default: <run folder>/eval for a run, "
+                       "<file>.eval beside a file, <tag>.eval in the current folder for a weights tag)")  # fmt: skip
         p.add_argument("--backend", type=one_of("backend", backends), default="torch",
                        help="inference engine: torch (any device), fused (a DSRNet in dsrnet.fuse's inference "
                        "form: BatchNorm folded, fused Triton kernels on CUDA) or a CPU engine (onnxruntime, "

@@ -260,7 +260,15 @@ def export_model(
             raise
         except Exception as err:  # noqa: BLE001 - surface exporter failures as one line
             msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-            raise DsrnetError(f"exporting {src.name} to {format} failed ({type(err).__name__}: {msg})") from None
+            # An ImportError inside the exporter: an onnx/onnxscript too old or too new for this torch.
+            fix = (
+                'pip install -U "dsrnet[onnx]" (onnx, onnxruntime, onnxscript >= 0.6)'
+                if isinstance(err, ImportError)
+                else "try another --format, or report the model and this message"
+            )
+            raise DsrnetError(
+                f"exporting {src.name} to {format} failed ({type(err).__name__}: {msg}); fix: {fix}"
+            ) from None
         diff, tol = _check_against_pytorch(src, tmp, out, format, tolerance, seed)
         files = [out]
         int8_info = None

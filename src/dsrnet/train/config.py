@@ -477,15 +477,34 @@ def _unique_key_loader():
     return UniqueKeyLoader
 
 
+#: The recipe files shipped inside the package (``dsrnet/configs/<name>.yaml``), usable by name: ``--config fast``.
+SHIPPED_CONFIGS = ("fast", "paper", "cpu-smoke")
+
+
+def shipped_config_path(name: str) -> Path:
+    """The installed file of the shipped config ``name`` (``fast``, ``paper``, ``cpu-smoke``; ``.yaml`` optional)."""
+    stem = name.removesuffix(".yaml")
+    if stem not in SHIPPED_CONFIGS:
+        raise DsrnetError(f"no shipped config {name!r}; fix: use one of {', '.join(SHIPPED_CONFIGS)} or a YAML path")
+    return Path(__file__).resolve().parent.parent / "configs" / f"{stem}.yaml"
+
+
 def load_config_file(path: str | os.PathLike) -> dict:
-    """A YAML mapping of config fields (dashes or underscores); unknown keys and bad YAML raise."""
+    """A YAML mapping of config fields (dashes or underscores); unknown keys and bad YAML raise. ``path`` is a YAML
+    file or, when no such file exists, the name of a shipped config (:data:`SHIPPED_CONFIGS`: ``fast``,
+    ``fast.yaml``), read from the installed package."""
     import yaml
 
     path = Path(path).expanduser()
     if path.is_dir():
         raise DsrnetError(f"config file {path} is a folder; fix: pass a YAML file to --config")
+    if not path.is_file() and len(path.parts) == 1 and path.name.removesuffix(".yaml") in SHIPPED_CONFIGS:
+        path = shipped_config_path(path.name)
     if not path.is_file():
-        raise DsrnetError(f"config file {path} not found; fix: pass an existing YAML file to --config")
+        raise DsrnetError(
+            f"config file {path} not found; fix: pass an existing YAML file to --config, or a shipped config "
+            f"name ({', '.join(SHIPPED_CONFIGS)})"
+        )
     try:
         values = yaml.load(path.read_text(), Loader=_unique_key_loader())
     except yaml.YAMLError as err:
