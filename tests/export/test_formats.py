@@ -132,6 +132,42 @@ def test_mismatch_above_tolerance_raises_and_leaves_no_file(tiny, tmp_path, monk
         export_model(tiny, tmp_path / "u.pt", format="torchscript", tolerance=-1.0)
 
 
+class _RunsCode:  # a pickle that, when loaded unsafely, creates the marker file
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_pt2_cannot_run_code_when_read(tiny, tmp_path):
+    # torch.export.load falls back to torch.load(weights_only=False) for the archive's sample inputs: a .pt2
+    # whose sample inputs are a code-running pickle ran that code on `dsrnet predict/eval --checkpoint x.pt2`.
+    import io
+    import zipfile
+
+    from dsrnet.export.backends import load_predictor
+
+    good = tmp_path / "good.pt2"
+    export_model(tiny, good, format="exported-program")
+    marker = tmp_path / "PWNED"
+    payload = io.BytesIO()
+    torch.save(_RunsCode(marker), payload)
+    evil = tmp_path / "evil.pt2"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w", zipfile.ZIP_STORED) as zout:
+        names = [i.filename for i in zin.infolist()]
+        assert any("sample_inputs/" in n for n in names), names
+        for info in zin.infolist():
+            data = payload.getvalue() if "sample_inputs/" in info.filename else zin.read(info.filename)
+            zout.writestr(info, data)
+    with pytest.raises(dsrnet.DsrnetError, match=r"cannot read .*evil\.pt2 as exported-program"):
+        read_metadata(evil)
+    with pytest.raises(dsrnet.DsrnetError):
+        load_predictor(evil)
+    assert not marker.exists()
+    assert read_metadata(good)["image_size"] == 32  # a genuine archive still loads
+
+
 @pytest.mark.parametrize(
     ("error", "fix"),
     [(ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_2_11'"), r'pip install -U "dsrnet\[onnx\]"'),

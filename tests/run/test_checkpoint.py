@@ -109,3 +109,25 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(ckpt_path, monk
         save_checkpoint(ckpt_path, _payload(epoch=2))
     assert "\n" not in str(err.value) and ckpt_path.read_bytes() == before
     assert [p.name for p in ckpt_path.parent.iterdir()] == ["checkpoint.pt"]
+
+
+class _RunsCode:  # a pickle that, when loaded unsafely, creates the marker file
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path):
+    # Checkpoints are read with weights_only=True: a pickle calling any function is refused, never run.
+    evil = tmp_path / "checkpoint.pt"
+    marker = tmp_path / "PWNED"
+    torch.save({**_payload(), "extra": _RunsCode(marker)}, evil)
+    with pytest.raises(DsrnetError, match="cannot be read safely"):
+        load_checkpoint(evil)
+    with pytest.raises(DsrnetError, match="cannot be read safely"):
+        model_from_checkpoint(evil)
+    with pytest.raises(DsrnetError, match="cannot be read safely"):
+        create_model("dsrnet50", checkpoint_path=evil)
+    assert not marker.exists()

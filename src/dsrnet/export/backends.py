@@ -156,7 +156,9 @@ def _torch_module(source: Any, image_size: int | None) -> nn.Module:
             raise DsrnetError(
                 f"exported model {source} not found; fix: pass a file written by `dsrnet export`"
             )
-        return torch.export.load(str(source)).module()
+        from dsrnet.export.formats import load_exported_program
+
+        return load_exported_program(source).module()
     if _is_file_of(source, ".pt") and _is_torchscript(source):  # else: a training checkpoint, below
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; its files still load

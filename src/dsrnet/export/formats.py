@@ -20,6 +20,8 @@ import contextlib
 import copy
 import json
 import os
+import pickle
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +106,45 @@ def require(module: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise DsrnetError(f"{module} is not installed; fix: pip install 'dsrnet[{extra}]'") from None
+
+
+@contextlib.contextmanager
+def _no_code_from_pickles():
+    """Within this block, the unpickling inside ``torch.export.load`` cannot run code: it loads parts of a .pt2
+    archive with ``torch.load(weights_only=False)`` (pickled weights and constants; the sample inputs after a failed
+    safe load) or plain ``pickle.loads`` / TorchScript's unpickler (opaque and custom objects), so a crafted file
+    would run whatever its pickles call. Here every ``torch.load`` is ``weights_only=True`` and the other two
+    refuse; an exported DSRNet needs none of them (its weights are stored raw)."""
+    from unittest import mock
+
+    real_load = torch.load
+
+    def weights_only_load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        return real_load(f, *args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError("a pickled object inside the archive (dsrnet reads tensors only)")
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(torch, "load", weights_only_load))
+        stack.enter_context(mock.patch.object(torch._C, "_pickle_load_obj", refuse, create=True))
+        try:
+            from torch.export.pt2_archive import _package
+        except ImportError:  # (an older layout: its loads go through torch.load, patched above)
+            _package = None
+        if _package is not None and hasattr(_package, "pickle"):
+            no_loads = types.SimpleNamespace(**{k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
+            no_loads.loads = refuse
+            stack.enter_context(mock.patch.object(_package, "pickle", no_loads))
+        yield
+
+
+def load_exported_program(path: str | os.PathLike, extra_files: dict[str, Any] | None = None):
+    """``torch.export.load`` of a .pt2 file that cannot run code while it is read (:func:`_no_code_from_pickles`);
+    a refused or damaged archive raises from torch, quietly (callers turn it into one error line)."""
+    with _quiet(), _no_code_from_pickles():
+        return torch.export.load(str(path), extra_files=extra_files)
 
 
 @contextlib.contextmanager
@@ -205,7 +246,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             raw = files[METADATA_KEY]
         elif fmt == "exported-program":
             files = {METADATA_KEY: ""}
-            torch.export.load(str(path), extra_files=files)
+            load_exported_program(path, extra_files=files)
             raw = files[METADATA_KEY]
     except DsrnetError:
         raise
