@@ -289,3 +289,116 @@ def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir
     onnx.write_bytes(b"not read")
     with pytest.raises(DsrnetError, match="exported file; fix: pass --backend onnxruntime or openvino"):
         predict(onnx, [img], device="cpu", backend="fused")
+
+
+# ------------------------------------------------------------------------- preprocessing against a reference
+
+
+def _reference_probs(run_dir, images_u8: np.ndarray) -> torch.Tensor:
+    """softmax(model((x / 255 - mean) / std)) written out by hand, from the checkpoint's own statistics."""
+    model, ckpt = model_from_checkpoint(run_dir)
+    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
+    x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        return model((x - mean) / std).softmax(dim=1)
+
+
+def test_predict_preprocessing_matches_a_hand_written_reference(learned_run, cifar10_dir, tmp_path):
+    cfg, _ = learned_run
+    test = np.load(cifar10_dir / "cifar10" / "test.npz")
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(test["images"][i]).save(files[-1])  # lossless, at the model's 32 px: no resize involved
+    got = predict(cfg.out_dir, files, top_k=10, device="cpu", backend="torch")
+    want = _reference_probs(cfg.out_dir, test["images"][:3])
+    classes = list(DATASETS["cifar10"].classes)
+    for row, ref in zip(got, want, strict=True):
+        assert [classes.index(c) for c, _ in row] == ref.argsort(descending=True).tolist()
+        assert [p for _, p in row] == pytest.approx(sorted(ref.tolist(), reverse=True), abs=1e-5)
+
+
+def test_predict_runs_in_bounded_batches(learned_run, tmp_path, monkeypatch):
+    from dsrnet import infer
+
+    cfg, _ = learned_run
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"r{i}.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(files[-1])
+    whole = predict(cfg.out_dir, files, top_k=3, device="cpu", backend="torch")
+    monkeypatch.setattr(infer, "EVAL_BATCH_CPU", 2)
+    seen = []
+    real = infer._model_on_backend
+
+    def spy(*args, **kwargs):
+        model, info = real(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].shape[0]))
+        return model, info
+
+    monkeypatch.setattr(infer, "_model_on_backend", spy)
+    chunked = predict(cfg.out_dir, files, top_k=3, device="cpu", backend="torch")
+    assert seen == [2, 2, 1]
+    assert [[c for c, _ in r] for r in chunked] == [[c for c, _ in r] for r in whole]
+    assert [p for r in chunked for _, p in r] == pytest.approx([p for r in whole for _, p in r], abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated; its files are still made and read
+def test_eval_feeds_a_model_exported_at_another_size_its_own_input_size(learned_run, cifar10_dir, tmp_path):
+    # An export at 64 px was scored on the dataset's 32-px images (TorchScript silently, others crashed); eval
+    # now resizes the test images as predict resizes an image file.
+    from dsrnet.data import load_split
+    from dsrnet.export import export_model
+    from dsrnet.infer import _resized
+
+    cfg, _ = learned_run
+    exported = export_model(cfg.out_dir, tmp_path / "m64.pt", format="torchscript", image_size=64).path
+    common = {"data_dir": str(cifar10_dir), "device": "cpu", "test_subset_per_class": 5}
+    m = evaluate_checkpoint(exported, backend="torch", **common)
+    subset = load_split("cifar10", "test", cifar10_dir).subset_per_class(5, cfg.seed)
+    big = _resized(subset.images, 64)
+    assert big.shape == (50, 64, 64, 3)
+    ref = _reference_probs(cfg.out_dir, big).argmax(dim=1).numpy()
+    assert m["test_images"] == 50
+    assert m["top1"] == pytest.approx(100.0 * (ref == subset.labels).mean(), abs=100 / 50 + 1e-9)
+    # the same image as a file, through predict: the same top-1 class as the resized array gives
+    path = tmp_path / "one.png"
+    Image.fromarray(subset.images[0]).save(path)
+    top = predict(exported, [path], top_k=1, device="cpu")[0][0][0]
+    assert top == DATASETS["cifar10"].classes[ref[0]]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_exports_without_class_names_and_misnamed_exports(tmp_path):
+    from dsrnet.export import export_model
+    from tests.export.conftest import tiny_model
+
+    exported = export_model(tiny_model(), tmp_path / "tiny.pt", format="torchscript").path
+    img = tmp_path / "x.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(img)
+    labels = [c for c, _ in predict(exported, [img], top_k=10, device="cpu")[0]]
+    assert sorted(labels, key=int) == [str(i) for i in range(10)]  # class indices: the file names no classes
+    renamed = exported.rename(tmp_path / "tiny.pth")
+    with pytest.raises(DsrnetError, match=r"tiny\.pth is TorchScript, read from files named \*\.pt; fix: rename it to "
+                       r"tiny\.pt"):  # fmt: skip
+        predict(renamed, [img], device="cpu")
+
+
+def test_predict_takes_folders_of_images(learned_run, tmp_path, capsys):
+    from dsrnet.cli.main import main
+
+    cfg, _ = learned_run
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.png", "a.jpg", "sub/c.PNG"):
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["predict", "--checkpoint", str(cfg.out_dir), "--device", "cpu", "--top-k", "1", str(folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0::2] == [str(folder / "a.jpg"), str(folder / "b.png"), str(folder / "sub" / "c.PNG")]
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--checkpoint", str(cfg.out_dir), str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image files" in err and "fix:" in err and len(err.strip().splitlines()) == 1

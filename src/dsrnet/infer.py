@@ -96,8 +96,11 @@ def evaluate_checkpoint(
         test = test.subset_per_class(
             test_subset_per_class, (ckpt.get("config") or {}).get("seed", 0), what="--test-subset-per-class (test split)"
         )
+    images = test.images
+    if images.shape[1] != info["image_size"]:  # a model exported/trained at another size: predict's resize
+        images = _resized(images, info["image_size"])
     loader = D.DeviceLoader(
-        test.images,
+        images,
         test.labels,
         batch_size=batch_size,
         train=False,
@@ -183,7 +186,7 @@ def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, 
     from torchvision.transforms import InterpolationMode, v2
 
     steps = [
-        v2.Resize(image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+        v2.Resize(image_size, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
         v2.CenterCrop(image_size),
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
@@ -193,21 +196,38 @@ def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, 
     return v2.Compose(steps)
 
 
+def _resize_crop(size: int):
+    from torchvision.transforms import InterpolationMode, v2
+
+    return v2.Compose([v2.Resize(size, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
+                       v2.CenterCrop(size)])  # fmt: skip
+
+
+def _resized(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N,H,W,3) images at ``size`` x ``size``, resized as :func:`transforms` resizes one image for
+    ``predict`` (the same PIL resize and crop), so ``eval`` scores a model at its own input size as ``predict``
+    feeds it."""
+    from PIL import Image
+
+    resize_crop = _resize_crop(size)
+    return np.stack([np.asarray(resize_crop(Image.fromarray(im)), dtype=np.uint8) for im in images])
+
+
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """Any image file -> (size, size, 3) uint8 RGB: shorter side resized to ``size`` (bicubic), centre cut."""
     check_int("image size", size, 1)
-    from torchvision.transforms import InterpolationMode, v2
-
-    resize_crop = v2.Compose(
-        [v2.Resize(size, interpolation=InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)]
-    )
-    return np.asarray(resize_crop(open_image(path)), dtype=np.uint8)
+    return np.asarray(_resize_crop(size)(open_image(path)), dtype=np.uint8)
 
 
 #: What ``dsrnet predict`` uses when no model is named: the shipped CIFAR-10 weights.
 DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
-#: ``predict --backend auto``: from this many images on, exporting a model for a faster CPU backend pays off.
-AUTO_BACKEND_MIN_IMAGES = 32
+#: ``predict --backend auto``: from this many images on, exporting a model for a faster CPU backend pays off. The
+#: temporary ONNX export of DSRNet-50 takes ~7.5 s on one thread of a 2-vCPU Xeon and then saves ~10-14 ms per
+#: 32-px image against eager PyTorch: break-even at ~550-800 images.
+AUTO_BACKEND_MIN_IMAGES = 1000
+#: How ``predict``/``eval`` resize an image to the model's input (torchvision's ``InterpolationMode`` value); the
+#: models' ``pretrained_cfg["interpolation"]`` says the same, so timm's ``resolve_data_config`` pipeline agrees.
+INTERPOLATION = "bicubic"
 #: Inference backends of ``eval`` / ``predict``: ``torch`` and the CPU engines of :mod:`dsrnet.export`, and
 #: ``fused``: a DSRNet in :func:`dsrnet.fuse`'s inference form on any device (BatchNorm folded, NHWC, each DSR block
 #: run by fused Triton kernels on CUDA; PyTorch's ops with the same numerics elsewhere).
@@ -281,6 +301,28 @@ def _fused_model(source, dev: torch.device) -> tuple[nn.Module, dict]:
     return fuse(model), {**info, "backend": "fused", "device": dev}
 
 
+#: What a folder given to ``predict`` contributes: its files with these suffixes (any depth), in sorted order.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """``paths`` with every folder replaced by the image files under it (:data:`IMAGE_SUFFIXES`, sorted), as
+    timm's ``inference.py`` takes a folder; files are kept as given (their content decides, not their suffix)."""
+    if not paths:
+        raise DsrnetError("no images given; fix: pass one or more image files or folders")
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DsrnetError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)}); fix: pass "
+                                  f"image files or a folder of them")  # fmt: skip
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 @torch.no_grad()
 def predict(
     checkpoint: str | os.PathLike | None,
@@ -290,30 +332,34 @@ def predict(
     device: str = "auto",
     backend: str = "auto",
 ) -> list[list[tuple[str, float]]]:
-    """Top-``k`` (class name, probability) pairs for each image file, any size, with the model ``checkpoint``
+    """Top-``k`` (class name, probability) pairs for each image file (a folder: its image files,
+    :func:`image_files`), any size, with the model ``checkpoint``
     names (a checkpoint or run folder, a ``.safetensors`` file, a weights tag, a file from ``dsrnet export``;
     ``None``: the shipped CIFAR-10 weights), preprocessed by :func:`transforms` from the model's own metadata.
     ``backend``: see :func:`evaluate_checkpoint`; ``auto`` on a CPU runs exported files and batches of
     :data:`AUTO_BACKEND_MIN_IMAGES` or more images on the fastest installed CPU backend, and a few images of a
     not-yet-exported model eagerly (exporting costs seconds, more than it saves on a few images)."""
     check_int("top_k", top_k)
-    if not images:
-        raise DsrnetError("no images given; fix: pass one or more image files")
+    images = image_files(images)
     source = DEFAULT_WEIGHTS if checkpoint is None else checkpoint
     if backend == "auto" and not _is_exported(source) and len(images) < AUTO_BACKEND_MIN_IMAGES:
         backend = "torch"
     model, info = _model_on_backend(source, backend, device)
     dev = info["device"]
     prep = transforms(info["image_size"], info["mean"], info["std"])
-    x = torch.stack([prep(open_image(p)) for p in images]).to(dev)
-    probs = model(x).float().softmax(dim=1)
-    k = min(top_k, probs.shape[1])
-    p, idx = probs.topk(k, dim=1)
-    classes = info["classes"]
-    return [
-        [(str(classes[j]), float(q)) for q, j in zip(pr.tolist(), ix.tolist(), strict=True)]
-        for pr, ix in zip(p, idx, strict=True)
-    ]
+    chunk = EVAL_BATCH_GPU if torch.device(dev).type == "cuda" else EVAL_BATCH_CPU
+    results = []
+    for start in range(0, len(images), chunk):  # a bounded batch: memory does not grow with the file count
+        x = torch.stack([prep(open_image(p)) for p in images[start : start + chunk]]).to(dev)
+        probs = model(x).float().softmax(dim=1)
+        # A model without class names (an untrained export of a registry name) is labelled by class index.
+        classes = info["classes"] if len(info["classes"]) == probs.shape[1] else range(probs.shape[1])
+        p, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        results += [
+            [(str(classes[j]), float(q)) for q, j in zip(pr.tolist(), ix.tolist(), strict=True)]
+            for pr, ix in zip(p, idx, strict=True)
+        ]
+    return results
 
 
 def export_weights(source: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "fp16") -> Path:

@@ -188,13 +188,23 @@ def test_dwconv_training_forms_are_timed_for_models_with_depthwise_convs(tmp_pat
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, dwconv="cudnn")
 
 
-def test_cpu_backend_rows(tmp_path):
+def test_cpu_backend_rows(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
+    from dsrnet.export import backends
+
+    threads, real = [], backends.load_runner
+
+    def spy(*args, **kwargs):  # the engine gets torch's thread count (--threads), not all cores
+        threads.append(kwargs.get("threads"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "load_runner", spy)
     kw = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
     result = bench.run_bench(["dsrnet50_cifar"], sizes=[16], batch_size=2, device="cpu", warmup=1, repeats=2,
                              backend="onnxruntime", model_kwargs=kw, out_dir=tmp_path)  # fmt: skip
     (row,) = result["rows"]
     assert row["backend"] == "onnxruntime" and row["latency_ms"] > 0 and row["params"] > 0
+    assert threads == [torch.get_num_threads()]
     assert '1,1]} [onnxruntime]' in result["markdown"]
     with pytest.raises(DsrnetError, match="times CPU inference"):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", backend="onnxruntime")

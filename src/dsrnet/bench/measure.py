@@ -380,7 +380,10 @@ def benchmark_model(
     if backend != "torch":  # an inference engine of dsrnet.export (BatchNorm folded, ONNX for onnxruntime/openvino)
         from dsrnet.export.backends import load_runner
 
-        engine = load_runner(backend, model.eval(), image_size=image_size, precision=precision)
+        # the engine's own thread pool, sized as torch's (--threads), not all cores
+        engine = load_runner(
+            backend, model.eval(), image_size=image_size, precision=precision, threads=torch.get_num_threads()
+        )
         runner = lambda inputs: engine(inputs.contiguous().float())  # noqa: E731
 
     if mode == "inference":

@@ -35,7 +35,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         "--quantizer",
         choices=QUANTIZERS,
         default=None,
-        help="int8 tool (default: ort; nncf output runs on OpenVINO only)",
+        help="int8 tool (default: ort; nncf: made for OpenVINO, see dsrnet.export.quantize)",
     )
     p.add_argument("--data-dir", default=None, help="dataset folder holding cifar10/ (default: $DSRNET_DATA)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's/run's)")

@@ -191,9 +191,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         )
         p.add_argument("--checkpoint", default=None, metavar="MODEL",
                        help="what to classify with: a run folder or its checkpoint.pt, a .safetensors weights file "
-                       "(dsrnet export-weights), or a weights tag such as dsrnet50_cifar.c10 (default: the shipped "
-                       "CIFAR-10 weights, dsrnet50_cifar.c10)")  # fmt: skip
-        p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+                       "(dsrnet export-weights), a weights tag such as dsrnet50_cifar.c10, or a file from `dsrnet "
+                       "export` (default: the shipped CIFAR-10 weights, dsrnet50_cifar.c10)")  # fmt: skip
+        p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) or folders of them")
         p.add_argument("--top-k", type=typed(lambda v: _coerce("top_k", "int", v)), default=5,
                        help="how many classes to print per image")  # fmt: skip
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -262,11 +262,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from dsrnet.infer import predict
+    from dsrnet.infer import image_files, predict
 
-    results = predict(args.checkpoint, args.images, top_k=args.top_k, device=args.device, backend=args.backend)
+    files = image_files(args.images)
+    results = predict(args.checkpoint, files, top_k=args.top_k, device=args.device, backend=args.backend)
     width = max(len(c) for r in results for c, _ in r)
-    for path, res in zip(args.images, results, strict=True):
+    for path, res in zip(files, results, strict=True):
         print(path)
         for cls, prob in res:
             print(f"  {cls:<{width}}  {prob:.4f}")

@@ -6,12 +6,14 @@ Two quantisers write an ONNX file with QuantizeLinear/DequantizeLinear (QDQ) pai
   weights, uint8 activations (the recommended x86 setting: u8s8 is what VNNI's ``vpdpbusd`` multiplies),
   MinMax calibration. onnxruntime AND OpenVINO both run the file with int8 kernels;
 * ``"nncf"`` -- :func:`nncf.quantize` (OpenVINO's Neural Network Compression Framework) on the ONNX graph:
-  its ``PERFORMANCE`` preset (symmetric) and fast bias correction. Its file quantises depthwise-conv inputs
-  per channel, which onnxruntime refuses (QLinearConv needs a scalar input zero point): OpenVINO only.
+  its ``PERFORMANCE`` preset (symmetric) and fast bias correction, made for OpenVINO. onnxruntime runs its
+  file too (``dsrnet eval --backend onnxruntime`` gives the same top-1 as OpenVINO on it), but its int8 speed there
+  is not measured (``benchmarks/cpu_backends.py --quantizer nncf`` times it on OpenVINO only).
 
 Why ``"ort"`` is the default: on OpenVINO both files run at the same speed within noise (2-core AVX-512
-Xeon, ``benchmarks/cpu_backends.py --quantizer nncf``, BENCHMARKS.md), and only the ``"ort"`` file also
-runs on onnxruntime -- one int8 file for every backend, the "same quantisation choice" for every model.
+Xeon, ``benchmarks/cpu_backends.py --quantizer nncf``, BENCHMARKS.md), and the ``"ort"`` file is the one whose
+int8 speed is measured on both engines -- one int8 file for every backend, the same quantisation choice for every
+model.
 
 Calibration images are drawn ``calib_images // 10`` per class from CIFAR-10's training split (seeded), resized
 to the model's input size when it is not 32 px, and normalised with the model's mean/std. The int8 model is
@@ -65,10 +67,10 @@ def cifar10_batch(
         ) from None
     sub = images.subset_per_class(n // 10, seed)
     x = torch.from_numpy(sub.images).permute(0, 3, 1, 2).float() / 255.0
-    if image_size != x.shape[-1]:
+    if image_size != x.shape[-1]:  # bicubic, as predict/eval resize (dsrnet.infer.INTERPOLATION)
         x = F.interpolate(
-            x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-        )
+            x, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True
+        ).clamp_(0.0, 1.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return ((x - m) / s).contiguous(), torch.from_numpy(sub.labels)

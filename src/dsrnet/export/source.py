@@ -102,9 +102,14 @@ def load_source(
     if isinstance(source, nn.Module):
         name = type(source).__name__
         size = image_size or _default_image_size(name, source)
+        n = num_classes or _infer_num_classes(source)
+        # A timm-style module carries its preprocessing (and, with trained weights, its class names) in
+        # pretrained_cfg: the exported file keeps them, as predict/eval read them from it.
+        cfg = getattr(source, "pretrained_cfg", None) or {}
+        names = tuple(str(c) for c in cfg.get("label_names") or ())
         return ModelSource(
-            source.eval(), name, num_classes or _infer_num_classes(source), size, IMAGENET_MEAN, IMAGENET_STD,
-            origin="module",
+            source.eval(), name, n, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
+            classes=names if len(names) == n else (), origin="module",
         )  # fmt: skip
     text = os.fspath(source)
     path = Path(text).expanduser()

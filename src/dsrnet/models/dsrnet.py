@@ -528,7 +528,7 @@ def _cfg(stem: str, **kwargs) -> dict:
         "fixed_input_size": False,
         "pool_size": (7, 7) if stem == "paper" else (4, 4),
         "crop_pct": 0.875 if stem == "paper" else 1.0,
-        "interpolation": "bilinear",
+        "interpolation": "bicubic",  # as dsrnet.infer.transforms resizes (predict/eval)
         "mean": IMAGENET_MEAN if stem == "paper" else CIFAR10_MEAN,
         "std": IMAGENET_STD if stem == "paper" else CIFAR10_STD,
         "first_conv": "conv1",
