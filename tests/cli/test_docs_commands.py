@@ -49,7 +49,10 @@ def test_doc_commands_are_found():
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_commands_parse(doc):
     parser = build_parser()
-    commands = [c for c in doc_commands((REPO / doc).read_text()) if "..." not in c and "[" not in c]
+    # A path placeholder ("runs/...") stands for a real path and is filled in; a command with flags elided
+    # ("dsrnet train ... --dwconv triton") or optional parts ("[--x]") is schematic and skipped.
+    texts = [c.replace("runs/...", "runs/some-run") for c in doc_commands((REPO / doc).read_text())]
+    commands = [c for c in texts if "..." not in c and "[" not in c]
     bad = []
     for command in commands:
         argv = shlex.split(command)[1:]

@@ -100,8 +100,13 @@ def test_assembled_folder_has_the_paper_table_from_the_returned_numbers(returns,
     result = assemble(returns, out, command="assemble test")
     assert [r["job"].key for r in result["rows"]] == ["dsrnet50_cifar", "resnet50_cifar"]
     table = (out / "table.md").read_text()
-    assert "7.50%" in table and "6.25%" in table and "11.0" in table and "22.0" in table
-    assert "2.00x" in table  # resnet50's time over DSRNet's, both from call-1
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    # Every cell of the paper-layout table, exactly: ours (the paper's Table 2 value for the same model).
+    assert rows["Top1-error, ours (paper)"] == "| Top1-error, ours (paper) | 7.50% (9.20%) | 6.25% (11.85%) |"
+    assert rows["Top3-error, ours (paper)"] == "| Top3-error, ours (paper) | 1.00% (–) | 1.00% (–) |"
+    assert rows["time ÷ DSRNet's, ours (paper)"].endswith("| 1.00x (1.00x) | 2.00x (4.86x) |")  # both from call-1
+    assert rows["params (M), ours (paper)"].endswith("| 12.24 (21.9) | 23.52 (–) |")
+    assert " | 11.0 (0.148) | 22.0 (0.719) |" in table
     assert "resnext" not in table.lower()  # not run: no column
     csv = (out / "table.csv").read_text().splitlines()
     assert len(csv) == 3 and csv[0].startswith("model,")

@@ -513,3 +513,18 @@ def test_dw_weight_decay_off_exempts_exactly_the_depthwise_weights(model, depthw
             before = _group_ids(loop._param_groups(swapped, 5e-4, decay_bn, False))
             assert loop._use_dwconv(swapped, TrainConfig.from_recipe("fast", model=model, device="cpu", dwconv="triton")) == 16
             assert _group_ids(loop._param_groups(swapped, 5e-4, decay_bn, False)) == before
+
+
+def test_the_recipe_reaches_the_optimizer_and_the_loss(cifar10_dir, tmp_path):
+    # The config resolves the recipe; this checks its values are what the optimiser and the loss are built with.
+    from dsrnet.train.distributed import DistContext
+
+    cfg = tiny(tmp_path, cifar10_dir, weight_decay=3e-4, label_smoothing=0.2, momentum=0.8)
+    trainer = loop._Trainer(cfg, DistContext(), torch.device("cpu"))
+    d = trainer.optimizer.defaults
+    assert cfg.nesterov is True and d["nesterov"] is True and d["momentum"] == 0.8 and d["lr"] == cfg.lr
+    decayed = [g["weight_decay"] for g in trainer.optimizer.param_groups]
+    assert max(decayed) == 3e-4  # (BN and bias parameters exempt: bn_bias_weight_decay=False)
+    assert trainer.criterion.label_smoothing == 0.2
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_factor(0, cfg=cfg,
+                                                                       steps_per_epoch=trainer.steps_per_epoch))  # fmt: skip
