@@ -13,7 +13,10 @@ dependencies = ["torch", "torchvision", "safetensors"]
 # This checkout's own package, ahead of any installed dsrnet: the hub loads the code it was pointed at.
 _SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src")
 sys.path.insert(0, _SRC)
-import dsrnet  # noqa: E402
+try:
+    import dsrnet
+finally:  # the package, once imported, finds its submodules through its own __path__
+    sys.path.remove(_SRC)
 
 if not os.path.abspath(dsrnet.__file__).startswith(os.path.join(_SRC, "")):
     # dsrnet was imported from elsewhere before torch.hub.load: Python keeps that one.
