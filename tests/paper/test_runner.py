@@ -133,6 +133,11 @@ def test_report_only_rewrites_the_tables_and_trains_nothing(quick_run, cifar10_d
     rc = main(["reproduce", "--dataset", "cifar10", "--report-only", *_quick(cifar10_dir, tmp_path / "empty")])
     err = capsys.readouterr().err
     assert rc == 2 and "holds no finished, benchmarked run" in err and len(err.strip().splitlines()) == 1
+    # Finished runs of other settings: the error names what differs.
+    rc = main(["reproduce", "--dataset", "cifar10", "--report-only", *_quick(cifar10_dir, out), "--seed", "5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "finished runs differ: dsrnet50:" in err and "seed" in err and len(err.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_rerun_with_other_settings_is_refused(quick_run, cifar10_dir, capsys):

@@ -179,3 +179,35 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, setup, kwargs, messa
     if "out" not in kwargs:
         assert not out.exists()
     assert (tmp_path / "FILE").read_text() == "a file"
+
+
+def test_figures_name_unfinished_runs_and_a_stale_confusion_matrix(tmp_path, caplog, monkeypatch):
+    from dsrnet.report import plots
+
+    finished = make_run(tmp_path / "done", [50.0, 30.0])
+    stopped = make_run(tmp_path / "cut", [60.0, 40.0], planned=10, stopped_early=True)
+    (finished / "eval").mkdir()
+    (finished / "eval" / "confusion.csv").write_text("true\\predicted,cat,dog\ncat,5,1\ndog,2,7\n")
+    (finished / "eval" / "metrics.json").write_text(json.dumps({"epoch": 1}))  # scored before the last epoch
+    seen = {}
+    real_curves, real_confusion = plots.plot_curves, plots.plot_confusion
+    monkeypatch.setattr(plots, "plot_curves", lambda curves, *a, **k: seen.update(curves=list(curves))
+                        or real_curves(curves, *a, **k))  # fmt: skip
+    monkeypatch.setattr(plots, "plot_confusion", lambda *a: seen.update(title=a[3]) or real_confusion(*a))
+    with caplog.at_level(logging.WARNING, logger="dsrnet"):
+        plot_runs([finished, stopped], tmp_path / "out", labels=["a|b", "cut"])
+    assert seen["curves"] == ["a|b", "cut (stopped early, 2/10 epochs)"]
+    assert seen["title"] == "a|b: confusion matrix at epoch 1, not the last (2)" and "rerun `dsrnet eval`" in caplog.text
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| a\\|b | dsrnet50_cifar |" in md  # the label's "|" does not open a column
+
+
+def test_summary_says_what_makes_runs_comparable(tmp_path):
+    run = make_run(tmp_path / "run", [50.0, 30.0])
+    final = json.loads((run / "final.json").read_text())
+    (run / "final.json").write_text(json.dumps({**final, "precision": "bf16", "batch_size": 512, "lr": 0.4,
+                                                "seed": 3, "torch": "2.11.0+cu130"}))  # fmt: skip
+    plot_runs([run], tmp_path / "out")
+    row = read_summary(tmp_path / "out")["run"]
+    assert (row["precision"], row["batch_size"], row["lr"], row["seed"], row["torch"]) == (
+        "bf16", "512", "0.4", "3", "2.11.0+cu130")

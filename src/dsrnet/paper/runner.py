@@ -181,15 +181,18 @@ def _configs(jobs: Sequence[Job], s: Settings) -> list[TrainConfig]:
     ]
 
 
-def _finished_alike(job: Job, s: Settings) -> bool:
-    """``job`` already finished and benchmarked in ``s.out`` with the same settings."""
+def _finished_alike(job: Job, s: Settings, why: list[str] | None = None) -> bool:
+    """``job`` already finished and benchmarked in ``s.out`` with the same settings; else False, and a finished
+    run's difference from these settings is appended to ``why``."""
     cfg = _configs([job], s)[0]
     run = RunDir(cfg.out_dir)
     if not (run.finished and (run.path / "bench.json").is_file()):
         return False
     try:
         run.check_compatible(cfg.to_dict(), RESUME_MUTABLE, LEGACY_DEFAULTS)
-    except DsrnetError:
+    except DsrnetError as err:
+        if why is not None:
+            why.append(f"{job.key}: {str(err).split('; fix:')[0]}")
         return False
     return True
 
@@ -284,10 +287,11 @@ def _comparison_job(name: str, stem: str, model_kwargs: dict | None) -> Job:
     return Job(key=arch, arch=arch, model_kwargs=kwargs)
 
 
-def _finished_comparison(s: Settings, stem: str, model_kwargs: dict | None) -> list[Job]:
-    """The models of the comparison that ``s.out`` holds finished and benchmarked with ``s``'s settings."""
+def _finished_comparison(s: Settings, stem: str, model_kwargs: dict | None, why: list[str] | None = None) -> list[Job]:
+    """The models of the comparison that ``s.out`` holds finished and benchmarked with ``s``'s settings (the
+    differences of the other finished runs go to ``why``)."""
     jobs = [_comparison_job(n, stem, model_kwargs) for n in PAPER_COMPARISON]
-    return [j for j in jobs if _finished_alike(j, s)]
+    return [j for j in jobs if _finished_alike(j, s, why)]
 
 
 def _in_paper_order(jobs: list[Job], stem: str) -> list[Job]:
@@ -320,11 +324,13 @@ def report_finished(
     timed with other bench settings is an error: one table, one timing method."""
     s = _settings(dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset,
                   timing_here=False)  # fmt: skip
-    jobs = _finished_comparison(s, stem, model_kwargs)
+    why: list[str] = []
+    jobs = _finished_comparison(s, stem, model_kwargs, why)
     if not jobs:
+        found = f" (finished runs differ: {'; '.join(why)[:400]})" if why else ""
         raise DsrnetError(
-            f"{s.out} holds no finished, benchmarked run of the comparison with these settings; fix: pass the "
-            "settings the runs were trained with, or run `dsrnet reproduce` first"
+            f"{s.out} holds no finished, benchmarked run of the comparison with these settings{found}; fix: pass "
+            "the settings the runs were trained with, or run `dsrnet reproduce` first"
         )
     rows = []
     for job in _in_paper_order(jobs, stem):

@@ -45,6 +45,29 @@ def _pct(v: float | None) -> str:
     return fmt(v, 2, "%")
 
 
+#: Marks the errors of a run that stopped early (a time limit): they are not a complete run's.
+EARLY = "‡"
+
+
+def _err(final: dict, key: str) -> str:
+    """An error cell of ``final``, marked :data:`EARLY` when the run stopped before its last epoch."""
+    return _pct(final.get(key)) + (EARLY if final.get("stopped_early") else "")
+
+
+def _epochs(final: dict) -> str:
+    done = final.get("epochs_done", final["epochs"])
+    return f"{done}/{final['epochs']}{EARLY}" if final.get("stopped_early") else str(final["epochs"])
+
+
+def _early_note(rows: list[dict]) -> list[str]:
+    early = [r for r in rows if r["final"].get("stopped_early")]
+    if not early:
+        return []
+    runs = ", ".join(f"{display_name(r['job'].key)} after {_epochs(r['final']).rstrip(EARLY)} epochs" for r in early)
+    return [f"{EARLY} Stopped early (a time limit): {runs}. Their errors are those of an unfinished schedule, not "
+            "comparable with complete runs; rerun without the limit (or `--resume` them) for a result."]  # fmt: skip
+
+
 def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) -> str:
     """Tables 2-4 layout: one column per model, each cell "ours (paper)"."""
     from dsrnet.models import PAPER_DSRNET_PARAMS
@@ -62,8 +85,8 @@ def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) ->
     for r in rows:
         p = _paper(dataset, r["job"].key)
         b, f = r["bench"], r["final"]
-        lines[0].append(f"{_pct(f['top1_error'])} ({_pct(p.get('top1_error'))})")
-        lines[1].append(f"{_pct(f['top3_error'])} ({_pct(p.get('top3_error'))})")
+        lines[0].append(f"{_err(f, 'top1_error')} ({_pct(p.get('top1_error'))})")
+        lines[1].append(f"{_err(f, 'top3_error')} ({_pct(p.get('top3_error'))})")
         lines[2].append(f"{b['latency_ms']:.1f} ({fmt(p.get('paper_time'), 3)})")
         ours_rel = b["latency_ms"] / ref["bench"]["latency_ms"] if ref else None
         paper_rel = (
@@ -86,9 +109,9 @@ def details_table(rows: list[dict]) -> str:
     for r in rows:
         f, b = r["final"], r["bench"]
         body.append([
-            display_name(r["job"].key), r["job"].arch, _pct(f["top1_error"]), _pct(f["top3_error"]),
-            _pct(f.get("top5_error")), f"{b['latency_ms']:.1f}", f"{b['latency_p25_ms']:.1f}–{b['latency_p75_ms']:.1f}",
-            f"{b['images_per_s']:.0f}", f"{b['params'] / 1e6:.2f}", f"{b['gmacs_per_image']:.3f}", f["epochs"],
+            display_name(r["job"].key), r["job"].arch, _err(f, "top1_error"), _err(f, "top3_error"),
+            _err(f, "top5_error"), f"{b['latency_ms']:.1f}", f"{b['latency_p25_ms']:.1f}–{b['latency_p75_ms']:.1f}",
+            f"{b['images_per_s']:.0f}", f"{b['params'] / 1e6:.2f}", f"{b['gmacs_per_image']:.3f}", _epochs(f),
             f"{f['train_time_s']:.0f}", f"{f['s_per_epoch']:.1f}",
         ])  # fmt: skip
     return markdown_table(headers, body, align="ll" + "r" * 11)
@@ -112,7 +135,7 @@ def _settings_lines(s: Settings, rows: list[dict], env: dict) -> list[str]:
 
 
 def _title(s: Settings, title: str) -> list[str]:
-    quick = ["**A --quick run: a check of the pipeline on a few images for one epoch, not a result.**"]
+    quick = ["**A --quick run: a check of the pipeline on a few images and epochs, not a result.**"]
     return [title, *(quick if s.quick else [])]
 
 
@@ -130,6 +153,7 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
         "not depend on the unit or the hardware. The paper states only DSRNet's parameter count (2.19e7, Fig. 2).",
         paper_table,
         details_table(rows),
+        *_early_note(rows),
         *_settings_lines(s, rows, env),
     ]
     out = s.out
@@ -142,8 +166,9 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
             "top3_error": f["top3_error"], "top5_error": f.get("top5_error"), "latency_ms": b["latency_ms"],
             "latency_p25_ms": b["latency_p25_ms"], "latency_p75_ms": b["latency_p75_ms"],
             "images_per_s": b["images_per_s"], "params": b["params"], "gmacs_per_image": b["gmacs_per_image"],
-            "epochs": f["epochs"], "recipe": f["recipe"], "train_time_s": f["train_time_s"], "seed": f["seed"],
-            "paper_top1_error": p.get("top1_error"), "paper_top3_error": p.get("top3_error"),
+            "epochs": f["epochs"], "epochs_done": f.get("epochs_done", f["epochs"]),
+            "stopped_early": bool(f.get("stopped_early")), "recipe": f["recipe"], "train_time_s": f["train_time_s"],
+            "seed": f["seed"], "paper_top1_error": p.get("top1_error"), "paper_top3_error": p.get("top3_error"),
             "paper_time": p.get("paper_time"),
         })  # fmt: skip
     files.append(write_csv(out / "table.csv", csv_rows))
@@ -211,20 +236,23 @@ def write_ablation_report(rows: list[dict], s: Settings) -> list[Path]:
         rel = b["latency_ms"] / base["bench"]["latency_ms"] if base else None
         body.append([
             job.key, job.tests, job.arch, json.dumps(job.model_kwargs) if job.model_kwargs else "–",
-            _pct(f["top1_error"]), fmt(delta, 2, " pp"), _pct(f["top3_error"]), f"{b['latency_ms']:.1f}",
+            _err(f, "top1_error"), fmt(delta, 2, " pp"), _err(f, "top3_error"), f"{b['latency_ms']:.1f}",
             fmt(rel, 2, "x"), f"{b['params'] / 1e6:.2f}", f"{b['gmacs_per_image']:.3f}",
         ])  # fmt: skip
         csv_rows.append({
             "variant": job.key, "tests": job.tests, "arch": job.arch, "model_kwargs": job.model_kwargs,
             "top1_error": f["top1_error"], "top3_error": f["top3_error"], "delta_top1_vs_dsrnet": delta,
             "latency_ms": b["latency_ms"], "rel_latency": rel, "params": b["params"],
-            "gmacs_per_image": b["gmacs_per_image"], "epochs": f["epochs"], "seed": f["seed"],
+            "gmacs_per_image": b["gmacs_per_image"], "epochs": f["epochs"],
+            "epochs_done": f.get("epochs_done", f["epochs"]), "stopped_early": bool(f.get("stopped_early")),
+            "seed": f["seed"],
         })  # fmt: skip
     md = [
         *_title(s, f"# {s.dataset}: DSRNet ablations"),
         "Each variant changes one design choice of DSRNet-50 (Section 3, Fig. 1, Table 1) and is trained with the "
         "same recipe and seed. One seed per variant: differences smaller than the seed-to-seed spread are noise.",
         markdown_table(headers, body, align="llll" + "r" * 7),
+        *_early_note(rows),
         *_settings_lines(s, rows, env),
     ]
     out = s.out

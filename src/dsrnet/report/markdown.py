@@ -85,7 +85,8 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align:
     marks = {"l": ":--", "r": "--:", "c": ":-:"}
     lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
     for row in rows:
-        lines.append("| " + " | ".join("" if c is None else str(c) for c in row) + " |")
+        # a "|" inside a cell (a user's run label) would start a new column: escaped, as GitHub markdown reads it
+        lines.append("| " + " | ".join("" if c is None else str(c).replace("|", "\\|") for c in row) + " |")
     return "\n".join(lines) + "\n"
 
 

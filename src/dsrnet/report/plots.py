@@ -102,6 +102,10 @@ def plot_tradeoff(
             )
             ax.legend(loc="best", fontsize=8)
         ax.margins(0.2)
+        lat = [p["latency_ms"] for p in pts]
+        if min(lat) > 0 and max(lat) / min(lat) > 4:  # e.g. one variant 10x slower: a linear axis crams the rest
+            ax.set_xscale("log")
+            xlabel += ", log scale"
     else:
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
@@ -109,6 +113,18 @@ def plot_tradeoff(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     return save_figure(fig, path)
+
+
+def _epoch_ticks(ax, curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Whole epochs on the x axis; with only one or two epochs logged, those epochs themselves (MaxNLocator falls
+    back to fractional ticks on so short a span)."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = sorted({row["epoch"] for rows in curves.values() for row in rows if "epoch" in row})
+    if epochs and epochs[-1] - epochs[0] < 2:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_curves(
@@ -123,8 +139,6 @@ def plot_curves(
 
     ``pretty_names``: legend entries through :func:`display_name` (model names); ``False`` keeps them verbatim
     (labels a user chose)."""
-    from matplotlib.ticker import MaxNLocator
-
     fig, (ax_err, ax_loss) = _figure(figsize=(11.0, 4.5), ncols=2)
     for name, rows in curves.items():
         epochs = [r["epoch"] for r in rows]
@@ -142,7 +156,7 @@ def plot_curves(
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("train loss")
     for ax in (ax_err, ax_loss):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_ticks(ax, curves)
         ax.grid(True, alpha=0.3)
         if curves:
             ax.legend(fontsize=8)
@@ -153,15 +167,13 @@ def plot_curves(
 def plot_lr(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *, title: str) -> Path:
     """The learning rate per epoch (``metrics.jsonl``'s ``lr``: the rate at the epoch's first step) of several runs:
     shows warm-up, decay, and a schedule a deadline cut short (its rate never reached the end)."""
-    from matplotlib.ticker import MaxNLocator
-
     fig, ax = _figure()
     for name, rows in curves.items():
         rows = [r for r in rows if r.get("lr") is not None]
         ax.plot([r["epoch"] for r in rows], [r["lr"] for r in rows], marker="o" if len(rows) < 20 else None, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate (at the epoch's first step)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _epoch_ticks(ax, curves)
     ax.grid(True, alpha=0.3)
     if curves:
         ax.legend(fontsize=8)

@@ -37,7 +37,7 @@ FINISHED, STOPPED_EARLY, RUNNING, INTERRUPTED = "finished", "stopped early", "ru
 SUMMARY_FIELDS = (
     "label", "model", "model_kwargs", "dataset", "recipe", "epochs_done", "epochs", "status", "top1_error",
     "top3_error", "errors_from", "ema_decay", "raw_top1_error", "train_time_s", "s_per_epoch", "params", "device",
-    "path",
+    "precision", "batch_size", "lr", "seed", "torch", "path",
 )  # fmt: skip
 
 _FIX_RUN = "fix: pass the --out-dir of a `dsrnet train` run"
@@ -55,6 +55,7 @@ class Run:
     final: dict | None
     status: str
     confusion: tuple[list[str], list[list[int]]] | None = field(default=None, repr=False)
+    confusion_epoch: int | None = None  # the checkpoint epoch `dsrnet eval` scored (eval/metrics.json)
 
     @property
     def last(self) -> dict:
@@ -138,7 +139,13 @@ def load_run(path: str | os.PathLike, label: str) -> Run:
         status = RUNNING if run.in_use else INTERRUPTED
     confusion_csv = run.eval / "confusion.csv"
     confusion = _read_confusion(confusion_csv) if confusion_csv.is_file() else None
-    return Run(label, run.path, rows, run.saved_config(), final, status, confusion)
+    epoch = None
+    if confusion is not None:
+        try:
+            epoch = json.loads((run.eval / "metrics.json").read_text(encoding="utf-8")).get("epoch")
+        except (OSError, ValueError, AttributeError):
+            epoch = None
+    return Run(label, run.path, rows, run.saved_config(), final, status, confusion, epoch)
 
 
 def default_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
@@ -223,6 +230,12 @@ def summary_row(run: Run) -> dict[str, Any]:
         "s_per_epoch": s_per_epoch,
         "params": final.get("params"),
         "device": final.get("device", cfg.get("device")),
+        # what makes two runs comparable (or not): a bf16 GPU run beside an fp32 CPU one, another batch or seed
+        "precision": final.get("precision", cfg.get("precision")),
+        "batch_size": final.get("batch_size", cfg.get("batch_size")),
+        "lr": final.get("lr", cfg.get("lr")),
+        "seed": final.get("seed", cfg.get("seed")),
+        "torch": final.get("torch"),
         "path": str(run.path),
     }
 
@@ -247,8 +260,8 @@ def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
         "Train time: the sum of the epochs' training times (evaluation not included).",
     ]
     if any(r["errors_from"] != "final.json" for r in rows):
-        notes.append(f"{marked} the run has not ended (status running / interrupted): its last logged epoch, not a "
-                     f"final result.")  # fmt: skip
+        notes.append(f"{marked} the run has not ended (status running / interrupted): the errors of its last scored "
+                     f"epoch (`errors_from` in summary.csv), not a final result.")  # fmt: skip
     averaged = [r for r in rows if r["raw_top1_error"] is not None]
     if averaged:
         notes.append("Runs with a weight average (`ema_decay`) report the average; their trained weights' top-1 "
@@ -262,6 +275,13 @@ def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
         + "".join(f"{n}\n\n" for n in notes)
         + f"Run folders:\n\n{runs}\n"
     )
+
+
+def _legend(run: Run) -> str:
+    if run.status == FINISHED:
+        return run.label
+    epochs = (run.final or {}).get("epochs", run.config.get("epochs"))
+    return f"{run.label} ({run.status}, {run.last['epoch']}/{fmt(epochs)} epochs)"
 
 
 def _file_name(label: str) -> str:
@@ -292,7 +312,8 @@ def plot_runs(
     RunDir(out).check_writable()  # before anything is read or written, as bench and eval do
     loaded = [load_run(path, label) for path, label in zip(runs, labels, strict=True)]
 
-    curves = {r.label: r.rows for r in loaded}
+    # A run that did not complete its schedule says so in the figures' legends, not only in summary.md.
+    curves = {_legend(r): r.rows for r in loaded}
     written = [plot_curves(curves, out / "curves.png", title=title or "Training curves", pretty_names=False)]
     if any(row.get("lr") is not None for r in loaded for row in r.rows):
         lr_title = f"{title}: learning rate per epoch" if title else "Learning rate per epoch"
@@ -303,8 +324,12 @@ def plot_runs(
             import numpy as np
 
             classes, counts = r.confusion
-            written.append(plot_confusion(np.array(counts), classes, out / f"confusion_{name}.png",
-                                          f"{r.label}: confusion matrix (dsrnet eval)"))  # fmt: skip
+            title_ = f"{r.label}: confusion matrix (dsrnet eval)"
+            if r.confusion_epoch is not None and r.confusion_epoch != r.last["epoch"]:
+                title_ = f"{r.label}: confusion matrix at epoch {r.confusion_epoch}, not the last ({r.last['epoch']})"
+                logger.warning(f"{r.path / 'eval'} scored epoch {r.confusion_epoch}; the run's last is "
+                               f"{r.last['epoch']}: rerun `dsrnet eval` for the final model's matrix")  # fmt: skip
+            written.append(plot_confusion(np.array(counts), classes, out / f"confusion_{name}.png", title_))
     rows = [summary_row(r) for r in loaded]
     written.append(atomic_write_text(out / "summary.md", summary_markdown(rows, title or "Training runs")))
     written.append(write_csv(out / "summary.csv", rows, SUMMARY_FIELDS))

@@ -1,0 +1,25 @@
+"""``dsrnet.paper.tables``: a run that a time limit stopped early is marked in every table, never shown as a result."""
+
+from __future__ import annotations
+
+from dsrnet.paper.runner import Job
+from dsrnet.paper.tables import details_table, paper_layout_table
+
+BENCH = {"latency_ms": 10.0, "latency_p25_ms": 9.0, "latency_p75_ms": 11.0, "images_per_s": 12800.0,
+         "params": 12_240_000, "gmacs_per_image": 0.7}  # fmt: skip
+
+
+def _row(key, arch, **final):
+    base = {"top1_error": 20.0, "top3_error": 5.0, "top5_error": 2.0, "epochs": 8, "train_time_s": 80.0,
+            "s_per_epoch": 10.0}  # fmt: skip
+    return {"job": Job(key, arch), "final": {**base, **final}, "bench": dict(BENCH)}
+
+
+def test_stopped_early_runs_are_marked_in_every_cell():
+    rows = [_row("dsrnet50", "dsrnet50"),
+            _row("resnet50", "resnet50", top1_error=84.0, stopped_early=True, epochs_done=1)]  # fmt: skip
+    paper = paper_layout_table(rows, "cifar10")
+    assert "| 20.00% (9.20%) | 84.00%‡ (11.85%) |" in paper
+    details = details_table(rows)
+    assert "| 84.00%‡ | 5.00%‡ | 2.00%‡ |" in details and "| 1/8‡ |" in details
+    assert "| 20.00% | 5.00% | 2.00% |" in details and "| 8 |" in details
