@@ -49,3 +49,30 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=_AMP_DTYPE[precision])
+
+
+def tf32_matmul() -> bool:
+    """Whether fp32 matmuls may run in TF32 on a CUDA card, as the user set it with either of PyTorch's APIs: the
+    ``fp32_precision`` settings (torch >= 2.9; reading the legacy ``allow_tf32`` after them raises) or the legacy
+    flag / ``torch.set_float32_matmul_precision``."""
+    prec = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    if prec is None:  # torch < 2.9: the legacy flag is the only one
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    if prec == "none":  # not set for matmuls: the global setting, then the float32 matmul precision
+        prec = getattr(torch.backends, "fp32_precision", "none")
+    if prec == "none":
+        return torch.get_float32_matmul_precision() != "highest"
+    return prec == "tf32"
+
+
+def tf32_conv() -> bool:
+    """Whether fp32 cuDNN convolutions may run in TF32 (either API, as :func:`tf32_matmul`)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    prec = getattr(conv, "fp32_precision", None) if conv is not None else None
+    if prec is None:
+        return bool(torch.backends.cudnn.allow_tf32)
+    for fallback in (torch.backends.cudnn, torch.backends):
+        if prec != "none":
+            break
+        prec = getattr(fallback, "fp32_precision", "none")
+    return prec == "tf32" if prec != "none" else bool(torch.backends.cudnn.allow_tf32)

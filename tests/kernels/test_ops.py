@@ -299,3 +299,63 @@ def test_autotune_bucket_is_the_next_power_of_two():
     # A test set's last partial batch (784 of 1024 images) falls in the bucket its full batches were tuned for.
     assert ops._tune_size(784 * 16) == ops._tune_size(1024 * 16) == 16384
     assert [ops._tune_size(n) for n in (1, 2, 3, 4, 5, 1023, 1024, 1025)] == [1, 2, 4, 4, 8, 1024, 1024, 2048]
+
+
+def test_fp32_kernels_follow_tf32_set_by_either_pytorch_api():
+    # The new fp32_precision API made reading the legacy allow_tf32 flag raise: every fp32 fused call crashed.
+    x = torch.randn(1, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(8, 4), torch.randn(4)
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        assert not ops._ieee(x)
+        ops.pointwise_conv(x, w, b, None, 1, False)
+        matmul.fp32_precision = "ieee"
+        assert ops._ieee(x)
+        _close(ops.pointwise_conv(x, w, b, None, 1, False), F.conv2d(x, w.t()[:, :, None, None], b), 1e-4)
+    finally:
+        matmul.fp32_precision = before
+
+
+def test_strided_small_arguments_are_read_as_values_not_as_memory():
+    # Bias / tap vectors that are views with a stride (e.g. t[::2]) were indexed as if contiguous.
+    x, weight, _ = _dw_inputs(torch.float32)
+    bias = torch.randn(40)[::2]
+    _close(ops.dwconv2d(x, weight, bias, 1, 2, False), F.conv2d(x, weight, bias, 1, 2, 2, 20), 1e-4)
+    w_pw, b_pw = torch.randn(20, 12), torch.randn(24)[::2]
+    _close(ops.pointwise_conv(x, w_pw, b_pw, None, 1, False), F.conv2d(x, w_pw.t()[:, :, None, None], b_pw), 1e-4)
+    taps = ops.pack_taps(weight).t().contiguous().t()  # [9, C] with strides (1, 9)
+    b_dw = torch.randn(40)[::2]
+    got = ops.dw_pw_block(x, taps, b_dw, w_pw, b_pw, None, None, 1, 1, 1)
+    ref = F.relu(F.conv2d(F.relu(F.conv2d(x, weight, b_dw, 1, 1, 1, 20)), w_pw.t()[:, :, None, None], b_pw))
+    _close(got, ref, 1e-4)
+
+
+@pytest.mark.parametrize("triton", [True, False])
+def test_arguments_of_the_wrong_shape_are_one_error_on_both_paths(triton, monkeypatch):
+    if not triton:
+        monkeypatch.delenv("TRITON_INTERPRET")
+    x, weight, _ = _dw_inputs(torch.float32)
+    w_pw, b = torch.randn(20, 12), torch.randn(12)
+    with pytest.raises(DsrnetError, match=r"dwconv2d wants bias of shape \[20\], got \[7\]"):
+        ops.dwconv2d(x, weight, torch.randn(7), 1, 1, False)
+    with pytest.raises(DsrnetError, match=r"pointwise_conv wants x \[N, C, H, W\] and a weight \[C, Cout\]"):
+        ops.pointwise_conv(x, torch.randn(19, 12), b, None, 1, False)
+    with pytest.raises(DsrnetError, match=r"wants the residual \(identity shortcut\) of shape \[1, 12, 7, 9\]"):
+        ops.pointwise_conv(x, w_pw, b, torch.randn(1, 12, 7, 8), 1, False)
+    with pytest.raises(DsrnetError, match=r"dw_pw_block wants b_dw of shape \[20\]"):
+        ops.dw_pw_block(x, ops.pack_taps(weight), torch.randn(3), w_pw, b, None, None, 1, 1, 1)
+    with pytest.raises(DsrnetError, match=r"the shortcut \[1, 5, 7, 9\] at stride 2 gives \[4, 5\], not the output's"):
+        ops.dw_pw_block(x, ops.pack_taps(weight), torch.randn(20), w_pw, b, torch.randn(1, 5, 7, 9),
+                        torch.randn(5, 12), 1, 1, 2)  # fmt: skip
+
+
+def test_an_empty_batch_runs_on_the_fallback(monkeypatch):
+    import dsrnet
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=10, widths=(4, 8, 8, 16), layers=(1, 1, 1, 1)).eval()
+    for mode in ("fused", "split"):
+        with torch.inference_mode():
+            assert dsrnet.fuse(model, mode=mode)(torch.randn(0, 3, 9, 9)).shape == (0, 10)

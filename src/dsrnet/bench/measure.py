@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsrnet.device import PRECISIONS, autocast, resolve_device, synchronize
+from dsrnet.device import PRECISIONS, autocast, resolve_device, synchronize, tf32_conv, tf32_matmul
 from dsrnet.errors import DsrnetError, check_int
 from dsrnet.report.markdown import display_name, fmt, markdown_table, write_csv
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
@@ -117,8 +117,8 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         env["gpu_count"] = torch.cuda.device_count()
         # "fp32" convolutions/matmuls may run in TF32 on Ampere and later: PyTorch's defaults allow it for cuDNN
         # convolutions, not for matmuls. Recorded because it changes fp32 timings a lot.
-        env["tf32_conv"] = bool(torch.backends.cudnn.allow_tf32)
-        env["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        env["tf32_conv"] = tf32_conv()
+        env["tf32_matmul"] = tf32_matmul()
         env["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)  # on after a train() in the same process
     return env
 

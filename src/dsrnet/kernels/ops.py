@@ -28,6 +28,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from dsrnet.device import tf32_matmul
 from dsrnet.errors import DsrnetError
 
 try:  # Triton is optional: without it (or on a CPU without the interpreter) every op uses the fallback.
@@ -103,11 +104,42 @@ def pack_taps(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], 9).t().contiguous()
 
 
-def _check_dw(x: torch.Tensor, weight: torch.Tensor) -> None:
+def _check_dw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     if x.dim() != 4 or weight.shape != (x.shape[1], 1, 3, 3):
         raise DsrnetError(
             f"dwconv2d wants x [N, C, H, W] and weight [C, 1, 3, 3], got {tuple(x.shape)} and {tuple(weight.shape)}"
         )
+    _check_shape("dwconv2d", "bias", bias, (x.shape[1],))
+
+
+def _check_shape(op: str, name: str, t: torch.Tensor | None, want: tuple[int, ...]) -> None:
+    """One clear error for an argument of the wrong shape: the kernels index their arguments by the shapes of the
+    others, so a wrong one would be read out of bounds (the PyTorch fallback raises, deep in some op)."""
+    if t is not None and tuple(t.shape) != want:
+        raise DsrnetError(f"{op} wants {name} of shape {list(want)}, got {list(t.shape)}")
+
+
+def _check_pw(op: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, shortcut: torch.Tensor | None,
+              w_ds: torch.Tensor | None, out_hw: tuple[int, int], ds_stride: int) -> None:  # fmt: skip
+    """The arguments of the 1x1 (``pointwise_conv``) and fused (``dw_pw_block``) ops: ``w`` [Cin, Cout] against
+    ``x``, the bias, and the shortcut (identity: the output's shape; downsampled: [N, Cin_ds, ., .] with ``w_ds``
+    [Cin_ds, Cout] reaching the output's size at ``ds_stride``)."""
+    if x.dim() != 4 or w.dim() != 2 or w.shape[0] != x.shape[1]:
+        raise DsrnetError(f"{op} wants x [N, C, H, W] and a weight [C, Cout], got {list(x.shape)} and {list(w.shape)}")
+    n, cout = x.shape[0], w.shape[1]
+    _check_shape(op, "bias", bias, (cout,))
+    if shortcut is None:
+        return
+    if w_ds is None:
+        _check_shape(op, "the residual (identity shortcut)", shortcut, (n, cout, *out_hw))
+        return
+    if w_ds.dim() != 2 or w_ds.shape[1] != cout or shortcut.dim() != 4 or shortcut.shape[:2] != (n, w_ds.shape[0]):
+        raise DsrnetError(f"{op} wants a shortcut [N, Cin, H, W] and w_ds [Cin, {cout}], got {list(shortcut.shape)} "
+                          f"and {list(w_ds.shape)}")  # fmt: skip
+    reached = (_out_size(shortcut.shape[2], ds_stride), _out_size(shortcut.shape[3], ds_stride))
+    if reached != tuple(out_hw):
+        raise DsrnetError(f"{op}: the shortcut {list(shortcut.shape)} at stride {ds_stride} gives {list(reached)}, "
+                          f"not the output's {list(out_hw)}")  # fmt: skip
 
 
 def _launch(t: torch.Tensor):
@@ -132,7 +164,7 @@ def _gemm_grid(rows: int, cols: int):
 def dwconv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dilation: int, relu: bool
 ) -> torch.Tensor:
-    _check_dw(x, weight)
+    _check_dw(x, weight, bias)
     n, c, h, w = x.shape
     ho, wo = _out_size(h, stride), _out_size(w, stride)
     if not triton_usable(x, n * c * ho * wo):
@@ -151,7 +183,7 @@ def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool)
     p = n * ho * wo
     with _launch(x):
         _tk.dw_fwd[_pixel_channel_grid(p, c)](
-            x, pack_taps(weight), weight if bias is None else bias, weight if affine is None else affine, y,
+            x, pack_taps(weight), weight if bias is None else bias.contiguous(), weight if affine is None else affine, y,
             p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), _tune_size(p),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine is not None,
         )  # fmt: skip
@@ -217,8 +249,9 @@ def dwconv2d_grad_weight(
     n, c, h, w = x.shape
     ho, wo = grad.shape[2], grad.shape[3]
     if not triton_usable(x, grad.numel()):
-        a = x.float() if affine is None else _affine_relu(x, affine)
-        return torch.nn.grad.conv2d_weight(a, (c, 1, 3, 3), grad.float(), stride, dilation, dilation, c).contiguous()
+        wide = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs (gradcheck)
+        a = x.to(wide) if affine is None else _affine_relu(x, affine)
+        return torch.nn.grad.conv2d_weight(a, (c, 1, 3, 3), grad.to(wide), stride, dilation, dilation, c).contiguous()
     x, grad = _channels_inner(x), _channels_inner(grad)
     p = n * ho * wo
     # Pixels per program: a multiple of every BLOCK_P the autotuner may pick, sized for a few hundred programs.
@@ -274,8 +307,9 @@ dwconv2d.register_autograd(_dwconv2d_backward, setup_context=_dwconv2d_setup)
 def _affine_relu(x: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     """``relu((x - centre) * scale + shift)`` per channel in fp32, ``affine = [centre; scale; shift]`` ([3, C]):
     the fallback's form of the kernels' prologue."""
-    centre, scale, shift = (v.view(1, -1, 1, 1) for v in affine.float())
-    return F.relu((x.float() - centre) * scale + shift)
+    wide = torch.promote_types(x.dtype, torch.float32)
+    centre, scale, shift = (v.view(1, -1, 1, 1) for v in affine.to(wide))
+    return F.relu((x.to(wide) - centre) * scale + shift)
 
 
 def _pack_affine(x: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -377,7 +411,7 @@ dwconv2d_affine_relu.register_autograd(_affine_backward, setup_context=_affine_s
 # ---------------------------------------------------------------------------------------------------------------
 def _ieee(t: torch.Tensor) -> bool:
     # fp32 tiles use exact fp32 products unless the user allowed TF32 for matmuls, as torch itself does.
-    return t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    return t.dtype == torch.float32 and not tf32_matmul()
 
 
 def _tune_size(n: int) -> int:
@@ -400,7 +434,7 @@ def _pw_fallback(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> torch.Tens
         x = x[:, :, ::stride, ::stride]
     n, k, h, w = x.shape
     y = x.permute(0, 2, 3, 1).reshape(n * h * w, k) @ w_kn.to(x.dtype)  # a view of x when it is channels-last
-    return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+    return y.view(n, h, w, w_kn.shape[1]).permute(0, 3, 1, 2)  # (-1 cannot be inferred for an empty batch)
 
 
 @torch.library.custom_op("dsrnet::pointwise_conv", mutates_args=())
@@ -420,6 +454,7 @@ def pointwise_conv(
     n, k, h, w = x.shape
     nout = w_kn.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
+    _check_pw("pointwise_conv", x, w_kn, bias, residual, w_ds, (ho, wo), ds_stride)
     big = 0 if residual is None else residual.numel()
     if not triton_usable(x, max(n * nout * ho * wo, big)):
         y = _pw_fallback(x, w_kn, stride)  # fresh and channels-last: updated in place
@@ -435,7 +470,7 @@ def pointwise_conv(
     res = 0 if residual is None else 1 if w_ds is None else 2
     with _launch(x):
         _tk.pw_gemm[_gemm_grid(m, nout)](
-            x, w_kn, bias, r, wds, y,
+            x, w_kn, bias.contiguous(), r, wds, y,
             m, nout, k, wds.shape[0] if res == 2 else 0, ho, wo,
             *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), _tune_size(m),
             STRIDE=stride, RES=res, DS_STRIDE=ds_stride, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
@@ -469,6 +504,9 @@ def dw_pw_block(
     n, k, h, w = x.shape
     nout = w_pw.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
+    _check_pw("dw_pw_block", x, w_pw, bias, shortcut, w_ds, (ho, wo), ds_stride)
+    _check_shape("dw_pw_block", "w_dw (taps-major)", w_dw, (9, k))
+    _check_shape("dw_pw_block", "b_dw", b_dw, (k,))
     big = 0 if shortcut is None else shortcut.numel()
     if not triton_usable(x, max(n * nout * ho * wo, big)):
         w_dw = w_dw.t().reshape(k, 1, 3, 3).to(x.dtype)
@@ -488,7 +526,7 @@ def dw_pw_block(
     kds = 0 if w_ds is None else w_ds.shape[0]
     with _launch(x):
         _tk.dw_pw[_gemm_grid(m, nout)](
-            x, w_dw, b_dw, w_pw, bias, r, w_pw if w_ds is None else w_ds, y,
+            x, w_dw.contiguous(), b_dw.contiguous(), w_pw, bias.contiguous(), r, w_pw if w_ds is None else w_ds, y,
             m, nout, k, kds, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), _tune_size(m),
             STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
