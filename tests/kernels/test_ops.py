@@ -280,6 +280,15 @@ def test_custom_op_registrations_pass_opcheck():
     torch.library.opcheck(
         torch.ops.dsrnet.dwconv2d_affine_relu_grad_input.default, (g, x.detach(), affine, weight.detach(), 1, 1)
     )
+    # The inference ops and the input gradient; NCHW inputs too (the fake kernels promise channels-last outputs).
+    for xi in (x.detach(), x.detach().contiguous()):
+        torch.library.opcheck(torch.ops.dsrnet.dwconv2d_grad_input.default, (g, weight.detach(), 4, 3, 1, 1))
+        w_kn, b = torch.randn(5, 6), torch.randn(6)
+        torch.library.opcheck(torch.ops.dsrnet.pointwise_conv.default, (xi, w_kn, b, None, 2, True))
+        taps = ops.pack_taps(weight.detach())
+        res = torch.randn(1, 6, 4, 3)
+        torch.library.opcheck(torch.ops.dsrnet.dw_pw_block.default,
+                              (xi, taps, torch.randn(5), w_kn, b, res, None, 1, 2, 1))  # fmt: skip
 
 
 def test_dwconv2d_under_torch_compile_matches_eager():
