@@ -634,6 +634,10 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if form.endswith("_1x1mm") and bench.args.compile_backend == "inductor":  # 1x1 convs as matmuls (training)
             fwd = torch.compile(model, options={"conv_1x1_as_mm": True}, dynamic=False)
+        elif form.endswith("_cudagraphs") and bench.args.compile_backend == "inductor":
+            # forward and backward replayed as CUDA graphs: no host launch cost per kernel (dsrnet train
+            # --compile-mode reduce-overhead)
+            fwd = torch.compile(model, mode="reduce-overhead", dynamic=False)
         else:
             fwd = compile_model(bench, model) if "compiled" in form else model
         x = torch.randn(b, 3, size, size, device=bench.device).contiguous(memory_format=torch.channels_last)
@@ -661,7 +665,7 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         bench.sync()
         first_s = time.monotonic() - t0
         t = time_ms(bench, train_step, warmup=3, repeats=10)
-        if form.startswith("dsrnet") and not form.endswith("_1x1mm"):  # where a step's time goes: cuDNN vs Triton dw
+        if form.startswith("dsrnet") and not form.endswith(("_1x1mm", "_cudagraphs")):  # where a step's time goes
             profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
         row = {
             "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
@@ -820,9 +824,11 @@ def render_markdown(results: dict) -> str:
     train = [dict(r) for r in results["training"]]
     ref = [q for q in train if q["form"] == "resnet50_compiled"]
     mm = [q for q in train if q["form"] == "resnet50_compiled_1x1mm"]
+    graphs = [q for q in train if q["form"] == "resnet50_compiled_cudagraphs"]
     for r in train:
         r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
         r["x_resnet50_1x1mm"] = round(r["images_per_s"] / mm[0]["images_per_s"], 3) if mm else None
+        r["x_resnet50_cudagraphs"] = round(r["images_per_s"] / graphs[0]["images_per_s"], 3) if graphs else None
     lines = [
         "# Fused DSRNet benchmark (issue 10)",
         "",
@@ -840,7 +846,8 @@ def render_markdown(results: dict) -> str:
         _table(inf, ["form", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50", "x_resnet50_tuned",
                      "peak_mem_mib", "precompile_s", "first_call_s"]),
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
-        _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm", "peak_mem_mib",
+        _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm",
+                       "x_resnet50_cudagraphs", "peak_mem_mib",
                        "precompile_s", "first_call_s"]),
         "## Roofline (per image; fractions of the measured copy bandwidth and bf16 matmul rate)",
         _table(roofline_rows(results), ["form", "stem", "image", "batch", "gflop_per_image", "floor_mb_per_image",
@@ -896,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
          ("dsrnet_compiled_triton_dw", "dsrnet_compiled")),
         ("training 32px b512: dsrnet compiled + triton dw with the BatchNorm + ReLU before it in its kernel", 80,
          step_training, ("dsrnet_compiled_triton_dw_bn_relu",)),
+        ("training 32px b512: dsrnet, resnet50 compiled with CUDA graphs (reduce-overhead)", 150, step_training,
+         ("dsrnet_compiled_cudagraphs", "resnet50_compiled_cudagraphs")),
         ("inference paper/96 b1024: fused, eager, resnet50 compiled", 70, step_inference,
          "paper", 96, 1024, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), False),
         ("inference paper/96 b128 (+cudagraph)", 60, step_inference,

@@ -23,7 +23,8 @@ Stages (in order of value):
   final.json (truncated schedule: never report it as a full-schedule result, never ship its weights).
   ``--dwconv triton`` (or ``triton_bn_relu``) trains (warm-up included) with the Triton depthwise conv (``TrainConfig.dwconv``,
   recorded in config.yaml, final.json and the summary); use it only once ``benchmarks/fused_gpu.py`` has shown
-  the Triton training step faster than the default (torch) on the card in question. ``--arms A B ...`` trains with
+  the Triton training step faster than the default (torch) on the card in question; ``--compile-mode
+  reduce-overhead`` likewise (CUDA graphs, ``TrainConfig.compile_mode``). ``--arms A B ...`` trains with
   those recipe arms' changes applied together (:data:`RECIPE_ARMS`; checked before anything runs, contradicting
   arms refused), for new shipped weights once the ``recipe`` stage has picked its winners; recorded in
   config.yaml and ``campaign.json``. ``--eval-every N`` scores the test set only every N epochs and after the
@@ -407,8 +408,8 @@ def stage_dsrnet(
     from dsrnet.run.shards import split_file
     from dsrnet.train import train
 
-    settings = {**run_settings(args, budget), "dwconv": args.dwconv}
-    summary["dwconv"] = args.dwconv
+    settings = {**run_settings(args, budget), "dwconv": args.dwconv, "compile_mode": args.compile_mode}
+    summary["dwconv"], summary["compile_mode"] = args.dwconv, args.compile_mode
     kwargs = DRY_DSRNET_KWARGS if args.dry_run else {}
     if arms:  # the recipe stage's winners, trained with together (shipped weights of an improved recipe)
         train_over, model_over = combined_arms(arms)
@@ -439,7 +440,7 @@ def stage_dsrnet(
     final = train(cfg)
     summary["train_wall_s"] = round(time.time() - t0, 1)
     keys = ("top1_error", "top3_error", "epochs", "epochs_done", "stopped_early", "train_time_s",
-            "median_epoch_time_s", "dwconv")
+            "median_epoch_time_s", "dwconv", "compile_mode")
     summary["final"] = {k: final.get(k) for k in keys}
     if final.get("stopped_early"):
         summary["warning"] = "stopped early by the deadline: truncated schedule, NOT a full-schedule result"
@@ -1018,6 +1019,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--shard-bytes", type=int, default=MAX_FILE_BYTES)
     p.add_argument("--dwconv", choices=("torch", "triton", "triton_bn_relu"), default="torch",
                    help="dsrnet stage: what computes the depthwise convs (TrainConfig.dwconv)")  # fmt: skip
+    p.add_argument("--compile-mode", default="default",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="dsrnet stage: torch.compile's mode (TrainConfig.compile_mode; reduce-overhead = CUDA "
+                   "graphs), once fused_gpu.py showed it faster")  # fmt: skip
     p.add_argument("--bench-models", nargs="+", default=None, help="baselines: models timed in the call besides "
                    "the trained ones (default: dsrnet50 and the paper's comparison; dry run: dsrnet50)")
     p.add_argument("--bench-s", type=float, default=10.0, help="baselines: time one model only if this is left")
@@ -1042,6 +1047,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"{', '.join(missing)} required (or --assemble)")
     if args.dwconv != "torch" and args.stage != "dsrnet":
         p.error("--dwconv is for the dsrnet stage only (the baselines have no depthwise convs)")
+    if args.compile_mode != "default" and args.stage != "dsrnet":
+        p.error("--compile-mode is for the dsrnet stage only (the baselines keep the shipped run's settings)")
     if args.arms and args.stage not in ("recipe", "dsrnet"):
         p.error("--arms is for the recipe stage (arms to compare) and the dsrnet stage (arms to train with)")
     if args.dry_run:

@@ -84,6 +84,12 @@ def test_dwconv_is_for_the_dsrnet_stage_only(capsys):
     with pytest.raises(SystemExit):
         campaign.parse_args(["--stage", "baselines", "--dwconv", "triton", *base])
     assert "--dwconv is for the dsrnet stage only" in capsys.readouterr().err
+    assert campaign.parse_args(["--stage", "dsrnet", *base]).compile_mode == "default"
+    args = campaign.parse_args(["--stage", "dsrnet", "--compile-mode", "reduce-overhead", *base])
+    assert args.compile_mode == "reduce-overhead"
+    with pytest.raises(SystemExit):
+        campaign.parse_args(["--stage", "baselines", "--compile-mode", "reduce-overhead", *base])
+    assert "--compile-mode is for the dsrnet stage only" in capsys.readouterr().err
 
 
 def _campaign_module():

@@ -528,3 +528,20 @@ def test_the_recipe_reaches_the_optimizer_and_the_loss(cifar10_dir, tmp_path):
     assert trainer.criterion.label_smoothing == 0.2
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_factor(0, cfg=cfg,
                                                                        steps_per_epoch=trainer.steps_per_epoch))  # fmt: skip
+
+
+def test_compile_mode_reaches_torch_compile_and_bad_modes_are_refused(cifar10_dir, tmp_path, monkeypatch):
+    from dsrnet.train.distributed import DistContext
+
+    modes = []
+
+    def fake_compile(module, *, mode=None, **kwargs):
+        modes.append(mode)
+        return module
+
+    monkeypatch.setattr(loop.torch, "compile", fake_compile)
+    cfg = tiny(tmp_path, cifar10_dir, compile=True, compile_mode="reduce-overhead", ema_decay=0.9)
+    loop._Trainer(cfg, DistContext(), torch.device("cpu"))
+    assert modes == ["reduce-overhead", "reduce-overhead"]  # the trained model and its weight average
+    with pytest.raises(DsrnetError, match="compile_mode.*one of default, reduce-overhead"):
+        tiny(tmp_path, cifar10_dir, compile_mode="fastest")

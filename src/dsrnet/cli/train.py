@@ -40,6 +40,8 @@ FIELD_HELP = {
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaling)",
     "channels_last": "NHWC memory format",
     "compile": "torch.compile the model",
+    "compile_mode": "torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, "
+    "max-autotune-no-cudagraphs (speed only)",
     "sync_bn": "SyncBatchNorm across DDP processes (CUDA only) (default: off)",
     "out_dir": "run folder (default: runs/<dataset>/<model>-<recipe>-seed<seed>)",
     "resume": "continue a run: from --out-dir's checkpoint.pt, or from the given checkpoint or run folder; the saved "
@@ -95,7 +97,7 @@ def _recipe_help(key: str) -> str:
 def _choices(name: str) -> tuple[str, ...] | None:
     from dsrnet.data import DATASETS, PAD_FILLS
     from dsrnet.models import list_models
-    from dsrnet.train.config import DEADLINE_RULES, DWCONVS, RECIPES, SCHEDULES
+    from dsrnet.train.config import COMPILE_MODES, DEADLINE_RULES, DWCONVS, RECIPES, SCHEDULES
 
     return {
         "model": tuple(list_models()),
@@ -105,6 +107,7 @@ def _choices(name: str) -> tuple[str, ...] | None:
         "precision": PRECISIONS,
         "pad_fill": PAD_FILLS,
         "dwconv": DWCONVS,
+        "compile_mode": COMPILE_MODES,
         "deadline_rule": DEADLINE_RULES,
     }.get(name)
 

@@ -41,6 +41,7 @@ from dsrnet.run.checkpoint import load_checkpoint
 from dsrnet.run.rundir import differences
 
 __all__ = [
+    "COMPILE_MODES",
     "DEADLINE_RULES",
     "DWCONVS",
     "LEGACY_DEFAULTS",
@@ -67,6 +68,10 @@ SCHEDULES = ("step", "cosine", "linear")
 #: would end past it (as many epochs as fit: a truncated schedule); ``"schedule"`` also ends it as soon as the rest
 #: of its schedule can no longer end in time, so a time-boxed run either completes or stops within ~2 epochs.
 DEADLINE_RULES = ("epoch", "schedule")
+
+#: ``torch.compile`` modes a run may use (``TrainConfig.compile_mode``): ``reduce-overhead`` replays each step's
+#: kernels as CUDA graphs (no per-kernel launch cost on the host); the ``max-autotune`` modes time GEMM/conv templates.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 #: Recipe defaults; a config value left unset (``None``) takes the recipe's. See the module docstring for why.
@@ -130,6 +135,7 @@ RESUME_MUTABLE = frozenset(
         "progress",
         "device",
         "compile",
+        "compile_mode",  # how the same model is compiled: speed only
         "tensorboard",
         "checkpoint_every",
         "eval_every",  # when the test set is scored, not what is trained
@@ -201,6 +207,10 @@ class TrainConfig:
     run that has to finish its schedule to be of any use (a result for a table, shipped weights) then costs about
     two epochs when it cannot, instead of the whole budget for a truncated schedule.
 
+    ``compile_mode`` (:data:`COMPILE_MODES`, with ``compile``): ``torch.compile``'s mode; only the speed differs.
+    ``"reduce-overhead"`` records the forward and backward passes as CUDA graphs (the training step's fixed batch
+    shape, ``drop_last``, makes that possible), removing the host's per-kernel launch cost.
+
     ``dwconv``: what computes the depthwise 3x3 convs (:data:`DWCONVS`). ``"torch"``: PyTorch's conv.
     ``"triton"``: the NHWC Triton kernels, forward and both backward passes (:func:`dsrnet.use_triton_dwconv`)
     applied before channels_last, ``torch.compile`` and DDP; only for models with depthwise 3x3 convs (DSRNet,
@@ -243,6 +253,7 @@ class TrainConfig:
     precision: str | None = None
     channels_last: bool | None = None
     compile: bool | None = None
+    compile_mode: str = "default"
     sync_bn: bool = False
     out_dir: str | None = None
     resume: str | None = None
@@ -365,6 +376,7 @@ class TrainConfig:
         _check(
             self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
         )
+        _check(self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"one of {', '.join(COMPILE_MODES)}")
         _check(self.deadline_rule in DEADLINE_RULES, "deadline_rule", self.deadline_rule,
                f"one of {', '.join(DEADLINE_RULES)}")  # fmt: skip
 

@@ -375,11 +375,11 @@ class _Trainer:
         if self.resume_from is not None:
             self._restore(self.resume_from)
         # Compiled for speed; DDP around it for the gradient all-reduce; evaluation skips DDP (no gradients).
-        self.net = torch.compile(model) if cfg.compile else model
+        self.net = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
         self.train_net = dist_.wrap(self.net, device)
         self.ema_net = None
         if self.ema is not None:
-            self.ema_net = torch.compile(self.ema.module) if cfg.compile else self.ema.module
+            self.ema_net = torch.compile(self.ema.module, mode=cfg.compile_mode) if cfg.compile else self.ema.module
         self.show_bar = cfg.progress and dist_.is_main and sys.stderr.isatty()
         # Reading the loss on a GPU forces a sync: the non-finite check and the progress bar look every 25
         # steps.
@@ -735,6 +735,7 @@ class _Trainer:
             "precision": cfg.precision,
             "channels_last": cfg.channels_last,
             "compile": cfg.compile,
+            "compile_mode": cfg.compile_mode if cfg.compile else None,
             "dwconv": cfg.dwconv,
             "train_images": self.meta["train_images"],
             "test_images": self.meta["test_images"],
