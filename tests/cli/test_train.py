@@ -128,6 +128,8 @@ BAD_TRAIN = [
     (["--resume", "missing/checkpoint.pt"], "not found"),
     (["--config", "missing.yaml"], "config file missing.yaml not found"),
     (["--dwconv", "cudnn"], "bad value for dwconv: 'cudnn'; fix: use one of torch, triton"),
+    (["--deadline", "1795677036000"], "a Unix time in seconds (> 0; not milliseconds)"),
+    (["--compile-mode", "fastest"], "bad value for compile_mode"),
     (["--dwconv", "triton", "--model", "resnet50", "--model-kwargs", "{}"], "resnet50 has no depthwise 3x3"),
 ]
 
@@ -414,3 +416,57 @@ def test_ddp_dsrnet_under_torchrun_module(cifar10_dir, tmp_path, capsys):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=0.05)
     assert ma[1]["test_loss"] == pytest.approx(mb[1]["test_loss"], rel=0.1)
     assert json.loads((tmp_path / "ddp" / "final.json").read_text())["world_size"] == 2
+
+
+def test_one_command_line_starts_and_continues_a_run(cifar10_dir, tmp_path, capsys):
+    # --resume on a folder with no checkpoint yet starts the run (a requeued job's first start); later the same
+    # line continues it; config.yaml repeats the run without the call's own controls (resume, deadline).
+    run = tmp_path / "requeued"
+    argv = tiny_args(cifar10_dir, run, "--resume", "--deadline", str(time.time() + 3600))
+    code, out, _ = run_cli(capsys, argv)
+    assert code == 0 and "final epoch 2" in out
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["resume"] is None and saved["deadline"] is None and saved["epochs"] == 2
+    code, _, err = run_cli(capsys, [*argv[:-2]])  # the same line again: a finished run, nothing to train
+    assert code == 0, err
+    again = tmp_path / "again"  # `--config config.yaml` repeats the run elsewhere
+    code, out, _ = run_cli(capsys, ["train", "--config", str(run / "config.yaml"), "--out-dir", str(again)])
+    assert code == 0 and "final epoch 2:" in out
+
+
+def test_a_full_disk_while_writing_run_files_is_one_line_and_keeps_the_checkpoint(cifar10_dir, tmp_path, capsys,
+                                                                                  monkeypatch):  # fmt: skip
+    import errno
+
+    from dsrnet.train import loop
+
+    def full(run_dir, history):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loop, "_write_metrics", full)
+    run = tmp_path / "full"
+    code, _, err = run_cli(capsys, tiny_args(cifar10_dir, run))
+    last = err.strip().splitlines()[-1]  # (the log lines of epoch 1 come before it)
+    assert code == 2 and last.startswith("dsrnet: error: ") and "Traceback" not in err
+    assert f"could not write {run / 'metrics.jsonl'} (No space left on device)" in last
+    assert "checkpoint.pt holds epoch 1" in err and "continue with `dsrnet train --resume --out-dir" in err
+    assert (run / "checkpoint.pt").is_file()
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_continue(cifar10_dir, tmp_path, capsys, monkeypatch, caplog):
+    from dsrnet.train import loop
+
+    real = loop._Trainer.train_epoch
+
+    def interrupt_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(loop._Trainer, "train_epoch", interrupt_in_epoch_2)
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="dsrnet"):
+        code, _, _ = run_cli(capsys, tiny_args(cifar10_dir, run))
+    assert code != 0
+    assert (f"interrupted in epoch 2/2; {run / 'checkpoint.pt'} holds epoch 1; continue with: dsrnet train --resume "
+            f"--out-dir {run}") in caplog.text  # fmt: skip

@@ -131,3 +131,21 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path):
     with pytest.raises(DsrnetError, match="cannot be read safely"):
         create_model("dsrnet50", checkpoint_path=evil)
     assert not marker.exists()
+
+
+def test_ctrl_c_during_the_write_is_an_interrupt_not_a_full_disk(tmp_path, monkeypatch):
+    # torch's zip writer turns a KeyboardInterrupt inside write() into a RuntimeError: it was reported as "free disk".
+    import dsrnet.run.checkpoint as checkpoint
+
+    def interrupted(payload, f):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+    path = save_checkpoint(tmp_path / "checkpoint.pt", _payload())
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, _payload())
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

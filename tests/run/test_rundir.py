@@ -84,3 +84,17 @@ def test_a_run_stopped_early_is_resumable_not_finished(tmp_path):
     assert run.stopped_early and not run.finished and run.resumable and run.holds_run
     (tmp_path / "final.json").write_text(json.dumps({"stopped_early": False}))
     assert run.finished and not run.resumable
+
+
+def test_a_refused_lock_leaves_the_holders_temp_files_alone(tmp_path):
+    # A temp file whose writer PID looks dead from here (another PID namespace, another host) may be the lock
+    # holder's checkpoint in flight: only the holder cleans up.
+    run = RunDir(tmp_path / "r")
+    with run.lock():
+        in_flight = run.path / ".checkpoint.pt.999999.tmp"
+        in_flight.write_bytes(b"half a checkpoint")
+        with pytest.raises(DsrnetError, match="in use"), run.lock():
+            pass
+        assert in_flight.exists()
+    with run.lock():  # the holder, now: stale temp files go
+        assert not in_flight.exists()

@@ -7,11 +7,14 @@ as the field is; a test checks it), so the command line, YAML files and the libr
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 from dataclasses import fields
 from typing import Any
 
 from dsrnet.cli.common import one_of, typed
 from dsrnet.device import PRECISIONS
+from dsrnet.run.rundir import RunDir
 
 #: Help of each TrainConfig field; the recipe's default is appended where the recipe sets the field.
 FIELD_HELP = {
@@ -44,7 +47,8 @@ FIELD_HELP = {
     "max-autotune-no-cudagraphs (speed only)",
     "sync_bn": "SyncBatchNorm across DDP processes (CUDA only) (default: off)",
     "out_dir": "run folder (default: runs/<dataset>/<model>-<recipe>-seed<seed>)",
-    "resume": "continue a run: from --out-dir's checkpoint.pt, or from the given checkpoint or run folder; the saved "
+    "resume": "continue a run: from --out-dir's checkpoint.pt (a folder without one yet: the run starts, so one "
+    "command line serves every restart), or from the given checkpoint or run folder; the saved "
     "settings are used (default: off)",
     "subset_per_class": "train on this many images per class (quick runs) (default: all)",
     "test_subset_per_class": "test on this many images per class (quick runs) (default: all)",
@@ -220,7 +224,13 @@ def config_from_args(args: argparse.Namespace):
     if resume is None or resume is False:
         return TrainConfig.from_recipe(**explicit)
     if resume is True or resume == "auto":  # the run folder these flags would train into
-        resume = TrainConfig.from_recipe(**explicit).out_dir
+        fresh = TrainConfig.from_recipe(**explicit)
+        if not RunDir(fresh.out_dir).holds_run:
+            # Nothing to continue yet (a requeued job's first start, a run killed before its first checkpoint):
+            # start it, so one command line serves every (re)start under torchrun --max-restarts or a scheduler.
+            logging.getLogger("dsrnet").info(f"--resume: {fresh.out_dir} holds no checkpoint yet; starting the run")
+            return fresh
+        resume = fresh.out_dir
     return resume_config(resume, **explicit)
 
 
@@ -232,6 +242,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     final = train(cfg)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: one result line (rank 0's), as one run folder
+        return 0
     stopped = f" (STOPPED EARLY by --deadline, of {final['epochs']} planned)" if final["stopped_early"] else ""
     print(
         f"{final['model']} on {final['dataset']}, final epoch {final['epochs_done']}{stopped}: top-1 error "

@@ -102,6 +102,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     try:
         return atomic_write(path, lambda f: torch.save(payload, f))
     except (OSError, RuntimeError) as err:
+        if isinstance(err.__context__, KeyboardInterrupt):  # torch's zip writer wraps a Ctrl-C in a RuntimeError
+            raise KeyboardInterrupt from None
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise DsrnetError(
             f"could not write checkpoint {path} ({first}); the previous checkpoint is kept; fix: free disk space "

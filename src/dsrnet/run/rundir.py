@@ -152,7 +152,6 @@ class RunDir:
         self.check_writable()
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(self.path)
         fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -162,6 +161,9 @@ class RunDir:
                     f"run folder {self.path} is in use by another dsrnet process; fix: wait for it to finish, or "
                     f"pass another --out-dir"
                 ) from None
+            # Only the lock's holder cleans up: a temp file whose writer's PID looks dead from here (another PID
+            # namespace, another host on shared storage) may belong to the process that holds the lock.
+            remove_stale_temp_files(self.path)
             try:
                 yield
             finally:

@@ -170,8 +170,8 @@ class TrainConfig:
 
     ``batch_size`` and ``lr`` are for the global batch (all DDP ranks together). ``milestones`` are epochs
     (step schedule only; default 50 % and 75 % of ``epochs``). ``device="auto"`` resolves to ``cuda`` when
-    available. ``resume``: ``"auto"`` (or ``True``) continues from ``out_dir/checkpoint.pt``; a path names a
-    checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
+    available. ``resume``: ``"auto"`` (or ``True``) continues from ``out_dir/checkpoint.pt`` (``dsrnet train
+    --resume`` starts the run instead when the folder holds none yet); a path names a checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
     images per class (quick runs). ``model_kwargs`` go to :func:`dsrnet.create_model` (e.g.
     ``{"widths": [8, 16, 32, 64]}``). ``pad_fill``: what the random crop pads with, ``"zero"`` (black),
     ``"mean"`` (the mean colour) or ``"reflect"`` (the image mirrored at its borders; :mod:`dsrnet.data.loader`).
@@ -373,8 +373,9 @@ class TrainConfig:
                 "dwconv=triton_bn_relu computes each BatchNorm's statistics on this process's batch, which "
                 "sync_bn would average across processes; fix: drop --sync-bn or use --dwconv triton"
             )
-        _check(
-            self.deadline is None or self.deadline > 0, "deadline", self.deadline, "a Unix time in seconds (> 0)"
+        _check(  # 1e11 s is the year 5138: a larger value is a time in milliseconds, i.e. no time box at all
+            self.deadline is None or 0 < self.deadline < 1e11, "deadline", self.deadline,
+            "a Unix time in seconds (> 0; not milliseconds)",
         )
         _check(self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"one of {', '.join(COMPILE_MODES)}")
         _check(self.deadline_rule in DEADLINE_RULES, "deadline_rule", self.deadline_rule,

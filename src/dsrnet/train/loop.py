@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -422,9 +423,12 @@ class _Trainer:
         tb = None
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir.config, cfg.to_yaml())
-            if self.resume_from is not None:
-                _write_metrics(self.run_dir, self.history)  # drops epochs logged after the checkpoint
+            # The settings that repeat the run (`dsrnet train --config config.yaml`): not the call's own controls
+            # (a checkpoint it resumed from, a wall-clock deadline long past by the time anyone reruns it).
+            repeat = dataclasses.replace(cfg, resume=None, deadline=None)
+            self._run_file(self.run_dir.config, lambda: atomic_write_text(self.run_dir.config, repeat.to_yaml()))
+            if self.resume_from is not None:  # drops epochs logged after the checkpoint
+                self._run_file(self.run_dir.metrics, lambda: _write_metrics(self.run_dir, self.history))
             tb = _TensorBoard(self.run_dir.tensorboard if cfg.tensorboard else None, purge_step=self.start_epoch + 1)
         m = self.meta
         if self.resume_from is not None:
@@ -447,6 +451,8 @@ class _Trainer:
         self.stopped_early = False
         self._epoch_end: float | None = None  # wall time at the last epoch's deadline check (its end)
         self._last_eval_s = 0.0  # the last test pass's time
+        self._checkpointed = self.start_epoch if self.resume_from is not None else 0  # epochs in checkpoint.pt
+        epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 record = {
@@ -477,20 +483,35 @@ class _Trainer:
                     tb.log(record)
                     if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or stop:
                         save_checkpoint(self.ckpt_path, self._payload(epoch + 1))
-                    _write_metrics(self.run_dir, self.history)
+                        self._checkpointed = epoch + 1
+                    self._run_file(self.run_dir.metrics, lambda: _write_metrics(self.run_dir, self.history))
                 if stop:
                     self.stopped_early = True
+                    why = (
+                        "the rest of the schedule, at this pace, would end past the deadline (--deadline-rule "
+                        "schedule)"
+                        if cfg.deadline_rule == "schedule"
+                        else "the next epoch would end past the deadline"
+                    )
                     self.log(
-                        f"stopping after epoch {epoch + 1}/{cfg.epochs}: the next epoch would end past the deadline; "
-                        f"the learning-rate schedule is truncated (resume without a deadline to complete it)"
+                        f"stopping after epoch {epoch + 1}/{cfg.epochs}: {why}; the learning-rate schedule is "
+                        f"truncated (resume without a deadline to complete it)"
                     )
                     break
+        except KeyboardInterrupt:
+            if self._checkpointed:
+                self.log(f"interrupted in epoch {epoch + 1}/{cfg.epochs}; {self.ckpt_path} holds epoch "
+                         f"{self._checkpointed}; continue with: dsrnet train --resume --out-dir {self.out}")  # fmt: skip
+            else:
+                self.log(f"interrupted in epoch {epoch + 1}/{cfg.epochs} before the first checkpoint; start again "
+                         f"with the same command (or add --resume: it starts a run that has no checkpoint yet)")  # fmt: skip
+            raise
         finally:
             if tb is not None:
                 tb.close()
         final = self._final_metrics()
         if main:
-            atomic_write_json(self.run_dir.final, final)
+            self._run_file(self.run_dir.final, lambda: atomic_write_json(self.run_dir.final, final))
         self.log(
             f"final (epoch {final['epochs_done']}{f' of {cfg.epochs}, stopped early' if self.stopped_early else ''}): "
             f"top-1 error {final['top1_error']:.2f}%, top-3 error "
@@ -606,6 +627,19 @@ class _Trainer:
             f"run with a lower --lr" + (" or --precision fp32" if self.cfg.precision != "fp32" else "")
         )
 
+    def _run_file(self, path: Path, write) -> None:
+        """``write()`` one of the run's files; a full disk or lost permission is one error line that says what is
+        kept (the checkpoint holds every finished epoch) and how to go on."""
+        try:
+            write()
+        except OSError as err:
+            kept = f"{self.ckpt_path} holds epoch {self._checkpointed}" if getattr(self, "_checkpointed", 0) else (
+                "no checkpoint was written yet")  # fmt: skip
+            raise DsrnetError(
+                f"could not write {path} ({err.strerror or err}); {kept}; fix: free disk space in {path.parent} (or "
+                f"fix its permissions), then continue with `dsrnet train --resume --out-dir {self.out}`"
+            ) from None
+
     def _last_good(self) -> str:
         if self.ckpt_path.exists():
             return f"last good checkpoint: {self.ckpt_path}"
@@ -636,6 +670,7 @@ class _Trainer:
             "mean": m["mean"],
             "std": m["std"],
             "config": cfg.to_dict(),
+            "world_size": self.dist.world_size,  # BatchNorm statistics are per process: a resume should match it
             "model_state": self._reported().state_dict(),
             **(
                 {"train_model_state": self.model.state_dict(), "ema_updates": self.ema.updates}
@@ -651,6 +686,13 @@ class _Trainer:
         }
 
     def _restore(self, ckpt: dict) -> None:
+        saved_ws = ckpt.get("world_size")
+        if isinstance(saved_ws, int) and saved_ws != self.dist.world_size:
+            logger.warning(
+                f"checkpoint {ckpt['path']} was trained by {saved_ws} process(es), resumed by {self.dist.world_size}: "
+                f"the global batch is the same, but BatchNorm's per-process statistics differ, so the run will not "
+                f"match an uninterrupted one"
+            )
         if "optimizer_state" not in ckpt:
             raise DsrnetError(
                 f"checkpoint {ckpt['path']} holds weights only (no optimizer state), so it cannot be resumed; fix: "
