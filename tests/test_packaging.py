@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytest.importorskip("setuptools")
+pytest.importorskip("setuptools", minversion="77")  # SPDX licence and license-files (pyproject)
 
 SKIP = shutil.ignore_patterns(
     ".git", "build", "dist", "*.egg-info", "__pycache__", ".gpu-data", "runs", ".timm-sdist", ".pytest_cache",
