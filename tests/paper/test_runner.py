@@ -172,7 +172,7 @@ def test_unfinished_run_is_resumed(cifar10_dir, tmp_path, capsys):
     assert read_json(final)["top1_error"] == pytest.approx(first["top1_error"])
 
 
-def test_ablate_quick_writes_table_and_plot(cifar10_dir, tmp_path):
+def test_ablate_quick_writes_table_and_plot(cifar10_dir, tmp_path, capsys):
     rc = main(["ablate", "--dataset", "cifar10", "--model-kwargs", TINY, *_quick(cifar10_dir, tmp_path)])
     assert rc == 0
     for name in ("table.md", "table.csv", "summary.json", "ablation.png"):
@@ -188,6 +188,17 @@ def test_ablate_quick_writes_table_and_plot(cifar10_dir, tmp_path):
     assert json.loads(rows["no_dilation"]["model_kwargs"])["block_dilations"] == [1]
     md = (tmp_path / "table.md").read_text()
     assert "| no_dilation |" in md and "| stride_1x1 |" in md
+    # --report-only: the same table from the runs' files, nothing trained or timed
+    runs = sorted(p for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    (tmp_path / "table.md").unlink()
+    argv = ["ablate", "--dataset", "cifar10", "--model-kwargs", TINY, "--report-only", *_quick(cifar10_dir, tmp_path)]
+    assert main(argv) == 0
+    rows_of = lambda text: [line for line in text.splitlines() if line.startswith("|")]  # noqa: E731
+    assert rows_of((tmp_path / "table.md").read_text()) == rows_of(md)
+    assert {p: p.stat().st_mtime_ns for p in runs} == before
+    assert main([*argv, "--seed", "3"]) == 2  # runs of other settings: refused, naming the difference
+    assert "finished runs differ: dsrnet:" in capsys.readouterr().err
 
 
 def test_ablate_refuses_model_kwargs_that_a_variant_overrides(tmp_path, capsys):

@@ -105,6 +105,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                        help=f"subset of: {', '.join(names)} (stem_cifar with --stem paper, stem_paper with --stem "
                        "cifar; default: all)")  # fmt: skip
+        p.add_argument("--report-only", action="store_true",
+                       help="train and time nothing: rewrite the table and figure from the variants' finished, "
+                       "timed runs already in --out-dir with these settings")  # fmt: skip
         p.set_defaults(func=_cmd_ablate)
 
 
@@ -191,6 +194,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from dsrnet.paper.runner import ablate
 
-    result = ablate(args.dataset, variants=args.variants, **_prepare(args))
+    result = ablate(args.dataset, variants=args.variants, report_only=args.report_only, **_prepare(args))
     print((result["files"][0]).read_text(), end="")  # table.md
     return _log_files(result)

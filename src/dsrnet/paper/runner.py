@@ -332,8 +332,13 @@ def report_finished(
             f"{s.out} holds no finished, benchmarked run of the comparison with these settings{found}; fix: pass "
             "the settings the runs were trained with, or run `dsrnet reproduce` first"
         )
+    return _reproduce_report(_saved_rows(_in_paper_order(jobs, stem), s), s, log=log)
+
+
+def _saved_rows(jobs: Sequence[Job], s: Settings) -> list[dict]:
+    """The report rows of finished, timed runs, from their files alone (nothing trained or timed)."""
     rows = []
-    for job in _in_paper_order(jobs, stem):
+    for job in jobs:
         run = RunDir(s.out / "runs" / job.key)
         saved = read_json(run.path / "bench.json")
         if plain(saved.get("request")) != plain(s.bench):
@@ -342,7 +347,7 @@ def report_finished(
                 f"{s.bench}); fix: pass the bench settings it was timed with, or delete it to time it again"
             )
         rows.append(_report_row(job, run, read_json(run.final), saved["row"]))
-    return _reproduce_report(rows, s, log=log)
+    return rows
 
 
 def bench_models(
@@ -380,9 +385,12 @@ def ablate(
     model_kwargs: dict | None = None,
     quick: bool = False,
     command: str = "",
+    report_only: bool = False,
     log: Callable[[str], None] = _log,
 ) -> dict:
-    """Library entry of ``dsrnet ablate``: train and time each variant; table + error/latency/params plot."""
+    """Library entry of ``dsrnet ablate``: train and time each variant; table + error/latency/params plot. With
+    ``report_only`` nothing is trained or timed: the table and figure are rewritten from the variants' finished,
+    timed runs in ``out`` (every variant asked must have one, with these settings)."""
     all_variants = {v.name: v for v in ablation_variants(stem, DATASETS[dataset].image_size)}
     names = list(variants or all_variants)
     unknown = [n for n in names if n not in all_variants]
@@ -407,7 +415,18 @@ def ablate(
             Job(key=name, arch=stem_variant("dsrnet50", v.stem or stem),
                 model_kwargs={**(model_kwargs or {}), **v.kwargs}, tests=v.tests)
         )  # fmt: skip
-    rows = run_jobs(jobs, s, log=log)
+    if report_only:
+        why: list[str] = []
+        missing = [j.key for j in jobs if not _finished_alike(j, s, why)]
+        if missing:
+            found = f" (finished runs differ: {'; '.join(why)[:400]})" if why else ""
+            raise DsrnetError(
+                f"{s.out} holds no finished, timed run of {', '.join(missing)} with these settings{found}; fix: pass "
+                f"the settings the runs were trained with, --variants the ones it holds, or run `dsrnet ablate` first"
+            )
+        rows = _saved_rows(jobs, s)
+    else:
+        rows = run_jobs(jobs, s, log=log)
     return {"rows": rows, "files": write_ablation_report(rows, s)}
 
 
