@@ -62,3 +62,19 @@ def test_curves_of_a_run_scored_every_few_epochs_join_the_scored_epochs(tmp_path
     assert list(lines["run"].get_xdata()) == [2, 4] and list(lines["run"].get_ydata()) == [48.0, 46.0]
     assert list(lines["run (without EMA)"].get_ydata()) == [50.0, 48.0]
     assert list(loss.get_lines()[0].get_xdata()) == [1, 2, 3, 4]  # the training loss of every epoch
+
+
+def test_tradeoff_shows_the_papers_error_and_a_log_axis_for_spread_times(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    points = [
+        {"label": "DSRNet", "latency_ms": 10.0, "error": 7.6, "params": 12e6, "paper_error": 9.2},
+        {"label": "ResNet50", "latency_ms": 50.0, "error": 6.0, "params": 23e6, "paper_error": 11.85},
+        {"label": "MobileNetV2", "latency_ms": 3.0, "error": 9.0, "params": 2e6},  # no paper number
+    ]
+    plot_tradeoff(points, tmp_path / "t.png", title="t")
+    ax = figures[0].axes[0]
+    hollow = [c for c in ax.collections if c.get_label() == "the paper's error (at our time)"]
+    assert len(hollow) == 1 and list(hollow[0].get_offsets()[0]) == [10.0, 9.2]
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "the paper's error (at our time)"
+    assert ax.get_xscale() == "log" and ax.get_xlabel().endswith("log scale")  # 3 to 50 ms: > 4x

@@ -203,8 +203,9 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
         )
     )
     points = [
-        {"label": display_name(r["job"].key), "latency_ms": r["bench"]["latency_ms"],
-         "error": r["final"]["top1_error"], "params": r["bench"]["params"]}
+        {"label": display_name(r["job"].key) + (EARLY if r["final"].get("stopped_early") else ""),
+         "latency_ms": r["bench"]["latency_ms"], "error": r["final"]["top1_error"], "params": r["bench"]["params"],
+         "paper_error": _paper(s.dataset, r["job"].key).get("top1_error")}
         for r in rows
     ]  # fmt: skip
     files.append(

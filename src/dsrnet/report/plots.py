@@ -75,7 +75,8 @@ def plot_tradeoff(
     """Error vs latency, marker area proportional to parameters, Pareto front dashed.
 
     ``points``: dicts with ``label``, ``latency_ms``, ``error`` and ``params``; points with a missing value are
-    left out (e.g. a model not benchmarked yet)."""
+    left out (e.g. a model not benchmarked yet). A point's optional ``paper_error`` (the paper's number for that
+    model) is drawn as a hollow marker at the same time (the paper's time unit is unclear), joined by a dotted line."""
     pts = [p for p in points if p.get("latency_ms") is not None and p.get("error") is not None]
     fig, ax = _figure()
     if pts:
@@ -91,6 +92,11 @@ def plot_tradeoff(
                 xytext=(6, 6),
                 fontsize=7,
             )
+        paper = [p for p in pts if p.get("paper_error") is not None]
+        for i, p in enumerate(paper):
+            ax.plot([p["latency_ms"]] * 2, [p["error"], p["paper_error"]], ":", color="0.5", lw=1)
+            ax.scatter(p["latency_ms"], p["paper_error"], s=40, facecolors="none", edgecolors="k",
+                       label="the paper's error (at our time)" if i == 0 else None)  # fmt: skip
         front = pareto_front([(p["latency_ms"], p["error"]) for p in pts])
         if len(front) > 1:  # one point that beats all others on both axes is no line to draw
             ax.plot(
@@ -100,6 +106,7 @@ def plot_tradeoff(
                 lw=1,
                 label="Pareto front",
             )
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=8)
         ax.margins(0.2)
         lat = [p["latency_ms"] for p in pts]
