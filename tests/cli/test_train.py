@@ -427,8 +427,10 @@ def test_one_command_line_starts_and_continues_a_run(cifar10_dir, tmp_path, caps
     assert code == 0 and "final epoch 2" in out
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["resume"] is None and saved["deadline"] is None and saved["epochs"] == 2
-    code, _, err = run_cli(capsys, [*argv[:-2]])  # the same line again: a finished run, nothing to train
+    written = (run / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, [*argv[:-2], "--eval-every", "2"])  # again: a finished run, nothing to train
     assert code == 0, err
+    assert (run / "config.yaml").read_text() == written  # the finished run's settings, as it ran
     again = tmp_path / "again"  # `--config config.yaml` repeats the run elsewhere
     code, out, _ = run_cli(capsys, ["train", "--config", str(run / "config.yaml"), "--out-dir", str(again)])
     assert code == 0 and "final epoch 2:" in out

@@ -426,7 +426,8 @@ class _Trainer:
             # The settings that repeat the run (`dsrnet train --config config.yaml`): not the call's own controls
             # (a checkpoint it resumed from, a wall-clock deadline long past by the time anyone reruns it).
             repeat = dataclasses.replace(cfg, resume=None, deadline=None)
-            self._run_file(self.run_dir.config, lambda: atomic_write_text(self.run_dir.config, repeat.to_yaml()))
+            if self.start_epoch < cfg.epochs or not self.run_dir.config.is_file():  # (a finished run stays as it ran)
+                self._run_file(self.run_dir.config, lambda: atomic_write_text(self.run_dir.config, repeat.to_yaml()))
             if self.resume_from is not None:  # drops epochs logged after the checkpoint
                 self._run_file(self.run_dir.metrics, lambda: _write_metrics(self.run_dir, self.history))
             tb = _TensorBoard(self.run_dir.tensorboard if cfg.tensorboard else None, purge_step=self.start_epoch + 1)
