@@ -19,6 +19,8 @@ def test_tf32_read_from_either_api_without_mixing_errors():
         assert tf32_conv() is False
         conv.fp32_precision = "tf32"
         assert tf32_conv() is True
+        conv.fp32_precision = "none"  # reading the legacy flag now raises: torch's default (on) is reported
+        assert tf32_conv() is True
     finally:
         matmul.fp32_precision, conv.fp32_precision = before[0], before[1]
         torch.set_float32_matmul_precision(before[2])

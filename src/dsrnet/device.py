@@ -75,4 +75,9 @@ def tf32_conv() -> bool:
         if prec != "none":
             break
         prec = getattr(fallback, "fp32_precision", "none")
-    return prec == "tf32" if prec != "none" else bool(torch.backends.cudnn.allow_tf32)
+    if prec != "none":
+        return prec == "tf32"
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:  # the new API was used (set to "none"): the legacy read refuses; torch's default is on
+        return True

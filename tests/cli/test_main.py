@@ -84,3 +84,12 @@ def test_command_line_records_every_option_and_switches_that_are_off():
     again = parser.parse_args(shlex.split(recorded)[1:])
     assert vars(again) == vars(parser.parse_args(argv))  # the recorded command parses back to the same run
     assert "--progress" in command_line(parser.parse_args(argv[:-3] + ["--epochs", "3"]))
+
+
+def test_predict_help_states_the_auto_backend_threshold():
+    # The parser stays torch-free, so the number is written in the help: it must be the one predict uses.
+    from dsrnet.infer import AUTO_BACKEND_MIN_IMAGES
+
+    predict = build_parser("predict")._subparsers._group_actions[0].choices["predict"]
+    help_ = next(a.help for a in predict._actions if a.dest == "backend")
+    assert f"for {AUTO_BACKEND_MIN_IMAGES}+ images" in help_

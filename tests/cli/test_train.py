@@ -472,3 +472,28 @@ def test_ctrl_c_says_what_is_kept_and_how_to_continue(cifar10_dir, tmp_path, cap
     assert code != 0
     assert (f"interrupted in epoch 2/2; {run / 'checkpoint.pt'} holds epoch 1; continue with: dsrnet train --resume "
             f"--out-dir {run}") in caplog.text  # fmt: skip
+
+
+def test_interrupted_resume_into_another_folder_and_a_restart_from_its_config(cifar10_dir, tmp_path, capsys,
+                                                                             monkeypatch, caplog):  # fmt: skip
+    from dsrnet.train import loop
+
+    real = loop._Trainer.train_epoch
+    stop_at = {"epoch": 1}
+
+    def interrupt(self, epoch):
+        if epoch == stop_at["epoch"]:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(loop._Trainer, "train_epoch", interrupt)
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_cli(capsys, tiny_args(cifar10_dir, a, "--epochs", "3"))  # A: checkpoint at epoch 1, stopped in epoch 2
+    with caplog.at_level("INFO", logger="dsrnet"):
+        run_cli(capsys, ["train", "--resume", str(a), "--out-dir", str(b), "--no-progress"])  # stopped in B's first
+    assert "interrupted in epoch 2/3 before the first checkpoint" in caplog.text  # B holds none (A's is A's)
+    assert not (b / "checkpoint.pt").exists() and (b / "config.yaml").is_file()
+    # --resume on a folder with a config.yaml but no checkpoint: that run's settings, not the recipe's defaults
+    code, out, _ = run_cli(capsys, ["train", "--resume", "--out-dir", str(b), "--print-config"])
+    printed = yaml.safe_load(out)
+    assert code == 0 and printed["epochs"] == 3 and printed["recipe"] == "fast" and printed["batch_size"] == 20

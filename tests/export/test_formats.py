@@ -168,6 +168,27 @@ def test_a_crafted_pt2_cannot_run_code_when_read(tiny, tmp_path):
     assert not marker.exists()
     assert read_metadata(good)["image_size"] == 32  # a genuine archive still loads
 
+    def doctored(name, change, add=None):
+        out = tmp_path / name
+        with zipfile.ZipFile(good) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zout:
+            for info in zin.infolist():
+                zout.writestr(info, change(info.filename, zin.read(info.filename)))
+            if add:
+                zout.writestr(*add)
+        return out
+
+    # A shape expression is parsed by sympy.sympify, i.e. Python's eval: only plain arithmetic passes.
+    code = f"__import__('os').system('touch {marker}') or Symbol('s77'".encode()
+    evil_expr = doctored("expr.pt2", lambda n, d: d.replace(b"Symbol('s77'", code) if n.endswith(".json") else d)
+    with pytest.raises(dsrnet.DsrnetError, match=r"shape expression that is not plain arithmetic .* fix: use a \.pt2"):
+        read_metadata(evil_expr)
+    # An AOTInductor package's shared library is loaded as native code: refused before torch sees the archive.
+    evil_so = doctored("so.pt2", lambda n, d: d, ("archive/data/aotinductor/model/x.wrapper.so", b"\x7fELF..."))
+    with pytest.raises(dsrnet.DsrnetError, match=r"holds archive/data/aotinductor/model/x\.wrapper\.so, which would "
+                                                 r"run as code when read"):  # fmt: skip
+        load_predictor(evil_so)
+    assert not marker.exists()
+
 
 @pytest.mark.parametrize(
     ("error", "fix"),

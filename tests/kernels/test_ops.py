@@ -351,6 +351,8 @@ def test_arguments_of_the_wrong_shape_are_one_error_on_both_paths(triton, monkey
         ops.dwconv2d(x, weight, torch.randn(7), 1, 1, False)
     with pytest.raises(DsrnetError, match=r"pointwise_conv wants x \[N, C, H, W\] and a weight \[C, Cout\]"):
         ops.pointwise_conv(x, torch.randn(19, 12), b, None, 1, False)
+    with pytest.raises(DsrnetError, match=r"dw_pw_block wants x \[N, C, H, W\] .* got \[20, 7, 9\]"):
+        ops.dw_pw_block(x[0], ops.pack_taps(weight), torch.randn(20), w_pw, b, None, None, 1, 1, 1)
     with pytest.raises(DsrnetError, match=r"wants the residual \(identity shortcut\) of shape \[1, 12, 7, 9\]"):
         ops.pointwise_conv(x, w_pw, b, torch.randn(1, 12, 7, 8), 1, False)
     with pytest.raises(DsrnetError, match=r"dw_pw_block wants b_dw of shape \[20\]"):

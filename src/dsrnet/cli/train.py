@@ -206,7 +206,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--backend", type=one_of("backend", backends), default="auto",
                        help="inference engine: auto = on a CPU the fastest installed engine for exported files and "
-                       "for 32+ images (exporting costs seconds), else torch; fused = a DSRNet in dsrnet.fuse's "
+                       "for 1000+ images (exporting costs seconds), else torch; fused = a DSRNet in dsrnet.fuse's "
                        "inference form (fused Triton kernels on CUDA); one of " + ", ".join(backends))
         p.set_defaults(func=_cmd_predict)
 
@@ -225,9 +225,13 @@ def config_from_args(args: argparse.Namespace):
         return TrainConfig.from_recipe(**explicit)
     if resume is True or resume == "auto":  # the run folder these flags would train into
         fresh = TrainConfig.from_recipe(**explicit)
-        if not RunDir(fresh.out_dir).holds_run:
+        run = RunDir(fresh.out_dir)
+        if not run.holds_run:
             # Nothing to continue yet (a requeued job's first start, a run killed before its first checkpoint):
-            # start it, so one command line serves every (re)start under torchrun --max-restarts or a scheduler.
+            # start it, so one command line serves every (re)start under torchrun --max-restarts or a scheduler;
+            # a run killed before its first checkpoint starts again with the settings its config.yaml recorded.
+            if run.config.is_file():
+                fresh = TrainConfig.from_recipe(**{**load_config_file(run.config), **explicit})
             logging.getLogger("dsrnet").info(f"--resume: {fresh.out_dir} holds no checkpoint yet; starting the run")
             return fresh
         resume = fresh.out_dir

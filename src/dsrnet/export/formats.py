@@ -21,6 +21,8 @@ import copy
 import json
 import os
 import pickle
+import re
+import threading
 import types
 import warnings
 from dataclasses import dataclass, field
@@ -140,10 +142,79 @@ def _no_code_from_pickles():
         yield
 
 
+#: Names a shape expression of an ExportedProgram may use (``expr_str``, parsed by ``sympy.sympify``, i.e. by
+#: Python's ``eval``): sympy's constructors and the integer functions torch.export writes, nothing else.
+_SYMPY_NAMES = frozenset({
+    "Symbol", "Integer", "Rational", "Mod", "PythonMod", "FloorDiv", "CleanDiv", "CeilToInt", "FloorToInt",
+    "TruncToInt", "IntTrueDiv", "FloatTrueDiv", "ToFloat", "Max", "Min", "Abs", "floor", "ceiling", "Eq", "Ne", "Lt",
+    "Le", "Gt", "Ge", "And", "Or", "Not", "positive", "integer", "real", "nonnegative", "finite", "True", "False",
+    "oo",
+})  # fmt: skip
+_EXPR_TOKEN = re.compile(r"\s+|'[A-Za-z_][A-Za-z0-9_]*'|[A-Za-z_][A-Za-z0-9_]*|\d+|//|[-+*/%(),=<>!]")
+_NOT_IN_PT2 = ("aotinductor/", "executorch", "custom_obj", "opaque_obj")  # compiled code, pickled objects
+_LIBRARY_SUFFIXES = (".so", ".dll", ".dylib", ".pyd")
+
+
+def _safe_expr(expr: str) -> bool:
+    """Whether ``expr`` is a plain shape expression: whitelisted names, quoted symbol names, integers and
+    operators (no attribute access, no subscripts, no ``**``); short."""
+    if len(expr) > 500 or "**" in expr:
+        return False
+    pos = 0
+    for m in _EXPR_TOKEN.finditer(expr):
+        if m.start() != pos:
+            return False
+        tok = m.group()
+        if (tok[0].isalpha() or tok[0] == "_") and tok not in _SYMPY_NAMES:
+            return False
+        pos = m.end()
+    return pos == len(expr)
+
+
+def _check_pt2(path: Path) -> None:
+    """Refuse, before ``torch.export.load`` reads it, a .pt2 archive that would run code while being read:
+    compiled libraries (AOTInductor packages are loaded as native code), custom/opaque pickled objects, and shape
+    expressions that are not plain arithmetic (``sympy.sympify`` evaluates them with Python's ``eval``)."""
+    import zipfile
+
+    fix = "fix: use a .pt2 written by `dsrnet export --format exported-program` (tensors and shapes only)"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            for name in names:
+                if any(bad in name for bad in _NOT_IN_PT2) or name.lower().endswith(_LIBRARY_SUFFIXES):
+                    raise DsrnetError(f"{path} holds {name}, which would run as code when read; {fix}")
+            for name in (n for n in names if n.endswith(".json")):
+                try:
+                    tree = json.loads(zf.read(name))
+                except ValueError:
+                    raise DsrnetError(f"{path}: {name} is not valid JSON; {fix}") from None
+                stack = [tree]
+                while stack:
+                    node = stack.pop()
+                    if isinstance(node, dict):
+                        expr = node.get("expr_str")
+                        if expr is not None and not (isinstance(expr, str) and _safe_expr(expr)):
+                            raise DsrnetError(f"{path}: {name} has a shape expression that is not plain arithmetic "
+                                              f"({str(expr)[:60]!r}), which would be evaluated as code; {fix}")  # fmt: skip
+                        stack.extend(node.values())
+                    elif isinstance(node, list):
+                        stack.extend(node)
+    except zipfile.BadZipFile:
+        raise DsrnetError(f"{path} is not a .pt2 archive (not a zip file); {fix}") from None
+
+
+#: torch.export.load is not re-entrant, and the pickle guard patches torch process-wide: one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+
 def load_exported_program(path: str | os.PathLike, extra_files: dict[str, Any] | None = None):
-    """``torch.export.load`` of a .pt2 file that cannot run code while it is read (:func:`_no_code_from_pickles`);
-    a refused or damaged archive raises from torch, quietly (callers turn it into one error line)."""
-    with _quiet(), _no_code_from_pickles():
+    """``torch.export.load`` of a .pt2 file that cannot run code while it is read: the archive is checked first
+    (:func:`_check_pt2`: no compiled libraries, no pickled objects, shape expressions plain arithmetic), then loaded
+    with every unpickling weights-only (:func:`_no_code_from_pickles`). A refused archive is a DsrnetError; a
+    damaged one raises from torch, quietly (callers turn it into one error line)."""
+    _check_pt2(Path(path))
+    with _LOAD_LOCK, _quiet(), _no_code_from_pickles():
         return torch.export.load(str(path), extra_files=extra_files)
 
 

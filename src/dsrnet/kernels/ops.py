@@ -120,13 +120,14 @@ def _check_shape(op: str, name: str, t: torch.Tensor | None, want: tuple[int, ..
 
 
 def _check_pw(op: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, shortcut: torch.Tensor | None,
-              w_ds: torch.Tensor | None, out_hw: tuple[int, int], ds_stride: int) -> None:  # fmt: skip
+              w_ds: torch.Tensor | None, stride: int, ds_stride: int) -> None:  # fmt: skip
     """The arguments of the 1x1 (``pointwise_conv``) and fused (``dw_pw_block``) ops: ``w`` [Cin, Cout] against
     ``x``, the bias, and the shortcut (identity: the output's shape; downsampled: [N, Cin_ds, ., .] with ``w_ds``
     [Cin_ds, Cout] reaching the output's size at ``ds_stride``)."""
     if x.dim() != 4 or w.dim() != 2 or w.shape[0] != x.shape[1]:
         raise DsrnetError(f"{op} wants x [N, C, H, W] and a weight [C, Cout], got {list(x.shape)} and {list(w.shape)}")
     n, cout = x.shape[0], w.shape[1]
+    out_hw = (_out_size(x.shape[2], stride), _out_size(x.shape[3], stride))
     _check_shape(op, "bias", bias, (cout,))
     if shortcut is None:
         return
@@ -451,10 +452,10 @@ def pointwise_conv(
     """``[relu](pw(x) + bias + r)``: ``r`` = ``residual`` itself, or, with ``w_ds`` ``[Cin, Cout]``, the 1x1
     downsample of ``residual`` (a block's input) strided by ``ds_stride``, computed into the same tile and never
     written (its bias pre-added into ``bias``)."""
+    _check_pw("pointwise_conv", x, w_kn, bias, residual, w_ds, stride, ds_stride)
     n, k, h, w = x.shape
     nout = w_kn.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
-    _check_pw("pointwise_conv", x, w_kn, bias, residual, w_ds, (ho, wo), ds_stride)
     big = 0 if residual is None else residual.numel()
     if not triton_usable(x, max(n * nout * ho * wo, big)):
         y = _pw_fallback(x, w_kn, stride)  # fresh and channels-last: updated in place
@@ -501,10 +502,10 @@ def dw_pw_block(
 
     ``w_dw``: ``[9, C]`` (taps-major, see :func:`pack_taps`); ``w_pw``: ``[C, Cout]``; ``w_ds``: ``[Cin, Cout]``.
     """
+    _check_pw("dw_pw_block", x, w_pw, bias, shortcut, w_ds, stride, ds_stride)
     n, k, h, w = x.shape
     nout = w_pw.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
-    _check_pw("dw_pw_block", x, w_pw, bias, shortcut, w_ds, (ho, wo), ds_stride)
     _check_shape("dw_pw_block", "w_dw (taps-major)", w_dw, (9, k))
     _check_shape("dw_pw_block", "b_dw", b_dw, (k,))
     big = 0 if shortcut is None else shortcut.numel()

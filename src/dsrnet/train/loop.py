@@ -421,6 +421,10 @@ class _Trainer:
     def run(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
         tb = None
+        # Epochs this run folder's checkpoint holds: a resume from its own checkpoint starts with them; one from
+        # another folder's (--resume A --out-dir B) has none here yet.
+        own = self.resume_from is not None and Path(self.resume_from["path"]).resolve() == self.ckpt_path.resolve()
+        self._checkpointed = self.start_epoch if own else 0
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             # The settings that repeat the run (`dsrnet train --config config.yaml`): not the call's own controls
@@ -452,7 +456,6 @@ class _Trainer:
         self.stopped_early = False
         self._epoch_end: float | None = None  # wall time at the last epoch's deadline check (its end)
         self._last_eval_s = 0.0  # the last test pass's time
-        self._checkpointed = self.start_epoch if self.resume_from is not None else 0  # epochs in checkpoint.pt
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
