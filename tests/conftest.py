@@ -134,3 +134,13 @@ def learned_run(cifar10_dir, tmp_path_factory):
     return cfg, final
 
 
+
+
+class RunsCode:
+    """A pickle that, when loaded unsafely, creates the file ``marker`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

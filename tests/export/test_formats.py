@@ -9,6 +9,7 @@ import dsrnet
 from dsrnet.cli.main import main
 from dsrnet.export import FORMATS, export_model, fold_batchnorm, load_runner, read_metadata
 from dsrnet.export.formats import SUFFIXES
+from tests.conftest import RunsCode
 from tests.export.conftest import TINY, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,14 +134,6 @@ def test_mismatch_above_tolerance_raises_and_leaves_no_file(tiny, tmp_path, monk
         export_model(tiny, tmp_path / "u.pt", format="torchscript", tolerance=-1.0)
 
 
-class _RunsCode:  # a pickle that, when loaded unsafely, creates the marker file
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_a_crafted_pt2_cannot_run_code_when_read(tiny, tmp_path):
     # torch.export.load falls back to torch.load(weights_only=False) for the archive's sample inputs: a .pt2
     # whose sample inputs are a code-running pickle ran that code on `dsrnet predict/eval --checkpoint x.pt2`.
@@ -153,7 +146,7 @@ def test_a_crafted_pt2_cannot_run_code_when_read(tiny, tmp_path):
     export_model(tiny, good, format="exported-program")
     marker = tmp_path / "PWNED"
     payload = io.BytesIO()
-    torch.save(_RunsCode(marker), payload)
+    torch.save(RunsCode(marker), payload)
     evil = tmp_path / "evil.pt2"
     with zipfile.ZipFile(good) as zin, zipfile.ZipFile(evil, "w", zipfile.ZIP_STORED) as zout:
         names = [i.filename for i in zin.infolist()]

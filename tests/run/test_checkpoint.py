@@ -12,7 +12,7 @@ from dsrnet.errors import DsrnetError
 from dsrnet.infer import model_from_checkpoint
 from dsrnet.models import create_model
 from dsrnet.run.checkpoint import load_checkpoint, save_checkpoint
-from tests.conftest import checkpoint_payload
+from tests.conftest import RunsCode, checkpoint_payload
 
 TINY = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
 
@@ -111,19 +111,11 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(ckpt_path, monk
     assert [p.name for p in ckpt_path.parent.iterdir()] == ["checkpoint.pt"]
 
 
-class _RunsCode:  # a pickle that, when loaded unsafely, creates the marker file
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path):
     # Checkpoints are read with weights_only=True: a pickle calling any function is refused, never run.
     evil = tmp_path / "checkpoint.pt"
     marker = tmp_path / "PWNED"
-    torch.save({**_payload(), "extra": _RunsCode(marker)}, evil)
+    torch.save({**_payload(), "extra": RunsCode(marker)}, evil)
     with pytest.raises(DsrnetError, match="cannot be read safely"):
         load_checkpoint(evil)
     with pytest.raises(DsrnetError, match="cannot be read safely"):

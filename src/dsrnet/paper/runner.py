@@ -181,6 +181,11 @@ def _configs(jobs: Sequence[Job], s: Settings) -> list[TrainConfig]:
     ]
 
 
+def _differ(why: list[str]) -> str:
+    """The differences :func:`_finished_alike` collected, for an error line (empty when there are none)."""
+    return f" (finished runs differ: {'; '.join(why)[:400]})" if why else ""
+
+
 def _finished_alike(job: Job, s: Settings, why: list[str] | None = None) -> bool:
     """``job`` already finished and benchmarked in ``s.out`` with the same settings; else False, and a finished
     run's difference from these settings is appended to ``why``."""
@@ -327,9 +332,8 @@ def report_finished(
     why: list[str] = []
     jobs = _finished_comparison(s, stem, model_kwargs, why)
     if not jobs:
-        found = f" (finished runs differ: {'; '.join(why)[:400]})" if why else ""
         raise DsrnetError(
-            f"{s.out} holds no finished, benchmarked run of the comparison with these settings{found}; fix: pass "
+            f"{s.out} holds no finished, benchmarked run of the comparison with these settings{_differ(why)}; fix: pass "
             "the settings the runs were trained with, or run `dsrnet reproduce` first"
         )
     return _reproduce_report(_saved_rows(_in_paper_order(jobs, stem), s), s, log=log)
@@ -419,9 +423,8 @@ def ablate(
         why: list[str] = []
         missing = [j.key for j in jobs if not _finished_alike(j, s, why)]
         if missing:
-            found = f" (finished runs differ: {'; '.join(why)[:400]})" if why else ""
             raise DsrnetError(
-                f"{s.out} holds no finished, timed run of {', '.join(missing)} with these settings{found}; fix: pass "
+                f"{s.out} holds no finished, timed run of {', '.join(missing)} with these settings{_differ(why)}; fix: pass "
                 f"the settings the runs were trained with, --variants the ones it holds, or run `dsrnet ablate` first"
             )
         rows = _saved_rows(jobs, s)
