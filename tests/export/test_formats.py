@@ -250,7 +250,7 @@ def test_read_metadata_errors(tmp_path):
     with pytest.raises(dsrnet.DsrnetError, match="cannot tell the format"):
         read_metadata(tmp_path / "model.bin")
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
-    with pytest.raises(dsrnet.DsrnetError, match="cannot read"):
+    with pytest.raises(dsrnet.DsrnetError, match=r"junk\.pt2 is not a \.pt2 archive \(not a zip file\); fix:"):
         read_metadata(tmp_path / "junk.pt2")
     plain = torch.jit.trace(torch.nn.Conv2d(3, 4, 1), torch.randn(1, 3, 4, 4))
     plain.save(str(tmp_path / "plain.pt"))
