@@ -384,6 +384,10 @@ def test_exports_without_class_names_and_misnamed_exports(tmp_path):
     with pytest.raises(DsrnetError, match=r"tiny\.pth is TorchScript, read from files named \*\.pt; fix: rename it to "
                        r"tiny\.pt"):  # fmt: skip
         predict(renamed, [img], device="cpu")
+    # a known suffix of another format: the content decides (it used to be read as that format and called damaged)
+    as_pt2 = renamed.rename(tmp_path / "tiny.pt2")
+    with pytest.raises(DsrnetError, match=r"tiny\.pt2 is TorchScript, read from files named \*\.pt; fix: rename it"):
+        predict(as_pt2, [img], device="cpu")
 
 
 def test_predict_takes_folders_of_images(learned_run, tmp_path, capsys):

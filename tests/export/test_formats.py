@@ -256,6 +256,10 @@ def test_read_metadata_errors(tmp_path):
     plain.save(str(tmp_path / "plain.pt"))
     with pytest.raises(dsrnet.DsrnetError, match="no dsrnet metadata"):
         read_metadata(tmp_path / "plain.pt")
+    (tmp_path / "plain.pt").rename(tmp_path / "plain.pt2")  # readable, but not as the suffix's format
+    with pytest.raises(dsrnet.DsrnetError, match=r"plain\.pt2 is TorchScript, read from files named \*\.pt; fix: "
+                       r"rename it to plain\.pt$"):  # fmt: skip
+        read_metadata(tmp_path / "plain.pt2")
 
 
 def test_cli_export_from_a_run(tiny_checkpoint, tmp_path, capsys):

@@ -118,24 +118,22 @@ def _damaged_record(path: Path) -> str | None:
 
 
 def exported_kind(path: str | os.PathLike) -> str | None:
-    """What a file that is not a training checkpoint is, by content or suffix: ``"TorchScript"`` (a zip holding
-    ``*/constants.pkl``), ``"an ExportedProgram"`` (``*/archive_format``), ``"ONNX"``, ``"OpenVINO IR"``,
-    ``"safetensors weights"``; ``None`` otherwise (a checkpoint, or something :func:`load_checkpoint` refuses)."""
+    """What a file that is not a training checkpoint is, by content, else by suffix: ``"TorchScript"`` (a zip
+    holding ``*/constants.pkl``), ``"an ExportedProgram"`` (``*/archive_format``), ``"ONNX"``, ``"OpenVINO IR"``,
+    ``"safetensors weights"``; ``None`` otherwise (a checkpoint, or something :func:`load_checkpoint` refuses).
+    Content first, so that a TorchScript file named ``.pt2`` is told apart (callers suggest the rename)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    named = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".safetensors": "safetensors weights", ".pt2": "an ExportedProgram"}
-    if suffix in named:
-        return named[suffix]
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
     except (OSError, zipfile.BadZipFile):
-        return None
+        names = []
     if any(n.endswith("/constants.pkl") for n in names):
         return "TorchScript"
     if any(n.endswith("/archive_format") for n in names):
         return "an ExportedProgram"
-    return None
+    named = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".safetensors": "safetensors weights", ".pt2": "an ExportedProgram"}
+    return named.get(path.suffix.lower())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
