@@ -392,11 +392,14 @@ def train_to_the_end(cfg, deadline: float, min_run_s: float) -> str | None:
 
 def weights_only_checkpoint(run_dir: Path, dest: Path) -> Path:
     """The training checkpoint without optimizer/scheduler/scaler/RNG state, written with ``save_checkpoint``
-    and read back with ``load_checkpoint`` (which checks it)."""
+    and read back with ``load_checkpoint`` (which checks it). With a weight average (``ema_decay``) the model
+    weights are the average (what is evaluated and shipped); the raw trained weights are dropped too (they would
+    double the file, more parts than can come back)."""
     from dsrnet.run.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(run_dir)
-    drop = {"optimizer_state", "scheduler_state", "scaler_state", "rng_state", "path", "format", "version"}
+    drop = {"optimizer_state", "scheduler_state", "scaler_state", "rng_state", "path", "format", "version",
+            "train_model_state", "ema_updates"}  # fmt: skip
     save_checkpoint(dest, {k: v for k, v in ckpt.items() if k not in drop})
     load_checkpoint(dest)
     return dest
@@ -637,7 +640,11 @@ def recipe_arms(args) -> dict[str, Arm]:
     unknown = [n for n in names if n not in RECIPE_ARMS]
     if unknown:
         raise DsrnetError(f"unknown recipe arm(s) {', '.join(unknown)}; fix: choose from {' '.join(RECIPE_ARMS)}")
-    settings = recipe_settings(args) if args.stage == "recipe" else {**run_settings(args, None), "epochs": 1}
+    if args.stage == "recipe":
+        settings = recipe_settings(args)
+    else:  # the dsrnet stage: --epochs if given, else a placeholder long enough for --like's warm-up
+        settings = run_settings(args, None)
+        settings["epochs"] = args.epochs or max(1, math.ceil(2 * (settings.get("warmup_epochs") or 0)))
     known = {f.name for f in fields(TrainConfig)}
     arch = stem_variant(DSRNET_MODEL, args.stem)
     problems, ok = [], []
@@ -660,8 +667,8 @@ def recipe_arms(args) -> dict[str, Arm]:
                 ok.append(name)
     if problems:
         fix = f"--arms {' '.join(ok)}" if ok else "fix the arms"
-        raise DsrnetError(f"recipe arm(s) refused before training: {'; '.join(problems)}; fix: merge the branch "
-                          f"that adds the key(s) or leave those arms out ({fix})")  # fmt: skip
+        raise DsrnetError(f"recipe arm(s) refused before training: {'; '.join(problems)}; fix: correct or leave "
+                          f"those arms out ({fix})")  # fmt: skip
     return {n: RECIPE_ARMS[n] for n in names}
 
 

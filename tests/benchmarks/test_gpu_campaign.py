@@ -318,13 +318,18 @@ def test_dsrnet_stage_trains_with_the_arms_it_is_given(campaign_in_process, cifa
     campaign = campaign_in_process
     base = ["--stage", "dsrnet", "--dry-run", "--epochs", "1", "--budget-s", "120"]
     out = tmp_path / "out"
-    argv = [*base, "--arms", "cutout16", "no_dw_wd", "no_dilation", "--data-dir", str(cifar10_dir),
+    # --like the shipped run (2 warm-up epochs): the arms are checked at --epochs, not at a placeholder length
+    argv = [*base, "--arms", "cutout16", "no_dw_wd", "no_dilation", "ema", "--data-dir", str(cifar10_dir),
+            "--like", str(REPO / "results/gpu/dsrnet/config.yaml"), "--epochs", "4",
             "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
     assert campaign.main(argv) == 0, capsys.readouterr().err
     config = (out / "config.yaml").read_text()
     assert "cutout: 16" in config and "dw_weight_decay: false" in config and "block_dilations:\n  - 1" in config
     summary = json.loads((out / "campaign.json").read_text())
-    assert summary["arms"]["names"] == ["cutout16", "no_dw_wd", "no_dilation"]
+    assert summary["arms"]["names"] == ["cutout16", "no_dw_wd", "no_dilation", "ema"]
+    # With a weight average the shipped weights are the average alone: the raw weights would double the parts.
+    weights = load_checkpoint(tmp_path / "work" / campaign.WEIGHTS_NAME)
+    assert "model_state" in weights and "train_model_state" not in weights and "ema_updates" not in weights
     clash = [*base, "--arms", "mean_pad", "reflect_pad", "--data-dir", str(tmp_path / "none"),
              "--decoder", str(tmp_path / "none.py"), "--work", str(tmp_path / "w2"), "--out", str(tmp_path / "o2")]
     assert campaign.main(clash) == 2

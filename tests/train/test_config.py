@@ -148,6 +148,13 @@ def test_recipe_config_files_match_the_recipes():
     )
     smoke = TrainConfig.from_recipe(**load_config_file(configs / "cpu-smoke.yaml"))
     assert smoke.device == "cpu" and smoke.model_kwargs["widths"] == [8, 16, 32, 64]
+    # ... also where the recipe derives values from others (`--config fast --epochs 3` used to warm up for the whole
+    # run, `--config paper --batch-size 256` kept lr 0.1, `--config paper --epochs 8` kept milestones 80/120)
+    for name, model in (("fast", "dsrnet50_cifar"), ("paper", "dsrnet50")):
+        values = load_config_file(configs / f"{name}.yaml")
+        for change in ({"epochs": 3}, {"epochs": 8}, {"batch_size": 256}):
+            from_file = TrainConfig.from_recipe(**{**values, **change}, device="cpu")
+            assert from_file == TrainConfig.from_recipe(name, model=model, device="cpu", **change), (name, change)
 
 
 def test_recipe_lr_scales_with_batch_size_unless_given():
