@@ -28,6 +28,7 @@ class _RegisterAfterImport:
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
+        _remove_hook()  # timm is imported now: the hook's one job is done
         try:
             _register()
         except Exception as err:  # never break `import timm` for its other users
@@ -38,14 +39,27 @@ class _RegisterAfterImport:
 
 
 class _TimmImportHook(importlib.abc.MetaPathFinder):
+    """Stays in ``sys.meta_path`` until timm is really imported: a mere lookup (``importlib.util.find_spec("timm")``,
+    as "is timm available" checks do) must not use it up."""
+
+    def __init__(self) -> None:
+        self._looking = False
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "timm":
+        if fullname != "timm" or self._looking:  # _looking: the lookup below comes back here
             return None
-        sys.meta_path.remove(self)  # one shot; also keeps the lookup below from coming back here
-        spec = importlib.util.find_spec(fullname)
+        self._looking = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._looking = False
         if spec is not None and spec.loader is not None:
             spec.loader = _RegisterAfterImport(spec.loader)
         return spec
+
+
+def _remove_hook() -> None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _TimmImportHook)]
 
 
 def install_timm_hook() -> None:

@@ -351,10 +351,15 @@ print(json.dumps({"type": type(m.feature_info).__module__, "channels": m.feature
     assert "needs timm" in out["err"] or "pip install timm" in out["err"]
 
 
-@pytest.mark.parametrize("order", ["dsrnet first", "timm first"])
+@pytest.mark.parametrize("order", ["dsrnet first", "timm first", "dsrnet, a lookup of timm, timm"])
 def test_timm_sees_dsrnet_in_either_import_order(order):
     pytest.importorskip("timm")
-    imports = "import dsrnet, timm" if order == "dsrnet first" else "import timm, dsrnet"
+    imports = {
+        "dsrnet first": "import dsrnet, timm",
+        "timm first": "import timm, dsrnet",
+        # an "is timm installed?" check in between used to use the hook up without importing timm
+        "dsrnet, a lookup of timm, timm": "import dsrnet, importlib.util\nimportlib.util.find_spec('timm')\nimport timm",
+    }[order]
     out = _run(
         imports
         + """

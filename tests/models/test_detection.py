@@ -55,6 +55,38 @@ def test_backbone_with_fpn_rejects_bad_input():
         dsrnet.backbone_with_fpn("resnet50")
     with pytest.raises(dsrnet.DsrnetError, match="out of range"):
         dsrnet.backbone_with_fpn("dsrnet50", out_indices=(2, 5), **TINY)
+    with pytest.raises(dsrnet.DsrnetError, match="norm_layer=.*fix: pass torchvision.ops.FrozenBatchNorm2d"):
+        dsrnet.backbone_with_fpn("dsrnet50", norm_layer=torch.nn.GroupNorm, **TINY)
+
+
+@pytest.mark.parametrize("out_indices", [(4, 3, 2), (2, 2, 3, 4), 3, (-1, -3, -2)])
+def test_backbone_with_fpn_takes_indices_in_any_order_once_each(out_indices):
+    """The maps come out in the order the stages run; the channel list used to follow the order given (a crash at
+    the first forward), and a repeated index built an unused inner block."""
+    backbone = dsrnet.backbone_with_fpn("dsrnet50", out_channels=8, out_indices=out_indices, **TINY).eval()
+    with torch.no_grad():
+        feats = backbone(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(8, 8), (4, 4), (2, 2), (1, 1)]
+    assert len(backbone.fpn.inner_blocks) == 3
+    same = dsrnet.backbone_with_fpn("dsrnet50", out_channels=8, returned_layers=[2, 3, 4], **TINY)  # torchvision's name
+    assert [b[0].in_channels for b in same.fpn.inner_blocks] == [b[0].in_channels for b in backbone.fpn.inner_blocks]
+
+
+def test_backbone_with_fpn_norm_layer_is_the_backbones_as_in_torchvision():
+    """``resnet_fpn_backbone(..., norm_layer=FrozenBatchNorm2d)`` freezes the backbone's statistics; the FPN's own
+    normalisation is ``fpn_norm_layer``."""
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    def kinds(module):
+        return {type(m).__name__ for m in module.modules() if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d)}
+
+    frozen = dsrnet.backbone_with_fpn("dsrnet50", out_channels=8, norm_layer=FrozenBatchNorm2d, **TINY)
+    assert kinds(frozen.body) == {"FrozenBatchNorm2d"} and kinds(frozen.fpn) == set()
+    plain = dsrnet.backbone_with_fpn("dsrnet50", out_channels=8, norm_layer=nn.BatchNorm2d, **TINY)
+    assert kinds(plain.body) == {"BatchNorm2d"}
+    normed_fpn = dsrnet.backbone_with_fpn("dsrnet50", out_channels=8, fpn_norm_layer=nn.BatchNorm2d, **TINY)
+    assert kinds(normed_fpn.body) == {"BatchNorm2d"} and kinds(normed_fpn.fpn) == {"BatchNorm2d"}
 
 
 def test_frozen_batchnorm_normalises_as_eval_mode_in_train_mode_too():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -322,11 +323,30 @@ def test_onnx_export_matches_pytorch(name, tmp_path):
         ({"layers": (3, 4, 6)}, "4 entries"),
         ({"widths": (64, 0, 256, 512)}, "positive"),
         ({"num_classes": -1}, "num_classes"),
+        # these used to build a broken model, or fail with a raw TypeError / "negative dimension"
+        ({"in_chans": 0}, "in_chans must be an integer >= 1"),
+        ({"in_chans": -1}, "in_chans must be an integer >= 1"),
+        ({"stem_width": 0}, "stem_width must be an integer >= 1"),
+        ({"widths": (4.5, 8, 8, 8)}, "widths must be a sequence of integers"),
+        ({"layers": (1.5, 1, 1, 1)}, "layers must be a sequence of integers"),
+        ({"layers": 3}, "layers must be a sequence of integers"),
+        ({"block_dilations": 2}, "block_dilations must be a sequence of integers"),
+        ({"num_classes": 2.5}, "num_classes must be an integer"),
     ],
 )
 def test_bad_dsrnet_arguments(kwargs, match):
     with pytest.raises(dsrnet.DsrnetError, match=match):
         DSRNet(**kwargs)
+
+
+def test_reset_classifier_takes_the_constructors_rules():
+    model = DSRNet(layers=(1, 1, 1, 1), widths=(4, 8, 8, 8), num_classes=3)
+    with pytest.raises(dsrnet.DsrnetError, match="num_classes must be an integer"):
+        model.reset_classifier(2.5)
+    with pytest.raises(dsrnet.DsrnetError, match="needs num_classes=0"):  # used to fail only at the next forward
+        model.reset_classifier(5, "")
+    model.reset_classifier(0, "")
+    assert model.eval()(torch.randn(1, 3, 32, 32)).dim() == 4
 
 
 def test_bad_names_and_arguments_through_create_model():
@@ -342,6 +362,9 @@ def test_bad_names_and_arguments_through_create_model():
         dsrnet.create_model("dsrnet50", pretrained=True)
     with pytest.raises(dsrnet.DsrnetError, match="num_classes"):
         dsrnet.create_model("resnet50", num_classes="10")
+    with pytest.raises(dsrnet.DsrnetError, match="fused must be True or False.*dsrnet.fuse"):
+        dsrnet.create_model("dsrnet50", fused="split")
+    assert dsrnet.create_model("dsrnet50", num_classes=np.int64(5)).num_classes == 5  # as timm takes it
     with pytest.raises(ValueError):  # DsrnetError is a ValueError for callers who catch that
         dsrnet.create_model("nope")
 

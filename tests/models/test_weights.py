@@ -128,6 +128,12 @@ def test_pretrained_with_a_new_head_or_as_a_backbone(registered):
     want = model.forward_intermediates(x, indices=[1, 2], intermediates_only=True)
     for got, ref in zip(backbone.eval()(x), want, strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    # The same classes with a wider pooled feature: not a silently random head under the weights' class names.
+    with pytest.raises(dsrnet.DsrnetError, match=r"classifier takes \d+ features, this model's head \d+ .*fix: keep "
+                       r"global_pool='avg'"):  # fmt: skip
+        dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, global_pool="catavgmax")
+    wide = dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, global_pool="catavgmax", num_classes=5)
+    assert wide.fc.in_features == 2 * model.fc.in_features and "label_names" not in wide.pretrained_cfg
 
 
 def test_checksum_mismatch_and_unknown_tags(trained):

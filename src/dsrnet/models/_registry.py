@@ -8,6 +8,7 @@ weights, with or without timm installed.
 from __future__ import annotations
 
 import fnmatch
+import numbers
 import os
 from collections.abc import Callable
 
@@ -63,13 +64,17 @@ def create_model(
     from dsrnet.models import weights
 
     fused = kwargs.pop("fused", False)
+    if not isinstance(fused, bool):
+        raise DsrnetError(f"fused must be True or False, got {fused!r}; fix: for a mode, call dsrnet.fuse(model, mode=...)")
     arch, tag = split_name(name)
     if arch not in _BUILDERS:
         raise DsrnetError(f"unknown model {arch!r}; fix: choose one of {', '.join(list_models())}")
     if num_classes is not None and (
-        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0
+        not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 0
     ):
         raise DsrnetError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+    if num_classes is not None:
+        num_classes = int(num_classes)  # e.g. numpy's integers, as timm takes them
     entry = weights.get_weights(name) if (tag or pretrained) else None
     if pretrained and entry is not None:
         weights.weights_path(entry)  # fail early (not shipped / corrupt) before building anything

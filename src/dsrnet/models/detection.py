@@ -42,22 +42,30 @@ def backbone_with_fpn(
     name: str = "dsrnet50",
     *,
     pretrained: bool = False,
-    out_indices: Sequence[int] = (1, 2, 3, 4),
+    out_indices: int | Sequence[int] = (1, 2, 3, 4),
+    returned_layers: Sequence[int] | None = None,
     out_channels: int = 256,
     extra_blocks: nn.Module | None = None,
     norm_layer: Callable[..., nn.Module] | None = None,
+    fpn_norm_layer: Callable[..., nn.Module] | None = None,
     trainable_layers: int | None = None,
     frozen_bn: bool | None = None,
     **kwargs,
 ):
     """A torchvision ``BackboneWithFPN`` on the DSRNet stages ``out_indices`` (0 = stem, 1..4 = stages).
 
+    The keywords mean what they mean in torchvision's ``resnet_fpn_backbone``.
+
     Args:
         name: a ``dsrnet*`` model name (optionally ``name.tag`` for trained weights).
         pretrained: start from trained weights (the classifier is dropped).
+        out_indices: the feature maps under the pyramid, in any order (taken once each, shallow to deep); an int
+            ``n`` = the last ``n``. ``returned_layers`` is torchvision's name for it (stages 1..4 numbered alike).
         out_channels: channels of every pyramid level.
         extra_blocks: extra pyramid levels; default ``LastLevelMaxPool`` (the ``"pool"`` map), as torchvision.
-        norm_layer: normalisation inside the FPN (default none, as torchvision).
+        norm_layer: the backbone's normalisation, as torchvision's: ``torchvision.ops.FrozenBatchNorm2d`` (the
+            same as ``frozen_bn=True``) or ``nn.BatchNorm2d`` (``frozen_bn=False``).
+        fpn_norm_layer: normalisation inside the FPN (``BackboneWithFPN``'s ``norm_layer``; default none).
         trainable_layers: how many of ``layer4, layer3, layer2, layer1, stem`` (counted from the top) keep
             trainable weights; the rest are frozen. Default: 3 with ``pretrained``, else all 5 (torchvision's
             ``trainable_backbone_layers`` rule).
@@ -67,11 +75,23 @@ def backbone_with_fpn(
         kwargs: go to ``dsrnet.create_model`` (e.g. ``widths``, ``layers``, ablation switches, ``drop_path_rate``).
     """
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops import FrozenBatchNorm2d
 
     from dsrnet.models._registry import create_model, split_name
 
     if not split_name(name)[0].startswith("dsrnet"):
         raise DsrnetError(f"backbone_with_fpn takes a dsrnet model name, got {name!r}")
+    if returned_layers is not None:
+        out_indices = returned_layers
+    if norm_layer is not None:
+        frozen = {FrozenBatchNorm2d: True, nn.BatchNorm2d: False}.get(norm_layer)
+        if frozen is None or frozen_bn not in (None, frozen):
+            raise DsrnetError(
+                f"norm_layer={norm_layer!r} is not the backbone's BatchNorm, frozen or not (or contradicts "
+                f"frozen_bn={frozen_bn}); fix: pass torchvision.ops.FrozenBatchNorm2d or nn.BatchNorm2d, or "
+                f"fpn_norm_layer= for the FPN's"
+            )
+        frozen_bn = frozen
     if kwargs.get("features_only") or "num_classes" in kwargs:
         raise DsrnetError(
             "backbone_with_fpn builds its own headless backbone: drop features_only / num_classes"
@@ -79,7 +99,8 @@ def backbone_with_fpn(
     trainable_layers = (3 if pretrained else len(TRAINABLE_ORDER)) if trainable_layers is None else trainable_layers
     if isinstance(trainable_layers, bool) or trainable_layers not in range(len(TRAINABLE_ORDER) + 1):
         raise DsrnetError(f"trainable_layers must be an integer in 0..5, got {trainable_layers!r}")
-    indices = normalize_indices(5, list(out_indices))
+    # IntermediateLayerGetter returns maps in the order the stages run: the channel list must follow that order.
+    indices = sorted(set(normalize_indices(5, out_indices)))
     # The classification model without a head: torchvision's IntermediateLayerGetter runs its children in order up
     # to the last returned stage, so the names in feature_info are the layers it returns.
     backbone = create_model(name, num_classes=0, pretrained=pretrained, **kwargs)
@@ -97,5 +118,5 @@ def backbone_with_fpn(
         in_channels_list=[info[i]["num_chs"] for i in indices],
         out_channels=out_channels,
         extra_blocks=extra_blocks,
-        norm_layer=norm_layer,
+        norm_layer=fpn_norm_layer,
     )

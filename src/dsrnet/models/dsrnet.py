@@ -32,6 +32,7 @@ Beyond the paper, the class follows timm's model contract (as timm's ``ResNet`` 
 TorchScript must read its annotations as real types (FX tracing followed by scripting fails otherwise).
 """
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -220,6 +221,9 @@ class DSRNet(nn.Module):
         _check_args(
             layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths
         )
+        for name, value in (("in_chans", in_chans), ("stem_width", 1 if stem_width is None else stem_width)):
+            if not _is_int(value) or value < 1:
+                raise DsrnetError(f"{name} must be an integer >= 1, got {value!r}")
         if fit_dilation_to is not None and (int(fit_dilation_to) != fit_dilation_to or fit_dilation_to < 1):
             raise DsrnetError(
                 f"fit_dilation_to must be an input side in pixels >= 1 or None, got {fit_dilation_to!r}"
@@ -374,8 +378,12 @@ class DSRNet(nn.Module):
         """New head of ``num_classes`` outputs (0 = none); ``global_pool=None`` keeps the current pooling."""
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        if num_classes < 0:
-            raise DsrnetError(f"num_classes must be >= 0, got {num_classes}")
+        if not _is_int(num_classes) or num_classes < 0:
+            raise DsrnetError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        if global_pool == "" and num_classes > 0:
+            raise DsrnetError(
+                "global_pool='' (no pooling) needs num_classes=0: a linear head needs pooled features"
+            )
         ref = self.conv1.weight
         self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
@@ -486,11 +494,20 @@ class DSRNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_args(layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths):
     if stem not in STEMS:
         raise DsrnetError(f"stem={stem!r} is not valid; fix: choose one of {STEMS}")
     if stride_on not in STRIDE_ON:
         raise DsrnetError(f"stride_on={stride_on!r} is not valid; fix: choose one of {STRIDE_ON}")
+    for name, value in (("layers", layers), ("widths", widths), ("block_dilations", block_dilations)):
+        if not isinstance(value, Sequence) or isinstance(value, str) or not all(_is_int(v) for v in value):
+            raise DsrnetError(f"{name} must be a sequence of integers, got {value!r}")
+    if not _is_int(num_classes):
+        raise DsrnetError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     if len(layers) != 4 or len(widths) != 4:
         raise DsrnetError(
             f"layers and widths need 4 entries (one per stage), got {tuple(layers)} and {tuple(widths)}; fix: give "
