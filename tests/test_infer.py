@@ -105,6 +105,20 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert (deep == 255).mean() < 0.1
 
 
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path):
+    """A phone photo stores its pixels rotated and says so in EXIF; the model must see it upright."""
+    from dsrnet.infer import load_image
+
+    rng = np.random.default_rng(0)
+    upright = np.zeros((48, 64, 3), np.uint8)
+    upright[:16] = rng.integers(0, 255, (16, 64, 3))  # top rows textured: orientation matters
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": the stored pixels are the upright picture turned 90 CCW
+    Image.fromarray(np.rot90(upright)).save(tmp_path / "tagged.png", exif=exif)
+    np.testing.assert_array_equal(load_image(tmp_path / "tagged.png", 32), load_image(tmp_path / "upright.png", 32))
+
+
 def test_oversized_image_is_refused_before_decoding(tmp_path, monkeypatch):
     import dsrnet.infer as infer
 
@@ -139,6 +153,14 @@ def test_export_weights_round_trip_and_predict(learned_run, cifar10_dir, tmp_pat
     half = tmp_path / "h.safetensors"
     export_weights(cfg.out_dir, half)
     assert half.stat().st_size < 0.6 * out.stat().st_size
+    # Shipped weights are known by their sha256: the same run gives the same bytes (safetensors writes its
+    # metadata in hash order, different from call to call; dsrnet sorts the header).
+    again = [export_weights(cfg.out_dir, tmp_path / f"again{i}.safetensors") and tmp_path / f"again{i}.safetensors"
+             for i in range(3)]  # fmt: skip
+    assert {f.read_bytes() for f in again} == {half.read_bytes()}
+    size = int.from_bytes(half.read_bytes()[:8], "little")
+    header = json.loads(half.read_bytes()[8 : 8 + size])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(header["__metadata__"])
     rebuilt = dsrnet.create_model(cfg.model, num_classes=10, checkpoint_path=half, **cfg.model_kwargs).eval()
     with np.load(cifar10_dir / "cifar10" / "test.npz") as z:
         images = z["images"][:64]

@@ -162,8 +162,9 @@ def _to_rgb(im):
 
 
 def open_image(path: str | os.PathLike):
-    """Any image file -> an 8-bit RGB PIL image; too large, unreadable or missing files are one-line errors."""
-    from PIL import Image, UnidentifiedImageError
+    """Any image file -> an 8-bit RGB PIL image, upright as a viewer shows it (EXIF orientation applied: phone
+    photos store the pixels rotated); too large, unreadable or missing files are one-line errors."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -172,7 +173,7 @@ def open_image(path: str | os.PathLike):
                     f"image {path} is {im.width}x{im.height} pixels, more than this reads "
                     f"({MAX_IMAGE_PIXELS:,}); fix: downscale it first"
                 )
-            return _to_rgb(im)
+            return _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise DsrnetError(f"image {path} not found; fix: pass existing image files") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:

@@ -55,6 +55,8 @@ def test_every_config_field_is_a_typed_train_flag():
         (["bench", "--num-classes", "0"], "num classes"),
         (["bench", "--models", "resnet50", "--model-kwargs", '{"widths": [8, 8, 8, 8]}'], "DSRNet models only"),
         (["nope"], "invalid choice: 'nope'"),
+        # an unknown flag of a command points at that command's help, not the root's
+        (["train", "--epoch-count", "3"], "unrecognized arguments: --epoch-count 3; fix: see `dsrnet train --help`"),
         (["bench", "--models", "dsrnet50", "--out-dir", "FILE/sub"], "is a file"),
         (["reproduce", "--dataset", "cifar10", "--out-dir", "FILE/sub"], "is a file"),
     ],

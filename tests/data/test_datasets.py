@@ -436,6 +436,14 @@ def test_data_dir_pointing_at_the_dataset_folder_names_its_parent(tmp_path, name
         load_split("cifar10", "test", tmp_path / name)
 
 
+def test_data_dir_that_is_a_file_names_the_folder_to_pass(tmp_path):
+    cache = tmp_path / "cifar10" / "test.npz"  # the cache file itself, given as --data-dir
+    cache.parent.mkdir()
+    cache.write_bytes(b"x")
+    with pytest.raises(DsrnetError, match=rf"data folder {cache} is a file; fix: .*--data-dir {tmp_path}\)$"):
+        load_split("cifar10", "test", cache)
+
+
 def test_official_class_names_survive_the_cache(tmp_path):
     make_stl10(tmp_path)
     names = [f"c{i}" for i in range(10)]

@@ -222,7 +222,9 @@ def test_export_targets_are_checked_before_anything_is_written(tiny, tmp_path, f
     [
         ("dsrnet50_cifar", {"format": "tflite"}, "unknown export format 'tflite'"),
         ("dsrnet50_cifar", {"format": "torchscript", "int8": True}, "--int8 is available for --format onnx"),
-        ("no_such_model", {}, "neither a file, a run folder nor a registered model"),
+        ("no_such_model", {}, "neither a file, a run folder, a weights tag nor a registered model"),
+        # a mistyped tag is pointed at the tags (trained), not only at the names (random weights)
+        ("dsrnet50_cifar.c1", {}, r"a tag \(.*dsrnet50_cifar\.c10.*: trained\) or a model name"),
         ("dsrnet50_cifar", {"image_size": 4}, "image size must be an integer >= 8"),
         ("dsrnet50_cifar", {"num_classes": 0}, "num_classes must be an integer >= 1"),
         ("missing/checkpoint.pt", {}, "no weights tag, weights file or run named missing/checkpoint.pt"),

@@ -288,7 +288,7 @@ def test_config_file_gives_every_model_its_settings_and_flags_win(cifar10_dir, t
     config = tmp_path / "recipe.yaml"
     # A recipe file as configs/fast.yaml is: it names the model it was written for (ignored here) and the dataset.
     config.write_text("model: dsrnet50_cifar\ndataset: cifar10\nrecipe: fast\ncutout: 8\nema-decay: 0.9\nlr: 0.2\n"
-                      "seed: 5\n")
+                      "seed: 5\nepochs: 40\nbatch_size: 512\n")
     out = tmp_path / "out"
     argv = ["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "--model-kwargs", TINY, "--config",
             str(config), "--lr", "0.05", *_quick(cifar10_dir, out)]  # fmt: skip
@@ -297,6 +297,7 @@ def test_config_file_gives_every_model_its_settings_and_flags_win(cifar10_dir, t
     saved = yaml.safe_load((out / "runs" / "dsrnet50" / "config.yaml").read_text())
     assert (saved["recipe"], saved["cutout"], saved["ema_decay"], saved["seed"]) == ("fast", 8, 0.9, 5)
     assert saved["lr"] == 0.05  # the flag beats the file
+    assert (saved["epochs"], saved["batch_size"]) == (1, 32)  # and --quick's sizes beat the file's
     assert "--recipe fast" in (out / "table.md").read_text() and "--seed 5" in (out / "table.md").read_text()
     # What reproduce sets per model cannot come from the file: one line, before any work.
     for line, message in [("dwconv: triton\n", "sets dwconv, which every model"),

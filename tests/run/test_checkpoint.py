@@ -111,6 +111,16 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(ckpt_path, monk
     assert [p.name for p in ckpt_path.parent.iterdir()] == ["checkpoint.pt"]
 
 
+@pytest.mark.parametrize("content", [b'{"epoch": 3}', b"\x89PNG\r\n\x1a\n", b""])
+def test_a_file_that_is_no_checkpoint_is_called_so(tmp_path, content):
+    """final.json, an image or an empty file: "not a checkpoint", not "cannot be read safely ... a run killed
+    mid-write", which sends the user looking for damage."""
+    path = tmp_path / "final.json"
+    path.write_bytes(content)
+    with pytest.raises(DsrnetError, match=r"final\.json is not a checkpoint .*fix: pass a run folder"):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path):
     # Checkpoints are read with weights_only=True: a pickle calling any function is refused, never run.
     evil = tmp_path / "checkpoint.pt"

@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
     try:
-        args = build_parser(_command(argv) or "").parse_args(argv)
+        command = _command(argv)
+        parser = build_parser(command or "")
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported by the root parser, but the flags the user wants are the command's
+            where = f"dsrnet {command}" if command else "dsrnet"
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}; fix: see `{where} --help`")
         return int(args.func(args) or 0)
     except DsrnetError as err:
         print(f"dsrnet: error: {err}", file=sys.stderr)

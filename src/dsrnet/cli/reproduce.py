@@ -155,9 +155,11 @@ def _prepare(args: argparse.Namespace) -> dict:
         "test_subset_per_class": args.test_subset_per_class,
         "progress": args.progress,
     }
-    # Precedence as in `dsrnet train`: flags > --config file > the recipe's defaults.
+    # Precedence as in `dsrnet train`: flags > --quick's sizes > --config file > the recipe's defaults.
+    from dsrnet.paper.runner import QUICK
+
     from_file = _config_file(args.config, args.dataset) if args.config else {}
-    train = {**from_file, **{k: v for k, v in flags.items() if v is not None}}
+    train = {**from_file, **(QUICK if args.quick else {}), **{k: v for k, v in flags.items() if v is not None}}
     train.setdefault("recipe", "paper")
     train.setdefault("seed", 0)
     args.recipe, args.seed = train["recipe"], train["seed"]  # spelled out in the recorded command

@@ -154,6 +154,11 @@ def load_split(
     if split not in splits:
         raise DsrnetError(f"unknown split {split!r} for {name}; fix: choose one of {', '.join(splits)}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if root.is_file():  # e.g. the cache file itself
+        above = root.parent.parent if root.parent.name == info.name else root.parent
+        raise DsrnetError(
+            f"the data folder {root} is a file; fix: pass the folder that contains {info.name}/ (--data-dir {above})"
+        )
     cache = root / name / f"{split}.npz"
     if cache.is_file():
         return _read_cache(cache, info, split)

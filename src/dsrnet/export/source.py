@@ -123,8 +123,9 @@ def load_source(
 
     if text not in list_models():
         raise DsrnetError(
-            f"{text!r} is neither a file, a run folder nor a registered model; fix: pass a run folder, a "
-            f"checkpoint.pt, a .safetensors file or one of {', '.join(list_models())}"
+            f"{text!r} is neither a file, a run folder, a weights tag nor a registered model; fix: pass a run "
+            f"folder, a checkpoint.pt, a .safetensors file, a tag ({', '.join(list_weights()) or 'none'}: trained) "
+            f"or a model name ({', '.join(list_models())}: random weights)"
         )
     kwargs = dict(model_kwargs or {})
     model = create_model(text, num_classes=num_classes or 10, **kwargs).eval()

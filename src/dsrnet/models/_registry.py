@@ -113,7 +113,7 @@ def create_model(
         if "unexpected keyword argument" in str(err) or "multiple values" in str(err):
             raise DsrnetError(
                 f"model {arch!r} does not take that argument ({err}); fix: drop it or correct its name (the "
-                f"builder's keyword arguments: help(dsrnet.models.{'DSRNet' if arch.startswith('dsrnet') else arch})"
+                f"builder's keyword arguments: help(dsrnet.models.{'DSRNet' if arch.startswith('dsrnet') else arch}))"
             ) from None
         raise
     if entry is not None:

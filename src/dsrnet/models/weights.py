@@ -253,7 +253,20 @@ def save_weights(
         k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous().clone()
         for k, v in model.state_dict().items()
     }
-    return atomic_write_bytes(Path(path).expanduser(), save(tensors, metadata=encoded))
+    return atomic_write_bytes(Path(path).expanduser(), _sorted_header(save(tensors, metadata=encoded)))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header's keys sorted: safetensors writes the metadata in hash
+    order, which changes from process to process, and shipped weights are known by their sha256, so the same
+    weights must give the same bytes. The tensor offsets are explicit in the header, so only the text moves; it
+    keeps its length (padded with spaces, as the format allows)."""
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    encoded = header.encode()
+    if len(encoded) > size:  # cannot happen for safetensors' own compact JSON; keep the file as written
+        return data
+    return data[:8] + encoded.ljust(size, b" ") + data[8 + size :]
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -334,7 +347,7 @@ def load_pretrained(model: nn.Module, entry: WeightsEntry) -> None:
     own = model.state_dict().get(first)
     if own is not None and first in state_dict and own.shape[1] != state_dict[first].shape[1]:
         state_dict[first] = adapt_input_conv(own.shape[1], state_dict[first])
-    _load_state(model, state_dict, f"weights {entry.name!r}")
+    _load_state(model, state_dict, f"weights {entry.name!r}", trained_as=_trained_as({**metadata, "model": entry.model}))
 
 
 def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
@@ -350,10 +363,32 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
     return (weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3 / in_chans)).to(dtype)
 
 
-def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, *, new_head: bool = True) -> None:
+def _trained_as(meta: dict) -> str | None:
+    """"dsrnet50_cifar, num_classes 10, model_kwargs {...}" from a weights file's or checkpoint's record, for a
+    mismatch's fix."""
+    name = meta.get("model")
+    if not isinstance(name, str):
+        return None
+    parts = [name]
+    if meta.get("num_classes") is not None:
+        parts.append(f"num_classes {meta['num_classes']}")
+    if meta.get("model_kwargs"):
+        parts.append(f"model_kwargs {json.dumps(meta['model_kwargs'])}")
+    return ", ".join(parts)
+
+
+def _load_state(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    *,
+    new_head: bool = True,
+    trained_as: str | None = None,
+) -> None:
     """Load ``state_dict`` into ``model``. ``new_head`` (pretrained weights, timm's rule): a classifier of another
     shape is skipped, leaving the model's fresh one; ``False`` (a user's own file, timm's strict
-    ``checkpoint_path``): it must fit like every other weight."""
+    ``checkpoint_path``): it must fit like every other weight. ``trained_as`` (the file's own record of its model)
+    is named in the mismatch error."""
     own = model.state_dict()
     if getattr(model, "features_only", False):
         # A pruned backbone: keep what it still has (the stages up to its last tap), drop the head and the rest.
@@ -375,6 +410,8 @@ def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
     detail = state_mismatch(own, state_dict)
     if detail:
         hint = "same name, num_classes and model_kwargs" if classifier in detail else "same name and model_kwargs"
+        if trained_as:
+            hint = f"they record: {trained_as}"
         raise DsrnetError(
             f"{source} do not fit this model ({detail}); fix: build the model the weights were trained as ({hint})"
         )
@@ -387,16 +424,16 @@ def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     path = Path(path).expanduser()
     if path.is_file() and _is_safetensors(path):
         state_dict, metadata = read_weights(path)
-        return state_dict, metadata.get("num_classes"), f"weights in {path}"
+        return state_dict, metadata.get("num_classes"), f"weights in {path}", _trained_as(metadata)
     ckpt = load_checkpoint(path)  # weights_only=True; clear errors for missing/foreign files
-    return ckpt["model_state"], ckpt.get("num_classes"), f"weights of checkpoint {ckpt['path']}"
+    return ckpt["model_state"], ckpt.get("num_classes"), f"weights of checkpoint {ckpt['path']}", _trained_as(ckpt)
 
 
-def load_checkpoint_path(model: nn.Module, source: tuple[dict[str, torch.Tensor], int | None, str]) -> None:
+def load_checkpoint_path(model: nn.Module, source: tuple[dict[str, torch.Tensor], int | None, str, str | None]) -> None:
     """Load :func:`read_checkpoint_path`'s weights into ``model``, strictly (the classifier too), as timm's
     ``checkpoint_path`` does."""
-    state_dict, _, description = source
-    _load_state(model, state_dict, description, new_head=False)
+    state_dict, _, description, trained_as = source
+    _load_state(model, state_dict, description, new_head=False, trained_as=trained_as)
 
 
 def load_initial_weights(model: nn.Module, source: str | os.PathLike) -> str:
@@ -411,12 +448,12 @@ def load_initial_weights(model: nn.Module, source: str | os.PathLike) -> str:
         load_pretrained(model, entry)
         what = f"weights {text} (sha256 {entry.sha256[:12]}...)" if entry.sha256 else f"weights {text}"
     elif path.is_file() and _is_safetensors(path):
-        state_dict, _ = read_weights(path)
-        _load_state(model, state_dict, f"weights in {path}")
+        state_dict, metadata = read_weights(path)
+        _load_state(model, state_dict, f"weights in {path}", trained_as=_trained_as(metadata))
         what = f"weights file {path}"
     elif path.exists():
         ckpt = load_checkpoint(path)  # weights_only=True; clear errors for foreign files
-        _load_state(model, ckpt["model_state"], f"weights of checkpoint {ckpt['path']}")
+        _load_state(model, ckpt["model_state"], f"weights of checkpoint {ckpt['path']}", trained_as=_trained_as(ckpt))
         what = f"checkpoint {ckpt['path']} (epoch {ckpt.get('epoch')})"
     else:
         tags = ", ".join(list_weights()) or "none"

@@ -155,6 +155,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"read (dsrnet eval / predict --checkpoint; create_model(checkpoint_path=...) or --init-weights for "
             f"safetensors), or pass a checkpoint.pt written by `dsrnet train`"
         )
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # torch.save's zip container; a cut-off checkpoint still starts like one
+        raise DsrnetError(
+            f"{path} is not a checkpoint (not the zip archive torch.save writes); fix: pass a run folder or its "
+            f"checkpoint.pt written by `dsrnet train`"
+        )
     try:
         bad = _damaged_record(path)
         ckpt = torch.load(path, map_location=map_location, weights_only=True) if bad is None else None
