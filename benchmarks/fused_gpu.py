@@ -12,7 +12,9 @@ the budget, and results are rewritten after every step, so a run cut short keeps
     rate (8192^3 ``torch.mm``), both measured here, as the roofline's ceilings;
  2. correctness on the GPU: ``dsrnet.fuse(model)`` against the eager model (eval, BN statistics randomised so the
     folding matters) in fp32 (TF32 off) and bf16: max |logit diff|, max relative feature diff, top-1 agreement on
-    random inputs; ``mode="split"``; ``stride_on="1x1"``; the paper stem; and the gradients of a training step with
+    random inputs; ``stride_on="1x1"``; the paper stem (``mode="fused"``; every timed form, ``split`` and ``auto``
+    included, is also checked where it is timed: its logits on 256 images against eager fp32); and the gradients of
+    a training step with
     ``use_triton_dwconv`` against eager; with ``--data-dir`` holding CIFAR-10, the fused model with the shipped
     weights against the eager one on all 10,000 test images (top-1 of each, agreement, max logit diff). Misses
     are reported, never fatal (the gradient check covers ``use_triton_dwconv`` with and without ``bn_relu``);
@@ -538,6 +540,22 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
     return model
 
 
+def against_fp32(bench: Bench, stem: str, x: torch.Tensor, logits: torch.Tensor, n: int = 256) -> dict:
+    """Every timed DSRNet form checked where it is timed (the correctness step covers ``fused`` only; ``split``
+    and ``auto`` run other kernels): its bf16 logits on the first ``n`` images against the eager model in fp32
+    (TF32 off). The eager bf16 form's row gives the scale bf16 alone explains."""
+    ref_model = build_dsrnet(bench, stem).to(bench.device, memory_format=torch.channels_last)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        ref = ref_model(x[:n].float())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    got = logits[:n].float()
+    return {"max_logit_diff_vs_fp32": float((got - ref).abs().max()), "max_abs_logit_fp32": float(ref.abs().max()),
+            "top1_agree_vs_fp32": float((got.argmax(1) == ref.argmax(1)).float().mean())}  # fmt: skip
+
+
 def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple[str, ...], graphs: bool) -> None:
     size, b = bench.size(image), bench.batch(batch)
     for form in forms:
@@ -554,9 +572,11 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
         with torch.inference_mode():
             pre = precompile(bench, run) if "fused" in form else {}
             t0 = time.monotonic()
-            run()  # first call: compilation (what precompile left) / autotuning
+            logits = run()  # first call: compilation (what precompile left) / autotuning
             bench.sync()
             first_s = time.monotonic() - t0
+            check = against_fp32(bench, stem, x, logits) if form.startswith("dsrnet") else {}
+            del logits
             repeats = 30 if batch <= 128 else 15
             timing = time_ms(bench, run, warmup=5, repeats=repeats)
             mem = peak_memory_mib(bench, base)
@@ -573,7 +593,7 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
                 "ms_per_batch": round(t["median_ms"], 4), "p25_ms": round(t["p25_ms"], 4),
                 "p75_ms": round(t["p75_ms"], 4), "repeats": t["repeats"],
                 "images_per_s": round(b / (t["median_ms"] / 1e3), 1),
-                "peak_mem_mib": mem, "first_call_s": round(first_s, 1), **pre,
+                "peak_mem_mib": mem, "first_call_s": round(first_s, 1), **check, **pre,
             }  # fmt: skip
             bench.results["inference"].append(row)
             bench.log(f"inference: {row}")
@@ -745,13 +765,15 @@ def flops_per_image(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def step_per_image(bench: Bench) -> None:
-    """FLOPs and modelled bytes per image for each model and input size that was timed."""
+    """FLOPs and modelled bytes per image for each model and input size that was timed. Counted on the CPU (the
+    counts depend on shapes and dtypes only): this step runs after the budget's end with no alarm, and on the GPU
+    a batch of 1 would autotune the fused kernels for a new shape."""
     seen = {(r["stem"], r["image"]) for r in bench.results["inference"]} or {("cifar", bench.size(32))}
+    cpu = torch.device("cpu")
     for stem, size in sorted(seen):
-        x = torch.randn(1, 3, size, size, device=bench.device, dtype=torch.bfloat16)
-        x = x.contiguous(memory_format=torch.channels_last)
-        eager = to_bf16_cl(bench, build_dsrnet(bench, stem))
-        resnet = to_bf16_cl(bench, build_resnet(stem))
+        x = torch.randn(1, 3, size, size, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        eager = build_dsrnet(bench, stem).to(cpu, torch.bfloat16, memory_format=torch.channels_last)
+        resnet = build_resnet(stem).to(cpu, torch.bfloat16, memory_format=torch.channels_last)
         entry = {
             "dsrnet_flops": flops_per_image(eager, x),
             "resnet50_flops": flops_per_image(resnet, x),
@@ -844,7 +866,7 @@ def render_markdown(results: dict) -> str:
                                         "images", "top1_eager", "top1_form"]),
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
         _table(inf, ["form", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50", "x_resnet50_tuned",
-                     "peak_mem_mib", "precompile_s", "first_call_s"]),
+                     "peak_mem_mib", "precompile_s", "first_call_s", "max_logit_diff_vs_fp32", "top1_agree_vs_fp32"]),
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
         _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm",
                        "x_resnet50_cudagraphs", "peak_mem_mib",
@@ -873,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)")
     parser.add_argument("--data-dir", default="/root/data", help="holds cifar10/test.npz (trained agreement step)")
     parser.add_argument(
-        "--only", default="", help="comma-separated substrings: run only the plan steps whose name contains one"
+        "--only", default="", help="';'-separated step names or parts of them: run only those plan steps (with the "
+        "environment and ceilings); a full name selects that step alone; a part that matches nothing is an error"
     )
     args = parser.parse_args(argv)
     if args.compile_backend is None:
@@ -881,8 +904,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
         return 2
-    bench = Bench(args)
-    bench.start_alarm()
     # (estimate in seconds on an H100, function, args): most valuable first, compile-heavy last.
     plan = [
         ("environment", 1, step_environment),
@@ -917,8 +938,18 @@ def main(argv: list[str] | None = None) -> int:
          step_inference, "cifar", 32, 1024, ("dsrnet_compiled_tuned", "resnet50_compiled_tuned"), False),
     ]  # fmt: skip
     if args.only:
-        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-        plan = [p for p in plan if p[2] in (step_environment, step_ceilings) or any(w in p[0] for w in wanted)]
+        # ";"-separated (step names hold commas); a full step name selects that step alone, else substrings
+        wanted = [w.strip() for w in args.only.split(";") if w.strip()]
+        names = [p[0] for p in plan]
+        picked = {n for w in wanted for n in ([w] if w in names else [n for n in names if w in n])}
+        unmatched = [w for w in wanted if w not in names and not any(w in n for n in names)]
+        if unmatched:
+            print(f"fused_gpu: error: --only {'; '.join(unmatched)} matches no step; fix: use (parts of) these "
+                  f"names, ';'-separated: {' | '.join(names)}", file=sys.stderr)  # fmt: skip
+            return 2
+        plan = [p for p in plan if p[2] in (step_environment, step_ceilings) or p[0] in picked]
+    bench = Bench(args)
+    bench.start_alarm()
     done = 0
     try:
         for name, estimate, fn, *fn_args in plan:

@@ -43,14 +43,14 @@ Stages (in order of value):
   (trained, then timed as ``reproduce`` times: inference, fp32 eager, batch 128, 32 px, median of 30 after 10
   warm-up calls, no compilation). No warm-up run: each model starts while ``--min-run-s`` are left and trains
   under the deadline's ``schedule`` rule (``--bench-reserve-s`` kept for its timing), so it either completes its
-  schedule or stops after its second epoch and is skipped with its measured pace (:func:`train_to_the_end`). Then, in the same call and with the same settings
+  schedule or stops (from its second epoch on) and is skipped with its measured pace (:func:`train_to_the_end`). Then, in the same call and with the same settings
   (:func:`dsrnet.paper.runner.bench_models`), it times every other model of ``--bench-models`` (default: DSRNet-50
   and the rest of the paper's comparison, DSRNet first, each only while ``--bench-s`` is left; expected to take seconds
   each, not yet measured on a GPU; a dry run: DSRNet only): DSRNet's run came from the
   ``dsrnet`` stage, and a table compares timings from one card in one call only. OUT: ``runs.json``
   (:func:`dsrnet.paper.assemble.write_bundle`: the call's ``call_id``, card and settings, and per model the text of
   its ``final.json``, ``config.yaml``, ``metrics.jsonl`` (trained models) and ``bench.json`` (every timed model),
-  verbatim; one file whatever the number of models: ~32 KiB for one 67-epoch run in the dry run) and
+  verbatim; one file whatever the number of models: ~22-32 KiB for one 67-epoch run in the dry run) and
   ``campaign.json``. No weights.
 * ``ablation`` -- ``no_dilation``, ``full_3x3``, ``stem_paper`` (cifar-stem DSRNet otherwise), same recipe and
   epochs, one seed each, through ``dsrnet.paper.runner.ablate``. OUT: ``table.md``, ``summary.json``,
@@ -60,7 +60,7 @@ Stages (in order of value):
   ``base combo cutout16 mean_pad ema no_dw_wd reflect_pad drop_path01 ls02 lr_half no_dilation stem_rate1``), all at ``--epochs N`` (the fast
   schedule at that length) with one seed (``--seed``, default ``--like``'s), one after the other through
   ``dsrnet.train.train``, each as a whole schedule or not at all (as the baselines: no warm-up; the ``schedule``
-  rule stops an arm that cannot fit after its second epoch); the shipped run overfits (train top-1 99.8 %,
+  rule stops an arm that cannot fit from its second epoch on); the shipped run overfits (train top-1 99.8 %,
   7.63 % test error at 67 epochs) and the arms look for what closes the gap to 5.5 %. Every arm is checked before
   anything is decoded or trained (names, TrainConfig keys this checkout has, values, model kwargs): one refused
   arm refuses the call in one line (exit 2). OUT: ``recipe.md`` (arm, what changed, FINAL-epoch top-1/top-3 error and their delta vs
@@ -98,8 +98,8 @@ again on a fresh one::
 
 A baseline or variant counts only if ALL its epochs ran (a truncated schedule is no comparison), so the epochs
 of the ``dsrnet`` stage decide whether a ResNet-50 (about twice DSRNet's MACs at 32 px) fits one call: if it must,
-give the ``dsrnet`` stage ``--target-train-s`` (or ``--epochs``) small enough; a model that cannot fit stops after
-its second epoch and the ``baselines`` stage reports its measured pace. With 15 minutes of device time per
+give the ``dsrnet`` stage ``--target-train-s`` (or ``--epochs``) small enough; a model that cannot fit stops from
+its second epoch on and the ``baselines`` stage reports its measured pace. With 15 minutes of device time per
 session (starts and idle time included), two stages fit a session when each gets ~380 s: the first session (H200,
 2026-11-26) ran ``dsrnet`` (``--budget-s 560``: 391 s) and ``bench`` (``--budget-s 370``: 337 s) back to back on
 one warm machine, 785 s of device time with the machine's start (34 s) and two staging calls.
@@ -111,7 +111,7 @@ The summary (plan, timings, what was skipped, files, ``call_id``) is the last li
 Next GPU session (``baselines``), after staging the data as above (the last staging call runs it). Guesses, not
 measurements: from the first session's H200 bench (ResNet-50 inference at 86.5k images/s, bf16, compiled), a
 training epoch of ResNet-50 at batch 512 should take ~2 s and one of ResNeXt-50 ~3 s, so 67 epochs of both plus
-their cold compilations may fit one call; a model that cannot fit stops after its second epoch and is reported with
+their cold compilations may fit one call; a model that cannot fit stops from its second epoch on and is reported with
 its pace, and the call returns early (the rest of the session goes to ``benchmarks/fused_gpu.py`` on the same warm
 machine). ``--eval-every 5`` scores the test set every 5th epoch and after the last (the table needs only the
 final epoch's; the training is the same), leaving more of the call to training::
@@ -365,8 +365,8 @@ def timing_for(model, args, work, settings, model_kwargs, budget, summary) -> di
 
 def train_to_the_end(cfg, deadline: float, min_run_s: float) -> str | None:
     """Train ``cfg`` into its (emptied) folder only as a whole schedule: started while at least ``min_run_s`` are
-    left before ``deadline``, and under the deadline's ``schedule`` rule, which stops the run after its second
-    epoch when the rest, at that epoch's pace, cannot end in time (:class:`~dsrnet.train.config.TrainConfig`).
+    left before ``deadline``, and under the deadline's ``schedule`` rule, which stops the run from its second
+    epoch on as soon as the rest, at the last epoch's pace, cannot end in time (:class:`~dsrnet.train.config.TrainConfig`).
     So no warm-up run is needed to decide whether it fits, and one that does not costs about two epochs. Returns
     ``None`` when the run finished, else why not; a stopped run's folder is removed (a truncated schedule is no
     result: its pace is in the reason)."""
@@ -383,11 +383,11 @@ def train_to_the_end(cfg, deadline: float, min_run_s: float) -> str | None:
     if not final["stopped_early"]:
         return None
     last = json.loads(Path(cfg.out_dir, "metrics.jsonl").read_text().splitlines()[-1])
-    pace = last["epoch_time_s"] + last["eval_time_s"]
+    pace = last["epoch_time_s"]  # training only: the stop epoch's (forced) test pass may be the compiling first one
     shutil.rmtree(cfg.out_dir, ignore_errors=True)
     return (f"cannot finish {final['epochs']} epochs in the {left:.0f} s it had: stopped by the deadline after "
-            f"{final['epochs_done']} (last epoch {pace:.1f} s with its test pass, ~{final['epochs'] * pace:.0f} s "
-            "for the whole schedule)")
+            f"{final['epochs_done']} (last epoch {pace:.1f} s of training, ~{final['epochs'] * pace:.0f} s for the "
+            f"whole schedule's training; its last test pass {last['eval_time_s']:.1f} s)")
 
 
 def weights_only_checkpoint(run_dir: Path, dest: Path) -> Path:
@@ -499,7 +499,9 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
     for name, arch, kwargs in jobs:
         key = arch if baselines else name  # the runner's run folder: runs/<arch> (reproduce), runs/<variant>
         t0 = time.time()
-        cfg = train_config(arch, out / "runs" / key, settings, kwargs)
+        # One checkpoint, at the end: ResNet-50's is 188 MB, ~0.3 s a save (5 % of the call over 67 epochs), and a
+        # run of this stage is never resumed (checkpoint_every is resume-mutable: reproduce still recognises it).
+        cfg = train_config(arch, out / "runs" / key, settings, kwargs, checkpoint_every=settings["epochs"])
         why = train_to_the_end(cfg, deadline, args.min_run_s)
         if why:
             skipped.append({"what": name, "why": why})
@@ -511,6 +513,9 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
         else:
             runner.ablate("cifar10", variants=[name], **common)
         done.append({"what": name, "arch": arch, "wall_s": round(time.time() - t0, 1)})
+        if baselines:  # in OUT at once: should the call hang past the device tool's limit, this run still returns
+            args.out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(bundle_runs(out, {**summary, "done": done}), args.out / "runs.json")
     if not baselines and len(done) > 1:  # one table of every finished variant (nothing is retrained)
         runner.ablate("cifar10", variants=[d["what"] for d in done], **common)
     summary["done"], summary["skipped"] = done, skipped
@@ -718,7 +723,7 @@ def stage_recipe(args, budget: Budget, work: Path, summary: dict, arms: dict[str
     """``recipe``: each arm trains the same architecture (unless it changes the model), epochs and seed with its
     overrides, one after the other; results after each arm. No warm-up: every arm starts while at least
     ``--min-run-s`` are left and trains under the deadline's ``schedule`` rule (:func:`train_to_the_end`), so an
-    arm whose whole schedule cannot fit stops after its second epoch and is reported as not trained, with its pace.
+    arm whose whole schedule cannot fit stops from its second epoch on and is reported as not trained, with its pace.
     Dynamo is reset before each arm so the recompile limit never turns a run eager; Inductor's caches make the
     recompilation of an identical graph cheap (loss, augmentation and optimizer lie outside the compiled model).
     """
@@ -1088,6 +1093,17 @@ def assemble_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caused_by(err: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The ``kind`` exception in ``err``'s chain (causes and contexts), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.assemble:
@@ -1102,6 +1118,9 @@ def main(argv: list[str] | None = None) -> int:
                      "call_id": call_id()}  # fmt: skip
 
     def watchdog(signum, frame):
+        # Re-armed: an exception raised inside an Inductor compile can be swallowed (a weakref callback) or
+        # wrapped; it comes again every 2 s until it reaches main's handlers, which switch the alarm off.
+        signal.alarm(2)
         raise BudgetExceeded(f"budget of {args.budget_s:.0f} s spent")
 
     signal.signal(signal.SIGALRM, watchdog)
@@ -1140,16 +1159,21 @@ def main(argv: list[str] | None = None) -> int:
             files = stage(args, budget, work, summary)
         summary["status"] = "ok"
     except BudgetExceeded as err:
+        signal.alarm(0)
         summary["status"] = f"stopped by the watchdog: {err}"
         status = 3
     except DsrnetError as err:  # bad input: one line naming the problem and the fix, no traceback
+        signal.alarm(0)
         summary["status"] = f"refused: {err}"
         print(f"gpu_campaign: error: {err}", file=sys.stderr)
         status = 2
     except Exception as err:
-        summary["status"] = f"failed: {type(err).__name__}: {err}"
-        log.error("stage %s failed:\n%s", args.stage, traceback.format_exc())
-        status = 1
+        signal.alarm(0)
+        budget_hit = _caused_by(err, BudgetExceeded)  # e.g. Inductor's own error wrapping the watchdog's
+        summary["status"] = (f"stopped by the watchdog: {budget_hit} (inside {type(err).__name__})" if budget_hit
+                             else f"failed: {type(err).__name__}: {err}")  # fmt: skip
+        log.error("stage %s %s:\n%s", args.stage, "stopped" if budget_hit else "failed", traceback.format_exc())
+        status = 3 if budget_hit else 1
     finally:
         signal.alarm(0)
     if status and args.stage == "dsrnet" and not files:  # whatever the run left (final.json only if it finished)
@@ -1174,4 +1198,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the results are written: do not wait for compile workers at interpreter shutdown

@@ -40,3 +40,13 @@ def test_a_failing_step_is_an_error_and_an_alarm_surfacing_as_one_is_the_budget_
     skipped = bench.results["skipped"][-1]
     assert skipped["step"] == "interrupted form" and skipped["reason"] == "budget reached during the step"
     assert "TypeError: expected a sequence of integers" in skipped["surfaced_as"]
+
+
+def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tmp_path, capsys):
+    """A mistyped --only used to run the environment and ceilings steps only and exit 0: a wasted GPU call."""
+    out = tmp_path / "out"
+    assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", "inference cifar/32 b1024 fused"]) == 2
+    err = capsys.readouterr().err
+    assert "--only inference cifar/32 b1024 fused matches no step; fix:" in err
+    assert "inference cifar/32 b1024: fused, fused auto, fused split, eager, resnet50 compiled" in err
+    assert not out.exists()

@@ -362,3 +362,23 @@ def test_ship_weights_turns_the_returned_shards_into_a_loadable_weights_file(dry
     (cut / "config.yaml").unlink()
     with pytest.raises(DsrnetError, match="lacks config.yaml"):
         ship_weights.ship(cut, "dsrnet50_cifar.c10", tmp_path / "w3")
+
+
+def test_a_watchdog_stop_wrapped_by_the_compiler_is_still_a_budget_stop(campaign_in_process, monkeypatch, tmp_path,
+                                                                       capsys):  # fmt: skip
+    """The alarm's exception raised inside an Inductor compile comes back wrapped in the compiler's own error: the
+    call is a budget stop (rc 3, what was measured is written), not a failure of the stage."""
+    campaign = campaign_in_process
+
+    def compiling(*args, **kwargs):
+        try:
+            raise campaign.BudgetExceeded("budget of 60 s spent")
+        except campaign.BudgetExceeded as err:
+            raise RuntimeError("InductorError: compile worker interrupted") from err
+
+    monkeypatch.setattr(campaign, "stage_bench", compiling)
+    out = tmp_path / "out"
+    argv = ["--stage", "bench", "--dry-run", "--budget-s", "60", "--out", str(out), "--work", str(tmp_path / "w")]
+    assert campaign.main(argv) == 3
+    summary = json.loads((out / "campaign.json").read_text())
+    assert summary["status"].startswith("stopped by the watchdog: budget of 60 s spent (inside RuntimeError)")

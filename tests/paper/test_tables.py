@@ -5,7 +5,7 @@ from __future__ import annotations
 from dsrnet.paper.runner import Job
 from dsrnet.paper.tables import details_table, paper_layout_table
 
-BENCH = {"latency_ms": 10.0, "latency_p25_ms": 9.0, "latency_p75_ms": 11.0, "images_per_s": 12800.0,
+BENCH = {"latency_ms": 10.0, "latency_p25_ms": 9.0, "latency_p75_ms": 11.0, "images_per_s": 12800.0, "repeats": 3, "warmup": 1,
          "params": 12_240_000, "gmacs_per_image": 0.7}  # fmt: skip
 
 
@@ -23,3 +23,25 @@ def test_stopped_early_runs_are_marked_in_every_cell():
     details = details_table(rows)
     assert "| 84.00%‡ | 5.00%‡ | 2.00%‡ |" in details and "| 1/8‡ |" in details
     assert "| 20.00% | 5.00% | 2.00% |" in details and "| 8 |" in details
+
+
+def test_runs_trained_on_different_cards_name_each_card():
+    """Runs assembled from several GPU calls (the shipped DSRNet on an H200, a baseline on an H100): every row
+    names its card and the settings line says the seconds compare only on one card (it named the first row's
+    card for all)."""
+    from types import SimpleNamespace
+
+    from dsrnet.paper.tables import _settings_lines
+
+    rows = [_row("dsrnet50", "dsrnet50_cifar", device="cuda:0 (NVIDIA H200)"),
+            _row("resnet50", "resnet50_cifar", device="cuda:0 (NVIDIA H100 80GB HBM3)")]  # fmt: skip
+    details = details_table(rows)
+    assert "| trained on |" in details.splitlines()[0]
+    assert details.splitlines()[2].endswith("| cuda:0 (NVIDIA H200) |")
+    assert details.splitlines()[3].endswith("| cuda:0 (NVIDIA H100 80GB HBM3) |")
+    settings = SimpleNamespace(command="x", bench={"precision": "fp32", "batch_size": 128, "image_size": 32})
+    env = {"device": "cpu", "torch": "2.14.1", "device_name": "Xeon", "torch_threads": 2, "date": "2026-11-26"}
+    training = _settings_lines(settings, rows, env)[1]
+    assert "devices cuda:0 (NVIDIA H200), cuda:0 (NVIDIA H100 80GB HBM3) (see \"trained on\"" in training
+    one_card = [_row("dsrnet50", "dsrnet50_cifar", device="cpu"), _row("resnet50", "resnet50_cifar", device="cpu")]
+    assert "trained on" not in details_table(one_card) and ", device cpu;" in _settings_lines(settings, one_card, env)[1]

@@ -103,8 +103,11 @@ def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) ->
 
 
 def details_table(rows: list[dict]) -> str:
+    # Runs assembled from several GPU calls may come from different cards: then each row names its own, and its
+    # training seconds compare only with rows of the same card.
+    per_device = len({r["final"].get("device") for r in rows}) > 1
     headers = ["model", "arch", "top-1 err", "top-3 err", "top-5 err", "ms/batch (median)", "IQR ms", "images/s",
-               "params (M)", "GMACs/img", "epochs", "train s", "s/epoch"]  # fmt: skip
+               "params (M)", "GMACs/img", "epochs", "train s", "s/epoch", *(["trained on"] if per_device else [])]  # fmt: skip
     body = []
     for r in rows:
         f, b = r["final"], r["bench"]
@@ -112,18 +115,21 @@ def details_table(rows: list[dict]) -> str:
             display_name(r["job"].key), r["job"].arch, _err(f, "top1_error"), _err(f, "top3_error"),
             _err(f, "top5_error"), f"{b['latency_ms']:.1f}", f"{b['latency_p25_ms']:.1f}–{b['latency_p75_ms']:.1f}",
             f"{b['images_per_s']:.0f}", f"{b['params'] / 1e6:.2f}", f"{b['gmacs_per_image']:.3f}", _epochs(f),
-            f"{f['train_time_s']:.0f}", f"{f['s_per_epoch']:.1f}",
+            f"{f['train_time_s']:.0f}", f"{f['s_per_epoch']:.1f}", *([str(f.get("device"))] if per_device else []),
         ])  # fmt: skip
-    return markdown_table(headers, body, align="ll" + "r" * 11)
+    return markdown_table(headers, body, align="ll" + "r" * (len(headers) - 2))
 
 
 def _settings_lines(s: Settings, rows: list[dict], env: dict) -> list[str]:
     f = rows[0]["final"] if rows else {}
+    devices = list(dict.fromkeys(str(r["final"].get("device")) for r in rows))
+    device = (f"device {devices[0]}" if len(devices) <= 1 else
+              f"devices {', '.join(devices)} (see \"trained on\": train s and s/epoch compare only on one card)")  # fmt: skip
     lines = [
         f"Command: `{s.command}`",
         f"Training: recipe {f.get('recipe')}, {f.get('epochs')} epochs, batch {f.get('batch_size')}, "
         f"{f.get('train_images')} train / {f.get('test_images')} test images, {f.get('precision')}, seed "
-        f"{f.get('seed')}, device {f.get('device')}; errors are the final epoch's, on the test images above; "
+        f"{f.get('seed')}, {device}; errors are the final epoch's, on the test images above; "
         f"{sum(r['final']['train_time_s'] + r['final'].get('eval_time_s', 0.0) for r in rows):.0f} s of training "
         "and per-epoch evaluation in all.",
         f"Timing: `dsrnet bench` method, inference, {s.bench['precision']}, batch {s.bench['batch_size']}, "

@@ -456,6 +456,7 @@ class _Trainer:
         self.stopped_early = False
         self._epoch_end: float | None = None  # wall time at the last epoch's deadline check (its end)
         self._last_eval_s = 0.0  # the last test pass's time
+        self._evals = 0  # test passes timed so far (the first one compiles and warms caches)
         epoch = self.start_epoch
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -588,6 +589,7 @@ class _Trainer:
             ev = evaluate(net, self.test_loader, num_classes=self.num_classes, precision=self.cfg.precision)
             out.update({f"{prefix}_{k}": ev[k] for k in keys})
         out["eval_time_s"] = self._last_eval_s = time.perf_counter() - t0
+        self._evals += 1
         return out
 
     def _scheduler_step(self) -> None:
@@ -609,7 +611,9 @@ class _Trainer:
         """Whether the next epoch, as long as this one's training plus the last test pass, would end past
         ``cfg.deadline``, or, with ``deadline_rule="schedule"``, the remaining ones at the pace of the last epoch
         measured end to end (its test pass, if any, counted only for the epochs that will be scored); one late rank
-        stops them all, so every rank stops after the same epoch."""
+        stops them all, so every rank stops after the same epoch. The first test pass compiles the evaluation
+        (seconds on a GPU, against a fraction of a second later): it is counted once, never multiplied by the
+        scored epochs left (with ``eval_every`` > 1 it falls after a projected epoch and stopped runs that fit)."""
         if self.cfg.deadline is None:
             return False
         now, previous_end = _wall_clock(), self._epoch_end
@@ -618,7 +622,9 @@ class _Trainer:
         if self.cfg.deadline_rule == "schedule" and previous_end is not None:
             left = range(epoch + 1, self.cfg.epochs)
             pace = now - previous_end - record["eval_time_s"]
-            need = max(need, len(left) * pace + sum(map(self._scored, left)) * self._last_eval_s)
+            scored = sum(map(self._scored, left))
+            evals_s = self._last_eval_s * (scored if self._evals > 1 else min(scored, 1))
+            need = max(need, len(left) * pace + evals_s)
         late = torch.tensor(int(now + need > self.cfg.deadline), device=self.device)
         return bool(self.dist.all_reduce(late, op="max").item())
 
