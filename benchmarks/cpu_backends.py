@@ -188,7 +188,9 @@ def run(args: argparse.Namespace) -> dict:
         "machine": {**cpu_info(), "platform": platform.platform()},
         "versions": versions(),
         "threads_note": "torch.set_num_threads(t); onnxruntime intra_op_num_threads=t, inter_op 1, "
-        "sequential; OpenVINO INFERENCE_NUM_THREADS=t, PERFORMANCE_HINT=LATENCY, static shape per batch size",
+        "sequential, its worker threads spin between calls at t=1 only (allow_spinning 0 at t>1: on a shared "
+        "machine spinning steals cores; it adds wake-up latency); OpenVINO INFERENCE_NUM_THREADS=t, "
+        "PERFORMANCE_HINT=LATENCY, static shape per batch size",
         "load_avg_before": load_before,
         "load_avg_after": load_after,
         "wall_s": time.time() - started,

@@ -214,7 +214,8 @@ def time_ms(bench: Bench, fn, warmup: int, repeats: int) -> dict:
             t = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t) * 1e3)
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    # "inclusive": the quartiles of the times themselves, as dsrnet bench's summarize_times (never outside them)
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) >= 2 else [times[0]] * 3
     return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[2], "repeats": len(times)}
 
 
@@ -572,22 +573,24 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
         with torch.inference_mode():
             pre = precompile(bench, run) if "fused" in form else {}
             t0 = time.monotonic()
-            logits = run()  # first call: compilation (what precompile left) / autotuning
+            logits = run()[:256].clone()  # first call: compilation (what precompile left) / autotuning
             bench.sync()
             first_s = time.monotonic() - t0
-            check = against_fp32(bench, stem, x, logits) if form.startswith("dsrnet") else {}
-            del logits
             repeats = 30 if batch <= 128 else 15
             timing = time_ms(bench, run, warmup=5, repeats=repeats)
-            mem = peak_memory_mib(bench, base)
-            rows = [(form, timing)]
+            mem = peak_memory_mib(bench, base)  # before the check below builds its fp32 reference model
+            check = against_fp32(bench, stem, x, logits) if form.startswith("dsrnet") else {}
+            del logits
+            rows = [(form, timing, mem)]
             if graphs and bench.device.type == "cuda":
                 try:
+                    torch.cuda.reset_peak_memory_stats()  # the graph's own peak, over the same base as the form's
                     replay = cuda_graph(run)
-                    rows.append((form + "+cudagraph", time_ms(bench, replay, warmup=5, repeats=repeats)))
+                    graph_timing = time_ms(bench, replay, warmup=5, repeats=repeats)
+                    rows.append((form + "+cudagraph", graph_timing, peak_memory_mib(bench, base)))
                 except Exception as err:  # a form that cannot be captured is reported, not fatal
                     bench.results["errors"].append({"step": f"cudagraph {form}", "error": repr(err)})
-        for name, t in rows:
+        for name, t, mem in rows:
             row = {
                 "form": name, "stem": stem, "image": size, "batch": b, "dtype": "bfloat16", "channels_last": True,
                 "ms_per_batch": round(t["median_ms"], 4), "p25_ms": round(t["p25_ms"], 4),

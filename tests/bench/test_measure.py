@@ -220,7 +220,7 @@ def test_compile_mode_reaches_torch_compile_and_the_table(tmp_path, capsys, monk
     monkeypatch.setattr(torch, "compile", fake_compile)
     resets = []
     monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
-    argv = ["bench", "--models", "dsrnet50", "--sizes", "32", "--batch-size", "2", "--warmup", "0", "--repeats", "1",
+    argv = ["bench", "--models", "dsrnet50", "--sizes", "32", "--batch-size", "2", "--warmup", "1", "--repeats", "1",
             "--device", "cpu", "--model-kwargs", json.dumps(TINY), "--out-dir", str(tmp_path)]  # fmt: skip
     assert main([*argv, "--compile-mode", "reduce-overhead"]) == 0
     assert seen == [{"mode": "reduce-overhead"}]
@@ -233,6 +233,34 @@ def test_compile_mode_reaches_torch_compile_and_the_table(tmp_path, capsys, monk
     assert "| NCHW | yes |" in capsys.readouterr().out
     with pytest.raises(DsrnetError, match="compile mode 'fast' is not valid"):
         bench.benchmark_model("dsrnet50", device="cpu", compile=True, compile_mode="fast", model_kwargs=TINY)
+    # no warm-up would put the compilation into the timed calls
+    with pytest.raises(DsrnetError, match=r"--warmup 0 would time the compilation.*fix: --warmup 1"):
+        bench.benchmark_model("dsrnet50", device="cpu", compile=True, warmup=0, model_kwargs=TINY)
+
+
+def test_backend_settings_it_cannot_honour_are_refused_before_any_timing(tmp_path, monkeypatch):
+    timed = []
+    monkeypatch.setattr(bench, "time_calls", lambda *a, **k: timed.append(1) or [1e-3])
+    with pytest.raises(DsrnetError, match="precision 'bf16' is not available on backend 'onnxruntime'"):
+        bench.run_bench(["dsrnet50_cifar"], sizes=[16], batch_size=2, device="cpu", backend="onnxruntime",
+                        precisions=("fp32", "bf16"), model_kwargs=TINY, out_dir=tmp_path)  # fmt: skip
+    assert timed == []  # the fp32 rows used to be timed (minutes) before the refusal
+    with pytest.raises(DsrnetError, match="backend onnxruntime takes NCHW input; fix: drop --channels-last"):
+        bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, device="cpu", backend="onnxruntime",
+                              channels_last=True, model_kwargs=TINY)  # fmt: skip
+
+
+def test_cpu_peak_memory_does_not_depend_on_what_ran_before(tmp_path):
+    """It used to: a model timed after a larger one reused its freed memory and showed less than its own weights."""
+    def peak(models):
+        rows = bench.run_bench(models, sizes=[16], batch_size=2, device="cpu", warmup=1, repeats=1)["rows"]
+        return {r["arch"]: r for r in rows}
+
+    alone = peak(["mobilenet_v2_cifar"])["mobilenet_v2_cifar"]
+    after = peak(["resnet50_cifar", "mobilenet_v2_cifar"])["mobilenet_v2_cifar"]
+    weights_mb = alone["params"] * 4 / 2**20
+    assert alone["peak_mem_mb"] >= weights_mb and after["peak_mem_mb"] >= weights_mb
+    assert abs(after["peak_mem_mb"] - alone["peak_mem_mb"]) < 0.25 * alone["peak_mem_mb"] + 2
 
 
 def test_the_papers_ratio_stands_only_beside_the_papers_setting():
@@ -249,12 +277,13 @@ def test_the_papers_ratio_stands_only_beside_the_papers_setting():
         return bench.speed_claims(out)
 
     (line,) = rows()
-    assert line.startswith("ResNet50 at 32 px (inference, fp32): 2.00x DSRNet's time (paper, cifar10: 4.86x)")
-    for over in ({"compile": True}, {"mode": "train"}, {"precision": "bf16"}, {"batch_size": 1024}):
+    assert line == "ResNet50 at 32 px (paper stem, inference, fp32): 2.00x DSRNet's time (paper, cifar10: 4.86x)"
+    for over in ({"compile": True}, {"mode": "train"}, {"precision": "bf16"}, {"batch_size": 1024},
+                 {"stem": "cifar"}, {"channels_last": True}):  # fmt: skip
         (line,) = rows(**over)
-        assert "paper" not in line, over
+        assert "(paper," not in line, over
     (line,) = rows(model_kwargs={"widths": [8, 16, 32, 64]})
-    assert line == 'ResNet50 at 32 px (inference, fp32): 2.00x DSRNet {"widths":[8,16,32,64]}\'s time'
+    assert line == 'ResNet50 at 32 px (paper stem, inference, fp32): 2.00x DSRNet {"widths":[8,16,32,64]}\'s time'
 
 
 def test_relative_latency_compares_within_a_stem():

@@ -8,7 +8,9 @@ How the timing is done:
 
 * the model is built, put on the device in eval mode (``mode="inference"``, run under ``torch.inference_mode``) or
   train mode (``mode="train"``: forward, cross-entropy, backward and an SGD step, as in training);
-* ``warmup`` untimed calls first (they absorb cuDNN autotuning, allocator growth and ``torch.compile``), then
+* ``warmup`` untimed calls first (they absorb cuDNN autotuning -- ``torch.backends.cudnn.benchmark`` is on for the
+  timing on a GPU, as in ``dsrnet train`` -- allocator growth and ``torch.compile``; at least one where something
+  compiles or autotunes), then
   ``repeats`` timed calls, each timed on its own: with CUDA events on a GPU, ``time.perf_counter`` on the CPU
   (a CPU call is synchronous), with a device synchronisation before and after;
 * the median is reported, with the 25th/75th percentiles and min/max as the spread.
@@ -22,10 +24,12 @@ MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image 
 ``FlopCounterMode`` counts a multiply-add as 2 FLOPs, so MACs = FLOPs / 2.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the model was built
-(weights + activations + workspace of the timed calls). On CPU the growth of the process's peak resident set
-(``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the model was built; it is an
-approximation (the C allocator can reuse memory freed by an earlier model) and ``None`` where Linux's ``/proc``
-interface is missing.
+(weights + activations + workspace of the timed calls). On CPU the timed model's weight bytes (parameters and
+buffers) plus the growth of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``)
+over the warm-up and timed calls, measured after the model, its input (and an engine's session) exist and freed
+memory went back to the system (glibc ``malloc_trim``), so that what earlier models left behind in the allocator
+neither hides nor inflates it; ``None`` where Linux's ``/proc`` interface is missing. An approximation still: an
+engine's own copy of the weights is counted as the model's fp32 weights.
 """
 
 from __future__ import annotations
@@ -192,12 +196,27 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-class _MemoryProbe:
-    """Peak memory a block of work needs beyond what was in use when the probe started (see module docstring)."""
+def _malloc_trim() -> None:
+    """Give the C allocator's free memory back to the system (glibc), so that a later peak-RSS growth counts the
+    memory a piece of work needs, not less (reused free memory) nor the leftovers of earlier work."""
+    try:
+        import ctypes
 
-    def __init__(self, device: torch.device) -> None:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _MemoryProbe:
+    """Peak memory a block of work needs beyond what was in use when the probe started (see module docstring);
+    ``extra_mb``: memory the work holds from before the probe (on CPU: the model's weights)."""
+
+    def __init__(self, device: torch.device, extra_mb: float = 0.0) -> None:
         self.device = device
+        self.extra_mb = extra_mb
         gc.collect()
+        if device.type != "cuda":
+            _malloc_trim()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()
@@ -216,7 +235,7 @@ class _MemoryProbe:
         if self.base is None:
             return None
         peak = _rss_kb("VmHWM")
-        return None if peak is None else max(peak - self.base, 0) / 1024
+        return None if peak is None else self.extra_mb + max(peak - self.base, 0) / 1024
 
 
 def time_calls(fn, *, device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -351,6 +370,23 @@ def benchmark_model(
     if mode == "train" and batch_size < 2:
         raise DsrnetError("train mode needs a batch size >= 2 (BatchNorm cannot train on one image)")
 
+    triton = (fused or dwconv != "torch") and dev.type == "cuda"  # on a CPU these run PyTorch's own ops
+    if (compile or backend != "torch" or triton) and warmup < 1:
+        raise DsrnetError(
+            "--warmup 0 would time the compilation / first-call set-up of --compile, --backend or the Triton "
+            "kernels (--fused, --dwconv); fix: --warmup 1 or more"
+        )
+    if backend != "torch" and channels_last:
+        raise DsrnetError(f"backend {backend} takes NCHW input; fix: drop --channels-last (or --backend torch)")
+    if backend != "torch":
+        from dsrnet.export.backends import check_backend_precision
+
+        check_backend_precision(backend, precision)  # before any row is timed, not after the first ones
+    if compile:  # a fresh graph per configuration: else Dynamo reuses a dynamic-shape one from the size before;
+        torch._dynamo.reset()  # before the probe: it also frees the previous model's CUDA graph pools
+    if dev.type == "cuda":  # as `dsrnet train` runs: cuDNN picks its fastest algorithms during the warm-up
+        torch.backends.cudnn.benchmark = True
+
     torch.manual_seed(seed)
     probe = _MemoryProbe(dev)
     arch, model = model_for_bench(
@@ -374,8 +410,6 @@ def benchmark_model(
     model = model.to(dev, memory_format=memory_format)
     x = torch.randn(batch_size, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
     y = torch.randint(0, max(num_classes, 1), (batch_size,), device=dev)
-    if compile:  # a fresh graph per configuration: else Dynamo reuses a dynamic-shape one from the size before
-        torch._dynamo.reset()
     runner = torch.compile(model, mode=compile_mode) if compile else model
     if backend != "torch":  # an inference engine of dsrnet.export (BatchNorm folded, ONNX for onnxruntime/openvino)
         from dsrnet.export.backends import load_runner
@@ -404,6 +438,10 @@ def benchmark_model(
             loss.backward()
             optimizer.step()
 
+    if dev.type != "cuda":  # CPU: the weights, then what the timed calls add (the counting model, an ONNX export
+        # and what earlier models freed are outside the window; see the module docstring)
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        probe = _MemoryProbe(dev, extra_mb=weights / 2**20)
     if (fused and arch.startswith("dsrnet")) or triton_dwconvs:  # Triton kernels compiled before the warm-up
         from dsrnet.kernels import precompile
 
@@ -453,7 +491,7 @@ CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
     "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
-    "backend", "compile_mode", "dwconv",
+    "backend", "compile_mode", "dwconv", "model_kwargs", "device_name", "torch",
 )  # fmt: skip
 
 
@@ -556,15 +594,17 @@ def speed_claims(rows: list[dict]) -> list[str]:
             continue
         dsrnet = reference[_config_key(r)]
         line = (
-            f"{display_name(base)} at {r['image_size']} px ({r['mode']}, {r['precision']}): "
+            f"{display_name(base)} at {r['image_size']} px ({r['stem']} stem, {r['mode']}, {r['precision']}): "
             f"{r['rel_to_dsrnet']:.2f}x {_label(dsrnet)}'s time"
         )
         table = paper_ratio.get(r["image_size"])
         # The paper's ratio only beside the paper's setting: its batch of 128, inference in fp32, the network as
         # described (no narrowed widths, no compiler, no fused or Triton forms, PyTorch itself).
+        # Also the paper's stem and memory layout (the 3x3 cifar stem is this project's, not the paper's network).
         papers = (r["batch_size"] == 128 and r["mode"] == "inference" and r["precision"] == "fp32"
                   and not r["compile"] and not dsrnet.get("model_kwargs") and not dsrnet.get("fused")
-                  and dsrnet.get("dwconv", "torch") == "torch" and r.get("backend", "torch") == "torch")  # fmt: skip
+                  and dsrnet.get("dwconv", "torch") == "torch" and r.get("backend", "torch") == "torch"
+                  and r.get("stem") == "paper" and not r.get("channels_last"))  # fmt: skip
         if table and papers and base in table[1]:
             ratio = table[1][base]["paper_time"] / table[1]["dsrnet50"]["paper_time"]
             line += f" (paper, {table[0]}: {ratio:.2f}x)"
@@ -625,6 +665,11 @@ def run_bench(
     if model_kwargs and not all(a.startswith("dsrnet") for a in archs):
         log(f"bench: model kwargs {model_kwargs} go to the DSRNet models only (the baselines are torchvision's)")
     _check_dwconv(dwconv, fused, backend)
+    if backend != "torch":  # every precision before the first row is timed (a late refusal threw minutes away)
+        from dsrnet.export.backends import check_backend_precision
+
+        for precision in precisions:
+            check_backend_precision(backend, precision)
     with_dw = [a for a in archs if a.startswith(("dsrnet", "mobilenet"))]
     if dwconv != "torch" and not with_dw:
         raise DsrnetError(
@@ -666,7 +711,11 @@ def run_bench(
     if out_dir is not None:
         out = Path(out_dir)
         stem_name = f"bench_{dev.type}"
-        files.append(write_csv(out / f"{stem_name}.csv", rows, CSV_FIELDS))
+        # The CSV stands alone: each row names the network's arguments (a narrowed DSRNet is not the paper's), the
+        # hardware and torch it was timed with.
+        csv_rows = [{**r, "model_kwargs": json.dumps(r.get("model_kwargs") or {}), "device_name": env.get("device_name"),
+                     "torch": env.get("torch")} for r in rows]  # fmt: skip
+        files.append(write_csv(out / f"{stem_name}.csv", csv_rows, CSV_FIELDS))
         files.append(atomic_write_json(out / f"{stem_name}.json", {"command": command, "env": env, "rows": rows}))
         files.append(atomic_write_text(out / f"{stem_name}.md", markdown))
     return {"env": env, "rows": rows, "markdown": markdown, "files": files}

@@ -103,6 +103,16 @@ def _is_file_of(source: Any, *suffixes: str) -> bool:
     return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in suffixes
 
 
+def check_backend_precision(backend: str, precision: str) -> None:
+    """The backend exists and runs ``precision`` (fp32 everywhere, bf16 on openvino); else one DsrnetError."""
+    if backend not in BACKENDS:
+        raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
+    if precision not in FLOAT_PRECISIONS or (precision == "bf16" and backend != "openvino"):
+        raise DsrnetError(
+            f"precision {precision!r} is not available on backend {backend!r}; fix: use fp32 (bf16: openvino)"
+        )
+
+
 def load_runner(
     backend: str,
     source: Any,
@@ -116,12 +126,7 @@ def load_runner(
     of the computation, ``"fp32"`` everywhere; ``"bf16"`` only with openvino (OpenVINO's own default on CPUs
     with bf16 instructions -- faster, not bit-faithful: about 3 significant digits). An int8 file runs its
     quantised layers in int8 whatever ``precision`` says."""
-    if backend not in BACKENDS:
-        raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
-    if precision not in FLOAT_PRECISIONS or (precision == "bf16" and backend != "openvino"):
-        raise DsrnetError(
-            f"precision {precision!r} is not available on backend {backend!r}; fix: use fp32 (bf16: openvino)"
-        )
+    check_backend_precision(backend, precision)
     _check_threads(threads)
     if backend in ("onnxruntime", "openvino"):
         engine = _import_engine(backend)
