@@ -147,6 +147,7 @@ def test_pretrained_cfg(name):
     assert cfg["architecture"] == name and cfg["tag"] is None and cfg["license"] == "mit"
     assert cfg["fixed_input_size"] is False and cfg["test_input_size"] == cfg["input_size"]
     assert cfg["first_conv"] == "conv1" and cfg["classifier"] == "fc" and cfg["num_classes"] == 1000
+    assert cfg["paper_name"] == "DSRNet: A Novel Feature Extraction Network achieving trade off between accuracy and speed"
     if name.endswith("_cifar"):  # what `dsrnet train` normalises CIFAR with, not ImageNet's statistics
         assert cfg["mean"] == CIFAR10_MEAN and cfg["std"] == CIFAR10_STD and cfg["input_size"] == (3, 32, 32)
     else:

@@ -215,12 +215,20 @@ def test_ablation_variants_build():
         model = dsrnet.create_model(name, 10, widths=(8, 16, 32, 64), **v.kwargs)
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert [v.name for v in reproduce.ablation_variants("cifar")][-1] == "stem_paper"
+    # Section 3's three dilation claims, each with a variant that changes that rate alone (besides "every rate 1")
+    single = {v.name: v.kwargs for v in reproduce.ablation_variants("paper") if v.name != "no_dilation"}
+    assert all(len(kwargs) <= 1 for kwargs in single.values()), single
+    assert single["no_stem_dilation"] == {"stem_dilation": 1} and single["no_down_dilation"] == {"down_dilation": 1}
+    assert single["no_block_dilation"] == {"block_dilations": [1]}
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["reproduce", "--dataset", "cifar10", "--models", "resnet5"], "unknown model(s) resnet5"),
+        # a cifar-stem name under the default --stem paper used to train the paper-stem model, silently
+        (["reproduce", "--dataset", "cifar10", "--models", "dsrnet50_cifar", "resnet50"],
+         "dsrnet50_cifar has the cifar stem, but --stem is paper; fix: --stem cifar --models dsrnet50 resnet50"),
         (["reproduce", "--dataset", "cifar10", "--epochs", "0"], "epochs"),
         (
             ["ablate", "--dataset", "cifar10", "--variants", "no_dilation", "wide"],

@@ -45,3 +45,20 @@ def test_runs_trained_on_different_cards_name_each_card():
     assert "devices cuda:0 (NVIDIA H200), cuda:0 (NVIDIA H100 80GB HBM3) (see \"trained on\"" in training
     one_card = [_row("dsrnet50", "dsrnet50_cifar", device="cpu"), _row("resnet50", "resnet50_cifar", device="cpu")]
     assert "trained on" not in details_table(one_card) and ", device cpu;" in _settings_lines(settings, one_card, env)[1]
+
+
+def test_the_papers_times_stand_only_beside_its_setting():
+    """The paper's time ratio and 21.9 M were printed beside a narrowed, cifar-stem DSRNet timed at batch 8."""
+    paper = [_row("dsrnet50", "dsrnet50"), _row("resnet50", "resnet50")]
+    rows = {line.split(" | ")[0].strip("| "): line for line in paper_layout_table(paper, "cifar10").splitlines()}
+    assert rows["time ÷ DSRNet's, ours (paper)"].endswith("| 1.00x (1.00x) | 1.00x (4.86x) |")
+    assert rows["params (M), ours (paper)"].endswith("| 12.24 (21.9) | 12.24 (–) |")
+    for case in ({"batch_size": 8}, {"stem": "cifar"}, {"kwargs": {"widths": [8, 8, 8, 8]}}):
+        rows_in = [_row("dsrnet50" + ("_cifar" if "stem" in case else ""), "dsrnet50" + ("_cifar" if "stem" in case else "")),
+                   _row("resnet50", "resnet50" + ("_cifar" if "stem" in case else ""))]  # fmt: skip
+        if "kwargs" in case:
+            rows_in[0]["job"] = Job("dsrnet50", "dsrnet50", case["kwargs"])
+        table = paper_layout_table(rows_in, "cifar10", case.get("batch_size", 128))
+        assert "(4.86x)" not in table and "(0.719)" not in table, case
+        if "kwargs" in case:
+            assert "(21.9)" not in table and 'DSRNet {"widths":[8,8,8,8]}' in table.splitlines()[0]

@@ -157,6 +157,12 @@ def test_recipe_config_files_match_the_recipes():
             assert from_file == TrainConfig.from_recipe(name, model=model, device="cpu", **change), (name, change)
 
 
+def test_paper_milestones_are_half_and_three_quarters_of_the_run_once_each():
+    assert TrainConfig.from_recipe("paper", device="cpu").milestones == [80, 120]
+    assert TrainConfig.from_recipe("paper", device="cpu", epochs=8).milestones == [4, 6]
+    assert TrainConfig.from_recipe("paper", device="cpu", epochs=2).milestones == [1]  # was [1, 1]: lr / 100
+
+
 def test_recipe_lr_scales_with_batch_size_unless_given():
     assert TrainConfig.from_recipe("fast", device="cpu").lr == pytest.approx(0.4)
     assert TrainConfig.from_recipe("fast", device="cpu", batch_size=128).lr == pytest.approx(0.1)

@@ -13,7 +13,8 @@ from dsrnet.models.dsrnet import DSRBlock, DSRNet
 #: The five networks of Tables 2-4, in the paper's column order.
 PAPER_COMPARISON = ("dsrnet50", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
 
-#: The paper's published results (Tables 2-4): top-1/top-3 error in %, "fps/ms" = seconds per batch of 128 as printed.
+#: The paper's published results (Tables 2-4): top-1/top-3 error in %, "paper_time" = the "fps/ms" row (a time for a
+#: batch of 128, in a unit the paper does not make clear), as printed.
 #: The paper's Section 4.3 text gives DSRNet's CIFAR-10 time as 0.019 s, while Table 2 prints 0.148: both are kept as
 #: printed and the column is labelled as the paper labels it.
 PAPER_RESULTS = {

@@ -551,7 +551,7 @@ def _cfg(stem: str, **kwargs) -> dict:
         "first_conv": "conv1",
         "classifier": "fc",
         "license": "mit",
-        "paper_name": "DSRNet: depthwise separable convolution and dilated residual network (Luo et al.)",
+        "paper_name": "DSRNet: A Novel Feature Extraction Network achieving trade off between accuracy and speed",
         **kwargs,
     }
 

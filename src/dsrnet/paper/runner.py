@@ -109,9 +109,19 @@ def ablation_variants(stem: str = "paper", image_size: int = 32) -> list[Variant
             "'appropriate dilated rate' (Section 3): each rate capped to the feature map it reads",
         ),
         Variant(
+            "no_stem_dilation",
+            {"stem_dilation": 1},
+            "rate 3 in the first conv 'preserves more initial semantic information' (Section 3): rate 1 there",
+        ),
+        Variant(
             "no_down_dilation",
             {"down_dilation": 1},
             "rate 2 on downsampling 'compensates the information loss' (Section 3): rate 1 there",
+        ),
+        Variant(
+            "no_block_dilation",
+            {"block_dilations": [1]},
+            "rates added 'dynamically' in the residual blocks 'fuse more image features' (Section 3): rate 1 there",
         ),
         Variant("rates_2", {"block_dilations": [2]}, "schedule: constant in-stage rate 2 (gridding risk)"),
         Variant("rates_1_2_5", {"block_dilations": [1, 2, 5]}, "schedule: hybrid-dilated (1,2,5)"),
@@ -273,7 +283,7 @@ def reproduce(
 ) -> dict:
     """Library entry of ``dsrnet reproduce`` (see the module docstring). Returns ``{"rows", "files"}``."""
     models = list(models or PAPER_COMPARISON)
-    _check_models(models)
+    _check_models(models, stem)
     s = _settings(dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset)
     jobs = [_comparison_job(name, stem, model_kwargs) for name in models]
     asked = {j.key for j in jobs}
@@ -369,7 +379,7 @@ def bench_models(
     """Time ``models`` exactly as ``reproduce`` times its runs (:func:`bench_or_skip`, the same settings, into
     ``out/runs/<arch>/bench.json``) without training them: the timings of models trained elsewhere, measured on
     the card and in the call that times the others (the timing depends on the architecture, not the weights)."""
-    _check_models(list(models))
+    _check_models(list(models), stem)
     s = _settings(dataset, out, train, bench_settings, quick, "", default_out=Path("results") / dataset)
     rows = []
     for name in models:
@@ -433,11 +443,16 @@ def ablate(
     return {"rows": rows, "files": write_ablation_report(rows, s)}
 
 
-def _check_models(models: Sequence[str]) -> None:
+def _check_models(models: Sequence[str], stem: str | None = None) -> None:
     known = set(list_models())
     unknown = [m for m in models if m not in known]
     if unknown:
         raise DsrnetError(f"unknown model(s) {', '.join(unknown)}; fix: choose from {', '.join(sorted(known))}")
+    other = [m for m in models if stem == "paper" and m.endswith("_cifar")]
+    if other:  # else the paper-stem model would be trained instead, silently
+        bases = " ".join(m.removesuffix("_cifar") for m in models)
+        raise DsrnetError(f"{', '.join(other)} has the cifar stem, but --stem is paper; fix: --stem cifar --models "
+                          f"{bases}")  # fmt: skip
 
 
 def _settings(

@@ -68,13 +68,29 @@ def _early_note(rows: list[dict]) -> list[str]:
             "comparable with complete runs; rerun without the limit (or `--resume` them) for a result."]  # fmt: skip
 
 
+def _kwargs(r: dict) -> dict:
+    return dict(r["job"].model_kwargs or r["final"].get("model_kwargs") or {})
+
+
+def _column(r: dict) -> str:
+    """The model's name, with the arguments it was built with when they are not its defaults (a narrowed DSRNet
+    is not the paper's network)."""
+    kwargs = _kwargs(r)
+    return display_name(r["job"].key) + (f" {json.dumps(kwargs, separators=(',', ':'))}" if kwargs else "")
+
+
 def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) -> str:
-    """Tables 2-4 layout: one column per model, each cell "ours (paper)"."""
+    """Tables 2-4 layout: one column per model, each cell "ours (paper)". The paper's time, time ratio and
+    parameter count stand beside ours only where ours measure the paper's setting (its stem, fp32, a batch of 128,
+    the network as described): "–" otherwise, as ``dsrnet bench`` does."""
     from dsrnet.models import PAPER_DSRNET_PARAMS
 
     ref = next((r for r in rows if r["job"].key.startswith("dsrnet")), None)
-    ref_paper = _paper(dataset, ref["job"].key) if ref else {}
-    headers = [""] + [display_name(r["job"].key) for r in rows]
+    described = ref is not None and not _kwargs(ref)
+    papers_timing = (described and batch_size == 128 and not any(r["job"].arch.endswith("_cifar") for r in rows)
+                     and all(r["bench"].get("precision", "fp32") == "fp32" for r in rows))  # fmt: skip
+    ref_paper = _paper(dataset, ref["job"].key) if ref and papers_timing else {}
+    headers = [""] + [_column(r) for r in rows]
     lines: list[list[str]] = [
         ["Top1-error, ours (paper)"],
         ["Top3-error, ours (paper)"],
@@ -87,7 +103,7 @@ def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) ->
         b, f = r["bench"], r["final"]
         lines[0].append(f"{_err(f, 'top1_error')} ({_pct(p.get('top1_error'))})")
         lines[1].append(f"{_err(f, 'top3_error')} ({_pct(p.get('top3_error'))})")
-        lines[2].append(f"{b['latency_ms']:.1f} ({fmt(p.get('paper_time'), 3)})")
+        lines[2].append(f"{b['latency_ms']:.1f} ({fmt(p.get('paper_time') if papers_timing else None, 3)})")
         ours_rel = b["latency_ms"] / ref["bench"]["latency_ms"] if ref else None
         paper_rel = (
             p["paper_time"] / ref_paper["paper_time"]
@@ -96,7 +112,7 @@ def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) ->
         )
         lines[3].append(f"{fmt(ours_rel, 2, 'x')} ({fmt(paper_rel, 2, 'x')})")
         paper_params = (
-            PAPER_DSRNET_PARAMS / 1e6 if r["job"].key.removesuffix("_cifar") == "dsrnet50" else None
+            PAPER_DSRNET_PARAMS / 1e6 if r["job"].key.removesuffix("_cifar") == "dsrnet50" and not _kwargs(r) else None
         )
         lines[4].append(f"{b['params'] / 1e6:.2f} ({fmt(paper_params, 1)})")
     return markdown_table(headers, lines, align="l" + "r" * len(rows))
@@ -112,7 +128,7 @@ def details_table(rows: list[dict]) -> str:
     for r in rows:
         f, b = r["final"], r["bench"]
         body.append([
-            display_name(r["job"].key), r["job"].arch, _err(f, "top1_error"), _err(f, "top3_error"),
+            _column(r), r["job"].arch, _err(f, "top1_error"), _err(f, "top3_error"),
             _err(f, "top5_error"), f"{b['latency_ms']:.1f}", f"{b['latency_p25_ms']:.1f}–{b['latency_p75_ms']:.1f}",
             f"{b['images_per_s']:.0f}", f"{b['params'] / 1e6:.2f}", f"{b['gmacs_per_image']:.3f}", _epochs(f),
             f"{f['train_time_s']:.0f}", f"{f['s_per_epoch']:.1f}", *([str(f.get("device"))] if per_device else []),
@@ -156,7 +172,9 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
         *_title(s, f"# {s.dataset}: the paper's {table}, measured"),
         f"Each cell: ours (the paper's {table}). The paper's time row is labelled \"fps/ms\"; its text gives other "
         'values (e.g. DSRNet 0.019 s on CIFAR-10), so compare the ratios in the "time ÷ DSRNet\'s" row, which do '
-        "not depend on the unit or the hardware. The paper states only DSRNet's parameter count (2.19e7, Fig. 2).",
+        "not depend on the time unit (they do on the device and software, named below). The paper's times and "
+        "parameter count are shown only where ours measure its setting (its stem, fp32, batch 128, the network as "
+        "described). The paper states only DSRNet's parameter count (2.19e7, Fig. 2).",
         paper_table,
         details_table(rows),
         *_early_note(rows),

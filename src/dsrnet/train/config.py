@@ -310,7 +310,9 @@ class TrainConfig:
             )  # short runs: warm up half of it at most
         if self.milestones is None:
             e = self.epochs
-            self.milestones = [max(1, e // 2), max(1, (3 * e) // 4)] if self.schedule == "step" else []
+            # 50 % and 75 % of the run, once each (a 2-epoch run would otherwise divide the rate by 100 at once)
+            halves = sorted({max(1, e // 2), max(1, (3 * e) // 4)})
+            self.milestones = halves if self.schedule == "step" else []
         if self.out_dir is None:
             self.out_dir = str(Path("runs") / self.dataset / f"{self.model}-{self.recipe}-seed{self.seed}")
         self._validate()
