@@ -898,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)")
     parser.add_argument("--data-dir", default="/root/data", help="holds cifar10/test.npz (trained agreement step)")
     parser.add_argument(
-        "--only", default="", help="';'-separated step names or parts of them: run only those plan steps (with the "
+        "--only", default=None, help="';'-separated step names or parts of them: run only those plan steps (with the "
         "environment and ceilings); a full name selects that step alone; a part that matches nothing is an error"
     )
     args = parser.parse_args(argv)
@@ -940,9 +940,12 @@ def main(argv: list[str] | None = None) -> int:
         ("inference cifar/32 b1024: dsrnet, resnet50 compiled tuned (freezing, 1x1 as mm, max-autotune)", 180,
          step_inference, "cifar", 32, 1024, ("dsrnet_compiled_tuned", "resnet50_compiled_tuned"), False),
     ]  # fmt: skip
-    if args.only:
+    if args.only is not None:
         # ";"-separated (step names hold commas); a full step name selects that step alone, else substrings
         wanted = [w.strip() for w in args.only.split(";") if w.strip()]
+        if not wanted:
+            print("fused_gpu: error: --only names no step; fix: drop --only, or name steps", file=sys.stderr)
+            return 2
         names = [p[0] for p in plan]
         picked = {n for w in wanted for n in ([w] if w in names else [n for n in names if w in n])}
         unmatched = [w for w in wanted if w not in names and not any(w in n for n in names)]

@@ -223,8 +223,10 @@ FIRST_GUESS_S = {("eager", "inference"): 15.0, ("eager", "train"): 20.0, ("compi
 log = logging.getLogger("gpu_campaign")
 
 
-class BudgetExceeded(Exception):
-    """Raised by the watchdog (SIGALRM) when the whole budget is spent."""
+class BudgetExceeded(BaseException):
+    """Raised by the watchdog (SIGALRM) when the whole budget is spent. A BaseException (as KeyboardInterrupt), so
+    that the ``except Exception`` of library code (a checkpoint reader turning any error into "bad input", a
+    bench group recording a failure and going on) does not take it for an error of its own."""
 
 
 class Budget:
@@ -509,7 +511,7 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
             continue
         # The finished run is the runner's own (same config and folder): it is not trained again, only timed.
         if baselines:
-            runner.reproduce("cifar10", models=[name], **common)
+            runner.reproduce("cifar10", models=[arch], **common)  # arch: the --stem variant just trained
         else:
             runner.ablate("cifar10", variants=[name], **common)
         done.append({"what": name, "arch": arch, "wall_s": round(time.time() - t0, 1)})
@@ -754,6 +756,8 @@ def stage_recipe(args, budget: Budget, work: Path, summary: dict, arms: dict[str
         except BudgetExceeded:
             raise
         except Exception as err:  # one failing arm must not lose the others' results
+            if _caused_by(err, BudgetExceeded):  # the watchdog's stop, wrapped by the compiler
+                raise BudgetExceeded(str(_caused_by(err, BudgetExceeded))) from err
             why = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             log.warning("arm %s failed:\n%s", name, traceback.format_exc())
             if "cuda" in settings.get("device", "cuda"):
@@ -904,8 +908,13 @@ def bench_groups(dry_run: bool) -> list[dict]:
 def stage_bench(args, budget: Budget, work: Path, summary: dict) -> list[tuple[Path, str]]:
     import torch
 
-    from dsrnet.bench.measure import CSV_FIELDS, add_relative_latency, environment, render_markdown, run_bench
-    from dsrnet.report.markdown import write_csv
+    from dsrnet.bench.measure import (
+        add_relative_latency,
+        environment,
+        render_markdown,
+        run_bench,
+        write_bench_csv,
+    )
     from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 
     device = "cpu" if args.dry_run else "cuda"
@@ -924,7 +933,7 @@ def stage_bench(args, budget: Budget, work: Path, summary: dict) -> list[tuple[P
             md += "\nSkipped (did not fit the time budget or failed):\n\n" + "".join(
                 f"- {s['group']}: {s['why']}\n" for s in skipped
             )
-        write_csv(out / f"{name}.csv", rows, CSV_FIELDS)
+        write_bench_csv(out / f"{name}.csv", rows, env)
         atomic_write_json(out / f"{name}.json", {"command": command, "env": env, "rows": rows, "skipped": skipped})
         atomic_write_text(out / f"{name}.md", md)
 
@@ -952,6 +961,8 @@ def stage_bench(args, budget: Budget, work: Path, summary: dict) -> list[tuple[P
             torch.cuda.empty_cache()
             continue
         except Exception as err:  # one failing group must not lose the others' results
+            if _caused_by(err, BudgetExceeded):  # the watchdog's stop, wrapped by the compiler
+                raise BudgetExceeded(str(_caused_by(err, BudgetExceeded))) from err
             skipped.append({"group": label, "why": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"})
             log.warning("bench group %s failed:\n%s", label, traceback.format_exc())
             continue
@@ -1164,9 +1175,13 @@ def main(argv: list[str] | None = None) -> int:
         status = 3
     except DsrnetError as err:  # bad input: one line naming the problem and the fix, no traceback
         signal.alarm(0)
-        summary["status"] = f"refused: {err}"
-        print(f"gpu_campaign: error: {err}", file=sys.stderr)
-        status = 2
+        if _caused_by(err, BudgetExceeded):  # a reader's "cannot read" around the watchdog's stop (kept in context)
+            summary["status"] = f"stopped by the watchdog: {_caused_by(err, BudgetExceeded)} (inside DsrnetError)"
+            status = 3
+        else:
+            summary["status"] = f"refused: {err}"
+            print(f"gpu_campaign: error: {err}", file=sys.stderr)
+            status = 2
     except Exception as err:
         signal.alarm(0)
         budget_hit = _caused_by(err, BudgetExceeded)  # e.g. Inductor's own error wrapping the watchdog's

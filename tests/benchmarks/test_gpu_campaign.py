@@ -382,3 +382,30 @@ def test_a_watchdog_stop_wrapped_by_the_compiler_is_still_a_budget_stop(campaign
     assert campaign.main(argv) == 3
     summary = json.loads((out / "campaign.json").read_text())
     assert summary["status"].startswith("stopped by the watchdog: budget of 60 s spent (inside RuntimeError)")
+
+
+def test_a_watchdog_stop_is_not_taken_for_a_failed_group_or_bad_input(campaign_in_process, monkeypatch, tmp_path):
+    """A bench group's ``except Exception`` recorded the stop as a failed group and went on (rc 0); a reader that
+    turns any error into a DsrnetError reported it as bad input (rc 2)."""
+    import dsrnet.bench.measure as measure
+    from dsrnet.errors import DsrnetError
+
+    campaign = campaign_in_process
+
+    def stopped(*args, **kwargs):
+        raise campaign.BudgetExceeded("budget of 60 s spent")
+
+    monkeypatch.setattr(measure, "run_bench", stopped)
+    argv = ["--stage", "bench", "--dry-run", "--budget-s", "60", "--work", str(tmp_path / "w")]
+    assert campaign.main([*argv, "--out", str(tmp_path / "o1")]) == 3
+
+    def reader(*args, **kwargs):
+        try:
+            stopped()
+        except BaseException:
+            raise DsrnetError("checkpoint x cannot be read safely (BudgetExceeded)") from None  # context kept
+
+    monkeypatch.setattr(campaign, "stage_bench", reader)
+    assert campaign.main([*argv, "--out", str(tmp_path / "o2")]) == 3
+    summary = json.loads((tmp_path / "o2" / "campaign.json").read_text())
+    assert summary["status"].startswith("stopped by the watchdog: budget of 60 s spent (inside DsrnetError)")

@@ -55,6 +55,8 @@ def test_backbone_with_fpn_rejects_bad_input():
         dsrnet.backbone_with_fpn("resnet50")
     with pytest.raises(dsrnet.DsrnetError, match="out of range"):
         dsrnet.backbone_with_fpn("dsrnet50", out_indices=(2, 5), **TINY)
+    with pytest.raises(dsrnet.DsrnetError, match=r"returned_layers must hold stages in 1\.\.4"):
+        dsrnet.backbone_with_fpn("dsrnet50", returned_layers=[0, 1], **TINY)
     with pytest.raises(dsrnet.DsrnetError, match="norm_layer=.*fix: pass torchvision.ops.FrozenBatchNorm2d"):
         dsrnet.backbone_with_fpn("dsrnet50", norm_layer=torch.nn.GroupNorm, **TINY)
 

@@ -132,6 +132,10 @@ def test_pretrained_with_a_new_head_or_as_a_backbone(registered):
     with pytest.raises(dsrnet.DsrnetError, match=r"classifier takes \d+ features, this model's head \d+ .*fix: keep "
                        r"global_pool='avg'"):  # fmt: skip
         dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, global_pool="catavgmax")
+    # another network with the same classes is named as such, not sent to global_pool
+    narrower = {**TINY, "widths": [*TINY["widths"][:3], TINY["widths"][3] // 2]}
+    with pytest.raises(dsrnet.DsrnetError, match=r"do not fit this model .*they record: dsrnet50_cifar"):
+        dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, **narrower)
     wide = dsrnet.create_model("dsrnet50_cifar.tiny", pretrained=True, global_pool="catavgmax", num_classes=5)
     assert wide.fc.in_features == 2 * model.fc.in_features and "label_names" not in wide.pretrained_cfg
 

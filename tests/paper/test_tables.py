@@ -53,6 +53,7 @@ def test_the_papers_times_stand_only_beside_its_setting():
     rows = {line.split(" | ")[0].strip("| "): line for line in paper_layout_table(paper, "cifar10").splitlines()}
     assert rows["time ÷ DSRNet's, ours (paper)"].endswith("| 1.00x (1.00x) | 1.00x (4.86x) |")
     assert rows["params (M), ours (paper)"].endswith("| 12.24 (21.9) | 12.24 (–) |")
+    assert "| 10.0 (0.719) |" in paper_layout_table([_row("resnet50", "resnet50")], "cifar10")  # no DSRNet column
     for case in ({"batch_size": 8}, {"stem": "cifar"}, {"kwargs": {"widths": [8, 8, 8, 8]}}):
         rows_in = [_row("dsrnet50" + ("_cifar" if "stem" in case else ""), "dsrnet50" + ("_cifar" if "stem" in case else "")),
                    _row("resnet50", "resnet50" + ("_cifar" if "stem" in case else ""))]  # fmt: skip

@@ -121,6 +121,13 @@ def test_a_file_that_is_no_checkpoint_is_called_so(tmp_path, content):
         load_checkpoint(path)
 
 
+def test_a_legacy_torch_save_file_is_named_so(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"model_state": {}}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(DsrnetError, match=r"old\.pt is in torch\.save's legacy \(non-zip\) format"):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path):
     # Checkpoints are read with weights_only=True: a pickle calling any function is refused, never run.
     evil = tmp_path / "checkpoint.pt"

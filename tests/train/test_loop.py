@@ -439,16 +439,19 @@ def test_deadline_rule_schedule_stops_as_soon_as_the_rest_cannot_finish(cifar10_
     assert cfg.deadline_rule == rule and f"deadline_rule: {rule}" in (tmp_path / rule / "config.yaml").read_text()
 
 
-def test_deadline_rule_schedule_counts_the_first_test_pass_once(cifar10_dir, tmp_path, monkeypatch):
-    """The first test pass compiles (seconds on a GPU, a fraction later). With eval_every=5 it falls after a
-    projected epoch: multiplied by the scored epochs left it stopped a run that fitted. A clock on which each epoch
-    trains 10 s, the first test pass takes 60 s and later ones 1 s: 20 epochs end after 263 s, inside the 350 s."""
+@pytest.mark.parametrize(("compiled", "finishes"), [(True, True), (False, False)])
+def test_deadline_rule_schedule_counts_a_compiling_first_test_pass_once(cifar10_dir, tmp_path, monkeypatch, compiled,
+                                                                        finishes):  # fmt: skip
+    """Compiled, the first test pass compiles (seconds on a GPU, a fraction later). With eval_every=5 it falls after
+    a projected epoch: multiplied by the scored epochs left it stopped a run that fitted. A clock on which each
+    epoch trains 10 s, the first test pass takes 60 s and later ones 1 s: 20 epochs end after 263 s, inside the
+    350 s. Uncompiled, a pass costs what the first one did: the three left are counted, and the run cannot fit."""
     real_test = loop._Trainer.test
     passes = []
 
     def timed_test(self):
         out = real_test(self)
-        out["eval_time_s"] = self._last_eval_s = 60.0 if not passes else 1.0
+        out["eval_time_s"] = self._last_eval_s = 60.0 if not passes or not compiled else 1.0
         passes.append(out["eval_time_s"])
         return out
 
@@ -462,10 +465,14 @@ def test_deadline_rule_schedule_counts_the_first_test_pass_once(cifar10_dir, tmp
     wall_clock.seen = 0
     monkeypatch.setattr(loop._Trainer, "test", timed_test)
     monkeypatch.setattr(loop, "_wall_clock", wall_clock)
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)  # the rule reads cfg.compile; no compiler
     cfg = tiny(tmp_path, cifar10_dir, epochs=20, subset_per_class=2, test_subset_per_class=1, batch_size=20,
-               eval_every=5, deadline=1e9 + 350, deadline_rule="schedule")  # fmt: skip
+               eval_every=5, deadline=1e9 + 350, deadline_rule="schedule", compile=compiled)  # fmt: skip
     final = train(cfg)
-    assert final["stopped_early"] is False and final["epochs_done"] == 20 and passes == [60.0, 1.0, 1.0, 1.0]
+    if finishes:
+        assert final["stopped_early"] is False and final["epochs_done"] == 20 and passes == [60.0, 1.0, 1.0, 1.0]
+    else:  # at epoch 5: 110 s + 15 x 10 s + 3 x 60 s > 350 s
+        assert final["stopped_early"] is True and final["epochs_done"] == 5
 
 
 def test_deadline_rule_is_checked():

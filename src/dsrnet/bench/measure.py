@@ -497,6 +497,14 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
+def write_bench_csv(path: str | os.PathLike, rows: list[dict], env: dict) -> Path:
+    """The rows as CSV (:data:`CSV_FIELDS`). The file stands alone: each row names the network's arguments (a
+    narrowed DSRNet is not the paper's), the hardware and the torch it was timed with."""
+    csv_rows = [{**r, "model_kwargs": json.dumps(r.get("model_kwargs") or {}), "device_name": env.get("device_name"),
+                 "torch": env.get("torch")} for r in rows]  # fmt: skip
+    return write_csv(path, csv_rows, CSV_FIELDS)
+
+
 def _config_key(row: dict) -> tuple:
     return (
         row.get("stem"),  # a model is compared with the DSRNet of its own stem
@@ -713,11 +721,7 @@ def run_bench(
     if out_dir is not None:
         out = Path(out_dir)
         stem_name = f"bench_{dev.type}"
-        # The CSV stands alone: each row names the network's arguments (a narrowed DSRNet is not the paper's), the
-        # hardware and torch it was timed with.
-        csv_rows = [{**r, "model_kwargs": json.dumps(r.get("model_kwargs") or {}), "device_name": env.get("device_name"),
-                     "torch": env.get("torch")} for r in rows]  # fmt: skip
-        files.append(write_csv(out / f"{stem_name}.csv", csv_rows, CSV_FIELDS))
+        files.append(write_bench_csv(out / f"{stem_name}.csv", rows, env))
         files.append(atomic_write_json(out / f"{stem_name}.json", {"command": command, "env": env, "rows": rows}))
         files.append(atomic_write_text(out / f"{stem_name}.md", markdown))
     return {"env": env, "rows": rows, "markdown": markdown, "files": files}

@@ -81,7 +81,10 @@ def backbone_with_fpn(
 
     if not split_name(name)[0].startswith("dsrnet"):
         raise DsrnetError(f"backbone_with_fpn takes a dsrnet model name, got {name!r}")
-    if returned_layers is not None:
+    if returned_layers is not None:  # torchvision's name: stages 1..4 only
+        if isinstance(returned_layers, int) or not all(isinstance(i, int) and 1 <= i <= 4 for i in returned_layers):
+            raise DsrnetError(f"returned_layers must hold stages in 1..4 (torchvision's rule), got {returned_layers!r}; "
+                              f"fix: e.g. [2, 3, 4], or out_indices=[0, ...] for the stem too")  # fmt: skip
         out_indices = returned_layers
     if norm_layer is not None:
         frozen = {FrozenBatchNorm2d: True, nn.BatchNorm2d: False}.get(norm_layer)

@@ -397,17 +397,19 @@ def _load_state(
     if new_head:
         head = [k for k in state_dict if k.startswith(classifier)]
         theirs, mine = state_dict.get(f"{classifier}weight"), own.get(f"{classifier}weight")
-        if theirs is not None and mine is not None and mine.shape[0] == theirs.shape[0] != 0 and mine.shape != theirs.shape:
-            # Same classes, other features (a wider global_pool): a random head would keep the weights' class names.
-            raise DsrnetError(
-                f"{source}: the trained classifier takes {theirs.shape[1]} features, this model's head "
-                f"{mine.shape[1]} (its global_pool); fix: keep global_pool='avg' to use the trained head, or load "
-                f"and then call model.reset_classifier(num_classes, global_pool) for a fresh one"
-            )
         if any(k not in own or own[k].shape != state_dict[k].shape for k in head):
             state_dict = {k: v for k, v in state_dict.items() if k not in head}
         own = {k: v for k, v in own.items() if k in state_dict or not k.startswith(classifier)}
     detail = state_mismatch(own, state_dict)
+    if new_head and not detail and theirs is not None and mine is not None and 0 != mine.shape[0] == theirs.shape[0] \
+            and mine.shape != theirs.shape:
+        # The same network and classes, a wider pooled feature (global_pool): a fresh head would still carry the
+        # weights' class names. (Checked after the body fits: another network is named as such below.)
+        raise DsrnetError(
+            f"{source}: the trained classifier takes {theirs.shape[1]} features, this model's head "
+            f"{mine.shape[1]} (its global_pool); fix: keep global_pool='avg' to use the trained head, or load "
+            f"and then call model.reset_classifier(num_classes, global_pool) for a fresh one"
+        )
     if detail:
         hint = "same name, num_classes and model_kwargs" if classifier in detail else "same name and model_kwargs"
         if trained_as:

@@ -80,13 +80,14 @@ def _column(r: dict) -> str:
 
 
 def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) -> str:
-    """Tables 2-4 layout: one column per model, each cell "ours (paper)". The paper's time, time ratio and
-    parameter count stand beside ours only where ours measure the paper's setting (its stem, fp32, a batch of 128,
-    the network as described): "–" otherwise, as ``dsrnet bench`` does."""
+    """Tables 2-4 layout: one column per model, each cell "ours (paper)". The paper's times and time ratios stand
+    beside ours only where ours measure the paper's setting (its stem, fp32, a batch of 128, DSRNet as described),
+    its parameter count beside a DSRNet as described (either stem: they differ by the stem conv, ~8k weights):
+    "–" otherwise, as ``dsrnet bench`` does."""
     from dsrnet.models import PAPER_DSRNET_PARAMS
 
     ref = next((r for r in rows if r["job"].key.startswith("dsrnet")), None)
-    described = ref is not None and not _kwargs(ref)
+    described = ref is None or not _kwargs(ref)
     papers_timing = (described and batch_size == 128 and not any(r["job"].arch.endswith("_cifar") for r in rows)
                      and all(r["bench"].get("precision", "fp32") == "fp32" for r in rows))  # fmt: skip
     ref_paper = _paper(dataset, ref["job"].key) if ref and papers_timing else {}
@@ -138,8 +139,8 @@ def details_table(rows: list[dict]) -> str:
 
 def _settings_lines(s: Settings, rows: list[dict], env: dict) -> list[str]:
     f = rows[0]["final"] if rows else {}
-    devices = list(dict.fromkeys(str(r["final"].get("device")) for r in rows))
-    device = (f"device {devices[0]}" if len(devices) <= 1 else
+    devices = list(dict.fromkeys(str(r["final"].get("device")) for r in rows)) or ["?"]
+    device = (f"device {devices[0]}" if len(devices) == 1 else
               f"devices {', '.join(devices)} (see \"trained on\": train s and s/epoch compare only on one card)")  # fmt: skip
     lines = [
         f"Command: `{s.command}`",
@@ -172,9 +173,9 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
         *_title(s, f"# {s.dataset}: the paper's {table}, measured"),
         f"Each cell: ours (the paper's {table}). The paper's time row is labelled \"fps/ms\"; its text gives other "
         'values (e.g. DSRNet 0.019 s on CIFAR-10), so compare the ratios in the "time ÷ DSRNet\'s" row, which do '
-        "not depend on the time unit (they do on the device and software, named below). The paper's times and "
-        "parameter count are shown only where ours measure its setting (its stem, fp32, batch 128, the network as "
-        "described). The paper states only DSRNet's parameter count (2.19e7, Fig. 2).",
+        "not depend on the time unit (they do on the device and software, named below). The paper's times are "
+        "shown only where ours measure its setting (its stem, fp32, batch 128, DSRNet as described), its parameter "
+        "count beside a DSRNet as described; the paper states only DSRNet's (2.19e7, Fig. 2).",
         paper_table,
         details_table(rows),
         *_early_note(rows),

@@ -157,6 +157,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         )
     with open(path, "rb") as f:
         magic = f.read(4)
+    if magic[:1] == b"\x80":  # a pickle: torch.save's legacy format, never what dsrnet train writes
+        raise DsrnetError(
+            f"{path} is in torch.save's legacy (non-zip) format, not a checkpoint written by `dsrnet train`; fix: "
+            f"pass a run folder or its checkpoint.pt (weights of your own: a .safetensors file or --init-weights)"
+        )
     if magic != b"PK\x03\x04":  # torch.save's zip container; a cut-off checkpoint still starts like one
         raise DsrnetError(
             f"{path} is not a checkpoint (not the zip archive torch.save writes); fix: pass a run folder or its "

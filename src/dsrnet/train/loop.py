@@ -611,9 +611,10 @@ class _Trainer:
         """Whether the next epoch, as long as this one's training plus the last test pass, would end past
         ``cfg.deadline``, or, with ``deadline_rule="schedule"``, the remaining ones at the pace of the last epoch
         measured end to end (its test pass, if any, counted only for the epochs that will be scored); one late rank
-        stops them all, so every rank stops after the same epoch. The first test pass compiles the evaluation
-        (seconds on a GPU, against a fraction of a second later): it is counted once, never multiplied by the
-        scored epochs left (with ``eval_every`` > 1 it falls after a projected epoch and stopped runs that fit)."""
+        stops them all, so every rank stops after the same epoch. With ``compile``, the first test pass compiles
+        the evaluation (seconds on a GPU, against a fraction of a second later): it is counted once, never
+        multiplied by the scored epochs left (with ``eval_every`` > 1 it falls after a projected epoch and stopped
+        runs that fit); uncompiled, every pass costs about the same and each is counted."""
         if self.cfg.deadline is None:
             return False
         now, previous_end = _wall_clock(), self._epoch_end
@@ -623,7 +624,8 @@ class _Trainer:
             left = range(epoch + 1, self.cfg.epochs)
             pace = now - previous_end - record["eval_time_s"]
             scored = sum(map(self._scored, left))
-            evals_s = self._last_eval_s * (scored if self._evals > 1 else min(scored, 1))
+            first_compiles = self.cfg.compile and self._evals == 1
+            evals_s = self._last_eval_s * (min(scored, 1) if first_compiles else scored)
             need = max(need, len(left) * pace + evals_s)
         late = torch.tensor(int(now + need > self.cfg.deadline), device=self.device)
         return bool(self.dist.all_reduce(late, op="max").item())
