@@ -270,19 +270,14 @@ def load_predictor(
     ``classes``, ``num_classes`` (and ``dataset`` when known). ``backend=None`` is :func:`best_cpu_backend`;
     a model that is not yet an ONNX file is exported to a temporary one first for onnxruntime/openvino
     (a few seconds for DSRNet-50 on 2 cores)."""
-    from dsrnet.export.formats import read_metadata
+    from dsrnet.export.formats import check_export_name, read_metadata
     from dsrnet.export.source import load_source, parse_metadata
-    from dsrnet.run.checkpoint import exported_kind
 
     backend = backend or best_cpu_backend()
     if isinstance(source, str | os.PathLike) and Path(source).is_file():
         # Recognised by content: a TorchScript / ExportedProgram file under another name would otherwise reach the
         # checkpoint reader, whose error sends the user back to this very command.
-        kind, suffix = exported_kind(source), Path(source).suffix.lower()
-        wanted = {"TorchScript": ".pt", "an ExportedProgram": ".pt2"}.get(kind)
-        if wanted and suffix != wanted:
-            raise DsrnetError(f"{source} is {kind}, read from files named *{wanted}; fix: rename it to "
-                              f"{Path(source).with_suffix(wanted).name}")  # fmt: skip
+        check_export_name(source)
     if _is_file_of(source, ".onnx", ".pt2") or (_is_file_of(source, ".pt") and _is_torchscript(source)):
         meta = read_metadata(source)
         return load_runner(backend, source, threads=threads, precision=precision), meta

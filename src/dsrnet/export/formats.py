@@ -297,6 +297,19 @@ def guess_format(path: str | os.PathLike) -> str:
     )
 
 
+def check_export_name(path: str | os.PathLike) -> None:
+    """A TorchScript or ExportedProgram file (recognised by content) under another suffix is one DsrnetError
+    naming the rename; anything else passes."""
+    from dsrnet.run.checkpoint import exported_kind
+
+    path = Path(path)
+    kind = exported_kind(path)
+    wanted = {"TorchScript": SUFFIXES["torchscript"], "an ExportedProgram": SUFFIXES["exported-program"]}.get(kind)
+    if wanted and wanted != path.suffix.lower():
+        raise DsrnetError(f"{path} is {kind}, read from files named *{wanted}; fix: rename it to "
+                          f"{path.with_suffix(wanted).name}")  # fmt: skip
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The dsrnet metadata stored in an exported file (any of :data:`FORMATS`), parsed (lists, ints,
     bools)."""
@@ -322,13 +335,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except DsrnetError:
         raise
     except Exception as err:  # noqa: BLE001 - corrupt files surface as many exception types
-        from dsrnet.run.checkpoint import exported_kind
-
-        kind = exported_kind(path)  # by content: a TorchScript file named .pt2 is not damaged, only misnamed
-        wanted = {"TorchScript": SUFFIXES["torchscript"], "an ExportedProgram": SUFFIXES["exported-program"]}.get(kind)
-        if wanted and wanted != path.suffix.lower():
-            raise DsrnetError(f"{path} is {kind}, read from files named *{wanted}; fix: rename it to "
-                              f"{path.with_suffix(wanted).name}") from None  # fmt: skip
+        check_export_name(path)  # a TorchScript file named .pt2 is not damaged, only misnamed
         raise DsrnetError(f"cannot read {path} as {fmt} ({type(err).__name__}); fix: re-export it") from None
     if not raw:
         raise DsrnetError(f"{path} carries no dsrnet metadata; fix: export it with `dsrnet export`")
