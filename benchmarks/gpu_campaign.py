@@ -756,8 +756,7 @@ def stage_recipe(args, budget: Budget, work: Path, summary: dict, arms: dict[str
         except BudgetExceeded:
             raise
         except Exception as err:  # one failing arm must not lose the others' results
-            if _caused_by(err, BudgetExceeded):  # the watchdog's stop, wrapped by the compiler
-                raise BudgetExceeded(str(_caused_by(err, BudgetExceeded))) from err
+            _raise_if_budget_stop(err)  # the watchdog's stop, wrapped by the compiler
             why = f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
             log.warning("arm %s failed:\n%s", name, traceback.format_exc())
             if "cuda" in settings.get("device", "cuda"):
@@ -961,8 +960,7 @@ def stage_bench(args, budget: Budget, work: Path, summary: dict) -> list[tuple[P
             torch.cuda.empty_cache()
             continue
         except Exception as err:  # one failing group must not lose the others' results
-            if _caused_by(err, BudgetExceeded):  # the watchdog's stop, wrapped by the compiler
-                raise BudgetExceeded(str(_caused_by(err, BudgetExceeded))) from err
+            _raise_if_budget_stop(err)  # the watchdog's stop, wrapped by the compiler
             skipped.append({"group": label, "why": f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"})
             log.warning("bench group %s failed:\n%s", label, traceback.format_exc())
             continue
@@ -1104,6 +1102,13 @@ def assemble_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_if_budget_stop(err: BaseException) -> None:
+    """Raise :class:`BudgetExceeded` if ``err`` wraps the watchdog's (a compiler's own error around it)."""
+    stop = _caused_by(err, BudgetExceeded)
+    if stop is not None:
+        raise BudgetExceeded(str(stop)) from err
+
+
 def _caused_by(err: BaseException, kind: type[BaseException]) -> BaseException | None:
     """The ``kind`` exception in ``err``'s chain (causes and contexts), if any."""
     seen = set()
@@ -1175,8 +1180,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 3
     except DsrnetError as err:  # bad input: one line naming the problem and the fix, no traceback
         signal.alarm(0)
-        if _caused_by(err, BudgetExceeded):  # a reader's "cannot read" around the watchdog's stop (kept in context)
-            summary["status"] = f"stopped by the watchdog: {_caused_by(err, BudgetExceeded)} (inside DsrnetError)"
+        if stop := _caused_by(err, BudgetExceeded):  # a reader's "cannot read" around the watchdog's stop (context)
+            summary["status"] = f"stopped by the watchdog: {stop} (inside DsrnetError)"
             status = 3
         else:
             summary["status"] = f"refused: {err}"

@@ -390,7 +390,7 @@ def benchmark_model(
         torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(seed)
-    probe = _MemoryProbe(dev)
+    probe = _MemoryProbe(dev) if dev.type == "cuda" else None  # on a CPU it starts just before the warm-up
     arch, model = model_for_bench(
         name, num_classes=num_classes, stem=stem, model_kwargs=model_kwargs, fused=fused
     )
