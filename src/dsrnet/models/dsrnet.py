@@ -218,9 +218,7 @@ class DSRNet(nn.Module):
         dtype=None,
     ) -> None:
         super().__init__()
-        _check_args(
-            layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths
-        )
+        _check_args(layers, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths)
         for name, value in (("in_chans", in_chans), ("stem_width", 1 if stem_width is None else stem_width)):
             if not _is_int(value) or value < 1:
                 raise DsrnetError(f"{name} must be an integer >= 1, got {value!r}")
@@ -232,10 +230,7 @@ class DSRNet(nn.Module):
             raise DsrnetError(
                 f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}"
             )
-        if global_pool == "" and num_classes > 0:
-            raise DsrnetError(
-                "global_pool='' (no pooling) needs num_classes=0: a linear head needs pooled features"
-            )
+        _check_head(num_classes, global_pool)
         dd = {"device": device, "dtype": dtype}
         stem_width = stem_width or widths[0]
         self.num_classes = num_classes
@@ -376,12 +371,7 @@ class DSRNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New head of ``num_classes`` outputs (0 = none); ``global_pool=None`` keeps the current pooling."""
-        if not _is_int(num_classes) or num_classes < 0:
-            raise DsrnetError(f"num_classes must be an integer >= 0, got {num_classes!r}")
-        if global_pool == "" and num_classes > 0:  # asked for (timm's tests keep an earlier '' with a new head)
-            raise DsrnetError(
-                "global_pool='' (no pooling) needs num_classes=0: a linear head needs pooled features"
-            )
+        _check_head(num_classes, global_pool)  # global_pool None: timm's tests keep an earlier '' with a new head
         if global_pool is None:
             global_pool = self.global_pool.pool_type
         ref = self.conv1.weight
@@ -498,7 +488,16 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_args(layers, num_classes, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths):
+def _check_head(num_classes, global_pool: str | None) -> None:
+    """A classifier of ``num_classes`` outputs (0 = none) on ``global_pool``'s features (the constructor's and
+    ``reset_classifier``'s rule)."""
+    if not _is_int(num_classes) or num_classes < 0:
+        raise DsrnetError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+    if global_pool == "" and num_classes > 0:
+        raise DsrnetError("global_pool='' (no pooling) needs num_classes=0: a linear head needs pooled features")
+
+
+def _check_args(layers, stem, stem_dilation, down_dilation, block_dilations, stride_on, widths):
     if stem not in STEMS:
         raise DsrnetError(f"stem={stem!r} is not valid; fix: choose one of {STEMS}")
     if stride_on not in STRIDE_ON:
@@ -506,8 +505,6 @@ def _check_args(layers, num_classes, stem, stem_dilation, down_dilation, block_d
     for name, value in (("layers", layers), ("widths", widths), ("block_dilations", block_dilations)):
         if not isinstance(value, Sequence) or isinstance(value, str) or not all(_is_int(v) for v in value):
             raise DsrnetError(f"{name} must be a sequence of integers, got {value!r}")
-    if not _is_int(num_classes):
-        raise DsrnetError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     if len(layers) != 4 or len(widths) != 4:
         raise DsrnetError(
             f"layers and widths need 4 entries (one per stage), got {tuple(layers)} and {tuple(widths)}; fix: give "
@@ -523,8 +520,6 @@ def _check_args(layers, num_classes, stem, stem_dilation, down_dilation, block_d
             f"dilation rates must be integers >= 1, got stem={stem_dilation}, down={down_dilation}, "
             f"blocks={tuple(block_dilations)}"
         )
-    if num_classes < 0:
-        raise DsrnetError(f"num_classes must be >= 0, got {num_classes}")
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
