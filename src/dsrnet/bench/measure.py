@@ -52,7 +52,7 @@ from torch import nn
 
 from dsrnet.device import PRECISIONS, autocast, resolve_device, synchronize, tf32_conv, tf32_matmul
 from dsrnet.errors import DsrnetError, check_int
-from dsrnet.report.markdown import display_name, fmt, markdown_table, write_csv
+from dsrnet.report.markdown import display_name, fmt, labelled, markdown_table, write_csv
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 from dsrnet.run.rundir import RunDir
 
@@ -582,9 +582,7 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
 def _label(row: dict) -> str:
     """The model's display name, with the arguments it was built with when they are not its defaults (a narrowed
     DSRNet is not the paper's network)."""
-    name = display_name(row["model"].removesuffix("_cifar"))
-    kwargs = row.get("model_kwargs")
-    return f"{name} {json.dumps(kwargs, separators=(',', ':'))}" if kwargs else name
+    return labelled(display_name(row["model"].removesuffix("_cifar")), row.get("model_kwargs"))
 
 
 def speed_claims(rows: list[dict]) -> list[str]:

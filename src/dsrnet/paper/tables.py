@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dsrnet.bench.measure import environment, environment_line
 from dsrnet.report import plots
-from dsrnet.report.markdown import display_name, fmt, markdown_table, read_json, write_csv
+from dsrnet.report.markdown import display_name, fmt, labelled, markdown_table, read_json, write_csv
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 
 PAPER_TABLE = {"cifar10": "Table 2", "cifar100": "Table 3", "stl10": "Table 4"}
@@ -75,8 +75,7 @@ def _kwargs(r: dict) -> dict:
 def _column(r: dict) -> str:
     """The model's name, with the arguments it was built with when they are not its defaults (a narrowed DSRNet
     is not the paper's network)."""
-    kwargs = _kwargs(r)
-    return display_name(r["job"].key) + (f" {json.dumps(kwargs, separators=(',', ':'))}" if kwargs else "")
+    return labelled(display_name(r["job"].key), _kwargs(r))
 
 
 def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) -> str:

@@ -36,6 +36,12 @@ def display_name(name: str) -> str:
     return f"{pretty} (cifar stem)" if name.endswith("_cifar") else pretty
 
 
+def labelled(name: str, model_kwargs: dict | None) -> str:
+    """``name`` with the arguments the model was built with when they are not its defaults, as compact JSON (a
+    narrowed DSRNet is not the paper's network): ``'DSRNet {"widths":[8,8,8,8]}'``."""
+    return f"{name} {json.dumps(model_kwargs, separators=(',', ':'))}" if model_kwargs else name
+
+
 def write_csv(
     path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] | None = None
 ) -> Path:
