@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One-call GPU benchmark of the fused DSRNet (issue 10): correctness first, then speed, most valuable numbers first.
 
-    PYTHONPATH=src python3 benchmarks/fused_gpu.py --out OUT_DIR --budget-s 500
+    PYTHONPATH=src python3 benchmarks/fused_gpu.py --out OUT_DIR --budget-s 500 [--cifar10-test DIR]
     PYTHONPATH=src python3 benchmarks/fused_gpu.py --out /tmp/dry --dry-run     # CPU, Triton interpreter, tiny
 
 What it measures (the run order, most valuable first, is the ``plan`` in ``main``: headline inference at 32 px,
@@ -465,6 +465,32 @@ def step_correctness(bench: Bench) -> None:
         os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
 
 
+def decode_test_split(webp_dir: Path, data_dir: Path) -> Path:
+    """CIFAR-10's test split alone, decoded from the project's lossless WebP copy into ``data_dir/cifar10/test.npz``
+    and checked against its SHA256SUMS. ``webp_dir`` holds ``test_*.webp``, ``labels.json``, ``SHA256SUMS`` and the
+    copy's own ``decode.py``, whose ``split`` reads the mosaics (its ``main`` wants the training set too). The test set
+    is all this script needs, and at ~17 MB it travels in the same call as the repository: no staging calls."""
+    import hashlib
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("cifar10_decode", webp_dir / "decode.py")
+    decoder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decoder)
+    images = decoder.split("test")
+    labels = np.asarray(json.loads((webp_dir / "labels.json").read_text())["test"], dtype=np.int64)
+    sums = dict(line.split()[::-1] for line in (webp_dir / "SHA256SUMS").read_text().splitlines() if line.strip())
+    for key, array in (("images", images), ("labels", labels)):
+        if hashlib.sha256(array.tobytes()).hexdigest() != sums.get(f"test/{key}"):
+            raise ValueError(f"{webp_dir}: test/{key} does not match SHA256SUMS (copy damaged or incomplete)")
+    out = data_dir / "cifar10" / "test.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out.with_suffix(".tmp.npz"), images=images, labels=labels)
+    os.replace(out.with_suffix(".tmp.npz"), out)
+    return out
+
+
 def step_trained_agreement(bench: Bench) -> None:
     """Issue 10's accuracy target: the fused model with the shipped CIFAR-10 weights against the eager model on the
     CIFAR-10 test set (all 10,000 images; in a dry run 8 images through the PyTorch fallback of the kernels:
@@ -472,6 +498,9 @@ def step_trained_agreement(bench: Bench) -> None:
     from dsrnet.data import load_split
 
     test_npz = Path(bench.args.data_dir) / "cifar10" / "test.npz"
+    if not test_npz.is_file() and bench.args.cifar10_test is not None:
+        bench.log(f"trained agreement: decoding the test split in {bench.args.cifar10_test}")
+        decode_test_split(Path(bench.args.cifar10_test), Path(bench.args.data_dir))
     if not test_npz.is_file():
         bench.results["skipped"].append({"step": "trained agreement", "reason": f"no {test_npz} (stage CIFAR-10)"})
         bench.log(f"trained agreement: skipped, no {test_npz}")
@@ -897,6 +926,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes: finds bugs")
     parser.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)")
     parser.add_argument("--data-dir", default="/root/data", help="holds cifar10/test.npz (trained agreement step)")
+    parser.add_argument(
+        "--cifar10-test", default=None, help="folder with the WebP copy's test_*.webp, labels.json, SHA256SUMS and "
+        "decode.py: decoded into --data-dir when that holds no cifar10/test.npz (carried in the same call)"
+    )
     parser.add_argument(
         "--only", default=None, help="';'-separated step names or parts of them: run only those plan steps (with the "
         "environment and ceilings); a full name selects that step alone; a part that matches nothing is an error"

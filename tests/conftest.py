@@ -17,18 +17,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
 
 
+def shared_decoder(missing: str) -> Path:
+    """The CIFAR-10 WebP copy's ``decode.py``; missing, the test fails under CI and is skipped elsewhere
+    (``missing`` + the path is the message)."""
+    decoder = SHARED_CIFAR10 / "decode.py"
+    if not decoder.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} {decoder}")
+        pytest.skip(f"{missing} {decoder}")
+    return decoder
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory) -> Path:
     """A data dir with the full real CIFAR-10 array cache: ``<dir>/cifar10/{train,test}.npz``."""
     env = os.environ.get("DSRNET_TEST_DATA")
     if env and (Path(env) / "cifar10" / "train.npz").is_file():
         return Path(env)
-    decoder = SHARED_CIFAR10 / "decode.py"
-    if not decoder.is_file():
-        msg = f"real CIFAR-10 not found: set DSRNET_TEST_DATA or provide {decoder}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    decoder = shared_decoder("real CIFAR-10 not found: set DSRNET_TEST_DATA or provide")
     out = tmp_path_factory.mktemp("data")
     subprocess.run([sys.executable, str(decoder), str(out)], check=True, capture_output=True)
     return out

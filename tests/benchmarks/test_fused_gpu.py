@@ -52,3 +52,46 @@ def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tm
     assert not out.exists()
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", " ; "]) == 2
     assert "--only names no step" in capsys.readouterr().err and not out.exists()
+
+
+def _webp_test_copy(folder, images, labels, *, damage_sum=False):
+    """A CIFAR-10 WebP copy holding only a test split, as the project's data folder lays it out: mosaics of 50
+    columns of 32x32 tiles (row-major), labels.json, SHA256SUMS, and that folder's own decode.py."""
+    import hashlib
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from tests.conftest import shared_decoder
+
+    decoder = shared_decoder("the CIFAR-10 WebP copy's decoder is not at")
+    folder.mkdir()
+    shutil.copy(decoder, folder / "decode.py")
+    mosaic = images.reshape(-1, 50, 32, 32, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 50 * 32, 3)
+    Image.fromarray(mosaic).save(folder / "test_00.webp", lossless=True)
+    (folder / "labels.json").write_text(json.dumps({"test": labels.tolist()}))
+    sums = {key: hashlib.sha256(a.tobytes()).hexdigest() for key, a in (("images", images), ("labels", labels))}
+    if damage_sum:
+        sums["images"] = "0" * 64
+    (folder / "SHA256SUMS").write_text("".join(f"{h}  test/{key}\n" for key, h in sums.items()))
+
+
+def test_the_test_split_alone_decodes_from_the_webp_copy_checked_against_its_sums(fused_gpu, tmp_path):
+    """A fused_gpu call carries only the test split (~17 MB) beside the repository instead of staging all of
+    CIFAR-10 over three calls: decoded pixel-exact into --data-dir, and a damaged copy is refused."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(100, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=100).astype(np.int64)
+    _webp_test_copy(tmp_path / "c10", images, labels)
+    out = fused_gpu.decode_test_split(tmp_path / "c10", tmp_path / "data")
+    assert out == tmp_path / "data" / "cifar10" / "test.npz"
+    with np.load(out) as got:
+        assert np.array_equal(got["images"], images) and np.array_equal(got["labels"], labels)
+
+    _webp_test_copy(tmp_path / "bad", images, labels, damage_sum=True)
+    with pytest.raises(ValueError, match="test/images does not match SHA256SUMS"):
+        fused_gpu.decode_test_split(tmp_path / "bad", tmp_path / "data2")
+    assert not (tmp_path / "data2" / "cifar10" / "test.npz").exists()
