@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
+import shutil
+import struct
 import urllib.error
 import warnings
 from pathlib import Path
@@ -34,9 +37,40 @@ def _load(path: Path) -> dict:
         return pickle.load(f, encoding="latin1")
 
 
+class _Python2Pickler(pickle._Pickler):
+    """Writes what the official files hold, protocol-2 pickles from Python 2's cPickle: every string, text and the
+    arrays' raw bytes alike, as a Python 2 ``str`` (``BINSTRING``; Python 3 writes bytes as ``_codecs.encode``
+    calls), and NumPy's reconstructor under its old module name ``numpy.core.multiarray`` (``numpy._core`` today)."""
+
+    def save_binstring(self, obj) -> None:
+        raw = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    def save_global(self, obj, name=None) -> None:
+        module = getattr(obj, "__module__", "")
+        if module.startswith("numpy._core."):
+            old = "numpy.core." + module.removeprefix("numpy._core.")
+            self.write(pickle.GLOBAL + f"{old}\n{name or obj.__name__}\n".encode())
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+    dispatch = {**pickle._Pickler.dispatch, bytes: save_binstring, str: save_binstring}
+
+
 def _dump(path: Path, obj) -> None:
     with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)  # the official files are protocol-2 pickles (Python 2 cPickle)
+        _Python2Pickler(f, protocol=2).dump(obj)
+
+
+def _dump_python3(path: Path, obj) -> None:
+    """The same data as Python 3 writes it at protocol 2 (re-saved copies of the official files)."""
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
 
 
 def make_cifar10(
@@ -142,6 +176,24 @@ def test_cifar_pixel_orientation_independent_of_our_transpose(tmp_path):
     _dump(folder / "test_batch", d)
     got = load_split("cifar10", "test", tmp_path).images
     assert got[0, r, k, c] == 255 and int(got.sum()) == 255
+
+
+def test_python2_written_and_python3_resaved_pickles_load_alike(tmp_path):
+    """The official files are Python 2 pickles (NumPy's reconstructor as ``numpy.core.multiarray``, strings and the
+    pixel bytes as ``BINSTRING``); copies re-saved by Python 3 name ``numpy._core`` and encode bytes through
+    ``_codecs``. Both are allowed by the restricted unpickler and give the same arrays."""
+    ref = make_cifar10(tmp_path / "py2")
+    raw = (tmp_path / "py2" / "cifar-10-batches-py" / "test_batch").read_bytes()
+    assert b"numpy.core.multiarray" in raw and "BINSTRING" in {op.name for op, _, _ in pickletools.genops(raw)}
+    shutil.copytree(tmp_path / "py2" / "cifar-10-batches-py", tmp_path / "py3" / "cifar-10-batches-py")
+    for batch in (tmp_path / "py3" / "cifar-10-batches-py").glob("*_batch*"):
+        _dump_python3(batch, _load(batch))
+    assert b"numpy._core.multiarray" in (tmp_path / "py3" / "cifar-10-batches-py" / "test_batch").read_bytes()
+    for root in ("py2", "py3"):
+        got = load_split("cifar10", "test", tmp_path / root)
+        np.testing.assert_array_equal(got.images, ref["test"][0])
+        np.testing.assert_array_equal(got.labels, ref["test"][1])
+        assert got.classes == data.CIFAR10_CLASSES
 
 
 def test_official_formats_agree_with_torchvision_readers(tmp_path, monkeypatch):
@@ -296,6 +348,10 @@ def test_subset_per_class():
         subset_per_class(labels, 8, seed=0)
     with pytest.raises(DsrnetError, match="positive integer"):
         subset_per_class(labels, 0, seed=0)
+    # A class with no image at all was left out (a 4-class subset of a 5-class split), unless the count is known.
+    assert len(subset_per_class(labels, 5, seed=1)) == 20
+    with pytest.raises(DsrnetError, match="class 4 has no image at all"):
+        subset_per_class(labels, 5, seed=1, num_classes=5)
 
 
 def test_channel_stats_matches_float_reference():
@@ -480,6 +536,7 @@ def test_truncated_cifar_pickle_fails_and_writes_no_cache(tmp_path):
         (lambda d: d.update(labels=d["labels"][:-1]), "6 images but 5 labels"),
         (lambda d: d.update(labels=[10] * len(d["labels"])), r"labels span 10\.\.10, expected 0\.\.9"),
         (lambda d: d.pop("data"), "lacks the key 'data'"),
+        (lambda d: d.update(data=d["data"][:0], labels=[]), r"'data' is uint8 \(0, 3072\).*N > 0"),
     ],
 )
 def test_malformed_cifar_batch(tmp_path, edit, match):
@@ -503,6 +560,9 @@ def test_bad_cifar100_and_meta(tmp_path):
         load_split("cifar100", "test", tmp_path)
     _dump(folder / "meta", {"fine_label_names": ["a", "b"], "coarse_label_names": []})
     with pytest.raises(DsrnetError, match="2 class names, expected 100"):
+        load_split("cifar100", "train", tmp_path)
+    _dump(folder / "meta", {"fine_label_names": 100, "coarse_label_names": []})
+    with pytest.raises(DsrnetError, match="'fine_label_names' is a int, expected a list of names"):
         load_split("cifar100", "train", tmp_path)
 
 

@@ -342,7 +342,9 @@ def test_nonfinite_test_loss_stops_before_the_checkpoint(cifar10_dir, tmp_path, 
     assert [m["epoch"] for m in read_metrics(run)] == [1] and not (run / "final.json").exists()
 
 
-def test_a_train_split_missing_a_class_is_refused(tmp_path, cifar10_dir):
+@pytest.mark.parametrize("missing_in", ["train", "test"])
+def test_a_split_missing_a_class_is_refused(tmp_path, cifar10_dir, missing_in):
+    """A test split without a class was scored over the other nine (with --test-subset-per-class too), silently."""
     import numpy as np
 
     folder = tmp_path / "data" / "cifar10"
@@ -350,13 +352,14 @@ def test_a_train_split_missing_a_class_is_refused(tmp_path, cifar10_dir):
     for split in ("train", "test"):
         with np.load(cifar10_dir / "cifar10" / f"{split}.npz") as z:
             images, labels = z["images"][:2000], z["labels"][:2000]
-        if split == "train":
+        if split == missing_in:
             keep = labels != 3
             images, labels = images[keep], labels[keep]
         np.savez(folder / f"{split}.npz", images=images, labels=labels)
-    cfg = tiny(tmp_path, tmp_path / "data", subset_per_class=None, test_subset_per_class=None)
-    with pytest.raises(DsrnetError, match=r"has no image of class 3 \(cat\)"):
+    cfg = tiny(tmp_path, tmp_path / "data", subset_per_class=None, test_subset_per_class=5)
+    with pytest.raises(DsrnetError, match=rf"the cifar10 {missing_in} split .* has no image of class 3 \(cat\)"):
         train(cfg)
+    assert not Path(cfg.out_dir).exists()
 
 
 def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cifar10_dir, tmp_path):

@@ -38,7 +38,7 @@ FIELD_HELP = {
     "warmup_epochs": "linear learning-rate warm-up length",
     "bn_bias_weight_decay": "apply weight decay to BatchNorm parameters and biases too",
     "drop_last": "drop each epoch's incomplete last batch",
-    "seed": "seed of initialisation, shuffling and augmentation (default: 0)",
+    "seed": "seed of initialisation, shuffling and augmentation, and of which images the subsets take (default: 0)",
     "device": "auto (cuda if available), cpu, cuda or cuda:N (default: auto)",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaling)",
     "channels_last": "NHWC memory format",
@@ -51,7 +51,8 @@ FIELD_HELP = {
     "command line serves every restart), or from the given checkpoint or run folder; the saved "
     "settings are used (default: off)",
     "subset_per_class": "train on this many images per class (quick runs) (default: all)",
-    "test_subset_per_class": "test on this many images per class (quick runs) (default: all)",
+    "test_subset_per_class": "test on this many images per class, picked by --seed (quick runs; runs of other "
+    "seeds are scored on other images) (default: all)",
     "checkpoint_every": "write checkpoint.pt every this many epochs (and after the last) (default: 1)",
     "eval_every": "score the test set after every this many epochs (and always after the last); 0 = after the "
     "last only; the training is the same either way (default: 1)",

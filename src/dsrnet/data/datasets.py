@@ -117,8 +117,9 @@ class ArraySplit:
         )
 
     def subset_per_class(self, n: int, seed: int = 0, *, what: str = "subset per class") -> ArraySplit:
-        """``n`` images per class, chosen by :func:`subset_per_class` (``what`` names the setting in errors)."""
-        return self.take(subset_per_class(self.labels, n, seed, what=what))
+        """``n`` images per class of every class the split names, chosen by :func:`subset_per_class` (``what``
+        names the setting in errors)."""
+        return self.take(subset_per_class(self.labels, n, seed, what=what, num_classes=len(self.classes)))
 
 
 def default_data_dir() -> Path:
@@ -410,10 +411,10 @@ def _read_cifar(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
         path = folder / fname
         d = _unpickle(path, info, folder)
         data = np.asarray(_field(d, "data", path, info, folder))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) == 0:
             raise DsrnetError(
                 f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072) (1024 R, G, B values per "
-                f"row); fix: {fix}"
+                f"row, N > 0); fix: {fix}"
             )
         lab = np.asarray(_field(d, label_key, path, info, folder))
         lab = _checked_labels(lab, len(data), info.num_classes, str(path), fix)
@@ -426,6 +427,10 @@ def _read_cifar(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
     meta_path = folder / meta_file
     if meta_path.is_file():  # the names are informative only: the label ids are what training uses
         names = _field(_unpickle(meta_path, info, folder), names_key, meta_path, info, folder)
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
+            raise DsrnetError(
+                f"{meta_path}: {names_key!r} is a {type(names).__name__}, expected a list of names; fix: {fix}"
+            )
         if len(names) != info.num_classes:
             raise DsrnetError(
                 f"{meta_path}: {len(names)} class names, expected {info.num_classes} for {info.name}; fix: {fix}"
@@ -491,9 +496,12 @@ def _read_stl10(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
 # --------------------------------------------------------------------------------------------- subsets, stats
 
 
-def subset_per_class(labels: np.ndarray, n: int, seed: int = 0, *, what: str = "subset per class") -> np.ndarray:
+def subset_per_class(
+    labels: np.ndarray, n: int, seed: int = 0, *, what: str = "subset per class", num_classes: int | None = None
+) -> np.ndarray:
     """Indices of the first ``n`` images of each class after a shuffle seeded by ``seed``, returned in ascending
-    order (so the subset keeps the split's order). Raises if some class has fewer than ``n`` images; ``what``
+    order (so the subset keeps the split's order). Raises if some class has fewer than ``n`` images (with
+    ``num_classes``, a class 0..num_classes-1 with no image at all counts too, instead of being left out); ``what``
     names the setting (e.g. the flag and split) in the errors."""
     labels = np.asarray(labels)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -506,6 +514,12 @@ def subset_per_class(labels: np.ndarray, n: int, seed: int = 0, *, what: str = "
     shuffled = labels[order]
     by_class = np.argsort(shuffled, kind="stable")  # stable: within a class, keeps the seeded shuffle order
     classes, starts, counts = np.unique(shuffled[by_class], return_index=True, return_counts=True)
+    absent = sorted(set(range(num_classes or 0)) - set(classes.tolist()))
+    if absent:
+        raise DsrnetError(
+            f"{what}: {n} images per class asked, but class {absent[0]} has no image at all; fix: use a split that "
+            f"holds every class, or all images (no subset)"
+        )
     if counts.min() < n:
         worst = classes[counts.argmin()]
         raise DsrnetError(
