@@ -418,6 +418,16 @@ def test_ddp_dsrnet_under_torchrun_module(cifar10_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "ddp" / "final.json").read_text())["world_size"] == 2
 
 
+def test_ddp_a_setup_error_of_rank_0_is_one_line_on_every_rank(tmp_path):
+    """Rank 0 alone reads the data first: its error left rank 1 in a barrier, which died with a gloo traceback."""
+    args = ddp_args(tmp_path / "no-data", tmp_path / "ddp", "dsrnet50", TINY)
+    res = torchrun("-m", "dsrnet", *args)
+    assert res.returncode != 0
+    assert "dsrnet: error: dataset cifar10 (train split) not found" in res.stderr
+    assert "dsrnet: error: process 1 of 2: another process of this job stopped" in res.stderr
+    assert "[rank1]: Traceback" not in res.stderr and "[rank0]: Traceback" not in res.stderr
+
+
 def test_one_command_line_starts_and_continues_a_run(cifar10_dir, tmp_path, capsys):
     # --resume on a folder with no checkpoint yet starts the run (a requeued job's first start); later the same
     # line continues it; config.yaml repeats the run without the call's own controls (resume, deadline).

@@ -64,6 +64,7 @@ def test_recipe_defaults_and_overrides():
         ({"label_smoothing": 1.0}, "bad value for label_smoothing"),
         ({"schedule": "poly"}, "bad value for schedule"),
         ({"milestones": [120, 80]}, "bad value for milestones"),
+        ({"milestones": [2, 2], "epochs": 4}, r"bad value for milestones.*strictly ascending"),
         ({"milestones": [10], "schedule": "cosine"}, "milestones"),
         ({"warmup_epochs": 500}, "bad value for warmup_epochs"),
         ({"device": "tpu"}, "device"),

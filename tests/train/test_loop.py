@@ -124,7 +124,7 @@ def test_ema_run_reports_and_saves_the_average_and_keeps_the_trained_weights(cif
     state, meta = read_weights(export_weights(tmp_path / "run", tmp_path / "w.safetensors", dtype="fp32"))
     assert meta["ema_decay"] == 0.9 and all(torch.equal(v, ckpt["model_state"][k]) for k, v in state.items())
     # Resuming without the trained weights beside the average is refused (a hand-made checkpoint).
-    broken = {k: v for k, v in ckpt.items() if k not in ("train_model_state", "path")} | {"epoch": 1}  # 1 to go
+    broken = {k: v for k, v in ckpt.items() if k not in ("train_model_state", "path")} | {"epoch": 1, "history": ckpt["history"][:1]}
     torch.save(broken, tmp_path / "broken.pt")
     more = tiny(tmp_path, cifar10_dir, "more", epochs=2, ema_decay=0.9, resume=str(tmp_path / "broken.pt"))
     with pytest.raises(DsrnetError, match="no optimised weights beside its weight average"):
@@ -143,9 +143,12 @@ def test_resume_refuses_other_settings_and_a_finished_run_is_not_overwritten(cif
     other = TrainConfig.from_recipe(**{**cfg.to_dict(), "model": "dsrnet50_cifar", "resume": "auto"})
     with pytest.raises(DsrnetError, match="is for dsrnet50"):
         train(other)
-    # A finished run resumed: nothing left to train, final.json is rewritten identically.
+    # A finished run resumed: nothing left to train, final.json is left as it ran, even where this call's settings
+    # differ in what final.json records (it was rewritten with the call's dwconv, device, processes).
     before = (tmp_path / "run" / "final.json").read_text()
     assert train(resume_config(cfg.out_dir, progress=False)) == json.loads(before)
+    assert train(resume_config(cfg.out_dir, progress=False, dwconv="triton")) == json.loads(before)
+    assert (tmp_path / "run" / "final.json").read_text() == before
 
 
 # ------------------------------------------------------------------------------------------------------ NaN
@@ -362,7 +365,7 @@ def test_a_split_missing_a_class_is_refused(tmp_path, cifar10_dir, missing_in):
     assert not Path(cfg.out_dir).exists()
 
 
-def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cifar10_dir, tmp_path):
+def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cifar10_dir, tmp_path, monkeypatch):
     from dsrnet.run.rundir import RunDir
 
     over = {"epochs": 3, "subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20}
@@ -378,6 +381,16 @@ def test_deadline_stops_after_an_epoch_marks_the_run_and_resume_completes_it(cif
     # Resumed without a deadline (the saved one, long past, is not carried over) it completes the schedule it was
     # started with.
     assert resume_config(cfg.out_dir, deadline=2.0).deadline == 2.0  # a new time box when asked for
+    # Interrupted while resumed, the folder is a resumable run again: the stopped-early final.json (epoch 1)
+    # no longer describes it and is gone.
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop._Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(resume_config(cfg.out_dir, progress=False))
+    monkeypatch.undo()
+    assert not run.final.exists() and run.resumable and load_checkpoint(run.path)["epoch"] == 1
     resumed = train(resume_config(cfg.out_dir, progress=False))
     assert resumed["stopped_early"] is False and resumed["epochs_done"] == 3 and "note" not in resumed
     assert run.finished
@@ -584,3 +597,34 @@ def test_compile_mode_reaches_torch_compile_and_bad_modes_are_refused(cifar10_di
     assert modes == ["reduce-overhead", "reduce-overhead"]  # the trained model and its weight average
     with pytest.raises(DsrnetError, match="compile_mode.*one of default, reduce-overhead"):
         tiny(tmp_path, cifar10_dir, compile_mode="fastest")
+
+
+def test_a_checkpoint_whose_resume_fields_are_broken_is_one_line_before_anything_trains(cifar10_dir, tmp_path):
+    """A hand-edited or foreign checkpoint gave KeyError/IndexError tracebacks on --resume, or (history not a list)
+    trained an epoch and wrote run files before failing."""
+    cfg = tiny(tmp_path, cifar10_dir, epochs=2, deadline=1.0, subset_per_class=4, test_subset_per_class=2,
+               batch_size=20)  # fmt: skip
+    train(cfg)  # stopped after epoch 1 of 2: resumable
+    good = torch.load(Path(cfg.out_dir) / "checkpoint.pt", weights_only=True)
+    cases = {
+        "config": (lambda c: c.pop("config"), "bad 'config' field"),
+        "epoch": (lambda c: c.pop("epoch"), r"bad 'epoch' field .*expected an integer in 0\.\.2"),
+        "epoch str": (lambda c: c.update(epoch="x"), "bad 'epoch' field"),
+        "epoch high": (lambda c: c.update(epoch=3), "bad 'epoch' field"),
+        "history": (lambda c: c.update(history="junk"), r"bad 'history' field .*a list of 1 per-epoch records"),
+        "rng": (lambda c: c.update(rng_state={"python": [1]}), "bad 'rng_state' field"),
+        "rng missing": (lambda c: c.pop("rng_state"), "bad 'rng_state' field"),
+        "weights only": (lambda c: c.pop("optimizer_state"), "holds weights only"),
+    }
+    for name, (edit, message) in cases.items():
+        ckpt = {**good}
+        edit(ckpt)
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        torch.save(ckpt, folder / "checkpoint.pt")
+        with pytest.raises(DsrnetError, match=message) as err:
+            train(resume_config(folder, progress=False))
+        assert "\n" not in str(err.value)
+        with pytest.raises(DsrnetError, match=message):  # the Trainer's own check (resume= set by hand)
+            train(TrainConfig(**{**cfg.to_dict(), "deadline": None, "resume": str(folder), "out_dir": str(folder)}))
+        assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == ["checkpoint.pt"], name  # nothing written

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import zipfile
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ MAX_IMAGE_SIZE = 1024
 __all__ = [
     "CHECKPOINT_NAME",
     "check_model_fields",
+    "check_resume_fields",
     "get_rng_state",
     "load_checkpoint",
     "load_model_state",
@@ -170,12 +172,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         bad = _damaged_record(path)
         ckpt = torch.load(path, map_location=map_location, weights_only=True) if bad is None else None
-    except Exception as err:  # truncation, foreign pickles and non-allowlisted classes surface as many types
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise _unreadable(path, err) from None
         raise DsrnetError(
-            f"checkpoint {path} cannot be read safely ({type(err).__name__}: {msg[:200]}); fix: use an intact "
-            f"checkpoint written by `dsrnet train` (a run killed mid-write keeps its previous checkpoint.pt)"
+            f"checkpoint {path} cannot be read safely: it holds pickled objects beyond tensors and plain values, which "
+            f"could run code when loaded, so it is refused; fix: use a checkpoint written by `dsrnet train` (weights "
+            f"of your own: a .safetensors file)"
         ) from None
+    except Exception as err:  # truncation, foreign pickles and non-allowlisted classes surface as many types
+        raise _unreadable(path, err) from None
     if bad is not None:
         raise DsrnetError(
             f"checkpoint {path} is damaged (checksum mismatch in record {bad}); fix: use an intact copy of it"
@@ -192,6 +198,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt["path"] = str(path)
     check_model_fields(ckpt)
     return ckpt
+
+
+def _unreadable(path: Path, err: Exception) -> DsrnetError:
+    msg = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return DsrnetError(
+        f"checkpoint {path} cannot be read safely ({type(err).__name__}: {msg[:200]}); fix: use an intact "
+        f"checkpoint written by `dsrnet train` (a run killed mid-write keeps its previous checkpoint.pt)"
+    )
 
 
 def _bad_field(ckpt: dict, key: str, expected: str) -> DsrnetError:
@@ -235,6 +249,34 @@ def check_model_fields(ckpt: dict) -> None:
     state = ckpt.get("model_state")
     if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise _bad_field(ckpt, "model_state", "a state dict of tensors")
+
+
+def check_resume_fields(ckpt: dict) -> None:
+    """Check what resuming a run restores besides the model (its settings, epoch, per-epoch history, RNG state),
+    before anything is built or trained: a hand-edited or foreign file is one clear error, not a KeyError, nor a run
+    that trains an epoch and then fails. A weights-only checkpoint (no optimizer state) is refused here too."""
+    if "optimizer_state" not in ckpt:
+        raise DsrnetError(
+            f"checkpoint {ckpt.get('path')} holds weights only (no optimizer state), so it cannot be resumed; fix: "
+            f"use it with eval/predict, or start a new run"
+        )
+    config = ckpt.get("config")
+    epochs = config.get("epochs") if isinstance(config, dict) else None
+    if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1):
+        raise _bad_field(ckpt, "config", "the run's settings, a mapping with its epochs")
+    epoch = ckpt.get("epoch")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= epochs):
+        raise _bad_field(ckpt, "epoch", f"an integer in 0..{epochs}")
+    history = ckpt.get("history")
+    if not (isinstance(history, list) and len(history) == epoch and all(isinstance(r, dict) for r in history)):
+        raise _bad_field(ckpt, "history", f"a list of {epoch} per-epoch records")
+    before = get_rng_state()
+    try:  # restoring it is the only complete check of its parts' types and sizes
+        set_rng_state(ckpt.get("rng_state"))
+    except Exception:
+        raise _bad_field(ckpt, "rng_state", "the Python, NumPy and torch generator states") from None
+    finally:
+        set_rng_state(before)
 
 
 def load_model_state(model: nn.Module, ckpt: dict, *, require_finite: bool = False) -> None:

@@ -37,7 +37,7 @@ from dsrnet import data as D
 from dsrnet.device import PRECISIONS, resolve_device
 from dsrnet.errors import DsrnetError
 from dsrnet.models import DWCONVS, list_models
-from dsrnet.run.checkpoint import load_checkpoint
+from dsrnet.run.checkpoint import check_resume_fields, load_checkpoint
 from dsrnet.run.rundir import differences
 
 __all__ = [
@@ -338,10 +338,10 @@ class TrainConfig:
             _check(not self.milestones, "milestones", self.milestones, "empty unless schedule is step")
         ms = self.milestones
         _check(
-            all(1 <= m <= self.epochs for m in ms) and ms == sorted(ms),
+            all(1 <= m <= self.epochs for m in ms) and all(a < b for a, b in zip(ms, ms[1:], strict=False)),
             "milestones",
             ms,
-            f"ascending epochs in 1..{self.epochs}",
+            f"strictly ascending epochs in 1..{self.epochs} (a repeated one would divide the rate again)",
         )
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
         # BatchNorm cannot normalise one image per process in training mode.
@@ -549,6 +549,7 @@ def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfi
     ``deadline`` is not kept (a wall-clock time of the call that stopped the run: kept, it would stop every
     resume after one epoch); pass one again to time-box the resumed run."""
     ckpt = load_checkpoint(checkpoint)
+    check_resume_fields(ckpt)
     saved = {**LEGACY_DEFAULTS, **ckpt["config"]}  # a field the checkpoint predates: the value it ran with
     _check_resume_overrides(saved, overrides, ckpt["path"])
     saved["deadline"] = None  # the time box of the call that stopped it; a resume gets a new one or none

@@ -6,11 +6,14 @@ a no-op, so the training loop has a single code path. The backend is nccl on CUD
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from dsrnet.errors import DsrnetError
 
 
 class DistContext:
@@ -54,22 +57,39 @@ class DistContext:
             dist.destroy_process_group()
         self._owns_group = False
 
+    @contextlib.contextmanager
+    def _collective(self):
+        """A collective that fails because another process of the job stopped (rank 0 alone reads the data first
+        and holds the run folder's lock, so its one-line error comes first) is this process's one line too, not
+        a backend traceback."""
+        try:
+            yield
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise DsrnetError(
+                f"process {self.rank} of {self.world_size}: another process of this job stopped ({first}); fix: see "
+                f"that process's own error (rank 0's, for a setup step)"
+            ) from None
+
     def barrier(self) -> None:
         if self.enabled:
-            dist.barrier()
+            with self._collective():
+                dist.barrier()
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """In-place sum (or max) over all ranks; returns ``t``."""
         if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+            with self._collective():
+                dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return t
 
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Copy rank 0's buffers (BatchNorm running statistics) to every rank: DDP broadcasts them at the
         start of each forward, so after the last step each rank's differ by its own last update."""
         if self.enabled:
-            for buf in model.buffers():
-                dist.broadcast(buf, 0)
+            with self._collective():
+                for buf in model.buffers():
+                    dist.broadcast(buf, 0)
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         if not self.enabled:

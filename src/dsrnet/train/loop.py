@@ -55,6 +55,7 @@ from dsrnet.models import build_model
 from dsrnet.models.weights import load_initial_weights
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 from dsrnet.run.checkpoint import (
+    check_resume_fields,
     get_rng_state,
     load_checkpoint,
     load_model_state,
@@ -320,6 +321,7 @@ class _Trainer:
         if cfg.resume:
             path = _resolve_resume_path(cfg)
             self.resume_from = load_checkpoint(path)
+            check_resume_fields(self.resume_from)
             fixed = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_MUTABLE}
             _check_resume_overrides(self.resume_from["config"], fixed, str(path))
         self.run_dir = RunDir(cfg.out_dir)
@@ -426,8 +428,17 @@ class _Trainer:
         # another folder's (--resume A --out-dir B) has none here yet.
         own = self.resume_from is not None and Path(self.resume_from["path"]).resolve() == self.ckpt_path.resolve()
         self._checkpointed = self.start_epoch if own else 0
+        if own and self.start_epoch >= cfg.epochs and self.run_dir.finished:
+            # Nothing to train: the run's files stay as it ran (final.json names its own device, processes,
+            # dwconv; this call's may differ).
+            self.log(f"{self.out} has finished all {cfg.epochs} epochs already; its files are left as they are")
+            return json.loads(self.run_dir.final.read_text())
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if own and self.start_epoch < cfg.epochs and self.run_dir.final.exists():
+                # A deadline-stopped run resumed: its stopped_early final.json no longer describes the folder
+                # (final.json exists only once the run has ended); the new one comes at the end.
+                self.run_dir.final.unlink()
             # The settings that repeat the run (`dsrnet train --config config.yaml`): not the call's own controls
             # (a checkpoint it resumed from, a wall-clock deadline long past by the time anyone reruns it).
             repeat = dataclasses.replace(cfg, resume=None, deadline=None)
@@ -700,16 +711,11 @@ class _Trainer:
 
     def _restore(self, ckpt: dict) -> None:
         saved_ws = ckpt.get("world_size")
-        if isinstance(saved_ws, int) and saved_ws != self.dist.world_size:
+        if isinstance(saved_ws, int) and saved_ws != self.dist.world_size and self.dist.is_main:
             logger.warning(
                 f"checkpoint {ckpt['path']} was trained by {saved_ws} process(es), resumed by {self.dist.world_size}: "
                 f"the global batch is the same, but BatchNorm's per-process statistics differ, so the run will not "
                 f"match an uninterrupted one"
-            )
-        if "optimizer_state" not in ckpt:
-            raise DsrnetError(
-                f"checkpoint {ckpt['path']} holds weights only (no optimizer state), so it cannot be resumed; fix: "
-                f"use it with eval/predict, or start a new run"
             )
         if self.ema is None:
             load_model_state(self.model, ckpt)
