@@ -183,6 +183,71 @@ def test_a_crafted_pt2_cannot_run_code_when_read(tiny, tmp_path):
     assert not marker.exists()
 
 
+_METADATA = {"model": "x", "num_classes": "10", "image_size": "32", "mean": "[0.5, 0.5, 0.5]",
+             "std": "[0.5, 0.5, 0.5]", "classes": "[]"}  # fmt: skip
+
+
+class _WritesOnLoad(torch.nn.Module):
+    """A TorchScript module whose ``__setstate__`` (run by ``torch.jit.load``) writes a file."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.w = torch.zeros(1)
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]):
+        torch.from_file(self.marker, shared=True, size=4, dtype=torch.uint8).fill_(65)
+        self.w = state[0]
+        self.training = state[1]
+
+
+class _WritesOnRun(torch.nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x):
+        written = torch.from_file(self.marker, shared=True, size=4, dtype=torch.uint8).fill_(66)
+        return x.mean((2, 3)) + written[:1].float() * 0
+
+
+def test_torchscript_and_pt2_files_that_would_write_files_are_refused_before_loading(tmp_path):
+    """TorchScript and .pt2 files are programs: one whose ``__setstate__`` or graph called ``torch.from_file``
+    overwrote any file of the user's on ``dsrnet predict``. Only a classifier's forward of plain ops is read."""
+    import json
+
+    from dsrnet.export.backends import load_predictor
+
+    marker = tmp_path / "WRITTEN"
+    script = tmp_path / "setstate.pt"
+    torch.jit.save(torch.jit.script(_WritesOnLoad(str(marker))), str(script),
+                   _extra_files={"dsrnet_metadata": json.dumps(_METADATA)})  # fmt: skip
+    with pytest.raises(dsrnet.DsrnetError, match=r"setstate\.pt: its code defines __getstate__\(\) besides forward"):
+        read_metadata(script)
+    with pytest.raises(dsrnet.DsrnetError, match="besides forward"):
+        load_predictor(script)
+
+    program = tmp_path / "fromfile.pt2"
+    with torch.library._scoped_library("aten", "IMPL") as lib:  # from_file has no meta kernel to export with
+        lib.impl("from_file", lambda f, shared=None, size=0, **kw: torch.empty(size, dtype=kw.get("dtype"),
+                                                                                device="meta"), "Meta")  # fmt: skip
+        exported = torch.export.export(_WritesOnRun(str(marker)), (torch.randn(2, 3, 8, 8),))
+    torch.export.save(exported, str(program), extra_files={"dsrnet_metadata": json.dumps(_METADATA)})
+    with pytest.raises(dsrnet.DsrnetError, match=r"fromfile\.pt2: its graph calls torch\.ops\.aten\.\w+\.\w+, not an op"):
+        read_metadata(program)
+    with pytest.raises(dsrnet.DsrnetError, match="not an op of an image classifier"):
+        load_predictor(program)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     ("error", "fix"),
     [(ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_2_11'"), r'pip install -U "dsrnet\[onnx\]"'),

@@ -165,9 +165,11 @@ def _torch_module(source: Any, image_size: int | None) -> nn.Module:
 
         return load_exported_program(source).module()
     if _is_file_of(source, ".pt") and _is_torchscript(source):  # else: a training checkpoint, below
+        from dsrnet.export.formats import load_torchscript
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; its files still load
-            return torch.jit.load(str(source), map_location="cpu").eval()
+            return load_torchscript(source).eval()
     if _is_file_of(source, ".onnx", ".xml"):
         raise DsrnetError(f"{source} is an ONNX/OpenVINO file; fix: use --backend onnxruntime or openvino")
     from dsrnet.export.formats import fold_batchnorm

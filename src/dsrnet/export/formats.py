@@ -171,10 +171,42 @@ def _safe_expr(expr: str) -> bool:
     return pos == len(expr)
 
 
+#: The ops the graph of an exported image classifier may call: dsrnet's models (plain and fused: the ``dsrnet``
+#: custom ops), the baselines, common activations and pooling. A TorchScript or .pt2 file is a program: an op such
+#: as ``aten::from_file`` reads or writes files when the model RUNS, so a file calling any op outside this list is
+#: refused before it is loaded (ONNX files run on onnxruntime/OpenVINO and are not programs in this sense).
+_SAFE_OPS = frozenset({
+    "conv2d", "_convolution", "convolution", "linear", "addmm", "mm", "matmul", "t", "relu", "relu_", "hardtanh",
+    "hardtanh_", "silu", "silu_", "gelu", "sigmoid", "hardswish", "hardswish_", "hardsigmoid", "clamp", "clamp_",
+    "add", "add_", "mul", "mul_", "sub", "div", "mean", "cat", "flatten", "view", "reshape", "permute",
+    "contiguous", "dropout", "batch_norm", "_native_batch_norm_legit_no_training", "adaptive_avg_pool2d",
+    "avg_pool2d", "max_pool2d", "softmax", "_softmax", "sym_size",
+})  # fmt: skip
+_PROGRAM_FIX = "fix: use a file written by `dsrnet export`, or an ONNX export of the model"
+
+
+def _safe_op(qualified: str) -> bool:
+    """``torch.ops.aten.conv2d.default`` (.pt2 node target), ``torch._convolution`` / ``ops.aten.relu_``
+    (TorchScript code), ``torch.ops.dsrnet.dw_pw_block.default``: an allowed aten op, or one of dsrnet's own."""
+    parts = qualified.split(".")
+    if parts[0] == "torch" and parts[1:2] == ["ops"]:
+        parts = parts[2:]
+    elif parts[0] == "torch":
+        return len(parts) == 2 and parts[1] in _SAFE_OPS
+    elif parts[0] == "ops":
+        parts = parts[1:]
+    else:
+        return False
+    if len(parts) < 2 or len(parts) > 3:
+        return False
+    return parts[0] == "dsrnet" or (parts[0] == "aten" and parts[1] in _SAFE_OPS)
+
+
 def _check_pt2(path: Path) -> None:
     """Refuse, before ``torch.export.load`` reads it, a .pt2 archive that would run code while being read:
     compiled libraries (AOTInductor packages are loaded as native code), custom/opaque pickled objects, and shape
-    expressions that are not plain arithmetic (``sympy.sympify`` evaluates them with Python's ``eval``)."""
+    expressions that are not plain arithmetic (``sympy.sympify`` evaluates them with Python's ``eval``); and one
+    whose graph calls an op outside :data:`_SAFE_OPS` (which would run when the model does)."""
     import zipfile
 
     fix = "fix: use a .pt2 written by `dsrnet export --format exported-program` (tensors and shapes only)"
@@ -197,11 +229,50 @@ def _check_pt2(path: Path) -> None:
                         if expr is not None and not (isinstance(expr, str) and _safe_expr(expr)):
                             raise DsrnetError(f"{path}: {name} has a shape expression that is not plain arithmetic "
                                               f"({str(expr)[:60]!r}), which would be evaluated as code; {fix}")  # fmt: skip
+                        target = node.get("target")
+                        if "inputs" in node and target is not None and not (isinstance(target, str) and _safe_op(target)):
+                            raise DsrnetError(f"{path}: its graph calls {str(target)[:80]}, not an op of an image "
+                                              f"classifier (it could read or write files when run); {_PROGRAM_FIX}")  # fmt: skip
                         stack.extend(node.values())
                     elif isinstance(node, list):
                         stack.extend(node)
     except zipfile.BadZipFile:
         raise DsrnetError(f"{path} is not a .pt2 archive (not a zip file); {fix}") from None
+
+
+_TS_NAME = re.compile(r"(?<![\w.])(?:torch|ops)(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_TS_DEF = re.compile(r"^\s*def\s+([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+
+
+def _check_torchscript(path: Path) -> None:
+    """Refuse, before ``torch.jit.load`` reads it, a TorchScript archive whose code does more than an image
+    classifier's forward: a method other than ``forward`` (``__setstate__`` runs while the file is LOADED) or an
+    op outside :data:`_SAFE_OPS` (``torch.from_file`` writes files when it runs). What ``dsrnet export`` writes is a
+    traced, frozen module: one ``forward`` of plain ops."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            code = [n for n in zf.namelist() if "/code/" in n and n.endswith(".py")]
+            for name in code:
+                text = zf.read(name).decode("utf-8", "replace")
+                extra = sorted(set(_TS_DEF.findall(text)) - {"forward"})
+                if extra:
+                    raise DsrnetError(f"{path}: its code defines {extra[0]}() besides forward (it would run when the "
+                                      f"file is loaded or used); {_PROGRAM_FIX}")  # fmt: skip
+                for op in _TS_NAME.findall(text):
+                    if not _safe_op(op):
+                        raise DsrnetError(f"{path}: its code calls {op[:80]}, not an op of an image classifier (it "
+                                          f"could read or write files when run); {_PROGRAM_FIX}")  # fmt: skip
+    except zipfile.BadZipFile:
+        raise DsrnetError(f"{path} is not a TorchScript archive (not a zip file); {_PROGRAM_FIX}") from None
+
+
+def load_torchscript(path: str | os.PathLike, extra_files: dict[str, Any] | None = None):
+    """``torch.jit.load`` (on the CPU) of a TorchScript file whose code is checked first (:func:`_check_torchscript`)."""
+    _check_torchscript(Path(path))
+    with _quiet():
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files or {})
 
 
 #: torch.export.load is not re-entrant, and the pickle guard patches torch process-wide: one load at a time.
@@ -325,8 +396,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             raw = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
         elif fmt == "torchscript":
             files = {METADATA_KEY: ""}
-            with _quiet():
-                torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+            load_torchscript(path, extra_files=files)
             raw = files[METADATA_KEY]
         elif fmt == "exported-program":
             files = {METADATA_KEY: ""}
