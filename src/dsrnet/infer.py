@@ -376,7 +376,7 @@ def export_weights(source: str | os.PathLike, out: str | os.PathLike, *, dtype: 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if dtype not in dtypes:
         raise DsrnetError(f"bad value for dtype: {dtype!r}; fix: use one of {', '.join(dtypes)}")
-    out = export_target(out, (".safetensors",), "OUT")
+    out = export_target(out, (".safetensors",), "OUT", source)
     model, ckpt = model_from_checkpoint(source)
     run = RunDir(Path(ckpt["path"]).parent)
     # The last epoch the test set was scored (eval_every may skip some; a finished run's final.json wins anyway).

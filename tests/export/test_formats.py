@@ -282,6 +282,35 @@ def test_export_targets_are_checked_before_anything_is_written(tiny, tmp_path, f
     assert ckpt.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_exporting_leaves_the_callers_model_mode_and_random_state_alone(tiny, tmp_path):
+    """export_model / fold_batchnorm / load_runner put the caller's model in eval mode (a model exported mid-training
+    went on training with frozen BatchNorm statistics) and reseeded the global RNG."""
+    tiny.train()
+    tiny.layer1.eval()  # a per-module mode, as a partly frozen model has
+    modes = [m.training for m in tiny.modules()]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    export_model(tiny, tmp_path / "m.pt", format="torchscript")
+    fold_batchnorm(tiny)
+    load_runner("torch", tiny)
+    assert [m.training for m in tiny.modules()] == modes
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_checkpoint_is_never_overwritten_by_its_own_export(tiny_checkpoint, tmp_path):
+    """A checkpoint outside a run folder, exported onto itself, was replaced by the TorchScript file."""
+    import shutil
+
+    path, _ = tiny_checkpoint
+    lone = tmp_path / "lone" / "ck.pt"
+    lone.parent.mkdir()
+    shutil.copy(path, lone)
+    before = lone.read_bytes()
+    with pytest.raises(dsrnet.DsrnetError, match=r"--out .*ck\.pt is the file being exported; fix:"):
+        export_model(lone, lone, format="torchscript")
+    assert lone.read_bytes() == before and sorted(p.name for p in lone.parent.iterdir()) == ["ck.pt"]
+
+
 @pytest.mark.parametrize(
     ("source", "kwargs", "match"),
     [

@@ -81,17 +81,22 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
     and the number of BatchNorm layers removed. A model FX cannot trace is returned unfolded (count 0)."""
     from torch.fx.experimental.optimization import fuse
 
-    model = model.eval()
-    before = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    modes = [(m, m.training) for m in model.modules()]  # the caller's model keeps its (per-module) mode
+    model.eval()
     try:
-        fused = fuse(model, inplace=False)
-    except Exception as err:  # noqa: BLE001 - FX raises many types on untraceable code
-        warnings.warn(
-            f"BatchNorm not folded: {type(model).__name__} is not FX-traceable ({err})", stacklevel=2
-        )
-        return copy.deepcopy(model), 0
-    after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
-    return fused.eval(), before - after
+        before = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        try:
+            fused = fuse(model, inplace=False)
+        except Exception as err:  # noqa: BLE001 - FX raises many types on untraceable code
+            warnings.warn(
+                f"BatchNorm not folded: {type(model).__name__} is not FX-traceable ({err})", stacklevel=2
+            )
+            return copy.deepcopy(model).eval(), 0
+        after = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+        return fused.eval(), before - after
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _check_format(fmt: str) -> str:
@@ -430,8 +435,17 @@ def export_model(
     module docstring. ``int8`` (ONNX only) quantises the checked fp32 file with
     :func:`dsrnet.export.quantize.quantize_onnx` calibrated on ``calib_images`` CIFAR-10 training images from
     ``data_dir``."""
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        torch.manual_seed(seed)  # a registry name gets the same random weights every time
+        return _export_model(
+            source, out, format=format, int8=int8, calib_images=calib_images, data_dir=data_dir,
+            quantizer=quantizer, image_size=image_size, num_classes=num_classes, tolerance=tolerance, seed=seed,
+        )  # fmt: skip
+
+
+def _export_model(source, out, *, format, int8, calib_images, data_dir, quantizer, image_size, num_classes,  # noqa: A002
+                  tolerance, seed) -> ExportResult:  # fmt: skip
     _check_format(format)
-    torch.manual_seed(seed)  # a registry name gets the same random weights every time
     if int8 and format != "onnx":
         raise DsrnetError(f"--int8 is available for --format onnx only, not {format}; fix: use --format onnx")
     src = source if isinstance(source, ModelSource) else load_source(
@@ -441,7 +455,7 @@ def export_model(
         raise DsrnetError("features_only models return several maps; fix: export the classifier model")
     if not tolerance >= 0:
         raise DsrnetError(f"tolerance must be a number >= 0, got {tolerance}; fix: pass e.g. --tolerance 1e-3")
-    out = export_target(out, (SUFFIXES[format],), "--out")
+    out = export_target(out, (SUFFIXES[format],), "--out", source)
     folded, n_folded = fold_batchnorm(src.model)
     metadata = src.metadata()
     metadata["batchnorm_folded"] = str(n_folded)

@@ -10,6 +10,7 @@ ImageNet statistics and ``trained = false``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -107,8 +108,10 @@ def load_source(
         # pretrained_cfg: the exported file keeps them, as predict/eval read them from it.
         cfg = getattr(source, "pretrained_cfg", None) or {}
         names = tuple(str(c) for c in cfg.get("label_names") or ())
+        # An eval-mode copy: the caller's module keeps its mode.
         return ModelSource(
-            source.eval(), name, n, size, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
+            copy.deepcopy(source).eval(), name, n, size, tuple(cfg.get("mean", IMAGENET_MEAN)),
+            tuple(cfg.get("std", IMAGENET_STD)),
             classes=names if len(names) == n else (), origin="module",
         )  # fmt: skip
     text = os.fspath(source)

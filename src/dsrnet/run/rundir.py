@@ -39,10 +39,14 @@ def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[s
     ]
 
 
-def export_target(out: str | os.PathLike, suffixes: tuple[str, ...], flag: str) -> Path:
+def export_target(out: str | os.PathLike, suffixes: tuple[str, ...], flag: str, source: object = None) -> Path:
     """``out`` checked as the file an export writes (``flag`` names it in errors): not a folder, ending in one of
-    ``suffixes``, and not one of a run folder's own files (a checkpoint is never overwritten by its export)."""
+    ``suffixes``, not one of a run folder's own files and not ``source`` itself, when that is a file (a checkpoint
+    is never overwritten by its export)."""
     out = Path(out).expanduser()
+    src = Path(source).expanduser() if isinstance(source, str | os.PathLike) else None
+    if src is not None and out.exists() and src.is_file() and out.samefile(src):
+        raise DsrnetError(f"{flag} {out} is the file being exported; fix: write the export to another file")
     if out.is_dir():
         raise DsrnetError(f"{flag} {out} is a folder; fix: name the file to write, e.g. {out / 'model'}{suffixes[0]}")
     if out.suffix.lower() not in suffixes:
