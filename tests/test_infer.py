@@ -410,6 +410,19 @@ def test_exports_without_class_names_and_misnamed_exports(tmp_path):
     as_pt2 = renamed.rename(tmp_path / "tiny.pt2")
     with pytest.raises(DsrnetError, match=r"tiny\.pt2 is TorchScript, read from files named \*\.pt; fix: rename it"):
         predict(as_pt2, [img], device="cpu")
+    # ONNX is told by content too (it was "not a checkpoint (not the zip archive torch.save writes)")
+    pytest.importorskip("onnxruntime")
+    onnx = export_model(tiny_model(), tmp_path / "tiny.onnx").path.rename(tmp_path / "model.pt")
+    for call in (lambda: predict(onnx, [img], device="cpu"), lambda: evaluate_checkpoint(onnx, device="cpu")):
+        with pytest.raises(DsrnetError, match=r"model\.pt is ONNX, read from files named \*\.onnx; fix: rename it to "
+                                              r"model\.onnx"):  # fmt: skip
+            call()
+    # OpenVINO IR names no classes or preprocessing: the ONNX file it came from is the one to pass
+    ir = tmp_path / "model.xml"
+    ir.write_text("<net/>")
+    with pytest.raises(DsrnetError, match=r"model\.xml is OpenVINO IR, which carries none of dsrnet's metadata .*fix: "
+                                          r"pass the \.onnx file"):  # fmt: skip
+        predict(ir, [img], device="cpu", backend="openvino")
 
 
 def test_predict_takes_folders_of_images(learned_run, tmp_path, capsys):
@@ -428,3 +441,39 @@ def test_predict_takes_folders_of_images(learned_run, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(cfg.out_dir), str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "holds no image files" in err and "fix:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_thin_strip_is_cut_before_it_is_resized_and_ordinary_images_are_untouched():
+    """A 1x100000 PNG (far under the pixel limit) was resized to 32 x 3,200,000 pixels (1.3 GB) before the crop."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    from dsrnet.infer import INTERPOLATION, MAX_ASPECT, _cut_long_side, transforms
+
+    strip = Image.new("RGB", (1, 100_000), (200, 10, 10))
+    assert _cut_long_side(strip).size == (1, MAX_ASPECT)
+    assert _cut_long_side(torch.zeros(3, 5, 100_000)).shape == (3, 5, 5 * MAX_ASPECT)
+    assert transforms(32, [0.5] * 3, [0.5] * 3)(strip).shape == (3, 32, 32)
+    rng = np.random.default_rng(0)
+    for w, h in ((200, 150), (MAX_ASPECT * 32, 32), (17, 300)):  # up to 64:1: exactly torchvision's pipeline
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        assert _cut_long_side(im) is im
+        plain = v2.Compose([v2.Resize(32, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
+                            v2.CenterCrop(32), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
+        assert torch.equal(transforms(32, [0, 0, 0], [1, 1, 1])(im), plain(im))
+
+
+def test_an_export_is_scored_on_the_same_test_subset_as_its_run(cifar10_dir, tmp_path):
+    """The run's seed picks its test subset; an export did not record it, so `eval --test-subset-per-class` scored
+    the exported file on other images than the run it came from (a false fp32-vs-int8 difference)."""
+    from dsrnet.export import export_model
+    from dsrnet.train import train
+    from tests.conftest import tiny
+
+    cfg = tiny(tmp_path, cifar10_dir, epochs=1, subset_per_class=4, test_subset_per_class=2, seed=5)
+    train(cfg)
+    exported = export_model(cfg.out_dir, tmp_path / "m.pt", format="torchscript").path
+    kwargs = {"data_dir": str(cifar10_dir), "test_subset_per_class": 7, "device": "cpu"}
+    run = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "e1", **kwargs)
+    file = evaluate_checkpoint(exported, out_dir=tmp_path / "e2", **kwargs)
+    assert file["test_loss"] == pytest.approx(run["test_loss"], rel=1e-5)
+    assert file["top1_error"] == run["top1_error"] and file["top3_error"] == run["top3_error"]

@@ -92,9 +92,10 @@ def evaluate_checkpoint(
     if batch_size is None:
         batch_size = EVAL_BATCH_GPU if torch.device(dev).type == "cuda" else EVAL_BATCH_CPU
     test = D.load_split(info["dataset"], "test", data_dir, download=download)
-    if test_subset_per_class:  # the run's seed picks the same images its test subset had
+    if test_subset_per_class:  # the run's seed (its exports record it) picks the images its test subset had
+        seed = info.get("seed")
         test = test.subset_per_class(
-            test_subset_per_class, (ckpt.get("config") or {}).get("seed", 0), what="--test-subset-per-class (test split)"
+            test_subset_per_class, 0 if seed is None else int(seed), what="--test-subset-per-class (test split)"
         )
     images = test.images
     if images.shape[1] != info["image_size"]:  # a model exported/trained at another size: predict's resize
@@ -180,15 +181,34 @@ def open_image(path: str | os.PathLike):
         raise DsrnetError(f"cannot read image {path} ({err}); fix: pass a PNG/JPEG/... image file") from None
 
 
+#: The widest aspect ratio :func:`transforms` resizes whole: a 1x100000 strip (far below the pixel limit) resized
+#: by its shorter side would be 32 x 3,200,000 pixels, so a longer side is first cut to this many times the shorter
+#: one, around the centre the final crop keeps (up to 64:1 nothing changes).
+MAX_ASPECT = 64
+
+
+def _cut_long_side(image):
+    """The centre of a PIL image (or (..., H, W) tensor) with its longer side at most :data:`MAX_ASPECT` times the
+    shorter one; the image itself when it already is."""
+    w, h = image.size if hasattr(image, "size") and not isinstance(image, torch.Tensor) else image.shape[-1:-3:-1]
+    cw, ch = min(w, MAX_ASPECT * h), min(h, MAX_ASPECT * w)
+    if (cw, ch) == (w, h):
+        return image
+    left, top = (w - cw) // 2, (h - ch) // 2
+    if isinstance(image, torch.Tensor):
+        return image[..., top : top + ch, left : left + cw]
+    return image.crop((left, top, left + cw, top + ch))
+
+
 def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True):
     """The evaluation preprocessing of a trained model, as torchvision's ``weights.transforms()``: shorter side
-    resized to ``image_size`` (bicubic, antialiased), centre crop, float in [0, 1], normalised with the training
-    ``mean``/``std``. Takes a PIL image (or uint8 tensor), returns a (3, S, S) float tensor."""
-    from torchvision.transforms import InterpolationMode, v2
+    resized to ``image_size`` (bicubic, antialiased; a strip wider than :data:`MAX_ASPECT`:1 cut first), centre
+    crop, float in [0, 1], normalised with the training ``mean``/``std``. Takes a PIL image (or uint8 tensor),
+    returns a (3, S, S) float tensor."""
+    from torchvision.transforms import v2
 
     steps = [
-        v2.Resize(image_size, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
-        v2.CenterCrop(image_size),
+        *_resize_crop(image_size).transforms,
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
     ]
@@ -200,7 +220,7 @@ def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, 
 def _resize_crop(size: int):
     from torchvision.transforms import InterpolationMode, v2
 
-    return v2.Compose([v2.Resize(size, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
+    return v2.Compose([_cut_long_side, v2.Resize(size, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
                        v2.CenterCrop(size)])  # fmt: skip
 
 
@@ -257,6 +277,15 @@ def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dic
         raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
     dev = resolve_device(device)
     kind = _exported_kind(source)
+    if kind == "OpenVINO IR":
+        raise DsrnetError(
+            f"{source} is OpenVINO IR, which carries none of dsrnet's metadata (classes, preprocessing); fix: pass the "
+            f".onnx file it was converted from, with --backend openvino"
+        )
+    if kind is not None:
+        from dsrnet.export.formats import check_export_name
+
+        check_export_name(source)  # a misnamed file: the rename, before any backend is picked for it
     if backend == "auto":
         from dsrnet.export.backends import best_cpu_backend
 

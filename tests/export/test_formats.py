@@ -59,6 +59,14 @@ def test_round_trip_matches_pytorch_with_dynamic_batch_and_metadata(fmt, tiny, t
     assert meta["batchnorm_folded"] == str(_bn_count(tiny))
 
 
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "exported-program"])
+def test_the_batch_dimension_has_no_upper_bound(fmt, tiny, tmp_path):
+    """A .pt2 refused batches over 4096 with a guard's traceback ("dynamic in every format", says the README)."""
+    out = tmp_path / f"tiny{SUFFIXES[fmt]}"
+    export_model(tiny, out, format=fmt, image_size=8)
+    assert load_runner(_runner_backend(fmt), out)(torch.randn(4097, 3, 8, 8)).shape == (4097, 10)
+
+
 @needs_onnx
 def test_onnx_graph_has_no_batchnorm_and_stores_metadata_props(tiny, tmp_path):
     import onnx
@@ -251,7 +259,8 @@ def test_torchscript_and_pt2_files_that_would_write_files_are_refused_before_loa
 @pytest.mark.parametrize(
     ("error", "fix"),
     [(ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_2_11'"), r'pip install -U "dsrnet\[onnx\]"'),
-     (RuntimeError("unsupported operator"), "try another --format")],
+     (RuntimeError("unsupported operator"), "try another --format"),
+     (RuntimeError("\x1b[96mConversionError\x1b[0m: no symbolic\nstep 3/3"), r"try another --format")],
 )  # fmt: skip
 def test_exporter_failures_are_one_line_with_a_fix(error, fix, tiny, tmp_path, monkeypatch):
     # An onnxscript too old for this torch fails inside torch.onnx with an ImportError: the fix is an upgrade.
@@ -261,8 +270,15 @@ def test_exporter_failures_are_one_line_with_a_fix(error, fix, tiny, tmp_path, m
         raise error
 
     monkeypatch.setitem(formats._WRITERS, "onnx", broken_writer)
-    with pytest.raises(dsrnet.DsrnetError, match=rf"exporting .* to onnx failed \({type(error).__name__}: .*; fix: {fix}"):
+    with pytest.raises(dsrnet.DsrnetError, match=rf"exporting .* to onnx failed \({type(error).__name__}: .*; fix: {fix}") as err:
         export_model(tiny, tmp_path / "m.onnx")
+    assert "\x1b" not in str(err.value) and "\n" not in str(err.value)  # the exporter's colours and later lines
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fused_model_is_refused_for_onnx_with_the_fix(tiny, tmp_path):
+    with pytest.raises(dsrnet.DsrnetError, match=r"fuse\(\)d DSRNet runs dsrnet's own kernels, which ONNX cannot hold"):
+        export_model(dsrnet.fuse(tiny), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
 

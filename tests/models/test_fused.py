@@ -205,6 +205,17 @@ def test_fuse_rejects_what_it_cannot_fuse():
         dsrnet.fuse(DSRNet(stem="cifar", **TINY), mode="fast")
 
 
+def test_a_fused_model_is_for_inference_only():
+    """train() was accepted (the eval form ran on), backward failed inside a kernel, and with separable=False
+    backward silently trained only some of the parameters."""
+    for separable in (True, False):
+        fused = dsrnet.fuse(DSRNet(stem="cifar", separable=separable, **TINY))
+        with pytest.raises(DsrnetError, match=r"fuse\(\)d DSRNet is for inference only .*fix: train the model before"):
+            fused.train()
+        assert not fused.training and fused.eval() is fused
+        assert not any(p.requires_grad for p in fused.parameters())
+
+
 @needs_interpreter
 def test_create_model_fused_is_the_fused_form_of_the_same_weights(tmp_path):
     torch.manual_seed(0)

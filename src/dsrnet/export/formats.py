@@ -348,7 +348,7 @@ def _export_program(model: nn.Module, image_size: int, metadata: dict[str, str],
     x = torch.randn(_EXAMPLE_BATCH, 3, image_size, image_size)
     with _quiet(), torch.no_grad():
         program = torch.export.export(
-            model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)
+            model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)
         )
     extra = {METADATA_KEY: json.dumps(metadata)}
     return atomic_write(out, lambda f: torch.export.save(program, f, extra_files=extra))
@@ -374,13 +374,14 @@ def guess_format(path: str | os.PathLike) -> str:
 
 
 def check_export_name(path: str | os.PathLike) -> None:
-    """A TorchScript or ExportedProgram file (recognised by content) under another suffix is one DsrnetError
+    """A TorchScript, ExportedProgram or ONNX file (recognised by content) under another suffix is one DsrnetError
     naming the rename; anything else passes."""
     from dsrnet.run.checkpoint import exported_kind
 
     path = Path(path)
     kind = exported_kind(path)
-    wanted = {"TorchScript": SUFFIXES["torchscript"], "an ExportedProgram": SUFFIXES["exported-program"]}.get(kind)
+    wanted = {"TorchScript": SUFFIXES["torchscript"], "an ExportedProgram": SUFFIXES["exported-program"],
+              "ONNX": SUFFIXES["onnx"]}.get(kind)  # fmt: skip
     if wanted and wanted != path.suffix.lower():
         raise DsrnetError(f"{path} is {kind}, read from files named *{wanted}; fix: rename it to "
                           f"{path.with_suffix(wanted).name}")  # fmt: skip
@@ -392,6 +393,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DsrnetError(f"exported model {path} not found; fix: pass a file written by `dsrnet export`")
+    check_export_name(path)  # read by its suffix's reader: a misnamed file gets the rename, not a parse error
     fmt = guess_format(path)
     raw: str | bytes | None = None
     try:
@@ -453,6 +455,11 @@ def _export_model(source, out, *, format, int8, calib_images, data_dir, quantize
     )  # fmt: skip
     if getattr(src.model, "features_only", False):
         raise DsrnetError("features_only models return several maps; fix: export the classifier model")
+    if format == "onnx" and type(src.model).__name__ == "FusedDSRNet":
+        raise DsrnetError(
+            "a fuse()d DSRNet runs dsrnet's own kernels, which ONNX cannot hold; fix: export the model before fuse() "
+            "(the export folds BatchNorm itself), or use --format torchscript / exported-program"
+        )
     if not tolerance >= 0:
         raise DsrnetError(f"tolerance must be a number >= 0, got {tolerance}; fix: pass e.g. --tolerance 1e-3")
     out = export_target(out, (SUFFIXES[format],), "--out", source)
@@ -469,7 +476,8 @@ def _export_model(source, out, *, format, int8, calib_images, data_dir, quantize
         except DsrnetError:
             raise
         except Exception as err:  # noqa: BLE001 - surface exporter failures as one line
-            msg = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # the ONNX exporter colours its messages
+            msg = text.splitlines()[0][:300] if text else ""
             # An ImportError inside the exporter: an onnx/onnxscript too old or too new for this torch.
             fix = (
                 'pip install -U "dsrnet[onnx]" (onnx, onnxruntime, onnxscript >= 0.6)'

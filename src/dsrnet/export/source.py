@@ -65,7 +65,7 @@ def parse_metadata(meta: dict[str, str]) -> dict[str, Any]:
     for key in ("mean", "std", "classes"):
         if key in out:
             out[key] = json.loads(out[key])
-    for key in ("num_classes", "image_size"):
+    for key in ("num_classes", "image_size", "seed"):
         if key in out:
             out[key] = int(out[key])
     if "trained" in out:
@@ -175,5 +175,6 @@ def _from_trained(path: Path | str, image_size: int | None, num_classes: int | N
         classes=tuple(info["classes"]),
         trained=True,
         origin=f"{kind}:{info['name']}",
-        extra={"dataset": info.get("dataset") or "", "model_kwargs": info.get("model_kwargs") or {}},
+        extra={"dataset": info.get("dataset") or "", "model_kwargs": info.get("model_kwargs") or {},
+               **({"seed": str(info["seed"])} if info.get("seed") is not None else {})},  # fmt: skip
     )

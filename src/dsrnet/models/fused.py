@@ -124,6 +124,16 @@ class FusedDSRNet(nn.Module):
         self.global_pool = model.global_pool
         self.fc = model.fc
 
+    def train(self, mode: bool = True) -> FusedDSRNet:
+        """Inference only: ``train()`` is one clear error (BatchNorm is folded away and the fused kernels have no
+        backward; it ran the eval form silently, and backward failed inside a kernel)."""
+        if mode:
+            raise DsrnetError(
+                "a fuse()d DSRNet is for inference only (BatchNorm folded, no backward); fix: train the model before "
+                "fuse() (dsrnet.use_triton_dwconv(model) runs its depthwise convs with the Triton kernels in training)"
+            )
+        return super().train(False)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(F.relu(self.conv1(x), inplace=True))
@@ -154,7 +164,8 @@ def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
         raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
     dtype = next(model.parameters()).dtype
     source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
-    return FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
+    fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
+    return fused.requires_grad_(False)  # nothing in it trains (see FusedDSRNet.train)
 
 
 class TritonDepthwiseConv2d(nn.Conv2d):

@@ -516,7 +516,8 @@ def model_from_checkpoint(
 
 def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
     """A trained model in eval mode and what preprocessing and export need (``name``, ``model``,
-    ``num_classes``, ``classes``, ``image_size``, ``mean``, ``std``, ``dataset``, ``model_kwargs``, and for a
+    ``num_classes``, ``classes``, ``image_size``, ``mean``, ``std``, ``dataset``, ``seed`` (the training run's,
+    where recorded), ``model_kwargs``, and for a
     training checkpoint the loaded ``checkpoint`` itself), from: a weights
     tag (``"dsrnet50_cifar.c10"``), a ``.safetensors`` weights file, or a ``dsrnet train`` checkpoint / run folder.
     Non-finite weights are refused."""
@@ -532,6 +533,7 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
             "name": source,
             "model": meta["model"],
             "dataset": meta.get("dataset"),
+            "seed": meta.get("seed"),
             "model_kwargs": dict(meta.get("model_kwargs") or {}),
             "classes": list(cfg.get("label_names") or range(model.num_classes)),
             "image_size": int(cfg["input_size"][-1]),
@@ -552,6 +554,7 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
             "name": str(source),
             "model": meta["model"],
             "dataset": meta.get("dataset"),
+            "seed": meta.get("seed"),
             "model_kwargs": dict(meta.get("model_kwargs") or {}),
             "classes": list(meta["class_names"]),
             "image_size": int(meta["input_size"][-1]),
@@ -567,7 +570,8 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
             )
         model, ckpt = model_from_checkpoint(source)
         info = {k: ckpt[k] for k in ("model", "classes", "image_size", "mean", "std", "dataset")}
-        info.update(name=ckpt["path"], model_kwargs=dict(ckpt.get("model_kwargs") or {}), checkpoint=ckpt)
+        info.update(name=ckpt["path"], model_kwargs=dict(ckpt.get("model_kwargs") or {}), checkpoint=ckpt,
+                    seed=(ckpt.get("config") or {}).get("seed"))  # fmt: skip
     nonfinite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if nonfinite:
         raise DsrnetError(f"{source} holds non-finite weights (e.g. {nonfinite[0]}); fix: use weights of a run "

@@ -134,8 +134,24 @@ def exported_kind(path: str | os.PathLike) -> str | None:
         return "TorchScript"
     if any(n.endswith("/archive_format") for n in names):
         return "an ExportedProgram"
+    if not names and _is_onnx(path):
+        return "ONNX"
     named = {".onnx": "ONNX", ".xml": "OpenVINO IR", ".safetensors": "safetensors weights", ".pt2": "an ExportedProgram"}
     return named.get(path.suffix.lower())
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX model by content: a protobuf ``ModelProto`` (its first field, ``ir_version``, is tag byte 0x08) that
+    the onnx package parses into a graph with nodes (False where onnx is not installed)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(1) != b"\x08":
+                return False
+        import onnx
+
+        return len(onnx.load_model(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # noqa: BLE001 - not ONNX, whatever the parser says
+        return False
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
