@@ -37,3 +37,29 @@ def test_helpers_follow_the_mode_triton_was_imported_in():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["helper"] == "InterpretedFunction" and out["interpreted"] and out["err"] < 1e-5
+
+
+LATE = """
+import json, os
+os.environ.pop("TRITON_INTERPRET", None)
+import triton.language  # Triton's own helpers are compiled-mode now
+import torch, torch.nn.functional as F
+from dsrnet.kernels import ops
+os.environ["TRITON_INTERPRET"] = "1"  # switched on too late for this process
+x = torch.randn(1, 8, 5, 6).contiguous(memory_format=torch.channels_last)
+w = torch.randn(8, 1, 3, 3)
+out = ops.dwconv2d(x, w, None, 1, 2, False)
+print(json.dumps({"usable": ops.triton_usable(x), "err": float((out - F.conv2d(x, w, None, 1, 2, 2, 8)).abs().max())}))
+"""
+
+
+def test_an_interpreter_switched_on_after_triton_was_imported_means_the_fallback():
+    """triton_usable said yes on a CPU once TRITON_INTERPRET=1 was set, even after Triton had built its helpers
+    compiled: the launch then failed with "Cannot call @triton.jit'd outside of the scope of a kernel"."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DSRNET_DISABLE_TRITON")}
+    env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", LATE], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["usable"] is False and out["err"] < 1e-5

@@ -100,7 +100,7 @@ def test_dwconv2d_affine_relu_matches_bn_relu_then_conv2d_forward_and_backward(d
         _close(g, e, 1e-4)
 
 
-def test_dwconv2d_affine_relu_bf16_and_fallback_agree():
+def test_dwconv2d_affine_relu_bf16_within_bf16_tolerance():
     x, weight, _ = _dw_inputs(torch.bfloat16, c=33, h=6, w=5, n=2)
     leaves = tuple(t.requires_grad_() for t in (x, *_affine_inputs(33), weight))
     grad = torch.randn(2, 33, 3, 3).to(torch.bfloat16)
@@ -223,6 +223,8 @@ def _block_reference(x, w_dw, b_dw, w_pw, b_pw, shortcut, w_ds, b_ds, stride, di
         (2, 2, "downsample", torch.bfloat16),
         (3, 1, "identity", torch.bfloat16),
         (1, 1, "identity", torch.float16),
+        # an fp32 shortcut and downsample weights beside fp16 activations: tl.dot got an fp32 tile against fp16
+        (2, 2, "downsample-fp32", torch.float16),
     ],
 )
 def test_dw_pw_block_matches_unfused_convs(dilation, stride, shortcut, dtype):
@@ -244,10 +246,11 @@ def test_dw_pw_block_matches_unfused_convs(dilation, stride, shortcut, dtype):
         wds_kn, bias = w_ds[:, :, 0, 0].t().contiguous(), b_pw + b_ds
     ref = _block_reference(x, w_dw, b_dw, w_pw, b_pw, sc, None if wds_kn is None else w_ds, b_ds,
                            stride, dilation, ds_stride)  # fmt: skip
-    cast = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
+    cast = (lambda t, to=dtype: None if t is None else t.to(to))  # noqa: E731
+    sc_dtype = torch.float32 if shortcut.endswith("fp32") else dtype
     y = ops.dw_pw_block(
         cast(x), cast(ops.pack_taps(w_dw)), cast(b_dw), cast(w_pw[:, :, 0, 0].t().contiguous()), cast(bias),
-        cast(sc), cast(wds_kn), stride, dilation, ds_stride,
+        cast(sc, sc_dtype), cast(wds_kn, sc_dtype), stride, dilation, ds_stride,
     )  # fmt: skip
     assert y.shape == ref.shape and y.dtype == dtype
     _close(y, ref, {torch.float32: 1e-4, torch.float16: 5e-3}.get(dtype, 2e-2))

@@ -18,7 +18,7 @@ from torch import nn
 
 import dsrnet
 from dsrnet.errors import DsrnetError
-from dsrnet.models.dsrnet import DSRNet
+from dsrnet.models.dsrnet import DSRBlock, DSRNet
 from tests.conftest import REPO
 
 pytest.importorskip("triton")
@@ -185,6 +185,46 @@ def test_bn_relu_form_refuses_what_it_cannot_fuse(cifar10_dir, tmp_path, monkeyp
     assert [type(b).__name__ for b in (model.layer1[0], model.layer2[0])] == ["DSRBlock", "BNReLUIntoDepthwiseBlock"]
 
 
+def test_bn_relu_block_whose_batchnorm_is_swapped_later_runs_that_batchnorm(monkeypatch):
+    """The fusion was decided once, at the swap: a BatchNorm replaced afterwards (frozen for fine-tuning, or
+    SyncBatchNorm) was bypassed (its batch statistics used) or crashed the forward."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    monkeypatch.delenv("TRITON_INTERPRET")  # module plumbing: the PyTorch fallback computes the same thing
+    torch.manual_seed(0)
+    model = dsrnet.use_triton_dwconv(DSRNet(stem="cifar", layers=(1, 1, 1, 1), widths=(4, 8, 8, 8)), bn_relu=True)
+    block = model.layer1[0]
+    assert type(block).__name__ == "BNReLUIntoDepthwiseBlock"
+    frozen = FrozenBatchNorm2d(4)
+    frozen.running_mean.copy_(torch.randn(4))
+    frozen.weight.copy_(torch.rand(4) + 0.5)
+    block.bn1 = frozen
+    x = torch.randn(2, 4, 6, 6)  # the stem's 4 channels
+    model.train()
+    with torch.no_grad():
+        got = block(x)
+        want = DSRBlock.forward(block, x)
+    torch.testing.assert_close(got, want)
+
+
+def test_bn_relu_dwconv_on_empty_and_one_value_batches_behaves_as_batchnorm(monkeypatch):
+    """An empty batch turned the running statistics into NaN for good; one value per channel trained on zeros."""
+    from dsrnet.models.fused import bn_relu_dwconv
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    bn, eager_bn = nn.BatchNorm2d(3).train(), nn.BatchNorm2d(3).train()
+    conv = nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False)
+    empty = torch.randn(0, 3, 4, 4)
+    assert bn_relu_dwconv(empty, bn, conv).shape == (0, 3, 4, 4)
+    eager_bn(empty)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(bn, name), getattr(eager_bn, name), msg=name)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        eager_bn(torch.randn(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        bn_relu_dwconv(torch.randn(1, 3, 1, 1), bn, conv)
+
+
 @pytest.mark.parametrize("bn_relu", [False, True])
 def test_fuse_accepts_a_model_already_using_triton_dwconv(monkeypatch, bn_relu):
     monkeypatch.delenv("TRITON_INTERPRET")  # the PyTorch fallback: this is about module plumbing, not kernels
@@ -203,6 +243,10 @@ def test_fuse_rejects_what_it_cannot_fuse():
         dsrnet.fuse(DSRNet(stem="cifar", features_only=True, **TINY))
     with pytest.raises(DsrnetError, match="mode="):
         dsrnet.fuse(DSRNet(stem="cifar", **TINY), mode="fast")
+    stateless = DSRNet(stem="cifar", **TINY)
+    stateless.layer1[0].bn2 = nn.BatchNorm2d(stateless.layer1[0].bn2.num_features, track_running_stats=False)
+    with pytest.raises(DsrnetError, match=r"BatchNorm layer1\.0\.bn2 keeps no running statistics .* cannot be folded"):
+        dsrnet.fuse(stateless)
 
 
 def test_a_fused_model_is_for_inference_only():
@@ -214,6 +258,7 @@ def test_a_fused_model_is_for_inference_only():
             fused.train()
         assert not fused.training and fused.eval() is fused
         assert not any(p.requires_grad for p in fused.parameters())
+        assert fused.in_chans == 3 and fused.default_cfg is fused.pretrained_cfg  # what timm's scripts read
 
 
 @needs_interpreter

@@ -51,6 +51,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def helpers_interpreted() -> bool:
+    """Whether ``triton.language``'s own jitted helpers (``tl.zeros``, ``tl.sum``, ...) were built for the
+    interpreter, i.e. ``TRITON_INTERPRET`` was set when Triton was first imported: an interpreted kernel can only
+    call helpers of its own mode, so setting the variable later does not make the kernels runnable on a CPU."""
+    import triton.language.standard as standard
+
+    return type(standard.zeros).__name__ == "InterpretedFunction"
+
+
 def autotuning() -> bool:
     """Whether to autotune block sizes (``DSRNET_TRITON_AUTOTUNE=0``: the first config only, no tuning runs)."""
     return os.environ.get("DSRNET_TRITON_AUTOTUNE", "1") != "0"
@@ -208,9 +217,7 @@ def _cfg(num_warps=4, num_stages=2, **meta):
 # ---------------------------------------------------------------------------------------------------------------
 def _jit_as_triton(fn):
     """``triton.jit(fn)`` in the mode of ``triton.language``'s own helpers."""
-    import triton.language.standard as standard
-
-    mode = "1" if type(standard.zeros).__name__ == "InterpretedFunction" else "0"
+    mode = "1" if helpers_interpreted() else "0"
     before = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = mode
     try:

@@ -55,7 +55,7 @@ def triton_usable(t: torch.Tensor, out_numel: int = 0) -> bool:
         return False
     if t.device.type == "cuda":
         return True
-    return t.device.type == "cpu" and _tk.interpreting()
+    return t.device.type == "cpu" and _tk.interpreting() and _tk.helpers_interpreted()
 
 
 def precompile(fn, workers: int | None = None):
@@ -523,7 +523,7 @@ def dw_pw_block(
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
     kind = 0 if shortcut is None else (1 if w_ds is None else 2)
-    r = y if shortcut is None else _channels_inner(shortcut)
+    r = y if shortcut is None else _channels_inner(shortcut.to(x.dtype))  # tl.dot: one dtype for both operands
     kds = 0 if w_ds is None else w_ds.shape[0]
     with _launch(x):
         _tk.dw_pw[_gemm_grid(m, nout)](

@@ -115,7 +115,9 @@ class FusedDSRNet(nn.Module):
         super().__init__()
         self.num_classes = model.num_classes
         self.num_features = model.num_features
+        self.in_chans = model.in_chans
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+        self.default_cfg = self.pretrained_cfg  # timm's older name, as DSRNet has it
         self.conv1 = fuse_conv_bn_eval(model.conv1, model.bn1)
         self.maxpool = model.maxpool
         for idx in range(1, 5):
@@ -162,6 +164,13 @@ def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
         raise DsrnetError("fuse() builds classifiers: create the model without features_only=True")
     if mode not in FUSE_MODES:
         raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
+    stateless = next((n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                      and (m.running_mean is None or m.running_var is None)), None)  # fmt: skip
+    if stateless is not None:
+        raise DsrnetError(
+            f"BatchNorm {stateless} keeps no running statistics (track_running_stats=False), so it cannot be folded; "
+            f"fix: fuse a model whose BatchNorms track them"
+        )
     dtype = next(model.parameters()).dtype
     source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
     fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
@@ -197,14 +206,18 @@ def bn_relu_dwconv(x: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torc
     for normalising, unbiased for the running average, as ``nn.BatchNorm2d`` does), computed first by one
     reduction; in eval, the running ones. Gradients reach ``x`` (through the statistics too), ``bn.weight``,
     ``bn.bias`` and ``conv.weight``."""
-    if bn.training:
+    count = x.numel() // x.shape[1]
+    if bn.training and count == 1:  # nn.BatchNorm2d's own refusal: one value has no variance
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
+    if bn.training and count > 1:
         var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
         with torch.no_grad():  # the running statistics, as nn.BatchNorm2d updates them (momentum set)
-            count = x.numel() // x.shape[1]
             bn.num_batches_tracked.add_(1)
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
-            bn.running_var.lerp_((var * (count / max(count - 1, 1))).to(bn.running_var.dtype), bn.momentum)
-    else:
+            bn.running_var.lerp_((var * (count / (count - 1))).to(bn.running_var.dtype), bn.momentum)
+    else:  # eval; or an empty batch in training, which leaves the statistics as they were (as nn.BatchNorm2d)
+        if bn.training:
+            bn.num_batches_tracked.add_(1)
         mean, var = bn.running_mean, bn.running_var
     scale = bn.weight * torch.rsqrt(var + bn.eps)
     return ops.dwconv2d_affine_relu(x, mean, scale, bn.bias, conv.weight, conv.stride[0], conv.dilation[0])
@@ -227,6 +240,8 @@ class BNReLUIntoDepthwiseBlock(DSRBlock):
     ``use_triton_dwconv(model, bn_relu=True)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _bn_relu_fusable(self):  # bn1 replaced since (SyncBatchNorm, a frozen BN): its own forward runs
+            return super().forward(x)
         shortcut = x if self.downsample is None else self.downsample(x)
         x = bn_relu_dwconv(self.conv1(x), self.bn1, self.conv_dw)
         x = self.act(self.bn2(x))
