@@ -29,13 +29,18 @@ print(json.dumps({"helper": type(_triton._dw_taps).__name__, "interpreted": _tri
 """
 
 
-def test_helpers_follow_the_mode_triton_was_imported_in():
+def _run(code: str) -> dict:
+    """``code`` in a fresh process (Triton's import mode is per process); its last stdout line as JSON."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DSRNET_DISABLE_TRITON")}
     env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_helpers_follow_the_mode_triton_was_imported_in():
+    out = _run(CODE)
     assert out["helper"] == "InterpretedFunction" and out["interpreted"] and out["err"] < 1e-5
 
 
@@ -56,10 +61,5 @@ print(json.dumps({"usable": ops.triton_usable(x), "err": float((out - F.conv2d(x
 def test_an_interpreter_switched_on_after_triton_was_imported_means_the_fallback():
     """triton_usable said yes on a CPU once TRITON_INTERPRET=1 was set, even after Triton had built its helpers
     compiled: the launch then failed with "Cannot call @triton.jit'd outside of the scope of a kernel"."""
-    pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "DSRNET_DISABLE_TRITON")}
-    env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", LATE], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _run(LATE)
     assert out["usable"] is False and out["err"] < 1e-5
