@@ -477,3 +477,16 @@ def test_an_export_is_scored_on_the_same_test_subset_as_its_run(cifar10_dir, tmp
     file = evaluate_checkpoint(exported, out_dir=tmp_path / "e2", **kwargs)
     assert file["test_loss"] == pytest.approx(run["test_loss"], rel=1e-5)
     assert file["top1_error"] == run["top1_error"] and file["top3_error"] == run["top3_error"]
+
+
+def test_eval_refuses_a_test_split_missing_a_class(cifar10_dir, tmp_path):
+    """Training refused such a split, eval scored it over the other nine classes and said nothing."""
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    with np.load(cifar10_dir / "cifar10" / "test.npz") as z:
+        keep = z["labels"][:300] != 3
+        np.savez(folder / "test.npz", images=z["images"][:300][keep], labels=z["labels"][:300][keep])
+    with pytest.raises(DsrnetError, match=r"the cifar10 test split in .* has no image of class 3 \(cat\)"):
+        evaluate_checkpoint("dsrnet50_cifar.c10", data_dir=str(tmp_path / "data"), device="cpu",
+                            out_dir=tmp_path / "eval")  # fmt: skip
+    assert not (tmp_path / "eval").exists()

@@ -92,6 +92,7 @@ def evaluate_checkpoint(
     if batch_size is None:
         batch_size = EVAL_BATCH_GPU if torch.device(dev).type == "cuda" else EVAL_BATCH_CPU
     test = D.load_split(info["dataset"], "test", data_dir, download=download)
+    D.require_every_class(test, info["dataset"], "test", data_dir)
     if test_subset_per_class:  # the run's seed (its exports record it) picks the images its test subset had
         seed = info.get("seed")
         test = test.subset_per_class(

@@ -11,6 +11,7 @@ import copy
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -249,16 +250,29 @@ def test_fuse_rejects_what_it_cannot_fuse():
         dsrnet.fuse(stateless)
 
 
-def test_a_fused_model_is_for_inference_only():
-    """train() was accepted (the eval form ran on), backward failed inside a kernel, and with separable=False
-    backward silently trained only some of the parameters."""
+def test_a_fused_model_is_for_inference_only_and_works_as_a_frozen_backbone():
+    """train() was accepted silently (the eval form ran on) and backward failed inside a kernel; with
+    separable=False backward trained only some parameters. Now it stays in eval mode, says so once, and holds
+    nothing trainable, so a parent module with a trainable head still trains."""
     for separable in (True, False):
         fused = dsrnet.fuse(DSRNet(stem="cifar", separable=separable, **TINY))
-        with pytest.raises(DsrnetError, match=r"fuse\(\)d DSRNet is for inference only .*fix: train the model before"):
-            fused.train()
+        with pytest.warns(UserWarning, match=r"fuse\(\)d DSRNet is for inference only and stays in eval mode"):
+            assert fused.train() is fused
         assert not fused.training and fused.eval() is fused
         assert not any(p.requires_grad for p in fused.parameters())
         assert fused.in_chans == 3 and fused.default_cfg is fused.pretrained_cfg  # what timm's scripts read
+    backbone = dsrnet.fuse(DSRNet(stem="cifar", **{**TINY, "num_classes": 0}))
+    net = nn.Sequential(backbone, nn.Linear(backbone.num_features, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once already? no: a new model warns once, then never again
+        with pytest.warns(UserWarning):
+            net.train()
+        net.train()
+    head = net[1].weight.detach().clone()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    nn.functional.cross_entropy(net(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    assert not torch.equal(net[1].weight, head) and not backbone.training
 
 
 @needs_interpreter

@@ -8,6 +8,7 @@ from dsrnet.data.datasets import (
     channel_stats,
     default_data_dir,
     load_split,
+    require_every_class,
     subset_per_class,
 )
 from dsrnet.data.loader import PAD_FILLS, DeviceLoader, crop_flip, cutout
@@ -23,5 +24,6 @@ __all__ = [
     "cutout",
     "default_data_dir",
     "load_split",
+    "require_every_class",
     "subset_per_class",
 ]

@@ -48,6 +48,7 @@ __all__ = [
     "channel_stats",
     "default_data_dir",
     "load_split",
+    "require_every_class",
     "subset_per_class",
 ]
 
@@ -494,6 +495,20 @@ def _read_stl10(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
 
 
 # --------------------------------------------------------------------------------------------- subsets, stats
+
+
+def require_every_class(data: ArraySplit, name: str, split: str, data_dir: str | os.PathLike | None) -> None:
+    """Raise unless ``data`` (split ``split`` of dataset ``name``) holds an image of every class: a model trained
+    without one would never predict it, and a test split without one is scored over the others, and nothing else
+    would say so."""
+    info = _info(name)
+    absent = sorted(set(range(info.num_classes)) - set(np.unique(data.labels).tolist()))
+    if absent:
+        raise DsrnetError(
+            f"the {name} {split} split in {data_dir or default_data_dir()} has no image of class {absent[0]} "
+            f"({info.classes[absent[0]]}){' and others' if len(absent) > 1 else ''}; fix: rebuild its array cache "
+            f"from the official files (delete {name}/{split}.npz there)"
+        )
 
 
 def subset_per_class(

@@ -177,16 +177,43 @@ def _safe_expr(expr: str) -> bool:
 
 
 #: The ops the graph of an exported image classifier may call: dsrnet's models (plain and fused: the ``dsrnet``
-#: custom ops), the baselines, common activations and pooling. A TorchScript or .pt2 file is a program: an op such
-#: as ``aten::from_file`` reads or writes files when the model RUNS, so a file calling any op outside this list is
-#: refused before it is loaded (ONNX files run on onnxruntime/OpenVINO and are not programs in this sense).
+#: custom ops), the baselines, and the pure tensor ops of common vision models (activations, norms, pooling,
+#: shape ops, attention). A TorchScript or .pt2 file is a program: an op such as ``aten::from_file`` or
+#: ``aten::save`` reads or writes files when the model RUNS, so a file calling any op outside this list is refused
+#: before it is loaded (ONNX files run on onnxruntime/OpenVINO and are not programs in this sense).
 _SAFE_OPS = frozenset({
-    "conv2d", "_convolution", "convolution", "linear", "addmm", "mm", "matmul", "t", "relu", "relu_", "hardtanh",
-    "hardtanh_", "silu", "silu_", "gelu", "sigmoid", "hardswish", "hardswish_", "hardsigmoid", "clamp", "clamp_",
-    "add", "add_", "mul", "mul_", "sub", "div", "mean", "cat", "flatten", "view", "reshape", "permute",
-    "contiguous", "dropout", "batch_norm", "_native_batch_norm_legit_no_training", "adaptive_avg_pool2d",
-    "avg_pool2d", "max_pool2d", "softmax", "_softmax", "sym_size",
+    # convolutions and matrix products
+    "conv2d", "_convolution", "convolution", "linear", "addmm", "mm", "bmm", "matmul", "t", "einsum",
+    "scaled_dot_product_attention",
+    # activations
+    "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "gelu", "sigmoid", "sigmoid_", "tanh",
+    "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "leaky_relu", "leaky_relu_", "elu", "elu_", "mish",
+    "softplus", "erf", "exp", "log", "sqrt", "rsqrt", "pow", "neg", "abs", "reciprocal", "clamp", "clamp_",
+    "clamp_min", "clamp_max", "softmax", "_softmax", "log_softmax", "_log_softmax",
+    # elementwise arithmetic and reductions
+    "add", "add_", "mul", "mul_", "sub", "sub_", "rsub", "div", "div_", "floor_divide", "remainder", "fmod",
+    "mean", "sum", "max", "amax", "min", "amin", "argmax", "argmin", "where", "maximum", "minimum", "eq", "ne",
+    "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "floor", "ceil", "round", "norm",
+    "linalg_vector_norm", "cumsum",
+    # normalisation and regularisation (inference forms)
+    "batch_norm", "_native_batch_norm_legit_no_training", "layer_norm", "native_layer_norm", "group_norm",
+    "native_group_norm", "instance_norm", "dropout", "feature_dropout", "alpha_dropout",
+    # pooling and resizing
+    "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d",
+    "max_pool2d_with_indices", "upsample_nearest2d", "upsample_bilinear2d", "constant_pad_nd", "pad",
+    # shapes and copies
+    "cat", "stack", "flatten", "unflatten", "view", "view_as", "reshape", "reshape_as", "_reshape_alias",
+    "permute", "transpose", "unsqueeze", "squeeze", "expand", "expand_as", "repeat", "split", "split_with_sizes",
+    "chunk", "unbind", "select", "slice", "narrow", "index_select", "gather", "roll", "flip", "masked_fill",
+    "contiguous", "clone", "to", "_to_copy", "type_as", "detach", "zeros", "zeros_like", "ones", "ones_like",
+    "full", "full_like", "arange", "size", "sym_size", "sym_numel", "dim", "numel", "getitem",
 })  # fmt: skip
+#: TorchScript's own ``prim`` ops that only convert or read values (shapes, devices, dtypes).
+_SAFE_PRIM_OPS = frozenset({"NumToTensor", "ImplicitTensorToNum", "device", "dtype", "layout", "shape", "min",
+                            "max", "abs"})  # fmt: skip
+#: Plain-name calls TorchScript code may make (its builtins that compute values; nothing that reaches the host).
+_SAFE_TS_BUILTINS = frozenset({"annotate", "int", "float", "bool", "len", "range", "isinstance", "unchecked_cast",
+                               "uninitialized", "tuple", "list", "min", "max", "abs"})  # fmt: skip
 _PROGRAM_FIX = "fix: use a file written by `dsrnet export`, or an ONNX export of the model"
 
 
@@ -204,7 +231,11 @@ def _safe_op(qualified: str) -> bool:
         return False
     if len(parts) < 2 or len(parts) > 3:
         return False
-    return parts[0] == "dsrnet" or (parts[0] == "aten" and parts[1] in _SAFE_OPS)
+    return (
+        parts[0] == "dsrnet"
+        or (parts[0] == "aten" and parts[1] in _SAFE_OPS)
+        or (parts[0] == "prim" and parts[1] in _SAFE_PRIM_OPS)
+    )
 
 
 def _check_pt2(path: Path) -> None:
@@ -236,8 +267,7 @@ def _check_pt2(path: Path) -> None:
                                               f"({str(expr)[:60]!r}), which would be evaluated as code; {fix}")  # fmt: skip
                         target = node.get("target")
                         if "inputs" in node and target is not None and not (isinstance(target, str) and _safe_op(target)):
-                            raise DsrnetError(f"{path}: its graph calls {str(target)[:80]}, not an op of an image "
-                                              f"classifier (it could read or write files when run); {_PROGRAM_FIX}")  # fmt: skip
+                            raise UnsafeProgram(path, f"its graph calls {str(target)[:80]}")
                         stack.extend(node.values())
                     elif isinstance(node, list):
                         stack.extend(node)
@@ -245,30 +275,61 @@ def _check_pt2(path: Path) -> None:
         raise DsrnetError(f"{path} is not a .pt2 archive (not a zip file); {fix}") from None
 
 
-_TS_NAME = re.compile(r"(?<![\w.])(?:torch|ops)(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
-_TS_DEF = re.compile(r"^\s*def\s+([A-Za-z_][A-Za-z0-9_]*)", re.MULTILINE)
+class UnsafeProgram(DsrnetError):
+    """A TorchScript or .pt2 file whose code does more than an image classifier's forward (:attr:`what`)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.what = what
+        super().__init__(f"{path}: {what}, not what an image classifier does (it could read or write files when "
+                         f"run); {_PROGRAM_FIX}")  # fmt: skip
+
+
+def _dotted(node) -> str | None:
+    """``torch.ops.aten.relu_`` for the expression ``torch . ops.aten .relu_`` (whitespace and line breaks are the
+    parser's business), None for anything but a chain of names."""
+    import ast
+
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
 
 
 def _check_torchscript(path: Path) -> None:
     """Refuse, before ``torch.jit.load`` reads it, a TorchScript archive whose code does more than an image
-    classifier's forward: a method other than ``forward`` (``__setstate__`` runs while the file is LOADED) or an
-    op outside :data:`_SAFE_OPS` (``torch.from_file`` writes files when it runs). What ``dsrnet export`` writes is a
-    traced, frozen module: one ``forward`` of plain ops."""
+    classifier's forward: a method other than ``forward`` (``__setstate__`` runs while the file is LOADED), a call
+    of an op outside :data:`_SAFE_OPS` (``torch.from_file`` writes files when it runs), of a builtin outside
+    :data:`_SAFE_TS_BUILTINS`, or of a class (``__torch__``...). The code is Python syntax, read as such (``ast``),
+    so spacing cannot hide a call. What ``dsrnet export`` writes is a traced, frozen module: one ``forward``."""
+    import ast
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
-            code = [n for n in zf.namelist() if "/code/" in n and n.endswith(".py")]
-            for name in code:
-                text = zf.read(name).decode("utf-8", "replace")
-                extra = sorted(set(_TS_DEF.findall(text)) - {"forward"})
-                if extra:
-                    raise DsrnetError(f"{path}: its code defines {extra[0]}() besides forward (it would run when the "
-                                      f"file is loaded or used); {_PROGRAM_FIX}")  # fmt: skip
-                for op in _TS_NAME.findall(text):
-                    if not _safe_op(op):
-                        raise DsrnetError(f"{path}: its code calls {op[:80]}, not an op of an image classifier (it "
-                                          f"could read or write files when run); {_PROGRAM_FIX}")  # fmt: skip
+            for name in (n for n in zf.namelist() if "/code/" in n and n.endswith(".py")):
+                try:
+                    tree = ast.parse(zf.read(name).decode("utf-8"))
+                except (SyntaxError, ValueError, UnicodeDecodeError):
+                    raise UnsafeProgram(path, f"its code {name} is not plain TorchScript") from None
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) and (
+                        getattr(node, "name", "<lambda>") != "forward"
+                    ):
+                        raise UnsafeProgram(path, f"its code defines {getattr(node, 'name', 'a lambda')}() besides "
+                                                  f"forward")  # fmt: skip
+                    if not isinstance(node, ast.Call):
+                        continue
+                    called = _dotted(node.func)
+                    root = called.split(".")[0] if called else None
+                    if root in ("torch", "ops"):
+                        ok = _safe_op(called)
+                    elif called is not None and "." not in called:
+                        ok = called in _SAFE_TS_BUILTINS
+                    else:  # a method of a value (x.view, self.layer1.forward); a class or computed callee: no
+                        ok = called is not None and root != "__torch__"
+                    if not ok:
+                        raise UnsafeProgram(path, f"its code calls {(called or ast.unparse(node.func))[:80]}")
     except zipfile.BadZipFile:
         raise DsrnetError(f"{path} is not a TorchScript archive (not a zip file); {_PROGRAM_FIX}") from None
 
@@ -523,6 +584,11 @@ def _check_against_pytorch(src, path: Path, out: Path, format: str, tolerance: f
     backend = "onnxruntime" if format == "onnx" else "torch"
     try:
         got = load_runner(backend, path, threads=None)(x)
+    except UnsafeProgram as err:  # what dsrnet's own reader refuses to run from a file: say so for this model
+        raise DsrnetError(
+            f"{src.name} exported to {format}: {err.what}, which dsrnet's {format} reader refuses (it reads only a "
+            f"classifier's forward of known ops from such files); fix: export it with --format onnx"
+        ) from None
     except DsrnetError:
         raise
     except Exception as err:  # noqa: BLE001 - a file its own runtime cannot run: one line, not a traceback

@@ -36,6 +36,7 @@ both forms run everywhere with the same math.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -127,12 +128,16 @@ class FusedDSRNet(nn.Module):
         self.fc = model.fc
 
     def train(self, mode: bool = True) -> FusedDSRNet:
-        """Inference only: ``train()`` is one clear error (BatchNorm is folded away and the fused kernels have no
-        backward; it ran the eval form silently, and backward failed inside a kernel)."""
-        if mode:
-            raise DsrnetError(
-                "a fuse()d DSRNet is for inference only (BatchNorm folded, no backward); fix: train the model before "
-                "fuse() (dsrnet.use_triton_dwconv(model) runs its depthwise convs with the Triton kernels in training)"
+        """Inference only: it stays in eval mode (BatchNorm is folded away, the fused kernels have no backward and
+        its parameters need no gradient), so that a parent's ``train()`` keeps working with it as a frozen
+        backbone; asked to train, it warns once."""
+        if mode and not getattr(self, "_warned_train", False):
+            self._warned_train = True
+            warnings.warn(
+                "a fuse()d DSRNet is for inference only and stays in eval mode (BatchNorm folded, no backward); to "
+                "train it, train the model before fuse() (dsrnet.use_triton_dwconv(model) runs its depthwise convs "
+                "with the Triton kernels in training)",
+                stacklevel=2,
             )
         return super().train(False)
 

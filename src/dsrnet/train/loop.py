@@ -178,13 +178,7 @@ def _load_data(cfg: TrainConfig, dist_: DistContext, device: torch.device):
     if dist_.is_main:
         dist_.barrier()
     for split, data in (("train", train), ("test", test)):
-        absent = sorted(set(range(info.num_classes)) - set(np.unique(data.labels).tolist()))
-        if absent:  # a model trained so would never predict them (or be scored on them), and nothing would say so
-            raise DsrnetError(
-                f"the {cfg.dataset} {split} split in {cfg.data_dir or D.default_data_dir()} has no image of class "
-                f"{absent[0]} ({info.classes[absent[0]]}){' and others' if len(absent) > 1 else ''}; fix: rebuild "
-                f"its array cache from the official files (delete {cfg.dataset}/{split}.npz there)"
-            )
+        D.require_every_class(data, cfg.dataset, split, cfg.data_dir)
     if cfg.subset_per_class:
         train = train.subset_per_class(cfg.subset_per_class, cfg.seed, what="subset_per_class (train split)")
     if cfg.test_subset_per_class:
