@@ -140,6 +140,42 @@ def test_report_only_rewrites_the_tables_and_trains_nothing(quick_run, cifar10_d
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_report_only_refuses_timings_of_two_setups_and_damaged_run_files(quick_run, cifar10_dir, tmp_path, capsys):
+    """--report-only put a timing of another machine beside ours under our machine's name; a damaged final.json or
+    bench.json was a JSONDecodeError traceback."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run, out)
+    argv = ["reproduce", "--dataset", "cifar10", "--report-only", *_quick(cifar10_dir, out)]
+    path = out / "runs" / "resnet50" / "bench.json"
+    saved = read_json(path)
+    other = {**saved, "env": {**saved["env"], "torch_threads": saved["env"]["torch_threads"] + 95}}
+    path.write_text(json.dumps(other))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bench.json was timed on another setup than" in err and "torch_threads" in err
+    path.write_text(json.dumps(saved)[:40])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "bench.json is damaged" in err and len(err.strip().splitlines()) == 1
+    path.write_text(json.dumps(saved))
+    (out / "runs" / "resnet50" / "final.json").write_text('{"model": "resnet50", "top1')
+    assert main(argv) == 0  # an unreadable final.json is no finished run: the table leaves it out
+    assert "| ResNet50 |" not in (out / "table.md").read_text()
+    capsys.readouterr()
+
+
+def test_table_csv_keeps_the_papers_time_to_its_setting_and_names_the_models_arguments(quick_run):
+    """The CSV carried the paper's time beside ours timed at batch 4 (the markdown shows "–"), and had no column
+    that told a narrowed DSRNet from the paper's network, nor a quick run from a full one."""
+    with open(quick_run / "table.csv", newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert json.loads(rows["dsrnet50"]["model_kwargs"]) == {} and rows["dsrnet50"]["quick"] == "True"
+    assert rows["dsrnet50"]["paper_time"] == "" and rows["resnet50"]["paper_time"] == ""
+    assert rows["dsrnet50"]["paper_top1_error"] == "9.2"
+
+
 def test_rerun_with_other_settings_is_refused(quick_run, cifar10_dir, capsys):
     argv = [
         "reproduce",
@@ -199,6 +235,19 @@ def test_ablate_quick_writes_table_and_plot(cifar10_dir, tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in runs} == before
     assert main([*argv, "--seed", "3"]) == 2  # runs of other settings: refused, naming the difference
     assert "finished runs differ: dsrnet:" in capsys.readouterr().err
+
+
+def test_ablate_of_some_variants_keeps_the_finished_ones(cifar10_dir, tmp_path, capsys):
+    """A rerun with --variants X into a folder of finished variants replaced the whole table, baseline included."""
+    base = ["ablate", "--dataset", "cifar10", "--model-kwargs", TINY, *_quick(cifar10_dir, tmp_path)]
+    assert main([*base, "--variants", "dsrnet", "no_dilation"]) == 0
+    assert main([*base, "--variants", "stride_1x1"]) == 0
+    assert "also include the finished variants dsrnet, no_dilation" in capsys.readouterr().err
+    with open(tmp_path / "table.csv", newline="") as fh:
+        rows = {r["variant"]: r for r in csv.DictReader(fh)}
+    order = [v.name for v in reproduce.ablation_variants("paper")]
+    assert list(rows) == sorted(["dsrnet", "no_dilation", "stride_1x1"], key=order.index)
+    assert rows["stride_1x1"]["delta_top1_vs_dsrnet"] != ""  # the baseline is there to compare with
 
 
 def test_ablate_refuses_model_kwargs_that_a_variant_overrides(tmp_path, capsys):

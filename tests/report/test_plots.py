@@ -78,3 +78,16 @@ def test_tradeoff_shows_the_papers_error_and_a_log_axis_for_spread_times(tmp_pat
     assert len(hollow) == 1 and list(hollow[0].get_offsets()[0]) == [10.0, 9.2]
     assert [t.get_text() for t in ax.get_legend().get_texts()][0] == "the paper's error (at our time)"
     assert ax.get_xscale() == "log" and ax.get_xlabel().endswith("log scale")  # 3 to 50 ms: > 4x
+
+
+def test_more_than_ten_runs_on_one_figure_stay_distinguishable(tmp_path, monkeypatch):
+    """The 11th run had the 1st one's colour and style (matplotlib's colour cycle has 10)."""
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "test_top1_error": 50.0 - e, "train_loss": 2.0 / e, "lr": 0.1} for e in (1, 2)]
+    curves = {f"run{i}": rows for i in range(12)}
+    plot_curves(curves, tmp_path / "c.png", title="c", pretty_names=False)
+    plots.plot_lr(curves, tmp_path / "lr.png", title="lr")
+    for fig in figures:
+        looks = [(str(line.get_color()), line.get_linestyle()) for line in fig.axes[0].get_lines()]
+        assert len(looks) == 12 and len(set(looks)) == 12

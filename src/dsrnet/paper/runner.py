@@ -351,15 +351,26 @@ def report_finished(
 
 def _saved_rows(jobs: Sequence[Job], s: Settings) -> list[dict]:
     """The report rows of finished, timed runs, from their files alone (nothing trained or timed)."""
-    rows = []
+    rows, first = [], None
     for job in jobs:
         run = RunDir(s.out / "runs" / job.key)
-        saved = read_json(run.path / "bench.json")
+        path = run.path / "bench.json"
+        saved = read_json(path)
         if plain(saved.get("request")) != plain(s.bench):
             raise DsrnetError(
-                f"{run.path / 'bench.json'} was timed with other settings ({saved.get('request')}, asked "
+                f"{path} was timed with other settings ({saved.get('request')}, asked "
                 f"{s.bench}); fix: pass the bench settings it was timed with, or delete it to time it again"
             )
+        # One table, one setup (as bench_or_skip re-times a saved timing of another machine): the report names
+        # the first row's machine for all of them.
+        env = saved.get("env") or {}
+        changed = setup_differences(first[1], env) if first else []
+        if changed:
+            raise DsrnetError(
+                f"{path} was timed on another setup than {first[0]} ({'; '.join(changed)}); fix: time both on one "
+                f"machine (delete it and run `dsrnet reproduce` there, without --report-only)"
+            )
+        first = first or (path, env)
         rows.append(_report_row(job, run, read_json(run.final), saved["row"]))
     return rows
 
@@ -415,20 +426,31 @@ def ablate(
     s = _settings(
         dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset / "ablate"
     )
+    def clash(v) -> list[str]:  # arguments the variant is defined by and --model-kwargs sets otherwise
+        return sorted(k for k in v.kwargs if k in (model_kwargs or {}) and model_kwargs[k] != v.kwargs[k])
+
+    def job(v) -> Job:
+        return Job(key=v.name, arch=stem_variant("dsrnet50", v.stem or stem),
+                   model_kwargs={**(model_kwargs or {}), **v.kwargs}, tests=v.tests)  # fmt: skip
+
     jobs = []
     for name in names:
         v = all_variants[name]
-        clash = sorted(k for k in v.kwargs if k in (model_kwargs or {}) and model_kwargs[k] != v.kwargs[k])
-        if clash:  # the variant is defined by those arguments: the user's would be silently replaced
+        if clash(v):  # the variant is defined by those arguments: the user's would be silently replaced
             raise DsrnetError(
-                f"variant {name} sets {', '.join(f'{k}={v.kwargs[k]!r}' for k in clash)}, and --model-kwargs sets "
-                f"{', '.join(f'{k}={model_kwargs[k]!r}' for k in clash)}; fix: drop {', '.join(clash)} from "
+                f"variant {name} sets {', '.join(f'{k}={v.kwargs[k]!r}' for k in clash(v))}, and --model-kwargs sets "
+                f"{', '.join(f'{k}={model_kwargs[k]!r}' for k in clash(v))}; fix: drop {', '.join(clash(v))} from "
                 f"--model-kwargs, or the variant"
             )
-        jobs.append(
-            Job(key=name, arch=stem_variant("dsrnet50", v.stem or stem),
-                model_kwargs={**(model_kwargs or {}), **v.kwargs}, tests=v.tests)
-        )  # fmt: skip
+        jobs.append(job(v))
+    # As reproduce keeps the finished columns: the variants this folder already holds finished and timed with these
+    # settings stay in the table (a rerun with --variants X replaced the whole table, baseline included, with X).
+    earlier = [job(v) for n, v in all_variants.items() if n not in names and not clash(v)]
+    earlier = [j for j in earlier if _finished_alike(j, s)]
+    if earlier:
+        log(f"tables also include the finished variants {', '.join(j.key for j in earlier)} in {s.out}")
+        order = list(all_variants)
+        jobs = sorted(jobs + earlier, key=lambda j: order.index(j.key))
     if report_only:
         why: list[str] = []
         missing = [j.key for j in jobs if not _finished_alike(j, s, why)]

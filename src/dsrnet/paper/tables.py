@@ -78,6 +78,17 @@ def _column(r: dict) -> str:
     return labelled(display_name(r["job"].key), _kwargs(r))
 
 
+def _papers_setting(rows: list[dict], batch_size: int) -> tuple[bool, bool]:
+    """``(described, papers_timing)``: the DSRNet of ``rows`` is the paper's network as described (no other
+    arguments); and every row was timed in the paper's setting (its stem, fp32, a batch of 128), so that the
+    paper's times may stand beside ours."""
+    ref = next((r for r in rows if r["job"].key.startswith("dsrnet")), None)
+    described = ref is None or not _kwargs(ref)
+    papers_timing = (described and batch_size == 128 and not any(r["job"].arch.endswith("_cifar") for r in rows)
+                     and all(r["bench"].get("precision", "fp32") == "fp32" for r in rows))  # fmt: skip
+    return described, papers_timing
+
+
 def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) -> str:
     """Tables 2-4 layout: one column per model, each cell "ours (paper)". The paper's times and time ratios stand
     beside ours only where ours measure the paper's setting (its stem, fp32, a batch of 128, DSRNet as described),
@@ -86,9 +97,7 @@ def paper_layout_table(rows: list[dict], dataset: str, batch_size: int = 128) ->
     from dsrnet.models import PAPER_DSRNET_PARAMS
 
     ref = next((r for r in rows if r["job"].key.startswith("dsrnet")), None)
-    described = ref is None or not _kwargs(ref)
-    papers_timing = (described and batch_size == 128 and not any(r["job"].arch.endswith("_cifar") for r in rows)
-                     and all(r["bench"].get("precision", "fp32") == "fp32" for r in rows))  # fmt: skip
+    described, papers_timing = _papers_setting(rows, batch_size)
     ref_paper = _paper(dataset, ref["job"].key) if ref and papers_timing else {}
     headers = [""] + [_column(r) for r in rows]
     lines: list[list[str]] = [
@@ -182,18 +191,20 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
     ]
     out = s.out
     files = [atomic_write_text(out / "table.md", "\n\n".join(md) + "\n")]
+    described, papers_timing = _papers_setting(rows, s.bench["batch_size"])
     csv_rows = []
     for r in rows:
         f, b, p = r["final"], r["bench"], _paper(s.dataset, r["job"].key)
         csv_rows.append({
-            "model": r["job"].key, "arch": r["job"].arch, "top1_error": f["top1_error"],
+            "model": r["job"].key, "arch": r["job"].arch, "model_kwargs": json.dumps(_kwargs(r), sort_keys=True),
+            "quick": s.quick, "top1_error": f["top1_error"],
             "top3_error": f["top3_error"], "top5_error": f.get("top5_error"), "latency_ms": b["latency_ms"],
             "latency_p25_ms": b["latency_p25_ms"], "latency_p75_ms": b["latency_p75_ms"],
             "images_per_s": b["images_per_s"], "params": b["params"], "gmacs_per_image": b["gmacs_per_image"],
             "epochs": f["epochs"], "epochs_done": f.get("epochs_done", f["epochs"]),
             "stopped_early": bool(f.get("stopped_early")), "recipe": f["recipe"], "train_time_s": f["train_time_s"],
             "seed": f["seed"], "paper_top1_error": p.get("top1_error"), "paper_top3_error": p.get("top3_error"),
-            "paper_time": p.get("paper_time"),
+            "paper_time": p.get("paper_time") if papers_timing else None,  # as the markdown: its setting only
         })  # fmt: skip
     files.append(write_csv(out / "table.csv", csv_rows))
     summary = {
@@ -222,12 +233,13 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
         plots.plot_params(
             {r["job"].key: r["bench"]["params"] for r in rows},
             out / "params.png",
-            paper_dsrnet=PAPER_DSRNET_PARAMS,
+            paper_dsrnet=PAPER_DSRNET_PARAMS if described else None,  # not beside a narrowed DSRNet
+            labels={r["job"].key: _column(r) for r in rows},
             title=f"Parameters per model, {s.dataset} head (paper Fig. 2)",
         )
     )
     points = [
-        {"label": display_name(r["job"].key) + (EARLY if r["final"].get("stopped_early") else ""),
+        {"label": _column(r) + (EARLY if r["final"].get("stopped_early") else ""),
          "latency_ms": r["bench"]["latency_ms"], "error": r["final"]["top1_error"], "params": r["bench"]["params"],
          "paper_error": _paper(s.dataset, r["job"].key).get("top1_error")}
         for r in rows
@@ -241,9 +253,10 @@ def write_reproduce_report(rows: list[dict], s: Settings) -> tuple[list[Path], s
     )  # fmt: skip
     files.append(
         plots.plot_curves(
-            {r["job"].key: r["metrics"] for r in rows},
+            {_column(r) + (EARLY if r["final"].get("stopped_early") else ""): r["metrics"] for r in rows},
             out / "curves.png",
             title=f"{s.dataset}: training curves",
+            pretty_names=False,  # already display names, with their arguments and the stopped-early mark
         )
     )
     return files, paper_table

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dsrnet.errors import DsrnetError
 from dsrnet.run.atomic import atomic_write_text
 
 #: Pretty names used in the paper's tables (Tables 2-4 write "ResNext"; the networks are ResNeXt).
@@ -65,22 +66,32 @@ def _csv_cell(value: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """A JSON file's content; a damaged one (not JSON, not UTF-8) is one DsrnetError naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise DsrnetError(f"{path} is damaged ({type(err).__name__}: {str(err)[:80]}); fix: repair it, or delete it "
+                          f"(and rerun what wrote it)") from None  # fmt: skip
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Rows of a JSON-lines file; a torn last line (a run killed mid-write) is ignored."""
+    """Rows of a JSON-lines file; a torn LAST line (a run killed mid-write) is ignored, a bad line before it is a
+    DsrnetError (it would silently cut the rows short)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line.strip() for line in fh if line.strip()]
+    except UnicodeDecodeError:
+        raise DsrnetError(f"{path} is not UTF-8 text (damaged); fix: repair or delete it") from None
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
                 break
+            raise DsrnetError(f"{path}: line {number} of {len(lines)} is not valid JSON; fix: repair or remove that "
+                              f"line") from None  # fmt: skip
     return rows
 
 

@@ -32,15 +32,17 @@ def _figure(figsize=(7.0, 4.5), ncols: int = 1):
 
 
 def plot_params(
-    params: Mapping[str, int], path: str | os.PathLike, *, paper_dsrnet: float | None = None, title: str = ""
+    params: Mapping[str, int], path: str | os.PathLike, *, paper_dsrnet: float | None = None, title: str = "",
+    labels: Mapping[str, str] | None = None,
 ) -> Path:
-    """Fig. 2 of the paper: parameters per model, with the paper's stated DSRNet count drawn beside ours."""
+    """Fig. 2 of the paper: parameters per model (keyed by model name; ``labels`` replaces a name's
+    :func:`display_name`), with the paper's stated DSRNet count drawn beside ours."""
     fig, ax = _figure()
     names = list(params)
     values = [params[n] / 1e6 for n in names]
     colors = ["tab:red" if n.startswith("dsrnet") else "tab:blue" for n in names]
-    bars = ax.bar([display_name(n) for n in names], values, color=colors)
-    ax.bar_label(bars, labels=[f"{v:.1f}M" for v in values], fontsize=8)
+    bars = ax.bar([(labels or {}).get(n) or display_name(n) for n in names], values, color=colors)
+    ax.bar_label(bars, labels=[f"{v:.1f}M" if v >= 0.1 else f"{v * 1e3:.0f}k" for v in values], fontsize=8)
     if paper_dsrnet is not None:
         ax.axhline(paper_dsrnet / 1e6, color="tab:red", linestyle="--", linewidth=1)
         ax.text(
@@ -134,6 +136,12 @@ def _epoch_ticks(ax, curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _line_style(i: int) -> str:
+    """Run ``i``'s line style: matplotlib's colour cycle repeats after 10 runs, so each further ten get the next
+    style (dashes stay for the EMA runs' raw-weight lines)."""
+    return ("-", "-.", ":")[(i // 10) % 3]
+
+
 def plot_curves(
     curves: Mapping[str, Sequence[Mapping[str, Any]]],
     path: str | os.PathLike,
@@ -147,17 +155,18 @@ def plot_curves(
     ``pretty_names``: legend entries through :func:`display_name` (model names); ``False`` keeps them verbatim
     (labels a user chose)."""
     fig, (ax_err, ax_loss) = _figure(figsize=(11.0, 4.5), ncols=2)
-    for name, rows in curves.items():
+    for i, (name, rows) in enumerate(curves.items()):
         epochs = [r["epoch"] for r in rows]
         scored = [r for r in rows if "test_top1_error" in r]  # eval_every: not every epoch is scored
         marker = "o" if len(rows) < 20 else None
         label = display_name(name) if pretty_names else name
+        style = _line_style(i)
         (line,) = ax_err.plot([r["epoch"] for r in scored], [r["test_top1_error"] for r in scored],
-                              marker="o" if len(scored) < 20 else None, label=label)  # fmt: skip
+                              marker="o" if len(scored) < 20 else None, label=label, linestyle=style)  # fmt: skip
         if any("raw_test_top1_error" in r for r in rows):  # a run reporting its weight average (ema_decay)
             ax_err.plot([r["epoch"] for r in scored], [r.get("raw_test_top1_error") for r in scored], linestyle="--",
                         color=line.get_color(), label=f"{label} (without EMA)")  # fmt: skip
-        ax_loss.plot(epochs, [r.get("train_loss") for r in rows], marker=marker, label=label)
+        ax_loss.plot(epochs, [r.get("train_loss") for r in rows], marker=marker, label=label, linestyle=style)
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("test top-1 error (%)")
     ax_loss.set_xlabel("epoch")
@@ -175,9 +184,10 @@ def plot_lr(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.Pa
     """The learning rate per epoch (``metrics.jsonl``'s ``lr``: the rate at the epoch's first step) of several runs:
     shows warm-up, decay, and a schedule a deadline cut short (its rate never reached the end)."""
     fig, ax = _figure()
-    for name, rows in curves.items():
+    for i, (name, rows) in enumerate(curves.items()):
         rows = [r for r in rows if r.get("lr") is not None]
-        ax.plot([r["epoch"] for r in rows], [r["lr"] for r in rows], marker="o" if len(rows) < 20 else None, label=name)
+        ax.plot([r["epoch"] for r in rows], [r["lr"] for r in rows], marker="o" if len(rows) < 20 else None,
+                label=name, linestyle=_line_style(i))  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate (at the epoch's first step)")
     _epoch_ticks(ax, curves)

@@ -67,23 +67,26 @@ def read_metrics(path: Path) -> list[dict]:
     is an error naming the file and line (the trainer writes the file atomically, so a bad line is damage, not
     a run caught mid-write)."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DsrnetError(
-                    f"{path} line {number} is not valid JSON ({err.msg}); fix: repair or remove that line, or leave "
-                    f"the run out"
-                ) from None
-            if not isinstance(row, dict) or isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
-                raise DsrnetError(
-                    f"{path} line {number} is not an epoch row (a JSON object with an integer \"epoch\"); fix: repair "
-                    f"or remove that line, or leave the run out"
-                )
-            rows.append(row)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DsrnetError(f"{path} is not UTF-8 text (damaged); fix: repair or delete it, or leave the run out") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DsrnetError(
+                f"{path} line {number} is not valid JSON ({err.msg}); fix: repair or remove that line, or leave "
+                f"the run out"
+            ) from None
+        if not isinstance(row, dict) or isinstance(row.get("epoch"), bool) or not isinstance(row.get("epoch"), int):
+            raise DsrnetError(
+                f"{path} line {number} is not an epoch row (a JSON object with an integer \"epoch\"); fix: repair "
+                f"or remove that line, or leave the run out"
+            )
+        rows.append(row)
     if not rows:
         raise DsrnetError(f"{path} is empty: the run has not finished an epoch yet; fix: wait for its first epoch, "
                           f"or leave the run out")  # fmt: skip

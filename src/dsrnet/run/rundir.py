@@ -77,9 +77,16 @@ class RunDir:
 
     @property
     def finished(self) -> bool:
-        """The run ended its planned schedule: ``final.json`` exists and does not say ``stopped_early`` (a run a
-        deadline cut short is resumable, not finished)."""
-        return self.final.is_file() and not self.stopped_early
+        """The run ended its planned schedule: ``final.json`` exists, is readable and does not say
+        ``stopped_early`` (a run a deadline cut short is resumable, not finished; a damaged ``final.json`` is not a
+        result)."""
+        if not self.final.is_file():
+            return False
+        try:
+            final = json.loads(self.final.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+            return False
+        return isinstance(final, dict) and not final.get("stopped_early")
 
     @property
     def stopped_early(self) -> bool:
@@ -121,8 +128,8 @@ class RunDir:
         if not self.config.is_file():
             return {}
         try:
-            values = yaml.safe_load(self.config.read_text())
-        except yaml.YAMLError:
+            values = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
             raise DsrnetError(
                 f"{self.config} is not valid YAML; fix: restore it or delete {self.path} to start again"
             ) from None
