@@ -157,7 +157,8 @@ assemble again instead to keep one call's timings).
 Weights, here afterwards (shards joined and checked, exported fp16 with the final epoch's accuracy, read back; it
 prints the sha256 and the ``SHIPPED`` entry to paste into ``src/dsrnet/models/weights.py``)::
 
-    PYTHONPATH=src python3 benchmarks/ship_weights.py FILES_AT [--tag dsrnet50_cifar.c10]
+    PYTHONPATH=src python3 benchmarks/ship_weights.py FILES_AT --tag dsrnet50_cifar.<name>   # new weights
+    PYTHONPATH=src python3 benchmarks/ship_weights.py FILES_AT --force       # replace the shipped .c10 file
 
 Dry run (CPU, tiny widths, a few images per class, 1-2 epochs, no compilation), e.g.::
 
@@ -301,6 +302,18 @@ def like_settings(path: Path) -> dict:
     if final.get("stopped_early"):
         raise DsrnetError(f"--like {path} is a run stopped early (truncated schedule); fix: use a finished run")
     return {k: final[k] for k in ("recipe", "epochs", "batch_size", "lr", "seed") if k in final}
+
+
+def like_model_kwargs(path: Path) -> dict | None:
+    """The model arguments of the run ``--like`` names (its config.yaml's, else its final.json's); None when it
+    records none."""
+    import yaml
+
+    if path.is_dir():
+        path = path / "config.yaml" if (path / "config.yaml").is_file() else path / "final.json"
+    values = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    kwargs = values.get("model_kwargs") if isinstance(values, dict) else None
+    return dict(kwargs) if isinstance(kwargs, dict) else None
 
 
 def train_config(model: str, out_dir: Path, settings: dict, model_kwargs: dict | None = None, **over):
@@ -492,8 +505,13 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
         dry_kw = DRY_DSRNET_KWARGS if args.dry_run else {}
         jobs = [(n, stem_variant("dsrnet50", variants[n].stem or args.stem), {**dry_kw, **variants[n].kwargs})
                 for n in names]  # fmt: skip
+    # DSRNet is timed as the dsrnet stage trained it: --like's model arguments (its arms' drop_path_rate, dilation),
+    # or --assemble would find the timing of another network than the run.
+    dsrnet_kwargs = like_model_kwargs(Path(args.like)) if args.like else None
+    if dsrnet_kwargs is None:
+        dsrnet_kwargs = DRY_DSRNET_KWARGS if args.dry_run else None
     common = {"stem": args.stem, "out": out, "train": {**settings, "deadline": budget.deadline - 5},
-              "bench_settings": bench_settings, "model_kwargs": DRY_DSRNET_KWARGS if args.dry_run else None,
+              "bench_settings": bench_settings, "model_kwargs": dsrnet_kwargs or None,
               "command": " ".join(sys.argv)}  # fmt: skip
     done, skipped = [], []
     post_s = args.post_s if args.post_s is not None else 15.0
@@ -1060,9 +1078,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.assemble:
-        if args.stage:
-            p.error("--assemble runs no stage; fix: drop --stage")
+        assembling = {a.dest for a in g._group_actions} | {"help"}
+        given = [a.option_strings[0] for a in p._actions
+                 if a.dest not in assembling and getattr(args, a.dest) != a.default]  # fmt: skip
+        if given:  # silently ignored, they misled: --out wrote into the repository's results/gpu/cifar10
+            p.error(f"--assemble runs no stage, so {', '.join(given)} would be ignored; fix: drop "
+                    f"{'them' if len(given) > 1 else 'it'}{' (the output folder is --out-dir)' if '--out' in given else ''}")
         return args
+    if not 1 <= args.shard_bytes <= MAX_FILE_BYTES:  # checked before training: a bad value lost the weights after it
+        p.error(f"--shard-bytes must be in 1..{MAX_FILE_BYTES} (the largest file that comes back); got {args.shard_bytes}")
     missing = [f for f, v in (("--stage", args.stage), ("--out", args.out), ("--budget-s", args.budget_s)) if not v]
     if missing:
         p.error(f"{', '.join(missing)} required (or --assemble)")

@@ -252,6 +252,37 @@ def campaign_in_process():
     signal.signal(signal.SIGALRM, before)
 
 
+def test_flags_that_would_be_ignored_or_lose_the_weights_are_refused_up_front(campaign_in_process, tmp_path, capsys):
+    """--shard-bytes 0 was refused only after training (the weights lost); above the 15 MiB cap the parts were left
+    out of OUT with rc 0; --assemble ignored --out (and wrote into the repository's results) and other stage flags."""
+    campaign = campaign_in_process
+    base = ["--stage", "dsrnet", "--dry-run", "--out", str(tmp_path / "out"), "--budget-s", "60"]
+    for bad in ("0", str(campaign.MAX_FILE_BYTES + 1)):
+        with pytest.raises(SystemExit) as stop:
+            campaign.parse_args([*base, "--shard-bytes", bad])
+        assert stop.value.code == 2
+        assert f"--shard-bytes must be in 1..{campaign.MAX_FILE_BYTES}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        campaign.parse_args(["--assemble", str(tmp_path), "--out", str(tmp_path / "x"), "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert "--assemble runs no stage, so --out, --epochs would be ignored" in err and "--out-dir" in err
+    assert campaign.parse_args(["--assemble", str(tmp_path), "--out-dir", str(tmp_path / "x")]).assemble
+    assert not (tmp_path / "out").exists()
+
+
+def test_baselines_time_dsrnet_with_the_model_arguments_of_the_run_they_are_like(campaign_in_process, tmp_path):
+    """With an arm that changes the model (drop_path_rate), DSRNet was timed without it and --assemble refused."""
+    campaign = campaign_in_process
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: dsrnet50_cifar\nepochs: 3\nmodel_kwargs:\n  drop_path_rate: 0.1\n")
+    assert campaign.like_model_kwargs(run / "config.yaml") == {"drop_path_rate": 0.1}
+    assert campaign.like_model_kwargs(run) == {"drop_path_rate": 0.1}
+    (run / "config.yaml").unlink()
+    (run / "final.json").write_text(json.dumps({"model": "dsrnet50_cifar", "epochs": 3}))
+    assert campaign.like_model_kwargs(run) is None
+
+
 def test_recipe_arms_are_refused_before_anything_runs(campaign_in_process, monkeypatch, tmp_path, capsys):
     campaign = campaign_in_process
     monkeypatch.setitem(campaign.RECIPE_ARMS, "knob", campaign.Arm({"no_such_knob": 1}, {}, "t", "r"))
@@ -353,15 +384,33 @@ def test_ship_weights_turns_the_returned_shards_into_a_loadable_weights_file(dry
     assert info["top1"] == pytest.approx(final["top1"]) and info["epochs"] == final["epochs"]
     meta = info["shipped_entry"]["metadata"]
     assert meta["model"] == "dsrnet50_cifar" and meta["num_classes"] == 10 and meta["model_kwargs"]["widths"]
-    # A run a deadline cut short, or a folder without the run's files, is refused.
+    # The shipped file is never replaced silently; new weights get a tag of their own (the shards keep theirs).
+    with pytest.raises(DsrnetError, match=r"dsrnet50_cifar\.c10\.safetensors exists .* fix: pass another --tag, or --force"):
+        ship_weights.ship(out, "dsrnet50_cifar.c10", tmp_path / "weights")
+    other = ship_weights.ship(out, "dsrnet50_cifar.c10_ema", tmp_path / "weights")
+    assert other["sha256"] == info["sha256"] and other["file"].endswith("dsrnet50_cifar.c10_ema.safetensors")
+    with pytest.raises(DsrnetError, match=r"tag 'resnet50_cifar\.x' is not <model>\.<name> for this run's model"):
+        ship_weights.ship(out, "resnet50_cifar.x", tmp_path / "w1")
+    # config.yaml and metrics.jsonl are left out of OUT when the shards need the room: not needed (the checkpoint
+    # holds both).
+    lean = tmp_path / "lean"
+    shutil.copytree(out, lean)
+    (lean / "config.yaml").unlink()
+    (lean / "metrics.jsonl").unlink()
+    assert ship_weights.ship(lean, "dsrnet50_cifar.c10", tmp_path / "w2")["sha256"] == info["sha256"]
+    # A run a deadline cut short, another run's final.json, or no final.json: refused, nothing written.
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
     (cut / "final.json").write_text(json.dumps({**final, "stopped_early": True}))
     with pytest.raises(DsrnetError, match="stopped early"):
-        ship_weights.ship(cut, "dsrnet50_cifar.c10", tmp_path / "w2")
-    (cut / "config.yaml").unlink()
-    with pytest.raises(DsrnetError, match="lacks config.yaml"):
         ship_weights.ship(cut, "dsrnet50_cifar.c10", tmp_path / "w3")
+    (cut / "final.json").write_text(json.dumps({**final, "epochs_done": final["epochs_done"] + 60}))
+    with pytest.raises(DsrnetError, match="final.json is of another run than the checkpoint"):
+        ship_weights.ship(cut, "dsrnet50_cifar.c10", tmp_path / "w3")
+    (cut / "final.json").unlink()
+    with pytest.raises(DsrnetError, match="lacks final.json"):
+        ship_weights.ship(cut, "dsrnet50_cifar.c10", tmp_path / "w3")
+    assert not (tmp_path / "w3").exists() or not any((tmp_path / "w3").iterdir())
 
 
 def test_a_watchdog_stop_wrapped_by_the_compiler_is_still_a_budget_stop(campaign_in_process, monkeypatch, tmp_path,

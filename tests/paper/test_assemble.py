@@ -127,9 +127,19 @@ def test_assembled_folder_has_the_paper_table_from_the_returned_numbers(returns,
 def test_saved_evaluation_gives_the_confusion_figure_and_other_timing_settings_are_refused(returns, tmp_path):
     evaluation = tmp_path / "eval"
     evaluation.mkdir()
-    (evaluation / "metrics.json").write_text(json.dumps({"checkpoint": "dsrnet50_cifar.c10", "top1_error": 7.6}))
+    of_this_run = {"checkpoint": "dsrnet50_cifar.c10", "model": "dsrnet50_cifar", "dataset": "cifar10",
+                   "test_images": 10000, "top1_error": TOP1["dsrnet50_cifar"] + 0.01}  # fmt: skip
     (evaluation / "confusion.png").write_bytes(b"png bytes of a dsrnet eval")
     out = tmp_path / "cifar10"
+    # An evaluation of other weights (or none at all) is refused before anything is written.
+    for other in ({**of_this_run, "top1_error": TOP1["dsrnet50_cifar"] + 5}, {**of_this_run, "test_images": 20}):
+        (evaluation / "metrics.json").write_text(json.dumps(other))
+        with pytest.raises(DsrnetError, match="is not an evaluation of this DSRNet run"):
+            assemble(returns, out, dsrnet_eval=evaluation)
+    with pytest.raises(DsrnetError, match="is not an evaluation folder"):
+        assemble(returns, out, dsrnet_eval=tmp_path / "nowhere")
+    assert not out.exists()
+    (evaluation / "metrics.json").write_text(json.dumps(of_this_run))
     assemble(returns, out, dsrnet_eval=evaluation)
     assert (out / "confusion_dsrnet.png").read_bytes() == b"png bytes of a dsrnet eval"
     assert json.loads((out / "assembled.json").read_text())["dsrnet_eval"]["checkpoint"] == "dsrnet50_cifar.c10"

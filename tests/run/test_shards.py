@@ -84,6 +84,19 @@ def test_bad_manifest_and_bad_arguments(blob, tmp_path):
         split_file(blob, tmp_path / "x", max_bytes=0)
 
 
+def test_join_never_writes_over_its_own_inputs(blob, tmp_path):
+    """Joined onto its first part (or the manifest), it replaced the only copy of that part."""
+    manifest = split_file(blob, tmp_path / "shards", max_bytes=1000)
+    part0 = tmp_path / "shards" / json.loads(manifest.read_text())["parts"][0]["file"]
+    before = part0.read_bytes(), manifest.read_bytes()
+    for target in (part0, manifest):
+        with pytest.raises(DsrnetError, match="is one of the shards or their manifest; fix: write the joined file"):
+            join_parts(manifest, target)
+    with pytest.raises(DsrnetError, match="is a folder; fix: name the file to write"):
+        join_parts(manifest, tmp_path)
+    assert (part0.read_bytes(), manifest.read_bytes()) == before
+
+
 def test_whole_file_checksum_is_checked(blob, tmp_path):
     manifest = split_file(blob, tmp_path / "shards", max_bytes=1000)
     m = json.loads(manifest.read_text())

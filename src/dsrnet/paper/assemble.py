@@ -300,6 +300,35 @@ def _write_config(text: str, run_dir: Path) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+#: How far an evaluation's top-1 may be from the run's own final epoch and still be of its weights (fp16 file,
+#: another card or engine: a few hundredths of a point on the shipped weights; other weights: points).
+EVAL_TOLERANCE_PP = 0.5
+
+
+def _check_eval(src: Path, dsrnet) -> None:
+    """``src`` is a ``dsrnet eval`` folder of the assembled DSRNet's weights: its files, model and dataset, and a
+    top-1 within :data:`EVAL_TOLERANCE_PP` of the run's final epoch on the full test set (an evaluation of other
+    weights drew their confusion matrix beside this run)."""
+    from dsrnet.report.markdown import read_json
+
+    if not (src / "metrics.json").is_file() or not (src / "confusion.png").is_file():
+        raise DsrnetError(f"{src} is not an evaluation folder (metrics.json, confusion.png); fix: pass the folder "
+                          "`dsrnet eval --out-dir` wrote")  # fmt: skip
+    metrics, final = read_json(src / "metrics.json"), json.loads(dsrnet.files["final.json"])
+    ours = (final.get("model"), final.get("dataset"), final.get("test_images"))
+    theirs = (metrics.get("model"), metrics.get("dataset"), metrics.get("test_images"))
+    def top1(m: dict) -> float | None:
+        value = m.get("top1", None if m.get("top1_error") is None else 100.0 - m["top1_error"])
+        return value if isinstance(value, int | float) else None
+
+    theirs_top1, run_top1 = top1(metrics), top1(final)
+    if ours != theirs or None in (theirs_top1, run_top1) or abs(theirs_top1 - run_top1) > EVAL_TOLERANCE_PP:
+        raise DsrnetError(
+            f"{src} is not an evaluation of this DSRNet run (model, dataset, test images {theirs} vs {ours}; top-1 "
+            f"{theirs_top1} vs the run's final {run_top1}); fix: pass `dsrnet eval` of the weights this run produced"
+        )
+
+
 def assemble(
     sources: Sequence[str | Path],
     out: str | Path,
@@ -324,6 +353,8 @@ def assemble(
     dsrnet = next((t for t in trained.values() if t.arch.startswith("dsrnet")), None)
     if dsrnet_eval is not None and dsrnet is None:
         raise DsrnetError("--dsrnet-eval given but no DSRNet run is assembled; fix: pass the dsrnet stage's folder")
+    if dsrnet_eval is not None:  # checked before anything is written
+        _check_eval(Path(dsrnet_eval), dsrnet)
     for arch, t in trained.items():
         run_dir = out / "runs" / arch
         atomic_write_text(run_dir / "config.yaml", _write_config(t.files["config.yaml"], run_dir))
@@ -333,9 +364,6 @@ def assemble(
     eval_origin = None
     if dsrnet_eval is not None:
         src = Path(dsrnet_eval)
-        if not (src / "metrics.json").is_file() or not (src / "confusion.png").is_file():
-            raise DsrnetError(f"{src} is not an evaluation folder (metrics.json, confusion.png); fix: pass the folder "
-                              "`dsrnet eval --out-dir` wrote")  # fmt: skip
         dest = out / "runs" / dsrnet.arch / "eval"
         dest.mkdir(parents=True, exist_ok=True)
         for name in EVAL_FILES:

@@ -117,6 +117,12 @@ def join_parts(manifest: str | os.PathLike, out_path: str | os.PathLike) -> Path
     manifest = Path(manifest)
     m = _read_manifest(manifest)
     folder = manifest.parent
+    out = Path(out_path)
+    if out.is_dir():
+        raise DsrnetError(f"{out} is a folder; fix: name the file to write, e.g. {out / m['name']}")
+    inputs = [manifest, *(folder / p["file"] for p in m["parts"])]
+    if out.exists() and any(q.exists() and out.samefile(q) for q in inputs):  # it would replace what it reads
+        raise DsrnetError(f"{out} is one of the shards or their manifest; fix: write the joined file elsewhere")
     for p in m["parts"]:
         part = folder / p["file"]
         if not part.is_file():
