@@ -215,6 +215,21 @@ def _refusal(tmp_path, case):
         bundle = json.loads((call / BUNDLE_NAME).read_text())
         bundle["runs"]["dsrnet50_cifar"]["bench.json"] = bench_file("dsrnet50_cifar", model_kwargs={"widths": [8]})
         (call / BUNDLE_NAME).write_text(json.dumps(bundle))
+    damage = {  # a damaged bundle: tracebacks (KeyError, AttributeError) before
+        "no_runs": lambda b: b.pop("runs"), "runs_list": lambda b: b.update(runs=[]),
+        "file_not_text": lambda b: b["runs"]["resnet50_cifar"].update({"final.json": {"model": "x"}}),
+        "final_list": lambda b: b["runs"]["resnet50_cifar"].update({"final.json": "[]"}),
+        "bench_row_list": lambda b: b["runs"]["resnet50_cifar"].update(
+            {"bench.json": json.dumps({"row": [], "request": {}})}),
+    }  # fmt: skip
+    if case in damage:
+        bundle = json.loads((call / BUNDLE_NAME).read_text())
+        damage[case](bundle)
+        (call / BUNDLE_NAME).write_text(json.dumps(bundle))
+    if case == "both_in_one_folder":  # the dsrnet stage's files beside a bundle: one of them was dropped
+        for name in ("final.json", "config.yaml", "metrics.jsonl"):
+            (call / name).write_text((dsrnet / name).read_text())
+        return [call]
     return [dsrnet, call]
 
 
@@ -228,6 +243,12 @@ def _refusal(tmp_path, case):
         ("two_calls", "no single call timed all of dsrnet50_cifar, resnet50_cifar"),
         ("trained_twice", "trained in both"),
         ("dry_timing", "model_kwargs"),
+        ("no_runs", "is damaged"),
+        ("runs_list", "is damaged"),
+        ("file_not_text", "is damaged"),
+        ("final_list", "final.json is not a run's final.json"),
+        ("bench_row_list", "bench.json of resnet50_cifar is malformed"),
+        ("both_in_one_folder", "holds both runs.json .* and final.json"),
     ],
 )
 def test_refuses_to_mix_runs_or_timings(tmp_path, case, message):

@@ -81,6 +81,14 @@ def read_bundle(path: str | Path) -> dict:
     if bundle.get("version") != BUNDLE_VERSION or not bundle.get("call_id"):
         raise DsrnetError(f"{path}: bundle version {bundle.get('version')!r} or call_id missing; fix: use a bundle "
                           f"of version {BUNDLE_VERSION} (re-run the call with this checkout)")  # fmt: skip
+    runs = bundle.get("runs")
+    well_formed = isinstance(runs, dict) and all(
+        isinstance(files, dict) and all(isinstance(name, str) and isinstance(text, str) for name, text in files.items())
+        for files in runs.values()
+    )  # fmt: skip
+    if not well_formed:
+        raise DsrnetError(f"{path} is damaged (its runs are not files of text per model); fix: pass the runs.json "
+                          "the baselines call returned")  # fmt: skip
     return bundle
 
 
@@ -127,6 +135,9 @@ def _trained(files: dict, origin: str) -> Trained:
         final = json.loads(files["final.json"])
     except ValueError:
         raise DsrnetError(f"{origin}: final.json is not valid JSON; fix: restore the returned file") from None
+    if not isinstance(final, dict):
+        raise DsrnetError(f"{origin}: final.json is not a run's final.json (a JSON object); fix: restore the "
+                          "returned file")  # fmt: skip
     arch = config["model"]
     if final.get("model") != arch:
         raise DsrnetError(f"{origin}: final.json is of {final.get('model')!r}, config.yaml of {arch!r}; fix: pass "
@@ -151,6 +162,9 @@ def gather(sources: Sequence[str | Path]) -> tuple[dict[str, Trained], dict[str,
 
     for source in sources:
         path = Path(source)
+        if (path / BUNDLE_NAME).is_file() and (path / "final.json").is_file():  # one would be silently dropped
+            raise DsrnetError(f"{path} holds both {BUNDLE_NAME} (a baselines call) and final.json (a dsrnet stage "
+                              "run); fix: keep each call's returned files in a folder of their own")  # fmt: skip
         if (path / BUNDLE_NAME).is_file():
             bundle = read_bundle(path / BUNDLE_NAME)
             call_id = bundle["call_id"]
@@ -246,6 +260,8 @@ def check_benches(trained: dict[str, Trained], call: Call) -> tuple[dict[str, di
         try:
             bench = json.loads(call.benches[arch])
             row, request, env = bench["row"], bench["request"], bench.get("env") or {}
+            if not all(isinstance(x, dict) for x in (row, request, env)):
+                raise TypeError("not objects")
         except (ValueError, KeyError, TypeError):
             raise DsrnetError(f"{call.origin}: bench.json of {arch} is malformed; fix: restore the returned "
                               "file") from None  # fmt: skip
