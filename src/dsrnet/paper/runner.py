@@ -191,6 +191,10 @@ def _configs(jobs: Sequence[Job], s: Settings) -> list[TrainConfig]:
     ]
 
 
+#: How to pass a training setting that has no flag (runs older than a recipe field ran with its legacy value).
+_SETTINGS_HOW = " (flags, or a --config YAML file for fields without one, e.g. zero_init_residual: false)"
+
+
 def _differ(why: list[str]) -> str:
     """The differences :func:`_finished_alike` collected, for an error line (empty when there are none)."""
     return f" (finished runs differ: {'; '.join(why)[:400]})" if why else ""
@@ -344,7 +348,7 @@ def report_finished(
     if not jobs:
         raise DsrnetError(
             f"{s.out} holds no finished, benchmarked run of the comparison with these settings{_differ(why)}; fix: pass "
-            "the settings the runs were trained with, or run `dsrnet reproduce` first"
+            f"the settings the runs were trained with{_SETTINGS_HOW}, or run `dsrnet reproduce` first"
         )
     return _reproduce_report(_saved_rows(_in_paper_order(jobs, stem), s), s, log=log)
 
@@ -457,7 +461,8 @@ def ablate(
         if missing:
             raise DsrnetError(
                 f"{s.out} holds no finished, timed run of {', '.join(missing)} with these settings{_differ(why)}; fix: pass "
-                f"the settings the runs were trained with, --variants the ones it holds, or run `dsrnet ablate` first"
+                f"the settings the runs were trained with{_SETTINGS_HOW}, --variants the ones it holds, or run `dsrnet "
+                f"ablate` first"
             )
         rows = _saved_rows(jobs, s)
     else:
