@@ -32,7 +32,7 @@ def make_run(path, errors, *, planned=None, final=True, stopped_early=False, mod
             "model": model, "dataset": "cifar10", "epochs": planned, "epochs_done": len(rows),
             "stopped_early": stopped_early, "params": 1_234_567, "top1_error": last["test_top1_error"],
             "top3_error": last["test_top3_error"], "train_time_s": 10.0 * len(rows), "s_per_epoch": 10.0,
-            "device": "cuda:0 (NVIDIA H200)",
+            "device": "cuda:0 (NVIDIA H200)", "recipe": "fast", "seed": 3, "test_images": 1000,
         }))  # fmt: skip
     return path
 
@@ -59,7 +59,7 @@ def test_writes_figures_and_summary(tmp_path):
     # b has no final.json: time from its epoch rows
     assert float(rows["b"]["train_time_s"]) == 20.0 and float(rows["b"]["s_per_epoch"]) == 10.0
     md = (out / "summary.md").read_text()
-    assert md.startswith("# My runs\n") and "| a | dsrnet50_cifar | cifar10 | 3/3 | finished | 30.00 |" in md
+    assert md.startswith("# My runs\n") and "| a | dsrnet50_cifar | cifar10 | fast | 3 | 3/3 | finished | 30.00 | 10.00 | 1000 |" in md
 
 
 def test_summary_is_the_final_epoch_not_the_best(tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dsrnet.errors import DsrnetError
-from dsrnet.report.markdown import fmt, markdown_table, write_csv
+from dsrnet.report.markdown import fmt, labelled, markdown_table, write_csv
 from dsrnet.run.atomic import atomic_write_text
 from dsrnet.run.rundir import RunDir
 
@@ -37,7 +37,7 @@ FINISHED, STOPPED_EARLY, RUNNING, INTERRUPTED = "finished", "stopped early", "ru
 SUMMARY_FIELDS = (
     "label", "model", "model_kwargs", "dataset", "recipe", "epochs_done", "epochs", "status", "top1_error",
     "top3_error", "errors_from", "ema_decay", "raw_top1_error", "train_time_s", "s_per_epoch", "params", "device",
-    "precision", "batch_size", "lr", "seed", "torch", "path",
+    "precision", "batch_size", "lr", "seed", "train_images", "test_images", "torch", "path",
 )  # fmt: skip
 
 _FIX_RUN = "fix: pass the --out-dir of a `dsrnet train` run"
@@ -238,6 +238,9 @@ def summary_row(run: Run) -> dict[str, Any]:
         "batch_size": final.get("batch_size", cfg.get("batch_size")),
         "lr": final.get("lr", cfg.get("lr")),
         "seed": final.get("seed", cfg.get("seed")),
+        # a test subset is drawn by the seed: two seeds' errors are then on different images
+        "train_images": final.get("train_images"),
+        "test_images": final.get("test_images"),
         "torch": final.get("torch"),
         "path": str(run.path),
     }
@@ -250,14 +253,15 @@ def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
     for r in rows:
         mark = "" if r["errors_from"] == "final.json" else marked
         params = fmt(r["params"] / 1e6, 2) if isinstance(r["params"], (int, float)) else fmt(None)
+        model = labelled(r["model"], r["model_kwargs"] or {}) if r["model"] else fmt(None)
         table.append([
-            r["label"], r["model"] or fmt(None), r["dataset"] or fmt(None),
+            r["label"], model, r["dataset"] or fmt(None), r["recipe"] or fmt(None), fmt(r["seed"]),
             f"{r['epochs_done']}/{fmt(r['epochs'])}", r["status"],
-            fmt(r["top1_error"]) + mark, fmt(r["top3_error"]) + mark,
+            fmt(r["top1_error"]) + mark, fmt(r["top3_error"]) + mark, fmt(r["test_images"]),
             fmt(r["train_time_s"], 0), fmt(r["s_per_epoch"], 1), params, r["device"] or fmt(None),
         ])  # fmt: skip
-    headers = ["Run", "Model", "Dataset", "Epochs", "Status", "Top-1 err. (%)", "Top-3 err. (%)", "Train time (s)",
-               "s/epoch", "Params (M)", "Device"]  # fmt: skip
+    headers = ["Run", "Model", "Dataset", "Recipe", "Seed", "Epochs", "Status", "Top-1 err. (%)", "Top-3 err. (%)",
+               "Test images", "Train time (s)", "s/epoch", "Params (M)", "Device"]  # fmt: skip
     notes = [
         "Errors are the FINAL epoch's test errors (`final.json`), never the best epoch's.",
         "Train time: the sum of the epochs' training times (evaluation not included).",
