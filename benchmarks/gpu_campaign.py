@@ -304,6 +304,17 @@ def like_settings(path: Path) -> dict:
     return {k: final[k] for k in ("recipe", "epochs", "batch_size", "lr", "seed") if k in final}
 
 
+def dsrnet_model_kwargs(args, baselines: bool) -> dict | None:
+    """DSRNet's model arguments in the baselines/ablation stages. The baselines stage only times DSRNet, and times
+    it as the dsrnet stage trained it: ``--like``'s arguments (an arm's drop_path_rate or dilation), or
+    ``--assemble`` would find the timing of another network than the run. The ablation stage trains its variants
+    with the stage's own arguments (a dry run's narrow widths, else none)."""
+    kwargs = DRY_DSRNET_KWARGS if args.dry_run else None
+    if baselines and args.like:
+        kwargs = like_model_kwargs(Path(args.like)) or kwargs
+    return kwargs or None
+
+
 def like_model_kwargs(path: Path) -> dict | None:
     """The model arguments of the run ``--like`` names (its config.yaml's, else its final.json's); None when it
     records none."""
@@ -505,13 +516,8 @@ def stage_paper_runs(args, budget: Budget, work: Path, summary: dict) -> list[tu
         dry_kw = DRY_DSRNET_KWARGS if args.dry_run else {}
         jobs = [(n, stem_variant("dsrnet50", variants[n].stem or args.stem), {**dry_kw, **variants[n].kwargs})
                 for n in names]  # fmt: skip
-    # DSRNet is timed as the dsrnet stage trained it: --like's model arguments (its arms' drop_path_rate, dilation),
-    # or --assemble would find the timing of another network than the run.
-    dsrnet_kwargs = like_model_kwargs(Path(args.like)) if args.like else None
-    if dsrnet_kwargs is None:
-        dsrnet_kwargs = DRY_DSRNET_KWARGS if args.dry_run else None
     common = {"stem": args.stem, "out": out, "train": {**settings, "deadline": budget.deadline - 5},
-              "bench_settings": bench_settings, "model_kwargs": dsrnet_kwargs or None,
+              "bench_settings": bench_settings, "model_kwargs": dsrnet_model_kwargs(args, baselines),
               "command": " ".join(sys.argv)}  # fmt: skip
     done, skipped = [], []
     post_s = args.post_s if args.post_s is not None else 15.0

@@ -278,6 +278,13 @@ def test_baselines_time_dsrnet_with_the_model_arguments_of_the_run_they_are_like
     (run / "config.yaml").write_text("model: dsrnet50_cifar\nepochs: 3\nmodel_kwargs:\n  drop_path_rate: 0.1\n")
     assert campaign.like_model_kwargs(run / "config.yaml") == {"drop_path_rate": 0.1}
     assert campaign.like_model_kwargs(run) == {"drop_path_rate": 0.1}
+    args = campaign.parse_args(["--stage", "baselines", "--dry-run", "--like", str(run / "config.yaml"), "--out",
+                                str(tmp_path / "o"), "--budget-s", "60"])  # fmt: skip
+    assert campaign.dsrnet_model_kwargs(args, baselines=True) == {"drop_path_rate": 0.1}
+    # The ablation stage trains its variants with its own arguments: --like's would make its runs "other settings".
+    assert campaign.dsrnet_model_kwargs(args, baselines=False) == campaign.DRY_DSRNET_KWARGS
+    (run / "config.yaml").write_text("model: dsrnet50_cifar\nepochs: 3\nmodel_kwargs: {}\n")
+    assert campaign.dsrnet_model_kwargs(args, baselines=True) == campaign.DRY_DSRNET_KWARGS  # full width: dry's
     (run / "config.yaml").unlink()
     (run / "final.json").write_text(json.dumps({"model": "dsrnet50_cifar", "epochs": 3}))
     assert campaign.like_model_kwargs(run) is None

@@ -138,6 +138,9 @@ def test_saved_evaluation_gives_the_confusion_figure_and_other_timing_settings_a
             assemble(returns, out, dsrnet_eval=evaluation)
     with pytest.raises(DsrnetError, match="is not an evaluation folder"):
         assemble(returns, out, dsrnet_eval=tmp_path / "nowhere")
+    (evaluation / "metrics.json").write_text("[1]")
+    with pytest.raises(DsrnetError, match="metrics.json is not a `dsrnet eval` metrics file"):
+        assemble(returns, out, dsrnet_eval=evaluation)
     assert not out.exists()
     (evaluation / "metrics.json").write_text(json.dumps(of_this_run))
     assemble(returns, out, dsrnet_eval=evaluation)

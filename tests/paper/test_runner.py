@@ -160,10 +160,12 @@ def test_report_only_refuses_timings_of_two_setups_and_damaged_run_files(quick_r
     err = capsys.readouterr().err
     assert "bench.json is damaged" in err and len(err.strip().splitlines()) == 1
     path.write_text(json.dumps(saved))
+    table = (out / "table.md").read_text()
     (out / "runs" / "resnet50" / "final.json").write_text('{"model": "resnet50", "top1')
-    assert main(argv) == 0  # an unreadable final.json is no finished run: the table leaves it out
-    assert "| ResNet50 |" not in (out / "table.md").read_text()
-    capsys.readouterr()
+    assert main(argv) == 2  # named, not a traceback, and not a table silently without that column
+    err = capsys.readouterr().err
+    assert "resnet50/final.json is damaged (not a JSON object); fix: repair it, or delete it" in err
+    assert len(err.strip().splitlines()) == 1 and (out / "table.md").read_text() == table
 
 
 def test_table_csv_keeps_the_papers_time_to_its_setting_and_names_the_models_arguments(quick_run):

@@ -60,6 +60,8 @@ def test_writes_figures_and_summary(tmp_path):
     assert float(rows["b"]["train_time_s"]) == 20.0 and float(rows["b"]["s_per_epoch"]) == 10.0
     md = (out / "summary.md").read_text()
     assert md.startswith("# My runs\n") and "| a | dsrnet50_cifar | cifar10 | fast | 3 | 3/3 | finished | 30.00 | 10.00 | 1000 |" in md
+    header, delimiter = [line for line in md.splitlines() if line.startswith("|")][:2]
+    assert header.count("|") == delimiter.count("|") == 15  # 14 columns: GitHub renders only a consistent table
 
 
 def test_summary_is_the_final_epoch_not_the_best(tmp_path):

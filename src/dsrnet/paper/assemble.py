@@ -331,6 +331,9 @@ def _check_eval(src: Path, dsrnet) -> None:
         raise DsrnetError(f"{src} is not an evaluation folder (metrics.json, confusion.png); fix: pass the folder "
                           "`dsrnet eval --out-dir` wrote")  # fmt: skip
     metrics, final = read_json(src / "metrics.json"), json.loads(dsrnet.files["final.json"])
+    if not isinstance(metrics, dict):
+        raise DsrnetError(f"{src / 'metrics.json'} is not a `dsrnet eval` metrics file; fix: pass the folder "
+                          "`dsrnet eval --out-dir` wrote")  # fmt: skip
     ours = (final.get("model"), final.get("dataset"), final.get("test_images"))
     theirs = (metrics.get("model"), metrics.get("dataset"), metrics.get("test_images"))
     def top1(m: dict) -> float | None:

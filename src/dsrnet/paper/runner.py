@@ -137,6 +137,7 @@ def finished_run(config: TrainConfig) -> bool:
     """True if ``config.out_dir`` holds a finished run with the same settings; a finished run with other settings
     is an error, since a table would then mix recipes (:meth:`RunDir.check_compatible`)."""
     run = RunDir(config.out_dir)
+    run.check_final_readable()
     if not run.finished:
         return False
     run.check_compatible(config.to_dict(), RESUME_MUTABLE, LEGACY_DEFAULTS)
@@ -205,6 +206,7 @@ def _finished_alike(job: Job, s: Settings, why: list[str] | None = None) -> bool
     run's difference from these settings is appended to ``why``."""
     cfg = _configs([job], s)[0]
     run = RunDir(cfg.out_dir)
+    run.check_final_readable()  # a damaged final.json left the run out of the table without a word
     if not (run.finished and (run.path / "bench.json").is_file()):
         return False
     try:

@@ -80,23 +80,24 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     DsrnetError (it would silently cut the rows short)."""
     try:
         with open(path, encoding="utf-8") as fh:
-            lines = [line.strip() for line in fh if line.strip()]
+            lines = [(number, line.strip()) for number, line in enumerate(fh, 1) if line.strip()]
     except UnicodeDecodeError:
         raise DsrnetError(f"{path} is not UTF-8 text (damaged); fix: repair or delete it") from None
     rows = []
-    for number, line in enumerate(lines, 1):
+    for i, (number, line) in enumerate(lines):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            if number == len(lines):
+            if i == len(lines) - 1:
                 break
-            raise DsrnetError(f"{path}: line {number} of {len(lines)} is not valid JSON; fix: repair or remove that "
-                              f"line") from None  # fmt: skip
+            raise DsrnetError(f"{path}: line {number} is not valid JSON; fix: repair or remove that line") from None
     return rows
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None) -> str:
     """A GitHub markdown table. ``align``: one of ``l``/``r``/``c`` per column (default: first left, rest right)."""
+    if align is not None and len(align) != len(headers):  # GitHub does not render a table whose rows disagree
+        raise ValueError(f"align has {len(align)} letters for {len(headers)} columns")
     headers = [str(h) for h in headers]
     align = align or "l" + "r" * (len(headers) - 1)
     marks = {"l": ":--", "r": "--:", "c": ":-:"}

@@ -278,7 +278,7 @@ def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
                      "full-schedule result (`dsrnet train --resume` without a deadline completes it).")  # fmt: skip
     runs = "\n".join(f"- {r['label']}: `{r['path']}`" for r in rows)
     return (
-        f"# {title}\n\n{markdown_table(headers, table, align='lllrlrrrrrl')}\n"
+        f"# {title}\n\n{markdown_table(headers, table, align='lllllllrrrrrrl')}\n"
         + "".join(f"{n}\n\n" for n in notes)
         + f"Run folders:\n\n{runs}\n"
     )

@@ -88,6 +88,19 @@ class RunDir:
             return False
         return isinstance(final, dict) and not final.get("stopped_early")
 
+    def check_final_readable(self) -> None:
+        """Raise unless ``final.json`` is absent or a readable JSON object: a damaged one is neither a result nor
+        something to train over silently."""
+        if not self.final.is_file():
+            return
+        try:
+            final = json.loads(self.final.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            final = None
+        if not isinstance(final, dict):
+            raise DsrnetError(f"{self.final} is damaged (not a JSON object); fix: repair it, or delete it (a run "
+                              f"with its checkpoint.pt is then resumed, one without is trained again)")  # fmt: skip
+
     @property
     def stopped_early(self) -> bool:
         """``final.json`` says a deadline stopped the run before its last epoch (its schedule is truncated)."""
