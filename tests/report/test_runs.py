@@ -15,11 +15,12 @@ from dsrnet.report.runs import default_labels, plot_runs
 from dsrnet.run.rundir import RunDir
 
 
-def make_run(path, errors, *, planned=None, final=True, stopped_early=False, model="dsrnet50_cifar"):
+def make_run(path, errors, *, planned=None, final=True, stopped_early=False, model="dsrnet50_cifar", seed=None):
     """A run folder like ``dsrnet train`` leaves: one metrics row per entry of ``errors`` (test top-1 error)."""
     planned = planned or len(errors)
     path.mkdir(parents=True)
-    (path / "config.yaml").write_text(f"model: {model}\ndataset: cifar10\nepochs: {planned}\ndevice: cpu\n")
+    (path / "config.yaml").write_text(f"model: {model}\ndataset: cifar10\nepochs: {planned}\ndevice: cpu\n"
+                                      + (f"seed: {seed}\nout_dir: {path}\n" if seed is not None else ""))  # fmt: skip
     rows = [
         {"epoch": i + 1, "lr": 0.1 * (1 - i / planned), "train_loss": 2.0 - 0.1 * i, "test_top1_error": e,
          "test_top3_error": e / 3, "epoch_time_s": 10.0}
@@ -32,7 +33,7 @@ def make_run(path, errors, *, planned=None, final=True, stopped_early=False, mod
             "model": model, "dataset": "cifar10", "epochs": planned, "epochs_done": len(rows),
             "stopped_early": stopped_early, "params": 1_234_567, "top1_error": last["test_top1_error"],
             "top3_error": last["test_top3_error"], "train_time_s": 10.0 * len(rows), "s_per_epoch": 10.0,
-            "device": "cuda:0 (NVIDIA H200)", "recipe": "fast", "seed": 3, "test_images": 1000,
+            "device": "cuda:0 (NVIDIA H200)", "recipe": "fast", "seed": 3 if seed is None else seed, "test_images": 1000,
         }))  # fmt: skip
     return path
 
@@ -213,3 +214,27 @@ def test_summary_says_what_makes_runs_comparable(tmp_path):
     row = read_summary(tmp_path / "out")["run"]
     assert (row["precision"], row["batch_size"], row["lr"], row["seed"], row["torch"]) == (
         "bf16", "512", "0.4", "3", "2.11.0+cu130")
+
+
+def test_runs_that_differ_only_by_their_seed_are_aggregated_honestly(tmp_path):
+    """Several seeds of one experiment were two unrelated rows: now also their mean, sample std, min-max and n;
+    another model, or an unfinished run, is no part of it."""
+    import statistics
+
+    finals = {0: 30.0, 1: 32.0, 2: 34.5}
+    seeds = [make_run(tmp_path / f"s{k}", [50.0, v], seed=k) for k, v in finals.items()]
+    other = make_run(tmp_path / "other", [50.0, 20.0], model="resnet50_cifar", seed=0)
+    running = make_run(tmp_path / "running", [50.0, 10.0], planned=4, final=False, seed=9)
+    out = tmp_path / "report"
+    written = plot_runs([*seeds, other, running], out)
+    assert "seeds.csv" in [p.name for p in written]
+    with open(out / "seeds.csv", newline="") as fh:
+        (group,) = list(csv.DictReader(fh))
+    assert group["model"] == "dsrnet50_cifar" and group["n"] == "3" and json.loads(group["seeds"]) == [0, 1, 2]
+    assert float(group["top1_error_mean"]) == pytest.approx(statistics.fmean(finals.values()))
+    assert float(group["top1_error_std"]) == pytest.approx(statistics.stdev(finals.values()))  # n - 1
+    assert (float(group["top1_error_min"]), float(group["top1_error_max"])) == (30.0, 34.5)
+    md = (out / "summary.md").read_text()
+    assert "## Across seeds" in md and "| dsrnet50_cifar | cifar10 | fast | 2 | 3 | 0, 1, 2 | 32.17 ± 2.25 | 30.00–34.50 |" in md
+    # One seed each: nothing to aggregate, no seeds.csv.
+    assert "seeds.csv" not in [p.name for p in plot_runs([seeds[0], other], tmp_path / "r2")]

@@ -10,8 +10,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         "Figures and a summary table of `dsrnet train` run folders, for a report: curves.png (test top-1 error and "
         "train loss per epoch), lr.png (learning rate per epoch), confusion_<label>.png (runs with an eval/ folder "
         "from `dsrnet eval`), summary.md and summary.csv (one row per run: final-epoch top-1/top-3 error, epochs, "
-        "finished / stopped early / running / interrupted, train time, params, device). A run that has not ended "
-        "reports its last logged epoch, marked as such; never the best epoch."
+        "finished / stopped early / running / interrupted, train time, params, device; finished runs that differ only "
+        "by their seed also as one row each group: mean ± sample std, min-max, n, in summary.md and seeds.csv). A run "
+        "that has not ended reports its last logged epoch, marked as such; never the best epoch."
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (the --out-dir of `dsrnet train`)")
     p.add_argument("--out-dir", required=True, help="folder for the figures and tables (created if missing)")

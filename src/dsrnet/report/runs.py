@@ -40,6 +40,17 @@ SUMMARY_FIELDS = (
     "precision", "batch_size", "lr", "seed", "train_images", "test_images", "torch", "path",
 )  # fmt: skip
 
+#: Columns of ``seeds.csv``: one row per group of finished runs that differ only by their seed.
+SEED_FIELDS = (
+    "model", "model_kwargs", "dataset", "recipe", "epochs", "n", "seeds", "top1_error_mean", "top1_error_std",
+    "top1_error_min", "top1_error_max", "top3_error_mean", "top3_error_std", "test_images", "labels",
+)  # fmt: skip
+#: Settings that say where and how a run was controlled, not what it trained: runs that differ only in these and
+#: their seed are repeats of one experiment (device, precision, compile and the like are NOT here: a seed group
+#: keeps one setup).
+_RUN_CONTROLS = frozenset({"seed", "out_dir", "resume", "deadline", "data_dir", "download", "progress",
+                           "tensorboard", "checkpoint_every"})  # fmt: skip
+
 _FIX_RUN = "fix: pass the --out-dir of a `dsrnet train` run"
 
 
@@ -246,8 +257,60 @@ def summary_row(run: Run) -> dict[str, Any]:
     }
 
 
-def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
-    """``summary.md``: the rows of :func:`summary_row` as a table, with what the numbers are."""
+def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
+    """The finished runs that differ only by their seed (and by :data:`_RUN_CONTROLS`), two or more distinct seeds
+    per group, in the order the runs were given."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.status != FINISHED or not r.config or r.config.get("seed") is None:
+            continue
+        key = json.dumps({k: v for k, v in r.config.items() if k not in _RUN_CONTROLS}, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(r)
+    return [g for g in groups.values() if len(g) >= 2 and len({r.config["seed"] for r in g}) == len(g)]
+
+
+def seed_row(group: Sequence[Run]) -> dict[str, Any]:
+    """One experiment over several seeds: mean, sample standard deviation (n - 1), min and max of the FINAL
+    epochs' errors."""
+    import statistics
+
+    rows = [summary_row(r) for r in group]
+    first = rows[0]  # (the group's runs share these)
+    out: dict[str, Any] = {
+        **{k: first[k] for k in ("model", "model_kwargs", "dataset", "recipe", "epochs")},
+        "n": len(rows), "seeds": [r["seed"] for r in rows],
+        "test_images": sorted({r["test_images"] for r in rows if r["test_images"] is not None}) or None,
+        "labels": [r["label"] for r in rows],
+    }  # fmt: skip
+    for metric in ("top1_error", "top3_error"):
+        values = [r[metric] for r in rows if isinstance(r[metric], int | float)]
+        if len(values) == len(rows):
+            out[f"{metric}_mean"] = statistics.fmean(values)
+            out[f"{metric}_std"] = statistics.stdev(values)
+            out[f"{metric}_min"], out[f"{metric}_max"] = min(values), max(values)
+    return out
+
+
+def _seeds_markdown(groups: Sequence[dict[str, Any]]) -> str:
+    table = [
+        [labelled(g["model"], g["model_kwargs"] or {}), g["dataset"] or fmt(None), g["recipe"] or fmt(None),
+         fmt(g["epochs"]), str(g["n"]), ", ".join(map(str, g["seeds"])),
+         f"{fmt(g.get('top1_error_mean'))} ± {fmt(g.get('top1_error_std'))}",
+         f"{fmt(g.get('top1_error_min'))}–{fmt(g.get('top1_error_max'))}",
+         f"{fmt(g.get('top3_error_mean'))} ± {fmt(g.get('top3_error_std'))}"]
+        for g in groups
+    ]  # fmt: skip
+    headers = ["Model", "Dataset", "Recipe", "Epochs", "n", "Seeds", "Top-1 err. (%) mean ± std", "Top-1 min–max",
+               "Top-3 err. (%) mean ± std"]  # fmt: skip
+    note = ("Runs that differ only by their seed, finished: the mean and the sample standard deviation (n - 1) of "
+            "their FINAL-epoch errors (seeds.csv). With `--test-subset-per-class` each seed is scored on other test "
+            "images, so the spread includes the test sample's.")  # fmt: skip
+    return f"## Across seeds\n\n{markdown_table(headers, table, align='llllrlrrr')}\n{note}\n\n"
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]], title: str, seeds: Sequence[dict[str, Any]] = ()) -> str:
+    """``summary.md``: the rows of :func:`summary_row` as a table, with what the numbers are; and ``seeds`` (rows
+    of :func:`seed_row`) as a second table."""
     marked = "†"
     table = []
     for r in rows:
@@ -280,6 +343,7 @@ def summary_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
     return (
         f"# {title}\n\n{markdown_table(headers, table, align='lllllllrrrrrrl')}\n"
         + "".join(f"{n}\n\n" for n in notes)
+        + (_seeds_markdown(seeds) if seeds else "")
         + f"Run folders:\n\n{runs}\n"
     )
 
@@ -306,7 +370,8 @@ def plot_runs(
     - ``curves.png``: test top-1 error and train loss per epoch of every run;
     - ``lr.png``: the learning rate per epoch (when the runs logged it);
     - ``confusion_<label>.png``: for each run with an ``eval/confusion.csv`` (``dsrnet eval``);
-    - ``summary.md`` / ``summary.csv``: one row per run (:func:`summary_row`).
+    - ``summary.md`` / ``summary.csv``: one row per run (:func:`summary_row`); where finished runs differ only by
+      their seed, ``summary.md`` also aggregates them (mean ± std, min–max, n) and ``seeds.csv`` holds those rows.
 
     ``labels`` default to the folder names (:func:`default_labels`). Every run is read and checked before anything
     is written."""
@@ -338,6 +403,9 @@ def plot_runs(
                                f"{r.last['epoch']}: rerun `dsrnet eval` for the final model's matrix")  # fmt: skip
             written.append(plot_confusion(np.array(counts), classes, out / f"confusion_{name}.png", title_))
     rows = [summary_row(r) for r in loaded]
-    written.append(atomic_write_text(out / "summary.md", summary_markdown(rows, title or "Training runs")))
+    seeds = [seed_row(g) for g in seed_groups(loaded)]
+    written.append(atomic_write_text(out / "summary.md", summary_markdown(rows, title or "Training runs", seeds)))
     written.append(write_csv(out / "summary.csv", rows, SUMMARY_FIELDS))
+    if seeds:
+        written.append(write_csv(out / "seeds.csv", seeds, SEED_FIELDS))
     return written
