@@ -236,5 +236,7 @@ def test_runs_that_differ_only_by_their_seed_are_aggregated_honestly(tmp_path):
     assert (float(group["top1_error_min"]), float(group["top1_error_max"])) == (30.0, 34.5)
     md = (out / "summary.md").read_text()
     assert "## Across seeds" in md and "| dsrnet50_cifar | cifar10 | fast | 2 | 3 | 0, 1, 2 | 32.17 ± 2.25 | 30.00–34.50 |" in md
-    # One seed each: nothing to aggregate, no seeds.csv.
+    # One seed each: nothing to aggregate, no seeds.csv; into the same folder, the earlier seeds.csv goes too.
     assert "seeds.csv" not in [p.name for p in plot_runs([seeds[0], other], tmp_path / "r2")]
+    again = plot_runs([seeds[0], other], out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in again)

@@ -383,6 +383,7 @@ def plot_runs(
     out = Path(out_dir).expanduser()
     RunDir(out).check_writable()  # before anything is read or written, as bench and eval do
     loaded = [load_run(path, label) for path, label in zip(runs, labels, strict=True)]
+    earlier_plot = (out / "summary.md").is_file()  # a folder this command wrote before
 
     # A run that did not complete its schedule says so in the figures' legends, not only in summary.md.
     curves = {_legend(r): r.rows for r in loaded}
@@ -408,4 +409,8 @@ def plot_runs(
     written.append(write_csv(out / "summary.csv", rows, SUMMARY_FIELDS))
     if seeds:
         written.append(write_csv(out / "seeds.csv", seeds, SEED_FIELDS))
+    if earlier_plot:  # an earlier call's per-run figures (and lr.png, seeds.csv) would sit beside a summary without them
+        stale = [*out.glob("confusion_*.png"), out / "lr.png", out / "seeds.csv"]
+        for path in (q for q in stale if q.is_file() and q not in written):
+            path.unlink()
     return written
