@@ -91,3 +91,17 @@ def test_more_than_ten_runs_on_one_figure_stay_distinguishable(tmp_path, monkeyp
     for fig in figures:
         looks = [(str(line.get_color()), line.get_linestyle()) for line in fig.axes[0].get_lines()]
         assert len(looks) == 12 and len(set(looks)) == 12
+
+
+def test_seed_bands_draw_the_mean_and_the_min_max_of_each_epoch(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    runs = [[{"epoch": 1, "test_top1_error": 50.0}, {"epoch": 2, "test_top1_error": e}] for e in (30.0, 34.0, 35.0)]
+    plots.plot_seed_bands({"DSRNet": runs}, tmp_path / "s.png", title="s")
+    ax = figures[0].axes[0]
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [1, 2] and list(line.get_ydata()) == [50.0, 33.0]
+    assert line.get_label() == "DSRNet (mean of 3 seeds)"
+    (band,) = ax.collections
+    ys = sorted({round(float(y), 6) for y in band.get_paths()[0].vertices[:, 1]})
+    assert ys == [30.0, 35.0, 50.0]  # min and max of epoch 2, both 50 at epoch 1

@@ -227,7 +227,9 @@ def test_runs_that_differ_only_by_their_seed_are_aggregated_honestly(tmp_path):
     running = make_run(tmp_path / "running", [50.0, 10.0], planned=4, final=False, seed=9)
     out = tmp_path / "report"
     written = plot_runs([*seeds, other, running], out)
-    assert "seeds.csv" in [p.name for p in written]
+    assert {"seeds.csv", "curves_seeds.png"} <= {p.name for p in written}
+    with Image.open(out / "curves_seeds.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
     with open(out / "seeds.csv", newline="") as fh:
         (group,) = list(csv.DictReader(fh))
     assert group["model"] == "dsrnet50_cifar" and group["n"] == "3" and json.loads(group["seeds"]) == [0, 1, 2]

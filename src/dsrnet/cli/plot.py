@@ -11,7 +11,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         "train loss per epoch), lr.png (learning rate per epoch), confusion_<label>.png (runs with an eval/ folder "
         "from `dsrnet eval`), summary.md and summary.csv (one row per run: final-epoch top-1/top-3 error, epochs, "
         "finished / stopped early / running / interrupted, train time, params, device; finished runs that differ only "
-        "by their seed also as one row each group: mean ± sample std, min-max, n, in summary.md and seeds.csv). A run "
+        "by their seed also as one row each group: mean ± sample std, min-max, n, in summary.md and seeds.csv, and "
+        "curves_seeds.png: each group's mean test error per epoch with its min-max band). A run "
         "that has not ended reports its last logged epoch, marked as such; never the best epoch."
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (the --out-dir of `dsrnet train`)")

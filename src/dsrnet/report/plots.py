@@ -180,6 +180,35 @@ def plot_curves(
     return save_figure(fig, path)
 
 
+def plot_seed_bands(
+    groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: str | os.PathLike, *, title: str
+) -> Path:
+    """Test top-1 error per epoch of each group of runs that differ only by their seed (``metrics.jsonl`` rows of
+    each run): the mean over the runs that scored the epoch as a line, their min-max as a band, n in the legend."""
+    import statistics
+
+    fig, ax = _figure()
+    for i, (name, runs) in enumerate(groups.items()):
+        by_epoch: dict[int, list[float]] = {}
+        for rows in runs:
+            for r in rows:
+                if "test_top1_error" in r:
+                    by_epoch.setdefault(r["epoch"], []).append(r["test_top1_error"])
+        epochs = sorted(by_epoch)
+        (line,) = ax.plot(epochs, [statistics.fmean(by_epoch[e]) for e in epochs], linestyle=_line_style(i),
+                          label=f"{name} (mean of {len(runs)} seeds)")  # fmt: skip
+        ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                        color=line.get_color(), alpha=0.2, linewidth=0, label=f"{name}: min-max")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 error (%)")
+    _epoch_ticks(ax, {str(i): rows for runs in groups.values() for i, rows in enumerate(runs)})
+    ax.grid(True, alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
 def plot_lr(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, *, title: str) -> Path:
     """The learning rate per epoch (``metrics.jsonl``'s ``lr``: the rate at the epoch's first step) of several runs:
     shows warm-up, decay, and a schedule a deadline cut short (its rate never reached the end)."""

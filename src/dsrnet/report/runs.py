@@ -371,7 +371,8 @@ def plot_runs(
     - ``lr.png``: the learning rate per epoch (when the runs logged it);
     - ``confusion_<label>.png``: for each run with an ``eval/confusion.csv`` (``dsrnet eval``);
     - ``summary.md`` / ``summary.csv``: one row per run (:func:`summary_row`); where finished runs differ only by
-      their seed, ``summary.md`` also aggregates them (mean ± std, min–max, n) and ``seeds.csv`` holds those rows.
+      their seed, ``summary.md`` also aggregates them (mean ± std, min–max, n), ``seeds.csv`` holds those rows and
+      ``curves_seeds.png`` draws each group's mean test error per epoch with its min-max band.
 
     ``labels`` default to the folder names (:func:`default_labels`). Every run is read and checked before anything
     is written."""
@@ -404,13 +405,21 @@ def plot_runs(
                                f"{r.last['epoch']}: rerun `dsrnet eval` for the final model's matrix")  # fmt: skip
             written.append(plot_confusion(np.array(counts), classes, out / f"confusion_{name}.png", title_))
     rows = [summary_row(r) for r in loaded]
-    seeds = [seed_row(g) for g in seed_groups(loaded)]
+    groups = seed_groups(loaded)
+    seeds = [seed_row(g) for g in groups]
+    if groups:
+        from dsrnet.report.plots import plot_seed_bands
+
+        bands = {labelled(g[0].config.get("model") or "run", g[0].config.get("model_kwargs") or {}): [r.rows for r in g]
+                 for g in groups}  # fmt: skip
+        bands_title = f"{title}: across seeds" if title else "Test top-1 error across seeds"
+        written.append(plot_seed_bands(bands, out / "curves_seeds.png", title=bands_title))
     written.append(atomic_write_text(out / "summary.md", summary_markdown(rows, title or "Training runs", seeds)))
     written.append(write_csv(out / "summary.csv", rows, SUMMARY_FIELDS))
     if seeds:
         written.append(write_csv(out / "seeds.csv", seeds, SEED_FIELDS))
     if earlier_plot:  # an earlier call's per-run figures (and lr.png, seeds.csv) would sit beside a summary without them
-        stale = [*out.glob("confusion_*.png"), out / "lr.png", out / "seeds.csv"]
+        stale = [*out.glob("confusion_*.png"), out / "lr.png", out / "seeds.csv", out / "curves_seeds.png"]
         for path in (q for q in stale if q.is_file() and q not in written):
             path.unlink()
     return written
