@@ -227,6 +227,10 @@ def _unreadable(path: Path, err: Exception) -> DsrnetError:
     )
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _bad_field(ckpt: dict, key: str, expected: str) -> DsrnetError:
     shown = repr(ckpt.get(key, "<missing>"))
     return DsrnetError(
@@ -237,9 +241,6 @@ def _bad_field(ckpt: dict, key: str, expected: str) -> DsrnetError:
 
 def check_model_fields(ckpt: dict) -> None:
     """Check the fields a model and its preprocessing are built from, before anything is built."""
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
 
     def triple(v: Any) -> bool:
         return (
@@ -253,13 +254,13 @@ def check_model_fields(ckpt: dict) -> None:
     if not isinstance(ckpt.get("model_kwargs", {}), dict):
         raise _bad_field(ckpt, "model_kwargs", "a mapping")
     n = ckpt.get("num_classes")
-    if not (is_int(n) and 1 <= n <= 100_000):
+    if not (_is_int(n) and 1 <= n <= 100_000):
         raise _bad_field(ckpt, "num_classes", "an integer in 1..100000")
     classes = ckpt.get("classes")
     if not (isinstance(classes, list) and len(classes) == n and all(isinstance(c, str) for c in classes)):
         raise _bad_field(ckpt, "classes", f"a list of {n} class names")
     size = ckpt.get("image_size")
-    if not (is_int(size) and 8 <= size <= MAX_IMAGE_SIZE):
+    if not (_is_int(size) and 8 <= size <= MAX_IMAGE_SIZE):
         raise _bad_field(ckpt, "image_size", f"an integer in 8..{MAX_IMAGE_SIZE}")
     if not triple(ckpt.get("mean")):
         raise _bad_field(ckpt, "mean", "3 finite numbers")
@@ -281,10 +282,10 @@ def check_resume_fields(ckpt: dict) -> None:
         )
     config = ckpt.get("config")
     epochs = config.get("epochs") if isinstance(config, dict) else None
-    if not (isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1):
+    if not (_is_int(epochs) and epochs >= 1):
         raise _bad_field(ckpt, "config", "the run's settings, a mapping with its epochs")
     epoch = ckpt.get("epoch")
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= epochs):
+    if not (_is_int(epoch) and 0 <= epoch <= epochs):
         raise _bad_field(ckpt, "epoch", f"an integer in 0..{epochs}")
     history = ckpt.get("history")
     if not (isinstance(history, list) and len(history) == epoch and all(isinstance(r, dict) for r in history)):

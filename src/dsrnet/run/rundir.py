@@ -75,39 +75,33 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    def _final(self) -> dict | None:
+        """``final.json`` as a mapping; None where there is none or it is unreadable (not JSON, not an object)."""
+        try:
+            final = json.loads(self.final.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
+            return None
+        return final if isinstance(final, dict) else None
+
     @property
     def finished(self) -> bool:
         """The run ended its planned schedule: ``final.json`` exists, is readable and does not say
         ``stopped_early`` (a run a deadline cut short is resumable, not finished; a damaged ``final.json`` is not a
         result)."""
-        if not self.final.is_file():
-            return False
-        try:
-            final = json.loads(self.final.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # (UnicodeDecodeError is a ValueError)
-            return False
-        return isinstance(final, dict) and not final.get("stopped_early")
+        final = self._final()
+        return final is not None and not final.get("stopped_early")
 
     def check_final_readable(self) -> None:
         """Raise unless ``final.json`` is absent or a readable JSON object: a damaged one is neither a result nor
         something to train over silently."""
-        if not self.final.is_file():
-            return
-        try:
-            final = json.loads(self.final.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            final = None
-        if not isinstance(final, dict):
+        if self.final.is_file() and self._final() is None:
             raise DsrnetError(f"{self.final} is damaged (not a JSON object); fix: repair it, or delete it (a run "
                               f"with its checkpoint.pt is then resumed, one without is trained again)")  # fmt: skip
 
     @property
     def stopped_early(self) -> bool:
         """``final.json`` says a deadline stopped the run before its last epoch (its schedule is truncated)."""
-        try:
-            return bool(json.loads(self.final.read_text()).get("stopped_early"))
-        except (OSError, ValueError, AttributeError):
-            return False
+        return bool((self._final() or {}).get("stopped_early"))
 
     @property
     def resumable(self) -> bool:
