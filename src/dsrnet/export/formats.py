@@ -266,7 +266,8 @@ def _check_pt2(path: Path) -> None:
                             raise DsrnetError(f"{path}: {name} has a shape expression that is not plain arithmetic "
                                               f"({str(expr)[:60]!r}), which would be evaluated as code; {fix}")  # fmt: skip
                         target = node.get("target")
-                        if "inputs" in node and target is not None and not (isinstance(target, str) and _safe_op(target)):
+                        is_call = "inputs" in node and target is not None
+                        if is_call and not (isinstance(target, str) and _safe_op(target)):
                             raise UnsafeProgram(path, f"its graph calls {str(target)[:80]}")
                         stack.extend(node.values())
                     elif isinstance(node, list):
@@ -335,7 +336,8 @@ def _check_torchscript(path: Path) -> None:
 
 
 def load_torchscript(path: str | os.PathLike, extra_files: dict[str, Any] | None = None):
-    """``torch.jit.load`` (on the CPU) of a TorchScript file whose code is checked first (:func:`_check_torchscript`)."""
+    """``torch.jit.load`` (on the CPU) of a TorchScript file whose code is checked first
+    (:func:`_check_torchscript`)."""
     _check_torchscript(Path(path))
     with _quiet():
         return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files or {})
@@ -506,8 +508,8 @@ def export_model(
         )  # fmt: skip
 
 
-def _export_model(source, out, *, format, int8, calib_images, data_dir, quantizer, image_size, num_classes,  # noqa: A002
-                  tolerance, seed) -> ExportResult:  # fmt: skip
+def _export_model(source, out, *, format, int8, calib_images, data_dir, quantizer,  # noqa: A002
+                  image_size, num_classes, tolerance, seed) -> ExportResult:  # fmt: skip
     _check_format(format)
     if int8 and format != "onnx":
         raise DsrnetError(f"--int8 is available for --format onnx only, not {format}; fix: use --format onnx")

@@ -81,7 +81,8 @@ def read_metrics(path: Path) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise DsrnetError(f"{path} is not UTF-8 text (damaged); fix: repair or delete it, or leave the run out") from None
+        raise DsrnetError(f"{path} is not UTF-8 text (damaged); fix: repair or delete it, or leave the run "
+                          f"out") from None  # fmt: skip
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -418,7 +419,7 @@ def plot_runs(
     written.append(write_csv(out / "summary.csv", rows, SUMMARY_FIELDS))
     if seeds:
         written.append(write_csv(out / "seeds.csv", seeds, SEED_FIELDS))
-    if earlier_plot:  # an earlier call's per-run figures (and lr.png, seeds.csv) would sit beside a summary without them
+    if earlier_plot:  # an earlier call's per-run figures, lr.png, seeds.csv would sit beside a summary without them
         stale = [*out.glob("confusion_*.png"), out / "lr.png", out / "seeds.csv", out / "curves_seeds.png"]
         for path in (q for q in stale if q.is_file() and q not in written):
             path.unlink()

@@ -171,8 +171,10 @@ class TrainConfig:
     ``batch_size`` and ``lr`` are for the global batch (all DDP ranks together). ``milestones`` are epochs
     (step schedule only; default 50 % and 75 % of ``epochs``). ``device="auto"`` resolves to ``cuda`` when
     available. ``resume``: ``"auto"`` (or ``True``) continues from ``out_dir/checkpoint.pt`` (``dsrnet train
-    --resume`` starts the run instead when the folder holds none yet); a path names a checkpoint or run folder. ``subset_per_class`` / ``test_subset_per_class``: train / test on that many
-    images per class (quick runs), picked by ``seed`` (so runs of other seeds are also scored on other images). ``model_kwargs`` go to :func:`dsrnet.create_model` (e.g.
+    --resume`` starts the run instead when the folder holds none yet); a path names a checkpoint or run folder.
+    ``subset_per_class`` / ``test_subset_per_class``: train / test on that many images per class (quick runs),
+    picked by ``seed`` (so runs of other seeds are also scored on other images). ``model_kwargs`` go to
+    :func:`dsrnet.create_model` (e.g.
     ``{"widths": [8, 16, 32, 64]}``). ``pad_fill``: what the random crop pads with, ``"zero"`` (black),
     ``"mean"`` (the mean colour) or ``"reflect"`` (the image mirrored at its borders; :mod:`dsrnet.data.loader`).
     ``cutout``: side in pixels of the square set to the mean colour in each training image after the crop and flip
