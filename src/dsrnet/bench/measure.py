@@ -376,7 +376,7 @@ def benchmark_model(
     if (compile or backend != "torch" or triton) and warmup < 1:
         raise DsrnetError(
             "--warmup 0 would time the compilation / first-call set-up of --compile, --backend or the Triton "
-            "kernels (--fused, --dwconv); fix: --warmup 1 or more"
+            "kernels (--fused, --dwconv on a GPU); fix: --warmup 1 or more"
         )
     if backend != "torch" and channels_last:
         raise DsrnetError(f"backend {backend} takes NCHW input; fix: drop --channels-last (or --backend torch)")
