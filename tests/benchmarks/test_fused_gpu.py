@@ -48,7 +48,7 @@ def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tm
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", "inference cifar/32 b1024 fused"]) == 2
     err = capsys.readouterr().err
     assert "--only inference cifar/32 b1024 fused matches no step; fix:" in err
-    assert "inference cifar/32 b1024: fused, fused auto, fused split, eager, resnet50 compiled" in err
+    assert "inference cifar/32 b1024: fused, fused one-kernel, fused auto, eager, resnet50 compiled" in err
     assert not out.exists()
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", " ; "]) == 2
     assert "--only names no step" in capsys.readouterr().err and not out.exists()
@@ -95,3 +95,81 @@ def test_the_test_split_alone_decodes_from_the_webp_copy_checked_against_its_sum
     with pytest.raises(ValueError, match="test/images does not match SHA256SUMS"):
         fused_gpu.decode_test_split(tmp_path / "bad", tmp_path / "data2")
     assert not (tmp_path / "data2" / "cifar10" / "test.npz").exists()
+
+
+def test_a_skipped_step_is_in_the_files_at_once(fused_gpu, tmp_path):
+    """2026-11-27's H200 call was killed in a step that outran the budget: its files showed nothing after the last
+    finished step, so the skips before it were lost. A skip (and a start) now writes them."""
+    bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0))
+    bench.step("too big", 10**6, lambda: None)
+    assert "SKIP too big" in (tmp_path / "log.txt").read_text()
+    assert "too big" in (tmp_path / "results.md").read_text()
+
+
+def test_the_watchdog_writes_what_was_measured_and_ends_the_process_at_the_budget(fused_gpu, tmp_path, monkeypatch):
+    """The alarm cannot stop a step stuck outside Python; the watchdog thread ends the run at the budget's end
+    with the files written, instead of the device call's limit killing it with nothing."""
+    exits = []
+    monkeypatch.setattr(fused_gpu.os, "_exit", exits.append)
+    bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=0.0))
+    row = {"form": "dsrnet_eager", "stem": "cifar", "image": 16, "batch": 2, "images_per_s": 1.0}
+    bench.results["inference"].append(row)
+    bench.start_watchdog().join(timeout=10)
+    assert exits == [3]
+    assert "HARD STOP" in (tmp_path / "log.txt").read_text()
+    import json
+
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["inference"] == [row]
+    assert saved["errors"][-1]["step"] == "watchdog"
+
+
+def test_gradient_errors_are_measured_against_the_exact_gradients(fused_gpu):
+    import torch
+
+    exact = {"a": torch.tensor([1.0, -2.0]), "b": torch.tensor([[0.5, 0.0]])}
+    same = fused_gpu.grad_errors({k: v.clone() for k, v in exact.items()}, exact)
+    assert same["grad_norm_rel_err"] == 0 and same["max_rel_grad_diff"] == 0
+    off = fused_gpu.grad_errors({"a": exact["a"], "b": torch.tensor([[0.5, 0.25]])}, exact)
+    assert off["worst_param"] == "b" and off["max_rel_grad_diff"] == pytest.approx(0.5)
+    assert off["grad_norm_rel_err"] == pytest.approx(0.25 / (1 + 4 + 0.25) ** 0.5)
+
+
+def test_fused_forms_name_their_mode_and_older_rows_keep_their_meaning(fused_gpu):
+    """``dsrnet_fused`` times fuse()'s default; rows of the run before the default became split called the
+    one-kernel mode ``dsrnet_fused`` and carry no ``fuse_mode``."""
+    from dsrnet.models.fused import DEFAULT_FUSE_MODE
+
+    assert fused_gpu.fuse_mode("dsrnet_fused") == DEFAULT_FUSE_MODE == "split"
+    assert fused_gpu.fuse_mode("dsrnet_fused_onekernel+cudagraph") == "fused"
+    assert fused_gpu.fuse_mode("dsrnet_fused", {"form": "dsrnet_fused"}) == "fused"
+    assert fused_gpu.fuse_mode("dsrnet_fused", {"form": "dsrnet_fused", "fuse_mode": "split"}) == "split"
+    assert fused_gpu.fuse_mode("dsrnet_fused_auto", {"form": "dsrnet_fused_auto"}) == "auto"
+
+
+def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, capsys):
+    """A run killed before its reserve step has timings but no per-image counts; --rerender counts them on the CPU
+    (shapes only) and rewrites the tables, leaving the run's log alone."""
+    import json
+
+    bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0))
+    bench.results["ceilings"] = {"copy_bandwidth_GBps": 1000.0, "bf16_matmul_TFLOPs": 100.0}
+    bench.results["inference"] = [
+        {"form": "dsrnet_fused", "stem": "cifar", "image": 16, "batch": 2, "images_per_s": 1000.0},
+        {"form": "dsrnet_fused_split", "stem": "cifar", "image": 16, "batch": 2, "images_per_s": 2000.0},
+    ]
+    bench.save()
+    (tmp_path / "log.txt").write_text("the run's own log\n")
+    assert fused_gpu.main(["--rerender", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["per_image"]) == {"cifar/16"} and len(saved["roofline"]) == 2
+    one, split = saved["roofline"]
+    # the legacy dsrnet_fused row is the one-kernel mode, which writes no depthwise output: less traffic
+    assert one["modelled_mb_per_image"] < split["modelled_mb_per_image"]
+    assert "--rerender" in saved["rerendered"] and "## Roofline" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "log.txt").read_text() == "the run's own log\n"
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("{}")
+    assert fused_gpu.main(["--rerender", str(tmp_path / "bad")]) == 2
+    assert "is not a fused_gpu.py results.json" in capsys.readouterr().err

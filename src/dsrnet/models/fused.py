@@ -1,23 +1,22 @@
 """Fast forms of a :class:`~dsrnet.models.dsrnet.DSRNet` built on the Triton kernels of :mod:`dsrnet.kernels`.
 
 * :func:`fuse` -> inference form: BatchNorm folded into the convs (``torch.nn.utils.fusion.fuse_conv_bn_eval``),
-  channels-last, and every depthwise-separable DSR block (Fig. 1) run as two kernels:
+  channels-last, and every depthwise-separable DSR block (Fig. 1) run by Triton kernels:
 
   1. the first 1x1 conv + bias + ReLU as a GEMM (``dsrnet::pointwise_conv``);
-  2. dilated depthwise 3x3 + bias + ReLU -> pointwise 1x1 + bias + shortcut + ReLU in one kernel
-     (``dsrnet::dw_pw_block``): the depthwise tile stays in registers and feeds ``tl.dot`` directly, and a
-     downsampling block's strided 1x1 shortcut conv is accumulated into the same output tile, so neither the
-     depthwise output nor the shortcut branch is ever written to memory.
+  2. ``mode="split"`` (the default): the dilated depthwise 3x3 + bias + ReLU (``dsrnet::dwconv2d``), then the
+     pointwise 1x1 + bias + shortcut + ReLU as one GEMM (``dsrnet::pointwise_conv``) whose output tile also
+     accumulates a downsampling block's strided 1x1 shortcut conv, so the shortcut branch is never written to
+     memory; ``mode="fused"``: both in one kernel (``dsrnet::dw_pw_block``), the depthwise tile kept in registers
+     and fed to ``tl.dot`` directly, so the depthwise output is never written either; ``mode="auto"``: fused where
+     the block has at most :data:`AUTO_FUSED_MAX_OUT` output channels, split above.
 
-  ``mode="split"`` runs the same folded block as three/four kernels instead (1x1 GEMM, depthwise, 1x1 GEMM with the
-  residual add), for measuring what the fusion buys. ``mode="auto"`` picks per block: fused where the block has at
-  most :data:`AUTO_FUSED_MAX_OUT` output channels, split above. Why: each program of the fused kernel computes the
-  depthwise tile for its own ``BLOCK_N``-wide slice of the output channels, in fp32 on the CUDA cores (~15x fewer
-  multiply-adds per second than the bf16 tensor cores of the GEMM on an H100), so the depthwise work, ~9 x 15 /
-  ``BLOCK_N`` of the GEMM's time per slice, is paid once per slice: cheap at 256 outputs (one or two slices), ~8-16
-  times over at DSRNet-50's 2048, where writing the depthwise output once (2 bytes per channel and pixel in bf16)
-  and reading it back costs less. That is a model, not a measurement: ``benchmarks/kernel_shapes.py`` times both
-  forms per block shape, and the default stays ``"fused"`` until a GPU run shows which wins. Blocks with
+  Why split is the default: each program of the fused kernel computes the depthwise tile for its own
+  ``BLOCK_N``-wide slice of the output channels, in fp32 on the CUDA cores, so the depthwise work is paid once per
+  slice (up to 16 times over at DSRNet-50's 2048 outputs), where writing the depthwise output once (2 bytes per
+  channel and pixel in bf16) and reading it back costs less. Measured on an H200 (bf16, batch 1024, 32 px,
+  ``benchmarks/fused_gpu.py``, BENCHMARKS.md): split 7.16 ms, auto 7.66 ms, fused 10.63 ms per batch; the fused
+  kernel took 78 % of the fused model's time. Blocks with
   ``separable=False`` (the ablation) run their folded convs with plain PyTorch. Stem, pooling and head stay
   PyTorch ops.
 * :func:`use_triton_dwconv` -> training form: each block's depthwise conv becomes a
@@ -47,7 +46,9 @@ from dsrnet.errors import DsrnetError
 from dsrnet.kernels import ops
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
-FUSE_MODES = ("fused", "split", "auto")
+FUSE_MODES = ("split", "fused", "auto")
+#: what :func:`fuse` uses unless told otherwise: the fastest mode measured on a GPU (module docstring).
+DEFAULT_FUSE_MODE = "split"
 #: ``mode="auto"``: blocks with at most this many output channels run fused, wider ones split (module docstring).
 AUTO_FUSED_MAX_OUT = 256
 
@@ -60,7 +61,7 @@ def _pointwise_kn(conv: nn.Conv2d) -> torch.Tensor:
 class FusedDSRBlock(nn.Module):
     """A folded :class:`DSRBlock` for inference (see the module docstring); same input and output as the block."""
 
-    def __init__(self, block: DSRBlock, mode: str = "fused") -> None:
+    def __init__(self, block: DSRBlock, mode: str = DEFAULT_FUSE_MODE) -> None:
         super().__init__()
         if mode not in FUSE_MODES:
             raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
@@ -112,7 +113,7 @@ class FusedDSRBlock(nn.Module):
 class FusedDSRNet(nn.Module):
     """Inference form of a :class:`DSRNet` made by :func:`fuse`: same inputs and logits, channels-last inside."""
 
-    def __init__(self, model: DSRNet, mode: str = "fused") -> None:
+    def __init__(self, model: DSRNet, mode: str = DEFAULT_FUSE_MODE) -> None:
         super().__init__()
         self.num_classes = model.num_classes
         self.num_features = model.num_features
@@ -154,14 +155,15 @@ class FusedDSRNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def fuse(model: nn.Module, *, mode: str = "fused") -> FusedDSRNet:
+def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> FusedDSRNet:
     """Inference form of a DSRNet: BN folded, NHWC, each DSR block run by fused Triton kernels.
 
     The input model is not changed (it is copied). The result is in eval mode, uses the BN running statistics (as
     eval mode does), and keeps the model's dtype and device (BN is folded in fp32 and rounded once to that dtype);
     cast it afterwards like any module
-    (``fuse(model).to(torch.bfloat16)``). ``mode="split"``: unfused kernels, for comparison; ``mode="auto"``: fused
-    or split per block by its output width (module docstring).
+    (``fuse(model).to(torch.bfloat16)``). ``mode="split"`` (default): a depthwise kernel, then the pointwise GEMM
+    with the shortcut in its tile; ``mode="fused"``: both in one kernel; ``mode="auto"``: fused or split per block
+    by its output width (module docstring: split measured fastest on an H200).
     """
     if not isinstance(model, DSRNet):
         raise DsrnetError(f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')), got {type(model).__name__}")
