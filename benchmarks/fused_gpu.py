@@ -720,6 +720,41 @@ def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
         del model
 
 
+def step_stem(bench: Bench) -> None:
+    """The fused model's stem kernel alone (``dsrnet::direct_conv``: folded conv + bias + ReLU, one pass) against
+    what it replaced (cuDNN conv with bias, then ReLU), bf16 channels_last, both stems at their timed sizes: whether
+    the kernel earns its place (it replaced ~8 % of the fused model's time, BENCHMARKS.md)."""
+    from dsrnet.kernels import ops
+
+    for stem, image in (("cifar", 32), ("paper", 96)):
+        size, b = bench.size(image), bench.batch(1024)
+        conv = build_dsrnet(bench, stem).conv1
+        k, stride, pad, dil = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+        w = conv.weight.detach().to(bench.device, torch.bfloat16)
+        bias = torch.randn(w.shape[0], device=bench.device, dtype=torch.bfloat16)
+        packed = ops.pack_direct(w)
+        x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
+        forms = {
+            "direct_conv (Triton)": lambda: ops.direct_conv(x, packed, bias, k, stride, pad, dil, True),
+            "cuDNN conv + bias, ReLU": lambda: torch.relu_(nn.functional.conv2d(x, w, bias, stride, pad, dil)),
+        }
+        with torch.inference_mode():
+            ref = forms["cuDNN conv + bias, ReLU"]().float()
+            for name, fn in forms.items():
+                pre = precompile(bench, fn) if "Triton" in name else {}
+                out = fn()
+                bench.sync()
+                t = time_ms(bench, fn, warmup=5, repeats=20)
+                gb = (x.numel() + out.numel()) * 2 / 1e9  # read the image, write the map once (bf16)
+                row = {"form": name, "stem": stem, "image": size, "batch": b, "ms": round(t["median_ms"], 4),
+                       "floor_gb": round(gb, 4), "gb_per_s": round(gb / (t["median_ms"] / 1e3), 1),
+                       "max_rel_diff": float((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)),
+                       **pre}  # fmt: skip
+                bench.results.setdefault("stem", []).append(row)
+                bench.log(f"stem: {row}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 5. training step
 # ---------------------------------------------------------------------------------------------------------------
@@ -809,7 +844,7 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     from torchvision.models.resnet import Bottleneck
 
     from dsrnet.models.dsrnet import DSRBlock
-    from dsrnet.models.fused import FusedDSRBlock
+    from dsrnet.models.fused import FusedDSRBlock, FusedDSRNet
 
     block_types = (DSRBlock, FusedDSRBlock, Bottleneck)
     counts = {"floor": 0, "own": 0}
@@ -831,6 +866,12 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     def leaf_hook(mod, inp, out):
         counts["own"] += _nbytes(inp) + _nbytes(out)
 
+    if isinstance(model, FusedDSRNet):  # its stem is an op, not a module: it reads the image, writes its map
+
+        def stem_hook(mod, inp, out):
+            counts["own"] += _nbytes(x) + _nbytes(inp)
+
+        hooks.append(model.maxpool.register_forward_hook(stem_hook))
     for m in model.modules():
         if isinstance(m, block_types):
             hooks.append(m.register_forward_hook(block_hook))
@@ -964,6 +1005,9 @@ def render_markdown(results: dict) -> str:
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
         _table(inf, ["form", "fuse_mode", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50", "x_resnet50_tuned",
                      "peak_mem_mib", "precompile_s", "first_call_s", "max_logit_diff_vs_fp32", "top1_agree_vs_fp32"]),
+        "## The stem alone: folded conv + bias + ReLU (bf16, channels_last)",
+        _table(results.get("stem", []), ["form", "stem", "image", "batch", "ms", "floor_gb", "gb_per_s",
+                                         "max_rel_diff", "precompile_s"]),
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
         _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm",
                        "x_resnet50_cudagraphs", "peak_mem_mib",
@@ -1050,6 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
          step_inference, "cifar", 32, 1024, ("dsrnet_fused", "dsrnet_fused_onekernel", "dsrnet_fused_auto",
                                              "dsrnet_eager", "resnet50_compiled"), False),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
+        ("stem kernel vs cuDNN, cifar/32 and paper/96 b1024", 20, step_stem),
         ("inference cifar/32 b128 (+cudagraph)", 60, step_inference,
          "cifar", 32, 128, ("dsrnet_fused", "dsrnet_eager", "resnet50_compiled"), True),
         ("training 32px b512: resnet50 compiled, dsrnet eager, + triton dw", 150, step_training,

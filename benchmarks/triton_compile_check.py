@@ -72,6 +72,8 @@ def variants():
         yield tk.pw_gemm, {"STRIDE": s, "RES": res, "DS_STRIDE": ds, "RELU": relu}
     for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:
         yield tk.dw_pw, {"STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
+    for k, s, d in [(3, 1, 3), (7, 2, 3)]:  # the stems of fuse(): cifar (3x3, rate 3) and paper (7x7 stride 2, rate 3)
+        yield tk.direct_conv, {"CIN": 3, "KSIZE": k, "STRIDE": s, "PAD": d * (k - 1) // 2, "DIL": d, "RELU": True}
 
 
 def resource_usage(kernel) -> str:

@@ -373,3 +373,53 @@ def test_an_empty_batch_runs_on_the_fallback(monkeypatch):
     for mode in ("fused", "split"):
         with torch.inference_mode():
             assert dsrnet.fuse(model, mode=mode)(torch.randn(0, 3, 9, 9)).shape == (0, 10)
+
+
+# (kernel, stride, dilation): DSRNet's cifar stem (3x3, stride 1, rates 1 and 3) and paper stem (7x7, stride 2)
+STEM_GEOMETRIES = [(3, 1, 1), (3, 1, 3), (7, 2, 1), (7, 2, 3), (3, 2, 2)]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "dilation"), STEM_GEOMETRIES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_direct_conv_matches_conv2d_bias_relu(kernel, stride, dilation, channels_last):
+    # 20 outputs (not a multiple of the 16-wide interpreter block), odd 11x9 image, batch 1; padding = the model's
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 3, 11, 9, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(20, 3, kernel, kernel, generator=g), torch.randn(20, generator=g)
+    padding = dilation * (kernel - 1) // 2
+    assert ops.triton_usable(x)
+    y = ops.direct_conv(x, ops.pack_direct(weight), bias, kernel, stride, padding, dilation, True)
+    ref = F.relu(F.conv2d(x, weight, bias, stride, padding, dilation))
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, ref, 1e-4)
+    no_relu = ops.direct_conv(x, ops.pack_direct(weight), bias, kernel, stride, padding, dilation, False)
+    _close(no_relu, F.conv2d(x, weight, bias, stride, padding, dilation), 1e-4)
+    assert (no_relu < 0).any()  # the ReLU switch is tested, not a no-op on all-positive outputs
+
+
+def test_direct_conv_bf16_and_the_fallback_agree_with_conv2d(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    x, weight, bias = torch.randn(2, 3, 8, 8, generator=g), torch.randn(16, 3, 3, 3, generator=g), torch.randn(16)
+    ref = F.relu(F.conv2d(x, weight, bias, 1, 3, 3))
+    got = ops.direct_conv(x.bfloat16(), ops.pack_direct(weight).bfloat16(), bias.bfloat16(), 3, 1, 3, 3, True)
+    assert got.dtype == torch.bfloat16
+    _close(got, ref, 2e-2)
+    triton_out = ops.direct_conv(x, ops.pack_direct(weight), bias, 3, 1, 3, 3, True)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert not ops.triton_usable(x)
+    fallback = ops.direct_conv(x, ops.pack_direct(weight), bias, 3, 1, 3, 3, True)
+    assert fallback.is_contiguous(memory_format=torch.channels_last)
+    _close(fallback, triton_out, 1e-5)
+    assert ops.direct_conv(x[:0], ops.pack_direct(weight), bias, 3, 1, 3, 3, True).shape == (0, 16, 8, 8)
+
+
+def test_direct_conv_registration_passes_opcheck_and_bad_shapes_are_one_error():
+    x, w, b = torch.randn(1, 3, 5, 4), torch.randn(27, 6), torch.randn(6)
+    for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.library.opcheck(torch.ops.dsrnet.direct_conv.default, (xi, w, b, 3, 2, 1, 1, True))
+    with pytest.raises(DsrnetError, match=r"direct_conv wants x \[N, C, H, W\] and a weight \[C \* 3\^2, Cout\]"):
+        ops.direct_conv(x, torch.randn(26, 6), b, 3, 1, 1, 1, True)
+    with pytest.raises(DsrnetError, match=r"direct_conv wants bias of shape \[6\], got \[5\]"):
+        ops.direct_conv(x, w, torch.randn(5), 3, 1, 1, 1, True)

@@ -7,12 +7,14 @@ parallel first.
 """
 
 from dsrnet.kernels.ops import (
+    direct_conv,
     dw_pw_block,
     dwconv2d,
     dwconv2d_affine_relu,
     dwconv2d_affine_relu_grad_input,
     dwconv2d_grad_input,
     dwconv2d_grad_weight,
+    pack_direct,
     pack_taps,
     pointwise_conv,
     precompile,
@@ -20,12 +22,14 @@ from dsrnet.kernels.ops import (
 )
 
 __all__ = [
+    "direct_conv",
     "dw_pw_block",
     "dwconv2d",
     "dwconv2d_affine_relu",
     "dwconv2d_affine_relu_grad_input",
     "dwconv2d_grad_input",
     "dwconv2d_grad_weight",
+    "pack_direct",
     "pack_taps",
     "pointwise_conv",
     "precompile",

@@ -632,12 +632,71 @@ dw_pw = _LazyKernel(
 )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Direct conv for few input channels (the stem): KxK, any stride and dilation, + bias + ReLU, NHWC output
+# ---------------------------------------------------------------------------------------------------------------
+def _direct_conv(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    P, COUT, H, W, HO, WO,
+    sxn, sxc, sxh, sxw,
+    syn, syh, syw, TUNE_SIZE,
+    CIN: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+    RELU: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # An implicit GEMM: [pixels, CIN * KSIZE^2 taps] @ [taps, COUT] on the tensor cores, the A tile gathered from x
+    # as it is loaded (im2col never written; the taps of a 3-channel stem: 27 or 147, one or five BLOCK_K steps).
+    # x: [N, CIN, H, W] at any strides (NCHW or NHWC alike); w: [CIN * KSIZE^2, COUT], row (c * KSIZE + kh) * KSIZE
+    # + kw; y: [N, HO, WO, COUT] via pixel strides, channels contiguous. Its cost is writing y once.
+    TAPS: tl.constexpr = CIN * KSIZE * KSIZE
+    pid_p = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    p_mask = offs_p < P
+    n_mask = offs_n < COUT
+    img, ho, wo = _pixels(offs_p, HO, WO)
+    ih0 = ho * STRIDE - PAD
+    iw0 = wo * STRIDE - PAD
+    acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, TAPS, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < TAPS
+        c = offs_k // (KSIZE * KSIZE)
+        kh = (offs_k // KSIZE) % KSIZE
+        kw = offs_k % KSIZE
+        ih = ih0[:, None] + (kh * DIL)[None, :]
+        iw = iw0[:, None] + (kw * DIL)[None, :]
+        ok = (p_mask[:, None] & k_mask[None, :]) & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+        a = tl.load(x_ptr + (img * sxn)[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=ok, other=0.0)
+        b = tl.load(w_ptr + offs_k[:, None] * COUT + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
+                    other=0.0)  # fmt: skip
+        acc = _mma(a, b, acc, IEEE, DOT_F32)
+    acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & n_mask[None, :])
+
+
+_DIRECT_CONFIGS = [
+    _cfg(BLOCK_P=128, BLOCK_N=64, BLOCK_K=32),
+    _cfg(BLOCK_P=64, BLOCK_N=64, BLOCK_K=32),
+    _cfg(BLOCK_P=256, BLOCK_N=64, BLOCK_K=32, num_warps=8),
+    _cfg(BLOCK_P=128, BLOCK_N=32, BLOCK_K=32),
+]
+direct_conv = _LazyKernel(
+    _direct_conv, _DIRECT_CONFIGS, ["TUNE_SIZE", "COUT", "HO", "WO", "CIN", "KSIZE", "STRIDE", "DIL"],
+    _cfg(BLOCK_P=16, BLOCK_N=16, BLOCK_K=16),
+)  # fmt: skip
+
+
 def autotune_picks() -> dict[str, list[dict]]:
     """What the autotuner chose so far in this process, per kernel: for each tuning key (the kernel's ``key``
     arguments, then the tensors' dtypes) the config that won, as plain data (for a benchmark's results: the
     block sizes a card prefers, per shape)."""
     picks: dict[str, list[dict]] = {}
-    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "dw_pw"):
+    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "dw_pw", "direct_conv"):
         lazy = globals()[name]
         tuner = lazy._built.get((False, True))  # compiled kernels, autotuning on
         cache = getattr(tuner, "cache", None) or {}

@@ -18,6 +18,9 @@ Ops (namespace ``dsrnet``):
   ``[Cin, Cout]`` (+ a residual, or with ``w_ds`` the block's strided 1x1 downsample of it); inference only.
 * ``dw_pw_block(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride)``: the fused second half of
   a folded DSR block (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU); inference only.
+* ``direct_conv(x, w_packed, bias, kernel_size, stride, padding, dilation, relu)``: a KxK conv of an input with few
+  channels (the stem) + bias + ReLU in one pass, weight ``[Cin * k * k, Cout]`` (:func:`pack_direct`); inference
+  only.
 """
 
 from __future__ import annotations
@@ -539,3 +542,62 @@ def _(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride):
     return _empty_nhwc(x.shape[0], w_pw.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# direct conv for few input channels (the stem), inference
+# ---------------------------------------------------------------------------------------------------------------
+def pack_direct(weight: torch.Tensor) -> torch.Tensor:
+    """Conv weight ``[Cout, Cin, k, k]`` -> ``[Cin * k * k, Cout]``: each tap's output channels contiguous."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
+
+
+def _direct_out_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+@torch.library.custom_op("dsrnet::direct_conv", mutates_args=())
+def direct_conv(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    bias: torch.Tensor,
+    kernel_size: int,
+    stride: int,
+    padding: int,
+    dilation: int,
+    relu: bool,
+) -> torch.Tensor:
+    """``[relu](conv2d(x, w) + bias)`` with one kernel that writes its output once, channels-last. For convs of an
+    input with few channels (DSRNet's stem: 3): cuDNN ran the folded stem of ``fuse()`` as a padded NHWC conv, a
+    separate bias add and a ReLU, ~8 % of the fused model's time on an H200 (BENCHMARKS.md, issue 10)."""
+    if x.dim() != 4 or w_packed.dim() != 2 or w_packed.shape[0] != x.shape[1] * kernel_size**2:
+        raise DsrnetError(f"direct_conv wants x [N, C, H, W] and a weight [C * {kernel_size}^2, Cout], got "
+                          f"{list(x.shape)} and {list(w_packed.shape)}")  # fmt: skip
+    n, cin, h, w = x.shape
+    cout = w_packed.shape[1]
+    _check_shape("direct_conv", "bias", bias, (cout,))
+    ho = _direct_out_size(h, kernel_size, stride, padding, dilation)
+    wo = _direct_out_size(w, kernel_size, stride, padding, dilation)
+    if min(n, ho, wo) <= 0 or not triton_usable(x, n * cout * ho * wo):  # (an empty batch: nothing to launch)
+        weight = w_packed.t().reshape(cout, cin, kernel_size, kernel_size).to(x.dtype)
+        y = F.conv2d(x, weight, bias.to(x.dtype), stride, padding, dilation)
+        return _as_nhwc(F.relu(y) if relu else y)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()  # the kernel's 32-bit offsets: strides bounded by the tensor's own size
+    y = _empty_nhwc(n, cout, ho, wo, like=x)
+    p = n * ho * wo
+    with _launch(x):
+        _tk.direct_conv[lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(cout, meta["BLOCK_N"]))](
+            x, w_packed.to(x.dtype).contiguous(), bias.contiguous(), y,  # tl.dot: one dtype for both operands
+            p, cout, h, w, ho, wo, *x.stride(), *_pixel_strides(y), _tune_size(p),
+            CIN=cin, KSIZE=kernel_size, STRIDE=stride, PAD=padding, DIL=dilation, RELU=relu, IEEE=_ieee(x),
+            DOT_F32=_dot_f32(x),
+        )  # fmt: skip
+    return y
+
+
+@direct_conv.register_fake
+def _(x, w_packed, bias, kernel_size, stride, padding, dilation, relu):
+    ho = _direct_out_size(x.shape[2], kernel_size, stride, padding, dilation)
+    wo = _direct_out_size(x.shape[3], kernel_size, stride, padding, dilation)
+    return _empty_nhwc(x.shape[0], w_packed.shape[1], ho, wo, x)

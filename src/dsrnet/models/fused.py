@@ -16,9 +16,9 @@
   slice (up to 16 times over at DSRNet-50's 2048 outputs), where writing the depthwise output once (2 bytes per
   channel and pixel in bf16) and reading it back costs less. Measured on an H200 (bf16, batch 1024, 32 px,
   ``benchmarks/fused_gpu.py``, BENCHMARKS.md): split 7.16 ms, auto 7.66 ms, fused 10.63 ms per batch; the fused
-  kernel took 78 % of the fused model's time. Blocks with
-  ``separable=False`` (the ablation) run their folded convs with plain PyTorch. Stem, pooling and head stay
-  PyTorch ops.
+  kernel took 78 % of the fused model's time. Blocks with ``separable=False`` (the ablation) run their folded convs
+  with plain PyTorch. The stem conv (folded) + ReLU is one direct-conv kernel (``dsrnet::direct_conv``); the paper
+  stem's max-pool, the global pool and the head stay PyTorch ops.
 * :func:`use_triton_dwconv` -> training form: each block's depthwise conv becomes a
   :class:`TritonDepthwiseConv2d`, an ``nn.Conv2d`` subclass with the same parameters (``state_dict`` compatible) whose
   forward and both backward passes are the NHWC Triton kernels (``dsrnet::dwconv2d``). ``bn_relu=True`` also
@@ -120,7 +120,12 @@ class FusedDSRNet(nn.Module):
         self.in_chans = model.in_chans
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
         self.default_cfg = self.pretrained_cfg  # timm's older name, as DSRNet has it
-        self.conv1 = fuse_conv_bn_eval(model.conv1, model.bn1)
+        # The stem conv (BatchNorm folded) + ReLU as one direct-conv kernel (ops.direct_conv): cuDNN ran it as a
+        # padded conv, a bias add and a ReLU, three passes over the largest map of the network.
+        stem = fuse_conv_bn_eval(model.conv1, model.bn1)
+        self.register_buffer("w_stem", ops.pack_direct(stem.weight.detach()))
+        self.register_buffer("b_stem", stem.bias.detach().clone())
+        self.stem_geometry = (stem.kernel_size[0], stem.stride[0], stem.padding[0], stem.dilation[0])
         self.maxpool = model.maxpool
         for idx in range(1, 5):
             stage = getattr(model, f"layer{idx}")
@@ -144,7 +149,7 @@ class FusedDSRNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(F.relu(self.conv1(x), inplace=True))
+        x = self.maxpool(ops.direct_conv(x, self.w_stem, self.b_stem, *self.stem_geometry, True))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
