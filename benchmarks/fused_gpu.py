@@ -720,25 +720,28 @@ def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
         del model
 
 
+def stem_forms(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, k: int, stride: int, pad: int, dil: int):
+    from dsrnet.kernels import ops
+
+    packed = ops.pack_direct(w)
+    return {
+        "direct_conv (Triton)": lambda: ops.direct_conv(x, packed, bias, k, stride, pad, dil, True),
+        "cuDNN conv + bias, ReLU": lambda: torch.relu_(nn.functional.conv2d(x, w, bias, stride, pad, dil)),
+    }
+
+
 def step_stem(bench: Bench) -> None:
     """The fused model's stem kernel alone (``dsrnet::direct_conv``: folded conv + bias + ReLU, one pass) against
     what it replaced (cuDNN conv with bias, then ReLU), bf16 channels_last, both stems at their timed sizes: whether
     the kernel earns its place (it replaced ~8 % of the fused model's time, BENCHMARKS.md)."""
-    from dsrnet.kernels import ops
-
     for stem, image in (("cifar", 32), ("paper", 96)):
         size, b = bench.size(image), bench.batch(1024)
         conv = build_dsrnet(bench, stem).conv1
         k, stride, pad, dil = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
         w = conv.weight.detach().to(bench.device, torch.bfloat16)
         bias = torch.randn(w.shape[0], device=bench.device, dtype=torch.bfloat16)
-        packed = ops.pack_direct(w)
         x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
-        x = x.contiguous(memory_format=torch.channels_last)
-        forms = {
-            "direct_conv (Triton)": lambda: ops.direct_conv(x, packed, bias, k, stride, pad, dil, True),
-            "cuDNN conv + bias, ReLU": lambda: torch.relu_(nn.functional.conv2d(x, w, bias, stride, pad, dil)),
-        }
+        forms = stem_forms(x.contiguous(memory_format=torch.channels_last), w, bias, k, stride, pad, dil)
         with torch.inference_mode():
             ref = forms["cuDNN conv + bias, ReLU"]().float()
             for name, fn in forms.items():
