@@ -43,7 +43,7 @@ def _signature(fn, ptr_dtype: str, constexprs: dict) -> dict:
 
 # Integer arguments that are multiples of 16 in DSRNet-50 (channel counts and the strides built from them), which a
 # real launch detects and specialises on ("tt.divisibility"); pixel counts and map sizes are left general.
-_DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG"}
+_DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG", "COUT"}
 
 
 def _attrs(fn, constexprs: dict) -> dict:
