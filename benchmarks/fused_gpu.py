@@ -107,6 +107,8 @@ class Bench:
         self.profiles: list[str] = []
         self.log_lines: list[str] = []
         self.alarm_fired = False
+        self.current_step: str | None = None
+        self._save_lock = threading.Lock()  # the watchdog thread writes the files too
 
     def start_alarm(self) -> None:
         """SIGALRM at the deadline raises :class:`BudgetExceeded` wherever the run is, so a step stops there."""
@@ -125,11 +127,20 @@ class Bench:
         was measured and ends the process; run the call with a time limit a little above ``--budget-s``."""
 
         def hard_stop() -> None:
-            self.log(f"HARD STOP: still running at the end of the {self.args.budget_s:.0f}-s budget; writing "
-                     "what was measured and exiting")  # fmt: skip
-            self.results["errors"].append({"step": "watchdog", "error": "hard stop at the end of the budget"})
             try:
-                self.save()
+                self.log(f"HARD STOP: still running at the end of the {self.args.budget_s:.0f}-s budget; writing "
+                         "what was measured and exiting")  # fmt: skip
+                self.results["errors"].append({"step": "watchdog", "error": "hard stop at the end of the budget"})
+                if self.current_step is not None:
+                    self.results["skipped"].append({"step": self.current_step,
+                                                    "reason": "hard stop at the end of the budget during the step"})
+                self._save_lock.acquire(timeout=5)  # a save of the main thread's in progress: let it finish
+                for _ in range(5):  # the main thread may still change the results while they are serialised
+                    try:
+                        self._save_files()
+                        break
+                    except RuntimeError:  # "dictionary changed size during iteration"
+                        time.sleep(0.2)
             finally:
                 os._exit(3)
 
@@ -157,6 +168,7 @@ class Bench:
         self.log(f"START {name} (estimate {estimate_s:.0f}s, {self.remaining():.0f}s left)")
         self.save()
         t = time.monotonic()
+        self.current_step = name
         try:
             fn(*fn_args)
         except BudgetExceeded:
@@ -177,12 +189,17 @@ class Bench:
                 {"step": name, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
             )
         finally:
+            self.current_step = None
             self.log(f"END {name} ({time.monotonic() - t:.1f}s)")
             self.save()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
     def save(self) -> None:
+        with self._save_lock:
+            self._save_files()
+
+    def _save_files(self) -> None:
         self.results["elapsed_s"] = round(time.monotonic() - T0, 1)
         from dsrnet.kernels import ops
 
@@ -209,7 +226,7 @@ class Bench:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{threading.get_ident()}.tmp")  # one per thread: the watchdog writes too
     tmp.write_text(text)
     tmp.replace(path)
 
@@ -474,7 +491,8 @@ def step_correctness(bench: Bench) -> None:
         # kernel), against the same step in fp64 (eager; train mode, batch statistics). Not against eager fp32: at
         # initialisation this network's fp32 gradients are themselves several percent off fp64 in their largest
         # entries (batch-statistics BatchNorm over 4x4 maps amplifies rounding; 2026-11-27's H200 run saw 0.14
-        # between two correct fp32 forms), so the check asks that the Triton form's error be of eager fp32's size.
+        # between two correct fp32 forms), so the check asks that the Triton form's error be of eager fp32's size
+        # (at most 4x it: two correct fp32 forms round differently; a wrong kernel is off by orders of magnitude).
         def gradients(model: nn.Module, dtype: torch.dtype) -> dict:
             model = model.to(bench.device, dtype).train()
             nn.functional.cross_entropy(model(x_train.to(dtype)), y_train).backward()
@@ -488,7 +506,7 @@ def step_correctness(bench: Bench) -> None:
             form = "use_triton_dwconv(bn_relu=True)" if bn_relu else "use_triton_dwconv"
             row = {"case": f"training step gradients, {form} fp32 vs eager fp64", "dtype": "float32", **got,
                    **{f"eager_fp32_{k}": v for k, v in eager.items()},
-                   "within_eager_fp32_error": got["grad_norm_rel_err"] <= 2 * eager["grad_norm_rel_err"] + 1e-6}
+                   "within_eager_fp32_error": got["grad_norm_rel_err"] <= 4 * eager["grad_norm_rel_err"] + 1e-6}
             bench.results["correctness"].append(row)  # fmt: skip
             bench.log(f"correctness: {row}")
     finally:
@@ -625,9 +643,9 @@ def fuse_mode(form: str, row: dict | None = None) -> str:
 
 
 def against_fp32(bench: Bench, stem: str, x: torch.Tensor, logits: torch.Tensor, n: int = 256) -> dict:
-    """Every timed DSRNet form checked where it is timed (the correctness step covers ``fused`` only; ``split``
-    and ``auto`` run other kernels): its bf16 logits on the first ``n`` images against the eager model in fp32
-    (TF32 off). The eager bf16 form's row gives the scale bf16 alone explains."""
+    """Every timed DSRNet form checked where it is timed (the correctness step covers ``fuse``'s default mode and the
+    one-kernel mode, not ``auto``): its bf16 logits on the first ``n`` images against the eager model in fp32 (TF32
+    off). The eager bf16 form's row gives the scale bf16 alone explains."""
     ref_model = build_dsrnet(bench, stem).to(bench.device, memory_format=torch.channels_last)
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -1020,7 +1038,8 @@ def render_markdown(results: dict) -> str:
                                         "modelled_mb_per_image", "compute_fraction", "floor_bandwidth_fraction",
                                         "modelled_bandwidth_fraction"]),
         "floor = every block reads its input once and writes its output once (activations only); modelled = the "
-        "form's own kernels (unfused: every conv/BN/ReLU reads and writes; fused: 2 kernels per block).",
+        "form's own kernels (unfused: every conv/BN/ReLU reads and writes; fused: the stem in one kernel, then per "
+        "block 2 kernels (one-kernel mode) or 3 (split: the depthwise output written and read back)).",
         "",
         "## Skipped steps / errors",
         _table(results["skipped"], ["step", "estimate_s", "left_s", "reason"]),
@@ -1042,7 +1061,8 @@ def rerender(folder: Path, args: argparse.Namespace, argv: list[str]) -> int:
     args.out, args.dry_run, args.budget_s = str(folder), results["dry_run"], results.get("budget_s", 0.0)
     bench = Bench(args)
     bench.results = results
-    if not results["per_image"]:
+    if not results["per_image"] or any("dsrnet_fused_bytes_by_mode" not in v for v in results["per_image"].values()):
+        results["per_image"] = {}  # none, or counted before the split mode's traffic was (recounted: shapes only)
         step_per_image(bench)
         results["rerendered"] = "PYTHONPATH=src python3 " + shlex.join(["benchmarks/fused_gpu.py", *argv])
     results["roofline"] = roofline_rows(results)

@@ -46,10 +46,16 @@ def _signature(fn, ptr_dtype: str, constexprs: dict) -> dict:
 _DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG", "COUT"}
 
 
+#: Per kernel, integer arguments that are NOT multiples of 16 although their names say stride: the stem kernel's
+#: input strides (3 channels: sxw = 3 channels-last, 1 NCHW; sxc = 1 or H * W).
+_GENERAL_INTS = {"_direct_conv": {"sxn", "sxc", "sxh", "sxw"}}
+
+
 def _attrs(fn, constexprs: dict) -> dict:
     attrs = {}
+    general = _GENERAL_INTS.get(fn.__name__, set())
     for i, name in enumerate(fn.arg_names):
-        if name in constexprs:
+        if name in constexprs or name in general:
             continue
         if name.endswith("_ptr") or name in _DIVISIBLE_INTS or (name.startswith("s") and name[-1] in "nhw"):
             attrs[(i,)] = [["tt.divisibility", 16]]

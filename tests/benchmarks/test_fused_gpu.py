@@ -114,6 +114,7 @@ def test_the_watchdog_writes_what_was_measured_and_ends_the_process_at_the_budge
     bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=0.0))
     row = {"form": "dsrnet_eager", "stem": "cifar", "image": 16, "batch": 2, "images_per_s": 1.0}
     bench.results["inference"].append(row)
+    bench.current_step = "a step stuck in C"
     bench.start_watchdog().join(timeout=10)
     assert exits == [3]
     assert "HARD STOP" in (tmp_path / "log.txt").read_text()
@@ -122,6 +123,9 @@ def test_the_watchdog_writes_what_was_measured_and_ends_the_process_at_the_budge
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["inference"] == [row]
     assert saved["errors"][-1]["step"] == "watchdog"
+    assert saved["skipped"] == [{"step": "a step stuck in C", "reason": "hard stop at the end of the budget during "
+                                 "the step"}]  # fmt: skip
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_gradient_errors_are_measured_against_the_exact_gradients(fused_gpu):
@@ -168,6 +172,12 @@ def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, caps
     assert one["modelled_mb_per_image"] < split["modelled_mb_per_image"]
     assert "--rerender" in saved["rerendered"] and "## Roofline" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "log.txt").read_text() == "the run's own log\n"
+
+    # per-image counts of the version before split's traffic was modelled: recounted, not a KeyError
+    saved["per_image"]["cifar/16"] = {"dsrnet_fused_bytes": {"floor": 1, "own": 1}}
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    assert fused_gpu.main(["--rerender", str(tmp_path)]) == 0
+    assert "dsrnet_fused_bytes_by_mode" in json.loads((tmp_path / "results.json").read_text())["per_image"]["cifar/16"]
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text("{}")

@@ -423,3 +423,14 @@ def test_direct_conv_registration_passes_opcheck_and_bad_shapes_are_one_error():
         ops.direct_conv(x, torch.randn(26, 6), b, 3, 1, 1, 1, True)
     with pytest.raises(DsrnetError, match=r"direct_conv wants bias of shape \[6\], got \[5\]"):
         ops.direct_conv(x, w, torch.randn(5), 3, 1, 1, 1, True)
+
+
+@pytest.mark.parametrize("cin", [1, 4])
+def test_direct_conv_reads_any_channel_count_batch_and_strided_view(cin):
+    # A model built with in_chans 1 or 4; batch 2 (the image offset); a view every other column (odd strides).
+    g = torch.Generator().manual_seed(5)
+    full = torch.randn(2, cin, 10, 18, generator=g)
+    weight, bias = torch.randn(17, cin, 3, 3, generator=g), torch.randn(17, generator=g)
+    for x in (full, full[:, :, :, ::2], full.contiguous(memory_format=torch.channels_last)[:, :, 1:, ::2]):
+        got = ops.direct_conv(x, ops.pack_direct(weight), bias, 3, 2, 2, 2, False)
+        _close(got, F.conv2d(x, weight, bias, 2, 2, 2), 1e-4)

@@ -19,12 +19,16 @@ Kernels (each one program per output tile; weights pre-packed by the caller, see
   in registers and fed straight into ``tl.dot`` with the pointwise weights, then + bias + shortcut (identity tensor,
   or the strided 1x1 downsample GEMM accumulated into the same tile) + ReLU. The depthwise output never touches
   global memory.
+* ``direct_conv``: a KxK conv of an input with few channels (the stem: 3) as an implicit GEMM, ``[pixels, Cin *
+  K * K taps] @ [taps, Cout]`` with ``tl.dot``, the A tile gathered from the input as it is loaded; bias + ReLU in
+  the epilogue. Its input is read at any strides (NCHW or NHWC: with 3 channels neither is a coalesced tile); its
+  output is channels-last like every other kernel's.
 
 The kernels are built lazily (:class:`_LazyKernel`) on first launch, so whether they run compiled on a GPU or in
 Triton's CPU interpreter is decided by ``TRITON_INTERPRET`` at launch time, not at import time: Triton reads that
 variable when ``@triton.jit`` is applied (``triton.knobs.runtime.interpret`` in Triton 3.6-3.8).
 
-Activations are addressed by per-pixel strides (n, h, w) with channels contiguous (stride 1, which lets Triton
+Activations (``direct_conv``'s input aside) are addressed by per-pixel strides (n, h, w) with channels contiguous (stride 1, which lets Triton
 vectorise the channel loads) and 32-bit offsets; the wrappers guarantee both (channels-last copies of other layouts,
 the PyTorch fallback for tensors of 2**31 elements or more).
 

@@ -580,8 +580,8 @@ def direct_conv(
     wo = _direct_out_size(w, kernel_size, stride, padding, dilation)
     if min(n, ho, wo) <= 0 or not triton_usable(x, n * cout * ho * wo):  # (an empty batch: nothing to launch)
         weight = w_packed.t().reshape(cout, cin, kernel_size, kernel_size).to(x.dtype)
-        y = F.conv2d(x, weight, bias.to(x.dtype), stride, padding, dilation)
-        return _as_nhwc(F.relu(y) if relu else y)
+        y = _as_nhwc(F.conv2d(x, weight, bias.to(x.dtype), stride, padding, dilation))
+        return y.relu_() if relu else y
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()  # the kernel's 32-bit offsets: strides bounded by the tensor's own size
     y = _empty_nhwc(n, cout, ho, wo, like=x)
