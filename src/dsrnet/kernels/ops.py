@@ -542,8 +542,6 @@ def _(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride):
     return _empty_nhwc(x.shape[0], w_pw.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # direct conv for few input channels (the stem), inference
 # ---------------------------------------------------------------------------------------------------------------
