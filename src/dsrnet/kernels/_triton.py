@@ -282,6 +282,14 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W,
 
 
 @_jit_as_triton
+def _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_c, mask):
+    """An fp32 [pixels, channels] tile into ``y`` (channels contiguous) at pixels (``img``, ``ho``, ``wo``) and
+    channels ``offs_c``, in ``y``'s dtype: every kernel's output, written once."""
+    y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_c[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@_jit_as_triton
 def _affine(a_ptr, offs_c, c_mask, C, AFFINE: tl.constexpr):
     """The per-channel (centre, scale, shift) of an ``AFFINE`` prologue, rows 0-2 of the fp32 [3, C] tensor at
     ``a_ptr``; zeros, unused, otherwise."""
@@ -337,8 +345,7 @@ def _dw_fwd(
         acc += tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    y_ptrs = y_ptr + (n * syn + ho * syh + wo * syw)[:, None] + offs_c[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
+    _store_tile(y_ptr, acc, n, ho, wo, syn, syh, syw, offs_c, p_mask[:, None] & c_mask[None, :])
 
 
 # The 9 taps' loads are all in flight at once (ILP), which costs registers (~180 for 64x64 on 4 warps on sm_90),
@@ -552,8 +559,7 @@ def _pw_gemm(
         acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask2)
+    _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, mask2)
 
 
 _GEMM_CONFIGS = [
@@ -617,8 +623,7 @@ def _dw_pw(
                              DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
-    y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask2)
+    _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, mask2)
 
 
 # Each program recomputes the depthwise tile of its pixels for its block of output channels, so wide BLOCK_N tiles
@@ -679,8 +684,7 @@ def _direct_conv(
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    y_ptrs = y_ptr + (img * syn + ho * syh + wo * syw)[:, None] + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=p_mask[:, None] & n_mask[None, :])
+    _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, p_mask[:, None] & n_mask[None, :])
 
 
 _DIRECT_CONFIGS = [
