@@ -15,9 +15,10 @@ the budget, and results are rewritten after every step, so a run cut short keeps
     random inputs; ``stride_on="1x1"``; the paper stem (``fuse``'s default mode, and the one-kernel mode at 32 px;
     every timed form is also checked where it is timed: its logits on 256 images against eager fp32); the gradients
     of a training step with ``use_triton_dwconv`` and with the eager model in fp32, each against the same step in
-    fp64 (the Triton form's error should be the size of eager fp32's own); with ``--data-dir`` holding CIFAR-10, the fused model with the shipped
-    weights against the eager one on all 10,000 test images (top-1 of each, agreement, max logit diff). Misses
-    are reported, never fatal (the gradient check covers ``use_triton_dwconv`` with and without ``bn_relu``);
+    fp64 (the Triton form's error should be the size of eager fp32's own); with ``--data-dir`` holding CIFAR-10,
+    the fused model with the shipped weights against the eager one on all 10,000 test images (top-1 of each,
+    agreement, max logit diff). Misses are reported, never fatal (the gradient check covers ``use_triton_dwconv``
+    with and without ``bn_relu``);
  3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused / eager /
     compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px paper stem, batch 1024 and 128 (batch 128
     also replayed as a CUDA graph, for every form): median ms per batch over repeats (CUDA events, after warm-up),
@@ -1024,7 +1025,8 @@ def render_markdown(results: dict) -> str:
                                         "eager_fp32_max_rel_grad_diff", "within_eager_fp32_error",
                                         "images", "top1_eager", "top1_form"]),
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
-        _table(inf, ["form", "fuse_mode", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50", "x_resnet50_tuned",
+        _table(inf, ["form", "fuse_mode", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
+                     "x_resnet50_tuned",
                      "peak_mem_mib", "precompile_s", "first_call_s", "max_logit_diff_vs_fp32", "top1_agree_vs_fp32"]),
         "## The stem alone: folded conv + bias + ReLU (bf16, channels_last)",
         _table(results.get("stem", []), ["form", "stem", "image", "batch", "ms", "floor_gb", "gb_per_s",

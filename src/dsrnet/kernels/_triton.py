@@ -28,9 +28,9 @@ The kernels are built lazily (:class:`_LazyKernel`) on first launch, so whether 
 Triton's CPU interpreter is decided by ``TRITON_INTERPRET`` at launch time, not at import time: Triton reads that
 variable when ``@triton.jit`` is applied (``triton.knobs.runtime.interpret`` in Triton 3.6-3.8).
 
-Activations (``direct_conv``'s input aside) are addressed by per-pixel strides (n, h, w) with channels contiguous (stride 1, which lets Triton
-vectorise the channel loads) and 32-bit offsets; the wrappers guarantee both (channels-last copies of other layouts,
-the PyTorch fallback for tensors of 2**31 elements or more).
+Activations (``direct_conv``'s input aside) are addressed by per-pixel strides (n, h, w) with channels contiguous
+(stride 1, which lets Triton vectorise the channel loads) and 32-bit offsets; the wrappers guarantee both
+(channels-last copies of other layouts, the PyTorch fallback for tensors of 2**31 elements or more).
 
 GEMM-like kernels use a 1-D grid with the output-channel blocks of one pixel tile adjacent, so the programs that
 share an input tile (and, in ``dw_pw``, its depthwise halo) run together and hit L2.
