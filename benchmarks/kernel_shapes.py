@@ -14,6 +14,8 @@ output channels, strides, dilation, shortcut kind); blocks with the same argumen
 distinct shape, in ``--dtype`` (bf16) channels-last at ``--batch`` (1024), with the folded weights of the
 network's first block of that shape:
 
+ 0. ``whole``: the ``dsrnet::dsr_block`` kernel (the whole block, first 1x1 included, in one persistent kernel:
+    ``fuse(mode="block")``), autotuned, against the same block in PyTorch eager;
  1. ``fused``: the ``dsrnet::dw_pw_block`` kernel (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut +
     ReLU), autotuned; the config the autotuner picked (``best_config``) and, where it tuned, every config's
     time;
@@ -38,7 +40,7 @@ Steps run most valuable first (fused, then split, pw1, torch for every 32-px sha
 compiled); a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100
 guesses and follow the fastest measured step of the same kind), SIGALRM stops a step at the deadline, and the
 results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
-``--out``. For a narrower follow-up call: ``--kinds fused,pw1`` (a subset of fused, pw1, torch, split,
+``--out``. For a narrower follow-up call: ``--kinds fused,pw1`` (a subset of whole, fused, pw1, torch, split,
 compiled), ``--max-shapes N``, ``--no-paper``; also ``--batch``, ``--dtype``.
 """
 
@@ -72,7 +74,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NETWORKS = (("cifar", "dsrnet50_cifar", 32), ("paper", "dsrnet50", 96))
 #: First-shape estimates in seconds on an H100 (compiles and autotuning included); later shapes of the same
 #: kind are estimated from the fastest one measured.
-FIRST_ESTIMATE_S = {"fused": 25.0, "pw1": 12.0, "torch": 3.0, "split": 25.0, "compiled": 30.0}
+FIRST_ESTIMATE_S = {"whole": 25.0, "fused": 25.0, "pw1": 12.0, "torch": 3.0, "split": 25.0, "compiled": 30.0}
 WARMUP, REPEATS = 5, 20
 
 
@@ -183,7 +185,8 @@ def work(s: BlockShape, n: int, part: str) -> tuple[int, int]:
     """(elements moved by an ideal kernel, FLOPs) of ``part`` for batch ``n``.
 
     ``block``: the whole dw -> pw + shortcut math (what ``dw_pw_block`` does: reads y1 and the shortcut input,
-    writes the output); ``dw`` / ``pw``: one kernel of the split form; ``pw1``: the first 1x1.
+    writes the output); ``dw`` / ``pw``: one kernel of the split form; ``pw1``: the first 1x1; ``whole``: all of
+    the block, first 1x1 included (what ``dsr_block`` does).
     A strided 1x1 reads only the pixels it uses (NHWC: each is a contiguous run of channels).
     """
     y1 = n * s.width * s.h1 * s.w1
@@ -203,6 +206,10 @@ def work(s: BlockShape, n: int, part: str) -> tuple[int, int]:
     if part == "pw1":
         px = n * s.h1 * s.w1
         return s.cin * px + s.width * px + (s.cin + 1) * s.width, 2 * s.cin * s.width * px
+    if part == "whole":  # the block from its input to its output (dsr_block): x read once, the output written once
+        px = n * s.h1 * s.w1  # the input pixels the first 1x1 reads (all, or every other row/column at stride_1x1 2)
+        weights = (s.cin + 1) * s.width + w_dw + w_pw + (w_ds if s.shortcut == "downsample" else 0)
+        return s.cin * px + s.cout * out_px + weights, 2 * s.cin * s.width * px + dw_flops + pw_flops + ds_flops
     raise ValueError(part)
 
 
@@ -335,6 +342,11 @@ class ShapeTensors:
     def pw1(self):
         return ops.pointwise_conv(self.x, self.w1, self.b1, None, self.s.stride_1x1, True)
 
+    def whole(self):  # what FusedDSRBlock does with mode="block": the block's input to its output, one kernel
+        s = self.s
+        return ops.dsr_block(self.x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
+                             s.stride_1x1, s.stride_dw, s.dilation, s.ds_stride)  # fmt: skip
+
     # -- PyTorch ---------------------------------------------------------------------------------------------
     def torch_dw(self):
         s = self.s
@@ -352,6 +364,12 @@ class ShapeTensors:
 
     def torch_pw1(self):
         return F.relu(F.conv2d(self.x, self.w1_4, self.b1, self.s.stride_1x1))
+
+    def torch_whole(self):  # the block's input to its output in PyTorch eager (cuDNN)
+        s = self.s
+        y1 = self.torch_pw1()
+        return self.torch_pw(F.relu(F.conv2d(y1, self.w_dw4, self.b_dw, s.stride_dw, s.dilation, s.dilation,
+                                             s.width)))  # fmt: skip
 
 
 def _autotuner(name: str):
@@ -427,6 +445,16 @@ def step_fused(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
         max_rel_diff=diff,
         backend=_backend(tensors.y1),
     )
+
+
+def step_whole(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
+    info = first_call(bench, tensors.whole, "dsr_block")
+    with torch.inference_mode():
+        diff = _rel_diff(info["output"], tensors.torch_whole())
+    bench.add_row(net, entry, "whole dsr_block", "whole", _time(bench, tensors.whole), **tuned_fields(info),
+                  max_rel_diff=diff, backend=_backend(tensors.x))  # fmt: skip
+    first_call(bench, tensors.torch_whole)
+    bench.add_row(net, entry, "torch eager whole block", "whole", _time(bench, tensors.torch_whole))
 
 
 def step_pw1(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
@@ -509,9 +537,11 @@ TORCH_OF = {
     "split dwconv2d": "torch dw conv2d + relu",
     "split pointwise_conv + shortcut": "torch 1x1 + shortcut + relu",
     "pw1 triton pointwise_conv": "pw1 torch conv2d",
+    "whole dsr_block": "torch eager whole block",
     "torch compiled": "torch eager",
 }
 STEPS = {
+    "whole": step_whole,
     "fused": step_fused,
     "pw1": step_pw1,
     "torch": step_torch,
@@ -798,9 +828,10 @@ def main(argv: list[str] | None = None) -> int:
         for stem, name, image in NETWORKS
         if stem in stems
     ]
-    # split right after fused: per shape, which of the two fuse(mode="auto") should pick
-    order = [(k, "cifar", args.max_shapes) for k in ("fused", "split", "pw1", "torch")]
-    order += [(k, "paper", few) for k in ("fused", "pw1", "torch")] + [("compiled", "cifar", few)]
+    # the whole-block kernel first (fuse(mode="block"), new), then split right after fused: per shape, which of
+    # the two fuse(mode="auto") should pick
+    order = [(k, "cifar", args.max_shapes) for k in ("whole", "fused", "split", "pw1", "torch")]
+    order += [(k, "paper", few) for k in ("whole", "fused", "pw1", "torch")] + [("compiled", "cifar", few)]
     plan += [(k, run_kind, k, nets[stem], models, n) for k, stem, n in order if k in kinds and stem in stems]
     done = 0
     try:

@@ -43,7 +43,7 @@ def _signature(fn, ptr_dtype: str, constexprs: dict) -> dict:
 
 # Integer arguments that are multiples of 16 in DSRNet-50 (channel counts and the strides built from them), which a
 # real launch detects and specialises on ("tt.divisibility"); pixel counts and map sizes are left general.
-_DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG", "COUT"}
+_DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG", "COUT", "CIN", "SLOT_M"}
 
 
 #: Per kernel, integer arguments that are NOT multiples of 16 although their names say stride: the stem kernel's
@@ -78,6 +78,11 @@ def variants():
         yield tk.pw_gemm, {"STRIDE": s, "RES": res, "DS_STRIDE": ds, "RELU": relu}
     for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:
         yield tk.dw_pw, {"STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
+    # (S1, STRIDE, DIL, SHORTCUT, DS_STRIDE): identity blocks at each rate, a stage's first block (channels change),
+    # a downsampling block with the stride on the depthwise conv, and with it on the first 1x1 (stride_on="1x1").
+    for s1, s, d, kind, ds in [(1, 1, 1, 1, 1), (1, 1, 2, 1, 1), (1, 1, 3, 1, 1), (1, 1, 2, 2, 1), (1, 2, 2, 2, 2),
+                               (2, 1, 2, 2, 2)]:  # fmt: skip
+        yield tk.dsr_block, {"S1": s1, "STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
     for k, s, d in [(3, 1, 3), (7, 2, 3)]:  # the stems of fuse(): cifar (3x3, rate 3) and paper (7x7 stride 2, rate 3)
         yield tk.direct_conv, {"CIN": 3, "KSIZE": k, "STRIDE": s, "PAD": d * (k - 1) // 2, "DIL": d, "RELU": True}
 
@@ -107,11 +112,15 @@ def main() -> int:
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--quick", action="store_true", help="every variant, first autotune config, bf16 only")
     parser.add_argument("--all-configs", action="store_true", help="one variant per kernel, every config, bf16+fp32")
+    parser.add_argument("--kernel", help="only this kernel (e.g. dsr_block)")
+    parser.add_argument("--ptx-grep", metavar="TEXT", help="also count the PTX lines containing TEXT (e.g. ld.global.nc)")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     failures, count, t0 = 0, 0, time.time()
     dtypes = ("bf16",) if args.quick else (("bf16", "fp32") if args.all_configs else ("bf16", "fp32", "fp16"))
     for lazy, consts in representative() if args.all_configs else variants():
+        if args.kernel and lazy.fn.__name__.lstrip("_") != args.kernel.lstrip("_"):
+            continue
         jit = triton.jit(lazy.fn)
         configs = lazy.configs[:1] if args.quick else lazy.configs
         for dtype, cfg in itertools.product(dtypes, configs):
@@ -125,7 +134,10 @@ def main() -> int:
             count += 1
             try:
                 kernel = triton.compile(src, target=target, options=opts)
-                print(f"ok   {label}  shared={kernel.metadata.shared} {resource_usage(kernel)}", flush=True)
+                found = ""
+                if args.ptx_grep:
+                    found = f" ptx lines with {args.ptx_grep!r}: {sum(args.ptx_grep in ln for ln in kernel.asm['ptx'].splitlines())}"
+                print(f"ok   {label}  shared={kernel.metadata.shared} {resource_usage(kernel)}{found}", flush=True)
             except Exception as err:  # report every failing variant, not just the first
                 failures += 1
                 print(f"FAIL {label}: {type(err).__name__}: {str(err)[:2000]}", flush=True)

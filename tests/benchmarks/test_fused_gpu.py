@@ -48,7 +48,7 @@ def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tm
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", "inference cifar/32 b1024 fused"]) == 2
     err = capsys.readouterr().err
     assert "--only inference cifar/32 b1024 fused matches no step; fix:" in err
-    assert "inference cifar/32 b1024: fused, fused one-kernel, fused auto, eager, resnet50 compiled" in err
+    assert "inference cifar/32 b1024: fused, fused block, fused one-kernel, fused auto, eager, resnet50 compiled" in err
     assert not out.exists()
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", " ; "]) == 2
     assert "--only names no step" in capsys.readouterr().err and not out.exists()
@@ -149,6 +149,26 @@ def test_fused_forms_name_their_mode_and_older_rows_keep_their_meaning(fused_gpu
     assert fused_gpu.fuse_mode("dsrnet_fused", {"form": "dsrnet_fused"}) == "fused"
     assert fused_gpu.fuse_mode("dsrnet_fused", {"form": "dsrnet_fused", "fuse_mode": "split"}) == "split"
     assert fused_gpu.fuse_mode("dsrnet_fused_auto", {"form": "dsrnet_fused_auto"}) == "auto"
+    assert fused_gpu.fuse_mode("dsrnet_fused_block+cudagraph") == "block"
+
+
+def test_traffic_model_puts_the_one_kernel_block_at_the_floor_and_split_above_it(fused_gpu):
+    """The roofline's modelled bytes: ``block`` reads each block's input once and writes its output once (the
+    floor), ``fused`` also writes and rereads the first 1x1's output and rereads the input for the shortcut, and
+    ``split`` the depthwise output on top."""
+    import torch
+
+    import dsrnet
+
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=10).eval()
+    x = torch.randn(1, 3, 16, 16)
+    by_mode = {m: fused_gpu.traffic_per_image(dsrnet.fuse(model, mode=m), x) for m in ("block", "fused", "split")}
+    floor = by_mode["block"]["floor"]
+    assert {t["floor"] for t in by_mode.values()} == {floor}
+    # block's own bytes = the blocks' floor + the modules outside the blocks (the cifar stem's identity max-pool
+    # reads and writes the stem's 16x16x64 map, the pool reads the last map: ~180 KB in fp32 at 16 px, 5 %)
+    assert 0 <= by_mode["block"]["own"] - floor < 0.06 * floor
+    assert by_mode["block"]["own"] < by_mode["fused"]["own"] < by_mode["split"]["own"]
 
 
 def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, capsys):

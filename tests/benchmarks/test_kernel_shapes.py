@@ -108,7 +108,8 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
     impls = Counter(r["impl"] for r in rows)
     for impl in ("fused dw_pw_block", "split dwconv2d + pointwise_conv", "split dwconv2d", "torch eager",
                  "torch dw conv2d + relu", "pw1 triton pointwise_conv", "pw1 torch conv2d",
-                 "split pointwise_conv + shortcut", "torch 1x1 + shortcut + relu"):  # fmt: skip
+                 "split pointwise_conv + shortcut", "torch 1x1 + shortcut + relu", "whole dsr_block",
+                 "torch eager whole block"):  # fmt: skip
         assert impls[impl] == 3, impl
     # The downsample shortcut is a second GEMM into the pointwise tile: no kernel (nor row) of its own.
     assert impls["split pointwise_conv downsample"] == impls["torch 1x1 downsample"] == 0
@@ -117,7 +118,7 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
         assert r["ms"] > 0 and r["floor_ms"] > 0 and r["x_floor"] > 0 and r["ideal_bytes"] > 0, r
         if "max_rel_diff" in r:  # Triton vs PyTorch, both bf16: the kernels ran (not the fallback), same math
             assert r["backend"] == "triton" and r["max_rel_diff"] < 0.05, r
-        if r["impl"] in ("fused dw_pw_block", "pw1 triton pointwise_conv", "split dwconv2d"):
+        if r["impl"] in ("fused dw_pw_block", "pw1 triton pointwise_conv", "split dwconv2d", "whole dsr_block"):
             assert r["config"], r  # the config the autotuner used
     # the ideal traffic and FLOPs of an identity block: y1 and the shortcut read, the output written, weights
     ident = next(
@@ -131,6 +132,11 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
         s["width"] * px + 2 * s["cout"] * px + 10 * s["width"] + (s["width"] + 1) * s["cout"]
     )
     assert ident["flops"] == 2 * px * (9 * s["width"] + s["width"] * s["cout"])
+    # the whole block at its floor: its input read once (here Cin = Cout, no stride), its output written once
+    whole = next(r for r in rows if r["impl"] == "whole dsr_block" and r["shape_id"] == ident["shape_id"])
+    weights = (s["cin"] + 1) * s["width"] + 10 * s["width"] + (s["width"] + 1) * s["cout"]
+    assert whole["ideal_bytes"] == 2 * (2 * s["cout"] * px + weights)
+    assert whole["flops"] == ident["flops"] + 2 * px * s["cin"] * s["width"]
 
 
 def test_budget_end_still_writes_what_was_measured(tmp_path):

@@ -256,6 +256,69 @@ def test_dw_pw_block_matches_unfused_convs(dilation, stride, shortcut, dtype):
     _close(y, ref, {torch.float32: 1e-4, torch.float16: 5e-3}.get(dtype, 2e-2))
 
 
+def _whole_block_inputs(n, cin, c, cout, h, w, shortcut, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    w1, b1 = torch.randn(c, cin, 1, 1, generator=g) / 3, torch.randn(c, generator=g) / 2
+    w_dw, b_dw = torch.randn(c, 1, 3, 3, generator=g) / 2, torch.randn(c, generator=g) / 2
+    w_pw, b_pw = torch.randn(cout, c, 1, 1, generator=g) / 4, torch.randn(cout, generator=g)
+    w_ds = torch.randn(cout, cin, 1, 1, generator=g) / 3 if shortcut == "downsample" else None
+    b_ds = torch.randn(cout, generator=g) if shortcut == "downsample" else None
+    return x, w1, b1, w_dw, b_dw, w_pw, b_pw, w_ds, b_ds
+
+
+@pytest.mark.parametrize(
+    ("n", "h", "w", "stride_1x1", "stride", "dilation", "shortcut", "dtype"),
+    [
+        (1, 7, 9, 1, 1, 1, "identity", torch.float32),  # odd map; 16-pixel tiles split rows
+        (3, 5, 4, 1, 1, 3, "identity", torch.float32),  # tiles span images; rate 3 reaches past a 5x4 map
+        (2, 9, 7, 1, 2, 2, "downsample", torch.float32),  # stride_on="dw": a downsampling block
+        (2, 8, 6, 2, 1, 1, "downsample", torch.float32),  # stride_on="1x1": the first 1x1 strided
+        (1, 6, 6, 1, 1, 2, "downsample", torch.float32),  # first block of stage 1: channels change, no stride
+        (2, 3, 3, 1, 2, 3, "downsample", torch.float32),  # a tiny map: one output row per image
+        (2, 9, 7, 1, 2, 2, "downsample", torch.bfloat16),
+        (3, 5, 4, 1, 1, 1, "identity", torch.float16),
+    ],
+)
+def test_dsr_block_matches_the_unfused_block(n, h, w, stride_1x1, stride, dilation, shortcut, dtype):
+    cin, c = 12, 20
+    cout = cin if shortcut == "identity" else 36
+    x, w1, b1, w_dw, b_dw, w_pw, b_pw, w_ds, b_ds = _whole_block_inputs(n, cin, c, cout, h, w, shortcut)
+    y1 = F.relu(F.conv2d(x, w1, b1, stride_1x1))
+    ref = _block_reference(y1, w_dw, b_dw, w_pw, b_pw, x, w_ds, b_ds, stride, dilation, stride * stride_1x1)
+    kn = (lambda conv: conv[:, :, 0, 0].t().contiguous())  # noqa: E731
+    bias = b_pw if w_ds is None else b_pw + b_ds
+    args = [x, kn(w1), b1, ops.pack_taps(w_dw), b_dw, kn(w_pw), bias, None if w_ds is None else kn(w_ds)]
+    y = ops.dsr_block(*(None if t is None else t.to(dtype) for t in args), stride_1x1, stride, dilation,
+                      stride * stride_1x1)  # fmt: skip
+    assert y.shape == ref.shape and y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, ref, {torch.float32: 1e-4, torch.float16: 5e-3}.get(dtype, 2e-2))
+
+
+def test_dsr_block_scratch_covers_every_tap_row():
+    # The first scratch slot holds whole depthwise-input rows from a tile's first tap row to its last: a 4x6 map
+    # at stride 1 and rate 1, 16-pixel tiles: tile 0 = rows 0-2 (+ row 3 below) = 4 rows, tile 1 = rows 2-3 of
+    # image 0 (+ row 1 above) and rows 0-1 of image 1 (+ row 2 below) = 3 + 3 rows: the most, 6 rows of 6.
+    assert ops._halo_rows(2 * 4 * 6, 4, 6, 4, 6, 1, 1, 16) == 6 * 6
+    # A strided depthwise conv reads rows 2 * ho - d .. 2 * ho + d of the input map.
+    assert ops._halo_rows(8 * 8, 8, 8, 16, 16, 2, 2, 64) == 16 * 16
+    # 16-pixel tiles = two output rows 2t, 2t + 1: input rows 4t - 2 .. 4t + 4, seven (tiles 1 and 2).
+    assert ops._halo_rows(8 * 8, 8, 8, 16, 16, 2, 2, 16) == 7 * 16
+
+
+def test_dsr_block_rejects_mismatched_arguments():
+    x, w1, b1, w_dw, b_dw, w_pw, b_pw, _, _ = _whole_block_inputs(1, 12, 20, 12, 5, 5, "identity")
+    kn = (lambda conv: conv[:, :, 0, 0].t().contiguous())  # noqa: E731
+    taps = ops.pack_taps(w_dw)
+    with pytest.raises(DsrnetError, match=r"dsr_block wants x \[N, Cin, H, W\] and w1 \[Cin, C\], got \[1, 12, 5, 5\] "
+                                          r"and \[20, 12\]"):  # fmt: skip
+        ops.dsr_block(x, kn(w1).t(), b1, taps, b_dw, kn(w_pw), b_pw, None, 1, 1, 1, 1)
+    with pytest.raises(DsrnetError, match=r"dsr_block wants b_dw of shape \[20\]"):
+        ops.dsr_block(x, kn(w1), b1, taps, b_dw[:3], kn(w_pw), b_pw, None, 1, 1, 1, 1)
+    with pytest.raises(DsrnetError, match=r"dsr_block wants the residual \(identity shortcut\) of shape"):
+        ops.dsr_block(x, kn(w1), b1, taps, b_dw, kn(w_pw), b_pw, None, 1, 2, 1, 2)  # a stride needs a downsample
+
+
 def test_fallback_without_interpreter_gives_the_same_numbers(monkeypatch):
     x, weight, bias = (t.requires_grad_() for t in _dw_inputs(torch.float32))
     grad = torch.randn(1, 20, 4, 5)
@@ -292,6 +355,9 @@ def test_custom_op_registrations_pass_opcheck():
         res = torch.randn(1, 6, 4, 3)
         torch.library.opcheck(torch.ops.dsrnet.dw_pw_block.default,
                               (xi, taps, torch.randn(5), w_kn, b, res, None, 1, 2, 1))  # fmt: skip
+        torch.library.opcheck(torch.ops.dsrnet.dsr_block.default,
+                              (xi, w_kn, b, ops.pack_taps(torch.randn(6, 1, 3, 3)), torch.randn(6),
+                               torch.randn(6, 7), torch.randn(7), torch.randn(5, 7), 1, 2, 2, 2))  # fmt: skip
 
 
 def test_dwconv2d_under_torch_compile_matches_eager():

@@ -58,6 +58,9 @@ def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
         ("cifar", "dw", True, "fused", 9),
         ("cifar", "1x1", True, "fused", 9),
         ("cifar", "dw", True, "split", 9),
+        ("cifar", "dw", True, "block", 9),
+        ("cifar", "1x1", True, "block", 9),
+        ("paper", "dw", True, "block", 19),
         ("paper", "dw", True, "fused", 19),
         ("cifar", "dw", False, "fused", 9),
     ],
@@ -99,9 +102,10 @@ def test_auto_mode_fuses_narrow_blocks_and_splits_wide_ones(monkeypatch):
 
 
 @needs_interpreter
-def test_fused_model_in_bf16_stays_within_bf16_tolerance():
+@pytest.mark.parametrize("mode", ["split", "block"])
+def test_fused_model_in_bf16_stays_within_bf16_tolerance(mode):
     model = _tiny(block_dilations=(3, 1, 2))
-    fused = dsrnet.fuse(model).to(torch.bfloat16)
+    fused = dsrnet.fuse(model, mode=mode).to(torch.bfloat16)
     x = torch.randn(1, 3, 9, 9)
     with torch.no_grad():
         out = fused.forward_features(x.to(torch.bfloat16))
@@ -110,9 +114,10 @@ def test_fused_model_in_bf16_stays_within_bf16_tolerance():
 
 
 @needs_interpreter
-def test_fused_model_without_interpreter_uses_the_fallback_with_the_same_numbers(monkeypatch):
+@pytest.mark.parametrize("mode", ["split", "block"])
+def test_fused_model_without_interpreter_uses_the_fallback_with_the_same_numbers(monkeypatch, mode):
     model = _tiny()
-    fused = dsrnet.fuse(model)
+    fused = dsrnet.fuse(model, mode=mode)
     x = torch.randn(1, 3, 9, 9)
     with torch.no_grad():
         triton_out = fused(x)

@@ -8,6 +8,7 @@ parallel first.
 
 from dsrnet.kernels.ops import (
     direct_conv,
+    dsr_block,
     dw_pw_block,
     dwconv2d,
     dwconv2d_affine_relu,
@@ -23,6 +24,7 @@ from dsrnet.kernels.ops import (
 
 __all__ = [
     "direct_conv",
+    "dsr_block",
     "dw_pw_block",
     "dwconv2d",
     "dwconv2d_affine_relu",

@@ -19,6 +19,9 @@ Kernels (each one program per output tile; weights pre-packed by the caller, see
   in registers and fed straight into ``tl.dot`` with the pointwise weights, then + bias + shortcut (identity tensor,
   or the strided 1x1 downsample GEMM accumulated into the same tile) + ReLU. The depthwise output never touches
   global memory.
+* ``dsr_block``: a whole folded DSR block in one persistent kernel (first 1x1 -> depthwise 3x3 -> 1x1 + shortcut,
+  each + bias + ReLU); the two intermediates pass through a per-program scratch slot (L2-resident, visible across
+  the program's threads after a CTA barrier), so the block reads its input once and writes its output once.
 * ``direct_conv``: a KxK conv of an input with few channels (the stem: 3) as an implicit GEMM, ``[pixels, Cin *
   K * K taps] @ [taps, Cout]`` with ``tl.dot``, the A tile gathered from the input as it is loaded; bias + ReLU in
   the epilogue. Its input is read at any strides (NCHW or NHWC: with 3 channels neither is a coalesced tile); its
@@ -99,6 +102,12 @@ class _LazyKernel:
         per-program partial sums are sized for it)."""
         kernel = self.build()
         return min(c.kwargs[meta] for c in kernel.configs)
+
+    def largest(self, meta: str) -> int:
+        """The largest value of ``meta`` among the configs a launch may pick now (per-program scratch is sized
+        for it)."""
+        kernel = self.build()
+        return max(c.kwargs[meta] for c in kernel.configs)
 
     def __getitem__(self, grid):
         kernel = self.build()
@@ -515,6 +524,25 @@ def _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, 
     return acc
 
 
+@_jit_as_triton
+def _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw, syn,
+               syh, syw, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+               BLOCK_K: tl.constexpr):  # fmt: skip
+    """A DSR block's output tile from its pointwise accumulator: + shortcut (``SHORTCUT`` 0 none, 1 the identity
+    ``r`` [Nb, HO, WO, N], 2 the strided 1x1 downsample of ``r`` [Nb, ., ., KDS] by ``wds`` into the same tile)
+    + bias (both branches', pre-summed) + ReLU, written once into ``y``."""
+    mask2 = m_mask[:, None] & n_mask[None, :]
+    if SHORTCUT == 1:
+        r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
+        acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
+    if SHORTCUT == 2:
+        acc = _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
+                             DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
+    acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    acc = tl.maximum(acc, 0.0)
+    _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, mask2)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 1x1 conv as a GEMM (optionally strided), epilogue: bias, residual, ReLU
 # ---------------------------------------------------------------------------------------------------------------
@@ -614,16 +642,8 @@ def _dw_pw(
             wpw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
         )
         acc = _mma(a, b, acc, IEEE, DOT_F32)
-    mask2 = m_mask[:, None] & n_mask[None, :]
-    if SHORTCUT == 1:
-        r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
-        acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
-    if SHORTCUT == 2:
-        acc = _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
-                             DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
-    acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    acc = tl.maximum(acc, 0.0)
-    _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, mask2)
+    _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw, syn,
+               syh, syw, SHORTCUT, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
 
 
 # Each program recomputes the depthwise tile of its pixels for its block of output channels, so wide BLOCK_N tiles
@@ -639,6 +659,117 @@ _DWPW_CONFIGS = [
 dw_pw = _LazyKernel(
     _dw_pw, _DWPW_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "HO", "WO", "STRIDE", "DIL", "SHORTCUT"], _GEMM_INTERP
 )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A whole DSR block in one persistent kernel: 1x1 + bias + ReLU -> depthwise 3x3 + bias + ReLU -> 1x1 + bias +
+# shortcut + ReLU, the two intermediates kept in a per-program scratch slot that stays in L2
+# ---------------------------------------------------------------------------------------------------------------
+def _dsr_block(
+    x_ptr, w1_ptr, b1_ptr, wdw_ptr, bdw_ptr, wpw_ptr, b_ptr, wds_ptr, s1_ptr, s2_ptr, y_ptr,
+    M, CIN, K, N, H1, W1, HO, WO,
+    sxn, sxh, sxw,
+    syn, syh, syw, SLOT_ROWS, SLOT_M, TUNE_SIZE,
+    S1: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
+    IEEE: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PER_SM: tl.constexpr,
+):  # fmt: skip
+    # x: block input [Nb, H, W, CIN]; w1: [CIN, K] (the first 1x1, read at stride S1: its output, the depthwise
+    # conv's input, is [Nb, H1, W1, K]); wdw: [9, K]; wpw: [K, N]; b: pointwise bias (+ downsample bias, pre-summed);
+    # wds: [CIN, N] (SHORTCUT 2: the downsample, x read at stride DS_STRIDE; 1: x itself is the shortcut, CIN == N).
+    # Persistent: program p handles output tiles p, p + P, ... of BLOCK_M pixels, each in three stages that
+    # communicate through the program's own scratch slot (written, then read after a CTA barrier, by other threads
+    # of the same program: global memory made visible within the CTA by bar.sync; the slot is reused tile after
+    # tile, so it stays in L2 and is rarely written back to DRAM):
+    #   A. y1 = relu(x @ w1 + b1) at every depthwise input pixel the tile's taps reach: the flat range [lo, hi) of
+    #      the [Nb, H1, W1] map from the first tap row of the tile's first output row to the last tap row of its
+    #      last (a halo of DIL rows each side is computed twice, by this tile and its neighbour) -> s1 slot.
+    #   B. dw = relu(depthwise3x3(y1) + bdw) of the tile's pixels, taps read from s1 -> s2 slot [BLOCK_M, K].
+    #   C. y = relu(dw @ wpw + b + shortcut), the shortcut GEMM (if any) in the same tile, written once.
+    # The block's input is read from DRAM once (stage A; C's identity/downsample rereads of it hit L2) and its
+    # output written once: DSR block traffic at its floor.
+    pid = tl.program_id(0)
+    num_tiles = tl.cdiv(M, BLOCK_M)
+    s1 = s1_ptr + pid * SLOT_ROWS * K
+    s2 = s2_ptr + pid * SLOT_M * K
+    rows = tl.arange(0, BLOCK_M)
+    for tile in range(pid, num_tiles, tl.num_programs(0)):
+        offs_m = tile * BLOCK_M + rows
+        m_mask = offs_m < M
+        img, ho, wo = _pixels(offs_m, HO, WO)
+        first = tile * BLOCK_M
+        last = tl.minimum(first + BLOCK_M, M) - 1
+        lo = ((first // (HO * WO)) * H1 + tl.maximum((first % (HO * WO)) // WO * STRIDE - DIL, 0)) * W1
+        hi = ((last // (HO * WO)) * H1 + tl.minimum((last % (HO * WO)) // WO * STRIDE + DIL, H1 - 1) + 1) * W1
+        # A. the first 1x1 over the tile's depthwise input rows
+        for r0 in range(lo, hi, BLOCK_R):
+            offs_q = r0 + tl.arange(0, BLOCK_R)
+            q_mask = offs_q < hi
+            qi, qh, qw = _pixels(offs_q, H1, W1)
+            a_row = x_ptr + qi * sxn + (qh * S1) * sxh + (qw * S1) * sxw
+            for c0 in range(0, K, BLOCK_N):
+                offs_c = c0 + tl.arange(0, BLOCK_N)
+                c_mask = offs_c < K
+                acc = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
+                for k0 in range(0, CIN, BLOCK_K):
+                    offs_k = k0 + tl.arange(0, BLOCK_K)
+                    k_mask = offs_k < CIN
+                    a = tl.load(a_row[:, None] + offs_k[None, :], mask=q_mask[:, None] & k_mask[None, :], other=0.0)
+                    b = tl.load(w1_ptr + offs_k[:, None] * K + offs_c[None, :], mask=k_mask[:, None] & c_mask[None, :],
+                                other=0.0)  # fmt: skip
+                    acc = _mma(a, b, acc, IEEE, DOT_F32)
+                acc += tl.load(b1_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+                acc = tl.maximum(acc, 0.0)
+                s1_ptrs = s1 + (offs_q - lo)[:, None] * K + offs_c[None, :]
+                tl.store(s1_ptrs, acc.to(y_ptr.dtype.element_ty), mask=q_mask[:, None] & c_mask[None, :])
+        tl.debug_barrier()
+        # B. the depthwise 3x3 of the tile's pixels, its taps read from s1 (flat row q - lo)
+        for c0 in range(0, K, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            c_mask = offs_c < K
+            dw = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+            dw = _dw_taps(dw, s1, (img * H1 * W1 - lo) * K, wdw_ptr, ho, wo, m_mask, offs_c, c_mask, K, H1, W1,
+                          W1 * K, K, 0.0, 0.0, 0.0, STRIDE, DIL, False)  # fmt: skip
+            dw += tl.load(bdw_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+            dw = tl.maximum(dw, 0.0)
+            tl.store(s2 + rows[:, None] * K + offs_c[None, :], dw.to(y_ptr.dtype.element_ty),
+                     mask=m_mask[:, None] & c_mask[None, :])  # fmt: skip
+        tl.debug_barrier()
+        # C. the second 1x1 + shortcut, one BLOCK_N slice of the output channels at a time
+        for c0 in range(0, N, BLOCK_N):
+            offs_n = c0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                k_mask = offs_k < K
+                a = tl.load(s2 + rows[:, None] * K + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                            other=0.0)  # fmt: skip
+                b = tl.load(wpw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
+                            other=0.0)  # fmt: skip
+                acc = _mma(a, b, acc, IEEE, DOT_F32)
+            _block_out(acc, x_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, CIN, sxn, sxh, sxw,
+                       syn, syh, syw, SHORTCUT, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
+        # The next tile overwrites s1 only after every thread passed the barrier after B (done reading s1), and s2
+        # only after the barrier after its A, which every thread reaches after finishing this C.
+
+
+# PER_SM: programs per SM of the persistent grid (and scratch slots), as many as its registers let reside at once
+# (offline sm_90 builds, Triton 3.6, bf16: 215-255 registers per thread, no spills: one 8-warp program or two 4-warp
+# ones per SM; fp32 spills 136-240 bytes, speed only). The depthwise stage's nine taps in flight set the register
+# count: BLOCK_C 16 vs 32 is 215 vs 244 at 128 x 128, 8 warps.
+_BLOCK_CONFIGS = [
+    _cfg(BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=1, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=128, BLOCK_R=64, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=2, num_warps=4, num_stages=2),
+    _cfg(BLOCK_M=256, BLOCK_R=128, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=64, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=2, num_warps=4, num_stages=2),
+]
+dsr_block = _LazyKernel(
+    _dsr_block, _BLOCK_CONFIGS,
+    ["TUNE_SIZE", "CIN", "K", "N", "H1", "W1", "HO", "WO", "S1", "STRIDE", "DIL", "SHORTCUT"],
+    _cfg(BLOCK_M=16, BLOCK_R=16, BLOCK_N=16, BLOCK_K=16, BLOCK_C=16, PER_SM=1),
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -704,7 +835,7 @@ def autotune_picks() -> dict[str, list[dict]]:
     arguments, then the tensors' dtypes) the config that won, as plain data (for a benchmark's results: the
     block sizes a card prefers, per shape)."""
     picks: dict[str, list[dict]] = {}
-    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "dw_pw", "direct_conv"):
+    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "dw_pw", "dsr_block", "direct_conv"):
         lazy = globals()[name]
         tuner = lazy._built.get((False, True))  # compiled kernels, autotuning on
         cache = getattr(tuner, "cache", None) or {}

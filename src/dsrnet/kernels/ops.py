@@ -18,6 +18,9 @@ Ops (namespace ``dsrnet``):
   ``[Cin, Cout]`` (+ a residual, or with ``w_ds`` the block's strided 1x1 downsample of it); inference only.
 * ``dw_pw_block(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride)``: the fused second half of
   a folded DSR block (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU); inference only.
+* ``dsr_block(x, w1, b1, w_dw, b_dw, w_pw, bias, w_ds, stride_1x1, stride, dilation, ds_stride)``: a whole
+  folded DSR block in one persistent kernel (first 1x1 -> depthwise 3x3 -> 1x1 + shortcut, each + bias + ReLU);
+  inference only.
 * ``direct_conv(x, w_packed, bias, kernel_size, stride, padding, dilation, relu)``: a KxK conv of an input with few
   channels (the stem) + bias + ReLU in one pass, weight ``[Cin * k * k, Cout]`` (:func:`pack_direct`); inference
   only.
@@ -26,6 +29,7 @@ Ops (namespace ``dsrnet``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -540,6 +544,98 @@ def dw_pw_block(
 @dw_pw_block.register_fake
 def _(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride):
     return _empty_nhwc(x.shape[0], w_pw.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
+
+
+@functools.lru_cache(maxsize=256)
+def _halo_rows(m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation: int, block_m: int) -> int:
+    """The most depthwise-input pixels any ``block_m``-pixel output tile of ``dsr_block`` reaches: the size of a
+    program's first scratch slot (the kernel's ``[lo, hi)``: whole rows of the [N, h1, w1] map from the tile's
+    first tap row to its last). Tiles of smaller power-of-two sizes nest in these, so it bounds them too."""
+    most = 0
+    for first in range(0, m, block_m):
+        last = min(first + block_m, m) - 1
+        lo = (first // (ho * wo)) * h1 + max((first % (ho * wo)) // wo * stride - dilation, 0)
+        hi = (last // (ho * wo)) * h1 + min((last % (ho * wo)) // wo * stride + dilation, h1 - 1) + 1
+        most = max(most, (hi - lo) * w1)
+    return most
+
+
+#: Programs per SM of the persistent kernels under Triton's interpreter (a CPU has no SMs): small, so that tests'
+#: few tiles already give each program several.
+_INTERPRETER_SMS = 1
+
+
+def _sm_count(t: torch.Tensor) -> int:
+    if not t.is_cuda:
+        return _INTERPRETER_SMS
+    return torch.cuda.get_device_properties(t.device).multi_processor_count
+
+
+@torch.library.custom_op("dsrnet::dsr_block", mutates_args=())
+def dsr_block(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w_dw: torch.Tensor,
+    b_dw: torch.Tensor,
+    w_pw: torch.Tensor,
+    bias: torch.Tensor,
+    w_ds: torch.Tensor | None,
+    stride_1x1: int,
+    stride: int,
+    dilation: int,
+    ds_stride: int,
+) -> torch.Tensor:
+    """A whole folded DSR block (Fig. 1) in one kernel: ``relu(pw(relu(dw(relu(x @ w1 + b1)) + b_dw)) + bias +
+    s)``, ``s`` = ``x`` (identity shortcut, ``w_ds`` None) or ``x`` strided by ``ds_stride`` times ``w_ds`` (the
+    1x1 downsample; its bias pre-added into ``bias``). The first 1x1 reads ``x`` at ``stride_1x1``, the depthwise
+    conv runs at ``stride`` and ``dilation``. Reads the block's input once and writes its output once; the two
+    intermediates live in per-program scratch that stays in L2 (:mod:`dsrnet.kernels._triton`).
+
+    ``w1``: ``[Cin, C]``; ``w_dw``: ``[9, C]`` (:func:`pack_taps`); ``w_pw``: ``[C, Cout]``; ``w_ds``: ``[Cin,
+    Cout]``. Same math as ``pointwise_conv`` then ``dw_pw_block`` (the fallback); inference only.
+    """
+    if x.dim() != 4 or w1.dim() != 2 or w1.shape[0] != x.shape[1]:
+        raise DsrnetError(f"dsr_block wants x [N, Cin, H, W] and w1 [Cin, C], got {list(x.shape)} and "
+                          f"{list(w1.shape)}")  # fmt: skip
+    n, cin, h, w = x.shape
+    k = w1.shape[1]
+    _check_shape("dsr_block", "b1", b1, (k,))
+    h1, wd1 = _out_size(h, stride_1x1), _out_size(w, stride_1x1)
+    _check_shape("dsr_block", "w_dw (taps-major)", w_dw, (9, k))
+    _check_shape("dsr_block", "b_dw", b_dw, (k,))
+    probe = x.new_empty((n, k, h1, wd1), device="meta")  # the depthwise input, for the shared argument checks
+    _check_pw("dsr_block", probe, w_pw, bias, x.to("meta"), w_ds, stride, ds_stride)
+    nout = w_pw.shape[1]
+    ho, wo = _out_size(h1, stride), _out_size(wd1, stride)
+    m = n * ho * wo
+    if m == 0 or not triton_usable(x, max(n * nout * ho * wo, n * k * h1 * wd1)):
+        y1 = pointwise_conv(x, w1, b1, None, stride_1x1, True)
+        return dw_pw_block(y1, w_dw, b_dw, w_pw, bias, x, w_ds, stride, dilation, ds_stride)
+    x = _channels_inner(x)
+    cast = [t.to(x.dtype).contiguous() for t in (w1, w_pw, w_pw if w_ds is None else w_ds)]  # tl.dot: one dtype
+    y = _empty_nhwc(n, nout, ho, wo, like=x)
+    kernel = _tk.dsr_block
+    slot_m = kernel.largest("BLOCK_M")
+    slot_rows = _halo_rows(m, ho, wo, h1, wd1, stride, dilation, slot_m)
+    slots = min(_sm_count(x) * kernel.largest("PER_SM"), triton.cdiv(m, kernel.smallest("BLOCK_M")))
+    s1 = torch.empty((slots, slot_rows, k), dtype=x.dtype, device=x.device)
+    s2 = torch.empty((slots, slot_m, k), dtype=x.dtype, device=x.device)
+    sms = _sm_count(x)
+    with _launch(x):
+        kernel[lambda meta: (min(triton.cdiv(m, meta["BLOCK_M"]), sms * meta["PER_SM"], slots),)](
+            x, cast[0], b1.contiguous(), w_dw.contiguous(), b_dw.contiguous(), cast[1], bias.contiguous(), cast[2],
+            s1, s2, y, m, cin, k, nout, h1, wd1, ho, wo, *_pixel_strides(x), *_pixel_strides(y), slot_rows, slot_m,
+            _tune_size(m), S1=stride_1x1, STRIDE=stride, DIL=dilation, SHORTCUT=1 if w_ds is None else 2,
+            DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+        )  # fmt: skip
+    return y
+
+
+@dsr_block.register_fake
+def _(x, w1, b1, w_dw, b_dw, w_pw, bias, w_ds, stride_1x1, stride, dilation, ds_stride):
+    h1, w1_ = _out_size(x.shape[2], stride_1x1), _out_size(x.shape[3], stride_1x1)
+    return _empty_nhwc(x.shape[0], w_pw.shape[1], _out_size(h1, stride), _out_size(w1_, stride), x)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,13 @@
      and fed to ``tl.dot`` directly, so the depthwise output is never written either; ``mode="auto"``: fused where
      the block has at most :data:`AUTO_FUSED_MAX_OUT` output channels, split above.
 
+  ``mode="block"``: the whole block (steps 1 and 2) in one persistent kernel (``dsrnet::dsr_block``): each program
+  computes the first 1x1 for its output tile's depthwise input rows (a halo of ``dilation`` rows each side computed
+  twice), the depthwise 3x3, then the second 1x1 + shortcut, the two intermediates passing through a per-program
+  scratch slot that stays in L2. The block's input is read from DRAM once and its output written once: the traffic
+  floor of a DSR block, where split also writes and reads back both intermediates and reads the input twice
+  (~2x the floor at 32 px). Not yet timed on a GPU (issue 10), so not the default.
+
   Why split is the default: each program of the fused kernel computes the depthwise tile for its own
   ``BLOCK_N``-wide slice of the output channels, in fp32 on the CUDA cores, so the depthwise work is paid once per
   slice (up to 16 times over at DSRNet-50's 2048 outputs), where writing the depthwise output once (2 bytes per
@@ -46,7 +53,7 @@ from dsrnet.errors import DsrnetError
 from dsrnet.kernels import ops
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
-FUSE_MODES = ("split", "fused", "auto")
+FUSE_MODES = ("split", "fused", "auto", "block")
 #: what :func:`fuse` uses unless told otherwise: the fastest mode measured on a GPU (module docstring).
 DEFAULT_FUSE_MODE = "split"
 #: ``mode="auto"``: blocks with at most this many output channels run fused, wider ones split (module docstring).
@@ -98,6 +105,11 @@ class FusedDSRBlock(nn.Module):
             y = F.relu(self.conv1(x))
             y = F.relu(self.conv2(y))
             return F.relu(self.conv3(y) + shortcut)
+        if self.mode == "block":
+            return ops.dsr_block(
+                x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
+                self.stride_1x1, self.stride_dw, self.dilation, self.ds_stride,
+            )  # fmt: skip
         y1 = ops.pointwise_conv(x, self.w1, self.b1, None, self.stride_1x1, True)
         if self.mode == "fused":
             return ops.dw_pw_block(
@@ -168,7 +180,8 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> FusedDSRNet:
     cast it afterwards like any module
     (``fuse(model).to(torch.bfloat16)``). ``mode="split"`` (default): a depthwise kernel, then the pointwise GEMM
     with the shortcut in its tile; ``mode="fused"``: both in one kernel; ``mode="auto"``: fused or split per block
-    by its output width (module docstring: split measured fastest on an H200).
+    by its output width (module docstring: split measured fastest on an H200); ``mode="block"``: each whole block
+    in one kernel at its memory-traffic floor (not yet timed on a GPU).
     """
     if not isinstance(model, DSRNet):
         raise DsrnetError(f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')), got {type(model).__name__}")
