@@ -508,20 +508,27 @@ dw_bwd_weight = _LazyKernel(
 
 
 @_jit_as_triton
+def _rows_gemm(acc, a_row, row_mask, w_ptr, offs_n, n_mask, N, K, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+               BLOCK_K: tl.constexpr):  # fmt: skip
+    """``acc`` + ``A @ w[:, offs_n]``: row r of A is the K contiguous elements at ``a_row[r]`` (a pixel's channels),
+    w is [K, N] row-major; ``BLOCK_K`` columns of A at a time, on the tensor cores."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        a = tl.load(a_row[:, None] + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = _mma(a, b, acc, IEEE, DOT_F32)
+    return acc
+
+
+@_jit_as_triton
 def _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
                    DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                    BLOCK_K: tl.constexpr):  # fmt: skip
     """``acc`` + a block's strided 1x1 downsample of its input ``r`` [Nb, ., ., KDS] at output pixels (``img``,
     ``ho``, ``wo``): ``r[img, ho * DS_STRIDE, wo * DS_STRIDE, :] @ wds`` with wds [KDS, N], in the same fp32 tile."""
     r_row = r_ptr + img * srn + (ho * DS_STRIDE) * srh + (wo * DS_STRIDE) * srw
-    for k0 in range(0, KDS, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < KDS
-        a = tl.load(r_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(wds_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
-                    other=0.0)  # fmt: skip
-        acc = _mma(a, b, acc, IEEE, DOT_F32)
-    return acc
+    return _rows_gemm(acc, r_row, m_mask, wds_ptr, offs_n, n_mask, N, KDS, IEEE, DOT_F32, BLOCK_K)
 
 
 @_jit_as_triton
@@ -569,14 +576,7 @@ def _pw_gemm(
     img, ho, wo = _pixels(offs_m, HO, WO)
     a_row = x_ptr + img * sxn + (ho * STRIDE) * sxh + (wo * STRIDE) * sxw
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(
-            w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
-        )
-        acc = _mma(a, b, acc, IEEE, DOT_F32)
+    acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
     if RES == 2:
         acc = _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
                              DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
@@ -711,13 +711,7 @@ def _dsr_block(
                 offs_c = c0 + tl.arange(0, BLOCK_N)
                 c_mask = offs_c < K
                 acc = tl.zeros((BLOCK_R, BLOCK_N), dtype=tl.float32)
-                for k0 in range(0, CIN, BLOCK_K):
-                    offs_k = k0 + tl.arange(0, BLOCK_K)
-                    k_mask = offs_k < CIN
-                    a = tl.load(a_row[:, None] + offs_k[None, :], mask=q_mask[:, None] & k_mask[None, :], other=0.0)
-                    b = tl.load(w1_ptr + offs_k[:, None] * K + offs_c[None, :], mask=k_mask[:, None] & c_mask[None, :],
-                                other=0.0)  # fmt: skip
-                    acc = _mma(a, b, acc, IEEE, DOT_F32)
+                acc = _rows_gemm(acc, a_row, q_mask, w1_ptr, offs_c, c_mask, K, CIN, IEEE, DOT_F32, BLOCK_K)
                 acc += tl.load(b1_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
                 acc = tl.maximum(acc, 0.0)
                 s1_ptrs = s1 + (offs_q - lo)[:, None] * K + offs_c[None, :]
@@ -740,14 +734,7 @@ def _dsr_block(
             offs_n = c0 + tl.arange(0, BLOCK_N)
             n_mask = offs_n < N
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                k_mask = offs_k < K
-                a = tl.load(s2 + rows[:, None] * K + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :],
-                            other=0.0)  # fmt: skip
-                b = tl.load(wpw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
-                            other=0.0)  # fmt: skip
-                acc = _mma(a, b, acc, IEEE, DOT_F32)
+            acc = _rows_gemm(acc, s2 + rows * K, m_mask, wpw_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
             _block_out(acc, x_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, CIN, sxn, sxh, sxw,
                        syn, syh, syw, SHORTCUT, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
         # The next tile overwrites s1 only after every thread passed the barrier after B (done reading s1), and s2
