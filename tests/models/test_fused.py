@@ -313,3 +313,16 @@ def test_import_dsrnet_does_not_import_the_kernels():
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_timm_builds_the_fused_form_too_and_refuses_an_input_of_another_dtype():
+    """``timm.create_model(..., fused=True)`` passed ``fused`` on to the DSRNet constructor (TypeError), and a bf16
+    fused model given fp32 input ran every kernel in fp32, then failed in the head with a matmul dtype error."""
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("dsrnet50_cifar", num_classes=10, fused=True)
+    assert type(model).__name__ == "FusedDSRNet" and not model.training
+    with pytest.raises(DsrnetError, match="fused must be True or False"):
+        timm.create_model("dsrnet50_cifar", fused="block")
+    with pytest.raises(DsrnetError, match=r"the input is torch.float32 but this fused model is torch.bfloat16; fix: "
+                                          r"x.to\(torch.bfloat16\)"):  # fmt: skip
+        dsrnet.fuse(_tiny()).to(torch.bfloat16)(torch.randn(1, 3, 9, 9))

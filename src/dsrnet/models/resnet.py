@@ -14,6 +14,7 @@ import warnings
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from dsrnet.errors import DsrnetError
 from dsrnet.models import weights
 from dsrnet.models.dsrnet import DEFAULT_CFGS, DSRNet, model_args
 
@@ -33,7 +34,22 @@ def _pretrained_cfgs() -> dict:
     return generate_default_cfgs(cfgs)
 
 
-def _build(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs):
+def _build(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, *,
+           fused: bool = False, **kwargs):  # fmt: skip
+    """``fused=True``: the inference form of ``dsrnet.fuse``, made after the weights load (as
+    ``dsrnet.create_model`` does)."""
+    if not isinstance(fused, bool):
+        raise DsrnetError(f"fused must be True or False, got {fused!r}; fix: for a mode, call dsrnet.fuse(model, "
+                          f"mode=...)")  # fmt: skip
+    model = _build_eager(name, pretrained, pretrained_cfg, pretrained_cfg_overlay, **kwargs)
+    if fused:
+        from dsrnet.models.fused import fuse
+
+        model = fuse(model)
+    return model
+
+
+def _build_eager(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_overlay, **kwargs) -> DSRNet:
     overlay = dict(pretrained_cfg_overlay or {})
     # A user's own weights through timm's overlay (file / state_dict) load as given; else dsrnet's table's.
     if pretrained and not (overlay.get("file") or overlay.get("state_dict")):
