@@ -106,6 +106,12 @@ def _as_nhwc(src: torch.Tensor) -> torch.Tensor:
     return out.copy_(src)
 
 
+def _kernel_operand(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype`` and contiguous, as the kernels read it (tl.dot: both operands in one dtype), copied only
+    when it is not already (a fused model's weights are: no per-call work)."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
+
+
 def pack_taps(weight: torch.Tensor) -> torch.Tensor:
     """Depthwise weight ``[C, 1, 3, 3]`` -> ``[9, C]``: each tap's channels contiguous for the kernels."""
     return weight.reshape(weight.shape[0], 9).t().contiguous()
@@ -470,11 +476,12 @@ def pointwise_conv(
         if residual is not None:
             y += residual if w_ds is None else _pw_fallback(residual, w_ds, ds_stride)
         return y.relu_() if relu else y
-    x, w_kn = _channels_inner(x), w_kn.to(x.dtype).contiguous()
+    x = _channels_inner(x)
+    w_kn = _kernel_operand(w_kn, x.dtype)
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
     r = y if residual is None else _channels_inner(residual.to(x.dtype))
-    wds = w_kn if w_ds is None else w_ds.to(x.dtype).contiguous()
+    wds = w_kn if w_ds is None else _kernel_operand(w_ds, x.dtype)
     res = 0 if residual is None else 1 if w_ds is None else 2
     with _launch(x):
         _tk.pw_gemm[_gemm_grid(m, nout)](
@@ -525,8 +532,8 @@ def dw_pw_block(
             y += shortcut if w_ds is None else _pw_fallback(shortcut, w_ds, ds_stride)
         return y.relu_()
     x = _channels_inner(x)
-    w_pw = w_pw.to(x.dtype).contiguous()  # tl.dot wants both operands in the activation dtype
-    w_ds = None if w_ds is None else w_ds.to(x.dtype).contiguous()
+    w_pw = _kernel_operand(w_pw, x.dtype)  # tl.dot wants both operands in the activation dtype
+    w_ds = None if w_ds is None else _kernel_operand(w_ds, x.dtype)
     y = _empty_nhwc(n, nout, ho, wo, like=x)
     m = n * ho * wo
     kind = 0 if shortcut is None else (1 if w_ds is None else 2)
@@ -560,17 +567,6 @@ def _halo_rows(m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation
     return most
 
 
-#: Programs per SM of the persistent kernels under Triton's interpreter (a CPU has no SMs): small, so that tests'
-#: few tiles already give each program several.
-_INTERPRETER_SMS = 1
-
-
-def _sm_count(t: torch.Tensor) -> int:
-    if not t.is_cuda:
-        return _INTERPRETER_SMS
-    return torch.cuda.get_device_properties(t.device).multi_processor_count
-
-
 @torch.library.custom_op("dsrnet::dsr_block", mutates_args=())
 def dsr_block(
     x: torch.Tensor,
@@ -599,37 +595,49 @@ def dsr_block(
         raise DsrnetError(f"dsr_block wants x [N, Cin, H, W] and w1 [Cin, C], got {list(x.shape)} and "
                           f"{list(w1.shape)}")  # fmt: skip
     n, cin, h, w = x.shape
-    k = w1.shape[1]
-    _check_shape("dsr_block", "b1", b1, (k,))
+    k, nout = w1.shape[1], w_pw.shape[-1]
     h1, wd1 = _out_size(h, stride_1x1), _out_size(w, stride_1x1)
-    _check_shape("dsr_block", "w_dw (taps-major)", w_dw, (9, k))
-    _check_shape("dsr_block", "b_dw", b_dw, (k,))
-    probe = x.new_empty((n, k, h1, wd1), device="meta")  # the depthwise input, for the shared argument checks
-    _check_pw("dsr_block", probe, w_pw, bias, x.to("meta"), w_ds, stride, ds_stride)
-    nout = w_pw.shape[1]
     ho, wo = _out_size(h1, stride), _out_size(wd1, stride)
+    # Shapes only, no tensors made: this runs on every call, and a launch's host time is what a small batch pays.
+    for name, t, want in (("b1", b1, (k,)), ("w_dw (taps-major)", w_dw, (9, k)), ("b_dw", b_dw, (k,)),
+                          ("w_pw", w_pw, (k, nout)), ("bias", bias, (nout,))):  # fmt: skip
+        _check_shape("dsr_block", name, t, want)
+    if w_ds is None:
+        _check_shape("dsr_block", "the residual (identity shortcut)", x, (n, nout, ho, wo))
+    else:
+        _check_shape("dsr_block", "w_ds", w_ds, (cin, nout))
+        if (_out_size(h, ds_stride), _out_size(w, ds_stride)) != (ho, wo):
+            raise DsrnetError(f"dsr_block: the shortcut {list(x.shape)} at stride {ds_stride} does not reach the "
+                              f"output's {[ho, wo]}")  # fmt: skip
     m = n * ho * wo
     if m == 0 or not triton_usable(x, max(n * nout * ho * wo, n * k * h1 * wd1)):
         y1 = pointwise_conv(x, w1, b1, None, stride_1x1, True)
         return dw_pw_block(y1, w_dw, b_dw, w_pw, bias, x, w_ds, stride, dilation, ds_stride)
     x = _channels_inner(x)
-    cast = [t.to(x.dtype).contiguous() for t in (w1, w_pw, w_pw if w_ds is None else w_ds)]  # tl.dot: one dtype
+    w1, w_pw, w_ds = (None if t is None else _kernel_operand(t, x.dtype) for t in (w1, w_pw, w_ds))
     y = _empty_nhwc(n, nout, ho, wo, like=x)
-    kernel = _tk.dsr_block
-    slot_m = kernel.largest("BLOCK_M")
-    slot_rows = _halo_rows(m, ho, wo, h1, wd1, stride, dilation, slot_m)
-    slots = min(_sm_count(x) * kernel.largest("PER_SM"), triton.cdiv(m, kernel.smallest("BLOCK_M")))
-    s1 = torch.empty((slots, slot_rows, k), dtype=x.dtype, device=x.device)
-    s2 = torch.empty((slots, slot_m, k), dtype=x.dtype, device=x.device)
-    sms = _sm_count(x)
+    slots, slot_rows, slot_m, sms = _block_scratch(x.device, m, ho, wo, h1, wd1, stride, dilation)
+    scratch = torch.empty(slots * (slot_rows + slot_m) * k, dtype=x.dtype, device=x.device)  # one allocation
     with _launch(x):
-        kernel[lambda meta: (min(triton.cdiv(m, meta["BLOCK_M"]), sms * meta["PER_SM"], slots),)](
-            x, cast[0], b1.contiguous(), w_dw.contiguous(), b_dw.contiguous(), cast[1], bias.contiguous(), cast[2],
-            s1, s2, y, m, cin, k, nout, h1, wd1, ho, wo, *_pixel_strides(x), *_pixel_strides(y), slot_rows, slot_m,
+        _tk.dsr_block[lambda meta: (min(triton.cdiv(m, meta["BLOCK_M"]), sms * meta["PER_SM"], slots),)](
+            x, w1, b1.contiguous(), w_dw.contiguous(), b_dw.contiguous(), w_pw, bias.contiguous(),
+            w_pw if w_ds is None else w_ds, scratch, scratch[slots * slot_rows * k:],
+            y, m, cin, k, nout, h1, wd1, ho, wo, *_pixel_strides(x), *_pixel_strides(y), slot_rows, slot_m,
             _tune_size(m), S1=stride_1x1, STRIDE=stride, DIL=dilation, SHORTCUT=1 if w_ds is None else 2,
             DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
+
+
+@functools.lru_cache(maxsize=256)
+def _block_scratch(device: torch.device, m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation: int):
+    """``dsr_block``'s persistent grid for one shape: (scratch slots = programs at most, rows of a program's first
+    slot, pixels of its second, SMs), sized for the largest tiles and the most programs per SM its configs allow."""
+    kernel = _tk.dsr_block
+    slot_m = kernel.largest("BLOCK_M")
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    slots = min(sms * kernel.largest("PER_SM"), triton.cdiv(m, kernel.smallest("BLOCK_M")))
+    return slots, _halo_rows(m, ho, wo, h1, w1, stride, dilation, slot_m), slot_m, sms
 
 
 @dsr_block.register_fake
@@ -682,7 +690,7 @@ def direct_conv(
     p = n * ho * wo
     with _launch(x):
         _tk.direct_conv[lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(cout, meta["BLOCK_N"]))](
-            x, w_packed.to(x.dtype).contiguous(), bias.contiguous(), y,  # tl.dot: one dtype for both operands
+            x, _kernel_operand(w_packed, x.dtype), bias.contiguous(), y,  # tl.dot: one dtype for both operands
             p, cout, h, w, ho, wo, *x.stride(), *_pixel_strides(y), _tune_size(p),
             CIN=cin, KSIZE=kernel_size, STRIDE=stride, PAD=padding, DIL=dilation, RELU=relu, IEEE=_ieee(x),
             DOT_F32=_dot_f32(x),
