@@ -103,12 +103,6 @@ class _LazyKernel:
         kernel = self.build()
         return min(c.kwargs[meta] for c in kernel.configs)
 
-    def largest(self, meta: str) -> int:
-        """The largest value of ``meta`` among the configs a launch may pick now (per-program scratch is sized
-        for it)."""
-        kernel = self.build()
-        return max(c.kwargs[meta] for c in kernel.configs)
-
     def __getitem__(self, grid):
         kernel = self.build()
         pass_ = _PRECOMPILE

@@ -629,14 +629,23 @@ def dsr_block(
     return y
 
 
+@functools.lru_cache(maxsize=16)
+def device_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (what a persistent kernel's grid is sized by); 1 elsewhere (the
+    CPU interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
 @functools.lru_cache(maxsize=256)
 def _block_scratch(device: torch.device, m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation: int):
     """``dsr_block``'s persistent grid for one shape: (scratch slots = programs at most, rows of a program's first
-    slot, pixels of its second, SMs), sized for the largest tiles and the most programs per SM its configs allow."""
-    kernel = _tk.dsr_block
-    slot_m = kernel.largest("BLOCK_M")
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    slots = min(sms * kernel.largest("PER_SM"), triton.cdiv(m, kernel.smallest("BLOCK_M")))
+    slot, pixels of its second, SMs), sized for the largest tiles and the most programs per SM of ALL its configs
+    (GPU and interpreter alike: a launch may pick any, and this cache must not depend on the mode)."""
+    configs = [*_tk.dsr_block.configs, _tk.dsr_block.interp_config]
+    slot_m = max(c.kwargs["BLOCK_M"] for c in configs)
+    per_sm = max(c.kwargs["PER_SM"] for c in configs)
+    sms = device_sms(device)
+    slots = min(sms * per_sm, triton.cdiv(m, min(c.kwargs["BLOCK_M"] for c in configs)))
     return slots, _halo_rows(m, ho, wo, h1, w1, stride, dilation, slot_m), slot_m, sms
 
 

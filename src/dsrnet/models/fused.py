@@ -16,7 +16,10 @@
   twice), the depthwise 3x3, then the second 1x1 + shortcut, the two intermediates passing through a per-program
   scratch slot that stays in L2. The block's input is read from DRAM once and its output written once: the traffic
   floor of a DSR block, where split also writes and reads back both intermediates and reads the input twice
-  (~2x the floor at 32 px). Not yet timed on a GPU (issue 10), so not the default.
+  (~2x the floor at 32 px). Its parallelism is the output's pixel tiles only (each program does all output
+  channels of its tile), so on a GPU a block whose output has fewer than :data:`BLOCK_MIN_PIXELS_PER_SM` pixels per
+  SM (the deep stages at small batches: 2048 pixels in layer4 at batch 128, 32 px) runs split instead, whose GEMM
+  tiles also split the output channels. Not yet timed on a GPU (issue 10), so not the default.
 
   Why split is the default: each program of the fused kernel computes the depthwise tile for its own
   ``BLOCK_N``-wide slice of the output channels, in fp32 on the CUDA cores, so the depthwise work is paid once per
@@ -58,6 +61,9 @@ FUSE_MODES = ("split", "fused", "auto", "block")
 DEFAULT_FUSE_MODE = "split"
 #: ``mode="auto"``: blocks with at most this many output channels run fused, wider ones split (module docstring).
 AUTO_FUSED_MAX_OUT = 256
+#: ``mode="block"`` on a GPU: a block runs as one kernel when its output has at least this many pixels per SM (one
+#: tile of the kernel's smallest configs for every SM), else split (module docstring).
+BLOCK_MIN_PIXELS_PER_SM = 64
 
 
 def _pointwise_kn(conv: nn.Conv2d) -> torch.Tensor:
@@ -105,7 +111,7 @@ class FusedDSRBlock(nn.Module):
             y = F.relu(self.conv1(x))
             y = F.relu(self.conv2(y))
             return F.relu(self.conv3(y) + shortcut)
-        if self.mode == "block":
+        if self.mode == "block" and self._fills_device(x):
             return ops.dsr_block(
                 x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
                 self.stride_1x1, self.stride_dw, self.dilation, self.ds_stride,
@@ -120,6 +126,15 @@ class FusedDSRBlock(nn.Module):
         y2 = ops.dwconv2d(y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
         # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
         return ops.pointwise_conv(y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
+
+
+    def _fills_device(self, x: torch.Tensor) -> bool:
+        """Whether the one-kernel block gets at least one tile per SM from ``x`` (always, off a GPU)."""
+        if x.device.type != "cuda":
+            return True
+        n, _, h, w = x.shape
+        s = self.stride_1x1 * self.stride_dw
+        return n * ((h - 1) // s + 1) * ((w - 1) // s + 1) >= BLOCK_MIN_PIXELS_PER_SM * ops.device_sms(x.device)
 
 
 class FusedDSRNet(nn.Module):
