@@ -665,34 +665,34 @@ def _dsr_block(
     sxn, sxh, sxw,
     syn, syh, syw, SLOT_ROWS, SLOT_M, TUNE_SIZE,
     S1: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
-    IEEE: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+    IEEE: tl.constexpr, DOT_F32: tl.constexpr, TILE_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PER_SM: tl.constexpr,
 ):  # fmt: skip
     # x: block input [Nb, H, W, CIN]; w1: [CIN, K] (the first 1x1, read at stride S1: its output, the depthwise
     # conv's input, is [Nb, H1, W1, K]); wdw: [9, K]; wpw: [K, N]; b: pointwise bias (+ downsample bias, pre-summed);
     # wds: [CIN, N] (SHORTCUT 2: the downsample, x read at stride DS_STRIDE; 1: x itself is the shortcut, CIN == N).
-    # Persistent: program p handles output tiles p, p + P, ... of BLOCK_M pixels, each in three stages that
+    # Persistent: program p handles output tiles p, p + P, ... of TILE_M pixels, each in three stages that
     # communicate through the program's own scratch slot (written, then read after a CTA barrier, by other threads
     # of the same program: global memory made visible within the CTA by bar.sync; the slot is reused tile after
     # tile, so it stays in L2 and is rarely written back to DRAM):
     #   A. y1 = relu(x @ w1 + b1) at every depthwise input pixel the tile's taps reach: the flat range [lo, hi) of
     #      the [Nb, H1, W1] map from the first tap row of the tile's first output row to the last tap row of its
     #      last (a halo of DIL rows each side is computed twice, by this tile and its neighbour) -> s1 slot.
-    #   B. dw = relu(depthwise3x3(y1) + bdw) of the tile's pixels, taps read from s1 -> s2 slot [BLOCK_M, K].
+    #   B. dw = relu(depthwise3x3(y1) + bdw) of the tile's pixels, taps read from s1 -> s2 slot [TILE_M, K].
     #   C. y = relu(dw @ wpw + b + shortcut), the shortcut GEMM (if any) in the same tile, written once.
+    # B and C run over the tile BLOCK_M pixels at a time (the register tile): a TILE_M of several BLOCK_M computes
+    # fewer halo rows twice in A (2.3x the first 1x1's work at 128 pixels, 1.4x at 512, for rate 3 on a 32-wide
+    # map) at the cost of fewer, larger tiles and scratch slots.
     # The block's input is read from DRAM once (stage A; C's identity/downsample rereads of it hit L2) and its
     # output written once: DSR block traffic at its floor.
     pid = tl.program_id(0)
-    num_tiles = tl.cdiv(M, BLOCK_M)
+    num_tiles = tl.cdiv(M, TILE_M)
     s1 = s1_ptr + pid * SLOT_ROWS * K
     s2 = s2_ptr + pid * SLOT_M * K
     rows = tl.arange(0, BLOCK_M)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
-        offs_m = tile * BLOCK_M + rows
-        m_mask = offs_m < M
-        img, ho, wo = _pixels(offs_m, HO, WO)
-        first = tile * BLOCK_M
-        last = tl.minimum(first + BLOCK_M, M) - 1
+        first = tile * TILE_M
+        last = tl.minimum(first + TILE_M, M) - 1
         lo = ((first // (HO * WO)) * H1 + tl.maximum((first % (HO * WO)) // WO * STRIDE - DIL, 0)) * W1
         hi = ((last // (HO * WO)) * H1 + tl.minimum((last % (HO * WO)) // WO * STRIDE + DIL, H1 - 1) + 1) * W1
         # A. the first 1x1 over the tile's depthwise input rows
@@ -712,44 +712,55 @@ def _dsr_block(
                 tl.store(s1_ptrs, acc.to(y_ptr.dtype.element_ty), mask=q_mask[:, None] & c_mask[None, :])
         tl.debug_barrier()
         # B. the depthwise 3x3 of the tile's pixels, its taps read from s1 (flat row q - lo)
-        for c0 in range(0, K, BLOCK_C):
-            offs_c = c0 + tl.arange(0, BLOCK_C)
-            c_mask = offs_c < K
-            dw = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-            dw = _dw_taps(dw, s1, (img * H1 * W1 - lo) * K, wdw_ptr, ho, wo, m_mask, offs_c, c_mask, K, H1, W1,
-                          W1 * K, K, 0.0, 0.0, 0.0, STRIDE, DIL, False)  # fmt: skip
-            dw += tl.load(bdw_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-            dw = tl.maximum(dw, 0.0)
-            tl.store(s2 + rows[:, None] * K + offs_c[None, :], dw.to(y_ptr.dtype.element_ty),
-                     mask=m_mask[:, None] & c_mask[None, :])  # fmt: skip
+        for m0 in range(0, TILE_M, BLOCK_M):
+            offs_m = first + m0 + rows
+            m_mask = offs_m < M
+            img, ho, wo = _pixels(offs_m, HO, WO)
+            for c0 in range(0, K, BLOCK_C):
+                offs_c = c0 + tl.arange(0, BLOCK_C)
+                c_mask = offs_c < K
+                dw = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+                dw = _dw_taps(dw, s1, (img * H1 * W1 - lo) * K, wdw_ptr, ho, wo, m_mask, offs_c, c_mask, K, H1, W1,
+                              W1 * K, K, 0.0, 0.0, 0.0, STRIDE, DIL, False)  # fmt: skip
+                dw += tl.load(bdw_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+                dw = tl.maximum(dw, 0.0)
+                tl.store(s2 + (m0 + rows)[:, None] * K + offs_c[None, :], dw.to(y_ptr.dtype.element_ty),
+                         mask=m_mask[:, None] & c_mask[None, :])  # fmt: skip
         tl.debug_barrier()
         # C. the second 1x1 + shortcut, one BLOCK_N slice of the output channels at a time
-        for c0 in range(0, N, BLOCK_N):
-            offs_n = c0 + tl.arange(0, BLOCK_N)
-            n_mask = offs_n < N
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            acc = _rows_gemm(acc, s2 + rows * K, m_mask, wpw_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
-            _block_out(acc, x_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, CIN, sxn, sxh, sxw,
-                       syn, syh, syw, SHORTCUT, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
+        for m0 in range(0, TILE_M, BLOCK_M):
+            offs_m = first + m0 + rows
+            m_mask = offs_m < M
+            img, ho, wo = _pixels(offs_m, HO, WO)
+            for c0 in range(0, N, BLOCK_N):
+                offs_n = c0 + tl.arange(0, BLOCK_N)
+                n_mask = offs_n < N
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc = _rows_gemm(acc, s2 + (m0 + rows) * K, m_mask, wpw_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32,
+                                 BLOCK_K)  # fmt: skip
+                _block_out(acc, x_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, CIN, sxn, sxh,
+                           sxw, syn, syh, syw, SHORTCUT, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
         # The next tile overwrites s1 only after every thread passed the barrier after B (done reading s1), and s2
         # only after the barrier after its A, which every thread reaches after finishing this C.
 
 
 # PER_SM: programs per SM of the persistent grid (and scratch slots), as many as its registers let reside at once
 # (offline sm_90 builds, Triton 3.6, bf16: 215-255 registers per thread, no spills: one 8-warp program or two 4-warp
-# ones per SM; fp32 spills 136-240 bytes, speed only). The depthwise stage's nine taps in flight set the register
-# count: BLOCK_C 16 vs 32 is 215 vs 244 at 128 x 128, 8 warps.
+# ones per SM; fp32 spills 136-256 bytes, speed only). The depthwise stage's nine taps in flight set the register
+# count: BLOCK_C 16 vs 32 is 215 vs 244 at 128 x 128, 8 warps. TILE_M 512: fewer halo rows recomputed on the
+# 32-wide maps of layer1 (the autotuner weighs that against its 4x fewer tiles).
 _BLOCK_CONFIGS = [
-    _cfg(BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=1, num_warps=8, num_stages=2),
-    _cfg(BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8, num_stages=2),
-    _cfg(BLOCK_M=128, BLOCK_R=64, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=2, num_warps=4, num_stages=2),
-    _cfg(BLOCK_M=256, BLOCK_R=128, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8, num_stages=2),
-    _cfg(BLOCK_M=64, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=2, num_warps=4, num_stages=2),
+    _cfg(TILE_M=128, BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=1, num_warps=8),
+    _cfg(TILE_M=128, BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8),
+    _cfg(TILE_M=128, BLOCK_M=128, BLOCK_R=64, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=2, num_warps=4),
+    _cfg(TILE_M=256, BLOCK_M=256, BLOCK_R=128, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8),
+    _cfg(TILE_M=64, BLOCK_M=64, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=2, num_warps=4),
+    _cfg(TILE_M=512, BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8),
 ]
 dsr_block = _LazyKernel(
     _dsr_block, _BLOCK_CONFIGS,
     ["TUNE_SIZE", "CIN", "K", "N", "H1", "W1", "HO", "WO", "S1", "STRIDE", "DIL", "SHORTCUT"],
-    _cfg(BLOCK_M=16, BLOCK_R=16, BLOCK_N=16, BLOCK_K=16, BLOCK_C=16, PER_SM=1),
+    _cfg(TILE_M=32, BLOCK_M=16, BLOCK_R=16, BLOCK_N=16, BLOCK_K=16, BLOCK_C=16, PER_SM=1),
 )  # fmt: skip
 
 

@@ -619,7 +619,7 @@ def dsr_block(
     slots, slot_rows, slot_m, sms = _block_scratch(x.device, m, ho, wo, h1, wd1, stride, dilation)
     scratch = torch.empty(slots * (slot_rows + slot_m) * k, dtype=x.dtype, device=x.device)  # one allocation
     with _launch(x):
-        _tk.dsr_block[lambda meta: (min(triton.cdiv(m, meta["BLOCK_M"]), sms * meta["PER_SM"], slots),)](
+        _tk.dsr_block[lambda meta: (min(triton.cdiv(m, meta["TILE_M"]), sms * meta["PER_SM"], slots),)](
             x, w1, b1.contiguous(), w_dw.contiguous(), b_dw.contiguous(), w_pw, bias.contiguous(),
             w_pw if w_ds is None else w_ds, scratch, scratch[slots * slot_rows * k:],
             y, m, cin, k, nout, h1, wd1, ho, wo, *_pixel_strides(x), *_pixel_strides(y), slot_rows, slot_m,
@@ -642,10 +642,10 @@ def _block_scratch(device: torch.device, m: int, ho: int, wo: int, h1: int, w1: 
     slot, pixels of its second, SMs), sized for the largest tiles and the most programs per SM of ALL its configs
     (GPU and interpreter alike: a launch may pick any, and this cache must not depend on the mode)."""
     configs = [*_tk.dsr_block.configs, _tk.dsr_block.interp_config]
-    slot_m = max(c.kwargs["BLOCK_M"] for c in configs)
+    slot_m = max(c.kwargs["TILE_M"] for c in configs)
     per_sm = max(c.kwargs["PER_SM"] for c in configs)
     sms = device_sms(device)
-    slots = min(sms * per_sm, triton.cdiv(m, min(c.kwargs["BLOCK_M"] for c in configs)))
+    slots = min(sms * per_sm, triton.cdiv(m, min(c.kwargs["TILE_M"] for c in configs)))
     return slots, _halo_rows(m, ho, wo, h1, w1, stride, dilation, slot_m), slot_m, sms
 
 
