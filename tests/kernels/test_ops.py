@@ -315,7 +315,8 @@ def test_dsr_block_rejects_mismatched_arguments():
         ops.dsr_block(x, kn(w1).t(), b1, taps, b_dw, kn(w_pw), b_pw, None, 1, 1, 1, 1)
     with pytest.raises(DsrnetError, match=r"dsr_block wants b_dw of shape \[20\]"):
         ops.dsr_block(x, kn(w1), b1, taps, b_dw[:3], kn(w_pw), b_pw, None, 1, 1, 1, 1)
-    with pytest.raises(DsrnetError, match=r"dsr_block wants the residual \(identity shortcut\) of shape"):
+    with pytest.raises(DsrnetError, match=r"dsr_block without w_ds adds x itself \(identity shortcut\), so its output "
+                                          r"\[1, 12, 3, 3\] must have x's shape \[1, 12, 5, 5\]; fix: pass w_ds"):
         ops.dsr_block(x, kn(w1), b1, taps, b_dw, kn(w_pw), b_pw, None, 1, 2, 1, 2)  # a stride needs a downsample
 
 

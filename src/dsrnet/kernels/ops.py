@@ -554,13 +554,13 @@ def _(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride):
 
 
 @functools.lru_cache(maxsize=256)
-def _halo_rows(m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation: int, block_m: int) -> int:
-    """The most depthwise-input pixels any ``block_m``-pixel output tile of ``dsr_block`` reaches: the size of a
+def _halo_rows(m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation: int, tile_m: int) -> int:
+    """The most depthwise-input pixels any ``tile_m``-pixel output tile of ``dsr_block`` reaches: the size of a
     program's first scratch slot (the kernel's ``[lo, hi)``: whole rows of the [N, h1, w1] map from the tile's
     first tap row to its last). Tiles of smaller power-of-two sizes nest in these, so it bounds them too."""
     most = 0
-    for first in range(0, m, block_m):
-        last = min(first + block_m, m) - 1
+    for first in range(0, m, tile_m):
+        last = min(first + tile_m, m) - 1
         lo = (first // (ho * wo)) * h1 + max((first % (ho * wo)) // wo * stride - dilation, 0)
         hi = (last // (ho * wo)) * h1 + min((last % (ho * wo)) // wo * stride + dilation, h1 - 1) + 1
         most = max(most, (hi - lo) * w1)
@@ -602,9 +602,11 @@ def dsr_block(
     for name, t, want in (("b1", b1, (k,)), ("w_dw (taps-major)", w_dw, (9, k)), ("b_dw", b_dw, (k,)),
                           ("w_pw", w_pw, (k, nout)), ("bias", bias, (nout,))):  # fmt: skip
         _check_shape("dsr_block", name, t, want)
-    if w_ds is None:
-        _check_shape("dsr_block", "the residual (identity shortcut)", x, (n, nout, ho, wo))
-    else:
+    if w_ds is None and (cin, h, w) != (nout, ho, wo):
+        raise DsrnetError(f"dsr_block without w_ds adds x itself (identity shortcut), so its output [{n}, {nout}, "
+                          f"{ho}, {wo}] must have x's shape {list(x.shape)}; fix: pass w_ds (the downsample 1x1) "
+                          f"for a block that changes channels or size")  # fmt: skip
+    if w_ds is not None:
         _check_shape("dsr_block", "w_ds", w_ds, (cin, nout))
         if (_out_size(h, ds_stride), _out_size(w, ds_stride)) != (ho, wo):
             raise DsrnetError(f"dsr_block: the shortcut {list(x.shape)} at stride {ds_stride} does not reach the "
