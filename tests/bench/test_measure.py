@@ -166,6 +166,22 @@ def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", fused=True)
 
 
+def test_fused_form_at_bf16_runs_its_kernels_in_bf16(monkeypatch):
+    """Autocast does not reach custom ops: under a bf16 autocast the fused form's kernels ran in fp32 (only its head
+    in bf16), and the row said bf16. It is now cast, weights and input: its first op, the stem kernel, gets bf16
+    (on a GPU every kernel's output takes its input's dtype)."""
+    from dsrnet.kernels import ops
+
+    seen = []
+    real = ops.direct_conv
+    monkeypatch.setattr(ops, "direct_conv", lambda x, w, *a: seen.append((x.dtype, w.dtype)) or real(x, w, *a))
+    row = bench.benchmark_model(
+        "dsrnet50_cifar", image_size=16, batch_size=2, warmup=0, repeats=1, precision="bf16", fused=True,
+        model_kwargs={"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]},
+    )  # fmt: skip
+    assert row["precision"] == "bf16" and row["fused"] and seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+
+
 def test_dwconv_training_forms_are_timed_for_models_with_depthwise_convs(tmp_path):
     # On this CPU the Triton ops take their PyTorch fallback: this is about which models get which form.
     tiny = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
