@@ -175,10 +175,9 @@ class FusedDSRNet(nn.Module):
         return super().train(False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != self.w_stem.dtype:  # else every kernel would run in x's dtype, and the head fail at the end
-            raise DsrnetError(f"the input is {x.dtype} but this fused model is {self.w_stem.dtype}; fix: "
-                              f"x.to({self.w_stem.dtype}) (or the model .to({x.dtype}))")  # fmt: skip
-        x = x.contiguous(memory_format=torch.channels_last)
+        # The kernels compute in their input's dtype and autocast does not reach them (custom ops): the model's own
+        # dtype decides, so a bf16 model given fp32 input (or run under a bf16 autocast) computes in bf16.
+        x = x.to(dtype=self.w_stem.dtype, memory_format=torch.channels_last)
         x = self.maxpool(ops.direct_conv(x, self.w_stem, self.b_stem, *self.stem_geometry, True))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
