@@ -10,7 +10,9 @@ the budget, and results are rewritten after every step, so a run cut short keeps
 
  1. the card: name, torch/Triton/CUDA versions; its copy bandwidth (a 2 GiB device-to-device copy) and bf16 matmul
     rate (8192^3 ``torch.mm``), both measured here, as the roofline's ceilings;
- 2. correctness on the GPU: ``dsrnet.fuse(model)`` against the eager model (eval, BN statistics randomised so the
+ 2. correctness on the GPU: first ``fuse(mode="block")`` in a process of its own (``step_block_probe``: a fault in
+    that kernel, new since the last GPU run, would poison this process's CUDA context; if it fails, the block forms
+    are skipped and the rest runs); then ``dsrnet.fuse(model)`` against the eager model (eval, BN statistics randomised so the
     folding matters) in fp32 (TF32 off) and bf16: max |logit diff|, max relative feature diff, top-1 agreement on
     random inputs; ``stride_on="1x1"``; the paper stem (``fuse``'s default mode, and the one-kernel mode at 32 px;
     every timed form is also checked where it is timed: its logits on 256 images against eager fp32); the gradients
@@ -42,8 +44,9 @@ Block sizes of the Triton kernels are autotuned on first use of each shape (part
 Triton form first gets one throw-away pass under ``dsrnet.kernels.precompile`` (all autotune configs compiled by
 worker processes at once; its time is recorded as ``precompile_s``, the first real call's as ``first_call_s``).
 ``dsrnet_fused`` is ``dsrnet.fuse(model)`` with its default mode (``split`` since 2026-11-27's H200 run measured it
-fastest); at 32 px, batch 1024, the headline step also times ``dsrnet_fused_onekernel`` (``mode="fused"``) and
-``dsrnet_fused_auto`` (``mode="auto"``), so that every run shows whether the default is still the fastest. Each
+fastest); at 32 px, batch 1024, the headline step also times ``dsrnet_fused_block`` (``mode="block"``, one kernel
+per block), ``dsrnet_fused_onekernel`` (``mode="fused"``) and ``dsrnet_fused_auto`` (``mode="auto"``), so that
+every run shows whether the default is still the fastest (block is timed at every step that times the default). Each
 fused row records its ``fuse_mode``. Runs the call's time limit cut short (no roofline): ``--rerender DIR`` here.
 """
 
@@ -57,6 +60,7 @@ import platform
 import shlex
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -74,6 +78,7 @@ from dsrnet.models.fused import DEFAULT_FUSE_MODE  # noqa: E402
 
 T0 = time.monotonic()
 RESERVE_S = 20
+SRC = Path(__file__).resolve().parent.parent / "src"  # the checkout's package, for child processes
 
 
 class BudgetExceeded(BaseException):
@@ -108,6 +113,7 @@ class Bench:
         self.profiles: list[str] = []
         self.log_lines: list[str] = []
         self.alarm_fired = False
+        self.block_unsafe = False  # the block probe's process failed: no mode="block" form runs in this one
         self.current_step: str | None = None
         self._save_lock = threading.Lock()  # the watchdog thread writes the files too
 
@@ -217,6 +223,14 @@ class Bench:
 
     def size(self, s: int) -> int:
         return {32: 16, 96: 32}.get(s, s) if self.dry else s
+
+    def skips_block(self, what: str) -> bool:
+        """Whether ``what`` (a form, case or step using ``fuse(mode="block")``) must be left out because the block
+        probe failed; records the skip."""
+        if self.block_unsafe and "block" in what:
+            self.results["skipped"].append({"step": what, "reason": "the block kernel probe failed (errors)"})
+            return True
+        return False
 
     def model_kwargs(self) -> dict:
         return {"layers": (1, 2, 1, 1), "widths": (4, 8, 8, 16)} if self.dry else {}
@@ -431,6 +445,60 @@ def _compare(name: str, dtype: torch.dtype, ref_logits, ref_feats, logits, feats
     }
 
 
+#: The block probe's child process: ``fuse(mode="block")`` (the one-kernel ``dsr_block``, new and never run on a GPU
+#: when this was written) at the headline shape, bf16 with every autotune config run, and fp32 at a small batch.
+BLOCK_PROBE = r"""
+import json, os, sys, torch, dsrnet
+from dsrnet.kernels import precompile
+dry, kwargs = sys.argv[1] == "1", json.loads(sys.argv[2])
+dev = torch.device("cpu" if dry else "cuda")
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+torch.manual_seed(0)
+model = dsrnet.create_model("dsrnet50_cifar", num_classes=10, **kwargs).eval().to(dev)
+out = []
+with torch.inference_mode():
+    for dtype, batch in ((torch.bfloat16, 2 if dry else 1024), (torch.float32, 2 if dry else 16)):
+        os.environ["DSRNET_TRITON_AUTOTUNE"] = "1" if dtype == torch.bfloat16 else "0"
+        x = torch.randn(batch, 3, 16 if dry else 32, 16 if dry else 32, device=dev)
+        ref = model(x)
+        fused = dsrnet.fuse(model, mode="block").to(dtype)
+        xd = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        precompile(lambda: fused(xd))
+        y = fused(xd).float()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        out.append({"dtype": str(dtype).removeprefix("torch."), "batch": batch,
+                    "max_abs_logit_diff": float((y - ref).abs().max()), "max_abs_logit": float(ref.abs().max())})
+print(json.dumps(out))
+"""
+
+
+def step_block_probe(bench: Bench, timeout_s: float = 150.0) -> None:
+    """``fuse(mode="block")`` first runs in a process of its own: a fault in a new kernel (an illegal address)
+    poisons this process's CUDA context for good, which would cost every later step; there it costs the block rows
+    only (they are then skipped, :meth:`Bench.skips_block`). Its compiled kernels stay in Triton's on-disk cache,
+    so the forms below do not compile them again."""
+    cmd = [sys.executable, "-c", BLOCK_PROBE, "1" if bench.dry else "0", json.dumps(bench.model_kwargs())]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    if bench.dry:  # the kernels through Triton's interpreter, as in this process
+        env["TRITON_INTERPRET"] = "1"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(timeout_s, max(1.0, bench.remaining())),
+                              env=env)  # fmt: skip
+        failure = None if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()[-1500:]}"
+    except subprocess.TimeoutExpired:
+        proc, failure = None, f"no answer within {timeout_s:.0f} s"
+    if failure is not None:
+        bench.block_unsafe = True
+        bench.results["errors"].append({"step": "block kernel probe", "error": failure})
+        bench.log(f"block probe FAILED ({failure.splitlines()[0]}): the block forms are skipped")
+        return
+    for found in json.loads(proc.stdout.strip().splitlines()[-1]):
+        row = {"case": "block kernel probe (own process), block vs eager fp32", **found}
+        bench.results["correctness"].append(row)
+        bench.log(f"block probe: {row}")
+
+
 def step_correctness(bench: Bench) -> None:
     from dsrnet.models.fused import use_triton_dwconv
 
@@ -449,6 +517,7 @@ def step_correctness(bench: Bench) -> None:
             ("cifar stem, stride_on=1x1, block", "cifar", {"stride_on": "1x1"}, "block"),
             (f"paper stem, stride_on=dw, {default}", "paper", {}, default),
         ]
+        cases = [c for c in cases if not bench.skips_block(f"correctness: {c[0]}")]
         inputs = {}
         for _, stem, _, _ in cases:
             size = bench.size(32 if stem == "cifar" else 96)
@@ -587,6 +656,7 @@ def step_trained_agreement(bench: Bench) -> None:
             "fused block fp32": dsrnet.fuse(model, mode="block"),
             "fused block bf16 channels_last": dsrnet.fuse(to_bf16_cl(bench, copy.deepcopy(model)), mode="block"),
         }
+        forms = {k: v for k, v in forms.items() if not bench.skips_block(f"trained agreement: {k}")}
         with torch.inference_mode():
             ref = torch.cat([model(x) for x in images.split(1000)]).float()
             for name, form in forms.items():
@@ -668,6 +738,8 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
     for form in forms:
         if bench.remaining() < 5:
             raise BudgetExceeded
+        if bench.skips_block(f"inference {stem}/{size} b{b}: {form}"):
+            continue
         base = peak_memory_start(bench)
         model = make_form(bench, form, stem)
         x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
@@ -733,6 +805,8 @@ def profile_top10(bench: Bench, label: str, fn, calls: int = 3) -> None:
 def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
     size, b = bench.size(image), bench.batch(batch)
     for form in ("dsrnet_fused", "dsrnet_fused_block", "dsrnet_eager"):
+        if bench.skips_block(f"profile: {form}"):
+            continue
         model = make_form(bench, form, stem)
         x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -1121,6 +1195,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = [
         ("environment", 1, step_environment),
         ("ceilings", 5, step_ceilings),
+        ("block kernel probe (own process)", 60, step_block_probe),
         ("correctness", 40, step_correctness),
         ("trained agreement (shipped weights, CIFAR-10 test)", 25, step_trained_agreement),
         # All fuse() modes in the first timing (dsrnet_fused = the default, split since the H200 run of

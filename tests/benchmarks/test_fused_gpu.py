@@ -203,3 +203,24 @@ def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, caps
     (tmp_path / "bad" / "results.json").write_text("{}")
     assert fused_gpu.main(["--rerender", str(tmp_path / "bad")]) == 2
     assert "is not a fused_gpu.py results.json" in capsys.readouterr().err
+
+
+def test_the_block_probe_runs_the_new_kernel_in_a_process_of_its_own(fused_gpu, tmp_path, monkeypatch):
+    """A fault in a kernel never run on a GPU (an illegal address) poisons the CUDA context of the process: the
+    one-kernel block runs first in a child, and if that fails, every block form is skipped and the rest runs."""
+    bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0))
+    fused_gpu.step_block_probe(bench)
+    assert not bench.block_unsafe and bench.results["errors"] == []
+    rows = {r["dtype"]: r for r in bench.results["correctness"]}
+    assert set(rows) == {"float32", "bfloat16"}
+    for dtype, tol in (("float32", 1e-4), ("bfloat16", 5e-2)):  # through the interpreter, against eager fp32
+        assert rows[dtype]["max_abs_logit_diff"] <= tol * rows[dtype]["max_abs_logit"] + 1e-6, rows
+
+    monkeypatch.setattr(fused_gpu, "BLOCK_PROBE", "import sys; sys.exit('illegal memory access')")
+    failed = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path / "f"), budget_s=600.0))
+    fused_gpu.step_block_probe(failed)
+    assert failed.block_unsafe and "illegal memory access" in failed.results["errors"][0]["error"]
+    assert failed.skips_block("inference cifar/16 b2: dsrnet_fused_block")
+    assert not failed.skips_block("inference cifar/16 b2: dsrnet_fused")
+    assert failed.results["skipped"] == [{"step": "inference cifar/16 b2: dsrnet_fused_block",
+                                          "reason": "the block kernel probe failed (errors)"}]
