@@ -166,6 +166,25 @@ def test_fused_variant_is_timed_for_dsrnet_only(tmp_path):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, mode="train", fused=True)
 
 
+def test_fused_takes_a_fuse_mode_from_the_command_line(tmp_path):
+    """``--fused`` times dsrnet.fuse's default mode; ``--fused block`` (any mode) that one, labelled and recorded."""
+    from dsrnet.cli.main import build_parser
+    from dsrnet.models.fused import DEFAULT_FUSE_MODE
+
+    parse = build_parser().parse_args
+    assert parse(["bench", "--fused"]).fused == DEFAULT_FUSE_MODE and parse(["bench"]).fused is False
+    assert parse(["bench", "--fused", "block", "--channels-last"]).fused == "block"
+    with pytest.raises(SystemExit):
+        parse(["bench", "--fused", "fastest"])
+    kwargs = {"sizes": [16], "batch_size": 2, "device": "cpu", "warmup": 0, "repeats": 1,
+              "model_kwargs": {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}}  # fmt: skip
+    default = bench.run_bench(["dsrnet50_cifar"], fused=True, **kwargs)["rows"][1]
+    block = bench.run_bench(["dsrnet50_cifar"], fused="block", out_dir=tmp_path, **kwargs)
+    assert default["fuse_mode"] == DEFAULT_FUSE_MODE and block["rows"][1]["fuse_mode"] == "block"
+    assert [r["fuse_mode"] for r in block["rows"]] == [None, "block"]
+    assert "(fused, block)" in block["markdown"] and "fuse_mode" in (tmp_path / "bench_cpu.csv").read_text()
+
+
 def test_fused_form_at_bf16_runs_its_kernels_in_bf16(monkeypatch):
     """Autocast does not reach custom ops: under a bf16 autocast the fused form's kernels ran in fp32 (only its head
     in bf16), and the row said bf16. It is now cast, weights and input: its first op, the stem kernel, gets bf16

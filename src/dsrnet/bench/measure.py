@@ -299,20 +299,32 @@ def model_for_bench(
     num_classes: int = 10,
     stem: str | None = None,
     model_kwargs: dict | None = None,
-    fused: bool = False,
+    fused: bool | str = False,
 ) -> tuple[str, nn.Module]:
     """``(architecture name, model)``: ``stem`` ("paper"|"cifar"|None = as named) picks the stem variant;
-    ``model_kwargs`` and ``fused`` (:func:`dsrnet.fuse`, the inference form) go to DSRNet models only (the baselines
-    are torchvision's and take none of them)."""
+    ``model_kwargs`` and ``fused`` (:func:`dsrnet.fuse`, the inference form: ``True`` for its default mode, or a
+    mode's name) go to DSRNet models only (the baselines are torchvision's and take none of them)."""
     from dsrnet.models import create_model, stem_variant
 
     if stem is not None and stem not in ("paper", "cifar"):
         raise DsrnetError(f"stem {stem!r} is not valid: choose paper or cifar")
     arch = stem_variant(name, stem) if stem is not None else name
     kwargs = dict(model_kwargs or {}) if arch.startswith("dsrnet") else {}
+    model = create_model(arch, num_classes=num_classes, **kwargs)
     if fused and arch.startswith("dsrnet"):
-        kwargs["fused"] = True
-    return arch, create_model(arch, num_classes=num_classes, **kwargs)
+        from dsrnet.models.fused import fuse
+
+        model = fuse(model, mode=fuse_mode(fused))
+    return arch, model
+
+
+def fuse_mode(fused: bool | str) -> str | None:
+    """The :func:`dsrnet.fuse` mode that ``fused`` (``True``: the default; a mode's name) asks for; None: unfused."""
+    if not fused:
+        return None
+    from dsrnet.models import DEFAULT_FUSE_MODE
+
+    return DEFAULT_FUSE_MODE if fused is True else fused
 
 
 def _forward_backward(runner, x: torch.Tensor, y: torch.Tensor, dev: torch.device, precision: str) -> None:
@@ -342,7 +354,7 @@ def benchmark_model(
     stem: str | None = None,
     model_kwargs: dict | None = None,
     seed: int = 0,
-    fused: bool = False,
+    fused: bool | str = False,
     backend: str = "torch",
     compile_mode: str = "default",
     dwconv: str = "torch",
@@ -472,6 +484,7 @@ def benchmark_model(
         "compile": bool(compile),
         "compile_mode": compile_mode if compile else None,
         "fused": bool(fused and arch.startswith("dsrnet")),
+        "fuse_mode": fuse_mode(fused) if arch.startswith("dsrnet") else None,
         "dwconv": dwconv if triton_dwconvs else "torch",
         "backend": backend,
         "num_classes": num_classes,
@@ -501,7 +514,7 @@ CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
     "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
-    "backend", "compile_mode", "dwconv", "model_kwargs", "device_name", "torch",
+    "fuse_mode", "backend", "compile_mode", "dwconv", "model_kwargs", "device_name", "torch",
 )  # fmt: skip
 
 
@@ -525,6 +538,13 @@ def _config_key(row: dict) -> tuple:
         row["compile"],
         row.get("compile_mode"),
     )
+
+
+def _fused_label(row: dict) -> str:
+    """`` (fused)`` for a fused row in :func:`dsrnet.fuse`'s default mode, `` (fused, MODE)`` in another."""
+    if not row.get("fused"):
+        return ""
+    return " (fused)" if row.get("fuse_mode") in (None, fuse_mode(True)) else f" (fused, {row['fuse_mode']})"
 
 
 def add_relative_latency(rows: list[dict]) -> None:
@@ -560,7 +580,7 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
     for r in rows:
         peak = r["peak_mem_mb"]
         body.append([
-            _label(r) + (" (fused)" if r.get("fused") else "")
+            _label(r) + _fused_label(r)
             + (f" ({r['dwconv']})" if r.get("dwconv", "torch") != "torch" else "")
             + (f" [{r['backend']}]" if r.get("backend", "torch") != "torch" else ""), r["stem"], r["image_size"], r["batch_size"],
             r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", _compiled(r),
@@ -643,7 +663,7 @@ def run_bench(
     num_classes: int = 10,
     stem: str | None = None,
     model_kwargs: dict | None = None,
-    fused: bool = False,
+    fused: bool | str = False,
     backend: str = "torch",
     compile_mode: str = "default",
     dwconv: str = "torch",
@@ -702,7 +722,7 @@ def run_bench(
             for size in sizes:
                 for name, arch in zip(models, archs, strict=True):
                     # fused: a DSRNet's eager form, then its fused form, back to back (one comparison, one run)
-                    for form_fused in (False, True) if fused and arch.startswith("dsrnet") else (False,):
+                    for form_fused in (False, fused) if fused and arch.startswith("dsrnet") else (False,):
                         row = benchmark_model(
                             name, image_size=size, batch_size=batch_size, device=dev, precision=precision,
                             channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
@@ -712,7 +732,7 @@ def run_bench(
                         row["cpu_defaults"] = cpu_defaults
                         rows.append(row)
                         log(
-                            f"bench: {row['arch']}{' (fused)' if row['fused'] else ''} {size}px bs{batch_size} "
+                            f"bench: {row['arch']}{_fused_label(row)} {size}px bs{batch_size} "
                             f"{mode} {precision}: {row['latency_ms']:.1f} ms/batch, {row['params'] / 1e6:.2f} M params"
                         )
     add_relative_latency(rows)

@@ -16,7 +16,7 @@ def _per_device(defaults: dict[str, int]) -> str:
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     # Only `dsrnet bench ...` runs this (not `dsrnet --help`), and the model registry imports torch anyway.
     from dsrnet.bench.measure import COMPILE_MODES, DEFAULT_REPEATS, DEFAULT_SIZES, DEFAULT_WARMUP, MODES
-    from dsrnet.models import DWCONVS, PAPER_COMPARISON
+    from dsrnet.models import DEFAULT_FUSE_MODE, DWCONVS, FUSE_MODES, PAPER_COMPARISON
 
     p.description = (
         "Measure parameters, MACs per image, latency per batch (median and spread), throughput and peak memory. "
@@ -34,9 +34,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", nargs="+", default=["inference"], choices=MODES,
                    help="inference (eval, inference_mode) and/or train (forward+backward+SGD step)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for weights and inputs")
-    p.add_argument("--fused", action="store_true",
+    p.add_argument("--fused", nargs="?", const=DEFAULT_FUSE_MODE, default=False, choices=FUSE_MODES, metavar="MODE",
                    help="DSRNet models also in their fused inference form (dsrnet.fuse: BatchNorm folded, Triton "
-                   "kernels on CUDA), each timed right after the plain model; the baselines as they are")
+                   "kernels on CUDA), each timed right after the plain model; the baselines as they are. MODE: one "
+                   f"of {', '.join(FUSE_MODES)} (default: dsrnet.fuse's, {DEFAULT_FUSE_MODE})")
     p.add_argument("--dwconv", choices=DWCONVS, default="torch",
                    help="what computes the depthwise convs of the models that have them (DSRNet, MobileNetV2): torch, "
                    "triton (the NHWC Triton kernels, dsrnet.use_triton_dwconv) or triton_bn_relu (also each DSR "

@@ -48,6 +48,10 @@ PAPER_DSRNET_PARAMS = 2.19e7
 #: (:func:`dsrnet.use_triton_dwconv`), or those kernels with each DSR block's preceding BatchNorm and ReLU inside
 #: them (``use_triton_dwconv(model, bn_relu=True)``).
 DWCONVS = ("torch", "triton", "triton_bn_relu")
+#: :func:`dsrnet.fuse`'s modes (:mod:`dsrnet.models.fused`, which imports Triton: defined here so that a CLI can
+#: offer them without importing it), and the one it uses unless told otherwise: the fastest measured on a GPU.
+FUSE_MODES = ("split", "fused", "auto", "block")
+DEFAULT_FUSE_MODE = "split"
 
 
 def stem_variant(name: str, stem: str) -> str:
@@ -58,7 +62,9 @@ def stem_variant(name: str, stem: str) -> str:
 
 
 __all__ = [
+    "DEFAULT_FUSE_MODE",
     "DWCONVS",
+    "FUSE_MODES",
     "DSRBlock",
     "DSRNet",
     "FeatureInfo",

@@ -54,11 +54,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dsrnet.errors import DsrnetError
 from dsrnet.kernels import ops
+from dsrnet.models import DEFAULT_FUSE_MODE, FUSE_MODES
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
-FUSE_MODES = ("split", "fused", "auto", "block")
-#: what :func:`fuse` uses unless told otherwise: the fastest mode measured on a GPU (module docstring).
-DEFAULT_FUSE_MODE = "split"
 #: ``mode="auto"``: blocks with at most this many output channels run fused, wider ones split (module docstring).
 AUTO_FUSED_MAX_OUT = 256
 #: ``mode="block"`` on a GPU: a block runs as one kernel when its output has at least this many pixels per SM (one
