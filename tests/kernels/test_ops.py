@@ -295,15 +295,33 @@ def test_dsr_block_matches_the_unfused_block(n, h, w, stride_1x1, stride, dilati
     _close(y, ref, {torch.float32: 1e-4, torch.float16: 5e-3}.get(dtype, 2e-2))
 
 
-def test_dsr_block_scratch_covers_every_tap_row():
-    # The first scratch slot holds whole depthwise-input rows from a tile's first tap row to its last: a 4x6 map
-    # at stride 1 and rate 1, 16-pixel tiles: tile 0 = rows 0-2 (+ row 3 below) = 4 rows, tile 1 = rows 2-3 of
-    # image 0 (+ row 1 above) and rows 0-1 of image 1 (+ row 2 below) = 3 + 3 rows: the most, 6 rows of 6.
-    assert ops._halo_rows(2 * 4 * 6, 4, 6, 4, 6, 1, 1, 16) == 6 * 6
-    # A strided depthwise conv reads rows 2 * ho - d .. 2 * ho + d of the input map.
-    assert ops._halo_rows(8 * 8, 8, 8, 16, 16, 2, 2, 64) == 16 * 16
-    # 16-pixel tiles = two output rows 2t, 2t + 1: input rows 4t - 2 .. 4t + 4, seven (tiles 1 and 2).
-    assert ops._halo_rows(8 * 8, 8, 8, 16, 16, 2, 2, 16) == 7 * 16
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_dsr_block_scratch_holds_every_tile_s_tap_rows(stride, dilation):
+    """A program's first scratch slot holds ``halo_rows`` rows of the depthwise input map: at least what the
+    kernel's [lo, hi) spans for any tile (found here by brute force, as the kernel computes lo and hi), for maps
+    smaller and larger than a tile, tiles crossing images, and every tile size the kernel is configured with."""
+    from dsrnet.kernels import _triton as tk
+
+    def spanned_rows(m, ho, wo, h1, tile):
+        most = 0
+        for first in range(0, m, tile):
+            last = min(first + tile, m) - 1
+            lo = (first // (ho * wo)) * h1 + max((first % (ho * wo)) // wo * stride - dilation, 0)
+            hi = (last // (ho * wo)) * h1 + min((last % (ho * wo)) // wo * stride + dilation, h1 - 1) + 1
+            most = max(most, hi - lo)
+        return most
+
+    tiles = {c.kwargs["TILE_M"] for c in tk._BLOCK_CONFIGS} | {16, 32}
+    for h1 in (1, 3, 4, 7, 8, 16, 32, 33):
+        ho = (h1 - 1) // stride + 1
+        for tile in sorted(tiles):
+            needed = spanned_rows(5 * ho * ho, ho, ho, h1, tile)
+            assert needed <= tk.halo_rows(tile, ho, stride, dilation), (h1, tile)
+    # and not wastefully more: 128-pixel tiles of a 32 x 32 map span 4 output rows (+ 1 halo row each side at rate 1,
+    # stride 1); the bound allows for a tile that starts mid-row, and one row of slack
+    if (stride, dilation) == (1, 1):
+        assert spanned_rows(2 * 32 * 32, 32, 32, 32, 128) == 6 == tk.halo_rows(128, 32, 1, 1) - 2
 
 
 def test_dsr_block_rejects_mismatched_arguments():

@@ -655,15 +655,26 @@ dw_pw = _LazyKernel(
 )
 
 
+def halo_rows(tile_m: int, wo: int, stride: int, dilation: int) -> int:
+    """Rows of the depthwise input map (``[N, H1, W1]``, flat) that ``dsr_block``'s stage A computes for one tile of
+    ``tile_m`` consecutive output pixels, at most: the tile spans at most ``ceil(tile_m / wo) + 1`` output rows
+    (across images too), and those reach ``stride`` input rows each plus ``dilation`` above and below. Sizes a
+    program's scratch slot; the kernel and the host compute it alike (``_halo_rows`` is this, jitted)."""
+    return ((tile_m + wo - 1) // wo + 1) * stride + 2 * dilation + 1
+
+
+_halo_rows = _jit_as_triton(halo_rows)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A whole DSR block in one persistent kernel: 1x1 + bias + ReLU -> depthwise 3x3 + bias + ReLU -> 1x1 + bias +
 # shortcut + ReLU, the two intermediates kept in a per-program scratch slot that stays in L2
 # ---------------------------------------------------------------------------------------------------------------
 def _dsr_block(
-    x_ptr, w1_ptr, b1_ptr, wdw_ptr, bdw_ptr, wpw_ptr, b_ptr, wds_ptr, s1_ptr, s2_ptr, y_ptr,
+    x_ptr, w1_ptr, b1_ptr, wdw_ptr, bdw_ptr, wpw_ptr, b_ptr, wds_ptr, scratch_ptr, y_ptr,
     M, CIN, K, N, H1, W1, HO, WO,
     sxn, sxh, sxw,
-    syn, syh, syw, SLOT_ROWS, SLOT_M, TUNE_SIZE,
+    syn, syh, syw, TUNE_SIZE,
     S1: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
     IEEE: tl.constexpr, DOT_F32: tl.constexpr, TILE_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PER_SM: tl.constexpr,
@@ -685,10 +696,11 @@ def _dsr_block(
     # map) at the cost of fewer, larger tiles and scratch slots.
     # The block's input is read from DRAM once (stage A; C's identity/downsample rereads of it hit L2) and its
     # output written once: DSR block traffic at its floor.
+    # Scratch slot of a program: [halo_rows(TILE_M) * W1, K] for A's output, then [TILE_M, K] for B's.
     pid = tl.program_id(0)
     num_tiles = tl.cdiv(M, TILE_M)
-    s1 = s1_ptr + pid * SLOT_ROWS * K
-    s2 = s2_ptr + pid * SLOT_M * K
+    s1 = scratch_ptr + pid * (_halo_rows(TILE_M, WO, STRIDE, DIL) * W1 + TILE_M) * K
+    s2 = s1 + _halo_rows(TILE_M, WO, STRIDE, DIL) * W1 * K
     rows = tl.arange(0, BLOCK_M)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
         first = tile * TILE_M
@@ -745,16 +757,19 @@ def _dsr_block(
 
 
 # PER_SM: programs per SM of the persistent grid (and scratch slots), as many as its registers let reside at once
-# (offline sm_90 builds, Triton 3.6, bf16: 215-255 registers per thread, no spills: one 8-warp program or two 4-warp
-# ones per SM; fp32 spills 136-256 bytes, speed only). The depthwise stage's nine taps in flight set the register
-# count: BLOCK_C 16 vs 32 is 215 vs 244 at 128 x 128, 8 warps. TILE_M 512: fewer halo rows recomputed on the
-# 32-wide maps of layer1 (the autotuner weighs that against its 4x fewer tiles).
+# (offline sm_90 builds, Triton 3.6, bf16: 215-244 registers per thread at 128-pixel register tiles, so one 8-warp
+# or two 4-warp programs per SM; 152-164 at 64 x 64 x 32 on 4 warps, three per SM; no spills; fp32 spills, speed
+# only). Several programs per SM overlap one program's GEMM stages with another's depthwise stage (each program's
+# stages are serialised by its barriers). The depthwise stage's nine taps in flight set the register count:
+# BLOCK_C 16 vs 32 is 215 vs 244 at 128 x 128, 8 warps. TILE_M 512: fewer halo rows recomputed on the 32-wide maps
+# of layer1 (the autotuner weighs that against its 4x fewer tiles), one program per SM: the scratch the programs
+# touch must stay in L2 (132 x 155 KB at layer1's 64 channels; three per SM would need 60 MB).
 _BLOCK_CONFIGS = [
     _cfg(TILE_M=128, BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=1, num_warps=8),
     _cfg(TILE_M=128, BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8),
     _cfg(TILE_M=128, BLOCK_M=128, BLOCK_R=64, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=2, num_warps=4),
     _cfg(TILE_M=256, BLOCK_M=256, BLOCK_R=128, BLOCK_N=64, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8),
-    _cfg(TILE_M=64, BLOCK_M=64, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=32, PER_SM=2, num_warps=4),
+    _cfg(TILE_M=64, BLOCK_M=64, BLOCK_R=64, BLOCK_N=64, BLOCK_K=32, BLOCK_C=16, PER_SM=3, num_warps=4),
     _cfg(TILE_M=512, BLOCK_M=128, BLOCK_R=64, BLOCK_N=128, BLOCK_K=64, BLOCK_C=16, PER_SM=1, num_warps=8),
 ]
 dsr_block = _LazyKernel(

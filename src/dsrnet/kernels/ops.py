@@ -553,20 +553,6 @@ def _(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride):
     return _empty_nhwc(x.shape[0], w_pw.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
 
 
-@functools.lru_cache(maxsize=256)
-def _halo_rows(m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation: int, tile_m: int) -> int:
-    """The most depthwise-input pixels any ``tile_m``-pixel output tile of ``dsr_block`` reaches: the size of a
-    program's first scratch slot (the kernel's ``[lo, hi)``: whole rows of the [N, h1, w1] map from the tile's
-    first tap row to its last). Tiles of smaller power-of-two sizes nest in these, so it bounds them too."""
-    most = 0
-    for first in range(0, m, tile_m):
-        last = min(first + tile_m, m) - 1
-        lo = (first // (ho * wo)) * h1 + max((first % (ho * wo)) // wo * stride - dilation, 0)
-        hi = (last // (ho * wo)) * h1 + min((last % (ho * wo)) // wo * stride + dilation, h1 - 1) + 1
-        most = max(most, (hi - lo) * w1)
-    return most
-
-
 @torch.library.custom_op("dsrnet::dsr_block", mutates_args=())
 def dsr_block(
     x: torch.Tensor,
@@ -612,20 +598,21 @@ def dsr_block(
             raise DsrnetError(f"dsr_block: the shortcut {list(x.shape)} at stride {ds_stride} does not reach the "
                               f"output's {[ho, wo]}")  # fmt: skip
     m = n * ho * wo
-    if m == 0 or not triton_usable(x, max(n * nout * ho * wo, n * k * h1 * wd1)):
+    sms = device_sms(x.device)
+    scratch = _block_scratch(m, wo, wd1, k, stride, dilation, sms) if m else 0
+    if m == 0 or not triton_usable(x, max(n * nout * ho * wo, n * k * h1 * wd1, scratch)):
         y1 = pointwise_conv(x, w1, b1, None, stride_1x1, True)
         return dw_pw_block(y1, w_dw, b_dw, w_pw, bias, x, w_ds, stride, dilation, ds_stride)
     x = _channels_inner(x)
     w1, w_pw, w_ds = (None if t is None else _kernel_operand(t, x.dtype) for t in (w1, w_pw, w_ds))
     y = _empty_nhwc(n, nout, ho, wo, like=x)
-    slots, slot_rows, slot_m, sms = _block_scratch(x.device, m, ho, wo, h1, wd1, stride, dilation)
-    scratch = torch.empty(slots * (slot_rows + slot_m) * k, dtype=x.dtype, device=x.device)  # one allocation
+    scratch = torch.empty(scratch, dtype=x.dtype, device=x.device)
     with _launch(x):
-        _tk.dsr_block[lambda meta: (min(triton.cdiv(m, meta["TILE_M"]), sms * meta["PER_SM"], slots),)](
+        _tk.dsr_block[lambda meta: (_block_programs(m, meta["TILE_M"], meta["PER_SM"], sms),)](
             x, w1, b1.contiguous(), w_dw.contiguous(), b_dw.contiguous(), w_pw, bias.contiguous(),
-            w_pw if w_ds is None else w_ds, scratch, scratch[slots * slot_rows * k:],
-            y, m, cin, k, nout, h1, wd1, ho, wo, *_pixel_strides(x), *_pixel_strides(y), slot_rows, slot_m,
-            _tune_size(m), S1=stride_1x1, STRIDE=stride, DIL=dilation, SHORTCUT=1 if w_ds is None else 2,
+            w_pw if w_ds is None else w_ds, scratch, y, m, cin, k, nout, h1, wd1, ho, wo, *_pixel_strides(x),
+            *_pixel_strides(y), _tune_size(m), S1=stride_1x1, STRIDE=stride, DIL=dilation,
+            SHORTCUT=1 if w_ds is None else 2,
             DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
         )  # fmt: skip
     return y
@@ -638,17 +625,22 @@ def device_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
+def _block_programs(m: int, tile_m: int, per_sm: int, sms: int) -> int:
+    """``dsr_block``'s persistent grid: a program per tile, at most ``per_sm`` per SM (what its registers allow)."""
+    return min(triton.cdiv(m, tile_m), sms * per_sm)
+
+
 @functools.lru_cache(maxsize=256)
-def _block_scratch(device: torch.device, m: int, ho: int, wo: int, h1: int, w1: int, stride: int, dilation: int):
-    """``dsr_block``'s persistent grid for one shape: (scratch slots = programs at most, rows of a program's first
-    slot, pixels of its second, SMs), sized for the largest tiles and the most programs per SM of ALL its configs
-    (GPU and interpreter alike: a launch may pick any, and this cache must not depend on the mode)."""
+def _block_scratch(m: int, wo: int, w1: int, k: int, stride: int, dilation: int, sms: int) -> int:
+    """Elements of ``dsr_block``'s scratch for one shape: per program a slot of ``halo_rows(TILE_M) * w1 + TILE_M``
+    pixels of ``k`` channels (stage A's output, then stage B's), for the config that needs the most (a launch may
+    pick any of them, GPU and interpreter configs alike: the cache must not depend on the mode)."""
     configs = [*_tk.dsr_block.configs, _tk.dsr_block.interp_config]
-    slot_m = max(c.kwargs["TILE_M"] for c in configs)
-    per_sm = max(c.kwargs["PER_SM"] for c in configs)
-    sms = device_sms(device)
-    slots = min(sms * per_sm, triton.cdiv(m, min(c.kwargs["TILE_M"] for c in configs)))
-    return slots, _halo_rows(m, ho, wo, h1, w1, stride, dilation, slot_m), slot_m, sms
+    return max(
+        _block_programs(m, c.kwargs["TILE_M"], c.kwargs["PER_SM"], sms)
+        * (_tk.halo_rows(c.kwargs["TILE_M"], wo, stride, dilation) * w1 + c.kwargs["TILE_M"]) * k
+        for c in configs
+    )
 
 
 @dsr_block.register_fake
