@@ -324,6 +324,17 @@ def test_dsr_block_scratch_holds_every_tile_s_tap_rows(stride, dilation):
         assert spanned_rows(2 * 32 * 32, 32, 32, 32, 128) == 6 == tk.halo_rows(128, 32, 1, 1) - 2
 
 
+def test_dsr_block_without_triton_installed_takes_the_fallback(monkeypatch):
+    """No Triton at all (``dsrnet.kernels._triton`` not importable): the op sizes no scratch and runs PyTorch."""
+    x, w1, b1, w_dw, b_dw, w_pw, b_pw, _, _ = _whole_block_inputs(1, 12, 20, 12, 5, 5, "identity")
+    kn = (lambda conv: conv[:, :, 0, 0].t().contiguous())  # noqa: E731
+    args = (x, kn(w1), b1, ops.pack_taps(w_dw), b_dw, kn(w_pw), b_pw, None, 1, 1, 2, 1)
+    with_triton = ops.dsr_block(*args)
+    monkeypatch.setattr(ops, "_tk", None)
+    ops._block_scratch.cache_clear()  # (sized above, with Triton)
+    _close(ops.dsr_block(*args), with_triton, 1e-5)
+
+
 def test_dsr_block_rejects_mismatched_arguments():
     x, w1, b1, w_dw, b_dw, w_pw, b_pw, _, _ = _whole_block_inputs(1, 12, 20, 12, 5, 5, "identity")
     kn = (lambda conv: conv[:, :, 0, 0].t().contiguous())  # noqa: E731

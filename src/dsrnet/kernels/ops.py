@@ -598,9 +598,10 @@ def dsr_block(
             raise DsrnetError(f"dsr_block: the shortcut {list(x.shape)} at stride {ds_stride} does not reach the "
                               f"output's {[ho, wo]}")  # fmt: skip
     m = n * ho * wo
+    usable = m > 0 and triton_usable(x, max(n * nout * ho * wo, n * k * h1 * wd1))  # False without Triton
     sms = device_sms(x.device)
-    scratch = _block_scratch(m, wo, wd1, k, stride, dilation, sms) if m else 0
-    if m == 0 or not triton_usable(x, max(n * nout * ho * wo, n * k * h1 * wd1, scratch)):
+    scratch = _block_scratch(m, wo, wd1, k, stride, dilation, sms) if usable else 0
+    if not usable or scratch >= _MAX_NUMEL:  # (the kernels' 32-bit offsets)
         y1 = pointwise_conv(x, w1, b1, None, stride_1x1, True)
         return dw_pw_block(y1, w_dw, b_dw, w_pw, bias, x, w_ds, stride, dilation, ds_stride)
     x = _channels_inner(x)
