@@ -125,7 +125,6 @@ class FusedDSRBlock(nn.Module):
         # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
         return ops.pointwise_conv(y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
 
-
     def _fills_device(self, x: torch.Tensor) -> bool:
         """Whether the one-kernel block gets at least one tile per SM from ``x`` (always, off a GPU)."""
         if x.device.type != "cuda":
