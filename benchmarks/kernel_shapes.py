@@ -36,7 +36,7 @@ floor the kernel takes; and the block count, so that ms x count ranks the shapes
 network's time. The Triton rows also carry the largest relative difference to the PyTorch output (a check that
 the rows time the same math).
 
-Steps run most valuable first (fused, then split, pw1, torch for every 32-px shape; then 96 px; then
+Steps run most valuable first (whole, fused, then split, pw1, torch for every 32-px shape; then 96 px; then
 compiled); a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100
 guesses and follow the fastest measured step of the same kind), SIGALRM stops a step at the deadline, and the
 results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
