@@ -699,8 +699,9 @@ def _dsr_block(
     # Scratch slot of a program: [halo_rows(TILE_M) * W1, K] for A's output, then [TILE_M, K] for B's.
     pid = tl.program_id(0)
     num_tiles = tl.cdiv(M, TILE_M)
-    s1 = scratch_ptr + pid * (_halo_rows(TILE_M, WO, STRIDE, DIL) * W1 + TILE_M) * K
-    s2 = s1 + _halo_rows(TILE_M, WO, STRIDE, DIL) * W1 * K
+    halo_pixels = _halo_rows(TILE_M, WO, STRIDE, DIL) * W1
+    s1 = scratch_ptr + pid * (halo_pixels + TILE_M) * K
+    s2 = s1 + halo_pixels * K
     rows = tl.arange(0, BLOCK_M)
     for tile in range(pid, num_tiles, tl.num_programs(0)):
         first = tile * TILE_M

@@ -600,14 +600,14 @@ def dsr_block(
     m = n * ho * wo
     usable = m > 0 and triton_usable(x, max(n * nout * ho * wo, n * k * h1 * wd1))  # False without Triton
     sms = device_sms(x.device)
-    scratch = _block_scratch(m, wo, wd1, k, stride, dilation, sms) if usable else 0
-    if not usable or scratch >= _MAX_NUMEL:  # (the kernels' 32-bit offsets)
+    scratch_numel = _block_scratch(m, wo, wd1, k, stride, dilation, sms) if usable else 0
+    if not usable or scratch_numel >= _MAX_NUMEL:  # (the kernels' 32-bit offsets)
         y1 = pointwise_conv(x, w1, b1, None, stride_1x1, True)
         return dw_pw_block(y1, w_dw, b_dw, w_pw, bias, x, w_ds, stride, dilation, ds_stride)
     x = _channels_inner(x)
     w1, w_pw, w_ds = (None if t is None else _kernel_operand(t, x.dtype) for t in (w1, w_pw, w_ds))
     y = _empty_nhwc(n, nout, ho, wo, like=x)
-    scratch = torch.empty(scratch, dtype=x.dtype, device=x.device)
+    scratch = torch.empty(scratch_numel, dtype=x.dtype, device=x.device)
     with _launch(x):
         _tk.dsr_block[lambda meta: (_block_programs(m, meta["TILE_M"], meta["PER_SM"], sms),)](
             x, w1, b1.contiguous(), w_dw.contiguous(), b_dw.contiguous(), w_pw, bias.contiguous(),
