@@ -45,9 +45,12 @@ Triton form first gets one throw-away pass under ``dsrnet.kernels.precompile`` (
 worker processes at once; its time is recorded as ``precompile_s``, the first real call's as ``first_call_s``).
 ``dsrnet_fused`` is ``dsrnet.fuse(model)`` with its default mode (``split`` since 2026-11-27's H200 run measured it
 fastest); every step that times it also times ``dsrnet_fused_block`` (``mode="block"``, one kernel per block), so
-that every run shows whether the default is still the fastest; ``dsrnet_fused_onekernel`` (``mode="fused"``) and
-``dsrnet_fused_auto`` (``mode="auto"``), both slower in that run, come last (32 px, batch 1024). Each
-fused row records its ``fuse_mode``. Runs the call's time limit cut short (no roofline): ``--rerender DIR`` here.
+that every run shows whether the default is still the fastest, and the 32-px steps ``dsrnet_fused_auto``
+(``mode="auto"``: split or block per block shape, whichever its first call measures faster; the row's
+``auto_picks`` counts the shapes each won, ``auto_choices`` in results.json has the times);
+``dsrnet_fused_onekernel`` (``mode="fused"``), slower in that run, comes last (32 px, batch 1024). Each
+fused row records its ``fuse_mode`` (rows of 2026-11-27 named ``dsrnet_fused_auto`` had a mode since removed:
+one kernel up to 256 output channels, split above). Runs the call's time limit cut short (no roofline): ``--rerender DIR`` here.
 """
 
 from __future__ import annotations
@@ -212,6 +215,8 @@ class Bench:
 
         tk = getattr(ops, "_tk", None)  # the configs the autotuner picked per shape: data for a tuning table
         self.results["autotune_picks"] = tk.autotune_picks() if tk is not None else {}
+        if "dsrnet.models.fused" in sys.modules:  # fuse(mode="auto")'s per-shape times and picks
+            self.results["auto_choices"] = sys.modules["dsrnet.models.fused"].auto_choices()
         _write(self.out / "results.json", json.dumps(self.results, indent=1, default=str))
         _write(self.out / "results.md", render_markdown(self.results))
         _write(self.out / "profiles.txt", "\n\n".join(self.profiles) or "(no profile taken)\n")
@@ -225,9 +230,9 @@ class Bench:
         return {32: 16, 96: 32}.get(s, s) if self.dry else s
 
     def skips_block(self, what: str) -> bool:
-        """Whether ``what`` (a form, case or step using ``fuse(mode="block")``) must be left out because the block
-        probe failed; records the skip."""
-        if self.block_unsafe and "block" in what:
+        """Whether ``what`` (a form, case or step using ``fuse(mode="block")``, or ``mode="auto"``, which runs it
+        to time it) must be left out because the block probe failed; records the skip."""
+        if self.block_unsafe and ("block" in what or "auto" in what):
             self.results["skipped"].append({"step": what, "reason": "the block kernel probe failed (errors)"})
             return True
         return False
@@ -733,6 +738,15 @@ def against_fp32(bench: Bench, stem: str, x: torch.Tensor, logits: torch.Tensor,
             "top1_agree_vs_fp32": float((got.argmax(1) == ref.argmax(1)).float().mean())}  # fmt: skip
 
 
+def auto_picks(batch: int) -> dict[str, int]:
+    """How many block shapes ``fuse(mode="auto")`` ran split / block at this batch size (its measurements so far:
+    ``dsrnet.models.fused.auto_choices``, all of them kept in results.json as ``auto_choices``)."""
+    from dsrnet.models.fused import AUTO_CANDIDATES, auto_choices
+
+    rows = [c for c in auto_choices() if c["input"][0] == batch]
+    return {mode: sum(c["mode"] == mode for c in rows) for mode in AUTO_CANDIDATES}
+
+
 def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple[str, ...], graphs: bool) -> None:
     size, b = bench.size(image), bench.batch(batch)
     for form in forms:
@@ -778,6 +792,8 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
             }  # fmt: skip
             if form.startswith("dsrnet_fused"):
                 row["fuse_mode"] = fuse_mode(form)
+            if row.get("fuse_mode") == "auto":
+                row["auto_picks"] = auto_picks(b)
             bench.results["inference"].append(row)
             bench.log(f"inference: {row}")
         del model, run
@@ -962,6 +978,8 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
         if isinstance(mod, FusedDSRBlock) and mod.separable:
             x_bytes = _nbytes(inp)
             y1 = x_bytes // max(1, mod.w1.shape[0]) * mod.w1.shape[1] // (mod.stride_1x1**2)
+            if mod.mode == "auto":
+                raise ValueError("fuse(mode='auto') runs what it measures faster on the GPU: its traffic is not modelled")
             if mod.mode == "block":  # one kernel: x read once, the output written once (intermediates stay in L2)
                 counts["own"] += x_bytes + _nbytes(out)
                 return
@@ -1015,8 +1033,9 @@ def step_per_image(bench: Bench) -> None:
             "dsrnet_flops": flops_per_image(eager, x),
             "resnet50_flops": flops_per_image(resnet, x),
             "dsrnet_eager_bytes": traffic_per_image(eager, x),
+            # auto's traffic depends on what it picks on the GPU: not modelled
             "dsrnet_fused_bytes_by_mode": {m: traffic_per_image(dsrnet.fuse(eager, mode=m), x)
-                                           for m in ("split", "fused", "auto", "block")},
+                                           for m in ("split", "fused", "block")},
             "resnet50_bytes": traffic_per_image(resnet, x),
         }
         bench.results["per_image"][f"{stem}/{size}"] = entry
@@ -1034,18 +1053,20 @@ def roofline_rows(results: dict) -> list[dict]:
         is_resnet = r["form"].startswith("resnet50")
         flops = per["resnet50_flops"] if is_resnet else per["dsrnet_flops"]
         traffic = per["resnet50_bytes"] if is_resnet else per["dsrnet_eager_bytes"]
+        unmodelled = "compiled" in r["form"]
         if r["form"].startswith("dsrnet_fused"):
-            traffic = per["dsrnet_fused_bytes_by_mode"][fuse_mode(r["form"], r)]
+            by_mode, mode = per["dsrnet_fused_bytes_by_mode"], fuse_mode(r["form"], r)
+            unmodelled = mode not in by_mode  # auto: its traffic depends on what it picked (the floor does not)
+            traffic = by_mode.get(mode, traffic)
         ips = r["images_per_s"]
         row = {
             "form": r["form"], "stem": r["stem"], "image": r["image"], "batch": r["batch"],
             "gflop_per_image": round(flops / 1e9, 4),
             "floor_mb_per_image": round(traffic["floor"] / 1e6, 3),
-            "modelled_mb_per_image": None if "compiled" in r["form"] else round(traffic["own"] / 1e6, 3),
+            "modelled_mb_per_image": None if unmodelled else round(traffic["own"] / 1e6, 3),
             "compute_fraction": round(flops * ips / (peak * 1e12), 4),
             "floor_bandwidth_fraction": round(traffic["floor"] * ips / (bw * 1e9), 4),
-            "modelled_bandwidth_fraction": None
-            if "compiled" in r["form"] else round(traffic["own"] * ips / (bw * 1e9), 4),
+            "modelled_bandwidth_fraction": None if unmodelled else round(traffic["own"] * ips / (bw * 1e9), 4),
         }  # fmt: skip
         rows.append(row)
     return rows
@@ -1110,8 +1131,13 @@ def render_markdown(results: dict) -> str:
                                         "images", "top1_eager", "top1_form"]),
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
         _table(inf, ["form", "fuse_mode", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
-                     "x_resnet50_tuned",
+                     "x_resnet50_tuned", "auto_picks",
                      "peak_mem_mib", "precompile_s", "first_call_s", "max_logit_diff_vs_fp32", "top1_agree_vs_fp32"]),
+        '## `fuse(mode="auto")`: split vs one-kernel block, per block shape (ms per call, median of its repeats)',
+        _table(results.get("auto_choices", []), ["block_shape", "input", "dtype", "split_ms", "block_ms", "mode"]),
+        "block_shape = (input channels, width, output channels, stride of the first 1x1, of the depthwise conv, "
+        "dilation, projection shortcut, its stride).",
+        "",
         "## The stem alone: folded conv + bias + ReLU (bf16, channels_last)",
         _table(results.get("stem", []), ["form", "stem", "image", "batch", "ms", "floor_gb", "gb_per_s",
                                          "max_rel_diff", "precompile_s"]),
@@ -1125,7 +1151,8 @@ def render_markdown(results: dict) -> str:
                                         "modelled_bandwidth_fraction"]),
         "floor = every block reads its input once and writes its output once (activations only); modelled = the "
         "form's own kernels (unfused: every conv/BN/ReLU reads and writes; fused: the stem in one kernel, then per "
-        "block 2 kernels (one-kernel mode) or 3 (split: the depthwise output written and read back)).",
+        "block 2 kernels (one-kernel mode) or 3 (split: the depthwise output written and read back), or one (block: "
+        "input read once, output written once); auto's depends on its picks (not modelled).",
         "",
         "## Skipped steps / errors",
         _table(results["skipped"], ["step", "estimate_s", "left_s", "reason"]),
@@ -1198,14 +1225,15 @@ def main(argv: list[str] | None = None) -> int:
         ("block kernel probe (own process)", 60, step_block_probe),
         ("correctness", 40, step_correctness),
         ("trained agreement (shipped weights, CIFAR-10 test)", 25, step_trained_agreement),
-        # The default (dsrnet_fused: split since the H200 run of 2026-11-27) and its challenger (block) first; the
-        # modes that run measured slower (one-kernel, auto) at the end, budget permitting.
-        ("inference cifar/32 b1024: fused, fused block, eager, resnet50 compiled", 120, step_inference,
-         "cifar", 32, 1024, ("dsrnet_fused", "dsrnet_fused_block", "dsrnet_eager", "resnet50_compiled"), False),
+        # The default (dsrnet_fused: split since the H200 run of 2026-11-27), its challenger (block) and the
+        # per-shape choice between them (auto) first; the one-kernel mode, measured slower, at the end.
+        ("inference cifar/32 b1024: fused, fused block, fused auto, eager, resnet50 compiled", 130, step_inference,
+         "cifar", 32, 1024,
+         ("dsrnet_fused", "dsrnet_fused_block", "dsrnet_fused_auto", "dsrnet_eager", "resnet50_compiled"), False),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("stem kernel vs cuDNN, cifar/32 and paper/96 b1024", 20, step_stem),
-        ("inference cifar/32 b128 (+cudagraph)", 70, step_inference,
-         "cifar", 32, 128, ("dsrnet_fused", "dsrnet_fused_block", "dsrnet_eager", "resnet50_compiled"), True),
+        ("inference cifar/32 b128 (+cudagraph)", 80, step_inference, "cifar", 32, 128,
+         ("dsrnet_fused", "dsrnet_fused_block", "dsrnet_fused_auto", "dsrnet_eager", "resnet50_compiled"), True),
         ("training 32px b512: resnet50 compiled, dsrnet eager, + triton dw", 150, step_training,
          ("resnet50_compiled", "dsrnet_eager", "dsrnet_eager_triton_dw")),
         ("training 32px b512: dsrnet compiled + triton dw, dsrnet compiled", 150, step_training,
@@ -1224,8 +1252,8 @@ def main(argv: list[str] | None = None) -> int:
          ("dsrnet_compiled_1x1mm", "resnet50_compiled_1x1mm")),
         ("inference cifar/32 b1024: dsrnet, resnet50 compiled tuned (freezing, 1x1 as mm, max-autotune)", 180,
          step_inference, "cifar", 32, 1024, ("dsrnet_compiled_tuned", "resnet50_compiled_tuned"), False),
-        ("inference cifar/32 b1024: fused one-kernel, fused auto", 60, step_inference,
-         "cifar", 32, 1024, ("dsrnet_fused_onekernel", "dsrnet_fused_auto"), False),
+        ("inference cifar/32 b1024: fused one-kernel", 40, step_inference,
+         "cifar", 32, 1024, ("dsrnet_fused_onekernel",), False),
     ]  # fmt: skip
     if args.only is not None:
         # ";"-separated (step names hold commas); a full step name selects that step alone, else substrings

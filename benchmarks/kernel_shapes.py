@@ -741,7 +741,7 @@ def _summary(info: dict, rows: list[dict]) -> str:
                 "fused_x_faster": round(torch_ms / fused_ms, 2) if fused_ms and torch_ms else None,
                 "floor_ms": floor,
                 "fused_x_floor": round(fused_ms / floor, 2) if fused_ms and floor else None,
-                # fuse(mode="auto") fuses blocks of at most AUTO_FUSED_MAX_OUT outputs: is that the faster one?
+                # the one-kernel dw + pw (fuse mode "fused") or split: which is faster for this shape?
                 "split_block_ms": None if not (split and p1) else split["ms"] + p1["ms"],
                 "faster": None if not (fused and split) else ("fused" if fused["ms"] <= split["ms"] else "split"),
                 "out_ch": s["cout"],
@@ -829,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         if stem in stems
     ]
     # the whole-block kernel first (fuse(mode="block"), new), then split right after fused: per shape, which of
-    # the two fuse(mode="auto") should pick
+    # the two is faster
     order = [(k, "cifar", args.max_shapes) for k in ("whole", "fused", "split", "pw1", "torch")]
     order += [(k, "paper", few) for k in ("whole", "fused", "pw1", "torch")] + [("compiled", "cifar", few)]
     plan += [(k, run_kind, k, nets[stem], models, n) for k, stem, n in order if k in kinds and stem in stems]

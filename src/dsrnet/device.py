@@ -1,8 +1,9 @@
-"""Which torch device a command runs on, and the device helpers every layer shares (sync, label, precision)."""
+"""Which torch device a command runs on, and the device helpers every layer shares (sync, timing, label, precision)."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 
@@ -35,6 +36,28 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a wall-clock reading covers it (a CPU call is already synchronous)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_calls(fn, *, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of ``fn`` for ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
 
 
 def device_label(device: torch.device) -> str:

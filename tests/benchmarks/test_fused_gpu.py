@@ -48,7 +48,7 @@ def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tm
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", "inference cifar/32 b1024 fused"]) == 2
     err = capsys.readouterr().err
     assert "--only inference cifar/32 b1024 fused matches no step; fix:" in err
-    assert "inference cifar/32 b1024: fused, fused block, eager, resnet50 compiled" in err
+    assert "inference cifar/32 b1024: fused, fused block, fused auto, eager, resnet50 compiled" in err
     assert not out.exists()
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", " ; "]) == 2
     assert "--only names no step" in capsys.readouterr().err and not out.exists()
@@ -181,15 +181,19 @@ def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, caps
     bench.results["inference"] = [
         {"form": "dsrnet_fused", "stem": "cifar", "image": 16, "batch": 2, "images_per_s": 1000.0},
         {"form": "dsrnet_fused_split", "stem": "cifar", "image": 16, "batch": 2, "images_per_s": 2000.0},
+        {"form": "dsrnet_fused_auto", "fuse_mode": "auto", "stem": "cifar", "image": 16, "batch": 2,
+         "images_per_s": 2000.0, "auto_picks": {"split": 1, "block": 2}},
     ]
     bench.save()
     (tmp_path / "log.txt").write_text("the run's own log\n")
     assert fused_gpu.main(["--rerender", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["per_image"]) == {"cifar/16"} and len(saved["roofline"]) == 2
-    one, split = saved["roofline"]
+    assert set(saved["per_image"]) == {"cifar/16"} and len(saved["roofline"]) == 3
+    one, split, auto = saved["roofline"]
     # the legacy dsrnet_fused row is the one-kernel mode, which writes no depthwise output: less traffic
     assert one["modelled_mb_per_image"] < split["modelled_mb_per_image"]
+    # auto's traffic depends on its picks on the GPU: its floor fraction only
+    assert auto["modelled_mb_per_image"] is None and auto["floor_bandwidth_fraction"] == split["floor_bandwidth_fraction"]
     assert "--rerender" in saved["rerendered"] and "## Roofline" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "log.txt").read_text() == "the run's own log\n"
 
@@ -221,6 +225,8 @@ def test_the_block_probe_runs_the_new_kernel_in_a_process_of_its_own(fused_gpu, 
     fused_gpu.step_block_probe(failed)
     assert failed.block_unsafe and "illegal memory access" in failed.results["errors"][0]["error"]
     assert failed.skips_block("inference cifar/16 b2: dsrnet_fused_block")
+    assert failed.skips_block("inference cifar/16 b2: dsrnet_fused_auto")  # auto times the block kernel too
     assert not failed.skips_block("inference cifar/16 b2: dsrnet_fused")
-    assert failed.results["skipped"] == [{"step": "inference cifar/16 b2: dsrnet_fused_block",
-                                          "reason": "the block kernel probe failed (errors)"}]
+    assert [r["step"] for r in failed.results["skipped"]] == ["inference cifar/16 b2: dsrnet_fused_block",
+                                                              "inference cifar/16 b2: dsrnet_fused_auto"]
+    assert {r["reason"] for r in failed.results["skipped"]} == {"the block kernel probe failed (errors)"}

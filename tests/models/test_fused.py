@@ -75,7 +75,7 @@ def test_fused_model_matches_the_eager_model(stem, stride_on, separable, mode, s
 
 
 def test_fuse_defaults_to_split_the_mode_measured_fastest_and_create_model_follows():
-    """An H200 (bf16, batch 1024, 32 px) ran split in 7.16 ms, auto in 7.66 and the one-kernel block in 10.63: the
+    """An H200 (bf16, batch 1024, 32 px) ran split in 7.16 ms and the one-kernel dw + pw kernel in 10.63: the
     default is split, for fuse() and for create_model(..., fused=True) alike."""
     model = _tiny()
     blocks = [b for stage in (1, 2, 3, 4) for b in getattr(dsrnet.fuse(model), f"layer{stage}")]
@@ -85,19 +85,127 @@ def test_fuse_defaults_to_split_the_mode_measured_fastest_and_create_model_follo
     assert {b.mode for b in dsrnet.fuse(model, mode="fused").layer4} == {"fused"}
 
 
+def _spy_dsr_block(monkeypatch) -> list[tuple[int, ...]]:
+    """Record the input shape of every ``ops.dsr_block`` call (the one-kernel block mode), then run it."""
+    from dsrnet.kernels import ops
+
+    calls, real = [], ops.dsr_block
+
+    def spy(x, *args):
+        calls.append(tuple(x.shape))
+        return real(x, *args)
+
+    monkeypatch.setattr(ops, "dsr_block", spy)
+    return calls
+
+
 @needs_interpreter
-def test_auto_mode_fuses_narrow_blocks_and_splits_wide_ones(monkeypatch):
+def test_auto_mode_keeps_the_faster_mode_per_block_shape_measuring_each_shape_once(monkeypatch):
     from dsrnet.models import fused as fused_module
 
+    monkeypatch.setattr(fused_module, "_AUTO_CHOICES", {})
+    calls = _spy_dsr_block(monkeypatch)
+    timed = []
+
+    def fake_ms(fn, device):  # runs the candidate once; the one-kernel block "wins" on wide maps only
+        before = len(calls)
+        fn()
+        ran_block = len(calls) > before
+        timed.append("block" if ran_block else "split")
+        if not ran_block:
+            return 1.0
+        return 0.5 if calls[-1][-1] >= 8 else 2.0
+
+    monkeypatch.setattr(fused_module, "_median_ms", fake_ms)
     model = _tiny()
-    outs = sorted({b.conv_pw.out_channels for stage in (model.layer1, model.layer4) for b in stage})
-    monkeypatch.setattr(fused_module, "AUTO_FUSED_MAX_OUT", outs[0])  # the tiny net's narrowest blocks fuse
     auto = dsrnet.fuse(model, mode="auto")
-    assert outs[0] < outs[-1]
-    assert [b.mode for b in auto.layer1] == ["fused"] and [b.mode for b in auto.layer4] == ["split"]
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         assert _rel_err(auto(x), model(x)) < 1e-4
+        rows = fused_module.auto_choices()
+        # one measurement (split, then block) per distinct block shape: layer2's two blocks differ (the first
+        # downsamples), so 5 blocks give 5 shapes; a second call measures nothing
+        assert len(rows) == 5 and timed == ["split", "block"] * 5
+        picked = {row["input"]: row["mode"] for row in rows}
+        assert picked[(2, 4, 9, 9)] == "block" and picked[(2, 16, 9, 9)] == "block"  # layer1; layer2's first
+        assert {m for shape, m in picked.items() if shape[-1] < 8} == {"split"}
+        assert {row["split_ms"] for row in rows} == {1.0} and all(row["dtype"] == "torch.float32" for row in rows)
+        calls.clear()
+        assert _rel_err(auto(x), model(x)) < 1e-4
+    assert len(timed) == 10 and calls == [(2, 4, 9, 9), (2, 16, 9, 9)]
+    assert auto.layer1[0].mode == "auto"  # the choice is per input shape, not fixed at fuse()
+
+
+@needs_interpreter
+def test_auto_mode_falls_back_to_split_with_a_warning_when_block_fails(monkeypatch):
+    from dsrnet.kernels import ops
+    from dsrnet.models import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "_AUTO_CHOICES", {})
+    monkeypatch.setattr(fused_module, "AUTO_WARMUP", 0)
+    monkeypatch.setattr(fused_module, "AUTO_REPEATS", 1)
+
+    def broken(*args):
+        raise RuntimeError("out of resource: shared memory")
+
+    monkeypatch.setattr(ops, "dsr_block", broken)
+    model = _tiny(layers=(1, 1, 1, 1))
+    auto = dsrnet.fuse(model, mode="auto")
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad(), pytest.warns(UserWarning, match="block failed .*shared memory.*using split"):
+        assert _rel_err(auto(x), model(x)) < 1e-4
+    rows = fused_module.auto_choices()
+    assert rows and all(r["mode"] == "split" and r["block_ms"] is None and r["split_ms"] > 0 for r in rows)
+
+
+@needs_interpreter
+def test_auto_mode_in_a_precompile_pass_compiles_every_candidate_and_decides_nothing(monkeypatch):
+    from dsrnet.kernels import _triton, ops
+    from dsrnet.models import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "_AUTO_CHOICES", {})
+    monkeypatch.setattr(fused_module, "_median_ms", lambda fn, device: pytest.fail("timed a precompile pass"))
+    launched = []
+    monkeypatch.setattr(ops, "dsr_block", lambda x, *args: launched.append("block") or torch.empty(0))
+    monkeypatch.setattr(_triton, "_PRECOMPILE", _triton.Precompile())  # what precompile() sets for its pass
+    auto = dsrnet.fuse(_tiny(layers=(1, 1, 1, 1)), mode="auto")
+    with torch.no_grad():
+        out = auto.layer1(torch.randn(1, 4, 5, 5).contiguous(memory_format=torch.channels_last))
+    assert launched == ["block"] and out.shape == (1, 16, 5, 5)  # block launched, split's output returned
+    assert fused_module.auto_choices() == []
+
+
+@needs_interpreter
+def test_auto_mode_under_torch_compile_matches_eager():
+    model = _tiny(layers=(1, 1, 1, 1))
+    compiled = torch.compile(dsrnet.fuse(model, mode="auto"), backend="eager", fullgraph=True)
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        assert _rel_err(compiled(x), model(x)) < 1e-4
+
+
+def test_auto_mode_without_triton_runs_split_and_times_nothing(monkeypatch):
+    from dsrnet.models import fused as fused_module
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")
+    monkeypatch.setattr(fused_module, "_AUTO_CHOICES", {})
+    monkeypatch.setattr(fused_module, "_median_ms", lambda fn, device: pytest.fail("timed without the kernels"))
+    calls = _spy_dsr_block(monkeypatch)
+    model = _tiny()
+    with torch.no_grad():
+        x = torch.randn(2, 3, 9, 9)
+        assert _rel_err(dsrnet.fuse(model, mode="auto")(x), model(x)) < 1e-4
+    assert calls == [] and fused_module.auto_choices() == []
+
+
+def test_auto_timer_takes_the_median_of_the_repeats_after_warm_up(monkeypatch):
+    from dsrnet.models import fused as fused_module
+
+    monkeypatch.setattr(fused_module, "AUTO_WARMUP", 2)
+    monkeypatch.setattr(fused_module, "AUTO_REPEATS", 3)
+    calls = []
+    ms = fused_module._median_ms(lambda: calls.append(1), torch.device("cpu"))
+    assert len(calls) == 1 + 2 + 3 and 0 <= ms < 50
 
 
 @needs_interpreter

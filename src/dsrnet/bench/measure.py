@@ -42,7 +42,6 @@ import os
 import platform
 import re
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsrnet.device import PRECISIONS, autocast, resolve_device, synchronize, tf32_conv, tf32_matmul
+from dsrnet.device import (
+    PRECISIONS,
+    autocast,
+    resolve_device,
+    tf32_conv,
+    tf32_matmul,
+    time_calls,
+)
 from dsrnet.errors import DsrnetError, check_int
 from dsrnet.report.markdown import display_name, fmt, labelled, markdown_table, write_csv
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
@@ -238,28 +244,6 @@ class _MemoryProbe:
             return None
         peak = _rss_kb("VmHWM")
         return None if peak is None else self.extra_mb + max(peak - self.base, 0) / 1024
-
-
-def time_calls(fn, *, device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call of ``fn`` for ``repeats`` timed calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    if device.type == "cuda":
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:

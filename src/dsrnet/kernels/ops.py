@@ -81,6 +81,12 @@ def precompile(fn, workers: int | None = None):
     return pass_
 
 
+def precompiling_now() -> bool:
+    """Whether a :func:`precompile` pass is running: launches compile instead of run and outputs are garbage, so
+    nothing may be measured or decided from them."""
+    return _tk is not None and _tk._PRECOMPILE is not None
+
+
 def _out_size(size: int, stride: int) -> int:
     # 3x3, padding = dilation: (size + 2d - 2d - 1) // stride + 1 for every rate.
     return (size - 1) // stride + 1

@@ -8,8 +8,7 @@
      pointwise 1x1 + bias + shortcut + ReLU as one GEMM (``dsrnet::pointwise_conv``) whose output tile also
      accumulates a downsampling block's strided 1x1 shortcut conv, so the shortcut branch is never written to
      memory; ``mode="fused"``: both in one kernel (``dsrnet::dw_pw_block``), the depthwise tile kept in registers
-     and fed to ``tl.dot`` directly, so the depthwise output is never written either; ``mode="auto"``: fused where
-     the block has at most :data:`AUTO_FUSED_MAX_OUT` output channels, split above.
+     and fed to ``tl.dot`` directly, so the depthwise output is never written either.
 
   ``mode="block"``: the whole block (steps 1 and 2) in one persistent kernel (``dsrnet::dsr_block``): each program
   computes the first 1x1 for its output tile's depthwise input rows (a halo of ``dilation`` rows each side computed
@@ -21,12 +20,20 @@
   SM (the deep stages at small batches: 2048 pixels in layer4 at batch 128, 32 px) runs split instead, whose GEMM
   tiles also split the output channels. Not yet timed on a GPU (issue 10), so not the default.
 
+  ``mode="auto"``: each block measures ``split`` and the one-kernel ``block`` on its first call with a new input
+  shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
+  the two wins depends on the card, the block's shape and the batch (the deep stages at small batches have few
+  pixel tiles). Blocks of the same shape share one measurement (:func:`auto_choices` lists them). Where it cannot
+  time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
+  ``block``'s rule above; off a GPU it runs split (the PyTorch fallbacks of both modes are the same ops).
+
   Why split is the default: each program of the fused kernel computes the depthwise tile for its own
   ``BLOCK_N``-wide slice of the output channels, in fp32 on the CUDA cores, so the depthwise work is paid once per
   slice (up to 16 times over at DSRNet-50's 2048 outputs), where writing the depthwise output once (2 bytes per
   channel and pixel in bf16) and reading it back costs less. Measured on an H200 (bf16, batch 1024, 32 px,
-  ``benchmarks/fused_gpu.py``, BENCHMARKS.md): split 7.16 ms, auto 7.66 ms, fused 10.63 ms per batch; the fused
-  kernel took 78 % of the fused model's time. Blocks with ``separable=False`` (the ablation) run their folded convs
+  ``benchmarks/fused_gpu.py``, BENCHMARKS.md): split 7.16 ms, fused 10.63 ms per batch (and 7.66 ms for a mode
+  since removed that ran fused up to 256 output channels, split above); the fused kernel took 78 % of the fused
+  model's time. Blocks with ``separable=False`` (the ablation) run their folded convs
   with plain PyTorch. The stem conv (folded) + ReLU is one direct-conv kernel (``dsrnet::direct_conv``); the paper
   stem's max-pool, the global pool and the head stay PyTorch ops.
 * :func:`use_triton_dwconv` -> training form: each block's depthwise conv becomes a
@@ -45,6 +52,7 @@ both forms run everywhere with the same math.
 from __future__ import annotations
 
 import copy
+import statistics
 import warnings
 
 import torch
@@ -52,13 +60,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from dsrnet.device import time_calls
 from dsrnet.errors import DsrnetError
 from dsrnet.kernels import ops
 from dsrnet.models import DEFAULT_FUSE_MODE, FUSE_MODES
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
-#: ``mode="auto"``: blocks with at most this many output channels run fused, wider ones split (module docstring).
-AUTO_FUSED_MAX_OUT = 256
+#: ``mode="auto"``: the modes it measures per block shape, keeping the faster (module docstring).
+AUTO_CANDIDATES = ("split", "block")
+#: ``mode="auto"``'s timing: calls after the first (which compiles and autotunes) of which the median counts.
+AUTO_WARMUP, AUTO_REPEATS = 2, 10
 #: ``mode="block"`` on a GPU: a block runs as one kernel when its output has at least this many pixels per SM (one
 #: tile of the kernel's smallest configs for every SM), else split (module docstring).
 BLOCK_MIN_PIXELS_PER_SM = 64
@@ -76,8 +87,6 @@ class FusedDSRBlock(nn.Module):
         super().__init__()
         if mode not in FUSE_MODES:
             raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
-        if mode == "auto":
-            mode = "fused" if block.conv_pw.out_channels <= AUTO_FUSED_MAX_OUT else "split"
         self.mode = mode
         conv1 = fuse_conv_bn_eval(block.conv1, block.bn1)
         conv_dw = fuse_conv_bn_eval(block.conv_dw, block.bn2)
@@ -109,13 +118,21 @@ class FusedDSRBlock(nn.Module):
             y = F.relu(self.conv1(x))
             y = F.relu(self.conv2(y))
             return F.relu(self.conv3(y) + shortcut)
-        if self.mode == "block" and self._fills_device(x):
+        mode = self.mode
+        if mode == "block" and not self._fills_device(x):
+            mode = "split"
+        elif mode == "auto":
+            mode = self._auto_mode(x)
+        return self._run(x, mode)
+
+    def _run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "block":
             return ops.dsr_block(
                 x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
                 self.stride_1x1, self.stride_dw, self.dilation, self.ds_stride,
             )  # fmt: skip
         y1 = ops.pointwise_conv(x, self.w1, self.b1, None, self.stride_1x1, True)
-        if self.mode == "fused":
+        if mode == "fused":
             return ops.dw_pw_block(
                 y1, self.w_dw, self.b_dw, self.w_pw, self.b_out, x, self.w_ds,
                 self.stride_dw, self.dilation, self.ds_stride,
@@ -125,6 +142,42 @@ class FusedDSRBlock(nn.Module):
         # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
         return ops.pointwise_conv(y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
 
+    def _auto_mode(self, x: torch.Tensor) -> str:
+        """``mode="auto"``: the faster of :data:`AUTO_CANDIDATES` for this block's shape and ``x``'s, measured on the
+        first call and remembered (module docstring)."""
+        key = self._auto_key(x)
+        known = _AUTO_CHOICES.get(key)
+        if known is not None:
+            return known["mode"]
+        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return "block" if x.is_cuda and self._fills_device(x) else "split"  # no timing while tracing/capturing
+        if not ops.triton_usable(x):
+            return "split"
+        if ops.precompiling_now():  # launches only compile: every candidate once, so that all compile; no timing
+            for mode in AUTO_CANDIDATES[1:]:
+                self._run(x, mode)
+            return AUTO_CANDIDATES[0]
+        times: dict[str, float | None] = {}
+        with torch.no_grad():
+            for mode in AUTO_CANDIDATES:
+                try:
+                    times[mode] = _median_ms(lambda mode=mode: self._run(x, mode), x.device)
+                except Exception as err:  # e.g. a card whose shared memory the kernel's configs exceed
+                    if mode == "split":  # the reference form: its failure is the user's to see
+                        raise
+                    times[mode] = None
+                    warnings.warn(f"fuse(mode='auto'): {mode} failed on {tuple(x.shape)} ({err!r}); using split",
+                                  stacklevel=2)  # fmt: skip
+        mode = min((m for m in times if times[m] is not None), key=lambda m: times[m])
+        _AUTO_CHOICES[key] = {"block_shape": key[0], "input": key[1], "dtype": str(x.dtype), "device": str(x.device),
+                              **{f"{m}_ms": t for m, t in times.items()}, "mode": mode}  # fmt: skip
+        return mode
+
+    def _auto_key(self, x: torch.Tensor) -> tuple:
+        geometry = (self.w1.shape[0], self.width, self.w_pw.shape[1], self.stride_1x1, self.stride_dw, self.dilation,
+                    self.w_ds is not None, self.ds_stride)  # fmt: skip
+        return geometry, tuple(x.shape), x.dtype, x.device
+
     def _fills_device(self, x: torch.Tensor) -> bool:
         """Whether the one-kernel block gets at least one tile per SM from ``x`` (always, off a GPU)."""
         if x.device.type != "cuda":
@@ -132,6 +185,24 @@ class FusedDSRBlock(nn.Module):
         n, _, h, w = x.shape
         s = self.stride_1x1 * self.stride_dw
         return n * ((h - 1) // s + 1) * ((w - 1) // s + 1) >= BLOCK_MIN_PIXELS_PER_SM * ops.device_sms(x.device)
+
+
+#: ``mode="auto"``'s measurements, one per block geometry, input shape, dtype and device (see :func:`auto_choices`).
+_AUTO_CHOICES: dict[tuple, dict] = {}
+
+
+def auto_choices() -> list[dict]:
+    """What ``fuse(mode="auto")`` measured so far in this process, one row per block shape and input: the block
+    (input channels, width, output channels, strides of the first 1x1 and of the depthwise conv, dilation,
+    projection shortcut, its stride), the input shape, dtype, device, ms per call of each candidate (``None``:
+    it failed) and the mode kept."""
+    return [dict(row) for row in _AUTO_CHOICES.values()]
+
+
+def _median_ms(fn, device: torch.device) -> float:
+    """Median time of ``fn()`` in ms over :data:`AUTO_REPEATS` calls, after a first call (compilation, autotuning)
+    and :data:`AUTO_WARMUP` more (CUDA events on a GPU)."""
+    return 1e3 * statistics.median(time_calls(fn, device=device, warmup=1 + AUTO_WARMUP, repeats=AUTO_REPEATS))
 
 
 class FusedDSRNet(nn.Module):
@@ -193,9 +264,10 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> FusedDSRNet:
     eval mode does), and keeps the model's dtype and device (BN is folded in fp32 and rounded once to that dtype);
     cast it afterwards like any module
     (``fuse(model).to(torch.bfloat16)``). ``mode="split"`` (default): a depthwise kernel, then the pointwise GEMM
-    with the shortcut in its tile; ``mode="fused"``: both in one kernel; ``mode="auto"``: fused or split per block
-    by its output width (module docstring: split measured fastest on an H200); ``mode="block"``: each whole block
-    in one kernel at its memory-traffic floor (not yet timed on a GPU).
+    with the shortcut in its tile; ``mode="fused"``: both in one kernel (module docstring: split measured faster on
+    an H200); ``mode="block"``: each whole block in one kernel at its memory-traffic floor (not yet timed on a
+    GPU); ``mode="auto"``: split or block per block shape and input shape, whichever its first call measures
+    faster (:func:`auto_choices`).
     """
     if not isinstance(model, DSRNet):
         raise DsrnetError(f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')), got {type(model).__name__}")
