@@ -31,7 +31,10 @@ the budget, and results are rewritten after every step, so a run cut short keeps
     + Triton dw conv with each block's preceding BatchNorm and ReLU in its kernel, ``bn_relu=True``);
  6. a roofline line per timed form: forward FLOPs per image (``FlopCounterMode``), modelled activation bytes per
     image (the floor: every block reads its input once and writes its output once; and each form's own traffic),
-    and the fraction of the measured compute / bandwidth each form reaches.
+    and the fraction of the measured compute / bandwidth each form reaches; per training form, the step's forward +
+    backward FLOPs per image (a grouped conv's weight gradient counted as such, which torch's ``FlopCounterMode``
+    overcounts by its groups) and the fraction of the matmul rate it reaches; ResNet-50's training step is
+    profiled too, as the reference.
 
 Writes into ``--out``: ``results.json`` (everything, with the block sizes the autotuner picked per kernel and
 shape: ``dsrnet.kernels._triton.autotune_picks``), ``results.md`` (tables), ``profiles.txt``, ``log.txt``.
@@ -924,7 +927,7 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         bench.sync()
         first_s = time.monotonic() - t0
         t = time_ms(bench, train_step, warmup=3, repeats=10)
-        if form.startswith("dsrnet") and not form.endswith(("_1x1mm", "_cudagraphs")):  # where a step's time goes
+        if not form.endswith(("_1x1mm", "_cudagraphs")):  # where a step's time goes (ResNet-50's: the reference)
             profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
         row = {
             "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
@@ -1019,11 +1022,45 @@ def flops_per_image(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def _grouped_conv_backward_flop(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
+                                output_mask, out_shape, **kwargs) -> int:  # fmt: skip
+    """``aten.convolution_backward``'s FLOPs with the weight gradient of a grouped conv divided by its groups:
+    torch's own formula (``torch.utils.flop_counter.conv_backward_flop``, torch 2.11-2.14) counts that gradient as
+    if every input channel met every output channel, 64-512x a depthwise conv's true count (DSRNet-50 at 32 px:
+    3.99 GFLOP of conv backward per image instead of 2.79)."""
+    from torch.utils.flop_counter import conv_backward_flop
+
+    on_shapes = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)  # the formula, not its wrapper
+
+    def count(mask: list[bool]) -> int:
+        return on_shapes(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups, mask,
+                         out_shape=out_shape, **kwargs)  # fmt: skip
+
+    return count([output_mask[0], False, False]) + count([False, output_mask[1], False]) // groups
+
+
+def train_flops_per_image(model: nn.Module, size: int) -> int:
+    """FLOPs of one training step's forward and backward (cross-entropy) per image, counted at batch 2 (BatchNorm
+    in training mode needs more than one value per channel); grouped convs' weight gradients counted as such."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    x = torch.randn(2, 3, size, size)
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten.convolution_backward: _grouped_conv_backward_flop})  # fmt: skip
+    with counter:
+        nn.functional.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
+    return int(counter.get_total_flops()) // 2
+
+
 def step_per_image(bench: Bench) -> None:
-    """FLOPs and modelled bytes per image for each model and input size that was timed. Counted on the CPU (the
-    counts depend on shapes and dtypes only): this step runs after the budget's end with no alarm, and on the GPU
-    a batch of 1 would autotune the fused kernels for a new shape."""
+    """FLOPs and modelled bytes per image for each model and input size that was timed (and the training step's
+    FLOPs at the training rows' size). Counted on the CPU (the counts depend on shapes and dtypes only): this step
+    runs after the budget's end with no alarm, and on the GPU a batch of 1 would autotune the fused kernels for a
+    new shape."""
     seen = {(r["stem"], r["image"]) for r in bench.results["inference"]} or {("cifar", bench.size(32))}
+    trained = {r["image"] for r in bench.results["training"]}
+    seen |= {("cifar", size) for size in trained}
     cpu = torch.device("cpu")
     for stem, size in sorted(seen):
         x = torch.randn(1, 3, size, size, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
@@ -1038,6 +1075,9 @@ def step_per_image(bench: Bench) -> None:
                                            for m in ("split", "fused", "block")},
             "resnet50_bytes": traffic_per_image(resnet, x),
         }
+        if stem == "cifar" and size in trained:
+            entry["dsrnet_train_flops"] = train_flops_per_image(build_dsrnet(bench, stem), size)
+            entry["resnet50_train_flops"] = train_flops_per_image(build_resnet(stem), size)
         bench.results["per_image"][f"{stem}/{size}"] = entry
         bench.log(f"per image {stem}/{size}: {entry}")
 
@@ -1108,8 +1148,14 @@ def render_markdown(results: dict) -> str:
     ref = [q for q in train if q["form"] == "resnet50_compiled"]
     mm = [q for q in train if q["form"] == "resnet50_compiled_1x1mm"]
     graphs = [q for q in train if q["form"] == "resnet50_compiled_cudagraphs"]
+    peak = (results.get("ceilings") or {}).get("bf16_matmul_TFLOPs")
     for r in train:
         r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
+        per = results["per_image"].get(f"cifar/{r['image']}", {})
+        flops = per.get("resnet50_train_flops" if r["form"].startswith("resnet50") else "dsrnet_train_flops")
+        if flops and peak:  # the fwd + bwd FLOPs per image, and the fraction of the matmul rate they reach
+            r["train_gflop_per_image"] = round(flops / 1e9, 3)
+            r["compute_fraction"] = round(flops * r["images_per_s"] / (peak * 1e12), 4)
         r["x_resnet50_1x1mm"] = round(r["images_per_s"] / mm[0]["images_per_s"], 3) if mm else None
         r["x_resnet50_cudagraphs"] = round(r["images_per_s"] / graphs[0]["images_per_s"], 3) if graphs else None
     lines = [
@@ -1143,7 +1189,7 @@ def render_markdown(results: dict) -> str:
                                          "max_rel_diff", "precompile_s"]),
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
         _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm",
-                       "x_resnet50_cudagraphs", "peak_mem_mib",
+                       "x_resnet50_cudagraphs", "train_gflop_per_image", "compute_fraction", "peak_mem_mib",
                        "precompile_s", "first_call_s"]),
         "## Roofline (per image; fractions of the measured copy bandwidth and bf16 matmul rate)",
         _table(roofline_rows(results), ["form", "stem", "image", "batch", "gflop_per_image", "floor_mb_per_image",
@@ -1166,7 +1212,7 @@ def rerender(folder: Path, args: argparse.Namespace, argv: list[str]) -> int:
     path = folder / "results.json"
     try:
         results = json.loads(path.read_text())
-        results["inference"], results["per_image"], results["dry_run"]  # noqa: B018 (the keys it needs)
+        results["inference"], results["training"], results["per_image"], results["dry_run"]  # noqa: B018 (needed)
     except (OSError, ValueError, KeyError, TypeError) as err:
         print(f"fused_gpu: error: {path} is not a fused_gpu.py results.json ({type(err).__name__}: {err}); fix: "
               f"pass the folder a fused_gpu.py call returned", file=sys.stderr)  # fmt: skip
@@ -1174,8 +1220,11 @@ def rerender(folder: Path, args: argparse.Namespace, argv: list[str]) -> int:
     args.out, args.dry_run, args.budget_s = str(folder), results["dry_run"], results.get("budget_s", 0.0)
     bench = Bench(args)
     bench.results = results
-    if not results["per_image"] or any("dsrnet_fused_bytes_by_mode" not in v for v in results["per_image"].values()):
-        results["per_image"] = {}  # none, or counted before the split mode's traffic was (recounted: shapes only)
+    trained = {f"cifar/{r['image']}" for r in results.get("training", [])}
+    if (not results["per_image"] or any("dsrnet_fused_bytes_by_mode" not in v for v in results["per_image"].values())
+            or any("dsrnet_train_flops" not in results["per_image"].get(k, {}) for k in trained)):  # fmt: skip
+        # none, or counted before the split mode's traffic or the training FLOPs were (recounted: shapes only)
+        results["per_image"] = {}
         step_per_image(bench)
         results["rerendered"] = "PYTHONPATH=src python3 " + shlex.join(["benchmarks/fused_gpu.py", *argv])
     results["roofline"] = roofline_rows(results)

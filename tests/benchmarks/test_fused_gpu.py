@@ -184,6 +184,8 @@ def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, caps
         {"form": "dsrnet_fused_auto", "fuse_mode": "auto", "stem": "cifar", "image": 16, "batch": 2,
          "images_per_s": 2000.0, "auto_picks": {"split": 1, "block": 2}},
     ]
+    bench.results["training"] = [{"form": f, "image": 16, "batch": 2, "images_per_s": 100.0}
+                                 for f in ("resnet50_compiled", "dsrnet_compiled_triton_dw")]  # fmt: skip
     bench.save()
     (tmp_path / "log.txt").write_text("the run's own log\n")
     assert fused_gpu.main(["--rerender", str(tmp_path)]) == 0
@@ -195,6 +197,13 @@ def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, caps
     # auto's traffic depends on its picks on the GPU: its floor fraction only
     assert auto["modelled_mb_per_image"] is None and auto["floor_bandwidth_fraction"] == split["floor_bandwidth_fraction"]
     assert "--rerender" in saved["rerendered"] and "## Roofline" in (tmp_path / "results.md").read_text()
+    # the training step's FLOPs (forward + backward: about 3x the forward's) and the matmul-rate fraction they reach
+    per = saved["per_image"]["cifar/16"]
+    for net in ("dsrnet", "resnet50"):
+        assert 2.5 < per[f"{net}_train_flops"] / per[f"{net}_flops"] < 3.2
+    train_table = (tmp_path / "results.md").read_text().split("## Training step")[1].split("##")[0]
+    fraction = round(per["resnet50_train_flops"] * 100.0 / 100e12, 4)  # FLOPs x 100 images/s / 100 TFLOP/s
+    assert "compute_fraction" in train_table and f"| {fraction:.4g} |" in train_table
     assert (tmp_path / "log.txt").read_text() == "the run's own log\n"
 
     # per-image counts of the version before split's traffic was modelled: recounted, not a KeyError
@@ -230,3 +239,24 @@ def test_the_block_probe_runs_the_new_kernel_in_a_process_of_its_own(fused_gpu, 
     assert [r["step"] for r in failed.results["skipped"]] == ["inference cifar/16 b2: dsrnet_fused_block",
                                                               "inference cifar/16 b2: dsrnet_fused_auto"]
     assert {r["reason"] for r in failed.results["skipped"]} == {"the block kernel probe failed (errors)"}
+
+
+def test_training_flops_count_a_depthwise_convs_weight_gradient_as_such(fused_gpu):
+    """torch's FlopCounterMode counts a grouped conv's weight gradient as a dense conv's (64x here): the training
+    roofline's counter divides it by the groups, so a conv's backward is twice its forward, grouped or not."""
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def counts(conv):
+        x = torch.randn(2, conv.in_channels, 8, 8, requires_grad=True)
+        mapping = {torch.ops.aten.convolution_backward: fused_gpu._grouped_conv_backward_flop}
+        counter = FlopCounterMode(display=False, custom_mapping=mapping)
+        with counter:
+            conv(x).sum().backward()
+        flops = counter.get_flop_counts()["Global"]
+        return flops[torch.ops.aten.convolution], flops[torch.ops.aten.convolution_backward]
+
+    for groups in (1, 4, 64):
+        fwd, bwd = counts(nn.Conv2d(64, 64, 3, padding=2, dilation=2, groups=groups, bias=False))
+        assert bwd == 2 * fwd, groups
