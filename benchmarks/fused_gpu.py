@@ -1180,9 +1180,11 @@ def render_markdown(results: dict) -> str:
                      "x_resnet50_tuned", "auto_picks",
                      "peak_mem_mib", "precompile_s", "first_call_s", "max_logit_diff_vs_fp32", "top1_agree_vs_fp32"]),
         '## `fuse(mode="auto")`: split vs one-kernel block, per block shape (ms per call, median of its repeats)',
-        _table(results.get("auto_choices", []), ["block_shape", "input", "dtype", "split_ms", "block_ms", "mode"]),
+        _table(results.get("auto_choices", []), ["block_shape", "input", "dtype", "split_ms", "block_ms",
+                                                 "block_max_rel_diff", "mode"]),
         "block_shape = (input channels, width, output channels, stride of the first 1x1, of the depthwise conv, "
-        "dilation, projection shortcut, its stride).",
+        "dilation, projection shortcut, its stride); block_max_rel_diff = block's output against split's on the "
+        "same input (auto never picks a block that differs beyond rounding).",
         "",
         "## The stem alone: folded conv + bias + ReLU (bf16, channels_last)",
         _table(results.get("stem", []), ["form", "stem", "image", "batch", "ms", "floor_gb", "gb_per_s",
@@ -1318,6 +1320,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"names, ';'-separated: {' | '.join(names)}", file=sys.stderr)  # fmt: skip
             return 2
         plan = [p for p in plan if p[2] in (step_environment, step_ceilings) or p[0] in picked]
+    if args.dry_run:  # fuse(mode="auto") times each candidate once under the interpreter, as time_ms does here
+        from dsrnet.models import fused
+
+        fused.AUTO_WARMUP, fused.AUTO_REPEATS = 0, 1
     bench = Bench(args)
     watchdog = bench.start_watchdog()
     bench.start_alarm()

@@ -23,7 +23,8 @@
   ``mode="auto"``: each block measures ``split`` and the one-kernel ``block`` on its first call with a new input
   shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
   the two wins depends on the card, the block's shape and the batch (the deep stages at small batches have few
-  pixel tiles). Blocks of the same shape share one measurement (:func:`auto_choices` lists them). Where it cannot
+  pixel tiles). Block's output on that call is checked against split's: beyond rounding, block is not picked (a
+  warning says so). Blocks of the same shape share one measurement (:func:`auto_choices` lists them). Where it cannot
   time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
   ``block``'s rule above; off a GPU it runs split (the PyTorch fallbacks of both modes are the same ops).
 
@@ -68,7 +69,8 @@ from dsrnet.models.dsrnet import DSRBlock, DSRNet
 
 #: ``mode="auto"``: the modes it measures per block shape, keeping the faster (module docstring).
 AUTO_CANDIDATES = ("split", "block")
-#: ``mode="auto"``'s timing: calls after the first (which compiles and autotunes) of which the median counts.
+#: ``mode="auto"``'s timing: untimed calls after the first (which compiles, autotunes and is checked against split),
+#: then timed calls of which the median counts.
 AUTO_WARMUP, AUTO_REPEATS = 2, 10
 #: ``mode="block"`` on a GPU: a block runs as one kernel when its output has at least this many pixels per SM (one
 #: tile of the kernel's smallest configs for every SM), else split (module docstring).
@@ -153,24 +155,39 @@ class FusedDSRBlock(nn.Module):
             return "block" if x.is_cuda and self._fills_device(x) else "split"  # no timing while tracing/capturing
         if not ops.triton_usable(x):
             return "split"
-        if ops.precompiling_now():  # launches only compile: every candidate once, so that all compile; no timing
-            for mode in AUTO_CANDIDATES[1:]:
-                self._run(x, mode)
-            return AUTO_CANDIDATES[0]
+        if ops.precompiling_now():  # launches only compile: block once too, so that both compile; no timing
+            self._run(x, "block")
+            return "split"
         times: dict[str, float | None] = {}
+        diffs: dict[str, float] = {}
+        reference = None
         with torch.no_grad():
             for mode in AUTO_CANDIDATES:
                 try:
-                    times[mode] = _median_ms(lambda mode=mode: self._run(x, mode), x.device)
+                    out = self._run(x, mode)  # the first call: compiles and autotunes; checked against split's
                 except Exception as err:  # e.g. a card whose shared memory the kernel's configs exceed
-                    if mode == "split":  # the reference form: its failure is the user's to see
+                    if reference is None:  # the reference form: its failure is the user's to see
                         raise
                     times[mode] = None
                     warnings.warn(f"fuse(mode='auto'): {mode} failed on {tuple(x.shape)} ({err!r}); using split",
                                   stacklevel=2)  # fmt: skip
+                    continue
+                if reference is None:
+                    reference = out
+                else:
+                    diffs[mode] = _max_rel_diff(out, reference)
+                del out
+                if not diffs.get(mode, 0.0) <= _agreement(x.dtype):  # a kernel computing wrong numbers: never picked
+                    times[mode] = None
+                    warnings.warn(f"fuse(mode='auto'): {mode}'s output differs from split's on {tuple(x.shape)} (max "
+                                  f"relative difference {diffs[mode]:.3g}); using split", stacklevel=2)  # fmt: skip
+                    continue
+                times[mode] = _median_ms(lambda mode=mode: self._run(x, mode), x.device)
+        del reference
         mode = min((m for m in times if times[m] is not None), key=lambda m: times[m])
         _AUTO_CHOICES[key] = {"block_shape": key[0], "input": key[1], "dtype": str(x.dtype), "device": str(x.device),
-                              **{f"{m}_ms": t for m, t in times.items()}, "mode": mode}  # fmt: skip
+                              **{f"{m}_ms": t for m, t in times.items()},
+                              **{f"{m}_max_rel_diff": d for m, d in diffs.items()}, "mode": mode}  # fmt: skip
         return mode
 
     def _auto_key(self, x: torch.Tensor) -> tuple:
@@ -195,14 +212,28 @@ def auto_choices() -> list[dict]:
     """What ``fuse(mode="auto")`` measured so far in this process, one row per block shape and input: the block
     (input channels, width, output channels, strides of the first 1x1 and of the depthwise conv, dilation,
     projection shortcut, its stride), the input shape, dtype, device, ms per call of each candidate (``None``:
-    it failed) and the mode kept."""
+    it failed, or computed other numbers than split), block's max relative difference from split's output
+    (``block_max_rel_diff``) and the mode kept."""
     return [dict(row) for row in _AUTO_CHOICES.values()]
 
 
 def _median_ms(fn, device: torch.device) -> float:
-    """Median time of ``fn()`` in ms over :data:`AUTO_REPEATS` calls, after a first call (compilation, autotuning)
-    and :data:`AUTO_WARMUP` more (CUDA events on a GPU)."""
-    return 1e3 * statistics.median(time_calls(fn, device=device, warmup=1 + AUTO_WARMUP, repeats=AUTO_REPEATS))
+    """Median time of ``fn()`` in ms over :data:`AUTO_REPEATS` calls after :data:`AUTO_WARMUP` (CUDA events on a
+    GPU); the caller has made the first call (compilation, autotuning)."""
+    return 1e3 * statistics.median(time_calls(fn, device=device, warmup=AUTO_WARMUP, repeats=AUTO_REPEATS))
+
+
+def _max_rel_diff(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |out - reference| / max |reference| (non-finite where ``out`` is)."""
+    scale = reference.abs().max().float().clamp_min(torch.finfo(torch.float32).tiny)
+    return float((out.float() - reference.float()).abs().max() / scale)
+
+
+def _agreement(dtype: torch.dtype) -> float:
+    """``mode="auto"``: the largest relative difference between two modes' outputs that is rounding (both keep
+    fp32 accumulators; in bf16/fp16 both round their intermediates; fp32 allows for TF32). A wrong kernel (a stale
+    or unwritten tile) differs by O(1)."""
+    return 1e-2 if dtype == torch.float32 else 5e-2
 
 
 class FusedDSRNet(nn.Module):
