@@ -392,11 +392,47 @@ def test_fuse_accepts_a_model_already_using_triton_dwconv(monkeypatch, bn_relu):
     torch.testing.assert_close(got, expected)
 
 
+def test_a_fused_backbone_gives_the_feature_maps_of_the_unfused_one(monkeypatch):
+    """fuse() of a features_only model, the timm feature API of a fused classifier, and torchvision's
+    IntermediateLayerGetter (which runs a backbone's children in order: the fused stem is one) all give the eager
+    model's feature maps."""
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the kernels are tested above
+    full = _tiny()
+    backbone = DSRNet(stem="cifar", features_only=True, out_indices=(0, 2, 3), **TINY).eval()
+    backbone.load_state_dict({k: v for k, v in full.state_dict().items() if k in backbone.state_dict()})
+    fused_backbone = dsrnet.fuse(backbone)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = backbone(x)
+        got = fused_backbone(x)
+        assert [f.shape for f in got] == [f.shape for f in want] and len(got) == 3
+        assert all(_rel_err(g, w) < 1e-4 for g, w in zip(got, want, strict=True))
+        assert all(g.is_contiguous(memory_format=torch.channels_last) for g in got)
+        assert fused_backbone.feature_info.channels() == backbone.feature_info.channels()
+        assert fused_backbone.feature_info.module_name() == ["stem", "layer2", "layer3"]
+
+        fused = dsrnet.fuse(full)
+        final, feats = fused.forward_intermediates(x, indices=[0, 4])
+        want_final, want_feats = full.forward_intermediates(x, indices=[0, 4])
+        assert _rel_err(final, want_final) < 1e-4 and len(feats) == 2
+        assert all(_rel_err(g, w) < 1e-4 for g, w in zip(feats, want_feats, strict=True))
+        early = fused.forward_intermediates(x, indices=1, stop_early=True, intermediates_only=True)
+        assert len(early) == 1 and _rel_err(early[0], want_feats[1]) < 1e-4
+        with pytest.raises(DsrnetError, match="output_fmt"):
+            fused.forward_intermediates(x, output_fmt="NHWC")
+
+        getter = IntermediateLayerGetter(fused, return_layers={"stem": "0", "layer2": "1"})
+        maps = getter(x)
+        ref = full.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+        assert list(maps) == ["0", "1"] and all(_rel_err(maps[k], r) < 1e-4 for k, r in zip("01", ref, strict=True))
+    assert dsrnet.create_model("dsrnet50_cifar", num_classes=10, fused=True).pretrained_cfg["first_conv"] is None
+
+
 def test_fuse_rejects_what_it_cannot_fuse():
     with pytest.raises(DsrnetError, match="takes a DSRNet"):
         dsrnet.fuse(nn.Conv2d(3, 3, 1))
-    with pytest.raises(DsrnetError, match="features_only"):
-        dsrnet.fuse(DSRNet(stem="cifar", features_only=True, **TINY))
     with pytest.raises(DsrnetError, match="mode="):
         dsrnet.fuse(DSRNet(stem="cifar", **TINY), mode="fast")
     stateless = DSRNet(stem="cifar", **TINY)

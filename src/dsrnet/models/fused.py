@@ -236,28 +236,56 @@ def _agreement(dtype: torch.dtype) -> float:
     return 1e-2 if dtype == torch.float32 else 5e-2
 
 
+class FusedStem(nn.Module):
+    """The stem conv (BatchNorm folded) + ReLU as one direct-conv kernel (``dsrnet::direct_conv``): cuDNN ran it as a
+    padded conv, a bias add and a ReLU, three passes over the largest map of the network. A module of its own, the
+    first child of :class:`FusedDSRNet`, so that tools that run a backbone's children in order (torchvision's
+    ``IntermediateLayerGetter``) run it too."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.register_buffer("w_packed", ops.pack_direct(conv.weight.detach()))
+        self.register_buffer("bias", conv.bias.detach().clone())
+        self.geometry = (conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The kernels compute in their input's dtype and autocast does not reach them (custom ops): the model's own
+        # dtype decides, so a bf16 model given fp32 input (or run under a bf16 autocast) computes in bf16.
+        x = x.to(dtype=self.w_packed.dtype, memory_format=torch.channels_last)
+        return ops.direct_conv(x, self.w_packed, self.bias, *self.geometry, True)
+
+
 class FusedDSRNet(nn.Module):
-    """Inference form of a :class:`DSRNet` made by :func:`fuse`: same inputs and logits, channels-last inside."""
+    """Inference form of a :class:`DSRNet` made by :func:`fuse`: same inputs and outputs (logits, or with
+    ``features_only`` the feature maps), channels-last and in the model's dtype inside.
+
+    The timm feature API of :class:`DSRNet` carries over: ``feature_info`` (index 0, the stem's output, is module
+    ``stem`` here), ``forward_features``, ``forward_head``, ``forward_intermediates``; the children run in order
+    (stem, max-pool, layer1..4), so torchvision's ``IntermediateLayerGetter`` / ``BackboneWithFPN`` take it as a
+    frozen backbone too. Feature maps come out channels-last, in the model's dtype.
+    """
 
     def __init__(self, model: DSRNet, mode: str = DEFAULT_FUSE_MODE) -> None:
         super().__init__()
         self.num_classes = model.num_classes
         self.num_features = model.num_features
+        self.head_hidden_size = model.head_hidden_size
         self.in_chans = model.in_chans
-        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+        cfg = getattr(model, "pretrained_cfg", None)
+        # No conv weight of the usual [out, in, k, k] layout to adapt to other input channels (timm's first_conv).
+        self.pretrained_cfg = None if cfg is None else {**cfg, "first_conv": None}
         self.default_cfg = self.pretrained_cfg  # timm's older name, as DSRNet has it
-        # The stem conv (BatchNorm folded) + ReLU as one direct-conv kernel (ops.direct_conv): cuDNN ran it as a
-        # padded conv, a bias add and a ReLU, three passes over the largest map of the network.
-        stem = fuse_conv_bn_eval(model.conv1, model.bn1)
-        self.register_buffer("w_stem", ops.pack_direct(stem.weight.detach()))
-        self.register_buffer("b_stem", stem.bias.detach().clone())
-        self.stem_geometry = (stem.kernel_size[0], stem.stride[0], stem.padding[0], stem.dilation[0])
+        self.stem = FusedStem(fuse_conv_bn_eval(model.conv1, model.bn1))
         self.maxpool = model.maxpool
         for idx in range(1, 5):
             stage = getattr(model, f"layer{idx}")
             self.add_module(f"layer{idx}", nn.Sequential(*(FusedDSRBlock(b, mode) for b in stage)))
         self.global_pool = model.global_pool
         self.fc = model.fc
+        self.features_only = model.features_only
+        self.take_indices, self.max_index = list(model.take_indices), model.max_index
+        self.feature_info = copy.deepcopy(model.feature_info)
+        self.feature_info[0]["module"] = "stem"
 
     def train(self, mode: bool = True) -> FusedDSRNet:
         """Inference only: it stays in eval mode (BatchNorm is folded away, the fused kernels have no backward and
@@ -273,19 +301,25 @@ class FusedDSRNet(nn.Module):
             )
         return super().train(False)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        # The kernels compute in their input's dtype and autocast does not reach them (custom ops): the model's own
-        # dtype decides, so a bf16 model given fp32 input (or run under a bf16 autocast) computes in bf16.
-        x = x.to(dtype=self.w_stem.dtype, memory_format=torch.channels_last)
-        x = self.maxpool(ops.direct_conv(x, self.w_stem, self.b_stem, *self.stem_geometry, True))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def _stages(self, x: torch.Tensor, take: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stem and stages 1..``last``, keeping the outputs whose feature index is in ``take`` (as DSRNet's)."""
+        x = self.stem(x)
+        feats = [x] if 0 in take else []
+        x = self.maxpool(x)
+        for idx, stage in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)[:last], start=1):
+            x = stage(x)
+            if idx in take:
+                feats.append(x)
+        return x, feats
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)  # flattened by the pool itself; global_pool="" keeps the map
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    # DSRNet's own, over this class's _stages: the same feature API and outputs.
+    forward_features = DSRNet.forward_features
+    forward_intermediates = DSRNet.forward_intermediates
+    forward = DSRNet.forward
 
 
 def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> FusedDSRNet:
@@ -298,12 +332,11 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> FusedDSRNet:
     with the shortcut in its tile; ``mode="fused"``: both in one kernel (module docstring: split measured faster on
     an H200); ``mode="block"``: each whole block in one kernel at its memory-traffic floor (not yet timed on a
     GPU); ``mode="auto"``: split or block per block shape and input shape, whichever its first call measures
-    faster (:func:`auto_choices`).
+    faster (:func:`auto_choices`). A ``features_only`` backbone fuses into a backbone with the same feature maps
+    (channels-last, in the model's dtype).
     """
     if not isinstance(model, DSRNet):
         raise DsrnetError(f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')), got {type(model).__name__}")
-    if model.features_only:
-        raise DsrnetError("fuse() builds classifiers: create the model without features_only=True")
     if mode not in FUSE_MODES:
         raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
     stateless = next((n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
