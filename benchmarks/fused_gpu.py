@@ -966,7 +966,7 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     from torchvision.models.resnet import Bottleneck
 
     from dsrnet.models.dsrnet import DSRBlock
-    from dsrnet.models.fused import FusedDSRBlock, FusedDSRNet
+    from dsrnet.models.fused import FusedDSRBlock
 
     block_types = (DSRBlock, FusedDSRBlock, Bottleneck)
     counts = {"floor": 0, "own": 0}
@@ -993,12 +993,6 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     def leaf_hook(mod, inp, out):
         counts["own"] += _nbytes(inp) + _nbytes(out)
 
-    if isinstance(model, FusedDSRNet):  # its stem is an op, not a module: it reads the image, writes its map
-
-        def stem_hook(mod, inp, out):
-            counts["own"] += _nbytes(x) + _nbytes(inp)
-
-        hooks.append(model.maxpool.register_forward_hook(stem_hook))
     for m in model.modules():
         if isinstance(m, block_types):
             hooks.append(m.register_forward_hook(block_hook))
