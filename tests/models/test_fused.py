@@ -510,3 +510,29 @@ def test_timm_builds_the_fused_form_too_and_a_fused_model_computes_in_its_own_dt
     hook.remove()
     assert seen == [torch.bfloat16] and out.dtype == torch.bfloat16
     assert _rel_err(out, eager(x)) < 3e-2
+
+
+@pytest.mark.parametrize("feature_cls", [None, "getter", "dict"])
+def test_timm_features_only_fused_wraps_the_fused_form_in_timms_feature_class(monkeypatch, feature_cls):
+    """``timm.create_model(..., features_only=True, fused=True)`` failed (fuse() was given timm's FeatureListNet): the
+    fused form is now built from the trained weights and wrapped by timm's own builder, as the eager one is."""
+    timm = pytest.importorskip("timm")
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the kernels are tested above
+    kwargs = {"features_only": True, "out_indices": (0, 1, 3), "pretrained": True}
+    kwargs |= {} if feature_cls is None else {"feature_cls": feature_cls}
+    eager = timm.create_model("dsrnet50_cifar", **kwargs).eval()
+    fused = timm.create_model("dsrnet50_cifar", fused=True, **kwargs)
+    assert type(fused).__name__ == type(eager).__name__
+    assert fused.feature_info.channels() == eager.feature_info.channels() == [64, 256, 1024]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want, got = eager(x), fused(x)
+    if feature_cls == "dict":
+        assert list(got) == list(want)
+        want, got = list(want.values()), list(got.values())
+    assert [g.shape for g in got] == [w.shape for w in want]
+    assert all(_rel_err(g, w) < 1e-4 for g, w in zip(got, want, strict=True))
+    if feature_cls == "dict":  # dsrnet.create_model hands timm's feature classes to timm: fused goes along
+        built = dsrnet.create_model("dsrnet50_cifar", fused=True, **kwargs)
+        assert type(built).__name__ == "FeatureDictNet"
+        assert type(built.stem).__name__ == "FusedStem"

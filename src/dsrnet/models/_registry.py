@@ -55,7 +55,8 @@ def create_model(
         checkpoint_path: then load a safetensors weights file (``save_weights``) or a ``dsrnet train`` checkpoint,
             strictly (timm's rule): ``num_classes`` defaults to the file's, and every weight must fit.
         fused: return the inference form of :func:`dsrnet.fuse` (BatchNorm folded, NHWC, Triton kernels on CUDA;
-            plain PyTorch ops with the same numerics elsewhere). DSRNet models only.
+            plain PyTorch ops with the same numerics elsewhere). DSRNet models only; with ``features_only`` the
+            backbone is fused (in timm's feature class where one is asked for).
         kwargs: go to the model's constructor (e.g. DSRNet's ablation switches, ``drop_path_rate``,
             ``global_pool``). ``features_only=True`` returns a backbone whose ``forward`` gives the feature maps of
             ``out_indices``; ``feature_cls`` ``"list"`` / ``"getter"`` (default) are served by DSRNet itself,
@@ -98,6 +99,7 @@ def create_model(
                 pretrained=pretrained,
                 checkpoint_path=checkpoint_path,
                 feature_cfg=feature_cfg,
+                **({"fused": True} if fused else {}),  # timm's builder wraps the fused form (models/resnet.py)
                 **kwargs,
             )
         kwargs["features_only"] = True

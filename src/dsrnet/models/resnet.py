@@ -41,12 +41,19 @@ def _build(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_
     if not isinstance(fused, bool):
         raise DsrnetError(f"fused must be True or False, got {fused!r}; fix: for a mode, call dsrnet.fuse(model, "
                           f"mode=...)")  # fmt: skip
-    model = _build_eager(name, pretrained, pretrained_cfg, pretrained_cfg_overlay, **kwargs)
-    if fused:
-        from dsrnet.models.fused import fuse
+    if not fused:
+        return _build_eager(name, pretrained, pretrained_cfg, pretrained_cfg_overlay, **kwargs)
+    from dsrnet.models.fused import fuse
 
-        model = fuse(model)
-    return model
+    features = {key: kwargs.pop(key) for key in ("features_only", "out_indices", "feature_cls", "feature_cfg")
+                if key in kwargs} if kwargs.get("features_only") else {}  # fmt: skip
+    model = fuse(_build_eager(name, pretrained, pretrained_cfg, pretrained_cfg_overlay, **kwargs))
+    if not features:
+        return model
+    # timm's feature wrapper (FeatureListNet, or the feature_cls asked for) around the fused form, put on by timm's
+    # own builder as it does around the eager model: the fused model's children run in order (stem, max-pool,
+    # layer1..4) and carry the feature_info, which is what the wrappers read.
+    return build_model_with_cfg(lambda **_: model, name, False, pretrained_cfg=model.pretrained_cfg, **features)
 
 
 def _build_eager(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_overlay, **kwargs) -> DSRNet:
