@@ -190,3 +190,21 @@ def test_dense_backbone_under_torchvisions_deeplabv3(one_thread):
     loss = torch.nn.functional.cross_entropy(out, torch.randint(0, 3, (2, 64, 64)))
     loss.backward()
     assert torch.isfinite(loss) and backbone.conv1.weight.grad.abs().sum() > 0
+
+
+def test_a_fused_backbone_under_the_pyramid_gives_the_eager_pyramid(monkeypatch, one_thread):
+    """``fused=True`` reaches ``create_model``: torchvision's IntermediateLayerGetter runs the fused form's children
+    (its stem is a module), so a deployed detector's backbone can run the folded kernels."""
+    from dsrnet.models.detection import backbone_with_fpn
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the kernels are tested elsewhere
+    fused = backbone_with_fpn("dsrnet50_cifar", pretrained=True, fused=True).eval()
+    eager = backbone_with_fpn("dsrnet50_cifar", pretrained=True).eval()
+    eager.fpn.load_state_dict(fused.fpn.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        got, want = fused(x), eager(x)
+    assert list(got) == list(want) == ["0", "1", "2", "3", "pool"]
+    for key, ref in want.items():
+        assert got[key].shape == ref.shape
+        assert (got[key] - ref).abs().max() <= 1e-4 * ref.abs().max()

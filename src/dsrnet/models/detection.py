@@ -72,7 +72,9 @@ def backbone_with_fpn(
         frozen_bn: every BatchNorm becomes torchvision's ``FrozenBatchNorm2d`` (its statistics and affine fixed),
             as torchvision's detectors do with trained backbones: detection batches of a few images would spoil
             the statistics. Default: ``pretrained``.
-        kwargs: go to ``dsrnet.create_model`` (e.g. ``widths``, ``layers``, ablation switches, ``drop_path_rate``).
+        kwargs: go to ``dsrnet.create_model`` (e.g. ``widths``, ``layers``, ablation switches, ``drop_path_rate``;
+            ``fused=True``: the backbone in ``dsrnet.fuse``'s inference form, BatchNorm folded into the convs and
+            nothing to train, for a deployed detector whose trained backbone weights come with ``pretrained``).
     """
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops import FrozenBatchNorm2d
