@@ -74,7 +74,8 @@ def backbone_with_fpn(
             the statistics. Default: ``pretrained``.
         kwargs: go to ``dsrnet.create_model`` (e.g. ``widths``, ``layers``, ablation switches, ``drop_path_rate``;
             ``fused=True``: the backbone in ``dsrnet.fuse``'s inference form, BatchNorm folded into the convs and
-            nothing to train, for a deployed detector whose trained backbone weights come with ``pretrained``).
+            frozen as a whole (the pyramid and the detector's heads on top still train), e.g. on ``pretrained``
+            weights).
     """
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops import FrozenBatchNorm2d
