@@ -208,3 +208,56 @@ def test_a_fused_backbone_under_the_pyramid_gives_the_eager_pyramid(monkeypatch,
     for key, ref in want.items():
         assert got[key].shape == ref.shape
         assert (got[key] - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+@pytest.mark.parametrize("frozen_bn", [False, True])
+def test_fuse_of_a_trained_detector_folds_its_dsrnet_parts_and_keeps_the_rest(monkeypatch, one_thread, frozen_bn):
+    """After training, ``dsrnet.fuse(detector)`` runs its backbone's stem and DSR blocks folded (BatchNorm or
+    torchvision's FrozenBatchNorm2d into the convs) and leaves the pyramid and heads alone: same detections."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from dsrnet.models.fused import FusedDSRBlock, FusedStem
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the kernels are tested elsewhere
+    torch.manual_seed(0)
+    backbone = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=16, frozen_bn=frozen_bn, **TINY)
+    detector = FasterRCNN(backbone, **dict(SMALL, num_classes=3)).eval()
+    with torch.no_grad():  # statistics and scales of a trained backbone, so that folding them matters
+        for m in backbone.body.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d)):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    fused = dsrnet.fuse(detector)
+    assert isinstance(fused.backbone.body.conv1, FusedStem)
+    assert isinstance(fused.backbone.body.bn1, torch.nn.Identity)
+    assert all(isinstance(b, FusedDSRBlock) for stage in ("layer1", "layer4")
+               for b in getattr(fused.backbone.body, stage))  # fmt: skip
+    assert type(fused.backbone.fpn) is type(detector.backbone.fpn) and fused.roi_heads.box_predictor is not None
+    assert isinstance(detector.backbone.body.conv1, torch.nn.Conv2d)  # the original is not changed
+    images = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        want = detector.backbone(torch.stack(images))
+        got = fused.backbone(torch.stack(images))
+        assert all((got[k] - want[k]).abs().max() <= 1e-4 * want[k].abs().max() for k in want)
+        boxes, ref = fused(images)[0], detector(images)[0]
+    assert torch.allclose(boxes["boxes"], ref["boxes"], atol=1e-3) and torch.equal(boxes["labels"], ref["labels"])
+
+
+def test_fuse_of_a_module_built_on_dsrnet_keeps_its_dtype(monkeypatch):
+    from dsrnet.models.fused import FusedDSRBlock, FusedStem
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")
+    backbone = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=16, **TINY).to(torch.bfloat16)
+    fused = dsrnet.fuse(backbone)
+    assert {fused.body.conv1.w_packed.dtype} | {b.w1.dtype for b in fused.body.layer1} == {torch.bfloat16}
+    assert isinstance(fused.body.conv1, FusedStem) and isinstance(fused.body.layer2[0], FusedDSRBlock)
+    with torch.no_grad():
+        maps = fused(torch.rand(1, 3, 32, 32, dtype=torch.bfloat16))
+    assert all(m.dtype == torch.bfloat16 for m in maps.values())
+
+
+def test_fuse_refuses_a_module_without_dsrnet_parts():
+    with pytest.raises(dsrnet.DsrnetError, match="holds no DSR block"):
+        dsrnet.fuse(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))

@@ -322,7 +322,7 @@ class FusedDSRNet(nn.Module):
     forward = DSRNet.forward
 
 
-def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> FusedDSRNet:
+def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     """Inference form of a DSRNet: BN folded, NHWC, each DSR block run by fused Triton kernels.
 
     The input model is not changed (it is copied). The result is in eval mode, uses the BN running statistics (as
@@ -334,22 +334,70 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> FusedDSRNet:
     GPU); ``mode="auto"``: split or block per block shape and input shape, whichever its first call measures
     faster (:func:`auto_choices`). A ``features_only`` backbone fuses into a backbone with the same feature maps
     (channels-last, in the model's dtype).
+
+    A DSRNet gives a :class:`FusedDSRNet`. Any other module built on DSRNet parts (torchvision's
+    ``BackboneWithFPN`` from :func:`dsrnet.backbone_with_fpn`, or a detector on one, after training) gives a copy
+    in which every DSR block becomes a :class:`FusedDSRBlock` and every DSRNet stem (a module's ``conv1``, ``bn1``
+    and ``act1``, ``FrozenBatchNorm2d`` included) a :class:`FusedStem`: those parts are frozen, the rest (a feature
+    pyramid, a detector's heads) is left as it was.
     """
-    if not isinstance(model, DSRNet):
-        raise DsrnetError(f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')), got {type(model).__name__}")
     if mode not in FUSE_MODES:
         raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
-    stateless = next((n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    if isinstance(model, DSRNet):
+        _check_foldable(model.named_modules())
+        dtype = next(model.parameters()).dtype
+        source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
+        fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
+        return fused.requires_grad_(False)  # nothing in it trains (see FusedDSRNet.train)
+    parts = [(name, m) for name, m in model.named_modules() if isinstance(m, DSRBlock) or _is_dsrnet_stem(m)]
+    if not any(isinstance(m, DSRBlock) for _, m in parts):
+        raise DsrnetError(
+            f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')) or a module built on one (e.g. "
+            f"dsrnet.backbone_with_fpn(...)), got {type(model).__name__}, which holds no DSR block"
+        )
+    folded = [(f"{name}.bn1", part.bn1) for name, part in parts if not isinstance(part, DSRBlock)]
+    folded += [(f"{name}.{sub}", m) for name, part in parts if isinstance(part, DSRBlock)
+               for sub, m in part.named_modules()]  # fmt: skip
+    _check_foldable(folded)
+    source = copy.deepcopy(model)
+    for parent in list(source.modules()):
+        if _is_dsrnet_stem(parent):
+            conv, bn, dtype = parent.conv1, parent.bn1, parent.conv1.weight.dtype
+            parent.conv1 = _frozen(FusedStem(fuse_conv_bn_eval(conv.eval().float(), bn.eval().float())), dtype)
+            parent.bn1, parent.act1 = nn.Identity(), nn.Identity()  # in conv1's kernel now
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DSRBlock):
+                dtype = child.conv1.weight.dtype
+                setattr(parent, name, _frozen(FusedDSRBlock(child.eval().float(), mode), dtype))
+    return source
+
+
+def _frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A folded part in eval mode, rounded once to ``dtype``, channels-last, with nothing to train."""
+    return module.eval().to(dtype=dtype, memory_format=torch.channels_last).requires_grad_(False)
+
+
+def _is_dsrnet_stem(module: nn.Module) -> bool:
+    """Whether ``module`` holds a DSRNet stem (a DSRNet, or torchvision's IntermediateLayerGetter over one): conv1,
+    bn1 and act1 as children, before a layer1 of DSR blocks."""
+    layer1 = getattr(module, "layer1", None)
+    return (
+        isinstance(getattr(module, "conv1", None), nn.Conv2d)
+        and isinstance(getattr(module, "act1", None), nn.ReLU)
+        and hasattr(module, "bn1")
+        and isinstance(layer1, nn.Sequential)
+        and any(isinstance(b, DSRBlock) for b in layer1)
+    )
+
+
+def _check_foldable(named_modules) -> None:
+    stateless = next((n for n, m in named_modules if isinstance(m, nn.modules.batchnorm._BatchNorm)
                       and (m.running_mean is None or m.running_var is None)), None)  # fmt: skip
     if stateless is not None:
         raise DsrnetError(
             f"BatchNorm {stateless} keeps no running statistics (track_running_stats=False), so it cannot be folded; "
             f"fix: fuse a model whose BatchNorms track them"
         )
-    dtype = next(model.parameters()).dtype
-    source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
-    fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
-    return fused.requires_grad_(False)  # nothing in it trains (see FusedDSRNet.train)
 
 
 class TritonDepthwiseConv2d(nn.Conv2d):
