@@ -105,3 +105,18 @@ def test_seed_bands_draw_the_mean_and_the_min_max_of_each_epoch(tmp_path, monkey
     (band,) = ax.collections
     ys = sorted({round(float(y), 6) for y in band.get_paths()[0].vertices[:, 1]})
     assert ys == [30.0, 35.0, 50.0]  # min and max of epoch 2, both 50 at epoch 1
+
+
+def test_tradeoff_labels_of_coinciding_points_are_stacked_not_overprinted(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    points = [
+        {"label": "DSRNet", "latency_ms": 10.0, "error": 7.6, "params": 12e6},
+        {"label": "DSRNet (EMA)", "latency_ms": 10.0, "error": 7.6, "params": 12e6},  # the same point
+        {"label": "ResNet50", "latency_ms": 11.0, "error": 6.0, "params": 23e6},
+        {"label": "ResNeXt50", "latency_ms": 20.0, "error": 6.5, "params": 23e6},
+    ]
+    plot_tradeoff(points, tmp_path / "t.png", title="t")
+    offsets = {t.get_text().split("\n")[0]: tuple(t.xyann) for t in figures[0].axes[0].texts}
+    assert offsets["DSRNet"] != offsets["DSRNet (EMA)"]
+    assert offsets["DSRNet"] == offsets["ResNet50"] == offsets["ResNeXt50"] == (6, 6)  # apart: as before

@@ -66,6 +66,16 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _near(a: Mapping[str, Any], b: Mapping[str, Any], pts: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether two trade-off points lie within 4 % of the plotted spread of each other on both axes (the time in
+    ratio, as it may be drawn on a log axis), where their two-line labels would overlap."""
+    times, errors = [p["latency_ms"] for p in pts], [p["error"] for p in pts]
+    time_span = math.log(max(times) / min(times)) if min(times) > 0 else max(times) - min(times)
+    close_time = (abs(math.log(a["latency_ms"] / b["latency_ms"])) if min(times) > 0
+                  else abs(a["latency_ms"] - b["latency_ms"])) <= 0.04 * (time_span or 1.0)  # fmt: skip
+    return close_time and abs(a["error"] - b["error"]) <= 0.04 * ((max(errors) - min(errors)) or 1.0)
+
+
 def plot_tradeoff(
     points: Sequence[Mapping[str, Any]],
     path: str | os.PathLike,
@@ -83,15 +93,17 @@ def plot_tradeoff(
     fig, ax = _figure()
     if pts:
         max_params = max(p.get("params") or 1 for p in pts)
-        for p in pts:
+        for i, p in enumerate(pts):
             size = 60 + 600 * (p.get("params") or 0) / max_params
             color = "tab:red" if str(p["label"]).startswith("DSRNet") or p.get("highlight") else "tab:blue"
             ax.scatter(p["latency_ms"], p["error"], s=size, alpha=0.6, color=color, edgecolors="k")
+            # Labels of points that (nearly) coincide are stacked instead of printed over each other.
+            below = sum(_near(q, p, pts) for q in pts[:i])
             ax.annotate(
                 f"{p['label']}\n{(p.get('params') or 0) / 1e6:.1f}M",
                 (p["latency_ms"], p["error"]),
                 textcoords="offset points",
-                xytext=(6, 6),
+                xytext=(6, 6 + 20 * below),
                 fontsize=7,
             )
         paper = [p for p in pts if p.get("paper_error") is not None]
