@@ -23,8 +23,8 @@ the budget, and results are rewritten after every step, so a run cut short keeps
     with and without ``bn_relu``);
  3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused / eager /
     compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px paper stem, batch 1024 and 128 (batch 128
-    also replayed as a CUDA graph, for every form): median ms per batch over repeats (CUDA events, after warm-up),
-    images/s, peak memory, ratio to ResNet-50 compiled;
+    also replayed as a CUDA graph, for every form), last 224 px paper stem at batch 128: median ms per batch over
+    repeats (CUDA events, after warm-up), images/s, peak memory, ratio to ResNet-50 compiled;
  4. torch.profiler: top-10 CUDA kernels by time, fused and eager, batch 1024, 32 px;
  5. training step (forward, cross-entropy, backward, SGD; bf16 autocast, channels_last) at batch 512, 32 px:
     ResNet-50 compiled, DSRNet eager, DSRNet eager + Triton depthwise conv, DSRNet compiled (+ Triton dw conv; then
@@ -230,7 +230,7 @@ class Bench:
         return max(1, b // 512) if self.dry else b
 
     def size(self, s: int) -> int:
-        return {32: 16, 96: 32}.get(s, s) if self.dry else s
+        return {32: 16, 96: 32, 224: 48}.get(s, s) if self.dry else s
 
     def skips_block(self, what: str) -> bool:
         """Whether ``what`` (a form, case or step using ``fuse(mode="block")``, or ``mode="auto"``, which runs it
@@ -1299,6 +1299,8 @@ def main(argv: list[str] | None = None) -> int:
          step_inference, "cifar", 32, 1024, ("dsrnet_compiled_tuned", "resnet50_compiled_tuned"), False),
         ("inference cifar/32 b1024: fused one-kernel", 40, step_inference,
          "cifar", 32, 1024, ("dsrnet_fused_onekernel",), False),
+        ("inference paper/224 b128 (+cudagraph)", 90, step_inference, "paper", 224, 128,
+         ("dsrnet_fused", "dsrnet_fused_auto", "dsrnet_eager", "resnet50_compiled"), True),
     ]  # fmt: skip
     if args.only is not None:
         # ";"-separated (step names hold commas); a full step name selects that step alone, else substrings
