@@ -427,7 +427,11 @@ def test_a_fused_backbone_gives_the_feature_maps_of_the_unfused_one(monkeypatch)
         maps = getter(x)
         ref = full.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
         assert list(maps) == ["0", "1"] and all(_rel_err(maps[k], r) < 1e-4 for k, r in zip("01", ref, strict=True))
-    assert dsrnet.create_model("dsrnet50_cifar", num_classes=10, fused=True).pretrained_cfg["first_conv"] is None
+    built = dsrnet.create_model("dsrnet50_cifar", num_classes=10, fused=True)
+    assert built.pretrained_cfg["first_conv"] is None
+    # what printing the model says: the stem's geometry, each block's channels, stride, rate and mode
+    assert repr(built.stem) == "FusedStem(3 -> 64, kernel_size=3, stride=1, padding=3, dilation=3, + ReLU)"
+    assert repr(built.layer2[0]) == "FusedDSRBlock(256 -> 128 -> 512, stride=2, dilation=2, mode='split')"
 
 
 def test_fuse_rejects_what_it_cannot_fuse():

@@ -144,6 +144,13 @@ class FusedDSRBlock(nn.Module):
         # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
         return ops.pointwise_conv(y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
 
+    def extra_repr(self) -> str:
+        if not self.separable:
+            return "separable=False (folded convs, PyTorch)"
+        stride = self.stride_1x1 * self.stride_dw
+        return (f"{self.w1.shape[0]} -> {self.width} -> {self.w_pw.shape[1]}, stride={stride}, dilation={self.dilation}, "
+                f"mode={self.mode!r}")  # fmt: skip
+
     def _auto_mode(self, x: torch.Tensor) -> str:
         """``mode="auto"``: the faster of :data:`AUTO_CANDIDATES` for this block's shape and ``x``'s, measured on the
         first call and remembered (module docstring)."""
@@ -247,6 +254,11 @@ class FusedStem(nn.Module):
         self.register_buffer("w_packed", ops.pack_direct(conv.weight.detach()))
         self.register_buffer("bias", conv.bias.detach().clone())
         self.geometry = (conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0])
+
+    def extra_repr(self) -> str:
+        k, stride, padding, dilation = self.geometry
+        return (f"{self.w_packed.shape[0] // k**2} -> {self.w_packed.shape[1]}, kernel_size={k}, stride={stride}, "
+                f"padding={padding}, dilation={dilation}, + ReLU")  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The kernels compute in their input's dtype and autocast does not reach them (custom ops): the model's own
