@@ -134,6 +134,11 @@ def test_auto_mode_keeps_the_faster_mode_per_block_shape_measuring_each_shape_on
         assert _rel_err(auto(x), model(x)) < 1e-4
     assert len(timed) == 10 and calls == [(2, 4, 9, 9), (2, 16, 9, 9)]
     assert auto.layer1[0].mode == "auto"  # the choice is per input shape, not fixed at fuse()
+    with torch.no_grad():  # layer1 at 2 x 9 x 8 = 144 pixels: the bucket of 162 (256), measured; 4 x 9 x 9: a new one
+        auto.layer1(torch.randn(2, 4, 9, 8))
+        assert len(timed) == 10
+        auto.layer1(torch.randn(4, 4, 9, 9))
+    assert len(timed) == 12 and [row["pixel_bucket"] for row in fused_module.auto_choices()][-1] == 512
 
 
 @needs_interpreter

@@ -24,8 +24,9 @@
   shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
   the two wins depends on the card, the block's shape and the batch (the deep stages at small batches have few
   pixel tiles). Block's output on that call is checked against split's: beyond rounding, block is not picked (a
-  warning says so). Blocks of the same shape share one measurement (:func:`auto_choices` lists them). Where it cannot
-  time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
+  warning says so). Blocks of the same shape share one measurement, and so do inputs whose pixel counts fall in the
+  same power-of-two bucket (the kernels' own autotuning rule: inputs of varying size, as a detector's, are not
+  measured anew each; :func:`auto_choices` lists the measurements). Where it cannot time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
   ``block``'s rule above; off a GPU it runs split (the PyTorch fallbacks of both modes are the same ops).
 
   Why split is the default: each program of the fused kernel computes the depthwise tile for its own
@@ -192,15 +193,19 @@ class FusedDSRBlock(nn.Module):
                 times[mode] = _median_ms(lambda mode=mode: self._run(x, mode), x.device)
         del reference
         mode = min((m for m in times if times[m] is not None), key=lambda m: times[m])
-        _AUTO_CHOICES[key] = {"block_shape": key[0], "input": key[1], "dtype": str(x.dtype), "device": str(x.device),
+        _AUTO_CHOICES[key] = {"block_shape": key[0], "input": tuple(x.shape), "pixel_bucket": key[1],
+                              "dtype": str(x.dtype), "device": str(x.device),
                               **{f"{m}_ms": t for m, t in times.items()},
                               **{f"{m}_max_rel_diff": d for m, d in diffs.items()}, "mode": mode}  # fmt: skip
         return mode
 
     def _auto_key(self, x: torch.Tensor) -> tuple:
+        """What a measurement holds for: the block's geometry, the input's pixel count up to the next power of two
+        (the kernels' own autotune bucket: inputs of varying size, as a detector's, are not measured anew each),
+        dtype and device."""
         geometry = (self.w1.shape[0], self.width, self.w_pw.shape[1], self.stride_1x1, self.stride_dw, self.dilation,
                     self.w_ds is not None, self.ds_stride)  # fmt: skip
-        return geometry, tuple(x.shape), x.dtype, x.device
+        return geometry, ops._tune_size(x.numel() // max(1, x.shape[1])), x.dtype, x.device
 
     def _fills_device(self, x: torch.Tensor) -> bool:
         """Whether the one-kernel block gets at least one tile per SM from ``x`` (always, off a GPU)."""
@@ -216,11 +221,11 @@ _AUTO_CHOICES: dict[tuple, dict] = {}
 
 
 def auto_choices() -> list[dict]:
-    """What ``fuse(mode="auto")`` measured so far in this process, one row per block shape and input: the block
-    (input channels, width, output channels, strides of the first 1x1 and of the depthwise conv, dilation,
-    projection shortcut, its stride), the input shape, dtype, device, ms per call of each candidate (``None``:
-    it failed, or computed other numbers than split), block's max relative difference from split's output
-    (``block_max_rel_diff``) and the mode kept."""
+    """What ``fuse(mode="auto")`` measured so far in this process, one row per block shape and input bucket: the
+    block (input channels, width, output channels, strides of the first 1x1 and of the depthwise conv, dilation,
+    projection shortcut, its stride), the input shape measured and its pixel bucket, dtype, device, ms per call of
+    each candidate (``None``: it failed, or computed other numbers than split), block's max relative difference
+    from split's output (``block_max_rel_diff``) and the mode kept."""
     return [dict(row) for row in _AUTO_CHOICES.values()]
 
 
