@@ -1024,11 +1024,13 @@ def _grouped_conv_backward_flop(grad_out, x, w, bias, stride, padding, dilation,
     3.99 GFLOP of conv backward per image instead of 2.79)."""
     from torch.utils.flop_counter import conv_backward_flop
 
-    on_shapes = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)  # the formula, not its wrapper
+    formula = getattr(conv_backward_flop, "__wrapped__", None)  # the formula on shapes, under its shape wrapper
 
     def count(mask: list[bool]) -> int:
-        return on_shapes(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups, mask,
-                         out_shape=out_shape, **kwargs)  # fmt: skip
+        args = (grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups, mask)
+        if formula is not None:
+            return formula(*args, out_shape=out_shape, **kwargs)
+        return conv_backward_flop(*args, out_val=out_shape, **kwargs)  # the wrapper passes shapes through
 
     return count([output_mask[0], False, False]) + count([False, output_mask[1], False]) // groups
 
