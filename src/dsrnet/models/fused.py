@@ -348,7 +348,7 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     (``fuse(model).to(torch.bfloat16)``). ``mode="split"`` (default): a depthwise kernel, then the pointwise GEMM
     with the shortcut in its tile; ``mode="fused"``: both in one kernel (module docstring: split measured faster on
     an H200); ``mode="block"``: each whole block in one kernel at its memory-traffic floor (not yet timed on a
-    GPU); ``mode="auto"``: split or block per block shape and input shape, whichever its first call measures
+    GPU); ``mode="auto"``: split or block per block shape and input size, whichever its first call measures
     faster (:func:`auto_choices`). A ``features_only`` backbone fuses into a backbone with the same feature maps
     (channels-last, in the model's dtype).
 
