@@ -40,8 +40,10 @@ Steps run most valuable first (whole, fused, then split, pw1, torch for every 32
 compiled); a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100
 guesses and follow the fastest measured step of the same kind), SIGALRM stops a step at the deadline, and the
 results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
-``--out``. For a narrower follow-up call: ``--kinds fused,pw1`` (a subset of whole, fused, pw1, torch, split,
-compiled), ``--max-shapes N``, ``--no-paper``; also ``--batch``, ``--dtype``.
+``--out``. For a narrower follow-up call: ``--kinds whole,split,pw1`` (a subset of whole, fused, pw1, torch,
+split, compiled; the summary adds pw1 to split and fused to compare whole blocks), ``--max-shapes N``,
+``--no-paper``; also ``--batch``, ``--dtype``. The summary per network: each shape's whole block in every
+``fuse`` mode timed, the fastest, its share of the time, x PyTorch eager and x the block's floor.
 """
 
 from __future__ import annotations
@@ -701,80 +703,53 @@ def render_markdown(results: dict) -> str:
 
 
 def _summary(info: dict, rows: list[dict]) -> str:
-    """Per block shape: the fused model's two kernels (pw1 + dw_pw_block) x count, next to PyTorch eager's."""
+    """Per block shape, the whole block (its input to its output) in each ``fuse`` mode that was timed: ``block``
+    (one ``dsr_block``), ``split`` (pw1 + ``dwconv2d`` + ``pointwise_conv``), ``fused`` (pw1 + ``dw_pw_block``),
+    and PyTorch eager; the fastest (what ``fuse(mode="auto")`` should pick between block and split), x count."""
     by = {(r["shape_id"], r["impl"]): r for r in rows}
-    pw1_of = {}
-    for s in info["shapes"]:
-        label = pw1_label((s["cin"], s["h"], s["w"], s["width"], s["stride_1x1"]))
-        pw1_of[s["id"]] = next(
-            (
-                r
-                for r in rows
-                if r["part"] == "pw1" and r["shape"] == label and r["impl"].startswith("pw1 triton")
-            ),
-            None,
-        )
-        pw1_of[s["id"] + "torch"] = next(
-            (
-                r
-                for r in rows
-                if r["part"] == "pw1" and r["shape"] == label and r["impl"].startswith("pw1 torch")
-            ),
-            None,
-        )
+
+    def ms(row: dict | None, *more: dict | None) -> float | None:
+        return None if row is None or None in more else row["ms"] + sum(r["ms"] for r in more)
+
     out = []
     for s in info["shapes"]:
-        fused, torch_row = by.get((s["id"], "fused dw_pw_block")), by.get((s["id"], "torch eager"))
-        split = by.get((s["id"], "split dwconv2d + pointwise_conv"))
-        p1, p1t = pw1_of[s["id"]], pw1_of[s["id"] + "torch"]
-        fused_ms = fused["ms"] + p1["ms"] if fused and p1 else None
-        torch_ms = torch_row["ms"] + p1t["ms"] if torch_row and p1t else None
-        floor = fused["floor_ms"] + p1["floor_ms"] if fused and p1 and fused["floor_ms"] is not None else None
+        label = pw1_label((s["cin"], s["h"], s["w"], s["width"], s["stride_1x1"]))
+        pw1 = {impl: next((r for r in rows if r["part"] == "pw1" and r["shape"] == label and r["impl"].startswith(impl)),
+                          None) for impl in ("pw1 triton", "pw1 torch")}  # fmt: skip
+        whole = by.get((s["id"], "whole dsr_block"))
+        modes = {
+            "block": ms(whole),
+            "split": ms(by.get((s["id"], "split dwconv2d + pointwise_conv")), pw1["pw1 triton"]),
+            "fused": ms(by.get((s["id"], "fused dw_pw_block")), pw1["pw1 triton"]),
+        }
+        torch_ms = ms(by.get((s["id"], "torch eager whole block"))) or ms(by.get((s["id"], "torch eager")),
+                                                                          pw1["pw1 torch"])  # fmt: skip
+        timed = {m: t for m, t in modes.items() if t is not None}
+        best = min(timed, key=timed.get) if timed else None
+        floor = whole["floor_ms"] if whole else None  # input read once, output written once, weights once
         out.append(
             {
-                "shape_id": s["id"],
-                "shape": s["label"],
-                "count": s["count"],
-                "fused_block_ms": fused_ms,
-                "fused_total_ms": None if fused_ms is None else fused_ms * s["count"],
-                "torch_block_ms": torch_ms,
-                "fused_x_faster": round(torch_ms / fused_ms, 2) if fused_ms and torch_ms else None,
-                "floor_ms": floor,
-                "fused_x_floor": round(fused_ms / floor, 2) if fused_ms and floor else None,
-                # the one-kernel dw + pw (fuse mode "fused") or split: which is faster for this shape?
-                "split_block_ms": None if not (split and p1) else split["ms"] + p1["ms"],
-                "faster": None if not (fused and split) else ("fused" if fused["ms"] <= split["ms"] else "split"),
-                "out_ch": s["cout"],
+                "shape_id": s["id"], "shape": s["label"], "count": s["count"],
+                **{f"{m}_ms": t for m, t in modes.items()}, "torch_ms": torch_ms,
+                "fastest": best, "fastest_total_ms": None if best is None else timed[best] * s["count"],
+                "x_torch": round(torch_ms / timed[best], 2) if best and torch_ms else None,
+                "floor_ms": floor, "x_floor": round(timed[best] / floor, 2) if best and floor else None,
             }
-        )
-    timed = [r for r in out if r["fused_total_ms"] is not None]
-    total = sum(r["fused_total_ms"] for r in timed) or 1.0
-    for r in timed:
-        r["fused_share_%"] = round(100 * r["fused_total_ms"] / total, 1)
-    out.sort(key=lambda r: -(r["fused_total_ms"] or -1))
+        )  # fmt: skip
+    ranked = [r for r in out if r["fastest_total_ms"] is not None]
+    total = sum(r["fastest_total_ms"] for r in ranked) or 1.0
+    for r in ranked:
+        r["share_%"] = round(100 * r["fastest_total_ms"] / total, 1)
+    out.sort(key=lambda r: -(r["fastest_total_ms"] or -1))
     head = (
-        "Fused model's blocks (pw1 + dw_pw_block) per shape, sorted by share of their summed time "
-        f"({total:.4g} ms per batch over the {len(timed)} timed shapes); torch = PyTorch eager of the same "
-        "math.\n\n"
+        "Whole blocks per shape in each fuse() mode timed (block = one dsr_block; split and fused include the "
+        "first 1x1's pw1 row), sorted by the fastest one's share of the summed time "
+        f"({total:.4g} ms per batch over the {len(ranked)} shapes timed); torch = PyTorch eager of the same math; "
+        "floor = the whole block's (input once, output once, weights once).\n\n"
     )
-    return head + _table(
-        out,
-        [
-            "shape_id",
-            "shape",
-            "count",
-            "fused_block_ms",
-            "fused_total_ms",
-            "fused_share_%",
-            "torch_block_ms",
-            "fused_x_faster",
-            "split_block_ms",
-            "faster",
-            "out_ch",
-            "floor_ms",
-            "fused_x_floor",
-        ],
-    )
+    cols = ["shape_id", "shape", "count", "block_ms", "split_ms", "fused_ms", "torch_ms", "fastest",
+            "fastest_total_ms", "share_%", "x_torch", "floor_ms", "x_floor"]  # fmt: skip
+    return head + _table(out, [c for c in cols if c in ("shape_id", "shape", "count") or any(r.get(c) for r in out)])
 
 
 def main(argv: list[str] | None = None) -> int:

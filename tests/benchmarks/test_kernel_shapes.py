@@ -148,3 +148,30 @@ def test_budget_end_still_writes_what_was_measured(tmp_path):
     assert res["skipped"] and res["errors"] == []
     assert not any(r["impl"].startswith("split") for r in res["rows"])  # --kinds
     assert "## Skipped steps / errors" in (tmp_path / "results.md").read_text()
+
+
+def test_the_summary_compares_whole_blocks_across_fuse_modes(monkeypatch):
+    """Per shape: block (one kernel) vs split and fused (each with the first 1x1's pw1 row added) vs PyTorch; the
+    fastest, its time x count, and how far it is from the whole block's floor."""
+    import importlib.util
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ first: undone afterwards
+    spec = importlib.util.spec_from_file_location("kernel_shapes", SCRIPT)
+    ks = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "kernel_shapes", ks)  # its dataclasses look their module up there
+    spec.loader.exec_module(ks)
+    shape = {"id": "c00", "label": "L", "count": 2, "cin": 4, "h": 8, "w": 8, "width": 4, "stride_1x1": 1}
+    pw1 = ks.pw1_label((4, 8, 8, 4, 1))
+    rows = [
+        {"shape_id": "c00", "impl": "whole dsr_block", "part": "whole", "shape": "L", "ms": 1.0, "floor_ms": 0.5},
+        {"shape_id": "c00", "impl": "split dwconv2d + pointwise_conv", "part": "block", "shape": "L", "ms": 0.3},
+        {"shape_id": "c00", "impl": "fused dw_pw_block", "part": "block", "shape": "L", "ms": 0.9},
+        {"shape_id": "c00", "impl": "torch eager whole block", "part": "whole", "shape": "L", "ms": 2.0},
+        {"shape_id": "p0", "impl": "pw1 triton pointwise_conv", "part": "pw1", "shape": pw1, "ms": 0.2},
+    ]
+    table = ks._summary({"shapes": [shape]}, rows)
+    header, _, row = table.strip().splitlines()[-3:]
+    cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | "), strict=True))
+    assert cells["block_ms"] == "1" and cells["split_ms"] == "0.5" and cells["fused_ms"] == "1.1"
+    assert cells["fastest"] == "split" and cells["fastest_total_ms"] == "1" and cells["x_torch"] == "4"
+    assert cells["x_floor"] == "1" and cells["share_%"] == "100"
