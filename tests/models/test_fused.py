@@ -545,3 +545,30 @@ def test_timm_features_only_fused_wraps_the_fused_form_in_timms_feature_class(mo
         built = dsrnet.create_model("dsrnet50_cifar", fused=True, **kwargs)
         assert type(built).__name__ == "FeatureDictNet"
         assert type(built.stem).__name__ == "FusedStem"
+
+
+def test_a_fused_backbone_takes_a_new_head_and_prunes_as_the_eager_model(monkeypatch):
+    """timm's classifier and pruning API on the fused form: reset_classifier gives a trainable head on the frozen
+    fused features (a linear probe), and prune_intermediate_layers drops the stages after the last index, as timm's
+    FeatureGetterNet asks it to (it ran every stage before)."""
+    timm = pytest.importorskip("timm")
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the kernels are tested above
+    model = _tiny()
+    fused = dsrnet.fuse(model).to(torch.bfloat16)
+    fused.reset_classifier(5)
+    assert fused.get_classifier() is fused.fc and fused.fc.weight.dtype == torch.bfloat16
+    x = torch.randn(2, 3, 9, 9)
+    fused(x).float().square().sum().backward()
+    assert fused.fc.weight.grad is not None and fused.num_classes == 5
+    assert all(p.grad is None for n, p in fused.named_parameters() if not n.startswith("fc."))
+
+    pruned = dsrnet.fuse(model)
+    assert pruned.prune_intermediate_layers([0, 2]) == [0, 2]
+    assert len(pruned.layer3) == len(pruned.layer4) == 0 and pruned.num_features == model.feature_info[2]["num_chs"]
+    with torch.no_grad():
+        feats = pruned.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+        want = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+    assert all(_rel_err(g, w) < 1e-4 for g, w in zip(feats, want, strict=True))
+    getter = timm.create_model("dsrnet50_cifar", features_only=True, fused=True, feature_cls="getter",
+                               out_indices=(0, 1, 3))  # fmt: skip
+    assert len(getter.model.layer4) == 0 and len(getter(torch.randn(1, 3, 32, 32))) == 3

@@ -374,7 +374,7 @@ class DSRNet(nn.Module):
         _check_head(num_classes, global_pool)  # global_pool None: timm's tests keep an earlier '' with a new head
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        ref = self.conv1.weight
+        ref = self._stem_weight()  # the new head's device and dtype
         self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
@@ -385,6 +385,9 @@ class DSRNet(nn.Module):
         )
         self.global_pool.train(self.training)
         self.fc.train(self.training)
+
+    def _stem_weight(self) -> torch.Tensor:
+        return self.conv1.weight
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))

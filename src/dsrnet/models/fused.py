@@ -333,10 +333,17 @@ class FusedDSRNet(nn.Module):
         x = self.global_pool(x)  # flattened by the pool itself; global_pool="" keeps the map
         return x if pre_logits else self.fc(x)
 
-    # DSRNet's own, over this class's _stages: the same feature API and outputs.
+    def _stem_weight(self) -> torch.Tensor:
+        return self.stem.w_packed
+
+    # DSRNet's own, over this class's _stages: the same feature API and outputs. A new head (reset_classifier) is
+    # a trainable nn.Linear on the frozen fused features: a linear probe.
     forward_features = DSRNet.forward_features
     forward_intermediates = DSRNet.forward_intermediates
     forward = DSRNet.forward
+    get_classifier = DSRNet.get_classifier
+    reset_classifier = DSRNet.reset_classifier
+    prune_intermediate_layers = DSRNet.prune_intermediate_layers
 
 
 def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
