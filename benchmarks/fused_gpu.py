@@ -80,6 +80,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import dsrnet  # noqa: E402
+from dsrnet.device import compile_frozen  # noqa: E402
 from dsrnet.models.fused import DEFAULT_FUSE_MODE  # noqa: E402
 
 T0 = time.monotonic()
@@ -372,17 +373,19 @@ def compile_model(bench: Bench, model: nn.Module) -> nn.Module:
     return torch.compile(model, backend=bench.args.compile_backend, dynamic=False)
 
 
-#: Inductor's own route to fused 1x1 convs, for any CNN: weights frozen (BatchNorm folded into the convs), 1x1
-#: convs lowered to matmuls whose bias/ReLU/residual epilogues it fuses, and its GEMM templates autotuned.
-TUNED_INDUCTOR = {"freezing": True, "conv_1x1_as_mm": True, "max_autotune": True, "triton.cudagraphs": False}
+#: Inductor's own route to fused 1x1 convs, for any CNN: weights frozen (BatchNorm folded into the convs; by
+#: ``dsrnet.device.compile_frozen``, since ``options={"freezing": True}`` alone freezes nothing), 1x1 convs lowered
+#: to matmuls whose bias/ReLU/residual epilogues it fuses, and its GEMM templates autotuned.
+TUNED_INDUCTOR = {"conv_1x1_as_mm": True, "max_autotune": True, "triton.cudagraphs": False}
 
 
-def compile_tuned(bench: Bench, model: nn.Module) -> nn.Module:
-    """``torch.compile`` with :data:`TUNED_INDUCTOR` (inference only: freezing); the same for DSRNet and ResNet-50,
-    so the pair shows what inductor alone makes of each. The dry run's ``eager`` backend takes no options."""
+def compile_tuned(bench: Bench, model: nn.Module):
+    """``torch.compile`` with frozen weights and :data:`TUNED_INDUCTOR` (inference only); the same for DSRNet and
+    ResNet-50, so the pair shows what inductor alone makes of each. The dry run's ``eager`` backend takes no
+    options."""
     if bench.args.compile_backend != "inductor":
         return compile_model(bench, model)
-    return torch.compile(model, options=dict(TUNED_INDUCTOR), dynamic=False)
+    return compile_frozen(model, **TUNED_INDUCTOR)
 
 
 # ---------------------------------------------------------------------------------------------------------------

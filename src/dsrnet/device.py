@@ -60,6 +60,26 @@ def time_calls(fn, *, device: torch.device, warmup: int, repeats: int) -> list[f
     return times
 
 
+def compile_frozen(model, **options):
+    """``torch.compile(model)`` for inference with Inductor's weight freezing (parameters become constants:
+    BatchNorm folded into the convs, weights pre-packed for oneDNN on a CPU), one static build per input shape;
+    ``options``: further Inductor options. Returns a callable. Freezing has to be on while Dynamo traces, which is
+    when it decides whether parameters become constants: ``torch.compile(..., options={"freezing": True})`` reaches
+    Inductor only, which then finds them as graph inputs and freezes nothing (torch 2.11-2.14; on a CPU
+    DSRNet-50 then ran at eager speed, BENCHMARKS.md). So every call, and with it every (re)compilation, runs with
+    the setting patched in, leaving the process-wide setting alone. Call it under ``torch.inference_mode`` or
+    ``torch.no_grad``: with gradients on, Inductor does not freeze."""
+    from torch._inductor import config
+
+    compiled = torch.compile(model, options=options or None, dynamic=False)
+
+    def run(*args, **kwargs):
+        with config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
 def device_label(device: torch.device) -> str:
     """``"cuda:0 (NVIDIA H100 80GB HBM3)"`` or ``"cpu"``, for logs and result files."""
     if device.type == "cuda":

@@ -33,12 +33,13 @@ def tiny_onnx(tmp_path_factory):
     "backend",
     [
         "torch",
+        "torch-compile",  # Inductor's C++ CPU backend, channels-last: one static build per batch size
         pytest.param("onnxruntime", marks=pytest.mark.skipif(not _installed("onnxruntime"), reason="no ort")),
         pytest.param("openvino", marks=pytest.mark.skipif(not _installed("openvino"), reason="no openvino")),
     ],
 )
 def test_runner_matches_eager_model(backend, tiny, tiny_onnx):
-    source = tiny if backend == "torch" else tiny_onnx
+    source = tiny if backend.startswith("torch") else tiny_onnx
     run = load_runner(backend, source, threads=1)
     for batch in (1, 3):
         x = torch.randn(batch, 3, 32, 32)

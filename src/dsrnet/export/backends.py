@@ -7,8 +7,9 @@ Backends (:data:`BACKENDS`):
 
 * ``torch`` -- PyTorch eager under ``inference_mode`` on the BN-folded model (or a TorchScript /
   ExportedProgram file from ``dsrnet export``);
-* ``torch-compile`` -- the same model through ``torch.compile`` (Inductor's C++/OpenMP CPU backend, with
-  weight freezing); the first call of each new input shape compiles, which takes tens of seconds on 2 cores;
+* ``torch-compile`` -- the same model, channels-last, through ``torch.compile`` (Inductor's C++/OpenMP CPU
+  backend, with frozen weights: :func:`dsrnet.device.compile_frozen`); the first call of each new input shape
+  compiles, which takes seconds to tens of seconds on 2 cores;
 * ``onnxruntime`` -- an ONNX file (fp32 or int8 QDQ) in an onnxruntime session (CPU execution provider);
 * ``openvino`` -- an ONNX file (or OpenVINO IR ``.xml``) compiled by OpenVINO for the CPU, latency hint, fp32
   unless ``precision="bf16"`` (OpenVINO's own default where the CPU has bf16 instructions).
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dsrnet.device import compile_frozen
 from dsrnet.errors import DsrnetError
 
 BACKENDS = ("torch", "torch-compile", "onnxruntime", "openvino")
@@ -45,8 +47,8 @@ EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "open
 #: OpenVINO fp32 11.8 / 8.9 ms and eager PyTorch 22.7 / 21.4 ms; at two threads onnxruntime and OpenVINO fp32 are
 #: within noise of each other (6.1 / 4.5 vs 6.4 / 4.2 ms). Faster still, but opt-in because they change the numbers:
 #: OpenVINO ``precision="bf16"`` (1.9-2.4 ms) and an int8 file (``dsrnet export --int8``: 1.5-1.8 ms on OpenVINO,
-#: 2.9-3.3 ms on onnxruntime). torch-compile is left out of the automatic choice: each new input shape compiles
-#: for about a minute on 2 cores.
+#: 2.9-3.3 ms on onnxruntime). torch-compile (frozen weights, channels-last: 2.0-2.9x eager, 1.2-1.7x slower than
+#: onnxruntime in one run) is left out of the automatic choice: each new input shape compiles first.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torch")
 
 FLOAT_PRECISIONS = ("fp32", "bf16")
@@ -140,7 +142,8 @@ def load_runner(
         return runner
     model = _torch_module(source, image_size)
     if backend == "torch-compile":
-        model = torch.compile(model, options={"freezing": True})
+        # Channels-last: Inductor's CPU convolutions (oneDNN) then need no layout conversion around each conv.
+        return _torch_runner(compile_frozen(model.to(memory_format=torch.channels_last)), threads, channels_last=True)
     return _torch_runner(model, threads)
 
 
@@ -179,9 +182,11 @@ def _torch_module(source: Any, image_size: int | None) -> nn.Module:
     return folded
 
 
-def _torch_runner(model: nn.Module, threads: int | None) -> Runner:
+def _torch_runner(model: nn.Module, threads: int | None, channels_last: bool = False) -> Runner:
     def run(x: torch.Tensor) -> torch.Tensor:
         x = _check_input(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if threads is not None and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         with torch.inference_mode():
