@@ -28,7 +28,8 @@ the budget, and results are rewritten after every step, so a run cut short keeps
  4. torch.profiler: top-10 CUDA kernels by time, fused and eager, batch 1024, 32 px;
  5. training step (forward, cross-entropy, backward, SGD; bf16 autocast, channels_last) at batch 512, 32 px:
     ResNet-50 compiled, DSRNet eager, DSRNet eager + Triton depthwise conv, DSRNet compiled (+ Triton dw conv; then
-    + Triton dw conv with each block's preceding BatchNorm and ReLU in its kernel, ``bn_relu=True``);
+    + Triton dw conv with each block's preceding BatchNorm and ReLU in its kernel, ``bn_relu=True``; and with the
+    depthwise convs as nine shifted multiply-adds that inductor fuses, ``dsrnet.models.shifted_dwconv``);
  6. a roofline line per timed form: forward FLOPs per image (``FlopCounterMode``), modelled activation bytes per
     image (the floor: every block reads its input once and writes its output once; and each form's own traffic),
     and the fraction of the measured compute / bandwidth each form reaches; per training form, the step's forward +
@@ -82,6 +83,7 @@ from torch import nn  # noqa: E402
 import dsrnet  # noqa: E402
 from dsrnet.device import compile_frozen  # noqa: E402
 from dsrnet.models.fused import DEFAULT_FUSE_MODE  # noqa: E402
+from dsrnet.models.shifted_dwconv import use_shifted_dwconv  # noqa: E402
 
 T0 = time.monotonic()
 RESERVE_S = 20
@@ -704,6 +706,9 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
     model = to_bf16_cl(bench, build_dsrnet(bench, stem))
     if form == "dsrnet_compiled_tuned":
         return compile_tuned(bench, model)
+    if form == "dsrnet_compiled_shifts":  # depthwise convs as shifted multiply-adds, fused by inductor
+        use_shifted_dwconv(model)
+        return compile_model(bench, model)
     if form.startswith("dsrnet_fused"):
         return dsrnet.fuse(model, mode=fuse_mode(form))
     if form == "dsrnet_compiled":
@@ -896,6 +901,8 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         model = model.to(bench.device, memory_format=torch.channels_last).train()
         if "triton_dw" in form:
             use_triton_dwconv(model, bn_relu=form.endswith("_bn_relu"))
+        if form.endswith("_shifts"):  # depthwise convs as shifted multiply-adds, fused by inductor fwd + bwd
+            use_shifted_dwconv(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if form.endswith("_1x1mm") and bench.args.compile_backend == "inductor":  # 1x1 convs as matmuls (training)
             fwd = torch.compile(model, options={"conv_1x1_as_mm": True}, dynamic=False)
@@ -1288,6 +1295,8 @@ def main(argv: list[str] | None = None) -> int:
          ("resnet50_compiled", "dsrnet_eager", "dsrnet_eager_triton_dw")),
         ("training 32px b512: dsrnet compiled + triton dw, dsrnet compiled", 150, step_training,
          ("dsrnet_compiled_triton_dw", "dsrnet_compiled")),
+        ("training 32px b512: dsrnet compiled with shifted depthwise convs (inductor-fused)", 90, step_training,
+         ("dsrnet_compiled_shifts",)),
         ("training 32px b512: dsrnet compiled + triton dw with the BatchNorm + ReLU before it in its kernel", 80,
          step_training, ("dsrnet_compiled_triton_dw_bn_relu",)),
         ("training 32px b512: dsrnet, resnet50 compiled with CUDA graphs (reduce-overhead)", 150, step_training,
@@ -1296,8 +1305,8 @@ def main(argv: list[str] | None = None) -> int:
          "paper", 96, 1024, ("dsrnet_fused", "dsrnet_fused_block", "dsrnet_eager", "resnet50_compiled"), False),
         ("inference paper/96 b128 (+cudagraph)", 70, step_inference,
          "paper", 96, 128, ("dsrnet_fused", "dsrnet_fused_block", "dsrnet_eager", "resnet50_compiled"), True),
-        ("inference cifar/32 b1024: dsrnet compiled", 50, step_inference,
-         "cifar", 32, 1024, ("dsrnet_compiled",), False),
+        ("inference cifar/32 b1024: dsrnet compiled, + shifted depthwise convs", 80, step_inference,
+         "cifar", 32, 1024, ("dsrnet_compiled", "dsrnet_compiled_shifts"), False),
         ("training 32px b512: dsrnet, resnet50 compiled with 1x1 convs as matmuls", 150, step_training,
          ("dsrnet_compiled_1x1mm", "resnet50_compiled_1x1mm")),
         ("inference cifar/32 b1024: dsrnet, resnet50 compiled tuned (freezing, 1x1 as mm, max-autotune)", 180,

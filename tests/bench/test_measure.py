@@ -201,17 +201,18 @@ def test_fused_form_at_bf16_runs_its_kernels_in_bf16(monkeypatch):
     assert row["precision"] == "bf16" and row["fused"] and seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
 
 
-def test_dwconv_training_forms_are_timed_for_models_with_depthwise_convs(tmp_path):
+@pytest.mark.parametrize("dwconv", ["triton_bn_relu", "shifts"])
+def test_dwconv_training_forms_are_timed_for_models_with_depthwise_convs(tmp_path, dwconv):
     # On this CPU the Triton ops take their PyTorch fallback: this is about which models get which form.
     tiny = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
     result = bench.run_bench(
         ["dsrnet50_cifar", "resnet50_cifar"], sizes=[16], batch_size=2, device="cpu", warmup=0, repeats=1,
-        modes=["train"], dwconv="triton_bn_relu", model_kwargs=tiny, out_dir=tmp_path,
+        modes=["train"], dwconv=dwconv, model_kwargs=tiny, out_dir=tmp_path,
     )  # fmt: skip
     rows = {r["arch"]: r for r in result["rows"]}
-    assert (rows["dsrnet50_cifar"]["dwconv"], rows["resnet50_cifar"]["dwconv"]) == ("triton_bn_relu", "torch")
-    assert '1,1]} (triton_bn_relu)' in result["markdown"] and "ResNet50 |" in result["markdown"]
-    assert "triton_bn_relu" in (tmp_path / "bench_cpu.csv").read_text()
+    assert (rows["dsrnet50_cifar"]["dwconv"], rows["resnet50_cifar"]["dwconv"]) == (dwconv, "torch")
+    assert f"1,1]}} ({dwconv})" in result["markdown"] and "ResNet50 |" in result["markdown"]
+    assert dwconv in (tmp_path / "bench_cpu.csv").read_text()
     plain = bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, warmup=0, repeats=1, mode="train",
                                   model_kwargs=tiny)  # fmt: skip
     assert rows["dsrnet50_cifar"]["flops_per_image"] == plain["flops_per_image"] > 0  # counted on the plain model

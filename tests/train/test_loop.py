@@ -205,8 +205,8 @@ def test_progress_bar_bf16_channels_last_on_a_terminal(cifar10_dir, tmp_path, ca
 # ------------------------------------------------------------------------------------------------ dwconv
 
 
-def _dwconv_modules(model: torch.nn.Module) -> int:
-    return sum(type(m).__name__ == "TritonDepthwiseConv2d" for m in model.modules())
+def _dwconv_modules(model: torch.nn.Module, kind: str = "TritonDepthwiseConv2d") -> int:
+    return sum(type(m).__name__ == kind for m in model.modules())
 
 
 def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, tmp_path, caplog):
@@ -244,6 +244,25 @@ def test_dwconv_triton_trains_like_torch_and_saves_the_plain_model(cifar10_dir, 
     assert resume_config(tmp_path / "triton", dwconv="torch").dwconv == "torch"
 
 
+def test_dwconv_shifts_trains_like_torch_and_saves_the_plain_model(cifar10_dir, tmp_path, caplog):
+    # The form torch.compile fuses (dsrnet.models.shifted_dwconv; compiled, tests/models/test_shifted_dwconv.py):
+    # the same losses as the conv run to rounding, the plain model's checkpoint, and no Triton precompile pass.
+    over = {"epochs": 2, "subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "lr": 0.03,
+            "model_kwargs": {"layers": [1, 1, 1, 1], "widths": [4, 8, 8, 8]}}  # fmt: skip
+    plain = train(tiny(tmp_path, cifar10_dir, "torch", **over))
+    with caplog.at_level("INFO", logger="dsrnet.train"):
+        shifted = train(tiny(tmp_path, cifar10_dir, "shifts", dwconv="shifts", **over))
+    assert "depthwise convs run the" not in caplog.text  # that line is the Triton kernels'
+    assert (plain["dwconv"], shifted["dwconv"]) == ("torch", "shifts")
+    for a, b in zip(read_metrics(tmp_path / "torch"), read_metrics(tmp_path / "shifts"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4), (a, b)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4), (a, b)
+    ckpt = load_checkpoint(tmp_path / "shifts")
+    assert list(ckpt["model_state"]) == list(load_checkpoint(tmp_path / "torch")["model_state"])
+    model, _ = load_trained(tmp_path / "shifts")
+    assert _dwconv_modules(model, "ShiftedDepthwiseConv2d") == 0  # a checkpoint loads as the plain model
+
+
 def test_dwconv_triton_precompile_pass_leaves_the_run_unchanged(cifar10_dir, tmp_path, monkeypatch):
     """On a GPU, ``dwconv="triton"`` first compiles its kernels in a throw-away forward + backward
     (:func:`dsrnet.kernels.precompile`): the run must not see it (weights, BatchNorm statistics, RNG). Here the
@@ -274,19 +293,22 @@ def test_dwconv_triton_precompile_pass_leaves_the_run_unchanged(cifar10_dir, tmp
 @pytest.mark.parametrize(
     ("model", "swapped"), [("dsrnet50_cifar", 16), ("mobilenet_v2", 17), ("resnet50_cifar", 0)]
 )
-def test_dwconv_triton_swaps_every_depthwise_conv_or_refuses_a_model_without(model, swapped, tmp_path):
-    cfg = TrainConfig.from_recipe("fast", model=model, device="cpu", dwconv="triton")
+@pytest.mark.parametrize(
+    ("dwconv", "kind"), [("triton", "TritonDepthwiseConv2d"), ("shifts", "ShiftedDepthwiseConv2d")]
+)
+def test_dwconv_swaps_every_depthwise_conv_or_refuses_a_model_without(model, swapped, dwconv, kind, tmp_path):
+    cfg = TrainConfig.from_recipe("fast", model=model, device="cpu", dwconv=dwconv)
     net = loop._build(cfg, 10)
     keys = list(net.state_dict())
     if swapped:
-        assert loop._use_dwconv(net, cfg) == swapped == _dwconv_modules(net)
+        assert loop._use_dwconv(net, cfg) == swapped == _dwconv_modules(net, kind)
         assert list(net.state_dict()) == keys
         return
     with pytest.raises(DsrnetError, match="resnet50_cifar has no depthwise 3x3.*fix: drop --dwconv") as e:
         loop._use_dwconv(net, cfg)
     assert "\n" not in str(e.value)
     # train() refuses it before reading any data (there is none here).
-    run = tiny(tmp_path, tmp_path / "no-data", model=model, model_kwargs={}, dwconv="triton")
+    run = tiny(tmp_path, tmp_path / "no-data", model=model, model_kwargs={}, dwconv=dwconv)
     with pytest.raises(DsrnetError, match="no depthwise 3x3 conv"):
         train(run)
     assert loop._use_dwconv(net, TrainConfig.from_recipe("fast", model=model, device="cpu")) == 0  # torch

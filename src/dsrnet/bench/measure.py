@@ -16,9 +16,11 @@ How the timing is done:
 * the median is reported, with the 25th/75th percentiles and min/max as the spread.
 
 ``dwconv`` (:data:`dsrnet.models.DWCONVS`) times the models with depthwise convs (DSRNet, MobileNetV2) with them
-computed by the Triton kernels (``triton``; ``triton_bn_relu`` also moves each DSR block's preceding BatchNorm and
-ReLU into the kernel), the training forms of :func:`dsrnet.use_triton_dwconv`; the other models run as they are.
-Their kernels are compiled in worker processes before the warm-up (:func:`dsrnet.kernels.precompile`).
+computed as nine shifted multiply-adds for ``torch.compile`` to fuse (``shifts``,
+:mod:`dsrnet.models.shifted_dwconv`) or by the Triton kernels (``triton``; ``triton_bn_relu`` also moves each DSR
+block's preceding BatchNorm and ReLU into the kernel), the training forms of :func:`dsrnet.use_triton_dwconv`; the
+other models run as they are. The Triton kernels are compiled in worker processes before the warm-up
+(:func:`dsrnet.kernels.precompile`).
 
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image (forward pass, eval mode);
 ``FlopCounterMode`` counts a multiply-add as 2 FLOPs, so MACs = FLOPs / 2.
@@ -403,11 +405,16 @@ def benchmark_model(
     flops = count_flops(counted, image_size)
     del counted
 
-    triton_dwconvs = 0  # a model without depthwise convs is timed as it is
-    if dwconv != "torch":
+    swapped_dwconvs = 0  # a model without depthwise convs is timed as it is
+    if dwconv == "shifts":
+        from dsrnet.models.shifted_dwconv import use_shifted_dwconv
+
+        swapped_dwconvs = use_shifted_dwconv(model)
+    elif dwconv != "torch":
         from dsrnet.models.fused import apply_dwconv  # imports Triton: only if asked
 
-        triton_dwconvs = apply_dwconv(model, dwconv)
+        swapped_dwconvs = apply_dwconv(model, dwconv)
+    triton_dwconvs = swapped_dwconvs if dwconv.startswith("triton") else 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # Autocast does not reach custom ops: the fused form's Triton kernels would run in fp32 under a bf16 autocast
     # (only its head would not), so at bf16/fp16 it is cast, weights and input, as an inference form is deployed.
@@ -469,7 +476,7 @@ def benchmark_model(
         "compile_mode": compile_mode if compile else None,
         "fused": bool(fused and arch.startswith("dsrnet")),
         "fuse_mode": fuse_mode(fused) if arch.startswith("dsrnet") else None,
-        "dwconv": dwconv if triton_dwconvs else "torch",
+        "dwconv": dwconv if swapped_dwconvs else "torch",
         "backend": backend,
         "num_classes": num_classes,
         "params": params,

@@ -40,7 +40,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                    f"of {', '.join(FUSE_MODES)} (default: dsrnet.fuse's, {DEFAULT_FUSE_MODE})")
     p.add_argument("--dwconv", choices=DWCONVS, default="torch",
                    help="what computes the depthwise convs of the models that have them (DSRNet, MobileNetV2): torch, "
-                   "triton (the NHWC Triton kernels, dsrnet.use_triton_dwconv) or triton_bn_relu (also each DSR "
+                   "shifts (nine shifted multiply-adds for torch.compile to fuse), triton (the NHWC Triton kernels, dsrnet.use_triton_dwconv) or triton_bn_relu (also each DSR "
                    "block's BatchNorm + ReLU before it inside the kernel); the training forms (default: torch)")
     p.add_argument("--backend", choices=("torch", "torch-compile", "onnxruntime", "openvino"), default="torch",
                    help="inference engine (CPU engines: BatchNorm folded, exported to ONNX for onnxruntime/openvino; "

@@ -71,7 +71,8 @@ FIELD_HELP = {
     "deadline_rule": "with --deadline: epoch (stop when the next epoch would end past it) or schedule (also stop, "
     "from the second epoch on, as soon as the rest of the schedule at the last epoch's pace would end past it) "
     "(default: epoch)",
-    "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv), triton (the NHWC Triton "
+    "dwconv": "what computes the depthwise 3x3 convs: torch (PyTorch's conv), shifts (nine shifted "
+    "multiply-adds that --compile fuses with the BatchNorm + ReLU around them; slower without it), triton (the NHWC Triton "
     "kernels, forward and backward; same numbers within float tolerance; models with depthwise convs only; "
     "PyTorch fallback without CUDA) or triton_bn_relu (those kernels with each DSR block's BatchNorm + ReLU "
     "before the depthwise conv inside them; dsrnet* only, not with --sync-bn) (default: torch)",

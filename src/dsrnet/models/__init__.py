@@ -44,10 +44,11 @@ PAPER_RESULTS = {
 PAPER_DSRNET_PARAMS = 2.19e7
 
 #: What computes a model's depthwise 3x3 convs (training and ``dsrnet bench``; same parameters and numbers within
-#: float tolerance): PyTorch's own conv (cuDNN on a GPU), the NHWC Triton kernels of :mod:`dsrnet.kernels`
-#: (:func:`dsrnet.use_triton_dwconv`), or those kernels with each DSR block's preceding BatchNorm and ReLU inside
-#: them (``use_triton_dwconv(model, bn_relu=True)``).
-DWCONVS = ("torch", "triton", "triton_bn_relu")
+#: float tolerance): PyTorch's own conv (cuDNN on a GPU), nine shifted multiply-adds that ``torch.compile`` fuses
+#: with their neighbours (:mod:`dsrnet.models.shifted_dwconv`; for compiled runs: eager it is slower), the NHWC
+#: Triton kernels of :mod:`dsrnet.kernels` (:func:`dsrnet.use_triton_dwconv`), or those kernels with each DSR
+#: block's preceding BatchNorm and ReLU inside them (``use_triton_dwconv(model, bn_relu=True)``).
+DWCONVS = ("torch", "shifts", "triton", "triton_bn_relu")
 #: :func:`dsrnet.fuse`'s modes (:mod:`dsrnet.models.fused`, which imports Triton: defined here so that a CLI can
 #: offer them without importing it), and the one it uses unless told otherwise: the fastest measured on a GPU.
 FUSE_MODES = ("split", "fused", "auto", "block")

@@ -67,6 +67,7 @@ from dsrnet.errors import DsrnetError
 from dsrnet.kernels import ops
 from dsrnet.models import DEFAULT_FUSE_MODE, FUSE_MODES
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
+from dsrnet.models.shifted_dwconv import DepthwiseConvForm, is_depthwise_3x3, use_shifted_dwconv
 
 #: ``mode="auto"``: the modes it measures per block shape, keeping the faster (module docstring).
 AUTO_CANDIDATES = ("split", "block")
@@ -424,23 +425,11 @@ def _check_foldable(named_modules) -> None:
         )
 
 
-class TritonDepthwiseConv2d(nn.Conv2d):
+class TritonDepthwiseConv2d(DepthwiseConvForm):
     """A depthwise 3x3 ``nn.Conv2d`` (padding = dilation) computed by the NHWC Triton kernels, forward and backward.
 
     Same parameters and ``state_dict`` keys as the ``nn.Conv2d`` it replaces; the output is channels-last.
     """
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> TritonDepthwiseConv2d:
-        if not is_depthwise_3x3(conv):
-            raise DsrnetError(f"not a depthwise 3x3 conv with padding = dilation: {conv}")
-        new = cls(
-            conv.in_channels, conv.out_channels, 3, stride=conv.stride, padding=conv.padding,
-            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, device="meta",
-        )  # fmt: skip
-        new.weight = conv.weight
-        new.bias = conv.bias
-        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.dwconv2d(x, self.weight, self.bias, self.stride[0], self.dilation[0], False)
@@ -498,25 +487,15 @@ class BNReLUIntoDepthwiseBlock(DSRBlock):
 
 def apply_dwconv(model: nn.Module, dwconv: str) -> int:
     """Put ``model`` in place into the training form ``dwconv`` names (:data:`dsrnet.models.DWCONVS`: ``"torch"``
-    leaves it as it is, ``"triton"`` / ``"triton_bn_relu"`` are :func:`use_triton_dwconv` without / with
-    ``bn_relu``); returns how many depthwise convs now run the Triton ops."""
+    leaves it as it is, ``"shifts"`` is :func:`dsrnet.models.shifted_dwconv.use_shifted_dwconv`, ``"triton"`` /
+    ``"triton_bn_relu"`` are :func:`use_triton_dwconv` without / with ``bn_relu``); returns how many depthwise
+    convs it swapped."""
     if dwconv == "torch":
         return 0
+    if dwconv == "shifts":
+        return use_shifted_dwconv(model)
     use_triton_dwconv(model, bn_relu=dwconv == "triton_bn_relu")
     return sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
-
-
-def is_depthwise_3x3(conv: nn.Module) -> bool:
-    """Whether ``conv`` is a square-strided depthwise 3x3 conv with padding = dilation (what the kernels do)."""
-    return (
-        isinstance(conv, nn.Conv2d)
-        and conv.kernel_size == (3, 3)
-        and conv.groups == conv.in_channels == conv.out_channels
-        and conv.stride[0] == conv.stride[1]
-        and conv.dilation[0] == conv.dilation[1]
-        and conv.padding == conv.dilation
-        and conv.padding_mode == "zeros"
-    )
 
 
 def use_triton_dwconv(model: nn.Module, *, bn_relu: bool = False) -> nn.Module:

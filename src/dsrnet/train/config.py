@@ -214,7 +214,9 @@ class TrainConfig:
     shape, ``drop_last``, makes that possible), removing the host's per-kernel launch cost.
 
     ``dwconv``: what computes the depthwise 3x3 convs (:data:`DWCONVS`). ``"torch"``: PyTorch's conv.
-    ``"triton"``: the NHWC Triton kernels, forward and both backward passes (:func:`dsrnet.use_triton_dwconv`)
+    ``"shifts"``: nine shifted multiply-adds (:mod:`dsrnet.models.shifted_dwconv`), which ``torch.compile`` fuses
+    with the BatchNorm and ReLU around them, forward and backward; for compiled runs (eager, it is slower than
+    ``"torch"``); same parameters and checkpoints, any device. ``"triton"``: the NHWC Triton kernels, forward and both backward passes (:func:`dsrnet.use_triton_dwconv`)
     applied before channels_last, ``torch.compile`` and DDP; only for models with depthwise 3x3 convs (DSRNet,
     MobileNetV2), any other model is an error. Parameters and ``state_dict`` keys stay those of the plain
     model, so checkpoints load anywhere (eval, predict, export, ``load_trained``). Where the kernels cannot

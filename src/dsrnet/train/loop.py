@@ -137,7 +137,8 @@ def _build(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 
 def _use_dwconv(model: nn.Module, cfg: TrainConfig) -> int:
-    """Apply ``cfg.dwconv`` to ``model`` in place; returns how many depthwise convs now run the Triton ops.
+    """Apply ``cfg.dwconv`` to ``model`` in place; returns how many depthwise convs it swapped (shifted form or
+    Triton ops).
 
     The swap keeps the parameter objects and ``state_dict`` keys (:func:`dsrnet.use_triton_dwconv`), so the
     checkpoint is the plain model's; it runs before channels_last, ``torch.compile`` and DDP, which then wrap
@@ -145,15 +146,24 @@ def _use_dwconv(model: nn.Module, cfg: TrainConfig) -> int:
     asks for the kernels expects them to run."""
     if cfg.dwconv == "torch":
         return 0
-    from dsrnet.models.fused import BNReLUIntoDepthwiseBlock, apply_dwconv  # imports Triton: only if asked
+    if cfg.dwconv == "shifts":
+        from dsrnet.models.shifted_dwconv import use_shifted_dwconv
 
-    swapped = apply_dwconv(model, cfg.dwconv)
+        swapped, bn_relu_blocks = use_shifted_dwconv(model), 0
+    else:
+        from dsrnet.models.fused import (  # imports Triton: only if asked
+            BNReLUIntoDepthwiseBlock,
+            apply_dwconv,
+        )
+
+        swapped = apply_dwconv(model, cfg.dwconv)
+        bn_relu_blocks = sum(isinstance(m, BNReLUIntoDepthwiseBlock) for m in model.modules())
     if not swapped:
         raise DsrnetError(
-            f"dwconv={cfg.dwconv!r}: model {cfg.model} has no depthwise 3x3 conv for the Triton kernel; fix: "
+            f"dwconv={cfg.dwconv!r}: model {cfg.model} has no depthwise 3x3 conv to swap; fix: "
             f"drop --dwconv (= torch) or train a model with depthwise convs (dsrnet*, mobilenet_v2)"
         )
-    if cfg.dwconv == "triton_bn_relu" and not any(isinstance(m, BNReLUIntoDepthwiseBlock) for m in model.modules()):
+    if cfg.dwconv == "triton_bn_relu" and not bn_relu_blocks:
         raise DsrnetError(
             f"dwconv='triton_bn_relu': model {cfg.model} has no DSR block whose BatchNorm + ReLU could move into "
             f"its depthwise kernel; fix: use --dwconv triton, or train a dsrnet* model"
@@ -343,7 +353,8 @@ class _Trainer:
         model = _build(cfg, self.num_classes)  # before the data: fail fast
         if cfg.init_weights and self.resume_from is None:  # fine-tuning; a resumed run has its own weights
             self.log(f"initial weights: {load_initial_weights(model, cfg.init_weights)}")
-        self.triton_dwconvs = _use_dwconv(model, cfg)
+        swapped = _use_dwconv(model, cfg)
+        self.triton_dwconvs = swapped if cfg.dwconv.startswith("triton") else 0
         self.train_loader, self.test_loader, self.meta = _load_data(cfg, dist_, device)
         if cfg.sync_bn and dist_.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
