@@ -42,7 +42,9 @@ shape: ``dsrnet.kernels._triton.autotune_picks``), ``results.md`` (tables), ``pr
 Last, budget permitting: the training step of both with inductor's ``conv_1x1_as_mm`` (1x1 convs lowered to
 matmuls, whose neighbours inductor can then fuse), and DSRNet-50 and ResNet-50 both compiled with inductor's own fusion route
 (``TUNED_INDUCTOR``: freezing folds BatchNorm, 1x1 convs become matmuls with fused epilogues, GEMM templates
-autotuned), what plain PyTorch can make of each network without custom kernels.
+autotuned), what plain PyTorch can make of each network without custom kernels; DSRNet-50 also with its depthwise
+convs as shifted multiply-adds (``dsrnet_compiled_shifts``, ``dsrnet_compiled_tuned_shifts``), which inductor
+fuses with the BatchNorm and ReLU around them instead of calling cuDNN.
 
 Block sizes of the Triton kernels are autotuned on first use of each shape (part of the warm-up, not timed); every
 Triton form first gets one throw-away pass under ``dsrnet.kernels.precompile`` (all autotune configs compiled by
@@ -704,15 +706,14 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
     if form.startswith("resnet50"):
         return compile_model(bench, to_bf16_cl(bench, build_resnet(stem)))
     model = to_bf16_cl(bench, build_dsrnet(bench, stem))
-    if form == "dsrnet_compiled_tuned":
-        return compile_tuned(bench, model)
-    if form == "dsrnet_compiled_shifts":  # depthwise convs as shifted multiply-adds, fused by inductor
+    if form.endswith("_shifts"):  # depthwise convs as shifted multiply-adds, fused by inductor
         use_shifted_dwconv(model)
+    if form.startswith("dsrnet_compiled_tuned"):
+        return compile_tuned(bench, model)
+    if form.startswith("dsrnet_compiled"):
         return compile_model(bench, model)
     if form.startswith("dsrnet_fused"):
         return dsrnet.fuse(model, mode=fuse_mode(form))
-    if form == "dsrnet_compiled":
-        return compile_model(bench, model)
     return model
 
 
@@ -1309,8 +1310,9 @@ def main(argv: list[str] | None = None) -> int:
          "cifar", 32, 1024, ("dsrnet_compiled", "dsrnet_compiled_shifts"), False),
         ("training 32px b512: dsrnet, resnet50 compiled with 1x1 convs as matmuls", 150, step_training,
          ("dsrnet_compiled_1x1mm", "resnet50_compiled_1x1mm")),
-        ("inference cifar/32 b1024: dsrnet, resnet50 compiled tuned (freezing, 1x1 as mm, max-autotune)", 180,
-         step_inference, "cifar", 32, 1024, ("dsrnet_compiled_tuned", "resnet50_compiled_tuned"), False),
+        ("inference cifar/32 b1024: dsrnet (+ shifted depthwise convs), resnet50 compiled tuned (freezing, 1x1 as mm, "
+         "max-autotune)", 240, step_inference, "cifar", 32, 1024,
+         ("dsrnet_compiled_tuned", "dsrnet_compiled_tuned_shifts", "resnet50_compiled_tuned"), False),
         ("inference cifar/32 b1024: fused one-kernel", 40, step_inference,
          "cifar", 32, 1024, ("dsrnet_fused_onekernel",), False),
         ("inference paper/224 b128 (+cudagraph)", 90, step_inference, "paper", 224, 128,
