@@ -48,7 +48,7 @@ def test_swap_keeps_parameters_and_state_dict_and_skips_other_convs():
     assert list(model.state_dict()) == keys and all(a is b for a, b in zip(model.parameters(), params, strict=True))
     with torch.no_grad():
         torch.testing.assert_close(model(x), want, rtol=1e-4, atol=1e-5)
-    assert use_shifted_dwconv(model) == 16  # swapping again changes nothing
+    assert dsrnet.use_shifted_dwconv(model) == 16  # the package-level name; swapping again changes nothing
     assert use_shifted_dwconv(dsrnet.create_model("resnet50_cifar", num_classes=10)) == 0
     with pytest.raises(DsrnetError, match="not a depthwise 3x3 conv"):
         ShiftedDepthwiseConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1))
