@@ -67,8 +67,9 @@ def compile_frozen(model, **options):
     when it decides whether parameters become constants: ``torch.compile(..., options={"freezing": True})`` reaches
     Inductor only, which then finds them as graph inputs and freezes nothing (torch 2.11-2.14; on a CPU
     DSRNet-50 then ran at eager speed, BENCHMARKS.md). So every call, and with it every (re)compilation, runs with
-    the setting patched in, leaving the process-wide setting alone. Call it under ``torch.inference_mode`` or
-    ``torch.no_grad``: with gradients on, Inductor does not freeze."""
+    the setting patched in, leaving the process-wide setting alone (the patch is process-wide while it lasts:
+    threads making their first calls at the same time may compile unfrozen, which is slower, not wrong). Call it
+    under ``torch.inference_mode`` or ``torch.no_grad``: with gradients on, Inductor does not freeze."""
     from torch._inductor import config
 
     compiled = torch.compile(model, options=options or None, dynamic=False)
