@@ -76,7 +76,7 @@ def test_help_shows_defaults(command, capsys):
         assert "paper 160, fast 40" in out and "paper 0.1, fast 0.4" in out and "(default: auto)" in out
         for flag in ("--resume", "--compile", "--channels-last", "--precision", "--seed", "--model-kwargs"):
             assert flag in out
-        assert "--dwconv DWCONV" in out and "(default: torch); one of torch, triton" in out
+        assert "--dwconv DWCONV" in out and "(default: torch); one of torch, shifts, triton" in out
     elif command == "eval":
         assert "(default: 500 on a GPU, 32 on a CPU)" in out and "--checkpoint" in out
     else:
@@ -127,7 +127,7 @@ BAD_TRAIN = [
     (["--device", "cuda:7"], "device"),
     (["--resume", "missing/checkpoint.pt"], "not found"),
     (["--config", "missing.yaml"], "config file missing.yaml not found"),
-    (["--dwconv", "cudnn"], "bad value for dwconv: 'cudnn'; fix: use one of torch, triton"),
+    (["--dwconv", "cudnn"], "bad value for dwconv: 'cudnn'; fix: use one of torch, shifts, triton"),
     (["--deadline", "1795677036000"], "a Unix time in seconds (> 0; not milliseconds)"),
     (["--compile-mode", "fastest"], "bad value for compile_mode"),
     (["--dwconv", "triton", "--model", "resnet50", "--model-kwargs", "{}"], "resnet50 has no depthwise 3x3"),
