@@ -37,6 +37,15 @@ def test_channels_last_bf16_input_keeps_its_dtype():
     torch.testing.assert_close(got.float(), conv(x.float()), rtol=2e-2, atol=2e-2)
 
 
+def test_autocast_computes_in_the_autocast_dtype_as_the_conv_does():
+    conv = nn.Conv2d(8, 8, 3, 2, 1, 1, groups=8)
+    x = torch.randn(2, 8, 7, 7)  # fp32, as a BatchNorm's output is under autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = conv(x), depthwise_by_shifts(x, conv.weight, conv.bias, 2, 1)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_swap_keeps_parameters_and_state_dict_and_skips_other_convs():
     model = dsrnet.create_model("dsrnet50_cifar", num_classes=10)
     keys, params = list(model.state_dict()), list(model.parameters())

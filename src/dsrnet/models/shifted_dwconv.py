@@ -3,12 +3,14 @@
 ``y[n, c, i, j] = b[c] + sum over taps (kh, kw) of w[c, kh, kw] * x_pad[n, c, i * s + kh * d, j * s + kw * d]``
 (``x_pad``: ``x`` zero-padded by the dilation ``d``; ``s`` the stride): the same function as ``nn.Conv2d`` with
 ``groups == channels`` and ``padding == dilation``, built from a pad, nine strided slices, per-channel products and
-a sum. Eager PyTorch runs those as separate kernels (slower than its own depthwise conv); Inductor sees through
-them and generates one fused loop nest for the conv together with what surrounds it (the BatchNorm and ReLU after
-it, the ReLU before it), and autograd's backward of the same ops is again elementwise work (input gradient) and
-per-channel reductions (weight gradient) that it fuses likewise. A depthwise conv does ~9 multiply-adds per
-element it reads (Section 3's separable conv), so it is bound by memory traffic, and the fusion removes passes
-over memory rather than arithmetic. No custom kernel: it runs wherever ``torch.compile`` does, CPU included.
+a sum. Eager PyTorch runs those as separate kernels (slower than its own depthwise conv); to Inductor they are
+elementwise work it can fuse with what surrounds the conv (the BatchNorm and ReLU after it, the ReLU before it)
+instead of calling cuDNN / oneDNN for the conv alone, and autograd's backward of the same ops is again elementwise
+work (input gradient) and per-channel reductions (weight gradient). A depthwise conv does ~9 multiply-adds per
+element it reads (Section 3's separable conv), so it is bound by memory traffic: fusion removes passes over
+memory, not arithmetic. No custom kernel: it runs wherever ``torch.compile`` does, CPU included. Whether it is
+faster depends on the device: on a 2-vCPU Xeon the compiled training step was not (BENCHMARKS.md);
+``benchmarks/fused_gpu.py`` times it on a GPU. Under autocast it computes in the autocast dtype, as the conv does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def depthwise_by_shifts(
 ) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride, dilation, dilation, groups=C)`` for ``weight`` ``[C, 1, 3, 3]``, as nine
     shifted multiply-adds (module docstring)."""
+    if torch.is_autocast_enabled(x.device.type):  # conv2d is an autocast op; products and sums are not
+        x = x.to(torch.get_autocast_dtype(x.device.type))
     n, c, h, w = x.shape
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     padded = F.pad(x, (dilation, dilation, dilation, dilation))
