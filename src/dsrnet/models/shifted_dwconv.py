@@ -11,7 +11,7 @@ an eval-mode DSR block): the block compiles to its two 1x1 convs and two generat
 ReLU + pad + the nine taps + BatchNorm + ReLU, the other BatchNorm + residual add + ReLU. A depthwise conv does ~9 multiply-adds per
 element it reads (Section 3's separable conv), so it is bound by memory traffic: fusion removes passes over
 memory, not arithmetic. No custom kernel: it runs wherever ``torch.compile`` does, CPU included. Whether it is
-faster depends on the device: on a 2-vCPU Xeon the compiled training step was not (BENCHMARKS.md);
+faster depends on the device: on a 2-vCPU AMD EPYC the compiled training step was not (BENCHMARKS.md);
 ``benchmarks/fused_gpu.py`` times it on a GPU. Under autocast it computes in the autocast dtype, as the conv does.
 """
 
