@@ -311,7 +311,12 @@ def train(config: TrainConfig) -> dict:
     dist_.setup(device)
     try:
         with lock:
-            return _Trainer(config, dist_, device).run()
+            result = _Trainer(config, dist_, device).run()
+        # Every rank done before any leaves the group: a gloo rank that destroyed its group and exited while rank 0
+        # was still writing the run's last files was once aborted at exit ("terminate called without an active
+        # exception", SIGABRT), failing a finished job.
+        dist_.barrier()
+        return result
     finally:
         dist_.teardown()
 
