@@ -40,6 +40,7 @@ import torch
 
 from dsrnet.errors import DsrnetError
 from dsrnet.export import installed_backends, load_runner
+from dsrnet.export.backends import BF16_BACKENDS
 from dsrnet.export.formats import export_onnx_model, fold_batchnorm
 from dsrnet.export.quantize import compare_int8, quantize_onnx
 from dsrnet.export.source import load_source
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
                     continue
                 if precision == "int8" and args.quantizer == "nncf" and backend != "openvino":
                     continue  # NNCF's file is made for OpenVINO (its int8 timing there); eval checks it on either
-                if precision == "bf16" and backend != "openvino":
+                if precision == "bf16" and backend not in BF16_BACKENDS:
                     continue
                 for threads in args.threads:
                     if backend == "torch-compile" and threads not in args.compile_threads:
@@ -426,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["fp32", "bf16", "int8"],
         choices=("fp32", "bf16", "int8"),
-        help="bf16 = OpenVINO's bf16 inference precision (its default on bf16-capable CPUs); openvino only",
+        help="bf16 = OpenVINO's bf16 inference precision (its default on bf16-capable CPUs), or torch-compile's "
+        "model and input in bf16; those two backends only",
     )
     p.add_argument("--quantizer", choices=("ort", "nncf"), default="ort", help="int8 tool, see quantize.py")
     p.add_argument("--warmup", type=int, default=5)

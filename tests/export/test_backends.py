@@ -64,6 +64,21 @@ def test_openvino_bf16_is_close_and_bf16_elsewhere_is_refused(tiny, tiny_onnx):
         load_runner("onnxruntime", tiny_onnx, precision="bf16")
 
 
+def test_torch_compile_bf16_is_close_and_bf16_where_a_backend_lacks_it_is_refused(tiny):
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        want = tiny(x)
+    got = load_runner("torch-compile", tiny, threads=1, precision="bf16")(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    # bf16 keeps 8 bits of mantissa: about 2-3 significant digits survive a small network.
+    torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
+    assert not torch.equal(got, want)  # it did compute in bf16
+    for backend in ("torch", "onnxruntime"):
+        with pytest.raises(dsrnet.DsrnetError, match=f"precision 'bf16' is not available on backend '{backend}'.*"
+                           "fix: use fp32 \\(bf16: openvino, torch-compile\\)"):  # fmt: skip
+            load_runner(backend, tiny, precision="bf16")
+
+
 def test_onnx_backend_exports_a_model_source_itself(tiny):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
