@@ -246,6 +246,13 @@ def test_eval_and_predict_on_cpu_backends_match_torch(learned_run, cifar10_dir, 
     assert from_file["top1"] == pytest.approx(ort["top1"]) and (tmp_path / "m.onnx.eval" / "metrics.json").is_file()
     with pytest.raises(DsrnetError, match="exported file; fix: pass --backend onnxruntime"):
         evaluate_checkpoint(onnx, backend="torch", **common)
+    # bf16 where the engine runs it (torch-compile: weights and activations in bf16), one line where it does not
+    half = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "b", backend="torch-compile", precision="bf16", **common)
+    assert (half["backend"], half["precision"], half["test_images"]) == ("torch-compile", "bf16", 300)
+    assert abs(half["top1"] - eager["top1"]) <= 2.0 and half["test_loss"] == pytest.approx(eager["test_loss"], rel=0.05)
+    with pytest.raises(DsrnetError, match="precision 'bf16' is not available on backend 'onnxruntime'"):
+        evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "x", backend="onnxruntime", precision="bf16", **common)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
     img = tmp_path / "x.png"
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(img)
     a = predict(cfg.out_dir, [img], top_k=3, device="cpu", backend="torch")

@@ -65,8 +65,8 @@ def evaluate_checkpoint(
 
     ``checkpoint``: a run folder or its checkpoint, or (with a CPU ``backend``) a file written by ``dsrnet export``
     -- e.g. an int8 ONNX file, so its accuracy is checked by the same command as the original's. ``backend``:
-    ``torch`` (any device), ``onnxruntime`` / ``openvino`` / ``torch-compile`` (CPU, fp32; see
-    :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch), ``fused``
+    ``torch`` (any device), ``onnxruntime`` / ``openvino`` / ``torch-compile`` (CPU, fp32, and bf16 on openvino
+    and torch-compile; see :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch), ``fused``
     (a DSRNet in :func:`dsrnet.fuse`'s inference form, any device; with ``precision`` bf16/fp16 its weights are cast
     to that type, as its kernels compute in the weights' dtype). ``batch_size``: default :data:`EVAL_BATCH_GPU` on a
     GPU, :data:`EVAL_BATCH_CPU` on a CPU."""
@@ -76,9 +76,7 @@ def evaluate_checkpoint(
         check_int("test_subset_per_class", test_subset_per_class)
     if precision not in PRECISIONS:
         raise DsrnetError(f"bad value for precision: {precision!r}; fix: use one of {', '.join(PRECISIONS)}")
-    model, info = _model_on_backend(checkpoint, backend, device)
-    if info["backend"] not in ("torch", "fused") and precision != "fp32":
-        raise DsrnetError(f"backend {info['backend']} evaluates in fp32; fix: drop --precision")
+    model, info = _model_on_backend(checkpoint, backend, device, precision)
     if info["backend"] == "fused" and precision != "fp32":  # its kernels run in the weights' dtype (no autocast)
         model = model.to(torch.bfloat16 if precision == "bf16" else torch.float16)
     ckpt = info.get("checkpoint") or {}
@@ -129,6 +127,7 @@ def evaluate_checkpoint(
         "dataset": info["dataset"],
         "epoch": int(ckpt["epoch"]) if "epoch" in ckpt else None,
         "backend": info["backend"],
+        "precision": precision,
         "test_images": res["n"],
         "test_loss": res["loss"],
         **{k: res[k] for k in ("top1", "top3", "top5", "top1_error", "top3_error", "top5_error")},
@@ -270,10 +269,11 @@ def _is_exported(source) -> bool:
     return _exported_kind(source) is not None
 
 
-def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dict]:
+def _model_on_backend(source, backend: str, device: str, precision: str = "fp32") -> tuple[nn.Module, dict]:
     """``(model, info)``: the trained model as an ``nn.Module`` running on ``backend`` and what its preprocessing
     needs (:func:`dsrnet.models.weights.load_trained`'s info, plus ``backend``, ``device`` and, for a training
-    checkpoint, ``checkpoint``)."""
+    checkpoint, ``checkpoint``). ``precision``: a CPU engine's float precision (bf16 where
+    :data:`dsrnet.export.backends.BF16_BACKENDS` run it); the torch and fused backends take it elsewhere."""
     if backend not in BACKENDS:
         raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
     dev = resolve_device(device)
@@ -297,6 +297,10 @@ def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dic
         raise DsrnetError(f"{source} is {kind}, which only PyTorch runs; fix: pass --backend torch (or auto)")
     if backend == "fused":
         return _fused_model(source, dev)
+    if backend != "torch":  # a CPU engine: it computes in ``precision`` or refuses it in one line
+        from dsrnet.export.backends import check_backend_precision
+
+        check_backend_precision(backend, precision)
     if backend != "torch" and str(device) == "auto":
         dev = torch.device("cpu")  # the CPU engines' device, when none was asked for
     if backend != "torch" and dev.type != "cpu":
@@ -306,14 +310,14 @@ def _model_on_backend(source, backend: str, device: str) -> tuple[nn.Module, dic
             raise DsrnetError(f"{source} is an exported file; fix: pass --backend onnxruntime or openvino")
         from dsrnet.export.backends import RunnerModule, load_predictor
 
-        runner, meta = load_predictor(source, backend=backend)
+        runner, meta = load_predictor(source, backend=backend, precision=precision)
         info = {**meta, "name": str(source), "model": meta.get("model") or meta.get("arch")}
         return RunnerModule(runner), {**info, "backend": backend, "device": dev}
     model, info = load_trained(source, str(dev) if backend == "torch" else "cpu")
     if backend != "torch":
         from dsrnet.export.backends import RunnerModule, load_runner
 
-        model = RunnerModule(load_runner(backend, model, image_size=info["image_size"]))
+        model = RunnerModule(load_runner(backend, model, image_size=info["image_size"], precision=precision))
     return model, {**info, "backend": backend, "device": dev}
 
 
