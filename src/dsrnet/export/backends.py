@@ -46,7 +46,8 @@ EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "open
 #: (benchmarks/cpu_backends.py, results/cpu-deploy/): onnxruntime 9.7 ms (32 px) / 6.5 ms (96 px) at one thread vs
 #: OpenVINO fp32 11.8 / 8.9 ms and eager PyTorch 22.7 / 21.4 ms; at two threads onnxruntime and OpenVINO fp32 are
 #: within noise of each other (6.1 / 4.5 vs 6.4 / 4.2 ms). Faster still, but opt-in because they change the numbers:
-#: OpenVINO ``precision="bf16"`` (1.9-2.4 ms) and an int8 file (``dsrnet export --int8``: 1.5-1.8 ms on OpenVINO,
+#: OpenVINO ``precision="bf16"`` (1.9-2.4 ms), torch-compile ``precision="bf16"`` (another CPU: 1.4x its fp32 at
+#: batch 1, 2.3-2.6x at batch 32) and an int8 file (``dsrnet export --int8``: 1.5-1.8 ms on OpenVINO,
 #: 2.9-3.3 ms on onnxruntime). torch-compile (frozen weights, channels-last: 2.0-2.9x eager, 1.2-1.7x slower than
 #: onnxruntime in one run) is left out of the automatic choice: each new input shape compiles first.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torch")
