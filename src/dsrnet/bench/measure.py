@@ -405,15 +405,9 @@ def benchmark_model(
     flops = count_flops(counted, image_size)
     del counted
 
-    swapped_dwconvs = 0  # a model without depthwise convs is timed as it is
-    if dwconv == "shifts":
-        from dsrnet.models.shifted_dwconv import use_shifted_dwconv
+    from dsrnet.models import apply_dwconv
 
-        swapped_dwconvs = use_shifted_dwconv(model)
-    elif dwconv != "torch":
-        from dsrnet.models.fused import apply_dwconv  # imports Triton: only if asked
-
-        swapped_dwconvs = apply_dwconv(model, dwconv)
+    swapped_dwconvs = apply_dwconv(model, dwconv)  # 0: a model without depthwise convs is timed as it is
     triton_dwconvs = swapped_dwconvs if dwconv.startswith("triton") else 0
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # Autocast does not reach custom ops: the fused form's Triton kernels would run in fp32 under a bf16 autocast

@@ -55,6 +55,23 @@ FUSE_MODES = ("split", "fused", "auto", "block")
 DEFAULT_FUSE_MODE = "split"
 
 
+def apply_dwconv(model, dwconv: str) -> int:
+    """Put ``model`` in place into the training form ``dwconv`` names (:data:`DWCONVS`): ``"torch"`` leaves it as it
+    is, ``"shifts"`` is :func:`dsrnet.models.shifted_dwconv.use_shifted_dwconv`, ``"triton"`` / ``"triton_bn_relu"``
+    are :func:`dsrnet.use_triton_dwconv` without / with ``bn_relu`` (Triton is imported for those only). Returns how
+    many depthwise convs it swapped (0: the model has none)."""
+    if dwconv == "torch":
+        return 0
+    if dwconv == "shifts":
+        from dsrnet.models.shifted_dwconv import use_shifted_dwconv
+
+        return use_shifted_dwconv(model)
+    from dsrnet.models.fused import TritonDepthwiseConv2d, use_triton_dwconv
+
+    use_triton_dwconv(model, bn_relu=dwconv == "triton_bn_relu")
+    return sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
+
+
 def stem_variant(name: str, stem: str) -> str:
     """``("dsrnet50", "cifar") -> "dsrnet50_cifar"``; ``("dsrnet50_cifar", "paper") -> "dsrnet50"``."""
     base = name.removesuffix("_cifar")
@@ -72,6 +89,7 @@ __all__ = [
     "PAPER_COMPARISON",
     "PAPER_DSRNET_PARAMS",
     "PAPER_RESULTS",
+    "apply_dwconv",
     "baselines",
     "build_model",
     "create_model",

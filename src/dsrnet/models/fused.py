@@ -67,7 +67,7 @@ from dsrnet.errors import DsrnetError
 from dsrnet.kernels import ops
 from dsrnet.models import DEFAULT_FUSE_MODE, FUSE_MODES
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
-from dsrnet.models.shifted_dwconv import DepthwiseConvForm, is_depthwise_3x3, use_shifted_dwconv
+from dsrnet.models.shifted_dwconv import DepthwiseConvForm, is_depthwise_3x3
 
 #: ``mode="auto"``: the modes it measures per block shape, keeping the faster (module docstring).
 AUTO_CANDIDATES = ("split", "block")
@@ -483,19 +483,6 @@ class BNReLUIntoDepthwiseBlock(DSRBlock):
         x = self.act(self.bn2(x))
         x = self.drop_path(self.bn3(self.conv_pw(x)))
         return self.act(x + shortcut)
-
-
-def apply_dwconv(model: nn.Module, dwconv: str) -> int:
-    """Put ``model`` in place into the training form ``dwconv`` names (:data:`dsrnet.models.DWCONVS`: ``"torch"``
-    leaves it as it is, ``"shifts"`` is :func:`dsrnet.models.shifted_dwconv.use_shifted_dwconv`, ``"triton"`` /
-    ``"triton_bn_relu"`` are :func:`use_triton_dwconv` without / with ``bn_relu``); returns how many depthwise
-    convs it swapped."""
-    if dwconv == "torch":
-        return 0
-    if dwconv == "shifts":
-        return use_shifted_dwconv(model)
-    use_triton_dwconv(model, bn_relu=dwconv == "triton_bn_relu")
-    return sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
 
 
 def use_triton_dwconv(model: nn.Module, *, bn_relu: bool = False) -> nn.Module:

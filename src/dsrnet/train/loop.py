@@ -51,7 +51,7 @@ from torch import nn
 from dsrnet import data as D
 from dsrnet.device import autocast, device_label, synchronize
 from dsrnet.errors import DsrnetError
-from dsrnet.models import build_model
+from dsrnet.models import apply_dwconv, build_model
 from dsrnet.models.weights import load_initial_weights
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 from dsrnet.run.checkpoint import (
@@ -146,29 +146,24 @@ def _use_dwconv(model: nn.Module, cfg: TrainConfig) -> int:
     asks for the kernels expects them to run."""
     if cfg.dwconv == "torch":
         return 0
-    if cfg.dwconv == "shifts":
-        from dsrnet.models.shifted_dwconv import use_shifted_dwconv
-
-        swapped, bn_relu_blocks = use_shifted_dwconv(model), 0
-    else:
-        from dsrnet.models.fused import (  # imports Triton: only if asked
-            BNReLUIntoDepthwiseBlock,
-            apply_dwconv,
-        )
-
-        swapped = apply_dwconv(model, cfg.dwconv)
-        bn_relu_blocks = sum(isinstance(m, BNReLUIntoDepthwiseBlock) for m in model.modules())
+    swapped = apply_dwconv(model, cfg.dwconv)
     if not swapped:
         raise DsrnetError(
             f"dwconv={cfg.dwconv!r}: model {cfg.model} has no depthwise 3x3 conv to swap; fix: "
             f"drop --dwconv (= torch) or train a model with depthwise convs (dsrnet*, mobilenet_v2)"
         )
-    if cfg.dwconv == "triton_bn_relu" and not bn_relu_blocks:
+    if cfg.dwconv == "triton_bn_relu" and not _has_bn_relu_blocks(model):
         raise DsrnetError(
             f"dwconv='triton_bn_relu': model {cfg.model} has no DSR block whose BatchNorm + ReLU could move into "
             f"its depthwise kernel; fix: use --dwconv triton, or train a dsrnet* model"
         )
     return swapped
+
+
+def _has_bn_relu_blocks(model: nn.Module) -> bool:
+    from dsrnet.models.fused import BNReLUIntoDepthwiseBlock  # imports Triton: only for dwconv=triton_bn_relu
+
+    return any(isinstance(m, BNReLUIntoDepthwiseBlock) for m in model.modules())
 
 
 def _seed_everything(seed: int) -> None:
