@@ -297,10 +297,6 @@ def _model_on_backend(source, backend: str, device: str, precision: str = "fp32"
         raise DsrnetError(f"{source} is {kind}, which only PyTorch runs; fix: pass --backend torch (or auto)")
     if backend == "fused":
         return _fused_model(source, dev)
-    if backend != "torch":  # a CPU engine: it computes in ``precision`` or refuses it in one line
-        from dsrnet.export.backends import check_backend_precision
-
-        check_backend_precision(backend, precision)
     if backend != "torch" and str(device) == "auto":
         dev = torch.device("cpu")  # the CPU engines' device, when none was asked for
     if backend != "torch" and dev.type != "cpu":
