@@ -54,6 +54,31 @@ def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tm
     assert "--only names no step" in capsys.readouterr().err and not out.exists()
 
 
+def _planned_steps(fused_gpu, monkeypatch, tmp_path, *args):
+    """The (step, estimate) pairs main() hands to Bench.step on a (pretended) GPU, running none of them."""
+    started = []
+    monkeypatch.setattr(fused_gpu.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fused_gpu.Bench, "step", lambda self, name, estimate, fn, *a: started.append((name, estimate)))
+    monkeypatch.setattr(fused_gpu.Bench, "start_alarm", lambda self: None)
+    monkeypatch.setattr(fused_gpu.Bench, "save", lambda self: None)
+    monkeypatch.setattr(fused_gpu.os, "_exit", lambda rc: None)
+    assert fused_gpu.main(["--out", str(tmp_path), "--budget-s", "300", *args]) == 0
+    return started
+
+
+def test_a_step_named_by_only_starts_whatever_its_estimate(fused_gpu, monkeypatch, tmp_path):
+    """A second GPU call of 180 s naming the 200-s training step used to skip it at once and return nothing; named
+    steps now start, and the budget stop keeps the rows they finished."""
+    step = "training 32px b512: resnet50 compiled, dsrnet compiled + triton dw"
+    started = dict(_planned_steps(fused_gpu, monkeypatch, tmp_path, "--only", step))
+    assert [name for name in started if name.startswith("training")] == [next(n for n in started if step in n)]
+    assert all(estimate == 0 for estimate in started.values())
+    full = _planned_steps(fused_gpu, monkeypatch, tmp_path / "full")
+    assert dict(full)[next(n for n in dict(full) if step in n)] >= 100  # the whole plan still gates on estimates
+    names = [name for name, _ in full]  # the never-measured training target comes before batch 128
+    assert names.index(next(n for n in names if step in n)) < names.index("inference cifar/32 b128 (+cudagraph)")
+
+
 def _webp_test_copy(folder, images, labels, *, damage_sum=False):
     """A CIFAR-10 WebP copy holding only a test split, as the project's data folder lays it out: mosaics of 50
     columns of 32x32 tiles (row-major), labels.json, SHA256SUMS, and that folder's own decode.py."""
