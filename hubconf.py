@@ -1,7 +1,8 @@
 """torch.hub entry points: ``torch.hub.load("path/to/dsrnet", "dsrnet50", source="local", num_classes=10)``.
 
 kwargs go to ``dsrnet.create_model``: models are randomly initialised unless ``pretrained=True``, which loads the
-model's default weights from ``dsrnet.models.weights`` (checksum-verified; an error names what is missing).
+model's default weights from ``dsrnet.models.weights`` (checksum-verified; an error names what is missing), or
+``weights=`` as torchvision's hub entries take it (``weights="DEFAULT"``: those weights with their own head).
 """
 
 import os

@@ -20,6 +20,7 @@ from dsrnet import data as D
 from dsrnet.device import PRECISIONS, resolve_device
 from dsrnet.errors import DsrnetError, check_int
 from dsrnet.export.backends import BACKENDS as ENGINES
+from dsrnet.models.preprocess import resize_crop, transforms
 from dsrnet.models.weights import load_trained, model_from_checkpoint
 from dsrnet.report.plots import plot_confusion
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
@@ -181,63 +182,20 @@ def open_image(path: str | os.PathLike):
         raise DsrnetError(f"cannot read image {path} ({err}); fix: pass a PNG/JPEG/... image file") from None
 
 
-#: The widest aspect ratio :func:`transforms` resizes whole: a 1x100000 strip (far below the pixel limit) resized
-#: by its shorter side would be 32 x 3,200,000 pixels, so a longer side is first cut to this many times the shorter
-#: one, around the centre the final crop keeps (up to 64:1 nothing changes).
-MAX_ASPECT = 64
-
-
-def _cut_long_side(image):
-    """The centre of a PIL image (or (..., H, W) tensor) with its longer side at most :data:`MAX_ASPECT` times the
-    shorter one; the image itself when it already is."""
-    w, h = image.size if hasattr(image, "size") and not isinstance(image, torch.Tensor) else image.shape[-1:-3:-1]
-    cw, ch = min(w, MAX_ASPECT * h), min(h, MAX_ASPECT * w)
-    if (cw, ch) == (w, h):
-        return image
-    left, top = (w - cw) // 2, (h - ch) // 2
-    if isinstance(image, torch.Tensor):
-        return image[..., top : top + ch, left : left + cw]
-    return image.crop((left, top, left + cw, top + ch))
-
-
-def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True):
-    """The evaluation preprocessing of a trained model, as torchvision's ``weights.transforms()``: shorter side
-    resized to ``image_size`` (bicubic, antialiased; a strip wider than :data:`MAX_ASPECT`:1 cut first), centre
-    crop, float in [0, 1], normalised with the training ``mean``/``std``. Takes a PIL image (or uint8 tensor),
-    returns a (3, S, S) float tensor."""
-    from torchvision.transforms import v2
-
-    steps = [
-        *_resize_crop(image_size).transforms,
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-    ]
-    if normalize:
-        steps.append(v2.Normalize(list(mean), list(std)))
-    return v2.Compose(steps)
-
-
-def _resize_crop(size: int):
-    from torchvision.transforms import InterpolationMode, v2
-
-    return v2.Compose([_cut_long_side, v2.Resize(size, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
-                       v2.CenterCrop(size)])  # fmt: skip
-
-
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N,H,W,3) images at ``size`` x ``size``, resized as :func:`transforms` resizes one image for
     ``predict`` (the same PIL resize and crop), so ``eval`` scores a model at its own input size as ``predict``
     feeds it."""
     from PIL import Image
 
-    resize_crop = _resize_crop(size)
-    return np.stack([np.asarray(resize_crop(Image.fromarray(im)), dtype=np.uint8) for im in images])
+    resize = resize_crop(size)
+    return np.stack([np.asarray(resize(Image.fromarray(im)), dtype=np.uint8) for im in images])
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """Any image file -> (size, size, 3) uint8 RGB: shorter side resized to ``size`` (bicubic), centre cut."""
     check_int("image size", size, 1)
-    return np.asarray(_resize_crop(size)(open_image(path)), dtype=np.uint8)
+    return np.asarray(resize_crop(size)(open_image(path)), dtype=np.uint8)
 
 
 #: What ``dsrnet predict`` uses when no model is named: the shipped CIFAR-10 weights.
@@ -246,9 +204,6 @@ DEFAULT_WEIGHTS = "dsrnet50_cifar.c10"
 #: temporary ONNX export of DSRNet-50 takes ~7.5 s on one thread of a 2-vCPU Xeon and then saves ~10-14 ms per
 #: 32-px image against eager PyTorch: break-even at ~550-800 images.
 AUTO_BACKEND_MIN_IMAGES = 1000
-#: How ``predict``/``eval`` resize an image to the model's input (torchvision's ``InterpolationMode`` value); the
-#: models' ``pretrained_cfg["interpolation"]`` says the same, so timm's ``resolve_data_config`` pipeline agrees.
-INTERPOLATION = "bicubic"
 #: Inference backends of ``eval`` / ``predict``: ``torch`` and the CPU engines of :mod:`dsrnet.export`, and
 #: ``fused``: a DSRNet in :func:`dsrnet.fuse`'s inference form on any device (BatchNorm folded, NHWC, each DSR block
 #: run by fused Triton kernels on CUDA; PyTorch's ops with the same numerics elsewhere).

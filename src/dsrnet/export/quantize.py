@@ -67,7 +67,7 @@ def cifar10_batch(
         ) from None
     sub = images.subset_per_class(n // 10, seed)
     x = torch.from_numpy(sub.images).permute(0, 3, 1, 2).float() / 255.0
-    if image_size != x.shape[-1]:  # bicubic, as predict/eval resize (dsrnet.infer.INTERPOLATION)
+    if image_size != x.shape[-1]:  # bicubic, as predict/eval resize (dsrnet.models.preprocess.INTERPOLATION)
         x = F.interpolate(
             x, size=(image_size, image_size), mode="bicubic", align_corners=False, antialias=True
         ).clamp_(0.0, 1.0)

@@ -8,7 +8,7 @@ from dsrnet.models import baselines, dsrnet
 from dsrnet.models._features import FeatureInfo
 from dsrnet.models._registry import build_model, create_model, list_models, register_model, split_name
 from dsrnet.models._timm import register_with_timm
-from dsrnet.models.dsrnet import DSRBlock, DSRNet
+from dsrnet.models.dsrnet import DSRBlock, DSRNet, dsrnet50, dsrnet50_cifar, dsrnet101, dsrnet101_cifar
 
 #: The five networks of Tables 2-4, in the paper's column order.
 PAPER_COMPARISON = ("dsrnet50", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
@@ -85,6 +85,7 @@ __all__ = [
     "FUSE_MODES",
     "DSRBlock",
     "DSRNet",
+    "DSRNet50_CIFAR_Weights",
     "FeatureInfo",
     "PAPER_COMPARISON",
     "PAPER_DSRNET_PARAMS",
@@ -94,9 +95,25 @@ __all__ = [
     "build_model",
     "create_model",
     "dsrnet",
+    "dsrnet50",
+    "dsrnet50_cifar",
+    "dsrnet101",
+    "dsrnet101_cifar",
     "list_models",
     "register_model",
     "register_with_timm",
     "split_name",
     "stem_variant",
 ]
+
+#: Served by :mod:`dsrnet.models.torchvision_weights` on first use (``dsrnet50_cifar(weights=DSRNet50_CIFAR_Weights.
+#: DEFAULT)``): that module imports torchvision, which ``import dsrnet.models`` does not.
+TORCHVISION_WEIGHTS = ("DSRNet50_CIFAR_Weights", "DSRNetWeights")
+
+
+def __getattr__(name: str):
+    if name in TORCHVISION_WEIGHTS:
+        from dsrnet.models import torchvision_weights
+
+        return getattr(torchvision_weights, name)
+    raise AttributeError(f"module 'dsrnet.models' has no attribute {name!r}")

@@ -52,6 +52,9 @@ def create_model(
             the tag's (with a tag or ``pretrained``), else 1000. A count other than the pretrained weights' gets a
             fresh head (timm's rule).
         pretrained: load the shipped weights of the tag (or of the name's default tag); their checksum is verified.
+        weights: torchvision's way to the same weights: a member of the architecture's weights enum
+            (``dsrnet.models.DSRNet50_CIFAR_Weights.DEFAULT``) or its name (``"DEFAULT"``); the model gets their
+            classes, and another ``num_classes`` is an error (torchvision's rule; ``pretrained`` gives a fresh head).
         checkpoint_path: then load a safetensors weights file (``save_weights``) or a ``dsrnet train`` checkpoint,
             strictly (timm's rule): ``num_classes`` defaults to the file's, and every weight must fit.
         fused: return the inference form of :func:`dsrnet.fuse` (BatchNorm folded, NHWC, Triton kernels on CUDA;
@@ -76,6 +79,23 @@ def create_model(
         raise DsrnetError(f"num_classes must be a non-negative integer, got {num_classes!r}")
     if num_classes is not None:
         num_classes = int(num_classes)  # e.g. numpy's integers, as timm takes them
+    chosen = kwargs.pop("weights", None)
+    if chosen is not None:  # torchvision's weights= (a builder's, torch.hub's): those weights with their own head
+        from dsrnet.models.torchvision_weights import resolve
+
+        if tag or pretrained:
+            raise DsrnetError("weights= (torchvision's way) and a tag or pretrained=True (timm's) both name weights; "
+                              "fix: give one of them")  # fmt: skip
+        chosen = resolve(arch, chosen)
+        classes = len(chosen.meta["categories"])
+        if num_classes not in (None, classes):
+            raise DsrnetError(
+                f"num_classes={num_classes} but {chosen!r} has {classes} classes; fix: drop num_classes (torchvision's "
+                f"rule), or create_model({chosen.meta['name']!r}, pretrained=True, num_classes={num_classes}) for "
+                f"those weights under a fresh head (timm's)"
+            )
+        name, pretrained = chosen.meta["name"], True
+        arch, tag = split_name(name)
     entry = weights.get_weights(name) if (tag or pretrained) else None
     if pretrained and entry is not None:
         weights.weights_path(entry)  # fail early (not shipped / corrupt) before building anything

@@ -543,7 +543,7 @@ def _cfg(stem: str, **kwargs) -> dict:
         "fixed_input_size": False,
         "pool_size": (7, 7) if stem == "paper" else (4, 4),
         "crop_pct": 0.875 if stem == "paper" else 1.0,
-        "interpolation": "bicubic",  # as dsrnet.infer.transforms resizes (predict/eval)
+        "interpolation": "bicubic",  # dsrnet.models.preprocess.INTERPOLATION (predict/eval)
         "mean": IMAGENET_MEAN if stem == "paper" else CIFAR10_MEAN,
         "std": IMAGENET_STD if stem == "paper" else CIFAR10_STD,
         "first_conv": "conv1",
@@ -591,25 +591,39 @@ def _create(name: str, **kwargs) -> DSRNet:
     return model
 
 
+def _build(name: str, weights, num_classes: int | None, kwargs: dict) -> DSRNet:
+    """A builder's body: random weights, or ``weights`` (torchvision's ``weights=``, through ``create_model``)."""
+    if weights is not None:
+        from dsrnet.models._registry import create_model
+
+        return create_model(name, num_classes, weights=weights, **kwargs)
+    return _create(name, num_classes=1000 if num_classes is None else num_classes, **kwargs)
+
+
+# The builders take torchvision's keywords: ``weights`` (a member of the architecture's weights enum in
+# ``dsrnet.models``, e.g. ``DSRNet50_CIFAR_Weights.DEFAULT``, or its name; the head then has the weights' classes,
+# and another ``num_classes`` is an error, as in torchvision) and ``progress`` (accepted; the weights are package
+# files, nothing is downloaded). timm's ``pretrained`` goes through ``dsrnet.create_model`` / ``timm.create_model``.
 @register_model
-def dsrnet50(*, num_classes: int = 1000, **kwargs) -> DSRNet:
+def dsrnet50(*, weights=None, progress: bool = True, num_classes: int | None = None, **kwargs) -> DSRNet:
     """DSRNet-50 (Table 1): stages of 3, 4, 6, 3 blocks, paper stem (7x7/2 conv, rate 3, + max-pool)."""
-    return _create("dsrnet50", num_classes=num_classes, **kwargs)
+    return _build("dsrnet50", weights, num_classes, kwargs)
 
 
 @register_model
-def dsrnet101(*, num_classes: int = 1000, **kwargs) -> DSRNet:
+def dsrnet101(*, weights=None, progress: bool = True, num_classes: int | None = None, **kwargs) -> DSRNet:
     """DSRNet-101: stages of 3, 4, 23, 3 blocks, paper stem."""
-    return _create("dsrnet101", num_classes=num_classes, **kwargs)
+    return _build("dsrnet101", weights, num_classes, kwargs)
 
 
 @register_model
-def dsrnet50_cifar(*, num_classes: int = 1000, **kwargs) -> DSRNet:
-    """DSRNet-50 with the 32x32 stem (3x3/1 conv at rate 3, no max-pool)."""
-    return _create("dsrnet50_cifar", num_classes=num_classes, **kwargs)
+def dsrnet50_cifar(*, weights=None, progress: bool = True, num_classes: int | None = None, **kwargs) -> DSRNet:
+    """DSRNet-50 with the 32x32 stem (3x3/1 conv at rate 3, no max-pool); trained weights:
+    ``DSRNet50_CIFAR_Weights`` (CIFAR-10)."""
+    return _build("dsrnet50_cifar", weights, num_classes, kwargs)
 
 
 @register_model
-def dsrnet101_cifar(*, num_classes: int = 1000, **kwargs) -> DSRNet:
+def dsrnet101_cifar(*, weights=None, progress: bool = True, num_classes: int | None = None, **kwargs) -> DSRNet:
     """DSRNet-101 with the 32x32 stem."""
-    return _create("dsrnet101_cifar", num_classes=num_classes, **kwargs)
+    return _build("dsrnet101_cifar", weights, num_classes, kwargs)

@@ -287,12 +287,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise DsrnetError(
             f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:160]}); fix: re-export it"
         ) from None
-    metadata = {}
-    for k, v in raw.items():
-        try:
-            metadata[k] = json.loads(v)
-        except (TypeError, json.JSONDecodeError):
-            metadata[k] = v
+    metadata = _decoded(raw)
     missing = [k for k in REQUIRED_METADATA if k not in metadata]
     if missing:
         raise DsrnetError(
@@ -300,6 +295,23 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"dsrnet.models.weights.save_weights (or load it with checkpoint_path=...)"
         )
     return state_dict, metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A weights file's metadata alone (JSON-decoded, as :func:`read_weights` gives it), from its header: no tensor
+    is read. A file that is not safetensors is one :class:`DsrnetError`."""
+    return _decoded(_read_header_metadata(Path(path).expanduser()))
+
+
+def _decoded(raw: dict[str, str]) -> dict[str, Any]:
+    """safetensors metadata values are strings: JSON-decoded where they are JSON, else kept as they are."""
+    metadata = {}
+    for k, v in raw.items():
+        try:
+            metadata[k] = json.loads(v)
+        except (TypeError, json.JSONDecodeError):
+            metadata[k] = v
+    return metadata
 
 
 def _read_header_metadata(path: Path) -> dict[str, str]:
