@@ -258,6 +258,16 @@ def test_fuse_of_a_module_built_on_dsrnet_keeps_its_dtype(monkeypatch):
     assert all(m.dtype == torch.bfloat16 for m in maps.values())
 
 
+@pytest.mark.parametrize("frozen_bn", [True, False])
+def test_a_bf16_backbone_with_fpn_runs_in_bf16_frozen_or_not(frozen_bn):
+    """dtype=bf16 built a bf16 body, then fp32 FrozenBatchNorm2d in it and an fp32 pyramid on it: a raw dtype
+    RuntimeError in the first forward."""
+    backbone = dsrnet.backbone_with_fpn("dsrnet50", frozen_bn=frozen_bn, dtype=torch.bfloat16, out_channels=8, **TINY)
+    with torch.no_grad():
+        maps = backbone.eval()(torch.randn(1, 3, 64, 64, dtype=torch.bfloat16))
+    assert {m.dtype for m in maps.values()} == {torch.bfloat16} and maps["0"].shape == (1, 8, 16, 16)
+
+
 def test_fuse_refuses_a_module_without_dsrnet_parts():
     with pytest.raises(dsrnet.DsrnetError, match="holds no DSR block"):
         dsrnet.fuse(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))

@@ -332,6 +332,11 @@ def test_onnx_export_matches_pytorch(name, tmp_path):
         ({"layers": 3}, "layers must be a sequence of integers"),
         ({"block_dilations": 2}, "block_dilations must be a sequence of integers"),
         ({"num_classes": 2.5}, "num_classes must be an integer"),
+        # whole-number floats were accepted, then conv2d refused dilation=(2.0, 2.0) in the first forward
+        ({"stem_dilation": 2.0}, "dilation rates must be integers >= 1, got stem=2.0.*fix:"),
+        ({"down_dilation": 2.0}, "dilation rates must be integers >= 1"),
+        ({"fit_dilation_to": 24.0}, "fit_dilation_to must be an input side in pixels >= 1 or None, got 24.0; fix:"),
+        ({"drop_path_rate": "0.1"}, "drop_rate and drop_path_rate must be numbers in \\[0, 1\\), got 0.0, '0.1'"),
     ],
 )
 def test_bad_dsrnet_arguments(kwargs, match):
@@ -365,6 +370,9 @@ def test_bad_names_and_arguments_through_create_model():
     with pytest.raises(dsrnet.DsrnetError, match="fused must be True or False.*dsrnet.fuse"):
         dsrnet.create_model("dsrnet50", fused="split")
     assert dsrnet.create_model("dsrnet50", num_classes=np.int64(5)).num_classes == 5  # as timm takes it
+    # timm's rule: None means the default (timm's train script passes drop_path_rate=args.drop_path, None unset)
+    model = dsrnet.create_model("dsrnet50", drop_path_rate=None, drop_rate=None, global_pool=None, num_classes=3)
+    assert model.drop_rate == 0.0 and model.forward_head(torch.randn(1, 2048, 2, 2)).shape == (1, 3)
     with pytest.raises(ValueError):  # DsrnetError is a ValueError for callers who catch that
         dsrnet.create_model("nope")
 

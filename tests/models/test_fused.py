@@ -572,3 +572,39 @@ def test_a_fused_backbone_takes_a_new_head_and_prunes_as_the_eager_model(monkeyp
     getter = timm.create_model("dsrnet50_cifar", features_only=True, fused=True, feature_cls="getter",
                                out_indices=(0, 1, 3))  # fmt: skip
     assert len(getter.model.layer4) == 0 and len(getter(torch.randn(1, 3, 32, 32))) == 3
+
+
+def test_fuse_keeps_the_hooks_of_timms_feature_hook_net(monkeypatch):
+    """fuse() of a FeatureHookNet silently dropped the stem's map: act1, where the wrapper's hook sat, was replaced
+    by a fresh Identity. The hooks move to the modules that now give the same outputs; a hook on a module folded
+    away (the stem's BatchNorm) is an error instead of a map that silently disappears."""
+    pytest.importorskip("timm")
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")
+    model = dsrnet.create_model("dsrnet50_cifar", features_only=True, feature_cls="hook", out_indices=(0, 2),
+                                layers=(1, 2, 1, 1), widths=(4, 8, 8, 16)).eval()  # fmt: skip
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        want, got = model(x), dsrnet.fuse(model)(x)
+    assert [g.shape for g in got] == [w.shape for w in want] and len(got) == 2
+    assert all(_rel_err(g, w) < 1e-4 for g, w in zip(got, want, strict=True))
+    backbone = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=8, layers=(1, 1, 1, 1), widths=(4, 8, 8, 8))
+    backbone.body.bn1.register_forward_hook(lambda *args: None)
+    with pytest.raises(DsrnetError, match="body.bn1 has a forward hook, but fuse.. folds it .*; fix: hook the stem's"):
+        dsrnet.fuse(backbone)
+
+
+def test_fuse_of_an_fp64_model_folds_in_fp64(monkeypatch):
+    """BatchNorm was always folded in fp32: an fp64 model's fused form agreed only to fp32's 5e-8."""
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")
+    model = _tiny().double()
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        assert _rel_err_fp64(dsrnet.fuse(model)(x), model(x)) < 1e-12
+        backbone = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=8, layers=(1, 1, 1, 1),
+                                            widths=(4, 8, 8, 8)).double().eval()  # fmt: skip
+        want, got = backbone(x), dsrnet.fuse(backbone)(x)
+        assert max(_rel_err_fp64(got[k], want[k]) for k in want) < 1e-12
+
+
+def _rel_err_fp64(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()

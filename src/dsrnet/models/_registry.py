@@ -67,6 +67,8 @@ def create_model(
     """
     from dsrnet.models import weights
 
+    # timm's rule: a keyword given as None means "the default" (timm's train script passes drop_path_rate=None)
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
     fused = kwargs.pop("fused", False)
     if not isinstance(fused, bool):
         raise DsrnetError(f"fused must be True or False, got {fused!r}; fix: for a mode, call dsrnet.fuse(model, mode=...)")

@@ -28,7 +28,8 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.weight.device)
+            # the statistics' own device and dtype: a bf16 backbone stays bf16 (its convs take no fp32 input)
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.running_mean)
             with torch.no_grad():
                 for key in ("weight", "bias", "running_mean", "running_var"):
                     getattr(frozen, key).copy_(getattr(child, key))
@@ -118,7 +119,7 @@ def backbone_with_fpn(
             param.requires_grad_(False)
     info = backbone.feature_info
     return_layers = {info[i]["module"]: str(k) for k, i in enumerate(indices)}
-    return BackboneWithFPN(
+    with_fpn = BackboneWithFPN(
         backbone,
         return_layers=return_layers,
         in_channels_list=[info[i]["num_chs"] for i in indices],
@@ -126,3 +127,6 @@ def backbone_with_fpn(
         extra_blocks=extra_blocks,
         norm_layer=fpn_norm_layer,
     )
+    # The backbone was built on kwargs' device and dtype; torchvision builds the pyramid in fp32 on the CPU.
+    with_fpn.fpn.to(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+    return with_fpn

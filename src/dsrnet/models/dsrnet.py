@@ -222,13 +222,15 @@ class DSRNet(nn.Module):
         for name, value in (("in_chans", in_chans), ("stem_width", 1 if stem_width is None else stem_width)):
             if not _is_int(value) or value < 1:
                 raise DsrnetError(f"{name} must be an integer >= 1, got {value!r}")
-        if fit_dilation_to is not None and (int(fit_dilation_to) != fit_dilation_to or fit_dilation_to < 1):
+        if fit_dilation_to is not None and (not _is_int(fit_dilation_to) or fit_dilation_to < 1):
             raise DsrnetError(
-                f"fit_dilation_to must be an input side in pixels >= 1 or None, got {fit_dilation_to!r}"
+                f"fit_dilation_to must be an input side in pixels >= 1 or None, got {fit_dilation_to!r}; fix: a whole "
+                f"number such as 32"
             )
-        if not 0.0 <= drop_path_rate < 1.0 or not 0.0 <= drop_rate < 1.0:
+        rates_ok = all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in (drop_rate, drop_path_rate))
+        if not rates_ok or not 0.0 <= drop_path_rate < 1.0 or not 0.0 <= drop_rate < 1.0:
             raise DsrnetError(
-                f"drop_rate and drop_path_rate must be in [0, 1), got {drop_rate}, {drop_path_rate}"
+                f"drop_rate and drop_path_rate must be numbers in [0, 1), got {drop_rate!r}, {drop_path_rate!r}"
             )
         _check_head(num_classes, global_pool)
         dd = {"device": device, "dtype": dtype}
@@ -518,10 +520,10 @@ def _check_args(layers, stem, stem_dilation, down_dilation, block_dilations, str
             f"layers and widths must be positive, got {tuple(layers)} and {tuple(widths)}; fix: use integers >= 1"
         )
     rates = [stem_dilation, down_dilation, *block_dilations]
-    if not block_dilations or any(int(r) != r or r < 1 for r in rates):
+    if not block_dilations or any(not _is_int(r) or r < 1 for r in rates):
         raise DsrnetError(
-            f"dilation rates must be integers >= 1, got stem={stem_dilation}, down={down_dilation}, "
-            f"blocks={tuple(block_dilations)}"
+            f"dilation rates must be integers >= 1, got stem={stem_dilation!r}, down={down_dilation!r}, "
+            f"blocks={tuple(block_dilations)}; fix: use whole numbers (1 = no dilation)"
         )
 
 

@@ -371,7 +371,7 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     if isinstance(model, DSRNet):
         _check_foldable(model.named_modules())
         dtype = next(model.parameters()).dtype
-        source = copy.deepcopy(model).eval().float()  # fold in fp32, then round once to the model's dtype
+        source = copy.deepcopy(model).eval().to(_fold_dtype(dtype))  # fold, then round once to the model's dtype
         fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
         return fused.requires_grad_(False)  # nothing in it trains (see FusedDSRNet.train)
     parts = [(name, m) for name, m in model.named_modules() if isinstance(m, DSRBlock) or _is_dsrnet_stem(m)]
@@ -384,17 +384,51 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     folded += [(f"{name}.{sub}", m) for name, part in parts if isinstance(part, DSRBlock)
                for sub, m in part.named_modules()]  # fmt: skip
     _check_foldable(folded)
+    _check_hooks([(f"{name}.{sub}", m) for name, part in parts if not isinstance(part, DSRBlock)
+                  for sub, m in (("conv1", part.conv1), ("bn1", part.bn1))] + folded)  # fmt: skip
     source = copy.deepcopy(model)
     for parent in list(source.modules()):
         if _is_dsrnet_stem(parent):
             conv, bn, dtype = parent.conv1, parent.bn1, parent.conv1.weight.dtype
-            parent.conv1 = _frozen(FusedStem(fuse_conv_bn_eval(conv.eval().float(), bn.eval().float())), dtype)
-            parent.bn1, parent.act1 = nn.Identity(), nn.Identity()  # in conv1's kernel now
+            fold = _fold_dtype(dtype)
+            parent.conv1 = _frozen(FusedStem(fuse_conv_bn_eval(conv.eval().to(fold), bn.eval().to(fold))), dtype)
+            parent.bn1 = nn.Identity()  # in conv1's kernel now, and so is act1's ReLU:
+            parent.act1 = _with_hooks_of(parent.act1, nn.Identity())  # its output, hooks and all, is conv1's
         for name, child in list(parent.named_children()):
             if isinstance(child, DSRBlock):
                 dtype = child.conv1.weight.dtype
-                setattr(parent, name, _frozen(FusedDSRBlock(child.eval().float(), mode), dtype))
+                block = _frozen(FusedDSRBlock(child.eval().to(_fold_dtype(dtype)), mode), dtype)
+                setattr(parent, name, _with_hooks_of(child, block))
     return source
+
+
+def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
+    """BatchNorm is folded in fp32, or the model's own dtype where that is wider (fp64 stays fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+#: nn.Module's hook dicts: a wrapper that taps a module's output (timm's ``FeatureHookNet``) registers there.
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs")  # fmt: skip
+
+
+def _with_hooks_of(old: nn.Module, new: nn.Module) -> nn.Module:
+    """``new`` carrying ``old``'s forward (pre-)hooks: it replaces ``old`` with the same input and output."""
+    for attr in _HOOK_DICTS:
+        if hasattr(old, attr):
+            setattr(new, attr, getattr(old, attr))
+    return new
+
+
+def _check_hooks(named_modules) -> None:
+    """Modules that fuse() folds away (a stem's conv and BatchNorm, the parts of a DSR block) cannot keep a hook:
+    their own outputs no longer exist."""
+    hooked = next((n for n, m in named_modules if m._forward_hooks or m._forward_pre_hooks), None)
+    if hooked is not None:
+        raise DsrnetError(
+            f"{hooked} has a forward hook, but fuse() folds it into a kernel of its stem or block, so its output no "
+            f"longer exists; fix: hook the stem's act1 or a whole block (or fuse before adding the hook)"
+        )
 
 
 def _frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
