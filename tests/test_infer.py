@@ -279,6 +279,16 @@ def test_predict_runs_pytorch_exports_on_pytorch(learned_run, tmp_path, fmt, nam
     assert [p for _, p in got[0]] == pytest.approx([p for _, p in want[0]], abs=1e-4)
     with pytest.raises(DsrnetError, match=f"is {kind}, which only PyTorch runs; fix: pass --backend torch"):
         predict(exported, [img], device="cpu", backend="onnxruntime")
+    # On a GPU host "auto" picked CUDA for the batches of a module read onto the CPU: a traceback. The file runs on
+    # the CPU there too; a GPU asked for is one clear error. ("meta" stands in for the GPU this test cannot have.)
+    import dsrnet.infer
+
+    real = dsrnet.infer.resolve_device
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dsrnet.infer, "resolve_device", lambda d: torch.device("meta") if d in ("auto", "cuda") else real(d))
+        assert [c for c, _ in predict(exported, [img], top_k=3)[0]] == [c for c, _ in want[0]]
+        with pytest.raises(DsrnetError, match=f"is {kind}, which dsrnet runs on the CPU; fix: pass --device cpu"):
+            predict(exported, [img], device="cuda")
     # Where a training checkpoint is needed, the file is named for what it is, not "cannot be read safely".
     from dsrnet.run.checkpoint import load_checkpoint
 

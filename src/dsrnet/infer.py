@@ -250,6 +250,12 @@ def _model_on_backend(source, backend: str, device: str, precision: str = "fp32"
         backend = "torch" if kind in _TORCH_EXPORTS else best_cpu_backend() if dev.type == "cpu" or kind else "torch"
     if kind in _TORCH_EXPORTS and backend != "torch":
         raise DsrnetError(f"{source} is {kind}, which only PyTorch runs; fix: pass --backend torch (or auto)")
+    if kind in _TORCH_EXPORTS:  # read onto the CPU (its constants too): it runs there, on a GPU host as well
+        if str(device) == "auto":
+            dev = torch.device("cpu")
+        elif dev.type != "cpu":
+            raise DsrnetError(f"{source} is {kind}, which dsrnet runs on the CPU; fix: pass --device cpu (or run the "
+                              f"checkpoint it was exported from on {dev.type})")  # fmt: skip
     if backend == "fused":
         return _fused_model(source, dev)
     if backend != "torch" and str(device) == "auto":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -56,7 +58,19 @@ def test_round_trip_matches_pytorch_with_dynamic_batch_and_metadata(fmt, tiny, t
     assert meta["num_classes"] == 10 and meta["image_size"] == 32
     # the module's own preprocessing (its pretrained_cfg: CIFAR-10 statistics for a _cifar model), not ImageNet's
     assert meta["mean"] == pytest.approx([0.4914, 0.4822, 0.4465]) and meta["trained"] is False
-    assert meta["batchnorm_folded"] == str(_bn_count(tiny))
+    assert meta["batchnorm_folded"] == str(_bn_count(tiny)) and meta["model"] == "dsrnet50_cifar"
+
+
+def test_a_module_with_trained_weights_exports_what_eval_needs(tmp_path):
+    """An exported module built on the shipped weights was named "DSRNet", untrained, with no dataset: `dsrnet eval`
+    could not score the file. Its pretrained_cfg names the architecture and tag, and the tag the dataset."""
+    model = dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True)
+    meta = read_metadata(export_model(model, tmp_path / "m.pt2", format="exported-program").path)
+    assert (meta["model"], meta["trained"], meta["dataset"], meta["classes"][3]) == ("dsrnet50_cifar", True,
+                                                                                      "cifar10", "cat")  # fmt: skip
+    model.reset_classifier(3)  # a new head: no longer the tag's classes nor its dataset
+    meta = read_metadata(export_model(model, tmp_path / "m3.pt2", format="exported-program").path)
+    assert "dataset" not in meta and meta["classes"] == [] and meta["num_classes"] == 3
 
 
 @pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "exported-program"])
@@ -268,6 +282,18 @@ def test_torchscript_and_pt2_files_that_would_write_files_are_refused_before_loa
             read_metadata(evil)
         with pytest.raises(dsrnet.DsrnetError, match="not what an image classifier does"):
             load_predictor(evil)
+    # The same op through a namespace bound to a name: `m = ops.aten` then `m.from_file(...)` looked like a method
+    # of a value and ran (a reviewer's crafted file overwrote a file on `dsrnet predict`).
+    for alias, namespace in (("m", "ops.aten"), ("t", "torch")):
+        def aliased(code, alias=alias, namespace=namespace):  # and fill_ as a method: only the alias is refused
+            line = next(x for x in code.splitlines() if "torch.from_file" in x)
+            indent = line[: len(line) - len(line.lstrip())]
+            code = code.replace(line, f"{indent}{alias} = {namespace}\n{line.replace('torch.', f'{alias}.')}")
+            return re.sub(r"torch\.fill_\((\w+), ", r"\1.fill_(", code)
+
+        evil = _rewrite_code(plain, tmp_path / f"alias_{alias}.pt", aliased)
+        with pytest.raises(dsrnet.DsrnetError, match=rf"its code uses {namespace} as a value, not what an image"):
+            load_predictor(evil)
 
     program = tmp_path / "fromfile.pt2"
     with torch.library._scoped_library("aten", "IMPL") as lib:  # from_file has no meta kernel to export with
@@ -306,6 +332,18 @@ def test_a_fused_model_is_refused_for_onnx_with_the_fix(tiny, tmp_path):
     with pytest.raises(dsrnet.DsrnetError, match=r"fuse\(\)d DSRNet runs dsrnet's own kernels, which ONNX cannot hold"):
         export_model(dsrnet.fuse(tiny), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program"])
+def test_a_fused_model_exports_to_the_formats_that_onnxs_refusal_names(tiny, tmp_path, fmt):
+    """The .pt2 of a fuse()d model was refused by its own reader (torch.export puts _assert_tensor_metadata checks
+    around the custom ops), while the ONNX refusal sent the user to exported-program: a circle."""
+    out = tmp_path / f"m{SUFFIXES[fmt]}"
+    fused = dsrnet.fuse(tiny)
+    export_model(fused, out, format=fmt)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(load_runner("torch", out)(x), fused(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("fmt", "name", "match"), [

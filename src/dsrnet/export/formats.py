@@ -207,6 +207,8 @@ _SAFE_OPS = frozenset({
     "chunk", "unbind", "select", "slice", "narrow", "index_select", "gather", "roll", "flip", "masked_fill",
     "contiguous", "clone", "to", "_to_copy", "type_as", "detach", "zeros", "zeros_like", "ones", "ones_like",
     "full", "full_like", "arange", "size", "sym_size", "sym_numel", "dim", "numel", "getitem",
+    # checks that torch.export puts in a graph (of a fused model's custom ops): they read metadata, raise or pass
+    "_assert_tensor_metadata", "_assert_scalar",
 })  # fmt: skip
 #: TorchScript's own ``prim`` ops that only convert or read values (shapes, devices, dtypes).
 _SAFE_PRIM_OPS = frozenset({"NumToTensor", "ImplicitTensorToNum", "device", "dtype", "layout", "shape", "min",
@@ -297,6 +299,35 @@ def _dotted(node) -> str | None:
     return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else None
 
 
+#: Names under which TorchScript code reaches ops and classes: only called directly (and checked), or named in types.
+_OP_NAMESPACES = frozenset({"torch", "ops", "__torch__"})
+#: TorchScript builtins that take a type, and at which argument: ``annotate(List[Tensor], [])``,
+#: ``uninitialized(Tensor)``, ``unchecked_cast(Tensor, x)``, ``isinstance(x, Tensor)``.
+_TYPE_ARGUMENT = {"annotate": 0, "uninitialized": 0, "unchecked_cast": 0, "isinstance": 1}
+
+
+def _in_type(node, parents) -> bool:
+    """Whether ``node`` sits in a type: an argument's or a function's annotation, an annotated assignment's, or the
+    type argument of a builtin in :data:`_TYPE_ARGUMENT` (``self: __torch__.M`` in every method's signature). A
+    type holds no call, so an argument of any other call is not in one."""
+    import ast
+
+    while (parent := parents.get(node)) is not None:
+        if isinstance(parent, ast.arg):
+            return node is parent.annotation
+        if isinstance(parent, ast.FunctionDef):
+            return node is parent.returns
+        if isinstance(parent, ast.AnnAssign):
+            return node is parent.annotation
+        if isinstance(parent, ast.Call):
+            position = _TYPE_ARGUMENT.get(parent.func.id) if isinstance(parent.func, ast.Name) else None
+            return position is not None and position < len(parent.args) and node is parent.args[position]
+        if isinstance(parent, ast.stmt):
+            return False
+        node = parent
+    return False
+
+
 def _check_torchscript(path: Path) -> None:
     """Refuse, before ``torch.jit.load`` reads it, a TorchScript archive whose code does more than an image
     classifier's forward: a method other than ``forward`` (``__setstate__`` runs while the file is LOADED), a call
@@ -313,7 +344,17 @@ def _check_torchscript(path: Path) -> None:
                     tree = ast.parse(zf.read(name).decode("utf-8"))
                 except (SyntaxError, ValueError, UnicodeDecodeError):
                     raise UnsafeProgram(path, f"its code {name} is not plain TorchScript") from None
+                parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
                 for node in ast.walk(tree):
+                    if isinstance(node, ast.Name) and node.id in _OP_NAMESPACES:
+                        chain = node  # the whole chain of names this one starts (torch.ops.aten.from_file)
+                        while isinstance(parents.get(chain), ast.Attribute):
+                            chain = parents[chain]
+                        above = parents.get(chain)
+                        # A namespace only as the callee of a checked call, or in a type: bound to a name (m =
+                        # ops.aten), passed or put in a list, its ops would be called as methods of a value.
+                        if not (isinstance(above, ast.Call) and above.func is chain) and not _in_type(chain, parents):
+                            raise UnsafeProgram(path, f"its code uses {ast.unparse(chain)[:80]} as a value")
                     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) and (
                         getattr(node, "name", "<lambda>") != "forward"
                     ):

@@ -73,6 +73,17 @@ def parse_metadata(meta: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _tag_dataset(arch: str, tag: str | None, num_classes: int) -> str:
+    """The dataset of the trained weights ``arch.tag`` a module was built with (``create_model("dsrnet50_cifar.c10",
+    pretrained=True)``), when its head is still theirs; "" otherwise (eval then asks for one)."""
+    from dsrnet.models.weights import all_weights
+
+    entry = all_weights().get(f"{arch}.{tag}") if tag else None
+    if entry is None or entry.num_classes != num_classes:
+        return ""
+    return str(entry.metadata.get("dataset") or "")
+
+
 def _default_image_size(name: str, model: nn.Module) -> int:
     cfg = getattr(model, "pretrained_cfg", None)
     if cfg and "input_size" in cfg:
@@ -101,18 +112,20 @@ def load_source(
     if num_classes is not None:
         check_int("num_classes", num_classes, 1)
     if isinstance(source, nn.Module):
-        name = type(source).__name__
+        # A timm-style module carries its preprocessing (and, with trained weights, its architecture, tag and class
+        # names) in pretrained_cfg: the exported file keeps them, as predict/eval read them from it.
+        cfg = getattr(source, "pretrained_cfg", None) or {}
+        name = cfg.get("architecture") or type(source).__name__
         size = image_size or _default_image_size(name, source)
         n = num_classes or _infer_num_classes(source)
-        # A timm-style module carries its preprocessing (and, with trained weights, its class names) in
-        # pretrained_cfg: the exported file keeps them, as predict/eval read them from it.
-        cfg = getattr(source, "pretrained_cfg", None) or {}
         names = tuple(str(c) for c in cfg.get("label_names") or ())
+        dataset = _tag_dataset(name, cfg.get("tag"), n)
         # An eval-mode copy: the caller's module keeps its mode.
         return ModelSource(
             copy.deepcopy(source).eval(), name, n, size, tuple(cfg.get("mean", IMAGENET_MEAN)),
             tuple(cfg.get("std", IMAGENET_STD)),
-            classes=names if len(names) == n else (), origin="module",
+            classes=names if len(names) == n else (), trained=bool(cfg.get("tag")), origin="module",
+            extra={"dataset": dataset} if dataset else {},
         )  # fmt: skip
     text = os.fspath(source)
     path = Path(text).expanduser()
