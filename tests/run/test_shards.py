@@ -82,6 +82,11 @@ def test_bad_manifest_and_bad_arguments(blob, tmp_path):
         split_file(tmp_path / "nope.pt", tmp_path / "x")
     with pytest.raises(DsrnetError, match="max_bytes"):
         split_file(blob, tmp_path / "x", max_bytes=0)
+    odd = tmp_path / "my ckpt+1.pt"  # split, then refused by join_parts as "not a dsrnet shard manifest"
+    odd.write_bytes(b"x" * 100)
+    with pytest.raises(DsrnetError, match="letters, digits, '.', '_' and '-' only; fix: rename the file"):
+        split_file(odd, tmp_path / "odd")
+    assert not (tmp_path / "odd").exists()
 
 
 def test_join_never_writes_over_its_own_inputs(blob, tmp_path):

@@ -190,6 +190,16 @@ def test_duplicate_yaml_keys_are_an_error(tmp_path):
     path.write_text("epochs: 2\nlr: 0.1\nepochs: 30\n")
     with pytest.raises(DsrnetError, match="key 'epochs' appears twice"):
         load_config_file(path)
+    path.write_text("batch-size: 64\nbatch_size: 16\n")  # one setting in two spellings: 64 was silently lost
+    with pytest.raises(DsrnetError, match="sets batch_size twice .*; fix: keep one of them"):
+        load_config_file(path)
+
+
+def test_a_compile_mode_without_compile_is_refused():
+    """--compile-mode without --compile was recorded in config.yaml and did nothing."""
+    with pytest.raises(DsrnetError, match="compile_mode=reduce-overhead only applies with compile; fix: add --compile"):
+        TrainConfig.from_recipe("paper", device="cpu", compile=False, compile_mode="reduce-overhead")
+    assert TrainConfig.from_recipe("paper", device="cpu", compile=True, compile_mode="reduce-overhead").compile
 
 
 def test_regularisation_switches_are_off_by_default_and_set_from_yaml_or_values(tmp_path):

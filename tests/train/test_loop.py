@@ -650,3 +650,24 @@ def test_a_checkpoint_whose_resume_fields_are_broken_is_one_line_before_anything
         with pytest.raises(DsrnetError, match=message):  # the Trainer's own check (resume= set by hand)
             train(TrainConfig(**{**cfg.to_dict(), "deadline": None, "resume": str(folder), "out_dir": str(folder)}))
         assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == ["checkpoint.pt"], name  # nothing written
+    unknown = {**good, "config": {**good["config"], "new_future_field": 1}}  # from a newer dsrnet, or edited
+    (tmp_path / "newer").mkdir()
+    torch.save(unknown, tmp_path / "newer" / "checkpoint.pt")
+    with pytest.raises(DsrnetError, match=r"has settings this dsrnet does not know \(new_future_field\); fix: resume"):
+        resume_config(tmp_path / "newer")  # was a TypeError from TrainConfig
+
+
+def test_a_global_batch_that_leaves_one_image_per_process_is_refused_before_data_is_read(tmp_path):
+    """--batch-size 2 over 2 DDP processes passed the config's check (global batch >= 2) and every process then
+    failed in BatchNorm with a traceback."""
+    from dsrnet.train.distributed import DistContext
+
+    two = DistContext()
+    two.world_size = 2
+    cfg = TrainConfig.from_recipe("paper", device="cpu", batch_size=2, data_dir=str(tmp_path / "no-data"),
+                                  out_dir=str(tmp_path / "run"))  # fmt: skip
+    with pytest.raises(DsrnetError, match="gives each of 2 processes 1 image per batch.*fix: use --batch-size 4"):
+        loop._load_data(cfg, two, torch.device("cpu"))
+    with pytest.raises(DsrnetError, match="batch size 3 does not split over 2 processes"):
+        loop._load_data(TrainConfig(**{**cfg.to_dict(), "batch_size": 3}), two, torch.device("cpu"))
+

@@ -50,6 +50,9 @@ def split_file(path: str | os.PathLike, out_dir: str | os.PathLike, max_bytes: i
         raise DsrnetError(f"max_bytes must be a positive integer, got {max_bytes!r}")
     if not path.is_file():
         raise DsrnetError(f"cannot split {path}: no such file; fix: pass an existing file")
+    if not _PART_NAME.match(f"{path.name}.part00"):  # join_parts reads back only parts named this way
+        raise DsrnetError(f"cannot split {path}: join_parts takes names of letters, digits, '.', '_' and '-' only; "
+                          f"fix: rename the file")  # fmt: skip
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     size = path.stat().st_size

@@ -384,6 +384,9 @@ class TrainConfig:
             "a Unix time in seconds (> 0; not milliseconds)",
         )
         _check(self.compile_mode in COMPILE_MODES, "compile_mode", self.compile_mode, f"one of {', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and not self.compile:  # it would be recorded and do nothing
+            raise DsrnetError(f"compile_mode={self.compile_mode} only applies with compile; fix: add --compile (or "
+                              f"drop --compile-mode)")  # fmt: skip
         _check(self.deadline_rule in DEADLINE_RULES, "deadline_rule", self.deadline_rule,
                f"one of {', '.join(DEADLINE_RULES)}")  # fmt: skip
 
@@ -537,7 +540,14 @@ def load_config_file(path: str | os.PathLike) -> dict:
         raise DsrnetError(
             f"config file {path} must hold a mapping of settings; fix: write `key: value` lines"
         )
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    normalised: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in normalised:  # batch-size and batch_size: the same setting twice, one value silently lost
+            raise DsrnetError(f"config file {path} sets {name} twice (as {key!r} and as another spelling); fix: keep "
+                              f"one of them")  # fmt: skip
+        normalised[name] = value
+    values = normalised
     unknown = sorted(set(values) - set(_KINDS))
     if unknown:
         raise DsrnetError(
@@ -554,6 +564,12 @@ def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfi
     resume after one epoch); pass one again to time-box the resumed run."""
     ckpt = load_checkpoint(checkpoint)
     check_resume_fields(ckpt)
+    unknown = sorted(set(ckpt["config"]) - set(_KINDS))
+    if unknown:  # written by a newer dsrnet (or edited): its run depends on settings this version cannot apply
+        raise DsrnetError(
+            f"checkpoint {ckpt['path']} has settings this dsrnet does not know ({', '.join(unknown)}); fix: resume it "
+            f"with the dsrnet version that wrote it (or a newer one)"
+        )
     saved = {**LEGACY_DEFAULTS, **ckpt["config"]}  # a field the checkpoint predates: the value it ran with
     _check_resume_overrides(saved, overrides, ckpt["path"])
     saved["deadline"] = None  # the time box of the call that stopped it; a resume gets a new one or none

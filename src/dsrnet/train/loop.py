@@ -176,6 +176,17 @@ def _seed_everything(seed: int) -> None:
 
 def _load_data(cfg: TrainConfig, dist_: DistContext, device: torch.device):
     info = D.DATASETS[cfg.dataset]
+    # Before any data is read (every process makes the same check, so each stops with this line)
+    if cfg.batch_size % dist_.world_size:
+        raise DsrnetError(
+            f"batch size {cfg.batch_size} does not split over {dist_.world_size} processes; fix: use a multiple "
+            f"of {dist_.world_size} (--batch-size is the global batch)"
+        )
+    if cfg.batch_size // dist_.world_size < 2:  # the config checks the global batch; BatchNorm needs 2+ per process
+        raise DsrnetError(
+            f"batch size {cfg.batch_size} gives each of {dist_.world_size} processes 1 image per batch, and BatchNorm "
+            f"needs 2 or more; fix: use --batch-size {2 * dist_.world_size} or more"
+        )
     if not dist_.is_main:
         dist_.barrier()  # rank 0 downloads and writes the array cache first
     train = D.load_split(cfg.dataset, "train", cfg.data_dir, download=cfg.download)
@@ -191,11 +202,6 @@ def _load_data(cfg: TrainConfig, dist_: DistContext, device: torch.device):
             cfg.test_subset_per_class, cfg.seed, what="test_subset_per_class (test split)"
         )
     mean, std = D.channel_stats(train.images)
-    if cfg.batch_size % dist_.world_size:
-        raise DsrnetError(
-            f"batch size {cfg.batch_size} does not split over {dist_.world_size} processes; fix: use a multiple "
-            f"of {dist_.world_size} (--batch-size is the global batch)"
-        )
     per_rank = cfg.batch_size // dist_.world_size
     common = {"device": device, "mean": mean, "std": std, "channels_last": cfg.channels_last}
     train_loader = D.DeviceLoader(
