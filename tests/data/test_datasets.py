@@ -492,6 +492,19 @@ def test_data_dir_pointing_at_the_dataset_folder_names_its_parent(tmp_path, name
         load_split("cifar10", "test", tmp_path / name)
 
 
+def test_download_into_the_dataset_folder_holding_its_files_names_its_parent_and_downloads_nothing(tmp_path,
+                                                                                                 monkeypatch):  # fmt: skip
+    """With --download the hint was skipped: ~170 MB fetched into cifar10/, a second copy in cifar10/cifar10/."""
+    import dsrnet.data.datasets as datasets
+
+    own = tmp_path / "cifar10"
+    own.mkdir()
+    (own / "test.npz").write_bytes(b"an array cache one level too deep")
+    monkeypatch.setattr(datasets, "_download", lambda *a: pytest.fail("downloaded into the dataset's own folder"))
+    with pytest.raises(DsrnetError, match=rf"is the dataset's own folder; fix: .*--data-dir {tmp_path}\)"):
+        load_split("cifar10", "test", own, download=True)
+
+
 def test_data_dir_that_is_a_file_names_the_folder_to_pass(tmp_path):
     cache = tmp_path / "cifar10" / "test.npz"  # the cache file itself, given as --data-dir
     cache.parent.mkdir()

@@ -168,6 +168,26 @@ def test_report_only_refuses_timings_of_two_setups_and_damaged_run_files(quick_r
     assert len(err.strip().splitlines()) == 1 and (out / "table.md").read_text() == table
 
 
+def test_report_only_takes_the_bench_settings_it_is_not_given_from_the_saved_timings(quick_run, cifar10_dir,
+                                                                                     tmp_path, capsys):  # fmt: skip
+    """Runs timed on a GPU (bench.json: cuda, 10 warm-up, 30 repeats) could not be reported on a CPU: the defaults
+    were this machine's, and no flag names a bench device (--device cuda: "torch sees no CUDA GPU")."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run, out)
+    for model in ("dsrnet50", "resnet50"):
+        path = out / "runs" / model / "bench.json"
+        saved = read_json(path)
+        path.write_text(json.dumps({**saved, "request": {**saved["request"], "device": "cuda", "warmup": 10,
+                                                         "repeats": 30}}))  # fmt: skip
+    argv = ["reproduce", "--dataset", "cifar10", "--report-only", *_quick(cifar10_dir, out)]  # batch 4: as saved
+    assert main(argv) == 0
+    assert "| DSRNet | ResNet50 |" in capsys.readouterr().out
+    assert main([*argv, "--bench-repeats", "3"]) == 2  # asked for: checked against the saved timings, not adopted
+    assert "bench.json was timed with other settings" in capsys.readouterr().err
+
+
 def test_table_csv_keeps_the_papers_time_to_its_setting_and_names_the_models_arguments(quick_run):
     """The CSV carried the paper's time beside ours timed at batch 4 (the markdown shows "–"), and had no column
     that told a narrowed DSRNet from the paper's network, nor a quick run from a full one."""
@@ -281,6 +301,11 @@ def test_ablation_variants_build():
         (["reproduce", "--dataset", "cifar10", "--models", "dsrnet50_cifar", "resnet50"],
          "dsrnet50_cifar has the cifar stem, but --stem is paper; fix: --stem cifar --models dsrnet50 resnet50"),
         (["reproduce", "--dataset", "cifar10", "--epochs", "0"], "epochs"),
+        # a name twice gave two identical columns (rows)
+        (["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "resnet50", "dsrnet50"],
+         "--models names dsrnet50 more than once; fix: name each once"),
+        (["ablate", "--dataset", "cifar10", "--variants", "no_dilation", "no_dilation"],
+         "--variants names no_dilation more than once"),
         (
             ["ablate", "--dataset", "cifar10", "--variants", "no_dilation", "wide"],
             "unknown ablation variant(s) wide",
@@ -346,8 +371,9 @@ def test_config_file_gives_every_model_its_settings_and_flags_win(cifar10_dir, t
 
     config = tmp_path / "recipe.yaml"
     # A recipe file as configs/fast.yaml is: it names the model it was written for (ignored here) and the dataset.
+    # device and progress: the flags' defaults used to override the file's (a `device: cpu` file trained on a GPU)
     config.write_text("model: dsrnet50_cifar\ndataset: cifar10\nrecipe: fast\ncutout: 8\nema-decay: 0.9\nlr: 0.2\n"
-                      "seed: 5\nepochs: 40\nbatch_size: 512\n")
+                      "seed: 5\nepochs: 40\nbatch_size: 512\ndevice: cpu\nprogress: false\n")
     out = tmp_path / "out"
     argv = ["reproduce", "--dataset", "cifar10", "--models", "dsrnet50", "--model-kwargs", TINY, "--config",
             str(config), "--lr", "0.05", *_quick(cifar10_dir, out)]  # fmt: skip
@@ -355,6 +381,7 @@ def test_config_file_gives_every_model_its_settings_and_flags_win(cifar10_dir, t
     capsys.readouterr()
     saved = yaml.safe_load((out / "runs" / "dsrnet50" / "config.yaml").read_text())
     assert (saved["recipe"], saved["cutout"], saved["ema_decay"], saved["seed"]) == ("fast", 8, 0.9, 5)
+    assert (saved["device"], saved["progress"]) == ("cpu", False)
     assert saved["lr"] == 0.05  # the flag beats the file
     assert (saved["epochs"], saved["batch_size"]) == (1, 32)  # and --quick's sizes beat the file's
     assert "--recipe fast" in (out / "table.md").read_text() and "--seed 5" in (out / "table.md").read_text()

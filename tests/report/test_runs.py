@@ -242,3 +242,18 @@ def test_runs_that_differ_only_by_their_seed_are_aggregated_honestly(tmp_path):
     assert "seeds.csv" not in [p.name for p in plot_runs([seeds[0], other], tmp_path / "r2")]
     again = plot_runs([seeds[0], other], out)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in again)
+
+
+def test_seed_groups_of_one_model_keep_a_band_each(tmp_path, monkeypatch):
+    """curves_seeds.png keyed its bands by model: two groups of one model (here 2 and 3 epochs) drew one band while
+    seeds.csv listed both. Each band's label now names what its group differs in."""
+    from dsrnet.report import plots
+
+    runs = [make_run(tmp_path / f"e{n}s{s}", [50.0, 40.0, 30.0][:n], seed=s) for n in (2, 3) for s in (0, 1)]
+    seen = {}
+    monkeypatch.setattr(plots, "plot_seed_bands", lambda bands, path, **k: seen.update(bands=bands) or path)
+    plot_runs(runs, tmp_path / "out")
+    assert {label: len(rows) for label, rows in seen["bands"].items()} == {
+        "dsrnet50_cifar (epochs=2)": 2, "dsrnet50_cifar (epochs=3)": 2}
+    with open(tmp_path / "out" / "seeds.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2

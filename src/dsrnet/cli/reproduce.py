@@ -37,7 +37,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--download", action="store_true", default=None, help="download the dataset if missing (default: off)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (training and timing)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (training and timing) (default: the "
+                   "--config file's, else auto)")  # fmt: skip
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -75,8 +76,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
         metavar="JSON",
         help="extra DSRNet constructor arguments (JSON object), e.g. tiny widths for a smoke test",
     )
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="progress bars on a terminal")  # fmt: skip
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars on a terminal (default: the --config file's, else on)")  # fmt: skip
 
 
 def configure(name: str, p: argparse.ArgumentParser) -> None:
@@ -160,9 +161,11 @@ def _prepare(args: argparse.Namespace) -> dict:
 
     from_file = _config_file(args.config, args.dataset) if args.config else {}
     train = {**from_file, **(QUICK if args.quick else {}), **{k: v for k, v in flags.items() if v is not None}}
-    train.setdefault("recipe", "paper")
-    train.setdefault("seed", 0)
-    args.recipe, args.seed = train["recipe"], train["seed"]  # spelled out in the recorded command
+    # Flags left unset leave a --config file's values alone (as in `dsrnet train`), then take these defaults; the
+    # recorded command spells out what was used.
+    for key, default in (("recipe", "paper"), ("seed", 0), ("device", "auto"), ("progress", True)):
+        train.setdefault(key, default)
+    args.recipe, args.seed, args.device, args.progress = (train[k] for k in ("recipe", "seed", "device", "progress"))
     return {
         "stem": args.stem,
         "out": args.out_dir,

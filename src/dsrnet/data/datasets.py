@@ -165,11 +165,14 @@ def load_split(
     if cache.is_file():
         return _read_cache(cache, info, split)
     folder = _find_official(root, info)
-    if folder is None and download:
+    own_folder = root.name in (_OFFICIAL_FOLDER[info.name], info.name)  # the dataset's own folder, not the one above
+    # ... and holding its files: a download would put a second copy inside it, so the hint comes first
+    holds_files = any((root / f).is_file() for f in (f"{split}.npz", "batches.meta", "meta", "train_X.bin"))
+    if folder is None and download and not (own_folder and holds_files):
         _download(root, info)
         folder = _find_official(root, info)
     if folder is None:
-        if root.name in (_OFFICIAL_FOLDER[info.name], info.name):  # the dataset's own folder, not the one above
+        if own_folder:
             raise DsrnetError(
                 f"dataset {info.name} ({split} split) not found: the data folder {root} is the dataset's own "
                 f"folder; fix: pass the folder that contains {root.name}/ (--data-dir {root.parent})"

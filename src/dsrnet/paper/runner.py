@@ -362,6 +362,8 @@ def _saved_rows(jobs: Sequence[Job], s: Settings) -> list[dict]:
         run = RunDir(s.out / "runs" / job.key)
         path = run.path / "bench.json"
         saved = read_json(path)
+        if s.bench_given is not None and first is None:  # what the report was not asked to check: as saved
+            s.bench.update({k: v for k, v in (saved.get("request") or {}).items() if k not in s.bench_given})
         if plain(saved.get("request")) != plain(s.bench):
             raise DsrnetError(
                 f"{path} was timed with other settings ({saved.get('request')}, asked "
@@ -424,13 +426,15 @@ def ablate(
     timed runs in ``out`` (every variant asked must have one, with these settings)."""
     all_variants = {v.name: v for v in ablation_variants(stem, DATASETS[dataset].image_size)}
     names = list(variants or all_variants)
+    _check_once("--variants", names)
     unknown = [n for n in names if n not in all_variants]
     if unknown:
         raise DsrnetError(
             f"unknown ablation variant(s) {', '.join(unknown)}; fix: choose from {', '.join(all_variants)}"
         )
     s = _settings(
-        dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset / "ablate"
+        dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset / "ablate",
+        timing_here=not report_only,
     )
     def clash(v) -> list[str]:  # arguments the variant is defined by and --model-kwargs sets otherwise
         return sorted(k for k in v.kwargs if k in (model_kwargs or {}) and model_kwargs[k] != v.kwargs[k])
@@ -472,7 +476,15 @@ def ablate(
     return {"rows": rows, "files": write_ablation_report(rows, s)}
 
 
+def _check_once(what: str, names: Sequence[str]) -> None:
+    """One column (or row) per name: a name given twice gave two identical columns."""
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    if twice:
+        raise DsrnetError(f"{what} names {', '.join(twice)} more than once; fix: name each once")
+
+
 def _check_models(models: Sequence[str], stem: str | None = None) -> None:
+    _check_once("--models", models)
     known = set(list_models())
     unknown = [m for m in models if m not in known]
     if unknown:
@@ -487,12 +499,14 @@ def _check_models(models: Sequence[str], stem: str | None = None) -> None:
 def _settings(
     dataset, out, train, bench_settings, quick, command, *, default_out: Path, timing_here: bool = True
 ) -> Settings:
-    """``timing_here=False``: nothing is timed in this process (a report of saved timings), so the bench device
-    is kept as saved (e.g. ``cuda`` on a machine without one)."""
+    """``timing_here=False``: nothing is timed in this process (a report of saved timings), so no device is
+    resolved here and the bench settings not given are taken from the saved timings (e.g. ``cuda`` with its
+    warm-up and repeats on a machine without a GPU)."""
     if dataset not in DATASETS:
         raise DsrnetError(f"unknown dataset {dataset!r}; fix: choose one of {', '.join(DATASETS)}")
     train = {k: v for k, v in (train or {}).items() if v is not None}
     bench_settings = {k: v for k, v in (bench_settings or {}).items() if v is not None}
+    given = None if timing_here else frozenset(bench_settings)
     if quick:
         train = {**QUICK, **train}
         bench_settings = {**QUICK_BENCH, **bench_settings}
@@ -500,15 +514,17 @@ def _settings(
             default_out = Path("results") / "quick" / default_out.relative_to("results")
     train.setdefault("progress", False)
     train.setdefault("tensorboard", False)  # results/ keeps tables and figures, not event files
-    device = resolve_device(train.get("device", "auto"))
+    device = str(train.get("device", "auto"))
+    device = str(resolve_device(device)) if timing_here else device  # a report needs no device it names
+    kind = "cpu" if device == "auto" else device.split(":")[0]
     bench_defaults = {
         "image_size": DATASETS[dataset].image_size,
         "batch_size": 128,
-        "device": str(device),
+        "device": device,
         "precision": "fp32",
         "num_classes": DATASETS[dataset].num_classes,
-        "warmup": DEFAULT_WARMUP[device.type],
-        "repeats": DEFAULT_REPEATS[device.type],
+        "warmup": DEFAULT_WARMUP.get(kind, DEFAULT_WARMUP["cpu"]),
+        "repeats": DEFAULT_REPEATS.get(kind, DEFAULT_REPEATS["cpu"]),
     }
     bench_settings = {**bench_defaults, **bench_settings}
     if timing_here:
@@ -520,5 +536,5 @@ def _settings(
     RunDir(out).check_writable()  # before any training
     return Settings(
         dataset=dataset, out=out, train=train, bench=bench_settings,
-        command=command, quick=quick,
+        command=command, quick=quick, bench_given=given,
     )  # fmt: skip

@@ -25,6 +25,9 @@ class Settings:
     bench: dict  # benchmark_model kwargs, shared by all jobs
     command: str
     quick: bool
+    #: A report of saved timings (``--report-only``): the bench settings the caller asked for; the others are
+    #: taken from the saved timings. ``None``: every bench setting is this call's (it times what it reports).
+    bench_given: frozenset[str] | None = None
 
 
 def _environment(s: Settings, rows: list[dict]) -> dict:

@@ -270,6 +270,21 @@ def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
     return [g for g in groups.values() if len(g) >= 2 and len({r.config["seed"] for r in g}) == len(g)]
 
 
+def _group_labels(groups: Sequence[Sequence[Run]]) -> list[str]:
+    """A legend label per seed group: the model (and its arguments), plus the settings in which the groups differ
+    (recipe, epochs, lr, ...), so that groups of one model keep a band each."""
+    configs = [{k: v for k, v in g[0].config.items() if k not in (*_RUN_CONTROLS, "seed", "model", "model_kwargs")}
+               for g in groups]  # fmt: skip
+    differing = sorted({k for c in configs for k in c if any(c.get(k) != other.get(k) for other in configs)})
+    labels = []
+    for g, config in zip(groups, configs, strict=True):
+        label = labelled(g[0].config.get("model") or "run", g[0].config.get("model_kwargs") or {})
+        if differing:
+            label += " (" + ", ".join(f"{k}={config.get(k)}" for k in differing) + ")"
+        labels.append(label)
+    return _numbered(labels)
+
+
 def seed_row(group: Sequence[Run]) -> dict[str, Any]:
     """One experiment over several seeds: mean, sample standard deviation (n - 1), min and max of the FINAL
     epochs' errors."""
@@ -411,8 +426,7 @@ def plot_runs(
     if groups:
         from dsrnet.report.plots import plot_seed_bands
 
-        bands = {labelled(g[0].config.get("model") or "run", g[0].config.get("model_kwargs") or {}): [r.rows for r in g]
-                 for g in groups}  # fmt: skip
+        bands = {label: [r.rows for r in g] for label, g in zip(_group_labels(groups), groups, strict=True)}
         bands_title = f"{title}: across seeds" if title else "Test top-1 error across seeds"
         written.append(plot_seed_bands(bands, out / "curves_seeds.png", title=bands_title))
     written.append(atomic_write_text(out / "summary.md", summary_markdown(rows, title or "Training runs", seeds)))
