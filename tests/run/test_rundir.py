@@ -35,6 +35,25 @@ def test_a_file_where_the_folder_should_be_is_refused_at_once(tmp_path):
         RunDir(blocker / "run").check_writable()
 
 
+def test_a_link_to_nothing_or_a_folder_that_takes_no_file_is_refused_at_once(tmp_path, monkeypatch):
+    """`dsrnet bench --out-dir LINK` (a link to a missing folder) timed every model, then lost the table in a
+    FileExistsError traceback; a folder whose permission bits allow writing but that takes no file (root, /proc)
+    likewise. Writability is tried, not judged from the bits."""
+    import tempfile
+
+    link = tmp_path / "scratch"
+    link.symlink_to(tmp_path / "gone" / "scratch")
+    with pytest.raises(DsrnetError, match=r"is a link to .*gone/scratch, which does not exist; fix: pass another"):
+        RunDir(link / "run").check_writable()
+
+    def refuses(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuses)
+    with pytest.raises(DsrnetError, match=r"is not writable \(Read-only file system\); fix: pass another --out-dir"):
+        RunDir(tmp_path / "new" / "run").check_writable()
+
+
 def test_lock_is_exclusive_and_released(tmp_path):
     run = RunDir(tmp_path / "r")
     with run.lock():

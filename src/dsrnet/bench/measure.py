@@ -28,10 +28,12 @@ MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus what was allocated before the model was built
 (weights + activations + workspace of the timed calls). On CPU the timed model's weight bytes (parameters and
 buffers) plus the growth of the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``)
-over the warm-up and timed calls, measured after the model, its input (and an engine's session) exist and freed
-memory went back to the system (glibc ``malloc_trim``), so that what earlier models left behind in the allocator
-neither hides nor inflates it; ``None`` where Linux's ``/proc`` interface is missing. An approximation still: an
-engine's own copy of the weights is counted as the model's fp32 weights.
+over the calls, measured after the model, its input (and an engine's session) exist and freed memory went back to
+the system (glibc ``malloc_trim``), so that what earlier models left behind in the allocator neither hides nor
+inflates it; ``None`` where Linux's ``/proc`` interface is missing. On both, the first warm-up call is outside the
+window: where anything compiles (``--compile``, an engine, Triton's autotuning) it does so there, and that memory
+is the compiler's (the peak of a compiled ResNet-50 on a CPU was 90 MB above its eager one with it inside). An
+approximation still: an engine's own copy of the weights is counted as the model's fp32 weights.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def setup_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 def environment_line(env: dict[str, Any]) -> str:
     parts = [
         f"torch {env['torch']}",
+        *([f"torchvision {env['torchvision']}"] if env.get("torchvision") else []),
+        *([f"Python {env['python']}"] if env.get("python") else []),
         f"device {env['device']} ({env['device_name']})",
         f"{env['torch_threads']} torch threads",
     ]
@@ -237,6 +241,12 @@ class _MemoryProbe:
             ok = _reset_peak_rss()
             self.base = _rss_kb("VmRSS") if ok else None
             self.kind = "peak RSS growth" if self.base is not None else "n/a"
+
+    def restart(self) -> None:
+        """Forget the peak so far, keeping the base (CUDA: what was allocated before the model was built)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak_mb(self) -> float | None:
         if self.device.type == "cuda":
@@ -445,15 +455,21 @@ def benchmark_model(
             loss.backward()
             optimizer.step()
 
-    if dev.type != "cuda":  # CPU: the weights, then what the timed calls add (the counting model, an ONNX export
-        # and what earlier models freed are outside the window; see the module docstring)
-        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-        probe = _MemoryProbe(dev, extra_mb=weights / 2**20)
     if (fused and arch.startswith("dsrnet")) or triton_dwconvs:  # Triton kernels compiled before the warm-up
         from dsrnet.kernels import precompile
 
         precompile(step if mode == "inference" else lambda: _forward_backward(runner, x, y, dev, precision))
-    times = time_calls(step, device=dev, warmup=warmup, repeats=repeats)
+    # The first warm-up call compiles wherever anything does (torch.compile, an engine's graph, Triton autotuning):
+    # the memory it takes is the compiler's, not the model's, so the peak is taken over the calls after it.
+    first = min(warmup, 1)
+    time_calls(step, device=dev, warmup=first, repeats=0)
+    if dev.type != "cuda":  # CPU: the weights, then what the calls add (the counting model, an ONNX export, the
+        # compilation and what earlier models freed are outside the window; see the module docstring)
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        probe = _MemoryProbe(dev, extra_mb=weights / 2**20)
+    else:
+        probe.restart()
+    times = time_calls(step, device=dev, warmup=warmup - first, repeats=repeats)
     peak = probe.peak_mb()
     stats = summarize_times(times)
     row = {
@@ -499,15 +515,18 @@ CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
     "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
-    "fuse_mode", "backend", "compile_mode", "dwconv", "model_kwargs", "device_name", "torch",
+    "fuse_mode", "backend", "compile_mode", "dwconv", "model_kwargs", "device_name", "torch", "torchvision",
+    "torch_threads",
 )  # fmt: skip
 
 
 def write_bench_csv(path: str | os.PathLike, rows: list[dict], env: dict) -> Path:
     """The rows as CSV (:data:`CSV_FIELDS`). The file stands alone: each row names the network's arguments (a
-    narrowed DSRNet is not the paper's), the hardware and the torch it was timed with."""
-    csv_rows = [{**r, "model_kwargs": json.dumps(r.get("model_kwargs") or {}), "device_name": env.get("device_name"),
-                 "torch": env.get("torch")} for r in rows]  # fmt: skip
+    narrowed DSRNet is not the paper's), the hardware, the torch (and torchvision) and the thread count it was
+    timed with."""
+    csv_rows = [{**r, "model_kwargs": json.dumps(r.get("model_kwargs") or {}),
+                 **{k: env.get(k) for k in ("device_name", "torch", "torchvision", "torch_threads")}}
+                for r in rows]  # fmt: skip
     return write_csv(path, csv_rows, CSV_FIELDS)
 
 

@@ -153,13 +153,24 @@ class RunDir:
             )
 
     def check_writable(self) -> None:
-        """Fail before any work starts if the folder cannot be created or written."""
+        """Fail before any work starts if the folder cannot be created or written: the nearest existing folder on
+        its path takes a file (tried, not judged from permission bits, which root and /proc-like file systems
+        ignore), and no link on the way points nowhere."""
+        import tempfile
+
         for p in (self.path, *self.path.parents):
+            if p.is_symlink() and not p.exists():
+                raise DsrnetError(f"run folder {self.path}: {p} is a link to {os.readlink(p)}, which does not exist; "
+                                  f"fix: pass another --out-dir")  # fmt: skip
             if p.exists():
                 if not p.is_dir():
                     raise DsrnetError(f"run folder {self.path}: {p} is a file; fix: pass another --out-dir")
-                if not os.access(p, os.W_OK | os.X_OK):
-                    raise DsrnetError(f"run folder {self.path}: {p} is not writable; fix: pass another --out-dir")
+                try:
+                    with tempfile.TemporaryFile(dir=p):
+                        pass
+                except OSError as err:
+                    raise DsrnetError(f"run folder {self.path}: {p} is not writable ({err.strerror}); fix: pass "
+                                      f"another --out-dir") from None  # fmt: skip
                 return
 
     @contextlib.contextmanager
