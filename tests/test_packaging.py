@@ -49,7 +49,8 @@ def dists(tmp_path_factory) -> dict[str, Path]:
 def test_wheel_holds_the_package_data_and_nothing_else(dists):
     names = zipfile.ZipFile(dists["wheel"]).namelist()
     for want in ("dsrnet/configs/fast.yaml", "dsrnet/configs/paper.yaml", "dsrnet/configs/cpu-smoke.yaml",
-                 "dsrnet/weights/dsrnet50_cifar.c10.safetensors", "dsrnet/py.typed"):  # fmt: skip
+                 "dsrnet/weights/dsrnet50_cifar.c10.safetensors", "dsrnet/weights/README.md",  # its model card
+                 "dsrnet/py.typed"):  # fmt: skip
         assert want in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not [n for n in names if n.split("/")[0] in ("tests", "benchmarks", "results") or "__pycache__" in n]
