@@ -608,3 +608,28 @@ def test_fuse_of_an_fp64_model_folds_in_fp64(monkeypatch):
 
 def _rel_err_fp64(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("bn_relu", [False, True])
+def test_training_forms_keep_fp64_in_their_fallbacks(monkeypatch, bn_relu):
+    """The bn_relu form computed an fp64 model's statistics and gradients in fp32 (1e-3 off in bn1.weight's
+    gradient), and dwconv2d_grad_weight's fake kernel said fp32 where the op returned fp64."""
+    from dsrnet.kernels import ops
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")
+    torch.manual_seed(0)
+    eager = DSRNet(stem="cifar", layers=(1, 1, 1, 1), widths=(4, 8, 8, 8), num_classes=10).double().train()
+    form = dsrnet.use_triton_dwconv(copy.deepcopy(eager), bn_relu=bn_relu)
+    x, y = torch.randn(3, 3, 11, 11, dtype=torch.float64), torch.tensor([1, 7, 3])
+    for model in (eager, form):
+        nn.functional.cross_entropy(model(x), y).backward()
+    grads = dict(form.named_parameters())
+    for name, p in eager.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+    buffers = dict(form.named_buffers())
+    for name, b in eager.named_buffers():
+        torch.testing.assert_close(buffers[name], b, rtol=1e-9, atol=1e-12, msg=name)
+    g = torch.randn(1, 5, 4, 3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.dsrnet.dwconv2d_grad_weight.default, (g, torch.randn_like(g), 1, 1))
+    assert ops.dwconv2d_grad_weight(g, torch.randn_like(g), 1, 1).dtype == torch.float64
+

@@ -44,6 +44,11 @@ def test_autocast_computes_in_the_autocast_dtype_as_the_conv_does():
         want, got = conv(x), depthwise_by_shifts(x, conv.weight, conv.bias, 2, 1)
     assert got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    conv64, x64 = conv.double(), x.double()  # autocast leaves fp64 alone, and so must the shifts (were cast to bf16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = conv64(x64), depthwise_by_shifts(x64, conv64.weight, conv64.bias, 2, 1)
+    assert got.dtype == want.dtype == torch.float64
+    torch.testing.assert_close(got, want)
 
 
 def test_swap_keeps_parameters_and_state_dict_and_skips_other_convs():

@@ -292,7 +292,7 @@ def dwconv2d_grad_weight(
 
 @dwconv2d_grad_weight.register_fake
 def _(grad, x, stride, dilation, affine=None):
-    return x.new_empty((x.shape[1], 1, 3, 3), dtype=torch.float32)
+    return x.new_empty((x.shape[1], 1, 3, 3), dtype=torch.promote_types(x.dtype, torch.float32))
 
 
 def _dwconv2d_setup(ctx, inputs, output):
@@ -314,7 +314,7 @@ def _dwconv2d_backward(ctx, grad):
     if ctx.needs_input_grad[1]:
         grad_w = dwconv2d_grad_weight(grad, x, ctx.stride, ctx.dilation).to(ctx.w_dtype)
     if ctx.has_bias and ctx.needs_input_grad[2]:
-        grad_b = grad.float().sum((0, 2, 3)).to(ctx.b_dtype)
+        grad_b = grad.to(torch.promote_types(grad.dtype, torch.float32)).sum((0, 2, 3)).to(ctx.b_dtype)
     return grad_x, grad_w, grad_b, None, None, None
 
 
@@ -333,14 +333,15 @@ def _affine_relu(x: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
 
 
 def _pack_affine(x: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``[centre; scale; shift]`` as one contiguous fp32 [3, C] tensor (what the kernels read)."""
+    """``[centre; scale; shift]`` as one contiguous [3, C] tensor: fp32 (what the kernels read), fp64 for fp64
+    inputs (the fallback keeps their precision: gradcheck)."""
     c = x.shape[1]
     if not centre.shape == scale.shape == shift.shape == (c,):
         raise DsrnetError(
             f"dwconv2d_affine_relu wants centre, scale and shift of shape [{c}] (one per channel), got "
             f"{tuple(centre.shape)}, {tuple(scale.shape)} and {tuple(shift.shape)}"
         )
-    return torch.stack((centre, scale, shift)).float().contiguous()
+    return torch.stack((centre, scale, shift)).to(torch.promote_types(x.dtype, torch.float32)).contiguous()
 
 
 @torch.library.custom_op("dsrnet::dwconv2d_affine_relu", mutates_args=())
@@ -381,9 +382,10 @@ def dwconv2d_affine_relu_grad_input(
     from per-program partial sums (deterministic)."""
     n, c, h, w = x.shape
     if not triton_usable(x, n * c * h * w):
-        centre, scale, shift = (v.view(1, -1, 1, 1) for v in affine)
-        da = torch.nn.grad.conv2d_input((n, c, h, w), weight.float(), grad.float(), stride, dilation, dilation, c)
-        xc = x.float() - centre
+        wide = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs (gradcheck)
+        centre, scale, shift = (v.view(1, -1, 1, 1) for v in affine.to(wide))
+        da = torch.nn.grad.conv2d_input((n, c, h, w), weight.to(wide), grad.to(wide), stride, dilation, dilation, c)
+        xc = x.to(wide) - centre
         g = da * (xc * scale + shift > 0)
         return _as_nhwc((g * scale).to(x.dtype)), (g * xc).sum((0, 2, 3)), g.sum((0, 2, 3))
     # One row of partial sums per program, for the smallest pixel block the autotuner may pick (rows a larger
@@ -398,7 +400,7 @@ def dwconv2d_affine_relu_grad_input(
 @dwconv2d_affine_relu_grad_input.register_fake
 def _(grad, x, affine, weight, stride, dilation):
     c = x.shape[1]
-    per_channel = lambda: x.new_empty((c,), dtype=torch.float32)  # noqa: E731
+    per_channel = lambda: x.new_empty((c,), dtype=torch.promote_types(x.dtype, torch.float32))  # noqa: E731
     return _empty_nhwc(*x.shape, like=x), per_channel(), per_channel()
 
 

@@ -480,7 +480,7 @@ def bn_relu_dwconv(x: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torc
     if bn.training and count == 1:  # nn.BatchNorm2d's own refusal: one value has no variance
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {list(x.shape)}")
     if bn.training and count > 1:
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+        var, mean = torch.var_mean(x.to(torch.promote_types(x.dtype, torch.float32)), dim=(0, 2, 3), correction=0)
         with torch.no_grad():  # the running statistics, as nn.BatchNorm2d updates them (momentum set)
             bn.num_batches_tracked.add_(1)
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)

@@ -29,7 +29,8 @@ def depthwise_by_shifts(
 ) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride, dilation, dilation, groups=C)`` for ``weight`` ``[C, 1, 3, 3]``, as nine
     shifted multiply-adds (module docstring)."""
-    if torch.is_autocast_enabled(x.device.type):  # conv2d is an autocast op; products and sums are not
+    # conv2d is an autocast op (products and sums are not), which casts the float types autocast handles only
+    if torch.is_autocast_enabled(x.device.type) and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
         x = x.to(torch.get_autocast_dtype(x.device.type))
     n, c, h, w = x.shape
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
