@@ -274,6 +274,35 @@ def test_timm_loads_a_users_file_through_the_pretrained_cfg_overlay(registered, 
     assert torch.equal(mine(x), model(x)) and mine.pretrained_cfg["file"] == str(path)
 
 
+def test_timm_loads_weights_named_the_timm_way_and_lists_each_weights_once(tmp_path, monkeypatch):
+    """With pretrained=True, weights named through a pretrained_cfg dict, an overlay url or timm's save_for_hf
+    folder were replaced by the shipped CIFAR-10 weights (or refused for names with none), and
+    timm.list_pretrained() named the shipped weights twice (the bare name and the tag)."""
+    timm = pytest.importorskip("timm")
+    from timm.models import save_for_hf
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # where timm puts a url's download
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 32, 32)
+    mine = timm.create_model("dsrnet50_cifar", num_classes=10, **TINY).eval()
+    torch.save(mine.state_dict(), tmp_path / "mine.pth")
+    by_cfg = timm.create_model("dsrnet50_cifar", pretrained=True, **TINY,
+                               pretrained_cfg={"file": str(tmp_path / "mine.pth"), "num_classes": 10})  # fmt: skip
+    by_url = timm.create_model("dsrnet50_cifar", pretrained=True, **TINY, pretrained_cfg_overlay={
+        "url": (tmp_path / "mine.pth").as_uri(), "num_classes": 10})  # fmt: skip
+    for model in (by_cfg, by_url):
+        assert torch.equal(model.eval()(x), mine(x))
+    for arch in ("dsrnet50_cifar", "dsrnet50"):
+        saved = timm.create_model(arch, num_classes=7, **TINY).eval()
+        save_for_hf(saved, tmp_path / arch)
+        again = timm.create_model(f"local-dir:{tmp_path / arch}", pretrained=True).eval()
+        assert torch.equal(again(x), saved(x))
+    from dsrnet.models import _timm
+
+    _timm.refresh_pretrained_cfgs()  # timm's registry as of now (other tests re-register it with no shipped files)
+    assert timm.list_pretrained("dsrnet*") == ["dsrnet50_cifar.c10"]
+
+
 def test_the_shipped_cifar10_weights_load_everywhere():
     """The file in the package: checksum verified, same model through dsrnet, timm and torch.hub."""
     entry = weights.SHIPPED["dsrnet50_cifar.c10"]

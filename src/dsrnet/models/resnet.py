@@ -24,7 +24,10 @@ default_cfgs: dict = {}
 def _pretrained_cfgs() -> dict:
     """timm ``default_cfgs``: each name's untagged cfg, plus one ``name.tag`` cfg per weights entry (with a
     ``file`` only when the file is present, so timm lists as pretrained only weights that can load)."""
-    cfgs = {name: dict(cfg) for name, cfg in DEFAULT_CFGS.items()}
+    # An architecture with trained weights is listed by its tagged names only, as timm lists its own (an untagged
+    # cfg beside them made timm.list_pretrained() name the same weights twice).
+    with_weights = {entry.model for entry in weights.all_weights().values()}
+    cfgs = {name: dict(cfg) for name, cfg in DEFAULT_CFGS.items() if name not in with_weights}
     for name, entry in weights.all_weights().items():
         if entry.model in DEFAULT_CFGS:
             cfg = {**DEFAULT_CFGS[entry.model], **entry.pretrained_cfg()}
@@ -58,8 +61,10 @@ def _build(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_
 
 def _build_eager(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_overlay, **kwargs) -> DSRNet:
     overlay = dict(pretrained_cfg_overlay or {})
-    # A user's own weights through timm's overlay (file / state_dict) load as given; else dsrnet's table's.
-    if pretrained and not (overlay.get("file") or overlay.get("state_dict")):
+    # A user's own weights, named as timm names them (a file, state dict, url, hub id or local-dir source, in the
+    # overlay or in a pretrained_cfg given as a dict / PretrainedCfg), load as given; else dsrnet's table's.
+    own = (*overlay.items(), *(_cfg_items(pretrained_cfg)))
+    if pretrained and not any(value for key, value in own if key in _OWN_WEIGHTS_KEYS):
         tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
         entry = weights.get_weights(f"{name}.{tag}" if tag else name)
         overlay["file"] = str(
@@ -67,6 +72,10 @@ def _build_eager(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_ove
         )  # unknown tag / not shipped / checksum: DsrnetError
         pretrained_cfg = pretrained_cfg or entry.tag
         kwargs = {**entry.model_kwargs, **kwargs}
+    elif pretrained and any(overlay.get(key) for key in ("hf_hub_id", "url", "source")) and not any(
+        overlay.get(key) for key in ("file", "state_dict")
+    ):  # a url / hub id in the overlay: the registered cfg's shipped file would outrank it in timm's order
+        overlay["file"] = None
     kwargs.pop("cache_dir", None)  # no download happens: dsrnet's weights are local files
     return build_model_with_cfg(
         DSRNet,
@@ -76,6 +85,19 @@ def _build_eager(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_ove
         pretrained_cfg_overlay=overlay,
         **model_args(name, kwargs),
     )
+
+
+#: pretrained_cfg keys by which a timm user names weights of their own (timm reads them in this order of priority).
+_OWN_WEIGHTS_KEYS = ("state_dict", "file", "hf_hub_id", "url", "source")
+
+
+def _cfg_items(pretrained_cfg) -> tuple:
+    """The fields of a ``pretrained_cfg`` given as a dict or timm ``PretrainedCfg`` (a tag string has none)."""
+    if isinstance(pretrained_cfg, dict):
+        return tuple(pretrained_cfg.items())
+    if pretrained_cfg is not None and not isinstance(pretrained_cfg, str):
+        return tuple((key, getattr(pretrained_cfg, key, None)) for key in _OWN_WEIGHTS_KEYS)
+    return ()
 
 
 def _entrypoint(name: str):
