@@ -22,8 +22,8 @@ default_cfgs: dict = {}
 
 
 def _pretrained_cfgs() -> dict:
-    """timm ``default_cfgs``: each name's untagged cfg, plus one ``name.tag`` cfg per weights entry (with a
-    ``file`` only when the file is present, so timm lists as pretrained only weights that can load)."""
+    """timm ``default_cfgs``: the untagged cfg of each name without weights, and one ``name.tag`` cfg per weights
+    entry (with a ``file`` only when the file is present, so timm lists as pretrained only weights that can load)."""
     # An architecture with trained weights is listed by its tagged names only, as timm lists its own (an untagged
     # cfg beside them made timm.list_pretrained() name the same weights twice).
     with_weights = {entry.model for entry in weights.all_weights().values()}
