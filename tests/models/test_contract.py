@@ -370,3 +370,16 @@ print(json.dumps([type(m).__name__, m.num_classes, "dsrnet50" in timm.list_model
 """
     )
     assert out == ["DSRNet", 3, True]
+
+
+def test_timms_zero_init_last_is_torchvisions_zero_init_residual():
+    """timm's ResNet keyword was a TypeError (DSRNet takes torchvision's name); it is the same switch."""
+    tiny = {"widths": (4, 8, 8, 8), "layers": (1, 1, 1, 1)}
+    model = dsrnet.create_model("dsrnet50", zero_init_last=True, **tiny)
+    assert all(float(block.bn3.weight.abs().sum()) == 0 for layer in (model.layer1, model.layer4) for block in layer)
+    assert float(dsrnet.create_model("dsrnet50", **tiny).layer1[0].bn3.weight.abs().sum()) > 0  # off by default
+    with pytest.raises(dsrnet.DsrnetError, match="contradict .*; fix: give one"):
+        dsrnet.create_model("dsrnet50", zero_init_last=True, zero_init_residual=False, **tiny)
+    timm = pytest.importorskip("timm")
+    assert float(timm.create_model("dsrnet50", zero_init_last=True, **tiny).layer2[0].bn3.weight.abs().sum()) == 0
+

@@ -572,6 +572,11 @@ def model_args(name: str, kwargs: dict) -> dict:
     if kwargs.get("drop_block_rate"):  # timm's ResNet option; None / 0 (off) pass as no-ops
         raise DsrnetError("DSRNet has no DropBlock (drop_block_rate); fix: use drop_path_rate (stochastic depth)")
     kwargs = {k: v for k, v in kwargs.items() if k != "drop_block_rate"}
+    if "zero_init_last" in kwargs:  # timm ResNet's name for torchvision's zero_init_residual (default off here)
+        value = kwargs.pop("zero_init_last")
+        if kwargs.setdefault("zero_init_residual", value) != value:
+            raise DsrnetError(f"zero_init_last={value} and zero_init_residual={kwargs['zero_init_residual']} "
+                              f"contradict (one switch, timm's and torchvision's names); fix: give one")  # fmt: skip
     if "stem" in kwargs:
         other = "dsrnet50" if name.endswith("_cifar") else "dsrnet50_cifar"
         raise DsrnetError(
