@@ -71,6 +71,10 @@ def test_a_module_with_trained_weights_exports_what_eval_needs(tmp_path):
     model.reset_classifier(3)  # a new head: no longer the tag's classes nor its dataset
     meta = read_metadata(export_model(model, tmp_path / "m3.pt2", format="exported-program").path)
     assert "dataset" not in meta and meta["classes"] == [] and meta["num_classes"] == 3
+    # the tag names the cfg a model was built with, not weights it loaded: random weights are not "trained"
+    random = dsrnet.create_model("dsrnet50_cifar.c10")
+    meta = read_metadata(export_model(random, tmp_path / "r.pt2", format="exported-program").path)
+    assert meta["trained"] is False and "dataset" not in meta
 
 
 @pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnx), "exported-program"])

@@ -588,6 +588,10 @@ def test_fuse_keeps_the_hooks_of_timms_feature_hook_net(monkeypatch):
     assert [g.shape for g in got] == [w.shape for w in want] and len(got) == 2
     assert all(_rel_err(g, w) < 1e-4 for g, w in zip(got, want, strict=True))
     backbone = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=8, layers=(1, 1, 1, 1), widths=(4, 8, 8, 8))
+    seen = []  # a hook on a whole block moves to its fused form (the same input and output)
+    backbone.body.layer1[0].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    dsrnet.fuse(backbone).eval()(torch.randn(1, 3, 16, 16))
+    assert seen == [(1, 16, 16, 16)]
     backbone.body.bn1.register_forward_hook(lambda *args: None)
     with pytest.raises(DsrnetError, match="body.bn1 has a forward hook, but fuse.. folds it .*; fix: hook the stem's"):
         dsrnet.fuse(backbone)

@@ -202,6 +202,7 @@ def test_a_compile_mode_without_compile_is_refused():
     assert TrainConfig.from_recipe("paper", device="cpu", compile=True, compile_mode="reduce-overhead").compile
 
 
+
 def test_regularisation_switches_are_off_by_default_and_set_from_yaml_or_values(tmp_path):
     for recipe in RECIPES:
         cfg = TrainConfig.from_recipe(recipe, device="cpu")

@@ -650,6 +650,12 @@ def test_a_checkpoint_whose_resume_fields_are_broken_is_one_line_before_anything
         with pytest.raises(DsrnetError, match=message):  # the Trainer's own check (resume= set by hand)
             train(TrainConfig(**{**cfg.to_dict(), "deadline": None, "resume": str(folder), "out_dir": str(folder)}))
         assert sorted(p.name for p in folder.iterdir() if p.name != ".lock") == ["checkpoint.pt"], name  # nothing written
+    # --no-compile on a run compiled with reduce-overhead: the mode goes too (it was refused as "only with compile")
+    compiled = {**good, "config": {**good["config"], "compile": True, "compile_mode": "reduce-overhead"}}
+    (tmp_path / "compiled").mkdir()
+    torch.save(compiled, tmp_path / "compiled" / "checkpoint.pt")
+    resumed = resume_config(tmp_path / "compiled", compile=False)
+    assert (resumed.compile, resumed.compile_mode) == (False, "default")
     unknown = {**good, "config": {**good["config"], "new_future_field": 1}}  # from a newer dsrnet, or edited
     (tmp_path / "newer").mkdir()
     torch.save(unknown, tmp_path / "newer" / "checkpoint.pt")

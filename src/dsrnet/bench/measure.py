@@ -32,8 +32,10 @@ over the calls, measured after the model, its input (and an engine's session) ex
 the system (glibc ``malloc_trim``), so that what earlier models left behind in the allocator neither hides nor
 inflates it; ``None`` where Linux's ``/proc`` interface is missing. On both, the first warm-up call is outside the
 window: where anything compiles (``--compile``, an engine, Triton's autotuning) it does so there, and that memory
-is the compiler's (the peak of a compiled ResNet-50 on a CPU was 90 MB above its eager one with it inside). An
-approximation still: an engine's own copy of the weights is counted as the model's fp32 weights.
+is the compiler's (the peak of a compiled ResNet-50 on a CPU was 90 MB above its eager one with it inside); in
+training the optimiser state that call made is counted with the weights, and the gradients it made are dropped, so
+the next calls allocate them inside the window. An approximation still: an engine's own copy of the weights is
+counted as the model's fp32 weights.
 """
 
 from __future__ import annotations
@@ -464,8 +466,14 @@ def benchmark_model(
     first = min(warmup, 1)
     time_calls(step, device=dev, warmup=first, repeats=0)
     if dev.type != "cuda":  # CPU: the weights, then what the calls add (the counting model, an ONNX export, the
-        # compilation and what earlier models freed are outside the window; see the module docstring)
-        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        # compilation and what earlier models freed are outside the window; see the module docstring). Training:
+        # the gradients go (the next calls allocate them again, inside the window); the optimiser's state made
+        # by the first call stays, and counts as the weights do.
+        held = [*model.parameters(), *model.buffers()]
+        if mode != "inference":
+            optimizer.zero_grad(set_to_none=True)
+            held += [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+        weights = sum(t.numel() * t.element_size() for t in held)
         probe = _MemoryProbe(dev, extra_mb=weights / 2**20)
     else:
         probe.restart()

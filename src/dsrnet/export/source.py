@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dsrnet.errors import DsrnetError, check_int
@@ -73,13 +74,18 @@ def parse_metadata(meta: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _tag_dataset(arch: str, tag: str | None, num_classes: int) -> str:
-    """The dataset of the trained weights ``arch.tag`` a module was built with (``create_model("dsrnet50_cifar.c10",
-    pretrained=True)``), when its head is still theirs; "" otherwise (eval then asks for one)."""
-    from dsrnet.models.weights import all_weights
+def _tag_dataset(model: nn.Module, arch: str, tag: str | None, num_classes: int) -> str:
+    """The dataset of the trained weights ``arch.tag`` a module holds (``create_model("dsrnet50_cifar.c10",
+    pretrained=True)``); "" when it holds other weights. A tag in ``pretrained_cfg`` names the cfg a model was built
+    with, not weights it loaded (timm tags random models too), so the module's weights are compared with the file's."""
+    from dsrnet.models.weights import all_weights, read_weights
 
     entry = all_weights().get(f"{arch}.{tag}") if tag else None
-    if entry is None or entry.num_classes != num_classes:
+    if entry is None or entry.num_classes != num_classes or not entry.path().is_file():
+        return ""
+    own = model.state_dict()
+    stored, _ = read_weights(entry.path())
+    if set(stored) != set(own) or not all(torch.equal(own[k].float().cpu(), v.float()) for k, v in stored.items()):
         return ""
     return str(entry.metadata.get("dataset") or "")
 
@@ -119,12 +125,12 @@ def load_source(
         size = image_size or _default_image_size(name, source)
         n = num_classes or _infer_num_classes(source)
         names = tuple(str(c) for c in cfg.get("label_names") or ())
-        dataset = _tag_dataset(name, cfg.get("tag"), n)
+        dataset = _tag_dataset(source, name, cfg.get("tag"), n)
         # An eval-mode copy: the caller's module keeps its mode.
         return ModelSource(
             copy.deepcopy(source).eval(), name, n, size, tuple(cfg.get("mean", IMAGENET_MEAN)),
             tuple(cfg.get("std", IMAGENET_STD)),
-            classes=names if len(names) == n else (), trained=bool(cfg.get("tag")), origin="module",
+            classes=names if len(names) == n else (), trained=bool(dataset), origin="module",
             extra={"dataset": dataset} if dataset else {},
         )  # fmt: skip
     text = os.fspath(source)

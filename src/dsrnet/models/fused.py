@@ -384,8 +384,11 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     folded += [(f"{name}.{sub}", m) for name, part in parts if isinstance(part, DSRBlock)
                for sub, m in part.named_modules()]  # fmt: skip
     _check_foldable(folded)
+    # what folding removes: a stem's conv and BatchNorm, a block's parts (a hook on a whole block moves with it)
     _check_hooks([(f"{name}.{sub}", m) for name, part in parts if not isinstance(part, DSRBlock)
-                  for sub, m in (("conv1", part.conv1), ("bn1", part.bn1))] + folded)  # fmt: skip
+                  for sub, m in (("conv1", part.conv1), ("bn1", part.bn1))]
+                 + [(f"{name}.{sub}", m) for name, part in parts if isinstance(part, DSRBlock)
+                    for sub, m in part.named_modules() if sub])  # fmt: skip
     source = copy.deepcopy(model)
     for parent in list(source.modules()):
         if _is_dsrnet_stem(parent):

@@ -573,6 +573,8 @@ def resume_config(checkpoint: str | os.PathLike, **overrides: Any) -> TrainConfi
     saved = {**LEGACY_DEFAULTS, **ckpt["config"]}  # a field the checkpoint predates: the value it ran with
     _check_resume_overrides(saved, overrides, ckpt["path"])
     saved["deadline"] = None  # the time box of the call that stopped it; a resume gets a new one or none
+    if overrides.get("compile") is False and "compile_mode" not in overrides:
+        saved["compile_mode"] = "default"  # --no-compile on a compiled run: its mode goes with it
     saved.update(overrides)
     saved["resume"] = ckpt["path"]
     if "out_dir" not in overrides:
