@@ -240,7 +240,7 @@ class ShapeBench(fused_gpu.Bench):
         }
         self.cost: dict[str, float] = {}  # fastest measured seconds per step kind, the next estimate
 
-    def save(self) -> None:
+    def _save_files(self) -> None:  # fused_gpu's save() calls it under its lock, and so does its watchdog
         self.results["elapsed_s"] = round(time.monotonic() - fused_gpu.T0, 1)
         _write(self.out / "results.json", _json(self.results))
         _write(self.out / "results.md", render_markdown(self.results))
@@ -790,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = ShapeBench(args)
     bench.results["batch"] = args.batch_eff
     bench.start_alarm()
+    watchdog = bench.start_watchdog()  # a compile stuck past the deadline: files written, process ended at the budget
     models: dict = {}
     nets = {stem: f"{stem}/{dry_size(stem, image) if args.dry_run else image}" for stem, _, image in NETWORKS}
     # Most valuable first: every 32-px shape through the fused model's two kernels, then the references, then
@@ -823,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.results["skipped"].append({"step": label, "reason": "not started: budget reached"})
     finally:
         signal.alarm(0)
+        watchdog.cancel()
         bench.save()
     bench.log(f"done in {time.monotonic() - fused_gpu.T0:.0f}s; results in {bench.out}")
     bench.save()

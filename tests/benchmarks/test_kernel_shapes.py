@@ -140,7 +140,7 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
 
 
 def test_budget_end_still_writes_what_was_measured(tmp_path):
-    # the last 20 s of a budget are kept for writing, so 23 s leaves ~3 s: less than the dry run needs
+    # the last 30 s of a budget are kept for writing, so 23 s leaves none: the alarm stops the first step
     proc = _run(tmp_path, "--budget-s", "23", "--kinds", "fused,pw1,torch")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
@@ -148,6 +148,27 @@ def test_budget_end_still_writes_what_was_measured(tmp_path):
     assert res["skipped"] and res["errors"] == []
     assert not any(r["impl"].startswith("split") for r in res["rows"])  # --kinds
     assert "## Skipped steps / errors" in (tmp_path / "results.md").read_text()
+
+
+def test_the_watchdog_writes_this_scripts_files_and_ends_the_process(tmp_path, monkeypatch):
+    """kernel_shapes had no watchdog: a compile stuck past the deadline ran until the device call's own limit. Its
+    hard stop writes this script's results (not fused_gpu's) and exits."""
+    import argparse
+    import importlib.util
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ first: undone afterwards
+    spec = importlib.util.spec_from_file_location("kernel_shapes", SCRIPT)
+    ks = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "kernel_shapes", ks)  # its dataclasses look their module up there
+    spec.loader.exec_module(ks)
+    exits = []
+    monkeypatch.setattr(ks.fused_gpu.os, "_exit", exits.append)
+    bench = ks.ShapeBench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=0.0, dtype="fp32", batch=2))
+    bench.current_step = "a compile stuck in C"
+    bench.start_watchdog().join(timeout=10)
+    assert exits == [3]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["errors"][-1]["step"] == "watchdog" and "rows" in saved and "HARD STOP" in (tmp_path / "log.txt").read_text()
 
 
 def test_the_summary_compares_whole_blocks_across_fuse_modes(monkeypatch):
