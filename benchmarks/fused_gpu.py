@@ -1320,10 +1320,10 @@ def main(argv: list[str] | None = None) -> int:
         ("correctness", 40, step_correctness),
         ("trained agreement (shipped weights, CIFAR-10 test)", 25, step_trained_agreement),
         # The default (dsrnet_fused: split since the H200 run of 2026-11-27), its challenger (block) and the
-        # per-shape choice between them (auto) first; the one-kernel mode, measured slower, at the end.
-        # In every inference step ResNet-50 compiled (the ratio's reference) and the default fused form come first,
-        # the block kernel's forms last: a fault of it at a shape the probe did not run would poison this process's
-        # CUDA context, and with it every row after.
+        # per-shape choice between them (auto) in the first step; the one-kernel mode, measured slower, at the end.
+        # Within every inference step ResNet-50 compiled (the ratio's reference) and the default fused form come
+        # first, the block kernel's forms last: a fault of it at a shape the probe did not run would poison this
+        # process's CUDA context, and with it every row after.
         ("inference cifar/32 b1024: fused, fused block, fused auto, eager, resnet50 compiled", 130, step_inference,
          "cifar", 32, 1024,
          ("resnet50_compiled", "dsrnet_fused", "dsrnet_eager", "dsrnet_fused_block", "dsrnet_fused_auto"), False),

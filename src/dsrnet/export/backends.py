@@ -48,7 +48,7 @@ EXTRAS = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "open
 #: within noise of each other (6.1 / 4.5 vs 6.4 / 4.2 ms). Faster still, but opt-in because they change the numbers:
 #: OpenVINO ``precision="bf16"`` (1.9-2.4 ms), torch-compile ``precision="bf16"`` (another CPU: 1.4x its fp32 at
 #: batch 1, 2.3-2.6x at batch 32) and an int8 file (``dsrnet export --int8``: 1.5-1.8 ms on OpenVINO,
-#: 2.9-3.3 ms on onnxruntime). torch-compile (frozen weights, channels-last: 2.0-2.9x eager, 1.2-1.7x slower than
+#: 2.9-3.3 ms on onnxruntime). torch-compile (frozen weights, channels-last: 1.9-2.8x eager, 1.1-1.7x slower than
 #: onnxruntime in one run) is left out of the automatic choice: each new input shape compiles first.
 CPU_PREFERENCE = ("onnxruntime", "openvino", "torch")
 

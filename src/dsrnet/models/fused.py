@@ -380,15 +380,13 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
             f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')) or a module built on one (e.g. "
             f"dsrnet.backbone_with_fpn(...)), got {type(model).__name__}, which holds no DSR block"
         )
-    folded = [(f"{name}.bn1", part.bn1) for name, part in parts if not isinstance(part, DSRBlock)]
+    # What folding removes: a stem's conv and BatchNorm, a block's parts (not the block: its hooks move with it).
+    folded = [(f"{name}.{sub}", m) for name, part in parts if not isinstance(part, DSRBlock)
+              for sub, m in (("conv1", part.conv1), ("bn1", part.bn1))]  # fmt: skip
     folded += [(f"{name}.{sub}", m) for name, part in parts if isinstance(part, DSRBlock)
-               for sub, m in part.named_modules()]  # fmt: skip
+               for sub, m in part.named_modules() if sub]  # fmt: skip
     _check_foldable(folded)
-    # what folding removes: a stem's conv and BatchNorm, a block's parts (a hook on a whole block moves with it)
-    _check_hooks([(f"{name}.{sub}", m) for name, part in parts if not isinstance(part, DSRBlock)
-                  for sub, m in (("conv1", part.conv1), ("bn1", part.bn1))]
-                 + [(f"{name}.{sub}", m) for name, part in parts if isinstance(part, DSRBlock)
-                    for sub, m in part.named_modules() if sub])  # fmt: skip
+    _check_hooks(folded)
     source = copy.deepcopy(model)
     for parent in list(source.modules()):
         if _is_dsrnet_stem(parent):
