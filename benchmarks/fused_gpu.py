@@ -778,13 +778,35 @@ def against_fp32(bench: Bench, stem: str, x: torch.Tensor, logits: torch.Tensor,
             "diff_over_eager_bf16": round(diff / max(rounding, 1e-12), 2)}  # fmt: skip
 
 
-def auto_picks(batch: int) -> dict[str, int]:
-    """How many block shapes ``fuse(mode="auto")`` ran split / block at this batch size (its measurements so far:
-    ``dsrnet.models.fused.auto_choices``, all of them kept in results.json as ``auto_choices``)."""
-    from dsrnet.models.fused import AUTO_CANDIDATES, auto_choices
+class AutoPicks:
+    """How many distinct block shapes of one ``fuse(mode="auto")`` model ran split / block: the measurements
+    (``dsrnet.models.fused.auto_choices``, all of them kept in results.json as ``auto_choices``) of the block
+    shapes and input buckets this model's blocks met while the context was open. Not every measurement at the same
+    batch size: another input size's (or an earlier model's) shapes are not this form's."""
 
-    rows = [c for c in auto_choices() if c["input"][0] == batch]
-    return {mode: sum(c["mode"] == mode for c in rows) for mode in AUTO_CANDIDATES}
+    def __init__(self, model: nn.Module):
+        from dsrnet.models.fused import FusedDSRBlock
+
+        self.keys: set[tuple] = set()
+        self.blocks = [m for m in model.modules() if isinstance(m, FusedDSRBlock) and m.mode == "auto"]
+
+    def __enter__(self) -> AutoPicks:
+        self.hooks = [b.register_forward_pre_hook(self._seen) for b in self.blocks]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+    def _seen(self, block: nn.Module, args: tuple) -> None:
+        geometry, bucket, dtype, device = block._auto_key(args[0])
+        self.keys.add((geometry, bucket, str(dtype), str(device)))
+
+    def counts(self) -> dict[str, int]:
+        from dsrnet.models.fused import AUTO_CANDIDATES, auto_choices
+
+        seen = [c for c in auto_choices() if (c["block_shape"], c["pixel_bucket"], c["dtype"], c["device"]) in self.keys]
+        return {mode: sum(c["mode"] == mode for c in seen) for mode in AUTO_CANDIDATES}
 
 
 def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple[str, ...], graphs: bool) -> None:
@@ -804,8 +826,10 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
 
         with torch.inference_mode():
             pre = precompile(bench, run) if "fused" in form else {}
+            picks = AutoPicks(model)
             t0 = time.monotonic()
-            logits = run()[:256].clone()  # first call: compilation (what precompile left) / autotuning
+            with picks:
+                logits = run()[:256].clone()  # first call: compilation (what precompile left) / autotuning
             bench.sync()
             first_s = time.monotonic() - t0
             peak_memory_restart(bench)
@@ -834,7 +858,7 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
             if form.startswith("dsrnet_fused"):
                 row["fuse_mode"] = fuse_mode(form)
             if row.get("fuse_mode") == "auto":
-                row["auto_picks"] = auto_picks(b)
+                row["auto_picks"] = picks.counts()
             bench.results["inference"].append(row)
             bench.log(f"inference: {row}")
         del model, run

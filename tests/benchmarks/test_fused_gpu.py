@@ -285,3 +285,26 @@ def test_training_flops_count_a_depthwise_convs_weight_gradient_as_such(fused_gp
     for groups in (1, 4, 64):
         fwd, bwd = counts(nn.Conv2d(64, 64, 3, padding=2, dilation=2, groups=groups, bias=False))
         assert bwd == 2 * fwd, groups
+
+
+def test_auto_picks_count_the_shapes_of_the_form_measured_not_every_measurement(fused_gpu, monkeypatch):
+    """``auto_picks`` of a ``fuse(mode="auto")`` row: the measured choices of the block shapes and input buckets its
+    blocks met, not those another input size (or an earlier model) left in the same process."""
+    import torch
+
+    import dsrnet
+    from dsrnet.models import fused
+
+    tiny = {"layers": (1, 1, 1, 1), "widths": (4, 8, 8, 16)}
+    model = dsrnet.fuse(dsrnet.create_model("dsrnet50_cifar", num_classes=10, **tiny).eval(), mode="auto")
+    picks = fused_gpu.AutoPicks(model)
+    with picks, torch.no_grad():
+        model(torch.randn(2, 3, 16, 16))
+    model(torch.randn(2, 3, 32, 32))  # after the context: not this form's
+    assert len(picks.keys) == 4 and picks.counts() == {"split": 0, "block": 0}  # nothing measured on a CPU
+    monkeypatch.setattr(fused, "_AUTO_CHOICES", {})
+    for i, (geometry, bucket, dtype, device) in enumerate(sorted(picks.keys, key=repr)):
+        for b in (bucket, bucket * 4):  # this form's bucket, and another input size's
+            row = {"block_shape": geometry, "pixel_bucket": b, "dtype": dtype, "device": device}
+            fused._AUTO_CHOICES[(geometry, b)] = {**row, "mode": "block" if i % 2 == 0 else "split"}
+    assert picks.counts() == {"split": 2, "block": 2}
