@@ -607,7 +607,8 @@ def run_kind(bench: ShapeBench, kind: str, net: str, models: dict, max_shapes: i
         return
     fused, entries = models[net]
     pw1_done: set = set()
-    for entry in select(entries, max_shapes):
+    chosen = select(entries, max_shapes)
+    for i, entry in enumerate(chosen):
         s: BlockShape = entry["shape"]
         if kind == "pw1":
             if s.pw1_key() in pw1_done:
@@ -627,7 +628,15 @@ def run_kind(bench: ShapeBench, kind: str, net: str, models: dict, max_shapes: i
             finally:
                 del tensors
 
-        bench.timed_step(kind, f"{kind} {net} {entry['id']} {entry['label']}", one)
+        try:
+            bench.timed_step(kind, f"{kind} {net} {entry['id']} {entry['label']}", one)
+        except BudgetExceeded:  # the budget stop: this kind's other shapes are listed as not run, as later steps are
+            later = [e for e in chosen[i + 1 :] if kind != "pw1" or e["shape"].pw1_key() not in pw1_done]
+            for e in {(e["shape"].pw1_key() if kind == "pw1" else e["id"]): e for e in later}.values():
+                label = pw1_label(e["shape"].pw1_key()) if kind == "pw1" else e["label"]
+                step = f"{kind} {net} {'pw1:' if kind == 'pw1' else ''}{e['id']} {label}"
+                bench.results["skipped"].append({"step": step, "reason": "not started: budget reached"})
+            raise
 
 
 def render_markdown(results: dict) -> str:

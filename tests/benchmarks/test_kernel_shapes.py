@@ -150,17 +150,24 @@ def test_budget_end_still_writes_what_was_measured(tmp_path):
     assert "## Skipped steps / errors" in (tmp_path / "results.md").read_text()
 
 
-def test_the_watchdog_writes_this_scripts_files_and_ends_the_process(tmp_path, monkeypatch):
-    """kernel_shapes had no watchdog: a compile stuck past the deadline ran until the device call's own limit. Its
-    hard stop writes this script's results (not fused_gpu's) and exits."""
-    import argparse
+@pytest.fixture
+def ks(monkeypatch):
+    """The script as a module, in this process."""
     import importlib.util
 
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ first: undone afterwards
     spec = importlib.util.spec_from_file_location("kernel_shapes", SCRIPT)
-    ks = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "kernel_shapes", ks)  # its dataclasses look their module up there
-    spec.loader.exec_module(ks)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "kernel_shapes", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_watchdog_writes_this_scripts_files_and_ends_the_process(tmp_path, monkeypatch, ks):
+    """kernel_shapes had no watchdog: a compile stuck past the deadline ran until the device call's own limit. Its
+    hard stop writes this script's results (not fused_gpu's) and exits."""
+    import argparse
+
     exits = []
     monkeypatch.setattr(ks.fused_gpu.os, "_exit", exits.append)
     bench = ks.ShapeBench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=0.0, dtype="fp32", batch=2))
@@ -196,3 +203,30 @@ def test_the_summary_compares_whole_blocks_across_fuse_modes(monkeypatch):
     assert cells["block_ms"] == "1" and cells["split_ms"] == "0.5" and cells["fused_ms"] == "1.1"
     assert cells["fastest"] == "split" and cells["fastest_total_ms"] == "1" and cells["x_torch"] == "4"
     assert cells["x_floor"] == "1" and cells["share_%"] == "100"
+
+
+@pytest.mark.parametrize("kind", ["whole", "pw1"])
+def test_a_budget_stop_inside_a_kind_lists_its_shapes_not_run(tmp_path, monkeypatch, ks, kind):
+    """The budget stop in the middle of a kind's shapes lists every shape of that kind not started (pw1: each first
+    1x1 shape once), as it lists the later steps, so results.md says what is missing."""
+    import argparse
+
+    bench = ks.ShapeBench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0, dtype="fp32", batch=2))
+    models: dict = {}
+    ks.step_shapes(bench, "cifar", "dsrnet50_cifar", 32, models)
+    (net,) = models
+    started = []
+
+    def timed_step(kind_, name, fn, *args):
+        started.append(name)
+        if len(started) == 2:
+            raise ks.BudgetExceeded
+
+    monkeypatch.setattr(bench, "timed_step", timed_step)
+    with pytest.raises(ks.BudgetExceeded):
+        ks.run_kind(bench, kind, net, models, None)
+    entries = models[net][1]
+    total = len({e["shape"].pw1_key() for e in entries}) if kind == "pw1" else len(entries)
+    skipped = [s["step"] for s in bench.results["skipped"]]
+    assert len(started) + len(skipped) == total and not set(started) & set(skipped)
+    assert all(s.startswith(f"{kind} {net} ") for s in skipped)
