@@ -483,6 +483,58 @@ def test_ctrl_c_says_what_is_kept_and_how_to_continue(cifar10_dir, tmp_path, cap
     assert (f"interrupted in epoch 2/2; {run / 'checkpoint.pt'} holds epoch 1; continue with: dsrnet train --resume "
             f"--out-dir {run}") in caplog.text  # fmt: skip
 
+    # A run whose first epoch two processes trained (as if under torchrun) resumed by one: the record says so
+    from dsrnet.run.checkpoint import FORMAT
+
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert [r["world_size"] for r in ckpt["history"]] == [1]
+    ckpt["world_size"], ckpt["history"][0]["world_size"] = 2, 2
+    assert ckpt.pop("format") == FORMAT
+    save_checkpoint(run / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("version", "state_dict")})
+    monkeypatch.setattr(loop._Trainer, "train_epoch", real)
+    with caplog.at_level("INFO", logger="dsrnet"):
+        code, _, err = run_cli(capsys, ["train", "--resume", "--out-dir", str(run), "--no-progress"])
+    assert code == 0, err
+    assert "was trained by 2 process(es), resumed by 1" in caplog.text
+    final = json.loads((run / "final.json").read_text())
+    assert final["world_size"] == 1 and final["world_size_per_epoch"] == [2, 1]
+    assert [r["world_size"] for r in read_metrics(run)] == [2, 1]
+
+
+def test_the_resume_command_of_a_ddp_run_names_torchrun_with_its_process_count(tmp_path):
+    """Continuing a DDP run with plain `dsrnet train --resume` trains the rest on one process: another run (BatchNorm
+    statistics are per process). The messages that say how to continue name torchrun and the process count."""
+    from types import SimpleNamespace
+
+    from dsrnet.train import loop
+
+    trainer = loop._Trainer.__new__(loop._Trainer)
+    trainer.out = tmp_path / "run"
+    trainer.dist = SimpleNamespace(world_size=4)
+    assert trainer._resume_command() == f"torchrun --nproc_per_node 4 -m dsrnet train --resume --out-dir {trainer.out}"
+    trainer.dist = SimpleNamespace(world_size=1)
+    assert trainer._resume_command() == f"dsrnet train --resume --out-dir {trainer.out}"
+
+
+def test_a_config_file_inside_the_run_folder_is_not_overwritten(cifar10_dir, tmp_path, capsys):
+    """An experiment folder holding a hand-written config.yaml, trained into: the run would rewrite that file with
+    every setting resolved (comments lost). Refused, file kept; a run folder's own config.yaml (dsrnet wrote it)
+    still restarts its run."""
+    run = tmp_path / "exp"
+    run.mkdir()
+    own = run / "config.yaml"
+    text = "# my experiment: wider stem next time\nrecipe: fast\nepochs: 1\n"
+    own.write_text(text)
+    argv = tiny_args(cifar10_dir, run, "--config", str(own))
+    code, _, err = run_cli(capsys, argv)
+    assert code == 2 and "is the run folder's own config.yaml" in err and "fix: keep your file outside" in err
+    assert own.read_text() == text and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    done = tmp_path / "done"
+    assert run_cli(capsys, tiny_args(cifar10_dir, done, "--epochs", "1"))[0] == 0
+    (done / "checkpoint.pt").unlink(), (done / "final.json").unlink()  # as if killed before its first checkpoint
+    code, out, err = run_cli(capsys, ["train", "--config", str(done / "config.yaml"), "--out-dir", str(done)])
+    assert code == 0 and "final epoch 1" in out, err
+
 
 def test_interrupted_resume_into_another_folder_and_a_restart_from_its_config(cifar10_dir, tmp_path, capsys,
                                                                              monkeypatch, caplog):  # fmt: skip

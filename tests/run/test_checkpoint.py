@@ -111,6 +111,20 @@ def test_full_disk_is_one_line_and_keeps_the_previous_checkpoint(ckpt_path, monk
     assert [p.name for p in ckpt_path.parent.iterdir()] == ["checkpoint.pt"]
 
 
+def test_a_short_write_reported_by_torchs_zip_writer_names_the_free_space(ckpt_path, monkeypatch):
+    """On a full disk torch's zip writer may raise its own internal error (no errno): the line says how much
+    space is left, the likely cause."""
+    before = ckpt_path.read_bytes()
+
+    def short_write(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1231296 vs 1231184")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    with pytest.raises(DsrnetError, match=r"could not write checkpoint .*unexpected pos.*, [0-9.]+ MiB free there"):
+        save_checkpoint(ckpt_path, _payload(epoch=2))
+    assert ckpt_path.read_bytes() == before
+
+
 @pytest.mark.parametrize("content", [b'{"epoch": 3}', b"\x89PNG\r\n\x1a\n", b""])
 def test_a_file_that_is_no_checkpoint_is_called_so(tmp_path, content):
     """final.json, an image or an empty file: "not a checkpoint", not "cannot be read safely ... a run killed

@@ -10,10 +10,12 @@ import argparse
 import logging
 import os
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from dsrnet.cli.common import one_of, typed
 from dsrnet.device import PRECISIONS
+from dsrnet.errors import DsrnetError
 from dsrnet.run.rundir import RunDir
 
 #: Help of each TrainConfig field; the recipe's default is appended where the recipe sets the field.
@@ -247,6 +249,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print(cfg.to_yaml(), end="")
         return 0
+    _check_config_file_kept(args, cfg)
     final = train(cfg)
     if os.environ.get("RANK", "0") != "0":  # under torchrun: one result line (rank 0's), as one run folder
         return 0
@@ -257,6 +260,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"-> {final['out_dir']}"
     )
     return 0
+
+
+def _check_config_file_kept(args: argparse.Namespace, cfg) -> None:
+    """Refuse a ``--config`` file that is the run folder's own ``config.yaml`` unless it is what the run would
+    write there anyway: the run rewrites that file with every setting resolved, and a hand-written file's comments
+    and layout would be lost (a folder holding only an experiment's config.yaml counts as a new run folder)."""
+    import dataclasses
+
+    given = getattr(args, "config", None)
+    own = RunDir(cfg.out_dir).config
+    if not given or not own.is_file() or not Path(given).is_file() or not own.samefile(given):
+        return
+    if own.read_text(encoding="utf-8") == dataclasses.replace(cfg, resume=None, deadline=None).to_yaml():
+        return  # the run's own record (a restart or resume of that run): rewriting it loses nothing
+    raise DsrnetError(
+        f"--config {given} is the run folder's own config.yaml, which the run rewrites with every setting resolved "
+        f"(the file's comments and layout would be lost); fix: keep your file outside --out-dir {cfg.out_dir}, "
+        f"or pass another --out-dir"
+    )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

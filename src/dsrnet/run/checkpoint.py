@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import random
+import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -107,10 +108,20 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
         if isinstance(err.__context__, KeyboardInterrupt):  # torch's zip writer wraps a Ctrl-C in a RuntimeError
             raise KeyboardInterrupt from None
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        if isinstance(err, RuntimeError):  # torch's zip writer names no cause for a short write (a full disk)
+            first += _free_space(Path(path).parent)
         raise DsrnetError(
             f"could not write checkpoint {path} ({first}); the previous checkpoint is kept; fix: free disk space "
             f"in {Path(path).parent} (or pass another --out-dir) and resume with --resume"
         ) from None
+
+
+def _free_space(folder: Path) -> str:
+    """``", N MiB free there"``: the likely cause of a write torch's zip writer reports as an internal error."""
+    try:
+        return f", {shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return ""
 
 
 def _damaged_record(path: Path) -> str | None:

@@ -314,8 +314,9 @@ class TrainConfig:
             )  # short runs: warm up half of it at most
         if self.milestones is None:
             e = self.epochs
-            # 50 % and 75 % of the run, once each (a 2-epoch run would otherwise divide the rate by 100 at once)
-            halves = sorted({max(1, e // 2), max(1, (3 * e) // 4)})
+            # 50 % and 75 % of the run, once each (a 2-epoch run would otherwise divide the rate by 100 at once);
+            # none in a 1-epoch run (a milestone at the last epoch would never apply)
+            halves = sorted({m for m in (max(1, e // 2), max(1, (3 * e) // 4)) if m < e})
             self.milestones = halves if self.schedule == "step" else []
         if self.out_dir is None:
             self.out_dir = str(Path("runs") / self.dataset / f"{self.model}-{self.recipe}-seed{self.seed}")
@@ -342,10 +343,12 @@ class TrainConfig:
             _check(not self.milestones, "milestones", self.milestones, "empty unless schedule is step")
         ms = self.milestones
         _check(
-            all(1 <= m <= self.epochs for m in ms) and all(a < b for a, b in zip(ms, ms[1:], strict=False)),
+            all(1 <= m < self.epochs for m in ms) and all(a < b for a, b in zip(ms, ms[1:], strict=False)),
             "milestones",
             ms,
-            f"strictly ascending epochs in 1..{self.epochs} (a repeated one would divide the rate again)",
+            # milestone m divides the rate from epoch m + 1 on (MultiStepLR's rule): m = epochs never would
+            f"strictly ascending epochs in 1..{self.epochs - 1} (the rate drops after epoch m; a repeated one would "
+            f"divide it again)",
         )
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
         # BatchNorm cannot normalise one image per process in training mode.

@@ -487,6 +487,7 @@ class _Trainer:
                     "epoch": epoch + 1,
                     "lr": cfg.lr
                     * lr_factor(epoch * self.steps_per_epoch, cfg=cfg, steps_per_epoch=self.steps_per_epoch),
+                    "world_size": self.dist.world_size,  # BatchNorm statistics are per process: a resume may differ
                 }
                 record.update(self.train_epoch(epoch))
                 scored = self._scored(epoch)
@@ -529,7 +530,7 @@ class _Trainer:
         except KeyboardInterrupt:
             if self._checkpointed:
                 self.log(f"interrupted in epoch {epoch + 1}/{cfg.epochs}; {self.ckpt_path} holds epoch "
-                         f"{self._checkpointed}; continue with: dsrnet train --resume --out-dir {self.out}")  # fmt: skip
+                         f"{self._checkpointed}; continue with: {self._resume_command()}")  # fmt: skip
             else:
                 self.log(f"interrupted in epoch {epoch + 1}/{cfg.epochs} before the first checkpoint; start again "
                          f"with the same command (or add --resume: it starts a run that has no checkpoint yet)")  # fmt: skip
@@ -672,8 +673,16 @@ class _Trainer:
                 "no checkpoint was written yet")  # fmt: skip
             raise DsrnetError(
                 f"could not write {path} ({err.strerror or err}); {kept}; fix: free disk space in {path.parent} (or "
-                f"fix its permissions), then continue with `dsrnet train --resume --out-dir {self.out}`"
+                f"fix its permissions), then continue with `{self._resume_command()}`"
             ) from None
+
+    def _resume_command(self) -> str:
+        """The command that continues this run as it was trained: under torchrun with as many processes (BatchNorm's
+        statistics are per process, so another count gives another run)."""
+        launch = "dsrnet train"
+        if self.dist.world_size > 1:
+            launch = f"torchrun --nproc_per_node {self.dist.world_size} -m dsrnet train"
+        return f"{launch} --resume --out-dir {self.out}"
 
     def _last_good(self) -> str:
         if self.ckpt_path.exists():
@@ -812,6 +821,10 @@ class _Trainer:
             "train_images": self.meta["train_images"],
             "test_images": self.meta["test_images"],
             "world_size": self.dist.world_size,
+            # a run resumed with another process count: how many trained each epoch (rows written before
+            # 2026-11-27 hold none)
+            **({"world_size_per_epoch": sizes} if len(set(sizes := [r.get("world_size") for r in self.history])) > 1
+               else {}),  # fmt: skip
             "device": device_label(self.device),
             "torch": str(torch.__version__),
             "seed": cfg.seed,
