@@ -30,18 +30,25 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+#: Subpackages reachable as attributes after a bare ``import dsrnet`` (``dsrnet.models.weights.register_weights``),
+#: imported on first use as the names above.
+_SUBMODULES = ("bench", "data", "device", "export", "infer", "kernels", "models", "paper", "report", "run", "train")
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # binds itself as an attribute of this package
     raise AttributeError(f"module 'dsrnet' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 install_timm_hook()

@@ -389,3 +389,11 @@ def test_cifar_stem_baselines():
     m = dsrnet.create_model("mobilenet_v2_cifar", num_classes=10)
     assert m.features[0][0].stride == (1, 1)
     assert dsrnet.create_model("mobilenet_v2").features[0][0].stride == (2, 2)
+
+
+@pytest.mark.parametrize(("name", "width"), [("resnet50", 2048), ("mobilenet_v2_cifar", 1280)])
+def test_baselines_without_classifier_give_pooled_features(name, width):
+    """num_classes=0 is timm's "no classifier" for every registered name: torchvision's own builder would make a
+    Linear(width, 0) that returns (N, 0), an empty output and no error."""
+    model = dsrnet.create_model(name, num_classes=0).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, width)

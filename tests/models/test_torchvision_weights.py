@@ -99,3 +99,18 @@ def test_every_shipped_weights_file_has_its_enum_member():
 
     for name, entry in weights.SHIPPED.items():
         assert WEIGHTS_ENUMS[entry.model][entry.tag.upper()].meta["name"] == name
+
+
+def test_torchvision_legacy_pretrained_keyword_and_submodules_as_attributes():
+    """torchvision's builders still take pretrained=True/False (deprecated, mapped to weights=); and the docs'
+    `dsrnet.models.weights.register_weights` works after a bare `import dsrnet`."""
+    with pytest.warns(UserWarning, match=r"pretrained=\.\.\.\) is deprecated.*weights=None"):
+        model = dsrnet50_cifar(pretrained=False, num_classes=10)
+    assert model.num_classes == 10
+    with pytest.warns(UserWarning, match="weights='DEFAULT'"), pytest.raises(dsrnet.DsrnetError, match="no trained"):
+        dsrnet50(pretrained=True)  # no weights for this architecture: one clear error
+    with pytest.raises(dsrnet.DsrnetError, match="both given"):
+        dsrnet50_cifar(weights="DEFAULT", pretrained=True)
+    code = "import dsrnet; print(dsrnet.models.weights.register_weights.__name__, dsrnet.export.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["register_weights", "dsrnet.export"]

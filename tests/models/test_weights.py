@@ -228,6 +228,39 @@ def test_checkpoint_path_loads_weights_files_and_training_checkpoints(trained, t
     assert torch.equal(via_timm(x), model(x))
 
 
+@pytest.mark.parametrize("form", ["safetensors", "bare", "state_dict", "model", "state_dict_ema", "ddp"])
+def test_checkpoint_path_takes_plain_state_dicts_as_timm_does(trained, tmp_path, form):
+    """timm's checkpoint_path loads a plain state dict: safetensors without dsrnet's metadata, or torch.save's file
+    of one, bare or under a training script's key (the weight average first), DDP's ``module.`` prefix dropped. So
+    does dsrnet's, with weights_only=True, taking num_classes from fc.weight."""
+    from safetensors.torch import save_file
+
+    model, _ = trained
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    path = tmp_path / ("w.safetensors" if form == "safetensors" else "w.pth")
+    if form == "safetensors":
+        save_file(state, str(path))
+    elif form == "state_dict_ema":  # the average is preferred over the trained weights beside it
+        torch.save({"state_dict": {k: torch.zeros_like(v) for k, v in state.items()}, "state_dict_ema": state}, path)
+    elif form == "ddp":
+        torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    else:
+        torch.save(state if form == "bare" else {form: state, "epoch": 3}, path)
+    x = torch.randn(2, 3, 32, 32)
+    loaded = dsrnet.create_model("dsrnet50_cifar", checkpoint_path=path, **TINY).eval()
+    assert loaded.num_classes == 3 and torch.equal(loaded(x), model(x))
+
+
+def test_checkpoint_path_refuses_what_is_no_state_dict_and_takes_an_empty_path_as_none(tmp_path, monkeypatch):
+    torch.save({"epoch": 3, "note": "no tensors"}, tmp_path / "meta.pth")
+    with pytest.raises(dsrnet.DsrnetError, match=r"meta\.pth is neither a dsrnet checkpoint nor a state dict"):
+        dsrnet.create_model("dsrnet50_cifar", checkpoint_path=tmp_path / "meta.pth", **TINY)
+    # timm's train script passes --initial-checkpoint '' by default: no checkpoint (it loaded ./checkpoint.pt)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"junk")
+    assert dsrnet.create_model("dsrnet50_cifar", num_classes=3, checkpoint_path="", **TINY).num_classes == 3
+
+
 def test_timm_and_torch_hub_load_registered_weights(registered):
     timm = pytest.importorskip("timm")
     model, _ = registered
@@ -371,3 +404,25 @@ def test_initial_weights_refuse_other_networks_unknown_sources_and_nan(registere
     bad = save_weights(model, tmp_path / "nan.safetensors", metadata=META, dtype=torch.float32)
     with pytest.raises(dsrnet.DsrnetError, match="non-finite"):
         weights.load_initial_weights(target, bad)
+
+
+def test_timm_factory_keywords_and_a_tag_without_weights_build_the_tags_network(registered):
+    """A tag names the network its weights were trained as, with or without pretrained, through either factory;
+    timm's layer-config flags and pretrained_cfg="tag" are taken by dsrnet.create_model too."""
+    model, entry = registered
+    path = entry.path()
+    n = sum(p.numel() for p in model.parameters())
+    mine = dsrnet.create_model("dsrnet50_cifar.tiny", scriptable=True, exportable=True, no_jit=True, cache_dir="x")
+    by_cfg = dsrnet.create_model("dsrnet50_cifar", pretrained_cfg="tiny", pretrained=True)
+    assert sum(p.numel() for p in mine.parameters()) == n and by_cfg.pretrained_cfg["tag"] == "tiny"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(by_cfg.eval()(x), model(x))
+    with pytest.raises(dsrnet.DsrnetError, match="name two tags"):
+        dsrnet.create_model("dsrnet50_cifar.c10", pretrained_cfg="tiny")
+    with pytest.raises(dsrnet.DsrnetError, match="fix: pass them to timm.create_model"):
+        dsrnet.create_model("dsrnet50_cifar", pretrained_cfg_overlay={"file": str(path)})
+    timm = pytest.importorskip("timm")
+    random = timm.create_model("dsrnet50_cifar.tiny")  # was the full-size network under the tag's cfg
+    assert sum(p.numel() for p in random.parameters()) == n and random.pretrained_cfg["tag"] == "tiny"
+    loaded = timm.create_model("dsrnet50_cifar.tiny", checkpoint_path=str(path)).eval()
+    assert torch.equal(loaded(x), model(x))

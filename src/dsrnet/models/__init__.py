@@ -111,9 +111,18 @@ __all__ = [
 TORCHVISION_WEIGHTS = ("DSRNet50_CIFAR_Weights", "DSRNetWeights")
 
 
+#: Modules of this package not imported by ``import dsrnet.models``, reachable as its attributes on first use
+#: (``dsrnet.models.weights.register_weights``, as the docs write it).
+SUBMODULES = ("detection", "fused", "preprocess", "shifted_dwconv", "torchvision_weights", "weights")
+
+
 def __getattr__(name: str):
+    import importlib
+
     if name in TORCHVISION_WEIGHTS:
         from dsrnet.models import torchvision_weights
 
         return getattr(torchvision_weights, name)
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'dsrnet.models' has no attribute {name!r}")

@@ -17,6 +17,9 @@ from torch import nn
 from dsrnet.errors import DsrnetError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+#: timm.create_model's flags for its layer config and downloads, taken and ignored as timm's own ResNet ignores them
+#: (no layer here changes with them; weights are local files).
+TIMM_LAYER_FLAGS = ("scriptable", "exportable", "no_jit", "cache_dir")
 #: feature_cls values DSRNet serves itself (its own forward_intermediates); others go through timm's wrappers.
 NATIVE_FEATURE_CLS = (None, "list", "getter")
 
@@ -55,8 +58,10 @@ def create_model(
         weights: torchvision's way to the same weights: a member of the architecture's weights enum
             (``dsrnet.models.DSRNet50_CIFAR_Weights.DEFAULT``) or its name (``"DEFAULT"``); the model gets their
             classes, and another ``num_classes`` is an error (torchvision's rule; ``pretrained`` gives a fresh head).
-        checkpoint_path: then load a safetensors weights file (``save_weights``) or a ``dsrnet train`` checkpoint,
-            strictly (timm's rule): ``num_classes`` defaults to the file's, and every weight must fit.
+        checkpoint_path: then load a safetensors weights file (``save_weights``), a ``dsrnet train`` checkpoint or a
+            plain state dict (safetensors, or ``torch.save``'s file of one, bare or under ``state_dict`` / ``model``
+            / their EMA keys; read with ``weights_only=True``), strictly (timm's rule): ``num_classes`` defaults to
+            the file's (a plain state dict's: ``fc.weight``'s rows), and every weight must fit. ``""``: none.
         fused: return the inference form of :func:`dsrnet.fuse` (BatchNorm folded, NHWC, Triton kernels on CUDA;
             plain PyTorch ops with the same numerics elsewhere). DSRNet models only; with ``features_only`` the
             backbone is fused (in timm's feature class where one is asked for).
@@ -69,6 +74,21 @@ def create_model(
 
     # timm's rule: a keyword given as None means "the default" (timm's train script passes drop_path_rate=None)
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    if checkpoint_path is not None and os.fspath(checkpoint_path) == "":
+        checkpoint_path = None  # timm's rule too: its train script passes --initial-checkpoint '' by default
+    for key in TIMM_LAYER_FLAGS:  # timm's factory flags with nothing to do here (DSRNet's layers script and export)
+        kwargs.pop(key, None)
+    cfg_tag = kwargs.pop("pretrained_cfg", None)
+    if isinstance(cfg_tag, str):  # timm's way to name a tag: pretrained_cfg="c10"
+        if split_name(name)[1] not in (None, cfg_tag):
+            raise DsrnetError(f"{name!r} and pretrained_cfg={cfg_tag!r} name two tags; fix: give one of them")
+        name = f"{split_name(name)[0]}.{cfg_tag}"
+    elif cfg_tag is not None or "pretrained_cfg_overlay" in kwargs:
+        raise DsrnetError(
+            "pretrained_cfg as a dict / PretrainedCfg, and pretrained_cfg_overlay, are timm's ways to name weights "
+            "to download; fix: pass them to timm.create_model (import dsrnet registers the models there), or give "
+            "a file as checkpoint_path="
+        )
     fused = kwargs.pop("fused", False)
     if not isinstance(fused, bool):
         raise DsrnetError(f"fused must be True or False, got {fused!r}; fix: for a mode, call dsrnet.fuse(model, mode=...)")

@@ -3,7 +3,8 @@
 Only the stem is touched, and only for the ``*_cifar`` names: a 3x3 stride-1 first conv and no max-pool, the usual
 adaptation for 32x32 inputs (He et al., 2016, Section 4.2 use a similar thin stem for CIFAR). The paper does not say
 which stem it used; ``dsrnet.models`` offers both stems for every model so the comparison is like for like.
-MobileNetV2's cifar stem sets its first conv's stride to 1 and keeps every later stride.
+MobileNetV2's cifar stem sets its first conv's stride to 1 and keeps every later stride. ``num_classes=0`` gives the
+pooled features (timm's rule), as for DSRNet.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ def _cifar_stem(model: nn.Module) -> nn.Module:
 def _build(tv_name: str, stem: str, num_classes: int, **kwargs) -> nn.Module:
     import torchvision  # lazy: `import dsrnet` stays free of torchvision until a baseline is built
 
-    model = getattr(torchvision.models, tv_name)(weights=None, num_classes=num_classes, **kwargs)
+    model = getattr(torchvision.models, tv_name)(weights=None, num_classes=max(num_classes, 1), **kwargs)
+    if num_classes == 0:  # timm's "no classifier": the pooled features (torchvision would build Linear(2048, 0))
+        if isinstance(model, torchvision.models.ResNet):
+            model.fc = nn.Identity()
+        else:
+            model.classifier[-1] = nn.Identity()
     return _cifar_stem(model) if stem == "cifar" else model
 
 

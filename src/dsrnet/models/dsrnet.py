@@ -33,6 +33,7 @@ TorchScript must read its annotations as real types (FX tracing followed by scri
 """
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -599,7 +600,17 @@ def _create(name: str, **kwargs) -> DSRNet:
 
 
 def _build(name: str, weights, num_classes: int | None, kwargs: dict) -> DSRNet:
-    """A builder's body: random weights, or ``weights`` (torchvision's ``weights=``, through ``create_model``)."""
+    """A builder's body: random weights, or ``weights`` (torchvision's ``weights=``, through ``create_model``).
+    torchvision's legacy ``pretrained=True`` / ``False`` is taken as its builders take it: the default weights / none,
+    with a deprecation warning."""
+    if "pretrained" in kwargs:
+        pretrained = kwargs.pop("pretrained")
+        if weights is not None:
+            raise DsrnetError("weights= and the legacy pretrained= both given; fix: drop pretrained=")
+        instead = "'DEFAULT'" if pretrained else "None"
+        warnings.warn(f"{name}(pretrained=...) is deprecated (as in torchvision's builders); use weights={instead} "
+                      f"instead", UserWarning, stacklevel=3)  # fmt: skip
+        weights = "DEFAULT" if pretrained else None
     if weights is not None:
         from dsrnet.models._registry import create_model
 

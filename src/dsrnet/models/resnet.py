@@ -76,6 +76,11 @@ def _build_eager(name: str, pretrained: bool, pretrained_cfg, pretrained_cfg_ove
         overlay.get(key) for key in ("file", "state_dict")
     ):  # a url / hub id in the overlay: the registered cfg's shipped file would outrank it in timm's order
         overlay["file"] = None
+    elif not pretrained and isinstance(pretrained_cfg, str):
+        # "name.tag" without weights: the network those weights were trained as (dsrnet.create_model's rule), so
+        # that a checkpoint_path of them, or pretrained=True later, fits the same model
+        entry = weights.all_weights().get(f"{name}.{pretrained_cfg}")
+        kwargs = {**(entry.model_kwargs if entry is not None else {}), **kwargs}
     kwargs.pop("cache_dir", None)  # no download happens: dsrnet's weights are local files
     return build_model_with_cfg(
         DSRNet,

@@ -30,7 +30,16 @@ from torch import nn
 from dsrnet.errors import DsrnetError
 from dsrnet.models.dsrnet import CIFAR10_MEAN, CIFAR10_STD
 from dsrnet.run.atomic import atomic_write_bytes
-from dsrnet.run.checkpoint import check_state_fits, load_checkpoint, load_model_state, state_mismatch
+from dsrnet.run.checkpoint import (
+    CHECKPOINT_NAME,
+    as_checkpoint,
+    check_state_fits,
+    is_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    read_torch_file,
+    state_mismatch,
+)
 
 WEIGHTS_DIR_ENV = "DSRNET_WEIGHTS_DIR"
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -292,7 +301,8 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if missing:
         raise DsrnetError(
             f"{path} has no {', '.join(missing)} in its metadata: not a dsrnet weights file; fix: write it with "
-            f"dsrnet.models.weights.save_weights (or load it with checkpoint_path=...)"
+            f"dsrnet.models.weights.save_weights (a plain state dict loads with create_model(name, "
+            f"checkpoint_path=...))"
         )
     return state_dict, metadata
 
@@ -432,15 +442,63 @@ def _load_state(
     model.load_state_dict(state_dict, strict=False)
 
 
-def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int | None, str]:
-    """``(state_dict, num_classes, description)`` of a safetensors weights file or a ``dsrnet train`` checkpoint
-    (file or run folder): what ``create_model(..., checkpoint_path=path)`` builds and loads."""
+#: Where a training script's ``torch.save`` keeps the weights, in timm's order of preference (``load_checkpoint``
+#: with its default ``use_ema=True``: the weight average first).
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int | None, str, str | None]:
+    """``(state_dict, num_classes, description, trained_as)`` of what ``create_model(..., checkpoint_path=path)``
+    loads: a safetensors weights file (``save_weights``), a ``dsrnet train`` checkpoint (file or run folder), or,
+    as timm's ``checkpoint_path`` takes them, a plain state dict -- a safetensors file without dsrnet's metadata, or
+    ``torch.save``'s zip file of one, bare or under one of :data:`STATE_DICT_KEYS` (DDP's ``module.`` prefix
+    dropped). Plain files are read with ``weights_only=True``; their ``num_classes`` is ``fc.weight``'s rows."""
     path = Path(path).expanduser()
     if path.is_file() and _is_safetensors(path):
-        state_dict, metadata = read_weights(path)
-        return state_dict, metadata.get("num_classes"), f"weights in {path}", _trained_as(metadata)
-    ckpt = load_checkpoint(path)  # weights_only=True; clear errors for missing/foreign files
+        if all(k in _read_header_metadata(path) for k in REQUIRED_METADATA):
+            state_dict, metadata = read_weights(path)
+            return state_dict, metadata.get("num_classes"), f"weights in {path}", _trained_as(metadata)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state_dict = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise DsrnetError(
+                f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:160]}); fix: re-export it"
+            ) from None
+        return _plain(state_dict, path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    loaded = read_torch_file(path)  # weights_only=True; clear errors for missing/damaged/exported files
+    if not is_checkpoint(loaded):
+        return _plain(_state_dict_in(loaded, path), path)
+    ckpt = as_checkpoint(loaded, path)
     return ckpt["model_state"], ckpt.get("num_classes"), f"weights of checkpoint {ckpt['path']}", _trained_as(ckpt)
+
+
+def _state_dict_in(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict a ``torch.save`` file holds: itself, or under the first of :data:`STATE_DICT_KEYS`."""
+    if isinstance(loaded, dict):
+        loaded = next((loaded[k] for k in STATE_DICT_KEYS if isinstance(loaded.get(k), dict)), loaded)
+    if isinstance(loaded, dict) and loaded and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        return loaded
+    raise DsrnetError(
+        f"{path} is neither a dsrnet checkpoint nor a state dict (a mapping of names to tensors, bare or under "
+        f"{', '.join(STATE_DICT_KEYS)}); fix: pass a checkpoint.pt written by `dsrnet train`, a .safetensors file, or "
+        f"torch.save(model.state_dict(), path)"
+    )
+
+
+def _plain(state_dict: dict[str, torch.Tensor], path: Path) -> tuple:
+    """``read_checkpoint_path``'s answer for a plain state dict (DDP's ``module.`` prefix dropped, as timm does)."""
+    if all(k.startswith("module.") for k in state_dict):
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    fc = state_dict.get("fc.weight")
+    num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else None
+    return state_dict, num_classes, f"state dict in {path}", None
 
 
 def load_checkpoint_path(model: nn.Module, source: tuple[dict[str, torch.Tensor], int | None, str, str | None]) -> None:

@@ -175,6 +175,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / CHECKPOINT_NAME
+    return as_checkpoint(read_torch_file(path, map_location), path)
+
+
+def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """What ``torch.save`` wrote to ``path`` (its zip format), read with ``weights_only=True`` after the CRC of every
+    record is checked: a missing, truncated, damaged, exported or unsafe file raises :class:`DsrnetError`."""
     if not path.is_file():
         raise DsrnetError(
             f"checkpoint {path} not found; fix: pass the checkpoint.pt of a run (or its run folder) written by "
@@ -216,7 +222,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise DsrnetError(
             f"checkpoint {path} is damaged (checksum mismatch in record {bad}); fix: use an intact copy of it"
         )
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    return ckpt
+
+
+def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is what ``dsrnet train`` writes (its format marker; fields unchecked)."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def as_checkpoint(ckpt: Any, path: Path) -> dict:
+    """``ckpt`` (loaded from ``path``) checked as a dsrnet checkpoint: its format, version and model fields."""
+    if not is_checkpoint(ckpt):
         raise DsrnetError(
             f"{path} is not a dsrnet checkpoint; fix: pass a checkpoint.pt written by `dsrnet train`"
         )
