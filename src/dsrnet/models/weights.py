@@ -281,8 +281,6 @@ def _sorted_header(data: bytes) -> bytes:
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, metadata)`` of a safetensors weights file; a missing, corrupt or foreign file is one
     :class:`DsrnetError`. Metadata values are JSON-decoded (values that are not JSON stay strings)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -290,12 +288,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"weights file {path} not found; fix: pass a .safetensors file written by save_weights"
         )
     raw = _read_header_metadata(path)
-    try:
-        state_dict = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise DsrnetError(
-            f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:160]}); fix: re-export it"
-        ) from None
+    state_dict = _load_safetensors(path)
     metadata = _decoded(raw)
     missing = [k for k in REQUIRED_METADATA if k not in metadata]
     if missing:
@@ -305,6 +298,19 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"checkpoint_path=...))"
         )
     return state_dict, metadata
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; an unreadable one is one :class:`DsrnetError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise DsrnetError(
+            f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:160]}); fix: re-export it"
+        ) from None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -458,16 +464,7 @@ def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         if all(k in _read_header_metadata(path) for k in REQUIRED_METADATA):
             state_dict, metadata = read_weights(path)
             return state_dict, metadata.get("num_classes"), f"weights in {path}", _trained_as(metadata)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state_dict = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise DsrnetError(
-                f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:160]}); fix: re-export it"
-            ) from None
-        return _plain(state_dict, path)
+        return _plain(_load_safetensors(path), path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     loaded = read_torch_file(path)  # weights_only=True; clear errors for missing/damaged/exported files
