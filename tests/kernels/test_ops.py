@@ -459,6 +459,20 @@ def test_arguments_of_the_wrong_shape_are_one_error_on_both_paths(triton, monkey
     with pytest.raises(DsrnetError, match=r"the shortcut \[1, 5, 7, 9\] at stride 2 gives \[4, 5\], not the output's"):
         ops.dw_pw_block(x, ops.pack_taps(weight), torch.randn(20), w_pw, b, torch.randn(1, 5, 7, 9),
                         torch.randn(5, 12), 1, 1, 2)  # fmt: skip
+    # the backward ops (public too): a gradient of another layer's shape was read out of bounds (garbage, 1e26)
+    grad = torch.randn(1, 20, 7, 9).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(DsrnetError, match=r"dwconv2d_grad_weight wants grad of shape \[1, 20, 7, 9\], got \[1, 4"):
+        ops.dwconv2d_grad_weight(grad[:, :4], x, 1, 1)
+    with pytest.raises(DsrnetError, match=r"dwconv2d_grad_weight wants grad of shape \[2, 20, 7, 9\]"):
+        ops.dwconv2d_grad_weight(grad, torch.cat([x, x]), 1, 1)
+    with pytest.raises(DsrnetError, match=r"dwconv2d_grad_weight wants grad of shape \[1, 20, 4, 5\]"):
+        ops.dwconv2d_grad_weight(grad, x, 2, 1)  # the stride-2 output is 4x5
+    with pytest.raises(DsrnetError, match=r"dwconv2d_grad_input wants weight of shape \[20, 1, 3, 3\]"):
+        ops.dwconv2d_grad_input(grad, weight[:4], 7, 9, 1, 1)
+    with pytest.raises(DsrnetError, match=r"dwconv2d_grad_input wants grad of shape \[1, 20, 4, 5\]"):
+        ops.dwconv2d_grad_input(grad, weight, 7, 9, 2, 1)
+    with pytest.raises(DsrnetError, match=r"dwconv2d_affine_relu_grad_input wants affine of shape \[3, 20\]"):
+        ops.dwconv2d_affine_relu_grad_input(grad, x, torch.randn(3, 2), weight, 1, 1)
 
 
 def test_an_empty_batch_runs_on_the_fallback(monkeypatch):
@@ -530,3 +544,19 @@ def test_direct_conv_reads_any_channel_count_batch_and_strided_view(cin):
     for x in (full, full[:, :, :, ::2], full.contiguous(memory_format=torch.channels_last)[:, :, 1:, ::2]):
         got = ops.direct_conv(x, ops.pack_direct(weight), bias, 3, 2, 2, 2, False)
         _close(got, F.conv2d(x, weight, bias, 2, 2, 2), 1e-4)
+
+
+def test_a_view_spanning_more_than_32_bit_offsets_is_copied_not_misread():
+    """A small view of a huge tensor (every other image of a large batch) can span past 2**31 elements: the
+    kernels' 32-bit offsets would wrap (a crash, or wrong reads on a GPU). Such views are copied first."""
+    c, h, w, n = 16, 4, 4, 3
+    s = 2**30 + 2**20  # the batch stride: under 2**31, but image 2 starts past it
+    base = torch.empty(2 * s + h * w * c, dtype=torch.float16)  # ~4.3 GB of address space; only 3 images touched
+    x = base.as_strided((n, c, h, w), (s, 1, w * c, c))
+    src = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(0)).half()
+    x.copy_(src)
+    assert ops.triton_usable(x) and ops._span(x) > 2**31
+    weight, bias = torch.randn(c, 1, 3, 3).half(), torch.randn(c).half()
+    y = ops.dwconv2d(x, weight, bias, 1, 1, False)
+    _close(y, F.conv2d(src.float(), weight.float(), bias.float(), 1, 1, 1, c), 2e-2)
+    del x, base

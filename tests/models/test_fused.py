@@ -597,6 +597,45 @@ def test_fuse_keeps_the_hooks_of_timms_feature_hook_net(monkeypatch):
         dsrnet.fuse(backbone)
 
 
+def test_fuse_of_a_dsrnet_keeps_its_hooks_and_refuses_hooks_on_folded_parts(monkeypatch):
+    """fuse() of a plain DSRNet dropped every forward hook (Grad-CAM, feature taps) without a word: hooks on the
+    model, the stem's ReLU, stages and blocks now move to their fused forms (same outputs); one on a part folded
+    into a kernel is an error, as for a module built on a DSRNet."""
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=10, layers=(1, 2, 1, 1), widths=(4, 8, 8, 16)).eval()
+    seen = []
+    for name in ("", "act1", "layer2", "layer3.0", "fc"):
+        model.get_submodule(name).register_forward_hook(lambda m, args, out, name=name: seen.append((name, out.shape)))
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+        want, seen[:] = list(seen), []
+        dsrnet.fuse(model)(x)
+    assert seen == want and len(want) == 5
+    model.layer3[0].conv_dw.register_forward_hook(lambda *args: None)
+    with pytest.raises(DsrnetError, match=r"layer3\.0\.conv_dw has a forward hook, but fuse.. folds it"):
+        dsrnet.fuse(model)
+
+
+@needs_interpreter
+def test_auto_mode_under_fake_tensors_measures_nothing_and_fusing_twice_is_one_error():
+    """Shape propagation / memory estimates run a model under FakeTensorMode: auto's first call timed the kernels
+    and compared outputs on tensors without data (a DataDependentOutputException). It now takes the untimed rule
+    and records nothing, as while tracing."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from dsrnet.models import fused as fused_module
+
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=10, widths=(4, 8, 8, 16), layers=(1, 1, 1, 1)).eval()
+    auto = dsrnet.fuse(model, mode="auto")
+    before = len(fused_module.auto_choices())
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake, torch.no_grad():
+        assert auto(fake.from_tensor(torch.randn(2, 3, 32, 32))).shape == (2, 10)
+    assert len(fused_module.auto_choices()) == before
+    with pytest.raises(DsrnetError, match="FusedDSRNet is fused already; fix: use it as it is"):
+        dsrnet.fuse(auto)
+
+
 def test_fuse_of_an_fp64_model_folds_in_fp64(monkeypatch):
     """BatchNorm was always folded in fp32: an fp64 model's fused form agreed only to fp32's 5e-8."""
     monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")

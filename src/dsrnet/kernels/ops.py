@@ -101,9 +101,16 @@ def _pixel_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(2), t.stride(3)
 
 
+def _span(t: torch.Tensor) -> int:
+    """Elements from ``t``'s first to its last, in memory: what the kernels' 32-bit offsets must reach (a view can
+    span far more than its own ``numel``, e.g. every other image of a large batch)."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True)) if t.numel() else 0
+
+
 def _channels_inner(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its channels are contiguous (channels-last, or a view of it), else a channels-last copy."""
-    return t if t.stride(1) == 1 else t.contiguous(memory_format=torch.channels_last)
+    """``t`` itself when its channels are contiguous (channels-last, or a view of it) and its span fits the kernels'
+    32-bit offsets, else a channels-last copy (dense: its span is its ``numel``, which the callers check)."""
+    return t if t.stride(1) == 1 and _span(t) < _MAX_NUMEL else t.contiguous(memory_format=torch.channels_last)
 
 
 def _as_nhwc(src: torch.Tensor) -> torch.Tensor:
@@ -136,6 +143,19 @@ def _check_shape(op: str, name: str, t: torch.Tensor | None, want: tuple[int, ..
     others, so a wrong one would be read out of bounds (the PyTorch fallback raises, deep in some op)."""
     if t is not None and tuple(t.shape) != want:
         raise DsrnetError(f"{op} wants {name} of shape {list(want)}, got {list(t.shape)}")
+
+
+def _check_dw_grad(op: str, grad: torch.Tensor, x_shape: tuple[int, ...], weight: torch.Tensor | None, stride: int,
+                   affine: torch.Tensor | None = None) -> None:  # fmt: skip
+    """The backward ops' arguments against the forward's input shape ``x_shape`` [N, C, H, W]: ``grad`` must be the
+    output's gradient, [N, C, out(H), out(W)] at ``stride``; ``weight`` [C, 1, 3, 3]; ``affine`` [3, C]. The kernels
+    index each by the others' shapes (:func:`_check_shape`)."""
+    if len(x_shape) != 4 or grad.dim() != 4:
+        raise DsrnetError(f"{op} wants 4-d tensors [N, C, H, W], got {list(grad.shape)} and {list(x_shape)}")
+    n, c, h, w = x_shape
+    _check_shape(op, "grad", grad, (n, c, _out_size(h, stride), _out_size(w, stride)))
+    _check_shape(op, "weight", weight, (c, 1, 3, 3))
+    _check_shape(op, "affine", affine, (3, c))
 
 
 def _check_pw(op: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, shortcut: torch.Tensor | None,
@@ -223,6 +243,7 @@ dwconv2d.register_fake(lambda x, weight, bias, stride, dilation, relu: _dw_out_l
 def dwconv2d_grad_input(
     grad: torch.Tensor, weight: torch.Tensor, height: int, width: int, stride: int, dilation: int
 ) -> torch.Tensor:
+    _check_dw_grad("dwconv2d_grad_input", grad, (*grad.shape[:2], height, width), weight, stride)
     n, c = grad.shape[:2]
     if not triton_usable(grad, n * c * height * width):
         dx = torch.nn.grad.conv2d_input(
@@ -266,6 +287,7 @@ def dwconv2d_grad_weight(
     """Weight gradient ``[C, 1, 3, 3]`` in float32 (the caller casts to the parameter's dtype). With ``affine``
     ([centre; scale; shift], fp32 [3, C]) the conv's input was ``relu((x - centre) * scale + shift)``
     (:func:`dwconv2d_affine_relu`), recomputed from ``x`` as it is read."""
+    _check_dw_grad("dwconv2d_grad_weight", grad, tuple(x.shape), None, stride, affine)
     n, c, h, w = x.shape
     ho, wo = grad.shape[2], grad.shape[3]
     if not triton_usable(x, grad.numel()):
@@ -380,6 +402,7 @@ def dwconv2d_affine_relu_grad_input(
     [3, C]): the conv's input gradient taken back through the ReLU and the affine map in the same kernel (``d
     centre`` is ``-scale * d shift``); ``d x`` in ``x``'s dtype (channels-last), the other two fp32 [C], summed
     from per-program partial sums (deterministic)."""
+    _check_dw_grad("dwconv2d_affine_relu_grad_input", grad, tuple(x.shape), weight, stride, affine)
     n, c, h, w = x.shape
     if not triton_usable(x, n * c * h * w):
         wide = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs (gradcheck)

@@ -60,6 +60,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dsrnet.device import time_calls
@@ -160,8 +161,11 @@ class FusedDSRBlock(nn.Module):
         known = _AUTO_CHOICES.get(key)
         if known is not None:
             return known["mode"]
-        if torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return "block" if x.is_cuda and self._fills_device(x) else "split"  # no timing while tracing/capturing
+        if (torch.compiler.is_compiling() or (x.is_cuda and torch.cuda.is_current_stream_capturing())
+                or x.device.type == "meta" or is_fake(x)):  # fmt: skip
+            # no timing while tracing or capturing, nor of tensors without data (shape propagation, memory
+            # estimates under FakeTensorMode)
+            return "block" if x.is_cuda and self._fills_device(x) else "split"
         if not ops.triton_usable(x):
             return "split"
         if ops.precompiling_now():  # launches only compile: block once too, so that both compile; no timing
@@ -368,11 +372,28 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     """
     if mode not in FUSE_MODES:
         raise DsrnetError(f"mode={mode!r} is not valid; fix: choose one of {FUSE_MODES}")
+    if isinstance(model, FusedDSRNet) or any(isinstance(m, FusedDSRBlock) for m in model.modules()):
+        raise DsrnetError(f"{type(model).__name__} is fused already; fix: use it as it is, or fuse the model it was "
+                          f"made from (for another mode: fuse(model, mode=...))")  # fmt: skip
     if isinstance(model, DSRNet):
         _check_foldable(model.named_modules())
+        # hooks on what folding removes have no output left to see; the others move with their module below
+        _check_hooks([("conv1", model.conv1), ("bn1", model.bn1)]
+                     + [(f"{name}.{sub}", m) for name, block in model.named_modules() if isinstance(block, DSRBlock)
+                        for sub, m in block.named_modules() if sub])  # fmt: skip
         dtype = next(model.parameters()).dtype
         source = copy.deepcopy(model).eval().to(_fold_dtype(dtype))  # fold, then round once to the model's dtype
         fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
+        # Forward (pre-)hooks (Grad-CAM, feature taps) move to the modules that now give the same outputs: the
+        # model, its stem's ReLU (the fused stem's output), stages and blocks; max-pool, pool and fc are the same
+        # modules and keep theirs.
+        _with_hooks_of(source, fused)
+        _with_hooks_of(source.act1, fused.stem)
+        for idx in range(1, 5):
+            stage, fused_stage = getattr(source, f"layer{idx}"), getattr(fused, f"layer{idx}")
+            _with_hooks_of(stage, fused_stage)
+            for block, fused_block in zip(stage, fused_stage, strict=True):
+                _with_hooks_of(block, fused_block)
         return fused.requires_grad_(False)  # nothing in it trains (see FusedDSRNet.train)
     parts = [(name, m) for name, m in model.named_modules() if isinstance(m, DSRBlock) or _is_dsrnet_stem(m)]
     if not any(isinstance(m, DSRBlock) for _, m in parts):
