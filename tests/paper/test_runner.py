@@ -140,6 +140,33 @@ def test_report_only_rewrites_the_tables_and_trains_nothing(quick_run, cifar10_d
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_report_only_reports_every_finished_model_or_those_of_models(quick_run, cifar10_dir, capsys, monkeypatch):
+    """--report-only left out finished runs of models outside the paper's comparison (reproduce --models takes any
+    registered model), and recorded a --models it did not follow. Every finished run of this stem is reported, or
+    exactly those of --models; a named model without a finished run is one error."""
+    from dsrnet.paper import runner
+
+    out = quick_run
+    argv = ["reproduce", "--dataset", "cifar10", "--report-only", *_quick(cifar10_dir, out)]
+    monkeypatch.setattr(runner, "PAPER_COMPARISON", ("dsrnet50",))  # resnet50: a model outside the comparison
+    assert main(argv) == 0
+    capsys.readouterr()
+    with open(out / "table.csv", newline="") as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["dsrnet50", "resnet50"]
+    command = read_json(out / "summary.json")["command"]
+    assert "--report-only" in command and "--models" not in command
+    monkeypatch.undo()
+    assert main([*argv, "--models", "resnet50"]) == 0
+    capsys.readouterr()
+    with open(out / "table.csv", newline="") as fh:
+        assert [r["model"] for r in csv.DictReader(fh)] == ["resnet50"]
+    rc = main([*argv, "--models", "resnet50", "mobilenet_v2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds no finished, benchmarked run of mobilenet_v2" in err
+    assert main(argv) == 0  # the fixture's tables as they were
+    capsys.readouterr()
+
+
 def test_report_only_refuses_timings_of_two_setups_and_damaged_run_files(quick_run, cifar10_dir, tmp_path, capsys):
     """--report-only put a timing of another machine beside ours under our machine's name; a damaged final.json or
     bench.json was a JSONDecodeError traceback."""

@@ -90,8 +90,9 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
             "Train every model of the paper's comparison with one recipe, time it, and write the paper's table "
             "(ours beside the paper's numbers), CSV, JSON and figures to results/<dataset>/. Resumable."
         )
-        p.add_argument("--models", nargs="+", default=list(PAPER_COMPARISON), metavar="NAME",
-                       help="subset of the comparison (or any registered model)")  # fmt: skip
+        p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                       help="subset of the comparison (or any registered model) (default: " + " ".join(PAPER_COMPARISON)
+                       + "; with --report-only: every finished run in --out-dir)")  # fmt: skip
         p.add_argument("--report-only", action="store_true",
                        help="train and time nothing: rewrite the tables and figures from the finished, timed runs "
                        "already in --out-dir with these settings (e.g. runs assembled from GPU calls)")  # fmt: skip
@@ -186,11 +187,13 @@ def _log_files(result: dict) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from dsrnet.models import PAPER_COMPARISON
     from dsrnet.paper.runner import report_finished, reproduce
 
-    if args.report_only:  # every finished run of the comparison in --out-dir, whatever --models says
-        result = report_finished(args.dataset, **_prepare(args))
+    if args.report_only:  # the finished runs of --models in --out-dir, or all of them
+        result = report_finished(args.dataset, models=args.models, **_prepare(args))
     else:
+        args.models = args.models or list(PAPER_COMPARISON)  # spelled out in the recorded command
         result = reproduce(args.dataset, models=args.models, **_prepare(args))
     print(result["table"], end="")
     return _log_files(result)

@@ -198,7 +198,10 @@ _SETTINGS_HOW = " (flags, or a --config YAML file for fields without one, e.g. z
 
 def _differ(why: list[str]) -> str:
     """The differences :func:`_finished_alike` collected, for an error line (empty when there are none)."""
-    return f" (finished runs differ: {'; '.join(why)[:400]})" if why else ""
+    text = "; ".join(why)
+    if len(text) > 400:  # cut at a word, and say so
+        text = text[:400].rsplit(" ", 1)[0] + " ..."
+    return f" (finished runs differ: {text})" if why else ""
 
 
 def _finished_alike(job: Job, s: Settings, why: list[str] | None = None) -> bool:
@@ -308,10 +311,18 @@ def _comparison_job(name: str, stem: str, model_kwargs: dict | None) -> Job:
     return Job(key=arch, arch=arch, model_kwargs=kwargs)
 
 
-def _finished_comparison(s: Settings, stem: str, model_kwargs: dict | None, why: list[str] | None = None) -> list[Job]:
-    """The models of the comparison that ``s.out`` holds finished and benchmarked with ``s``'s settings (the
-    differences of the other finished runs go to ``why``)."""
-    jobs = [_comparison_job(n, stem, model_kwargs) for n in PAPER_COMPARISON]
+def _finished_comparison(s: Settings, stem: str, model_kwargs: dict | None, why: list[str] | None = None,
+                         models: Sequence[str] | None = None) -> list[Job]:  # fmt: skip
+    """The models that ``s.out`` holds finished and benchmarked with ``s``'s settings: those of ``models``, or of
+    the comparison and every other registered model with a run folder of this stem there (``reproduce --models``
+    takes any); the differences of the other finished runs go to ``why``."""
+    names = list(models or PAPER_COMPARISON)
+    if models is None:
+        known, runs = set(list_models()), s.out / "runs"
+        folders = sorted(d.name for d in runs.iterdir() if d.is_dir()) if runs.is_dir() else []
+        names += [f for f in folders if f in known and stem_variant(f, stem) == f
+                  and f not in {stem_variant(n, stem) for n in names}]  # fmt: skip
+    jobs = [_comparison_job(n, stem, model_kwargs) for n in names]
     return [j for j in jobs if _finished_alike(j, s, why)]
 
 
@@ -338,15 +349,26 @@ def report_finished(
     model_kwargs: dict | None = None,
     quick: bool = False,
     command: str = "",
+    models: Sequence[str] | None = None,
     log: Callable[[str], None] = _log,
 ) -> dict:
     """``reproduce``'s tables and figures from the runs ``out`` already holds finished and benchmarked with these
-    settings (the rule ``reproduce`` skips them by), without training or benchmarking anything. A finished run
-    timed with other bench settings is an error: one table, one timing method."""
+    settings (the rule ``reproduce`` skips them by), without training or benchmarking anything: those of
+    ``models``, each of which must be there, or all of them. A finished run timed with other bench settings is an
+    error: one table, one timing method."""
     s = _settings(dataset, out, train, bench_settings, quick, command, default_out=Path("results") / dataset,
                   timing_here=False)  # fmt: skip
     why: list[str] = []
-    jobs = _finished_comparison(s, stem, model_kwargs, why)
+    if models is not None:
+        _check_models(models, stem)
+    jobs = _finished_comparison(s, stem, model_kwargs, why, models)
+    missing = [stem_variant(m, stem) for m in models or () if stem_variant(m, stem) not in {j.key for j in jobs}]
+    if missing:
+        raise DsrnetError(
+            f"{s.out} holds no finished, benchmarked run of {', '.join(missing)} with these settings{_differ(why)}; "
+            f"fix: drop them from --models, pass the settings they were trained with{_SETTINGS_HOW}, or run `dsrnet "
+            f"reproduce` for them first"
+        )
     if not jobs:
         raise DsrnetError(
             f"{s.out} holds no finished, benchmarked run of the comparison with these settings{_differ(why)}; fix: pass "
