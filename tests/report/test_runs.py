@@ -49,7 +49,9 @@ def test_writes_figures_and_summary(tmp_path):
     out = tmp_path / "report"
     written = plot_runs([a, b], out, title="My runs")
     assert [p.name for p in written] == ["curves.png", "lr.png", "summary.md", "summary.csv"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temp files
+    # no temp files; the hidden list of plot's own files beside them
+    assert sorted(p.name for p in out.iterdir()) == sorted([".dsrnet-plot.json", *(p.name for p in written)])
+    assert json.loads((out / ".dsrnet-plot.json").read_text()) == sorted(p.name for p in written)
     for png in ("curves.png", "lr.png"):
         with Image.open(out / png) as im:
             assert im.format == "PNG" and im.size[0] > 300
@@ -241,7 +243,7 @@ def test_runs_that_differ_only_by_their_seed_are_aggregated_honestly(tmp_path):
     # One seed each: nothing to aggregate, no seeds.csv; into the same folder, the earlier seeds.csv goes too.
     assert "seeds.csv" not in [p.name for p in plot_runs([seeds[0], other], tmp_path / "r2")]
     again = plot_runs([seeds[0], other], out)
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in again)
+    assert sorted(p.name for p in out.iterdir()) == sorted([".dsrnet-plot.json", *(p.name for p in again)])
 
 
 def test_seed_groups_of_one_model_keep_a_band_each(tmp_path, monkeypatch):
@@ -257,3 +259,45 @@ def test_seed_groups_of_one_model_keep_a_band_each(tmp_path, monkeypatch):
         "dsrnet50_cifar (epochs=2)": 2, "dsrnet50_cifar (epochs=3)": 2}
     with open(tmp_path / "out" / "seeds.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 2
+
+
+def test_plot_never_overwrites_or_deletes_files_it_did_not_write(tmp_path):
+    """Into a `dsrnet reproduce` folder, plot replaced its curves.png and deleted its confusion_*.png: a folder
+    holding files of those names that plot did not write is refused; a folder plot wrote is rewritten, and only
+    plot's own files there are replaced or removed."""
+    run = make_run(tmp_path / "a", [50.0, 40.0], seed=0)
+    report = tmp_path / "reproduce-report"
+    report.mkdir()
+    for name, data in (("table.md", "# table\n"), ("curves.png", "theirs"), ("confusion_dsrnet.png", "theirs")):
+        (report / name).write_text(data)
+    with pytest.raises(DsrnetError, match=r"holds curves\.png, which `dsrnet plot` did not write; fix: pass another"):
+        plot_runs([run], report)
+    assert sorted(p.name for p in report.iterdir()) == ["confusion_dsrnet.png", "curves.png", "table.md"]
+    assert (report / "curves.png").read_text() == "theirs"
+    out = tmp_path / "plots"
+    plot_runs([run, make_run(tmp_path / "b", [50.0, 45.0], seed=1)], out)
+    (out / "notes.txt").write_text("mine")
+    plot_runs([run], out)  # the seed files of the earlier call go; the user's own file stays
+    assert "seeds.csv" not in {p.name for p in out.iterdir()} and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_repeated_seed_counts_once_and_groups_name_what_they_differ_in(tmp_path, caplog):
+    """A rerun of one seed dropped the whole group's statistics without a word; two groups differing only in a
+    setting had identical descriptive columns in the seed table."""
+    runs = [make_run(tmp_path / f"s{s}", [50.0, 30.0 + s], seed=s) for s in (0, 1, 2)]
+    rerun = make_run(tmp_path / "s0-again", [50.0, 99.0], seed=0)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        plot_runs([*runs, rerun], out)
+    assert "repeats seed 0 of" in caplog.text
+    with open(out / "seeds.csv", newline="") as fh:
+        (group,) = list(csv.DictReader(fh))
+    assert json.loads(group["seeds"]) == [0, 1, 2] and float(group["top1_error_max"]) == 32.0  # not the rerun's 99
+    wide = [make_run(tmp_path / f"w{s}", [50.0, 20.0 + s], seed=s) for s in (0, 1)]
+    for path in wide:
+        (path / "config.yaml").write_text((path / "config.yaml").read_text() + "pad_fill: mean\n")
+    plot_runs([*runs, *wide], tmp_path / "two")
+    with open(tmp_path / "two" / "seeds.csv", newline="") as fh:
+        labels = [g["group"] for g in csv.DictReader(fh)]
+    assert labels == ["dsrnet50_cifar (pad_fill=None)", "dsrnet50_cifar (pad_fill=mean)"]
+    assert "dsrnet50_cifar (pad_fill=mean)" in (tmp_path / "two" / "summary.md").read_text()

@@ -42,7 +42,7 @@ SUMMARY_FIELDS = (
 
 #: Columns of ``seeds.csv``: one row per group of finished runs that differ only by their seed.
 SEED_FIELDS = (
-    "model", "model_kwargs", "dataset", "recipe", "epochs", "n", "seeds", "top1_error_mean", "top1_error_std",
+    "group", "model", "model_kwargs", "dataset", "recipe", "epochs", "n", "seeds", "top1_error_mean", "top1_error_std",
     "top1_error_min", "top1_error_max", "top3_error_mean", "top3_error_std", "test_images", "labels",
 )  # fmt: skip
 #: Settings that say where and how a run was controlled, not what it trained: runs that differ only in these and
@@ -260,14 +260,21 @@ def summary_row(run: Run) -> dict[str, Any]:
 
 def seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
     """The finished runs that differ only by their seed (and by :data:`_RUN_CONTROLS`), two or more distinct seeds
-    per group, in the order the runs were given."""
+    per group, in the order the runs were given. A second run of a seed a group already has (a rerun) is left out
+    of it, with a warning: each seed counts once."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
         if r.status != FINISHED or not r.config or r.config.get("seed") is None:
             continue
         key = json.dumps({k: v for k, v in r.config.items() if k not in _RUN_CONTROLS}, sort_keys=True, default=str)
-        groups.setdefault(key, []).append(r)
-    return [g for g in groups.values() if len(g) >= 2 and len({r.config["seed"] for r in g}) == len(g)]
+        group = groups.setdefault(key, [])
+        twin = next((other for other in group if other.config["seed"] == r.config["seed"]), None)
+        if twin is not None:
+            logger.warning(f"{r.path} repeats seed {r.config['seed']} of {twin.path} (same settings): the seed "
+                           f"statistics count that seed once, from {twin.path}")  # fmt: skip
+            continue
+        group.append(r)
+    return [g for g in groups.values() if len(g) >= 2]
 
 
 def _group_labels(groups: Sequence[Sequence[Run]]) -> list[str]:
@@ -309,14 +316,15 @@ def seed_row(group: Sequence[Run]) -> dict[str, Any]:
 
 def _seeds_markdown(groups: Sequence[dict[str, Any]]) -> str:
     table = [
-        [labelled(g["model"], g["model_kwargs"] or {}), g["dataset"] or fmt(None), g["recipe"] or fmt(None),
+        [g.get("group") or labelled(g["model"], g["model_kwargs"] or {}), g["dataset"] or fmt(None),
+         g["recipe"] or fmt(None),
          fmt(g["epochs"]), str(g["n"]), ", ".join(map(str, g["seeds"])),
          f"{fmt(g.get('top1_error_mean'))} ± {fmt(g.get('top1_error_std'))}",
          f"{fmt(g.get('top1_error_min'))}–{fmt(g.get('top1_error_max'))}",
          f"{fmt(g.get('top3_error_mean'))} ± {fmt(g.get('top3_error_std'))}"]
         for g in groups
     ]  # fmt: skip
-    headers = ["Model", "Dataset", "Recipe", "Epochs", "n", "Seeds", "Top-1 err. (%) mean ± std", "Top-1 min–max",
+    headers = ["Model (settings the groups differ in)", "Dataset", "Recipe", "Epochs", "n", "Seeds", "Top-1 err. (%) mean ± std", "Top-1 min–max",
                "Top-3 err. (%) mean ± std"]  # fmt: skip
     note = ("Runs that differ only by their seed, finished: the mean and the sample standard deviation (n - 1) of "
             "their FINAL-epoch errors (seeds.csv). With `--test-subset-per-class` each seed is scored on other test "
@@ -381,7 +389,8 @@ def plot_runs(
     labels: Sequence[str] | None = None,
     title: str | None = None,
 ) -> list[Path]:
-    """Figures and a summary of the run folders ``runs`` in ``out_dir``; returns the files written:
+    """Figures and a summary of the run folders ``runs`` in ``out_dir``; returns the files written (their names also
+    go to the hidden :data:`PLOT_MANIFEST`, so that a rerun replaces or removes plot's own files only):
 
     - ``curves.png``: test top-1 error and train loss per epoch of every run;
     - ``lr.png``: the learning rate per epoch (when the runs logged it);
@@ -400,7 +409,15 @@ def plot_runs(
     out = Path(out_dir).expanduser()
     RunDir(out).check_writable()  # before anything is read or written, as bench and eval do
     loaded = [load_run(path, label) for path, label in zip(runs, labels, strict=True)]
-    earlier_plot = (out / "summary.md").is_file()  # a folder this command wrote before
+    owned = _plot_files(out)  # what an earlier `dsrnet plot` wrote there: replaced, or removed if not rewritten
+    groups = seed_groups(loaded)
+    names = _numbered([_file_name(r.label) for r in loaded])  # distinct even if two labels map to one name
+    planned = ["curves.png", "lr.png", "curves_seeds.png", "summary.md", "summary.csv", "seeds.csv",
+               *(f"confusion_{n}.png" for r, n in zip(loaded, names, strict=True) if r.confusion is not None)]
+    foreign = [n for n in planned if (out / n).exists() and n not in owned]
+    if foreign:  # e.g. a `dsrnet reproduce` folder's curves.png: nothing is lost
+        raise DsrnetError(f"{out} holds {', '.join(foreign)}, which `dsrnet plot` did not write; fix: pass another "
+                          f"--out-dir (or move those files)")  # fmt: skip
 
     # A run that did not complete its schedule says so in the figures' legends, not only in summary.md.
     curves = {_legend(r): r.rows for r in loaded}
@@ -408,7 +425,6 @@ def plot_runs(
     if any(row.get("lr") is not None for r in loaded for row in r.rows):
         lr_title = f"{title}: learning rate per epoch" if title else "Learning rate per epoch"
         written.append(plot_lr(curves, out / "lr.png", title=lr_title))
-    names = _numbered([_file_name(r.label) for r in loaded])  # distinct even if two labels map to one name
     for r, name in zip(loaded, names, strict=True):
         if r.confusion is not None:
             import numpy as np
@@ -421,20 +437,46 @@ def plot_runs(
                                f"{r.last['epoch']}: rerun `dsrnet eval` for the final model's matrix")  # fmt: skip
             written.append(plot_confusion(np.array(counts), classes, out / f"confusion_{name}.png", title_))
     rows = [summary_row(r) for r in loaded]
-    groups = seed_groups(loaded)
-    seeds = [seed_row(g) for g in groups]
+    group_labels = _group_labels(groups)
+    seeds = [{**seed_row(g), "group": label} for g, label in zip(groups, group_labels, strict=True)]
     if groups:
         from dsrnet.report.plots import plot_seed_bands
 
-        bands = {label: [r.rows for r in g] for label, g in zip(_group_labels(groups), groups, strict=True)}
+        bands = {label: [r.rows for r in g] for label, g in zip(group_labels, groups, strict=True)}
         bands_title = f"{title}: across seeds" if title else "Test top-1 error across seeds"
         written.append(plot_seed_bands(bands, out / "curves_seeds.png", title=bands_title))
     written.append(atomic_write_text(out / "summary.md", summary_markdown(rows, title or "Training runs", seeds)))
     written.append(write_csv(out / "summary.csv", rows, SUMMARY_FIELDS))
     if seeds:
         written.append(write_csv(out / "seeds.csv", seeds, SEED_FIELDS))
-    if earlier_plot:  # an earlier call's per-run figures, lr.png, seeds.csv would sit beside a summary without them
-        stale = [*out.glob("confusion_*.png"), out / "lr.png", out / "seeds.csv", out / "curves_seeds.png"]
-        for path in (q for q in stale if q.is_file() and q not in written):
-            path.unlink()
+    # An earlier call's figures this one did not rewrite (a run's confusion matrix, lr.png, seeds.csv) would sit
+    # beside a summary without them: removed, and only those.
+    for name in sorted(owned - {p.name for p in written}):
+        (out / name).unlink(missing_ok=True)
+    atomic_write_text(out / PLOT_MANIFEST, json.dumps(sorted(p.name for p in written), indent=1) + "\n")
     return written
+
+
+#: The files ``dsrnet plot`` wrote in its --out-dir, so that a rerun replaces or removes those and no others.
+PLOT_MANIFEST = ".dsrnet-plot.json"
+
+
+def _plot_files(out: Path) -> set[str]:
+    """The names of the files an earlier :func:`plot_runs` wrote in ``out`` (its manifest; a folder it wrote before
+    it kept one: its summary.md beside the figures, and no report of `dsrnet reproduce`)."""
+    try:
+        listed = json.loads((out / PLOT_MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        listed = None
+    except (OSError, ValueError) as err:
+        raise DsrnetError(f"{out / PLOT_MANIFEST} is unreadable ({err}); fix: delete it, or pass another "
+                          f"--out-dir") from None  # fmt: skip
+    if listed is None:
+        if not (out / "summary.md").is_file() or (out / "table.md").exists():
+            return set()
+        listed = [p.name for p in out.iterdir()]
+    # only names plot writes, in this folder: a doctored manifest cannot send a rerun's clean-up elsewhere
+    return {n for n in listed if isinstance(n, str) and _PLOT_FILE.fullmatch(n) and (out / n).is_file()}
+
+
+_PLOT_FILE = re.compile(r"(curves|lr|curves_seeds)\.png|summary\.(md|csv)|seeds\.csv|confusion_[^/\\]+\.png")
