@@ -312,6 +312,38 @@ def test_torchscript_and_pt2_files_that_would_write_files_are_refused_before_loa
     assert not marker.exists()
 
 
+def test_an_archive_naming_an_entry_twice_is_refused(tmp_path):
+    """Python's zip reader (the checks) reads the last of two same-named entries, torch's (the load) often an earlier
+    one: a reviewer's TorchScript file put a forward that writes a file before the harmless copy of the same code
+    file, and it ran on `dsrnet predict`; a .pt2 did the same with a shape expression that runs Python. An entry
+    named twice is refused, whichever copy is harmful."""
+    import json
+    import zipfile
+
+    from dsrnet.export.backends import load_predictor
+
+    marker = tmp_path / "WRITTEN"
+    plain = tmp_path / "forward.pt"
+    torch.jit.save(torch.jit.script(_WritesOnRun(str(marker))), str(plain),
+                   _extra_files={"dsrnet_metadata": json.dumps(_METADATA)})  # fmt: skip
+    harmless = _rewrite_code(plain, tmp_path / "harmless.pt", lambda c: re.sub(
+        r"    marker = self\.marker\n.*?return torch\.add\(.*?\n", "    return torch.mean(x, [2, 3])\n", c, flags=re.S))
+    evil = tmp_path / "twice.pt"
+    with zipfile.ZipFile(plain) as bad, zipfile.ZipFile(harmless) as good, zipfile.ZipFile(evil, "w") as out:
+        for item in good.infolist():
+            if "/code/" in item.filename and item.filename.endswith(".py"):
+                out.writestr(item.filename, bad.read(item.filename))  # the harmful copy first
+            out.writestr(item.filename, good.read(item.filename))
+    x = torch.randn(1, 3, 8, 8)
+    run, _ = load_predictor(harmless, backend="torch")  # the same file with only the harmless copy loads and runs
+    run(x)
+    with pytest.raises(dsrnet.DsrnetError, match=r"twice\.pt: its archive holds entry .*/code/__torch__.*\.py more "
+                                                 r"than once"):  # fmt: skip
+        run, _ = load_predictor(evil, backend="torch")
+        run(x)  # (before the check: torch loaded the harmful copy, which wrote the file here)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     ("error", "fix"),
     [(ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_2_11'"), r'pip install -U "dsrnet\[onnx\]"'),

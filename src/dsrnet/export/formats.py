@@ -250,7 +250,7 @@ def _check_pt2(path: Path) -> None:
     fix = "fix: use a .pt2 written by `dsrnet export --format exported-program` (tensors and shapes only)"
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
+            names = _unique_entries(zf, path)
             for name in names:
                 if any(bad in name for bad in _NOT_IN_PT2) or name.lower().endswith(_LIBRARY_SUFFIXES):
                     raise DsrnetError(f"{path} holds {name}, which would run as code when read; {fix}")
@@ -276,6 +276,30 @@ def _check_pt2(path: Path) -> None:
                         stack.extend(node)
     except zipfile.BadZipFile:
         raise DsrnetError(f"{path} is not a .pt2 archive (not a zip file); {fix}") from None
+
+
+def _unique_entries(zf, path: Path) -> list[str]:
+    """The archive's entry names, as Python's zip reader (these checks) and torch's (the load) both list them. An
+    archive naming one entry twice, or whose two readings differ, is refused: the two readers may pick different
+    copies of an entry, so a check would pass the harmless copy while torch loads the other."""
+    import collections
+
+    import torch
+
+    names = zf.namelist()
+    twice = [n for n, count in collections.Counter(names).items() if count > 1]
+    try:
+        records = torch._C.PyTorchFileReader(str(path)).get_all_records()
+    except Exception:  # noqa: BLE001 - not an archive torch reads: its loader refuses it in turn
+        records = None
+    if records is not None and not twice:
+        twice = [n for n, count in collections.Counter(records).items() if count > 1]
+        if not twice and len(records) != len(names):
+            twice = [f"({len(names)} entries to Python's zip reader, {len(records)} to torch's)"]
+    if twice:
+        raise UnsafeProgram(path, f"its archive holds entry {twice[0]} more than once (the copy checked need not "
+                                  f"be the copy loaded)")  # fmt: skip
+    return names
 
 
 class UnsafeProgram(DsrnetError):
@@ -339,7 +363,7 @@ def _check_torchscript(path: Path) -> None:
 
     try:
         with zipfile.ZipFile(path) as zf:
-            for name in (n for n in zf.namelist() if "/code/" in n and n.endswith(".py")):
+            for name in (n for n in _unique_entries(zf, path) if "/code/" in n and n.endswith(".py")):
                 try:
                     tree = ast.parse(zf.read(name).decode("utf-8"))
                 except (SyntaxError, ValueError, UnicodeDecodeError):
