@@ -266,7 +266,10 @@ def test_compile_mode_reaches_torch_compile_and_the_table(tmp_path, capsys, monk
     assert "| NCHW | reduce-overhead |" in out
     row = json.loads((tmp_path / "bench_cpu.json").read_text())["rows"][0]
     assert row["compile"] is True and row["compile_mode"] == "reduce-overhead"
-    assert main([*argv, "--compile"]) == 0 and seen[-1] == {"mode": "default"}
+    # the files of the run before are a table someone may cite: replaced only when asked
+    assert main([*argv, "--compile"]) == 2 and len(seen) == 1
+    assert "holds bench_cpu.csv, bench_cpu.json, bench_cpu.md of an earlier run; fix:" in capsys.readouterr().err
+    assert main([*argv, "--compile", "--overwrite"]) == 0 and seen[-1] == {"mode": "default"}
     assert len(resets) == len(seen) == 2  # each compiled configuration gets a fresh (static-shape) graph
     assert "| NCHW | yes |" in capsys.readouterr().out
     with pytest.raises(DsrnetError, match="compile mode 'fast' is not valid"):

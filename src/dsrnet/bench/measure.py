@@ -680,10 +680,13 @@ def run_bench(
     compile_mode: str = "default",
     dwconv: str = "torch",
     out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     command: str | None = None,
     log=None,
 ) -> dict[str, Any]:
-    """Benchmark every model x size x precision x mode; write ``bench_<device>.{csv,json,md}`` to ``out_dir``.
+    """Benchmark every model x size x precision x mode; write ``bench_<device>.{csv,json,md}`` to ``out_dir``
+    (files an earlier run left there are replaced only with ``overwrite``: a table a document cites is not lost
+    to the next run).
 
     Returns ``{"env", "rows", "markdown", "files"}``."""
     from dsrnet.models import list_models, stem_variant
@@ -726,6 +729,11 @@ def run_bench(
         )
     if out_dir is not None:
         RunDir(out_dir).check_writable()  # before the timing, not after it
+        earlier = [p.name for p in (Path(out_dir) / f"bench_{dev.type}.{ext}" for ext in ("csv", "json", "md"))
+                   if p.exists()]  # fmt: skip
+        if earlier and not overwrite:
+            raise DsrnetError(f"{out_dir} holds {', '.join(earlier)} of an earlier run; fix: pass another --out-dir, "
+                              f"or --overwrite to replace them")  # fmt: skip
     env = environment(dev)
     cpu_defaults = dev.type == "cpu" and warmup is None and repeats is None
     rows = []

@@ -60,6 +60,8 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kwargs", default=None, metavar="JSON",
                    help="extra DSRNet constructor arguments as a JSON object, e.g. '{\"separable\": false}'")
     p.add_argument("--out-dir", default="results/bench", help="folder for bench_<device>.{csv,json,md}")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the bench_<device>.* files an earlier run left in --out-dir (default: refuse)")
     p.set_defaults(func=_cmd_bench)  # fmt: skip
 
 
@@ -73,7 +75,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         compile_mode=args.compile_mode or "default", modes=args.mode, warmup=args.warmup,
         repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
         model_kwargs=parse_model_kwargs(args.model_kwargs), fused=args.fused, dwconv=args.dwconv,
-        backend=args.backend, out_dir=args.out_dir, command=command_line(args),
+        backend=args.backend, out_dir=args.out_dir, overwrite=args.overwrite, command=command_line(args),
     )  # fmt: skip
     print(result["markdown"], end="")
     for path in result["files"]:
