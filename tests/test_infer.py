@@ -246,6 +246,11 @@ def test_eval_and_predict_on_cpu_backends_match_torch(learned_run, cifar10_dir, 
     assert from_file["top1"] == pytest.approx(ort["top1"]) and (tmp_path / "m.onnx.eval" / "metrics.json").is_file()
     with pytest.raises(DsrnetError, match="exported file; fix: pass --backend onnxruntime"):
         evaluate_checkpoint(onnx, backend="torch", **common)
+    # no backend named: an ONNX file goes to a CPU engine (the default torch backend was an error, as `dsrnet eval
+    # --checkpoint m.onnx` right after `dsrnet export` shows), a checkpoint stays with torch
+    default = evaluate_checkpoint(onnx, out_dir=tmp_path / "d", **common)
+    assert default["backend"] in ("onnxruntime", "openvino") and default["top1"] == pytest.approx(ort["top1"])
+    assert eager["backend"] == "torch"
     # bf16 where the engine runs it (torch-compile: weights and activations in bf16), one line where it does not
     half = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "b", backend="torch-compile", precision="bf16", **common)
     assert (half["backend"], half["precision"], half["test_images"]) == ("torch-compile", "bf16", 300)
@@ -410,7 +415,7 @@ def test_eval_feeds_a_model_exported_at_another_size_its_own_input_size(learned_
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_exports_without_class_names_and_misnamed_exports(tmp_path):
+def test_exports_without_class_names_and_misnamed_exports(tmp_path, caplog):
     from dsrnet.export import export_model
     from tests.export.conftest import tiny_model
 
@@ -419,6 +424,11 @@ def test_exports_without_class_names_and_misnamed_exports(tmp_path):
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(img)
     labels = [c for c, _ in predict(exported, [img], top_k=10, device="cpu")[0]]
     assert sorted(labels, key=int) == [str(i) for i in range(10)]  # class indices: the file names no classes
+    # an export of a registry name holds random weights: predict says so (its file records trained: false)
+    random = export_model("dsrnet50_cifar", tmp_path / "random.pt", format="torchscript").path
+    with caplog.at_level("WARNING", logger="dsrnet"):
+        predict(random, [img], top_k=1, device="cpu")
+    assert "random.pt holds random weights" in caplog.text and "its predictions mean nothing" in caplog.text
     renamed = exported.rename(tmp_path / "tiny.pth")
     with pytest.raises(DsrnetError, match=r"tiny\.pth is TorchScript, read from files named \*\.pt; fix: rename it to "
                        r"tiny\.pt"):  # fmt: skip

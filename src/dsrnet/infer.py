@@ -58,7 +58,7 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     test_subset_per_class: int | None = None,
     out_dir: str | os.PathLike | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
 ) -> dict:
     """``dsrnet eval``: top-1/3/5 error, per-class accuracy and the confusion matrix of a trained model on its
     dataset's test split, written to ``out_dir`` (default ``<run>/eval``, or ``<file>.eval/`` for an exported
@@ -69,8 +69,12 @@ def evaluate_checkpoint(
     ``torch`` (any device), ``onnxruntime`` / ``openvino`` / ``torch-compile`` (CPU, fp32, and bf16 on openvino
     and torch-compile; see :mod:`dsrnet.export.backends`), ``auto`` (the fastest installed CPU backend on a CPU, else torch), ``fused``
     (a DSRNet in :func:`dsrnet.fuse`'s inference form, any device; with ``precision`` bf16/fp16 its weights are cast
-    to that type, as its kernels compute in the weights' dtype). ``batch_size``: default :data:`EVAL_BATCH_GPU` on a
-    GPU, :data:`EVAL_BATCH_CPU` on a CPU."""
+    to that type, as its kernels compute in the weights' dtype); ``None``: torch, or for an exported file torch
+    does not run (ONNX) ``auto``. ``batch_size``: default :data:`EVAL_BATCH_GPU` on a GPU, :data:`EVAL_BATCH_CPU`
+    on a CPU."""
+    if backend is None:
+        kind = _exported_kind(checkpoint)
+        backend = "auto" if kind is not None and kind not in _TORCH_EXPORTS else "torch"
     if batch_size is not None:
         check_int("batch_size", batch_size)
     if test_subset_per_class is not None:
@@ -337,6 +341,13 @@ def predict(
     if backend == "auto" and not _is_exported(source) and len(images) < AUTO_BACKEND_MIN_IMAGES:
         backend = "torch"
     model, info = _model_on_backend(source, backend, device)
+    if info.get("trained") is False:  # an export of a registry name: its classes and scores mean nothing
+        import logging
+
+        logging.getLogger("dsrnet").warning(
+            f"{source} holds random weights (exported from a model name, not a trained run): its predictions mean "
+            f"nothing; fix: export a run folder, checkpoint or weights file (dsrnet export RUN ...)"
+        )
     dev = info["device"]
     prep = transforms(info["image_size"], info["mean"], info["std"])
     chunk = EVAL_BATCH_GPU if torch.device(dev).type == "cuda" else EVAL_BATCH_CPU

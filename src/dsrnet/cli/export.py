@@ -37,7 +37,7 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
         default=None,
         help="int8 tool (default: ort; nncf: made for OpenVINO, see dsrnet.export.quantize)",
     )
-    p.add_argument("--data-dir", default=None, help="dataset folder holding cifar10/ (default: $DSRNET_DATA)")
+    p.add_argument("--data-dir", default=None, help="dataset folder holding cifar10/ (default: $DSRNET_DATA, else ~/.cache/dsrnet/data)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's/run's)")
     p.add_argument("--num-classes", type=int, default=None, help="classes of a registry model (default 10)")
     p.add_argument(

@@ -188,11 +188,12 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                        default=None, help="evaluate on this many images per class (default: all)")  # fmt: skip
         p.add_argument("--out-dir", default=None, help="output folder (default: <run folder>/eval for a run, "
                        "<file>.eval beside a file, <tag>.eval in the current folder for a weights tag)")  # fmt: skip
-        p.add_argument("--backend", type=one_of("backend", backends), default="torch",
+        p.add_argument("--backend", type=one_of("backend", backends), default=None,
                        help="inference engine: torch (any device), fused (a DSRNet in dsrnet.fuse's inference "
                        "form: BatchNorm folded, fused Triton kernels on CUDA) or a CPU engine (onnxruntime, "
-                       "openvino, torch-compile; auto = the fastest installed); a file from `dsrnet export` (e.g. "
-                       f"int8 ONNX) needs a CPU engine; one of {', '.join(backends)}")  # fmt: skip
+                       "openvino, torch-compile; auto = the fastest installed); an ONNX file from `dsrnet export` "
+                       f"(e.g. int8) needs a CPU engine; one of {', '.join(backends)} (default: torch; auto for an "
+                       "ONNX file)")  # fmt: skip
         p.set_defaults(func=_cmd_eval)
     elif name == "predict":
         p.description = (
