@@ -426,3 +426,11 @@ def test_timm_factory_keywords_and_a_tag_without_weights_build_the_tags_network(
     assert sum(p.numel() for p in random.parameters()) == n and random.pretrained_cfg["tag"] == "tiny"
     loaded = timm.create_model("dsrnet50_cifar.tiny", checkpoint_path=str(path)).eval()
     assert torch.equal(loaded(x), model(x))
+
+
+def test_the_shipped_entry_normalises_as_its_file_records():
+    """pretrained_cfg / predict / eval / ONNX metadata take the shipped entry's mean and std, weights.transforms()
+    the file's: both must be the training set's statistics the file records (the entry had them rounded)."""
+    entry = weights.SHIPPED["dsrnet50_cifar.c10"]
+    recorded = weights.read_metadata(weights.weights_path(entry))
+    assert entry.metadata["mean"] == recorded["mean"] and entry.metadata["std"] == recorded["std"]

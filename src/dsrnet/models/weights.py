@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from dsrnet.errors import DsrnetError
-from dsrnet.models.dsrnet import CIFAR10_MEAN, CIFAR10_STD
 from dsrnet.run.atomic import atomic_write_bytes
 from dsrnet.run.checkpoint import (
     CHECKPOINT_NAME,
@@ -105,8 +104,10 @@ SHIPPED: dict[str, WeightsEntry] = {
             "model": "dsrnet50_cifar",
             "num_classes": 10,
             "class_names": list(CIFAR10_CLASSES),
-            "mean": list(CIFAR10_MEAN),
-            "std": list(CIFAR10_STD),
+            # the training set's own channel statistics, as the file records them (what training normalised
+            # with; CIFAR10_MEAN / CIFAR10_STD are these rounded)
+            "mean": [0.4913996786151961, 0.48215840839460783, 0.44653091444546567],
+            "std": [0.24703223246328201, 0.24348512800005556, 0.2615878417279645],
             "input_size": [3, 32, 32],
             "dataset": "cifar10",
         },
