@@ -523,6 +523,13 @@ def test_official_class_names_survive_the_cache(tmp_path):
     assert first.classes == again.classes == tuple(names)
 
 
+def test_class_names_that_are_not_utf8_are_one_error(tmp_path):
+    make_stl10(tmp_path)
+    (tmp_path / "stl10_binary" / "class_names.txt").write_bytes(b"\xff\xfe bad\n" * 10)
+    with pytest.raises(DsrnetError, match=r"class_names\.txt is not UTF-8 text .*; fix: replace .* official stl10"):
+        load_split("stl10", "train", tmp_path)
+
+
 def test_subset_error_names_the_setting():
     with pytest.raises(DsrnetError, match=r"^--test-subset-per-class \(test split\): 5 images per class asked"):
         subset_per_class(np.arange(20) % 10, 5, what="--test-subset-per-class (test split)")

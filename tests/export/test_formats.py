@@ -502,3 +502,31 @@ def test_cli_export_from_a_run(tiny_checkpoint, tmp_path, capsys):
 
 def test_formats_constant_matches_the_cli():
     assert FORMATS == ("onnx", "torchscript", "exported-program")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [({"image_size": "20000"}, r"bad image_size \('?20000'?; expected an integer in 8\.\.1024\)"),
+     ({"image_size": "abc"}, r"field image_size is not readable"),
+     ({"classes": "notjson"}, r"field classes is not readable"),
+     ({"classes": '["a", "b"]'}, r"bad classes .*expected a list of 10 class names"),
+     ({"std": "[0, 0, 0]"}, r"bad std .*3 finite numbers > 0"),
+     ({"mean": None}, r"metadata has no mean")],
+)  # fmt: skip
+def test_an_exported_files_metadata_is_checked_before_it_is_used(tiny, tmp_path, edit, message):
+    """A hand-edited export's metadata gave tracebacks (KeyError, int(), a 20000-px resize of every image): each
+    field inference uses is checked, one line naming it."""
+    onnx = pytest.importorskip("onnx")
+    import json
+
+    from dsrnet.export.formats import METADATA_KEY
+
+    path = export_model(tiny, tmp_path / "m.onnx").path
+    model = onnx.load_model(str(path))
+    prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    meta = {k: v for k, v in {**json.loads(prop.value), **edit}.items() if v is not None}
+    prop.value = json.dumps(meta)
+    onnx.save_model(model, str(path))
+    with pytest.raises(dsrnet.DsrnetError, match=message) as err:
+        read_metadata(path)
+    assert "\n" not in str(err.value) and "fix: re-export it" in str(err.value)

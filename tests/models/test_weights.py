@@ -434,3 +434,28 @@ def test_the_shipped_entry_normalises_as_its_file_records():
     entry = weights.SHIPPED["dsrnet50_cifar.c10"]
     recorded = weights.read_metadata(weights.weights_path(entry))
     assert entry.metadata["mean"] == recorded["mean"] and entry.metadata["std"] == recorded["std"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [({"num_classes": 2**40}, r"bad num_classes \(1099511627776; expected an integer in 1\.\.100000\)"),
+     ({"class_names": ["cat", "dog"]}, r"bad classes .*expected a list of 3 class names"),
+     ({"input_size": [3, 0, 0]}, r"bad image_size \(0; expected an integer in 8\.\.1024\)"),
+     ({"input_size": 32}, r"bad input_size \(32; expected \[3, H, W\]\)"),
+     ({"mean": [0.5, 0.5]}, r"bad mean .*3 finite numbers"),
+     ({"model_kwargs": {"widths": [8, 8, 8, 8], "layers": [1, 1, 1, 1]}}, r"do not fit the model their metadata")],
+)  # fmt: skip
+def test_a_weights_files_metadata_is_checked_before_a_model_is_built(trained, tmp_path, edit, message):
+    """A doctored weights file asked for petabytes (num_classes 2**40) or gave tracebacks: every field a model or
+    its preprocessing is built from is checked first, and the tensors against a model on the meta device."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model, _ = trained
+    path = tmp_path / "doctored.safetensors"
+    metadata = {k: json.dumps(v) for k, v in {**META, **edit}.items()}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
+    with pytest.raises(dsrnet.DsrnetError, match=message) as err:
+        weights.load_trained(path)
+    assert "\n" not in str(err.value) and "fix: export them with `dsrnet export-weights`" in str(err.value)

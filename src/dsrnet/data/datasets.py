@@ -439,7 +439,10 @@ def _read_cifar(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
             raise DsrnetError(
                 f"{meta_path}: {len(names)} class names, expected {info.num_classes} for {info.name}; fix: {fix}"
             )
-        classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        try:
+            classes = tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names)
+        except UnicodeDecodeError:
+            raise DsrnetError(f"{meta_path}: a class name is not UTF-8 text; fix: {fix}") from None
     return _validated(
         info,
         split,
@@ -488,7 +491,11 @@ def _read_stl10(folder: Path, info: DatasetInfo, split: str) -> ArraySplit:
     classes = info.classes
     names_path = folder / "class_names.txt"
     if names_path.is_file():
-        names = tuple(line.strip() for line in names_path.read_text().splitlines() if line.strip())
+        try:
+            text = names_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DsrnetError(f"{names_path} is not UTF-8 text (one class name per line); fix: {fix}") from None
+        names = tuple(line.strip() for line in text.splitlines() if line.strip())
         if len(names) != info.num_classes:
             raise DsrnetError(
                 f"{names_path}: {len(names)} class names, expected {info.num_classes}; fix: {fix}"

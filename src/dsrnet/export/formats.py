@@ -544,7 +544,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise DsrnetError(f"cannot read {path} as {fmt} ({type(err).__name__}); fix: re-export it") from None
     if not raw:
         raise DsrnetError(f"{path} carries no dsrnet metadata; fix: export it with `dsrnet export`")
-    return parse_metadata(json.loads(raw))
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise DsrnetError(f"{path}'s dsrnet metadata is not JSON; fix: re-export it with `dsrnet export`") from None
+    return parse_metadata(meta, str(path))
 
 
 def export_model(

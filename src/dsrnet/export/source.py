@@ -60,15 +60,29 @@ class ModelSource:
         return meta
 
 
-def parse_metadata(meta: dict[str, str]) -> dict[str, Any]:
-    """Inverse of :meth:`ModelSource.metadata`: JSON lists and numbers back to Python values."""
+def parse_metadata(meta: dict[str, str], where: str = "the exported model") -> dict[str, Any]:
+    """Inverse of :meth:`ModelSource.metadata`: JSON lists and numbers back to Python values, checked (a
+    hand-edited file's bad field is one :class:`DsrnetError` naming it, ``where`` the file)."""
+    from dsrnet.run.checkpoint import check_preprocessing
+
+    fix = "fix: re-export it with `dsrnet export`"
+    if not isinstance(meta, dict):
+        raise DsrnetError(f"{where}'s dsrnet metadata is not a mapping; {fix}")
     out: dict[str, Any] = dict(meta)
-    for key in ("mean", "std", "classes"):
-        if key in out:
+    missing = [k for k in ("num_classes", "classes", "image_size", "mean", "std") if k not in out]
+    if missing:
+        raise DsrnetError(f"{where}'s dsrnet metadata has no {', '.join(missing)}; {fix}")
+    try:
+        for key in ("mean", "std", "classes"):
             out[key] = json.loads(out[key])
-    for key in ("num_classes", "image_size", "seed"):
-        if key in out:
-            out[key] = int(out[key])
+        for key in ("num_classes", "image_size", "seed"):
+            if key in out:
+                out[key] = int(out[key])
+    except (TypeError, ValueError):  # (json's JSONDecodeError is a ValueError)
+        raise DsrnetError(f"{where}'s dsrnet metadata field {key} is not readable ({str(out[key])[:60]!r}); "
+                          f"{fix}") from None  # fmt: skip
+    check_preprocessing(where, fix, classes_optional=True,
+                        **{k: out[k] for k in ("num_classes", "classes", "image_size", "mean", "std")})  # fmt: skip
     if "trained" in out:
         out["trained"] = out["trained"] == "true"
     return out

@@ -32,6 +32,7 @@ from dsrnet.run.atomic import atomic_write_bytes
 from dsrnet.run.checkpoint import (
     CHECKPOINT_NAME,
     as_checkpoint,
+    check_preprocessing,
     check_state_fits,
     is_checkpoint,
     load_checkpoint,
@@ -610,14 +611,32 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
         }
     elif Path(source).suffix == ".safetensors":
         state_dict, meta = read_weights(source)  # read once: the same tensors go into the model
-        model = create_model(meta["model"], num_classes=meta["num_classes"], **(meta.get("model_kwargs") or {}))
-        _load_state(model, state_dict, f"weights in {source}")
         missing = [k for k in ("class_names", "input_size", "mean", "std") if meta.get(k) is None]
+        fix = "fix: export them with `dsrnet export-weights`"
         if missing:
             raise DsrnetError(
-                f"weights {source} lack {', '.join(missing)} in their metadata, which preprocessing needs; fix: "
-                f"export them with `dsrnet export-weights`"
+                f"weights {source} lack {', '.join(missing)} in their metadata, which preprocessing needs; {fix}"
             )
+        # Every field a model or its preprocessing is built from, checked before anything is allocated (a
+        # doctored num_classes asked for petabytes), then the shapes against a model on the meta device.
+        size = meta["input_size"]
+        if not (isinstance(size, list) and len(size) == 3 and size[0] == 3):
+            raise DsrnetError(f"weights {source} have a bad input_size ({str(size)[:60]}; expected [3, H, W]); {fix}")
+        check_preprocessing(f"weights {source}", fix, num_classes=meta["num_classes"], classes=meta["class_names"],
+                            image_size=size[-1], mean=meta["mean"], std=meta["std"])  # fmt: skip
+        kwargs = meta.get("model_kwargs") or {}
+        if not isinstance(meta["model"], str) or not isinstance(kwargs, dict):
+            raise DsrnetError(f"weights {source} have a bad model or model_kwargs in their metadata; {fix}")
+        from dsrnet.models._registry import build_model
+
+        with torch.device("meta"):
+            skeleton = build_model(meta["model"], meta["num_classes"], kwargs)
+        detail = state_mismatch(skeleton.state_dict(), state_dict)
+        if detail is not None:
+            raise DsrnetError(f"weights {source} do not fit the model their metadata names ({meta['model']}, "
+                              f"num_classes {meta['num_classes']}, model_kwargs {kwargs}: {detail}); {fix}")  # fmt: skip
+        model = build_model(meta["model"], meta["num_classes"], kwargs)
+        _load_state(model, state_dict, f"weights in {source}")
         info = {
             "name": str(source),
             "model": meta["model"],

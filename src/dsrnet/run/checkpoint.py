@@ -266,16 +266,40 @@ def _bad_field(ckpt: dict, key: str, expected: str) -> DsrnetError:
     )
 
 
+def _triple(v: Any) -> bool:
+    """3 finite numbers (a per-channel mean or std)."""
+    return (
+        isinstance(v, list | tuple)
+        and len(v) == 3
+        and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    )
+
+
+def check_preprocessing(where: str, fix: str, *, num_classes: Any, classes: Any, image_size: Any, mean: Any,
+                        std: Any, classes_optional: bool = False) -> None:  # fmt: skip
+    """The fields an exported file or a weights file gives inference (classes, input size, normalisation) checked
+    as :func:`check_model_fields` checks a checkpoint's, before anything is built or an image resized: one
+    :class:`DsrnetError` naming the field, not a traceback (nor a 20000-px resize). ``classes_optional``: an
+    empty list is allowed (an export of a model name, labelled by index)."""
+    n_ok = _is_int(num_classes) and 1 <= num_classes <= 100_000
+    checks = (
+        ("num_classes", num_classes, n_ok, "an integer in 1..100000"),
+        ("classes", classes, isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+         and ((n_ok and len(classes) == num_classes) or (classes_optional and not classes)),
+         f"a list of {num_classes} class names"),
+        ("image_size", image_size, _is_int(image_size) and 8 <= image_size <= MAX_IMAGE_SIZE,
+         f"an integer in 8..{MAX_IMAGE_SIZE}"),
+        ("mean", mean, _triple(mean), "3 finite numbers"),
+        ("std", std, _triple(std) and all(s > 0 for s in std), "3 finite numbers > 0"),
+    )  # fmt: skip
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise DsrnetError(f"{where} has a bad {key} ({repr(value)[:80]}; expected {expected}); {fix}")
+
+
 def check_model_fields(ckpt: dict) -> None:
     """Check the fields a model and its preprocessing are built from, before anything is built."""
-
-    def triple(v: Any) -> bool:
-        return (
-            isinstance(v, list | tuple)
-            and len(v) == 3
-            and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-        )
-
+    triple = _triple
     if not isinstance(ckpt.get("model"), str):
         raise _bad_field(ckpt, "model", "a model name")
     if not isinstance(ckpt.get("model_kwargs", {}), dict):
