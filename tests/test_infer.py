@@ -429,6 +429,10 @@ def test_exports_without_class_names_and_misnamed_exports(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="dsrnet"):
         predict(random, [img], top_k=1, device="cpu")
     assert "random.pt holds random weights" in caplog.text and "its predictions mean nothing" in caplog.text
+    caplog.clear()  # a module of the user's own (fine-tuned: no shipped file's weights) is not called random
+    with caplog.at_level("WARNING", logger="dsrnet"):
+        predict(exported, [img], top_k=1, device="cpu")
+    assert "random weights" not in caplog.text
     renamed = exported.rename(tmp_path / "tiny.pth")
     with pytest.raises(DsrnetError, match=r"tiny\.pth is TorchScript, read from files named \*\.pt; fix: rename it to "
                        r"tiny\.pt"):  # fmt: skip

@@ -341,7 +341,7 @@ def predict(
     if backend == "auto" and not _is_exported(source) and len(images) < AUTO_BACKEND_MIN_IMAGES:
         backend = "torch"
     model, info = _model_on_backend(source, backend, device)
-    if info.get("trained") is False:  # an export of a registry name: its classes and scores mean nothing
+    if str(info.get("source", "")).startswith("registry:"):  # an export of a model name: random weights
         import logging
 
         logging.getLogger("dsrnet").warning(

@@ -531,8 +531,12 @@ def test_a_config_file_inside_the_run_folder_is_not_overwritten(cifar10_dir, tmp
     assert own.read_text() == text and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
     done = tmp_path / "done"
     assert run_cli(capsys, tiny_args(cifar10_dir, done, "--epochs", "1"))[0] == 0
+    code, out, err = run_cli(capsys, ["train", "--config", str(done / "config.yaml"), "--resume", "--out-dir", str(done),
+                                      "--data-dir", str(cifar10_dir), "--progress"])  # (changes its resolved text)
+    assert code == 0, err  # a finished run's restart with its own config: nothing to train, nothing refused
     (done / "checkpoint.pt").unlink(), (done / "final.json").unlink()  # as if killed before its first checkpoint
-    code, out, err = run_cli(capsys, ["train", "--config", str(done / "config.yaml"), "--out-dir", str(done)])
+    code, out, err = run_cli(capsys, ["train", "--config", str(done / "config.yaml"), "--out-dir", str(done),
+                                      "--no-progress"])  # fmt: skip
     assert code == 0 and "final epoch 1" in out, err
 
 

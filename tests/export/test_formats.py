@@ -506,7 +506,7 @@ def test_formats_constant_matches_the_cli():
 
 @pytest.mark.parametrize(
     ("edit", "message"),
-    [({"image_size": "20000"}, r"bad image_size \('?20000'?; expected an integer in 8\.\.1024\)"),
+    [({"image_size": "20000"}, r"bad image_size \(20000; expected an integer in 8\.\.4096\)"),
      ({"image_size": "abc"}, r"field image_size is not readable"),
      ({"classes": "notjson"}, r"field classes is not readable"),
      ({"classes": '["a", "b"]'}, r"bad classes .*expected a list of 10 class names"),
@@ -530,3 +530,14 @@ def test_an_exported_files_metadata_is_checked_before_it_is_used(tiny, tmp_path,
     with pytest.raises(dsrnet.DsrnetError, match=message) as err:
         read_metadata(path)
     assert "\n" not in str(err.value) and "fix: re-export it" in str(err.value)
+
+
+def test_what_an_export_records_is_checked_before_the_file_is_written(tmp_path):
+    """A size its readers refuse was written, then refused by the export's own read-back (file left, or an
+    earlier one replaced): checked first now. Pooled features (num_classes=0) export as before."""
+    with pytest.raises(dsrnet.DsrnetError, match=r"image size 5000 is over 4096 px.*fix: --image-size 4096"):
+        export_model("dsrnet50_cifar", tmp_path / "big.pt", format="torchscript", image_size=5000)
+    assert not (tmp_path / "big.pt").exists()
+    model = dsrnet.create_model("dsrnet50_cifar", num_classes=0, widths=(4, 8, 8, 8), layers=(1, 1, 1, 1)).eval()
+    result = export_model(model, tmp_path / "features.pt", format="torchscript")
+    assert result.metadata["num_classes"] == 0 and result.metadata["classes"] == []

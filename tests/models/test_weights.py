@@ -228,7 +228,7 @@ def test_checkpoint_path_loads_weights_files_and_training_checkpoints(trained, t
     assert torch.equal(via_timm(x), model(x))
 
 
-@pytest.mark.parametrize("form", ["safetensors", "bare", "state_dict", "model", "state_dict_ema", "ddp"])
+@pytest.mark.parametrize("form", ["safetensors", "bare", "state_dict", "model", "state_dict_ema", "ddp", "compiled"])
 def test_checkpoint_path_takes_plain_state_dicts_as_timm_does(trained, tmp_path, form):
     """timm's checkpoint_path loads a plain state dict: safetensors without dsrnet's metadata, or torch.save's file
     of one, bare or under a training script's key (the weight average first), DDP's ``module.`` prefix dropped. So
@@ -244,6 +244,8 @@ def test_checkpoint_path_takes_plain_state_dicts_as_timm_does(trained, tmp_path,
         torch.save({"state_dict": {k: torch.zeros_like(v) for k, v in state.items()}, "state_dict_ema": state}, path)
     elif form == "ddp":
         torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    elif form == "compiled":  # a torch.compile'd model's state dict (timm strips the prefix key by key)
+        torch.save({f"_orig_mod.{k}": v for k, v in state.items()}, path)
     else:
         torch.save(state if form == "bare" else {form: state, "epoch": 3}, path)
     x = torch.randn(2, 3, 32, 32)
@@ -438,7 +440,7 @@ def test_the_shipped_entry_normalises_as_its_file_records():
 
 @pytest.mark.parametrize(
     ("edit", "message"),
-    [({"num_classes": 2**40}, r"bad num_classes \(1099511627776; expected an integer in 1\.\.100000\)"),
+    [({"num_classes": 2**40}, r"bad num_classes \(1099511627776; expected an integer in 0\.\.100000\)"),
      ({"class_names": ["cat", "dog"]}, r"bad classes .*expected a list of 3 class names"),
      ({"input_size": [3, 0, 0]}, r"bad image_size \(0; expected an integer in 8\.\.1024\)"),
      ({"input_size": 32}, r"bad input_size \(32; expected \[3, H, W\]\)"),
@@ -459,3 +461,12 @@ def test_a_weights_files_metadata_is_checked_before_a_model_is_built(trained, tm
     with pytest.raises(dsrnet.DsrnetError, match=message) as err:
         weights.load_trained(path)
     assert "\n" not in str(err.value) and "fix: export them with `dsrnet export-weights`" in str(err.value)
+
+
+def test_a_weights_file_without_class_names_is_labelled_by_index(trained, tmp_path):
+    """save_weights takes class_names=[] (a model without names): load_trained reads it, predict labels by index."""
+    model, _ = trained
+    path = save_weights(model, tmp_path / "nameless.safetensors", metadata={**META, "class_names": []},
+                        dtype=torch.float32)  # fmt: skip
+    _, info = weights.load_trained(path)
+    assert info["classes"] == []

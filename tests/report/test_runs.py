@@ -301,3 +301,21 @@ def test_a_repeated_seed_counts_once_and_groups_name_what_they_differ_in(tmp_pat
         labels = [g["group"] for g in csv.DictReader(fh)]
     assert labels == ["dsrnet50_cifar (pad_fill=None)", "dsrnet50_cifar (pad_fill=mean)"]
     assert "dsrnet50_cifar (pad_fill=mean)" in (tmp_path / "two" / "summary.md").read_text()
+
+
+def test_a_plot_stopped_half_way_can_be_run_again(tmp_path, monkeypatch):
+    """The list of plot's files was written last: a call stopped after curves.png left a folder its own rerun
+    refused as holding foreign files."""
+    from dsrnet.report import plots
+
+    run = make_run(tmp_path / "a", [50.0, 40.0], seed=0)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_lr", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        plot_runs([run], tmp_path / "out")
+    assert (tmp_path / "out" / "curves.png").is_file()
+    monkeypatch.undo()
+    assert "lr.png" in [p.name for p in plot_runs([run], tmp_path / "out")]

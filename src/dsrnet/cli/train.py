@@ -264,17 +264,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_config_file_kept(args: argparse.Namespace, cfg) -> None:
-    """Refuse a ``--config`` file that is the run folder's own ``config.yaml`` unless it is what the run would
-    write there anyway: the run rewrites that file with every setting resolved, and a hand-written file's comments
-    and layout would be lost (a folder holding only an experiment's config.yaml counts as a new run folder)."""
-    import dataclasses
+    """Refuse to start a new run whose ``--config`` file is the run folder's own ``config.yaml`` written by hand:
+    the run rewrites that file with every setting resolved, and its comments and layout would be lost (a folder
+    holding only an experiment's config.yaml counts as a new run folder). A file dsrnet wrote (every setting, no
+    comment: a run killed before its first checkpoint, started again) and ``--resume`` are left alone."""
+    import yaml
+
+    from dsrnet.train.config import TrainConfig
 
     given = getattr(args, "config", None)
     own = RunDir(cfg.out_dir).config
-    if not given or not own.is_file() or not Path(given).is_file() or not own.samefile(given):
+    if getattr(args, "resume", None) or not given or not own.is_file() or not Path(given).is_file():
         return
-    if own.read_text(encoding="utf-8") == dataclasses.replace(cfg, resume=None, deadline=None).to_yaml():
-        return  # the run's own record (a restart or resume of that run): rewriting it loses nothing
+    if not own.samefile(given):
+        return
+    text = own.read_text(encoding="utf-8")
+    saved = yaml.safe_load(text)
+    written_by_dsrnet = (isinstance(saved, dict) and set(saved) == {f.name for f in fields(TrainConfig)}
+                         and not any(line.lstrip().startswith("#") for line in text.splitlines()))  # fmt: skip
+    if written_by_dsrnet:
+        return
     raise DsrnetError(
         f"--config {given} is the run folder's own config.yaml, which the run rewrites with every setting resolved "
         f"(the file's comments and layout would be lost); fix: keep your file outside --out-dir {cfg.out_dir}, "

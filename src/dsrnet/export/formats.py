@@ -595,6 +595,7 @@ def _export_model(source, out, *, format, int8, calib_images, data_dir, quantize
     if not tolerance >= 0:
         raise DsrnetError(f"tolerance must be a number >= 0, got {tolerance}; fix: pass e.g. --tolerance 1e-3")
     out = export_target(out, (SUFFIXES[format],), "--out", source)
+    parse_metadata(src.metadata(), str(out))  # what its readers will check, before anything is written
     folded, n_folded = fold_batchnorm(src.model)
     metadata = src.metadata()
     metadata["batchnorm_folded"] = str(n_folded)

@@ -63,7 +63,7 @@ class ModelSource:
 def parse_metadata(meta: dict[str, str], where: str = "the exported model") -> dict[str, Any]:
     """Inverse of :meth:`ModelSource.metadata`: JSON lists and numbers back to Python values, checked (a
     hand-edited file's bad field is one :class:`DsrnetError` naming it, ``where`` the file)."""
-    from dsrnet.run.checkpoint import check_preprocessing
+    from dsrnet.run.checkpoint import MAX_EXPORT_IMAGE_SIZE, check_preprocessing
 
     fix = "fix: re-export it with `dsrnet export`"
     if not isinstance(meta, dict):
@@ -81,7 +81,7 @@ def parse_metadata(meta: dict[str, str], where: str = "the exported model") -> d
     except (TypeError, ValueError):  # (json's JSONDecodeError is a ValueError)
         raise DsrnetError(f"{where}'s dsrnet metadata field {key} is not readable ({str(out[key])[:60]!r}); "
                           f"{fix}") from None  # fmt: skip
-    check_preprocessing(where, fix, classes_optional=True,
+    check_preprocessing(where, fix, classes_optional=True, max_image_size=MAX_EXPORT_IMAGE_SIZE,
                         **{k: out[k] for k in ("num_classes", "classes", "image_size", "mean", "std")})  # fmt: skip
     if "trained" in out:
         out["trained"] = out["trained"] == "true"
@@ -128,7 +128,12 @@ def load_source(
     for a registry name or module (a trained model is exported at its training size unless asked otherwise).
     """
     if image_size is not None:
+        from dsrnet.run.checkpoint import MAX_EXPORT_IMAGE_SIZE
+
         check_int("image size", image_size, 8)
+        if image_size > MAX_EXPORT_IMAGE_SIZE:
+            raise DsrnetError(f"image size {image_size} is over {MAX_EXPORT_IMAGE_SIZE} px, which an exported file "
+                              f"may record; fix: --image-size {MAX_EXPORT_IMAGE_SIZE} or less")  # fmt: skip
     if num_classes is not None:
         check_int("num_classes", num_classes, 1)
     if isinstance(source, nn.Module):

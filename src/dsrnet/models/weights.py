@@ -459,8 +459,9 @@ def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     """``(state_dict, num_classes, description, trained_as)`` of what ``create_model(..., checkpoint_path=path)``
     loads: a safetensors weights file (``save_weights``), a ``dsrnet train`` checkpoint (file or run folder), or,
     as timm's ``checkpoint_path`` takes them, a plain state dict -- a safetensors file without dsrnet's metadata, or
-    ``torch.save``'s zip file of one, bare or under one of :data:`STATE_DICT_KEYS` (DDP's ``module.`` prefix
-    dropped). Plain files are read with ``weights_only=True``; their ``num_classes`` is ``fc.weight``'s rows."""
+    ``torch.save``'s zip file of one, bare or under one of :data:`STATE_DICT_KEYS` (DDP's ``module.``
+    and ``torch.compile``'s ``_orig_mod.`` prefixes dropped). Plain files are read with ``weights_only=True``; their
+    ``num_classes`` is ``fc.weight``'s rows."""
     path = Path(path).expanduser()
     if path.is_file() and _is_safetensors(path):
         if all(k in _read_header_metadata(path) for k in REQUIRED_METADATA):
@@ -492,9 +493,10 @@ def _state_dict_in(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _plain(state_dict: dict[str, torch.Tensor], path: Path) -> tuple:
-    """``read_checkpoint_path``'s answer for a plain state dict (DDP's ``module.`` prefix dropped, as timm does)."""
-    if all(k.startswith("module.") for k in state_dict):
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    """``read_checkpoint_path``'s answer for a plain state dict (``module.`` / ``_orig_mod.`` prefixes dropped, as
+    timm does)."""
+    # timm's clean_state_dict, key by key: DDP's module. and torch.compile's _orig_mod. prefixes
+    state_dict = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     fc = state_dict.get("fc.weight")
     num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else None
     return state_dict, num_classes, f"state dict in {path}", None
@@ -623,7 +625,8 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
         if not (isinstance(size, list) and len(size) == 3 and size[0] == 3):
             raise DsrnetError(f"weights {source} have a bad input_size ({str(size)[:60]}; expected [3, H, W]); {fix}")
         check_preprocessing(f"weights {source}", fix, num_classes=meta["num_classes"], classes=meta["class_names"],
-                            image_size=size[-1], mean=meta["mean"], std=meta["std"])  # fmt: skip
+                            image_size=size[-1], mean=meta["mean"], std=meta["std"],
+                            classes_optional=True)  # fmt: skip  (no names: labelled by index)
         kwargs = meta.get("model_kwargs") or {}
         if not isinstance(meta["model"], str) or not isinstance(kwargs, dict):
             raise DsrnetError(f"weights {source} have a bad model or model_kwargs in their metadata; {fix}")

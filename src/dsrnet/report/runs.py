@@ -418,6 +418,9 @@ def plot_runs(
     if foreign:  # e.g. a `dsrnet reproduce` folder's curves.png: nothing is lost
         raise DsrnetError(f"{out} holds {', '.join(foreign)}, which `dsrnet plot` did not write; fix: pass another "
                           f"--out-dir (or move those files)")  # fmt: skip
+    # Listed before the first is written: a call stopped half-way leaves files its rerun knows as its own.
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / PLOT_MANIFEST, json.dumps(sorted(owned | set(planned)), indent=1) + "\n")
 
     # A run that did not complete its schedule says so in the figures' legends, not only in summary.md.
     curves = {_legend(r): r.rows for r in loaded}

@@ -275,20 +275,27 @@ def _triple(v: Any) -> bool:
     )
 
 
+#: The largest input size an exported file may record (``dsrnet export --image-size``): larger than a checkpoint's
+#: training size (detection-sized inputs), small enough that a doctored file cannot ask for a 20000-px resize.
+MAX_EXPORT_IMAGE_SIZE = 4096
+
+
 def check_preprocessing(where: str, fix: str, *, num_classes: Any, classes: Any, image_size: Any, mean: Any,
-                        std: Any, classes_optional: bool = False) -> None:  # fmt: skip
+                        std: Any, classes_optional: bool = False,
+                        max_image_size: int = MAX_IMAGE_SIZE) -> None:  # fmt: skip
     """The fields an exported file or a weights file gives inference (classes, input size, normalisation) checked
     as :func:`check_model_fields` checks a checkpoint's, before anything is built or an image resized: one
     :class:`DsrnetError` naming the field, not a traceback (nor a 20000-px resize). ``classes_optional``: an
-    empty list is allowed (an export of a model name, labelled by index)."""
-    n_ok = _is_int(num_classes) and 1 <= num_classes <= 100_000
+    empty list is allowed (a model without class names, labelled by index; or with ``num_classes`` 0, pooled
+    features)."""
+    n_ok = _is_int(num_classes) and (1 if not classes_optional else 0) <= num_classes <= 100_000
     checks = (
-        ("num_classes", num_classes, n_ok, "an integer in 1..100000"),
+        ("num_classes", num_classes, n_ok, f"an integer in {0 if classes_optional else 1}..100000"),
         ("classes", classes, isinstance(classes, list) and all(isinstance(c, str) for c in classes)
          and ((n_ok and len(classes) == num_classes) or (classes_optional and not classes)),
          f"a list of {num_classes} class names"),
-        ("image_size", image_size, _is_int(image_size) and 8 <= image_size <= MAX_IMAGE_SIZE,
-         f"an integer in 8..{MAX_IMAGE_SIZE}"),
+        ("image_size", image_size, _is_int(image_size) and 8 <= image_size <= max_image_size,
+         f"an integer in 8..{max_image_size}"),
         ("mean", mean, _triple(mean), "3 finite numbers"),
         ("std", std, _triple(std) and all(s > 0 for s in std), "3 finite numbers > 0"),
     )  # fmt: skip

@@ -25,6 +25,7 @@ graph is never re-traced.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -343,13 +344,16 @@ class TrainConfig:
             _check(not self.milestones, "milestones", self.milestones, "empty unless schedule is step")
         ms = self.milestones
         _check(
-            all(1 <= m < self.epochs for m in ms) and all(a < b for a, b in zip(ms, ms[1:], strict=False)),
+            all(1 <= m <= self.epochs for m in ms) and all(a < b for a, b in zip(ms, ms[1:], strict=False)),
             "milestones",
             ms,
-            # milestone m divides the rate from epoch m + 1 on (MultiStepLR's rule): m = epochs never would
-            f"strictly ascending epochs in 1..{self.epochs - 1} (the rate drops after epoch m; a repeated one would "
-            f"divide it again)",
+            f"strictly ascending epochs in 1..{self.epochs} (a repeated one would divide the rate again)",
         )
+        if ms and ms[-1] == self.epochs:  # taken (runs before 2026-11-27 wrote [1] for 1 epoch), but said
+            logging.getLogger("dsrnet").warning(
+                f"milestone {ms[-1]} = epochs never applies (the rate drops after epoch m, from epoch m + 1 on); "
+                f"fix: drop it, or use milestones below {self.epochs}"
+            )
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
         # BatchNorm cannot normalise one image per process in training mode.
         _check(self.batch_size >= 2, "batch_size", self.batch_size, "an integer >= 2 (BatchNorm needs 2+ images)")

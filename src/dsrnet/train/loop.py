@@ -769,6 +769,7 @@ class _Trainer:
     def _final_metrics(self) -> dict:
         cfg, last = self.cfg, self.history[-1]
         times = [r["epoch_time_s"] for r in self.history]
+        sizes = [r.get("world_size") for r in self.history]  # (None: an epoch logged before rows recorded it)
         train_time = float(sum(times))
         return {
             "model": cfg.model,
@@ -823,8 +824,7 @@ class _Trainer:
             "world_size": self.dist.world_size,
             # a run resumed with another process count: how many trained each epoch (rows written before
             # 2026-11-27 hold none)
-            **({"world_size_per_epoch": sizes} if len(set(sizes := [r.get("world_size") for r in self.history])) > 1
-               else {}),  # fmt: skip
+            **({"world_size_per_epoch": sizes} if len(set(sizes) - {None}) > 1 else {}),
             "device": device_label(self.device),
             "torch": str(torch.__version__),
             "seed": cfg.seed,
