@@ -22,6 +22,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ---------------------------------------------------------------------------------------------- eval/predict
 
 
+def test_a_weights_file_without_class_names_is_evaluated_with_its_datasets(learned_run, cifar10_dir, tmp_path):
+    """eval of a file whose class names are empty crashed (an IndexError: 0 classes); its dataset's are used."""
+    from safetensors.torch import load_file, save_file
+
+    from dsrnet.infer import export_weights
+    from dsrnet.models.weights import _read_header_metadata
+
+    cfg, _ = learned_run
+    path = export_weights(cfg.out_dir, tmp_path / "w.safetensors", dtype="fp32")
+    metadata = {**_read_header_metadata(path), "class_names": "[]"}  # the same file with its class names emptied
+    save_file(load_file(str(path)), str(tmp_path / "nameless.safetensors"), metadata=metadata)
+    m = evaluate_checkpoint(tmp_path / "nameless.safetensors", data_dir=str(cifar10_dir), device="cpu",
+                            test_subset_per_class=2, out_dir=tmp_path / "ev")  # fmt: skip
+    assert m["test_images"] == 20
+    assert (tmp_path / "ev" / "per_class.csv").read_text().splitlines()[1].startswith("airplane,")
+
+
 def test_evaluate_checkpoint_writes_metrics_per_class_and_confusion(learned_run, cifar10_dir, tmp_path):
     cfg, final = learned_run
     out = tmp_path / "eval"

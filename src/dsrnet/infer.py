@@ -114,6 +114,13 @@ def evaluate_checkpoint(
         std=info["std"],
     )
     classes = [str(c) for c in info["classes"]]
+    if not classes:  # a file without class names: its dataset's, when the counts agree
+        dataset_classes = D.DATASETS[info["dataset"]].classes
+        outputs = info.get("num_classes") or getattr(model, "num_classes", None)
+        if outputs not in (None, len(dataset_classes)):
+            raise DsrnetError(f"{checkpoint} has {outputs} outputs and no class names, and {info['dataset']} has "
+                              f"{len(dataset_classes)} classes; fix: evaluate a model of that dataset")  # fmt: skip
+        classes = list(dataset_classes)
     res = evaluate(model, loader, num_classes=len(classes), precision=precision, confusion=True)
     conf = res.pop("confusion").numpy()
     totals = conf.sum(axis=1)

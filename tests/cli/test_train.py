@@ -526,15 +526,19 @@ def test_a_config_file_inside_the_run_folder_is_not_overwritten(cifar10_dir, tmp
     text = "# my experiment: wider stem next time\nrecipe: fast\nepochs: 1\n"
     own.write_text(text)
     argv = tiny_args(cifar10_dir, run, "--config", str(own))
-    code, _, err = run_cli(capsys, argv)
-    assert code == 2 and "is the run folder's own config.yaml" in err and "fix: keep your file outside" in err
-    assert own.read_text() == text and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    for extra in ((), ("--resume",)):  # --resume of a folder without a checkpoint starts a run too
+        code, _, err = run_cli(capsys, [*argv, *extra])
+        assert code == 2 and "is the run folder's own config.yaml" in err and "fix: keep your file outside" in err
+        assert own.read_text() == text and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
     done = tmp_path / "done"
     assert run_cli(capsys, tiny_args(cifar10_dir, done, "--epochs", "1"))[0] == 0
     code, out, err = run_cli(capsys, ["train", "--config", str(done / "config.yaml"), "--resume", "--out-dir", str(done),
                                       "--data-dir", str(cifar10_dir), "--progress"])  # (changes its resolved text)
     assert code == 0, err  # a finished run's restart with its own config: nothing to train, nothing refused
     (done / "checkpoint.pt").unlink(), (done / "final.json").unlink()  # as if killed before its first checkpoint
+    older = yaml.safe_load((done / "config.yaml").read_text())
+    del older["pad_fill"]  # as an older dsrnet wrote it, before a setting existed
+    (done / "config.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
     code, out, err = run_cli(capsys, ["train", "--config", str(done / "config.yaml"), "--out-dir", str(done),
                                       "--no-progress"])  # fmt: skip
     assert code == 0 and "final epoch 1" in out, err

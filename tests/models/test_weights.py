@@ -228,7 +228,8 @@ def test_checkpoint_path_loads_weights_files_and_training_checkpoints(trained, t
     assert torch.equal(via_timm(x), model(x))
 
 
-@pytest.mark.parametrize("form", ["safetensors", "bare", "state_dict", "model", "state_dict_ema", "ddp", "compiled"])
+@pytest.mark.parametrize("form", ["safetensors", "bare", "state_dict", "model", "state_dict_ema", "ddp", "compiled",
+                                  "compiled_ddp", "timm_train"])
 def test_checkpoint_path_takes_plain_state_dicts_as_timm_does(trained, tmp_path, form):
     """timm's checkpoint_path loads a plain state dict: safetensors without dsrnet's metadata, or torch.save's file
     of one, bare or under a training script's key (the weight average first), DDP's ``module.`` prefix dropped. So
@@ -246,6 +247,13 @@ def test_checkpoint_path_takes_plain_state_dicts_as_timm_does(trained, tmp_path,
         torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
     elif form == "compiled":  # a torch.compile'd model's state dict (timm strips the prefix key by key)
         torch.save({f"_orig_mod.{k}": v for k, v in state.items()}, path)
+    elif form == "compiled_ddp":  # torch.compile(DDP(model))
+        torch.save({f"_orig_mod.module.{k}": v for k, v in state.items()}, path)
+    elif form == "timm_train":  # timm's train.py: its args (an argparse.Namespace) beside the weights
+        import argparse
+
+        torch.save({"epoch": 3, "arch": "dsrnet50_cifar", "state_dict": state, "args": argparse.Namespace(lr=0.1)},
+                   path)  # fmt: skip
     else:
         torch.save(state if form == "bare" else {form: state, "epoch": 3}, path)
     x = torch.randn(2, 3, 32, 32)

@@ -28,6 +28,17 @@ def test_check_compatible_names_the_difference(tmp_path):
         run.check_compatible({"epochs": 3})
 
 
+def test_milestones_are_compared_as_they_apply(tmp_path):
+    """A 1-epoch step run written before 2026-11-27 recorded milestones [1] (now []): the same schedule, so
+    `reproduce --quick` on its folder reuses it instead of refusing it."""
+    run = RunDir(tmp_path)
+    run.config.write_text("epochs: 1\nmilestones: [1]\n")
+    run.check_compatible({"epochs": 1, "milestones": []})
+    run.config.write_text("epochs: 4\nmilestones: [2]\n")
+    with pytest.raises(DsrnetError, match=r"milestones=\[2\] \(asked \[3\]\)"):
+        run.check_compatible({"epochs": 4, "milestones": [3]})
+
+
 def test_a_file_where_the_folder_should_be_is_refused_at_once(tmp_path):
     blocker = tmp_path / "out"
     blocker.write_text("not a folder")

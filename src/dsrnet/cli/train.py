@@ -264,26 +264,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_config_file_kept(args: argparse.Namespace, cfg) -> None:
-    """Refuse to start a new run whose ``--config`` file is the run folder's own ``config.yaml`` written by hand:
-    the run rewrites that file with every setting resolved, and its comments and layout would be lost (a folder
-    holding only an experiment's config.yaml counts as a new run folder). A file dsrnet wrote (every setting, no
-    comment: a run killed before its first checkpoint, started again) and ``--resume`` are left alone."""
+    """Refuse to start a new run (``--resume`` of a folder without a checkpoint starts one too) whose ``--config``
+    file is the run folder's own ``config.yaml`` written by hand: the run rewrites that file with every setting
+    resolved, and its comments and layout would be lost (a folder holding only an experiment's config.yaml counts
+    as a new run folder). A file dsrnet wrote (YAML's own dump: a run killed before its first checkpoint, started
+    again) and a folder holding a run are left alone."""
     import yaml
 
-    from dsrnet.train.config import TrainConfig
-
     given = getattr(args, "config", None)
-    own = RunDir(cfg.out_dir).config
-    if getattr(args, "resume", None) or not given or not own.is_file() or not Path(given).is_file():
+    run = RunDir(cfg.out_dir)
+    if run.holds_run or not given or not run.config.is_file() or not Path(given).is_file():
+        return  # (a run that holds a checkpoint is resumed, or refused: its config.yaml is its own record)
+    if not run.config.samefile(given):
         return
-    if not own.samefile(given):
-        return
-    text = own.read_text(encoding="utf-8")
-    saved = yaml.safe_load(text)
-    written_by_dsrnet = (isinstance(saved, dict) and set(saved) == {f.name for f in fields(TrainConfig)}
-                         and not any(line.lstrip().startswith("#") for line in text.splitlines()))  # fmt: skip
-    if written_by_dsrnet:
-        return
+    text = run.config.read_text(encoding="utf-8")
+    try:  # what dsrnet writes (this version or an older one) is YAML's own dump of a mapping, byte for byte
+        if yaml.safe_dump(yaml.safe_load(text), sort_keys=False) == text:
+            return
+    except yaml.YAMLError:
+        pass
     raise DsrnetError(
         f"--config {given} is the run folder's own config.yaml, which the run rewrites with every setting resolved "
         f"(the file's comments and layout would be lost); fix: keep your file outside --out-dir {cfg.out_dir}, "

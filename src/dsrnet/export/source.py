@@ -136,6 +136,8 @@ def load_source(
                               f"may record; fix: --image-size {MAX_EXPORT_IMAGE_SIZE} or less")  # fmt: skip
     if num_classes is not None:
         check_int("num_classes", num_classes, 1)
+        if num_classes > 100_000:
+            raise DsrnetError(f"num_classes {num_classes} is over 100000; fix: --num-classes 100000 or less")
     if isinstance(source, nn.Module):
         # A timm-style module carries its preprocessing (and, with trained weights, its architecture, tag and class
         # names) in pretrained_cfg: the exported file keeps them, as predict/eval read them from it.

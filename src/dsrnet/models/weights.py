@@ -495,8 +495,9 @@ def _state_dict_in(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
 def _plain(state_dict: dict[str, torch.Tensor], path: Path) -> tuple:
     """``read_checkpoint_path``'s answer for a plain state dict (``module.`` / ``_orig_mod.`` prefixes dropped, as
     timm does)."""
-    # timm's clean_state_dict, key by key: DDP's module. and torch.compile's _orig_mod. prefixes
-    state_dict = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+    # timm's clean_state_dict, key by key: DDP's module. and torch.compile's _orig_mod. prefixes, in either order
+    state_dict = {k.removeprefix("_orig_mod.").removeprefix("module.").removeprefix("_orig_mod."): v
+                  for k, v in state_dict.items()}  # fmt: skip
     fc = state_dict.get("fc.weight")
     num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else None
     return state_dict, num_classes, f"state dict in {path}", None

@@ -16,6 +16,7 @@ fields describe, built on the ``meta`` device first (a hand-edited width cannot 
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import pickle
@@ -207,7 +208,10 @@ def read_torch_file(path: Path, map_location: str | torch.device = "cpu") -> Any
         )
     try:
         bad = _damaged_record(path)
-        ckpt = torch.load(path, map_location=map_location, weights_only=True) if bad is None else None
+        # argparse.Namespace: the one class timm's train.py puts in its checkpoints (its `args`), a plain container
+        # timm's own loader allows too
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True) if bad is None else None
     except pickle.UnpicklingError as err:
         if "weights only load failed" not in str(err).lower():
             raise _unreadable(path, err) from None

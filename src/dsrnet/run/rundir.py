@@ -30,13 +30,24 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[str]:
-    """``key=saved (asked wanted)`` for every key of ``wanted`` outside ``ignore`` whose value differs."""
+    """``key=saved (asked wanted)`` for every key of ``wanted`` outside ``ignore`` whose value differs. Milestones
+    are compared as they apply: one at the last epoch never does (runs before 2026-11-27 recorded [1] for 1-epoch
+    step runs, which now get none)."""
     ignore = frozenset(ignore)
+    saved, wanted = _applied_milestones(saved), _applied_milestones(wanted)
     return [
         f"{key}={plain(saved.get(key))!r} (asked {plain(value)!r})"
         for key, value in wanted.items()
         if key not in ignore and plain(saved.get(key)) != plain(value)
     ]
+
+
+def _applied_milestones(config: dict) -> dict:
+    """``config`` with only the milestones that lower the rate (below ``epochs``)."""
+    ms, epochs = config.get("milestones"), config.get("epochs")
+    if not isinstance(ms, list) or not isinstance(epochs, int):
+        return config
+    return {**config, "milestones": [m for m in ms if not (isinstance(m, int) and m >= epochs)]}
 
 
 def export_target(out: str | os.PathLike, suffixes: tuple[str, ...], flag: str, source: object = None) -> Path:

@@ -349,10 +349,13 @@ class TrainConfig:
             ms,
             f"strictly ascending epochs in 1..{self.epochs} (a repeated one would divide the rate again)",
         )
-        if ms and ms[-1] == self.epochs:  # taken (runs before 2026-11-27 wrote [1] for 1 epoch), but said
+        if ms and ms[-1] == self.epochs and (tuple(ms), self.epochs) not in _WARNED_MILESTONES:
+            # taken (runs before 2026-11-27 recorded [1] for 1 epoch), but said, once per setting
+            _WARNED_MILESTONES.add((tuple(ms), self.epochs))
             logging.getLogger("dsrnet").warning(
                 f"milestone {ms[-1]} = epochs never applies (the rate drops after epoch m, from epoch m + 1 on); "
-                f"fix: drop it, or use milestones below {self.epochs}"
+                + (f"a new run can drop it, or use milestones below {self.epochs}" if self.epochs > 1
+                   else "a 1-epoch run has none that applies")  # fmt: skip
             )
         _check(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer in 0..{MAX_SEED}")
         # BatchNorm cannot normalise one image per process in training mode.
@@ -404,6 +407,10 @@ class TrainConfig:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+#: (milestones, epochs) already warned of in this process: a config is built several times per command.
+_WARNED_MILESTONES: set[tuple] = set()
 
 
 # Kind of each config field ("int", "float", "bool", "str", "list[int]", "dict"), from its annotation, for
