@@ -478,3 +478,13 @@ def test_a_weights_file_without_class_names_is_labelled_by_index(trained, tmp_pa
                         dtype=torch.float32)  # fmt: skip
     _, info = weights.load_trained(path)
     assert info["classes"] == []
+
+
+def test_a_baselines_plain_state_dict_takes_its_classifiers_class_count(tmp_path):
+    """torchvision's MobileNetV2 names its head classifier.1, not fc: its class count came out as 1000 and the
+    mismatch named no num_classes."""
+    torch.save(dsrnet.create_model("mobilenet_v2_cifar", num_classes=7).state_dict(), tmp_path / "mb.pth")
+    assert dsrnet.create_model("mobilenet_v2_cifar", checkpoint_path=tmp_path / "mb.pth").classifier[1].out_features == 7
+    with pytest.raises(dsrnet.DsrnetError, match=r"classifier\.1\.bias is \(7,\), the model needs \(5,\).*same name, "
+                                                 r"num_classes and model_kwargs"):  # fmt: skip
+        dsrnet.create_model("mobilenet_v2_cifar", num_classes=5, checkpoint_path=tmp_path / "mb.pth")

@@ -61,7 +61,7 @@ def create_model(
         checkpoint_path: then load a safetensors weights file (``save_weights``), a ``dsrnet train`` checkpoint or a
             plain state dict (safetensors, or ``torch.save``'s file of one, bare or under ``state_dict`` / ``model``
             / their EMA keys; read with ``weights_only=True``), strictly (timm's rule): ``num_classes`` defaults to
-            the file's (a plain state dict's: ``fc.weight``'s rows), and every weight must fit. ``""``: none.
+            the file's (a plain state dict's: its classifier's rows), and every weight must fit. ``""``: none.
         fused: return the inference form of :func:`dsrnet.fuse` (BatchNorm folded, NHWC, Triton kernels on CUDA;
             plain PyTorch ops with the same numerics elsewhere). DSRNet models only; with ``features_only`` the
             backbone is fused (in timm's feature class where one is asked for).

@@ -423,7 +423,10 @@ def _load_state(
     if getattr(model, "features_only", False):
         # A pruned backbone: keep what it still has (the stages up to its last tap), drop the head and the rest.
         state_dict = {k: v for k, v in state_dict.items() if k in own}
-    classifier = f"{getattr(model, 'pretrained_cfg', {}).get('classifier', 'fc')}."
+    # the head: timm's cfg names it; a torchvision model (the baselines) has none: its last 2-d weight
+    last_linear = next((k for k in reversed(own) if k.endswith(".weight") and own[k].dim() == 2), "fc.weight")
+    named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    classifier = f"{named}." if named else last_linear.removesuffix("weight")
     if new_head:
         head = [k for k in state_dict if k.startswith(classifier)]
         theirs, mine = state_dict.get(f"{classifier}weight"), own.get(f"{classifier}weight")
@@ -461,7 +464,7 @@ def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
     as timm's ``checkpoint_path`` takes them, a plain state dict -- a safetensors file without dsrnet's metadata, or
     ``torch.save``'s zip file of one, bare or under one of :data:`STATE_DICT_KEYS` (DDP's ``module.``
     and ``torch.compile``'s ``_orig_mod.`` prefixes dropped). Plain files are read with ``weights_only=True``; their
-    ``num_classes`` is ``fc.weight``'s rows."""
+    ``num_classes`` is the rows of their last 2-d weight (the classifier's)."""
     path = Path(path).expanduser()
     if path.is_file() and _is_safetensors(path):
         if all(k in _read_header_metadata(path) for k in REQUIRED_METADATA):
@@ -498,8 +501,9 @@ def _plain(state_dict: dict[str, torch.Tensor], path: Path) -> tuple:
     # timm's clean_state_dict, key by key: DDP's module. and torch.compile's _orig_mod. prefixes, in either order
     state_dict = {k.removeprefix("_orig_mod.").removeprefix("module.").removeprefix("_orig_mod."): v
                   for k, v in state_dict.items()}  # fmt: skip
-    fc = state_dict.get("fc.weight")
-    num_classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else None
+    # the head's rows: DSRNet's and ResNet's fc, MobileNetV2's classifier.1: the last 2-d weight
+    head = next((v for k, v in reversed(state_dict.items()) if k.endswith("weight") and v.dim() == 2), None)
+    num_classes = int(head.shape[0]) if head is not None else None
     return state_dict, num_classes, f"state dict in {path}", None
 
 
