@@ -37,6 +37,17 @@ def test_a_weights_file_without_class_names_is_evaluated_with_its_datasets(learn
                             test_subset_per_class=2, out_dir=tmp_path / "ev")  # fmt: skip
     assert m["test_images"] == 20
     assert (tmp_path / "ev" / "per_class.csv").read_text().splitlines()[1].startswith("airplane,")
+    # a head of another size than the dataset's classes (a torchvision baseline: no num_classes attribute)
+    from dsrnet.models import create_model
+    from dsrnet.models.weights import save_weights
+
+    net = create_model("mobilenet_v2_cifar", num_classes=7)
+    meta = {"model": "mobilenet_v2_cifar", "num_classes": 7, "class_names": [], "input_size": [3, 32, 32],
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "dataset": "cifar10"}  # fmt: skip
+    seven = save_weights(net, tmp_path / "seven.safetensors", metadata=meta)
+    with pytest.raises(DsrnetError, match=r"has 7 outputs and no class names, and cifar10 has 10 classes"):
+        evaluate_checkpoint(seven, data_dir=str(cifar10_dir), device="cpu", test_subset_per_class=1,
+                            out_dir=tmp_path / "ev7")  # fmt: skip
 
 
 def test_evaluate_checkpoint_writes_metrics_per_class_and_confusion(learned_run, cifar10_dir, tmp_path):

@@ -116,7 +116,7 @@ def evaluate_checkpoint(
     classes = [str(c) for c in info["classes"]]
     if not classes:  # a file without class names: its dataset's, when the counts agree
         dataset_classes = D.DATASETS[info["dataset"]].classes
-        outputs = info.get("num_classes") or getattr(model, "num_classes", None)
+        outputs = info.get("num_classes")  # the file's own record (a file from `dsrnet export` too)
         if outputs not in (None, len(dataset_classes)):
             raise DsrnetError(f"{checkpoint} has {outputs} outputs and no class names, and {info['dataset']} has "
                               f"{len(dataset_classes)} classes; fix: evaluate a model of that dataset")  # fmt: skip

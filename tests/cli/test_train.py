@@ -501,6 +501,26 @@ def test_ctrl_c_says_what_is_kept_and_how_to_continue(cifar10_dir, tmp_path, cap
     assert [r["world_size"] for r in read_metrics(run)] == [2, 1]
 
 
+def test_a_run_with_a_milestone_at_its_last_epoch_resumes(cifar10_dir, tmp_path, capsys, monkeypatch):
+    """Milestones are compared as they apply; a resume compares one setting at a time, so the saved run's epochs
+    must decide for both sides (a plain resume was refused: "milestones=[2] differs from the checkpoint's [2]")."""
+    from dsrnet.train import loop
+
+    real = loop._Trainer.train_epoch
+
+    def interrupt_in_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(loop._Trainer, "train_epoch", interrupt_in_epoch_2)
+    run = tmp_path / "run"
+    run_cli(capsys, tiny_args(cifar10_dir, run, "--schedule", "step", "--milestones", "2"))
+    monkeypatch.setattr(loop._Trainer, "train_epoch", real)
+    code, out, err = run_cli(capsys, ["train", "--resume", "--out-dir", str(run), "--no-progress"])
+    assert code == 0 and "final epoch 2" in out, err
+
+
 def test_the_resume_command_of_a_ddp_run_names_torchrun_with_its_process_count(tmp_path):
     """Continuing a DDP run with plain `dsrnet train --resume` trains the rest on one process: another run (BatchNorm
     statistics are per process). The messages that say how to continue name torchrun and the process count."""
@@ -526,10 +546,13 @@ def test_a_config_file_inside_the_run_folder_is_not_overwritten(cifar10_dir, tmp
     text = "# my experiment: wider stem next time\nrecipe: fast\nepochs: 1\n"
     own.write_text(text)
     argv = tiny_args(cifar10_dir, run, "--config", str(own))
-    for extra in ((), ("--resume",)):  # --resume of a folder without a checkpoint starts a run too
-        code, _, err = run_cli(capsys, [*argv, *extra])
-        assert code == 2 and "is the run folder's own config.yaml" in err and "fix: keep your file outside" in err
-        assert own.read_text() == text and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+    plain = "recipe: fast\nepochs: 1\n"  # no comment, in YAML's own format: still the user's few settings
+    for content in (text, plain):
+        own.write_text(content)
+        for extra in ((), ("--resume",)):  # --resume of a folder without a checkpoint starts a run too
+            code, _, err = run_cli(capsys, [*argv, *extra])
+            assert code == 2 and "is the run folder's own config.yaml" in err and "fix: keep your file outside" in err
+            assert own.read_text() == content and sorted(p.name for p in run.iterdir()) == ["config.yaml"]
     done = tmp_path / "done"
     assert run_cli(capsys, tiny_args(cifar10_dir, done, "--epochs", "1"))[0] == 0
     code, out, err = run_cli(capsys, ["train", "--config", str(done / "config.yaml"), "--resume", "--out-dir", str(done),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dsrnet.errors import DsrnetError
-from dsrnet.run.rundir import RunDir
+from dsrnet.run.rundir import RunDir, differences
 
 
 def test_states(tmp_path):
@@ -34,6 +34,9 @@ def test_milestones_are_compared_as_they_apply(tmp_path):
     run = RunDir(tmp_path)
     run.config.write_text("epochs: 1\nmilestones: [1]\n")
     run.check_compatible({"epochs": 1, "milestones": []})
+    # a resume compares one setting at a time: the saved run's epochs decide for both sides
+    assert differences({"epochs": 3, "milestones": [3]}, {"milestones": [3]}) == []
+    assert differences({"epochs": 1, "milestones": [1]}, {"milestones": []}) == []
     run.config.write_text("epochs: 4\nmilestones: [2]\n")
     with pytest.raises(DsrnetError, match=r"milestones=\[2\] \(asked \[3\]\)"):
         run.check_compatible({"epochs": 4, "milestones": [3]})

@@ -263,6 +263,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Settings every config.yaml dsrnet has written holds, resolved (a hand-written file rarely names them all).
+_ALWAYS_WRITTEN = frozenset({"model", "dataset", "recipe", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                             "seed", "out_dir"})  # fmt: skip
+
+
 def _check_config_file_kept(args: argparse.Namespace, cfg) -> None:
     """Refuse to start a new run (``--resume`` of a folder without a checkpoint starts one too) whose ``--config``
     file is the run folder's own ``config.yaml`` written by hand: the run rewrites that file with every setting
@@ -278,8 +283,10 @@ def _check_config_file_kept(args: argparse.Namespace, cfg) -> None:
     if not run.config.samefile(given):
         return
     text = run.config.read_text(encoding="utf-8")
-    try:  # what dsrnet writes (this version or an older one) is YAML's own dump of a mapping, byte for byte
-        if yaml.safe_dump(yaml.safe_load(text), sort_keys=False) == text:
+    try:  # what dsrnet writes (this version or an older one): YAML's own dump, byte for byte, of every setting
+        saved = yaml.safe_load(text)
+        written = isinstance(saved, dict) and set(saved) >= _ALWAYS_WRITTEN
+        if written and yaml.safe_dump(saved, sort_keys=False) == text:
             return
     except yaml.YAMLError:
         pass

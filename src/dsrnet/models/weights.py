@@ -652,6 +652,7 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
             "seed": meta.get("seed"),
             "model_kwargs": dict(meta.get("model_kwargs") or {}),
             "classes": list(meta["class_names"]),
+            "num_classes": int(meta["num_classes"]),  # (its class names may be empty: labelled by index)
             "image_size": int(meta["input_size"][-1]),
             "mean": list(meta["mean"]),
             "std": list(meta["std"]),
@@ -671,5 +672,5 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
     if nonfinite:
         raise DsrnetError(f"{source} holds non-finite weights (e.g. {nonfinite[0]}); fix: use weights of a run "
                           "that trained normally")  # fmt: skip
-    info["num_classes"] = len(info["classes"])
+    info.setdefault("num_classes", len(info["classes"]))
     return model.to(dev).eval(), info

@@ -34,7 +34,10 @@ def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[s
     are compared as they apply: one at the last epoch never does (runs before 2026-11-27 recorded [1] for 1-epoch
     step runs, which now get none)."""
     ignore = frozenset(ignore)
-    saved, wanted = _applied_milestones(saved), _applied_milestones(wanted)
+    # each side's milestones against its epochs, or the other side's where it names none (a resume compares one
+    # setting at a time)
+    saved, wanted = (_applied_milestones(saved, saved.get("epochs", wanted.get("epochs"))),
+                     _applied_milestones(wanted, wanted.get("epochs", saved.get("epochs"))))  # fmt: skip
     return [
         f"{key}={plain(saved.get(key))!r} (asked {plain(value)!r})"
         for key, value in wanted.items()
@@ -42,9 +45,9 @@ def differences(saved: dict, wanted: dict, ignore: Iterable[str] = ()) -> list[s
     ]
 
 
-def _applied_milestones(config: dict) -> dict:
+def _applied_milestones(config: dict, epochs: object) -> dict:
     """``config`` with only the milestones that lower the rate (below ``epochs``)."""
-    ms, epochs = config.get("milestones"), config.get("epochs")
+    ms = config.get("milestones")
     if not isinstance(ms, list) or not isinstance(epochs, int):
         return config
     return {**config, "milestones": [m for m in ms if not (isinstance(m, int) and m >= epochs)]}
