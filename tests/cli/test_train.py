@@ -465,7 +465,8 @@ def test_a_full_disk_while_writing_run_files_is_one_line_and_keeps_the_checkpoin
     assert (run / "checkpoint.pt").is_file()
 
 
-def test_ctrl_c_says_what_is_kept_and_how_to_continue(cifar10_dir, tmp_path, capsys, monkeypatch, caplog):
+def _interrupt_in_epoch_2(monkeypatch):
+    """Training raises KeyboardInterrupt at the start of its 2nd epoch (a Ctrl-C); returns the real epoch."""
     from dsrnet.train import loop
 
     real = loop._Trainer.train_epoch
@@ -476,6 +477,13 @@ def test_ctrl_c_says_what_is_kept_and_how_to_continue(cifar10_dir, tmp_path, cap
         return real(self, epoch)
 
     monkeypatch.setattr(loop._Trainer, "train_epoch", interrupt_in_epoch_2)
+    return real
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_continue(cifar10_dir, tmp_path, capsys, monkeypatch, caplog):
+    from dsrnet.train import loop
+
+    real = _interrupt_in_epoch_2(monkeypatch)
     run = tmp_path / "run"
     with caplog.at_level("INFO", logger="dsrnet"):
         code, _, _ = run_cli(capsys, tiny_args(cifar10_dir, run))
@@ -506,14 +514,7 @@ def test_a_run_with_a_milestone_at_its_last_epoch_resumes(cifar10_dir, tmp_path,
     must decide for both sides (a plain resume was refused: "milestones=[2] differs from the checkpoint's [2]")."""
     from dsrnet.train import loop
 
-    real = loop._Trainer.train_epoch
-
-    def interrupt_in_epoch_2(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch)
-
-    monkeypatch.setattr(loop._Trainer, "train_epoch", interrupt_in_epoch_2)
+    real = _interrupt_in_epoch_2(monkeypatch)
     run = tmp_path / "run"
     run_cli(capsys, tiny_args(cifar10_dir, run, "--schedule", "step", "--milestones", "2"))
     monkeypatch.setattr(loop._Trainer, "train_epoch", real)
