@@ -477,7 +477,15 @@ def test_a_weights_file_without_class_names_is_labelled_by_index(trained, tmp_pa
     path = save_weights(model, tmp_path / "nameless.safetensors", metadata={**META, "class_names": []},
                         dtype=torch.float32)  # fmt: skip
     _, info = weights.load_trained(path)
-    assert info["classes"] == []
+    assert info["classes"] == [] and info["num_classes"] == 3
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    metadata = {k: v for k, v in weights._read_header_metadata(path).items() if k != "class_names"}
+    save_file(load_file(str(path)), str(tmp_path / "unnamed.safetensors"), metadata=metadata)  # no key at all
+    _, info = weights.load_trained(tmp_path / "unnamed.safetensors")
+    assert info["classes"] == [] and json.loads(metadata["num_classes"]) == 3
 
 
 def test_a_baselines_plain_state_dict_takes_its_classifiers_class_count(tmp_path):

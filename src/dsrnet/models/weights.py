@@ -618,7 +618,8 @@ def load_trained(source: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
         }
     elif Path(source).suffix == ".safetensors":
         state_dict, meta = read_weights(source)  # read once: the same tensors go into the model
-        missing = [k for k in ("class_names", "input_size", "mean", "std") if meta.get(k) is None]
+        meta.setdefault("class_names", [])  # none recorded: labelled by index, as an empty list is
+        missing = [k for k in ("input_size", "mean", "std") if meta.get(k) is None]
         fix = "fix: export them with `dsrnet export-weights`"
         if missing:
             raise DsrnetError(
