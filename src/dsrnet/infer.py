@@ -72,9 +72,6 @@ def evaluate_checkpoint(
     to that type, as its kernels compute in the weights' dtype); ``None``: torch, or for an exported file torch
     does not run (ONNX) ``auto``. ``batch_size``: default :data:`EVAL_BATCH_GPU` on a GPU, :data:`EVAL_BATCH_CPU`
     on a CPU."""
-    if backend is None:
-        kind = _exported_kind(checkpoint)
-        backend = "auto" if kind is not None and kind not in _TORCH_EXPORTS else "torch"
     if batch_size is not None:
         check_int("batch_size", batch_size)
     if test_subset_per_class is not None:
@@ -235,15 +232,17 @@ def _is_exported(source) -> bool:
     return _exported_kind(source) is not None
 
 
-def _model_on_backend(source, backend: str, device: str, precision: str = "fp32") -> tuple[nn.Module, dict]:
+def _model_on_backend(source, backend: str | None, device: str, precision: str = "fp32") -> tuple[nn.Module, dict]:
     """``(model, info)``: the trained model as an ``nn.Module`` running on ``backend`` and what its preprocessing
     needs (:func:`dsrnet.models.weights.load_trained`'s info, plus ``backend``, ``device`` and, for a training
     checkpoint, ``checkpoint``). ``precision``: a CPU engine's float precision (bf16 where
     :data:`dsrnet.export.backends.BF16_BACKENDS` run it); the torch and fused backends take it elsewhere."""
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise DsrnetError(f"unknown backend {backend!r}; fix: choose one of {', '.join(BACKENDS)}")
     dev = resolve_device(device)
     kind = _exported_kind(source)
+    if backend is None:  # torch, or for an exported file torch does not run (ONNX) the fastest CPU engine
+        backend = "auto" if kind is not None and kind not in _TORCH_EXPORTS else "torch"
     if kind == "OpenVINO IR":
         raise DsrnetError(
             f"{source} is OpenVINO IR, which carries none of dsrnet's metadata (classes, preprocessing); fix: pass the "

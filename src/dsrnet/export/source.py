@@ -127,17 +127,18 @@ def load_source(
     :func:`dsrnet.models.weights.load_trained`). ``image_size`` overrides the size stored with the weights only
     for a registry name or module (a trained model is exported at its training size unless asked otherwise).
     """
-    if image_size is not None:
-        from dsrnet.run.checkpoint import MAX_EXPORT_IMAGE_SIZE
+    from dsrnet.run.checkpoint import MAX_EXPORT_IMAGE_SIZE, MAX_NUM_CLASSES
 
+    if image_size is not None:
         check_int("image size", image_size, 8)
         if image_size > MAX_EXPORT_IMAGE_SIZE:
             raise DsrnetError(f"image size {image_size} is over {MAX_EXPORT_IMAGE_SIZE} px, which an exported file "
                               f"may record; fix: --image-size {MAX_EXPORT_IMAGE_SIZE} or less")  # fmt: skip
     if num_classes is not None:
         check_int("num_classes", num_classes, 1)
-        if num_classes > 100_000:
-            raise DsrnetError(f"num_classes {num_classes} is over 100000; fix: --num-classes 100000 or less")
+        if num_classes > MAX_NUM_CLASSES:
+            raise DsrnetError(f"num_classes {num_classes} is over {MAX_NUM_CLASSES}; fix: --num-classes "
+                              f"{MAX_NUM_CLASSES} or less")  # fmt: skip
     if isinstance(source, nn.Module):
         # A timm-style module carries its preprocessing (and, with trained weights, its architecture, tag and class
         # names) in pretrained_cfg: the exported file keeps them, as predict/eval read them from it.

@@ -378,9 +378,7 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     if isinstance(model, DSRNet):
         _check_foldable(model.named_modules())
         # hooks on what folding removes have no output left to see; the others move with their module below
-        _check_hooks([("conv1", model.conv1), ("bn1", model.bn1)]
-                     + [(f"{name}.{sub}", m) for name, block in model.named_modules() if isinstance(block, DSRBlock)
-                        for sub, m in block.named_modules() if sub])  # fmt: skip
+        _check_hooks(_folded_parts(model.named_modules()))
         dtype = next(model.parameters()).dtype
         source = copy.deepcopy(model).eval().to(_fold_dtype(dtype))  # fold, then round once to the model's dtype
         fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
@@ -401,11 +399,7 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
             f"fuse() takes a DSRNet (e.g. create_model('dsrnet50')) or a module built on one (e.g. "
             f"dsrnet.backbone_with_fpn(...)), got {type(model).__name__}, which holds no DSR block"
         )
-    # What folding removes: a stem's conv and BatchNorm, a block's parts (not the block: its hooks move with it).
-    folded = [(f"{name}.{sub}", m) for name, part in parts if not isinstance(part, DSRBlock)
-              for sub, m in (("conv1", part.conv1), ("bn1", part.bn1))]  # fmt: skip
-    folded += [(f"{name}.{sub}", m) for name, part in parts if isinstance(part, DSRBlock)
-               for sub, m in part.named_modules() if sub]  # fmt: skip
+    folded = _folded_parts(parts)
     _check_foldable(folded)
     _check_hooks(folded)
     source = copy.deepcopy(model)
@@ -456,6 +450,21 @@ def _check_hooks(named_modules) -> None:
 def _frozen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A folded part in eval mode, rounded once to ``dtype``, channels-last, with nothing to train."""
     return module.eval().to(dtype=dtype, memory_format=torch.channels_last).requires_grad_(False)
+
+
+def _folded_parts(named_modules) -> list[tuple[str, nn.Module]]:
+    """What folding removes, named: each DSRNet stem's conv and BatchNorm, each DSR block's parts (not the block
+    itself: its hooks move with it), among ``named_modules``."""
+    folded = []
+    for name, part in named_modules:
+        if isinstance(part, DSRBlock):
+            subs = [(sub, m) for sub, m in part.named_modules() if sub]
+        elif _is_dsrnet_stem(part):
+            subs = [("conv1", part.conv1), ("bn1", part.bn1)]
+        else:
+            continue
+        folded += [(f"{name}.{sub}" if name else sub, m) for sub, m in subs]
+    return folded
 
 
 def _is_dsrnet_stem(module: nn.Module) -> bool:

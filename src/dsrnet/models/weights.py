@@ -283,7 +283,6 @@ def _sorted_header(data: bytes) -> bytes:
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, metadata)`` of a safetensors weights file; a missing, corrupt or foreign file is one
     :class:`DsrnetError`. Metadata values are JSON-decoded (values that are not JSON stay strings)."""
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise DsrnetError(
@@ -423,10 +422,9 @@ def _load_state(
     if getattr(model, "features_only", False):
         # A pruned backbone: keep what it still has (the stages up to its last tap), drop the head and the rest.
         state_dict = {k: v for k, v in state_dict.items() if k in own}
-    # the head: timm's cfg names it; a torchvision model (the baselines) has none: its last 2-d weight
-    last_linear = next((k for k in reversed(own) if k.endswith(".weight") and own[k].dim() == 2), "fc.weight")
+    # the head: timm's cfg names it; a torchvision model (the baselines) has none
     named = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    classifier = f"{named}." if named else last_linear.removesuffix("weight")
+    classifier = f"{named}." if named else (_classifier_weight(own) or "fc.weight").removesuffix("weight")
     if new_head:
         head = [k for k in state_dict if k.startswith(classifier)]
         theirs, mine = state_dict.get(f"{classifier}weight"), own.get(f"{classifier}weight")
@@ -501,10 +499,15 @@ def _plain(state_dict: dict[str, torch.Tensor], path: Path) -> tuple:
     # timm's clean_state_dict, key by key: DDP's module. and torch.compile's _orig_mod. prefixes, in either order
     state_dict = {k.removeprefix("_orig_mod.").removeprefix("module.").removeprefix("_orig_mod."): v
                   for k, v in state_dict.items()}  # fmt: skip
-    # the head's rows: DSRNet's and ResNet's fc, MobileNetV2's classifier.1: the last 2-d weight
-    head = next((v for k, v in reversed(state_dict.items()) if k.endswith("weight") and v.dim() == 2), None)
-    num_classes = int(head.shape[0]) if head is not None else None
+    head = _classifier_weight(state_dict)
+    num_classes = int(state_dict[head].shape[0]) if head is not None else None
     return state_dict, num_classes, f"state dict in {path}", None
+
+
+def _classifier_weight(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The classifier's weight in a state dict: its last 2-d ``*.weight`` (DSRNet's and ResNet's ``fc``,
+    MobileNetV2's ``classifier.1``); None for a headless one."""
+    return next((k for k in reversed(state_dict) if k.endswith(".weight") and state_dict[k].dim() == 2), None)
 
 
 def load_checkpoint_path(model: nn.Module, source: tuple[dict[str, torch.Tensor], int | None, str, str | None]) -> None:

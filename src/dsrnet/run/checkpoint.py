@@ -279,6 +279,8 @@ def _triple(v: Any) -> bool:
     )
 
 
+#: The most classes a classifier here may have (a bound on what a file may ask to allocate).
+MAX_NUM_CLASSES = 100_000
 #: The largest input size an exported file may record (``dsrnet export --image-size``): larger than a checkpoint's
 #: training size (detection-sized inputs), small enough that a doctored file cannot ask for a 20000-px resize.
 MAX_EXPORT_IMAGE_SIZE = 4096
@@ -292,9 +294,9 @@ def check_preprocessing(where: str, fix: str, *, num_classes: Any, classes: Any,
     :class:`DsrnetError` naming the field, not a traceback (nor a 20000-px resize). ``classes_optional``: an
     empty list is allowed (a model without class names, labelled by index; or with ``num_classes`` 0, pooled
     features)."""
-    n_ok = _is_int(num_classes) and (1 if not classes_optional else 0) <= num_classes <= 100_000
+    n_ok = _is_int(num_classes) and (1 if not classes_optional else 0) <= num_classes <= MAX_NUM_CLASSES
     checks = (
-        ("num_classes", num_classes, n_ok, f"an integer in {0 if classes_optional else 1}..100000"),
+        ("num_classes", num_classes, n_ok, f"an integer in {0 if classes_optional else 1}..{MAX_NUM_CLASSES}"),
         ("classes", classes, isinstance(classes, list) and all(isinstance(c, str) for c in classes)
          and ((n_ok and len(classes) == num_classes) or (classes_optional and not classes)),
          f"a list of {num_classes} class names"),
@@ -310,23 +312,22 @@ def check_preprocessing(where: str, fix: str, *, num_classes: Any, classes: Any,
 
 def check_model_fields(ckpt: dict) -> None:
     """Check the fields a model and its preprocessing are built from, before anything is built."""
-    triple = _triple
     if not isinstance(ckpt.get("model"), str):
         raise _bad_field(ckpt, "model", "a model name")
     if not isinstance(ckpt.get("model_kwargs", {}), dict):
         raise _bad_field(ckpt, "model_kwargs", "a mapping")
     n = ckpt.get("num_classes")
-    if not (_is_int(n) and 1 <= n <= 100_000):
-        raise _bad_field(ckpt, "num_classes", "an integer in 1..100000")
+    if not (_is_int(n) and 1 <= n <= MAX_NUM_CLASSES):
+        raise _bad_field(ckpt, "num_classes", f"an integer in 1..{MAX_NUM_CLASSES}")
     classes = ckpt.get("classes")
     if not (isinstance(classes, list) and len(classes) == n and all(isinstance(c, str) for c in classes)):
         raise _bad_field(ckpt, "classes", f"a list of {n} class names")
     size = ckpt.get("image_size")
     if not (_is_int(size) and 8 <= size <= MAX_IMAGE_SIZE):
         raise _bad_field(ckpt, "image_size", f"an integer in 8..{MAX_IMAGE_SIZE}")
-    if not triple(ckpt.get("mean")):
+    if not _triple(ckpt.get("mean")):
         raise _bad_field(ckpt, "mean", "3 finite numbers")
-    if not (triple(ckpt.get("std")) and all(s > 0 for s in ckpt["std"])):
+    if not (_triple(ckpt.get("std")) and all(s > 0 for s in ckpt["std"])):
         raise _bad_field(ckpt, "std", "3 finite numbers > 0")
     state = ckpt.get("model_state")
     if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
