@@ -7,6 +7,7 @@ from __future__ import annotations  # noqa: I001 (interp must be imported before
 
 from tests.kernels import interp
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -244,6 +245,38 @@ def test_auto_timer_takes_the_median_of_the_repeats_after_warm_up(monkeypatch):
     ms = fused_module._median_ms(lambda: calls.append(1), torch.device("cpu"))
     assert len(calls) == 2 + 3 and 0 <= ms < 50
 
+
+def test_auto_timer_on_a_gpu_counts_kernel_time_not_launch_cost(monkeypatch):
+    """On a GPU each sample queues its calls behind a GPU sleep, so the host's launch cost is hidden (timed from an
+    idle GPU, split's three launches made it look 2-3x slower than in the model, and auto picked block wrongly)."""
+    from dsrnet.models import fused as fused_module
+
+    log = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, end):
+            return 6.0  # ms for the sample's calls together
+
+    monkeypatch.setattr(fused_module, "AUTO_WARMUP", 1)
+    monkeypatch.setattr(fused_module, "AUTO_REPEATS", 2)
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: log.append(f"sleep {cycles}"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("device sync"))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    ms = fused_module._median_ms(lambda: log.append("call"), torch.device("cuda"))
+    calls = ["call"] * fused_module.AUTO_CALLS_PER_SAMPLE
+    sample = [f"sleep {fused_module.AUTO_HOST_LEAD_CYCLES}", "record", *calls, "record", "sync"]
+    assert log == ["call", "device sync", *sample, *sample]
+    assert ms == pytest.approx(6.0 / fused_module.AUTO_CALLS_PER_SAMPLE)
 
 @needs_interpreter
 @pytest.mark.parametrize("mode", ["split", "block"])

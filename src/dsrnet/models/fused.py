@@ -18,7 +18,9 @@
   (~2x the floor at 32 px). Its parallelism is the output's pixel tiles only (each program does all output
   channels of its tile), so on a GPU a block whose output has fewer than :data:`BLOCK_MIN_PIXELS_PER_SM` pixels per
   SM (the deep stages at small batches: 2048 pixels in layer4 at batch 128, 32 px) runs split instead, whose GEMM
-  tiles also split the output channels. Not yet timed on a GPU (issue 10), so not the default.
+  tiles also split the output channels. Slower than split as it stands (H200, bf16, 32 px: 12.07 against
+  6.89 ms per batch of 1024, 1.22 against 1.02 ms at 128 as CUDA graphs; its kernel ran at 5-8x its shape's
+  floor, BENCHMARKS.md), so not the default.
 
   ``mode="auto"``: each block measures ``split`` and the one-kernel ``block`` on its first call with a new input
   shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
@@ -26,7 +28,8 @@
   pixel tiles). Block's output on that call is checked against split's: beyond rounding, block is not picked (a
   warning says so). Blocks of the same shape share one measurement, and so do inputs whose pixel counts fall in the
   same power-of-two bucket (the kernels' own autotuning rule: inputs of varying size, as a detector's, are not
-  measured anew each; :func:`auto_choices` lists the measurements). Where it cannot time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
+  measured anew each; :func:`auto_choices` lists the measurements). It compares the kernels' GPU time, the host's
+  launch cost hidden (see :func:`_median_ms`). Where it cannot time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
   ``block``'s rule above; off a GPU it runs split (the PyTorch fallbacks of both modes are the same ops).
 
   Why split is the default: each program of the fused kernel computes the depthwise tile for its own
@@ -75,6 +78,10 @@ AUTO_CANDIDATES = ("split", "block")
 #: ``mode="auto"``'s timing: untimed calls after the first (which compiles, autotunes and is checked against split),
 #: then timed calls of which the median counts.
 AUTO_WARMUP, AUTO_REPEATS = 2, 10
+#: ``mode="auto"`` on a GPU: calls per timed sample, and the GPU cycles it sleeps before each sample so that the
+#: host has queued them before the first starts (~2.5 ms at 2 GHz; a split block's three launches take the host
+#: ~0.4 ms: ~140 us each, H200 run of 2026-11-27, batch 128 without a CUDA graph).
+AUTO_CALLS_PER_SAMPLE, AUTO_HOST_LEAD_CYCLES = 3, 5_000_000
 #: ``mode="block"`` on a GPU: a block runs as one kernel when its output has at least this many pixels per SM (one
 #: tile of the kernel's smallest configs for every SM), else split (module docstring).
 BLOCK_MIN_PIXELS_PER_SM = 64
@@ -235,9 +242,32 @@ def auto_choices() -> list[dict]:
 
 
 def _median_ms(fn, device: torch.device) -> float:
-    """Median time of ``fn()`` in ms over :data:`AUTO_REPEATS` calls after :data:`AUTO_WARMUP` (CUDA events on a
-    GPU); the caller has made the first call (compilation, autotuning)."""
-    return 1e3 * statistics.median(time_calls(fn, device=device, warmup=AUTO_WARMUP, repeats=AUTO_REPEATS))
+    """Median time of ``fn()`` in ms over :data:`AUTO_REPEATS` samples after :data:`AUTO_WARMUP` calls; the caller
+    has made the first call (compilation, autotuning).
+
+    On a GPU it is the kernels' own time: before each sample of :data:`AUTO_CALLS_PER_SAMPLE` calls the GPU is kept
+    busy (``torch.cuda._sleep``) while the host queues them, so the host's launch cost, which a model running
+    ahead of its GPU or a CUDA graph hides, is not counted. Timing each call from an idle GPU counted it: split's
+    three launches against block's one made split's per-block times 2-3x what they take inside the model (H200,
+    batch 1024: 1.14 ms for the first block, ~0.41 ms per block in the profile), and auto picked block where it was
+    slower (auto 8.43 ms per batch against split's 6.89; BENCHMARKS.md, "Fused DSRNet")."""
+    if device.type != "cuda":
+        return 1e3 * statistics.median(time_calls(fn, device=device, warmup=AUTO_WARMUP, repeats=AUTO_REPEATS))
+    for _ in range(AUTO_WARMUP):
+        fn()
+    torch.cuda.synchronize(device)
+    samples = []
+    with torch.cuda.device(device):
+        for _ in range(AUTO_REPEATS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(AUTO_HOST_LEAD_CYCLES)
+            start.record()
+            for _ in range(AUTO_CALLS_PER_SAMPLE):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / AUTO_CALLS_PER_SAMPLE)
+    return statistics.median(samples)
 
 
 def _max_rel_diff(out: torch.Tensor, reference: torch.Tensor) -> float:
