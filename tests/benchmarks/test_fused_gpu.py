@@ -308,3 +308,18 @@ def test_auto_picks_count_the_shapes_of_the_form_measured_not_every_measurement(
             row = {"block_shape": geometry, "pixel_bucket": b, "dtype": dtype, "device": device}
             fused._AUTO_CHOICES[(geometry, b)] = {**row, "mode": "block" if i % 2 == 0 else "split"}
     assert picks.counts() == {"split": 2, "block": 2}
+
+
+def test_a_training_row_says_how_busy_the_gpu_kept_during_the_step(fused_gpu, tmp_path, monkeypatch):
+    """The H200 run of 2026-11-27 timed DSRNet's training step at 46 ms with ~20 ms of kernels in its profile: the
+    row now carries the profile's kernel time per step and its share of the step, which says "host-bound"."""
+    args = argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0, compile_backend="eager")
+    bench = fused_gpu.Bench(args)
+    monkeypatch.setattr(fused_gpu, "time_ms", lambda bench, fn, warmup, repeats: {
+        "median_ms": 8.0, "p25_ms": 7.0, "p75_ms": 9.0, "repeats": repeats})
+    profiled = []
+    monkeypatch.setattr(fused_gpu, "profile_top10", lambda bench, label, fn, calls: profiled.append(label) or 2.0)
+    fused_gpu.step_training(bench, ("resnet50_compiled", "resnet50_compiled_cudagraphs"))
+    plain, graphed = bench.results["training"]
+    assert plain["gpu_kernel_ms_per_step"] == 2.0 and plain["gpu_busy_fraction"] == 0.25
+    assert "gpu_busy_fraction" not in graphed and len(profiled) == 1  # CUDA-graph replays are not profiled
