@@ -80,7 +80,7 @@ AUTO_CANDIDATES = ("split", "block")
 AUTO_WARMUP, AUTO_REPEATS = 2, 10
 #: ``mode="auto"`` on a GPU: calls per timed sample, and the GPU cycles it sleeps before each sample so that the
 #: host has queued them before the first starts (~2.5 ms at 2 GHz; a split block's three launches take the host
-#: ~0.4 ms: ~140 us each, H200 run of 2026-11-27, batch 128 without a CUDA graph).
+#: ~0.4 ms: ~130 us each, H200 run of 2026-11-27, batch 128 without a CUDA graph).
 AUTO_CALLS_PER_SAMPLE, AUTO_HOST_LEAD_CYCLES = 3, 5_000_000
 #: ``mode="block"`` on a GPU: a block runs as one kernel when its output has at least this many pixels per SM (one
 #: tile of the kernel's smallest configs for every SM), else split (module docstring).
