@@ -902,6 +902,81 @@ def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
         del model
 
 
+def host_us_per_call(bench: Bench, fn, calls: int) -> float:
+    """Host time per call of ``fn`` in us: calls queued back to back with no synchronisation until the clock is
+    read, so with tiny tensors (a few us of GPU work per kernel) it is the host's cost of issuing them."""
+    for _ in range(max(3, calls // 10)):
+        fn()
+    bench.sync()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter() - t0
+    bench.sync()
+    return 1e6 * host / calls
+
+
+def step_host_cost(bench: Bench) -> None:
+    """Where a kernel launch's host time goes. The H200 run of 2026-11-27 found ~130 us per launch (split at batch
+    128 without a CUDA graph: 6.84 ms for ~1 ms of GPU work and 52 launches), which also caps batch 1024 and
+    leaves DSRNet's training step waiting on the host: one tiny launch of each kind against PyTorch's own ops, the
+    op's body without the custom-op dispatch, a fused model's whole forward, and a Python profile of the op."""
+    import cProfile
+    import io
+    import pstats
+
+    from dsrnet.kernels import ops
+
+    dev, dtype = bench.device, torch.bfloat16
+    calls = 5 if bench.dry else 300
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def tensor(*shape, channels_last=False):
+        t = torch.randn(*shape, generator=g).to(dev, dtype)
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+    x = tensor(1, 64, 4, 4, channels_last=True)
+    w_kn, bias = tensor(64, 64), tensor(64)
+    w_conv = w_kn.t().contiguous()[:, :, None, None]
+    w_dw, b_dw = tensor(64, 1, 3, 3), tensor(64)
+    body = getattr(ops.pointwise_conv, "_init_fn", None)  # torch.library's CustomOpDef keeps the function there
+    forms = {
+        "aten add (PyTorch's dispatch, for reference)": lambda: torch.add(x, x),
+        "cuDNN 1x1 conv2d": lambda: nn.functional.conv2d(x, w_conv, bias),
+        "ops.pointwise_conv (custom op: dispatch, checks, Triton launch)": (
+            lambda: ops.pointwise_conv(x, w_kn, bias, None, 1, True)),
+        **({"pointwise_conv's body (no custom-op dispatch)": lambda: body(x, w_kn, bias, None, 1, True)}
+           if body is not None else {}),
+        "ops.dwconv2d (custom op)": lambda: ops.dwconv2d(x, w_dw, b_dw, 1, 1, True),
+    }  # fmt: skip
+    rows = []
+    with torch.inference_mode():
+        for name, fn in forms.items():
+            fn()  # compiles and autotunes at this shape
+            rows.append({"form": name, "host_us_per_call": round(host_us_per_call(bench, fn, calls), 1)})
+        model = make_form(bench, "dsrnet_fused", "cifar")
+        image = tensor(1, 3, bench.size(32), bench.size(32), channels_last=True)
+        launches = 1 + 3 * sum(1 for m in model.modules() if type(m).__name__ == "FusedDSRBlock")
+        model(image)
+        per_forward = host_us_per_call(bench, lambda: model(image), max(2, calls // 10))
+        rows.append({"form": f"fuse(dsrnet50_cifar) forward, batch 1 ({launches} Triton launches + head)",
+                     "host_us_per_call": round(per_forward, 1),
+                     "host_us_per_triton_launch": round(per_forward / launches, 1)})  # fmt: skip
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            forms["ops.pointwise_conv (custom op: dispatch, checks, Triton launch)"]()
+        profiler.disable()
+        bench.sync()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    bench.profiles.append(f"== host cost: cProfile of {calls} ops.pointwise_conv calls, 1x64x4x4 bf16, by own time "
+                          f"==\n{text.getvalue()}")  # fmt: skip
+    bench.results["host_cost"] = rows
+    for row in rows:
+        bench.log(f"host cost: {row}")
+
+
 def stem_forms(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, k: int, stride: int, pad: int, dil: int):
     from dsrnet.kernels import ops
 
@@ -1261,6 +1336,10 @@ def render_markdown(results: dict) -> str:
         "dilation, projection shortcut, its stride); block_max_rel_diff = block's output against split's on the "
         "same input (auto never picks a block that differs beyond rounding).",
         "",
+        "## Host cost per launch (tiny shapes: the host's time to issue each call, queued without synchronising)",
+        _table(results.get("host_cost", []), ["form", "host_us_per_call", "host_us_per_triton_launch"]),
+        "Python profile of the Triton op: profiles.txt.",
+        "",
         "## The stem alone: folded conv + bias + ReLU (bf16, channels_last)",
         _table(results.get("stem", []), ["form", "stem", "image", "batch", "ms", "floor_gb", "gb_per_s",
                                          "max_rel_diff", "precompile_s"]),
@@ -1362,6 +1441,7 @@ def main(argv: list[str] | None = None) -> int:
          "cifar", 32, 1024,
          ("resnet50_compiled", "dsrnet_fused", "dsrnet_eager", "dsrnet_fused_block", "dsrnet_fused_auto"), False),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
+        ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise
         # kernels) has never been measured: it comes before batch 128, so a first call's budget reaches it (the
         # estimates before it sum to ~270 s, about twice what the H200 run of 2026-11-27 took for them).
