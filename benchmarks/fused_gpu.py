@@ -902,6 +902,24 @@ def step_profiles(bench: Bench, stem: str, image: int, batch: int) -> None:
         del model
 
 
+def python_profile(bench: Bench, label: str, fn, calls: int, rows: int = 25) -> None:
+    """cProfile over ``calls`` calls of ``fn`` (warmed up): the host's Python functions by own time, into
+    profiles.txt (where a host-bound step's time goes, which the kernel profile cannot show)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    bench.sync()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(rows)
+    bench.profiles.append(f"== {label}, {calls} calls, host Python by own time (cProfile) ==\n{text.getvalue()}")
+
+
 def host_us_per_call(bench: Bench, fn, calls: int) -> float:
     """Host time per call of ``fn`` in us: calls queued back to back with no synchronisation until the clock is
     read, so with tiny tensors (a few us of GPU work per kernel) it is the host's cost of issuing them."""
@@ -921,10 +939,6 @@ def step_host_cost(bench: Bench) -> None:
     128 without a CUDA graph: 6.84 ms for ~1 ms of GPU work and 52 launches), which also caps batch 1024 and
     leaves DSRNet's training step waiting on the host: one tiny launch of each kind against PyTorch's own ops, the
     op's body without the custom-op dispatch, a fused model's whole forward, and a Python profile of the op."""
-    import cProfile
-    import io
-    import pstats
-
     from dsrnet.kernels import ops
 
     dev, dtype = bench.device, torch.bfloat16
@@ -962,16 +976,8 @@ def step_host_cost(bench: Bench) -> None:
         rows.append({"form": f"fuse(dsrnet50_cifar) forward, batch 1 ({launches} Triton launches + head)",
                      "host_us_per_call": round(per_forward, 1),
                      "host_us_per_triton_launch": round(per_forward / launches, 1)})  # fmt: skip
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(calls):
-            forms["ops.pointwise_conv (custom op: dispatch, checks, Triton launch)"]()
-        profiler.disable()
-        bench.sync()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
-    bench.profiles.append(f"== host cost: cProfile of {calls} ops.pointwise_conv calls, 1x64x4x4 bf16, by own time "
-                          f"==\n{text.getvalue()}")  # fmt: skip
+        python_profile(bench, "host cost: ops.pointwise_conv, 1x64x4x4 bf16", calls=calls,
+                       fn=forms["ops.pointwise_conv (custom op: dispatch, checks, Triton launch)"])
     bench.results["host_cost"] = rows
     for row in rows:
         bench.log(f"host cost: {row}")
@@ -1074,6 +1080,8 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         kernel_ms = None
         if not form.endswith(("_1x1mm", "_cudagraphs")):  # where a step's time goes (ResNet-50's: the reference)
             kernel_ms = profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
+            if "triton_dw" in form:  # 2026-11-27: the GPU busy 44 % of this step; where the host's time goes
+                python_profile(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2, rows=40)
         row = {
             "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
             "ms_per_step": round(t["median_ms"], 3), "p25_ms": round(t["p25_ms"], 3), "p75_ms": round(t["p75_ms"], 3),
@@ -1436,10 +1444,11 @@ def main(argv: list[str] | None = None) -> int:
         # per-shape choice between them (auto) in the first step; the one-kernel mode, measured slower, at the end.
         # Within every inference step ResNet-50 compiled (the ratio's reference) and the default fused form come
         # first, the block kernel's forms last: a fault of it at a shape the probe did not run would poison this
-        # process's CUDA context, and with it every row after.
-        ("inference cifar/32 b1024: fused, fused block, fused auto, eager, resnet50 compiled", 130, step_inference,
-         "cifar", 32, 1024,
-         ("resnet50_compiled", "dsrnet_fused", "dsrnet_eager", "dsrnet_fused_block", "dsrnet_fused_auto"), False),
+        # process's CUDA context, and with it every row after. Also as CUDA graphs: at batch 1024 the host's launches
+        # took about as long as split's kernels (H200 run of 2026-11-27), so a graph shows what the kernels allow.
+        ("inference cifar/32 b1024 (+cudagraph): fused, fused block, fused auto, eager, resnet50 compiled", 140,
+         step_inference, "cifar", 32, 1024,
+         ("resnet50_compiled", "dsrnet_fused", "dsrnet_eager", "dsrnet_fused_block", "dsrnet_fused_auto"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise

@@ -48,7 +48,7 @@ def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tm
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", "inference cifar/32 b1024 fused"]) == 2
     err = capsys.readouterr().err
     assert "--only inference cifar/32 b1024 fused matches no step; fix:" in err
-    assert "inference cifar/32 b1024: fused, fused block, fused auto, eager, resnet50 compiled" in err
+    assert "inference cifar/32 b1024 (+cudagraph): fused, fused block, fused auto, eager, resnet50 compiled" in err
     assert not out.exists()
     assert fused_gpu.main(["--dry-run", "--out", str(out), "--budget-s", "60", "--only", " ; "]) == 2
     assert "--only names no step" in capsys.readouterr().err and not out.exists()
