@@ -39,11 +39,9 @@ from dsrnet.device import tf32_matmul
 from dsrnet.errors import DsrnetError
 
 try:  # Triton is optional: without it (or on a CPU without the interpreter) every op uses the fallback.
-    import triton
-
     from dsrnet.kernels import _triton as _tk
 except ImportError:  # pragma: no cover - depends on the install
-    triton = _tk = None
+    _tk = None
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -182,6 +180,13 @@ def _check_pw(op: str, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, sho
                           f"not the output's {list(out_hw)}")  # fmt: skip
 
 
+def _cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host, for launch grids and work splits. ``triton.cdiv`` is a ``ConstexprFunction``
+    in Triton 3.8 whose host call took ~4 us each (two per launch grid): launch cost is host time the GPU waits
+    for at small batches (BENCHMARKS.md, "Fused DSRNet")."""
+    return -(-a // b)
+
+
 def _launch(t: torch.Tensor):
     """Launch on ``t``'s GPU (Triton launches on the current device); a no-op context on the CPU interpreter."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
@@ -189,12 +194,12 @@ def _launch(t: torch.Tensor):
 
 def _pixel_channel_grid(pixels: int, channels: int):
     """Launch grid of the depthwise kernels: pixel blocks x channel blocks (block sizes from autotune)."""
-    return lambda meta: (triton.cdiv(pixels, meta["BLOCK_P"]), triton.cdiv(channels, meta["BLOCK_C"]))
+    return lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(channels, meta["BLOCK_C"]))
 
 
 def _gemm_grid(rows: int, cols: int):
     """Launch grid of the 1x1 (GEMM) kernels: one program per output tile, flattened."""
-    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),)
+    return lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(cols, meta["BLOCK_N"]),)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -298,11 +303,11 @@ def dwconv2d_grad_weight(
     p = n * ho * wo
     # Pixels per program: a multiple of every BLOCK_P the autotuner may pick, sized for a few hundred programs.
     granule = 64 if _tk.interpreting() else 256
-    chunks_wanted = max(1, 1024 // max(1, triton.cdiv(c, 64)))
-    pix = max(granule, triton.cdiv(triton.cdiv(p, chunks_wanted), granule) * granule)
-    chunks = triton.cdiv(p, pix)
+    chunks_wanted = max(1, 1024 // max(1, _cdiv(c, 64)))
+    pix = max(granule, _cdiv(_cdiv(p, chunks_wanted), granule) * granule)
+    chunks = _cdiv(p, pix)
     part = torch.empty((chunks, 9, c), device=x.device, dtype=torch.float32)
-    grid = lambda meta: (chunks, triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
+    grid = lambda meta: (chunks, _cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(x):
         _tk.dw_bwd_weight[grid](
             grad, x, x if affine is None else affine, part,
@@ -413,7 +418,7 @@ def dwconv2d_affine_relu_grad_input(
         return _as_nhwc((g * scale).to(x.dtype)), (g * xc).sum((0, 2, 3)), g.sum((0, 2, 3))
     # One row of partial sums per program, for the smallest pixel block the autotuner may pick (rows a larger
     # block leaves unwritten stay zero).
-    part = torch.zeros((triton.cdiv(n * h * w, _tk.dw_bwd_input.smallest("BLOCK_P")), 2, c), device=x.device,
+    part = torch.zeros((_cdiv(n * h * w, _tk.dw_bwd_input.smallest("BLOCK_P")), 2, c), device=x.device,
                        dtype=torch.float32)  # fmt: skip
     dx = _run_dw_bwd_input(grad, weight, (n, c, h, w), stride, dilation, (_channels_inner(x), affine, part))
     sums = part.sum(0)
@@ -659,7 +664,7 @@ def device_sms(device: torch.device) -> int:
 
 def _block_programs(m: int, tile_m: int, per_sm: int, sms: int) -> int:
     """``dsr_block``'s persistent grid: a program per tile, at most ``per_sm`` per SM (what its registers allow)."""
-    return min(triton.cdiv(m, tile_m), sms * per_sm)
+    return min(_cdiv(m, tile_m), sms * per_sm)
 
 
 @functools.lru_cache(maxsize=256)
@@ -724,7 +729,7 @@ def direct_conv(
     y = _empty_nhwc(n, cout, ho, wo, like=x)
     p = n * ho * wo
     with _launch(x):
-        _tk.direct_conv[lambda meta: (triton.cdiv(p, meta["BLOCK_P"]), triton.cdiv(cout, meta["BLOCK_N"]))](
+        _tk.direct_conv[lambda meta: (_cdiv(p, meta["BLOCK_P"]), _cdiv(cout, meta["BLOCK_N"]))](
             x, _kernel_operand(w_packed, x.dtype), bias.contiguous(), y,  # tl.dot: one dtype for both operands
             p, cout, h, w, ho, wo, *x.stride(), *_pixel_strides(y), _tune_size(p),
             CIN=cin, KSIZE=kernel_size, STRIDE=stride, PAD=padding, DIL=dilation, RELU=relu, IEEE=_ieee(x),
