@@ -158,6 +158,30 @@ def test_affine_grad_input_sums_survive_autotuning_configs_of_other_block_sizes(
         _close(a, b, 1e-5)
 
 
+def test_autotuning_times_each_config_briefly_and_keeps_the_picks_on_disk(monkeypatch):
+    """A fused DSRNet-50's first call at batch 1024 took ~74 s after precompiling, timing ~150 configs at Triton's
+    default budgets (H200, 2026-11-27): the autotuner times with shorter ones and keeps its picks on disk."""
+    import triton
+    import triton.testing
+
+    from dsrnet.kernels import _triton as tk
+
+    seen = {}
+
+    def fake_autotune(configs, key, reset_to_zero=None, do_bench=None, cache_results=False):  # 3.6/3.8's options
+        seen.update(do_bench=do_bench, cache_results=cache_results)
+        return lambda fn: fn
+
+    monkeypatch.setattr(tk.triton, "autotune", fake_autotune)
+    lazy = tk._LazyKernel(tk._dw_fwd, [tk._DW_INTERP], ["TUNE_SIZE"], tk._DW_INTERP)
+    lazy.build()
+    assert seen["do_bench"] is tk._time_config and seen["cache_results"] is True
+    timed = {}
+    monkeypatch.setattr(triton.testing, "do_bench", lambda call, **kw: timed.update(kw) or [1.0, 0.9, 1.1])
+    assert tk._time_config(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.9, 1.1]
+    assert timed == {"warmup": tk.AUTOTUNE_WARMUP_MS, "rep": tk.AUTOTUNE_REP_MS, "quantiles": (0.5, 0.2, 0.8)}
+    assert tk.AUTOTUNE_WARMUP_MS + tk.AUTOTUNE_REP_MS < 25 + 100  # below Triton's defaults
+
 def test_dwconv2d_accepts_contiguous_nchw_input():
     x, weight, bias = _dw_inputs(torch.float32, channels_last=False)
     _close(ops.dwconv2d(x, weight, bias, 1, 2, False), F.conv2d(x, weight, bias, 1, 2, 2, 20), 1e-4)
