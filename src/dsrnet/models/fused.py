@@ -248,9 +248,9 @@ def _median_ms(fn, device: torch.device) -> float:
     On a GPU it is the kernels' own time: before each sample of :data:`AUTO_CALLS_PER_SAMPLE` calls the GPU is kept
     busy (``torch.cuda._sleep``) while the host queues them, so the host's launch cost, which a model running
     ahead of its GPU or a CUDA graph hides, is not counted. Timing each call from an idle GPU counted it: split's
-    three launches against block's one made split's per-block times 2-3x what they take inside the model (H200,
-    batch 1024: 1.14 ms for the first block, ~0.41 ms per block in the profile), and auto picked block where it was
-    slower (auto 8.43 ms per batch against split's 6.89; BENCHMARKS.md, "Fused DSRNet")."""
+    three launches against block's one made split's per-block times 1.4-2.9x what a block takes on average inside
+    the model (H200, batch 1024: 0.59-1.20 ms, against 0.41 ms per block in the profile), and auto picked block
+    where it was slower (auto 8.43 ms per batch against split's 6.89; BENCHMARKS.md, "Fused DSRNet")."""
     if device.type != "cuda":
         return 1e3 * statistics.median(time_calls(fn, device=device, warmup=AUTO_WARMUP, repeats=AUTO_REPEATS))
     for _ in range(AUTO_WARMUP):
