@@ -73,8 +73,8 @@ def autotuning() -> bool:
 
 
 #: Autotuning's timing of each config, in ms of warm-up and of repeats (Triton's defaults: 25 and 100). A fused
-#: DSRNet-50's first call at batch 1024 took ~74 s after precompiling on an H200 (2026-11-27), timing ~150 (key,
-#: config) pairs at the defaults; a 0.2 ms kernel still gets ~100 timed runs in 25 ms, and the median picks.
+#: DSRNet-50's first call at batch 1024 took ~74 s after precompiling on an H200 (2026-11-27), ~20 s of it timing
+#: ~150 (key, config) pairs at the defaults; a 0.2 ms kernel still gets ~100 timed runs in 25 ms.
 AUTOTUNE_WARMUP_MS, AUTOTUNE_REP_MS = 5, 25
 
 
@@ -108,9 +108,10 @@ class _LazyKernel:
     ``TUNE_SIZE`` argument, unused by the kernel itself, is the pixel count rounded up to a
     power of two, so a new batch size within the same bucket, e.g. a test set's last partial batch, is not tuned
     again); the interpreter gets one small config because it would otherwise time every config on the CPU.
-    ``reset_to_zero``: arguments the autotuner zeroes before each timed run and before the real one (buffers of
-    per-program partial sums whose rows depend on the block size: a config with fewer programs must not find the
-    rows another config wrote).
+    ``reset_to_zero``: arguments the autotuner zeroes before each timed run and once after timing, before the real
+    run (buffers of per-program partial sums whose rows depend on the block size: a config with fewer programs must
+    not find the rows another config wrote); later calls, and a pick found in the disk cache, time nothing, so the
+    ops allocate those buffers zeroed.
     """
 
     def __init__(self, fn, configs, key, interp_config, reset_to_zero=None):

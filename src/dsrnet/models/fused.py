@@ -29,7 +29,10 @@
   warning says so). Blocks of the same shape share one measurement, and so do inputs whose pixel counts fall in the
   same power-of-two bucket (the kernels' own autotuning rule: inputs of varying size, as a detector's, are not
   measured anew each; :func:`auto_choices` lists the measurements). It compares the kernels' GPU time, the host's
-  launch cost hidden (see :func:`_median_ms`). Where it cannot time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
+  launch cost hidden (see :func:`_median_ms`): what a CUDA graph or ``torch.compile(mode="reduce-overhead")``
+  replays, the way to run small batches. Called without a graph, small batches are bound by the host's launches
+  whichever the mode (H200, batch 128: split 6.84 ms, block with one launch per block 4.92, against 1.02 and 1.22
+  as CUDA graphs), and there auto's picks (split where its kernels are faster) can be the slower. Where it cannot time (inside ``torch.compile``'s tracing or a CUDA-graph capture, before any eager call of that shape) it takes
   ``block``'s rule above; off a GPU it runs split (the PyTorch fallbacks of both modes are the same ops).
 
   Why split is the default: each program of the fused kernel computes the depthwise tile for its own
@@ -82,6 +85,8 @@ AUTO_WARMUP, AUTO_REPEATS = 2, 10
 #: host has queued them before the first starts (~2.5 ms at 2 GHz; a split block's three launches take the host
 #: ~0.4 ms: ~130 us each, H200 run of 2026-11-27, batch 128 without a CUDA graph).
 AUTO_CALLS_PER_SAMPLE, AUTO_HOST_LEAD_CYCLES = 3, 5_000_000
+#: ... doubled when the host had not queued a sample's calls before the sleep ended, at most this many times.
+AUTO_LEAD_DOUBLINGS = 4
 #: ``mode="block"`` on a GPU: a block runs as one kernel when its output has at least this many pixels per SM (one
 #: tile of the kernel's smallest configs for every SM), else split (module docstring).
 BLOCK_MIN_PIXELS_PER_SM = 64
@@ -256,17 +261,21 @@ def _median_ms(fn, device: torch.device) -> float:
     for _ in range(AUTO_WARMUP):
         fn()
     torch.cuda.synchronize(device)
-    samples = []
+    samples, lead = [], AUTO_HOST_LEAD_CYCLES
     with torch.cuda.device(device):
-        for _ in range(AUTO_REPEATS):
+        while len(samples) < AUTO_REPEATS:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda._sleep(AUTO_HOST_LEAD_CYCLES)
+            torch.cuda._sleep(lead)
             start.record()
             for _ in range(AUTO_CALLS_PER_SAMPLE):
                 fn()
+            ahead = not start.query()  # the GPU still asleep: every call was queued before the first ran
             end.record()
             end.synchronize()
-            samples.append(start.elapsed_time(end) / AUTO_CALLS_PER_SAMPLE)
+            if ahead or lead >= AUTO_HOST_LEAD_CYCLES * 2**AUTO_LEAD_DOUBLINGS:
+                samples.append(start.elapsed_time(end) / AUTO_CALLS_PER_SAMPLE)
+            else:  # the sleep ended first, so the GPU may have waited for launches: a longer lead, sample again
+                lead *= 2
     return statistics.median(samples)
 
 
