@@ -828,8 +828,9 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
             pre = precompile(bench, run) if "fused" in form else {}
             picks = AutoPicks(model)
             t0 = time.monotonic()
+            profiled_first = form in ("dsrnet_fused", "dsrnet_fused_block") and bench.device.type == "cuda"
             with picks:  # first call: compilation (what precompile left) / autotuning
-                if form in ("dsrnet_fused", "dsrnet_fused_block") and bench.device.type == "cuda":
+                if profiled_first:
                     # where a first call's tens of seconds go (compiling, loading kernels, timing configs); the
                     # profiler's own cost is in first_call_s
                     first: list[torch.Tensor] = []
@@ -867,6 +868,8 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
                 "images_per_s": round(b / (t["median_ms"] / 1e3), 1),
                 "peak_mem_mib": mem, "first_call_s": round(first_s, 1), **check, **pre,
             }  # fmt: skip
+            if profiled_first:  # its first_call_s includes cProfile's cost (profiles.txt has the profile)
+                row["first_call_profiled"] = True
             if form.startswith("dsrnet_fused"):
                 row["fuse_mode"] = fuse_mode(form)
             if row.get("fuse_mode") == "auto":
@@ -930,13 +933,20 @@ def python_profile(bench: Bench, label: str, fn, calls: int, rows: int = 25, sor
 
     profiler = cProfile.Profile()
     profiler.enable()
-    for _ in range(calls):
-        fn()
-    profiler.disable()
-    bench.sync()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(rows)
-    bench.profiles.append(f"== {label}, {calls} calls, host Python by {sort} time (cProfile) ==\n{text.getvalue()}")
+    done = 0
+    try:  # a call that raises (or the budget alarm) still leaves the profiler off and what it saw written
+        for _ in range(calls):
+            fn()
+            done += 1
+        bench.sync()
+    finally:
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(rows)
+        ended = "" if done == calls else f" (ended early: {done} of {calls} calls finished)"
+        order = "own" if sort == "tottime" else sort
+        bench.profiles.append(f"== {label}, {calls} calls, host Python by {order} time (cProfile){ended} ==\n"
+                              f"{text.getvalue()}")  # fmt: skip
 
 
 def host_us_per_call(bench: Bench, fn, calls: int) -> float:
@@ -1350,7 +1360,8 @@ def render_markdown(results: dict) -> str:
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
         _table(inf, ["form", "fuse_mode", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
                      "x_resnet50_tuned", "auto_picks",
-                     "peak_mem_mib", "precompile_s", "first_call_s", "max_logit_diff_vs_fp32", "diff_over_eager_bf16",
+                     "peak_mem_mib", "precompile_s", "first_call_s", "first_call_profiled",
+                     "max_logit_diff_vs_fp32", "diff_over_eager_bf16",
                      "top1_agree_vs_fp32"]),
         "peak_mem_mib: above what was allocated before the form was built, over its calls after the first (whose "
         "compilation and autotuning are not the form's). diff_over_eager_bf16: the form's max logit difference from "

@@ -323,3 +323,24 @@ def test_a_training_row_says_how_busy_the_gpu_kept_during_the_step(fused_gpu, tm
     plain, graphed = bench.results["training"]
     assert plain["gpu_kernel_ms_per_step"] == 2.0 and plain["gpu_busy_fraction"] == 0.25
     assert "gpu_busy_fraction" not in graphed and len(profiled) == 1  # CUDA-graph replays are not profiled
+
+
+def test_a_python_profile_of_a_failing_call_is_written_and_the_profiler_stopped(fused_gpu, tmp_path):
+    """The fused forms' first call (compiling, autotuning: the riskiest of a run) is profiled: when it raises, the
+    profile so far is kept and the profiler is off, so the run's later profiles and timings are not disturbed."""
+    import cProfile
+
+    bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0))
+
+    def broken():
+        raise RuntimeError("a kernel failed to compile")
+
+    with pytest.raises(RuntimeError, match="failed to compile"):
+        fused_gpu.python_profile(bench, "first call", broken, calls=2)
+    assert "first call, 2 calls, host Python by own time (cProfile) (ended early: 0 of 2 calls finished)" in (
+        bench.profiles[-1])
+    other = cProfile.Profile()
+    other.enable()  # on Python >= 3.12 this raises while another profiler is still on
+    other.disable()
+    fused_gpu.python_profile(bench, "next", lambda: None, calls=1)
+    assert bench.profiles[-1].startswith("== next, 1 calls, host Python by own time (cProfile) ==")

@@ -181,6 +181,7 @@ def test_autotuning_times_each_config_briefly_and_keeps_the_picks_on_disk(monkey
     monkeypatch.setattr(triton.testing, "do_bench", lambda call, **kw: timed.update(kw) or [1.0, 0.9, 1.1])
     assert tk._time_config(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.9, 1.1]
     assert timed == {"warmup": tk.AUTOTUNE_WARMUP_MS, "rep": tk.AUTOTUNE_REP_MS, "quantiles": (0.5, 0.2, 0.8)}
+    assert tk.AUTOTUNE_WARMUP_MS + tk.AUTOTUNE_REP_MS < 25 + 100  # shorter than Triton's defaults
     monkeypatch.undo()
     assert set(tk._autotune_options()) == {"do_bench", "cache_results"}  # the installed Triton (3.8; 3.6 too)
 

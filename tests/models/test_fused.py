@@ -288,6 +288,57 @@ def test_auto_timer_on_a_gpu_counts_kernel_time_not_launch_cost(monkeypatch):
     assert ms == pytest.approx(6.0 / fused_module.AUTO_CALLS_PER_SAMPLE)
 
 
+def test_auto_timer_on_a_gpu_stops_lengthening_its_lead_at_the_cap(monkeypatch):
+    """A host that never gets ahead of the GPU (every sleep ends before the calls are queued): the lead doubles
+    AUTO_LEAD_DOUBLINGS times, then samples are kept at the capped lead and the timer returns."""
+    from dsrnet.models import fused as fused_module
+
+    sleeps = []
+
+    class AlwaysDone:
+        def __init__(self, enable_timing):
+            pass
+
+        def record(self):
+            pass
+
+        def query(self):
+            return True
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return 3.0
+
+    monkeypatch.setattr(fused_module, "AUTO_WARMUP", 0)
+    monkeypatch.setattr(fused_module, "AUTO_REPEATS", 2)
+    monkeypatch.setattr(torch.cuda, "Event", AlwaysDone)
+
+    def sleep(cycles):
+        sleeps.append(cycles)
+        assert len(sleeps) < 20, "the lead never stopped lengthening"
+
+    monkeypatch.setattr(torch.cuda, "_sleep", sleep)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    fused_module._median_ms(lambda: None, torch.device("cuda"))
+    lead, doublings = fused_module.AUTO_HOST_LEAD_CYCLES, fused_module.AUTO_LEAD_DOUBLINGS
+    assert sleeps == [lead * 2**k for k in range(doublings)] + [lead * 2**doublings] * 2
+
+
+@needs_interpreter
+@pytest.mark.parametrize("mode", ["split", "block"])
+def test_fused_model_in_bf16_stays_within_bf16_tolerance(mode):
+    model = _tiny(block_dilations=(3, 1, 2))
+    fused = dsrnet.fuse(model, mode=mode).to(torch.bfloat16)
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        out = fused.forward_features(x.to(torch.bfloat16))
+        assert out.dtype == torch.bfloat16
+        assert _rel_err(out, model.forward_features(x)) < 3e-2  # four blocks of bf16 rounding
+
+
 @needs_interpreter
 @pytest.mark.parametrize("mode", ["split", "block"])
 def test_fused_model_without_interpreter_uses_the_fallback_with_the_same_numbers(monkeypatch, mode):
