@@ -42,7 +42,9 @@ guesses and follow the fastest measured step of the same kind), SIGALRM stops a 
 results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
 ``--out``. For a narrower follow-up call: ``--kinds whole,split,pw1`` (a subset of whole, fused, pw1, torch,
 split, compiled; the summary adds pw1 to split and fused to compare whole blocks), ``--max-shapes N``,
-``--no-paper``; also ``--batch``, ``--dtype``. The summary per network: each shape's whole block in every
+``--no-paper``; also ``--batch``, ``--dtype``. ``--sweep`` (with ``--kinds split,pw1``) autotunes the 1x1 GEMM and
+the depthwise kernel over ``dsrnet.kernels._triton.SWEEP_CONFIGS`` too and tabulates, per shape, the best of the
+library's configs against the best of all. The summary per network: each shape's whole block in every
 ``fuse`` mode timed, the fastest, its share of the time, x PyTorch eager and x the block's floor.
 """
 
@@ -639,6 +641,46 @@ def run_kind(bench: ShapeBench, kind: str, net: str, models: dict, max_shapes: i
             raise
 
 
+#: The rows whose autotuning times each kernel of the sweep (``--sweep``).
+SWEEP_ROWS = {"pw1 triton pointwise_conv": "pw_gemm", "split pointwise_conv + shortcut": "pw_gemm",
+              "split dwconv2d": "dw_fwd"}  # fmt: skip
+
+
+def widen_configs() -> dict:
+    """``--sweep``: the 1x1 GEMM's and the depthwise kernel's autotuners get the extra candidate configs beside
+    their own (rebuilt on their next launch). Returns, per kernel, the library's configs and the extra ones."""
+    tk = getattr(ops, "_tk", None)
+    if tk is None:
+        return {}
+    sweep = {}
+    for name, extra in tk.SWEEP_CONFIGS.items():
+        lazy = getattr(tk, name)
+        sweep[name] = {"library": [_config_text(c) for c in lazy.configs], "extra": [_config_text(c) for c in extra]}
+        lazy.configs = [*lazy.configs, *extra]
+        lazy._built.clear()
+    return sweep
+
+
+def sweep_rows(results: dict) -> list[dict]:
+    """Per shape and swept kernel: the best of the library's configs against the best of all (``--sweep``)."""
+    sweep, out = results.get("sweep") or {}, []
+    for r in results["rows"]:
+        kernel = SWEEP_ROWS.get(r["impl"])
+        timings = r.get("tuning_ms") or {}
+        if kernel not in sweep or not timings:
+            continue
+        library = {c: t for c, t in timings.items() if c in sweep[kernel]["library"]}
+        best = min(timings, key=timings.get)
+        row = {"network": r["network"], "shape_id": r["shape_id"], "shape": r["shape"], "kernel": r["impl"],
+               "best_config": best, "best_ms": timings[best]}  # fmt: skip
+        if library:
+            lib_best = min(library, key=library.get)
+            row.update(library_config=lib_best, library_ms=library[lib_best],
+                       gain=round(library[lib_best] / timings[best], 3) if timings[best] > 0 else None)  # fmt: skip
+        out.append(row)
+    return out
+
+
 def render_markdown(results: dict) -> str:
     env, ceil = results.get("environment", {}), results.get("ceilings", {})
     lines = [
@@ -699,6 +741,16 @@ def render_markdown(results: dict) -> str:
             if all(r.get("backend") == "triton" for r in sel):
                 cols.remove("backend")
             lines.append(_table(sel, cols))
+    if results.get("sweep"):
+        lines += [
+            "## Config sweep (--sweep): each shape's best library config against the best of all",
+            "",
+            "Times from the autotuner's own timing of every config on the shape's first call (ms, median; "
+            "gain > 1: an extra config of `SWEEP_CONFIGS` is faster by that factor).",
+            "",
+            _table(sweep_rows(results), ["network", "shape_id", "shape", "kernel", "library_config", "library_ms",
+                                         "best_config", "best_ms", "gain"]),
+        ]  # fmt: skip
     lines += [
         "## Skipped steps / errors",
         "",
@@ -782,6 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)"
     )
+    parser.add_argument(
+        "--sweep", action="store_true", help="autotune the 1x1 GEMM and the depthwise kernel over their configs "
+        "and dsrnet.kernels._triton.SWEEP_CONFIGS: each shape's time per config, and what the extra ones gain "
+        "(with --kinds split,pw1)"
+    )
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or set(kinds) - set(STEPS):
@@ -798,6 +855,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("DSRNET_DISABLE_TRITON", None)
     bench = ShapeBench(args)
     bench.results["batch"] = args.batch_eff
+    if args.sweep:
+        bench.results["sweep"] = widen_configs()
     bench.start_alarm()
     watchdog = bench.start_watchdog()  # a compile stuck past the deadline: files written, process ended at the budget
     models: dict = {}

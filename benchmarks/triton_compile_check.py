@@ -9,6 +9,7 @@ compiles each kernel, for each autotune config and each constexpr variant that D
     PYTHONPATH=src python3 benchmarks/triton_compile_check.py --quick          # every variant, first config, bf16
     PYTHONPATH=src python3 benchmarks/triton_compile_check.py --all-configs    # every config, one variant each
     PYTHONPATH=src python3 benchmarks/triton_compile_check.py                  # everything (slow: ~500 compiles)
+    PYTHONPATH=src python3 benchmarks/triton_compile_check.py --sweep          # the sweep's extra configs, bf16
 """
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ def resource_usage(kernel) -> str:
     return lines[0] if lines else "?"
 
 
+def sweep_variants():
+    """The inference variants the sweep's extra configs are for: the 1x1 GEMM plain, with an identity residual and
+    with the downsample GEMM; the depthwise kernel (bias + ReLU) at rates 1 and 3 and at stride 2."""
+    for lazy, consts in variants():
+        gemm = lazy is tk.pw_gemm and consts["STRIDE"] == 1 and consts["DS_STRIDE"] == 1
+        dw = lazy is tk.dw_fwd and (consts["STRIDE"], consts["DIL"]) in ((1, 1), (1, 3), (2, 2))
+        if (gemm or dw) and consts["RELU"]:
+            yield lazy, consts
+
+
 def representative():
     """One variant per kernel, the heaviest (bias, residual / downsample GEMM, stride 2, dilation 2)."""
     seen = set()
@@ -114,15 +125,20 @@ def main() -> int:
     parser.add_argument("--all-configs", action="store_true", help="one variant per kernel, every config, bf16+fp32")
     parser.add_argument("--kernel", help="only this kernel (e.g. dsr_block)")
     parser.add_argument("--ptx-grep", metavar="TEXT", help="also count the PTX lines containing TEXT (e.g. ld.global.nc)")
+    parser.add_argument("--sweep", action="store_true", help="the candidate configs of kernel_shapes.py --sweep "
+                        "(dsrnet.kernels._triton.SWEEP_CONFIGS), each kernel's heaviest variant, bf16")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 32)
     failures, count, t0 = 0, 0, time.time()
-    dtypes = ("bf16",) if args.quick else (("bf16", "fp32") if args.all_configs else ("bf16", "fp32", "fp16"))
-    for lazy, consts in representative() if args.all_configs else variants():
+    dtypes = ("bf16",) if args.quick or args.sweep else (("bf16", "fp32") if args.all_configs else ("bf16", "fp32", "fp16"))
+    chosen = sweep_variants() if args.sweep else representative() if args.all_configs else variants()
+    for lazy, consts in chosen:
         if args.kernel and lazy.fn.__name__.lstrip("_") != args.kernel.lstrip("_"):
             continue
         jit = triton.jit(lazy.fn)
         configs = lazy.configs[:1] if args.quick else lazy.configs
+        if args.sweep:
+            configs = tk.SWEEP_CONFIGS.get(lazy.fn.__name__.lstrip("_"), [])
         for dtype, cfg in itertools.product(dtypes, configs):
             extra = {}
             if "IEEE" in jit.arg_names:

@@ -230,3 +230,33 @@ def test_a_budget_stop_inside_a_kind_lists_its_shapes_not_run(tmp_path, monkeypa
     skipped = [s["step"] for s in bench.results["skipped"]]
     assert len(started) + len(skipped) == total and not set(started) & set(skipped)
     assert all(s.startswith(f"{kind} {net} ") for s in skipped)
+
+
+def test_the_sweep_widens_the_two_hot_kernels_and_reports_what_the_extra_configs_gain(monkeypatch, ks):
+    """The 1x1 GEMMs took 82 % of the split form's GPU time (H200, 2026-11-27): --sweep autotunes them and the
+    depthwise kernel over SWEEP_CONFIGS too, and a table sets each shape's best library config against the best."""
+    tk = ks.ops._tk
+    for name in tk.SWEEP_CONFIGS:  # widened for this test only
+        lazy = getattr(tk, name)
+        monkeypatch.setattr(lazy, "configs", list(lazy.configs))
+        monkeypatch.setattr(lazy, "_built", {(False, True): "a tuner built before the sweep"})
+    library = {name: len(getattr(tk, name).configs) for name in tk.SWEEP_CONFIGS}
+    sweep = ks.widen_configs()
+    for name, extra in tk.SWEEP_CONFIGS.items():
+        lazy = getattr(tk, name)
+        assert lazy.configs[library[name]:] == extra and lazy._built == {}  # rebuilt with them on the next launch
+        assert len(sweep[name]["library"]) == library[name] and len(sweep[name]["extra"]) == len(extra)
+    lib, extra = sweep["pw_gemm"]["library"][0], sweep["pw_gemm"]["extra"][0]
+    rows = [
+        {"network": "cifar/32", "shape_id": "c00", "shape": "L", "impl": "split pointwise_conv + shortcut",
+         "tuning_ms": {lib: 0.30, extra: 0.20}},
+        {"network": "cifar/32", "shape_id": "c01", "shape": "M", "impl": "split pointwise_conv + shortcut",
+         "tuning_ms": {lib: 0.10, extra: 0.40}},
+        {"network": "cifar/32", "shape_id": "c00", "shape": "L", "impl": "torch eager", "tuning_ms": None},
+    ]  # fmt: skip
+    got = ks.sweep_rows({"sweep": sweep, "rows": rows})
+    assert [(r["shape_id"], r["best_config"], r["library_config"], r["gain"]) for r in got] == [
+        ("c00", extra, lib, 1.5), ("c01", lib, lib, 1.0)]
+    md = ks.render_markdown({"command": "x", "dry_run": False, "budget_s": 1, "dtype": "bf16", "batch": 1,
+                             "networks": {}, "rows": rows, "skipped": [], "errors": [], "sweep": sweep})  # fmt: skip
+    assert "## Config sweep (--sweep)" in md and "| 1.5 |" in md

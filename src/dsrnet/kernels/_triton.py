@@ -869,6 +869,37 @@ direct_conv = _LazyKernel(
 )  # fmt: skip
 
 
+#: Candidate configs beyond each kernel's own, for a sweep on a GPU (``benchmarks/kernel_shapes.py --sweep``):
+#: the 1x1 GEMMs took 82 % of the split form's GPU time and the depthwise kernel 17 % (H200, batch 1024, 32 px,
+#: 2026-11-27), at 1.6-3.8x their traffic floor. Each shape's per-config times say which of these earn a place in
+#: the lists above (every config costs autotuning time on a first call). Compiled for sm_90 offline (Triton 3.8,
+#: ``benchmarks/triton_compile_check.py --sweep``): all compile, none spills but the 256x128 GEMM tile with an
+#: identity residual (88 bytes; a 4-warp 128x128 tile spilled there too and was left out).
+SWEEP_CONFIGS = {
+    "pw_gemm": [
+        _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
+        _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+        _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=3),
+        _cfg(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
+        _cfg(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3),
+        _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=4, num_stages=2),
+        _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=2),
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
+        _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=4),
+    ],
+    "dw_fwd": [
+        _cfg(BLOCK_P=128, BLOCK_C=64, num_warps=8),
+        _cfg(BLOCK_P=256, BLOCK_C=32, num_warps=8),
+        _cfg(BLOCK_P=64, BLOCK_C=128, num_warps=8),
+        _cfg(BLOCK_P=128, BLOCK_C=32, num_warps=8),
+        _cfg(BLOCK_P=32, BLOCK_C=32, num_warps=2),
+        _cfg(BLOCK_P=64, BLOCK_C=32, num_warps=2),
+        _cfg(BLOCK_P=16, BLOCK_C=128, num_warps=4),
+        _cfg(BLOCK_P=256, BLOCK_C=16, num_warps=4),
+    ],
+}
+
+
 def autotune_picks() -> dict[str, list[dict]]:
     """What the autotuner chose so far in this process, per kernel: for each tuning key (the kernel's ``key``
     arguments, then the tensors' dtypes) the config that won, as plain data (for a benchmark's results: the
