@@ -329,7 +329,7 @@ def test_predict_runs_pytorch_exports_on_pytorch(learned_run, tmp_path, fmt, nam
         load_checkpoint(exported)
 
 
-def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir, tmp_path):
+def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir, tmp_path, monkeypatch):
     """``backend="fused"``: the trained DSRNet through :func:`dsrnet.fuse` (on a CPU its ops fall back to PyTorch's,
     with the same numerics), in fp32 and bf16; anything but a trained DSRNet is one clear error."""
     import dsrnet
@@ -339,8 +339,13 @@ def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir
     cfg, _ = learned_run
     common = {"data_dir": str(cifar10_dir), "device": "cpu", "test_subset_per_class": 30}
     eager = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "e", **common)
-    fused = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "f", backend="fused", **common)
+    # On a GPU the fused model's kernels are compiled in worker processes before the first batch (precompile: a
+    # no-op here, so a stand-in records the pass it is given).
+    passes = []
+    monkeypatch.setattr(dsrnet.kernels, "precompile", lambda fn: passes.append(tuple(fn().shape)))
+    fused = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "f", backend="fused", batch_size=128, **common)
     assert fused["backend"] == "fused" and fused["test_images"] == 300
+    assert passes == [(128, 10)]  # one pass, on a batch of the evaluation's own shape
     assert abs(fused["top1"] - eager["top1"]) <= 100 / 300 + 1e-9  # at most one image flips (float rounding)
     assert fused["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-4)
     half = evaluate_checkpoint(cfg.out_dir, out_dir=tmp_path / "h", backend="fused", precision="bf16", **common)
@@ -349,6 +354,7 @@ def test_eval_and_predict_on_the_fused_form_match_torch(learned_run, cifar10_dir
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(img)
     a = predict(cfg.out_dir, [img], top_k=3, device="cpu", backend="torch")
     b = predict(cfg.out_dir, [img], top_k=3, device="cpu", backend="fused")
+    assert passes[-1] == (1, 10) and len(passes) == 3  # bf16 eval above, then predict's first chunk
     assert [c for c, _ in a[0]] == [c for c, _ in b[0]]
     assert [p for _, p in a[0]] == pytest.approx([p for _, p in b[0]], abs=1e-5)
     # Not a DSRNet, or not a trained model at all: refused before anything runs.

@@ -110,6 +110,8 @@ def evaluate_checkpoint(
         mean=info["mean"],
         std=info["std"],
     )
+    if info["backend"] == "fused":
+        _compile_fused_kernels(model, next(iter(loader))[0])
     classes = [str(c) for c in info["classes"]]
     if not classes:  # a file without class names: its dataset's, when the counts agree
         dataset_classes = D.DATASETS[info["dataset"]].classes
@@ -307,6 +309,16 @@ def _fused_model(source, dev: torch.device) -> tuple[nn.Module, dict]:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
+def _compile_fused_kernels(model: nn.Module, x: torch.Tensor) -> None:
+    """``backend="fused"`` on a GPU: its Triton kernels compiled for ``x``'s shape in worker processes before the
+    first real batch (:func:`dsrnet.kernels.precompile`; the pass's outputs are garbage and dropped), which then only
+    autotunes where it compiled ~100 kernel configs one by one (~1 s each on an H200's host). Nothing off a GPU."""
+    from dsrnet.kernels import precompile
+
+    with torch.inference_mode():
+        precompile(lambda: model(x))
+
+
 def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """``paths`` with every folder replaced by the image files under it (:data:`IMAGE_SUFFIXES`, sorted), as
     timm's ``inference.py`` takes a folder; files are kept as given (their content decides, not their suffix)."""
@@ -360,6 +372,8 @@ def predict(
     results = []
     for start in range(0, len(images), chunk):  # a bounded batch: memory does not grow with the file count
         x = torch.stack([prep(open_image(p)) for p in images[start : start + chunk]]).to(dev)
+        if start == 0 and info["backend"] == "fused":
+            _compile_fused_kernels(model, x)
         probs = model(x).float().softmax(dim=1)
         # A model without class names (an untrained export of a registry name) is labelled by class index.
         classes = info["classes"] if len(info["classes"]) == probs.shape[1] else range(probs.shape[1])
