@@ -195,6 +195,26 @@ def test_autotuning_times_each_config_briefly_and_keeps_the_picks_on_disk(monkey
     tk._LazyKernel(tk._dw_fwd, [tk._DW_INTERP], ["TUNE_SIZE"], tk._DW_INTERP).build()  # neither option offered
     assert seen == {"reset_to_zero": None}
 
+@pytest.mark.parametrize("layout", ["taps-major view", "unevenly spaced taps"])
+def test_depthwise_kernels_read_the_weight_in_place_whatever_its_strides(layout):
+    """The kernels read a depthwise weight through its strides (no copy per call, which cost two copy kernels per
+    layer and training step): a taps-major [9, C] viewed as [C, 1, 3, 3] (a fused model's buffer) is read in
+    place, a weight whose taps are not evenly spaced is copied first; both give conv2d's numbers, forward and
+    input gradient."""
+    x, weight, _ = _dw_inputs(torch.float32)
+    if layout == "taps-major view":
+        w = weight.reshape(20, 9).t().contiguous().t().reshape(20, 1, 3, 3)
+        assert w.stride() != weight.stride() and ops._tap_strides(w)[0] is w
+    else:
+        w = torch.zeros(20, 1, 5, 5)
+        w[:, :, ::2, ::2] = weight
+        w = w[:, :, ::2, ::2]  # tap strides 10 (rows) and 2 (columns)
+        assert ops._tap_strides(w)[0] is not w
+    _close(ops.dwconv2d(x, w, None, 1, 2, False), F.conv2d(x, weight, None, 1, 2, 2, 20), 1e-5)
+    grad = torch.randn(1, 20, 7, 9)
+    want = torch.nn.grad.conv2d_input(x.shape, weight, grad, 1, 2, 2, 20)
+    _close(ops.dwconv2d_grad_input(grad, w, 7, 9, 1, 2), want, 1e-5)
+
 def test_dwconv2d_accepts_contiguous_nchw_input():
     x, weight, bias = _dw_inputs(torch.float32, channels_last=False)
     _close(ops.dwconv2d(x, weight, bias, 1, 2, False), F.conv2d(x, weight, bias, 1, 2, 2, 20), 1e-4)

@@ -299,10 +299,11 @@ def _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, 
 
 
 @_jit_as_triton
-def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale, shift,
-             STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
+def _dw_taps(acc, x_ptr, x_base, w_ptr, swt, swc, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale,
+             shift, STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
     """``acc`` [pixels, channels] + the depthwise 3x3 (padding = dilation) at output pixels (``ho``, ``wo``) of
-    the image starting at element offset ``x_base``, in fp32; w: [9, C] (tap-major). All 9 taps' loads are
+    the image starting at element offset ``x_base``, in fp32; tap t (= 3 kh + kw) of channel c's weight at
+    ``w_ptr + t * swt + c * swc`` (a packed [9, C]: swt = C, swc = 1; a conv's own [C, 1, 3, 3]: 1, 9). All 9 taps' loads are
     independent, so they are in flight at once. ``AFFINE``: the conv reads ``relu((x - centre) * scale + shift)``
     (per-channel [channels] vectors: a BatchNorm with its statistics, then the ReLU, applied as the taps are
     loaded; centred as BatchNorm itself computes, which rounds better than a folded ``x * a + b``)."""
@@ -310,7 +311,7 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W,
         for kw in tl.static_range(3):
             xv = _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, kh, kw,
                       STRIDE, DIL, AFFINE)  # fmt: skip
-            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + (kh * 3 + kw) * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)
             acc += xv * wv[None, :]
     return acc
 
@@ -358,11 +359,12 @@ def _dw_fwd(
     x_ptr, w_ptr, b_ptr, a_ptr, y_ptr,
     P, C, H, W, HO, WO,
     sxn, sxh, sxw,
-    syn, syh, syw, TUNE_SIZE,
+    syn, syh, syw, swt, swc, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    # x: [N, H, W, C] via pixel strides, channels contiguous; w: [9, C] (tap-major); y: [N, HO, WO, C] likewise.
+    # x: [N, H, W, C] via pixel strides, channels contiguous; w: tap t of channel c at t * swt + c * swc (the
+    # conv's own [C, 1, 3, 3] weight, or a packed [9, C]); y: [N, HO, WO, C] likewise.
     # AFFINE: the conv reads relu((x - centre) * scale + shift) (a: [3, C]), the preceding BatchNorm and ReLU.
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -373,8 +375,8 @@ def _dw_fwd(
     n, ho, wo = _pixels(offs_p, HO, WO)
     centre, scale, shift = _affine(a_ptr, offs_c, c_mask, C, AFFINE)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, ho, wo, p_mask, offs_c, c_mask, C, H, W, sxh, sxw, centre, scale,
-                   shift, STRIDE, DIL, AFFINE)  # fmt: skip
+    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, swt, swc, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre,
+                   scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     if RELU:
@@ -407,7 +409,7 @@ def _dw_bwd_input(
     P, C, H, W, HO, WO,
     sgn, sgh, sgw,
     sdn, sdh, sdw,
-    sxn, sxh, sxw, TUNE_SIZE,
+    sxn, sxh, sxw, swt, swc, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -435,7 +437,7 @@ def _dw_bwd_input(
             ok = p_mask & h_ok & (tw >= 0) & (tw % STRIDE == 0) & (ow < WO)
             ptrs = g_ptr + (g_base + oh * sgh + ow * sgw)[:, None] + offs_c[None, :]
             gv = tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-            wv = tl.load(w_ptr + (kh * 3 + kw) * C + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + (kh * 3 + kw) * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)
             acc += gv * wv[None, :]
     mask2 = p_mask[:, None] & c_mask[None, :]
     if AFFINE:
@@ -469,7 +471,7 @@ def _dw_bwd_weight(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # Program (chunk, cblock) sums g * x_tap over PIX_PER_PROG output pixels (a multiple of BLOCK_P, so the
-    # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, tap, c] in fp32.
+    # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, c, tap] in fp32.
     # One elementwise [BLOCK_P, BLOCK_C] accumulator per tap, reduced over the pixels once after the loop: a
     # reduction per tap and pixel block (warp shuffles and barriers) cost more than the multiply-adds themselves.
     # Written out tap by tap: Triton (3.6-3.8) cannot keep a list of tensors indexed inside a static loop.
@@ -506,16 +508,16 @@ def _dw_bwd_weight(
                         STRIDE, DIL, AFFINE)  # fmt: skip
         a8 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2, 2,
                         STRIDE, DIL, AFFINE)  # fmt: skip
-    out = part_ptr + pid_k * 9 * C + offs_c
+    out = part_ptr + pid_k * 9 * C + offs_c * 9  # part[chunk, c, tap]: summed over chunks, a [C, 1, 3, 3] weight
     tl.store(out, tl.sum(a0, axis=0), mask=c_mask)
-    tl.store(out + C, tl.sum(a1, axis=0), mask=c_mask)
-    tl.store(out + 2 * C, tl.sum(a2, axis=0), mask=c_mask)
-    tl.store(out + 3 * C, tl.sum(a3, axis=0), mask=c_mask)
-    tl.store(out + 4 * C, tl.sum(a4, axis=0), mask=c_mask)
-    tl.store(out + 5 * C, tl.sum(a5, axis=0), mask=c_mask)
-    tl.store(out + 6 * C, tl.sum(a6, axis=0), mask=c_mask)
-    tl.store(out + 7 * C, tl.sum(a7, axis=0), mask=c_mask)
-    tl.store(out + 8 * C, tl.sum(a8, axis=0), mask=c_mask)
+    tl.store(out + 1, tl.sum(a1, axis=0), mask=c_mask)
+    tl.store(out + 2, tl.sum(a2, axis=0), mask=c_mask)
+    tl.store(out + 3, tl.sum(a3, axis=0), mask=c_mask)
+    tl.store(out + 4, tl.sum(a4, axis=0), mask=c_mask)
+    tl.store(out + 5, tl.sum(a5, axis=0), mask=c_mask)
+    tl.store(out + 6, tl.sum(a6, axis=0), mask=c_mask)
+    tl.store(out + 7, tl.sum(a7, axis=0), mask=c_mask)
+    tl.store(out + 8, tl.sum(a8, axis=0), mask=c_mask)
 
 
 # Nine [BLOCK_P, BLOCK_C] fp32 accumulators live in registers: at most 8 elements per thread each (more spilled in
@@ -659,7 +661,7 @@ def _dw_pw(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         dw = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        dw = _dw_taps(dw, x_ptr, x_base, wdw_ptr, ho, wo, m_mask, offs_k, k_mask, K, H, W, sxh, sxw, 0.0, 0.0,
+        dw = _dw_taps(dw, x_ptr, x_base, wdw_ptr, K, 1, ho, wo, m_mask, offs_k, k_mask, H, W, sxh, sxw, 0.0, 0.0,
                       0.0, STRIDE, DIL, False)  # fmt: skip
         dw += tl.load(bdw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
         a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)
@@ -764,8 +766,8 @@ def _dsr_block(
                 offs_c = c0 + tl.arange(0, BLOCK_C)
                 c_mask = offs_c < K
                 dw = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-                dw = _dw_taps(dw, s1, (img * H1 * W1 - lo) * K, wdw_ptr, ho, wo, m_mask, offs_c, c_mask, K, H1, W1,
-                              W1 * K, K, 0.0, 0.0, 0.0, STRIDE, DIL, False)  # fmt: skip
+                dw = _dw_taps(dw, s1, (img * H1 * W1 - lo) * K, wdw_ptr, K, 1, ho, wo, m_mask, offs_c, c_mask, H1,
+                              W1, W1 * K, K, 0.0, 0.0, 0.0, STRIDE, DIL, False)  # fmt: skip
                 dw += tl.load(bdw_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
                 dw = tl.maximum(dw, 0.0)
                 tl.store(s2 + (m0 + rows)[:, None] * K + offs_c[None, :], dw.to(y_ptr.dtype.element_ty),

@@ -128,6 +128,16 @@ def pack_taps(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], 9).t().contiguous()
 
 
+def _tap_strides(weight: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """A depthwise weight ``[C, 1, 3, 3]`` as the depthwise kernels read it: the weight, the stride between its taps
+    and between its channels. No copy where the 3x3 taps are evenly spaced (a conv's own weight: 1 and 9; a fused
+    model's packed ``[9, C]`` viewed back: C and 1); packing it took a copy kernel per call, two per layer and
+    training step."""
+    if weight.stride(2) != 3 * weight.stride(3):
+        weight = weight.contiguous()
+    return weight, weight.stride(3), weight.stride(0)
+
+
 def _check_dw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     if x.dim() != 4 or weight.shape != (x.shape[1], 1, 3, 3):
         raise DsrnetError(
@@ -226,10 +236,11 @@ def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool)
     x = _channels_inner(x)
     y = _empty_nhwc(n, c, ho, wo, like=x)
     p = n * ho * wo
+    weight, swt, swc = _tap_strides(weight)
     with _launch(x):
         _tk.dw_fwd[_pixel_channel_grid(p, c)](
-            x, pack_taps(weight), weight if bias is None else bias.contiguous(), weight if affine is None else affine, y,
-            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), _tune_size(p),
+            x, weight, weight if bias is None else bias.contiguous(), weight if affine is None else affine, y,
+            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), swt, swc, _tune_size(p),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine is not None,
         )  # fmt: skip
     return y
@@ -267,11 +278,12 @@ def _run_dw_bwd_input(grad, weight, shape, stride: int, dilation: int, affine=No
     dx = _empty_nhwc(n, c, h, w, like=grad)
     x, packed, part = affine or (dx, weight, dx)
     p = n * h * w
+    weight, swt, swc = _tap_strides(weight)
     with _launch(grad):
         _tk.dw_bwd_input[_pixel_channel_grid(p, c)](
-            grad, pack_taps(weight), dx, x, packed, part,
+            grad, weight, dx, x, packed, part,
             p, c, h, w, grad.shape[2], grad.shape[3], *_pixel_strides(grad), *_pixel_strides(dx), *_pixel_strides(x),
-            _tune_size(p), STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
+            swt, swc, _tune_size(p), STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
     return dx
 
@@ -306,7 +318,7 @@ def dwconv2d_grad_weight(
     chunks_wanted = max(1, 1024 // max(1, _cdiv(c, 64)))
     pix = max(granule, _cdiv(_cdiv(p, chunks_wanted), granule) * granule)
     chunks = _cdiv(p, pix)
-    part = torch.empty((chunks, 9, c), device=x.device, dtype=torch.float32)
+    part = torch.empty((chunks, c, 9), device=x.device, dtype=torch.float32)
     grid = lambda meta: (chunks, _cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(x):
         _tk.dw_bwd_weight[grid](
@@ -314,7 +326,7 @@ def dwconv2d_grad_weight(
             p, c, h, w, ho, wo, pix, *_pixel_strides(grad), *_pixel_strides(x), _tune_size(p),
             STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
-    return part.sum(0).t().reshape(c, 1, 3, 3).contiguous()
+    return part.sum(0).view(c, 1, 3, 3)  # [C, 9] summed: the weight's own layout, no copy after the sum
 
 
 @dwconv2d_grad_weight.register_fake
