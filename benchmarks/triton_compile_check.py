@@ -63,15 +63,22 @@ def _attrs(fn, constexprs: dict) -> dict:
     return attrs
 
 
+#: The depthwise kernels read the weight through two strides (tap, channel), one of which a launch always finds
+#: equal to 1 and Triton specialises to the constant: a fused model's packed [9, C] weight (channel stride 1; the
+#: inference form, bias + ReLU) or a conv's own [C, 1, 3, 3] (tap stride 1; the training form).
+PACKED, CONV_WEIGHT = {"swc": 1}, {"swt": 1}
+
+
 def variants():
     """(kernel, constexpr dict) for every variant DSRNet-50 (either stride placement) and the training form use."""
     dw = [(1, 1), (1, 2), (1, 3), (2, 2), (2, 1), (2, 3)]  # (stride, dilation)
     for (s, d), (bias, relu) in itertools.product(dw, [(False, False), (True, True)]):
-        yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": bias, "RELU": relu, "AFFINE": False}
+        weight = PACKED if bias else CONV_WEIGHT
+        yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": bias, "RELU": relu, "AFFINE": False, **weight}
     for (s, d), affine in itertools.product(dw, (False, True)):  # AFFINE: BatchNorm + ReLU prologue (training)
         if affine:
-            yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": False, "RELU": False, "AFFINE": True}
-        yield tk.dw_bwd_input, {"STRIDE": s, "DIL": d, "AFFINE": affine}
+            yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": False, "RELU": False, "AFFINE": True, **CONV_WEIGHT}
+        yield tk.dw_bwd_input, {"STRIDE": s, "DIL": d, "AFFINE": affine, **CONV_WEIGHT}
         yield tk.dw_bwd_weight, {"STRIDE": s, "DIL": d, "AFFINE": affine}
     # RES: 0 none (conv1; stride_on="1x1"), 1 identity residual, 2 the downsample GEMM in the tile (split blocks)
     for s, res, ds, relu in [(1, 0, 1, True), (2, 0, 1, True), (1, 1, 1, True), (1, 2, 1, True), (1, 2, 2, True),

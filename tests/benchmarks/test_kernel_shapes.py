@@ -260,3 +260,11 @@ def test_the_sweep_widens_the_two_hot_kernels_and_reports_what_the_extra_configs
     md = ks.render_markdown({"command": "x", "dry_run": False, "budget_s": 1, "dtype": "bf16", "batch": 1,
                              "networks": {}, "rows": rows, "skipped": [], "errors": [], "sweep": sweep})  # fmt: skip
     assert "## Config sweep (--sweep)" in md and "| 1.5 |" in md
+    # In fp32 the larger GEMM tiles need more than sm_90's shared memory per program: left out, not timed as inf.
+    for name in tk.SWEEP_CONFIGS:
+        lazy = getattr(tk, name)
+        monkeypatch.setattr(lazy, "configs", list(lazy.configs[: library[name]]))
+    fp32 = ks.widen_configs(torch.float32)
+    assert fp32["pw_gemm"]["left_out"] and not fp32["dw_fwd"]["left_out"] and not sweep["pw_gemm"]["left_out"]
+    assert len(fp32["pw_gemm"]["extra"]) + len(fp32["pw_gemm"]["left_out"]) == len(tk.SWEEP_CONFIGS["pw_gemm"])
+    assert all(ks._fits_shared_memory(c, 4) for c in tk.pw_gemm.configs[library["pw_gemm"]:])
