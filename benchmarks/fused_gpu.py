@@ -969,6 +969,7 @@ def step_host_cost(bench: Bench) -> None:
     leaves DSRNet's training step waiting on the host: one tiny launch of each kind against PyTorch's own ops, the
     op's body without the custom-op dispatch, a fused model's whole forward, and a Python profile of the op."""
     from dsrnet.kernels import ops
+    from dsrnet.models.fused import FusedDSRBlock
 
     dev, dtype = bench.device, torch.bfloat16
     calls = 5 if bench.dry else 300
@@ -999,7 +1000,7 @@ def step_host_cost(bench: Bench) -> None:
             rows.append({"form": name, "host_us_per_call": round(host_us_per_call(bench, fn, calls), 1)})
         model = make_form(bench, "dsrnet_fused", "cifar")
         image = tensor(1, 3, bench.size(32), bench.size(32), channels_last=True)
-        launches = 1 + 3 * sum(1 for m in model.modules() if type(m).__name__ == "FusedDSRBlock")
+        launches = 1 + 3 * sum(isinstance(m, FusedDSRBlock) for m in model.modules())
         model(image)
         per_forward = host_us_per_call(bench, lambda: model(image), max(2, calls // 10))
         rows.append({"form": f"fuse(dsrnet50_cifar) forward, batch 1 ({launches} Triton launches + head)",
