@@ -108,7 +108,8 @@ interpreter = interp.interpreter  # autouse: Triton interpreter, one thread
 
 # Run in a fresh process (this one runs Triton's interpreter): the real JIT / autotune / compile path, for an H100
 # target, with a stand-in driver instead of a GPU. Workers compile into a private on-disk cache; afterwards the
-# process's own compilation of the same configs (what a real launch does) finds every one of them there.
+# process's own compilation of the same configs (what a real launch does) finds every one of them there, even
+# though the ptxas the workers would find on their own reports another version than the one this process keys on.
 REAL_COMPILE = """
 import json, os, pathlib, torch, triton
 from triton.backends.compiler import GPUTarget
@@ -116,6 +117,16 @@ from triton.runtime.driver import driver
 from dsrnet.kernels._precompile_worker import OfflineDriver
 driver.set_active(OfflineDriver(GPUTarget("cuda", 90, 32)))
 from dsrnet.kernels import _triton as tk, ops
+# As on a GPU after torch.compile's first compilation: this process read ptxas's version (part of every cache key)
+# before TRITON_PTXAS_PATH was pointed at another ptxas (torch 2.11 ships its own), so a worker started now would
+# read a different version; the pass must hand it this process's.
+import triton.backends.nvidia.compiler as nvc
+real = triton.knobs.nvidia.ptxas.path
+nvc.get_ptxas_version(90)
+stand_in = pathlib.Path(os.environ["TRITON_CACHE_DIR"]).parent / "other-ptxas"
+stand_in.write_text(f'#!/bin/sh\\n[ "$1" = --version ] && {real} --version && echo another build && exit 0\\nexec {real} "$@"\\n')
+stand_in.chmod(0o755)
+os.environ["TRITON_PTXAS_PATH"] = str(stand_in)
 ops.triton_usable = lambda t, out_numel=0: True  # CPU tensors to the kernels: compiled, never run
 cubins = lambda: sorted(p.name for p in pathlib.Path(os.environ["TRITON_CACHE_DIR"]).rglob("*.cubin"))
 x = torch.randn(2, 20, 7, 9).contiguous(memory_format=torch.channels_last)

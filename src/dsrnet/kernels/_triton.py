@@ -218,6 +218,7 @@ def _compile_in_workers(pass_: Precompile, workers: int) -> None:
     chunks = [specs[i::workers] for i in range(min(workers, len(specs)))]
     cmd = [sys.executable, "-m", "dsrnet.kernels._precompile_worker"]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(_parent_backend_identity(target))
     # The workers import this package from where this process did (a checkout on sys.path, not installed).
     src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
@@ -241,6 +242,27 @@ def _compile_in_workers(pass_: Precompile, workers: int) -> None:
             continue
         pass_.compiled += report["compiled"]
         pass_.errors += report["errors"]
+
+
+def _parent_backend_identity(target: dict) -> dict[str, str]:
+    """Environment that makes a worker's cache keys this process's: the ptxas version string in them.
+
+    Triton keys its disk cache partly on ``ptxas --version``, read once per process (``get_ptxas_version`` is
+    cached) and then kept even when ``TRITON_PTXAS_PATH`` changes -- which ``torch.compile`` does on its first
+    compilation (torch 2.11 points it at the ptxas it ships, CUDA 13.0, where Triton 3.6's own is 12.8). A worker
+    started after that reads the other ptxas's version, so none of its kernels matched this process's keys: on an
+    H200 the first call after precompiling compiled every one of them again (84 of 84, 2026-11-27). Triton's
+    ``TRITON_MOCK_PTX_VERSION`` sets the string the key uses (only that: the compiling ptxas is still the one
+    ``TRITON_PTXAS_PATH`` names, inherited), so the workers get this process's. Nothing where the backend is not
+    CUDA or this Triton has no such function."""
+    if target.get("backend") != "cuda" or os.environ.get("TRITON_MOCK_PTX_VERSION") is not None:
+        return {}
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas_version
+
+        return {"TRITON_MOCK_PTX_VERSION": get_ptxas_version(target["arch"])}
+    except Exception:  # another Triton layout, or no ptxas: the workers then key as they would on their own
+        return {}
 
 
 def _cfg(num_warps=4, num_stages=2, **meta):
