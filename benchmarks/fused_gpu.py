@@ -379,7 +379,9 @@ def precompile(bench: Bench, fn) -> dict:
         return {}
     bench.sync()
     info = {"precompile_s": round(time.monotonic() - t, 1), "precompiled_launches": len(pass_.launches),
-            "precompiled_configs": pass_.compiled, "precompile_specs": len(pass_.specs)}  # fmt: skip
+            "precompiled_configs": pass_.compiled, "precompile_specs": len(pass_.specs),
+            # loaded: found in Triton's disk cache under this process's key; recompiled: compiled again here
+            "precompile_loaded": pass_.loaded, "precompile_recompiled": pass_.recompiled}  # fmt: skip
     if pass_.errors:
         info["precompile_errors"] = pass_.errors[:3]
     bench.log(f"precompile: {info}")
@@ -1361,7 +1363,7 @@ def render_markdown(results: dict) -> str:
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
         _table(inf, ["form", "fuse_mode", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
                      "x_resnet50_tuned", "auto_picks",
-                     "peak_mem_mib", "precompile_s", "first_call_s", "first_call_profiled",
+                     "peak_mem_mib", "precompile_s", "precompile_recompiled", "first_call_s", "first_call_profiled",
                      "max_logit_diff_vs_fp32", "diff_over_eager_bf16",
                      "top1_agree_vs_fp32"]),
         "peak_mem_mib: above what was allocated before the form was built, over its calls after the first (whose "
@@ -1385,7 +1387,7 @@ def render_markdown(results: dict) -> str:
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
         _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm",
                        "x_resnet50_cudagraphs", "gpu_kernel_ms_per_step", "gpu_busy_fraction",
-                       "train_gflop_per_image", "compute_fraction", "peak_mem_mib", "precompile_s", "first_call_s"]),
+                       "train_gflop_per_image", "compute_fraction", "peak_mem_mib", "precompile_s", "precompile_recompiled", "first_call_s"]),
         "gpu_kernel_ms_per_step: the kernels' time per step in the profile of two steps after the timed ones; "
         "gpu_busy_fraction: that over ms_per_step (well below 1: the step waits for the host, not the GPU).",
         "## Roofline (per image; fractions of the measured copy bandwidth and bf16 matmul rate)",

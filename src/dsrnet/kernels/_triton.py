@@ -144,12 +144,17 @@ class _LazyKernel:
 
 class Precompile:
     """What a :func:`precompiling` pass did: the launches it turned into compilations, the distinct kernel
-    specializations those needed, how many the workers compiled, and the errors (reported, never raised)."""
+    specializations those needed, how many the workers compiled, how many of those this process then loaded from
+    Triton's disk cache (``loaded``) and how many it had to compile again itself (``recompiled``: a worker's entry
+    did not match this process's cache key), and the errors (reported, never raised)."""
 
     def __init__(self) -> None:
         self.launches: list[str] = []
         self.specs: dict[str, tuple[str, str]] = {}  # specialization data -> (module, qualname)
+        self.functions: dict[str, object] = {}  # specialization data -> this process's JITFunction
         self.compiled = 0
+        self.loaded = 0
+        self.recompiled = 0
         self.errors: list[str] = []
 
     def compile(self, name: str, kernel, grid, args, kwargs) -> None:
@@ -164,6 +169,7 @@ class Precompile:
         if not is_manual_warmup:
             return None
         self.specs.setdefault(compile["specialization_data"], (fn.module, fn.name))
+        self.functions.setdefault(compile["specialization_data"], fn.jit_function)
         return True
 
 
@@ -202,6 +208,34 @@ def precompiling(workers: int | None = None):
             _compile_in_workers(pass_, workers or os.cpu_count() or 1)
         except Exception as err:  # e.g. no way to start processes: the first real launches compile serially
             pass_.errors.append(f"precompile workers: {type(err).__name__}: {err}")
+        else:
+            _load_compiled(pass_)
+
+
+def _load_compiled(pass_: Precompile) -> None:
+    """Load what the workers compiled into this process's own kernel caches (``JITFunction.preload``, which reads
+    Triton's disk cache under this process's key), so that the first real launch finds each kernel in memory, and
+    count the disk cache's hits (``pass_.loaded``) and misses (``pass_.recompiled``: compiled here and now, as the
+    first launch would otherwise have done). Misses mean the workers' keys differ from this process's, as the ptxas
+    version did (:func:`_parent_backend_identity`): every kernel then compiles serially, and the record says so."""
+    knobs = triton.knobs.compilation
+    listener_before, hits = knobs.listener, []
+
+    def listen(**event):
+        hits.append(bool(event.get("cache_hit")))
+        if listener_before is not None:
+            listener_before(**event)
+
+    knobs.listener = listen
+    try:
+        for spec, function in pass_.functions.items():
+            try:
+                function.preload(spec)
+            except Exception as err:  # the first real launch compiles (and reports) it
+                pass_.errors.append(f"loading {pass_.specs[spec][1]}: {type(err).__name__}: {str(err)[:300]}")
+    finally:
+        knobs.listener = listener_before
+    pass_.loaded, pass_.recompiled = sum(hits), len(hits) - sum(hits)
 
 
 def _compile_in_workers(pass_: Precompile, workers: int) -> None:

@@ -429,7 +429,8 @@ class _Trainer:
             errors = f"; errors: {'; '.join(pass_.errors[:2])}" if pass_.errors else ""
             self.log(
                 f"precompiled {pass_.compiled} of {len(pass_.specs)} Triton kernel configs in "
-                f"{time.perf_counter() - t0:.1f} s{errors}"
+                f"{time.perf_counter() - t0:.1f} s ({pass_.recompiled} compiled again here: cache keys that did "
+                f"not match the workers'){errors}"
             )
 
     def run(self) -> dict:
