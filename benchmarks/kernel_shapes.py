@@ -28,7 +28,8 @@ network's first block of that shape:
  4. ``pw1``: the block's first 1x1 (Cin -> width, + bias + ReLU): Triton ``pointwise_conv`` vs cuDNN
     ``conv2d`` (timed once per distinct 1x1 shape, counted over the blocks that have it).
 
-Each row: median ms (CUDA events, after warm-up: ``fused_gpu.time_ms``), the bytes an ideal kernel moves
+Each row: median ms (CUDA events after warm-up, calls queued behind a GPU sleep so that the host's launch cost
+is not counted: ``dsrnet.models.fused.queued_kernel_ms``), the bytes an ideal kernel moves
 (inputs read once, output written once, weights once), FLOPs (2 per multiply-add), achieved GB/s and TFLOP/s,
 the fractions of the card's copy bandwidth and bf16 matmul rate (both measured first, by
 ``fused_gpu.step_ceilings``), the floor (max(bytes / bandwidth, FLOPs / matmul rate)) and how many times the
@@ -55,6 +56,7 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -72,7 +74,7 @@ from fused_gpu import BudgetExceeded, _table, _write, time_ms  # noqa: E402
 
 import dsrnet  # noqa: E402
 from dsrnet.kernels import ops  # noqa: E402
-from dsrnet.models.fused import FusedDSRBlock  # noqa: E402
+from dsrnet.models.fused import FusedDSRBlock, queued_kernel_ms  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NETWORKS = (("cifar", "dsrnet50_cifar", 32), ("paper", "dsrnet50", 96))
@@ -425,8 +427,15 @@ def _first(v) -> float:
 
 
 def _time(bench: ShapeBench, fn) -> dict:
+    """On a GPU, the kernels' own time: calls queued behind a GPU sleep (``queued_kernel_ms``, as ``fuse(mode=
+    "auto")``'s probe). Timed one by one from an idle GPU (``time_ms``, before 2026-11-27's third H200 session), a
+    0.08-ms GEMM read 0.20 ms: the host's ~0.1 ms per launch counted."""
     with torch.inference_mode():
-        return time_ms(bench, fn, warmup=WARMUP, repeats=REPEATS)
+        if bench.device.type != "cuda":
+            return time_ms(bench, fn, warmup=WARMUP, repeats=REPEATS)
+        samples = queued_kernel_ms(fn, bench.device, warmup=WARMUP, repeats=REPEATS)
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2], "repeats": len(samples)}
 
 
 def _backend(t: torch.Tensor) -> str:

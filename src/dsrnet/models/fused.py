@@ -248,22 +248,28 @@ def auto_choices() -> list[dict]:
 
 def _median_ms(fn, device: torch.device) -> float:
     """Median time of ``fn()`` in ms over :data:`AUTO_REPEATS` samples after :data:`AUTO_WARMUP` calls; the caller
-    has made the first call (compilation, autotuning).
-
-    On a GPU it is the kernels' own time: before each sample of :data:`AUTO_CALLS_PER_SAMPLE` calls the GPU is kept
-    busy (``torch.cuda._sleep``) while the host queues them, so the host's launch cost, which a model running
-    ahead of its GPU or a CUDA graph hides, is not counted. Timing each call from an idle GPU counted it: split's
-    three launches against block's one made split's per-block times 1.4-2.9x what a block takes on average inside
-    the model (H200, batch 1024: 0.59-1.20 ms, against 0.41 ms per block in the profile), and auto picked block
-    where it was slower (auto 8.43 ms per batch against split's 6.89; BENCHMARKS.md, "Fused DSRNet")."""
+    has made the first call (compilation, autotuning). On a GPU, the kernels' own time (:func:`queued_kernel_ms`)."""
     if device.type != "cuda":
         return 1e3 * statistics.median(time_calls(fn, device=device, warmup=AUTO_WARMUP, repeats=AUTO_REPEATS))
-    for _ in range(AUTO_WARMUP):
+    return statistics.median(queued_kernel_ms(fn, device, warmup=AUTO_WARMUP, repeats=AUTO_REPEATS))
+
+
+def queued_kernel_ms(fn, device: torch.device, *, warmup: int, repeats: int) -> list[float]:
+    """``repeats`` samples of the GPU time per ``fn()`` call in ms, after ``warmup`` calls: the kernels' own time.
+
+    Before each sample of :data:`AUTO_CALLS_PER_SAMPLE` calls the GPU is kept busy (``torch.cuda._sleep``) while the
+    host queues them, so the host's launch cost, which a model running ahead of its GPU or a CUDA graph hides, is not
+    counted. Timing each call from an idle GPU counted it: split's three launches against block's one made split's
+    per-block times 1.4-2.9x what a block takes on average inside the model (H200, batch 1024: 0.59-1.20 ms, against
+    0.41 ms per block in the profile), and auto picked block where it was slower (auto 8.43 ms per batch against
+    split's 6.89; BENCHMARKS.md, "Fused DSRNet"). A sample whose sleep ended before its calls were queued is taken
+    again with a doubled lead (at most :data:`AUTO_LEAD_DOUBLINGS` times)."""
+    for _ in range(warmup):
         fn()
     torch.cuda.synchronize(device)
     samples, lead = [], AUTO_HOST_LEAD_CYCLES
     with torch.cuda.device(device):
-        while len(samples) < AUTO_REPEATS:
+        while len(samples) < repeats:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda._sleep(lead)
             start.record()
@@ -276,7 +282,7 @@ def _median_ms(fn, device: torch.device) -> float:
                 samples.append(start.elapsed_time(end) / AUTO_CALLS_PER_SAMPLE)
             else:  # the sleep ended first, so the GPU may have waited for launches: a longer lead, sample again
                 lead *= 2
-    return statistics.median(samples)
+    return samples
 
 
 def _max_rel_diff(out: torch.Tensor, reference: torch.Tensor) -> float:
