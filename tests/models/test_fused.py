@@ -629,6 +629,20 @@ def test_timm_features_only_fused_wraps_the_fused_form_in_timms_feature_class(mo
         assert type(built.stem).__name__ == "FusedStem"
 
 
+@pytest.mark.parametrize("mode", ["split", "fused", "block"])
+def test_backward_through_a_fused_model_is_one_line_naming_the_fix(monkeypatch, mode):
+    """Gradients into the fused model's input (a saliency map, an attack) have no kernels to run: the error names
+    the op and the fix, where torch's default said only that no autograd formula was registered."""
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the same custom ops on any machine
+    fused = dsrnet.fuse(_tiny(), mode=mode)
+    x = torch.randn(1, 3, 9, 9, requires_grad=True)
+    with pytest.raises(DsrnetError, match=r"dsrnet::\w+ has no backward pass: a fuse\(\)d DSRNet is for inference "
+                                          r"only .*fix: take gradients through the unfused model"):
+        fused(x).sum().backward()
+    with torch.no_grad():
+        assert fused(x).shape == (1, 10)  # the forward itself is unchanged
+
+
 def test_a_fused_backbone_takes_a_new_head_and_prunes_as_the_eager_model(monkeypatch):
     """timm's classifier and pruning API on the fused form: reset_classifier gives a trainable head on the frozen
     fused features (a linear probe), and prune_intermediate_layers drops the stages after the last index, as timm's

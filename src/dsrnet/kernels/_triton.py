@@ -936,7 +936,8 @@ direct_conv = _LazyKernel(
 #: 2026-11-27), at 1.6-3.8x their traffic floor. Each shape's per-config times say which of these earn a place in
 #: the lists above (every config costs autotuning time on a first call). Compiled for sm_90 offline (Triton 3.8,
 #: ``benchmarks/triton_compile_check.py --sweep``): all compile, none spills but the 256x128 GEMM tile with an
-#: identity residual (88 bytes; a 4-warp 128x128 tile spilled there too and was left out).
+#: identity residual (88 bytes; a 4-warp 128x128 tile spilled there too and was left out, as was a 2-stage
+#: 128x256 tile: 176 bytes of stack).
 SWEEP_CONFIGS = {
     "pw_gemm": [
         _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3),
@@ -948,6 +949,11 @@ SWEEP_CONFIGS = {
         _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=2),
         _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
         _cfg(BLOCK_M=256, BLOCK_N=64, BLOCK_K=32, num_warps=8, num_stages=4),
+        # Fewer stages: most of these GEMMs' K loops run once or twice (K = 64-512), so pipelining buys little and
+        # each stage's shared memory (24-48 KB here) caps the programs per SM that hide the epilogue's traffic.
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=1),
+        _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
     ],
     "dw_fwd": [
         _cfg(BLOCK_P=128, BLOCK_C=64, num_warps=8),

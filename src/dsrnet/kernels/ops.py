@@ -755,3 +755,22 @@ def _(x, w_packed, bias, kernel_size, stride, padding, dilation, relu):
     ho = _direct_out_size(x.shape[2], kernel_size, stride, padding, dilation)
     wo = _direct_out_size(x.shape[3], kernel_size, stride, padding, dilation)
     return _empty_nhwc(x.shape[0], w_packed.shape[1], ho, wo, x)
+
+
+def _inference_only(op, name: str) -> None:
+    """Backward through ``op`` (an inference kernel of ``dsrnet.fuse``'s form) raises one line that names the fix,
+    where torch's default for a custom op without a formula said only that none was registered."""
+
+    def backward(ctx, *grads):
+        raise DsrnetError(
+            f"{name} has no backward pass: a fuse()d DSRNet is for inference only (BatchNorm folded into "
+            "kernels without gradients), and its input required grad; fix: take gradients through the unfused "
+            "model (dsrnet.use_triton_dwconv(model) trains with the Triton depthwise kernels), or detach the input"
+        )
+
+    op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
+
+
+for _name, _op in (("pointwise_conv", pointwise_conv), ("dw_pw_block", dw_pw_block), ("dsr_block", dsr_block),
+                   ("direct_conv", direct_conv)):
+    _inference_only(_op, f"dsrnet::{_name}")
