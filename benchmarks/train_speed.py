@@ -44,6 +44,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ARMS = [
     ("fast", []),
     ("fast+triton_dw+cudagraphs", ["--dwconv", "triton", "--compile-mode", "reduce-overhead"]),
+    # + each block's BatchNorm + ReLU before the depthwise conv inside its kernel (their output never written)
+    ("fast+triton_bn_relu+cudagraphs", ["--dwconv", "triton_bn_relu", "--compile-mode", "reduce-overhead"]),
     ("fast+cudagraphs", ["--compile-mode", "reduce-overhead"]),
     ("fast+triton_dw", ["--dwconv", "triton"]),
 ]
