@@ -141,7 +141,7 @@ with tk.precompiling(workers=2) as second:
 print(json.dumps({"launches": first.launches, "specs": len(first.specs), "compiled": first.compiled,
                   "loaded": first.loaded, "recompiled": first.recompiled,
                   "errors": first.errors + second.errors, "after_pass": after_pass, "after_launch": cubins(),
-                  "second_specs": len(second.specs), "configs": len(tk._DW_CONFIGS)}))
+                  "second_specs": len(second.specs), "configs": len(tk._DW_FWD_CONFIGS)}))
 """
 
 
@@ -192,3 +192,31 @@ def test_workers_that_cannot_start_are_an_error_in_the_record_not_an_exception(c
         lazy[(1,)](0)
         pass_.specs["spec"] = ("dsrnet.kernels._triton", "_dw_fwd")  # what Triton's hook would have recorded
     assert pass_.errors == ["precompile workers: OSError: fork refused"] and tk._PRECOMPILE is None
+
+
+def test_only_what_the_workers_compiled_is_loaded_and_a_miss_is_counted(compiled_mode, monkeypatch):
+    """After the workers, this process loads each kernel they compiled (a disk-cache hit, or compiled again here
+    when the keys differ: counted), and leaves alone what a failed or stopped worker did not compile, which the
+    first real launch compiles as before (the pass must not compile every config serially in its place)."""
+    import triton
+
+    loaded, listener_before = [], triton.knobs.compilation.listener
+
+    class Function:  # a JITFunction's preload: Triton's compile() tells the listener whether the disk cache hit
+        def preload(self, spec):
+            loaded.append(spec)
+            triton.knobs.compilation.listener(src=None, metadata={}, metadata_group={}, times=None,
+                                              cache_hit=spec == "hit")  # fmt: skip
+
+    def workers(pass_, n):  # the worker with "lost" was stopped: it reported nothing
+        pass_.compiled = 2
+        pass_.done.update({"hit", "miss"})
+
+    monkeypatch.setattr(tk, "_compile_in_workers", workers)
+    lazy = _lazy(monkeypatch, StandIn([]))
+    with tk.precompiling(workers=2) as pass_:
+        lazy[(1,)](0)
+        for spec in ("hit", "miss", "lost"):  # what Triton's hook would have recorded
+            pass_.specs[spec], pass_.functions[spec] = ("dsrnet.kernels._triton", "_dw_fwd"), Function()
+    assert loaded == ["hit", "miss"] and (pass_.loaded, pass_.recompiled) == (1, 1) and pass_.errors == []
+    assert triton.knobs.compilation.listener is listener_before

@@ -4,8 +4,8 @@ on-disk cache, where the parent process's own compilation of the same kernels th
     python -m dsrnet.kernels._precompile_worker < jobs.json > report.json
 
 ``jobs.json``: ``{"target": {"backend": "cuda", "arch": 90, "warp_size": 32}, "specs": [[module, qualname,
-specialization_data], ...]}`` as Triton's ``jit_cache_hook`` reports them; the report: ``{"compiled": n, "errors":
-[...]}``. The worker never touches a GPU: Triton is given a stand-in driver that only names the parent's target,
+specialization_data], ...]}`` as Triton's ``jit_cache_hook`` reports them; the report: ``{"compiled": n, "done":
+[indices of the specs compiled], "errors": [...]}``. The worker never touches a GPU: Triton is given a stand-in driver that only names the parent's target,
 which is all that compiling needs (``JITFunction.preload``), so sixteen of them cost no GPU memory and no CUDA start.
 """
 
@@ -40,16 +40,16 @@ def compile_specs(jobs: dict) -> dict:
 
     driver.set_active(OfflineDriver(GPUTarget(**jobs["target"])))
     kernels: dict[tuple[str, str], object] = {}
-    compiled, errors = 0, []
-    for module, name, spec in jobs["specs"]:
+    done, errors = [], []
+    for i, (module, name, spec) in enumerate(jobs["specs"]):
         try:
             if (module, name) not in kernels:  # a fresh jit of the same source: the same cache key as the parent's
                 kernels[module, name] = triton.jit(getattr(importlib.import_module(module), name))
             kernels[module, name].preload(spec)
-            compiled += 1
+            done.append(i)
         except Exception as err:  # reported to the parent, whose own launch then compiles (and reports) it
             errors.append(f"{name}: {type(err).__name__}: {str(err)[:300]}")
-    return {"compiled": compiled, "errors": errors}
+    return {"compiled": len(done), "done": done, "errors": errors}
 
 
 def main() -> int:

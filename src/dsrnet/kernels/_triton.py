@@ -152,6 +152,7 @@ class Precompile:
         self.launches: list[str] = []
         self.specs: dict[str, tuple[str, str]] = {}  # specialization data -> (module, qualname)
         self.functions: dict[str, object] = {}  # specialization data -> this process's JITFunction
+        self.done: set[str] = set()  # the specializations the workers compiled
         self.compiled = 0
         self.loaded = 0
         self.recompiled = 0
@@ -217,7 +218,9 @@ def _load_compiled(pass_: Precompile) -> None:
     Triton's disk cache under this process's key), so that the first real launch finds each kernel in memory, and
     count the disk cache's hits (``pass_.loaded``) and misses (``pass_.recompiled``: compiled here and now, as the
     first launch would otherwise have done). Misses mean the workers' keys differ from this process's, as the ptxas
-    version did (:func:`_parent_backend_identity`): every kernel then compiles serially, and the record says so."""
+    version did (:func:`_parent_backend_identity`): every kernel then compiles serially, and the record says so.
+    Only what a worker reports compiled is loaded: a spec whose worker failed or was stopped is left to the first
+    real launch (which, with the autotuner's pick already on disk, compiles that one config, not all of them)."""
     knobs = triton.knobs.compilation
     listener_before, hits = knobs.listener, []
 
@@ -229,6 +232,8 @@ def _load_compiled(pass_: Precompile) -> None:
     knobs.listener = listen
     try:
         for spec, function in pass_.functions.items():
+            if spec not in pass_.done:
+                continue
             try:
                 function.preload(spec)
             except Exception as err:  # the first real launch compiles (and reports) it
@@ -263,7 +268,7 @@ def _compile_in_workers(pass_: Precompile, workers: int) -> None:
             jobs.seek(0)
             procs.append(subprocess.Popen(cmd, stdin=jobs, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True, env=env))  # fmt: skip
-    for proc in procs:
+    for chunk, proc in zip(chunks, procs, strict=True):
         try:
             out, err = proc.communicate(timeout=WORKER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -275,6 +280,7 @@ def _compile_in_workers(pass_: Precompile, workers: int) -> None:
             pass_.errors.append(f"precompile worker exited {proc.returncode}: {err.strip()[-300:]}")
             continue
         pass_.compiled += report["compiled"]
+        pass_.done.update(chunk[i][2] for i in report.get("done", ()))
         pass_.errors += report["errors"]
 
 
@@ -450,14 +456,15 @@ _DW_CONFIGS = [
     _cfg(BLOCK_P=128, BLOCK_C=32),
     _cfg(BLOCK_P=32, BLOCK_C=128, num_warps=8),
     _cfg(BLOCK_P=32, BLOCK_C=64),
-    # From the sweep (kernel_shapes.py --sweep, H200, batch 1024, bf16, 2026-11-27): the best depthwise tile at 7 of
-    # 14 shapes, 1.03-1.18x faster than the best of the five above where the map is 16x16 or smaller (few pixels,
-    # many channels: a tall pixel tile leaves most of it masked).
-    _cfg(BLOCK_P=16, BLOCK_C=128),
 ]
+#: The forward's list adds the sweep's find (kernel_shapes.py --sweep, H200, batch 1024, bf16, 2026-11-27): the best
+#: forward tile at 7 of 14 shapes, 1.03-1.18x faster than the best of the five above where the map is 16x16 or
+#: smaller (few pixels, many channels: a tall pixel tile leaves most of it masked). The input gradient's kernel was
+#: not swept, and its partial-sum buffer is sized by the smallest pixel tile, so it keeps the five.
+_DW_FWD_CONFIGS = [*_DW_CONFIGS, _cfg(BLOCK_P=16, BLOCK_C=128)]
 _DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
 dw_fwd = _LazyKernel(
-    _dw_fwd, _DW_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
+    _dw_fwd, _DW_FWD_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
 )
 
 
