@@ -95,6 +95,13 @@ def variants():
         yield tk.direct_conv, {"CIN": 3, "KSIZE": k, "STRIDE": s, "PAD": d * (k - 1) // 2, "DIL": d, "RELU": True}
 
 
+def _constexpr_defaults(fn) -> dict:
+    """The kernel's constexpr parameters that have defaults (e.g. ``R_FIRST``), as a launch that omits them binds."""
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+
 def resource_usage(kernel) -> str:
     """Registers / spills / shared memory per thread as ``cuobjdump -res-usage`` reads them off the cubin."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -150,7 +157,7 @@ def main() -> int:
             extra = {}
             if "IEEE" in jit.arg_names:
                 extra = {"IEEE": dtype == "fp32", "DOT_F32": False}
-            constexprs = {**consts, **extra, **cfg.kwargs}
+            constexprs = {**_constexpr_defaults(lazy.fn), **consts, **extra, **cfg.kwargs}
             src = ASTSource(jit, _signature(jit, dtype, constexprs), constexprs, _attrs(jit, constexprs))
             opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
             label = f"{lazy.fn.__name__} {dtype} {consts} {cfg.kwargs} w{cfg.num_warps} s{cfg.num_stages}"

@@ -226,8 +226,14 @@ def test_dwconv2d_rejects_a_non_depthwise_weight():
         ops.dwconv2d(x, weight[:5], None, 1, 1, False)
 
 
+@pytest.mark.parametrize("r_first", [False, True])
 @pytest.mark.parametrize(("stride", "residual", "relu"), [(1, True, True), (2, False, False)])
-def test_pointwise_conv_matches_conv2d(stride, residual, relu):
+def test_pointwise_conv_matches_conv2d(stride, residual, relu, r_first, monkeypatch):
+    if r_first:  # the sweep's option: the residual tile loaded before the GEMM instead of after it
+        from dsrnet.kernels import _triton as tk
+
+        monkeypatch.setattr(tk.pw_gemm, "interp_config", tk._cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, R_FIRST=True))
+        monkeypatch.setattr(tk.pw_gemm, "_built", {})
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 20, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
     w = torch.randn(24, 20, 1, 1, generator=g)

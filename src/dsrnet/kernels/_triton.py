@@ -655,11 +655,14 @@ def _pw_gemm(
     syn, syh, syw, TUNE_SIZE,
     STRIDE: tl.constexpr, RES: tl.constexpr, DS_STRIDE: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    R_FIRST: tl.constexpr = False,
 ):  # fmt: skip
     # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
     # RES: 0 none, 1 a residual tensor r [Nb, HO, WO, N] added in the epilogue, 2 a downsample GEMM: r [Nb, ., .,
     # KDS] read at (ho * DS_STRIDE, wo * DS_STRIDE) times wds [KDS, N] into the same fp32 tile (a block's strided
-    # 1x1 shortcut, never written to memory; its bias is pre-added into b).
+    # 1x1 shortcut, never written to memory; its bias is pre-added into b). R_FIRST (an autotune option): issue the
+    # residual tile's load before the GEMM, so that its memory latency overlaps the K loop (which runs only 1-8
+    # times in these convs) instead of following it, for the registers the loaded tile holds meanwhile.
     num_n = tl.cdiv(N, BLOCK_N)
     pid_m = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
@@ -669,16 +672,21 @@ def _pw_gemm(
     n_mask = offs_n < N
     img, ho, wo = _pixels(offs_m, HO, WO)
     a_row = x_ptr + img * sxn + (ho * STRIDE) * sxh + (wo * STRIDE) * sxw
+    mask2 = m_mask[:, None] & n_mask[None, :]
+    r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
+    if RES == 1 and R_FIRST:
+        r_early = tl.load(r_ptrs, mask=mask2, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
     if RES == 2:
         acc = _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
                              DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    mask2 = m_mask[:, None] & n_mask[None, :]
     if RES == 1:
-        r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
-        acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
+        if R_FIRST:
+            acc += r_early.to(tl.float32)
+        else:
+            acc += tl.load(r_ptrs, mask=mask2, other=0.0).to(tl.float32)
     if RELU:
         acc = tl.maximum(acc, 0.0)
     _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, mask2)
@@ -961,6 +969,10 @@ SWEEP_CONFIGS = {
         _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
         _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=1),
         _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
+        # The residual's load issued before the K loop (R_FIRST; only kernels with an identity residual differ).
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3, R_FIRST=True),
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2, R_FIRST=True),
+        _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, R_FIRST=True),
     ],
     "dw_fwd": [
         _cfg(BLOCK_P=128, BLOCK_C=64, num_warps=8),
