@@ -215,8 +215,7 @@ def _gemm_grid(rows: int, cols: int):
 # ---------------------------------------------------------------------------------------------------------------
 # depthwise conv, differentiable
 # ---------------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("dsrnet::dwconv2d", mutates_args=())
-def dwconv2d(
+def _dwconv2d(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, dilation: int, relu: bool
 ) -> torch.Tensor:
     _check_dw(x, weight, bias)
@@ -226,6 +225,9 @@ def dwconv2d(
         y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, dilation, dilation, c)
         return _as_nhwc(F.relu(y) if relu else y)
     return _run_dw_fwd(x, weight, bias, None, stride, dilation, relu)
+
+
+dwconv2d = torch.library.custom_op("dsrnet::dwconv2d", _dwconv2d, mutates_args=())
 
 
 def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool) -> torch.Tensor:
@@ -499,8 +501,7 @@ def _pw_fallback(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> torch.Tens
     return y.view(n, h, w, w_kn.shape[1]).permute(0, 3, 1, 2)  # (-1 cannot be inferred for an empty batch)
 
 
-@torch.library.custom_op("dsrnet::pointwise_conv", mutates_args=())
-def pointwise_conv(
+def _pointwise_conv(
     x: torch.Tensor,
     w_kn: torch.Tensor,
     bias: torch.Tensor,
@@ -541,13 +542,15 @@ def pointwise_conv(
     return y
 
 
+pointwise_conv = torch.library.custom_op("dsrnet::pointwise_conv", _pointwise_conv, mutates_args=())
+
+
 @pointwise_conv.register_fake
 def _(x, w_kn, bias, residual, stride, relu, w_ds=None, ds_stride=1):
     return _empty_nhwc(x.shape[0], w_kn.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
 
 
-@torch.library.custom_op("dsrnet::dw_pw_block", mutates_args=())
-def dw_pw_block(
+def _dw_pw_block(
     x: torch.Tensor,
     w_dw: torch.Tensor,
     b_dw: torch.Tensor,
@@ -596,13 +599,15 @@ def dw_pw_block(
     return y
 
 
+dw_pw_block = torch.library.custom_op("dsrnet::dw_pw_block", _dw_pw_block, mutates_args=())
+
+
 @dw_pw_block.register_fake
 def _(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride):
     return _empty_nhwc(x.shape[0], w_pw.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
 
 
-@torch.library.custom_op("dsrnet::dsr_block", mutates_args=())
-def dsr_block(
+def _dsr_block(
     x: torch.Tensor,
     w1: torch.Tensor,
     b1: torch.Tensor,
@@ -667,6 +672,9 @@ def dsr_block(
     return y
 
 
+dsr_block = torch.library.custom_op("dsrnet::dsr_block", _dsr_block, mutates_args=())
+
+
 @functools.lru_cache(maxsize=16)
 def device_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (what a persistent kernel's grid is sized by); 1 elsewhere (the
@@ -710,8 +718,7 @@ def _direct_out_size(size: int, kernel_size: int, stride: int, padding: int, dil
     return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
 
 
-@torch.library.custom_op("dsrnet::direct_conv", mutates_args=())
-def direct_conv(
+def _direct_conv(
     x: torch.Tensor,
     w_packed: torch.Tensor,
     bias: torch.Tensor,
@@ -750,6 +757,9 @@ def direct_conv(
     return y
 
 
+direct_conv = torch.library.custom_op("dsrnet::direct_conv", _direct_conv, mutates_args=())
+
+
 @direct_conv.register_fake
 def _(x, w_packed, bias, kernel_size, stride, padding, dilation, relu):
     ho = _direct_out_size(x.shape[2], kernel_size, stride, padding, dilation)
@@ -774,3 +784,34 @@ def _inference_only(op, name: str) -> None:
 for _name, _op in (("pointwise_conv", pointwise_conv), ("dw_pw_block", dw_pw_block), ("dsr_block", dsr_block),
                    ("direct_conv", direct_conv)):
     _inference_only(_op, f"dsrnet::{_name}")
+
+
+#: The inference ops' Python bodies, which :func:`run` calls directly where nothing needs the dispatcher.
+_BODIES = {dwconv2d: _dwconv2d, pointwise_conv: _pointwise_conv, dw_pw_block: _dw_pw_block, dsr_block: _dsr_block,
+           direct_conv: _direct_conv}  # fmt: skip
+
+
+def run(op, x: torch.Tensor, *args):
+    """``op(x, *args)`` for a fused model's forward; where nothing needs torch's dispatcher, its body directly.
+
+    The dispatcher (custom op, autograd wrapper, alias checks) costs ~21 us of host time per call on an H200's host,
+    a fifth of a Triton launch's ~104 us (BENCHMARKS.md, "Third timings"), and a plain call at a small batch waits
+    on the host. It is skipped for a plain CUDA tensor (no fake, functional or other tensor subclass) when nothing
+    traces the call (``torch.compile``, ``torch.export``, ``torch.jit.trace``: they must see the op) and no gradient
+    would flow back through it (the op's autograd formula then raises the fused model's clear error)."""
+    return (_BODIES[op] if _dispatch_free(x) else op)(x, *args)
+
+
+#: Devices whose tensors :func:`run` may hand to an op's body directly (a CPU runs the PyTorch fallback, whose
+#: time the dispatcher's few microseconds do not matter to).
+_DIRECT_DEVICES = ("cuda",)
+
+
+def _dispatch_free(x: torch.Tensor) -> bool:
+    return (
+        type(x) is torch.Tensor  # not a FakeTensor, FunctionalTensor or another subclass: no tracer behind it
+        and x.device.type in _DIRECT_DEVICES
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )

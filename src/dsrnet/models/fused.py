@@ -144,20 +144,20 @@ class FusedDSRBlock(nn.Module):
 
     def _run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "block":
-            return ops.dsr_block(
-                x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
+            return ops.run(
+                ops.dsr_block, x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
                 self.stride_1x1, self.stride_dw, self.dilation, self.ds_stride,
             )  # fmt: skip
-        y1 = ops.pointwise_conv(x, self.w1, self.b1, None, self.stride_1x1, True)
+        y1 = ops.run(ops.pointwise_conv, x, self.w1, self.b1, None, self.stride_1x1, True)
         if mode == "fused":
-            return ops.dw_pw_block(
-                y1, self.w_dw, self.b_dw, self.w_pw, self.b_out, x, self.w_ds,
+            return ops.run(
+                ops.dw_pw_block, y1, self.w_dw, self.b_dw, self.w_pw, self.b_out, x, self.w_ds,
                 self.stride_dw, self.dilation, self.ds_stride,
             )  # fmt: skip
         w_dw = self.w_dw.t().reshape(self.width, 1, 3, 3)
-        y2 = ops.dwconv2d(y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
+        y2 = ops.run(ops.dwconv2d, y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
         # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
-        return ops.pointwise_conv(y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
+        return ops.run(ops.pointwise_conv, y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
 
     def extra_repr(self) -> str:
         if not self.separable:
@@ -319,7 +319,7 @@ class FusedStem(nn.Module):
         # The kernels compute in their input's dtype and autocast does not reach them (custom ops): the model's own
         # dtype decides, so a bf16 model given fp32 input (or run under a bf16 autocast) computes in bf16.
         x = x.to(dtype=self.w_packed.dtype, memory_format=torch.channels_last)
-        return ops.direct_conv(x, self.w_packed, self.bias, *self.geometry, True)
+        return ops.run(ops.direct_conv, x, self.w_packed, self.bias, *self.geometry, True)
 
 
 class FusedDSRNet(nn.Module):
