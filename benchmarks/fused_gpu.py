@@ -922,12 +922,13 @@ KERNEL_KINDS = [
     ("dsrnet 1x1 GEMM (Triton)", r"^_pw_gemm"),
     ("dsrnet fused block (Triton)", r"^_(dw_pw|dsr_block)"),
     ("dsrnet stem (Triton)", r"^_direct_conv"),
+    # inductor's before the libraries': its fused kernels' names can hold "convolution" (a BatchNorm after a conv)
+    ("inductor: fused reductions (BatchNorm statistics, ...)", r"^triton_(red|per)_"),
+    ("inductor: fused elementwise (BatchNorm apply, ReLU, ...)", r"^triton_(poi|tem)_"),
     ("convolution: weight gradient (cuDNN)", r"wgrad"),
     ("convolution: input gradient (cuDNN)", r"dgrad"),
     ("convolution: forward (cuDNN)", r"fprop|conv|cudnn|implicit_gemm"),
     ("GEMM (cuBLAS / CUTLASS)", r"gemm|cutlass|nvjet|sm90_xmma|sm80_xmma"),
-    ("inductor: fused reductions (BatchNorm statistics, ...)", r"^triton_(red|per)_"),
-    ("inductor: fused elementwise (BatchNorm apply, ReLU, ...)", r"^triton_(poi|tem)_"),
     ("optimiser (foreach / multi-tensor)", r"foreach|multi_tensor|sgd|adam"),
     ("copies, fills, casts (PyTorch)", r"copy|memcpy|memset|fill|elementwise_kernel|cat_|reduce_kernel"),
 ]

@@ -353,7 +353,8 @@ def test_kernel_time_by_kind_sums_every_kernel_of_a_profile_per_call(fused_gpu):
         ("sm90_xmma_wgrad_indexed_implicit_gemm_bf16bf16", 60.0, 22),
         ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32", 40.0, 10),
         ("triton_red_fused__native_batch_norm_legit_functional_9", 30.0, 8),
-        ("triton_poi_fused_add_threshold_backward_57", 20.0, 2),
+        ("triton_poi_fused_add_threshold_backward_57", 10.0, 1),
+        ("triton_poi_fused__native_batch_norm_legit_functional_add_convolution_9", 10.0, 1),  # inductor's, not cuDNN's
         ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>", 10.0, 4),
         ("some_new_kernel", 10.0, 2),
     ]  # fmt: skip
@@ -361,7 +362,8 @@ def test_kernel_time_by_kind_sums_every_kernel_of_a_profile_per_call(fused_gpu):
     assert list(kinds)[0] == "dsrnet depthwise (Triton)" and kinds["dsrnet depthwise (Triton)"] == {
         "ms": 0.09, "share_pct": 45.0, "kernels": 32}
     assert kinds["convolution: weight gradient (cuDNN)"]["ms"] == 0.03
-    assert kinds["convolution: forward (cuDNN)"]["kernels"] == 5
+    assert kinds["convolution: forward (cuDNN)"]["kernels"] == 5 and kinds["convolution: forward (cuDNN)"]["ms"] == 0.02
+    assert kinds["inductor: fused elementwise (BatchNorm apply, ReLU, ...)"] == {"ms": 0.01, "share_pct": 5.0, "kernels": 1}
     assert kinds["inductor: fused reductions (BatchNorm statistics, ...)"]["ms"] == 0.015
     assert kinds["optimiser (foreach / multi-tensor)"]["kernels"] == 2 and kinds["other"]["ms"] == 0.005
     assert sum(v["share_pct"] for v in kinds.values()) == pytest.approx(100, abs=0.2)
