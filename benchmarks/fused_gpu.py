@@ -924,13 +924,15 @@ KERNEL_KINDS = [
     ("dsrnet stem (Triton)", r"^_direct_conv"),
     # inductor's before the libraries': its fused kernels' names can hold "convolution" (a BatchNorm after a conv)
     ("inductor: fused reductions (BatchNorm statistics, ...)", r"^triton_(red|per)_"),
-    ("inductor: fused elementwise (BatchNorm apply, ReLU, ...)", r"^triton_(poi|tem)_"),
+    ("inductor: fused elementwise (BatchNorm apply, ReLU, ...)", r"^triton_poi_"),
+    ("inductor: GEMM / conv templates", r"^triton_tem_"),
+    ("optimiser (foreach / multi-tensor)", r"^triton_for_|foreach|multi_tensor|sgd|adam"),
     ("convolution: weight gradient (cuDNN)", r"wgrad"),
     ("convolution: input gradient (cuDNN)", r"dgrad"),
-    ("convolution: forward (cuDNN)", r"fprop|conv|cudnn|implicit_gemm"),
+    ("convolution: forward (cuDNN)", r"fprop|conv|implicit_gemm"),
     ("GEMM (cuBLAS / CUTLASS)", r"gemm|cutlass|nvjet|sm90_xmma|sm80_xmma"),
-    ("optimiser (foreach / multi-tensor)", r"foreach|multi_tensor|sgd|adam"),
-    ("copies, fills, casts (PyTorch)", r"copy|memcpy|memset|fill|elementwise_kernel|cat_|reduce_kernel"),
+    ("cuDNN layout / BatchNorm", r"cudnn"),
+    ("PyTorch elementwise, reductions, copies", r"copy|memcpy|memset|fill|elementwise_kernel|cat_|reduce_kernel"),
 ]
 
 

@@ -804,14 +804,30 @@ def test_a_fused_forward_skips_the_dispatcher_only_where_nothing_traces_or_diffe
     direct.clear()
     with pytest.raises(DsrnetError, match="has no backward pass"):
         fused(x.clone().requires_grad_()).sum().backward()  # the op: its autograd formula names the fix
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    block = next(m for m in fused.modules() if isinstance(m, FusedDSRBlock))
+    block.w1.requires_grad_(True)  # a buffer made to require grad: the op too, and the same clear error
+    with pytest.raises(DsrnetError, match="has no backward pass"):
+        fused(x).sum().backward()
+    block.w1.requires_grad_(False)
+    assert direct == [1]  # the stem alone: nothing it gets carries a gradient
+    direct.clear()
+    # Tracers: each must see the op (a body run directly would put the fallback's aten ops, or on a GPU nothing at
+    # all, into what they record).
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils.flop_counter import FlopCounterMode
+
     with torch.no_grad():
-        fused(x)
-    monkeypatch.undo()
-    assert direct == []  # under torch.compile's tracing, every call went through the op
-    monkeypatch.setattr(ops, "_DIRECT_DEVICES", ("cuda", "cpu"))
-    assert ops._dispatch_free(x) and not ops._dispatch_free(torch.empty(1, device="meta"))
+        graph = make_fx(fused)(x)
+        assert any("dsrnet" in str(n.target) for n in graph.graph.nodes)
+        with FlopCounterMode(display=False):
+            fused(x)
+        torch.func.functionalize(fused)(x)
+        assert torch.equal(torch.compile(fused, backend="eager", fullgraph=True)(x), ref)
+        torch.jit.trace(fused, x, check_trace=False)
+    assert direct == []
     with FakeTensorMode():
         assert not ops._dispatch_free(torch.empty(1))  # torch.export's fake tensors: the op
-    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
-    assert not ops._dispatch_free(x)
+    assert ops._dispatch_free(x) and not ops._dispatch_free(torch.empty(1, device="meta"))
+    monkeypatch.setattr(ops, "_BODIES", {})  # a stand-in for an op (a test's spy) is called as given
+    with torch.no_grad():
+        assert torch.equal(fused(x), ref)

@@ -796,10 +796,11 @@ def run(op, x: torch.Tensor, *args):
 
     The dispatcher (custom op, autograd wrapper, alias checks) costs ~21 us of host time per call on an H200's host,
     a fifth of a Triton launch's ~104 us (BENCHMARKS.md, "Third timings"), and a plain call at a small batch waits
-    on the host. It is skipped for a plain CUDA tensor (no fake, functional or other tensor subclass) when nothing
-    traces the call (``torch.compile``, ``torch.export``, ``torch.jit.trace``: they must see the op) and no gradient
-    would flow back through it (the op's autograd formula then raises the fused model's clear error)."""
-    return (_BODIES[op] if _dispatch_free(x) else op)(x, *args)
+    on the host. It is skipped only where :func:`_dispatch_free` finds nothing that needs it: every tracer
+    (``torch.compile``, ``torch.export``, ``torch.jit.trace``, ``make_fx``, ``torch.func``) and every gradient
+    (the op's autograd formula raises the fused model's clear error) goes through the op."""
+    body = _BODIES.get(op)  # None for a stand-in (a test's spy, a user's wrapper): it is called as given
+    return (body if body is not None and _dispatch_free(x, args) else op)(x, *args)
 
 
 #: Devices whose tensors :func:`run` may hand to an op's body directly (a CPU runs the PyTorch fallback, whose
@@ -807,11 +808,31 @@ def run(op, x: torch.Tensor, *args):
 _DIRECT_DEVICES = ("cuda",)
 
 
-def _dispatch_free(x: torch.Tensor) -> bool:
+def _dispatch_free(x: torch.Tensor, args: tuple = ()) -> bool:
+    """Whether nothing could need the dispatcher for this call: ``x`` a plain tensor on a direct device, not wrapped
+    by functorch (``torch.func``) or functionalization and no ``TorchDispatchMode`` active (``make_fx``,
+    ``FlopCounterMode``, ...), nothing compiling or tracing, and no tensor argument carrying a gradient."""
     return (
-        type(x) is torch.Tensor  # not a FakeTensor, FunctionalTensor or another subclass: no tracer behind it
+        type(x) is torch.Tensor  # not a FakeTensor, FunctionalTensor or another Python subclass
         and x.device.type in _DIRECT_DEVICES
-        and not (x.requires_grad and torch.is_grad_enabled())
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
+        and not _dispatch_modes()
+        and not _wrapped(x)
+        and not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, *args)))
     )
+
+
+def _dispatch_modes() -> int:
+    """How many ``TorchDispatchMode``s are active (0 where this torch has no such counter)."""
+    count = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return count() if count is not None else 0
+
+
+def _wrapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a C++ wrapper of plain ``torch.Tensor`` type: functorch's (``torch.func.grad``, ``vmap``)
+    or functionalization's; on a torch without these checks, assumed wrapped (the op is always safe)."""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._is_functional_tensor(x))
+    except AttributeError:
+        return True
