@@ -824,9 +824,9 @@ def _dispatch_free(x: torch.Tensor, args: tuple = ()) -> bool:
 
 
 def _dispatch_modes() -> int:
-    """How many ``TorchDispatchMode``s are active (0 where this torch has no such counter)."""
+    """How many ``TorchDispatchMode``s are active; on a torch without this counter, assumed one (the op is safe)."""
     count = getattr(torch._C, "_len_torch_dispatch_stack", None)
-    return count() if count is not None else 0
+    return count() if count is not None else 1
 
 
 def _wrapped(x: torch.Tensor) -> bool:
