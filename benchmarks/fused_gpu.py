@@ -286,6 +286,11 @@ def time_ms(bench: Bench, fn, warmup: int, repeats: int) -> dict:
             t = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t) * 1e3)
+    return summarize_ms(times)
+
+
+def summarize_ms(times: list[float]) -> dict:
+    """Median and quartiles of per-call times in ms, and how many."""
     # "inclusive": the quartiles of the times themselves, as dsrnet bench's summarize_times (never outside them)
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) >= 2 else [times[0]] * 3
     return {"median_ms": statistics.median(times), "p25_ms": q[0], "p75_ms": q[2], "repeats": len(times)}
@@ -914,9 +919,9 @@ def profile_top10(bench: Bench, label: str, fn, calls: int = 3) -> float | None:
     return sum(e.self_device_time_total for e in kernels) / calls / 1e3
 
 
-#: (kind, pattern on the kernel's name), first match wins: dsrnet's own Triton kernels by name, then the libraries'
-#: convolutions and GEMMs, inductor's fused kernels, the optimiser, copies. The top-10 table covers ~40 % of a
-#: training step's kernel time (H200, 2026-11-27); these sums cover all of it.
+#: (kind, pattern on the kernel's name), first match wins: dsrnet's own Triton kernels by name, inductor's kernels,
+#: the optimiser, then the libraries' convolutions, GEMMs and cuDNN's other kernels, PyTorch's own. The top-10 table
+#: covers ~40 % of a training step's kernel time (H200, 2026-11-27); these sums cover all of it.
 KERNEL_KINDS = [
     ("dsrnet depthwise (Triton)", r"^_dw_(fwd|bwd)"),
     ("dsrnet 1x1 GEMM (Triton)", r"^_pw_gemm"),

@@ -56,7 +56,6 @@ import json
 import os
 import shlex
 import signal
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -70,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fused_gpu  # noqa: E402  (the budgeted Bench, time_ms, the ceilings and the markdown table helpers)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from fused_gpu import BudgetExceeded, _table, _write, time_ms  # noqa: E402
+from fused_gpu import BudgetExceeded, _table, _write, summarize_ms, time_ms  # noqa: E402
 
 import dsrnet  # noqa: E402
 from dsrnet.kernels import ops  # noqa: E402
@@ -433,9 +432,7 @@ def _time(bench: ShapeBench, fn) -> dict:
     with torch.inference_mode():
         if bench.device.type != "cuda":
             return time_ms(bench, fn, warmup=WARMUP, repeats=REPEATS)
-        samples = queued_kernel_ms(fn, bench.device, warmup=WARMUP, repeats=REPEATS)
-    q = statistics.quantiles(samples, n=4, method="inclusive")
-    return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2], "repeats": len(samples)}
+        return summarize_ms(queued_kernel_ms(fn, bench.device, warmup=WARMUP, repeats=REPEATS))
 
 
 def _backend(t: torch.Tensor) -> str:

@@ -186,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {"command": "PYTHONPATH=src python3 " + " ".join(["benchmarks/train_speed.py", *(argv or sys.argv[1:])]),
                "dry_run": args.dry_run, "budget_s": args.budget_s, "epochs": args.epochs,
                "environment": environment(device=False), "arms": [], "skipped": []}  # fmt: skip
+
+    def save() -> None:  # after every arm: a call cut short still brings back what finished
+        results["elapsed_s"] = round(time.monotonic() - start, 1)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        (args.out / "results.md").write_text(markdown(results))
+
     for name, flags in arms:
         remaining = args.budget_s - (time.monotonic() - start)
         # An arm needs its process start, compilation (~30 s on an H200) and its epochs: start it only where the
@@ -197,13 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         row = run_arm(args, name, flags, work, remaining - 5)
         results["arms"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "metrics"}), flush=True)
-        results["elapsed_s"] = round(time.monotonic() - start, 1)
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
-        (args.out / "results.md").write_text(markdown(results))
-    results["elapsed_s"] = round(time.monotonic() - start, 1)
+        save()
     results["environment"] = environment(device=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    (args.out / "results.md").write_text(markdown(results))
+    save()
     return 0
 
 

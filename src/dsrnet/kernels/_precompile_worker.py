@@ -4,8 +4,8 @@ on-disk cache, where the parent process's own compilation of the same kernels th
     python -m dsrnet.kernels._precompile_worker < jobs.json > report.json
 
 ``jobs.json``: ``{"target": {"backend": "cuda", "arch": 90, "warp_size": 32}, "specs": [[module, qualname,
-specialization_data], ...]}`` as Triton's ``jit_cache_hook`` reports them; the report: ``{"compiled": n, "done":
-[indices of the specs compiled], "errors": [...]}``. The worker never touches a GPU: Triton is given a stand-in driver that only names the parent's target,
+specialization_data], ...]}`` as Triton's ``jit_cache_hook`` reports them; the report: ``{"done": [indices of the specs
+compiled], "errors": [...]}``. The worker never touches a GPU: Triton is given a stand-in driver that only names the parent's target,
 which is all that compiling needs (``JITFunction.preload``), so sixteen of them cost no GPU memory and no CUDA start.
 """
 
@@ -49,7 +49,7 @@ def compile_specs(jobs: dict) -> dict:
             done.append(i)
         except Exception as err:  # reported to the parent, whose own launch then compiles (and reports) it
             errors.append(f"{name}: {type(err).__name__}: {str(err)[:300]}")
-    return {"compiled": len(done), "done": done, "errors": errors}
+    return {"done": done, "errors": errors}
 
 
 def main() -> int:

@@ -153,10 +153,14 @@ class Precompile:
         self.specs: dict[str, tuple[str, str]] = {}  # specialization data -> (module, qualname)
         self.functions: dict[str, object] = {}  # specialization data -> this process's JITFunction
         self.done: set[str] = set()  # the specializations the workers compiled
-        self.compiled = 0
         self.loaded = 0
         self.recompiled = 0
         self.errors: list[str] = []
+
+    @property
+    def compiled(self) -> int:
+        """How many specializations the workers compiled."""
+        return len(self.done)
 
     def compile(self, name: str, kernel, grid, args, kwargs) -> None:
         try:
@@ -280,7 +284,6 @@ def _compile_in_workers(pass_: Precompile, workers: int) -> None:
         except ValueError:
             pass_.errors.append(f"precompile worker exited {proc.returncode}: {err.strip()[-300:]}")
             continue
-        pass_.compiled += report["compiled"]
         pass_.done.update(chunk[i][2] for i in report.get("done", ()))
         pass_.errors += report["errors"]
 
