@@ -153,6 +153,8 @@ def main() -> int:
         configs = lazy.configs[:1] if args.quick else lazy.configs
         if args.sweep:
             configs = tk.SWEEP_CONFIGS.get(lazy.fn.__name__.lstrip("_"), [])
+        if lazy.prune:  # what a launch of this variant may use (K = 1: every K-dependent config allowed)
+            configs = lazy.prune(configs, {"K": 1}, **consts)
         for dtype, cfg in itertools.product(dtypes, configs):
             extra = {}
             if "IEEE" in jit.arg_names:

@@ -169,14 +169,17 @@ def test_autotuning_times_each_config_briefly_and_keeps_the_picks_on_disk(monkey
 
     seen = {}
 
-    def fake_autotune(configs, key, reset_to_zero=None, do_bench=None, cache_results=False):  # 3.6/3.8's options
-        seen.update(do_bench=do_bench, cache_results=cache_results)
+    def fake_autotune(configs, key, reset_to_zero=None, prune_configs_by=None, do_bench=None,
+                      cache_results=False):  # 3.6/3.8's options  # fmt: skip
+        seen.update(do_bench=do_bench, cache_results=cache_results, prune=prune_configs_by)
         return lambda fn: fn
 
     monkeypatch.setattr(tk.triton, "autotune", fake_autotune)
     lazy = tk._LazyKernel(tk._dw_fwd, [tk._DW_INTERP], ["TUNE_SIZE"], tk._DW_INTERP)
     lazy.build()
-    assert seen["do_bench"] is tk._time_config and seen["cache_results"] is True
+    assert seen["do_bench"] is tk._time_config and seen["cache_results"] is True and seen["prune"] is None
+    tk._LazyKernel(tk._pw_gemm, [tk._GEMM_INTERP], ["K"], tk._GEMM_INTERP, prune=tk._persistent_fits).build()
+    assert seen["prune"] == {"early_config_prune": tk._persistent_fits}
     timed = {}
     monkeypatch.setattr(triton.testing, "do_bench", lambda call, **kw: timed.update(kw) or [1.0, 0.9, 1.1])
     assert tk._time_config(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [1.0, 0.9, 1.1]
@@ -185,7 +188,7 @@ def test_autotuning_times_each_config_briefly_and_keeps_the_picks_on_disk(monkey
     monkeypatch.undo()
     assert set(tk._autotune_options()) == {"do_bench", "cache_results"}  # the installed Triton (3.8; 3.6 too)
 
-    def older_autotune(configs, key, reset_to_zero=None):
+    def older_autotune(configs, key, reset_to_zero=None, prune_configs_by=None):
         seen.clear()
         seen.update(reset_to_zero=reset_to_zero)
         return lambda fn: fn
@@ -226,13 +229,21 @@ def test_dwconv2d_rejects_a_non_depthwise_weight():
         ops.dwconv2d(x, weight[:5], None, 1, 1, False)
 
 
-@pytest.mark.parametrize("r_first", [False, True])
+#: The sweep's options as the interpreter's config: the residual tile loaded before the GEMM instead of after it
+#: (R_FIRST); persistent programs looping over tiles with the whole K in one step (PER_SM: 2 programs on the
+#: interpreter's one "SM", each several tiles; BLOCK_K 32 >= the test's K of 20).
+_PW_OPTIONS = {"library": None, "r_first": {"BLOCK_K": 16, "R_FIRST": True},
+               "persistent": {"BLOCK_K": 32, "PER_SM": 2}, "persistent r_first": {"BLOCK_K": 32, "PER_SM": 2,
+                                                                                   "R_FIRST": True}}  # fmt: skip
+
+
+@pytest.mark.parametrize("option", list(_PW_OPTIONS))
 @pytest.mark.parametrize(("stride", "residual", "relu"), [(1, True, True), (2, False, False)])
-def test_pointwise_conv_matches_conv2d(stride, residual, relu, r_first, monkeypatch):
-    if r_first:  # the sweep's option: the residual tile loaded before the GEMM instead of after it
+def test_pointwise_conv_matches_conv2d(stride, residual, relu, option, monkeypatch):
+    if _PW_OPTIONS[option]:
         from dsrnet.kernels import _triton as tk
 
-        monkeypatch.setattr(tk.pw_gemm, "interp_config", tk._cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, R_FIRST=True))
+        monkeypatch.setattr(tk.pw_gemm, "interp_config", tk._cfg(BLOCK_M=16, BLOCK_N=16, **_PW_OPTIONS[option]))
         monkeypatch.setattr(tk.pw_gemm, "_built", {})
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 20, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
@@ -245,6 +256,25 @@ def test_pointwise_conv_matches_conv2d(stride, residual, relu, r_first, monkeypa
     if relu:
         ref = F.relu(ref)
     _close(ops.pointwise_conv(x, w[:, :, 0, 0].t().contiguous(), b, res, stride, relu), ref, 1e-4)
+
+
+def test_persistent_gemm_configs_only_where_one_step_covers_k_and_no_downsample_gemm():
+    from dsrnet.kernels import _triton as tk
+
+    tiled = tk._cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64)
+    persistent = [tk._cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=bk, PER_SM=2) for bk in (64, 128)]
+    configs = [tiled, *persistent]
+    assert tk._persistent_fits(configs, {"K": 64}, RES=1) == configs
+    assert tk._persistent_fits(configs, {"K": 128}, RES=0) == [tiled, persistent[1]]
+    assert tk._persistent_fits(configs, {"K": 256}, RES=1) == [tiled]
+    assert tk._persistent_fits(configs, {"K": 64}, RES=2) == [tiled]  # the downsample GEMM has its own K loop
+
+
+def test_gemm_grid_caps_a_persistent_config_at_its_programs_per_sm():
+    grid = ops._gemm_grid(1000, 256, sms=132)
+    assert grid({"BLOCK_M": 64, "BLOCK_N": 128}) == (16 * 2,)
+    assert grid({"BLOCK_M": 64, "BLOCK_N": 128, "PER_SM": 0}) == (32,)
+    assert ops._gemm_grid(100_000, 256, sms=132)({"BLOCK_M": 64, "BLOCK_N": 128, "PER_SM": 3}) == (396,)
 
 
 @pytest.mark.parametrize("ds_stride", [1, 2])

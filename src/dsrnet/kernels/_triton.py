@@ -111,20 +111,22 @@ class _LazyKernel:
     ``reset_to_zero``: arguments the autotuner zeroes before each timed run and once after timing, before the real
     run (buffers of per-program partial sums whose rows depend on the block size: a config with fewer programs must
     not find the rows another config wrote); later calls, and a pick found in the disk cache, time nothing, so the
-    ops allocate those buffers zeroed.
+    ops allocate those buffers zeroed. ``prune``: Triton's ``early_config_prune``, which configs a launch's
+    arguments allow (applied where more than one config is in play).
     """
 
-    def __init__(self, fn, configs, key, interp_config, reset_to_zero=None):
+    def __init__(self, fn, configs, key, interp_config, reset_to_zero=None, prune=None):
         self.fn, self.configs, self.key, self.interp_config = fn, configs, key, interp_config
-        self.reset_to_zero = reset_to_zero
+        self.reset_to_zero, self.prune = reset_to_zero, prune
         self._built: dict[tuple[bool, bool], object] = {}
 
     def build(self):
         mode = (interpreting(), autotuning())
         if mode not in self._built:
             configs = [self.interp_config] if mode[0] else (self.configs if mode[1] else self.configs[:1])
+            prune = {"early_config_prune": self.prune} if self.prune else None
             tune = triton.autotune(configs=configs, key=self.key, reset_to_zero=self.reset_to_zero,
-                                   **_autotune_options())  # fmt: skip
+                                   prune_configs_by=prune, **_autotune_options())  # fmt: skip
             self._built[mode] = tune(triton.jit(self.fn))
         return self._built[mode]
 
@@ -606,16 +608,24 @@ dw_bwd_weight = _LazyKernel(
 
 
 @_jit_as_triton
+def _rows_step(acc, a_row, row_mask, w_ptr, offs_n, n_mask, N, K, k0, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
+               BLOCK_K: tl.constexpr):  # fmt: skip
+    """``acc`` + ``A[:, k0:k0 + BLOCK_K] @ w[k0:k0 + BLOCK_K, offs_n]`` (columns past ``K`` masked): one step of
+    :func:`_rows_gemm`, or a whole GEMM where ``K <= BLOCK_K``."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    k_mask = offs_k < K
+    a = tl.load(a_row[:, None] + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+    b = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+    return _mma(a, b, acc, IEEE, DOT_F32)
+
+
+@_jit_as_triton
 def _rows_gemm(acc, a_row, row_mask, w_ptr, offs_n, n_mask, N, K, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
                BLOCK_K: tl.constexpr):  # fmt: skip
     """``acc`` + ``A @ w[:, offs_n]``: row r of A is the K contiguous elements at ``a_row[r]`` (a pixel's channels),
     w is [K, N] row-major; ``BLOCK_K`` columns of A at a time, on the tensor cores."""
     for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < K
-        a = tl.load(a_row[:, None] + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = _mma(a, b, acc, IEEE, DOT_F32)
+        acc = _rows_step(acc, a_row, row_mask, w_ptr, offs_n, n_mask, N, K, k0, IEEE, DOT_F32, BLOCK_K)
     return acc
 
 
@@ -651,26 +661,18 @@ def _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n
 # ---------------------------------------------------------------------------------------------------------------
 # 1x1 conv as a GEMM (optionally strided), epilogue: bias, residual, ReLU
 # ---------------------------------------------------------------------------------------------------------------
-def _pw_gemm(
-    x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr,
-    M, N, K, KDS, HO, WO,
-    sxn, sxh, sxw,
-    srn, srh, srw,
-    syn, syh, syw, TUNE_SIZE,
-    STRIDE: tl.constexpr, RES: tl.constexpr, DS_STRIDE: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+@_jit_as_triton
+def _pw_tile(
+    tile, x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr, M, N, K, KDS, HO, WO, sxn, sxh, sxw, srn, srh, srw, syn, syh,
+    syw, STRIDE: tl.constexpr, RES: tl.constexpr, DS_STRIDE: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    R_FIRST: tl.constexpr = False,
+    R_FIRST: tl.constexpr, WHOLE_K: tl.constexpr,
 ):  # fmt: skip
-    # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
-    # RES: 0 none, 1 a residual tensor r [Nb, HO, WO, N] added in the epilogue, 2 a downsample GEMM: r [Nb, ., .,
-    # KDS] read at (ho * DS_STRIDE, wo * DS_STRIDE) times wds [KDS, N] into the same fp32 tile (a block's strided
-    # 1x1 shortcut, never written to memory; its bias is pre-added into b). R_FIRST (an autotune option, only in
-    # SWEEP_CONFIGS until a GPU times it): issue the residual tile's load before the GEMM, so that its memory latency
-    # overlaps the K loop (which runs only 1-8 times in these convs) instead of following it, for the registers the
-    # loaded tile holds meanwhile (~18 more per thread at 64x128, sm_90).
+    """Output tile ``tile`` of :func:`_pw_gemm` (tiles numbered row block major); ``WHOLE_K``: the GEMM in one
+    step, no K loop (the caller guarantees ``K <= BLOCK_K``)."""
     num_n = tl.cdiv(N, BLOCK_N)
-    pid_m = tl.program_id(0) // num_n
-    pid_n = tl.program_id(0) % num_n
+    pid_m = tile // num_n
+    pid_n = tile % num_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
@@ -682,7 +684,10 @@ def _pw_gemm(
     if RES == 1 and R_FIRST:
         r_early = tl.load(r_ptrs, mask=mask2, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
+    if WHOLE_K:
+        acc = _rows_step(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, 0, IEEE, DOT_F32, BLOCK_K)
+    else:
+        acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
     if RES == 2:
         acc = _shortcut_gemm(acc, r_ptr, wds_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw,
                              DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
@@ -697,6 +702,52 @@ def _pw_gemm(
     _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, mask2)
 
 
+def _pw_gemm(
+    x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr,
+    M, N, K, KDS, HO, WO,
+    sxn, sxh, sxw,
+    srn, srh, srw,
+    syn, syh, syw, TUNE_SIZE,
+    STRIDE: tl.constexpr, RES: tl.constexpr, DS_STRIDE: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+    DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    R_FIRST: tl.constexpr = False, PER_SM: tl.constexpr = 0,
+):  # fmt: skip
+    # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
+    # RES: 0 none, 1 a residual tensor r [Nb, HO, WO, N] added in the epilogue, 2 a downsample GEMM: r [Nb, ., .,
+    # KDS] read at (ho * DS_STRIDE, wo * DS_STRIDE) times wds [KDS, N] into the same fp32 tile (a block's strided
+    # 1x1 shortcut, never written to memory; its bias is pre-added into b). R_FIRST (an autotune option, only in
+    # SWEEP_CONFIGS until a GPU times it): issue the residual tile's load before the GEMM, so that its memory latency
+    # overlaps the K loop (which runs only 1-8 times in these convs) instead of following it, for the registers the
+    # loaded tile holds meanwhile (~18 more per thread at 64x128, sm_90).
+    # PER_SM (autotune option, SWEEP_CONFIGS only until timed): 0 = one program per output tile; > 0 = persistent,
+    # at most PER_SM programs per SM, each looping over tiles p, p + P, ... with the whole K in one step (configs
+    # only where K <= BLOCK_K and no downsample GEMM: _persistent_fits). A loop of loads feeding a dot without an
+    # inner loop is one Triton's pipeliner can overlap across tiles: the next tile's operands load while this tile's
+    # epilogue reads its residual and writes its output -- these memory-bound GEMMs (K = 64-512 against N = 256-2048
+    # outputs) otherwise serialise load, MMA and epilogue within each program and rely on other programs alone to
+    # keep the memory busy (~50 % of the copy bandwidth measured at 32 px, H200).
+    if PER_SM == 0:
+        _pw_tile(tl.program_id(0), x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr, M, N, K, KDS, HO, WO, sxn, sxh, sxw,
+                 srn, srh, srw, syn, syh, syw, STRIDE, RES, DS_STRIDE, RELU, IEEE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K,
+                 R_FIRST, False)  # fmt: skip
+    else:
+        tl.device_assert(K <= BLOCK_K, "a persistent pw_gemm config needs K <= BLOCK_K")
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            _pw_tile(tile, x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr, M, N, K, KDS, HO, WO, sxn, sxh, sxw, srn,
+                     srh, srw, syn, syh, syw, STRIDE, RES, DS_STRIDE, RELU, IEEE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K,
+                     R_FIRST, True)  # fmt: skip
+
+
+def _persistent_fits(configs, named_args, **kwargs):
+    """``pw_gemm``'s ``early_config_prune``: a persistent config (``PER_SM`` > 0) only where its one GEMM step
+    covers K and there is no downsample GEMM (whose own K loop would keep the tile loop from pipelining)."""
+    return [
+        c for c in configs
+        if not c.kwargs.get("PER_SM") or (named_args["K"] <= c.kwargs["BLOCK_K"] and kwargs.get("RES") != 2)
+    ]  # fmt: skip
+
+
 _GEMM_CONFIGS = [
     _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
     _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4),  # four 16-deep MMA steps per stage
@@ -706,7 +757,8 @@ _GEMM_CONFIGS = [
 ]
 _GEMM_INTERP = _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
 pw_gemm = _LazyKernel(
-    _pw_gemm, _GEMM_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "STRIDE", "RES", "RELU"], _GEMM_INTERP
+    _pw_gemm, _GEMM_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "STRIDE", "RES", "RELU"], _GEMM_INTERP,
+    prune=_persistent_fits,
 )
 
 
@@ -979,6 +1031,19 @@ SWEEP_CONFIGS = {
         _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3, R_FIRST=True),
         _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2, R_FIRST=True),
         _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, R_FIRST=True),
+        # Persistent (PER_SM; not timed yet): the whole K in one step, tiles looped so that the pipeliner loads the
+        # next tile's operands during this tile's epilogue. Only the second 1x1 with its identity residual and the
+        # few first 1x1s with K <= BLOCK_K qualify (_persistent_fits): K = 64 (32 px maps), 128 (16 px), 256 (8 px).
+        # PER_SM = what the registers allow (sm_90, bf16, identity residual: 187-202 per thread at 4 warps, 181-184
+        # at 8; 64 K per SM), so that every program is resident from the start.
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2, PER_SM=2),
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3, PER_SM=2),
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2, PER_SM=2, R_FIRST=True),
+        _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2, PER_SM=1),
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, num_warps=4, num_stages=2, PER_SM=2),
+        _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, num_warps=8, num_stages=2, PER_SM=1),
+        _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, num_warps=4, num_stages=2, PER_SM=1),
+        _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=256, num_warps=8, num_stages=2, PER_SM=1),
     ],
     "dw_fwd": [
         _cfg(BLOCK_P=128, BLOCK_C=64, num_warps=8),

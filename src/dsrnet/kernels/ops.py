@@ -207,9 +207,16 @@ def _pixel_channel_grid(pixels: int, channels: int):
     return lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(channels, meta["BLOCK_C"]))
 
 
-def _gemm_grid(rows: int, cols: int):
-    """Launch grid of the 1x1 (GEMM) kernels: one program per output tile, flattened."""
-    return lambda meta: (_cdiv(rows, meta["BLOCK_M"]) * _cdiv(cols, meta["BLOCK_N"]),)
+def _gemm_grid(rows: int, cols: int, sms: int = 1):
+    """Launch grid of the 1x1 (GEMM) kernels: one program per output tile, flattened; a persistent config
+    (``PER_SM`` > 0) gets at most ``PER_SM`` programs per SM, each looping over tiles."""
+
+    def grid(meta):
+        tiles = _cdiv(rows, meta["BLOCK_M"]) * _cdiv(cols, meta["BLOCK_N"])
+        per_sm = meta.get("PER_SM", 0)
+        return (min(tiles, sms * per_sm) if per_sm else tiles,)
+
+    return grid
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -533,7 +540,7 @@ def _pointwise_conv(
     wds = w_kn if w_ds is None else _kernel_operand(w_ds, x.dtype)
     res = 0 if residual is None else 1 if w_ds is None else 2
     with _launch(x):
-        _tk.pw_gemm[_gemm_grid(m, nout)](
+        _tk.pw_gemm[_gemm_grid(m, nout, device_sms(x.device))](
             x, w_kn, bias.contiguous(), r, wds, y,
             m, nout, k, wds.shape[0] if res == 2 else 0, ho, wo,
             *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), _tune_size(m),
