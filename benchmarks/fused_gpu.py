@@ -63,6 +63,7 @@ one kernel up to 256 output channels, split above). Runs the call's time limit c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -86,6 +87,7 @@ from torch import nn  # noqa: E402
 
 import dsrnet  # noqa: E402
 from dsrnet.device import compile_frozen  # noqa: E402
+from dsrnet.kernels import ops  # noqa: E402
 from dsrnet.models.fused import DEFAULT_FUSE_MODE  # noqa: E402
 from dsrnet.models.shifted_dwconv import use_shifted_dwconv  # noqa: E402
 
@@ -221,8 +223,6 @@ class Bench:
 
     def _save_files(self) -> None:
         self.results["elapsed_s"] = round(time.monotonic() - T0, 1)
-        from dsrnet.kernels import ops
-
         tk = getattr(ops, "_tk", None)  # the configs the autotuner picked per shape: data for a tuning table
         self.results["autotune_picks"] = tk.autotune_picks() if tk is not None else {}
         if "dsrnet.models.fused" in sys.modules:  # fuse(mode="auto")'s per-shape times and picks
@@ -746,9 +746,28 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
     return model
 
 
-#: timed fused forms -> ``dsrnet.fuse`` mode; ``dsrnet_fused`` is whatever ``fuse`` does by default.
+#: timed fused forms -> ``dsrnet.fuse`` mode; ``dsrnet_fused`` is whatever ``fuse`` does by default;
+#: ``dsrnet_fused_sweep`` the default mode with the sweep's candidate configs beside the library's
+#: (:func:`sweep_configs`).
 FUSED_FORMS = {"dsrnet_fused": None, "dsrnet_fused_onekernel": "fused", "dsrnet_fused_split": "split",
-               "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block"}  # fmt: skip
+               "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block", "dsrnet_fused_sweep": DEFAULT_FUSE_MODE}  # fmt: skip
+
+
+@contextlib.contextmanager
+def sweep_configs(form: str):
+    """A ``*_sweep`` form: while it is built, compiled, tuned and timed, the autotuners of the 1x1 GEMM and the
+    depthwise kernel also get ``SWEEP_CONFIGS`` (bf16; the persistent GEMM configs among them), then the library's
+    configs again. Yields a callable giving the configs the autotuners picked meanwhile (the whole model's answer
+    to kernel_shapes.py --sweep's per-shape one); ``None`` for every other form."""
+    tk = getattr(ops, "_tk", None)
+    if not form.removesuffix("+cudagraph").endswith("_sweep") or tk is None:
+        yield None
+        return
+    widened = tk.widen_configs(2)
+    try:
+        yield lambda: {name: picks for name, picks in tk.autotune_picks().items() if name in widened}
+    finally:
+        tk.restore_configs(widened)
 
 
 def fuse_mode(form: str, row: dict | None = None) -> str:
@@ -823,50 +842,52 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
             raise BudgetExceeded
         if bench.skips_block(f"inference {stem}/{size} b{b}: {form}"):
             continue
-        base = peak_memory_start(bench)
-        model = make_form(bench, form, stem)
-        x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
-        x = x.contiguous(memory_format=torch.channels_last)
+        with sweep_configs(form) as sweep_picks:
+            base = peak_memory_start(bench)
+            model = make_form(bench, form, stem)
+            x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
+            x = x.contiguous(memory_format=torch.channels_last)
 
-        def run(model=model, x=x):
-            return model(x)
+            def run(model=model, x=x):
+                return model(x)
 
-        with torch.inference_mode():
-            pre = precompile(bench, run) if "fused" in form else {}
-            picks = AutoPicks(model)
-            t0 = time.monotonic()
-            profiled_first = form in ("dsrnet_fused", "dsrnet_fused_block") and bench.device.type == "cuda"
-            with picks:  # first call: compilation (what precompile left) / autotuning
-                if profiled_first:
-                    # where a first call's tens of seconds go (compiling, loading kernels, timing configs); the
-                    # profiler's own cost is in first_call_s
-                    first: list[torch.Tensor] = []
+            with torch.inference_mode():
+                pre = precompile(bench, run) if "fused" in form else {}
+                picks = AutoPicks(model)
+                t0 = time.monotonic()
+                profiled_first = form in ("dsrnet_fused", "dsrnet_fused_block") and bench.device.type == "cuda"
+                with picks:  # first call: compilation (what precompile left) / autotuning
+                    if profiled_first:
+                        # where a first call's tens of seconds go (compiling, loading kernels, timing configs); the
+                        # profiler's own cost is in first_call_s
+                        first: list[torch.Tensor] = []
 
-                    def first_call(run=run, first=first):
-                        first.append(run()[:256].clone())
+                        def first_call(run=run, first=first):
+                            first.append(run()[:256].clone())
 
-                    python_profile(bench, f"{form} first call, {stem} stem, {size} px, batch {b}", first_call,
-                                   calls=1, rows=45, sort="cumulative")  # fmt: skip
-                    logits = first[0]
-                else:
-                    logits = run()[:256].clone()
-            bench.sync()
-            first_s = time.monotonic() - t0
-            peak_memory_restart(bench)
-            repeats = 30 if batch <= 128 else 15
-            timing = time_ms(bench, run, warmup=5, repeats=repeats)
-            mem = peak_memory_mib(bench, base)  # before the check below builds its fp32 reference model
-            check = against_fp32(bench, stem, x, logits) if form.startswith("dsrnet") else {}
-            del logits
-            rows = [(form, timing, mem)]
-            if graphs and bench.device.type == "cuda":
-                try:
-                    torch.cuda.reset_peak_memory_stats()  # the graph's own peak, over the same base as the form's
-                    replay = cuda_graph(run)
-                    graph_timing = time_ms(bench, replay, warmup=5, repeats=repeats)
-                    rows.append((form + "+cudagraph", graph_timing, peak_memory_mib(bench, base)))
-                except Exception as err:  # a form that cannot be captured is reported, not fatal
-                    bench.results["errors"].append({"step": f"cudagraph {form}", "error": repr(err)})
+                        python_profile(bench, f"{form} first call, {stem} stem, {size} px, batch {b}", first_call,
+                                       calls=1, rows=45, sort="cumulative")  # fmt: skip
+                        logits = first[0]
+                    else:
+                        logits = run()[:256].clone()
+                bench.sync()
+                first_s = time.monotonic() - t0
+                peak_memory_restart(bench)
+                repeats = 30 if batch <= 128 else 15
+                timing = time_ms(bench, run, warmup=5, repeats=repeats)
+                mem = peak_memory_mib(bench, base)  # before the check below builds its fp32 reference model
+                check = against_fp32(bench, stem, x, logits) if form.startswith("dsrnet") else {}
+                del logits
+                rows = [(form, timing, mem)]
+                if graphs and bench.device.type == "cuda":
+                    try:
+                        torch.cuda.reset_peak_memory_stats()  # the graph's own peak, over the same base as the form's
+                        replay = cuda_graph(run)
+                        graph_timing = time_ms(bench, replay, warmup=5, repeats=repeats)
+                        rows.append((form + "+cudagraph", graph_timing, peak_memory_mib(bench, base)))
+                    except Exception as err:  # a form that cannot be captured is reported, not fatal
+                        bench.results["errors"].append({"step": f"cudagraph {form}", "error": repr(err)})
+            picked = sweep_picks() if sweep_picks else None
         for name, t, mem in rows:
             row = {
                 "form": name, "stem": stem, "image": size, "batch": b, "dtype": "bfloat16", "channels_last": True,
@@ -881,6 +902,9 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
                 row["fuse_mode"] = fuse_mode(form)
             if row.get("fuse_mode") == "auto":
                 row["auto_picks"] = picks.counts()
+            if picked is not None:
+                row["sweep_configs"] = True
+                row["autotune_picks"] = picked
             bench.results["inference"].append(row)
             bench.log(f"inference: {row}")
         del model, run
@@ -1529,6 +1553,11 @@ def main(argv: list[str] | None = None) -> int:
         ("inference cifar/32 b1024 (+cudagraph): fused, fused block, fused auto, eager, resnet50 compiled", 280,
          step_inference, "cifar", 32, 1024,
          ("resnet50_compiled", "dsrnet_fused", "dsrnet_eager", "dsrnet_fused_block", "dsrnet_fused_auto"), True),
+        # The sweep's candidate configs (persistent 1x1 GEMMs, fewer stages, the residual loaded first, more
+        # depthwise tiles) in the whole model, against the library's in the same call: what kernel_shapes.py --sweep
+        # finds per shape, as images/s (rows record the configs the autotuners picked).
+        ("inference cifar/32 b1024 (+cudagraph): fused with the sweep configs", 150, step_inference, "cifar", 32,
+         1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_sweep"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise

@@ -652,38 +652,16 @@ SWEEP_ROWS = {"pw1 triton pointwise_conv": "pw_gemm", "split pointwise_conv + sh
               "split dwconv2d": "dw_fwd"}  # fmt: skip
 
 
-#: Shared memory one program may use on an H100/H200 (sm_90), bytes: a GEMM config whose pipelined tiles need more
-#: cannot launch (Triton's autotuner would compile it, then record an infinite time).
-SM90_SHARED_BYTES = 232_448
-
-
-def _fits_shared_memory(config, element_size: int) -> bool:
-    """Whether a GEMM config's operand tiles (num_stages x (BLOCK_M + BLOCK_N) x BLOCK_K elements) fit; configs
-    without GEMM tiles (the depthwise kernel's) always do."""
-    k = config.kwargs
-    if "BLOCK_K" not in k:
-        return True
-    return config.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * element_size <= SM90_SHARED_BYTES
-
-
 def widen_configs(dtype: torch.dtype = torch.bfloat16) -> dict:
     """``--sweep``: the 1x1 GEMM's and the depthwise kernel's autotuners get the extra candidate configs beside
-    their own (rebuilt on their next launch), those whose tiles fit in shared memory at ``dtype`` (in fp32 some
-    of the larger GEMM tiles do not). Returns, per kernel, the library's configs, the extra ones and those left
-    out."""
+    their own (``dsrnet.kernels._triton.widen_configs``: those whose tiles fit in shared memory at ``dtype``).
+    Returns, per kernel, the library's configs, the extra ones and those left out, as text."""
     tk = getattr(ops, "_tk", None)
     if tk is None:
         return {}
-    size = torch.empty((), dtype=dtype).element_size()
-    sweep = {}
-    for name, extra in tk.SWEEP_CONFIGS.items():
-        lazy = getattr(tk, name)
-        fit = [c for c in extra if _fits_shared_memory(c, size)]
-        sweep[name] = {"library": [_config_text(c) for c in lazy.configs], "extra": [_config_text(c) for c in fit],
-                       "left_out": [_config_text(c) for c in extra if c not in fit]}  # fmt: skip
-        lazy.configs = [*lazy.configs, *fit]
-        lazy._built.clear()
-    return sweep
+    widened = tk.widen_configs(torch.empty((), dtype=dtype).element_size())
+    return {name: {part: [_config_text(c) for c in configs] for part, configs in parts.items()}
+            for name, parts in widened.items()}  # fmt: skip
 
 
 def sweep_rows(results: dict) -> list[dict]:

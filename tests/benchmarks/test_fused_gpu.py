@@ -367,3 +367,18 @@ def test_kernel_time_by_kind_sums_every_kernel_of_a_profile_per_call(fused_gpu):
     assert kinds["inductor: fused reductions (BatchNorm statistics, ...)"]["ms"] == 0.015
     assert kinds["optimiser (foreach / multi-tensor)"]["kernels"] == 2 and kinds["other"]["ms"] == 0.005
     assert sum(v["share_pct"] for v in kinds.values()) == pytest.approx(100, abs=0.2)
+
+
+def test_a_sweep_form_widens_the_autotuners_while_it_runs_and_restores_them_after(fused_gpu):
+    from dsrnet.kernels import ops
+
+    tk = ops._tk
+    library = {name: list(getattr(tk, name).configs) for name in tk.SWEEP_CONFIGS}
+    with fused_gpu.sweep_configs("dsrnet_fused") as picks:
+        assert picks is None and tk.pw_gemm.configs == library["pw_gemm"]
+    with pytest.raises(RuntimeError), fused_gpu.sweep_configs("dsrnet_fused_sweep+cudagraph") as picks:
+        assert tk.pw_gemm.configs[len(library["pw_gemm"]):] == tk.SWEEP_CONFIGS["pw_gemm"]  # all fit in bf16
+        assert set(picks()) == set(tk.SWEEP_CONFIGS)
+        raise RuntimeError("a form that fails mid-way")
+    assert {name: getattr(tk, name).configs for name in tk.SWEEP_CONFIGS} == library
+    assert fused_gpu.fuse_mode("dsrnet_fused_sweep") == "split"

@@ -267,4 +267,11 @@ def test_the_sweep_widens_the_two_hot_kernels_and_reports_what_the_extra_configs
     fp32 = ks.widen_configs(torch.float32)
     assert fp32["pw_gemm"]["left_out"] and not fp32["dw_fwd"]["left_out"] and not sweep["pw_gemm"]["left_out"]
     assert len(fp32["pw_gemm"]["extra"]) + len(fp32["pw_gemm"]["left_out"]) == len(tk.SWEEP_CONFIGS["pw_gemm"])
-    assert all(ks._fits_shared_memory(c, 4) for c in tk.pw_gemm.configs[library["pw_gemm"]:])
+    assert all(tk.fits_shared_memory(c, 4) for c in tk.pw_gemm.configs[library["pw_gemm"]:])
+    # The library's own undo (fused_gpu's *_sweep forms widen for one form, then restore)
+    widened = tk.widen_configs(2)
+    tk.pw_gemm._built[(False, True)] = "a tuner built with the extra configs"
+    tk.restore_configs(widened)
+    for name in tk.SWEEP_CONFIGS:
+        lazy = getattr(tk, name)
+        assert len(lazy.configs) == library[name] + len(fp32[name]["extra"]) and lazy._built == {}

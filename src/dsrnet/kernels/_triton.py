@@ -1058,6 +1058,43 @@ SWEEP_CONFIGS = {
 }
 
 
+#: Shared memory one program may use on an H100/H200 (sm_90), bytes: a GEMM config whose pipelined tiles need more
+#: cannot launch (Triton's autotuner would compile it, then record an infinite time).
+SM90_SHARED_BYTES = 232_448
+
+
+def fits_shared_memory(config, element_size: int) -> bool:
+    """Whether a GEMM config's operand tiles (num_stages x (BLOCK_M + BLOCK_N) x BLOCK_K elements) fit; configs
+    without GEMM tiles (the depthwise kernel's) always do."""
+    k = config.kwargs
+    if "BLOCK_K" not in k:
+        return True
+    return config.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * element_size <= SM90_SHARED_BYTES
+
+
+def widen_configs(element_size: int) -> dict[str, dict[str, list]]:
+    """The autotuners of :data:`SWEEP_CONFIGS`' kernels get those candidates beside their own (rebuilt on their
+    next launch), those whose tiles fit in shared memory at ``element_size`` bytes (in fp32 some of the larger GEMM
+    tiles do not): for benchmarks that time them. Returns, per kernel, the ``library`` configs, the ``extra`` ones
+    and those ``left_out``; :func:`restore_configs` of it undoes the widening."""
+    widened = {}
+    for name, extra in SWEEP_CONFIGS.items():
+        lazy = globals()[name]
+        fit = [c for c in extra if fits_shared_memory(c, element_size)]
+        widened[name] = {"library": lazy.configs, "extra": fit, "left_out": [c for c in extra if c not in fit]}
+        lazy.configs = [*lazy.configs, *fit]
+        lazy._built.clear()
+    return widened
+
+
+def restore_configs(widened: dict[str, dict[str, list]]) -> None:
+    """Each kernel :func:`widen_configs` widened back to its library configs (rebuilt on its next launch)."""
+    for name, parts in widened.items():
+        lazy = globals()[name]
+        lazy.configs = parts["library"]
+        lazy._built.clear()
+
+
 def autotune_picks() -> dict[str, list[dict]]:
     """What the autotuner chose so far in this process, per kernel: for each tuning key (the kernel's ``key``
     arguments, then the tensors' dtypes) the config that won, as plain data (for a benchmark's results: the
