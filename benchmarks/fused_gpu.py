@@ -750,7 +750,8 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
 #: ``dsrnet_fused_sweep`` the default mode with the sweep's candidate configs beside the library's
 #: (:func:`sweep_configs`).
 FUSED_FORMS = {"dsrnet_fused": None, "dsrnet_fused_onekernel": "fused", "dsrnet_fused_split": "split",
-               "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block", "dsrnet_fused_sweep": DEFAULT_FUSE_MODE}  # fmt: skip
+               "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block", "dsrnet_fused_chain": "chain",
+               "dsrnet_fused_sweep": DEFAULT_FUSE_MODE}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -948,7 +949,7 @@ def profile_top10(bench: Bench, label: str, fn, calls: int = 3) -> float | None:
 #: covers ~40 % of a training step's kernel time (H200, 2026-11-27); these sums cover all of it.
 KERNEL_KINDS = [
     ("dsrnet depthwise (Triton)", r"^_dw_(fwd|bwd)"),
-    ("dsrnet 1x1 GEMM (Triton)", r"^_pw_gemm"),
+    ("dsrnet 1x1 GEMM (Triton)", r"^_pw_(gemm|chain)"),
     ("dsrnet fused block (Triton)", r"^_(dw_pw|dsr_block)"),
     ("dsrnet stem (Triton)", r"^_direct_conv"),
     # inductor's before the libraries': its fused kernels' names can hold "convolution" (a BatchNorm after a conv)
@@ -1217,7 +1218,8 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     ``floor``: each residual block reads its input once and writes its output once, plus the stem.
     ``own``: every unfused module (conv, BN, ReLU, ...) reads its inputs and writes its output; a
     :class:`FusedDSRBlock` reads x, writes and re-reads the 1x1 output, reads the shortcut input and writes its
-    output, and in ``split`` mode also writes and re-reads the depthwise output; in ``block`` mode it reads x once
+    output, and in ``split`` mode also writes and re-reads the depthwise output (``chain``: as split, but a block whose
+    first 1x1 the previous block's last kernel computed does not read x for it); in ``block`` mode it reads x once
     and writes its output once (its intermediates and its re-reads of x are modelled as L2 hits; on a GPU a block
     with fewer output pixels than ``BLOCK_MIN_PIXELS_PER_SM`` per SM runs split, which this CPU count at batch 1
     does not see: at batch 128 that is layers 3-4, a small share of the bytes).
@@ -1225,17 +1227,18 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     from torchvision.models.resnet import Bottleneck
 
     from dsrnet.models.dsrnet import DSRBlock
-    from dsrnet.models.fused import FusedDSRBlock
+    from dsrnet.models.fused import FusedDSRBlock, FusedStage
 
     block_types = (DSRBlock, FusedDSRBlock, Bottleneck)
     counts = {"floor": 0, "own": 0}
-    hooks, inside_fused = [], set()
+    hooks, inside_fused, block_in = [], set(), {}
     for m in model.modules():
         if isinstance(m, FusedDSRBlock):
             inside_fused.update(id(c) for c in m.modules() if c is not m)
 
     def block_hook(mod, inp, out):
         counts.setdefault("stem_out", _nbytes(inp))  # the first block's input: written once by the stem
+        block_in[id(mod)] = _nbytes(inp)
         counts["floor"] += _nbytes(inp) + _nbytes(out)
         if isinstance(mod, FusedDSRBlock) and mod.separable:
             x_bytes = _nbytes(inp)
@@ -1246,7 +1249,7 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
                 counts["own"] += x_bytes + _nbytes(out)
                 return
             counts["own"] += x_bytes + 2 * y1 + x_bytes // (mod.ds_stride**2) + _nbytes(out)
-            if mod.mode == "split":
+            if mod.mode in ("split", "chain"):
                 counts["own"] += 2 * (y1 // (mod.stride_dw**2))
 
     def leaf_hook(mod, inp, out):
@@ -1263,6 +1266,10 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     finally:
         for h in hooks:
             h.remove()
+    for stage in model.modules():  # chain: a linked block's first 1x1 does not read its input (the hooks unlinked it)
+        if isinstance(stage, FusedStage):
+            links = zip(stage[:-1], stage[1:], strict=True)
+            counts["own"] -= sum(block_in.get(id(b), 0) for a, b in links if a.chains_into(b))
     return {"floor": counts["floor"] + _nbytes(x) + counts.get("stem_out", 0), "own": counts["own"]}
 
 
@@ -1327,7 +1334,7 @@ def step_per_image(bench: Bench) -> None:
             "dsrnet_eager_bytes": traffic_per_image(eager, x),
             # auto's traffic depends on what it picks on the GPU: not modelled
             "dsrnet_fused_bytes_by_mode": {m: traffic_per_image(dsrnet.fuse(eager, mode=m), x)
-                                           for m in ("split", "fused", "block")},
+                                           for m in ("split", "fused", "block", "chain")},
             "resnet50_bytes": traffic_per_image(resnet, x),
         }
         if stem == "cifar" and size in trained:
@@ -1556,8 +1563,10 @@ def main(argv: list[str] | None = None) -> int:
         # The sweep's candidate configs (persistent 1x1 GEMMs, fewer stages, the residual loaded first, more
         # depthwise tiles) in the whole model, against the library's in the same call: what kernel_shapes.py --sweep
         # finds per shape, as images/s (rows record the configs the autotuners picked).
-        ("inference cifar/32 b1024 (+cudagraph): fused with the sweep configs", 150, step_inference, "cifar", 32,
-         1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_sweep"), True),
+        # mode="chain" (each block's last kernel also computes the next block's first 1x1: its input is not read
+        # back for it), both against the default in the same call.
+        ("inference cifar/32 b1024 (+cudagraph): fused chain, fused with the sweep configs", 180, step_inference,
+         "cifar", 32, 1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_chain", "dsrnet_fused_sweep"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise

@@ -44,7 +44,7 @@ def _signature(fn, ptr_dtype: str, constexprs: dict) -> dict:
 
 # Integer arguments that are multiples of 16 in DSRNet-50 (channel counts and the strides built from them), which a
 # real launch detects and specialises on ("tt.divisibility"); pixel counts and map sizes are left general.
-_DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG", "COUT", "CIN", "SLOT_M"}
+_DIVISIBLE_INTS = {"C", "N", "K", "KDS", "PIX_PER_PROG", "COUT", "CIN", "SLOT_M", "W1N"}
 
 
 #: Per kernel, integer arguments that are NOT multiples of 16 although their names say stride: the stem kernel's
@@ -84,6 +84,9 @@ def variants():
     for s, res, ds, relu in [(1, 0, 1, True), (2, 0, 1, True), (1, 1, 1, True), (1, 2, 1, True), (1, 2, 2, True),
                              (1, 0, 1, False)]:  # fmt: skip
         yield tk.pw_gemm, {"STRIDE": s, "RES": res, "DS_STRIDE": ds, "RELU": relu}
+    # mode="chain": identity / downsample (stride 1, 2) shortcut, the next block's first 1x1 up to 256 wide
+    for res, ds, width in [(1, 1, 64), (1, 1, 128), (1, 1, 256), (2, 1, 64), (2, 2, 128), (2, 2, 256)]:
+        yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": width}
     for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:
         yield tk.dw_pw, {"STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
     # (S1, STRIDE, DIL, SHORTCUT, DS_STRIDE): identity blocks at each rate, a stage's first block (channels change),

@@ -194,6 +194,11 @@ def test_traffic_model_puts_the_one_kernel_block_at_the_floor_and_split_above_it
     # reads and writes the stem's 16x16x64 map, the pool reads the last map: ~180 KB in fp32 at 16 px, 5 %)
     assert 0 <= by_mode["block"]["own"] - floor < 0.06 * floor
     assert by_mode["block"]["own"] < by_mode["fused"]["own"] < by_mode["split"]["own"]
+    # chain: split less the input reads of the blocks whose first 1x1 the previous block's kernel computed: every
+    # block after a stage's first, but layer4's (512 wide: two kernels), fp32
+    chain = fused_gpu.traffic_per_image(dsrnet.fuse(model, mode="chain"), x)
+    linked = 2 * 256 * 16 * 16 + 3 * 512 * 8 * 8 + 5 * 1024 * 4 * 4
+    assert chain["floor"] == floor and by_mode["split"]["own"] - chain["own"] == 4 * linked
 
 
 def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, capsys):

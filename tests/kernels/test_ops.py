@@ -277,6 +277,52 @@ def test_gemm_grid_caps_a_persistent_config_at_its_programs_per_sm():
     assert ops._gemm_grid(100_000, 256, sms=132)({"BLOCK_M": 64, "BLOCK_N": 128, "PER_SM": 3}) == (396,)
 
 
+def _pw_ref(x, w_kn, bias, residual=None):
+    y = F.conv2d(x.float(), w_kn.t()[:, :, None, None].float(), bias.float())
+    return F.relu(y if residual is None else y + residual.float())
+
+
+@pytest.mark.parametrize("ds_stride", [None, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pointwise_chain_gives_the_block_output_and_the_next_blocks_first_1x1(ds_stride, dtype):
+    """mode="chain"'s kernel: y = relu(pw(x) + b + shortcut) and m = relu(pw(y) + b1) from one tile (odd channel
+    counts: masked N, K and W tails; an identity or a downsample shortcut at stride 1 or 2)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 13, 5, 6, generator=g).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(13, 40, generator=g) / 4, torch.randn(40, generator=g)
+    w1, b1 = torch.randn(40, 20, generator=g) / 6, torch.randn(20, generator=g)
+    if ds_stride is None:
+        shortcut, w_ds, ds_stride, residual = torch.randn(2, 40, 5, 6, generator=g), None, 1, None
+    else:
+        shortcut = torch.randn(2, 17, 5 * ds_stride, 6 * ds_stride, generator=g).contiguous(
+            memory_format=torch.channels_last)  # fmt: skip
+        w_ds = torch.randn(17, 40, generator=g) / 4
+        residual = F.conv2d(shortcut, w_ds.t()[:, :, None, None], stride=ds_stride)
+    want_y = _pw_ref(x.to(dtype), w.to(dtype), b, shortcut if residual is None else residual)
+    y, m = ops.pointwise_chain(x.to(dtype), w, b, shortcut.to(dtype), w_ds, ds_stride, w1, b1)
+    assert y.dtype == m.dtype == dtype and m.shape == (2, 20, 5, 6)
+    assert m.is_contiguous(memory_format=torch.channels_last)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    _close(y.float(), want_y, tol)
+    _close(m.float(), _pw_ref(y, w1.to(dtype), b1), tol)  # from y as written (the bf16 values split would read)
+
+
+def test_pointwise_chain_wider_than_its_tile_runs_two_kernels_and_bad_weights_are_one_line(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 8, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+    w, b, shortcut = torch.randn(8, 16, generator=g), torch.randn(16, generator=g), torch.randn(1, 16, 3, 3)
+    w1, b1 = torch.randn(16, 24, generator=g), torch.randn(24, generator=g)
+    one = ops.pointwise_chain(x, w, b, shortcut, None, 1, w1, b1)
+    monkeypatch.setattr(ops, "CHAIN_MAX_WIDTH", 16)
+    two = ops.pointwise_chain(x, w, b, shortcut, None, 1, w1, b1)
+    for got, want in zip(two, one, strict=True):
+        _close(got, want, 1e-5)
+    with pytest.raises(DsrnetError, match=r"pointwise_chain wants w1_next \[16, Wn\]"):
+        ops.pointwise_chain(x, w, b, shortcut, None, 1, w1[:8], b1)
+    with pytest.raises(DsrnetError, match="wants a shortcut"):
+        ops.pointwise_chain(x, w, b, None, None, 1, w1, b1)
+
+
 @pytest.mark.parametrize("ds_stride", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pointwise_conv_with_the_downsample_gemm_in_its_tile(ds_stride, dtype):

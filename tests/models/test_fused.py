@@ -61,6 +61,8 @@ def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
         ("cifar", "dw", True, "split", 9),
         ("cifar", "dw", True, "block", 9),
         ("cifar", "1x1", True, "block", 9),
+        ("cifar", "dw", True, "chain", 9),
+        ("cifar", "1x1", True, "chain", 9),
         ("paper", "dw", True, "fused", 19),
         ("cifar", "dw", False, "fused", 9),
     ],
@@ -73,6 +75,38 @@ def test_fused_model_matches_the_eager_model(stem, stride_on, separable, mode, s
         assert _rel_err(fused.forward_features(x), model.forward_features(x)) < 1e-4
         assert _rel_err(fused(x), model(x)) < 1e-4
     assert not fused.training
+
+
+@needs_interpreter
+def test_chain_mode_computes_each_next_first_1x1_in_the_last_kernel_and_a_hooked_block_runs_as_itself(monkeypatch):
+    """mode="chain": within a stage, every block but the last hands the next its first 1x1's output (one
+    pointwise_chain launch per link: 1 + 2 + 1 + 1 here); a block with a forward hook runs as itself, unchained on
+    both sides, and its hook sees the block's own output. The numbers are split's."""
+    from dsrnet.kernels import ops
+
+    model = _tiny(layers=(2, 3, 2, 2), block_dilations=(1, 2, 3))
+    fused = dsrnet.fuse(model, mode="chain")
+    assert all(type(getattr(fused, f"layer{i}")).__name__ == "FusedStage" for i in (1, 2, 3, 4))
+    assert {type(s).__name__ for s in (dsrnet.fuse(model, mode="split").layer1,)} == {"Sequential"}
+    links, real = [], ops.pointwise_chain
+
+    def spy(x, *args):
+        links.append(tuple(x.shape))
+        return real(x, *args)
+
+    monkeypatch.setattr(ops, "pointwise_chain", spy)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = model.forward_features(x)
+        assert _rel_err(fused.forward_features(x), want) < 1e-4
+        assert len(links) == 5
+        seen = []
+        fused.layer2[1].register_forward_hook(lambda mod, inp, out: seen.append(out))
+        links.clear()
+        out = fused.forward_features(x)
+        assert _rel_err(out, want) < 1e-4 and len(links) == 3  # layer2's links into and out of block 1 dropped
+        assert len(seen) == 1 and _rel_err(seen[0], model.layer2[1](model.layer2[0](model.layer1(
+            model.act1(model.bn1(model.conv1(x))))))) < 1e-4  # fmt: skip
 
 
 def test_fuse_defaults_to_split_the_mode_measured_fastest_and_create_model_follows():
@@ -328,7 +362,7 @@ def test_auto_timer_on_a_gpu_stops_lengthening_its_lead_at_the_cap(monkeypatch):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("mode", ["split", "block"])
+@pytest.mark.parametrize("mode", ["split", "block", "chain"])
 def test_fused_model_in_bf16_stays_within_bf16_tolerance(mode):
     model = _tiny(block_dilations=(3, 1, 2))
     fused = dsrnet.fuse(model, mode=mode).to(torch.bfloat16)
@@ -340,7 +374,7 @@ def test_fused_model_in_bf16_stays_within_bf16_tolerance(mode):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("mode", ["split", "block"])
+@pytest.mark.parametrize("mode", ["split", "block", "chain"])
 def test_fused_model_without_interpreter_uses_the_fallback_with_the_same_numbers(monkeypatch, mode):
     model = _tiny()
     fused = dsrnet.fuse(model, mode=mode)
@@ -629,7 +663,7 @@ def test_timm_features_only_fused_wraps_the_fused_form_in_timms_feature_class(mo
         assert type(built.stem).__name__ == "FusedStem"
 
 
-@pytest.mark.parametrize("mode", ["split", "fused", "block"])
+@pytest.mark.parametrize("mode", ["split", "fused", "block", "chain"])
 def test_backward_through_a_fused_model_is_one_line_naming_the_fix(monkeypatch, mode):
     """Gradients into the fused model's input (a saliency map, an attack) have no kernels to run: the error names
     the op and the fix, where torch's default said only that no autograd formula was registered."""

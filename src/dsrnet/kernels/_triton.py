@@ -14,7 +14,10 @@ Kernels (each one program per output tile; weights pre-packed by the caller, see
   taken back through the ReLU and the scale (with per-program partial sums for the scale's and shift's grads),
   and the weight grad recomputes the conv's input from ``x``.
 * ``pw_gemm``: a 1x1 conv (optionally strided) as a GEMM with ``tl.dot``; bias, residual add and ReLU in the
-  epilogue.
+  epilogue (``PER_SM``: persistent programs looping over tiles, a sweep candidate).
+* ``pw_chain``: a block's second 1x1 (+ bias, shortcut, ReLU) and the next block's first 1x1 (+ bias, ReLU) from
+  the same tile, two ``tl.dot`` chains: the block output is written and multiplied into the next 1x1's accumulator
+  chunk by chunk, so nobody reads it back for that 1x1.
 * ``dw_pw``: the second half of a folded DSR block in one kernel: depthwise 3x3 + bias + ReLU computed tile by tile
   in registers and fed straight into ``tl.dot`` with the pointwise weights, then + bias + shortcut (identity tensor,
   or the strided 1x1 downsample GEMM accumulated into the same tile) + ReLU. The depthwise output never touches
@@ -645,7 +648,7 @@ def _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n
                BLOCK_K: tl.constexpr):  # fmt: skip
     """A DSR block's output tile from its pointwise accumulator: + shortcut (``SHORTCUT`` 0 none, 1 the identity
     ``r`` [Nb, HO, WO, N], 2 the strided 1x1 downsample of ``r`` [Nb, ., ., KDS] by ``wds`` into the same tile)
-    + bias (both branches', pre-summed) + ReLU, written once into ``y``."""
+    + bias (both branches', pre-summed) + ReLU, written once into ``y``; returns it (fp32)."""
     mask2 = m_mask[:, None] & n_mask[None, :]
     if SHORTCUT == 1:
         r_ptrs = r_ptr + (img * srn + ho * srh + wo * srw)[:, None] + offs_n[None, :]
@@ -656,6 +659,7 @@ def _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     acc = tl.maximum(acc, 0.0)
     _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_n, mask2)
+    return acc
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -759,6 +763,70 @@ _GEMM_INTERP = _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
 pw_gemm = _LazyKernel(
     _pw_gemm, _GEMM_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "STRIDE", "RES", "RELU"], _GEMM_INTERP,
     prune=_persistent_fits,
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chained: a block's second 1x1 (+ bias, shortcut, ReLU) and the next block's first 1x1 (+ bias, ReLU) in one kernel
+# ---------------------------------------------------------------------------------------------------------------
+def _pw_chain(
+    x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr, w1_ptr, b1_ptr, m_ptr,
+    M, N, K, KDS, W1N, HO, WO,
+    sxn, sxh, sxw,
+    srn, srh, srw,
+    syn, syh, syw,
+    smn, smh, smw, TUNE_SIZE,
+    RES: tl.constexpr, DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    # y = relu(x @ w + b + shortcut) as _pw_gemm (stride 1; RES 1 identity r, 2 the downsample GEMM of r by wds),
+    # then m = relu(y @ w1 + b1), the next DSR block's first 1x1 (w1 [N, W1N], W1N <= BLOCK_W), from the same tile:
+    # each program owns BLOCK_M output pixels and all N channels, BLOCK_N at a time; each y chunk is written and, as
+    # the bf16 (the output's dtype) values split's next kernel would read back, multiplied into m's fp32
+    # accumulator [BLOCK_M, BLOCK_W] at once. Split's next block reads y again for its first 1x1 (N channels per
+    # pixel, ~a quarter of a block's traffic at 2-4x its width); here y is read by nobody but the next shortcut.
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    img, ho, wo = _pixels(offs_m, HO, WO)
+    a_row = x_ptr + img * sxn + ho * sxh + wo * sxw
+    offs_w = tl.arange(0, BLOCK_W)
+    w_mask = offs_w < W1N
+    acc_m = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
+        acc = _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh,
+                         srw, syn, syh, syw, RES, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
+        w1 = tl.load(w1_ptr + offs_n[:, None] * W1N + offs_w[None, :], mask=n_mask[:, None] & w_mask[None, :],
+                     other=0.0)  # fmt: skip
+        acc_m = _mma(acc.to(y_ptr.dtype.element_ty), w1, acc_m, IEEE, DOT_F32)  # columns past N: relu(0) = 0
+    acc_m += tl.load(b1_ptr + offs_w, mask=w_mask, other=0.0).to(tl.float32)[None, :]
+    acc_m = tl.maximum(acc_m, 0.0)
+    _store_tile(m_ptr, acc_m, img, ho, wo, smn, smh, smw, offs_w, m_mask[:, None] & w_mask[None, :])
+
+
+#: Two fp32 accumulators (the output chunk's and the next 1x1's, BLOCK_M x BLOCK_W) and the chunk again as the
+#: second GEMM's bf16 operand: sm_90, bf16, 8 warps keep it all in 175-254 registers at every width (64-256) without
+#: spilling; 4 warps spill from 128 wide at 64 x 128 and at 256 wide at 64 x 64 (_chain_fits leaves those out).
+_CHAIN_CONFIGS = [
+    _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+]
+
+
+def _chain_fits(configs, named_args, **kwargs):
+    """``pw_chain``'s ``early_config_prune``: 4-warp configs only up to a 128-wide next 1x1 (registers, above)."""
+    return [c for c in configs if c.num_warps >= 8 or kwargs.get("BLOCK_W", 0) <= 128]
+
+
+pw_chain = _LazyKernel(
+    _pw_chain, _CHAIN_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "W1N", "RES"], _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
+    prune=_chain_fits,
 )
 
 
@@ -1100,7 +1168,7 @@ def autotune_picks() -> dict[str, list[dict]]:
     arguments, then the tensors' dtypes) the config that won, as plain data (for a benchmark's results: the
     block sizes a card prefers, per shape)."""
     picks: dict[str, list[dict]] = {}
-    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "dw_pw", "dsr_block", "direct_conv"):
+    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "pw_chain", "dw_pw", "dsr_block", "direct_conv"):
         lazy = globals()[name]
         tuner = lazy._built.get((False, True))  # compiled kernels, autotuning on
         cache = getattr(tuner, "cache", None) or {}

@@ -16,6 +16,9 @@ Ops (namespace ``dsrnet``):
   with ``affine``).
 * ``pointwise_conv(x, w_kn, bias, residual, stride, relu, w_ds=None, ds_stride=1)``: 1x1 conv with weight
   ``[Cin, Cout]`` (+ a residual, or with ``w_ds`` the block's strided 1x1 downsample of it); inference only.
+* ``pointwise_chain(x, w_kn, bias, shortcut, w_ds, ds_stride, w1_next, b1_next)``: ``pointwise_conv`` with a
+  shortcut, and the next DSR block's first 1x1 + bias + ReLU of its output from the same tile: ``(y, m)``;
+  inference only (``fuse(mode="chain")``).
 * ``dw_pw_block(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride)``: the fused second half of
   a folded DSR block (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU); inference only.
 * ``dsr_block(x, w1, b1, w_dw, b_dw, w_pw, bias, w_ds, stride_1x1, stride, dilation, ds_stride)``: a whole
@@ -557,6 +560,69 @@ def _(x, w_kn, bias, residual, stride, relu, w_ds=None, ds_stride=1):
     return _empty_nhwc(x.shape[0], w_kn.shape[1], _out_size(x.shape[2], stride), _out_size(x.shape[3], stride), x)
 
 
+#: The widest next-block first 1x1 :func:`pointwise_chain` computes in its tile (its fp32 accumulator, BLOCK_M x
+#: this, stays in registers beside the output chunk's: 64 x 256 is 64 per thread at 8 warps); wider (DSRNet-50's
+#: layer4: 512), it runs the two 1x1s as two kernels.
+CHAIN_MAX_WIDTH = 256
+
+
+def _pointwise_chain(
+    x: torch.Tensor,
+    w_kn: torch.Tensor,
+    bias: torch.Tensor,
+    shortcut: torch.Tensor,
+    w_ds: torch.Tensor | None,
+    ds_stride: int,
+    w1_next: torch.Tensor,
+    b1_next: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = relu(pw(x) + bias + s)`` as :func:`pointwise_conv` with a shortcut (stride 1), and the next DSR block's
+    first 1x1 of it, ``relu(pw(y, w1_next) + b1_next)``, from the same tile: ``(y, m)``. Split's next block reads
+    ``y`` back for its first 1x1; here nothing but the next shortcut reads it (``w1_next``: ``[Cout, Wn]``, at most
+    :data:`CHAIN_MAX_WIDTH` columns in one kernel)."""
+    _check_pw("pointwise_chain", x, w_kn, bias, shortcut, w_ds, 1, ds_stride)
+    if shortcut is None:
+        raise DsrnetError("pointwise_chain wants a shortcut (a DSR block's identity or downsample input), got None")
+    nout = w_kn.shape[1]
+    if w1_next.dim() != 2 or w1_next.shape[0] != nout:
+        raise DsrnetError(f"pointwise_chain wants w1_next [{nout}, Wn] (the next block's first 1x1), got "
+                          f"{list(w1_next.shape)}")  # fmt: skip
+    _check_shape("pointwise_chain", "b1_next", b1_next, (w1_next.shape[1],))
+    n, k, h, w = x.shape
+    width = w1_next.shape[1]
+    usable = triton_usable(x, max(n * nout * h * w, shortcut.numel()))
+    # fp32 on a GPU: the two accumulators and 4-byte operands spill (sm_90: 9-39 KB of stack per thread), so two
+    # kernels; the interpreter runs the one kernel in every dtype (the tests' fp32 tolerance)
+    if not usable or width > CHAIN_MAX_WIDTH or (x.is_cuda and x.element_size() > 2):
+        y = _pointwise_conv(x, w_kn, bias, shortcut, 1, True, w_ds, ds_stride)
+        return y, _pointwise_conv(y, w1_next, b1_next, None, 1, True)
+    x = _channels_inner(x)
+    w_kn, w1_next = _kernel_operand(w_kn, x.dtype), _kernel_operand(w1_next, x.dtype)
+    wds = w_kn if w_ds is None else _kernel_operand(w_ds, x.dtype)
+    r = _channels_inner(shortcut.to(x.dtype))
+    y = _empty_nhwc(n, nout, h, w, like=x)
+    m_out = _empty_nhwc(n, width, h, w, like=x)
+    m = n * h * w
+    with _launch(x):
+        _tk.pw_chain[lambda meta: (_cdiv(m, meta["BLOCK_M"]),)](
+            x, w_kn, bias.contiguous(), r, wds, y, w1_next, b1_next.contiguous(), m_out,
+            m, nout, k, wds.shape[0] if w_ds is not None else 0, width, h, w,
+            *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), *_pixel_strides(m_out), _tune_size(m),
+            RES=1 if w_ds is None else 2, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+            BLOCK_W=max(16, 1 << (width - 1).bit_length()),  # tl.dot: a power of two, at least 16
+        )  # fmt: skip
+    return y, m_out
+
+
+pointwise_chain = torch.library.custom_op("dsrnet::pointwise_chain", _pointwise_chain, mutates_args=())
+
+
+@pointwise_chain.register_fake
+def _(x, w_kn, bias, shortcut, w_ds, ds_stride, w1_next, b1_next):
+    n, _, h, w = x.shape
+    return _empty_nhwc(n, w_kn.shape[1], h, w, x), _empty_nhwc(n, w1_next.shape[1], h, w, x)
+
+
 def _dw_pw_block(
     x: torch.Tensor,
     w_dw: torch.Tensor,
@@ -788,14 +854,14 @@ def _inference_only(op, name: str) -> None:
     op.register_autograd(backward, setup_context=lambda ctx, inputs, output: None)
 
 
-for _name, _op in (("pointwise_conv", pointwise_conv), ("dw_pw_block", dw_pw_block), ("dsr_block", dsr_block),
-                   ("direct_conv", direct_conv)):
+for _name, _op in (("pointwise_conv", pointwise_conv), ("pointwise_chain", pointwise_chain),
+                   ("dw_pw_block", dw_pw_block), ("dsr_block", dsr_block), ("direct_conv", direct_conv)):
     _inference_only(_op, f"dsrnet::{_name}")
 
 
 #: The inference ops' Python bodies, which :func:`run` calls directly where nothing needs the dispatcher.
-_BODIES = {dwconv2d: _dwconv2d, pointwise_conv: _pointwise_conv, dw_pw_block: _dw_pw_block, dsr_block: _dsr_block,
-           direct_conv: _direct_conv}  # fmt: skip
+_BODIES = {dwconv2d: _dwconv2d, pointwise_conv: _pointwise_conv, pointwise_chain: _pointwise_chain,
+          dw_pw_block: _dw_pw_block, dsr_block: _dsr_block, direct_conv: _direct_conv}  # fmt: skip
 
 
 def run(op, x: torch.Tensor, *args):

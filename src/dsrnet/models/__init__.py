@@ -51,7 +51,7 @@ PAPER_DSRNET_PARAMS = 2.19e7
 DWCONVS = ("torch", "shifts", "triton", "triton_bn_relu")
 #: :func:`dsrnet.fuse`'s modes (:mod:`dsrnet.models.fused`, which imports Triton: defined here so that a CLI can
 #: offer them without importing it), and the one it uses unless told otherwise: the fastest measured on a GPU.
-FUSE_MODES = ("split", "fused", "auto", "block")
+FUSE_MODES = ("split", "fused", "auto", "block", "chain")
 DEFAULT_FUSE_MODE = "split"
 
 

@@ -22,6 +22,15 @@
   6.89 ms per batch of 1024, 1.22 against 1.02 ms at 128 as CUDA graphs; its kernel ran at 5-8x its shape's
   floor, BENCHMARKS.md), so not the default.
 
+  ``mode="chain"``: split, with each block's last kernel (second 1x1 + shortcut) also computing the next block's
+  first 1x1 + bias + ReLU of the output tile it has just written (``dsrnet::pointwise_chain``, two ``tl.dot``
+  chains in one kernel), within each stage (:class:`FusedStage`): the block output is then read back by the next
+  shortcut only, not again by the next first 1x1 -- a quarter of split's traffic per identity block (values moved
+  per pixel, C channels in and out, width C/4: split 4C -- the first 1x1 reads x and writes y1, the depthwise conv
+  reads y1 and writes its output, the second 1x1 reads that, x and writes y -- chain 3C). Not where the next first 1x1 is strided (``stride_on="1x1"``'s stage openers) or wider than
+  ``ops.CHAIN_MAX_WIDTH`` (DSRNet-50's layer4: 512), nor into or out of a block with forward hooks (it runs as
+  itself so that they see its input and output); a block called on its own runs split. Not yet timed on a GPU.
+
   ``mode="auto"``: each block measures ``split`` and the one-kernel ``block`` on its first call with a new input
   shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
   the two wins depends on the card, the block's shape and the batch (the deep stages at small batches have few
@@ -142,22 +151,39 @@ class FusedDSRBlock(nn.Module):
             mode = self._auto_mode(x)
         return self._run(x, mode)
 
+    def chains_into(self, nxt: nn.Module) -> bool:
+        """``mode="chain"``: whether this block's last kernel can also compute ``nxt``'s first 1x1 (both separable
+        fused blocks, ``nxt``'s first 1x1 unstrided and at most ``ops.CHAIN_MAX_WIDTH`` wide)."""
+        return (isinstance(nxt, FusedDSRBlock) and self.separable and nxt.separable and nxt.stride_1x1 == 1
+                and nxt.w1.shape[1] <= ops.CHAIN_MAX_WIDTH)  # fmt: skip
+
+    def chained(self, x: torch.Tensor, y1: torch.Tensor | None, nxt: FusedDSRBlock | None):
+        """``mode="chain"``: this block as split, from its first 1x1's output ``y1`` where the previous block's last
+        kernel computed it (``None``: computed here), and with ``nxt`` (see :meth:`chains_into`) computing ``nxt``'s
+        first 1x1 in its last kernel. Returns ``(output, nxt's y1 or None)``."""
+        if not self.separable:
+            return self(x), None
+        if y1 is None:
+            y1 = ops.run(ops.pointwise_conv, x, self.w1, self.b1, None, self.stride_1x1, True)
+        w_dw = self.w_dw.t().reshape(self.width, 1, 3, 3)
+        y2 = ops.run(ops.dwconv2d, y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
+        if nxt is None:  # the downsample shortcut (if any) goes into the pointwise GEMM's tile
+            return ops.run(ops.pointwise_conv, y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride), None
+        return ops.run(ops.pointwise_chain, y2, self.w_pw, self.b_out, x, self.w_ds, self.ds_stride, nxt.w1, nxt.b1)
+
     def _run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "block":
             return ops.run(
                 ops.dsr_block, x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
                 self.stride_1x1, self.stride_dw, self.dilation, self.ds_stride,
             )  # fmt: skip
+        if mode != "fused":  # split; and chain, for a block run on its own (FusedStage chains its blocks)
+            return self.chained(x, None, None)[0]
         y1 = ops.run(ops.pointwise_conv, x, self.w1, self.b1, None, self.stride_1x1, True)
-        if mode == "fused":
-            return ops.run(
-                ops.dw_pw_block, y1, self.w_dw, self.b_dw, self.w_pw, self.b_out, x, self.w_ds,
-                self.stride_dw, self.dilation, self.ds_stride,
-            )  # fmt: skip
-        w_dw = self.w_dw.t().reshape(self.width, 1, 3, 3)
-        y2 = ops.run(ops.dwconv2d, y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
-        # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
-        return ops.run(ops.pointwise_conv, y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride)
+        return ops.run(
+            ops.dw_pw_block, y1, self.w_dw, self.b_dw, self.w_pw, self.b_out, x, self.w_ds,
+            self.stride_dw, self.dilation, self.ds_stride,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         if not self.separable:
@@ -231,6 +257,30 @@ class FusedDSRBlock(nn.Module):
         n, _, h, w = x.shape
         s = self.stride_1x1 * self.stride_dw
         return n * ((h - 1) // s + 1) * ((w - 1) // s + 1) >= BLOCK_MIN_PIXELS_PER_SM * ops.device_sms(x.device)
+
+
+class FusedStage(nn.Sequential):
+    """A stage of :class:`FusedDSRBlock` in ``mode="chain"``: an ``nn.Sequential`` of the same blocks (indices,
+    ``state_dict`` keys) whose forward runs each block's last kernel with the next block's first 1x1 in it
+    (:meth:`FusedDSRBlock.chained`), so the block output the next block's first 1x1 reads is not read back from
+    memory for it. A block with forward hooks runs as itself (``block(x)``, split), unchained on both sides, so that
+    its hooks see its input and output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = list(self)
+        y1 = None
+        for i, block in enumerate(blocks):
+            if _hooked(block):
+                x, y1 = block(x), None
+                continue
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            x, y1 = block.chained(x, y1, nxt if nxt is not None and not _hooked(nxt) and block.chains_into(nxt)
+                                  else None)  # fmt: skip
+        return x
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 #: ``mode="auto"``'s measurements, one per block geometry, input shape, dtype and device (see :func:`auto_choices`).
@@ -346,7 +396,8 @@ class FusedDSRNet(nn.Module):
         self.maxpool = model.maxpool
         for idx in range(1, 5):
             stage = getattr(model, f"layer{idx}")
-            self.add_module(f"layer{idx}", nn.Sequential(*(FusedDSRBlock(b, mode) for b in stage)))
+            stage_type = FusedStage if mode == "chain" else nn.Sequential
+            self.add_module(f"layer{idx}", stage_type(*(FusedDSRBlock(b, mode) for b in stage)))
         self.global_pool = model.global_pool
         self.fc = model.fc
         self.features_only = model.features_only
@@ -406,7 +457,8 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     with the shortcut in its tile; ``mode="fused"``: both in one kernel (module docstring: split measured faster on
     an H200); ``mode="block"``: each whole block in one kernel at its memory-traffic floor (not yet timed on a
     GPU); ``mode="auto"``: split or block per block shape and input size, whichever its first call measures
-    faster (:func:`auto_choices`). A ``features_only`` backbone fuses into a backbone with the same feature maps
+    faster (:func:`auto_choices`); ``mode="chain"``: split, each block's last kernel also computing the next
+    block's first 1x1 within a stage (module docstring). A ``features_only`` backbone fuses into a backbone with the same feature maps
     (channels-last, in the model's dtype).
 
     A DSRNet gives a :class:`FusedDSRNet`. Any other module built on DSRNet parts (torchvision's
