@@ -747,28 +747,33 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
 
 
 #: timed fused forms -> ``dsrnet.fuse`` mode; ``dsrnet_fused`` is whatever ``fuse`` does by default;
-#: ``dsrnet_fused_sweep`` the default mode with the sweep's candidate configs beside the library's
-#: (:func:`sweep_configs`).
+#: ``dsrnet_fused_sweep`` the default mode with the sweep's candidate configs beside the library's, and
+#: ``dsrnet_fused_chain_nodw`` chain with every depthwise conv as its own kernel (:func:`form_settings`).
 FUSED_FORMS = {"dsrnet_fused": None, "dsrnet_fused_onekernel": "fused", "dsrnet_fused_split": "split",
                "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block", "dsrnet_fused_chain": "chain",
-               "dsrnet_fused_sweep": DEFAULT_FUSE_MODE}  # fmt: skip
+               "dsrnet_fused_chain_nodw": "chain", "dsrnet_fused_sweep": DEFAULT_FUSE_MODE}  # fmt: skip
 
 
 @contextlib.contextmanager
-def sweep_configs(form: str):
-    """A ``*_sweep`` form: while it is built, compiled, tuned and timed, the autotuners of the 1x1 GEMM and the
-    depthwise kernel also get ``SWEEP_CONFIGS`` (bf16; the persistent GEMM configs among them), then the library's
-    configs again. Yields a callable giving the configs the autotuners picked meanwhile (the whole model's answer
-    to kernel_shapes.py --sweep's per-shape one); ``None`` for every other form."""
+def form_settings(form: str):
+    """What a form changes in the library while it is built, compiled, tuned and timed, undone afterwards.
+    ``*_sweep``: the autotuners of the 1x1 GEMM and the depthwise kernel also get ``SWEEP_CONFIGS`` (bf16; the
+    persistent GEMM configs among them); yields a callable giving the configs the autotuners picked meanwhile (the
+    whole model's answer to kernel_shapes.py --sweep's per-shape one), ``None`` for every other form.
+    ``*_nodw``: ``ops.CHAIN_DW_MAX_WIDTH = 0`` (chain's depthwise convs as their own kernels: what computing them in
+    the chain kernel gains)."""
+    base = form.removesuffix("+cudagraph")
     tk = getattr(ops, "_tk", None)
-    if not form.removesuffix("+cudagraph").endswith("_sweep") or tk is None:
-        yield None
-        return
-    widened = tk.widen_configs(2)
-    try:
+    with contextlib.ExitStack() as undo:
+        if base.endswith("_nodw"):
+            undo.callback(setattr, ops, "CHAIN_DW_MAX_WIDTH", ops.CHAIN_DW_MAX_WIDTH)
+            ops.CHAIN_DW_MAX_WIDTH = 0
+        if not base.endswith("_sweep") or tk is None:
+            yield None
+            return
+        widened = tk.widen_configs(2)
+        undo.callback(tk.restore_configs, widened)
         yield lambda: {name: picks for name, picks in tk.autotune_picks().items() if name in widened}
-    finally:
-        tk.restore_configs(widened)
 
 
 def fuse_mode(form: str, row: dict | None = None) -> str:
@@ -843,7 +848,7 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
             raise BudgetExceeded
         if bench.skips_block(f"inference {stem}/{size} b{b}: {form}"):
             continue
-        with sweep_configs(form) as sweep_picks:
+        with form_settings(form) as sweep_picks:
             base = peak_memory_start(bench)
             model = make_form(bench, form, stem)
             x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
@@ -1219,7 +1224,8 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     ``own``: every unfused module (conv, BN, ReLU, ...) reads its inputs and writes its output; a
     :class:`FusedDSRBlock` reads x, writes and re-reads the 1x1 output, reads the shortcut input and writes its
     output, and in ``split`` mode also writes and re-reads the depthwise output (``chain``: as split, but a block whose
-    first 1x1 the previous block's last kernel computed does not read x for it); in ``block`` mode it reads x once
+    first 1x1 the previous block's last kernel computed does not read x for it, and up to ``CHAIN_DW_MAX_WIDTH``
+    channels the depthwise output is not written); in ``block`` mode it reads x once
     and writes its output once (its intermediates and its re-reads of x are modelled as L2 hits; on a GPU a block
     with fewer output pixels than ``BLOCK_MIN_PIXELS_PER_SM`` per SM runs split, which this CPU count at batch 1
     does not see: at batch 128 that is layers 3-4, a small share of the bytes).
@@ -1249,7 +1255,7 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
                 counts["own"] += x_bytes + _nbytes(out)
                 return
             counts["own"] += x_bytes + 2 * y1 + x_bytes // (mod.ds_stride**2) + _nbytes(out)
-            if mod.mode in ("split", "chain"):
+            if mod.mode == "split" or (mod.mode == "chain" and mod.width > ops.CHAIN_DW_MAX_WIDTH):
                 counts["own"] += 2 * (y1 // (mod.stride_dw**2))
 
     def leaf_hook(mod, inp, out):
@@ -1563,10 +1569,12 @@ def main(argv: list[str] | None = None) -> int:
         # The sweep's candidate configs (persistent 1x1 GEMMs, fewer stages, the residual loaded first, more
         # depthwise tiles) in the whole model, against the library's in the same call: what kernel_shapes.py --sweep
         # finds per shape, as images/s (rows record the configs the autotuners picked).
-        # mode="chain" (each block's last kernel also computes the next block's first 1x1: its input is not read
-        # back for it), both against the default in the same call.
-        ("inference cifar/32 b1024 (+cudagraph): fused chain, fused with the sweep configs", 180, step_inference,
-         "cifar", 32, 1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_chain", "dsrnet_fused_sweep"), True),
+        # mode="chain" (each block's last kernel also computes the next block's first 1x1, so its input is not read
+        # back for it, and up to 128 channels the depthwise conv, so its output is not written), also with the
+        # depthwise convs as their own kernels; all against the default in the same call.
+        ("inference cifar/32 b1024 (+cudagraph): fused chain (+ without its depthwise convs), fused with the sweep "
+         "configs", 220, step_inference, "cifar", 32, 1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_chain",
+                                                              "dsrnet_fused_chain_nodw", "dsrnet_fused_sweep"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise

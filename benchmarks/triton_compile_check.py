@@ -86,7 +86,15 @@ def variants():
         yield tk.pw_gemm, {"STRIDE": s, "RES": res, "DS_STRIDE": ds, "RELU": relu}
     # mode="chain": identity / downsample (stride 1, 2) shortcut, the next block's first 1x1 up to 256 wide
     for res, ds, width in [(1, 1, 64), (1, 1, 128), (1, 1, 256), (2, 1, 64), (2, 2, 128), (2, 2, 256)]:
-        yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": width}
+        yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": width, "DW": False, "STRIDE": 1, "DIL": 1,
+                            "CHAIN": True, "BLOCK_KW": 16}  # fmt: skip
+    # ... with the depthwise conv in it (DW): layer1 (64 wide, rates 1-3, the first block's downsample), layer2
+    # (128 wide, its stride-2 opener), each chaining into a next block as wide, or (CHAIN False) a stage's last
+    for res, ds, s, d, kw, chain in [(1, 1, 1, 1, 64, True), (1, 1, 1, 3, 64, True), (2, 1, 1, 1, 64, True),
+                                     (1, 1, 1, 2, 64, False), (2, 2, 2, 2, 128, True), (1, 1, 1, 3, 128, True),
+                                     (1, 1, 1, 1, 128, False)]:  # fmt: skip
+        yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": kw, "DW": True, "STRIDE": s, "DIL": d,
+                            "CHAIN": chain, "BLOCK_KW": kw}  # fmt: skip
     for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:
         yield tk.dw_pw, {"STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
     # (S1, STRIDE, DIL, SHORTCUT, DS_STRIDE): identity blocks at each rate, a stage's first block (channels change),

@@ -194,11 +194,14 @@ def test_traffic_model_puts_the_one_kernel_block_at_the_floor_and_split_above_it
     # reads and writes the stem's 16x16x64 map, the pool reads the last map: ~180 KB in fp32 at 16 px, 5 %)
     assert 0 <= by_mode["block"]["own"] - floor < 0.06 * floor
     assert by_mode["block"]["own"] < by_mode["fused"]["own"] < by_mode["split"]["own"]
-    # chain: split less the input reads of the blocks whose first 1x1 the previous block's kernel computed: every
-    # block after a stage's first, but layer4's (512 wide: two kernels), fp32
+    # chain: split less the input reads of the blocks whose first 1x1 the previous block's kernel computed (every
+    # block after a stage's first, but layer4's: 512 wide, two kernels) and less the depthwise output written and
+    # read back in layer1-2 (64 and 128 wide: in the chain kernel), fp32
     chain = fused_gpu.traffic_per_image(dsrnet.fuse(model, mode="chain"), x)
     linked = 2 * 256 * 16 * 16 + 3 * 512 * 8 * 8 + 5 * 1024 * 4 * 4
-    assert chain["floor"] == floor and by_mode["split"]["own"] - chain["own"] == 4 * linked
+    depthwise = 2 * (3 * 64 * 16 * 16 + 4 * 128 * 8 * 8)
+    assert chain["floor"] == floor and by_mode["split"]["own"] - chain["own"] == 4 * (linked + depthwise)
+    assert by_mode["block"]["own"] < chain["own"] < by_mode["fused"]["own"]
 
 
 def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, capsys):
@@ -374,16 +377,19 @@ def test_kernel_time_by_kind_sums_every_kernel_of_a_profile_per_call(fused_gpu):
     assert sum(v["share_pct"] for v in kinds.values()) == pytest.approx(100, abs=0.2)
 
 
-def test_a_sweep_form_widens_the_autotuners_while_it_runs_and_restores_them_after(fused_gpu):
+def test_sweep_and_nodw_forms_change_the_library_while_they_run_and_restore_it_after(fused_gpu):
     from dsrnet.kernels import ops
 
     tk = ops._tk
     library = {name: list(getattr(tk, name).configs) for name in tk.SWEEP_CONFIGS}
-    with fused_gpu.sweep_configs("dsrnet_fused") as picks:
+    with fused_gpu.form_settings("dsrnet_fused") as picks:
         assert picks is None and tk.pw_gemm.configs == library["pw_gemm"]
-    with pytest.raises(RuntimeError), fused_gpu.sweep_configs("dsrnet_fused_sweep+cudagraph") as picks:
+    with pytest.raises(RuntimeError), fused_gpu.form_settings("dsrnet_fused_sweep+cudagraph") as picks:
         assert tk.pw_gemm.configs[len(library["pw_gemm"]):] == tk.SWEEP_CONFIGS["pw_gemm"]  # all fit in bf16
         assert set(picks()) == set(tk.SWEEP_CONFIGS)
         raise RuntimeError("a form that fails mid-way")
     assert {name: getattr(tk, name).configs for name in tk.SWEEP_CONFIGS} == library
     assert fused_gpu.fuse_mode("dsrnet_fused_sweep") == "split"
+    with fused_gpu.form_settings("dsrnet_fused_chain_nodw+cudagraph") as picks:
+        assert picks is None and ops.CHAIN_DW_MAX_WIDTH == 0
+    assert ops.CHAIN_DW_MAX_WIDTH == 128 and fused_gpu.fuse_mode("dsrnet_fused_chain_nodw") == "chain"

@@ -307,6 +307,38 @@ def test_pointwise_chain_gives_the_block_output_and_the_next_blocks_first_1x1(ds
     _close(m.float(), _pw_ref(y, w1.to(dtype), b1), tol)  # from y as written (the bf16 values split would read)
 
 
+@pytest.mark.parametrize(("stride", "dilation", "ds_stride", "chain"), [(1, 3, None, True), (2, 2, 2, True),
+                                                                     (1, 1, 1, False)])  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pointwise_chain_with_the_depthwise_conv_in_its_kernel(stride, dilation, ds_stride, chain, dtype):
+    """``w_dw``: the kernel computes relu(dw(x) + b_dw) for its pixels once and feeds every output chunk's GEMM with
+    it (odd sizes, 19 channels: a masked depthwise tile; stride 2 with the downsample shortcut); without
+    ``w1_next`` the next 1x1's output has no channels."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 19, 7, 9, generator=g).contiguous(memory_format=torch.channels_last)
+    w_dw, b_dw = torch.randn(19, 1, 3, 3, generator=g) / 3, torch.randn(19, generator=g)
+    w, b = torch.randn(19, 40, generator=g) / 4, torch.randn(40, generator=g)
+    w1, b1 = (torch.randn(40, 24, generator=g) / 6, torch.randn(24, generator=g)) if chain else (None, None)
+    ho, wo = -(-7 // stride), -(-9 // stride)
+    if ds_stride is None:
+        shortcut, w_ds, ds_stride, residual = torch.randn(2, 40, ho, wo, generator=g), None, 1, None
+    else:
+        shortcut = torch.randn(2, 11, ho * ds_stride, wo * ds_stride, generator=g)
+        w_ds = torch.randn(11, 40, generator=g) / 4
+        residual = F.conv2d(shortcut.to(dtype).float(), w_ds.to(dtype).float()[:, :, None, None].transpose(0, 1),
+                            stride=ds_stride)  # fmt: skip
+    mid = F.relu(F.conv2d(x.to(dtype).float(), w_dw.to(dtype).float(), b_dw, stride, dilation, dilation, 19))
+    want_y = _pw_ref(mid.to(dtype), w.to(dtype), b, shortcut.to(dtype) if residual is None else residual)
+    y, m = ops.pointwise_chain(x.to(dtype), w, b, shortcut.to(dtype), w_ds, ds_stride, w1, b1, ops.pack_taps(w_dw),
+                               b_dw, stride, dilation)  # fmt: skip
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    _close(y.float(), want_y, tol)
+    if chain:
+        _close(m.float(), _pw_ref(y, w1.to(dtype), b1), tol)
+    else:
+        assert m.shape == (2, 0, ho, wo)
+
+
 def test_pointwise_chain_wider_than_its_tile_runs_two_kernels_and_bad_weights_are_one_line(monkeypatch):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 8, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)

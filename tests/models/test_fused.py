@@ -79,19 +79,20 @@ def test_fused_model_matches_the_eager_model(stem, stride_on, separable, mode, s
 
 @needs_interpreter
 def test_chain_mode_computes_each_next_first_1x1_in_the_last_kernel_and_a_hooked_block_runs_as_itself(monkeypatch):
-    """mode="chain": within a stage, every block but the last hands the next its first 1x1's output (one
-    pointwise_chain launch per link: 1 + 2 + 1 + 1 here); a block with a forward hook runs as itself, unchained on
-    both sides, and its hook sees the block's own output. The numbers are split's."""
+    """mode="chain": each block's last kernel (pointwise_chain) runs its depthwise conv, second 1x1 and shortcut,
+    and within a stage every block but the last hands the next its first 1x1's output (1 + 2 + 1 + 1 links here);
+    a block with a forward hook runs as itself (``block(x)``), unchained on both sides, and its hook sees the block's
+    own output. The numbers are split's."""
     from dsrnet.kernels import ops
 
     model = _tiny(layers=(2, 3, 2, 2), block_dilations=(1, 2, 3))
     fused = dsrnet.fuse(model, mode="chain")
     assert all(type(getattr(fused, f"layer{i}")).__name__ == "FusedStage" for i in (1, 2, 3, 4))
-    assert {type(s).__name__ for s in (dsrnet.fuse(model, mode="split").layer1,)} == {"Sequential"}
-    links, real = [], ops.pointwise_chain
+    assert type(dsrnet.fuse(model, mode="split").layer1).__name__ == "Sequential"
+    calls, real = [], ops.pointwise_chain
 
     def spy(x, *args):
-        links.append(tuple(x.shape))
+        calls.append("link" if args[5] is not None else "last")
         return real(x, *args)
 
     monkeypatch.setattr(ops, "pointwise_chain", spy)
@@ -99,14 +100,36 @@ def test_chain_mode_computes_each_next_first_1x1_in_the_last_kernel_and_a_hooked
     with torch.no_grad():
         want = model.forward_features(x)
         assert _rel_err(fused.forward_features(x), want) < 1e-4
-        assert len(links) == 5
+        assert calls.count("link") == 5 and calls.count("last") == 4
         seen = []
         fused.layer2[1].register_forward_hook(lambda mod, inp, out: seen.append(out))
-        links.clear()
+        calls.clear()
         out = fused.forward_features(x)
-        assert _rel_err(out, want) < 1e-4 and len(links) == 3  # layer2's links into and out of block 1 dropped
+        assert _rel_err(out, want) < 1e-4
+        assert calls.count("link") == 3 and calls.count("last") == 6  # layer2's links into and out of block 1 dropped
         assert len(seen) == 1 and _rel_err(seen[0], model.layer2[1](model.layer2[0](model.layer1(
             model.act1(model.bn1(model.conv1(x))))))) < 1e-4  # fmt: skip
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dw_in_kernel", [0, 128])
+def test_chain_mode_with_and_without_the_depthwise_conv_in_its_kernel_gives_splits_numbers(monkeypatch, dw_in_kernel):
+    """ops.CHAIN_DW_MAX_WIDTH = 0 runs each depthwise conv as its own kernel (a benchmark's comparison); both forms
+    match split in bf16 too (rates 1-3, stride 2 openers, downsample shortcuts)."""
+    from dsrnet.kernels import ops
+
+    monkeypatch.setattr(ops, "CHAIN_DW_MAX_WIDTH", dw_in_kernel)
+    dw_launches = []
+    real_dw = ops._dwconv2d
+    monkeypatch.setattr(ops, "_dwconv2d", lambda *a: dw_launches.append(1) or real_dw(*a))
+    model = _tiny(layers=(2, 2, 2, 1), block_dilations=(3, 1, 2))
+    x = torch.randn(1, 3, 11, 11)
+    with torch.no_grad():
+        split = dsrnet.fuse(model, mode="split").to(torch.bfloat16).forward_features(x.to(torch.bfloat16))
+        dw_launches.clear()
+        chain = dsrnet.fuse(model, mode="chain").to(torch.bfloat16).forward_features(x.to(torch.bfloat16))
+    assert _rel_err(chain, split) < 2e-2
+    assert len(dw_launches) == (7 if dw_in_kernel == 0 else 0)
 
 
 def test_fuse_defaults_to_split_the_mode_measured_fastest_and_create_model_follows():

@@ -770,47 +770,70 @@ pw_gemm = _LazyKernel(
 # Chained: a block's second 1x1 (+ bias, shortcut, ReLU) and the next block's first 1x1 (+ bias, ReLU) in one kernel
 # ---------------------------------------------------------------------------------------------------------------
 def _pw_chain(
-    x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr, w1_ptr, b1_ptr, m_ptr,
-    M, N, K, KDS, W1N, HO, WO,
+    x_ptr, wdw_ptr, bdw_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr, w1_ptr, b1_ptr, m_ptr,
+    M, N, K, KDS, W1N, H, W, HO, WO,
     sxn, sxh, sxw,
     srn, srh, srw,
     syn, syh, syw,
     smn, smh, smw, TUNE_SIZE,
-    RES: tl.constexpr, DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_W: tl.constexpr,
+    RES: tl.constexpr, DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, DW: tl.constexpr,
+    STRIDE: tl.constexpr, DIL: tl.constexpr, CHAIN: tl.constexpr, BLOCK_KW: tl.constexpr, BLOCK_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    # y = relu(x @ w + b + shortcut) as _pw_gemm (stride 1; RES 1 identity r, 2 the downsample GEMM of r by wds),
-    # then m = relu(y @ w1 + b1), the next DSR block's first 1x1 (w1 [N, W1N], W1N <= BLOCK_W), from the same tile:
-    # each program owns BLOCK_M output pixels and all N channels, BLOCK_N at a time; each y chunk is written and, as
-    # the bf16 (the output's dtype) values split's next kernel would read back, multiplied into m's fp32
-    # accumulator [BLOCK_M, BLOCK_W] at once. Split's next block reads y again for its first 1x1 (N channels per
-    # pixel, ~a quarter of a block's traffic at 2-4x its width); here y is read by nobody but the next shortcut.
+    # y = relu(a @ w + b + shortcut), a [M, K] = the block's depthwise output, and (CHAIN) m = relu(y @ w1 + b1),
+    # the next DSR block's first 1x1 (w1 [N, W1N], W1N <= BLOCK_W), from the same tile. Each program owns BLOCK_M
+    # output pixels and all N channels, BLOCK_N at a time; each y chunk is written and, as the values split's next
+    # kernel would read back (rounded to y's dtype), multiplied into m's fp32 accumulator at once, so y is read by
+    # nobody but the next shortcut.
+    #   DW = 0: x is the depthwise output itself [Nb, HO, WO, K], read BLOCK_K channels at a time per chunk of N.
+    #   DW = 1: x is the depthwise conv's input [Nb, H, W, K] (the block's first 1x1 output, K <= BLOCK_KW): the
+    #   program computes relu(depthwise3x3(x) + bdw) for its pixels once (wdw [9, K], STRIDE, DIL), keeps it in
+    #   registers as the GEMM's A operand for every chunk of N, and the depthwise output is never written.
+    # Shortcut: RES 1 identity r [Nb, HO, WO, N], 2 the downsample GEMM of r [Nb, ., ., KDS] read at DS_STRIDE.
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
     img, ho, wo = _pixels(offs_m, HO, WO)
-    a_row = x_ptr + img * sxn + ho * sxh + wo * sxw
-    offs_w = tl.arange(0, BLOCK_W)
-    w_mask = offs_w < W1N
-    acc_m = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.float32)
+    if DW:
+        offs_k = tl.arange(0, BLOCK_KW)
+        k_mask = offs_k < K
+        dw = tl.zeros((BLOCK_M, BLOCK_KW), dtype=tl.float32)
+        dw = _dw_taps(dw, x_ptr, img * sxn, wdw_ptr, K, 1, ho, wo, m_mask, offs_k, k_mask, H, W, sxh, sxw, 0.0, 0.0,
+                      0.0, STRIDE, DIL, False)  # fmt: skip
+        dw += tl.load(bdw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
+        a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)  # columns past K: relu(0 + 0) = 0
+    else:
+        a_row = x_ptr + img * sxn + ho * sxh + wo * sxw
+    if CHAIN:
+        offs_w = tl.arange(0, BLOCK_W)
+        w_mask = offs_w < W1N
+        acc_m = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
+        if DW:
+            wv = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
+                         other=0.0)  # fmt: skip
+            acc = _mma(a, wv, acc, IEEE, DOT_F32)
+        else:
+            acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
         acc = _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh,
                          srw, syn, syh, syw, RES, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
-        w1 = tl.load(w1_ptr + offs_n[:, None] * W1N + offs_w[None, :], mask=n_mask[:, None] & w_mask[None, :],
-                     other=0.0)  # fmt: skip
-        acc_m = _mma(acc.to(y_ptr.dtype.element_ty), w1, acc_m, IEEE, DOT_F32)  # columns past N: relu(0) = 0
-    acc_m += tl.load(b1_ptr + offs_w, mask=w_mask, other=0.0).to(tl.float32)[None, :]
-    acc_m = tl.maximum(acc_m, 0.0)
-    _store_tile(m_ptr, acc_m, img, ho, wo, smn, smh, smw, offs_w, m_mask[:, None] & w_mask[None, :])
+        if CHAIN:
+            w1 = tl.load(w1_ptr + offs_n[:, None] * W1N + offs_w[None, :], mask=n_mask[:, None] & w_mask[None, :],
+                         other=0.0)  # fmt: skip
+            acc_m = _mma(acc.to(y_ptr.dtype.element_ty), w1, acc_m, IEEE, DOT_F32)  # columns past N: relu(0) = 0
+    if CHAIN:
+        acc_m += tl.load(b1_ptr + offs_w, mask=w_mask, other=0.0).to(tl.float32)[None, :]
+        acc_m = tl.maximum(acc_m, 0.0)
+        _store_tile(m_ptr, acc_m, img, ho, wo, smn, smh, smw, offs_w, m_mask[:, None] & w_mask[None, :])
 
 
-#: Two fp32 accumulators (the output chunk's and the next 1x1's, BLOCK_M x BLOCK_W) and the chunk again as the
-#: second GEMM's bf16 operand: sm_90, bf16, 8 warps keep it all in 175-254 registers at every width (64-256) without
-#: spilling; 4 warps spill from 128 wide at 64 x 128 and at 256 wide at 64 x 64 (_chain_fits leaves those out).
+#: Two fp32 accumulators (the output chunk's and the next 1x1's, BLOCK_M x BLOCK_W), the chunk again as the second
+#: GEMM's bf16 operand and, with DW, the depthwise tile (BLOCK_M x BLOCK_KW) held for every chunk: sm_90, bf16, the
+#: first three compile without spilling at every width DSRNet-50 chains (175-254 registers); 4 warps spill from a
+#: 128-wide next 1x1 or depthwise tile, and 128 x 64 with a 128-wide depthwise tile (_chain_fits leaves those out).
 _CHAIN_CONFIGS = [
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2),
@@ -820,13 +843,22 @@ _CHAIN_CONFIGS = [
 
 
 def _chain_fits(configs, named_args, **kwargs):
-    """``pw_chain``'s ``early_config_prune``: 4-warp configs only up to a 128-wide next 1x1 (registers, above)."""
-    return [c for c in configs if c.num_warps >= 8 or kwargs.get("BLOCK_W", 0) <= 128]
+    """``pw_chain``'s ``early_config_prune``: the configs that compiled without spilling for the launch's widths
+    (above; 64 x 64 on 8 warps always stays)."""
+    wide_dw = bool(kwargs.get("DW")) and kwargs.get("BLOCK_KW", 0) > 64
+    wide_next = bool(kwargs.get("CHAIN")) and kwargs.get("BLOCK_W", 0) > 128
+
+    def fits(c) -> bool:
+        if c.num_warps < 8:
+            return not (wide_dw or wide_next)
+        return not wide_dw or c.kwargs["BLOCK_M"] == 64
+
+    return [c for c in configs if fits(c)]
 
 
 pw_chain = _LazyKernel(
-    _pw_chain, _CHAIN_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "W1N", "RES"], _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16),
-    prune=_chain_fits,
+    _pw_chain, _CHAIN_CONFIGS, ["TUNE_SIZE", "N", "K", "KDS", "W1N", "RES", "DW", "STRIDE", "DIL", "CHAIN"],
+    _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16), prune=_chain_fits,
 )
 
 

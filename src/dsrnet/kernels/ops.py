@@ -564,6 +564,10 @@ def _(x, w_kn, bias, residual, stride, relu, w_ds=None, ds_stride=1):
 #: this, stays in registers beside the output chunk's: 64 x 256 is 64 per thread at 8 warps); wider (DSRNet-50's
 #: layer4: 512), it runs the two 1x1s as two kernels.
 CHAIN_MAX_WIDTH = 256
+#: The widest depthwise conv :func:`pointwise_chain` computes in its tile (``w_dw`` given): the tile, BLOCK_M x this
+#: in registers, is the GEMM's A operand for every chunk of outputs (DSRNet-50: layer1's 64, layer2's 128); wider,
+#: the depthwise conv runs as its own kernel first. 0: never in the tile (a benchmark's comparison).
+CHAIN_DW_MAX_WIDTH = 128
 
 
 def _pointwise_chain(
@@ -573,54 +577,89 @@ def _pointwise_chain(
     shortcut: torch.Tensor,
     w_ds: torch.Tensor | None,
     ds_stride: int,
-    w1_next: torch.Tensor,
-    b1_next: torch.Tensor,
+    w1_next: torch.Tensor | None,
+    b1_next: torch.Tensor | None,
+    w_dw: torch.Tensor | None = None,
+    b_dw: torch.Tensor | None = None,
+    stride: int = 1,
+    dilation: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``y = relu(pw(x) + bias + s)`` as :func:`pointwise_conv` with a shortcut (stride 1), and the next DSR block's
-    first 1x1 of it, ``relu(pw(y, w1_next) + b1_next)``, from the same tile: ``(y, m)``. Split's next block reads
-    ``y`` back for its first 1x1; here nothing but the next shortcut reads it (``w1_next``: ``[Cout, Wn]``, at most
-    :data:`CHAIN_MAX_WIDTH` columns in one kernel)."""
-    _check_pw("pointwise_chain", x, w_kn, bias, shortcut, w_ds, 1, ds_stride)
+    """A DSR block's last kernel in ``fuse(mode="chain")``: ``y = relu(pw(a) + bias + s)`` as :func:`pointwise_conv`
+    with a shortcut ``s`` (``shortcut``, or its strided 1x1 downsample by ``w_ds``), and the next DSR block's first
+    1x1 of it, ``m = relu(pw(y, w1_next) + b1_next)``, from the same tile: ``(y, m)`` (``m`` with no channels where
+    ``w1_next`` is ``None``). Split's next block reads ``y`` back for its first 1x1; here nothing but the next
+    shortcut reads it (``w1_next``: ``[Cout, Wn]``, at most :data:`CHAIN_MAX_WIDTH` columns in one kernel).
+
+    ``a`` = ``x``, or with ``w_dw`` (``[9, K]``, :func:`pack_taps`) and ``b_dw`` the depthwise conv of ``x``
+    (``relu(dw(x) + b_dw)`` at ``stride`` and ``dilation``), computed in the same kernel up to
+    :data:`CHAIN_DW_MAX_WIDTH` channels, so the depthwise output is never written either."""
+    if w_dw is None and stride != 1:
+        raise DsrnetError(f"pointwise_chain: stride {stride} without a depthwise conv; fix: stride 1, or give w_dw")
+    n, k, h, w = x.shape
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    if w_dw is not None:
+        _check_shape("pointwise_chain", "w_dw (taps-major)", w_dw, (9, k))
+        _check_shape("pointwise_chain", "b_dw", b_dw, (k,))
+    _check_pw("pointwise_chain", x, w_kn, bias, shortcut, w_ds, stride, ds_stride)  # (the output at stride)
     if shortcut is None:
         raise DsrnetError("pointwise_chain wants a shortcut (a DSR block's identity or downsample input), got None")
     nout = w_kn.shape[1]
-    if w1_next.dim() != 2 or w1_next.shape[0] != nout:
-        raise DsrnetError(f"pointwise_chain wants w1_next [{nout}, Wn] (the next block's first 1x1), got "
-                          f"{list(w1_next.shape)}")  # fmt: skip
-    _check_shape("pointwise_chain", "b1_next", b1_next, (w1_next.shape[1],))
-    n, k, h, w = x.shape
-    width = w1_next.shape[1]
-    usable = triton_usable(x, max(n * nout * h * w, shortcut.numel()))
-    # fp32 on a GPU: the two accumulators and 4-byte operands spill (sm_90: 9-39 KB of stack per thread), so two
-    # kernels; the interpreter runs the one kernel in every dtype (the tests' fp32 tolerance)
-    if not usable or width > CHAIN_MAX_WIDTH or (x.is_cuda and x.element_size() > 2):
+    if w1_next is not None:
+        if w1_next.dim() != 2 or w1_next.shape[0] != nout:
+            raise DsrnetError(f"pointwise_chain wants w1_next [{nout}, Wn] (the next block's first 1x1), got "
+                              f"{list(w1_next.shape)}")  # fmt: skip
+        _check_shape("pointwise_chain", "b1_next", b1_next, (w1_next.shape[1],))
+    width = 0 if w1_next is None else w1_next.shape[1]
+    # fp32 on a GPU: the two accumulators and 4-byte operands spill (sm_90: 9-39 KB of stack per thread): the split
+    # kernels instead; the interpreter runs the one kernel in every dtype (the tests' fp32 tolerance)
+    one_kernel = triton_usable(x, max(n * max(nout, k) * h * w, shortcut.numel())) and not (
+        x.is_cuda and x.element_size() > 2)  # fmt: skip
+    if w_dw is not None and (not one_kernel or k > CHAIN_DW_MAX_WIDTH):
+        x = _dwconv2d(x, w_dw.t().reshape(k, 1, 3, 3), b_dw, stride, dilation, True)
+        w_dw, b_dw, stride, dilation, h, w = None, None, 1, 1, ho, wo
+    chain = 0 < width <= CHAIN_MAX_WIDTH
+    if not one_kernel:
         y = _pointwise_conv(x, w_kn, bias, shortcut, 1, True, w_ds, ds_stride)
-        return y, _pointwise_conv(y, w1_next, b1_next, None, 1, True)
-    x = _channels_inner(x)
-    w_kn, w1_next = _kernel_operand(w_kn, x.dtype), _kernel_operand(w1_next, x.dtype)
-    wds = w_kn if w_ds is None else _kernel_operand(w_ds, x.dtype)
-    r = _channels_inner(shortcut.to(x.dtype))
-    y = _empty_nhwc(n, nout, h, w, like=x)
-    m_out = _empty_nhwc(n, width, h, w, like=x)
-    m = n * h * w
-    with _launch(x):
-        _tk.pw_chain[lambda meta: (_cdiv(m, meta["BLOCK_M"]),)](
-            x, w_kn, bias.contiguous(), r, wds, y, w1_next, b1_next.contiguous(), m_out,
-            m, nout, k, wds.shape[0] if w_ds is not None else 0, width, h, w,
-            *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), *_pixel_strides(m_out), _tune_size(m),
-            RES=1 if w_ds is None else 2, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
-            BLOCK_W=max(16, 1 << (width - 1).bit_length()),  # tl.dot: a power of two, at least 16
-        )  # fmt: skip
-    return y, m_out
+    else:
+        x = _channels_inner(x)
+        w_kn = _kernel_operand(w_kn, x.dtype)
+        wds = w_kn if w_ds is None else _kernel_operand(w_ds, x.dtype)
+        r = _channels_inner(shortcut.to(x.dtype))
+        y = _empty_nhwc(n, nout, ho, wo, like=x)
+        m_out = _empty_nhwc(n, width if chain else 0, ho, wo, like=x)
+        w1 = _kernel_operand(w1_next, x.dtype) if chain else w_kn
+        m = n * ho * wo
+        with _launch(x):
+            _tk.pw_chain[lambda meta: (_cdiv(m, meta["BLOCK_M"]),)](
+                x, w_kn if w_dw is None else w_dw.contiguous(), bias if b_dw is None else b_dw.contiguous(), w_kn,
+                bias.contiguous(), r, wds, y, w1, b1_next.contiguous() if chain else bias, m_out,
+                m, nout, k, wds.shape[0] if w_ds is not None else 0, width, h, w, ho, wo,
+                *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), *_pixel_strides(m_out), _tune_size(m),
+                RES=1 if w_ds is None else 2, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+                DW=w_dw is not None, STRIDE=stride, DIL=dilation, CHAIN=chain,
+                BLOCK_KW=_pow2_at_least_16(k if w_dw is not None else 1), BLOCK_W=_pow2_at_least_16(width),
+            )  # fmt: skip
+        if chain or width == 0:
+            return y, m_out
+    if width == 0:
+        return y, _empty_nhwc(n, 0, ho, wo, like=y)
+    return y, _pointwise_conv(y, w1_next, b1_next, None, 1, True)
+
+
+def _pow2_at_least_16(n: int) -> int:
+    """A ``tl.dot`` / ``tl.arange`` extent: a power of two, at least 16."""
+    return max(16, 1 << (n - 1).bit_length())
 
 
 pointwise_chain = torch.library.custom_op("dsrnet::pointwise_chain", _pointwise_chain, mutates_args=())
 
 
 @pointwise_chain.register_fake
-def _(x, w_kn, bias, shortcut, w_ds, ds_stride, w1_next, b1_next):
+def _(x, w_kn, bias, shortcut, w_ds, ds_stride, w1_next, b1_next, w_dw=None, b_dw=None, stride=1, dilation=1):
     n, _, h, w = x.shape
-    return _empty_nhwc(n, w_kn.shape[1], h, w, x), _empty_nhwc(n, w1_next.shape[1], h, w, x)
+    ho, wo = _out_size(h, stride), _out_size(w, stride)
+    width = 0 if w1_next is None else w1_next.shape[1]
+    return _empty_nhwc(n, w_kn.shape[1], ho, wo, x), _empty_nhwc(n, width, ho, wo, x)
 
 
 def _dw_pw_block(

@@ -29,7 +29,10 @@
   per pixel, C channels in and out, width C/4: split 4C -- the first 1x1 reads x and writes y1, the depthwise conv
   reads y1 and writes its output, the second 1x1 reads that, x and writes y -- chain 3C). Not where the next first 1x1 is strided (``stride_on="1x1"``'s stage openers) or wider than
   ``ops.CHAIN_MAX_WIDTH`` (DSRNet-50's layer4: 512), nor into or out of a block with forward hooks (it runs as
-  itself so that they see its input and output); a block called on its own runs split. Not yet timed on a GPU.
+  itself so that they see its input and output). Up to ``ops.CHAIN_DW_MAX_WIDTH`` channels (layer1's 64, layer2's
+  128) the same kernel also computes the block's depthwise conv, once per tile of pixels, as the A operand of every
+  chunk of output channels, so its output is not written either (2.5C; the block floor, input read once and output
+  written once, is 2C). Not yet timed on a GPU.
 
   ``mode="auto"``: each block measures ``split`` and the one-kernel ``block`` on its first call with a new input
   shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
@@ -158,18 +161,23 @@ class FusedDSRBlock(nn.Module):
                 and nxt.w1.shape[1] <= ops.CHAIN_MAX_WIDTH)  # fmt: skip
 
     def chained(self, x: torch.Tensor, y1: torch.Tensor | None, nxt: FusedDSRBlock | None):
-        """``mode="chain"``: this block as split, from its first 1x1's output ``y1`` where the previous block's last
-        kernel computed it (``None``: computed here), and with ``nxt`` (see :meth:`chains_into`) computing ``nxt``'s
-        first 1x1 in its last kernel. Returns ``(output, nxt's y1 or None)``."""
+        """This block from its first 1x1's output ``y1`` where the previous block's last kernel computed it
+        (``None``: computed here). ``mode="chain"``: its last kernel (``dsrnet::pointwise_chain``) runs the depthwise
+        conv (up to ``ops.CHAIN_DW_MAX_WIDTH`` channels), the second 1x1 + shortcut and, with ``nxt`` (see
+        :meth:`chains_into`), ``nxt``'s first 1x1; other modes: split. Returns ``(output, nxt's y1 or None)``."""
         if not self.separable:
             return self(x), None
         if y1 is None:
             y1 = ops.run(ops.pointwise_conv, x, self.w1, self.b1, None, self.stride_1x1, True)
+        if self.mode == "chain":  # the depthwise conv too in the last kernel, up to ops.CHAIN_DW_MAX_WIDTH wide
+            w1, b1 = (None, None) if nxt is None else (nxt.w1, nxt.b1)
+            y, y1_next = ops.run(ops.pointwise_chain, y1, self.w_pw, self.b_out, x, self.w_ds, self.ds_stride, w1, b1,
+                                 self.w_dw, self.b_dw, self.stride_dw, self.dilation)  # fmt: skip
+            return y, None if nxt is None else y1_next
         w_dw = self.w_dw.t().reshape(self.width, 1, 3, 3)
         y2 = ops.run(ops.dwconv2d, y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
-        if nxt is None:  # the downsample shortcut (if any) goes into the pointwise GEMM's tile
-            return ops.run(ops.pointwise_conv, y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride), None
-        return ops.run(ops.pointwise_chain, y2, self.w_pw, self.b_out, x, self.w_ds, self.ds_stride, nxt.w1, nxt.b1)
+        # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
+        return ops.run(ops.pointwise_conv, y2, self.w_pw, self.b_out, x, 1, True, self.w_ds, self.ds_stride), None
 
     def _run(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "block":
@@ -263,8 +271,8 @@ class FusedStage(nn.Sequential):
     """A stage of :class:`FusedDSRBlock` in ``mode="chain"``: an ``nn.Sequential`` of the same blocks (indices,
     ``state_dict`` keys) whose forward runs each block's last kernel with the next block's first 1x1 in it
     (:meth:`FusedDSRBlock.chained`), so the block output the next block's first 1x1 reads is not read back from
-    memory for it. A block with forward hooks runs as itself (``block(x)``, split), unchained on both sides, so that
-    its hooks see its input and output."""
+    memory for it. A block with forward hooks runs as itself (``block(x)``), unchained on both sides, so that its
+    hooks see its input and output."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = list(self)
