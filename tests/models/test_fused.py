@@ -112,6 +112,41 @@ def test_chain_mode_computes_each_next_first_1x1_in_the_last_kernel_and_a_hooked
 
 
 @needs_interpreter
+def test_chain_mode_in_a_backbone_global_hooks_other_modules_and_an_empty_batch(monkeypatch):
+    """fuse(mode="chain") of a module built on DSRNet parts (torchvision's BackboneWithFPN) chains its stages too;
+    global module hooks (FlopCounterMode's) see every block; a stage holding another module runs it as itself; an
+    empty batch gives empty outputs."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    from dsrnet.kernels import ops
+
+    calls, real = [], ops.pointwise_chain
+    monkeypatch.setattr(ops, "pointwise_chain", lambda x, *a: calls.append(a[5] is not None) or real(x, *a))
+    torch.manual_seed(0)
+    backbone = dsrnet.backbone_with_fpn("dsrnet50_cifar", out_channels=8, layers=(2, 2, 1, 1), widths=(4, 8, 8, 8))
+    backbone.eval()
+    fused = dsrnet.fuse(backbone, mode="chain")
+    assert type(fused.body.layer1).__name__ == "FusedStage"
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        want = backbone(x)
+        got = fused(x)
+        assert all(_rel_err(got[k], want[k]) < 1e-4 for k in want) and calls.count(True) == 2
+        seen = []
+        handle = register_module_forward_hook(lambda mod, inp, out: seen.append(type(mod).__name__))
+        try:
+            calls.clear()
+            fused(x)
+        finally:
+            handle.remove()
+        assert seen.count("FusedDSRBlock") == 6 and True not in calls
+        fused.body.layer2.append(nn.Identity())
+        assert all(_rel_err(fused(x)[k], want[k]) < 1e-4 for k in want)
+        plain = dsrnet.fuse(_tiny(), mode="chain")
+        assert plain.forward_features(torch.randn(0, 3, 9, 9)).shape == (0, 64, 2, 2)
+
+
+@needs_interpreter
 @pytest.mark.parametrize("dw_in_kernel", [0, 128])
 def test_chain_mode_with_and_without_the_depthwise_conv_in_its_kernel_gives_splits_numbers(monkeypatch, dw_in_kernel):
     """ops.CHAIN_DW_MAX_WIDTH = 0 runs each depthwise conv as its own kernel (a benchmark's comparison); both forms

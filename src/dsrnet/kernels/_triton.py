@@ -832,7 +832,7 @@ def _pw_chain(
 
 #: Two fp32 accumulators (the output chunk's and the next 1x1's, BLOCK_M x BLOCK_W), the chunk again as the second
 #: GEMM's bf16 operand and, with DW, the depthwise tile (BLOCK_M x BLOCK_KW) held for every chunk: sm_90, bf16, the
-#: first three compile without spilling at every width DSRNet-50 chains (175-254 registers); 4 warps spill from a
+#: first three compile without spilling at every width DSRNet-50 chains (up to 255 registers); 4 warps spill from a
 #: 128-wide next 1x1 or depthwise tile, and 128 x 64 with a 128-wide depthwise tile (_chain_fits leaves those out).
 _CHAIN_CONFIGS = [
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
@@ -1134,7 +1134,7 @@ SWEEP_CONFIGS = {
         # Persistent (PER_SM; not timed yet): the whole K in one step, tiles looped so that the pipeliner loads the
         # next tile's operands during this tile's epilogue. Only the second 1x1 with its identity residual and the
         # few first 1x1s with K <= BLOCK_K qualify (_persistent_fits): K = 64 (32 px maps), 128 (16 px), 256 (8 px).
-        # PER_SM = what the registers allow (sm_90, bf16, identity residual: 187-202 per thread at 4 warps, 181-184
+        # PER_SM = what the registers allow (sm_90, bf16, identity residual: up to 202 per thread at 4 warps, 184
         # at 8; 64 K per SM), so that every program is resident from the start.
         _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2, PER_SM=2),
         _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3, PER_SM=2),

@@ -231,6 +231,8 @@ def _dwconv2d(
     _check_dw(x, weight, bias)
     n, c, h, w = x.shape
     ho, wo = _out_size(h, stride), _out_size(w, stride)
+    if n * ho * wo == 0:  # nothing to compute (and nothing for the autotuner to time and keep on disk)
+        return _empty_nhwc(n, c, ho, wo, like=x)
     if not triton_usable(x, n * c * ho * wo):
         y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, dilation, dilation, c)
         return _as_nhwc(F.relu(y) if relu else y)
@@ -529,6 +531,8 @@ def _pointwise_conv(
     nout = w_kn.shape[1]
     ho, wo = _out_size(h, stride), _out_size(w, stride)
     big = 0 if residual is None else residual.numel()
+    if n * ho * wo == 0:  # nothing to compute (and nothing for the autotuner to time and keep on disk)
+        return _empty_nhwc(n, nout, ho, wo, like=x)
     if not triton_usable(x, max(n * nout * ho * wo, big)):
         y = _pw_fallback(x, w_kn, stride)  # fresh and channels-last: updated in place
         y += bias.to(x.dtype)[:, None, None]
@@ -610,9 +614,11 @@ def _pointwise_chain(
                               f"{list(w1_next.shape)}")  # fmt: skip
         _check_shape("pointwise_chain", "b1_next", b1_next, (w1_next.shape[1],))
     width = 0 if w1_next is None else w1_next.shape[1]
+    if n * ho * wo == 0:  # nothing to compute (and nothing for the autotuner to time)
+        return _empty_nhwc(n, nout, ho, wo, like=x), _empty_nhwc(n, width, ho, wo, like=x)
     # fp32 on a GPU: the two accumulators and 4-byte operands spill (sm_90: 9-39 KB of stack per thread): the split
     # kernels instead; the interpreter runs the one kernel in every dtype (the tests' fp32 tolerance)
-    one_kernel = triton_usable(x, max(n * max(nout, k) * h * w, shortcut.numel())) and not (
+    one_kernel = triton_usable(x, max(n * max(nout, k, width) * h * w, shortcut.numel())) and not (
         x.is_cuda and x.element_size() > 2)  # fmt: skip
     if w_dw is not None and (not one_kernel or k > CHAIN_DW_MAX_WIDTH):
         x = _dwconv2d(x, w_dw.t().reshape(k, 1, 3, 3), b_dw, stride, dilation, True)

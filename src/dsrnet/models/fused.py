@@ -25,14 +25,15 @@
   ``mode="chain"``: split, with each block's last kernel (second 1x1 + shortcut) also computing the next block's
   first 1x1 + bias + ReLU of the output tile it has just written (``dsrnet::pointwise_chain``, two ``tl.dot``
   chains in one kernel), within each stage (:class:`FusedStage`): the block output is then read back by the next
-  shortcut only, not again by the next first 1x1 -- a quarter of split's traffic per identity block (values moved
-  per pixel, C channels in and out, width C/4: split 4C -- the first 1x1 reads x and writes y1, the depthwise conv
-  reads y1 and writes its output, the second 1x1 reads that, x and writes y -- chain 3C). Not where the next first 1x1 is strided (``stride_on="1x1"``'s stage openers) or wider than
-  ``ops.CHAIN_MAX_WIDTH`` (DSRNet-50's layer4: 512), nor into or out of a block with forward hooks (it runs as
-  itself so that they see its input and output). Up to ``ops.CHAIN_DW_MAX_WIDTH`` channels (layer1's 64, layer2's
-  128) the same kernel also computes the block's depthwise conv, once per tile of pixels, as the A operand of every
-  chunk of output channels, so its output is not written either (2.5C; the block floor, input read once and output
-  written once, is 2C). Not yet timed on a GPU.
+  shortcut only, not again by the next first 1x1. Up to ``ops.CHAIN_DW_MAX_WIDTH`` channels (layer1's 64,
+  layer2's 128) the same kernel also computes the block's depthwise conv, once per tile of pixels, as the A operand
+  of every chunk of output channels, so its output is not written either. Values moved per pixel of an identity
+  block (C channels in and out, width C/4): split 4C (the first 1x1 reads x and writes y1, the depthwise conv reads
+  y1 and writes its output, the second 1x1 reads that and x and writes y), chain 3C, with the depthwise conv 2.5C;
+  the block floor (input read once, output written once) is 2C. Not where the next first 1x1 is strided
+  (``stride_on="1x1"``'s stage openers) or wider than ``ops.CHAIN_MAX_WIDTH`` (DSRNet-50's layer4: 512), nor into
+  or out of a block with forward hooks (it runs as itself so that they see its input and output), nor where the
+  kernel's pixel tiles would not fill the GPU (block mode's rule: split there). Not yet timed on a GPU.
 
   ``mode="auto"``: each block measures ``split`` and the one-kernel ``block`` on its first call with a new input
   shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
@@ -155,8 +156,9 @@ class FusedDSRBlock(nn.Module):
         return self._run(x, mode)
 
     def chains_into(self, nxt: nn.Module) -> bool:
-        """``mode="chain"``: whether this block's last kernel can also compute ``nxt``'s first 1x1 (both separable
-        fused blocks, ``nxt``'s first 1x1 unstrided and at most ``ops.CHAIN_MAX_WIDTH`` wide)."""
+        """``mode="chain"``: whether this block's last kernel can compute ``nxt``'s first 1x1 (both separable fused
+        blocks, ``nxt``'s first 1x1 unstrided and at most ``ops.CHAIN_MAX_WIDTH`` wide; at run time also where the
+        kernel fills the device, :meth:`chained`)."""
         return (isinstance(nxt, FusedDSRBlock) and self.separable and nxt.separable and nxt.stride_1x1 == 1
                 and nxt.w1.shape[1] <= ops.CHAIN_MAX_WIDTH)  # fmt: skip
 
@@ -169,7 +171,9 @@ class FusedDSRBlock(nn.Module):
             return self(x), None
         if y1 is None:
             y1 = ops.run(ops.pointwise_conv, x, self.w1, self.b1, None, self.stride_1x1, True)
-        if self.mode == "chain":  # the depthwise conv too in the last kernel, up to ops.CHAIN_DW_MAX_WIDTH wide
+        # The chain kernel's programs each take all output channels of a pixel tile: where that leaves SMs idle
+        # (deep stages at small batches; block mode's rule, not yet tuned for chain) the split kernels run instead.
+        if self.mode == "chain" and self._fills_device(x):  # the depthwise conv too, up to CHAIN_DW_MAX_WIDTH wide
             w1, b1 = (None, None) if nxt is None else (nxt.w1, nxt.b1)
             y, y1_next = ops.run(ops.pointwise_chain, y1, self.w_pw, self.b_out, x, self.w_ds, self.ds_stride, w1, b1,
                                  self.w_dw, self.b_dw, self.stride_dw, self.dilation)  # fmt: skip
@@ -271,24 +275,31 @@ class FusedStage(nn.Sequential):
     """A stage of :class:`FusedDSRBlock` in ``mode="chain"``: an ``nn.Sequential`` of the same blocks (indices,
     ``state_dict`` keys) whose forward runs each block's last kernel with the next block's first 1x1 in it
     (:meth:`FusedDSRBlock.chained`), so the block output the next block's first 1x1 reads is not read back from
-    memory for it. A block with forward hooks runs as itself (``block(x)``), unchained on both sides, so that its
-    hooks see its input and output."""
+    memory for it. A block with forward hooks (its own, or global ones: ``register_module_forward_hook``, which
+    ``FlopCounterMode`` uses) and any other module in the stage run as themselves (``module(x)``), unchained on both
+    sides, so that the hooks see their input and output. The blocks themselves are not called as modules otherwise,
+    so ``torch.fx`` tracing (torchvision's ``create_feature_extractor``) sees the stage's ops, not block nodes:
+    extract a stage's output, or use the model's ``forward_intermediates``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = list(self)
         y1 = None
         for i, block in enumerate(blocks):
-            if _hooked(block):
+            if not _chainable(block):
                 x, y1 = block(x), None
                 continue
             nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-            x, y1 = block.chained(x, y1, nxt if nxt is not None and not _hooked(nxt) and block.chains_into(nxt)
-                                  else None)  # fmt: skip
+            link = nxt if nxt is not None and _chainable(nxt) and block.chains_into(nxt) else None
+            x, y1 = block.chained(x, y1, link)
         return x
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+def _chainable(module: nn.Module) -> bool:
+    """A fused block without forward hooks of its own, while no global module hooks are set."""
+    from torch.nn.modules import module as module_lib
+
+    return (isinstance(module, FusedDSRBlock) and not module._forward_hooks and not module._forward_pre_hooks
+            and not module_lib._global_forward_hooks and not module_lib._global_forward_pre_hooks)  # fmt: skip
 
 
 #: ``mode="auto"``'s measurements, one per block geometry, input shape, dtype and device (see :func:`auto_choices`).
@@ -520,6 +531,11 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
                 dtype = child.conv1.weight.dtype
                 block = _frozen(FusedDSRBlock(child.eval().to(_fold_dtype(dtype)), mode), dtype)
                 setattr(parent, name, _with_hooks_of(child, block))
+    if mode == "chain":  # a stage of fused blocks (a backbone's layer1..4) chains them, as in a FusedDSRNet
+        stages = [(parent, name, child) for parent in source.modules() for name, child in parent.named_children()
+                  if type(child) is nn.Sequential and len(child) and all(isinstance(b, FusedDSRBlock) for b in child)]
+        for parent, name, child in stages:
+            setattr(parent, name, _with_hooks_of(child, FusedStage(*child)))
     return source
 
 
