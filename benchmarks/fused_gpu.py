@@ -1233,7 +1233,7 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     from torchvision.models.resnet import Bottleneck
 
     from dsrnet.models.dsrnet import DSRBlock
-    from dsrnet.models.fused import FusedDSRBlock, FusedStage
+    from dsrnet.models.fused import FusedDSRBlock, FusedDSRNet, FusedStage
 
     block_types = (DSRBlock, FusedDSRBlock, Bottleneck)
     counts = {"floor": 0, "own": 0}
@@ -1272,10 +1272,14 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    for stage in model.modules():  # chain: a linked block's first 1x1 does not read its input (the hooks unlinked it)
-        if isinstance(stage, FusedStage):
-            links = zip(stage[:-1], stage[1:], strict=True)
-            counts["own"] -= sum(block_in.get(id(b), 0) for a, b in links if a.chains_into(b))
+    # chain: a linked block's first 1x1 does not read its input (the hooks above unlinked the blocks: counted here)
+    links = [pair for stage in model.modules() if isinstance(stage, FusedStage)
+             for pair in zip(stage[:-1], stage[1:], strict=True)]  # fmt: skip
+    if isinstance(model, FusedDSRNet):  # and from stage to stage
+        stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+        links += [(a[-1], b[0]) for a, b in zip(stages, stages[1:], strict=False) if isinstance(a, FusedStage)
+                  and isinstance(b, FusedStage) and len(a) and len(b)]  # fmt: skip
+    counts["own"] -= sum(block_in.get(id(b), 0) for a, b in links if a.chains_into(b))
     return {"floor": counts["floor"] + _nbytes(x) + counts.get("stem_out", 0), "own": counts["own"]}
 
 

@@ -195,10 +195,10 @@ def test_traffic_model_puts_the_one_kernel_block_at_the_floor_and_split_above_it
     assert 0 <= by_mode["block"]["own"] - floor < 0.06 * floor
     assert by_mode["block"]["own"] < by_mode["fused"]["own"] < by_mode["split"]["own"]
     # chain: split less the input reads of the blocks whose first 1x1 the previous block's kernel computed (every
-    # block after a stage's first, but layer4's: 512 wide, two kernels) and less the depthwise output written and
+    # block but the stem's next and layer4's: 512 wide, two kernels) and less the depthwise output written and
     # read back in layer1-2 (64 and 128 wide: in the chain kernel), fp32
     chain = fused_gpu.traffic_per_image(dsrnet.fuse(model, mode="chain"), x)
-    linked = 2 * 256 * 16 * 16 + 3 * 512 * 8 * 8 + 5 * 1024 * 4 * 4
+    linked = 3 * 256 * 16 * 16 + 4 * 512 * 8 * 8 + 5 * 1024 * 4 * 4
     depthwise = 2 * (3 * 64 * 16 * 16 + 4 * 128 * 8 * 8)
     assert chain["floor"] == floor and by_mode["split"]["own"] - chain["own"] == 4 * (linked + depthwise)
     assert by_mode["block"]["own"] < chain["own"] < by_mode["fused"]["own"]

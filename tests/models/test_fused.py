@@ -80,9 +80,9 @@ def test_fused_model_matches_the_eager_model(stem, stride_on, separable, mode, s
 @needs_interpreter
 def test_chain_mode_computes_each_next_first_1x1_in_the_last_kernel_and_a_hooked_block_runs_as_itself(monkeypatch):
     """mode="chain": each block's last kernel (pointwise_chain) runs its depthwise conv, second 1x1 and shortcut,
-    and within a stage every block but the last hands the next its first 1x1's output (1 + 2 + 1 + 1 links here);
-    a block with a forward hook runs as itself (``block(x)``), unchained on both sides, and its hook sees the block's
-    own output. The numbers are split's."""
+    and every block but the model's last hands the next its first 1x1's output (1 + 2 + 1 + 1 links within the
+    stages here, 3 across them); a block with a forward hook runs as itself (``block(x)``), unchained on both
+    sides, and its hook sees the block's own output. The numbers are split's."""
     from dsrnet.kernels import ops
 
     model = _tiny(layers=(2, 3, 2, 2), block_dilations=(1, 2, 3))
@@ -100,15 +100,20 @@ def test_chain_mode_computes_each_next_first_1x1_in_the_last_kernel_and_a_hooked
     with torch.no_grad():
         want = model.forward_features(x)
         assert _rel_err(fused.forward_features(x), want) < 1e-4
-        assert calls.count("link") == 5 and calls.count("last") == 4
+        assert calls.count("link") == 8 and calls.count("last") == 1
         seen = []
-        fused.layer2[1].register_forward_hook(lambda mod, inp, out: seen.append(out))
+        handle = fused.layer2[1].register_forward_hook(lambda mod, inp, out: seen.append(out))
         calls.clear()
         out = fused.forward_features(x)
         assert _rel_err(out, want) < 1e-4
-        assert calls.count("link") == 3 and calls.count("last") == 6  # layer2's links into and out of block 1 dropped
+        assert calls.count("link") == 6 and calls.count("last") == 3  # layer2's links into and out of block 1 dropped
         assert len(seen) == 1 and _rel_err(seen[0], model.layer2[1](model.layer2[0](model.layer1(
             model.act1(model.bn1(model.conv1(x))))))) < 1e-4  # fmt: skip
+        handle.remove()
+        fused.layer3.register_forward_hook(lambda mod, inp, out: seen.append(out))  # a hooked stage: called as itself
+        calls.clear()
+        assert _rel_err(fused.forward_features(x), want) < 1e-4 and len(seen) == 2
+        assert calls.count("link") == 6  # the links into and out of layer3 dropped, its own link kept
 
 
 @needs_interpreter

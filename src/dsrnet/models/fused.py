@@ -24,16 +24,16 @@
 
   ``mode="chain"``: split, with each block's last kernel (second 1x1 + shortcut) also computing the next block's
   first 1x1 + bias + ReLU of the output tile it has just written (``dsrnet::pointwise_chain``, two ``tl.dot``
-  chains in one kernel), within each stage (:class:`FusedStage`): the block output is then read back by the next
-  shortcut only, not again by the next first 1x1. Up to ``ops.CHAIN_DW_MAX_WIDTH`` channels (layer1's 64,
+  chains in one kernel), within each stage (:class:`FusedStage`) and, in a :class:`FusedDSRNet`, from stage to
+  stage: the block output is then read back by the next shortcut only, not again by the next first 1x1. Up to ``ops.CHAIN_DW_MAX_WIDTH`` channels (layer1's 64,
   layer2's 128) the same kernel also computes the block's depthwise conv, once per tile of pixels, as the A operand
   of every chunk of output channels, so its output is not written either. Values moved per pixel of an identity
   block (C channels in and out, width C/4): split 4C (the first 1x1 reads x and writes y1, the depthwise conv reads
   y1 and writes its output, the second 1x1 reads that and x and writes y), chain 3C, with the depthwise conv 2.5C;
   the block floor (input read once, output written once) is 2C. Not where the next first 1x1 is strided
   (``stride_on="1x1"``'s stage openers) or wider than ``ops.CHAIN_MAX_WIDTH`` (DSRNet-50's layer4: 512), nor into
-  or out of a block with forward hooks (it runs as itself so that they see its input and output), nor where the
-  kernel's pixel tiles would not fill the GPU (block mode's rule: split there). Not yet timed on a GPU.
+  or out of a block or stage with forward hooks (it runs as itself so that they see its input and output), nor
+  where the kernel's pixel tiles would not fill the GPU (block mode's rule: split there). Not yet timed on a GPU.
 
   ``mode="auto"``: each block measures ``split`` and the one-kernel ``block`` on its first call with a new input
   shape (dtype, device) and keeps the faster, as ``torch.backends.cudnn.benchmark`` picks conv algorithms: which of
@@ -282,24 +282,31 @@ class FusedStage(nn.Sequential):
     extract a stage's output, or use the model's ``forward_intermediates``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.chained(x, None, None)[0]
+
+    def chained(self, x: torch.Tensor, y1: torch.Tensor | None, nxt: nn.Module | None):
+        """The stage from its first block's first-1x1 output ``y1`` where the previous stage's last kernel computed
+        it (``None``: computed here), its last block also computing ``nxt``'s first 1x1 where it can (the next
+        stage's first block, from :class:`FusedDSRNet`). Returns ``(output, nxt's y1 or None)``."""
         blocks = list(self)
-        y1 = None
         for i, block in enumerate(blocks):
             if not _chainable(block):
                 x, y1 = block(x), None
                 continue
-            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-            link = nxt if nxt is not None and _chainable(nxt) and block.chains_into(nxt) else None
+            after = blocks[i + 1] if i + 1 < len(blocks) else nxt
+            link = after if after is not None and _chainable(after) and block.chains_into(after) else None
             x, y1 = block.chained(x, y1, link)
-        return x
+        return x, y1
 
 
-def _chainable(module: nn.Module) -> bool:
-    """A fused block without forward hooks of its own, while no global module hooks are set."""
+def _chainable(module: nn.Module, block: bool = True) -> bool:
+    """A fused block (``block``; else any module) without forward hooks of its own, while no global module hooks
+    are set: what a chain may run without calling it as a module."""
     from torch.nn.modules import module as module_lib
 
-    return (isinstance(module, FusedDSRBlock) and not module._forward_hooks and not module._forward_pre_hooks
-            and not module_lib._global_forward_hooks and not module_lib._global_forward_pre_hooks)  # fmt: skip
+    return ((isinstance(module, FusedDSRBlock) or not block) and not module._forward_hooks
+            and not module._forward_pre_hooks and not module_lib._global_forward_hooks
+            and not module_lib._global_forward_pre_hooks)  # fmt: skip
 
 
 #: ``mode="auto"``'s measurements, one per block geometry, input shape, dtype and device (see :func:`auto_choices`).
@@ -443,8 +450,16 @@ class FusedDSRNet(nn.Module):
         x = self.stem(x)
         feats = [x] if 0 in take else []
         x = self.maxpool(x)
-        for idx, stage in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)[:last], start=1):
-            x = stage(x)
+        stages = (self.layer1, self.layer2, self.layer3, self.layer4)[:last]
+        chained = [isinstance(stage, FusedStage) and len(stage) and _chainable(stage, block=False) for stage in stages]
+        y1 = None
+        for idx, stage in enumerate(stages, start=1):
+            if chained[idx - 1]:
+                # mode="chain": the stage's last kernel also computes the next stage's first 1x1 (a stage hooks
+                # could be watching is called as itself, unchained on both sides)
+                x, y1 = stage.chained(x, y1, stages[idx][0] if idx < len(stages) and chained[idx] else None)
+            else:
+                x, y1 = stage(x), None
             if idx in take:
                 feats.append(x)
         return x, feats
@@ -476,8 +491,8 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     with the shortcut in its tile; ``mode="fused"``: both in one kernel (module docstring: split measured faster on
     an H200); ``mode="block"``: each whole block in one kernel at its memory-traffic floor (not yet timed on a
     GPU); ``mode="auto"``: split or block per block shape and input size, whichever its first call measures
-    faster (:func:`auto_choices`); ``mode="chain"``: split, each block's last kernel also computing the next
-    block's first 1x1 within a stage (module docstring). A ``features_only`` backbone fuses into a backbone with the same feature maps
+    faster (:func:`auto_choices`); ``mode="chain"``: split, each block's last kernel also computing its depthwise
+    conv (up to 128 channels) and the next block's first 1x1 (module docstring). A ``features_only`` backbone fuses into a backbone with the same feature maps
     (channels-last, in the model's dtype).
 
     A DSRNet gives a :class:`FusedDSRNet`. Any other module built on DSRNet parts (torchvision's
