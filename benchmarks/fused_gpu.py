@@ -1223,12 +1223,12 @@ def traffic_per_image(model: nn.Module, x: torch.Tensor) -> dict:
     ``floor``: each residual block reads its input once and writes its output once, plus the stem.
     ``own``: every unfused module (conv, BN, ReLU, ...) reads its inputs and writes its output; a
     :class:`FusedDSRBlock` reads x, writes and re-reads the 1x1 output, reads the shortcut input and writes its
-    output, and in ``split`` mode also writes and re-reads the depthwise output (``chain``: as split, but a block whose
-    first 1x1 the previous block's last kernel computed does not read x for it, and up to ``CHAIN_DW_MAX_WIDTH``
-    channels the depthwise output is not written); in ``block`` mode it reads x once
-    and writes its output once (its intermediates and its re-reads of x are modelled as L2 hits; on a GPU a block
-    with fewer output pixels than ``BLOCK_MIN_PIXELS_PER_SM`` per SM runs split, which this CPU count at batch 1
-    does not see: at batch 128 that is layers 3-4, a small share of the bytes).
+    output, and in ``split`` mode also writes and re-reads the depthwise output (``chain``: as split, but a block
+    whose first 1x1 the previous block's last kernel computed does not read x for it, and up to
+    ``CHAIN_DW_MAX_WIDTH`` channels the depthwise output is not written); in ``block`` mode it reads x once and
+    writes its output once (its intermediates and its re-reads of x are modelled as L2 hits). On a GPU, block and
+    chain run a block with fewer output pixels than ``BLOCK_MIN_PIXELS_PER_SM`` per SM as split, which this CPU
+    count at batch 1 does not see: at batch 128 that is layers 3-4, a small share of the bytes.
     """
     from torchvision.models.resnet import Bottleneck
 

@@ -353,6 +353,10 @@ def test_pointwise_chain_wider_than_its_tile_runs_two_kernels_and_bad_weights_ar
         ops.pointwise_chain(x, w, b, shortcut, None, 1, w1[:8], b1)
     with pytest.raises(DsrnetError, match="wants a shortcut"):
         ops.pointwise_chain(x, w, b, None, None, 1, w1, b1)
+    with pytest.raises(DsrnetError, match="w1_next and b1_next go together"):
+        ops.pointwise_chain(x, w, b, shortcut, None, 1, w1, None)
+    with pytest.raises(DsrnetError, match="w_dw without b_dw; fix: pass the depthwise bias"):
+        ops.pointwise_chain(x, w, b, shortcut, None, 1, w1, b1, torch.randn(9, 8), None)
 
 
 @pytest.mark.parametrize("ds_stride", [1, 2])

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -147,8 +148,31 @@ def test_chain_mode_in_a_backbone_global_hooks_other_modules_and_an_empty_batch(
         assert seen.count("FusedDSRBlock") == 6 and True not in calls
         fused.body.layer2.append(nn.Identity())
         assert all(_rel_err(fused(x)[k], want[k]) < 1e-4 for k in want)
+        # a stage built from named children keeps their names (and its state_dict keys) as a FusedStage
+        named = nn.Sequential(OrderedDict(first=backbone.body.layer1[0], second=backbone.body.layer1[1]))
+        holder = nn.Sequential(OrderedDict(conv1=backbone.body.conv1, bn1=backbone.body.bn1,
+                                           act1=backbone.body.act1, layer1=named))  # fmt: skip
+        fused_holder = dsrnet.fuse(holder, mode="chain")
+        assert type(fused_holder.layer1).__name__ == "FusedStage"
+        assert {k.split(".")[1] for k in fused_holder.state_dict() if k.startswith("layer1.")} == {"first", "second"}
+        assert _rel_err(fused_holder(x), holder(x)) < 1e-4
         plain = dsrnet.fuse(_tiny(), mode="chain")
         assert plain.forward_features(torch.randn(0, 3, 9, 9)).shape == (0, 64, 2, 2)
+
+
+def test_chain_mode_traces_with_torch_fx_for_a_feature_extractor(monkeypatch):
+    """torchvision's create_feature_extractor symbolically traces the fused model: chain's device rule (split where
+    its tiles would not fill the GPU) has no device to read there and keeps the chain kernels."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the same custom ops on any machine
+    model = _tiny()
+    with pytest.warns(UserWarning, match="for inference only"):  # it traces the train() graph too
+        extractor = create_feature_extractor(dsrnet.fuse(model, mode="chain"), {"layer2": "c3", "layer4": "c5"})
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        got = extractor(x)
+        assert _rel_err(got["c5"], model.forward_features(x)) < 1e-4 and set(got) == {"c3", "c5"}
 
 
 @needs_interpreter

@@ -831,14 +831,19 @@ def _pw_chain(
 
 
 #: Two fp32 accumulators (the output chunk's and the next 1x1's, BLOCK_M x BLOCK_W), the chunk again as the second
-#: GEMM's bf16 operand and, with DW, the depthwise tile (BLOCK_M x BLOCK_KW) held for every chunk: sm_90, bf16, the
-#: first three compile without spilling at every width DSRNet-50 chains (up to 255 registers); 4 warps spill from a
-#: 128-wide next 1x1 or depthwise tile, and 128 x 64 with a 128-wide depthwise tile (_chain_fits leaves those out).
+#: GEMM's bf16 operand and, with DW, the depthwise tile (BLOCK_M x BLOCK_KW) held for every chunk. sm_90, bf16
+#: (Triton 3.6 and 3.8): the 8-warp configs compile without spilling at every width DSRNet-50 chains (up to 255
+#: registers), but for 128 x 64 with a 128-wide depthwise tile; 64 x 64 on 4 warps spills at a 256-wide next 1x1 or
+#: a 128-wide depthwise tile; 32-row tiles (Ampere-style MMA) need fewer registers per program (128 at layer1's
+#: widths: up to 4 programs per SM, where a program of the 8-warp configs fills one), 32 x 128 spills where 64 x 64
+#: does. _chain_fits leaves the spilling ones out.
 _CHAIN_CONFIGS = [
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+    _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+    _cfg(BLOCK_M=32, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
 ]
 
 
@@ -849,9 +854,9 @@ def _chain_fits(configs, named_args, **kwargs):
     wide_next = bool(kwargs.get("CHAIN")) and kwargs.get("BLOCK_W", 0) > 128
 
     def fits(c) -> bool:
-        if c.num_warps < 8:
-            return not (wide_dw or wide_next)
-        return not wide_dw or c.kwargs["BLOCK_M"] == 64
+        if c.num_warps >= 8:
+            return not wide_dw or c.kwargs["BLOCK_M"] == 64
+        return not (wide_dw or wide_next) or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 64
 
     return [c for c in configs if fits(c)]
 

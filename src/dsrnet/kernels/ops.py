@@ -602,12 +602,17 @@ def _pointwise_chain(
     n, k, h, w = x.shape
     ho, wo = _out_size(h, stride), _out_size(w, stride)
     if w_dw is not None:
+        if b_dw is None:
+            raise DsrnetError("pointwise_chain: w_dw without b_dw; fix: pass the depthwise bias (zeros for none)")
         _check_shape("pointwise_chain", "w_dw (taps-major)", w_dw, (9, k))
         _check_shape("pointwise_chain", "b_dw", b_dw, (k,))
     _check_pw("pointwise_chain", x, w_kn, bias, shortcut, w_ds, stride, ds_stride)  # (the output at stride)
     if shortcut is None:
         raise DsrnetError("pointwise_chain wants a shortcut (a DSR block's identity or downsample input), got None")
     nout = w_kn.shape[1]
+    if (w1_next is None) != (b1_next is None):
+        raise DsrnetError("pointwise_chain: w1_next and b1_next go together; fix: pass both (the next block's first "
+                          "1x1) or neither")  # fmt: skip
     if w1_next is not None:
         if w1_next.dim() != 2 or w1_next.shape[0] != nout:
             raise DsrnetError(f"pointwise_chain wants w1_next [{nout}, Wn] (the next block's first 1x1), got "

@@ -75,6 +75,7 @@ from __future__ import annotations
 import copy
 import statistics
 import warnings
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -175,9 +176,11 @@ class FusedDSRBlock(nn.Module):
         # (deep stages at small batches; block mode's rule, not yet tuned for chain) the split kernels run instead.
         if self.mode == "chain" and self._fills_device(x):  # the depthwise conv too, up to CHAIN_DW_MAX_WIDTH wide
             w1, b1 = (None, None) if nxt is None else (nxt.w1, nxt.b1)
-            y, y1_next = ops.run(ops.pointwise_chain, y1, self.w_pw, self.b_out, x, self.w_ds, self.ds_stride, w1, b1,
-                                 self.w_dw, self.b_dw, self.stride_dw, self.dilation)  # fmt: skip
-            return y, None if nxt is None else y1_next
+            out = ops.run(ops.pointwise_chain, y1, self.w_pw, self.b_out, x, self.w_ds, self.ds_stride, w1, b1,
+                          self.w_dw, self.b_dw, self.stride_dw, self.dilation)  # fmt: skip
+            # the block output taken last: under torch.fx a module's output is its last node (feature extraction)
+            y1_next = None if nxt is None else out[1]
+            return out[0], y1_next
         w_dw = self.w_dw.t().reshape(self.width, 1, 3, 3)
         y2 = ops.run(ops.dwconv2d, y1, w_dw, self.b_dw, self.stride_dw, self.dilation, True)
         # The downsample shortcut (if any) goes into the pointwise GEMM's tile, as in the fused kernel.
@@ -263,8 +266,10 @@ class FusedDSRBlock(nn.Module):
         return geometry, ops._tune_size(x.numel() // max(1, x.shape[1])), x.dtype, x.device
 
     def _fills_device(self, x: torch.Tensor) -> bool:
-        """Whether the one-kernel block gets at least one tile per SM from ``x`` (always, off a GPU)."""
-        if x.device.type != "cuda":
+        """Whether the one-kernel block gets at least one tile per SM from ``x`` (always, off a GPU, and under
+        ``torch.fx`` symbolic tracing, which has no device or shape to decide by: a traced graph keeps the mode's
+        own kernel)."""
+        if isinstance(x, torch.fx.Proxy) or x.device.type != "cuda":
             return True
         n, _, h, w = x.shape
         s = self.stride_1x1 * self.stride_dw
@@ -451,7 +456,10 @@ class FusedDSRNet(nn.Module):
         feats = [x] if 0 in take else []
         x = self.maxpool(x)
         stages = (self.layer1, self.layer2, self.layer3, self.layer4)[:last]
-        chained = [isinstance(stage, FusedStage) and len(stage) and _chainable(stage, block=False) for stage in stages]
+        # (torch.fx symbolic tracing, e.g. torchvision's create_feature_extractor: every stage called as a module,
+        # so that each is a node of the graph)
+        chained = [isinstance(stage, FusedStage) and len(stage) and _chainable(stage, block=False)
+                   and not isinstance(x, torch.fx.Proxy) for stage in stages]  # fmt: skip
         y1 = None
         for idx, stage in enumerate(stages, start=1):
             if chained[idx - 1]:
@@ -549,8 +557,8 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     if mode == "chain":  # a stage of fused blocks (a backbone's layer1..4) chains them, as in a FusedDSRNet
         stages = [(parent, name, child) for parent in source.modules() for name, child in parent.named_children()
                   if type(child) is nn.Sequential and len(child) and all(isinstance(b, FusedDSRBlock) for b in child)]
-        for parent, name, child in stages:
-            setattr(parent, name, _with_hooks_of(child, FusedStage(*child)))
+        for parent, name, child in stages:  # the children's own names (an OrderedDict stage keeps its keys)
+            setattr(parent, name, _with_hooks_of(child, FusedStage(OrderedDict(child.named_children()))))
     return source
 
 
