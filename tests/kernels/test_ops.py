@@ -563,6 +563,13 @@ def test_custom_op_registrations_pass_opcheck():
         torch.library.opcheck(torch.ops.dsrnet.dsr_block.default,
                               (xi, w_kn, b, ops.pack_taps(torch.randn(6, 1, 3, 3)), torch.randn(6),
                                torch.randn(6, 7), torch.randn(7), torch.randn(5, 7), 1, 2, 2, 2))  # fmt: skip
+        # the chain kernel: with the depthwise conv and the next 1x1 (stride 2, downsample shortcut), and without
+        w1, b1 = torch.randn(6, 3), torch.randn(3)
+        torch.library.opcheck(torch.ops.dsrnet.pointwise_chain.default,
+                              (xi, w_kn, b, torch.randn(1, 4, 4, 3), torch.randn(4, 6), 2, w1, b1, taps,
+                               torch.randn(5), 2, 3))  # fmt: skip
+        torch.library.opcheck(torch.ops.dsrnet.pointwise_chain.default,
+                              (xi, w_kn, b, torch.randn(1, 6, 4, 3), None, 1, None, None))  # fmt: skip
 
 
 def test_dwconv2d_under_torch_compile_matches_eager():

@@ -16,9 +16,10 @@ Ops (namespace ``dsrnet``):
   with ``affine``).
 * ``pointwise_conv(x, w_kn, bias, residual, stride, relu, w_ds=None, ds_stride=1)``: 1x1 conv with weight
   ``[Cin, Cout]`` (+ a residual, or with ``w_ds`` the block's strided 1x1 downsample of it); inference only.
-* ``pointwise_chain(x, w_kn, bias, shortcut, w_ds, ds_stride, w1_next, b1_next)``: ``pointwise_conv`` with a
-  shortcut, and the next DSR block's first 1x1 + bias + ReLU of its output from the same tile: ``(y, m)``;
-  inference only (``fuse(mode="chain")``).
+* ``pointwise_chain(x, w_kn, bias, shortcut, w_ds, ds_stride, w1_next, b1_next, w_dw=None, b_dw=None, stride=1,
+  dilation=1)``: ``pointwise_conv`` with a shortcut, and the next DSR block's first 1x1 + bias + ReLU of its
+  output from the same tile: ``(y, m)``; with ``w_dw`` the block's depthwise conv of ``x`` first, in the same
+  kernel; inference only (``fuse(mode="chain")``).
 * ``dw_pw_block(x, w_dw, b_dw, w_pw, bias, shortcut, w_ds, stride, dilation, ds_stride)``: the fused second half of
   a folded DSR block (depthwise 3x3 + bias + ReLU -> 1x1 + bias + shortcut + ReLU); inference only.
 * ``dsr_block(x, w1, b1, w_dw, b_dw, w_pw, bias, w_ds, stride_1x1, stride, dilation, ds_stride)``: a whole

@@ -25,9 +25,10 @@
   ``mode="chain"``: split, with each block's last kernel (second 1x1 + shortcut) also computing the next block's
   first 1x1 + bias + ReLU of the output tile it has just written (``dsrnet::pointwise_chain``, two ``tl.dot``
   chains in one kernel), within each stage (:class:`FusedStage`) and, in a :class:`FusedDSRNet`, from stage to
-  stage: the block output is then read back by the next shortcut only, not again by the next first 1x1. Up to ``ops.CHAIN_DW_MAX_WIDTH`` channels (layer1's 64,
-  layer2's 128) the same kernel also computes the block's depthwise conv, once per tile of pixels, as the A operand
-  of every chunk of output channels, so its output is not written either. Values moved per pixel of an identity
+  stage: the block output is then read back by the next shortcut only, not again by the next first 1x1. Up to
+  ``ops.CHAIN_DW_MAX_WIDTH`` channels (layer1's 64, layer2's 128) the same kernel also computes the block's
+  depthwise conv, once per tile of pixels, as the A operand of every chunk of output channels, so its output is not
+  written either. Values moved per pixel of an identity
   block (C channels in and out, width C/4): split 4C (the first 1x1 reads x and writes y1, the depthwise conv reads
   y1 and writes its output, the second 1x1 reads that and x and writes y), chain 3C, with the depthwise conv 2.5C;
   the block floor (input read once, output written once) is 2C. Not where the next first 1x1 is strided
@@ -81,6 +82,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
+from torch.nn.modules import module as _module_lib
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dsrnet.device import time_calls
@@ -307,11 +309,9 @@ class FusedStage(nn.Sequential):
 def _chainable(module: nn.Module, block: bool = True) -> bool:
     """A fused block (``block``; else any module) without forward hooks of its own, while no global module hooks
     are set: what a chain may run without calling it as a module."""
-    from torch.nn.modules import module as module_lib
-
     return ((isinstance(module, FusedDSRBlock) or not block) and not module._forward_hooks
-            and not module._forward_pre_hooks and not module_lib._global_forward_hooks
-            and not module_lib._global_forward_pre_hooks)  # fmt: skip
+            and not module._forward_pre_hooks and not _module_lib._global_forward_hooks
+            and not _module_lib._global_forward_pre_hooks)  # fmt: skip
 
 
 #: ``mode="auto"``'s measurements, one per block geometry, input shape, dtype and device (see :func:`auto_choices`).
