@@ -85,9 +85,12 @@ def variants():
                              (1, 0, 1, False)]:  # fmt: skip
         yield tk.pw_gemm, {"STRIDE": s, "RES": res, "DS_STRIDE": ds, "RELU": relu}
     # mode="chain": identity / downsample (stride 1, 2) shortcut, the next block's first 1x1 up to 256 wide
-    for res, ds, width in [(1, 1, 64), (1, 1, 128), (1, 1, 256), (2, 1, 64), (2, 2, 128), (2, 2, 256)]:
+    # (the depthwise output read from memory: layer3's 256 wide blocks, layer4's 512 without the next 1x1)
+    for res, ds, width, k, chain in [(1, 1, 64, 64, True), (1, 1, 128, 128, True), (1, 1, 256, 256, True),
+                                     (2, 1, 64, 64, True), (2, 2, 128, 128, True), (2, 2, 256, 256, True),
+                                     (1, 1, 16, 512, False), (2, 2, 16, 512, False)]:  # fmt: skip
         yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": width, "DW": False, "STRIDE": 1, "DIL": 1,
-                            "CHAIN": True, "BLOCK_KW": 16}  # fmt: skip
+                            "CHAIN": chain, "BLOCK_KW": k}  # fmt: skip
     # ... with the depthwise conv in it (DW): layer1 (64 wide, rates 1-3, the first block's downsample), layer2
     # (128 wide, its stride-2 opener), each chaining into a next block as wide, or (CHAIN False) a stage's last
     for res, ds, s, d, kw, chain in [(1, 1, 1, 1, 64, True), (1, 1, 1, 3, 64, True), (2, 1, 1, 1, 64, True),

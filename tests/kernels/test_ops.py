@@ -270,6 +270,24 @@ def test_persistent_gemm_configs_only_where_one_step_covers_k_and_no_downsample_
     assert tk._persistent_fits(configs, {"K": 64}, RES=2) == [tiled]  # the downsample GEMM has its own K loop
 
 
+def test_chain_configs_are_pruned_to_those_that_compiled_without_spilling():
+    from dsrnet.kernels import _triton as tk
+
+    def kept(k, **kwargs):
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, bool(c.kwargs.get("RESIDENT")))
+                for c in tk._chain_fits(tk._CHAIN_CONFIGS, {"K": k}, **kwargs)]  # fmt: skip
+
+    everything = kept(64, DW=False, BLOCK_KW=64, CHAIN=True, BLOCK_W=64)
+    assert len(everything) == len(tk._CHAIN_CONFIGS)  # layer1's widths without the depthwise conv: all fit
+    layer1 = kept(64, DW=True, BLOCK_KW=64, CHAIN=True, BLOCK_W=64)
+    assert (64, 64, 8, True) not in layer1 and len(layer1) == len(tk._CHAIN_CONFIGS) - 1
+    layer2 = kept(128, DW=True, BLOCK_KW=128, CHAIN=True, BLOCK_W=128)  # a 128-wide depthwise tile
+    assert layer2 == [(64, 128, 8, False), (64, 64, 8, False), (32, 64, 4, False)]
+    layer3 = kept(256, DW=False, BLOCK_KW=256, CHAIN=True, BLOCK_W=256)  # a 256-wide next 1x1
+    assert (64, 64, 4, False) not in layer3 and (32, 128, 4, False) not in layer3 and (64, 64, 8, True) in layer3
+    assert (64, 64, 8, True) not in kept(1024, DW=False, BLOCK_KW=1024, CHAIN=False, BLOCK_W=16)
+
+
 def test_gemm_grid_caps_a_persistent_config_at_its_programs_per_sm():
     grid = ops._gemm_grid(1000, 256, sms=132)
     assert grid({"BLOCK_M": 64, "BLOCK_N": 128}) == (16 * 2,)
@@ -282,11 +300,19 @@ def _pw_ref(x, w_kn, bias, residual=None):
     return F.relu(y if residual is None else y + residual.float())
 
 
+@pytest.mark.parametrize("resident", [False, True])
 @pytest.mark.parametrize("ds_stride", [None, 1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pointwise_chain_gives_the_block_output_and_the_next_blocks_first_1x1(ds_stride, dtype):
+def test_pointwise_chain_gives_the_block_output_and_the_next_blocks_first_1x1(ds_stride, dtype, resident,
+                                                                            monkeypatch):  # fmt: skip
     """mode="chain"'s kernel: y = relu(pw(x) + b + shortcut) and m = relu(pw(y) + b1) from one tile (odd channel
-    counts: masked N, K and W tails; an identity or a downsample shortcut at stride 1 or 2)."""
+    counts: masked N, K and W tails; an identity or a downsample shortcut at stride 1 or 2); ``resident``: the
+    autotune option that loads the tile's rows of x once for every chunk of outputs."""
+    if resident:
+        from dsrnet.kernels import _triton as tk
+
+        monkeypatch.setattr(tk.pw_chain, "interp_config", tk._cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, RESIDENT=True))
+        monkeypatch.setattr(tk.pw_chain, "_built", {})
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 13, 5, 6, generator=g).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(13, 40, generator=g) / 4, torch.randn(40, generator=g)

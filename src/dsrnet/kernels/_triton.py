@@ -778,14 +778,15 @@ def _pw_chain(
     smn, smh, smw, TUNE_SIZE,
     RES: tl.constexpr, DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, DW: tl.constexpr,
     STRIDE: tl.constexpr, DIL: tl.constexpr, CHAIN: tl.constexpr, BLOCK_KW: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, RESIDENT: tl.constexpr = False,
 ):  # fmt: skip
     # y = relu(a @ w + b + shortcut), a [M, K] = the block's depthwise output, and (CHAIN) m = relu(y @ w1 + b1),
     # the next DSR block's first 1x1 (w1 [N, W1N], W1N <= BLOCK_W), from the same tile. Each program owns BLOCK_M
     # output pixels and all N channels, BLOCK_N at a time; each y chunk is written and, as the values split's next
     # kernel would read back (rounded to y's dtype), multiplied into m's fp32 accumulator at once, so y is read by
     # nobody but the next shortcut.
-    #   DW = 0: x is the depthwise output itself [Nb, HO, WO, K], read BLOCK_K channels at a time per chunk of N.
+    #   DW = 0: x is the depthwise output itself [Nb, HO, WO, K], read BLOCK_K channels at a time per chunk of N,
+    #   or (RESIDENT, an autotune option where K <= BLOCK_KW) the tile's rows once, held for every chunk.
     #   DW = 1: x is the depthwise conv's input [Nb, H, W, K] (the block's first 1x1 output, K <= BLOCK_KW): the
     #   program computes relu(depthwise3x3(x) + bdw) for its pixels once (wdw [9, K], STRIDE, DIL), keeps it in
     #   registers as the GEMM's A operand for every chunk of N, and the depthwise output is never written.
@@ -804,6 +805,10 @@ def _pw_chain(
         a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)  # columns past K: relu(0 + 0) = 0
     else:
         a_row = x_ptr + img * sxn + ho * sxh + wo * sxw
+        if RESIDENT:  # the tile's rows of x (K <= BLOCK_KW) loaded once for every chunk of N
+            offs_k = tl.arange(0, BLOCK_KW)
+            k_mask = offs_k < K
+            a = tl.load(a_row[:, None] + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
     if CHAIN:
         offs_w = tl.arange(0, BLOCK_W)
         w_mask = offs_w < W1N
@@ -812,7 +817,7 @@ def _pw_chain(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if DW:
+        if DW or RESIDENT:
             wv = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
                          other=0.0)  # fmt: skip
             acc = _mma(a, wv, acc, IEEE, DOT_F32)
@@ -836,7 +841,9 @@ def _pw_chain(
 #: registers), but for 128 x 64 with a 128-wide depthwise tile; 64 x 64 on 4 warps spills at a 256-wide next 1x1 or
 #: a 128-wide depthwise tile; 32-row tiles (Ampere-style MMA) need fewer registers per program (128 at layer1's
 #: widths: up to 4 programs per SM, where a program of the 8-warp configs fills one), 32 x 128 spills where 64 x 64
-#: does. _chain_fits leaves the spilling ones out.
+#: does. _chain_fits leaves the spilling ones out. RESIDENT (x's rows of the tile held for every chunk of N instead
+#: of re-read from L2 per chunk; no depthwise conv in the kernel): only 64 x 64 on 8 warps neither spills nor
+#: overflows shared memory at layer3's widths (K and the next 1x1 256: 223-253 registers, 98-172 KB), up to K 512.
 _CHAIN_CONFIGS = [
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2),
@@ -844,6 +851,7 @@ _CHAIN_CONFIGS = [
     _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
     _cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
     _cfg(BLOCK_M=32, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
+    _cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2, RESIDENT=True),
 ]
 
 
@@ -854,6 +862,8 @@ def _chain_fits(configs, named_args, **kwargs):
     wide_next = bool(kwargs.get("CHAIN")) and kwargs.get("BLOCK_W", 0) > 128
 
     def fits(c) -> bool:
+        if c.kwargs.get("RESIDENT"):  # (with the depthwise conv in the kernel it would be a copy of another config)
+            return not kwargs.get("DW") and named_args["K"] <= min(kwargs.get("BLOCK_KW", 0), 512)
         if c.num_warps >= 8:
             return not wide_dw or c.kwargs["BLOCK_M"] == 64
         return not (wide_dw or wide_next) or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 64
