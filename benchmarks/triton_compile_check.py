@@ -88,7 +88,8 @@ def variants():
     # (the depthwise output read from memory: layer3's 256 wide blocks, layer4's 512 without the next 1x1)
     for res, ds, width, k, chain in [(1, 1, 64, 64, True), (1, 1, 128, 128, True), (1, 1, 256, 256, True),
                                      (2, 1, 64, 64, True), (2, 2, 128, 128, True), (2, 2, 256, 256, True),
-                                     (1, 1, 16, 512, False), (2, 2, 16, 512, False)]:  # fmt: skip
+                                     (1, 1, 16, 512, False), (2, 2, 16, 512, False),
+                                     (1, 1, 128, 512, True)]:  # fmt: skip
         yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": width, "DW": False, "STRIDE": 1, "DIL": 1,
                             "CHAIN": chain, "BLOCK_KW": k}  # fmt: skip
     # ... with the depthwise conv in it (DW): layer1 (64 wide, rates 1-3, the first block's downsample), layer2
@@ -167,8 +168,8 @@ def main() -> int:
         configs = lazy.configs[:1] if args.quick else lazy.configs
         if args.sweep:
             configs = tk.SWEEP_CONFIGS.get(lazy.fn.__name__.lstrip("_"), [])
-        if lazy.prune:  # what a launch of this variant may use (K = 1: every K-dependent config allowed)
-            configs = lazy.prune(configs, {"K": 1}, **consts)
+        if lazy.prune:  # what a launch of this variant may use (the chain kernel's K is its BLOCK_KW; 1 elsewhere:
+            configs = lazy.prune(configs, {"K": consts.get("BLOCK_KW", 1)}, **consts)  # every K-bound config allowed)
         for dtype, cfg in itertools.product(dtypes, configs):
             extra = {}
             if "IEEE" in jit.arg_names:

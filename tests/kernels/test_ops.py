@@ -286,6 +286,8 @@ def test_chain_configs_are_pruned_to_those_that_compiled_without_spilling():
     layer3 = kept(256, DW=False, BLOCK_KW=256, CHAIN=True, BLOCK_W=256)  # a 256-wide next 1x1
     assert (64, 64, 4, False) not in layer3 and (32, 128, 4, False) not in layer3 and (64, 64, 8, True) in layer3
     assert (64, 64, 8, True) not in kept(1024, DW=False, BLOCK_KW=1024, CHAIN=False, BLOCK_W=16)
+    assert (64, 64, 8, True) not in kept(512, DW=False, BLOCK_KW=512, CHAIN=True, BLOCK_W=128)  # shared memory
+    assert (64, 64, 8, True) in kept(512, DW=False, BLOCK_KW=512, CHAIN=False, BLOCK_W=16)
 
 
 def test_gemm_grid_caps_a_persistent_config_at_its_programs_per_sm():
@@ -314,8 +316,9 @@ def test_pointwise_chain_gives_the_block_output_and_the_next_blocks_first_1x1(ds
         monkeypatch.setattr(tk.pw_chain, "interp_config", tk._cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, RESIDENT=True))
         monkeypatch.setattr(tk.pw_chain, "_built", {})
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 13, 5, 6, generator=g).contiguous(memory_format=torch.channels_last)
-    w, b = torch.randn(13, 40, generator=g) / 4, torch.randn(40, generator=g)
+    k = 40 if resident else 13  # resident: K past BLOCK_K (16), one dot over the whole K against the K loop's
+    x = torch.randn(2, k, 5, 6, generator=g).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(k, 40, generator=g) / 4, torch.randn(40, generator=g)
     w1, b1 = torch.randn(40, 20, generator=g) / 6, torch.randn(20, generator=g)
     if ds_stride is None:
         shortcut, w_ds, ds_stride, residual = torch.randn(2, 40, 5, 6, generator=g), None, 1, None

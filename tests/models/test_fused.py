@@ -176,13 +176,19 @@ def test_chain_mode_traces_with_torch_fx_for_a_feature_extractor(monkeypatch):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dw_in_kernel", [0, 128])
-def test_chain_mode_with_and_without_the_depthwise_conv_in_its_kernel_gives_splits_numbers(monkeypatch, dw_in_kernel):
-    """ops.CHAIN_DW_MAX_WIDTH = 0 runs each depthwise conv as its own kernel (a benchmark's comparison); both forms
-    match split in bf16 too (rates 1-3, stride 2 openers, downsample shortcuts)."""
+@pytest.mark.parametrize(("dw_in_kernel", "resident"), [(0, False), (0, True), (128, False)])
+def test_chain_mode_with_and_without_the_depthwise_conv_in_its_kernel_gives_splits_numbers(monkeypatch, dw_in_kernel,
+                                                                                          resident):  # fmt: skip
+    """ops.CHAIN_DW_MAX_WIDTH = 0 runs each depthwise conv as its own kernel (a benchmark's comparison; the chain
+    kernel then reads the depthwise output, ``resident``: the tile's rows once for every chunk); all forms match
+    split in bf16 too (rates 1-3, stride 2 openers, downsample shortcuts)."""
+    from dsrnet.kernels import _triton as tk
     from dsrnet.kernels import ops
 
     monkeypatch.setattr(ops, "CHAIN_DW_MAX_WIDTH", dw_in_kernel)
+    if resident:
+        monkeypatch.setattr(tk.pw_chain, "interp_config", tk._cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, RESIDENT=True))
+        monkeypatch.setattr(tk.pw_chain, "_built", {})
     dw_launches = []
     real_dw = ops._dwconv2d
     monkeypatch.setattr(ops, "_dwconv2d", lambda *a: dw_launches.append(1) or real_dw(*a))

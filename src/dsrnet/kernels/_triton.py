@@ -843,7 +843,8 @@ def _pw_chain(
 #: widths: up to 4 programs per SM, where a program of the 8-warp configs fills one), 32 x 128 spills where 64 x 64
 #: does. _chain_fits leaves the spilling ones out. RESIDENT (x's rows of the tile held for every chunk of N instead
 #: of re-read from L2 per chunk; no depthwise conv in the kernel): only 64 x 64 on 8 warps neither spills nor
-#: overflows shared memory at layer3's widths (K and the next 1x1 256: 223-253 registers, 98-172 KB), up to K 512.
+#: overflows shared memory at layer3's widths (K and the next 1x1 256: 223-253 registers, 98-172 KB); K up to 256
+#: with the next 1x1 (512 needs 238-270 KB), 512 without it (205 KB).
 _CHAIN_CONFIGS = [
     _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
     _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=2),
@@ -863,7 +864,8 @@ def _chain_fits(configs, named_args, **kwargs):
 
     def fits(c) -> bool:
         if c.kwargs.get("RESIDENT"):  # (with the depthwise conv in the kernel it would be a copy of another config)
-            return not kwargs.get("DW") and named_args["K"] <= min(kwargs.get("BLOCK_KW", 0), 512)
+            most = 256 if kwargs.get("CHAIN") else 512  # shared memory (above)
+            return not kwargs.get("DW") and named_args["K"] <= min(kwargs.get("BLOCK_KW", 0), most)
         if c.num_warps >= 8:
             return not wide_dw or c.kwargs["BLOCK_M"] == 64
         return not (wide_dw or wide_next) or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 64
