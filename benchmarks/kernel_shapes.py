@@ -37,12 +37,14 @@ floor the kernel takes; and the block count, so that ms x count ranks the shapes
 network's time. The Triton rows also carry the largest relative difference to the PyTorch output (a check that
 the rows time the same math).
 
-Steps run most valuable first (whole, fused, then split, pw1, torch for every 32-px shape; then 96 px; then
-compiled); a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100
+Steps run most valuable first (whole, fused, then split, chain, pw1, torch for every 32-px shape; then 96 px;
+then compiled); a step is skipped, and listed, when its estimate no longer fits the budget (estimates start at H100
 guesses and follow the fastest measured step of the same kind), SIGALRM stops a step at the deadline, and the
 results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
 ``--out``. For a narrower follow-up call: ``--kinds whole,split,pw1`` (a subset of whole, fused, pw1, torch,
-split, compiled; the summary adds pw1 to split and fused to compare whole blocks), ``--max-shapes N``,
+split, chain, compiled; the summary adds pw1 to split and fused to compare whole blocks; chain times
+``fuse(mode="chain")``'s kernel against split's three kernels doing the same, the next block's first 1x1 included,
+in tables of its own), ``--max-shapes N``,
 ``--no-paper``; also ``--batch``, ``--dtype``. ``--sweep`` (with ``--kinds split,pw1``) autotunes the 1x1 GEMM and
 the depthwise kernel over ``dsrnet.kernels._triton.SWEEP_CONFIGS`` too and tabulates, per shape, the best of the
 library's configs against the best of all. The summary per network: each shape's whole block in every
@@ -79,7 +81,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NETWORKS = (("cifar", "dsrnet50_cifar", 32), ("paper", "dsrnet50", 96))
 #: First-shape estimates in seconds on an H100 (compiles and autotuning included); later shapes of the same
 #: kind are estimated from the fastest one measured.
-FIRST_ESTIMATE_S = {"whole": 25.0, "fused": 25.0, "pw1": 12.0, "torch": 3.0, "split": 25.0, "compiled": 30.0}
+FIRST_ESTIMATE_S = {"whole": 25.0, "fused": 25.0, "pw1": 12.0, "torch": 3.0, "split": 25.0, "chain": 30.0,
+                    "compiled": 30.0}
 WARMUP, REPEATS = 5, 20
 
 
@@ -211,6 +214,10 @@ def work(s: BlockShape, n: int, part: str) -> tuple[int, int]:
     if part == "pw1":
         px = n * s.h1 * s.w1
         return s.cin * px + s.width * px + (s.cin + 1) * s.width, 2 * s.cin * s.width * px
+    if part == "chain":  # pointwise_chain: the block after its first 1x1, then the next first 1x1 of its output
+        weights = w_dw + w_pw + (w_ds if s.shortcut == "downsample" else 0) + (s.cout + 1) * s.width
+        return (y1 + shortcut_in + s.cout * out_px + s.width * out_px + weights,
+                dw_flops + pw_flops + ds_flops + 2 * s.cout * s.width * out_px)  # fmt: skip
     if part == "whole":  # the block from its input to its output (dsr_block): x read once, the output written once
         px = n * s.h1 * s.w1  # the input pixels the first 1x1 reads (all, or every other row/column at stride_1x1 2)
         weights = (s.cin + 1) * s.width + w_dw + w_pw + (w_ds if s.shortcut == "downsample" else 0)
@@ -317,6 +324,9 @@ class ShapeTensors:
         self.w1_4 = self.w1.t()[:, :, None, None].contiguous()
         self.w_pw4 = self.w_pw.t()[:, :, None, None].contiguous()
         self.w_ds4 = None if self.w_ds is None else self.w_ds.t()[:, :, None, None].contiguous()
+        # a next block's first 1x1 for the chain kernel: as wide as this block (the next block of its stage)
+        self.w1_next = (torch.randn(s.cout, s.width, device=dev) / s.cout**0.5).to(dt)
+        self.b1_next = torch.zeros(s.width, device=dev, dtype=dt)
         self.s = s
 
     # -- Triton ----------------------------------------------------------------------------------------------
@@ -347,6 +357,15 @@ class ShapeTensors:
     def pw1(self):
         return ops.pointwise_conv(self.x, self.w1, self.b1, None, self.s.stride_1x1, True)
 
+    def chain(self):  # mode="chain": the depthwise conv (up to ops.CHAIN_DW_MAX_WIDTH), 1x1 + shortcut, next 1x1
+        s = self.s
+        return ops.pointwise_chain(self.y1, self.w_pw, self.b_out, self.x, self.w_ds, s.ds_stride, self.w1_next,
+                                   self.b1_next, self.w_dw, self.b_dw, s.stride_dw, s.dilation)  # fmt: skip
+
+    def split_and_next_pw1(self):  # the same math in split's kernels: depthwise, 1x1 + shortcut, the next 1x1
+        y = self.split()
+        return y, ops.pointwise_conv(y, self.w1_next, self.b1_next, None, 1, True)
+
     def whole(self):  # what FusedDSRBlock does with mode="block": the block's input to its output, one kernel
         s = self.s
         return ops.dsr_block(self.x, self.w1, self.b1, self.w_dw, self.b_dw, self.w_pw, self.b_out, self.w_ds,
@@ -369,6 +388,10 @@ class ShapeTensors:
 
     def torch_pw1(self):
         return F.relu(F.conv2d(self.x, self.w1_4, self.b1, self.s.stride_1x1))
+
+    def torch_chain(self):
+        y = self.torch_block()
+        return y, F.relu(F.conv2d(y, self.w1_next.t()[:, :, None, None], self.b1_next))
 
     def torch_whole(self):  # the block's input to its output in PyTorch eager (cuDNN)
         s = self.s
@@ -531,6 +554,22 @@ def step_split(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
     )
 
 
+def step_chain(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
+    """``fuse(mode="chain")``'s kernel against split's three (depthwise, 1x1 + shortcut, the next block's first
+    1x1) on the same math; the next 1x1 is a stand-in as wide as the block (its stage's next block)."""
+    info = first_call(bench, tensors.chain, "pw_chain")
+    with torch.inference_mode():
+        want = tensors.torch_chain()
+    diff = max(_rel_diff(got, ref) for got, ref in zip(info["output"], want, strict=True))
+    bench.add_row(net, entry, "chain pointwise_chain", "chain", _time(bench, tensors.chain), **tuned_fields(info),
+                  max_rel_diff=diff, backend=_backend(tensors.y1))  # fmt: skip
+    first_call(bench, tensors.split_and_next_pw1)
+    bench.add_row(net, entry, "split + next pw1", "chain", _time(bench, tensors.split_and_next_pw1),
+                  backend=_backend(tensors.y1))  # fmt: skip
+    first_call(bench, tensors.torch_chain)
+    bench.add_row(net, entry, "torch eager block + next 1x1", "chain", _time(bench, tensors.torch_chain))
+
+
 def step_compiled(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
     torch._dynamo.reset()  # a fresh cache per shape: one function recompiled per shape would hit the limit
     compiled = torch.compile(tensors.torch_block, backend=bench.args.compile_backend, dynamic=False)
@@ -548,6 +587,8 @@ TORCH_OF = {
     "split pointwise_conv + shortcut": "torch 1x1 + shortcut + relu",
     "pw1 triton pointwise_conv": "pw1 torch conv2d",
     "whole dsr_block": "torch eager whole block",
+    "chain pointwise_chain": "torch eager block + next 1x1",
+    "split + next pw1": "torch eager block + next 1x1",
     "torch compiled": "torch eager",
 }
 STEPS = {
@@ -556,6 +597,7 @@ STEPS = {
     "pw1": step_pw1,
     "torch": step_torch,
     "split": step_split,
+    "chain": step_chain,
     "compiled": step_compiled,
 }
 
@@ -877,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # the whole-block kernel first (fuse(mode="block"), new), then split right after fused: per shape, which of
     # the two is faster
-    order = [(k, "cifar", args.max_shapes) for k in ("whole", "fused", "split", "pw1", "torch")]
+    order = [(k, "cifar", args.max_shapes) for k in ("whole", "fused", "split", "chain", "pw1", "torch")]
     order += [(k, "paper", few) for k in ("whole", "fused", "pw1", "torch")] + [("compiled", "cifar", few)]
     plan += [(k, run_kind, k, nets[stem], models, n) for k, stem, n in order if k in kinds and stem in stems]
     done = 0

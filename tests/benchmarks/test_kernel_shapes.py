@@ -109,7 +109,8 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
     for impl in ("fused dw_pw_block", "split dwconv2d + pointwise_conv", "split dwconv2d", "torch eager",
                  "torch dw conv2d + relu", "pw1 triton pointwise_conv", "pw1 torch conv2d",
                  "split pointwise_conv + shortcut", "torch 1x1 + shortcut + relu", "whole dsr_block",
-                 "torch eager whole block"):  # fmt: skip
+                 "torch eager whole block", "chain pointwise_chain", "split + next pw1",
+                 "torch eager block + next 1x1"):  # fmt: skip
         assert impls[impl] == 3, impl
     # The downsample shortcut is a second GEMM into the pointwise tile: no kernel (nor row) of its own.
     assert impls["split pointwise_conv downsample"] == impls["torch 1x1 downsample"] == 0
@@ -118,7 +119,8 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
         assert r["ms"] > 0 and r["floor_ms"] > 0 and r["x_floor"] > 0 and r["ideal_bytes"] > 0, r
         if "max_rel_diff" in r:  # Triton vs PyTorch, both bf16: the kernels ran (not the fallback), same math
             assert r["backend"] == "triton" and r["max_rel_diff"] < 0.05, r
-        if r["impl"] in ("fused dw_pw_block", "pw1 triton pointwise_conv", "split dwconv2d", "whole dsr_block"):
+        if r["impl"] in ("fused dw_pw_block", "pw1 triton pointwise_conv", "split dwconv2d", "whole dsr_block",
+                         "chain pointwise_chain"):  # fmt: skip
             assert r["config"], r  # the config the autotuner used
     # the ideal traffic and FLOPs of an identity block: y1 and the shortcut read, the output written, weights
     ident = next(
