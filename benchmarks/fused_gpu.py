@@ -22,10 +22,11 @@ are rewritten after every step, so a run cut short keeps everything measured so 
     the fused model with the shipped weights against the eager one on all 10,000 test images (top-1 of each,
     agreement, max logit diff). Misses are reported, never fatal (the gradient check covers ``use_triton_dwconv``
     with and without ``bn_relu``);
- 3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused / eager /
-    compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px paper stem, batch 1024 and 128 (batch 128
-    also replayed as a CUDA graph, for every form), last 224 px paper stem at batch 128: median ms per batch over
-    repeats (CUDA events, after warm-up), images/s, peak memory, ratio to ResNet-50 compiled;
+ 3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused (each
+    ``fuse`` mode: split, block, auto, chain; chain also with its depthwise convs as their own kernels, split with
+    the sweep's candidate configs) / eager / compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px
+    paper stem, batch 1024 and 128 (also replayed as CUDA graphs), last 224 px paper stem at batch 128: median ms
+    per batch over repeats (CUDA events, after warm-up), images/s, peak memory, ratio to ResNet-50 compiled;
  4. torch.profiler: top-10 CUDA kernels by time, fused and eager, batch 1024, 32 px;
  5. training step (forward, cross-entropy, backward, SGD; bf16 autocast, channels_last) at batch 512, 32 px:
     ResNet-50 compiled, DSRNet eager, DSRNet eager + Triton depthwise conv, DSRNet compiled (+ Triton dw conv; then
