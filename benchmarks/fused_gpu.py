@@ -22,11 +22,12 @@ are rewritten after every step, so a run cut short keeps everything measured so 
     the fused model with the shipped weights against the eager one on all 10,000 test images (top-1 of each,
     agreement, max logit diff). Misses are reported, never fatal (the gradient check covers ``use_triton_dwconv``
     with and without ``bn_relu``);
- 3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused (each
-    ``fuse`` mode: split, block, auto, chain; chain also with its depthwise convs as their own kernels, split with
-    the sweep's candidate configs) / eager / compiled and torchvision ResNet-50 compiled, 32 px cifar stem and 96 px
-    paper stem, batch 1024 and 128 (also replayed as CUDA graphs), last 224 px paper stem at batch 128: median ms
-    per batch over repeats (CUDA events, after warm-up), images/s, peak memory, ratio to ResNet-50 compiled;
+ 3. inference, bf16 weights and activations, channels_last, ``torch.inference_mode``: DSRNet-50 fused (``fuse``'s
+    modes: split, block, auto, chain, as each step lists; chain also with its depthwise convs as their own kernels,
+    split with the sweep's candidate configs) / eager / compiled and torchvision ResNet-50 compiled, 32 px cifar
+    stem and 96 px paper stem, batch 1024 and 128 (steps marked ``+cudagraph`` also replay each form as a CUDA
+    graph), last 224 px paper stem at batch 128: median ms per batch over repeats (CUDA events, after warm-up),
+    images/s, peak memory, ratio to ResNet-50 compiled;
  4. torch.profiler: top-10 CUDA kernels by time, fused and eager, batch 1024, 32 px;
  5. training step (forward, cross-entropy, backward, SGD; bf16 autocast, channels_last) at batch 512, 32 px:
     ResNet-50 compiled, DSRNet eager, DSRNet eager + Triton depthwise conv, DSRNet compiled (+ Triton dw conv; then
@@ -52,10 +53,12 @@ Block sizes of the Triton kernels are autotuned on first use of each shape (part
 Triton form first gets one throw-away pass under ``dsrnet.kernels.precompile`` (all autotune configs compiled by
 worker processes at once; its time is recorded as ``precompile_s``, the first real call's as ``first_call_s``).
 ``dsrnet_fused`` is ``dsrnet.fuse(model)`` with its default mode (``split`` since 2026-11-27's H200 run measured it
-fastest); every step that times it also times ``dsrnet_fused_block`` (``mode="block"``, one kernel per block), so
-that every run shows whether the default is still the fastest, and the 32-px steps ``dsrnet_fused_auto``
-(``mode="auto"``: split or block per block shape, whichever its first call measures faster; the row's
-``auto_picks`` counts the shapes each won, ``auto_choices`` in results.json has the times);
+fastest); the main inference steps also time ``dsrnet_fused_block`` (``mode="block"``, one kernel per block) and
+``dsrnet_fused_chain`` (``mode="chain"``), so that a full run shows whether the default is still the fastest, and
+the main 32-px steps ``dsrnet_fused_auto`` (``mode="auto"``: split or block per block shape, whichever its first
+call measures faster; the row's ``auto_picks`` counts the shapes each won, ``auto_choices`` in results.json has
+the times); the chain step sets chain, chain without its depthwise convs and split with the sweep's configs
+against the default only;
 ``dsrnet_fused_onekernel`` (``mode="fused"``), slower in that run, comes last (32 px, batch 1024). Each
 fused row records its ``fuse_mode`` (rows of 2026-11-27 named ``dsrnet_fused_auto`` had a mode since removed:
 one kernel up to 256 output channels, split above). Runs the call's time limit cut short (no roofline): ``--rerender DIR`` here.
@@ -1346,6 +1349,7 @@ def step_per_image(bench: Bench) -> None:
             # auto's traffic depends on what it picks on the GPU: not modelled
             "dsrnet_fused_bytes_by_mode": {m: traffic_per_image(dsrnet.fuse(eager, mode=m), x)
                                            for m in ("split", "fused", "block", "chain")},
+            "dsrnet_fused_chain_nodw_bytes": _nodw_traffic(eager, x),
             "resnet50_bytes": traffic_per_image(resnet, x),
         }
         if stem == "cifar" and size in trained:
@@ -1353,6 +1357,12 @@ def step_per_image(bench: Bench) -> None:
             entry["resnet50_train_flops"] = train_flops_per_image(build_resnet(stem), size)
         bench.results["per_image"][f"{stem}/{size}"] = entry
         bench.log(f"per image {stem}/{size}: {entry}")
+
+
+def _nodw_traffic(model: nn.Module, x: torch.Tensor) -> dict:
+    """The ``dsrnet_fused_chain_nodw`` form's modelled traffic: chain with every depthwise conv its own kernel."""
+    with form_settings("dsrnet_fused_chain_nodw"):
+        return traffic_per_image(dsrnet.fuse(model, mode="chain"), x)
 
 
 def roofline_rows(results: dict) -> list[dict]:
@@ -1371,6 +1381,9 @@ def roofline_rows(results: dict) -> list[dict]:
             by_mode, mode = per["dsrnet_fused_bytes_by_mode"], fuse_mode(r["form"], r)
             unmodelled = mode not in by_mode  # auto: its traffic depends on what it picked (the floor does not)
             traffic = by_mode.get(mode, traffic)
+            if r["form"].removesuffix("+cudagraph").endswith("_nodw"):  # (rows of runs before it was counted: none)
+                traffic = per.get("dsrnet_fused_chain_nodw_bytes", traffic)
+                unmodelled = "dsrnet_fused_chain_nodw_bytes" not in per
         ips = r["images_per_s"]
         row = {
             "form": r["form"], "stem": r["stem"], "image": r["image"], "batch": r["batch"],

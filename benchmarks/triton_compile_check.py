@@ -97,8 +97,8 @@ def variants():
     for res, ds, s, d, kw, chain in [(1, 1, 1, 1, 64, True), (1, 1, 1, 3, 64, True), (2, 1, 1, 1, 64, True),
                                      (1, 1, 1, 2, 64, False), (2, 2, 2, 2, 128, True), (1, 1, 1, 3, 128, True),
                                      (1, 1, 1, 1, 128, False)]:  # fmt: skip
-        yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": kw, "DW": True, "STRIDE": s, "DIL": d,
-                            "CHAIN": chain, "BLOCK_KW": kw}  # fmt: skip
+        yield tk.pw_chain, {"RES": res, "DS_STRIDE": ds, "BLOCK_W": kw if chain else 16, "DW": True, "STRIDE": s,
+                            "DIL": d, "CHAIN": chain, "BLOCK_KW": kw}  # fmt: skip
     for s, d, kind, ds in [(1, 1, 1, 1), (1, 2, 1, 1), (1, 3, 1, 1), (1, 1, 2, 1), (2, 2, 2, 2), (1, 2, 2, 2)]:
         yield tk.dw_pw, {"STRIDE": s, "DIL": d, "SHORTCUT": kind, "DS_STRIDE": ds}
     # (S1, STRIDE, DIL, SHORTCUT, DS_STRIDE): identity blocks at each rate, a stage's first block (channels change),

@@ -202,6 +202,8 @@ def test_traffic_model_puts_the_one_kernel_block_at_the_floor_and_split_above_it
     depthwise = 2 * (3 * 64 * 16 * 16 + 4 * 128 * 8 * 8)
     assert chain["floor"] == floor and by_mode["split"]["own"] - chain["own"] == 4 * (linked + depthwise)
     assert by_mode["block"]["own"] < chain["own"] < by_mode["fused"]["own"]
+    # the _nodw form (every depthwise conv its own kernel): chain with split's depthwise traffic
+    assert fused_gpu._nodw_traffic(model, x)["own"] == chain["own"] + 4 * depthwise
 
 
 def test_rerender_adds_the_roofline_of_a_run_cut_short(fused_gpu, tmp_path, capsys):

@@ -17,7 +17,9 @@ Kernels (each one program per output tile; weights pre-packed by the caller, see
   epilogue (``PER_SM``: persistent programs looping over tiles, a sweep candidate).
 * ``pw_chain``: a block's second 1x1 (+ bias, shortcut, ReLU) and the next block's first 1x1 (+ bias, ReLU) from
   the same tile, two ``tl.dot`` chains: the block output is written and multiplied into the next 1x1's accumulator
-  chunk by chunk, so nobody reads it back for that 1x1.
+  chunk by chunk, so nobody reads it back for that 1x1 (``CHAIN``); ``DW``: the block's depthwise conv computed
+  in the kernel, once per pixel tile, as the A operand of every chunk; ``RESIDENT`` (autotune option): the tile's
+  rows of a depthwise output read from memory held for every chunk.
 * ``dw_pw``: the second half of a folded DSR block in one kernel: depthwise 3x3 + bias + ReLU computed tile by tile
   in registers and fed straight into ``tl.dot`` with the pointwise weights, then + bias + shortcut (identity tensor,
   or the strided 1x1 downsample GEMM accumulated into the same tile) + ReLU. The depthwise output never touches

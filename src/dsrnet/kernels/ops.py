@@ -649,7 +649,7 @@ def _pointwise_chain(
                 *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), *_pixel_strides(m_out), _tune_size(m),
                 RES=1 if w_ds is None else 2, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
                 DW=w_dw is not None, STRIDE=stride, DIL=dilation, CHAIN=chain,
-                BLOCK_KW=_pow2_at_least_16(k), BLOCK_W=_pow2_at_least_16(width),
+                BLOCK_KW=_pow2_at_least_16(k), BLOCK_W=_pow2_at_least_16(width if chain else 1),
             )  # fmt: skip
         if chain or width == 0:
             return y, m_out

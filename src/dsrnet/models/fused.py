@@ -268,9 +268,9 @@ class FusedDSRBlock(nn.Module):
         return geometry, ops._tune_size(x.numel() // max(1, x.shape[1])), x.dtype, x.device
 
     def _fills_device(self, x: torch.Tensor) -> bool:
-        """Whether the one-kernel block gets at least one tile per SM from ``x`` (always, off a GPU, and under
-        ``torch.fx`` symbolic tracing, which has no device or shape to decide by: a traced graph keeps the mode's
-        own kernel)."""
+        """Whether the one-kernel block (``mode="block"``) or the chain kernel (``mode="chain"``), one program per
+        tile of output pixels, gets at least one tile per SM from ``x`` (always, off a GPU, and under ``torch.fx``
+        symbolic tracing, which has no device or shape to decide by: a traced graph keeps the mode's own kernel)."""
         if isinstance(x, torch.fx.Proxy) or x.device.type != "cuda":
             return True
         n, _, h, w = x.shape
@@ -497,8 +497,8 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
     cast it afterwards like any module
     (``fuse(model).to(torch.bfloat16)``). ``mode="split"`` (default): a depthwise kernel, then the pointwise GEMM
     with the shortcut in its tile; ``mode="fused"``: both in one kernel (module docstring: split measured faster on
-    an H200); ``mode="block"``: each whole block in one kernel at its memory-traffic floor (not yet timed on a
-    GPU); ``mode="auto"``: split or block per block shape and input size, whichever its first call measures
+    an H200); ``mode="block"``: each whole block in one kernel at its memory-traffic floor (slower than split so
+    far on an H200); ``mode="auto"``: split or block per block shape and input size, whichever its first call measures
     faster (:func:`auto_choices`); ``mode="chain"``: split, each block's last kernel also computing its depthwise
     conv (up to 128 channels) and the next block's first 1x1 (module docstring). A ``features_only`` backbone fuses into a backbone with the same feature maps
     (channels-last, in the model's dtype).
