@@ -390,6 +390,13 @@ def _dw_taps(acc, x_ptr, x_base, w_ptr, swt, swc, ho, wo, p_mask, offs_c, c_mask
 
 
 @_jit_as_triton
+def _weight_tile(w_ptr, rows, row_mask, cols, col_mask, ld):
+    """Rows ``rows`` x columns ``cols`` of a row-major matrix with ``ld`` columns (a GEMM's weight operand, e.g. a
+    1x1 conv's [Cin, Cout]), 0 outside the masks."""
+    return tl.load(w_ptr + rows[:, None] * ld + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+
+
+@_jit_as_triton
 def _store_tile(y_ptr, acc, img, ho, wo, syn, syh, syw, offs_c, mask):
     """An fp32 [pixels, channels] tile into ``y`` (channels contiguous) at pixels (``img``, ``ho``, ``wo``) and
     channels ``offs_c``, in ``y``'s dtype: every kernel's output, written once."""
@@ -620,8 +627,7 @@ def _rows_step(acc, a_row, row_mask, w_ptr, offs_n, n_mask, N, K, k0, IEEE: tl.c
     offs_k = k0 + tl.arange(0, BLOCK_K)
     k_mask = offs_k < K
     a = tl.load(a_row[:, None] + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-    b = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-    return _mma(a, b, acc, IEEE, DOT_F32)
+    return _mma(a, _weight_tile(w_ptr, offs_k, k_mask, offs_n, n_mask, N), acc, IEEE, DOT_F32)
 
 
 @_jit_as_triton
@@ -820,16 +826,13 @@ def _pw_chain(
         n_mask = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         if DW or RESIDENT:
-            wv = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
-                         other=0.0)  # fmt: skip
-            acc = _mma(a, wv, acc, IEEE, DOT_F32)
+            acc = _mma(a, _weight_tile(w_ptr, offs_k, k_mask, offs_n, n_mask, N), acc, IEEE, DOT_F32)
         else:
             acc = _rows_gemm(acc, a_row, m_mask, w_ptr, offs_n, n_mask, N, K, IEEE, DOT_F32, BLOCK_K)
         acc = _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh,
                          srw, syn, syh, syw, RES, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
         if CHAIN:
-            w1 = tl.load(w1_ptr + offs_n[:, None] * W1N + offs_w[None, :], mask=n_mask[:, None] & w_mask[None, :],
-                         other=0.0)  # fmt: skip
+            w1 = _weight_tile(w1_ptr, offs_n, n_mask, offs_w, w_mask, W1N)
             acc_m = _mma(acc.to(y_ptr.dtype.element_ty), w1, acc_m, IEEE, DOT_F32)  # columns past N: relu(0) = 0
     if CHAIN:
         acc_m += tl.load(b1_ptr + offs_w, mask=w_mask, other=0.0).to(tl.float32)[None, :]
@@ -916,10 +919,7 @@ def _dw_pw(
                       0.0, STRIDE, DIL, False)  # fmt: skip
         dw += tl.load(bdw_ptr + offs_k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
         a = tl.maximum(dw, 0.0).to(x_ptr.dtype.element_ty)
-        b = tl.load(
-            wpw_ptr + offs_k[:, None] * N + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0
-        )
-        acc = _mma(a, b, acc, IEEE, DOT_F32)
+        acc = _mma(a, _weight_tile(wpw_ptr, offs_k, k_mask, offs_n, n_mask, N), acc, IEEE, DOT_F32)
     _block_out(acc, r_ptr, wds_ptr, b_ptr, y_ptr, img, ho, wo, m_mask, offs_n, n_mask, N, KDS, srn, srh, srw, syn,
                syh, syw, SHORTCUT, DS_STRIDE, IEEE, DOT_F32, BLOCK_K)  # fmt: skip
 
@@ -1101,9 +1101,7 @@ def _direct_conv(
         iw = iw0[:, None] + (kw * DIL)[None, :]
         ok = (p_mask[:, None] & k_mask[None, :]) & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
         a = tl.load(x_ptr + (img * sxn)[:, None] + (c * sxc)[None, :] + ih * sxh + iw * sxw, mask=ok, other=0.0)
-        b = tl.load(w_ptr + offs_k[:, None] * COUT + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
-                    other=0.0)  # fmt: skip
-        acc = _mma(a, b, acc, IEEE, DOT_F32)
+        acc = _mma(a, _weight_tile(w_ptr, offs_k, k_mask, offs_n, n_mask, COUT), acc, IEEE, DOT_F32)
     acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
