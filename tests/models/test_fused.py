@@ -772,6 +772,59 @@ def test_backward_through_a_fused_model_is_one_line_naming_the_fix(monkeypatch, 
         assert fused(x).shape == (1, 10)  # the forward itself is unchanged
 
 
+@pytest.mark.parametrize("mode", ["split", "chain"])
+def test_forward_mode_ad_through_a_fused_model_is_one_line_naming_the_fix(monkeypatch, mode):
+    """torch.func.jvp / forward_ad through a custom op dropped the tangent: the fused model returned a zero
+    derivative without a word."""
+    import torch.autograd.forward_ad as fwAD
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the same custom ops on any machine
+    fused = dsrnet.fuse(_tiny(), mode=mode)
+    x, t = torch.randn(1, 3, 9, 9), torch.randn(1, 3, 9, 9)
+    message = r"dsrnet::\w+ has no forward-mode derivative .* fix: take the jvp through the unfused model"
+    with pytest.raises(DsrnetError, match=message):
+        torch.func.jvp(fused, (x,), (t,))
+    with fwAD.dual_level(), pytest.raises(DsrnetError, match=message):
+        fused(fwAD.make_dual(x, t))
+    with fwAD.dual_level():  # a dual level open, but no tangent on the input: the forward runs
+        torch.testing.assert_close(fused(x), fused.eval()(x))
+
+
+@pytest.mark.parametrize("bn_relu", [False, True])
+def test_training_forms_give_eager_derivatives_forward_mode_and_of_second_order(monkeypatch, bn_relu):
+    """The Triton depthwise ops have no forward-mode formula (torch dropped the tangent: a zero jvp) and their
+    gradient kernels no backward (a gradient penalty failed): forward-mode AD now runs PyTorch's ops, and a
+    backward with create_graph=True differentiates the ops' PyTorch form."""
+    import torch.autograd.forward_ad as fwAD
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # the PyTorch fallbacks: the same custom ops on any machine
+    torch.manual_seed(0)
+    eager = DSRNet(stem="cifar", layers=(1, 1, 1, 1), widths=(4, 8, 8, 8), num_classes=10).double()
+    form = dsrnet.use_triton_dwconv(copy.deepcopy(eager), bn_relu=bn_relu)
+    x, t = torch.randn(3, 3, 10, 10, dtype=torch.float64), torch.randn(3, 3, 10, 10, dtype=torch.float64)
+    with torch.no_grad():
+        want = torch.func.jvp(eager.eval(), (x,), (t,))[1]
+        got = torch.func.jvp(form.eval(), (x,), (t,))[1]
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want)
+    for model in (eager, form):
+        model.train()  # batch statistics: the bn_relu op's centre is a function of x (counted once, not twice)
+    tangents = []
+    with fwAD.dual_level():
+        for model in (eager, form):
+            tangents.append(fwAD.unpack_dual(model(fwAD.make_dual(x, t))).tangent)
+    torch.testing.assert_close(tangents[1], tangents[0])
+
+    def penalty_grads(model):  # a gradient penalty: the input gradient's norm, differentiated again
+        xx = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model(xx).logsumexp(1).sum(), xx, create_graph=True)
+        return torch.autograd.grad(g.square().sum(), list(model.parameters()))
+
+    for name, a, b in zip([n for n, _ in eager.named_parameters()], penalty_grads(form), penalty_grads(eager),
+                          strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_a_fused_backbone_takes_a_new_head_and_prunes_as_the_eager_model(monkeypatch):
     """timm's classifier and pruning API on the fused form: reset_classifier gives a trainable head on the frozen
     fused features (a linear probe), and prune_intermediate_layers drops the stages after the last index, as timm's

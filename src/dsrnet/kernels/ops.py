@@ -37,6 +37,7 @@ import functools
 import os
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
 
 from dsrnet.device import tf32_matmul
@@ -235,9 +236,15 @@ def _dwconv2d(
     if n * ho * wo == 0:  # nothing to compute (and nothing for the autotuner to time and keep on disk)
         return _empty_nhwc(n, c, ho, wo, like=x)
     if not triton_usable(x, n * c * ho * wo):
-        y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, dilation, dilation, c)
-        return _as_nhwc(F.relu(y) if relu else y)
+        return _as_nhwc(_dw_reference(x, weight, bias, stride, dilation, relu))
     return _run_dw_fwd(x, weight, bias, None, stride, dilation, relu)
+
+
+def _dw_reference(x, weight, bias, stride: int, dilation: int, relu: bool) -> torch.Tensor:
+    """:func:`dwconv2d` in PyTorch's ops (the fallback, and the form a second derivative differentiates)."""
+    bias = None if bias is None else bias.to(x.dtype)
+    y = F.conv2d(x, weight.to(x.dtype), bias, stride, dilation, dilation, x.shape[1])
+    return F.relu(y) if relu else y
 
 
 dwconv2d = torch.library.custom_op("dsrnet::dwconv2d", _dwconv2d, mutates_args=())
@@ -354,11 +361,17 @@ def _dwconv2d_setup(ctx, inputs, output):
     ctx.stride, ctx.dilation, ctx.relu, ctx.has_bias = stride, dilation, relu, bias is not None
     ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
     ctx.b_dtype = None if bias is None else bias.dtype
-    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.save_for_backward(x, weight, bias, output if relu else None)
 
 
 def _dwconv2d_backward(ctx, grad):
-    x, weight, out = ctx.saved_tensors
+    x, weight, bias, out = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable themselves
+        grads = _graph_keeping_backward(
+            lambda x, weight, bias: _dw_reference(x, weight, bias, ctx.stride, ctx.dilation, ctx.relu),
+            (x, weight, bias), ctx.needs_input_grad[:3], grad,
+        )  # fmt: skip
+        return *grads, None, None, None
     if ctx.relu:
         grad = grad * (out > 0)
     grad_x = grad_w = grad_b = None
@@ -418,9 +431,28 @@ def dwconv2d_affine_relu(
     n, c, h, w = x.shape
     ho, wo = _out_size(h, stride), _out_size(w, stride)
     if not triton_usable(x, n * c * ho * wo):
-        a = _affine_relu(x, affine).to(x.dtype)
-        return _as_nhwc(F.conv2d(a, weight.to(x.dtype), None, stride, dilation, dilation, c))
+        return _as_nhwc(_affine_reference(x, affine, weight, stride, dilation))
     return _run_dw_fwd(x, weight, None, affine, stride, dilation, False)
+
+
+def _affine_reference(x, affine, weight, stride: int, dilation: int) -> torch.Tensor:
+    """:func:`dwconv2d_affine_relu` in PyTorch's ops (``affine`` as :func:`_pack_affine` packs it)."""
+    a = _affine_relu(x, affine).to(x.dtype)
+    return F.conv2d(a, weight.to(x.dtype), None, stride, dilation, dilation, x.shape[1])
+
+
+def _graph_keeping_backward(reference, inputs: tuple, needs: tuple, grad: torch.Tensor) -> tuple:
+    """The gradients of ``reference(*inputs)`` (an op's PyTorch form) for the inputs ``needs`` marks, as a graph:
+    a backward with ``create_graph=True`` (gradient penalties, Hessian-vector products) differentiates them again,
+    which the Triton gradient kernels cannot be (they have no backward of their own)."""
+    with torch.enable_grad():
+        # Aliases: the gradient for each input counts only the paths through that input (BatchNorm's ``centre`` is
+        # itself a function of ``x``, a path the outer backward adds already); the graph still reaches the input.
+        inputs = tuple(t.view_as(t) if isinstance(t, torch.Tensor) and t.requires_grad else t for t in inputs)
+        out = reference(*inputs)
+    wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
+    got = iter(torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True))
+    return tuple(next(got) if need else None for need in needs)
 
 
 dwconv2d_affine_relu.register_fake(lambda x, centre, scale, shift, weight, stride, dilation: _dw_out_like(x, stride))
@@ -468,6 +500,13 @@ def _affine_setup(ctx, inputs, output):
 
 def _affine_backward(ctx, grad):
     x, centre, scale, shift, weight = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the gradients must be differentiable themselves
+        reference = lambda x, centre, scale, shift, weight: _affine_reference(  # noqa: E731
+            x, torch.stack((centre, scale, shift)).to(torch.promote_types(x.dtype, torch.float32)), weight,
+            ctx.stride, ctx.dilation,
+        )  # fmt: skip
+        grads = _graph_keeping_backward(reference, (x, centre, scale, shift, weight), ctx.needs_input_grad[:5], grad)
+        return *grads, None, None
     affine = _pack_affine(x, centre, scale, shift)
     x_dtype, c_dtype, s_dtype, t_dtype, w_dtype = ctx.dtypes
     grad_x = grad_c = grad_s = grad_t = grad_w = None
@@ -915,6 +954,15 @@ _BODIES = {dwconv2d: _dwconv2d, pointwise_conv: _pointwise_conv, pointwise_chain
           dw_pw_block: _dw_pw_block, dsr_block: _dsr_block, direct_conv: _direct_conv}  # fmt: skip
 
 
+def has_tangent(*tensors) -> bool:
+    """Whether forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) carries a tangent on one of
+    ``tensors``. A custom op has no forward-mode formula, and torch passes the primals through it and drops the
+    tangents without a word (a zero derivative): callers check this first, to refuse or to take PyTorch's ops."""
+    if torch.compiler.is_compiling() or getattr(_forward_ad, "_current_level", 0) < 0:
+        return False  # no dual level open (the common case: one attribute read)
+    return any(isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def run(op, x: torch.Tensor, *args):
     """``op(x, *args)`` for a fused model's forward; where nothing needs torch's dispatcher, its body directly.
 
@@ -923,6 +971,11 @@ def run(op, x: torch.Tensor, *args):
     on the host. It is skipped only where :func:`_dispatch_free` finds nothing that needs it: every tracer
     (``torch.compile``, ``torch.export``, ``torch.jit.trace``, ``make_fx``, ``torch.func``) and every gradient
     (the op's autograd formula raises the fused model's clear error) goes through the op."""
+    if has_tangent(x, *args):
+        raise DsrnetError(
+            f"{getattr(op, '_qualname', op)} has no forward-mode derivative (torch.func.jvp, torch.autograd.forward_ad): a fuse()d DSRNet is "
+            "for inference only, and torch would return a zero tangent; fix: take the jvp through the unfused model"
+        )
     body = _BODIES.get(op)  # None for a stand-in (a test's spy, a user's wrapper): it is called as given
     return (body if body is not None and _dispatch_free(x, args) else op)(x, *args)
 

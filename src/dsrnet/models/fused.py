@@ -641,6 +641,8 @@ class TritonDepthwiseConv2d(DepthwiseConvForm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if ops.has_tangent(x, self.weight, self.bias):  # forward-mode AD: the op has no formula, PyTorch's conv has
+            return nn.Conv2d.forward(self, x)
         return ops.dwconv2d(x, self.weight, self.bias, self.stride[0], self.dilation[0], False)
 
 
@@ -685,7 +687,9 @@ class BNReLUIntoDepthwiseBlock(DSRBlock):
     ``use_triton_dwconv(model, bn_relu=True)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _bn_relu_fusable(self):  # bn1 replaced since (SyncBatchNorm, a frozen BN): its own forward runs
+        if not _bn_relu_fusable(self) or ops.has_tangent(x, *self.parameters()):
+            # bn1 replaced since (SyncBatchNorm, a frozen BN), or forward-mode AD (the fused op has no formula for
+            # it): the block's own forward, with PyTorch's ops
             return super().forward(x)
         shortcut = x if self.downsample is None else self.downsample(x)
         x = bn_relu_dwconv(self.conv1(x), self.bn1, self.conv_dw)
