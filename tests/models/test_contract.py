@@ -190,7 +190,7 @@ def test_drop_path_rate_increases_linearly_per_block():
 
 
 @pytest.mark.parametrize("features_only", [False, True])
-def test_grad_checkpointing_gives_the_same_gradients(features_only):
+def test_grad_checkpointing_gives_the_same_gradients_and_running_statistics(features_only):
     x = torch.randn(2, 3, 32, 32)
     grads = []
     for checkpointing in (False, True):
@@ -205,6 +205,9 @@ def test_grad_checkpointing_gives_the_same_gradients(features_only):
         out = model(x)
         (sum(f.square().mean() for f in out) if features_only else out.square().mean()).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        # The recomputation leaves the BatchNorms' running statistics and batch counts alone (it updated them a
+        # second time per step).
+        grads[-1].update({n: b.clone() for n, b in model.named_buffers()})
         # Checkpointing really happened: every block ran again in backward (activations recomputed, not kept).
         assert len(calls) == len(blocks) * (2 if checkpointing else 1) and len(blocks) == 8
     assert grads[0].keys() == grads[1].keys()

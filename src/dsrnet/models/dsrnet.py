@@ -32,6 +32,7 @@ Beyond the paper, the class follows timm's model contract (as timm's ``ResNet`` 
 TorchScript must read its annotations as real types (FX tracing followed by scripting fails otherwise).
 """
 
+import contextlib
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -152,10 +153,37 @@ def _out_side(side: int, stride: int) -> int:
 
 
 def _checkpoint_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run a stage block by block under activation checkpointing (recomputed in backward, as timm does)."""
+    """Run a stage block by block under activation checkpointing (recomputed in backward, as timm does), the
+    recomputation leaving the BatchNorms' running statistics as the forward left them: recomputed in training
+    mode, each would otherwise update them a second time per step (timm's ``checkpoint_seq`` does)."""
     for block in stage:
-        x = checkpoint(block, x, use_reentrant=False)
+        if torch.compiler.is_compiling():  # AOTAutograd recomputes from its functional graph, without the updates
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = checkpoint(block, x, use_reentrant=False, context_fn=_StatisticsKept(block))
     return x
+
+
+class _StatisticsKept:
+    """``checkpoint``'s ``context_fn``: nothing around the forward; around the recomputation, the block's norm
+    layers' buffers (running mean, variance, batch count) restored afterwards to what the forward left."""
+
+    def __init__(self, block: nn.Module):
+        self.buffers = [b for m in block.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                        for b in m.buffers()]  # fmt: skip
+
+    def __call__(self):
+        return contextlib.nullcontext(), self._restoring()
+
+    @contextlib.contextmanager
+    def _restoring(self):
+        saved = [b.clone() for b in self.buffers]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, value in zip(self.buffers, saved, strict=True):
+                    buffer.copy_(value)
 
 
 class DSRNet(nn.Module):
