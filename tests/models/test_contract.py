@@ -146,7 +146,9 @@ def test_pretrained_cfg(name):
     assert model.default_cfg is cfg
     assert cfg["architecture"] == name and cfg["tag"] is None and cfg["license"] == "mit"
     assert cfg["fixed_input_size"] is False and cfg["test_input_size"] == cfg["input_size"]
-    assert cfg["first_conv"] == "conv1" and cfg["classifier"] == "fc" and cfg["num_classes"] == 1000
+    assert cfg["first_conv"] == "conv1" and cfg["classifier"] == "fc"
+    # the classes of the name's default weights even when they are not loaded (timm's rule), else 1000
+    assert cfg["num_classes"] == model.num_classes == (10 if name == "dsrnet50_cifar" else 1000)
     assert cfg["paper_name"] == "DSRNet: A Novel Feature Extraction Network achieving trade off between accuracy and speed"
     if name.endswith("_cifar"):  # what `dsrnet train` normalises CIFAR with, not ImageNet's statistics
         assert cfg["mean"] == CIFAR10_MEAN and cfg["std"] == CIFAR10_STD and cfg["input_size"] == (3, 32, 32)
@@ -255,6 +257,11 @@ def test_timm_registry_and_configs():
     )
     with pytest.raises(TypeError):  # timm's rule: unknown constructor arguments raise TypeError
         timm.create_model("dsrnet50", not_an_arg=1)
+    # Without num_classes both factories build the head of the name's default weights (dsrnet's said 1000 where
+    # timm's said 10 for dsrnet50_cifar).
+    tiny = {"widths": (4, 8, 8, 8), "layers": (1, 1, 1, 1)}
+    for name in dsrnet.list_models("dsrnet*"):
+        assert dsrnet.create_model(name, **tiny).num_classes == timm.create_model(name, **tiny).num_classes, name
 
 
 @pytest.mark.parametrize("feature_cls", ["list", "getter", "hook", "dict", "fx"])
@@ -300,7 +307,7 @@ def test_output_stride_trades_the_last_strides_for_dilation(name, output_stride,
 def test_drop_block_is_refused_with_the_alternative():
     with pytest.raises(dsrnet.DsrnetError, match="no DropBlock.*drop_path_rate"):
         tiny(drop_block_rate=0.1)
-    assert tiny(drop_block_rate=0.0).num_classes == 1000  # off: a no-op, as timm passes it
+    assert tiny(drop_block_rate=0.0).num_classes == tiny().num_classes  # off: a no-op, as timm passes it
 
 
 # ---------------------------------------------------------------------------------------------- without timm

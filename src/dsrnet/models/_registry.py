@@ -52,7 +52,9 @@ def create_model(
 
     Args:
         num_classes: classifier outputs (0 = none); default: the classes of ``checkpoint_path``'s weights, else of
-            the tag's (with a tag or ``pretrained``), else 1000. A count other than the pretrained weights' gets a
+            the tag's (with a tag or ``pretrained``), else of the name's default weights even when not loaded, as
+            ``timm.create_model`` takes them from the default ``pretrained_cfg`` (10 for ``dsrnet50_cifar``), else
+            1000. A count other than the pretrained weights' gets a
             fresh head (timm's rule).
         pretrained: load the shipped weights of the tag (or of the name's default tag); their checksum is verified.
         weights: torchvision's way to the same weights: a member of the architecture's weights enum
@@ -122,8 +124,9 @@ def create_model(
     if pretrained and entry is not None:
         weights.weights_path(entry)  # fail early (not shipped / corrupt) before building anything
     own = weights.read_checkpoint_path(checkpoint_path) if checkpoint_path is not None else None
-    if num_classes is None:  # the classes of the weights the model gets last
-        num_classes = next(n for n in (own and own[1], entry and entry.num_classes, 1000) if n is not None)
+    if num_classes is None:  # the classes of the weights the model gets last; else of its default weights (timm's)
+        default = entry if entry is not None else weights.default_weights(arch)
+        num_classes = next(n for n in (own and own[1], default and default.num_classes, 1000) if n is not None)
 
     feature_cfg = dict(kwargs.pop("feature_cfg", None) or {})
     features_only = kwargs.pop("features_only", False) or feature_cfg.pop("features_only", False)

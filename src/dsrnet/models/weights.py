@@ -158,6 +158,11 @@ def get_weights(name: str) -> WeightsEntry:
     )
 
 
+def default_weights(model: str) -> WeightsEntry | None:
+    """The weights :func:`get_weights` picks for a bare ``model`` name, or None where there are none."""
+    return get_weights(model) if any(entry.model == model for entry in all_weights().values()) else None
+
+
 def register_weights(name: str, path: str | os.PathLike, *, sha256: str | None = None) -> WeightsEntry:
     """Make a weights file loadable as ``name`` (``model.tag``) by ``create_model(name, pretrained=True)`` and, once
     timm is imported, ``timm.create_model``. Metadata comes from the file; ``sha256`` defaults to the file's own."""
