@@ -752,10 +752,12 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
 
 #: timed fused forms -> ``dsrnet.fuse`` mode; ``dsrnet_fused`` is whatever ``fuse`` does by default;
 #: ``dsrnet_fused_sweep`` the default mode with the sweep's candidate configs beside the library's, and
-#: ``dsrnet_fused_chain_nodw`` chain with every depthwise conv as its own kernel (:func:`form_settings`).
+#: ``dsrnet_fused_chain_nodw`` chain with every depthwise conv as its own kernel, ``dsrnet_fused_tma`` the default
+#: mode with its 1x1 GEMMs through TMA tensor descriptors where they can (:func:`form_settings`).
 FUSED_FORMS = {"dsrnet_fused": None, "dsrnet_fused_onekernel": "fused", "dsrnet_fused_split": "split",
                "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block", "dsrnet_fused_chain": "chain",
-               "dsrnet_fused_chain_nodw": "chain", "dsrnet_fused_sweep": DEFAULT_FUSE_MODE}  # fmt: skip
+               "dsrnet_fused_chain_nodw": "chain", "dsrnet_fused_sweep": DEFAULT_FUSE_MODE,
+               "dsrnet_fused_tma": DEFAULT_FUSE_MODE}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -763,15 +765,23 @@ def form_settings(form: str):
     """What a form changes in the library while it is built, compiled, tuned and timed, undone afterwards.
     ``*_sweep``: the autotuners of the 1x1 GEMM and the depthwise kernel also get ``SWEEP_CONFIGS`` (bf16; the
     persistent GEMM configs among them); yields a callable giving the configs the autotuners picked meanwhile (the
-    whole model's answer to kernel_shapes.py --sweep's per-shape one), ``None`` for every other form.
+    whole model's answer to kernel_shapes.py --sweep's per-shape one), as ``*_tma`` does for its kernel, ``None``
+    for every other form.
     ``*_nodw``: ``ops.CHAIN_DW_MAX_WIDTH = 0`` (chain's depthwise convs as their own kernels: what computing them in
-    the chain kernel gains)."""
+    the chain kernel gains). ``*_tma``: ``ops.GEMM_TMA = True`` (the stride-1 1x1s without a downsample GEMM by
+    ``pw_gemm_tma``: operand, residual and output tiles moved by Hopper's TMA)."""
     base = form.removesuffix("+cudagraph")
     tk = getattr(ops, "_tk", None)
     with contextlib.ExitStack() as undo:
         if base.endswith("_nodw"):
             undo.callback(setattr, ops, "CHAIN_DW_MAX_WIDTH", ops.CHAIN_DW_MAX_WIDTH)
             ops.CHAIN_DW_MAX_WIDTH = 0
+        if base.endswith("_tma"):
+            undo.callback(setattr, ops, "GEMM_TMA", ops.GEMM_TMA)
+            ops.GEMM_TMA = True
+            if tk is not None:  # which TMA configs won, per shape (none at all: no 1x1 could use TMA)
+                yield lambda: {"pw_gemm_tma": tk.autotune_picks()["pw_gemm_tma"]}
+                return
         if not base.endswith("_sweep") or tk is None:
             yield None
             return
@@ -913,7 +923,8 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
             if row.get("fuse_mode") == "auto":
                 row["auto_picks"] = picks.counts()
             if picked is not None:
-                row["sweep_configs"] = True
+                if form.removesuffix("+cudagraph").endswith("_sweep"):
+                    row["sweep_configs"] = True
                 row["autotune_picks"] = picked
             bench.results["inference"].append(row)
             bench.log(f"inference: {row}")
@@ -1590,9 +1601,11 @@ def main(argv: list[str] | None = None) -> int:
         # mode="chain" (each block's last kernel also computes the next block's first 1x1, so its input is not read
         # back for it, and up to 128 channels the depthwise conv, so its output is not written), also with the
         # depthwise convs as their own kernels; all against the default in the same call.
-        ("inference cifar/32 b1024 (+cudagraph): fused chain (+ without its depthwise convs), fused with the sweep "
-         "configs", 220, step_inference, "cifar", 32, 1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_chain",
-                                                              "dsrnet_fused_chain_nodw", "dsrnet_fused_sweep"), True),
+        # And the default mode with its 1x1 GEMMs through TMA tensor descriptors (ops.GEMM_TMA).
+        ("inference cifar/32 b1024 (+cudagraph): fused chain (+ without its depthwise convs), fused with TMA GEMMs, "
+         "fused with the sweep configs", 250, step_inference, "cifar", 32, 1024,
+         ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_chain", "dsrnet_fused_tma", "dsrnet_fused_chain_nodw",
+          "dsrnet_fused_sweep"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise

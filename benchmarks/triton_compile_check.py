@@ -84,6 +84,9 @@ def variants():
     for s, res, ds, relu in [(1, 0, 1, True), (2, 0, 1, True), (1, 1, 1, True), (1, 2, 1, True), (1, 2, 2, True),
                              (1, 0, 1, False)]:  # fmt: skip
         yield tk.pw_gemm, {"STRIDE": s, "RES": res, "DS_STRIDE": ds, "RELU": relu}
+    # ops.GEMM_TMA: the same 1x1s at stride 1 without a downsample GEMM, tiles moved by TMA (bf16/fp16 only)
+    for res, relu in [(0, True), (1, True), (0, False)]:
+        yield tk.pw_gemm_tma, {"RES": res, "RELU": relu}
     # mode="chain": identity / downsample (stride 1, 2) shortcut, the next block's first 1x1 up to 256 wide
     # (the depthwise output read from memory: layer3's 256 wide blocks, layer4's 512 without the next 1x1)
     for res, ds, width, k, chain in [(1, 1, 64, 64, True), (1, 1, 128, 128, True), (1, 1, 256, 256, True),
@@ -171,9 +174,13 @@ def main() -> int:
         if lazy.prune:  # what a launch of this variant may use (the chain kernel's K is its BLOCK_KW; 1 elsewhere:
             configs = lazy.prune(configs, {"K": consts.get("BLOCK_KW", 1)}, **consts)  # every K-bound config allowed)
         for dtype, cfg in itertools.product(dtypes, configs):
+            if lazy is tk.pw_gemm_tma and dtype == "fp32":  # no fp32 path: ops runs pw_gemm for fp32
+                continue
             extra = {}
             if "IEEE" in jit.arg_names:
-                extra = {"IEEE": dtype == "fp32", "DOT_F32": False}
+                extra["IEEE"] = dtype == "fp32"
+            if "DOT_F32" in jit.arg_names:
+                extra["DOT_F32"] = False
             constexprs = {**_constexpr_defaults(lazy.fn), **consts, **extra, **cfg.kwargs}
             src = ASTSource(jit, _signature(jit, dtype, constexprs), constexprs, _attrs(jit, constexprs))
             opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}

@@ -379,7 +379,7 @@ def test_kernel_time_by_kind_sums_every_kernel_of_a_profile_per_call(fused_gpu):
     assert sum(v["share_pct"] for v in kinds.values()) == pytest.approx(100, abs=0.2)
 
 
-def test_sweep_and_nodw_forms_change_the_library_while_they_run_and_restore_it_after(fused_gpu):
+def test_sweep_nodw_and_tma_forms_change_the_library_while_they_run_and_restore_it_after(fused_gpu):
     from dsrnet.kernels import ops
 
     tk = ops._tk
@@ -395,3 +395,7 @@ def test_sweep_and_nodw_forms_change_the_library_while_they_run_and_restore_it_a
     with fused_gpu.form_settings("dsrnet_fused_chain_nodw+cudagraph") as picks:
         assert picks is None and ops.CHAIN_DW_MAX_WIDTH == 0
     assert ops.CHAIN_DW_MAX_WIDTH == 128 and fused_gpu.fuse_mode("dsrnet_fused_chain_nodw") == "chain"
+    with pytest.raises(RuntimeError), fused_gpu.form_settings("dsrnet_fused_tma+cudagraph") as picks:
+        assert ops.GEMM_TMA is True and set(picks()) == {"pw_gemm_tma"}
+        raise RuntimeError("a form that fails mid-way")
+    assert ops.GEMM_TMA is False and fused_gpu.fuse_mode("dsrnet_fused_tma") == "split"

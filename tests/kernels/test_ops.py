@@ -258,6 +258,70 @@ def test_pointwise_conv_matches_conv2d(stride, residual, relu, option, monkeypat
     _close(ops.pointwise_conv(x, w[:, :, 0, 0].t().contiguous(), b, res, stride, relu), ref, 1e-4)
 
 
+def _spy_kernels(monkeypatch, *names):
+    """Counts the launches of ``_tk``'s kernels ``names`` (each still runs)."""
+    from dsrnet.kernels import _triton as tk
+
+    launches = {name: 0 for name in names}
+
+    class Spy:
+        def __init__(self, name):
+            self.name, self.lazy = name, getattr(tk, name)
+
+        def __getitem__(self, grid):
+            launches[self.name] += 1
+            return self.lazy[grid]
+
+    for name in names:
+        monkeypatch.setattr(tk, name, Spy(name))
+    return launches
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("residual", "relu"), [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize("persistent", [True, False])
+def test_pointwise_conv_through_tma_descriptors_matches_conv2d(dtype, residual, relu, persistent, monkeypatch):
+    """ops.GEMM_TMA: tiles moved by tensor descriptors (out-of-bounds rows and columns: 2x5x7 = 70 pixels, K = 24
+    and N = 40 against 16-wide tiles), persistent programs looping over tiles (the interpreter's config) or one
+    tile each; the pointer-based kernel wherever a TMA copy cannot read the tensors."""
+    from dsrnet.kernels import _triton as tk
+
+    if not persistent:
+        monkeypatch.setattr(tk.pw_gemm_tma, "interp_config", tk._cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16))
+        monkeypatch.setattr(tk.pw_gemm_tma, "_built", {})
+    monkeypatch.setattr(ops, "GEMM_TMA", True)
+    launches = _spy_kernels(monkeypatch, "pw_gemm_tma", "pw_gemm")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 24, 5, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    w_kn = torch.randn(24, 40, generator=g).to(dtype)
+    b = torch.randn(40, generator=g)
+    res = torch.randn(2, 40, 5, 7, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    ref = F.conv2d(x.float(), w_kn.float().t()[:, :, None, None], b) + (res.float() if residual else 0)
+    ref = F.relu(ref) if relu else ref
+    y = ops.pointwise_conv(x, w_kn, b, res if residual else None, 1, relu)
+    assert launches == {"pw_gemm_tma": 1, "pw_gemm": 0}
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, ref, 2e-2)
+    # What a TMA copy cannot read (or the kernel does not do) goes to the pointer-based kernel, same numbers.
+    for args in ((x.float(), w_kn.float(), b, None, 1, relu),  # fp32
+                 (x, w_kn, b, None, 2, relu),  # strided
+                 (x[:, :20], w_kn[:20], b, None, 1, relu),  # 20 channels: rows of 40 bytes, not 16-byte aligned
+                 (x[:, :, :, 1:], w_kn, b, None, 1, relu)):  # fmt: skip  # a view: pixels not dense rows
+        launches.update(pw_gemm_tma=0, pw_gemm=0)
+        y = ops.pointwise_conv(*args)
+        assert launches == {"pw_gemm_tma": 0, "pw_gemm": 1}
+        want = F.conv2d(args[0].float(), args[1].float().t()[:, :, None, None], b, args[4])
+        _close(y, F.relu(want) if relu else want, 2e-2)
+    launches.update(pw_gemm_tma=0, pw_gemm=0)
+    plain = F.conv2d(x.float(), w_kn.float().t()[:, :, None, None], b)
+    _close(ops.pointwise_conv(x.contiguous(), w_kn, b, None, 1, False), plain, 2e-2)
+    assert launches == {"pw_gemm_tma": 1, "pw_gemm": 0}  # NCHW: the channels-last copy both kernels would read
+    monkeypatch.setattr(ops, "GEMM_TMA", False)  # off (the default): the pointer-based kernel
+    launches.update(pw_gemm_tma=0, pw_gemm=0)
+    ops.pointwise_conv(x, w_kn, b, None, 1, relu)
+    assert launches == {"pw_gemm_tma": 0, "pw_gemm": 1}
+
+
 def test_persistent_gemm_configs_only_where_one_step_covers_k_and_no_downsample_gemm():
     from dsrnet.kernels import _triton as tk
 

@@ -469,6 +469,29 @@ def test_fused_model_in_bf16_stays_within_bf16_tolerance(mode):
 
 
 @needs_interpreter
+def test_fused_model_with_tma_gemms_stays_within_bf16_tolerance(monkeypatch):
+    """ops.GEMM_TMA (benchmarks/fused_gpu.py's dsrnet_fused_tma form): every stride-1 1x1 without a downsample
+    GEMM through tensor descriptors, in a model whose channel counts a TMA copy can read (multiples of 8)."""
+    from dsrnet.kernels import _triton as tk
+    from dsrnet.kernels import ops
+
+    model = _tiny(widths=(8, 8, 16, 16), block_dilations=(3, 1, 2))
+    fused = dsrnet.fuse(model).to(torch.bfloat16)
+    launched = []
+    monkeypatch.setattr(ops, "GEMM_TMA", True)
+    lazy = tk.pw_gemm_tma
+    monkeypatch.setattr(tk, "pw_gemm_tma", type("Spy", (), {"__getitem__": lambda self, g: launched.append(1)
+                                                             or lazy[g]})())  # fmt: skip
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        out = fused.forward_features(x.to(torch.bfloat16))
+    # every first 1x1 but the strided one, and each identity block's second 1x1 (the downsample blocks' are GEMMs
+    # with the shortcut in the tile)
+    assert len(launched) == 5 + 1
+    assert _rel_err(out, model.forward_features(x)) < 3e-2
+
+
+@needs_interpreter
 @pytest.mark.parametrize("mode", ["split", "block", "chain"])
 def test_fused_model_without_interpreter_uses_the_fallback_with_the_same_numbers(monkeypatch, mode):
     model = _tiny()

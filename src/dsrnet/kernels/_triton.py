@@ -775,6 +775,62 @@ pw_gemm = _LazyKernel(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 1x1 conv as a GEMM whose tiles move by Hopper's tensor memory accelerator (TMA); opt-in (ops.GEMM_TMA) until timed
+# ---------------------------------------------------------------------------------------------------------------
+def _pw_gemm_tma(
+    x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K, TUNE_SIZE,
+    RES: tl.constexpr, RELU: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, PER_SM: tl.constexpr = 0, FLATTEN: tl.constexpr = False,
+):  # fmt: skip
+    # :func:`_pw_gemm` at stride 1 without a downsample GEMM (RES 0 none, 1 an identity residual r), for maps stored
+    # as dense rows: x [M, K], r and y [M, N] (NHWC, channels contiguous), w [K, N] row-major; bf16/fp16. The tensor
+    # descriptors are built on the device (in Triton's global scratch: ops gives Triton an allocator), so the
+    # operand and residual tiles arrive as bulk asynchronous copies (rows and columns past the edge read as zero)
+    # and the output tile leaves as one (those past the edge are not written): no thread computes an address or
+    # holds a loaded tile in registers while it waits. These GEMMs are bound by memory traffic (K = 64-512 against
+    # N = 256-2048), which the pointer-based kernel reaches at 1.0-2.5x its floor (H200, 2026-11-27). PER_SM > 0:
+    # persistent, at most PER_SM programs per SM, each looping over output tiles; FLATTEN: the tile and K loops as
+    # one loop, which Triton's pipeliner prefetches across, the next tile's operands arriving during this tile's
+    # epilogue.
+    a_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, N], strides=[N, 1], block_shape=[BLOCK_K, BLOCK_N])
+    y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    if RES == 1:
+        r_desc = tl.make_tensor_descriptor(r_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = tl.cdiv(M, BLOCK_M) * num_n
+    for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=FLATTEN):
+        m0 = (tile // num_n) * BLOCK_M
+        n0 = (tile % num_n) * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            acc = _mma(a_desc.load([m0, k0]), w_desc.load([k0, n0]), acc, False, DOT_F32)
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        acc += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        if RES == 1:
+            acc += r_desc.load([m0, n0]).to(tl.float32)
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
+        y_desc.store([m0, n0], acc.to(y_ptr.dtype.element_ty))
+
+
+_GEMM_TMA_CONFIGS = [
+    # One tile per program, few pipeline stages (their shared memory would cap the programs per SM that overlap
+    # one another's loads and stores: K is covered in 1-8 steps here).
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=2),
+    _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=2),
+    _cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=2),
+    # Persistent, the tile loop flattened into the K loop and pipelined across tiles.
+    _cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3, PER_SM=1, FLATTEN=True),
+    _cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=3, PER_SM=2, FLATTEN=True),
+    _cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=2, PER_SM=1, FLATTEN=True),
+]
+#: The interpreter's: persistent, so that the tests run the tile loop (programs = 2 x device_sms, 1 on a CPU).
+_GEMM_TMA_INTERP = _cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, PER_SM=2, FLATTEN=True)
+pw_gemm_tma = _LazyKernel(_pw_gemm_tma, _GEMM_TMA_CONFIGS, ["TUNE_SIZE", "N", "K", "RES", "RELU"], _GEMM_TMA_INTERP)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Chained: a block's second 1x1 (+ bias, shortcut, ReLU) and the next block's first 1x1 (+ bias, ReLU) in one kernel
 # ---------------------------------------------------------------------------------------------------------------
 def _pw_chain(
@@ -1217,7 +1273,8 @@ def autotune_picks() -> dict[str, list[dict]]:
     arguments, then the tensors' dtypes) the config that won, as plain data (for a benchmark's results: the
     block sizes a card prefers, per shape)."""
     picks: dict[str, list[dict]] = {}
-    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "pw_chain", "dw_pw", "dsr_block", "direct_conv"):
+    for name in ("dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "pw_gemm_tma", "pw_chain", "dw_pw", "dsr_block",
+                 "direct_conv"):
         lazy = globals()[name]
         tuner = lazy._built.get((False, True))  # compiled kernels, autotuning on
         cache = getattr(tuner, "cache", None) or {}

@@ -586,6 +586,13 @@ def _pointwise_conv(
     r = y if residual is None else _channels_inner(residual.to(x.dtype))
     wds = w_kn if w_ds is None else _kernel_operand(w_ds, x.dtype)
     res = 0 if residual is None else 1 if w_ds is None else 2
+    if GEMM_TMA and stride == 1 and res < 2 and _tma_rows(x, w_kn, r, y):
+        _use_triton_allocator()
+        with _launch(x):
+            _tk.pw_gemm_tma[_gemm_grid(m, nout, device_sms(x.device))](
+                x, w_kn, bias.contiguous(), r, y, m, nout, k, _tune_size(m), RES=res, RELU=relu, DOT_F32=_dot_f32(x),
+            )  # fmt: skip
+        return y
     with _launch(x):
         _tk.pw_gemm[_gemm_grid(m, nout, device_sms(x.device))](
             x, w_kn, bias.contiguous(), r, wds, y,
@@ -597,6 +604,44 @@ def _pointwise_conv(
 
 
 pointwise_conv = torch.library.custom_op("dsrnet::pointwise_conv", _pointwise_conv, mutates_args=())
+
+#: Run :func:`pointwise_conv` at stride 1 without a downsample GEMM by ``_tk.pw_gemm_tma`` (operand, residual and
+#: output tiles moved by Hopper's TMA) where the tensors allow it (:func:`_tma_rows`). Off until a GPU times it
+#: against the pointer-based kernel (``benchmarks/fused_gpu.py``'s ``dsrnet_fused_tma`` form switches it on).
+GEMM_TMA = False
+
+
+def _tma_rows(x: torch.Tensor, w_kn: torch.Tensor, *maps: torch.Tensor) -> bool:
+    """Whether the TMA kernel can read ``x`` and ``maps`` as dense [pixels, channels] rows and ``w_kn`` as [K, N]:
+    bf16/fp16 (the kernel has no fp32 path), this Triton builds tensor descriptors in kernels, each tensor
+    densely channels-last (the kernel gets no pixel strides), and every row 16-byte aligned, as a TMA copy needs
+    (channel counts that are multiples of 8; DSRNet's are)."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or not hasattr(_tk.tl, "make_tensor_descriptor"):
+        return False
+    tensors = (x, w_kn, *maps)
+    if any(t.shape[1] * t.element_size() % 16 or t.data_ptr() % 16 for t in tensors):
+        return False
+    return w_kn.is_contiguous() and all(t.is_contiguous(memory_format=torch.channels_last) for t in (x, *maps))
+
+
+def _use_triton_allocator() -> None:
+    """Give Triton an allocator for kernels' global scratch (the TMA kernel builds its tensor descriptors there),
+    unless this thread set one already (Triton keeps it per context; its default refuses to allocate)."""
+    try:
+        from triton.runtime import _allocation
+
+        unset = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+    except (ImportError, AttributeError):  # another Triton layout: ours, as it must have one
+        unset = True
+    if unset:
+        _tk.triton.set_allocator(_scratch)
+
+
+def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Triton's scratch allocations, from PyTorch's caching allocator on the current device (a CUDA graph's
+    capture takes them from its own pool)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.empty(size, dtype=torch.int8, device=device)
 
 
 @pointwise_conv.register_fake
