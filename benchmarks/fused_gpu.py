@@ -862,74 +862,87 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
             raise BudgetExceeded
         if bench.skips_block(f"inference {stem}/{size} b{b}: {form}"):
             continue
-        with form_settings(form) as sweep_picks:
-            base = peak_memory_start(bench)
-            model = make_form(bench, form, stem)
-            x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
-            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            time_inference_form(bench, stem, size, b, batch, form, graphs)
+        except Exception as err:  # one failing form (a new kernel's first GPU run) costs only its own rows
+            if bench.alarm_fired:  # the budget's alarm, surfacing inside a library call as its own error
+                raise
+            bench.results["errors"].append({"step": f"inference {stem}/{size} b{b}: {form}", "error": repr(err),
+                                            "traceback": traceback.format_exc()[-3000:]})  # fmt: skip
+            bench.log(f"ERROR inference {form}: {err!r}")
+            bench.save()
 
-            def run(model=model, x=x):
-                return model(x)
 
-            with torch.inference_mode():
-                pre = precompile(bench, run) if "fused" in form else {}
-                picks = AutoPicks(model)
-                t0 = time.monotonic()
-                profiled_first = form in ("dsrnet_fused", "dsrnet_fused_block") and bench.device.type == "cuda"
-                with picks:  # first call: compilation (what precompile left) / autotuning
-                    if profiled_first:
-                        # where a first call's tens of seconds go (compiling, loading kernels, timing configs); the
-                        # profiler's own cost is in first_call_s
-                        first: list[torch.Tensor] = []
+def time_inference_form(bench: Bench, stem: str, size: int, b: int, batch: int, form: str, graphs: bool) -> None:
+    """One form of :func:`step_inference`: build, first call, timed calls (and as a CUDA graph), rows."""
+    with form_settings(form) as sweep_picks:
+        base = peak_memory_start(bench)
+        model = make_form(bench, form, stem)
+        x = torch.randn(b, 3, size, size, device=bench.device, dtype=torch.bfloat16)
+        x = x.contiguous(memory_format=torch.channels_last)
 
-                        def first_call(run=run, first=first):
-                            first.append(run()[:256].clone())
+        def run(model=model, x=x):
+            return model(x)
 
-                        python_profile(bench, f"{form} first call, {stem} stem, {size} px, batch {b}", first_call,
-                                       calls=1, rows=45, sort="cumulative")  # fmt: skip
-                        logits = first[0]
-                    else:
-                        logits = run()[:256].clone()
-                bench.sync()
-                first_s = time.monotonic() - t0
-                peak_memory_restart(bench)
-                repeats = 30 if batch <= 128 else 15
-                timing = time_ms(bench, run, warmup=5, repeats=repeats)
-                mem = peak_memory_mib(bench, base)  # before the check below builds its fp32 reference model
-                check = against_fp32(bench, stem, x, logits) if form.startswith("dsrnet") else {}
-                del logits
-                rows = [(form, timing, mem)]
-                if graphs and bench.device.type == "cuda":
-                    try:
-                        torch.cuda.reset_peak_memory_stats()  # the graph's own peak, over the same base as the form's
-                        replay = cuda_graph(run)
-                        graph_timing = time_ms(bench, replay, warmup=5, repeats=repeats)
-                        rows.append((form + "+cudagraph", graph_timing, peak_memory_mib(bench, base)))
-                    except Exception as err:  # a form that cannot be captured is reported, not fatal
-                        bench.results["errors"].append({"step": f"cudagraph {form}", "error": repr(err)})
-            picked = sweep_picks() if sweep_picks else None
-        for name, t, mem in rows:
-            row = {
-                "form": name, "stem": stem, "image": size, "batch": b, "dtype": "bfloat16", "channels_last": True,
-                "ms_per_batch": round(t["median_ms"], 4), "p25_ms": round(t["p25_ms"], 4),
-                "p75_ms": round(t["p75_ms"], 4), "repeats": t["repeats"],
-                "images_per_s": round(b / (t["median_ms"] / 1e3), 1),
-                "peak_mem_mib": mem, "first_call_s": round(first_s, 1), **check, **pre,
-            }  # fmt: skip
-            if profiled_first:  # its first_call_s includes cProfile's cost (profiles.txt has the profile)
-                row["first_call_profiled"] = True
-            if form.startswith("dsrnet_fused"):
-                row["fuse_mode"] = fuse_mode(form)
-            if row.get("fuse_mode") == "auto":
-                row["auto_picks"] = picks.counts()
-            if picked is not None:
-                if form.removesuffix("+cudagraph").endswith("_sweep"):
-                    row["sweep_configs"] = True
-                row["autotune_picks"] = picked
-            bench.results["inference"].append(row)
-            bench.log(f"inference: {row}")
-        del model, run
-        bench.save()
+        with torch.inference_mode():
+            pre = precompile(bench, run) if "fused" in form else {}
+            picks = AutoPicks(model)
+            t0 = time.monotonic()
+            profiled_first = form in ("dsrnet_fused", "dsrnet_fused_block") and bench.device.type == "cuda"
+            with picks:  # first call: compilation (what precompile left) / autotuning
+                if profiled_first:
+                    # where a first call's tens of seconds go (compiling, loading kernels, timing configs); the
+                    # profiler's own cost is in first_call_s
+                    first: list[torch.Tensor] = []
+
+                    def first_call(run=run, first=first):
+                        first.append(run()[:256].clone())
+
+                    python_profile(bench, f"{form} first call, {stem} stem, {size} px, batch {b}", first_call,
+                                   calls=1, rows=45, sort="cumulative")  # fmt: skip
+                    logits = first[0]
+                else:
+                    logits = run()[:256].clone()
+            bench.sync()
+            first_s = time.monotonic() - t0
+            peak_memory_restart(bench)
+            repeats = 30 if batch <= 128 else 15
+            timing = time_ms(bench, run, warmup=5, repeats=repeats)
+            mem = peak_memory_mib(bench, base)  # before the check below builds its fp32 reference model
+            check = against_fp32(bench, stem, x, logits) if form.startswith("dsrnet") else {}
+            del logits
+            rows = [(form, timing, mem)]
+            if graphs and bench.device.type == "cuda":
+                try:
+                    torch.cuda.reset_peak_memory_stats()  # the graph's own peak, over the same base as the form's
+                    replay = cuda_graph(run)
+                    graph_timing = time_ms(bench, replay, warmup=5, repeats=repeats)
+                    rows.append((form + "+cudagraph", graph_timing, peak_memory_mib(bench, base)))
+                except Exception as err:  # a form that cannot be captured is reported, not fatal
+                    bench.results["errors"].append({"step": f"cudagraph {form}", "error": repr(err)})
+        picked = sweep_picks() if sweep_picks else None
+    for name, t, mem in rows:
+        row = {
+            "form": name, "stem": stem, "image": size, "batch": b, "dtype": "bfloat16", "channels_last": True,
+            "ms_per_batch": round(t["median_ms"], 4), "p25_ms": round(t["p25_ms"], 4),
+            "p75_ms": round(t["p75_ms"], 4), "repeats": t["repeats"],
+            "images_per_s": round(b / (t["median_ms"] / 1e3), 1),
+            "peak_mem_mib": mem, "first_call_s": round(first_s, 1), **check, **pre,
+        }  # fmt: skip
+        if profiled_first:  # its first_call_s includes cProfile's cost (profiles.txt has the profile)
+            row["first_call_profiled"] = True
+        if form.startswith("dsrnet_fused"):
+            row["fuse_mode"] = fuse_mode(form)
+        if row.get("fuse_mode") == "auto":
+            row["auto_picks"] = picks.counts()
+        if picked is not None:
+            if form.removesuffix("+cudagraph").endswith("_sweep"):
+                row["sweep_configs"] = True
+            row["autotune_picks"] = picked
+        bench.results["inference"].append(row)
+        bench.log(f"inference: {row}")
+    del model, run
+    bench.save()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,29 @@ def test_a_failing_step_is_an_error_and_an_alarm_surfacing_as_one_is_the_budget_
     assert "TypeError: expected a sequence of integers" in skipped["surfaced_as"]
 
 
+def test_a_failing_form_costs_only_its_own_rows_and_the_alarm_still_stops_the_step(fused_gpu, tmp_path, monkeypatch):
+    """A new kernel failing on its first GPU run (the TMA form, say) aborted its whole step: the forms after it in
+    the same step were never timed."""
+    bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0))
+    timed = []
+
+    def time_form(bench, stem, size, b, batch, form, graphs):
+        if form == "dsrnet_fused_tma":
+            raise RuntimeError("Triton Error [CUDA]: an illegal instruction was encountered")
+        timed.append(form)
+
+    monkeypatch.setattr(fused_gpu, "time_inference_form", time_form)
+    forms = ("resnet50_compiled", "dsrnet_fused_tma", "dsrnet_fused_sweep")
+    bench.step("inference", 0, fused_gpu.step_inference, bench, "cifar", 32, 1024, forms, True)
+    assert timed == ["resnet50_compiled", "dsrnet_fused_sweep"]
+    (error,) = bench.results["errors"]
+    assert error["step"].endswith(": dsrnet_fused_tma") and "illegal instruction" in error["error"]
+    bench.alarm_fired = True  # the budget's alarm surfacing as a form's error is the budget stop, not a failed form
+    with pytest.raises(fused_gpu.BudgetExceeded):
+        bench.step("inference again", 0, fused_gpu.step_inference, bench, "cifar", 32, 1024, forms, True)
+    assert len(bench.results["errors"]) == 1
+
+
 def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tmp_path, capsys):
     """A mistyped --only used to run the environment and ceilings steps only and exit 0: a wasted GPU call."""
     out = tmp_path / "out"
