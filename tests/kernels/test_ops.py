@@ -258,6 +258,16 @@ def test_pointwise_conv_matches_conv2d(stride, residual, relu, option, monkeypat
     _close(ops.pointwise_conv(x, w[:, :, 0, 0].t().contiguous(), b, res, stride, relu), ref, 1e-4)
 
 
+def _offset_by_one(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s values as a dense channels-last tensor whose data starts one element past an aligned address."""
+    n, c, h, w = x.shape
+    flat = torch.empty(1 + x.numel(), dtype=x.dtype)
+    view = flat[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    view.copy_(x)
+    assert view.is_contiguous(memory_format=torch.channels_last) and view.data_ptr() % 16 != 0
+    return view
+
+
 def _spy_kernels(monkeypatch, *names):
     """Counts the launches of ``_tk``'s kernels ``names`` (each still runs)."""
     from dsrnet.kernels import _triton as tk
@@ -305,7 +315,9 @@ def test_pointwise_conv_through_tma_descriptors_matches_conv2d(dtype, residual, 
     # What a TMA copy cannot read (or the kernel does not do) goes to the pointer-based kernel, same numbers.
     for args in ((x.float(), w_kn.float(), b, None, 1, relu),  # fp32
                  (x, w_kn, b, None, 2, relu),  # strided
-                 (x[:, :20], w_kn[:20], b, None, 1, relu),  # 20 channels: rows of 40 bytes, not 16-byte aligned
+                 (x[:, :20].contiguous(memory_format=torch.channels_last), w_kn[:20], b, None, 1, relu),  # rows of
+                 # 40 bytes: not 16-byte aligned
+                 (_offset_by_one(x), w_kn, b, None, 1, relu),  # dense rows, but 2 bytes past an aligned address
                  (x[:, :, :, 1:], w_kn, b, None, 1, relu)):  # fmt: skip  # a view: pixels not dense rows
         launches.update(pw_gemm_tma=0, pw_gemm=0)
         y = ops.pointwise_conv(*args)

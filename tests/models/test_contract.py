@@ -215,6 +215,16 @@ def test_grad_checkpointing_gives_the_same_gradients_and_running_statistics(feat
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+    # A second backward over the same graph recomputes the blocks again (it failed: the recomputation's context
+    # could be entered once), and still leaves the statistics alone.
+    model = tiny(**TINY2, features_only=features_only).train()
+    model.set_grad_checkpointing()
+    out = model(x)
+    loss = sum(f.square().mean() for f in out) if features_only else out.square().mean()
+    loss.backward(retain_graph=True)
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    loss.backward()
+    assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers())
 
 
 def test_fx_trace_then_torchscript():

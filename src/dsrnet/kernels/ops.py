@@ -999,13 +999,34 @@ _BODIES = {dwconv2d: _dwconv2d, pointwise_conv: _pointwise_conv, pointwise_chain
           dw_pw_block: _dw_pw_block, dsr_block: _dsr_block, direct_conv: _direct_conv}  # fmt: skip
 
 
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (``torch.func.jvp``, ``torch.autograd.forward_ad.dual_level``): one
+    attribute read, so that callers can skip :func:`has_tangent`'s per-tensor work in the common case."""
+    return getattr(_forward_ad, "_current_level", 0) >= 0
+
+
 def has_tangent(*tensors) -> bool:
     """Whether forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) carries a tangent on one of
     ``tensors``. A custom op has no forward-mode formula, and torch passes the primals through it and drops the
-    tangents without a word (a zero derivative): callers check this first, to refuse or to take PyTorch's ops."""
-    if torch.compiler.is_compiling() or getattr(_forward_ad, "_current_level", 0) < 0:
-        return False  # no dual level open (the common case: one attribute read)
-    return any(isinstance(t, torch.Tensor) and _forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    tangents without a word (a zero derivative): callers check this first, to refuse or to take PyTorch's ops.
+    Not seen: forward AD inside ``torch.compile`` (dynamo cannot trace the check; the ops drop tangents there, as
+    they do when called directly, outside a model)."""
+    if not forward_ad_active() or torch.compiler.is_compiling():
+        return False
+    return any(isinstance(t, torch.Tensor) and _tangent_of(t) for t in tensors)
+
+
+def _tangent_of(t: torch.Tensor) -> bool:
+    """Whether ``t`` carries a tangent at the open level; a tensor batched by ``vmap`` inside ``jvp`` is looked at
+    through its batching wrappers (``unpack_dual`` has no batching rule). Where torch cannot say, True: the callers
+    then take their safe side (PyTorch's ops, or the fused model's clear error)."""
+    try:
+        functorch = torch._C._functorch
+        while functorch.is_functorch_wrapped_tensor(t) and functorch.is_batchedtensor(t):
+            t = functorch.get_unwrapped(t)
+        return _forward_ad.unpack_dual(t).tangent is not None
+    except (AttributeError, RuntimeError):
+        return True
 
 
 def run(op, x: torch.Tensor, *args):

@@ -165,25 +165,25 @@ def _checkpoint_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class _StatisticsKept:
-    """``checkpoint``'s ``context_fn``: nothing around the forward; around the recomputation, the block's norm
-    layers' buffers (running mean, variance, batch count) restored afterwards to what the forward left."""
+    """``checkpoint``'s ``context_fn``: nothing around the forward; around each recomputation (one per backward
+    over the graph: ``retain_graph``, a gradient penalty's second backward), the block's norm layers' buffers
+    (running mean, variance, batch count) restored afterwards to what they were before it."""
 
     def __init__(self, block: nn.Module):
         self.buffers = [b for m in block.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                         for b in m.buffers()]  # fmt: skip
+        self.saved: list[list[torch.Tensor]] = []
 
     def __call__(self):
-        return contextlib.nullcontext(), self._restoring()
+        return contextlib.nullcontext(), self  # entered once per recomputation: a class, not a one-shot generator
 
-    @contextlib.contextmanager
-    def _restoring(self):
-        saved = [b.clone() for b in self.buffers]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for buffer, value in zip(self.buffers, saved, strict=True):
-                    buffer.copy_(value)
+    def __enter__(self):
+        self.saved.append([b.clone() for b in self.buffers])
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for buffer, value in zip(self.buffers, self.saved.pop(), strict=True):
+                buffer.copy_(value)
 
 
 class DSRNet(nn.Module):

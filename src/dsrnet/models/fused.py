@@ -687,7 +687,7 @@ class BNReLUIntoDepthwiseBlock(DSRBlock):
     ``use_triton_dwconv(model, bn_relu=True)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _bn_relu_fusable(self) or ops.has_tangent(x, *self.parameters()):
+        if not _bn_relu_fusable(self) or (ops.forward_ad_active() and ops.has_tangent(x, *self.parameters())):
             # bn1 replaced since (SyncBatchNorm, a frozen BN), or forward-mode AD (the fused op has no formula for
             # it): the block's own forward, with PyTorch's ops
             return super().forward(x)
