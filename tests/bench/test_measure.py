@@ -92,6 +92,8 @@ def test_run_bench_writes_csv_json_markdown(tmp_path):
     # A narrowed DSRNet is not the paper's network: its arguments are part of its name.
     assert md.startswith("| model |") and '| DSRNet {"widths":' in md and "| ResNet50 |" in md
     assert "Environment: torch" in md and "torchvision " in md and "Python " in md
+    # batch 2, narrowed widths: not the paper's setting, so no paper ratio, and no "(paper)" in the heading
+    assert "Time per batch relative to DSRNet (> 1: DSRNet is faster), measured:" in md and "(paper" not in md
 
 
 def test_cli_bench_prints_table(tmp_path, capsys):

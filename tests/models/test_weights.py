@@ -265,6 +265,10 @@ def test_checkpoint_path_refuses_what_is_no_state_dict_and_takes_an_empty_path_a
     torch.save({"epoch": 3, "note": "no tensors"}, tmp_path / "meta.pth")
     with pytest.raises(dsrnet.DsrnetError, match=r"meta\.pth is neither a dsrnet checkpoint nor a state dict"):
         dsrnet.create_model("dsrnet50_cifar", checkpoint_path=tmp_path / "meta.pth", **TINY)
+    # A missing file: named as what create_model reads, not as a training checkpoint only
+    with pytest.raises(dsrnet.DsrnetError, match=r"checkpoint_path \S*nope\.safetensors not found; fix: pass a "
+                                                 r"weights file \(\.safetensors"):
+        dsrnet.create_model("dsrnet50_cifar", checkpoint_path=tmp_path / "nope.safetensors", **TINY)
     # timm's train script passes --initial-checkpoint '' by default: no checkpoint (it loaded ./checkpoint.pt)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoint.pt").write_bytes(b"junk")

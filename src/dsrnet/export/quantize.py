@@ -22,9 +22,11 @@ then compared with the fp32 one on held-out test images: top-1 agreement and max
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,13 +138,14 @@ def _quantize_nncf(fp32: Path, out: Path, calib: torch.Tensor) -> None:
     name = model.graph.input[0].name
     batches = [calib[i : i + _CALIB_BATCH].numpy() for i in range(0, len(calib), _CALIB_BATCH)]
     dataset = nncf.Dataset(batches, lambda b: {name: b})
-    quantized = nncf.quantize(
-        model,
-        dataset,
-        preset=nncf.QuantizationPreset.PERFORMANCE,
-        subset_size=len(batches),  # NNCF counts dataset items, here batches
-        fast_bias_correction=True,
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout holds the results alone
+        quantized = nncf.quantize(
+            model,
+            dataset,
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            subset_size=len(batches),  # NNCF counts dataset items, here batches
+            fast_bias_correction=True,
+        )
     onnx.save_model(quantized, str(out))
 
 

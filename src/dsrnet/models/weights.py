@@ -476,6 +476,11 @@ def read_checkpoint_path(path: str | os.PathLike) -> tuple[dict[str, torch.Tenso
         return _plain(_load_safetensors(path), path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
+    if not path.exists():  # read_torch_file's own message would point at a training checkpoint only
+        raise DsrnetError(
+            f"checkpoint_path {path} not found; fix: pass a weights file (.safetensors: dsrnet export-weights, "
+            f"save_weights), a `dsrnet train` checkpoint.pt or run folder, or a state dict file that exists"
+        )
     loaded = read_torch_file(path)  # weights_only=True; clear errors for missing/damaged/exported files
     if not is_checkpoint(loaded):
         return _plain(_state_dict_in(loaded, path), path)
