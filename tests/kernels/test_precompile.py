@@ -173,8 +173,8 @@ def test_autotune_picks_lists_each_kernels_winning_config_per_key(monkeypatch):
 
     monkeypatch.setitem(tk.dw_fwd._built, (False, True), Tuner())
     picks = tk.autotune_picks()
-    assert set(picks) == {"dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "pw_chain", "dw_pw", "dsr_block",
-                          "direct_conv"}
+    assert set(picks) == {"dw_fwd", "dw_bwd_input", "dw_bwd_weight", "pw_gemm", "pw_gemm_tma", "pw_chain", "dw_pw",
+                          "dsr_block", "direct_conv"}
     assert picks["dw_fwd"] == [{
         "key": {"TUNE_SIZE": "4096", "C": "64", "HO": "8", "WO": "8", "STRIDE": "1", "DIL": "2", "AFFINE": "False",
                 "dtypes": ["torch.bfloat16", "torch.bfloat16"]},
