@@ -4,7 +4,7 @@
 ``list_models``.
 """
 
-from dsrnet._timm_hook import install_timm_hook
+from dsrnet._import_hooks import install_import_hooks
 from dsrnet.errors import DsrnetError
 
 __version__ = "0.1.0"
@@ -51,4 +51,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
-install_timm_hook()
+install_import_hooks()

@@ -1,6 +1,6 @@
 """timm integration: DSRNet's names in timm's registry, without importing timm before its user does.
 
-``import dsrnet`` never imports timm (nor torch): :mod:`dsrnet._timm_hook` registers the ``dsrnet*`` models with
+``import dsrnet`` never imports timm (nor torch): :mod:`dsrnet._import_hooks` registers the ``dsrnet*`` models with
 timm at once if timm is already imported, and otherwise right after ``import timm`` completes. The entry points
 live in :mod:`dsrnet.models.resnet`.
 """

@@ -1,0 +1,41 @@
+"""torchvision integration: DSRNet's builders in torchvision's model registry, without importing torchvision before
+its user does (:mod:`dsrnet._import_hooks`), so that code written against torchvision's registry takes them::
+
+    import dsrnet, torchvision
+    model = torchvision.models.get_model("dsrnet50_cifar", weights="DEFAULT")     # the shipped CIFAR-10 weights
+    torchvision.models.get_model_weights("dsrnet50_cifar")                      # DSRNet50_CIFAR_Weights
+    torchvision.models.list_models(module=dsrnet.models)                        # ['dsrnet101', 'dsrnet101_cifar', ...]
+
+Only the DSRNet architectures: the baselines (``resnet50_cifar``, ...) are torchvision's own models with a CIFAR
+stem, and torchvision's ``resnet50`` stays torchvision's.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+#: The builders registered (those of :mod:`dsrnet.models.dsrnet`).
+NAMES = ("dsrnet50", "dsrnet101", "dsrnet50_cifar", "dsrnet101_cifar")
+
+_registered = False
+
+
+def register_with_torchvision() -> None:
+    """Put the DSRNet builders into torchvision's registry (a name it holds already is left to its owner); each
+    builder with a weights enum gets it as its ``weights`` annotation, which ``get_model_weights`` reads."""
+    global _registered
+    if _registered:
+        return
+    from torchvision.models import _api
+
+    from dsrnet.models import dsrnet as architectures
+    from dsrnet.models.torchvision_weights import WEIGHTS_ENUMS
+
+    for name in NAMES:
+        if name in _api.BUILTIN_MODELS:
+            continue
+        builder = getattr(architectures, name)
+        if name in WEIGHTS_ENUMS:
+            builder.__annotations__["weights"] = Optional[WEIGHTS_ENUMS[name]]  # noqa: UP045 (typing.get_args reads it)
+        _api.register_model(name)(builder)
+    _registered = True
