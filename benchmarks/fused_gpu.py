@@ -867,10 +867,25 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
         except Exception as err:  # one failing form (a new kernel's first GPU run) costs only its own rows
             if bench.alarm_fired:  # the budget's alarm, surfacing inside a library call as its own error
                 raise
+            if not cuda_context_usable(bench):  # a fault poisons the context: every later form would fail with it
+                bench.log(f"CUDA context lost after {form}: the step ends here")
+                raise
             bench.results["errors"].append({"step": f"inference {stem}/{size} b{b}: {form}", "error": repr(err),
                                             "traceback": traceback.format_exc()[-3000:]})  # fmt: skip
             bench.log(f"ERROR inference {form}: {err!r}")
             bench.save()
+
+
+def cuda_context_usable(bench: Bench) -> bool:
+    """Whether the device still runs work after a form failed (a kernel fault, e.g. an illegal address, leaves the
+    process's CUDA context unusable); always on a CPU."""
+    if bench.device.type != "cuda":
+        return True
+    try:
+        torch.cuda.synchronize()
+        return True
+    except Exception:
+        return False
 
 
 def time_inference_form(bench: Bench, stem: str, size: int, b: int, batch: int, form: str, graphs: bool) -> None:

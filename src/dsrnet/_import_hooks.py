@@ -15,13 +15,18 @@ import warnings
 #: Module whose import completing registers dsrnet's models -> ``(library, "module:function")`` doing it.
 REGISTRARS = {
     "timm": ("timm", "dsrnet.models._timm:register_with_timm"),
-    "torchvision.models": ("torchvision", "dsrnet.models._torchvision:register_with_torchvision"),
+    # the package, not torchvision.models: registering once torchvision/__init__ has finished, not part-way through
+    "torchvision": ("torchvision", "dsrnet.models._torchvision:register_with_torchvision"),
 }
 
 
-def _register(fullname: str) -> None:
+def _register_or_warn(fullname: str) -> None:
+    """Register with the library, or warn: never break its import (nor dsrnet's) for its other users."""
     module, _, function = REGISTRARS[fullname][1].partition(":")
-    getattr(importlib.import_module(module), function)()
+    try:
+        getattr(importlib.import_module(module), function)()
+    except Exception as err:
+        warnings.warn(f"dsrnet could not register its models with {REGISTRARS[fullname][0]}: {err!r}", stacklevel=3)
 
 
 class _RegisterAfterImport:
@@ -36,11 +41,7 @@ class _RegisterAfterImport:
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
         _remove_hook(self._fullname)  # the library is imported now: the hook's one job is done
-        try:
-            _register(self._fullname)
-        except Exception as err:  # never break the library's import for its other users
-            library = REGISTRARS[self._fullname][0]
-            warnings.warn(f"dsrnet could not register its models with {library}: {err!r}", stacklevel=2)
+        _register_or_warn(self._fullname)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -75,6 +76,6 @@ def install_import_hooks() -> None:
     """For each library: register now if it is imported, else when it is."""
     for fullname in REGISTRARS:
         if fullname in sys.modules:
-            _register(fullname)
+            _register_or_warn(fullname)
         elif not any(isinstance(f, _ImportHook) and f.fullname == fullname for f in sys.meta_path):
             sys.meta_path.insert(0, _ImportHook(fullname))

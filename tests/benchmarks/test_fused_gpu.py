@@ -59,10 +59,16 @@ def test_a_failing_form_costs_only_its_own_rows_and_the_alarm_still_stops_the_st
     assert timed == ["resnet50_compiled", "dsrnet_fused_sweep"]
     (error,) = bench.results["errors"]
     assert error["step"].endswith(": dsrnet_fused_tma") and "illegal instruction" in error["error"]
+    # A fault that leaves the CUDA context unusable ends the step (the forms after it would each fail with it).
+    monkeypatch.setattr(fused_gpu, "cuda_context_usable", lambda bench: False)
+    timed.clear()
+    bench.step("inference, context lost", 0, fused_gpu.step_inference, bench, "cifar", 32, 1024, forms, True)
+    assert timed == ["resnet50_compiled"] and bench.results["errors"][-1]["step"] == "inference, context lost"
+    assert len(bench.results["errors"]) == 2
     bench.alarm_fired = True  # the budget's alarm surfacing as a form's error is the budget stop, not a failed form
     with pytest.raises(fused_gpu.BudgetExceeded):
         bench.step("inference again", 0, fused_gpu.step_inference, bench, "cifar", 32, 1024, forms, True)
-    assert len(bench.results["errors"]) == 1
+    assert len(bench.results["errors"]) == 2
 
 
 def test_only_that_matches_no_step_is_refused_before_anything_runs(fused_gpu, tmp_path, capsys):

@@ -392,7 +392,8 @@ print(json.dumps([type(m).__name__, m.num_classes, "dsrnet50" in timm.list_model
     assert out == ["DSRNet", 3, True]
 
 
-@pytest.mark.parametrize("order", ["dsrnet first", "torchvision first", "dsrnet, torchvision.models alone"])
+@pytest.mark.parametrize("order", ["dsrnet first", "torchvision first", "dsrnet, torchvision.models alone",
+                                   "dsrnet's weights enum first"])
 def test_torchvisions_registry_serves_dsrnet_in_either_import_order(order):
     """Code written against torchvision's registry (its reference training scripts: get_model(args.model,
     weights=..., num_classes=...)) builds DSRNet once dsrnet is imported, the shipped weights included."""
@@ -401,6 +402,9 @@ def test_torchvisions_registry_serves_dsrnet_in_either_import_order(order):
         "torchvision first": "import torchvision, dsrnet\nbare = True",
         "dsrnet, torchvision.models alone": "import dsrnet\nfrom torchvision.models import get_model\nbare = True\n"
                                             "import torchvision",
+        # the enum's module imports torchvision itself: the registration it triggers waited for it (it was lost)
+        "dsrnet's weights enum first": "import dsrnet\nfrom dsrnet.models import DSRNet50_CIFAR_Weights\nbare = True\n"
+                                       "import torchvision",
     }[order]
     out = _run(
         imports
@@ -411,14 +415,16 @@ m = tv.get_model("dsrnet50_cifar", weights="DEFAULT").eval()
 x = torch.randn(2, 3, 32, 32)
 same = torch.equal(m(x), dsrnet.create_model("dsrnet50_cifar", pretrained=True).eval()(x))
 small = tv.get_model("dsrnet50", num_classes=3, widths=(4, 8, 8, 8), layers=(1, 1, 1, 1))
+every = [len(list(tv.get_model_weights(n))) for n in tv.list_models()]  # every name has an enum, ours included
 print(json.dumps([bare, type(m).__name__, same, tv.get_model_weights("dsrnet50_cifar").__name__,
                   tv.list_models(module=dsrnet.models), small.fc.out_features,
-                  type(tv.get_model("resnet50")).__module__, "resnet50_cifar" in tv.list_models()]))
+                  type(tv.get_model("resnet50")).__module__, "resnet50_cifar" in tv.list_models(),
+                  tv.get_model_weights("dsrnet50").__name__, len(every) == len(tv.list_models())]))
 """
     )
     assert out == [True, "DSRNet", True, "DSRNet50_CIFAR_Weights",
                    ["dsrnet101", "dsrnet101_cifar", "dsrnet50", "dsrnet50_cifar"], 3, "torchvision.models.resnet",
-                   False]  # fmt: skip
+                   False, "NoDSRNetWeights", True]  # fmt: skip
 
 
 def test_timms_zero_init_last_is_torchvisions_zero_init_residual():

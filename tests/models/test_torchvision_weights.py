@@ -32,6 +32,11 @@ def test_torchvisions_recipe_classifies_cifar10_test_photos(cifar10_dir):
     accuracy = float((predicted.numpy() == labels).mean())
     assert accuracy >= 0.85, accuracy  # the weights score 92.4 % on the whole test set
     assert w.meta["categories"][int(labels[0])] == "cat"  # CIFAR-10's first test image, named as torchvision would
+    # torchvision's reference scripts ask for weights.transforms(antialias=True) (it was a TypeError): the same steps
+    first = Image.fromarray(images[0])
+    assert torch.equal(w.transforms(antialias=True)(first), preprocess(first))
+    with pytest.raises(DsrnetError, match="antialias"):
+        w.transforms(antialias=False)
 
 
 def test_the_weights_are_the_shipped_files_and_their_meta_comes_from_it():

@@ -12,6 +12,7 @@ stem, and torchvision's ``resnet50`` stays torchvision's.
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 #: The builders registered (those of :mod:`dsrnet.models.dsrnet`).
@@ -22,20 +23,25 @@ _registered = False
 
 def register_with_torchvision() -> None:
     """Put the DSRNet builders into torchvision's registry (a name it holds already is left to its owner); each
-    builder with a weights enum gets it as its ``weights`` annotation, which ``get_model_weights`` reads."""
+    builder gets its weights enum as its ``weights`` annotation, which ``get_model_weights`` reads (an empty one,
+    :class:`~dsrnet.models.torchvision_weights.NoDSRNetWeights`, for an architecture without shipped weights)."""
     global _registered
     if _registered:
+        return
+    loading = sys.modules.get("dsrnet.models.torchvision_weights")
+    if loading is not None and not hasattr(loading, "NoDSRNetWeights"):
+        # That module's own `import torchvision` brought us here: it registers when its import completes.
         return
     from torchvision.models import _api
 
     from dsrnet.models import dsrnet as architectures
-    from dsrnet.models.torchvision_weights import WEIGHTS_ENUMS
+    from dsrnet.models.torchvision_weights import WEIGHTS_ENUMS, NoDSRNetWeights
 
     for name in NAMES:
         if name in _api.BUILTIN_MODELS:
             continue
         builder = getattr(architectures, name)
-        if name in WEIGHTS_ENUMS:
-            builder.__annotations__["weights"] = Optional[WEIGHTS_ENUMS[name]]  # noqa: UP045 (typing.get_args reads it)
+        enum = WEIGHTS_ENUMS.get(name, NoDSRNetWeights)
+        builder.__annotations__["weights"] = Optional[enum]  # noqa: UP045 (typing.get_args reads it)
         _api.register_model(name)(builder)
     _registered = True

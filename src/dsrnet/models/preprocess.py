@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from dsrnet.errors import DsrnetError
+
 #: How an image is resized to the model's input (torchvision's ``InterpolationMode`` value); the models'
 #: ``pretrained_cfg["interpolation"]`` says the same, so timm's ``resolve_data_config`` pipeline agrees.
 INTERPOLATION = "bicubic"
@@ -41,11 +43,16 @@ def resize_crop(size: int):
                        v2.CenterCrop(size)])  # fmt: skip
 
 
-def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True):
+def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True,
+               antialias: bool = True):  # fmt: skip
     """The evaluation preprocessing of a trained model, as torchvision's ``weights.transforms()``: shorter side
     resized to ``image_size`` (bicubic, antialiased; a strip wider than :data:`MAX_ASPECT`:1 cut first), centre
     crop, float in [0, 1], normalised with the training ``mean``/``std``. Takes a PIL image (or uint8 tensor),
-    returns a (3, S, S) float tensor."""
+    returns a (3, S, S) float tensor. ``antialias``: taken as torchvision's transforms take it (its reference
+    scripts pass ``antialias=True``); the resize always antialiases, as the weights were evaluated."""
+    if not antialias:
+        raise DsrnetError("these weights' preprocessing resizes with antialiasing, as they were evaluated; fix: drop "
+                          "antialias=False")  # fmt: skip
     from torchvision.transforms import v2
 
     steps = [*resize_crop(image_size).transforms, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]

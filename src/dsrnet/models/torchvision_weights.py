@@ -27,7 +27,7 @@ from dsrnet.errors import DsrnetError
 from dsrnet.models import preprocess
 from dsrnet.models import weights as dsrnet_weights
 
-__all__ = ["DSRNet50_CIFAR_Weights", "DSRNetWeights", "WEIGHTS_ENUMS", "resolve"]
+__all__ = ["DSRNet50_CIFAR_Weights", "DSRNetWeights", "NoDSRNetWeights", "WEIGHTS_ENUMS", "resolve"]
 
 #: The paper's datasets by dsrnet's name, as torchvision names a dataset in ``meta["_metrics"]``.
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10"}
@@ -101,6 +101,11 @@ class DSRNet50_CIFAR_Weights(DSRNetWeights):  # noqa: N801  (torchvision's namin
     DEFAULT = C10
 
 
+class NoDSRNetWeights(DSRNetWeights):
+    """No members: the weights enum torchvision's ``get_model_weights`` finds for a DSRNet architecture without
+    shipped weights (``dsrnet50``, ``dsrnet101``, ``dsrnet101_cifar``), as it finds one for each of its own."""
+
+
 #: The weights enum of each architecture that has one.
 WEIGHTS_ENUMS: dict[str, type[DSRNetWeights]] = {"dsrnet50_cifar": DSRNet50_CIFAR_Weights}
 
@@ -122,3 +127,14 @@ def resolve(arch: str, weights: DSRNetWeights | str) -> DSRNetWeights:
     if not isinstance(weights, enum):
         raise DsrnetError(f"{weights!r} are not {arch}'s weights; fix: pass {enum.__name__}.DEFAULT (or a name)")
     return weights
+
+
+def _register_with_torchvision() -> None:
+    """This module imports torchvision, which may be what first triggers dsrnet's registration with its registry
+    (:mod:`dsrnet._import_hooks`) while this module is half-loaded: that attempt waits for this call."""
+    from dsrnet.models._torchvision import register_with_torchvision
+
+    register_with_torchvision()
+
+
+_register_with_torchvision()
