@@ -20,7 +20,7 @@ REGISTRARS = {
 }
 
 
-def _register_or_warn(fullname: str) -> None:
+def register_or_warn(fullname: str) -> None:
     """Register with the library, or warn: never break its import (nor dsrnet's) for its other users."""
     module, _, function = REGISTRARS[fullname][1].partition(":")
     try:
@@ -41,7 +41,7 @@ class _RegisterAfterImport:
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
         _remove_hook(self._fullname)  # the library is imported now: the hook's one job is done
-        _register_or_warn(self._fullname)
+        register_or_warn(self._fullname)
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
@@ -76,6 +76,6 @@ def install_import_hooks() -> None:
     """For each library: register now if it is imported, else when it is."""
     for fullname in REGISTRARS:
         if fullname in sys.modules:
-            _register_or_warn(fullname)
+            register_or_warn(fullname)
         elif not any(isinstance(f, _ImportHook) and f.fullname == fullname for f in sys.meta_path):
             sys.meta_path.insert(0, _ImportHook(fullname))

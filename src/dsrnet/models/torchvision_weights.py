@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torchvision.models._api import Weights, WeightsEnum
 
+from dsrnet._import_hooks import register_or_warn
 from dsrnet.errors import DsrnetError
 from dsrnet.models import preprocess
 from dsrnet.models import weights as dsrnet_weights
@@ -129,12 +130,7 @@ def resolve(arch: str, weights: DSRNetWeights | str) -> DSRNetWeights:
     return weights
 
 
-def _register_with_torchvision() -> None:
-    """This module imports torchvision, which may be what first triggers dsrnet's registration with its registry
-    (:mod:`dsrnet._import_hooks`) while this module is half-loaded: that attempt waits for this call."""
-    from dsrnet.models._torchvision import register_with_torchvision
-
-    register_with_torchvision()
-
-
-_register_with_torchvision()
+# This module imports torchvision, which may be what first triggered dsrnet's registration with torchvision's registry
+# (dsrnet._import_hooks) while this module was half-loaded: that attempt waited for this call (a warning, never an
+# error, if it fails: these weights work without the registry).
+register_or_warn("torchvision")
