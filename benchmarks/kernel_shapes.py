@@ -42,9 +42,10 @@ then compiled); a step is skipped, and listed, when its estimate no longer fits 
 guesses and follow the fastest measured step of the same kind), SIGALRM stops a step at the deadline, and the
 results are rewritten after every step. Writes ``results.json``, ``results.md`` and ``log.txt`` into
 ``--out``. For a narrower follow-up call: ``--kinds whole,split,pw1`` (a subset of whole, fused, pw1, torch,
-split, chain, compiled; the summary adds pw1 to split and fused to compare whole blocks; chain times
+split, chain, tma, compiled; the summary adds pw1 to split and fused to compare whole blocks; chain times
 ``fuse(mode="chain")``'s kernel against split's three kernels doing the same, the next block's first 1x1 included,
-in tables of its own), ``--max-shapes N``,
+in tables of its own; tma times the 1x1 GEMMs through TMA tensor descriptors, ``ops.GEMM_TMA``, against the
+pointer-based kernel, back to back), ``--max-shapes N``,
 ``--no-paper``; also ``--batch``, ``--dtype``. ``--sweep`` (with ``--kinds split,pw1``) autotunes the 1x1 GEMM and
 the depthwise kernel over ``dsrnet.kernels._triton.SWEEP_CONFIGS`` too and tabulates, per shape, the best of the
 library's configs against the best of all. The summary per network: each shape's whole block in every
@@ -54,6 +55,7 @@ library's configs against the best of all. The summary per network: each shape's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -82,7 +84,7 @@ NETWORKS = (("cifar", "dsrnet50_cifar", 32), ("paper", "dsrnet50", 96))
 #: First-shape estimates in seconds on an H100 (compiles and autotuning included); later shapes of the same
 #: kind are estimated from the fastest one measured.
 FIRST_ESTIMATE_S = {"whole": 25.0, "fused": 25.0, "pw1": 12.0, "torch": 3.0, "split": 25.0, "chain": 30.0,
-                    "compiled": 30.0}
+                    "tma": 25.0, "compiled": 30.0}
 WARMUP, REPEATS = 5, 20
 
 
@@ -554,6 +556,60 @@ def step_split(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
     )
 
 
+@contextlib.contextmanager
+def tma_gemms():
+    """``ops.GEMM_TMA`` on inside (the 1x1 GEMMs through TMA tensor descriptors where they can), restored after."""
+    before, ops.GEMM_TMA = ops.GEMM_TMA, True
+    try:
+        yield
+    finally:
+        ops.GEMM_TMA = before
+
+
+def step_tma(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
+    """The 1x1 GEMMs through TMA (``ops.GEMM_TMA``, ``pw_gemm_tma``) against the pointer-based kernel at the same
+    shape, back to back: the first 1x1 where it is not strided, and the second with its identity shortcut (a
+    downsample GEMM in the tile stays pointer-based); rows say which kernel ran."""
+    cases = []
+    if tensors.s.stride_1x1 == 1:
+        cases.append(("pw1", "pw1 pointwise_conv", tensors.pw1))
+    if tensors.w_ds is None:
+        y2 = first_call(bench, tensors.split_dw, "dw_fwd")["output"]
+        cases.append(("pw", "split pointwise_conv + shortcut", lambda: tensors.split_pw(y2)))
+    for part, impl, fn in cases:
+        pointer = first_call(bench, fn, "pw_gemm")
+        bench.add_row(net, entry, f"{impl} (pointer)", part, _time(bench, fn), **tuned_fields(pointer),
+                      backend=_backend(tensors.x))  # fmt: skip
+        with tma_gemms():
+            launched = _tma_launches(fn)
+            tma = first_call(bench, fn, "pw_gemm_tma")
+            with torch.inference_mode():
+                diff = _rel_diff(tma["output"], pointer["output"])
+            bench.add_row(net, entry, f"{impl} (TMA)", part, _time(bench, fn), **tuned_fields(tma),
+                          max_rel_diff=diff, tma_launches=launched, backend=_backend(tensors.x))  # fmt: skip
+
+
+def _tma_launches(fn) -> int:
+    """How many launches of ``pw_gemm_tma`` one call of ``fn`` makes (0: the tensors did not allow TMA)."""
+    tk = getattr(ops, "_tk", None)
+    if tk is None:
+        return 0
+    lazy, count = tk.pw_gemm_tma, []
+
+    class Counted:
+        def __getitem__(self, grid):
+            count.append(1)
+            return lazy[grid]
+
+    tk.pw_gemm_tma = Counted()
+    try:
+        with torch.inference_mode():
+            fn()
+    finally:
+        tk.pw_gemm_tma = lazy
+    return len(count)
+
+
 def step_chain(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
     """``fuse(mode="chain")``'s kernel against split's three (depthwise, 1x1 + shortcut, the next block's first
     1x1) on the same math; the next 1x1 is a stand-in as wide as the block (its stage's next block)."""
@@ -598,6 +654,7 @@ STEPS = {
     "torch": step_torch,
     "split": step_split,
     "chain": step_chain,
+    "tma": step_tma,
     "compiled": step_compiled,
 }
 
@@ -919,7 +976,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # the whole-block kernel first (fuse(mode="block"), new), then split right after fused: per shape, which of
     # the two is faster
-    order = [(k, "cifar", args.max_shapes) for k in ("whole", "fused", "split", "chain", "pw1", "torch")]
+    order = [(k, "cifar", args.max_shapes) for k in ("whole", "fused", "split", "chain", "tma", "pw1", "torch")]
     order += [(k, "paper", few) for k in ("whole", "fused", "pw1", "torch")] + [("compiled", "cifar", few)]
     plan += [(k, run_kind, k, nets[stem], models, n) for k, stem, n in order if k in kinds and stem in stems]
     done = 0

@@ -112,6 +112,11 @@ def test_rows_time_the_same_math_through_the_kernels(dry_run):
                  "torch eager whole block", "chain pointwise_chain", "split + next pw1",
                  "torch eager block + next 1x1"):  # fmt: skip
         assert impls[impl] == 3, impl
+    # kind tma: each 1x1 GEMM it can take, pointer-based and through TMA back to back (the second 1x1 only with an
+    # identity shortcut); at the dry run's 16-channel maps a TMA copy can read the tensors and the TMA kernel ran
+    assert impls["pw1 pointwise_conv (TMA)"] == impls["pw1 pointwise_conv (pointer)"] == 3
+    assert impls["split pointwise_conv + shortcut (TMA)"] == impls["split pointwise_conv + shortcut (pointer)"] == 1
+    assert any(r["tma_launches"] for r in rows if r["impl"].endswith("(TMA)"))
     # The downsample shortcut is a second GEMM into the pointwise tile: no kernel (nor row) of its own.
     assert impls["split pointwise_conv downsample"] == impls["torch 1x1 downsample"] == 0
     assert impls["torch compiled"] == 1
