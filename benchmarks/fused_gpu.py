@@ -867,13 +867,13 @@ def step_inference(bench: Bench, stem: str, image: int, batch: int, forms: tuple
         except Exception as err:  # one failing form (a new kernel's first GPU run) costs only its own rows
             if bench.alarm_fired:  # the budget's alarm, surfacing inside a library call as its own error
                 raise
-            if not cuda_context_usable(bench):  # a fault poisons the context: every later form would fail with it
-                bench.log(f"CUDA context lost after {form}: the step ends here")
-                raise
             bench.results["errors"].append({"step": f"inference {stem}/{size} b{b}: {form}", "error": repr(err),
                                             "traceback": traceback.format_exc()[-3000:]})  # fmt: skip
             bench.log(f"ERROR inference {form}: {err!r}")
             bench.save()
+            if not cuda_context_usable(bench):  # a fault poisons the context: every later form would fail with it
+                bench.log(f"CUDA context lost after {form}: the step ends here")
+                raise
 
 
 def cuda_context_usable(bench: Bench) -> bool:

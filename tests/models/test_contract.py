@@ -393,7 +393,7 @@ print(json.dumps([type(m).__name__, m.num_classes, "dsrnet50" in timm.list_model
 
 
 @pytest.mark.parametrize("order", ["dsrnet first", "torchvision first", "dsrnet, torchvision.models alone",
-                                   "dsrnet's weights enum first"])
+                                   "dsrnet's weights enum first", "dsrnet's weights module as the first import"])
 def test_torchvisions_registry_serves_dsrnet_in_either_import_order(order):
     """Code written against torchvision's registry (its reference training scripts: get_model(args.model,
     weights=..., num_classes=...)) builds DSRNet once dsrnet is imported, the shipped weights included."""
@@ -405,6 +405,8 @@ def test_torchvisions_registry_serves_dsrnet_in_either_import_order(order):
         # the enum's module imports torchvision itself: the registration it triggers waited for it (it was lost)
         "dsrnet's weights enum first": "import dsrnet\nfrom dsrnet.models import DSRNet50_CIFAR_Weights\nbare = True\n"
                                        "import torchvision",
+        "dsrnet's weights module as the first import": "import dsrnet.models.torchvision_weights\nbare = True\n"
+                                                       "import dsrnet, torchvision",
     }[order]
     out = _run(
         imports

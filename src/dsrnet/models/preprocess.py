@@ -44,13 +44,14 @@ def resize_crop(size: int):
 
 
 def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True,
-               antialias: bool = True):  # fmt: skip
+               antialias: bool | None = True):  # fmt: skip
     """The evaluation preprocessing of a trained model, as torchvision's ``weights.transforms()``: shorter side
     resized to ``image_size`` (bicubic, antialiased; a strip wider than :data:`MAX_ASPECT`:1 cut first), centre
     crop, float in [0, 1], normalised with the training ``mean``/``std``. Takes a PIL image (or uint8 tensor),
     returns a (3, S, S) float tensor. ``antialias``: taken as torchvision's transforms take it (its reference
-    scripts pass ``antialias=True``); the resize always antialiases, as the weights were evaluated."""
-    if not antialias:
+    scripts pass ``antialias=True``; None, torchvision's other spelling, means the same); the resize always
+    antialiases, as the weights were evaluated."""
+    if antialias is False:
         raise DsrnetError("these weights' preprocessing resizes with antialiasing, as they were evaluated; fix: drop "
                           "antialias=False")  # fmt: skip
     from torchvision.transforms import v2
