@@ -18,23 +18,23 @@ from typing import Optional
 #: The builders registered (those of :mod:`dsrnet.models.dsrnet`).
 NAMES = ("dsrnet50", "dsrnet101", "dsrnet50_cifar", "dsrnet101_cifar")
 
-_registered = False
-_tried = False
+#: Set once an attempt starts: a failed one warned (dsrnet._import_hooks) and is not repeated.
+_attempted = False
 
 
 def register_with_torchvision() -> None:
     """Put the DSRNet builders into torchvision's registry (a name it holds already is left to its owner); each
     builder gets its weights enum as its ``weights`` annotation, which ``get_model_weights`` reads (an empty one,
     :class:`~dsrnet.models.torchvision_weights.NoDSRNetWeights`, for an architecture without shipped weights)."""
-    global _registered, _tried
-    if _registered or _tried:  # a failed attempt warned once (dsrnet._import_hooks); it is not repeated
+    global _attempted
+    if _attempted:
         return
     loading = sys.modules.get("dsrnet.models.torchvision_weights")
     if loading is not None and not hasattr(loading, "WEIGHTS_ENUMS"):
         # That module's own `import torchvision` (at its top) brought us here: it registers at its end, where what
         # this needs is defined (its import is still under way then, so that is the test, not __spec__'s flag).
         return
-    _tried = True
+    _attempted = True
     from torchvision.models import _api
 
     from dsrnet.models import dsrnet as architectures
@@ -47,4 +47,3 @@ def register_with_torchvision() -> None:
         enum = WEIGHTS_ENUMS.get(name, NoDSRNetWeights)
         builder.__annotations__["weights"] = Optional[enum]  # noqa: UP045 (typing.get_args reads it)
         _api.register_model(name)(builder)
-    _registered = True
