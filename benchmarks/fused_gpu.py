@@ -761,6 +761,16 @@ FUSED_FORMS = {"dsrnet_fused": None, "dsrnet_fused_onekernel": "fused", "dsrnet_
 
 
 @contextlib.contextmanager
+def tma_gemms():
+    """``ops.GEMM_TMA`` on inside (the 1x1 GEMMs through TMA tensor descriptors where they can), restored after."""
+    before, ops.GEMM_TMA = ops.GEMM_TMA, True
+    try:
+        yield
+    finally:
+        ops.GEMM_TMA = before
+
+
+@contextlib.contextmanager
 def form_settings(form: str):
     """What a form changes in the library while it is built, compiled, tuned and timed, undone afterwards.
     ``*_sweep``: the autotuners of the 1x1 GEMM and the depthwise kernel also get ``SWEEP_CONFIGS`` (bf16; the
@@ -777,8 +787,7 @@ def form_settings(form: str):
             undo.callback(setattr, ops, "CHAIN_DW_MAX_WIDTH", ops.CHAIN_DW_MAX_WIDTH)
             ops.CHAIN_DW_MAX_WIDTH = 0
         if base.endswith("_tma"):
-            undo.callback(setattr, ops, "GEMM_TMA", ops.GEMM_TMA)
-            ops.GEMM_TMA = True
+            undo.enter_context(tma_gemms())
             if tk is not None:  # which TMA configs won, per shape (none at all: no 1x1 could use TMA)
                 yield lambda: {"pw_gemm_tma": tk.autotune_picks()["pw_gemm_tma"]}
                 return

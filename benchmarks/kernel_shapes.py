@@ -55,7 +55,6 @@ library's configs against the best of all. The summary per network: each shape's
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -556,16 +555,6 @@ def step_split(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) 
     )
 
 
-@contextlib.contextmanager
-def tma_gemms():
-    """``ops.GEMM_TMA`` on inside (the 1x1 GEMMs through TMA tensor descriptors where they can), restored after."""
-    before, ops.GEMM_TMA = ops.GEMM_TMA, True
-    try:
-        yield
-    finally:
-        ops.GEMM_TMA = before
-
-
 def step_tma(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) -> None:
     """The 1x1 GEMMs through TMA (``ops.GEMM_TMA``, ``pw_gemm_tma``) against the pointer-based kernel at the same
     shape, back to back: the first 1x1 where it is not strided, and the second with its identity shortcut (a
@@ -580,7 +569,7 @@ def step_tma(bench: ShapeBench, net: str, entry: dict, tensors: ShapeTensors) ->
         pointer = first_call(bench, fn, "pw_gemm")
         bench.add_row(net, entry, f"{impl} (pointer)", part, _time(bench, fn), **tuned_fields(pointer),
                       backend=_backend(tensors.x))  # fmt: skip
-        with tma_gemms():
+        with fused_gpu.tma_gemms():
             tma = first_call(bench, fn, "pw_gemm_tma")  # first: its compile and tuning are what it records
             launched = _tma_launches(fn)
             with torch.inference_mode():
