@@ -753,11 +753,12 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
 #: timed fused forms -> ``dsrnet.fuse`` mode; ``dsrnet_fused`` is whatever ``fuse`` does by default;
 #: ``dsrnet_fused_sweep`` the default mode with the sweep's candidate configs beside the library's, and
 #: ``dsrnet_fused_chain_nodw`` chain with every depthwise conv as its own kernel, ``dsrnet_fused_tma`` the default
-#: mode with its 1x1 GEMMs through TMA tensor descriptors where they can (:func:`form_settings`).
+#: mode with its 1x1 GEMMs through TMA tensor descriptors where they can, ``dsrnet_fused_tiles`` the default mode
+#: with the depthwise kernels as pixel tiles only (no sliding-row configs: what those gain) (:func:`form_settings`).
 FUSED_FORMS = {"dsrnet_fused": None, "dsrnet_fused_onekernel": "fused", "dsrnet_fused_split": "split",
                "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block", "dsrnet_fused_chain": "chain",
                "dsrnet_fused_chain_nodw": "chain", "dsrnet_fused_sweep": DEFAULT_FUSE_MODE,
-               "dsrnet_fused_tma": DEFAULT_FUSE_MODE}  # fmt: skip
+               "dsrnet_fused_tma": DEFAULT_FUSE_MODE, "dsrnet_fused_tiles": DEFAULT_FUSE_MODE}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -771,6 +772,23 @@ def tma_gemms():
 
 
 @contextlib.contextmanager
+def pixel_tiles_only():
+    """The depthwise kernels' autotuners without their sliding-row configs inside (the pixel tiles alone, as
+    before those existed), restored after; each rebuilt on its next launch."""
+    tk = getattr(ops, "_tk", None)
+    saved = {} if tk is None else {lazy: lazy.configs for lazy in (tk.dw_fwd, tk.dw_bwd_weight)}
+    for lazy, configs in saved.items():
+        lazy.configs = [c for c in configs if not c.kwargs.get("ROWS")]
+        lazy._built.clear()
+    try:
+        yield
+    finally:
+        for lazy, configs in saved.items():
+            lazy.configs = configs
+            lazy._built.clear()
+
+
+@contextlib.contextmanager
 def form_settings(form: str):
     """What a form changes in the library while it is built, compiled, tuned and timed, undone afterwards.
     ``*_sweep``: the autotuners of the 1x1 GEMM and the depthwise kernel also get ``SWEEP_CONFIGS`` (bf16; the
@@ -779,10 +797,13 @@ def form_settings(form: str):
     for every other form.
     ``*_nodw``: ``ops.CHAIN_DW_MAX_WIDTH = 0`` (chain's depthwise convs as their own kernels: what computing them in
     the chain kernel gains). ``*_tma``: ``ops.GEMM_TMA = True`` (the stride-1 1x1s without a downsample GEMM by
-    ``pw_gemm_tma``: operand, residual and output tiles moved by Hopper's TMA)."""
+    ``pw_gemm_tma``: operand, residual and output tiles moved by Hopper's TMA). ``*_tiles``: the depthwise kernels
+    as pixel tiles only (:func:`pixel_tiles_only`)."""
     base = form.removesuffix("+cudagraph")
     tk = getattr(ops, "_tk", None)
     with contextlib.ExitStack() as undo:
+        if base.endswith("_tiles"):
+            undo.enter_context(pixel_tiles_only())
         if base.endswith("_nodw"):
             undo.callback(setattr, ops, "CHAIN_DW_MAX_WIDTH", ops.CHAIN_DW_MAX_WIDTH)
             ops.CHAIN_DW_MAX_WIDTH = 0
@@ -1638,11 +1659,12 @@ def main(argv: list[str] | None = None) -> int:
         # mode="chain" (each block's last kernel also computes the next block's first 1x1, so its input is not read
         # back for it, and up to 128 channels the depthwise conv, so its output is not written), also with the
         # depthwise convs as their own kernels; all against the default in the same call.
-        # And the default mode with its 1x1 GEMMs through TMA tensor descriptors (ops.GEMM_TMA).
+        # And the default mode with its 1x1 GEMMs through TMA tensor descriptors (ops.GEMM_TMA), and with its
+        # depthwise convs as pixel tiles only (what the sliding-row configs, untimed until this step, gain).
         ("inference cifar/32 b1024 (+cudagraph): fused chain (+ without its depthwise convs), fused with TMA GEMMs, "
-         "fused with the sweep configs", 250, step_inference, "cifar", 32, 1024,
-         ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_chain", "dsrnet_fused_tma", "dsrnet_fused_chain_nodw",
-          "dsrnet_fused_sweep"), True),
+         "fused with pixel-tile depthwise convs only, fused with the sweep configs", 280, step_inference, "cifar", 32,
+         1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_tiles", "dsrnet_fused_chain", "dsrnet_fused_tma",
+                "dsrnet_fused_chain_nodw", "dsrnet_fused_sweep"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise

@@ -75,6 +75,8 @@ def variants():
     for (s, d), (bias, relu) in itertools.product(dw, [(False, False), (True, True)]):
         weight = PACKED if bias else CONV_WEIGHT
         yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": bias, "RELU": relu, "AFFINE": False, **weight}
+    for d in (1, 2, 3):  # a stride-1 conv's input gradient: the taps read in reverse (tap stride -1, unspecialised)
+        yield tk.dw_fwd, {"STRIDE": 1, "DIL": d, "HAS_BIAS": False, "RELU": False, "AFFINE": False}
     for (s, d), affine in itertools.product(dw, (False, True)):  # AFFINE: BatchNorm + ReLU prologue (training)
         if affine:
             yield tk.dw_fwd, {"STRIDE": s, "DIL": d, "HAS_BIAS": False, "RELU": False, "AFFINE": True, **CONV_WEIGHT}

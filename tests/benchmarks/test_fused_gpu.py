@@ -409,7 +409,7 @@ def test_kernel_time_by_kind_sums_every_kernel_of_a_profile_per_call(fused_gpu):
     assert sum(v["share_pct"] for v in kinds.values()) == pytest.approx(100, abs=0.2)
 
 
-def test_sweep_nodw_and_tma_forms_change_the_library_while_they_run_and_restore_it_after(fused_gpu):
+def test_sweep_nodw_tma_and_tiles_forms_change_the_library_while_they_run_and_restore_it_after(fused_gpu):
     from dsrnet.kernels import ops
 
     tk = ops._tk
@@ -429,3 +429,9 @@ def test_sweep_nodw_and_tma_forms_change_the_library_while_they_run_and_restore_
         assert ops.GEMM_TMA is True and set(picks()) == {"pw_gemm_tma"}
         raise RuntimeError("a form that fails mid-way")
     assert ops.GEMM_TMA is False and fused_gpu.fuse_mode("dsrnet_fused_tma") == "split"
+    sliding = {lazy: list(lazy.configs) for lazy in (tk.dw_fwd, tk.dw_bwd_weight)}
+    with pytest.raises(RuntimeError), fused_gpu.form_settings("dsrnet_fused_tiles+cudagraph") as picks:
+        for lazy, configs in sliding.items():
+            assert lazy.configs == [c for c in configs if not c.kwargs.get("ROWS")] != configs
+        raise RuntimeError("a form that fails mid-way")
+    assert {lazy: lazy.configs for lazy in sliding} == sliding and fused_gpu.fuse_mode("dsrnet_fused_tiles") == "split"

@@ -70,6 +70,88 @@ def test_dwconv2d_bf16_within_bf16_tolerance(dilation, stride):
     _close(gw, rw, 2e-2)
 
 
+#: dw_fwd's sliding-row form under the interpreter: strips shorter than the map (ROWS 2 and 3 of 7 rows), column
+#: blocks of 16 across image boundaries (2 images x 9 columns), both row-loop forms.
+SLIDING = {"rows 2, plain loads": {"ROWS": 2, "ROW_STAGES": 1}, "rows 3, pipelined": {"ROWS": 3, "ROW_STAGES": 3}}
+
+
+@pytest.fixture(params=list(SLIDING))
+def sliding_rows(request, monkeypatch):
+    from dsrnet.kernels import _triton as tk
+
+    monkeypatch.setattr(tk.dw_fwd, "interp_config", tk._cfg(BLOCK_P=16, BLOCK_C=16, **SLIDING[request.param]))
+    monkeypatch.setattr(tk.dw_fwd, "_built", {})
+    return request.param
+
+
+@pytest.mark.parametrize(("dilation", "stride"), RATES_STRIDES)
+def test_dwconv2d_as_sliding_rows_matches_conv2d(dilation, stride, sliding_rows, monkeypatch):
+    # Where the stride does not divide the dilation the same config runs as a pixel tile; the input gradient of a
+    # stride-1 conv is the forward kernel over the reversed taps (the strided one keeps its own kernel).
+    from dsrnet.kernels import _triton as tk
+
+    grids = []
+    grid_of = ops._dw_fwd_grid
+    monkeypatch.setattr(ops, "_dw_fwd_grid", lambda *a: grids.append(a) or grid_of(*a))
+    if stride == 1:
+        monkeypatch.setattr(ops, "_run_dw_bwd_input", None)  # would raise if called
+    x, weight, bias = (t.requires_grad_() for t in _dw_inputs(torch.float32, n=2))
+    y = ops.dwconv2d(x, weight, bias, stride, dilation, True)
+    ref = F.relu(F.conv2d(x, weight, bias, stride, dilation, dilation, 20))
+    _close(y, ref, 1e-4)
+    grad = torch.randn_like(ref)
+    for a, e in zip(torch.autograd.grad(y, (x, weight, bias), grad), torch.autograd.grad(ref, (x, weight, bias), grad),
+                    strict=True):  # fmt: skip
+        _close(a, e, 1e-4)
+    assert len(grids) == (2 if stride == 1 else 1)
+    assert tk.slides(tk.dw_fwd.interp_config.kwargs["ROWS"], stride, dilation) == (dilation % stride == 0)
+
+
+def test_sliding_rows_with_the_batchnorm_prologue_in_bf16(sliding_rows):
+    x, weight, _ = _dw_inputs(torch.bfloat16, c=33, h=6, w=5, n=3)
+    centre, scale, shift = _affine_inputs(33)
+    for stride, dilation in ((1, 2), (2, 2)):
+        y = ops.dwconv2d_affine_relu(x, centre, scale, shift, weight, stride, dilation)
+        ref = F.conv2d(_bn_relu(x.float(), centre, scale, shift), weight.float(), None, stride, dilation, dilation, 33)
+        _close(y, ref, 2e-2)
+
+
+@pytest.mark.parametrize(("dilation", "stride"), RATES_STRIDES)
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("rows", [0, 1])
+def test_weight_gradient_as_pixel_tiles_or_sliding_rows_matches_conv2d(dilation, stride, affine, rows, monkeypatch):
+    # 16 images x 9 columns of 3 rows: three column chunks of the interpreter's 64, the last partly empty, and
+    # (rate 3) 9 programs where pixel tiles would want 7; where the stride does not divide the dilation a
+    # sliding-row config runs as pixel tiles.
+    from dsrnet.kernels import _triton as tk
+
+    monkeypatch.setattr(tk.dw_bwd_weight, "interp_config", tk._cfg(BLOCK_P=16, BLOCK_C=16, ROWS=rows))
+    monkeypatch.setattr(tk.dw_bwd_weight, "_built", {})
+    x, weight, _ = _dw_inputs(torch.float32, n=16, h=3)
+    weight.requires_grad_()
+    packed = ops._pack_affine(x, *_affine_inputs()) if affine else None
+    a = _bn_relu(x, *_affine_inputs()) if affine else x
+    ref = F.conv2d(a, weight, None, stride, dilation, dilation, 20)
+    grad = torch.randn_like(ref)
+    (want,) = torch.autograd.grad(ref, weight, grad)
+    _close(ops.dwconv2d_grad_weight(grad, x, stride, dilation, packed), want, 1e-4)
+
+
+def test_sliding_row_grid_covers_every_class_and_strip_and_configs_are_pruned_where_they_would_not_slide():
+    from dsrnet.kernels import _triton as tk
+
+    meta = {"BLOCK_P": 16, "BLOCK_C": 16, "ROWS": 2}
+    # 2 images x 9 columns in 2 blocks; rate 3: 3 classes of <= 3 rows in 2 strips each; 20 channels in 2 blocks
+    assert ops._dw_fwd_grid(2, 20, 7, 9, 1, 3)(meta) == (2 * 3 * 2, 2)
+    assert ops._dw_fwd_grid(2, 20, 4, 5, 2, 2)(meta) == (1 * 1 * 2, 2)  # stride 2, rate 2: one class
+    assert ops._dw_fwd_grid(2, 20, 4, 5, 2, 3)(meta) == (3, 2)  # rate 3 at stride 2: pixel tiles (40 pixels)
+    assert ops._dw_fwd_grid(2, 20, 7, 9, 1, 3)({**meta, "ROWS": 0}) == (8, 2)
+    configs = [tk._cfg(BLOCK_P=16, BLOCK_C=16), tk._cfg(BLOCK_P=16, BLOCK_C=16, ROWS=8)]
+    assert tk._rows_fit(configs, {}, STRIDE=2, DIL=2) == configs
+    assert tk._rows_fit(configs, {}, STRIDE=2, DIL=3) == configs[:1]
+    assert tk.dw_bwd_weight.prune is tk.dw_fwd.prune is tk._rows_fit
+
+
 def _affine_inputs(c=20):
     """Per-channel centre/scale/shift that make the ReLU cut a good part of each channel (negative scales too)."""
     g = torch.Generator().manual_seed(1)

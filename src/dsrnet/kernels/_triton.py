@@ -8,7 +8,9 @@ Kernels (each one program per output tile; weights pre-packed by the caller, see
 
 * ``dw_fwd``: depthwise 3x3, any dilation and stride (padding = dilation), bias + optional ReLU in the epilogue;
   ``AFFINE``: ``relu((x - centre) * scale + shift)`` per channel applied to the taps as they are loaded
-  (training: the BatchNorm before the conv, whose statistics are known, so its output is never written).
+  (training: the BatchNorm before the conv, whose statistics are known, so its output is never written);
+  ``ROWS`` (autotune option): sliding rows, each program walking a strip of output rows and loading each input row
+  once (:func:`slides` says where). With the taps read in reverse it is also a stride-1 conv's input gradient.
 * ``dw_bwd_input`` / ``dw_bwd_weight``: the two backward passes of the depthwise conv (weight grad written as
   per-program partial sums and reduced by the caller, so it is deterministic); with ``AFFINE`` the input grad is
   taken back through the ReLU and the scale (with per-program partial sums for the scale's and shift's grads),
@@ -435,33 +437,108 @@ def _mma(a, b, acc, IEEE: tl.constexpr, DOT_F32: tl.constexpr):
 # ---------------------------------------------------------------------------------------------------------------
 # Depthwise 3x3 forward
 # ---------------------------------------------------------------------------------------------------------------
+def slides(rows: int, stride: int, dilation: int) -> bool:
+    """Whether ``dw_fwd`` runs a config with ``ROWS`` output rows per program as sliding rows: only where the
+    stride divides the dilation (stride 1, or DSRNet's stride-2 rate-2 convs), so that the three rows an output row
+    reads are rows of a stride-1 conv at rate dilation / stride over every stride-th input row; elsewhere (and for
+    ``ROWS`` = 0) the same config runs as a pixel tile. The launch grid and the kernel decide it by this rule."""
+    return rows > 0 and dilation % stride == 0
+
+
 def _dw_fwd(
     x_ptr, w_ptr, b_ptr, a_ptr, y_ptr,
     P, C, H, W, HO, WO,
     sxn, sxh, sxw,
-    syn, syh, syw, swt, swc, TUNE_SIZE,
+    syn, syh, syw, swt, swc, w_off, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, AFFINE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr = 0, ROW_STAGES: tl.constexpr = 1,
 ):  # fmt: skip
-    # x: [N, H, W, C] via pixel strides, channels contiguous; w: tap t of channel c at t * swt + c * swc (the
-    # conv's own [C, 1, 3, 3] weight, or a packed [9, C]); y: [N, HO, WO, C] likewise.
+    # x: [N, H, W, C] via pixel strides, channels contiguous; w: tap t of channel c at w_off + t * swt + c * swc
+    # (the conv's own [C, 1, 3, 3] weight, or a packed [9, C]; w_off = 8 * swt with swt negated reads the taps in
+    # reverse: the input gradient of a stride-1 conv); y: [N, HO, WO, C] likewise.
     # AFFINE: the conv reads relu((x - centre) * scale + shift) (a: [3, C]), the preceding BatchNorm and ReLU.
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_mask = offs_p < P
     c_mask = offs_c < C
-    n, ho, wo = _pixels(offs_p, HO, WO)
+    w_ptr += w_off
     centre, scale, shift = _affine(a_ptr, offs_c, c_mask, C, AFFINE)
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, swt, swc, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre,
-                   scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
     if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    _store_tile(y_ptr, acc, n, ho, wo, syn, syh, syw, offs_c, p_mask[:, None] & c_mask[None, :])
+        bias = tl.load(b_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if (ROWS > 0) & (DIL % STRIDE == 0):  # slides(ROWS, STRIDE, DIL)
+        _dw_rows(x_ptr, w_ptr, y_ptr, pid_p, offs_c, c_mask, bias, P, H, W, HO, WO, sxn, sxh, sxw, syn, syh, syw,
+                 swt, swc, centre, scale, shift, STRIDE, DIL, RELU, AFFINE, BLOCK_P, BLOCK_C, ROWS, ROW_STAGES)  # fmt: skip
+    else:
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_mask = offs_p < P
+        n, ho, wo = _pixels(offs_p, HO, WO)
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        acc = _dw_taps(acc, x_ptr, n * sxn, w_ptr, swt, swc, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre,
+                       scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
+        acc += bias[None, :]
+        if RELU:
+            acc = tl.maximum(acc, 0.0)
+        _store_tile(y_ptr, acc, n, ho, wo, syn, syh, syw, offs_c, p_mask[:, None] & c_mask[None, :])
+
+
+@_jit_as_triton
+def _dw_rows(x_ptr, w_ptr, y_ptr, pid_p, offs_c, c_mask, bias, P, H, W, HO, WO, sxn, sxh, sxw, syn, syh, syw, swt,
+             swc, centre, scale, shift, STRIDE: tl.constexpr, DIL: tl.constexpr, RELU: tl.constexpr,
+             AFFINE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
+             ROW_STAGES: tl.constexpr):  # fmt: skip
+    """``dw_fwd`` as sliding rows: the program's tile is ``BLOCK_P`` (image, output column) pairs of one output row,
+    and it walks ``ROWS`` output rows down the map. Each input row it meets is loaded once (three column shifts,
+    the two beside the centre mostly from L1) and added into the three output rows it feeds: the row above is then
+    complete and stored, the other two are carried in registers. The pixel tile instead loads all nine taps of each
+    output pixel, and the rows above and below its tile again for the tiles that own them.
+
+    With dilation d = e * stride, output row ho reads input rows stride * (ho - e), stride * ho, stride * (ho + e):
+    the output rows of one residue class mod e form a stride-1 rate-1 chain over every (stride * e)-th input row,
+    so a program owns a strip of one class (``pid_p`` = (column block, class, strip), strips fastest: neighbouring
+    strips, which share a halo row, run together and find it in L2)."""
+    E = DIL // STRIDE  # constexpr arithmetic: a compile-time constant
+    cols = P // HO  # (image, output column) pairs
+    rows_e = tl.cdiv(HO, E)  # output rows of residue class 0, the longest
+    strips = tl.cdiv(rows_e, ROWS)
+    strip = pid_p % strips
+    klass = (pid_p // strips) % E
+    offs_q = (pid_p // (strips * E)) * BLOCK_P + tl.arange(0, BLOCK_P)
+    q_mask = offs_q < cols
+    n = offs_q // WO
+    wo = offs_q % WO
+    x_base = n * sxn
+    mask = q_mask[:, None] & c_mask[None, :]
+    # Output rows klass + E * t for t in [t0, t_end) (those of this class and strip), fed by the input rows
+    # STRIDE * (klass + E * k) for k in [t0 - 1, t_end]. The taps' weights, tap t = 3 kh + kw, loaded once.
+    t0 = strip * ROWS
+    t_end = tl.minimum(t0 + ROWS, tl.cdiv(HO - klass, E))
+    w00 = tl.load(w_ptr + 0 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w01 = tl.load(w_ptr + 1 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w02 = tl.load(w_ptr + 2 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w10 = tl.load(w_ptr + 3 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w11 = tl.load(w_ptr + 4 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w12 = tl.load(w_ptr + 5 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w20 = tl.load(w_ptr + 6 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w21 = tl.load(w_ptr + 7 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    w22 = tl.load(w_ptr + 8 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    above = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # output row k - 1, complete after this input row
+    here = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # output row k
+    for k in tl.range(t0 - 1, t_end + 1, num_stages=ROW_STAGES):
+        j = klass + E * k  # _tap at KH = 1 reads input row j * STRIDE (0 outside the map: the padding)
+        left = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0, STRIDE,
+                    DIL, AFFINE)  # fmt: skip
+        mid = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1, STRIDE,
+                   DIL, AFFINE)  # fmt: skip
+        right = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2,
+                     STRIDE, DIL, AFFINE)  # fmt: skip
+        out = above + left * w20 + mid * w21 + right * w22 + bias[None, :]
+        if RELU:
+            out = tl.maximum(out, 0.0)
+        _store_tile(y_ptr, out, n, klass + E * (k - 1), wo, syn, syh, syw, offs_c, mask & (k > t0))
+        above = here + left * w10 + mid * w11 + right * w12
+        here = left * w00 + mid * w01 + right * w02
 
 
 # The 9 taps' loads are all in flight at once (ILP), which costs registers (~180 for 64x64 on 4 warps on sm_90),
@@ -479,10 +556,33 @@ _DW_CONFIGS = [
 #: forward tile at 7 of 14 shapes, 1.03-1.18x faster than the best of the five above where the map is 16x16 or
 #: smaller (few pixels, many channels: a tall pixel tile leaves most of it masked). The input gradient's kernel was
 #: not swept, and its partial-sum buffer is sized by the smallest pixel tile, so it keeps the five.
-_DW_FWD_CONFIGS = [*_DW_CONFIGS, _cfg(BLOCK_P=16, BLOCK_C=128)]
+#: Then sliding rows (ROWS > 0; not yet timed on a GPU): the pixel tiles ran at 2.8-3.1x their traffic floor at every
+#: shape of that sweep, and load each output pixel's nine taps (18 bytes per output element in bf16 through L1,
+#: and a two-row tile's rows above and below again from L2). Sliding rows load three per output element and each
+#: input row once per strip (+ 2 halo rows per ROWS). Two forms, both offered, for the autotuner to choose per shape:
+#: ROW_STAGES = 1, plain loads (the two shifted rows hit L1), one row in flight per program; ROW_STAGES = 3, the row
+#: loop software-pipelined by Triton (cp.async into shared memory, two rows ahead; 24-48 KB), whose copies bypass
+#: L1 (cp.async.cg), so the shifted rows come from L2. Compiled for sm_90 (Triton 3.6, 3.8): 180-236 registers,
+#: no spills; 4 warps for 2048 elements (a 64x64 tile on 4 warps spilled).
+_DW_ROWS_CONFIGS = [
+    _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=8, ROW_STAGES=1),
+    _cfg(BLOCK_P=16, BLOCK_C=128, ROWS=8, ROW_STAGES=1),
+    _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=8, ROW_STAGES=3),
+    _cfg(BLOCK_P=16, BLOCK_C=128, ROWS=8, ROW_STAGES=3),
+    _cfg(BLOCK_P=64, BLOCK_C=64, ROWS=8, ROW_STAGES=3, num_warps=8),
+]
+_DW_FWD_CONFIGS = [*_DW_CONFIGS, _cfg(BLOCK_P=16, BLOCK_C=128), *_DW_ROWS_CONFIGS]
 _DW_INTERP = _cfg(BLOCK_P=16, BLOCK_C=16)
+
+
+def _rows_fit(configs, named_args, **kwargs):
+    """``dw_fwd``'s ``early_config_prune``: sliding-row configs only where they slide (:func:`slides`; elsewhere
+    they would run as pixel tiles the list already holds)."""
+    return [c for c in configs if not c.kwargs.get("ROWS") or slides(c.kwargs["ROWS"], kwargs["STRIDE"], kwargs["DIL"])]
+
+
 dw_fwd = _LazyKernel(
-    _dw_fwd, _DW_FWD_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP
+    _dw_fwd, _DW_FWD_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "STRIDE", "DIL", "AFFINE"], _DW_INTERP, prune=_rows_fit
 )
 
 
@@ -549,11 +649,11 @@ dw_bwd_input = _LazyKernel(
 # ---------------------------------------------------------------------------------------------------------------
 def _dw_bwd_weight(
     g_ptr, x_ptr, a_ptr, part_ptr,
-    P, C, H, W, HO, WO, PIX_PER_PROG,
+    P, C, H, W, HO, WO, PIX_PER_PROG, COLS_PER_PROG,
     sgn, sgh, sgw,
     sxn, sxh, sxw, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr = 0, ROW_STAGES: tl.constexpr = 1,
 ):  # fmt: skip
     # Program (chunk, cblock) sums g * x_tap over PIX_PER_PROG output pixels (a multiple of BLOCK_P, so the
     # partial-sum buffer does not depend on the autotuned block size) and writes part[chunk, c, tap] in fp32.
@@ -561,38 +661,46 @@ def _dw_bwd_weight(
     # reduction per tap and pixel block (warp shuffles and barriers) cost more than the multiply-adds themselves.
     # Written out tap by tap: Triton (3.6-3.8) cannot keep a list of tensors indexed inside a static loop.
     # AFFINE: the forward's input was relu((x - centre) * scale + shift), recomputed from x as the taps are loaded.
+    # ROWS > 0 (where slides()): sliding rows instead, program `chunk` owning COLS_PER_PROG (image, column) pairs of
+    # one residue class of rows (_dw_wgrad_rows); the caller launches as many programs either way.
     pid_k = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
     centre, scale, shift = _affine(a_ptr, offs_c, c_mask, C, AFFINE)
-    a0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
-    for p0 in range(0, PIX_PER_PROG, BLOCK_P):
-        offs_p = pid_k * PIX_PER_PROG + p0 + tl.arange(0, BLOCK_P)
-        p_mask = offs_p < P
-        n, ho, wo = _pixels(offs_p, HO, WO)
-        g_ptrs = g_ptr + (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_c[None, :]
-        gv = tl.load(g_ptrs, mask=p_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-        x_base = n * sxn
-        a0 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0, 0,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a1 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0, 1,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a2 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0, 2,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a3 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a4 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a5 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a6 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2, 0,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a7 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2, 1,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-        a8 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2, 2,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
+    if (ROWS > 0) & (DIL % STRIDE == 0):  # slides(ROWS, STRIDE, DIL)
+        a0, a1, a2, a3, a4, a5, a6, a7, a8 = _dw_wgrad_rows(
+            g_ptr, x_ptr, pid_k, offs_c, c_mask, P, H, W, HO, WO, COLS_PER_PROG, sgn, sgh, sgw, sxn, sxh, sxw,
+            centre, scale, shift, STRIDE, DIL, AFFINE, BLOCK_P, BLOCK_C, ROW_STAGES,
+        )  # fmt: skip
+    else:
+        a0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
+        for p0 in range(0, PIX_PER_PROG, BLOCK_P):
+            offs_p = pid_k * PIX_PER_PROG + p0 + tl.arange(0, BLOCK_P)
+            p_mask = offs_p < P
+            n, ho, wo = _pixels(offs_p, HO, WO)
+            g_ptrs = g_ptr + (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_c[None, :]
+            gv = tl.load(g_ptrs, mask=p_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+            x_base = n * sxn
+            a0 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0,
+                            0, STRIDE, DIL, AFFINE)  # fmt: skip
+            a1 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0,
+                            1, STRIDE, DIL, AFFINE)  # fmt: skip
+            a2 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0,
+                            2, STRIDE, DIL, AFFINE)  # fmt: skip
+            a3 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1,
+                            0, STRIDE, DIL, AFFINE)  # fmt: skip
+            a4 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1,
+                            1, STRIDE, DIL, AFFINE)  # fmt: skip
+            a5 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1,
+                            2, STRIDE, DIL, AFFINE)  # fmt: skip
+            a6 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2,
+                            0, STRIDE, DIL, AFFINE)  # fmt: skip
+            a7 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2,
+                            1, STRIDE, DIL, AFFINE)  # fmt: skip
+            a8 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2,
+                            2, STRIDE, DIL, AFFINE)  # fmt: skip
     out = part_ptr + pid_k * 9 * C + offs_c * 9  # part[chunk, c, tap]: summed over chunks, a [C, 1, 3, 3] weight
     tl.store(out, tl.sum(a0, axis=0), mask=c_mask)
     tl.store(out + 1, tl.sum(a1, axis=0), mask=c_mask)
@@ -605,17 +713,82 @@ def _dw_bwd_weight(
     tl.store(out + 8, tl.sum(a8, axis=0), mask=c_mask)
 
 
+@_jit_as_triton
+def _g_row(g_ptr, g_base, t, t_count, klass, E, sgh, q_mask, offs_c, c_mask):
+    """Row ``t`` of residue class ``klass`` (output row klass + E * t) of the output gradient at the tile's
+    (image, column) pairs, fp32 [pixels, channels]; 0 past the class's ``t_count`` rows."""
+    ptrs = g_ptr + (g_base + (klass + E * t) * sgh)[:, None] + offs_c[None, :]
+    ok = q_mask & (t < t_count)
+    return tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+
+
+@_jit_as_triton
+def _dw_wgrad_rows(g_ptr, x_ptr, pid_k, offs_c, c_mask, P, H, W, HO, WO, COLS_PER_PROG, sgn, sgh, sgw, sxn, sxh,
+                   sxw, centre, scale, shift, STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROW_STAGES: tl.constexpr):  # fmt: skip
+    """``dw_bwd_weight``'s nine per-tap accumulators by sliding rows (as :func:`_dw_rows`): the program walks every
+    input row of its residue class down its columns, loading each once (three column shifts) with one new row of
+    the output gradient, and multiplies it into the three gradient rows that read it (the two before carried in
+    registers): four loads per row where the pixel tile loads ten per output pixel."""
+    E = DIL // STRIDE  # constexpr arithmetic: a compile-time constant
+    cols = P // HO
+    klass = pid_k % E
+    t_count = tl.cdiv(HO - klass, E)  # output rows klass, klass + E, ...
+    a0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
+    first = (pid_k // E) * COLS_PER_PROG
+    for q0 in range(first, first + COLS_PER_PROG, BLOCK_P):
+        offs_q = q0 + tl.arange(0, BLOCK_P)
+        q_mask = offs_q < cols
+        n = offs_q // WO
+        wo = offs_q % WO
+        g_base = n * sgn + wo * sgw
+        x_base = n * sxn
+        g_before = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # gradient row k - 1 (none before row 0)
+        g_here = _g_row(g_ptr, g_base, 0, t_count, klass, E, sgh, q_mask, offs_c, c_mask)  # row k
+        # Input row k (of the class) is read by gradient row k + 1 through taps kh = 0, by row k through kh = 1
+        # and by row k - 1 through kh = 2; rows before 0 are the padding. The last input row, k = t_count, still
+        # feeds row t_count - 1.
+        for k in tl.range(0, t_count + 1, num_stages=ROW_STAGES):
+            g_next = _g_row(g_ptr, g_base, k + 1, t_count, klass, E, sgh, q_mask, offs_c, c_mask)
+            j = klass + E * k  # _tap at KH = 1 reads input row j * STRIDE
+            left = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0,
+                        STRIDE, DIL, AFFINE)  # fmt: skip
+            mid = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1,
+                       STRIDE, DIL, AFFINE)  # fmt: skip
+            right = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2,
+                         STRIDE, DIL, AFFINE)  # fmt: skip
+            a0 += g_next * left
+            a1 += g_next * mid
+            a2 += g_next * right
+            a3 += g_here * left
+            a4 += g_here * mid
+            a5 += g_here * right
+            a6 += g_before * left
+            a7 += g_before * mid
+            a8 += g_before * right
+            g_before = g_here
+            g_here = g_next
+    return a0, a1, a2, a3, a4, a5, a6, a7, a8
+
+
 # Nine [BLOCK_P, BLOCK_C] fp32 accumulators live in registers: at most 8 elements per thread each (more spilled in
 # offline sm_90 builds with the BatchNorm prologue).
+#: Sliding rows (ROWS > 0; not yet timed on a GPU; the pixel tiles' weight gradient took 51-52 us per call in the
+#: training step, ~3x its traffic floor): the same nine accumulators, plus three gradient rows and three loaded
+#: input rows (128-185 registers on sm_90, no spills). Plain loads only: Triton 3.6 does not software-pipeline
+#: the row loop nested in the column loop (ROW_STAGES = 3 compiled to the same code).
 _DWW_CONFIGS = [
     _cfg(BLOCK_P=16, BLOCK_C=64),
     _cfg(BLOCK_P=32, BLOCK_C=64, num_warps=8),
     _cfg(BLOCK_P=16, BLOCK_C=128, num_warps=8),
     _cfg(BLOCK_P=16, BLOCK_C=32),
+    _cfg(BLOCK_P=16, BLOCK_C=64, ROWS=1),
+    _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=1, num_warps=8),
 ]
 dw_bwd_weight = _LazyKernel(
     _dw_bwd_weight, _DWW_CONFIGS, ["TUNE_SIZE", "C", "HO", "WO", "PIX_PER_PROG", "STRIDE", "DIL", "AFFINE"],
-    _DW_INTERP,
+    _DW_INTERP, prune=_rows_fit,
 )
 
 

@@ -250,19 +250,36 @@ def _dw_reference(x, weight, bias, stride: int, dilation: int, relu: bool) -> to
 dwconv2d = torch.library.custom_op("dsrnet::dwconv2d", _dwconv2d, mutates_args=())
 
 
-def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool) -> torch.Tensor:
+def _dw_fwd_grid(n: int, channels: int, ho: int, wo: int, stride: int, dilation: int):
+    """Launch grid of ``dw_fwd``: pixel blocks x channel blocks, or for a sliding-row config (:func:`slides`)
+    column blocks x residue classes x row strips, x channel blocks (block sizes from autotune)."""
+
+    def grid(meta):
+        rows = meta.get("ROWS", 0)
+        if not _tk.slides(rows, stride, dilation):
+            return (_cdiv(n * ho * wo, meta["BLOCK_P"]), _cdiv(channels, meta["BLOCK_C"]))
+        classes = dilation // stride
+        strips = _cdiv(_cdiv(ho, classes), rows)
+        return (_cdiv(n * wo, meta["BLOCK_P"]) * classes * strips, _cdiv(channels, meta["BLOCK_C"]))
+
+    return grid
+
+
+def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool, flip: bool = False) -> torch.Tensor:
     """The ``dw_fwd`` kernel's output: bias and ReLU epilogue, and with ``affine`` ([centre; scale; shift], fp32
-    [3, C]) the ``relu((x - centre) * scale + shift)`` prologue on the taps it loads."""
+    [3, C]) the ``relu((x - centre) * scale + shift)`` prologue on the taps it loads; ``flip``: the taps read in
+    reverse order (a stride-1 conv's input gradient is the conv of the output gradient with them)."""
     n, c, h, w = x.shape
     ho, wo = _out_size(h, stride), _out_size(w, stride)
     x = _channels_inner(x)
     y = _empty_nhwc(n, c, ho, wo, like=x)
     p = n * ho * wo
     weight, swt, swc = _tap_strides(weight)
+    w_off, swt = (8 * swt, -swt) if flip else (0, swt)
     with _launch(x):
-        _tk.dw_fwd[_pixel_channel_grid(p, c)](
+        _tk.dw_fwd[_dw_fwd_grid(n, c, ho, wo, stride, dilation)](
             x, weight, weight if bias is None else bias.contiguous(), weight if affine is None else affine, y,
-            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), swt, swc, _tune_size(p),
+            p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), swt, swc, w_off, _tune_size(p),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine is not None,
         )  # fmt: skip
     return y
@@ -288,6 +305,8 @@ def dwconv2d_grad_input(
             (n, c, height, width), weight.to(grad.dtype), grad, stride, dilation, dilation, c
         )
         return _as_nhwc(dx)
+    if stride == 1:  # the same conv of the gradient with the taps reversed: the forward kernel and its configs
+        return _run_dw_fwd(grad, weight, None, None, 1, dilation, False, flip=True)
     return _run_dw_bwd_input(grad, weight, (n, c, height, width), stride, dilation)
 
 
@@ -336,16 +355,22 @@ def dwconv2d_grad_weight(
     x, grad = _channels_inner(x), _channels_inner(grad)
     p = n * ho * wo
     # Pixels per program: a multiple of every BLOCK_P the autotuner may pick, sized for a few hundred programs.
+    # The same number of programs whichever config runs (each writes its own row of partial sums, zeros where it
+    # has no pixels), so the buffer needs no zeroing: a pixel tile's program owns `pix` flat pixels; a sliding-row
+    # program (_tk.slides) one residue class of rows of `cols` (image, column) pairs.
     granule = 64 if _tk.interpreting() else 256
     chunks_wanted = max(1, 1024 // max(1, _cdiv(c, 64)))
     pix = max(granule, _cdiv(_cdiv(p, chunks_wanted), granule) * granule)
-    chunks = _cdiv(p, pix)
-    part = torch.empty((chunks, c, 9), device=x.device, dtype=torch.float32)
-    grid = lambda meta: (chunks, _cdiv(c, meta["BLOCK_C"]))  # noqa: E731
+    classes = dilation // stride if _tk.slides(1, stride, dilation) else 1
+    col_chunks = _cdiv(_cdiv(p, pix), classes)
+    cols = max(granule, _cdiv(_cdiv(n * wo, col_chunks), granule) * granule)
+    programs = col_chunks * classes
+    part = torch.empty((programs, c, 9), device=x.device, dtype=torch.float32)
+    grid = lambda meta: (programs, _cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(x):
         _tk.dw_bwd_weight[grid](
             grad, x, x if affine is None else affine, part,
-            p, c, h, w, ho, wo, pix, *_pixel_strides(grad), *_pixel_strides(x), _tune_size(p),
+            p, c, h, w, ho, wo, pix, cols, *_pixel_strides(grad), *_pixel_strides(x), _tune_size(p),
             STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
     return part.sum(0).view(c, 1, 3, 3)  # [C, 9] summed: the weight's own layout, no copy after the sum
