@@ -626,6 +626,88 @@ def step_correctness(bench: Bench) -> None:
         os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
 
 
+#: (stride, dilation) of every depthwise conv geometry the kernel-config check runs: DSRNet-50's (rates 1-3 at
+#: stride 1, rate 2 at stride 2) and one where sliding rows do not apply (rate 1 at stride 2: pixel tiles).
+DW_GEOMETRIES = ((1, 1), (1, 2), (1, 3), (2, 2), (2, 1))
+
+
+def step_depthwise_configs(bench: Bench) -> None:
+    """Every autotune config of the depthwise kernels (``dw_fwd``: forward with bias + ReLU, with the BatchNorm +
+    ReLU prologue, and a stride-1 conv's input gradient; ``dw_bwd_weight``: the weight gradient, with and without
+    the prologue) run by itself against PyTorch's conv in fp32 (TF32 off), one row per kernel and config: the
+    correctness step runs each kernel's first config only, the timed steps whichever the autotuner picks, so a
+    config that is wrong on the GPU alone (compiled code the interpreter does not run) would otherwise go unseen."""
+    tk = getattr(ops, "_tk", None)
+    if tk is None:
+        return
+    nn_f = nn.functional
+    g = torch.Generator().manual_seed(3)
+    n, c, size = (2, 20, 7) if bench.dry else (4, 96, 12)  # channels and map not multiples of any block size
+    dev = bench.device
+    x = torch.randn(n, c, size, size, generator=g).to(dev).contiguous(memory_format=torch.channels_last)
+    w, b, centre, scale, shift = (torch.randn(*shape, generator=g).to(dev) for shape in ((c, 1, 3, 3), (c,), (c,),
+                                                                                          (c,), (c,)))  # fmt: skip
+    a = nn_f.relu((x - centre.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    grads = {geo: torch.randn(n, c, ops._out_size(size, geo[0]), ops._out_size(size, geo[0]), generator=g).to(dev)
+             for geo in DW_GEOMETRIES}  # fmt: skip
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        want = {}
+        for (stride, dil), gy in grads.items():
+            xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+            y = nn_f.relu(nn_f.conv2d(xr, wr, b, stride, dil, dil, c))
+            gx, gw = torch.autograd.grad(nn_f.conv2d(xr, wr, None, stride, dil, dil, c), (xr, wr), gy)
+            (gwa,) = torch.autograd.grad(nn_f.conv2d(a, wr, None, stride, dil, dil, c), wr, gy)
+            want[stride, dil] = {"forward": y, "forward_bn_relu": nn_f.conv2d(a, w, None, stride, dil, dil, c),
+                                 "grad_input": gx, "grad_weight": gw, "grad_weight_bn_relu": gwa}  # fmt: skip
+        packed = ops._pack_affine(x, centre, scale, shift)
+
+        def outputs(kernel: str) -> dict:
+            got = {}
+            for (stride, dil), gy in grads.items():
+                if kernel == "dw_fwd":
+                    got[stride, dil, "forward"] = ops.dwconv2d(x, w, b, stride, dil, True)
+                    got[stride, dil, "forward_bn_relu"] = ops.dwconv2d_affine_relu(x, centre, scale, shift, w,
+                                                                                   stride, dil)  # fmt: skip
+                    if stride == 1:  # the strided input gradient has a kernel of its own
+                        got[stride, dil, "grad_input"] = ops.dwconv2d_grad_input(gy, w, size, size, stride, dil)
+                else:
+                    got[stride, dil, "grad_weight"] = ops.dwconv2d_grad_weight(gy, x, stride, dil)
+                    got[stride, dil, "grad_weight_bn_relu"] = ops.dwconv2d_grad_weight(gy, x, stride, dil, packed)
+            return got
+
+        for kernel in ("dw_fwd", "dw_bwd_weight"):
+            lazy = getattr(tk, kernel)
+            library, interp = lazy.configs, lazy.interp_config
+            configs = [library[0], next(cf for cf in library if cf.kwargs.get("ROWS"))] if bench.dry else library
+            precompile(bench, lambda kernel=kernel: outputs(kernel))  # every config at once, in worker processes
+            try:
+                for config in configs:  # (the dry run's interpreter runs it as its one config)
+                    lazy.configs, lazy.interp_config, lazy._built = [config], config, {}
+                    os.environ["DSRNET_TRITON_AUTOTUNE"] = "0"  # this config alone, untimed
+                    errors = {key: ((got.float() - want[key[:2]][key[2]].float()).abs().max()
+                                    / want[key[:2]][key[2]].abs().max().clamp_min(1e-12)).item()
+                              for key, got in outputs(kernel).items()}  # fmt: skip
+                    worst = max(errors, key=errors.get)
+                    row = {"case": f"{kernel} config {_config_label(config)}", "dtype": "float32",
+                           "max_rel_err": errors[worst], "worst": "s{} d{} {}".format(*worst),
+                           "ok": errors[worst] <= 1e-4}  # fmt: skip
+                    bench.results["correctness"].append(row)
+                    bench.log(f"correctness: {row}")
+            finally:
+                lazy.configs, lazy.interp_config, lazy._built = library, interp, {}
+                os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _config_label(config) -> str:
+    """An autotune config as one short string: its meta-parameters, warps and stages."""
+    meta = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{meta} w{config.num_warps} s{config.num_stages}"
+
+
 def grad_errors(got: dict, exact: dict) -> dict:
     """How far ``got``'s gradients are from ``exact``'s: over all parameters together (norm of the difference over
     the norm of the exact ones) and the worst parameter by max |diff| / max |exact|."""
@@ -1530,7 +1612,7 @@ def render_markdown(results: dict) -> str:
                                         "eager_fp32_grad_norm_rel_err", "max_rel_grad_diff",
                                         "eager_fp32_max_rel_grad_diff", "within_eager_fp32_error",
                                         "images", "top1_eager", "top1_form", "top1_agreement_vs_eager_bf16",
-                                        "max_abs_logit_diff_vs_eager_bf16"]),
+                                        "max_abs_logit_diff_vs_eager_bf16", "max_rel_err", "worst", "ok"]),
         "## Inference (bf16, channels_last; median of repeats after warm-up)",
         _table(inf, ["form", "fuse_mode", "stem", "image", "batch", "ms_per_batch", "images_per_s", "x_resnet50",
                      "x_resnet50_tuned", "auto_picks",
@@ -1643,6 +1725,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ceilings", 5, step_ceilings),
         ("block kernel probe (own process)", 60, step_block_probe),
         ("correctness", 40, step_correctness),
+        ("depthwise kernels, every autotune config", 30, step_depthwise_configs),
         ("trained agreement (shipped weights, CIFAR-10 test)", 25, step_trained_agreement),
         # The default (dsrnet_fused: split since the H200 run of 2026-11-27), its challenger (block) and the
         # per-shape choice between them (auto) in the first step; the one-kernel mode, measured slower, at the end.

@@ -71,8 +71,9 @@ def test_dwconv2d_bf16_within_bf16_tolerance(dilation, stride):
 
 
 #: dw_fwd's sliding-row form under the interpreter: strips shorter than the map (ROWS 2 and 3 of 7 rows), column
-#: blocks of 16 across image boundaries (2 images x 9 columns), both row-loop forms.
-SLIDING = {"rows 2, plain loads": {"ROWS": 2, "ROW_STAGES": 1}, "rows 3, pipelined": {"ROWS": 3, "ROW_STAGES": 3}}
+#: blocks of 16 across image boundaries (2 images x 9 columns), each row-loop form.
+SLIDING = {"rows 2, plain loads": {"ROWS": 2}, "rows 3, pipelined": {"ROWS": 3, "ROW_STAGES": 3},
+           "rows 2, prefetched": {"ROWS": 2, "PREFETCH": True}, "rows 1, prefetched": {"ROWS": 1, "PREFETCH": True}}
 
 
 @pytest.fixture(params=list(SLIDING))
@@ -135,6 +136,33 @@ def test_weight_gradient_as_pixel_tiles_or_sliding_rows_matches_conv2d(dilation,
     grad = torch.randn_like(ref)
     (want,) = torch.autograd.grad(ref, weight, grad)
     _close(ops.dwconv2d_grad_weight(grad, x, stride, dilation, packed), want, 1e-4)
+
+
+def test_fused_gpu_checks_each_depthwise_config_by_itself_and_flags_a_broken_one(tmp_path, monkeypatch):
+    # benchmarks/fused_gpu.py's step (its dry run: one tile and one sliding-row config per kernel, each run by the
+    # interpreter as its one config); a sliding-row launch grid one column block short must show as not ok.
+    import argparse
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("fused_gpu", REPO / "benchmarks" / "fused_gpu.py")
+    fused_gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fused_gpu)
+    grid_of = ops._dw_fwd_grid
+
+    def short_grid(*args):
+        grid = grid_of(*args)
+        return lambda meta: (grid(meta)[0] - (1 if meta.get("ROWS") else 0), grid(meta)[1])
+
+    monkeypatch.setattr(ops, "_dw_fwd_grid", short_grid)
+    bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0))
+    fused_gpu.step_depthwise_configs(bench)
+    rows = {r["case"].split(" config ")[0] + (" rows" if "ROWS" in r["case"] else ""): r
+            for r in bench.results["correctness"]}  # fmt: skip
+    assert set(rows) == {"dw_fwd", "dw_fwd rows", "dw_bwd_weight", "dw_bwd_weight rows"}
+    assert [rows[k]["ok"] for k in sorted(rows)] == [True, True, True, False]  # sorted: dw_bwd_weight first
+    assert rows["dw_fwd rows"]["max_rel_err"] > 0.1 and rows["dw_bwd_weight rows"]["max_rel_err"] < 1e-5
 
 
 def test_sliding_row_grid_covers_every_class_and_strip_and_configs_are_pruned_where_they_would_not_slide():

@@ -452,6 +452,7 @@ def _dw_fwd(
     syn, syh, syw, swt, swc, w_off, TUNE_SIZE,
     STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr = 0, ROW_STAGES: tl.constexpr = 1,
+    PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
     # x: [N, H, W, C] via pixel strides, channels contiguous; w: tap t of channel c at w_off + t * swt + c * swc
     # (the conv's own [C, 1, 3, 3] weight, or a packed [9, C]; w_off = 8 * swt with swt negated reads the taps in
@@ -469,7 +470,8 @@ def _dw_fwd(
         bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
     if (ROWS > 0) & (DIL % STRIDE == 0):  # slides(ROWS, STRIDE, DIL)
         _dw_rows(x_ptr, w_ptr, y_ptr, pid_p, offs_c, c_mask, bias, P, H, W, HO, WO, sxn, sxh, sxw, syn, syh, syw,
-                 swt, swc, centre, scale, shift, STRIDE, DIL, RELU, AFFINE, BLOCK_P, BLOCK_C, ROWS, ROW_STAGES)  # fmt: skip
+                 swt, swc, centre, scale, shift, STRIDE, DIL, RELU, AFFINE, BLOCK_P, BLOCK_C, ROWS, ROW_STAGES,
+                 PREFETCH)  # fmt: skip
     else:
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         p_mask = offs_p < P
@@ -487,7 +489,7 @@ def _dw_fwd(
 def _dw_rows(x_ptr, w_ptr, y_ptr, pid_p, offs_c, c_mask, bias, P, H, W, HO, WO, sxn, sxh, sxw, syn, syh, syw, swt,
              swc, centre, scale, shift, STRIDE: tl.constexpr, DIL: tl.constexpr, RELU: tl.constexpr,
              AFFINE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
-             ROW_STAGES: tl.constexpr):  # fmt: skip
+             ROW_STAGES: tl.constexpr, PREFETCH: tl.constexpr):  # fmt: skip
     """``dw_fwd`` as sliding rows: the program's tile is ``BLOCK_P`` (image, output column) pairs of one output row,
     and it walks ``ROWS`` output rows down the map. Each input row it meets is loaded once (three column shifts,
     the two beside the centre mostly from L1) and added into the three output rows it feeds: the row above is then
@@ -525,20 +527,39 @@ def _dw_rows(x_ptr, w_ptr, y_ptr, pid_p, offs_c, c_mask, bias, P, H, W, HO, WO, 
     w22 = tl.load(w_ptr + 8 * swt + offs_c * swc, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     above = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # output row k - 1, complete after this input row
     here = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # output row k
+    if PREFETCH:  # each row's taps loaded an iteration ahead, in flight while the row before is computed
+        left, mid, right = _row_taps(x_ptr, x_base, klass + E * (t0 - 1), wo, q_mask, offs_c, c_mask, H, W, sxh, sxw,
+                                     centre, scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
     for k in tl.range(t0 - 1, t_end + 1, num_stages=ROW_STAGES):
-        j = klass + E * k  # _tap at KH = 1 reads input row j * STRIDE (0 outside the map: the padding)
-        left = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0, STRIDE,
-                    DIL, AFFINE)  # fmt: skip
-        mid = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1, STRIDE,
-                   DIL, AFFINE)  # fmt: skip
-        right = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2,
-                     STRIDE, DIL, AFFINE)  # fmt: skip
+        j = klass + E * k  # input row j * STRIDE
+        if PREFETCH:
+            next_left, next_mid, next_right = _row_taps(x_ptr, x_base, j + E, wo, q_mask & (k < t_end), offs_c, c_mask,
+                                                        H, W, sxh, sxw, centre, scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
+        else:
+            left, mid, right = _row_taps(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale,
+                                         shift, STRIDE, DIL, AFFINE)  # fmt: skip
         out = above + left * w20 + mid * w21 + right * w22 + bias[None, :]
         if RELU:
             out = tl.maximum(out, 0.0)
         _store_tile(y_ptr, out, n, klass + E * (k - 1), wo, syn, syh, syw, offs_c, mask & (k > t0))
         above = here + left * w10 + mid * w11 + right * w12
         here = left * w00 + mid * w01 + right * w02
+        if PREFETCH:
+            left, mid, right = next_left, next_mid, next_right
+
+
+@_jit_as_triton
+def _row_taps(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, STRIDE: tl.constexpr,
+              DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
+    """Input row ``j * STRIDE`` under the three column taps of output columns ``wo``: (left, centre, right), each
+    [pixels, channels] in fp32 (0 in the padding and where ``q_mask`` is false)."""
+    left = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0, STRIDE, DIL,
+                AFFINE)  # fmt: skip
+    mid = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1, STRIDE, DIL,
+               AFFINE)  # fmt: skip
+    right = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2, STRIDE, DIL,
+                 AFFINE)  # fmt: skip
+    return left, mid, right
 
 
 # The 9 taps' loads are all in flight at once (ILP), which costs registers (~180 for 64x64 on 4 warps on sm_90),
@@ -559,14 +580,17 @@ _DW_CONFIGS = [
 #: Then sliding rows (ROWS > 0; not yet timed on a GPU): the pixel tiles ran at 2.8-3.1x their traffic floor at every
 #: shape of that sweep, and load each output pixel's nine taps (18 bytes per output element in bf16 through L1,
 #: and a two-row tile's rows above and below again from L2). Sliding rows load three per output element and each
-#: input row once per strip (+ 2 halo rows per ROWS). Two forms, both offered, for the autotuner to choose per shape:
-#: ROW_STAGES = 1, plain loads (the two shifted rows hit L1), one row in flight per program; ROW_STAGES = 3, the row
-#: loop software-pipelined by Triton (cp.async into shared memory, two rows ahead; 24-48 KB), whose copies bypass
-#: L1 (cp.async.cg), so the shifted rows come from L2. Compiled for sm_90 (Triton 3.6, 3.8): 180-236 registers,
-#: no spills; 4 warps for 2048 elements (a 64x64 tile on 4 warps spilled).
+#: input row once per strip (+ 2 halo rows per ROWS). Three forms, all offered, for the autotuner to choose per
+#: shape: plain loads (the two shifted rows hit L1; one row in flight per program); PREFETCH, the next row's loads
+#: issued before this row's arithmetic (two rows in flight, three more tiles of registers: 8 elements per thread);
+#: ROW_STAGES = 3, the row loop software-pipelined by Triton (cp.async into shared memory, two rows ahead; 24-48
+#: KB), whose copies bypass L1 (cp.async.cg), so the shifted rows come from L2. Compiled for sm_90 (Triton 3.6,
+#: 3.8): 158-236 registers, no spills (a 64x64 tile on 4 warps spilled).
 _DW_ROWS_CONFIGS = [
-    _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=8, ROW_STAGES=1),
-    _cfg(BLOCK_P=16, BLOCK_C=128, ROWS=8, ROW_STAGES=1),
+    _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=8),
+    _cfg(BLOCK_P=16, BLOCK_C=128, ROWS=8),
+    _cfg(BLOCK_P=16, BLOCK_C=64, ROWS=8, PREFETCH=True),
+    _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=8, PREFETCH=True, num_warps=8),
     _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=8, ROW_STAGES=3),
     _cfg(BLOCK_P=16, BLOCK_C=128, ROWS=8, ROW_STAGES=3),
     _cfg(BLOCK_P=64, BLOCK_C=64, ROWS=8, ROW_STAGES=3, num_warps=8),
@@ -751,13 +775,8 @@ def _dw_wgrad_rows(g_ptr, x_ptr, pid_k, offs_c, c_mask, P, H, W, HO, WO, COLS_PE
         # feeds row t_count - 1.
         for k in tl.range(0, t_count + 1, num_stages=ROW_STAGES):
             g_next = _g_row(g_ptr, g_base, k + 1, t_count, klass, E, sgh, q_mask, offs_c, c_mask)
-            j = klass + E * k  # _tap at KH = 1 reads input row j * STRIDE
-            left = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0,
-                        STRIDE, DIL, AFFINE)  # fmt: skip
-            mid = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1,
-                       STRIDE, DIL, AFFINE)  # fmt: skip
-            right = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2,
-                         STRIDE, DIL, AFFINE)  # fmt: skip
+            left, mid, right = _row_taps(x_ptr, x_base, klass + E * k, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw,
+                                         centre, scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
             a0 += g_next * left
             a1 += g_next * mid
             a2 += g_next * right
