@@ -855,8 +855,10 @@ def tma_gemms():
 
 @contextlib.contextmanager
 def pixel_tiles_only():
-    """The depthwise kernels' autotuners without their sliding-row configs inside (the pixel tiles alone, as
-    before those existed), restored after; each rebuilt on its next launch."""
+    """The depthwise kernels' autotuners without their sliding-row configs inside (the pixel tiles alone, as the
+    forward ran before those existed; a stride-1 input gradient still runs on the forward kernel, not on
+    ``dw_bwd_input`` as it did then: an inference form's comparison), restored after; each rebuilt on its next
+    launch."""
     tk = getattr(ops, "_tk", None)
     saved = {} if tk is None else {lazy: lazy.configs for lazy in (tk.dw_fwd, tk.dw_bwd_weight)}
     for lazy, configs in saved.items():

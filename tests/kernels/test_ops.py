@@ -126,7 +126,8 @@ def test_weight_gradient_as_pixel_tiles_or_sliding_rows_matches_conv2d(dilation,
     # sliding-row config runs as pixel tiles.
     from dsrnet.kernels import _triton as tk
 
-    monkeypatch.setattr(tk.dw_bwd_weight, "interp_config", tk._cfg(BLOCK_P=16, BLOCK_C=16, ROWS=rows))
+    # sliding rows in 32-pair blocks: the 48 pairs of a chunk (rates 2, 3) end inside a block, which must stop there
+    monkeypatch.setattr(tk.dw_bwd_weight, "interp_config", tk._cfg(BLOCK_P=32 if rows else 16, BLOCK_C=16, ROWS=rows))
     monkeypatch.setattr(tk.dw_bwd_weight, "_built", {})
     x, weight, _ = _dw_inputs(torch.float32, n=16, h=3)
     weight.requires_grad_()
@@ -136,6 +137,24 @@ def test_weight_gradient_as_pixel_tiles_or_sliding_rows_matches_conv2d(dilation,
     grad = torch.randn_like(ref)
     (want,) = torch.autograd.grad(ref, weight, grad)
     _close(ops.dwconv2d_grad_weight(grad, x, stride, dilation, packed), want, 1e-4)
+
+
+@pytest.mark.parametrize(("n", "hw", "c", "stride", "dilation"), [
+    (1024, 32, 64, 1, 1), (512, 32, 64, 1, 3), (128, 16, 128, 1, 1), (512, 8, 256, 2, 2), (128, 4, 512, 1, 2),
+    (512, 16, 128, 2, 1), (3, 7, 20, 1, 3)])  # fmt: skip
+def test_weight_gradient_work_is_spread_over_its_programs_in_either_form(n, hw, c, stride, dilation):
+    # DSRNet-50's shapes at its batch sizes (GPU granule) and a small one: the same programs for both forms, every
+    # pixel and every (image, column) pair of every residue class owned by one, and no program left without work
+    # where there is enough of it (but the few of a count rounded up to whole residue classes).
+    from dsrnet.kernels import _triton as tk
+
+    ho = wo = ops._out_size(hw, stride)
+    programs, pix, cols = ops._weight_grad_split(n, ho, wo, c, stride, dilation, 256)
+    classes = dilation // stride if tk.slides(1, stride, dilation) else 1
+    assert programs % classes == 0 and pix % 256 == 0 and cols % 16 == 0
+    assert (programs - classes) * pix < n * ho * wo <= programs * pix  # (rounded up to whole classes)
+    chunks = programs // classes
+    assert n * wo <= chunks * cols and (n * wo < 16 * chunks or (chunks - 1) * cols < n * wo)
 
 
 def test_fused_gpu_checks_each_depthwise_config_by_itself_and_flags_a_broken_one(tmp_path, monkeypatch):

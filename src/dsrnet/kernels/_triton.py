@@ -761,9 +761,10 @@ def _dw_wgrad_rows(g_ptr, x_ptr, pid_k, offs_c, c_mask, P, H, W, HO, WO, COLS_PE
     a0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     a1, a2, a3, a4, a5, a6, a7, a8 = a0, a0, a0, a0, a0, a0, a0, a0
     first = (pid_k // E) * COLS_PER_PROG
-    for q0 in range(first, first + COLS_PER_PROG, BLOCK_P):
+    last = tl.minimum(first + COLS_PER_PROG, cols)  # the chunk's end: its last block may reach into the next
+    for q0 in range(first, last, BLOCK_P):
         offs_q = q0 + tl.arange(0, BLOCK_P)
-        q_mask = offs_q < cols
+        q_mask = offs_q < last
         n = offs_q // WO
         wo = offs_q % WO
         g_base = n * sgn + wo * sgw
@@ -771,9 +772,9 @@ def _dw_wgrad_rows(g_ptr, x_ptr, pid_k, offs_c, c_mask, P, H, W, HO, WO, COLS_PE
         g_before = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # gradient row k - 1 (none before row 0)
         g_here = _g_row(g_ptr, g_base, 0, t_count, klass, E, sgh, q_mask, offs_c, c_mask)  # row k
         # Input row k (of the class) is read by gradient row k + 1 through taps kh = 0, by row k through kh = 1
-        # and by row k - 1 through kh = 2; rows before 0 are the padding. The last input row, k = t_count, still
-        # feeds row t_count - 1.
-        for k in tl.range(0, t_count + 1, num_stages=ROW_STAGES):
+        # and by row k - 1 through kh = 2; rows before 0 and from t_count on (STRIDE * (klass + E * t_count) >=
+        # STRIDE * HO >= H) are the padding.
+        for k in tl.range(0, t_count, num_stages=ROW_STAGES):
             g_next = _g_row(g_ptr, g_base, k + 1, t_count, klass, E, sgh, q_mask, offs_c, c_mask)
             left, mid, right = _row_taps(x_ptr, x_base, klass + E * k, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw,
                                          centre, scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip

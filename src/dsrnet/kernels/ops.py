@@ -354,17 +354,7 @@ def dwconv2d_grad_weight(
         return torch.nn.grad.conv2d_weight(a, (c, 1, 3, 3), grad.to(wide), stride, dilation, dilation, c).contiguous()
     x, grad = _channels_inner(x), _channels_inner(grad)
     p = n * ho * wo
-    # Pixels per program: a multiple of every BLOCK_P the autotuner may pick, sized for a few hundred programs.
-    # The same number of programs whichever config runs (each writes its own row of partial sums, zeros where it
-    # has no pixels), so the buffer needs no zeroing: a pixel tile's program owns `pix` flat pixels; a sliding-row
-    # program (_tk.slides) one residue class of rows of `cols` (image, column) pairs.
-    granule = 64 if _tk.interpreting() else 256
-    chunks_wanted = max(1, 1024 // max(1, _cdiv(c, 64)))
-    pix = max(granule, _cdiv(_cdiv(p, chunks_wanted), granule) * granule)
-    classes = dilation // stride if _tk.slides(1, stride, dilation) else 1
-    col_chunks = _cdiv(_cdiv(p, pix), classes)
-    cols = max(granule, _cdiv(_cdiv(n * wo, col_chunks), granule) * granule)
-    programs = col_chunks * classes
+    programs, pix, cols = _weight_grad_split(n, ho, wo, c, stride, dilation, 64 if _tk.interpreting() else 256)
     part = torch.empty((programs, c, 9), device=x.device, dtype=torch.float32)
     grid = lambda meta: (programs, _cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     with _launch(x):
@@ -374,6 +364,23 @@ def dwconv2d_grad_weight(
             STRIDE=stride, DIL=dilation, AFFINE=affine is not None,
         )  # fmt: skip
     return part.sum(0).view(c, 1, 3, 3)  # [C, 9] summed: the weight's own layout, no copy after the sum
+
+
+def _weight_grad_split(n: int, ho: int, wo: int, c: int, stride: int, dilation: int, granule: int):
+    """How ``dw_bwd_weight`` splits its work: (programs, pixels per pixel-tile program, (image, column) pairs per
+    sliding-row program). A few hundred programs per channel block, the same number whichever config the
+    autotuner runs, each writing its own row of partial sums (zeros where it has no work), so the buffer needs no
+    zeroing. A pixel tile's program owns ``pix`` flat output pixels (a multiple of ``granule``, itself a multiple of
+    every BLOCK_P); a sliding-row program (:func:`_tk.slides`) the ``cols`` pairs of its chunk in one residue class
+    of rows (the kernel masks its last block at the chunk's end, so any count works: a multiple of 16 keeps the
+    blocks full)."""
+    p = n * ho * wo
+    chunks_wanted = max(1, 1024 // max(1, _cdiv(c, 64)))
+    pix = max(granule, _cdiv(_cdiv(p, chunks_wanted), granule) * granule)
+    classes = dilation // stride if _tk.slides(1, stride, dilation) else 1
+    col_chunks = _cdiv(_cdiv(p, pix), classes)
+    cols = _cdiv(_cdiv(n * wo, col_chunks), 16) * 16
+    return col_chunks * classes, pix, cols
 
 
 @dwconv2d_grad_weight.register_fake
