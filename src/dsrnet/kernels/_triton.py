@@ -585,7 +585,7 @@ _DW_CONFIGS = [
 #: issued before this row's arithmetic (two rows in flight, three more tiles of registers: 8 elements per thread);
 #: ROW_STAGES = 3, the row loop software-pipelined by Triton (cp.async into shared memory, two rows ahead; 24-48
 #: KB), whose copies bypass L1 (cp.async.cg), so the shifted rows come from L2. Compiled for sm_90 (Triton 3.6,
-#: 3.8): 158-236 registers, no spills (a 64x64 tile on 4 warps spilled).
+#: 3.8): 128-236 registers, no spills (a 64x64 tile on 4 warps spilled).
 _DW_ROWS_CONFIGS = [
     _cfg(BLOCK_P=32, BLOCK_C=64, ROWS=8),
     _cfg(BLOCK_P=16, BLOCK_C=128, ROWS=8),

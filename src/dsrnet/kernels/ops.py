@@ -373,7 +373,8 @@ def _weight_grad_split(n: int, ho: int, wo: int, c: int, stride: int, dilation: 
     zeroing. A pixel tile's program owns ``pix`` flat output pixels (a multiple of ``granule``, itself a multiple of
     every BLOCK_P); a sliding-row program (:func:`_tk.slides`) the ``cols`` pairs of its chunk in one residue class
     of rows (the kernel masks its last block at the chunk's end, so any count works: a multiple of 16 keeps the
-    blocks full)."""
+    16-wide blocks full; a 32-wide one may end half masked, which costs lanes, where rounding up to 32 would leave
+    whole programs idle, e.g. a quarter of them at batch 512, 32 px, rate 3)."""
     p = n * ho * wo
     chunks_wanted = max(1, 1024 // max(1, _cdiv(c, 64)))
     pix = max(granule, _cdiv(_cdiv(p, chunks_wanted), granule) * granule)
