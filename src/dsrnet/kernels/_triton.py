@@ -529,15 +529,15 @@ def _dw_rows(x_ptr, w_ptr, y_ptr, pid_p, offs_c, c_mask, bias, P, H, W, HO, WO, 
     here = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)  # output row k
     if PREFETCH:  # each row's taps loaded an iteration ahead, in flight while the row before is computed
         left, mid, right = _row_taps(x_ptr, x_base, klass + E * (t0 - 1), wo, q_mask, offs_c, c_mask, H, W, sxh, sxw,
-                                     centre, scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
+                                     centre, scale, shift, 1, STRIDE, DIL, AFFINE)  # fmt: skip
     for k in tl.range(t0 - 1, t_end + 1, num_stages=ROW_STAGES):
         j = klass + E * k  # input row j * STRIDE
         if PREFETCH:
             next_left, next_mid, next_right = _row_taps(x_ptr, x_base, j + E, wo, q_mask & (k < t_end), offs_c, c_mask,
-                                                        H, W, sxh, sxw, centre, scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
+                                                        H, W, sxh, sxw, centre, scale, shift, 1, STRIDE, DIL, AFFINE)  # fmt: skip
         else:
             left, mid, right = _row_taps(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale,
-                                         shift, STRIDE, DIL, AFFINE)  # fmt: skip
+                                         shift, 1, STRIDE, DIL, AFFINE)  # fmt: skip
         out = above + left * w20 + mid * w21 + right * w22 + bias[None, :]
         if RELU:
             out = tl.maximum(out, 0.0)
@@ -549,16 +549,17 @@ def _dw_rows(x_ptr, w_ptr, y_ptr, pid_p, offs_c, c_mask, bias, P, H, W, HO, WO, 
 
 
 @_jit_as_triton
-def _row_taps(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, STRIDE: tl.constexpr,
-              DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
-    """Input row ``j * STRIDE`` under the three column taps of output columns ``wo``: (left, centre, right), each
-    [pixels, channels] in fp32 (0 in the padding and where ``q_mask`` is false)."""
-    left = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 0, STRIDE, DIL,
-                AFFINE)  # fmt: skip
-    mid = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 1, STRIDE, DIL,
-               AFFINE)  # fmt: skip
-    right = _tap(x_ptr, x_base, j, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1, 2, STRIDE, DIL,
-                 AFFINE)  # fmt: skip
+def _row_taps(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, KH: tl.constexpr,
+              STRIDE: tl.constexpr, DIL: tl.constexpr, AFFINE: tl.constexpr):  # fmt: skip
+    """The three column taps (left, centre, right) of kernel row ``KH`` at output pixels (``ho``, ``wo``), each
+    [pixels, channels] in fp32 (0 in the padding and where ``p_mask`` is false): :func:`_tap` three times. At
+    ``KH`` = 1 and ``ho`` = j, input row ``j * STRIDE`` under output columns ``wo`` (the sliding rows' load)."""
+    left = _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, KH, 0, STRIDE,
+                DIL, AFFINE)  # fmt: skip
+    mid = _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, KH, 1, STRIDE,
+               DIL, AFFINE)  # fmt: skip
+    right = _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, KH, 2, STRIDE,
+                 DIL, AFFINE)  # fmt: skip
     return left, mid, right
 
 
@@ -707,24 +708,21 @@ def _dw_bwd_weight(
             g_ptrs = g_ptr + (n * sgn + ho * sgh + wo * sgw)[:, None] + offs_c[None, :]
             gv = tl.load(g_ptrs, mask=p_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
             x_base = n * sxn
-            a0 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0,
-                            0, STRIDE, DIL, AFFINE)  # fmt: skip
-            a1 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0,
-                            1, STRIDE, DIL, AFFINE)  # fmt: skip
-            a2 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 0,
-                            2, STRIDE, DIL, AFFINE)  # fmt: skip
-            a3 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1,
-                            0, STRIDE, DIL, AFFINE)  # fmt: skip
-            a4 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1,
-                            1, STRIDE, DIL, AFFINE)  # fmt: skip
-            a5 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 1,
-                            2, STRIDE, DIL, AFFINE)  # fmt: skip
-            a6 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2,
-                            0, STRIDE, DIL, AFFINE)  # fmt: skip
-            a7 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2,
-                            1, STRIDE, DIL, AFFINE)  # fmt: skip
-            a8 += gv * _tap(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale, shift, 2,
-                            2, STRIDE, DIL, AFFINE)  # fmt: skip
+            left, mid, right = _row_taps(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale,
+                                         shift, 0, STRIDE, DIL, AFFINE)  # fmt: skip
+            a0 += gv * left
+            a1 += gv * mid
+            a2 += gv * right
+            left, mid, right = _row_taps(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale,
+                                         shift, 1, STRIDE, DIL, AFFINE)  # fmt: skip
+            a3 += gv * left
+            a4 += gv * mid
+            a5 += gv * right
+            left, mid, right = _row_taps(x_ptr, x_base, ho, wo, p_mask, offs_c, c_mask, H, W, sxh, sxw, centre, scale,
+                                         shift, 2, STRIDE, DIL, AFFINE)  # fmt: skip
+            a6 += gv * left
+            a7 += gv * mid
+            a8 += gv * right
     out = part_ptr + pid_k * 9 * C + offs_c * 9  # part[chunk, c, tap]: summed over chunks, a [C, 1, 3, 3] weight
     tl.store(out, tl.sum(a0, axis=0), mask=c_mask)
     tl.store(out + 1, tl.sum(a1, axis=0), mask=c_mask)
@@ -777,7 +775,7 @@ def _dw_wgrad_rows(g_ptr, x_ptr, pid_k, offs_c, c_mask, P, H, W, HO, WO, COLS_PE
         for k in tl.range(0, t_count, num_stages=ROW_STAGES):
             g_next = _g_row(g_ptr, g_base, k + 1, t_count, klass, E, sgh, q_mask, offs_c, c_mask)
             left, mid, right = _row_taps(x_ptr, x_base, klass + E * k, wo, q_mask, offs_c, c_mask, H, W, sxh, sxw,
-                                         centre, scale, shift, STRIDE, DIL, AFFINE)  # fmt: skip
+                                         centre, scale, shift, 1, STRIDE, DIL, AFFINE)  # fmt: skip
             a0 += g_next * left
             a1 += g_next * mid
             a2 += g_next * right
