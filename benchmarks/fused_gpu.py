@@ -41,7 +41,9 @@ are rewritten after every step, so a run cut short keeps everything measured so 
     profiled too, as the reference.
 
 Writes into ``--out``: ``results.json`` (everything, with the block sizes the autotuner picked per kernel and
-shape: ``dsrnet.kernels._triton.autotune_picks``), ``results.md`` (tables), ``profiles.txt``, ``log.txt``.
+shape: ``dsrnet.kernels._triton.autotune_picks``), ``results.md`` (tables, led by what the rows decide:
+:func:`decision_rows`, each open question of the plan as a verdict and the edit it calls for), ``profiles.txt``,
+``log.txt``.
 Last, budget permitting: the training step of both with inductor's ``conv_1x1_as_mm`` (1x1 convs lowered to
 matmuls, whose neighbours inductor can then fuse), and DSRNet-50 and ResNet-50 both compiled with inductor's own fusion route
 (``TUNED_INDUCTOR``: freezing folds BatchNorm, 1x1 convs become matmuls with fused epilogues, GEMM templates
@@ -70,6 +72,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import itertools
 import json
 import math
 import os
@@ -701,25 +704,25 @@ def step_depthwise_configs(bench: Bench) -> None:
         autotune = os.environ.get("DSRNET_TRITON_AUTOTUNE")
         for kernel in ("dw_fwd", "dw_bwd_weight", "dw_bwd_input"):
             lazy = getattr(tk, kernel)
-            library, interp = lazy.configs, lazy.interp_config
-            configs = library
+            configs = lazy.configs
             if bench.dry:  # the interpreter's time: the first pixel tile and the first sliding-row config
-                configs = [library[0], *[cf for cf in library if cf.kwargs.get("ROWS")][:1]]
+                configs = [configs[0], *[cf for cf in configs if cf.kwargs.get("ROWS")][:1]]
             precompile(bench, lambda kernel=kernel: outputs(kernel))  # every config at once, in worker processes
             try:
                 for config in configs:  # (the dry run's interpreter runs it as its one config)
-                    lazy.configs, lazy.interp_config, lazy._built = [config], config, {}
-                    os.environ["DSRNET_TRITON_AUTOTUNE"] = "0"  # this config alone, untimed
-                    errors = {key: rel_error(key, got) for key, got in outputs(kernel, config).items()}
+                    with lazy.offering([config], config):
+                        os.environ["DSRNET_TRITON_AUTOTUNE"] = "0"  # this config alone, untimed
+                        got = outputs(kernel, config)
+                    errors = {key: rel_error(key, t) for key, t in got.items()}
                     over = {k: math.inf if math.isnan(e) else e / tolerance.get(k[2], 1e-4)  # in tolerances; NaN worst
                             for k, e in errors.items()}  # fmt: skip
                     worst = max(over, key=over.get)
-                    row = {"case": f"{kernel} config {_config_label(config)}", "dtype": "float32, bfloat16",
+                    dtypes = sorted({"bfloat16" if k[2].endswith("_bf16") else "float32" for k in errors}, reverse=True)
+                    row = {"case": f"{kernel} config {_config_label(config)}", "dtype": ", ".join(dtypes),
                            "max_rel_err": errors[worst], "worst": "s{} d{} {}".format(*worst), "ok": over[worst] <= 1}
                     bench.results["correctness"].append(row)
                     bench.log(f"correctness: {row}")
             finally:
-                lazy.configs, lazy.interp_config, lazy._built = library, interp, {}
                 if autotune is None:
                     os.environ.pop("DSRNET_TRITON_AUTOTUNE", None)
                 else:
@@ -886,16 +889,10 @@ def pixel_tiles_only():
     ``dw_bwd_input`` as it did then: an inference form's comparison), restored after; each rebuilt on its next
     launch."""
     tk = getattr(ops, "_tk", None)
-    saved = {} if tk is None else {lazy: lazy.configs for lazy in (tk.dw_fwd, tk.dw_bwd_weight)}
-    for lazy, configs in saved.items():
-        lazy.configs = [c for c in configs if not c.kwargs.get("ROWS")]
-        lazy._built.clear()
-    try:
+    with contextlib.ExitStack() as undo:
+        for lazy in () if tk is None else (tk.dw_fwd, tk.dw_bwd_weight):
+            undo.enter_context(lazy.offering([c for c in lazy.configs if not c.kwargs.get("ROWS")]))
         yield
-    finally:
-        for lazy, configs in saved.items():
-            lazy.configs = configs
-            lazy._built.clear()
 
 
 @contextlib.contextmanager
@@ -922,6 +919,9 @@ def form_settings(form: str):
             if tk is not None:  # which TMA configs won, per shape (none at all: no 1x1 could use TMA)
                 yield lambda: {"pw_gemm_tma": tk.autotune_picks()["pw_gemm_tma"]}
                 return
+        if base == "dsrnet_fused" and tk is not None:  # which depthwise configs the default form picked, per shape
+            yield lambda: {"dw_fwd": tk.autotune_picks()["dw_fwd"]}
+            return
         if not base.endswith("_sweep") or tk is None:
             yield None
             return
@@ -1595,6 +1595,64 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+#: What a timed form decides against the form it varies (same call, stem, size, batch; CUDA-graph rows against
+#: CUDA-graph rows): (form, against, the edit if the form is faster, the edit if it is not).
+DECISIONS = (
+    ("dsrnet_fused", "dsrnet_fused_tiles",
+     "keep the sliding-row depthwise configs that won (the default row's autotune_picks: ROWS > 0)",
+     "drop the sliding-row configs (_DW_ROWS_CONFIGS, the ROWS entries of _DWW_CONFIGS): each costs first-call "
+     "autotuning"),
+    ("dsrnet_fused_chain", "dsrnet_fused", 'DEFAULT_FUSE_MODE = "chain" (dsrnet.models)',
+     'keep DEFAULT_FUSE_MODE = "split"'),
+    ("dsrnet_fused_chain", "dsrnet_fused_chain_nodw", "keep ops.CHAIN_DW_MAX_WIDTH = 128",
+     "ops.CHAIN_DW_MAX_WIDTH = 0 (the chain kernel's depthwise convs as their own kernels)"),
+    ("dsrnet_fused_tma", "dsrnet_fused", "ops.GEMM_TMA = True", "keep ops.GEMM_TMA = False"),
+    ("dsrnet_fused_sweep", "dsrnet_fused",
+     "move the sweep's winning configs (its row's autotune_picks) into _GEMM_CONFIGS / _DW_FWD_CONFIGS",
+     "keep the library's configs"),
+)
+
+
+def decision_rows(results: dict) -> list[dict]:
+    """The plan's open questions answered by this call's rows (:data:`DECISIONS`). A form is ``faster`` or
+    ``slower`` only where the two rows' interquartile ranges of repeated timings do not overlap, a ``tie``
+    otherwise (no edit: a config or mode that buys nothing measurable still costs first-call autotuning). Also a
+    row per depthwise config the per-config check marked not ok, and per fused row that compiled kernels again
+    after precompiling."""
+    rows = []
+    bad = [r["case"] for r in results.get("correctness", []) if r.get("ok") is False]
+    if bad:  # before anything else: the timings after them may have run a wrong config
+        rows.append({"question": "depthwise configs wrong on this GPU", "compare": "; ".join(bad),
+                     "verdict": "not ok", "edit": "remove (or fix) these configs first; then time again"})
+    inf = results.get("inference", [])
+    index = {(r["form"], r["stem"], r["image"], r["batch"]): r for r in inf}
+    for (form, against, if_faster, if_not), graph in itertools.product(DECISIONS, ("", "+cudagraph")):
+        for (name, stem, image, batch), a in index.items():
+            b = index.get((against + graph, stem, image, batch))
+            if name != form + graph or b is None:
+                continue
+            if a["p75_ms"] < b["p25_ms"]:
+                verdict, edit = "faster", if_faster
+            elif b["p75_ms"] < a["p25_ms"]:
+                verdict, edit = "slower", if_not
+            else:
+                verdict, edit = "tie", "none (interquartile ranges overlap)"
+            rows.append({"question": f"{form}{graph} vs {against}{graph}", "compare": f"{stem}/{image} b{batch}",
+                         "ms": f"{a['ms_per_batch']} vs {b['ms_per_batch']}",
+                         "x": round(b["ms_per_batch"] / a["ms_per_batch"], 3), "verdict": verdict, "edit": edit})
+    sliding = [p for r in inf if r["form"] == "dsrnet_fused" for p in (r.get("autotune_picks") or {}).get("dw_fwd", [])]
+    if sliding:
+        won = sum(1 for p in sliding if p["config"].get("ROWS"))
+        rows.append({"question": "dw_fwd shapes a sliding-row config won (default form)",
+                     "compare": f"{won} of {len(sliding)}", "verdict": "", "edit": ""})
+    for r in inf + results.get("training", []):
+        if r.get("precompile_recompiled"):
+            rows.append({"question": f"{r['form']}: kernels compiled again after precompiling",
+                         "compare": str(r["precompile_recompiled"]), "verdict": "not ok",
+                         "edit": "the precompile pass's disk-cache keys still miss (see log.txt)"})
+    return rows
+
+
 def render_markdown(results: dict) -> str:
     env = results.get("environment", {})
     inf = [dict(r) for r in results["inference"]]
@@ -1623,6 +1681,7 @@ def render_markdown(results: dict) -> str:
             r["compute_fraction"] = round(flops * r["images_per_s"] / (peak * 1e12), 4)
         r["x_resnet50_1x1mm"] = round(r["images_per_s"] / mm[0]["images_per_s"], 3) if mm else None
         r["x_resnet50_cudagraphs"] = round(r["images_per_s"] / graphs[0]["images_per_s"], 3) if graphs else None
+    decisions = decision_rows(results)
     lines = [
         "# Fused DSRNet benchmark (issue 10)",
         "",
@@ -1634,6 +1693,8 @@ def render_markdown(results: dict) -> str:
         *([f"Per-image FLOPs and bytes (roofline) counted afterwards on a CPU (they depend on shapes only): "
            f"`{results['rerendered']}`"] if results.get("rerendered") else []),
         "",
+        *(["## What these rows decide (x: the first form's images/s over the second's)",
+            _table(decisions, ["question", "compare", "ms", "x", "verdict", "edit"])] if decisions else []),
         "## Correctness (fused / Triton vs eager fp32 reference)",
         _table(results["correctness"], ["case", "dtype", "max_abs_logit_diff", "max_abs_logit",
                                         "max_rel_feature_diff", "top1_agreement", "grad_norm_rel_err",

@@ -16,8 +16,8 @@ graphs and failures stay its own), in the order below; an arm that no longer fit
 listed. Per arm: the median epoch time over the epochs after the first (compilation, autotuning and graph
 recording fall in the first), images/s, the first epoch's time, the median test-pass time, the process's wall
 time, the final train loss (finite: the step ran) and the exit status. Writes three files into ``--out``
-(``results.json`` with every arm's per-epoch metrics, ``results.md``, ``log.txt`` with each arm's last output
-lines); the data and run folders go to ``--work`` (a temporary folder unless named), never back from a GPU call.
+(``results.json`` with every arm's per-epoch metrics; ``results.md``, with each arm's speed-up over ``fast`` and
+which arm, if any, ``fast.yaml`` should take, :func:`verdict`; ``log.txt`` with each arm's last output lines); the data and run folders go to ``--work`` (a temporary folder unless named), never back from a GPU call.
 ``--dry-run``: a few images, 2 epochs, no compilation (a CPU compiles for minutes), the Triton arms through the
 PyTorch fallback (``DSRNET_DISABLE_TRITON=1``): the plumbing, not the speed.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -134,9 +135,29 @@ def environment(device: bool) -> dict:
     return env
 
 
+def verdict(arms: list[dict]) -> tuple[dict[str, float], str]:
+    """Each arm's speed-up over the shipped recipe (``fast``'s median epoch time over the arm's), and which arm
+    ``fast.yaml`` should take: the fastest that finished every epoch with a finite loss, where it beats ``fast``
+    by more than 3 % (closer is within what epoch times vary by; a change of defaults must pay for its risk)."""
+    base = next((a for a in arms if a["arm"] == "fast" and a["status"] == 0 and a.get("epoch_s")), None)
+    if base is None:
+        return {}, "no verdict: the `fast` arm did not finish (nothing to compare with)"
+    speedup = {a["arm"]: round(base["epoch_s"] / a["epoch_s"], 3) for a in arms if a.get("epoch_s")}
+    sound = [a for a in arms if a["status"] == 0 and a.get("epoch_s") and a.get("epochs_done") == base["epochs_done"]
+             and a.get("final_train_loss") is not None and math.isfinite(a["final_train_loss"])]  # fmt: skip
+    best = max(sound, key=lambda a: speedup[a["arm"]])
+    if best["arm"] == "fast" or speedup[best["arm"]] < 1.03:
+        return speedup, "keep fast.yaml as it is: no arm beat `fast` by more than 3 %"
+    flags = best["flags"].split()
+    pairs = zip(flags[::2], flags[1::2], strict=True)  # every arm's flags are (--option value) pairs
+    yaml = ", ".join(f"`{k.removeprefix('--').replace('-', '_')}: {v}`" for k, v in pairs)
+    return speedup, f"`{best['arm']}` is {speedup[best['arm']]}x `fast`: in fast.yaml set {yaml}"
+
+
 def markdown(results: dict) -> str:
-    cols = ["arm", "status", "epochs_done", "epoch_s", "train_images_per_s", "first_epoch_s", "test_pass_s",
-            "wall_s", "final_train_loss"]  # fmt: skip
+    speedup, advice = verdict(results["arms"])
+    cols = ["arm", "status", "epochs_done", "epoch_s", "x_fast", "train_images_per_s", "first_epoch_s",
+            "test_pass_s", "wall_s", "final_train_loss"]  # fmt: skip
     lines = [
         "# `dsrnet train` epoch time per speed setting (synthetic CIFAR-10-shaped data)",
         "",
@@ -151,7 +172,9 @@ def markdown(results: dict) -> str:
         "|" + "---|" * len(cols),
     ]
     for row in results["arms"]:
+        row = {**row, "x_fast": speedup.get(row["arm"])}
         lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in cols) + " |")
+    lines += ["", f"x_fast: `fast`'s epoch_s over the arm's. Verdict: {advice}."]
     if results["skipped"]:
         lines += ["", "Skipped (budget): " + ", ".join(results["skipped"])]
     for row in results["arms"]:

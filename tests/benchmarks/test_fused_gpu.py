@@ -414,8 +414,8 @@ def test_sweep_nodw_tma_and_tiles_forms_change_the_library_while_they_run_and_re
 
     tk = ops._tk
     library = {name: list(getattr(tk, name).configs) for name in tk.SWEEP_CONFIGS}
-    with fused_gpu.form_settings("dsrnet_fused") as picks:
-        assert picks is None and tk.pw_gemm.configs == library["pw_gemm"]
+    with fused_gpu.form_settings("dsrnet_fused") as picks:  # the default form records its depthwise picks
+        assert set(picks()) == {"dw_fwd"} and tk.pw_gemm.configs == library["pw_gemm"]
     with pytest.raises(RuntimeError), fused_gpu.form_settings("dsrnet_fused_sweep+cudagraph") as picks:
         assert tk.pw_gemm.configs[len(library["pw_gemm"]):] == tk.SWEEP_CONFIGS["pw_gemm"]  # all fit in bf16
         assert set(picks()) == set(tk.SWEEP_CONFIGS)
@@ -435,3 +435,38 @@ def test_sweep_nodw_tma_and_tiles_forms_change_the_library_while_they_run_and_re
             assert lazy.configs == [c for c in configs if not c.kwargs.get("ROWS")] != configs
         raise RuntimeError("a form that fails mid-way")
     assert {lazy: lazy.configs for lazy in sliding} == sliding and fused_gpu.fuse_mode("dsrnet_fused_tiles") == "split"
+
+
+def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timings_a_tie(fused_gpu):
+    def row(form, ms, p25, p75, batch=1024, **extra):
+        return {"form": form, "stem": "cifar", "image": 32, "batch": batch, "ms_per_batch": ms, "p25_ms": p25,
+                "p75_ms": p75, "images_per_s": batch / ms * 1e3, **extra}
+
+    sliding = {"dw_fwd": [{"key": {}, "config": {"ROWS": 4}}, {"key": {}, "config": {"ROWS": 0}},
+                          {"key": {}, "config": {"BLOCK_P": 64}}]}  # fmt: skip
+    results = {
+        "correctness": [{"case": "dw_fwd config ROWS=4 w4 s2", "ok": False}, {"case": "dw_fwd config X", "ok": True},
+                        {"case": "fused split fp32"}],
+        "inference": [
+            row("dsrnet_fused", 6.0, 5.9, 6.1, autotune_picks=sliding), row("dsrnet_fused_tiles", 6.6, 6.5, 6.7),
+            row("dsrnet_fused_chain", 5.0, 4.9, 5.1, precompile_recompiled=3), row("dsrnet_fused_chain_nodw", 5.05, 5.0, 5.2),
+            row("dsrnet_fused_tma", 6.3, 6.2, 6.4), row("dsrnet_fused+cudagraph", 5.8, 5.7, 5.9),
+            row("dsrnet_fused_chain+cudagraph", 5.9, 5.8, 6.0),
+            row("dsrnet_fused_chain", 1.0, 0.9, 1.1, batch=128),  # no split row at batch 128: no verdict
+        ],
+        "training": [],
+    }  # fmt: skip
+    got = {(r["question"], r["compare"]): (r.get("verdict"), r.get("edit")) for r in fused_gpu.decision_rows(results)}
+    assert got.pop(("depthwise configs wrong on this GPU", "dw_fwd config ROWS=4 w4 s2"))[0] == "not ok"
+    assert got.pop(("dsrnet_fused vs dsrnet_fused_tiles", "cifar/32 b1024"))[0] == "faster"
+    assert got.pop(("dsrnet_fused_chain vs dsrnet_fused", "cifar/32 b1024")) == (
+        "faster", 'DEFAULT_FUSE_MODE = "chain" (dsrnet.models)')
+    assert got.pop(("dsrnet_fused_chain vs dsrnet_fused_chain_nodw", "cifar/32 b1024"))[0] == "tie"  # ranges overlap
+    assert got.pop(("dsrnet_fused_tma vs dsrnet_fused", "cifar/32 b1024")) == ("slower", "keep ops.GEMM_TMA = False")
+    assert got.pop(("dsrnet_fused_chain+cudagraph vs dsrnet_fused+cudagraph", "cifar/32 b1024"))[0] == "tie"  # graph vs graph
+    assert got.pop(("dw_fwd shapes a sliding-row config won (default form)", "1 of 3")) == ("", "")
+    assert got.pop(("dsrnet_fused_chain: kernels compiled again after precompiling", "3"))[0] == "not ok"
+    assert got == {}
+    md = fused_gpu.render_markdown({**results, "command": "x", "dry_run": False, "budget_s": 1, "per_image": {},
+                                    "skipped": [], "errors": []})  # fmt: skip
+    assert "## What these rows decide" in md and '| faster | DEFAULT_FUSE_MODE = "chain" (dsrnet.models) |' in md

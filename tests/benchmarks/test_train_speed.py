@@ -37,3 +37,27 @@ def test_an_unknown_arm_is_refused_before_anything_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path / "o"), "--arms", "nope"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "unknown arm(s) nope" in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_the_verdict_takes_the_fastest_sound_arm_only_where_it_beats_the_recipe_by_more_than_noise():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+
+    def arm(name, epoch_s, flags="", loss=1.0, status=0, epochs=4):
+        return {"arm": name, "flags": flags, "status": status, "epoch_s": epoch_s, "epochs_done": epochs,
+                "final_train_loss": loss}  # fmt: skip
+
+    graphs = "--dwconv triton --compile-mode reduce-overhead"
+    speedup, advice = ts.verdict([arm("fast", 4.0), arm("fast+triton_dw+cudagraphs", 2.0, graphs),
+                                  arm("fast+cudagraphs", 1.0, "--compile-mode reduce-overhead", loss=float("nan")),
+                                  arm("fast+triton_dw", 1.5, "--dwconv triton", epochs=2)])  # fmt: skip
+    assert speedup == {"fast": 1.0, "fast+triton_dw+cudagraphs": 2.0, "fast+cudagraphs": 4.0, "fast+triton_dw": 2.667}
+    assert advice.endswith("set `dwconv: triton`, `compile_mode: reduce-overhead`")  # NaN and cut-short arms lose
+    assert "keep fast.yaml" in ts.verdict([arm("fast", 4.0), arm("fast+triton_dw", 3.9, "--dwconv triton")])[1]
+    assert "no verdict" in ts.verdict([arm("fast", None, status=1), arm("fast+triton_dw", 3.0, "--dwconv triton")])[1]
+    md = ts.markdown({"command": "x", "environment": {}, "elapsed_s": 1, "budget_s": 2, "dry_run": False,
+                      "skipped": [], "arms": [arm("fast", 4.0), arm("fast+triton_dw", 2.0, "--dwconv triton")]})
+    assert "| fast+triton_dw | 0 | 4 | 2.0 | 2.0 |" in md and "set `dwconv: triton`" in md

@@ -177,7 +177,10 @@ def test_fused_gpu_checks_each_depthwise_config_by_itself_and_flags_a_broken_one
     monkeypatch.setattr(ops, "dwconv2d_grad_weight", lambda g, x, s, d, affine=None: weight_grad(g, x, s, d, affine)
                         * (float("nan") if affine is not None else 1.0))  # fmt: skip
     bench = fused_gpu.Bench(argparse.Namespace(dry_run=True, out=str(tmp_path), budget_s=600.0))
+    tk = ops._tk
+    library = {k: (getattr(tk, k).configs, getattr(tk, k).interp_config) for k in ("dw_fwd", "dw_bwd_weight")}
     fused_gpu.step_depthwise_configs(bench)
+    assert {k: (getattr(tk, k).configs, getattr(tk, k).interp_config) for k in library} == library  # offered back
     rows = {r["case"].split(" config ")[0] + (" rows" if "ROWS" in r["case"] else ""): r
             for r in bench.results["correctness"]}  # fmt: skip
     assert {k: r["ok"] for k, r in rows.items()} == {
@@ -185,6 +188,24 @@ def test_fused_gpu_checks_each_depthwise_config_by_itself_and_flags_a_broken_one
         "dw_bwd_input": True}  # fmt: skip
     assert not rows["dw_fwd rows"]["max_rel_err"] <= 0.1 and rows["dw_fwd"]["max_rel_err"] < 2e-2  # (NaN: unwritten)
     assert rows["dw_bwd_weight"]["worst"].endswith("grad_weight_bn_relu")  # the NaN, whatever the other errors
+    # the dtypes a row's cases ran in: only the forward's include the inference form's bf16
+    assert {k: r["dtype"] for k, r in rows.items()} == {
+        "dw_fwd": "float32, bfloat16", "dw_fwd rows": "float32, bfloat16", "dw_bwd_weight": "float32",
+        "dw_bwd_weight rows": "float32", "dw_bwd_input": "float32"}  # fmt: skip
+
+
+def test_a_kernel_offered_other_configs_is_rebuilt_with_them_and_gets_its_own_back_even_after_an_error():
+    lazy = ops._tk.dw_fwd
+    own, interp = lazy.configs, lazy.interp_config
+    lazy._built[(True, True)] = "a tuner built with the library's configs"
+    with pytest.raises(RuntimeError), lazy.offering(own[:1], own[0]):
+        assert lazy.configs == own[:1] and lazy.interp_config is own[0] and lazy._built == {}
+        lazy._built[(True, True)] = "a tuner built with the offered config"
+        raise RuntimeError("a check that fails mid-way")
+    assert lazy.configs == own and lazy.interp_config is interp and lazy._built == {}
+    assert lazy.swap_configs(own[1:2]) == (own, interp) and lazy.configs == own[1:2] and lazy.interp_config is interp
+    lazy.swap_configs(own)
+    assert lazy.configs == own
 
 
 def test_sliding_row_grid_covers_every_class_and_strip_and_configs_are_pruned_where_they_would_not_slide():

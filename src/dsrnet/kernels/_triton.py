@@ -137,6 +137,24 @@ class _LazyKernel:
             self._built[mode] = tune(triton.jit(self.fn))
         return self._built[mode]
 
+    def swap_configs(self, configs, interp_config=None) -> tuple[list, object]:
+        """Offer ``configs`` (and, under the interpreter, ``interp_config`` if given) from the next launch on, the
+        autotuner rebuilt with them; returns what was offered before, for :meth:`swap_configs` to put back
+        (benchmarks that time or check configs beyond the library's; :meth:`offering` for a ``with`` block)."""
+        before = self.configs, self.interp_config
+        self.configs, self.interp_config = list(configs), interp_config or self.interp_config
+        self._built.clear()
+        return before
+
+    @contextlib.contextmanager
+    def offering(self, configs, interp_config=None):
+        """:meth:`swap_configs` inside the ``with`` block, this kernel's own configs again after it."""
+        before = self.swap_configs(configs, interp_config)
+        try:
+            yield self
+        finally:
+            self.swap_configs(*before)
+
     def smallest(self, meta: str) -> int:
         """The smallest value of block size ``meta`` among the configs a launch may pick now (buffers of
         per-program partial sums are sized for it)."""
@@ -1445,18 +1463,15 @@ def widen_configs(element_size: int) -> dict[str, dict[str, list]]:
     for name, extra in SWEEP_CONFIGS.items():
         lazy = globals()[name]
         fit = [c for c in extra if fits_shared_memory(c, element_size)]
-        widened[name] = {"library": lazy.configs, "extra": fit, "left_out": [c for c in extra if c not in fit]}
-        lazy.configs = [*lazy.configs, *fit]
-        lazy._built.clear()
+        library = lazy.swap_configs([*lazy.configs, *fit])[0]
+        widened[name] = {"library": library, "extra": fit, "left_out": [c for c in extra if c not in fit]}
     return widened
 
 
 def restore_configs(widened: dict[str, dict[str, list]]) -> None:
     """Each kernel :func:`widen_configs` widened back to its library configs (rebuilt on its next launch)."""
     for name, parts in widened.items():
-        lazy = globals()[name]
-        lazy.configs = parts["library"]
-        lazy._built.clear()
+        globals()[name].swap_configs(parts["library"])
 
 
 def autotune_picks() -> dict[str, list[dict]]:
