@@ -865,11 +865,13 @@ def make_form(bench: Bench, form: str, stem: str) -> nn.Module:
 #: ``dsrnet_fused_sweep`` the default mode with the sweep's candidate configs beside the library's, and
 #: ``dsrnet_fused_chain_nodw`` chain with every depthwise conv as its own kernel, ``dsrnet_fused_tma`` the default
 #: mode with its 1x1 GEMMs through TMA tensor descriptors where they can, ``dsrnet_fused_tiles`` the default mode
-#: with the depthwise kernels as pixel tiles only (no sliding-row configs: what those gain) (:func:`form_settings`).
+#: with the depthwise kernels as pixel tiles only (no sliding-row configs: what those gain), ``*_pdl`` with
+#: ``ops.PDL`` on (programmatic dependent launch) (:func:`form_settings`).
 FUSED_FORMS = {"dsrnet_fused": None, "dsrnet_fused_onekernel": "fused", "dsrnet_fused_split": "split",
                "dsrnet_fused_auto": "auto", "dsrnet_fused_block": "block", "dsrnet_fused_chain": "chain",
                "dsrnet_fused_chain_nodw": "chain", "dsrnet_fused_sweep": DEFAULT_FUSE_MODE,
-               "dsrnet_fused_tma": DEFAULT_FUSE_MODE, "dsrnet_fused_tiles": DEFAULT_FUSE_MODE}  # fmt: skip
+               "dsrnet_fused_tma": DEFAULT_FUSE_MODE, "dsrnet_fused_tiles": DEFAULT_FUSE_MODE,
+               "dsrnet_fused_pdl": DEFAULT_FUSE_MODE, "dsrnet_fused_chain_pdl": "chain"}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -905,10 +907,14 @@ def form_settings(form: str):
     ``*_nodw``: ``ops.CHAIN_DW_MAX_WIDTH = 0`` (chain's depthwise convs as their own kernels: what computing them in
     the chain kernel gains). ``*_tma``: ``ops.GEMM_TMA = True`` (the stride-1 1x1s without a downsample GEMM by
     ``pw_gemm_tma``: operand, residual and output tiles moved by Hopper's TMA). ``*_tiles``: the depthwise kernels
-    as pixel tiles only (:func:`pixel_tiles_only`)."""
+    as pixel tiles only (:func:`pixel_tiles_only`). ``*_pdl``: ``ops.PDL = True`` (each kernel launched while
+    the one before it finishes; a CUDA graph captures the launches so)."""
     base = form.removesuffix("+cudagraph")
     tk = getattr(ops, "_tk", None)
     with contextlib.ExitStack() as undo:
+        if base.endswith("_pdl"):
+            undo.callback(setattr, ops, "PDL", ops.PDL)
+            ops.PDL = True
         if base.endswith("_tiles"):
             undo.enter_context(pixel_tiles_only())
         if base.endswith("_nodw"):
@@ -1607,6 +1613,9 @@ DECISIONS = (
     ("dsrnet_fused_chain", "dsrnet_fused_chain_nodw", "keep ops.CHAIN_DW_MAX_WIDTH = 128",
      "ops.CHAIN_DW_MAX_WIDTH = 0 (the chain kernel's depthwise convs as their own kernels)"),
     ("dsrnet_fused_tma", "dsrnet_fused", "ops.GEMM_TMA = True", "keep ops.GEMM_TMA = False"),
+    ("dsrnet_fused_pdl", "dsrnet_fused", "ops.PDL = True", "keep ops.PDL = False"),
+    ("dsrnet_fused_chain_pdl", "dsrnet_fused_chain", "ops.PDL = True (if chain is the default)",
+     "keep ops.PDL = False for chain"),
     ("dsrnet_fused_sweep", "dsrnet_fused",
      "move the sweep's winning configs (its row's autotune_picks) into _GEMM_CONFIGS / _DW_FWD_CONFIGS",
      "keep the library's configs"),
@@ -1837,6 +1846,11 @@ def main(argv: list[str] | None = None) -> int:
          "fused with pixel-tile depthwise convs only, fused with the sweep configs", 280, step_inference, "cifar", 32,
          1024, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_tiles", "dsrnet_fused_chain", "dsrnet_fused_tma",
                 "dsrnet_fused_chain_nodw", "dsrnet_fused_sweep"), True),
+        # ops.PDL (programmatic dependent launch: each kernel launched while the one before it finishes, waiting in
+        # its first instruction) where it can matter most: batch 128 as a CUDA graph, ~1 ms for ~50 kernels.
+        ("inference cifar/32 b128 (+cudagraph): dependent launch (fused, fused chain; with and without)", 100,
+         step_inference, "cifar", 32, 128, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_pdl",
+                                            "dsrnet_fused_chain", "dsrnet_fused_chain_pdl"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
         ("host cost per kernel launch (tiny shapes)", 15, step_host_cost),
         # The training target's comparison (ResNet-50 compiled against DSRNet compiled with the Triton depthwise

@@ -10,6 +10,7 @@ compiles each kernel, for each autotune config and each constexpr variant that D
     PYTHONPATH=src python3 benchmarks/triton_compile_check.py --all-configs    # every config, one variant each
     PYTHONPATH=src python3 benchmarks/triton_compile_check.py                  # everything (slow: ~500 compiles)
     PYTHONPATH=src python3 benchmarks/triton_compile_check.py --sweep          # the sweep's extra configs, bf16
+    PYTHONPATH=src python3 benchmarks/triton_compile_check.py --quick --pdl --ptx-grep griddepcontrol  # ops.PDL
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def main() -> int:
     parser.add_argument("--all-configs", action="store_true", help="one variant per kernel, every config, bf16+fp32")
     parser.add_argument("--kernel", help="only this kernel (e.g. dsr_block)")
     parser.add_argument("--ptx-grep", metavar="TEXT", help="also count the PTX lines containing TEXT (e.g. ld.global.nc)")
+    parser.add_argument("--pdl", action="store_true", help="as ops.PDL launches them: GDC=True (the kernel's "
+                        "griddepcontrol wait and trigger) and launch_pdl where ops passes them (use with --ptx-grep "
+                        "griddepcontrol: 2 lines in those, 0 elsewhere)")
     parser.add_argument("--sweep", action="store_true", help="the candidate configs of kernel_shapes.py --sweep "
                         "(dsrnet.kernels._triton.SWEEP_CONFIGS), each kernel's heaviest variant, bf16")
     args = parser.parse_args()
@@ -183,9 +187,12 @@ def main() -> int:
                 extra["IEEE"] = dtype == "fp32"
             if "DOT_F32" in jit.arg_names:
                 extra["DOT_F32"] = False
+            pdl = args.pdl and "GDC" in jit.arg_names and not consts.get("AFFINE")  # where ops.PDL launches it
+            if pdl:
+                extra["GDC"] = True
             constexprs = {**_constexpr_defaults(lazy.fn), **consts, **extra, **cfg.kwargs}
             src = ASTSource(jit, _signature(jit, dtype, constexprs), constexprs, _attrs(jit, constexprs))
-            opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **({"launch_pdl": True} if pdl else {})}
             label = f"{lazy.fn.__name__} {dtype} {consts} {cfg.kwargs} w{cfg.num_warps} s{cfg.num_stages}"
             count += 1
             try:

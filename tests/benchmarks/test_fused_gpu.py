@@ -435,6 +435,11 @@ def test_sweep_nodw_tma_and_tiles_forms_change_the_library_while_they_run_and_re
             assert lazy.configs == [c for c in configs if not c.kwargs.get("ROWS")] != configs
         raise RuntimeError("a form that fails mid-way")
     assert {lazy: lazy.configs for lazy in sliding} == sliding and fused_gpu.fuse_mode("dsrnet_fused_tiles") == "split"
+    with pytest.raises(RuntimeError), fused_gpu.form_settings("dsrnet_fused_chain_pdl+cudagraph"):
+        assert ops.PDL is True
+        raise RuntimeError("a form that fails mid-way")
+    assert ops.PDL is False and fused_gpu.fuse_mode("dsrnet_fused_chain_pdl") == "chain"
+    assert fused_gpu.fuse_mode("dsrnet_fused_pdl") == "split"
 
 
 def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timings_a_tie(fused_gpu):

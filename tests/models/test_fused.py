@@ -9,6 +9,7 @@ from tests.kernels import interp
 
 import contextlib
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -1041,3 +1042,84 @@ def test_a_fused_forward_skips_the_dispatcher_only_where_nothing_traces_or_diffe
     monkeypatch.setattr(ops, "_BODIES", {})  # a stand-in for an op (a test's spy) is called as given
     with torch.no_grad():
         assert torch.equal(fused(x), ref)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("mode", ["split", "chain", "block", "fused"])
+def test_with_dependent_launch_every_inference_kernel_waits_once_per_program_and_gives_the_same_numbers(
+        monkeypatch, mode):  # fmt: skip
+    """ops.PDL (untimed until a GPU run): every kernel of a fused forward is launched with ``launch_pdl`` and its
+    wait and trigger (the interpreter runs Triton's griddepcontrol instructions as the stubs below), one of each per
+    program, and the numbers do not change."""
+    import triton.language.extra.cuda as cuda
+
+    from dsrnet.kernels import _triton as tk
+    from dsrnet.kernels import ops
+
+    model = _tiny()
+    x = torch.randn(2, 3, 9, 9)
+    fused = dsrnet.fuse(model, mode=mode)
+    with torch.no_grad():
+        plain = fused(x)
+    events, launches = [], []
+    monkeypatch.setattr(cuda, "gdc_wait", lambda *a, **k: events.append("wait"))
+    monkeypatch.setattr(cuda, "gdc_launch_dependents", lambda *a, **k: events.append("trigger"))
+    monkeypatch.setattr(ops, "_dependent_launch", lambda t: launches.append(t.shape) or {"GDC": True, "launch_pdl": True})
+    programs = []
+    real_getitem = tk._LazyKernel.__getitem__
+
+    def counting(self, grid):  # the programs each launch runs, from its grid and the interpreter's one config
+        launch = real_getitem(self, grid)
+
+        def run(*args, **kwargs):
+            meta = {**self.interp_config.kwargs, **kwargs}
+            g = grid(meta) if callable(grid) else grid
+            programs.append((self.fn.__name__, kwargs.get("GDC", False), math.prod(g)))
+            return launch(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(tk._LazyKernel, "__getitem__", counting)
+    with torch.no_grad():
+        got = fused(x)
+    assert torch.equal(got, plain)
+    assert launches and len(launches) == len(programs) and all(gdc for _, gdc, _ in programs)  # every launch
+    total = sum(n for _, _, n in programs)
+    assert events.count("wait") == events.count("trigger") == total
+    assert events[:2] == ["wait", "trigger"]
+
+
+def test_dependent_launch_options_come_in_pairs_and_only_for_a_hopper_or_later_gpu(monkeypatch):
+    from dsrnet.kernels import ops
+
+    class OnGpu:
+        is_cuda, device = True, torch.device("cuda", 0)
+
+    capability = {"major": 9}
+    monkeypatch.setattr(ops, "_has_dependent_launch", lambda device: capability["major"] >= 9)
+    assert ops._dependent_launch(OnGpu()) == {}  # off by default until a GPU times it
+    monkeypatch.setattr(ops, "PDL", True)
+    assert ops._dependent_launch(OnGpu()) == {"GDC": True, "launch_pdl": True}
+    assert ops._dependent_launch(torch.zeros(1)) == {}  # the CPU interpreter cannot run the wait
+    capability["major"] = 8
+    assert ops._dependent_launch(OnGpu()) == {}  # an A100 has no griddepcontrol
+
+
+def test_every_kernel_that_can_be_launched_early_waits_in_its_first_statement():
+    """A kernel launched with ``launch_pdl`` may run while the previous kernel still writes its input (or reads
+    memory the allocator has since given this kernel's output): nothing may touch memory before the wait."""
+    import ast
+    import inspect
+    import textwrap
+
+    from dsrnet.kernels import _triton as tk
+
+    kernels = [v for v in vars(tk).values() if isinstance(v, tk._LazyKernel)]
+    waiting = [k for k in kernels if "GDC" in inspect.signature(k.fn).parameters]
+    assert {k.fn.__name__ for k in waiting} == {"_dw_fwd", "_pw_gemm", "_pw_gemm_tma", "_pw_chain", "_dw_pw",
+                                                "_dsr_block", "_direct_conv"}  # fmt: skip
+    for k in waiting:
+        body = ast.parse(textwrap.dedent(inspect.getsource(k.fn))).body[0].body
+        first = body[0].value
+        assert isinstance(first, ast.Call) and first.func.id == "_dependent_launch", k.fn.__name__
+        assert [a.id for a in first.args] == ["GDC"]

@@ -361,6 +361,19 @@ def _jit_as_triton(fn):
 
 
 @_jit_as_triton
+def _dependent_launch(GDC: tl.constexpr):
+    """Programmatic dependent launch (``GDC``: the op launched this kernel with ``launch_pdl``; ``ops.PDL``, sm_90
+    and later; the inference kernels, which follow each other, have it): the kernel may have started while the one before it in the stream still ran, so it waits for that
+    one to finish and its writes to be visible before its first memory access -- loads, and stores too (the
+    allocator may have handed it memory the previous kernel still reads) -- then lets the next kernel start
+    likewise. All of this kernel's programs have been scheduled by the time the last of them gets here, so the next
+    kernel's programs only take SM room this one no longer needs: what overlaps is a launch and a tail, not work."""
+    if GDC:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@_jit_as_triton
 def _pixels(offs, HO, WO):
     """(image, row, column) of flat indices over the pixels of an [N, HO, WO] map."""
     img = offs // (HO * WO)
@@ -471,11 +484,13 @@ def _dw_fwd(
     STRIDE: tl.constexpr, DIL: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr = 0, ROW_STAGES: tl.constexpr = 1,
     PREFETCH: tl.constexpr = False,
+    GDC: tl.constexpr = False,
 ):  # fmt: skip
     # x: [N, H, W, C] via pixel strides, channels contiguous; w: tap t of channel c at w_off + t * swt + c * swc
     # (the conv's own [C, 1, 3, 3] weight, or a packed [9, C]; w_off = 8 * swt with swt negated reads the taps in
     # reverse: the input gradient of a stride-1 conv); y: [N, HO, WO, C] likewise.
     # AFFINE: the conv reads relu((x - centre) * scale + shift) (a: [3, C]), the preceding BatchNorm and ReLU.
+    _dependent_launch(GDC)  # first, before any load or store
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -932,6 +947,7 @@ def _pw_gemm(
     STRIDE: tl.constexpr, RES: tl.constexpr, DS_STRIDE: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
     DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     R_FIRST: tl.constexpr = False, PER_SM: tl.constexpr = 0,
+    GDC: tl.constexpr = False,
 ):  # fmt: skip
     # Row m = output pixel (n, ho, wo); it reads input pixel (n, ho * STRIDE, wo * STRIDE). w: [K, N] row-major.
     # RES: 0 none, 1 a residual tensor r [Nb, HO, WO, N] added in the epilogue, 2 a downsample GEMM: r [Nb, ., .,
@@ -947,6 +963,7 @@ def _pw_gemm(
     # epilogue reads its residual and writes its output -- these memory-bound GEMMs (K = 64-512 against N = 256-2048
     # outputs) otherwise serialise load, MMA and epilogue within each program and rely on other programs alone to
     # keep the memory busy (~50 % of the copy bandwidth measured at 32 px, H200).
+    _dependent_launch(GDC)  # first, before any load or store
     if PER_SM == 0:
         _pw_tile(tl.program_id(0), x_ptr, w_ptr, b_ptr, r_ptr, wds_ptr, y_ptr, M, N, K, KDS, HO, WO, sxn, sxh, sxw,
                  srn, srh, srw, syn, syh, syw, STRIDE, RES, DS_STRIDE, RELU, IEEE, DOT_F32, BLOCK_M, BLOCK_N, BLOCK_K,
@@ -990,6 +1007,7 @@ def _pw_gemm_tma(
     x_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K, TUNE_SIZE,
     RES: tl.constexpr, RELU: tl.constexpr, DOT_F32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, PER_SM: tl.constexpr = 0, FLATTEN: tl.constexpr = False,
+    GDC: tl.constexpr = False,
 ):  # fmt: skip
     # :func:`_pw_gemm` at stride 1 without a downsample GEMM (RES 0 none, 1 an identity residual r), for maps stored
     # as dense rows: x [M, K], r and y [M, N] (NHWC, channels contiguous), w [K, N] row-major; bf16/fp16. The tensor
@@ -1001,6 +1019,7 @@ def _pw_gemm_tma(
     # persistent, at most PER_SM programs per SM, each looping over output tiles; FLATTEN: the tile and K loops as
     # one loop, which Triton's pipeliner prefetches across, the next tile's operands arriving during this tile's
     # epilogue.
+    _dependent_launch(GDC)  # first, before any load or store
     a_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, N], strides=[N, 1], block_shape=[BLOCK_K, BLOCK_N])
     y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
@@ -1052,6 +1071,7 @@ def _pw_chain(
     RES: tl.constexpr, DS_STRIDE: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, DW: tl.constexpr,
     STRIDE: tl.constexpr, DIL: tl.constexpr, CHAIN: tl.constexpr, BLOCK_KW: tl.constexpr, BLOCK_W: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, RESIDENT: tl.constexpr = False,
+    GDC: tl.constexpr = False,
 ):  # fmt: skip
     # y = relu(a @ w + b + shortcut), a [M, K] = the block's depthwise output, and (CHAIN) m = relu(y @ w1 + b1),
     # the next DSR block's first 1x1 (w1 [N, W1N], W1N <= BLOCK_W), from the same tile. Each program owns BLOCK_M
@@ -1064,6 +1084,7 @@ def _pw_chain(
     #   program computes relu(depthwise3x3(x) + bdw) for its pixels once (wdw [9, K], STRIDE, DIL), keeps it in
     #   registers as the GEMM's A operand for every chunk of N, and the depthwise output is never written.
     # Shortcut: RES 1 identity r [Nb, HO, WO, N], 2 the downsample GEMM of r [Nb, ., ., KDS] read at DS_STRIDE.
+    _dependent_launch(GDC)  # first, before any load or store
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
@@ -1162,10 +1183,12 @@ def _dw_pw(
     STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
     IEEE: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GDC: tl.constexpr = False,
 ):  # fmt: skip
     # x: conv1 output [Nb, H, W, K]; wdw: [9, K]; wpw: [K, N]; b: pointwise bias (+ downsample bias, pre-summed).
     # SHORTCUT: 0 none, 1 identity tensor r [Nb, HO, WO, N], 2 downsample GEMM r [Nb, ., ., KDS] read at
     # (ho * DS_STRIDE, wo * DS_STRIDE) times wds [KDS, N], accumulated into the same fp32 tile.
+    _dependent_launch(GDC)  # first, before any load or store
     num_n = tl.cdiv(N, BLOCK_N)
     pid_m = tl.program_id(0) // num_n
     pid_n = tl.program_id(0) % num_n
@@ -1227,6 +1250,7 @@ def _dsr_block(
     S1: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, SHORTCUT: tl.constexpr, DS_STRIDE: tl.constexpr,
     IEEE: tl.constexpr, DOT_F32: tl.constexpr, TILE_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PER_SM: tl.constexpr,
+    GDC: tl.constexpr = False,
 ):  # fmt: skip
     # x: block input [Nb, H, W, CIN]; w1: [CIN, K] (the first 1x1, read at stride S1: its output, the depthwise
     # conv's input, is [Nb, H1, W1, K]); wdw: [9, K]; wpw: [K, N]; b: pointwise bias (+ downsample bias, pre-summed);
@@ -1246,6 +1270,7 @@ def _dsr_block(
     # The block's input is read from DRAM once (stage A; C's identity/downsample rereads of it hit L2) and its
     # output written once: DSR block traffic at its floor.
     # Scratch slot of a program: [halo_rows(TILE_M) * W1, K] for A's output, then [TILE_M, K] for B's.
+    _dependent_launch(GDC)  # first, before any load or store
     pid = tl.program_id(0)
     num_tiles = tl.cdiv(M, TILE_M)
     halo_pixels = _halo_rows(TILE_M, WO, STRIDE, DIL) * W1
@@ -1340,11 +1365,13 @@ def _direct_conv(
     CIN: tl.constexpr, KSIZE: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
     RELU: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GDC: tl.constexpr = False,
 ):  # fmt: skip
     # An implicit GEMM: [pixels, CIN * KSIZE^2 taps] @ [taps, COUT] on the tensor cores, the A tile gathered from x
     # as it is loaded (im2col never written; the taps of a 3-channel stem: 27 or 147, one or five BLOCK_K steps).
     # x: [N, CIN, H, W] at any strides (NCHW or NHWC alike); w: [CIN * KSIZE^2, COUT], row (c * KSIZE + kh) * KSIZE
     # + kw; y: [N, HO, WO, COUT] via pixel strides, channels contiguous. Its cost is writing y once.
+    _dependent_launch(GDC)  # first, before any load or store
     TAPS: tl.constexpr = CIN * KSIZE * KSIZE
     pid_p = tl.program_id(0)
     pid_n = tl.program_id(1)

@@ -207,6 +207,29 @@ def _launch(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+#: Launch every kernel with programmatic dependent launch where the GPU has it (sm_90 and later): a kernel may start
+#: while the one before it in the stream finishes, and waits in its first instruction for that one's writes
+#: (``_dependent_launch`` in ``dsrnet.kernels._triton``), so consecutive kernels overlap a launch and a tail, not
+#: work. What that is worth is the gaps between ~50 short kernels per forward: at batch 128 as a CUDA graph a fused
+#: DSRNet-50's whole forward takes ~1 ms. Off until a GPU times it (``benchmarks/fused_gpu.py``'s ``*_pdl`` forms).
+PDL = False
+
+
+@functools.cache
+def _has_dependent_launch(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _dependent_launch(t: torch.Tensor) -> dict:
+    """A launch's extra arguments for :data:`PDL`: Triton's ``launch_pdl`` and the kernel's ``GDC`` (its wait),
+    always both (a kernel launched early must wait), or neither (off, or not a Hopper-or-later GPU, or the CPU
+    interpreter, which cannot run the wait). The inference kernels take them, which follow each other; the
+    training-only backward kernels do not (inductor's kernels run between them: nothing to overlap)."""
+    if PDL and t.is_cuda and _has_dependent_launch(t.device):
+        return {"GDC": True, "launch_pdl": True}
+    return {}
+
+
 def _pixel_channel_grid(pixels: int, channels: int):
     """Launch grid of the depthwise kernels: pixel blocks x channel blocks (block sizes from autotune)."""
     return lambda meta: (_cdiv(pixels, meta["BLOCK_P"]), _cdiv(channels, meta["BLOCK_C"]))
@@ -281,6 +304,9 @@ def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool,
             x, weight, weight if bias is None else bias.contiguous(), weight if affine is None else affine, y,
             p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), swt, swc, w_off, _tune_size(p),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine is not None,
+            # not with the BatchNorm prologue (training, between inductor's kernels: nothing to overlap; and its
+            # sm_90 build would spill with the wait in it)
+            **(_dependent_launch(x) if affine is None else {}),
         )  # fmt: skip
     return y
 
@@ -624,6 +650,7 @@ def _pointwise_conv(
         with _launch(x):
             _tk.pw_gemm_tma[_gemm_grid(m, nout, device_sms(x.device))](
                 x, w_kn, bias.contiguous(), r, y, m, nout, k, _tune_size(m), RES=res, RELU=relu, DOT_F32=_dot_f32(x),
+                **_dependent_launch(x),
             )  # fmt: skip
         return y
     with _launch(x):
@@ -632,6 +659,7 @@ def _pointwise_conv(
             m, nout, k, wds.shape[0] if res == 2 else 0, ho, wo,
             *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), _tune_size(m),
             STRIDE=stride, RES=res, DS_STRIDE=ds_stride, RELU=relu, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+            **_dependent_launch(x),
         )  # fmt: skip
     return y
 
@@ -767,6 +795,7 @@ def _pointwise_chain(
                 RES=1 if w_ds is None else 2, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
                 DW=w_dw is not None, STRIDE=stride, DIL=dilation, CHAIN=chain,
                 BLOCK_KW=_pow2_at_least_16(k), BLOCK_W=_pow2_at_least_16(width if chain else 1),
+                **_dependent_launch(x),
             )  # fmt: skip
         if chain or width == 0:
             return y, m_out
@@ -836,6 +865,7 @@ def _dw_pw_block(
             x, w_dw.contiguous(), b_dw.contiguous(), w_pw, bias.contiguous(), r, w_pw if w_ds is None else w_ds, y,
             m, nout, k, kds, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(r), *_pixel_strides(y), _tune_size(m),
             STRIDE=stride, DIL=dilation, SHORTCUT=kind, DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+            **_dependent_launch(x),
         )  # fmt: skip
     return y
 
@@ -909,6 +939,7 @@ def _dsr_block(
             *_pixel_strides(y), _tune_size(m), S1=stride_1x1, STRIDE=stride, DIL=dilation,
             SHORTCUT=1 if w_ds is None else 2,
             DS_STRIDE=ds_stride, IEEE=_ieee(x), DOT_F32=_dot_f32(x),
+            **_dependent_launch(x),
         )  # fmt: skip
     return y
 
@@ -994,6 +1025,7 @@ def _direct_conv(
             p, cout, h, w, ho, wo, *x.stride(), *_pixel_strides(y), _tune_size(p),
             CIN=cin, KSIZE=kernel_size, STRIDE=stride, PAD=padding, DIL=dilation, RELU=relu, IEEE=_ieee(x),
             DOT_F32=_dot_f32(x),
+            **_dependent_launch(x),
         )  # fmt: skip
     return y
 
