@@ -1785,40 +1785,10 @@ def rerender(folder: Path, args: argparse.Namespace, argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="folder for results.json, results.md, profiles.txt, log.txt")
-    parser.add_argument(
-        "--rerender", metavar="DIR", help="no GPU: a returned folder whose run was cut short before its roofline: "
-        "count the per-image FLOPs/bytes on this CPU and rewrite DIR/results.json and results.md (log and profiles "
-        "untouched)"
-    )
-    parser.add_argument("--budget-s", type=float, default=500.0, help="stop starting new work after this many s")
-    parser.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes: finds bugs")
-    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)")
-    parser.add_argument("--data-dir", default="/root/data", help="holds cifar10/test.npz (trained agreement step)")
-    parser.add_argument(
-        "--cifar10-test", default=None, help="folder with the WebP copy's test_*.webp, labels.json, SHA256SUMS and "
-        "decode.py: decoded into --data-dir when that holds no cifar10/test.npz (carried in the same call)"
-    )
-    parser.add_argument(
-        "--only", default=None, help="';'-separated step names or parts of them: run only those plan steps (with the "
-        "environment and ceilings); a full name selects that step alone; a part that matches nothing is an error"
-    )
-    args = parser.parse_args(argv)
-    if args.rerender is not None:
-        if args.out is not None or args.only is not None or args.dry_run:
-            parser.error("--rerender reads a returned folder and runs nothing: drop --out/--only/--dry-run")
-        return rerender(Path(args.rerender), args, sys.argv[1:] if argv is None else argv)
-    if args.out is None:
-        parser.error("--out is required (or --rerender DIR)")
-    if args.compile_backend is None:
-        args.compile_backend = "eager" if args.dry_run else "inductor"
-    if not args.dry_run and not torch.cuda.is_available():
-        print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
-        return 2
-    # (estimate in seconds on an H100, function, args): most valuable first, compile-heavy last.
-    plan = [
+def full_plan() -> list[tuple]:
+    """Every step of a run as (name, estimate in seconds on an H100, function, its arguments...), most valuable
+    first, compile-heavy last; a step that no longer fits the budget is skipped and listed."""
+    return [
         ("environment", 1, step_environment),
         ("ceilings", 5, step_ceilings),
         ("block kernel probe (own process)", 60, step_block_probe),
@@ -1848,7 +1818,8 @@ def main(argv: list[str] | None = None) -> int:
                 "dsrnet_fused_chain_nodw", "dsrnet_fused_sweep"), True),
         # ops.PDL (programmatic dependent launch: each kernel launched while the one before it finishes, waiting in
         # its first instruction) where it can matter most: batch 128 as a CUDA graph, ~1 ms for ~50 kernels.
-        ("inference cifar/32 b128 (+cudagraph): dependent launch (fused, fused chain; with and without)", 100,
+        ("dependent launch: inference cifar/32 at batch 128 (+cudagraph), fused and fused chain, with and without",
+         100,
          step_inference, "cifar", 32, 128, ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_pdl",
                                             "dsrnet_fused_chain", "dsrnet_fused_chain_pdl"), True),
         ("profiles cifar/32 b1024", 10, step_profiles, "cifar", 32, 1024),
@@ -1892,20 +1863,63 @@ def main(argv: list[str] | None = None) -> int:
         ("inference paper/224 b128 (+cudagraph)", 100, step_inference, "paper", 224, 128,
          ("resnet50_compiled", "dsrnet_fused", "dsrnet_fused_chain", "dsrnet_eager", "dsrnet_fused_auto"), True),
     ]  # fmt: skip
+
+
+def select_steps(plan: list[tuple], only: str) -> list[tuple]:
+    """``--only``: the environment and ceilings steps and those named, ';'-separated (step names hold commas); a
+    full step name selects that step alone, anything else every step whose name contains it. ValueError (the
+    message names the fix) where it names nothing, or a part matches no step."""
+    wanted = [w.strip() for w in only.split(";") if w.strip()]
+    if not wanted:
+        raise ValueError("--only names no step; fix: drop --only, or name steps")
+    names = [p[0] for p in plan]
+    picked = {n for w in wanted for n in ([w] if w in names else [n for n in names if w in n])}
+    unmatched = [w for w in wanted if w not in names and not any(w in n for n in names)]
+    if unmatched:
+        raise ValueError(f"--only {'; '.join(unmatched)} matches no step; fix: use (parts of) these names, "
+                         f"';'-separated: {' | '.join(names)}")  # fmt: skip
+    return [p for p in plan if p[2] in (step_environment, step_ceilings) or p[0] in picked]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="folder for results.json, results.md, profiles.txt, log.txt")
+    parser.add_argument(
+        "--rerender", metavar="DIR", help="no GPU: a returned folder whose run was cut short before its roofline: "
+        "count the per-image FLOPs/bytes on this CPU and rewrite DIR/results.json and results.md (log and profiles "
+        "untouched)"
+    )
+    parser.add_argument("--budget-s", type=float, default=500.0, help="stop starting new work after this many s")
+    parser.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes: finds bugs")
+    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (inductor; eager in dry run)")
+    parser.add_argument("--data-dir", default="/root/data", help="holds cifar10/test.npz (trained agreement step)")
+    parser.add_argument(
+        "--cifar10-test", default=None, help="folder with the WebP copy's test_*.webp, labels.json, SHA256SUMS and "
+        "decode.py: decoded into --data-dir when that holds no cifar10/test.npz (carried in the same call)"
+    )
+    parser.add_argument(
+        "--only", default=None, help="';'-separated step names or parts of them: run only those plan steps (with the "
+        "environment and ceilings); a full name selects that step alone; a part that matches nothing is an error"
+    )
+    args = parser.parse_args(argv)
+    if args.rerender is not None:
+        if args.out is not None or args.only is not None or args.dry_run:
+            parser.error("--rerender reads a returned folder and runs nothing: drop --out/--only/--dry-run")
+        return rerender(Path(args.rerender), args, sys.argv[1:] if argv is None else argv)
+    if args.out is None:
+        parser.error("--out is required (or --rerender DIR)")
+    if args.compile_backend is None:
+        args.compile_backend = "eager" if args.dry_run else "inductor"
+    if not args.dry_run and not torch.cuda.is_available():
+        print("no CUDA device: run with --dry-run on a CPU", file=sys.stderr)
+        return 2
+    plan = full_plan()
     if args.only is not None:
-        # ";"-separated (step names hold commas); a full step name selects that step alone, else substrings
-        wanted = [w.strip() for w in args.only.split(";") if w.strip()]
-        if not wanted:
-            print("fused_gpu: error: --only names no step; fix: drop --only, or name steps", file=sys.stderr)
+        try:
+            plan = select_steps(plan, args.only)
+        except ValueError as err:
+            print(f"fused_gpu: error: {err}", file=sys.stderr)
             return 2
-        names = [p[0] for p in plan]
-        picked = {n for w in wanted for n in ([w] if w in names else [n for n in names if w in n])}
-        unmatched = [w for w in wanted if w not in names and not any(w in n for n in names)]
-        if unmatched:
-            print(f"fused_gpu: error: --only {'; '.join(unmatched)} matches no step; fix: use (parts of) these "
-                  f"names, ';'-separated: {' | '.join(names)}", file=sys.stderr)  # fmt: skip
-            return 2
-        plan = [p for p in plan if p[2] in (step_environment, step_ceilings) or p[0] in picked]
     if args.dry_run:  # fuse(mode="auto") times each candidate once under the interpreter, as time_ms does here
         from dsrnet.models import fused
 
