@@ -1,4 +1,4 @@
-"""The GPU commands the docs give (README.md, BENCHMARKS.md): a GPU session runs them as written, in a few minutes of
+"""The docs (README.md, BENCHMARKS.md): the GPU commands they give: a GPU session runs them as written, in a few minutes of
 device time lent now and then, so a step, arm or kind renamed since, or a flag a script no longer takes, must
 fail here on a CPU, not there (``--only`` that matches no step ends the call with nothing measured)."""
 
@@ -108,3 +108,21 @@ def test_every_documented_kernel_shapes_command_names_real_kinds(load):
         flags = _flags(argv)
         if flags.get("--kinds"):
             assert set(flags["--kinds"].split(",")) <= set(kernel_shapes.STEPS), argv
+
+
+def test_every_link_into_a_document_lands_on_one_of_its_headings():
+    """README.md and BENCHMARKS.md link into BENCHMARKS.md's sections by GitHub's heading anchors: renaming a
+    heading silently breaks them."""
+
+    def anchor(heading: str) -> str:  # GitHub's rule: lower case, punctuation dropped, spaces to hyphens
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    checked = 0
+    for target in ("BENCHMARKS.md", "README.md"):
+        headings = {anchor(h) for h in re.findall(r"^#+ (.*)$", (REPO / target).read_text(), flags=re.M)}
+        for doc in ("README.md", "BENCHMARKS.md"):
+            prefix = f"(?:{re.escape(target)})?" if doc == target else re.escape(target)  # "#x" within a file
+            links = set(re.findall(rf"\]\({prefix}#([\w\-]+)\)", (REPO / doc).read_text()))
+            assert links <= headings, (doc, target, links - headings)
+            checked += len(links)
+    assert checked >= 5
