@@ -1,6 +1,7 @@
-"""The docs (README.md, BENCHMARKS.md): the GPU commands they give: a GPU session runs them as written, in a few minutes of
-device time lent now and then, so a step, arm or kind renamed since, or a flag a script no longer takes, must
-fail here on a CPU, not there (``--only`` that matches no step ends the call with nothing measured)."""
+"""What README.md and BENCHMARKS.md give. Their GPU commands: a GPU session runs them as written, in a few minutes
+of device time lent now and then, so a step, arm or kind renamed since, or a flag a script no longer takes, must
+fail here on a CPU, not there (``--only`` that matches no step ends the call with nothing measured). Their links
+into each other's sections."""
 
 from __future__ import annotations
 
