@@ -1089,6 +1089,7 @@ def time_inference_form(bench: Bench, stem: str, size: int, b: int, batch: int, 
             "p75_ms": round(t["p75_ms"], 4), "repeats": t["repeats"],
             "images_per_s": round(b / (t["median_ms"] / 1e3), 1),
             "peak_mem_mib": mem, "first_call_s": round(first_s, 1), **check, **pre,
+            "step": getattr(bench, "current_step", None),  # decision_rows compares rows of one step only
         }  # fmt: skip
         if profiled_first:  # its first_call_s includes cProfile's cost (profiles.txt has the profile)
             row["first_call_profiled"] = True
@@ -1601,64 +1602,75 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-#: What a timed form decides against the form it varies (same call, stem, size, batch; CUDA-graph rows against
-#: CUDA-graph rows): (form, against, the edit if the form is faster, the edit if it is not).
+#: What a timed form decides against the form it varies (same call and step, stem, size, batch; CUDA-graph rows
+#: against CUDA-graph rows): (form, against, the edit if the form is faster, the edit if it is not, whether only the
+#: CUDA-graph rows decide: dependent launch changes what the GPU does between kernels, which a host-bound call
+#: without a graph cannot show).
 DECISIONS = (
     ("dsrnet_fused", "dsrnet_fused_tiles",
      "keep the sliding-row depthwise configs that won (the default row's autotune_picks: ROWS > 0)",
      "drop the sliding-row configs (_DW_ROWS_CONFIGS, the ROWS entries of _DWW_CONFIGS): each costs first-call "
-     "autotuning"),
+     "autotuning", False),
     ("dsrnet_fused_chain", "dsrnet_fused", 'DEFAULT_FUSE_MODE = "chain" (dsrnet.models)',
-     'keep DEFAULT_FUSE_MODE = "split"'),
+     'keep DEFAULT_FUSE_MODE = "split"', False),
     ("dsrnet_fused_chain", "dsrnet_fused_chain_nodw", "keep ops.CHAIN_DW_MAX_WIDTH = 128",
-     "ops.CHAIN_DW_MAX_WIDTH = 0 (the chain kernel's depthwise convs as their own kernels)"),
-    ("dsrnet_fused_tma", "dsrnet_fused", "ops.GEMM_TMA = True", "keep ops.GEMM_TMA = False"),
-    ("dsrnet_fused_pdl", "dsrnet_fused", "ops.PDL = True", "keep ops.PDL = False"),
-    ("dsrnet_fused_chain_pdl", "dsrnet_fused_chain", "ops.PDL = True (if chain is the default)",
-     "keep ops.PDL = False for chain"),
+     "ops.CHAIN_DW_MAX_WIDTH = 0 (the chain kernel's depthwise convs as their own kernels)", False),
+    ("dsrnet_fused_tma", "dsrnet_fused", "ops.GEMM_TMA = True", "keep ops.GEMM_TMA = False", False),
     ("dsrnet_fused_sweep", "dsrnet_fused",
      "move the sweep's winning configs (its row's autotune_picks) into _GEMM_CONFIGS / _DW_FWD_CONFIGS",
-     "keep the library's configs"),
+     "keep the library's configs", False),
+    ("dsrnet_fused_pdl", "dsrnet_fused", "ops.PDL = True", "keep ops.PDL = False", True),
+    ("dsrnet_fused_chain_pdl", "dsrnet_fused_chain", "ops.PDL = True (if chain is the default)",
+     "keep ops.PDL = False for chain", True),
 )
+#: The least difference of medians a verdict other than a tie needs (besides interquartile ranges apart): a CUDA
+#: graph's repeats spread by ~0.2-0.6 %, so two forms running the same kernels (split and auto picking split,
+#: 2026-11-27) can land just apart; a change of defaults must pay for its risk and its first-call autotuning.
+DECISION_MIN_GAIN = 0.02
 
 
 def decision_rows(results: dict) -> list[dict]:
     """The plan's open questions answered by this call's rows (:data:`DECISIONS`). A form is ``faster`` or
-    ``slower`` only where the two rows' interquartile ranges of repeated timings do not overlap, a ``tie``
-    otherwise (no edit: a config or mode that buys nothing measurable still costs first-call autotuning). Also a
-    row per depthwise config the per-config check marked not ok, and per fused row that compiled kernels again
-    after precompiling."""
+    ``slower`` than the one it varies only where their interquartile ranges of repeated timings do not overlap and
+    their medians differ by :data:`DECISION_MIN_GAIN` or more, a ``tie`` otherwise (no edit). Compared only within
+    one step (the same form timed in a later step, minutes on, is another measurement). Also a row for the
+    depthwise configs the per-config check marked not ok, per form that compiled kernels again after precompiling,
+    and how many depthwise shapes (bf16) a sliding-row config won."""
     rows = []
     bad = [r["case"] for r in results.get("correctness", []) if r.get("ok") is False]
     if bad:  # before anything else: the timings after them may have run a wrong config
         rows.append({"question": "depthwise configs wrong on this GPU", "compare": "; ".join(bad),
                      "verdict": "not ok", "edit": "remove (or fix) these configs first; then time again"})
     inf = results.get("inference", [])
-    index = {(r["form"], r["stem"], r["image"], r["batch"]): r for r in inf}
-    for (form, against, if_faster, if_not), graph in itertools.product(DECISIONS, ("", "+cudagraph")):
-        for (name, stem, image, batch), a in index.items():
-            b = index.get((against + graph, stem, image, batch))
+    index = {(r.get("step"), r["form"], r["stem"], r["image"], r["batch"]): r for r in inf}
+    for (form, against, if_faster, if_not, graphs_only), graph in itertools.product(DECISIONS, ("", "+cudagraph")):
+        if graphs_only and not graph:
+            continue
+        for (step, name, stem, image, batch), a in index.items():
+            b = index.get((step, against + graph, stem, image, batch))
             if name != form + graph or b is None:
                 continue
-            if a["p75_ms"] < b["p25_ms"]:
+            gain = b["ms_per_batch"] / a["ms_per_batch"]
+            if a["p75_ms"] < b["p25_ms"] and gain >= 1 + DECISION_MIN_GAIN:
                 verdict, edit = "faster", if_faster
-            elif b["p75_ms"] < a["p25_ms"]:
+            elif b["p75_ms"] < a["p25_ms"] and gain <= 1 / (1 + DECISION_MIN_GAIN):
                 verdict, edit = "slower", if_not
             else:
-                verdict, edit = "tie", "none (interquartile ranges overlap)"
+                verdict, edit = "tie", f"none (interquartile ranges overlap or medians within {DECISION_MIN_GAIN:.0%})"
             rows.append({"question": f"{form}{graph} vs {against}{graph}", "compare": f"{stem}/{image} b{batch}",
-                         "ms": f"{a['ms_per_batch']} vs {b['ms_per_batch']}",
-                         "x": round(b["ms_per_batch"] / a["ms_per_batch"], 3), "verdict": verdict, "edit": edit})
-    sliding = [p for r in inf if r["form"] == "dsrnet_fused" for p in (r.get("autotune_picks") or {}).get("dw_fwd", [])]
-    if sliding:
-        won = sum(1 for p in sliding if p["config"].get("ROWS"))
-        rows.append({"question": "dw_fwd shapes a sliding-row config won (default form)",
-                     "compare": f"{won} of {len(sliding)}", "verdict": "", "edit": ""})
-    for r in inf + results.get("training", []):
-        if r.get("precompile_recompiled"):
-            rows.append({"question": f"{r['form']}: kernels compiled again after precompiling",
-                         "compare": str(r["precompile_recompiled"]), "verdict": "not ok",
-                         "edit": "the precompile pass's disk-cache keys still miss (see log.txt)"})
+                         "ms": f"{a['ms_per_batch']} vs {b['ms_per_batch']}", "x": round(gain, 3),
+                         "verdict": verdict, "edit": edit})
+    picks = {json.dumps(p["key"], sort_keys=True): p for r in inf if r["form"] == "dsrnet_fused"
+             for p in (r.get("autotune_picks") or {}).get("dw_fwd", []) if "torch.bfloat16" in p["key"]["dtypes"]}
+    if picks:  # each shape once (every row records the tuner's picks so far), the timed bf16 shapes only
+        won = sum(1 for p in picks.values() if p["config"].get("ROWS"))
+        rows.append({"question": "dw_fwd shapes (bf16) a sliding-row config won", "compare": f"{won} of {len(picks)}",
+                     "verdict": "", "edit": ""})
+    recompiled = {r["form"].removesuffix("+cudagraph"): r["precompile_recompiled"]
+                  for r in inf + results.get("training", []) if r.get("precompile_recompiled")}  # fmt: skip
+    for form, n in recompiled.items():
+        rows.append({"question": f"{form}: kernels compiled again after precompiling", "compare": str(n),
+                     "verdict": "not ok", "edit": "the precompile pass's disk-cache keys still miss (see log.txt)"})
     return rows
 
 

@@ -139,17 +139,23 @@ def verdict(arms: list[dict]) -> tuple[dict[str, float], str]:
     """Each arm's speed-up over the shipped recipe (``fast``'s median epoch time over the arm's), and which arm
     ``fast.yaml`` should take: the fastest that finished every epoch with a finite loss, where it beats ``fast``
     by more than 3 % (closer is within what epoch times vary by; a change of defaults must pay for its risk)."""
-    base = next((a for a in arms if a["arm"] == "fast" and a["status"] == 0 and a.get("epoch_s")), None)
-    if base is None:
-        return {}, "no verdict: the `fast` arm did not finish (nothing to compare with)"
+
+    def sound(a: dict) -> bool:
+        loss = a.get("final_train_loss")
+        return a["status"] == 0 and bool(a.get("epoch_s")) and loss is not None and math.isfinite(loss)
+
+    base = next((a for a in arms if a["arm"] == "fast"), None)
+    if base is None or not sound(base):
+        return {}, "no verdict: the `fast` arm did not finish with a finite loss (nothing to compare with)"
     speedup = {a["arm"]: round(base["epoch_s"] / a["epoch_s"], 3) for a in arms if a.get("epoch_s")}
-    sound = [a for a in arms if a["status"] == 0 and a.get("epoch_s") and a.get("epochs_done") == base["epochs_done"]
-             and a.get("final_train_loss") is not None and math.isfinite(a["final_train_loss"])]  # fmt: skip
-    best = max(sound, key=lambda a: speedup[a["arm"]])
+    best = max((a for a in arms if sound(a) and a.get("epochs_done") == base["epochs_done"]),
+               key=lambda a: speedup[a["arm"]])  # fmt: skip
     if best["arm"] == "fast" or speedup[best["arm"]] < 1.03:
         return speedup, "keep fast.yaml as it is: no arm beat `fast` by more than 3 %"
     flags = best["flags"].split()
-    pairs = zip(flags[::2], flags[1::2], strict=True)  # every arm's flags are (--option value) pairs
+    if len(flags) % 2 or any(not f.startswith("--") for f in flags[::2]):  # not (--option value) pairs: as given
+        return speedup, f"`{best['arm']}` is {speedup[best['arm']]}x `fast`: set its flags `{best['flags']}`"
+    pairs = zip(flags[::2], flags[1::2], strict=True)
     yaml = ", ".join(f"`{k.removeprefix('--').replace('-', '_')}: {v}`" for k, v in pairs)
     return speedup, f"`{best['arm']}` is {speedup[best['arm']]}x `fast`: in fast.yaml set {yaml}"
 

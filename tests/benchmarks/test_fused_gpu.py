@@ -443,21 +443,31 @@ def test_sweep_nodw_tma_and_tiles_forms_change_the_library_while_they_run_and_re
 
 
 def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timings_a_tie(fused_gpu):
-    def row(form, ms, p25, p75, batch=1024, **extra):
+    def row(form, ms, p25, p75, batch=1024, step="b1024", **extra):
         return {"form": form, "stem": "cifar", "image": 32, "batch": batch, "ms_per_batch": ms, "p25_ms": p25,
-                "p75_ms": p75, "images_per_s": batch / ms * 1e3, **extra}
+                "p75_ms": p75, "images_per_s": batch / ms * 1e3, "step": step, **extra}
 
-    sliding = {"dw_fwd": [{"key": {}, "config": {"ROWS": 4}}, {"key": {}, "config": {"ROWS": 0}},
-                          {"key": {}, "config": {"BLOCK_P": 64}}]}  # fmt: skip
+    def pick(c, rows, dtype="torch.bfloat16"):
+        return {"key": {"C": str(c), "dtypes": [dtype] * 5}, "config": {"ROWS": rows, "BLOCK_P": 64}}
+
+    sliding = {"dw_fwd": [pick(64, 4), pick(128, 0)]}
+    later = {"dw_fwd": [pick(64, 4), pick(128, 0), pick(256, 0), pick(64, 4, "torch.float32")]}  # the tuner so far
     results = {
         "correctness": [{"case": "dw_fwd config ROWS=4 w4 s2", "ok": False}, {"case": "dw_fwd config X", "ok": True},
                         {"case": "fused split fp32"}],
         "inference": [
             row("dsrnet_fused", 6.0, 5.9, 6.1, autotune_picks=sliding), row("dsrnet_fused_tiles", 6.6, 6.5, 6.7),
-            row("dsrnet_fused_chain", 5.0, 4.9, 5.1, precompile_recompiled=3), row("dsrnet_fused_chain_nodw", 5.05, 5.0, 5.2),
+            row("dsrnet_fused_chain", 5.0, 4.9, 5.1, precompile_recompiled=3),
+            row("dsrnet_fused_chain+cudagraph", 5.0, 4.9, 5.1, precompile_recompiled=3),  # one form: one row
+            row("dsrnet_fused_chain_nodw", 5.05, 5.0, 5.2),
             row("dsrnet_fused_tma", 6.3, 6.2, 6.4), row("dsrnet_fused+cudagraph", 5.8, 5.7, 5.9),
-            row("dsrnet_fused_chain+cudagraph", 5.9, 5.8, 6.0),
-            row("dsrnet_fused_chain", 1.0, 0.9, 1.1, batch=128),  # no split row at batch 128: no verdict
+            row("dsrnet_fused_sweep+cudagraph", 5.75, 5.74, 5.76),  # apart, but only 0.9 % faster: a tie
+            # batch 128: the dependent-launch step, then the same forms again in a later step
+            row("dsrnet_fused", 5.0, 4.9, 5.1, batch=128, step="pdl", autotune_picks=later),
+            row("dsrnet_fused_pdl", 4.0, 3.9, 4.1, batch=128, step="pdl"),  # host-bound without a graph: no verdict
+            row("dsrnet_fused+cudagraph", 1.0, 0.99, 1.01, batch=128, step="pdl"),
+            row("dsrnet_fused_pdl+cudagraph", 0.9, 0.89, 0.91, batch=128, step="pdl"),
+            row("dsrnet_fused+cudagraph", 0.8, 0.79, 0.81, batch=128, step="later"),
         ],
         "training": [],
     }  # fmt: skip
@@ -468,8 +478,12 @@ def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timi
         "faster", 'DEFAULT_FUSE_MODE = "chain" (dsrnet.models)')
     assert got.pop(("dsrnet_fused_chain vs dsrnet_fused_chain_nodw", "cifar/32 b1024"))[0] == "tie"  # ranges overlap
     assert got.pop(("dsrnet_fused_tma vs dsrnet_fused", "cifar/32 b1024")) == ("slower", "keep ops.GEMM_TMA = False")
-    assert got.pop(("dsrnet_fused_chain+cudagraph vs dsrnet_fused+cudagraph", "cifar/32 b1024"))[0] == "tie"  # graph vs graph
-    assert got.pop(("dw_fwd shapes a sliding-row config won (default form)", "1 of 3")) == ("", "")
+    assert got.pop(("dsrnet_fused_chain+cudagraph vs dsrnet_fused+cudagraph", "cifar/32 b1024"))[0] == "faster"
+    assert got.pop(("dsrnet_fused_sweep+cudagraph vs dsrnet_fused+cudagraph", "cifar/32 b1024"))[0] == "tie"
+    # against its own step's row (1.0 ms), not the later step's 0.8
+    assert got.pop(("dsrnet_fused_pdl+cudagraph vs dsrnet_fused+cudagraph", "cifar/32 b128")) == (
+        "faster", "ops.PDL = True")
+    assert got.pop(("dw_fwd shapes (bf16) a sliding-row config won", "1 of 3")) == ("", "")  # each shape once
     assert got.pop(("dsrnet_fused_chain: kernels compiled again after precompiling", "3"))[0] == "not ok"
     assert got == {}
     md = fused_gpu.render_markdown({**results, "command": "x", "dry_run": False, "budget_s": 1, "per_image": {},

@@ -58,6 +58,9 @@ def test_the_verdict_takes_the_fastest_sound_arm_only_where_it_beats_the_recipe_
     assert advice.endswith("set `dwconv: triton`, `compile_mode: reduce-overhead`")  # NaN and cut-short arms lose
     assert "keep fast.yaml" in ts.verdict([arm("fast", 4.0), arm("fast+triton_dw", 3.9, "--dwconv triton")])[1]
     assert "no verdict" in ts.verdict([arm("fast", None, status=1), arm("fast+triton_dw", 3.0, "--dwconv triton")])[1]
+    assert "no verdict" in ts.verdict([arm("fast", 4.0, loss=None), arm("fast+triton_dw", 3.0, "--dwconv triton")])[1]
+    assert ts.verdict([arm("fast", 4.0), arm("fast+cl", 2.0, "--channels-last --dwconv triton")])[1].endswith(
+        "set its flags `--channels-last --dwconv triton`")  # a flag without a value: the flags as given
     md = ts.markdown({"command": "x", "environment": {}, "elapsed_s": 1, "budget_s": 2, "dry_run": False,
                       "skipped": [], "arms": [arm("fast", 4.0), arm("fast+triton_dw", 2.0, "--dwconv triton")]})
     assert "| fast+triton_dw | 0 | 4 | 2.0 | 2.0 |" in md and "set `dwconv: triton`" in md

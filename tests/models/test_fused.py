@@ -1095,14 +1095,23 @@ def test_dependent_launch_options_come_in_pairs_and_only_for_a_hopper_or_later_g
     class OnGpu:
         is_cuda, device = True, torch.device("cuda", 0)
 
-    capability = {"major": 9}
+    capability, check = {"major": 9}, ops._has_dependent_launch.__wrapped__  # (the latter uncached)
     monkeypatch.setattr(ops, "_has_dependent_launch", lambda device: capability["major"] >= 9)
+    monkeypatch.setattr(ops._tk, "interpreting", lambda: False)
     assert ops._dependent_launch(OnGpu()) == {}  # off by default until a GPU times it
     monkeypatch.setattr(ops, "PDL", True)
     assert ops._dependent_launch(OnGpu()) == {"GDC": True, "launch_pdl": True}
     assert ops._dependent_launch(torch.zeros(1)) == {}  # the CPU interpreter cannot run the wait
     capability["major"] = 8
     assert ops._dependent_launch(OnGpu()) == {}  # an A100 has no griddepcontrol
+    capability["major"] = 9
+    monkeypatch.setattr(ops._tk, "interpreting", lambda: True)
+    assert ops._dependent_launch(OnGpu()) == {}  # the interpreter with CUDA tensors cannot run it either
+    # the capability test itself: NVIDIA 9.0 and later; ROCm numbers its GPUs 9.x too (no griddepcontrol there)
+    for hip, major, want in ((None, 9, True), (None, 10, True), (None, 8, False), ("6.2", 9, False)):
+        monkeypatch.setattr(torch.version, "hip", hip)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, major=major: (major, 0))
+        assert check(OnGpu.device) is want, (hip, major)
 
 
 def test_every_kernel_that_can_be_launched_early_waits_in_its_first_statement():

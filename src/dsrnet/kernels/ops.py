@@ -217,15 +217,19 @@ PDL = False
 
 @functools.cache
 def _has_dependent_launch(device: torch.device) -> bool:
-    return torch.cuda.get_device_capability(device)[0] >= 9
+    """An NVIDIA GPU of compute capability 9.0 or later (ROCm reports its own numbers as capabilities, 9.x on
+    MI200/MI300, whose Triton backend has no ``launch_pdl`` and whose assembler no ``griddepcontrol``)."""
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def _dependent_launch(t: torch.Tensor) -> dict:
     """A launch's extra arguments for :data:`PDL`: Triton's ``launch_pdl`` and the kernel's ``GDC`` (its wait),
     always both (a kernel launched early must wait), or neither (off, or not a Hopper-or-later GPU, or the CPU
-    interpreter, which cannot run the wait). The inference kernels take them, which follow each other; the
-    training-only backward kernels do not (inductor's kernels run between them: nothing to overlap)."""
-    if PDL and t.is_cuda and _has_dependent_launch(t.device):
+    interpreter, which cannot run the wait, CUDA tensors included). The inference kernels take them, which follow
+    each other, and so the depthwise forward of a training step (``use_triton_dwconv``: it follows an inductor
+    kernel, which lets nothing start before it ends, so the launch is as without them); the backward kernels and
+    the forward with the BatchNorm prologue do not."""
+    if PDL and t.is_cuda and not _tk.interpreting() and _has_dependent_launch(t.device):
         return {"GDC": True, "launch_pdl": True}
     return {}
 
@@ -305,8 +309,8 @@ def _run_dw_fwd(x, weight, bias, affine, stride: int, dilation: int, relu: bool,
             p, c, h, w, ho, wo, *_pixel_strides(x), *_pixel_strides(y), swt, swc, w_off, _tune_size(p),
             STRIDE=stride, DIL=dilation, HAS_BIAS=bias is not None, RELU=relu, AFFINE=affine is not None,
             # not with the BatchNorm prologue (training, between inductor's kernels: nothing to overlap; and its
-            # sm_90 build would spill with the wait in it)
-            **(_dependent_launch(x) if affine is None else {}),
+            # sm_90 build would spill with the wait in it), nor as a backward kernel (flip: the input gradient)
+            **(_dependent_launch(x) if affine is None and not flip else {}),
         )  # fmt: skip
     return y
 
