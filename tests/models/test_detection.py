@@ -59,6 +59,12 @@ def test_backbone_with_fpn_rejects_bad_input():
         dsrnet.backbone_with_fpn("dsrnet50", returned_layers=[0, 1], **TINY)
     with pytest.raises(dsrnet.DsrnetError, match="norm_layer=.*fix: pass torchvision.ops.FrozenBatchNorm2d"):
         dsrnet.backbone_with_fpn("dsrnet50", norm_layer=torch.nn.GroupNorm, **TINY)
+    # a fused backbone is frozen whole: asking for trainable stages or live BatchNorm is refused, not ignored
+    for asked in ({"trainable_layers": 5}, {"frozen_bn": False}, {"norm_layer": torch.nn.BatchNorm2d}):
+        with pytest.raises(dsrnet.DsrnetError, match="fused=True folds the backbone's BatchNorm.*; fix: drop them"):
+            dsrnet.backbone_with_fpn("dsrnet50", fused=True, **asked, **TINY)
+    frozen = dsrnet.backbone_with_fpn("dsrnet50", fused=True, trainable_layers=0, **TINY)  # what it is anyway
+    assert not any(p.requires_grad for p in frozen.body.parameters())
 
 
 @pytest.mark.parametrize("out_indices", [(4, 3, 2), (2, 2, 3, 4), 3, (-1, -3, -2)])

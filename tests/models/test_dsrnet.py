@@ -397,3 +397,47 @@ def test_baselines_without_classifier_give_pooled_features(name, width):
     Linear(width, 0) that returns (N, 0), an empty output and no error."""
     model = dsrnet.create_model(name, num_classes=0).eval()
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, width)
+
+
+def test_torchvisions_replace_stride_with_dilation_is_output_stride():
+    """torchvision's segmentation builders ask ResNet for [False, True, True]: DSRNet's output_stride 8."""
+    for flags, stride in (([False, True, True], 8), ([False, False, True], 16), ([False, False, False], 32)):
+        torch.manual_seed(0)
+        got = dsrnet.models.dsrnet50(replace_stride_with_dilation=flags, num_classes=0, global_pool="", **TINY)
+        torch.manual_seed(0)
+        want = dsrnet.models.dsrnet50(output_stride=stride, num_classes=0, global_pool="", **TINY)
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            out = got.eval()(x)
+            assert out.shape[-1] == 64 // stride and torch.equal(out, want.eval()(x))
+    small = dsrnet.models.dsrnet50_cifar(replace_stride_with_dilation=[False, False, True], num_classes=0,
+                                         global_pool="", **TINY)  # fmt: skip
+    assert small(torch.randn(1, 3, 32, 32)).shape[-1] == 32 // 4  # the cifar stem's natural 8, halved
+    with pytest.raises(dsrnet.DsrnetError, match=r"dilates from the deepest stage up.*fix:"):
+        dsrnet.models.dsrnet50(replace_stride_with_dilation=[True, False, False])
+    with pytest.raises(dsrnet.DsrnetError, match="contradict"):
+        dsrnet.models.dsrnet50(replace_stride_with_dilation=[False, True, True], output_stride=16)
+
+
+def test_norm_layer_is_taken_as_torchvision_and_timm_take_it():
+    from functools import partial
+
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = dsrnet.models.dsrnet50_cifar(norm_layer=FrozenBatchNorm2d, num_classes=10, **TINY)
+    norms = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("bn1", "bn2", "bn3")
+             or n.endswith("downsample.1")]  # fmt: skip
+    assert norms and all(type(m) is FrozenBatchNorm2d for m in norms)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    # trained weights load into frozen BatchNorm (no step counts to keep) and compute what the trained model does
+    frozen = dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True, norm_layer=FrozenBatchNorm2d)
+    trained = dsrnet.create_model("dsrnet50_cifar.c10", pretrained=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(frozen.train()(x), trained(x), atol=1e-5, rtol=1e-4)  # frozen in train mode too
+    grouped = dsrnet.create_model("dsrnet50_cifar", num_classes=10, norm_layer=partial(nn.GroupNorm, 2), **TINY)
+    assert isinstance(grouped.layer1[0].bn3, nn.GroupNorm) and grouped(x).shape == (2, 10)
+    with pytest.raises(dsrnet.DsrnetError, match="is a GroupNorm, but fuse\\(\\) folds BatchNorm"):
+        dsrnet.fuse(grouped.eval())
+    meta = dsrnet.models.dsrnet50(norm_layer=FrozenBatchNorm2d, device="meta", **TINY)
+    assert {b.device.type for b in meta.buffers()} == {"meta"}

@@ -1105,14 +1105,32 @@ def run(op, x: torch.Tensor, *args):
     a fifth of a Triton launch's ~104 us (BENCHMARKS.md, "Third timings"), and a plain call at a small batch waits
     on the host. It is skipped only where :func:`_dispatch_free` finds nothing that needs it: every tracer
     (``torch.compile``, ``torch.export``, ``torch.jit.trace``, ``make_fx``, ``torch.func``) and every gradient
-    (the op's autograd formula raises the fused model's clear error) goes through the op."""
+    (the op's autograd formula raises the fused model's clear error) goes through the op -- except where no kernel
+    can run for ``x`` (a CPU without Triton's interpreter, or ``DSRNET_DISABLE_TRITON=1``): there the body is the
+    op's PyTorch fallback, and a tracer sees its aten ops, so a model traced or exported there loads without
+    ``dsrnet`` (no ``dsrnet::`` op in the graph) and converts to ONNX."""
     if has_tangent(x, *args):
         raise DsrnetError(
             f"{getattr(op, '_qualname', op)} has no forward-mode derivative (torch.func.jvp, torch.autograd.forward_ad): a fuse()d DSRNet is "
             "for inference only, and torch would return a zero tangent; fix: take the jvp through the unfused model"
         )
     body = _BODIES.get(op)  # None for a stand-in (a test's spy, a user's wrapper): it is called as given
-    return (body if body is not None and _dispatch_free(x, args) else op)(x, *args)
+    direct = body is not None and (_dispatch_free(x, args) or _fallback_only(x, args))
+    return (body if direct else op)(x, *args)
+
+
+def _fallback_only(x: torch.Tensor, args: tuple) -> bool:
+    """Whether the op could only run its PyTorch fallback for ``x`` (a device without the kernels, e.g. a CPU
+    without Triton's interpreter) and no gradient flows, outside Dynamo (``torch.compile`` keeps the op, which
+    inductor calls as it is): then a tracer may as well record the fallback's aten ops."""
+    return (isinstance(x, torch.Tensor)  # not a torch.fx Proxy: symbolic tracing records the op
+            and x.device.type not in _DIRECT_DEVICES and not torch.compiler.is_dynamo_compiling()
+            and not _grad_flows(x, args) and not triton_usable(x))  # fmt: skip
+
+
+def _grad_flows(x: torch.Tensor, args: tuple) -> bool:
+    """Whether a gradient would flow through the call (into ``x`` or a tensor argument)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, *args))
 
 
 #: Devices whose tensors :func:`run` may hand to an op's body directly (a CPU runs the PyTorch fallback, whose
@@ -1131,7 +1149,7 @@ def _dispatch_free(x: torch.Tensor, args: tuple = ()) -> bool:
         and not torch.jit.is_tracing()
         and not _dispatch_modes()
         and not _wrapped(x)
-        and not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, *args)))
+        and not _grad_flows(x, args)
     )
 
 

@@ -168,12 +168,15 @@ def create_model(
         model.default_cfg = model.pretrained_cfg
     if pretrained:
         weights.load_pretrained(model, entry)
-    if own is not None:
+    folded = own is not None and "stem.w_packed" in own[0]  # a fused model's own state dict: loads after fusing
+    if own is not None and not (fused and folded):
         weights.load_checkpoint_path(model, own)
     if fused:  # after the weights: BatchNorm is folded into the convs (an inference form)
         from dsrnet.models.fused import fuse
 
         model = fuse(model)
+        if folded:
+            weights.load_checkpoint_path(model, own)
     return model
 
 

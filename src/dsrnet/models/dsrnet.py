@@ -35,7 +35,7 @@ TorchScript must read its annotations as real types (FX tracing followed by scri
 import contextlib
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -57,6 +57,16 @@ def _drop_path(rate: float) -> nn.Module:
     from torchvision.ops import StochasticDepth  # lazy: torchvision is only needed when training with it
 
     return StochasticDepth(rate, mode="row")
+
+
+def make_norm(norm_layer: Callable[[int], nn.Module] | None, num_features: int, dd: dict) -> nn.Module:
+    """``norm_layer(num_features)`` (``nn.BatchNorm2d`` by default) on ``dd``'s device and dtype (given to the
+    default, moved to otherwise: torchvision's ``FrozenBatchNorm2d`` takes neither)."""
+    if norm_layer is None:
+        return nn.BatchNorm2d(num_features, **dd)
+    layer = norm_layer(num_features)
+    moves = {k: v for k, v in dd.items() if v is not None}
+    return layer.to(**moves) if moves else layer
 
 
 class DSRBlock(nn.Module):
@@ -81,6 +91,7 @@ class DSRBlock(nn.Module):
         separable: bool = True,
         drop_path: float = 0.0,
         project_shortcut: bool = False,
+        norm_layer: Callable[[int], nn.Module] | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -90,7 +101,7 @@ class DSRBlock(nn.Module):
         stride_1x1, stride_dw = (stride, 1) if stride_on == "1x1" else (1, stride)
 
         self.conv1 = nn.Conv2d(in_chs, width, 1, stride=stride_1x1, bias=False, **dd)
-        self.bn1 = nn.BatchNorm2d(width, **dd)
+        self.bn1 = make_norm(norm_layer, width, dd)
         # padding = dilation keeps the spatial size of a 3x3 conv for every rate.
         self.conv_dw = nn.Conv2d(
             width,
@@ -103,16 +114,16 @@ class DSRBlock(nn.Module):
             bias=False,
             **dd,
         )
-        self.bn2 = nn.BatchNorm2d(width, **dd)
+        self.bn2 = make_norm(norm_layer, width, dd)
         self.conv_pw = nn.Conv2d(width, out_chs, 1, bias=False, **dd)
-        self.bn3 = nn.BatchNorm2d(out_chs, **dd)
+        self.bn3 = make_norm(norm_layer, out_chs, dd)
         self.act = nn.ReLU(inplace=True)
         self.drop_path = _drop_path(drop_path)
 
         self.downsample: nn.Module | None = None
         if stride != 1 or in_chs != out_chs or project_shortcut:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd), nn.BatchNorm2d(out_chs, **dd)
+                nn.Conv2d(in_chs, out_chs, 1, stride=stride, bias=False, **dd), make_norm(norm_layer, out_chs, dd)
             )
 
     def zero_init_last(self) -> None:
@@ -218,6 +229,9 @@ class DSRNet(nn.Module):
             the cifar stem) removes the stride of layer4, or of layer3 and layer4, and multiplies the rates of
             those stages' depthwise convs by what the stride would have been (the first block keeps the previous
             stage's factor, as timm's ResNet); ``None`` = the natural stride.
+        norm_layer: the normalisation after each conv, called with the channel count (torchvision's and timm's
+            convention; default ``nn.BatchNorm2d``, as the paper), e.g. ``torchvision.ops.FrozenBatchNorm2d`` as
+            torchvision's detection builders pass it; ``dsrnet.fuse`` folds BatchNorm, frozen or not, only.
         device, dtype: where and in which dtype to create the parameters (as ``torch.nn`` layers take them).
     """
 
@@ -243,6 +257,7 @@ class DSRNet(nn.Module):
         features_only: bool = False,
         out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
         output_stride: int | None = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -307,7 +322,7 @@ class DSRNet(nn.Module):
                 **dd,
             )
             stem_reduction, pool_stride = 1, 1
-        self.bn1 = nn.BatchNorm2d(stem_width, **dd)
+        self.bn1 = make_norm(norm_layer, stem_width, dd)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if stem == "paper" else nn.Identity()
         feature_info = [{"num_chs": stem_width, "reduction": stem_reduction, "module": "act1"}]
@@ -348,6 +363,7 @@ class DSRNet(nn.Module):
                         separable=separable,
                         drop_path=drop_path_rate * block_idx / max(total_blocks - 1, 1),
                         project_shortcut=i == 0 and idx > 0,
+                        norm_layer=norm_layer,
                         **dd,
                     )
                 )
@@ -606,6 +622,22 @@ def model_args(name: str, kwargs: dict) -> dict:
         if kwargs.setdefault("zero_init_residual", value) != value:
             raise DsrnetError(f"zero_init_last={value} and zero_init_residual={kwargs['zero_init_residual']} "
                               f"contradict (one switch, timm's and torchvision's names); fix: give one")  # fmt: skip
+    if kwargs.get("replace_stride_with_dilation") is not None:  # torchvision's ResNet switch for output_stride
+        replace = kwargs.pop("replace_stride_with_dilation")
+        factor = {(False, False, False): 1, (False, False, True): 2, (False, True, True): 4}.get(
+            tuple(bool(v) for v in replace) if isinstance(replace, (list, tuple)) else None)  # fmt: skip
+        natural = 8 if name.endswith("_cifar") else 32
+        if factor is None:
+            raise DsrnetError(
+                f"replace_stride_with_dilation={replace!r}: DSRNet dilates from the deepest stage up, so [False, "
+                f"False, True] (output_stride {natural // 2}) or [False, True, True] ({natural // 4}); fix: one of "
+                f"those, or output_stride= (timm's name)"
+            )
+        if kwargs.get("output_stride") not in (natural // factor, None):
+            raise DsrnetError(f"replace_stride_with_dilation={replace!r} and output_stride={kwargs['output_stride']} "
+                              f"contradict (output_stride {natural // factor}); fix: give one")  # fmt: skip
+        kwargs["output_stride"] = natural // factor
+    kwargs.pop("replace_stride_with_dilation", None)
     if "stem" in kwargs:
         other = "dsrnet50" if name.endswith("_cifar") else "dsrnet50_cifar"
         raise DsrnetError(

@@ -212,6 +212,10 @@ class FusedDSRBlock(nn.Module):
     def _auto_mode(self, x: torch.Tensor) -> str:
         """``mode="auto"``: the faster of :data:`AUTO_CANDIDATES` for this block's shape and ``x``'s, measured on the
         first call and remembered (module docstring)."""
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
+            # torch.fx (torchvision's create_feature_extractor) and torch.jit.trace record one graph for any input,
+            # with no shape to key a measurement by: split, auto's choice wherever nothing was measured
+            return "split"
         key = self._auto_key(x)
         known = _AUTO_CHOICES.get(key)
         if known is not None:
@@ -479,6 +483,30 @@ class FusedDSRNet(nn.Module):
     def _stem_weight(self) -> torch.Tensor:
         return self.stem.w_packed
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """timm's parameter groups (its optimizer factory, layer-wise decay), as :class:`DSRNet`'s with the fused
+        stem; only a new head trains here (a linear probe), the rest is frozen."""
+        return {"stem": r"^stem|maxpool", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch, accepted and recorded: nothing to recompute, the fused body is frozen and keeps no
+        activations for a backward pass."""
+        self.grad_checkpointing = enable
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A fused model's state dict, or the eager DSRNet's this model was fused from (a training checkpoint:
+        timm's ``create_model(..., fused=True, checkpoint_path=...)`` loads it after the builder has fused, as
+        ``timm.models.load_checkpoint`` does), folded as :func:`fuse` folds it. An eager state dict loads
+        whole, strictly (folding needs every BatchNorm), and keeps this model's mode, dtype and device."""
+        layout = self.__dict__.get("_eager_layout")
+        if layout is not None and "conv1.weight" in state_dict and "stem.w_packed" not in state_dict:
+            device = next((t.device for t in state_dict.values() if isinstance(t, torch.Tensor)), None)
+            eager = copy.deepcopy(layout).to_empty(device=device or "cpu")
+            eager.load_state_dict(state_dict, strict=True)  # RuntimeError naming the keys, as for any model
+            state_dict = fuse(eager, mode=self._fuse_mode).state_dict()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # DSRNet's own, over this class's _stages: the same feature API and outputs. A new head (reset_classifier) is
     # a trainable nn.Linear on the frozen fused features: a linear probe.
     forward_features = DSRNet.forward_features
@@ -521,6 +549,9 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
         dtype = next(model.parameters()).dtype
         source = copy.deepcopy(model).eval().to(_fold_dtype(dtype))  # fold, then round once to the model's dtype
         fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
+        # The eager layout, without storage, for an eager state dict loaded later (FusedDSRNet.load_state_dict);
+        # not a submodule: no state dict entry, no device move.
+        fused.__dict__.update(_eager_layout=_storageless_copy(model), _fuse_mode=mode)
         # Forward (pre-)hooks (Grad-CAM, feature taps) move to the modules that now give the same outputs: the
         # model, its stem's ReLU (the fused stem's output), stages and blocks; max-pool, pool and fc are the same
         # modules and keep theirs.
@@ -560,6 +591,16 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
         for parent, name, child in stages:  # the children's own names (an OrderedDict stage keeps its keys)
             setattr(parent, name, _with_hooks_of(child, FusedStage(OrderedDict(child.named_children()))))
     return source
+
+
+def _storageless_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are on the meta device (no memory; ``to_empty`` gives it
+    storage): its layout, for loading a state dict into later."""
+    memo: dict[int, torch.Tensor] = {}
+    for t in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
 
 
 def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -625,6 +666,16 @@ def _is_dsrnet_stem(module: nn.Module) -> bool:
 
 
 def _check_foldable(named_modules) -> None:
+    named_modules = list(named_modules)
+    norms = [(n, m) for n, m in named_modules if n.rsplit(".", 1)[-1] in ("bn1", "bn2", "bn3")
+             or n.endswith("downsample.1")]  # fmt: skip (the norm after each conv of a stem or DSR block)
+    other = next(((n, m) for n, m in norms if not all(hasattr(m, a) for a in ("running_mean", "running_var", "eps"))),
+                 None)  # fmt: skip
+    if other is not None:
+        raise DsrnetError(
+            f"{other[0]} is a {type(other[1]).__name__}, but fuse() folds BatchNorm (frozen or not) into the convs; "
+            f"fix: fuse a model built with BatchNorm (norm_layer's default)"
+        )
     stateless = next((n for n, m in named_modules if isinstance(m, nn.modules.batchnorm._BatchNorm)
                       and (m.running_mean is None or m.running_var is None)), None)  # fmt: skip
     if stateless is not None:
