@@ -63,8 +63,10 @@ def test_backbone_with_fpn_rejects_bad_input():
     for asked in ({"trainable_layers": 5}, {"frozen_bn": False}, {"norm_layer": torch.nn.BatchNorm2d}):
         with pytest.raises(dsrnet.DsrnetError, match="fused=True folds the backbone's BatchNorm.*; fix: drop them"):
             dsrnet.backbone_with_fpn("dsrnet50", fused=True, **asked, **TINY)
-    frozen = dsrnet.backbone_with_fpn("dsrnet50", fused=True, trainable_layers=0, **TINY)  # what it is anyway
-    assert not any(p.requires_grad for p in frozen.body.parameters())
+    frozen = dsrnet.backbone_with_fpn("dsrnet50", fused=True, trainable_layers=0, frozen_bn=True, **TINY)  # as it is
+    assert all(p.requires_grad for p in frozen.fpn.parameters())  # the pyramid trains on the frozen fused body
+    with pytest.raises(dsrnet.DsrnetError, match="trainable_layers must be an integer"):
+        dsrnet.backbone_with_fpn("dsrnet50", fused=True, trainable_layers=True, **TINY)
 
 
 @pytest.mark.parametrize("out_indices", [(4, 3, 2), (2, 2, 3, 4), 3, (-1, -3, -2)])

@@ -419,7 +419,7 @@ def test_torchvisions_replace_stride_with_dilation_is_output_stride():
         dsrnet.models.dsrnet50(replace_stride_with_dilation=[False, True, True], output_stride=16)
 
 
-def test_norm_layer_is_taken_as_torchvision_and_timm_take_it():
+def test_norm_layer_is_taken_as_torchvision_and_timm_take_it(tmp_path):
     from functools import partial
 
     from torchvision.ops import FrozenBatchNorm2d
@@ -437,7 +437,12 @@ def test_norm_layer_is_taken_as_torchvision_and_timm_take_it():
         assert torch.allclose(frozen.train()(x), trained(x), atol=1e-5, rtol=1e-4)  # frozen in train mode too
     grouped = dsrnet.create_model("dsrnet50_cifar", num_classes=10, norm_layer=partial(nn.GroupNorm, 2), **TINY)
     assert isinstance(grouped.layer1[0].bn3, nn.GroupNorm) and grouped(x).shape == (2, 10)
-    with pytest.raises(dsrnet.DsrnetError, match="is a GroupNorm, but fuse\\(\\) folds BatchNorm"):
+    with pytest.raises(dsrnet.DsrnetError, match="is a GroupNorm, but fuse\\(\\) folds plain BatchNorm"):
         dsrnet.fuse(grouped.eval())
+    # a checkpoint of a frozen model loads into a BatchNorm one (step counts missing on one side, not weights)
+    torch.save(frozen.state_dict(), tmp_path / "frozen.pth")
+    again = dsrnet.create_model("dsrnet50_cifar", num_classes=10, checkpoint_path=tmp_path / "frozen.pth").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(x), trained(x), atol=1e-5, rtol=1e-4)
     meta = dsrnet.models.dsrnet50(norm_layer=FrozenBatchNorm2d, device="meta", **TINY)
     assert {b.device.type for b in meta.buffers()} == {"meta"}

@@ -782,10 +782,11 @@ def test_a_fused_model_takes_timms_training_switches_and_groups_its_parameters_l
     """timm's train script and optimizer factory call these on any model; only a new head trains here."""
     pytest.importorskip("timm")
     fused = dsrnet.fuse(_tiny())
-    fused.set_grad_checkpointing(True)
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
-        assert fused.grad_checkpointing and torch.equal(fused(x), fused(x))
+        before = fused(x)
+        fused.set_grad_checkpointing(True)
+        assert fused.grad_checkpointing and torch.equal(fused(x), before)
     from timm.models._manipulate import group_with_matcher
 
     def groups(model):  # over the state dict: the fused body's weights are buffers
@@ -800,6 +801,56 @@ def test_a_fused_model_takes_timms_training_switches_and_groups_its_parameters_l
 
     optimizer = create_optimizer_v2(fused, "sgd", lr=0.1, layer_decay=0.65)
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == 5 * fused.num_features + 5
+
+
+def test_an_eager_state_dict_follows_a_new_head_or_pruning_and_the_kept_layout_holds_no_hooks(tmp_path):
+    eager, hooked = _tiny(), _tiny()
+    hooked.layer1[0].register_forward_hook(lambda *args: None)  # moves to the fused block; not kept in the layout
+    fused = dsrnet.fuse(hooked)
+    fused.layer1[0]._forward_hooks.clear()
+    torch.save(fused, tmp_path / "whole.pt")  # a lambda kept anywhere in it would not pickle
+    five = DSRNet(stem="cifar", **{**TINY, "num_classes": 5}).eval()
+    fused.reset_classifier(5)
+    fused.load_state_dict(five.state_dict())  # the eager model with the same new head
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        assert _rel_err(fused(x), five(x)) < 1e-4
+        pruned = dsrnet.fuse(_tiny())
+        pruned.prune_intermediate_layers(2)
+        eager.prune_intermediate_layers(2)
+        pruned.load_state_dict(eager.state_dict())
+        assert _rel_err(pruned.forward_features(x), eager.forward_features(x)) < 1e-4
+
+
+def test_an_eager_state_dict_into_a_model_fused_in_bf16_is_folded_in_fp32_and_rounded_once():
+    eager = _tiny()
+    fused = dsrnet.fuse(_tiny().to(torch.bfloat16))
+    fused.load_state_dict(eager.state_dict())
+    want = dsrnet.fuse(eager).to(torch.bfloat16).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in fused.state_dict().items())
+
+
+def test_fuse_folds_plain_batchnorm_only_and_looks_at_the_folded_parts_alone():
+    timm = pytest.importorskip("timm")
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = DSRNet(stem="cifar", **TINY, norm_layer=timm.layers.BatchNormAct2d).eval()  # a ReLU inside each norm
+    with pytest.raises(DsrnetError, match=r"is a BatchNormAct2d, but fuse\(\) folds plain BatchNorm"):
+        dsrnet.fuse(model)
+    x = torch.randn(2, 3, 9, 9)
+    from functools import partial
+
+    # torchvision's frozen BatchNorm by class and by timm's name; timm's, with an identity activation
+    for norm in (FrozenBatchNorm2d, "frozenbatchnorm2d", partial(timm.layers.FrozenBatchNormAct2d, apply_act=False)):
+        frozen = DSRNet(stem="cifar", **TINY, norm_layer=norm).eval()
+        with torch.no_grad():
+            assert _rel_err(dsrnet.fuse(frozen)(x), frozen(x)) < 1e-4, norm
+    headed = _tiny()
+    headed.fc = nn.Sequential(OrderedDict(bn1=nn.LayerNorm(headed.num_features), fc=headed.fc))  # not folded
+    with torch.no_grad():
+        assert _rel_err(dsrnet.fuse(headed)(x), headed(x)) < 1e-4
+    with pytest.raises(DsrnetError, match="norm_layer='nope' is not a norm timm knows"):
+        DSRNet(**TINY, norm_layer="nope")
 
 
 def test_import_dsrnet_does_not_import_the_kernels():
@@ -1119,21 +1170,30 @@ def test_a_fused_forward_skips_the_dispatcher_only_where_nothing_traces_or_diffe
         assert torch.equal(fused(x), ref)
 
 
+@pytest.mark.parametrize("mode", ["split", "fused", "block", "chain", "auto"])
 def test_a_fused_model_traced_or_exported_where_no_kernel_runs_holds_only_torch_ops_and_loads_without_dsrnet(
-        monkeypatch, tmp_path):  # fmt: skip
+        monkeypatch, tmp_path, mode):  # fmt: skip
     """On a CPU without Triton's interpreter the ops are their PyTorch fallbacks: a trace or export records those
     aten ops, not ``dsrnet::`` ops, so the file loads in a process that never imports dsrnet (and converts to
     ONNX); a gradient still meets the op's clear error, and ``torch.compile`` still sees the op."""
     from dsrnet.kernels import ops
 
     monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # as a CPU without the interpreter
-    fused = dsrnet.fuse(_tiny())
+    fused = dsrnet.fuse(_tiny(), mode=mode)
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         ref = fused(x)
         traced = torch.jit.trace(fused, x)
-        exported = torch.export.export(fused, (x,))
+        exported = torch.export.export(fused, (x,), strict=False)  # (Dynamo's strict export keeps the op)
     assert "dsrnet::" not in str(traced.inlined_graph) and "dsrnet" not in str(exported.graph)
+    # a dynamic batch: the op's fake kernel puts no bound on it (the fallbacks' shape checks would)
+    dynamic = torch.export.export(fused, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},), strict=False)
+    with torch.no_grad():
+        assert _rel_err(dynamic.module()(torch.cat([x] * 8)), torch.cat([ref] * 8)) < 1e-6
+    if mode == "split":  # TorchScript's ONNX exporter (torch < 2.9's default) takes the traced aten ops
+        pytest.importorskip("onnx")
+        torch.onnx.export(fused, (x,), tmp_path / "fused.onnx", dynamo=False)
+        assert (tmp_path / "fused.onnx").stat().st_size > 0
     traced.save(tmp_path / "fused.pt")
     torch.export.save(exported, tmp_path / "fused.pt2")
     code = (f"import sys, torch; x = torch.load({str(tmp_path / 'x.pt')!r}); "

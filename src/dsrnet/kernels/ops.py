@@ -117,7 +117,10 @@ def _channels_inner(t: torch.Tensor) -> torch.Tensor:
 
 
 def _as_nhwc(src: torch.Tensor) -> torch.Tensor:
-    """A fresh channels-last copy: fixed strides even where the two formats coincide (1x1 maps, one channel)."""
+    """A fresh channels-last copy: fixed strides even where the two formats coincide (1x1 maps, one channel); under
+    ``torch.jit.trace`` the plain conversion (the TorchScript ONNX exporter has no ``aten::copy``)."""
+    if torch.jit.is_tracing():
+        return src.contiguous(memory_format=torch.channels_last)
     out = _empty_nhwc(*src.shape, like=src)
     return out.copy_(src)
 
@@ -930,8 +933,8 @@ def _dsr_block(
     sms = device_sms(x.device)
     scratch_numel = _block_scratch(m, wo, wd1, k, stride, dilation, sms) if usable else 0
     if not usable or scratch_numel >= _MAX_NUMEL:  # (the kernels' 32-bit offsets)
-        y1 = pointwise_conv(x, w1, b1, None, stride_1x1, True)
-        return dw_pw_block(y1, w_dw, b_dw, w_pw, bias, x, w_ds, stride, dilation, ds_stride)
+        y1 = run(pointwise_conv, x, w1, b1, None, stride_1x1, True)  # (run: a tracer of the fallback sees aten ops)
+        return run(dw_pw_block, y1, w_dw, b_dw, w_pw, bias, x, w_ds, stride, dilation, ds_stride)
     x = _channels_inner(x)
     w1, w_pw, w_ds = (None if t is None else _kernel_operand(t, x.dtype) for t in (w1, w_pw, w_ds))
     y = _empty_nhwc(n, nout, ho, wo, like=x)
@@ -1106,9 +1109,10 @@ def run(op, x: torch.Tensor, *args):
     on the host. It is skipped only where :func:`_dispatch_free` finds nothing that needs it: every tracer
     (``torch.compile``, ``torch.export``, ``torch.jit.trace``, ``make_fx``, ``torch.func``) and every gradient
     (the op's autograd formula raises the fused model's clear error) goes through the op -- except where no kernel
-    can run for ``x`` (a CPU without Triton's interpreter, or ``DSRNET_DISABLE_TRITON=1``): there the body is the
-    op's PyTorch fallback, and a tracer sees its aten ops, so a model traced or exported there loads without
-    ``dsrnet`` (no ``dsrnet::`` op in the graph) and converts to ONNX."""
+    can run for ``x`` (a CPU without Triton's interpreter, or with ``DSRNET_DISABLE_TRITON=1``) and its shape is
+    static: there the body is the op's PyTorch fallback, and ``torch.jit.trace`` and a non-strict
+    ``torch.export`` (the default) record its aten ops, so the file loads without ``dsrnet`` and converts to ONNX.
+    Dynamo (``torch.compile``, a strict export) and dynamic shapes keep the op."""
     if has_tangent(x, *args):
         raise DsrnetError(
             f"{getattr(op, '_qualname', op)} has no forward-mode derivative (torch.func.jvp, torch.autograd.forward_ad): a fuse()d DSRNet is "
@@ -1124,6 +1128,8 @@ def _fallback_only(x: torch.Tensor, args: tuple) -> bool:
     without Triton's interpreter) and no gradient flows, outside Dynamo (``torch.compile`` keeps the op, which
     inductor calls as it is): then a tracer may as well record the fallback's aten ops."""
     return (isinstance(x, torch.Tensor)  # not a torch.fx Proxy: symbolic tracing records the op
+            and not any(isinstance(d, torch.SymInt) for d in x.shape)  # a dynamic-shape export: the fallbacks'
+            # shape checks would become guards on the sizes (the op's fake kernel adds none)
             and x.device.type not in _DIRECT_DEVICES and not torch.compiler.is_dynamo_compiling()
             and not _grad_flows(x, args) and not triton_usable(x))  # fmt: skip
 

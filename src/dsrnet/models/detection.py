@@ -103,16 +103,16 @@ def backbone_with_fpn(
         raise DsrnetError(
             "backbone_with_fpn builds its own headless backbone: drop features_only / num_classes"
         )
-    if kwargs.get("fused") and ((trainable_layers or 0) > 0 or frozen_bn is False):
-        raise DsrnetError(
-            f"fused=True folds the backbone's BatchNorm into its convs and freezes it all (an inference form), so "
-            f"trainable_layers={trainable_layers!r} / frozen_bn={frozen_bn!r} cannot apply; fix: drop them (the "
-            f"pyramid and the heads still train), or train an unfused backbone and fuse afterwards (dsrnet.fuse("
-            f"detector))"
-        )
+    asked = trainable_layers
     trainable_layers = (3 if pretrained else len(TRAINABLE_ORDER)) if trainable_layers is None else trainable_layers
     if isinstance(trainable_layers, bool) or trainable_layers not in range(len(TRAINABLE_ORDER) + 1):
         raise DsrnetError(f"trainable_layers must be an integer in 0..5, got {trainable_layers!r}")
+    if kwargs.get("fused") and ((asked is not None and asked > 0) or frozen_bn is False):
+        raise DsrnetError(
+            f"fused=True folds the backbone's BatchNorm into its convs and freezes it all (an inference form), so "
+            f"trainable_layers={asked!r} / frozen_bn={frozen_bn!r} cannot apply; fix: drop them (the pyramid and "
+            f"the heads still train), or train an unfused backbone and fuse afterwards (dsrnet.fuse(detector))"
+        )
     # IntermediateLayerGetter returns maps in the order the stages run: the channel list must follow that order.
     indices = sorted(set(normalize_indices(5, out_indices)))
     # The classification model without a head: torchvision's IntermediateLayerGetter runs its children in order up

@@ -59,11 +59,24 @@ def _drop_path(rate: float) -> nn.Module:
     return StochasticDepth(rate, mode="row")
 
 
-def make_norm(norm_layer: Callable[[int], nn.Module] | None, num_features: int, dd: dict) -> nn.Module:
-    """``norm_layer(num_features)`` (``nn.BatchNorm2d`` by default) on ``dd``'s device and dtype (given to the
-    default, moved to otherwise: torchvision's ``FrozenBatchNorm2d`` takes neither)."""
+def make_norm(norm_layer: Callable[[int], nn.Module] | str | None, num_features: int, dd: dict) -> nn.Module:
+    """``norm_layer(num_features)`` (``nn.BatchNorm2d`` by default; a name, e.g. ``"frozenbatchnorm2d"``, as timm's
+    ``get_norm_layer`` resolves it) on ``dd``'s device and dtype (given to the default, moved to otherwise:
+    torchvision's ``FrozenBatchNorm2d`` takes neither)."""
     if norm_layer is None:
         return nn.BatchNorm2d(num_features, **dd)
+    if isinstance(norm_layer, str):
+        try:
+            from timm.layers import get_norm_layer
+        except ImportError:
+            raise DsrnetError(f"norm_layer={norm_layer!r} is a timm name, and timm is not installed; fix: pip install "
+                              f"timm, or pass the class (e.g. torchvision.ops.FrozenBatchNorm2d)") from None  # fmt: skip
+        name = norm_layer
+        try:
+            norm_layer = get_norm_layer(name)
+        except (AssertionError, KeyError, ValueError) as err:
+            raise DsrnetError(f"norm_layer={name!r} is not a norm timm knows ({err}); fix: a timm norm name such "
+                              f"as 'batchnorm2d' or 'frozenbatchnorm2d', or the class itself") from None  # fmt: skip
     layer = norm_layer(num_features)
     moves = {k: v for k, v in dd.items() if v is not None}
     return layer.to(**moves) if moves else layer
@@ -91,7 +104,7 @@ class DSRBlock(nn.Module):
         separable: bool = True,
         drop_path: float = 0.0,
         project_shortcut: bool = False,
-        norm_layer: Callable[[int], nn.Module] | None = None,
+        norm_layer: Callable[[int], nn.Module] | str | None = None,
         device=None,
         dtype=None,
     ) -> None:
@@ -231,7 +244,8 @@ class DSRNet(nn.Module):
             stage's factor, as timm's ResNet); ``None`` = the natural stride.
         norm_layer: the normalisation after each conv, called with the channel count (torchvision's and timm's
             convention; default ``nn.BatchNorm2d``, as the paper), e.g. ``torchvision.ops.FrozenBatchNorm2d`` as
-            torchvision's detection builders pass it; ``dsrnet.fuse`` folds BatchNorm, frozen or not, only.
+            torchvision's detection builders pass it, or a timm name (``"frozenbatchnorm2d"``); ``dsrnet.fuse``
+            folds plain BatchNorm, frozen or not, only.
         device, dtype: where and in which dtype to create the parameters (as ``torch.nn`` layers take them).
     """
 
@@ -257,7 +271,7 @@ class DSRNet(nn.Module):
         features_only: bool = False,
         out_indices: int | Sequence[int] = (0, 1, 2, 3, 4),
         output_stride: int | None = None,
-        norm_layer: Callable[[int], nn.Module] | None = None,
+        norm_layer: Callable[[int], nn.Module] | str | None = None,
         device=None,
         dtype=None,
     ) -> None:

@@ -212,9 +212,10 @@ class FusedDSRBlock(nn.Module):
     def _auto_mode(self, x: torch.Tensor) -> str:
         """``mode="auto"``: the faster of :data:`AUTO_CANDIDATES` for this block's shape and ``x``'s, measured on the
         first call and remembered (module docstring)."""
-        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
-            # torch.fx (torchvision's create_feature_extractor) and torch.jit.trace record one graph for any input,
-            # with no shape to key a measurement by: split, auto's choice wherever nothing was measured
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or any(isinstance(d, torch.SymInt) for d in x.shape):
+            # torch.fx (torchvision's create_feature_extractor), torch.jit.trace and a dynamic-shape export or
+            # compile record one graph for any input, with no size to key a measurement by: split, auto's choice
+            # wherever nothing was measured
             return "split"
         key = self._auto_key(x)
         known = _AUTO_CHOICES.get(key)
@@ -502,10 +503,28 @@ class FusedDSRNet(nn.Module):
         layout = self.__dict__.get("_eager_layout")
         if layout is not None and "conv1.weight" in state_dict and "stem.w_packed" not in state_dict:
             device = next((t.device for t in state_dict.values() if isinstance(t, torch.Tensor)), None)
-            eager = copy.deepcopy(layout).to_empty(device=device or "cpu")
+            fold = _fold_dtype(next(layout.parameters()).dtype)  # folded in fp32, rounded once on the copy below
+            eager = copy.deepcopy(layout).to(dtype=fold).to_empty(device=device or "cpu")
             eager.load_state_dict(state_dict, strict=True)  # RuntimeError naming the keys, as for any model
             state_dict = fuse(eager, mode=self._fuse_mode).state_dict()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        DSRNet.reset_classifier(self, num_classes, global_pool)
+        self._on_layout(DSRNet.reset_classifier, num_classes, global_pool)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        take = DSRNet.prune_intermediate_layers(self, indices, prune_norm, prune_head)
+        self._on_layout(DSRNet.prune_intermediate_layers, indices, prune_norm, prune_head)
+        return take
+
+    def _on_layout(self, method, *args) -> None:
+        """The same change to the eager layout (storage-less still), so that the eager state dict of the model so
+        changed folds into this one (:meth:`load_state_dict`)."""
+        layout = self.__dict__.get("_eager_layout")
+        if layout is not None:
+            method(layout, *args)
+            layout.to_empty(device="meta")
 
     # DSRNet's own, over this class's _stages: the same feature API and outputs. A new head (reset_classifier) is
     # a trainable nn.Linear on the frozen fused features: a linear probe.
@@ -513,8 +532,6 @@ class FusedDSRNet(nn.Module):
     forward_intermediates = DSRNet.forward_intermediates
     forward = DSRNet.forward
     get_classifier = DSRNet.get_classifier
-    reset_classifier = DSRNet.reset_classifier
-    prune_intermediate_layers = DSRNet.prune_intermediate_layers
 
 
 def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
@@ -543,7 +560,7 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
         raise DsrnetError(f"{type(model).__name__} is fused already; fix: use it as it is, or fuse the model it was "
                           f"made from (for another mode: fuse(model, mode=...))")  # fmt: skip
     if isinstance(model, DSRNet):
-        _check_foldable(model.named_modules())
+        _check_foldable(_folded_parts(model.named_modules()))
         # hooks on what folding removes have no output left to see; the others move with their module below
         _check_hooks(_folded_parts(model.named_modules()))
         dtype = next(model.parameters()).dtype
@@ -600,7 +617,12 @@ def _storageless_copy(model: nn.Module) -> nn.Module:
     for t in (*model.parameters(), *model.buffers()):
         meta = torch.empty_like(t, device="meta")
         memo[id(t)] = nn.Parameter(meta, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(model, memo)
+    layout = copy.deepcopy(model, memo)
+    for module in layout.modules():  # a layout runs nothing: no hooks (nor what they hold, nor pickling trouble)
+        for attr in _HOOK_DICTS:
+            if hasattr(module, attr):
+                getattr(module, attr).clear()
+    return layout
 
 
 def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -619,6 +641,16 @@ def _with_hooks_of(old: nn.Module, new: nn.Module) -> nn.Module:
         if hasattr(old, attr):
             setattr(new, attr, getattr(old, attr))
     return new
+
+
+def _foldable_norm(module: nn.Module) -> bool:
+    """A norm that is an affine map per channel in eval mode and nothing more: PyTorch's BatchNorm (Sync included),
+    torchvision's and timm's ``FrozenBatchNorm2d``; timm's BatchNorm with a built-in activation (``BatchNormAct2d``,
+    ``FrozenBatchNormAct2d``) only where that activation and its dropout are identities."""
+    plain = isinstance(module, nn.modules.batchnorm._BatchNorm) or type(module).__name__ in (
+        "FrozenBatchNorm2d", "FrozenBatchNormAct2d")  # fmt: skip
+    extras = [getattr(module, a) for a in ("act", "drop") if hasattr(module, a)]
+    return plain and all(isinstance(e, nn.Identity) for e in extras)
 
 
 def _check_hooks(named_modules) -> None:
@@ -665,18 +697,18 @@ def _is_dsrnet_stem(module: nn.Module) -> bool:
     )
 
 
-def _check_foldable(named_modules) -> None:
-    named_modules = list(named_modules)
-    norms = [(n, m) for n, m in named_modules if n.rsplit(".", 1)[-1] in ("bn1", "bn2", "bn3")
+def _check_foldable(folded) -> None:
+    """``folded`` (:func:`_folded_parts`): each norm among them must be a BatchNorm that folds into its conv."""
+    folded = list(folded)
+    norms = [(n, m) for n, m in folded if n.rsplit(".", 1)[-1] in ("bn1", "bn2", "bn3")
              or n.endswith("downsample.1")]  # fmt: skip (the norm after each conv of a stem or DSR block)
-    other = next(((n, m) for n, m in norms if not all(hasattr(m, a) for a in ("running_mean", "running_var", "eps"))),
-                 None)  # fmt: skip
+    other = next(((n, m) for n, m in norms if not _foldable_norm(m)), None)
     if other is not None:
         raise DsrnetError(
-            f"{other[0]} is a {type(other[1]).__name__}, but fuse() folds BatchNorm (frozen or not) into the convs; "
-            f"fix: fuse a model built with BatchNorm (norm_layer's default)"
+            f"{other[0]} is a {type(other[1]).__name__}, but fuse() folds plain BatchNorm (frozen or not) into the "
+            f"convs; fix: fuse a model built with BatchNorm (norm_layer's default, or a FrozenBatchNorm2d)"
         )
-    stateless = next((n for n, m in named_modules if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    stateless = next((n for n, m in folded if isinstance(m, nn.modules.batchnorm._BatchNorm)
                       and (m.running_mean is None or m.running_var is None)), None)  # fmt: skip
     if stateless is not None:
         raise DsrnetError(

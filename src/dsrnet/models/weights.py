@@ -424,8 +424,10 @@ def _load_state(
     ``checkpoint_path``): it must fit like every other weight. ``trained_as`` (the file's own record of its model)
     is named in the mismatch error."""
     own = model.state_dict()
-    # a frozen BatchNorm (torchvision's, timm's) keeps no step count: trained BatchNorm's is not a weight
+    # a frozen BatchNorm (torchvision's, timm's) keeps no step count: BatchNorm's step count is not a weight, in a
+    # file or in the model
     state_dict = {k: v for k, v in state_dict.items() if k in own or not k.endswith(".num_batches_tracked")}
+    own = {k: v for k, v in own.items() if k in state_dict or not k.endswith(".num_batches_tracked")}
     if getattr(model, "features_only", False):
         # A pruned backbone: keep what it still has (the stages up to its last tap), drop the head and the rest.
         state_dict = {k: v for k, v in state_dict.items() if k in own}
