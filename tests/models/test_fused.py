@@ -24,34 +24,14 @@ import dsrnet
 from dsrnet.errors import DsrnetError
 from dsrnet.models.dsrnet import DSRBlock, DSRNet
 from tests.conftest import REPO
+from tests.models._fused_helpers import TINY, _rel_err, _tiny
 
 pytest.importorskip("triton")
 needs_interpreter = pytest.mark.skipif(not interp.READY, reason=interp.SKIP_REASON)
 
 # layers=(1, 2, 1, 1) gives every block kind: stage-1 block with a channel-changing shortcut, an identity block
 # (rate 1), and downsampling blocks (rate 2, stride 2) in stages 2-4.
-TINY = {"layers": (1, 2, 1, 1), "widths": (4, 8, 8, 16), "num_classes": 10}
-
-
 interpreter = interp.interpreter  # autouse: Triton interpreter, one thread
-
-
-def _tiny(stem="cifar", **kwargs) -> DSRNet:
-    """A tiny DSRNet whose BatchNorms have non-trivial statistics, so that folding them is actually exercised."""
-    torch.manual_seed(0)
-    model = DSRNet(stem=stem, **{**TINY, **kwargs})
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-    return model.eval()
-
-
-def _rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
 
 
 @needs_interpreter

@@ -17,7 +17,7 @@ from torch import nn
 import dsrnet
 from dsrnet.errors import DsrnetError
 from dsrnet.models.dsrnet import DSRNet
-from tests.models.test_fused import TINY, _rel_err, _tiny
+from tests.models._fused_helpers import TINY, _rel_err, _tiny
 
 
 def test_auto_mode_traces_with_torch_jit_and_torch_fx_as_split(monkeypatch):
@@ -115,12 +115,14 @@ def test_an_eager_state_dict_follows_a_new_head_or_pruning_and_the_kept_layout_h
         assert _rel_err(pruned.forward_features(x), eager.forward_features(x)) < 1e-4
 
 
-def test_an_eager_state_dict_into_a_model_fused_in_bf16_is_folded_in_fp32_and_rounded_once():
+@pytest.mark.parametrize("assign", [False, True])
+def test_an_eager_state_dict_into_a_model_fused_in_bf16_is_folded_in_fp32_and_rounded_once(assign):
     eager = _tiny()
     fused = dsrnet.fuse(_tiny().to(torch.bfloat16))
-    fused.load_state_dict(eager.state_dict())
+    fused.load_state_dict(eager.state_dict(), assign=assign)
     want = dsrnet.fuse(eager).to(torch.bfloat16).state_dict()
-    assert all(torch.equal(v, want[k]) for k, v in fused.state_dict().items())
+    got = fused.state_dict()
+    assert all(torch.equal(v, want[k]) and v.dtype == want[k].dtype for k, v in got.items())
 
 
 def test_fuse_folds_plain_batchnorm_only_and_looks_at_the_folded_parts_alone():
@@ -199,6 +201,7 @@ def test_a_fused_model_traced_or_exported_where_no_kernel_runs_holds_only_torch_
 
 
 def test_dependent_launch_options_come_in_pairs_and_only_for_a_hopper_or_later_gpu(monkeypatch):
+    pytest.importorskip("triton")
     from dsrnet.kernels import ops
 
     class OnGpu:
@@ -226,6 +229,7 @@ def test_dependent_launch_options_come_in_pairs_and_only_for_a_hopper_or_later_g
 def test_every_kernel_that_can_be_launched_early_waits_in_its_first_statement():
     """A kernel launched with ``launch_pdl`` may run while the previous kernel still writes its input (or reads
     memory the allocator has since given this kernel's output): nothing may touch memory before the wait."""
+    pytest.importorskip("triton")
     import ast
     import inspect
     import textwrap

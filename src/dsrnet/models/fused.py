@@ -506,7 +506,10 @@ class FusedDSRNet(nn.Module):
             fold = _fold_dtype(next(layout.parameters()).dtype)  # folded in fp32, rounded once on the copy below
             eager = copy.deepcopy(layout).to(dtype=fold).to_empty(device=device or "cpu")
             eager.load_state_dict(state_dict, strict=True)  # RuntimeError naming the keys, as for any model
-            state_dict = fuse(eager, mode=self._fuse_mode).state_dict()
+            # rounded once, to this model's dtype (assign=True would otherwise keep the fold's fp32)
+            own = self.state_dict()
+            folded = fuse(eager, mode=self._fuse_mode).state_dict()
+            state_dict = {k: v.to(own[k].dtype) if k in own else v for k, v in folded.items()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
