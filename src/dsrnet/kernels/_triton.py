@@ -363,10 +363,10 @@ def _jit_as_triton(fn):
 @_jit_as_triton
 def _dependent_launch(GDC: tl.constexpr):
     """Programmatic dependent launch (``GDC``: the op launched this kernel with ``launch_pdl``; ``ops.PDL``, sm_90
-    and later; the inference kernels, which follow each other, have it): the kernel may have started while the one before it in the stream still ran, so it waits for that
-    one to finish and its writes to be visible before its first memory access -- loads, and stores too (the
-    allocator may have handed it memory the previous kernel still reads) -- then lets the next kernel start
-    likewise. All of this kernel's programs have been scheduled by the time the last of them gets here, so the next
+    and later; the inference kernels, which follow each other, have it): the kernel may have started while the one
+    before it in the stream still ran, so it waits for that one to finish and its writes to be visible before its
+    first memory access -- loads, and stores too (the allocator may have handed it memory the previous kernel still
+    reads) -- then lets the next kernel start likewise. All of this kernel's programs have been scheduled by the time the last of them gets here, so the next
     kernel's programs only take SM room this one no longer needs: what overlaps is a launch and a tail, not work."""
     if GDC:
         tl.extra.cuda.gdc_wait()

@@ -287,7 +287,7 @@ def _dw_fwd_grid(n: int, channels: int, ho: int, wo: int, stride: int, dilation:
     def grid(meta):
         rows = meta.get("ROWS", 0)
         if not _tk.slides(rows, stride, dilation):
-            return (_cdiv(n * ho * wo, meta["BLOCK_P"]), _cdiv(channels, meta["BLOCK_C"]))
+            return _pixel_channel_grid(n * ho * wo, channels)(meta)
         classes = dilation // stride
         strips = _cdiv(_cdiv(ho, classes), rows)
         return (_cdiv(n * wo, meta["BLOCK_P"]) * classes * strips, _cdiv(channels, meta["BLOCK_C"]))

@@ -522,12 +522,12 @@ class FusedDSRNet(nn.Module):
         return take
 
     def _on_layout(self, method, *args) -> None:
-        """The same change to the eager layout (storage-less still), so that the eager state dict of the model so
-        changed folds into this one (:meth:`load_state_dict`)."""
+        """The same change to the eager layout, so that the eager state dict of the model so changed folds into
+        this one (:meth:`load_state_dict`); it stays storage-less (DSRNet's methods make new parts on the device of
+        its stem's weight: meta)."""
         layout = self.__dict__.get("_eager_layout")
         if layout is not None:
             method(layout, *args)
-            layout.to_empty(device="meta")
 
     # DSRNet's own, over this class's _stages: the same feature API and outputs. A new head (reset_classifier) is
     # a trainable nn.Linear on the frozen fused features: a linear probe.
