@@ -1344,6 +1344,12 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if form.endswith("_1x1mm") and bench.args.compile_backend == "inductor":  # 1x1 convs as matmuls (training)
             fwd = torch.compile(model, options={"conv_1x1_as_mm": True}, dynamic=False)
+        elif form.endswith("_autotune") and bench.args.compile_backend == "inductor":
+            # dsrnet train --compile-mode max-autotune: with channels_last inductor lowers every 1x1 conv (forward and
+            # both backward passes) to a matmul, times its Triton GEMM templates against cuBLAS, and may fuse the
+            # BatchNorm apply + ReLU around them into the template's prologue / epilogue (the route to the training
+            # target without kernels of our own); forward and backward replayed as CUDA graphs.
+            fwd = torch.compile(model, mode="max-autotune", dynamic=False)
         elif form.endswith("_cudagraphs") and bench.args.compile_backend == "inductor":
             # forward and backward replayed as CUDA graphs: no host launch cost per kernel (dsrnet train
             # --compile-mode reduce-overhead)
@@ -1377,12 +1383,13 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
         peak_memory_restart(bench)
         t = time_ms(bench, train_step, warmup=3, repeats=10)
         kernel_ms = None
-        if not form.endswith(("_1x1mm", "_cudagraphs")):  # where a step's time goes (ResNet-50's: the reference)
+        if not form.endswith(("_1x1mm", "_cudagraphs", "_autotune")):  # where a step's time goes (vs ResNet-50's)
             kernel_ms = profile_top10(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2)
             if "triton_dw" in form:  # 2026-11-27: the GPU busy 44 % of this step; where the host's time goes
                 python_profile(bench, f"{form} training step, {size} px, batch {b}", train_step, calls=2, rows=40)
         row = {
-            "form": form, "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
+            "form": form, "step": getattr(bench, "current_step", None),  # decision_rows: rows of one step only
+            "image": size, "batch": b, "precision": "bf16 autocast, fp32 weights", "channels_last": True,
             "ms_per_step": round(t["median_ms"], 3), "p25_ms": round(t["p25_ms"], 3), "p75_ms": round(t["p75_ms"], 3),
             "images_per_s": round(b / (t["median_ms"] / 1e3), 1), "peak_mem_mib": peak_memory_mib(bench, base),
             "first_call_s": round(first_s, 1), **pre,
@@ -1623,10 +1630,33 @@ DECISIONS = (
     ("dsrnet_fused_chain_pdl", "dsrnet_fused_chain", "ops.PDL = True (if chain is the default)",
      "keep ops.PDL = False for chain", True),
 )
+#: The same for the training step (rows of one step, batch and size): (form, against, edit if faster, edit if not).
+TRAINING_DECISIONS = (
+    ("dsrnet_compiled_triton_dw_autotune", "dsrnet_compiled_triton_dw_cudagraphs",
+     "fast.yaml: `dwconv: triton` + `compile_mode: max-autotune`, once benchmarks/train_speed.py --arms "
+     "fast+triton_dw+cudagraphs,fast+triton_dw+max-autotune agrees in the whole loop",
+     "keep inductor's default GEMMs (compile_mode: reduce-overhead with the Triton depthwise convs)"),
+    ("resnet50_compiled_autotune", "resnet50_compiled_cudagraphs",
+     "compare DSRNet with ResNet-50 max-autotune too (the stronger baseline: x_resnet50_autotune)",
+     "none (ResNet-50's CUDA-graph row stays the baseline)"),
+)
 #: The least difference of medians a verdict other than a tie needs (besides interquartile ranges apart): a CUDA
 #: graph's repeats spread by ~0.2-0.6 %, so two forms running the same kernels (split and auto picking split,
 #: 2026-11-27) can land just apart; a change of defaults must pay for its risk and its first-call autotuning.
 DECISION_MIN_GAIN = 0.02
+
+
+def _decide(question: str, compare: str, key: str, a: dict, b: dict, if_faster: str, if_not: str) -> dict:
+    """Row ``a`` against row ``b`` (``key``: their median ms; p25_ms / p75_ms their interquartile range)."""
+    gain = b[key] / a[key]
+    if a["p75_ms"] < b["p25_ms"] and gain >= 1 + DECISION_MIN_GAIN:
+        verdict, edit = "faster", if_faster
+    elif b["p75_ms"] < a["p25_ms"] and gain <= 1 / (1 + DECISION_MIN_GAIN):
+        verdict, edit = "slower", if_not
+    else:
+        verdict, edit = "tie", f"none (interquartile ranges overlap or medians within {DECISION_MIN_GAIN:.0%})"
+    return {"question": question, "compare": compare, "ms": f"{a[key]} vs {b[key]}", "x": round(gain, 3),
+            "verdict": verdict, "edit": edit}
 
 
 def decision_rows(results: dict) -> list[dict]:
@@ -1648,18 +1678,16 @@ def decision_rows(results: dict) -> list[dict]:
             continue
         for (step, name, stem, image, batch), a in index.items():
             b = index.get((step, against + graph, stem, image, batch))
-            if name != form + graph or b is None:
-                continue
-            gain = b["ms_per_batch"] / a["ms_per_batch"]
-            if a["p75_ms"] < b["p25_ms"] and gain >= 1 + DECISION_MIN_GAIN:
-                verdict, edit = "faster", if_faster
-            elif b["p75_ms"] < a["p25_ms"] and gain <= 1 / (1 + DECISION_MIN_GAIN):
-                verdict, edit = "slower", if_not
-            else:
-                verdict, edit = "tie", f"none (interquartile ranges overlap or medians within {DECISION_MIN_GAIN:.0%})"
-            rows.append({"question": f"{form}{graph} vs {against}{graph}", "compare": f"{stem}/{image} b{batch}",
-                         "ms": f"{a['ms_per_batch']} vs {b['ms_per_batch']}", "x": round(gain, 3),
-                         "verdict": verdict, "edit": edit})
+            if name == form + graph and b is not None:
+                rows.append(_decide(f"{form}{graph} vs {against}{graph}", f"{stem}/{image} b{batch}", "ms_per_batch",
+                                    a, b, if_faster, if_not))
+    train = {(r.get("step"), r["form"], r["image"], r["batch"]): r for r in results.get("training", [])}
+    for form, against, if_faster, if_not in TRAINING_DECISIONS:
+        for (step, name, image, batch), a in train.items():
+            b = train.get((step, against, image, batch))
+            if name == form and b is not None:
+                rows.append(_decide(f"{form} vs {against}", f"training {image} px b{batch}", "ms_per_step", a, b,
+                                    if_faster, if_not))
     picks = {json.dumps(p["key"], sort_keys=True): p for r in inf if r["form"] == "dsrnet_fused"
              for p in (r.get("autotune_picks") or {}).get("dw_fwd", []) if "torch.bfloat16" in p["key"]["dtypes"]}
     if picks:  # each shape once (every row records the tuner's picks so far), the timed bf16 shapes only
@@ -1692,6 +1720,7 @@ def render_markdown(results: dict) -> str:
     ref = [q for q in train if q["form"] == "resnet50_compiled"]
     mm = [q for q in train if q["form"] == "resnet50_compiled_1x1mm"]
     graphs = [q for q in train if q["form"] == "resnet50_compiled_cudagraphs"]
+    tuned_train = [q for q in train if q["form"] == "resnet50_compiled_autotune"]
     peak = (results.get("ceilings") or {}).get("bf16_matmul_TFLOPs")
     for r in train:
         r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
@@ -1702,6 +1731,8 @@ def render_markdown(results: dict) -> str:
             r["compute_fraction"] = round(flops * r["images_per_s"] / (peak * 1e12), 4)
         r["x_resnet50_1x1mm"] = round(r["images_per_s"] / mm[0]["images_per_s"], 3) if mm else None
         r["x_resnet50_cudagraphs"] = round(r["images_per_s"] / graphs[0]["images_per_s"], 3) if graphs else None
+        r["x_resnet50_autotune"] = (round(r["images_per_s"] / tuned_train[0]["images_per_s"], 3)
+                                    if tuned_train else None)  # fmt: skip
     decisions = decision_rows(results)
     lines = [
         "# Fused DSRNet benchmark (issue 10)",
@@ -1749,7 +1780,7 @@ def render_markdown(results: dict) -> str:
                                          "max_rel_diff", "precompile_s"]),
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
         _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm",
-                       "x_resnet50_cudagraphs", "gpu_kernel_ms_per_step", "gpu_busy_fraction",
+                       "x_resnet50_cudagraphs", "x_resnet50_autotune", "gpu_kernel_ms_per_step", "gpu_busy_fraction",
                        "train_gflop_per_image", "compute_fraction", "peak_mem_mib", "precompile_s", "precompile_recompiled", "first_call_s"]),
         "gpu_kernel_ms_per_step: the kernels' time per step in the profile of two steps after the timed ones; "
         "gpu_busy_fraction: that over ms_per_step (well below 1: the step waits for the host, not the GPU).",
@@ -1867,6 +1898,15 @@ def full_plan() -> list[tuple]:
          "cifar", 32, 1024, ("dsrnet_compiled", "dsrnet_compiled_shifts"), False),
         ("training 32px b512: dsrnet, resnet50 compiled with 1x1 convs as matmuls", 150, step_training,
          ("resnet50_compiled_1x1mm", "dsrnet_compiled_1x1mm")),
+        # The training target's other route: inductor's own GEMM templates for the 1x1 convs (max-autotune lowers
+        # them to matmuls under channels_last) with the BatchNorm apply + ReLU fused into their prologues and
+        # epilogues, against the CUDA-graph rows of the same step (max-autotune replays graphs too); ResNet-50's
+        # max-autotune last (its 3x3 convs' templates are autotuned too). Autotuning every GEMM of the forward and
+        # backward takes minutes on the first call: a call of its own.
+        ("training 32px b512: dsrnet + triton dw, resnet50 compiled with max-autotune (Triton GEMM templates, "
+         "CUDA graphs)", 420, step_training,
+         ("resnet50_compiled_cudagraphs", "dsrnet_compiled_triton_dw_cudagraphs", "dsrnet_compiled_triton_dw_autotune",
+          "resnet50_compiled_autotune")),
         ("inference cifar/32 b1024: dsrnet (+ shifted depthwise convs), resnet50 compiled tuned (freezing, 1x1 as mm, "
          "max-autotune)", 240, step_inference, "cifar", 32, 1024,
          ("resnet50_compiled_tuned", "dsrnet_compiled_tuned", "dsrnet_compiled_tuned_shifts"), False),

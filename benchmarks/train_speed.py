@@ -49,6 +49,9 @@ ARMS = [
     # + each block's BatchNorm + ReLU before the depthwise conv inside its kernel (their output never written)
     ("fast+triton_bn_relu+cudagraphs", ["--dwconv", "triton_bn_relu", "--compile-mode", "reduce-overhead"]),
     ("fast+cudagraphs", ["--compile-mode", "reduce-overhead"]),
+    # + inductor's Triton GEMM templates for the 1x1 convs, BatchNorm + ReLU fused around them (CUDA graphs too);
+    # autotuning makes its first epoch minutes long: time it in a call of its own
+    ("fast+triton_dw+max-autotune", ["--dwconv", "triton", "--compile-mode", "max-autotune"]),
     ("fast+triton_dw", ["--dwconv", "triton"]),
 ]
 

@@ -359,10 +359,13 @@ def test_a_training_row_says_how_busy_the_gpu_kept_during_the_step(fused_gpu, tm
         "median_ms": 8.0, "p25_ms": 7.0, "p75_ms": 9.0, "repeats": repeats})
     profiled = []
     monkeypatch.setattr(fused_gpu, "profile_top10", lambda bench, label, fn, calls: profiled.append(label) or 2.0)
-    fused_gpu.step_training(bench, ("resnet50_compiled", "resnet50_compiled_cudagraphs"))
-    plain, graphed = bench.results["training"]
+    bench.current_step = "training"
+    fused_gpu.step_training(bench, ("resnet50_compiled", "resnet50_compiled_cudagraphs", "resnet50_compiled_autotune"))
+    plain, graphed, tuned = bench.results["training"]
     assert plain["gpu_kernel_ms_per_step"] == 2.0 and plain["gpu_busy_fraction"] == 0.25
-    assert "gpu_busy_fraction" not in graphed and len(profiled) == 1  # CUDA-graph replays are not profiled
+    # CUDA-graph replays (max-autotune's too) are not profiled
+    assert "gpu_busy_fraction" not in graphed and "gpu_busy_fraction" not in tuned and len(profiled) == 1
+    assert {r["step"] for r in bench.results["training"]} == {"training"}  # what decision_rows pairs rows by
 
 
 def test_a_python_profile_of_a_failing_call_is_written_and_the_profiler_stopped(fused_gpu, tmp_path):
@@ -447,6 +450,10 @@ def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timi
         return {"form": form, "stem": "cifar", "image": 32, "batch": batch, "ms_per_batch": ms, "p25_ms": p25,
                 "p75_ms": p75, "images_per_s": batch / ms * 1e3, "step": step, **extra}
 
+    def trow(form, ms, p25, p75, step="autotune"):
+        return {"form": form, "image": 32, "batch": 512, "ms_per_step": ms, "p25_ms": p25, "p75_ms": p75,
+                "images_per_s": 512 / ms * 1e3, "step": step}
+
     def pick(c, rows, dtype="torch.bfloat16"):
         return {"key": {"C": str(c), "dtypes": [dtype] * 5}, "config": {"ROWS": rows, "BLOCK_P": 64}}
 
@@ -469,9 +476,19 @@ def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timi
             row("dsrnet_fused_pdl+cudagraph", 0.9, 0.89, 0.91, batch=128, step="pdl"),
             row("dsrnet_fused+cudagraph", 0.8, 0.79, 0.81, batch=128, step="later"),
         ],
-        "training": [],
+        "training": [
+            trow("dsrnet_compiled_triton_dw_cudagraphs", 21.3, 21.2, 21.4),
+            trow("dsrnet_compiled_triton_dw_autotune", 17.0, 16.9, 17.1),
+            trow("resnet50_compiled_cudagraphs", 22.7, 22.6, 22.8),
+            trow("resnet50_compiled_autotune", 22.6, 22.5, 22.9),  # overlapping: a tie
+            trow("dsrnet_compiled_triton_dw_cudagraphs", 15.0, 14.9, 15.1, step="later"),  # another step's row
+        ],
     }  # fmt: skip
     got = {(r["question"], r["compare"]): (r.get("verdict"), r.get("edit")) for r in fused_gpu.decision_rows(results)}
+    faster, edit = got.pop(("dsrnet_compiled_triton_dw_autotune vs dsrnet_compiled_triton_dw_cudagraphs",
+                            "training 32 px b512"))  # fmt: skip
+    assert faster == "faster" and "compile_mode: max-autotune" in edit
+    assert got.pop(("resnet50_compiled_autotune vs resnet50_compiled_cudagraphs", "training 32 px b512"))[0] == "tie"
     assert got.pop(("depthwise configs wrong on this GPU", "dw_fwd config ROWS=4 w4 s2"))[0] == "not ok"
     assert got.pop(("dsrnet_fused vs dsrnet_fused_tiles", "cifar/32 b1024"))[0] == "faster"
     assert got.pop(("dsrnet_fused_chain vs dsrnet_fused", "cifar/32 b1024")) == (
