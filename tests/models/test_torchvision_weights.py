@@ -39,6 +39,25 @@ def test_torchvisions_recipe_classifies_cifar10_test_photos(cifar10_dir):
         w.transforms(antialias=False)
 
 
+def test_the_transforms_expose_what_torchvisions_presets_do_and_pickle():
+    """Code written for torchvision reads ``weights.transforms().crop_size`` / ``.mean`` / ``.describe()``; a
+    DataLoader with spawned workers pickles the pipeline."""
+    w = DSRNet50_CIFAR_Weights.DEFAULT
+    preprocess = w.transforms()
+    assert preprocess.crop_size == preprocess.resize_size == [32]
+    _, file_meta = weights.read_weights(weights.weights_path(weights.SHIPPED["dsrnet50_cifar.c10"]))
+    assert preprocess.mean == [float(v) for v in file_meta["mean"]] and preprocess.std == [
+        float(v) for v in file_meta["std"]]  # fmt: skip
+    assert preprocess.interpolation.value == "bicubic" and preprocess.antialias is True
+    text = preprocess.describe()
+    assert "crop_size=[32]" in text and f"mean={preprocess.mean}" in text and "BICUBIC" in text
+    again = pickle.loads(pickle.dumps(preprocess))
+    batch = torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8)
+    assert again.describe() == text and torch.equal(again(batch), preprocess(batch))
+    x = preprocess(batch)
+    assert x.shape == (2, 3, 32, 32) and torch.allclose(x[1], preprocess(batch[1]))
+
+
 def test_the_weights_are_the_shipped_files_and_their_meta_comes_from_it():
     entry = weights.SHIPPED["dsrnet50_cifar.c10"]
     _, file_meta = weights.read_weights(weights.weights_path(entry))

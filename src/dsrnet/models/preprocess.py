@@ -7,6 +7,7 @@ Imports torchvision only when a pipeline is built.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
@@ -54,9 +55,27 @@ def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, 
     if antialias is False:
         raise DsrnetError("these weights' preprocessing resizes with antialiasing, as they were evaluated; fix: drop "
                           "antialias=False")  # fmt: skip
-    from torchvision.transforms import v2
+    from torchvision.transforms import InterpolationMode, v2
 
     steps = [*resize_crop(image_size).transforms, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if normalize:
         steps.append(v2.Normalize(list(mean), list(std)))
-    return v2.Compose(steps)
+    pipeline = v2.Compose(steps)
+    # What torchvision's ImageClassification preset exposes (code reads weights.transforms().crop_size, .mean, ...,
+    # and prints .describe()); the resize and the crop are the same size here.
+    pipeline.crop_size, pipeline.resize_size = [image_size], [image_size]
+    pipeline.mean, pipeline.std = (list(mean), list(std)) if normalize else (None, None)
+    pipeline.interpolation, pipeline.antialias = InterpolationMode(INTERPOLATION), True
+    pipeline.describe = partial(_describe, image_size, pipeline.mean, pipeline.std)  # a partial: it pickles
+    return pipeline
+
+
+def _describe(image_size: int, mean: list[float] | None, std: list[float] | None) -> str:
+    """:func:`transforms`' pipeline in words, as torchvision's presets' ``describe()``."""
+    norm = f"normalized using ``mean={mean}`` and ``std={std}``" if mean is not None else "not normalized"
+    return (f"Accepts ``PIL.Image``, batched ``(B, C, H, W)`` and single ``(C, H, W)`` uint8 image ``torch.Tensor`` "
+            f"objects. A side longer than "
+            f"{MAX_ASPECT} times the shorter one is first cut around the centre; the images are then resized to "
+            f"``resize_size=[{image_size}]`` (shorter side) using ``interpolation=InterpolationMode."
+            f"{INTERPOLATION.upper()}`` with antialiasing, followed by a central crop of ``crop_size=[{image_size}]``. "
+            f"Finally the values are rescaled to ``[0.0, 1.0]`` and {norm}.")
