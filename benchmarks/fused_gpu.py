@@ -97,6 +97,7 @@ import dsrnet  # noqa: E402
 from dsrnet.device import compile_frozen  # noqa: E402
 from dsrnet.kernels import ops  # noqa: E402
 from dsrnet.models.fused import DEFAULT_FUSE_MODE  # noqa: E402
+from dsrnet.models.matmul_pointwise import use_matmul_pointwise  # noqa: E402
 from dsrnet.models.shifted_dwconv import use_shifted_dwconv  # noqa: E402
 
 T0 = time.monotonic()
@@ -1341,14 +1342,16 @@ def step_training(bench: Bench, forms: tuple[str, ...], batch: int = 512) -> Non
             use_triton_dwconv(model, bn_relu=form.endswith("_bn_relu"))
         if form.endswith("_shifts"):  # depthwise convs as shifted multiply-adds, fused by inductor fwd + bwd
             use_shifted_dwconv(model)
+        if "_linear" in form:  # 1x1 convs as matmuls in the model: inductor sees the backward's GEMMs too
+            use_matmul_pointwise(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         if form.endswith("_1x1mm") and bench.args.compile_backend == "inductor":  # 1x1 convs as matmuls (training)
             fwd = torch.compile(model, options={"conv_1x1_as_mm": True}, dynamic=False)
         elif form.endswith("_autotune") and bench.args.compile_backend == "inductor":
-            # dsrnet train --compile-mode max-autotune: with channels_last inductor lowers every 1x1 conv (forward and
-            # both backward passes) to a matmul, times its Triton GEMM templates against cuBLAS, and may fuse the
-            # BatchNorm apply + ReLU around them into the template's prologue / epilogue (the route to the training
-            # target without kernels of our own); forward and backward replayed as CUDA graphs.
+            # dsrnet train --compile-mode max-autotune: with channels_last inductor lowers the forward's stride-1 1x1
+            # convs to matmuls, times its Triton GEMM templates against cuBLAS and may fuse the pointwise work around
+            # them (BatchNorm apply, ReLU) into a template's prologue / epilogue; the backward's convolution_backward
+            # stays cuDNN (torch 2.11-2.14); forward and backward replayed as CUDA graphs.
             fwd = torch.compile(model, mode="max-autotune", dynamic=False)
         elif form.endswith("_cudagraphs") and bench.args.compile_backend == "inductor":
             # forward and backward replayed as CUDA graphs: no host launch cost per kernel (dsrnet train
@@ -1634,8 +1637,17 @@ DECISIONS = (
 TRAINING_DECISIONS = (
     ("dsrnet_compiled_triton_dw_autotune", "dsrnet_compiled_triton_dw_cudagraphs",
      "fast.yaml: `dwconv: triton` + `compile_mode: max-autotune`, once benchmarks/train_speed.py --arms "
-     "fast+triton_dw+cudagraphs,fast+triton_dw+max-autotune agrees in the whole loop",
+     "fast,fast+triton_dw+cudagraphs,fast+triton_dw+max-autotune agrees over a whole run (its first epoch's "
+     "autotuning included)",
      "keep inductor's default GEMMs (compile_mode: reduce-overhead with the Triton depthwise convs)"),
+    ("dsrnet_compiled_triton_dw_linear_cudagraphs", "dsrnet_compiled_triton_dw_cudagraphs",
+     "the 1x1 convs as matmuls cost nothing with cuBLAS: a `dsrnet train` switch for them (use_matmul_pointwise) "
+     "is worth adding",
+     "as matmuls the 1x1 convs are slower with inductor's default GEMMs: only with max-autotune, if at all"),
+    ("dsrnet_compiled_triton_dw_linear_autotune", "dsrnet_compiled_triton_dw_cudagraphs",
+     "add a `dsrnet train` switch for use_matmul_pointwise, then fast.yaml: it + `compile_mode: max-autotune`, once "
+     "train_speed.py agrees over a whole run",
+     "keep the 1x1 convs as convs (the backward's GEMMs through inductor gain nothing here)"),
     ("resnet50_compiled_autotune", "resnet50_compiled_cudagraphs",
      "compare DSRNet with ResNet-50 max-autotune too (the stronger baseline: x_resnet50_autotune)",
      "none (ResNet-50's CUDA-graph row stays the baseline)"),
@@ -1717,12 +1729,16 @@ def render_markdown(results: dict) -> str:
         if r["form"].startswith("dsrnet_fused"):
             r["fuse_mode"] = fuse_mode(r["form"], r)
     train = [dict(r) for r in results["training"]]
-    ref = [q for q in train if q["form"] == "resnet50_compiled"]
-    mm = [q for q in train if q["form"] == "resnet50_compiled_1x1mm"]
-    graphs = [q for q in train if q["form"] == "resnet50_compiled_cudagraphs"]
-    tuned_train = [q for q in train if q["form"] == "resnet50_compiled_autotune"]
+
+    def train_ref(form: str, row: dict) -> list[dict]:  # the baseline row of the same step where there is one
+        rows = [q for q in train if q["form"] == form]
+        return [q for q in rows if q.get("step") == row.get("step")] or rows
+
     peak = (results.get("ceilings") or {}).get("bf16_matmul_TFLOPs")
     for r in train:
+        ref, mm = train_ref("resnet50_compiled", r), train_ref("resnet50_compiled_1x1mm", r)
+        graphs, tuned_train = train_ref("resnet50_compiled_cudagraphs", r), train_ref("resnet50_compiled_autotune", r)
+        tuned_linear = train_ref("resnet50_compiled_linear_autotune", r)
         r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
         per = results["per_image"].get(f"cifar/{r['image']}", {})
         flops = per.get("resnet50_train_flops" if r["form"].startswith("resnet50") else "dsrnet_train_flops")
@@ -1733,6 +1749,8 @@ def render_markdown(results: dict) -> str:
         r["x_resnet50_cudagraphs"] = round(r["images_per_s"] / graphs[0]["images_per_s"], 3) if graphs else None
         r["x_resnet50_autotune"] = (round(r["images_per_s"] / tuned_train[0]["images_per_s"], 3)
                                     if tuned_train else None)  # fmt: skip
+        r["x_resnet50_linear_autotune"] = (round(r["images_per_s"] / tuned_linear[0]["images_per_s"], 3)
+                                           if tuned_linear else None)  # fmt: skip
     decisions = decision_rows(results)
     lines = [
         "# Fused DSRNet benchmark (issue 10)",
@@ -1780,7 +1798,8 @@ def render_markdown(results: dict) -> str:
                                          "max_rel_diff", "precompile_s"]),
         "## Training step at 32 px (fwd + bwd + SGD, bf16 autocast)",
         _table(train, ["form", "batch", "ms_per_step", "images_per_s", "x_resnet50", "x_resnet50_1x1mm",
-                       "x_resnet50_cudagraphs", "x_resnet50_autotune", "gpu_kernel_ms_per_step", "gpu_busy_fraction",
+                       "x_resnet50_cudagraphs", "x_resnet50_autotune", "x_resnet50_linear_autotune",
+                       "gpu_kernel_ms_per_step", "gpu_busy_fraction",
                        "train_gflop_per_image", "compute_fraction", "peak_mem_mib", "precompile_s", "precompile_recompiled", "first_call_s"]),
         "gpu_kernel_ms_per_step: the kernels' time per step in the profile of two steps after the timed ones; "
         "gpu_busy_fraction: that over ms_per_step (well below 1: the step waits for the host, not the GPU).",
@@ -1898,15 +1917,24 @@ def full_plan() -> list[tuple]:
          "cifar", 32, 1024, ("dsrnet_compiled", "dsrnet_compiled_shifts"), False),
         ("training 32px b512: dsrnet, resnet50 compiled with 1x1 convs as matmuls", 150, step_training,
          ("resnet50_compiled_1x1mm", "dsrnet_compiled_1x1mm")),
-        # The training target's other route: inductor's own GEMM templates for the 1x1 convs (max-autotune lowers
-        # them to matmuls under channels_last) with the BatchNorm apply + ReLU fused into their prologues and
-        # epilogues, against the CUDA-graph rows of the same step (max-autotune replays graphs too); ResNet-50's
+        # The training target's other route: inductor's own GEMM templates for the forward's 1x1 convs (max-autotune
+        # lowers the stride-1 ones to matmuls under channels_last; the backward stays cuDNN) with the pointwise work
+        # fused around them, against the CUDA-graph rows of the same step (max-autotune replays graphs too); ResNet-50's
         # max-autotune last (its 3x3 convs' templates are autotuned too). Autotuning every GEMM of the forward and
         # backward takes minutes on the first call: a call of its own.
         ("training 32px b512: dsrnet + triton dw, resnet50 compiled with max-autotune (Triton GEMM templates, "
          "CUDA graphs)", 420, step_training,
          ("resnet50_compiled_cudagraphs", "dsrnet_compiled_triton_dw_cudagraphs", "dsrnet_compiled_triton_dw_autotune",
           "resnet50_compiled_autotune")),
+        # The same with each 1x1 conv a matmul in the model's own code (dsrnet.use_matmul_pointwise: F.linear on the
+        # channels-last pixels), so the backward's GEMMs reach inductor too (as convs they stay cuDNN's
+        # convolution_backward): with inductor's default GEMMs (cuBLAS, CUDA graphs: does the form itself cost
+        # anything?) and with max-autotune (templates with the pointwise work fused, forward and backward).
+        ("training 32px b512: 1x1 convs as matmuls (forward and backward GEMMs to inductor), dsrnet + triton dw, "
+         "resnet50, CUDA graphs and max-autotune", 480, step_training,
+         ("resnet50_compiled_cudagraphs", "dsrnet_compiled_triton_dw_cudagraphs",
+          "dsrnet_compiled_triton_dw_linear_cudagraphs", "dsrnet_compiled_triton_dw_linear_autotune",
+          "resnet50_compiled_linear_autotune")),
         ("inference cifar/32 b1024: dsrnet (+ shifted depthwise convs), resnet50 compiled tuned (freezing, 1x1 as mm, "
          "max-autotune)", 240, step_inference, "cifar", 32, 1024,
          ("resnet50_compiled_tuned", "dsrnet_compiled_tuned", "dsrnet_compiled_tuned_shifts"), False),

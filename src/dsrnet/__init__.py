@@ -15,6 +15,7 @@ __all__ = [
     "create_model",
     "fuse",
     "list_models",
+    "use_matmul_pointwise",
     "use_shifted_dwconv",
     "use_triton_dwconv",
 ]
@@ -25,6 +26,7 @@ _LAZY = {
     "list_models": "dsrnet.models",
     "backbone_with_fpn": "dsrnet.models.detection",
     "fuse": "dsrnet.models.fused",  # Triton is imported only by the fused forms
+    "use_matmul_pointwise": "dsrnet.models.matmul_pointwise",
     "use_shifted_dwconv": "dsrnet.models.shifted_dwconv",
     "use_triton_dwconv": "dsrnet.models.fused",
 }

@@ -482,6 +482,8 @@ def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timi
             trow("resnet50_compiled_cudagraphs", 22.7, 22.6, 22.8),
             trow("resnet50_compiled_autotune", 22.6, 22.5, 22.9),  # overlapping: a tie
             trow("dsrnet_compiled_triton_dw_cudagraphs", 15.0, 14.9, 15.1, step="later"),  # another step's row
+            trow("resnet50_compiled_cudagraphs", 30.0, 29.9, 30.1, step="later"),
+            trow("dsrnet_compiled_triton_dw_linear_cudagraphs", 16.0, 15.9, 16.1, step="later"),
         ],
     }  # fmt: skip
     got = {(r["question"], r["compare"]): (r.get("verdict"), r.get("edit")) for r in fused_gpu.decision_rows(results)}
@@ -489,6 +491,9 @@ def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timi
                             "training 32 px b512"))  # fmt: skip
     assert faster == "faster" and "compile_mode: max-autotune" in edit
     assert got.pop(("resnet50_compiled_autotune vs resnet50_compiled_cudagraphs", "training 32 px b512"))[0] == "tie"
+    # the matmul form against its own step's row (15.0 ms), not the first step's 21.3
+    assert got.pop(("dsrnet_compiled_triton_dw_linear_cudagraphs vs dsrnet_compiled_triton_dw_cudagraphs",
+                    "training 32 px b512"))[1].startswith("as matmuls the 1x1 convs are slower")  # fmt: skip
     assert got.pop(("depthwise configs wrong on this GPU", "dw_fwd config ROWS=4 w4 s2"))[0] == "not ok"
     assert got.pop(("dsrnet_fused vs dsrnet_fused_tiles", "cifar/32 b1024"))[0] == "faster"
     assert got.pop(("dsrnet_fused_chain vs dsrnet_fused", "cifar/32 b1024")) == (
@@ -506,3 +511,7 @@ def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timi
     md = fused_gpu.render_markdown({**results, "command": "x", "dry_run": False, "budget_s": 1, "per_image": {},
                                     "skipped": [], "errors": []})  # fmt: skip
     assert "## What these rows decide" in md and '| faster | DEFAULT_FUSE_MODE = "chain" (dsrnet.models) |' in md
+    ratios = {line.split(" | ")[0].strip("| ") + f" {line.split(' | ')[2]}": line.split(" | ")[6]
+              for line in md.splitlines() if line.startswith("| dsrnet_compiled_triton_dw_cudagraphs |")}
+    assert ratios == {"dsrnet_compiled_triton_dw_cudagraphs 21.3": "1.066",  # 22.7 / 21.3: its own step's ResNet-50
+                      "dsrnet_compiled_triton_dw_cudagraphs 15": "2"}  # 30.0 / 15.0, not the first step's 22.7

@@ -46,21 +46,31 @@ def test_the_verdict_takes_the_fastest_sound_arm_only_where_it_beats_the_recipe_
     ts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ts)
 
-    def arm(name, epoch_s, flags="", loss=1.0, status=0, epochs=4):
+    def arm(name, epoch_s, flags="", loss=1.0, status=0, epochs=4, first=None):
         return {"arm": name, "flags": flags, "status": status, "epoch_s": epoch_s, "epochs_done": epochs,
-                "final_train_loss": loss}  # fmt: skip
+                "first_epoch_s": epoch_s if first is None else first, "final_train_loss": loss}  # fmt: skip
+
+    def verdict(arms, epochs=10):
+        return ts.verdict(arms, epochs)
 
     graphs = "--dwconv triton --compile-mode reduce-overhead"
-    speedup, advice = ts.verdict([arm("fast", 4.0), arm("fast+triton_dw+cudagraphs", 2.0, graphs),
-                                  arm("fast+cudagraphs", 1.0, "--compile-mode reduce-overhead", loss=float("nan")),
-                                  arm("fast+triton_dw", 1.5, "--dwconv triton", epochs=2)])  # fmt: skip
+    speedup, advice = verdict([arm("fast", 4.0), arm("fast+triton_dw+cudagraphs", 2.0, graphs),
+                               arm("fast+cudagraphs", 1.0, "--compile-mode reduce-overhead", loss=float("nan")),
+                               arm("fast+triton_dw", 1.5, "--dwconv triton", epochs=2)])  # fmt: skip
     assert speedup == {"fast": 1.0, "fast+triton_dw+cudagraphs": 2.0, "fast+cudagraphs": 4.0, "fast+triton_dw": 2.667}
     assert advice.endswith("set `dwconv: triton`, `compile_mode: reduce-overhead`")  # NaN and cut-short arms lose
-    assert "keep fast.yaml" in ts.verdict([arm("fast", 4.0), arm("fast+triton_dw", 3.9, "--dwconv triton")])[1]
-    assert "no verdict" in ts.verdict([arm("fast", None, status=1), arm("fast+triton_dw", 3.0, "--dwconv triton")])[1]
-    assert "no verdict" in ts.verdict([arm("fast", 4.0, loss=None), arm("fast+triton_dw", 3.0, "--dwconv triton")])[1]
-    assert ts.verdict([arm("fast", 4.0), arm("fast+cl", 2.0, "--channels-last --dwconv triton")])[1].endswith(
+    assert "keep fast.yaml" in verdict([arm("fast", 4.0), arm("fast+triton_dw", 3.9, "--dwconv triton")])[1]
+    assert "no verdict" in verdict([arm("fast", None, status=1), arm("fast+triton_dw", 3.0, "--dwconv triton")])[1]
+    assert "no verdict" in verdict([arm("fast", 4.0, loss=None), arm("fast+triton_dw", 3.0, "--dwconv triton")])[1]
+    assert verdict([arm("fast", 4.0), arm("fast+cl", 2.0, "--channels-last --dwconv triton")])[1].endswith(
         "set its flags `--channels-last --dwconv triton`")  # a flag without a value: the flags as given
+    # Twice as fast per epoch after a first epoch of 60 s (autotuning): over a 10-epoch run 4 x 10 = 40 s against
+    # 60 + 9 x 2 = 78 s, slower; over 100 epochs 400 s against 258 s, faster.
+    tuned = [arm("fast", 4.0), arm("fast+triton_dw+max-autotune", 2.0, "--compile-mode max-autotune", first=60.0)]
+    assert verdict(tuned, 10)[0]["fast+triton_dw+max-autotune"] == round(40 / 78, 3)
+    assert "keep fast.yaml" in verdict(tuned, 10)[1] and "max-autotune" in verdict(tuned, 100)[1]
     md = ts.markdown({"command": "x", "environment": {}, "elapsed_s": 1, "budget_s": 2, "dry_run": False,
-                      "skipped": [], "arms": [arm("fast", 4.0), arm("fast+triton_dw", 2.0, "--dwconv triton")]})
-    assert "| fast+triton_dw | 0 | 4 | 2.0 | 2.0 |" in md and "set `dwconv: triton`" in md
+                      "recipe_epochs": 10, "skipped": [],
+                      "arms": [arm("fast", 4.0), arm("fast+triton_dw", 2.0, "--dwconv triton")]})  # fmt: skip
+    assert "| fast+triton_dw | 0 | 4 | 2.0 | 2.0 | 20.0 | 2.0 |" in md and "set `dwconv: triton`" in md
+    assert ts.recipe_epochs() == 40  # fast.yaml's

@@ -11,6 +11,7 @@ import dsrnet
 from dsrnet.errors import DsrnetError
 from dsrnet.models.dsrnet import DSRBlock
 from dsrnet.models.shifted_dwconv import ShiftedDepthwiseConv2d, depthwise_by_shifts, use_shifted_dwconv
+from tests.models._same_function import assert_same_function_as_conv
 
 
 @pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)])
@@ -20,13 +21,7 @@ def test_forward_and_gradients_match_the_grouped_conv(stride, dilation, bias):
     x = torch.randn(2, 5, 7, 10, dtype=torch.float64, requires_grad=True)  # odd sizes, maps smaller than 3 x rate
     conv = nn.Conv2d(5, 5, 3, stride, dilation, dilation, groups=5, bias=bias, dtype=torch.float64)
     want = conv(x)
-    got = depthwise_by_shifts(x, conv.weight, conv.bias, stride, dilation)
-    assert got.shape == want.shape
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    grad = torch.randn_like(want)
-    params = (x, conv.weight) + ((conv.bias,) if bias else ())
-    for g, w in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad), strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    assert_same_function_as_conv(depthwise_by_shifts(x, conv.weight, conv.bias, stride, dilation), want, x, conv)
 
 
 def test_channels_last_bf16_input_keeps_its_dtype():

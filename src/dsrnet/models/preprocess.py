@@ -49,7 +49,8 @@ def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, 
     """The evaluation preprocessing of a trained model, as torchvision's ``weights.transforms()``: shorter side
     resized to ``image_size`` (bicubic, antialiased; a strip wider than :data:`MAX_ASPECT`:1 cut first), centre
     crop, float in [0, 1], normalised with the training ``mean``/``std``. Takes a PIL image (or uint8 tensor),
-    returns a (3, S, S) float tensor. ``antialias``: taken as torchvision's transforms take it (its reference
+    returns a (3, S, S) float tensor; its ``crop_size``, ``resize_size``, ``mean``, ``std``, ``interpolation``,
+    ``antialias`` and ``describe()`` say so as torchvision's presets do (read-only here). ``antialias``: taken as torchvision's transforms take it (its reference
     scripts pass ``antialias=True``; None, torchvision's other spelling, means the same); the resize always
     antialiases, as the weights were evaluated."""
     if antialias is False:
@@ -62,7 +63,8 @@ def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, 
         steps.append(v2.Normalize(list(mean), list(std)))
     pipeline = v2.Compose(steps)
     # What torchvision's ImageClassification preset exposes (code reads weights.transforms().crop_size, .mean, ...,
-    # and prints .describe()); the resize and the crop are the same size here.
+    # and prints .describe()); the resize and the crop are the same size here. Read-only descriptions: unlike
+    # torchvision's preset, setting them changes nothing (build another with transforms(size, mean, std)).
     pipeline.crop_size, pipeline.resize_size = [image_size], [image_size]
     pipeline.mean, pipeline.std = (list(mean), list(std)) if normalize else (None, None)
     pipeline.interpolation, pipeline.antialias = InterpolationMode(INTERPOLATION), True
