@@ -1641,12 +1641,12 @@ TRAINING_DECISIONS = (
      "autotuning included)",
      "keep inductor's default GEMMs (compile_mode: reduce-overhead with the Triton depthwise convs)"),
     ("dsrnet_compiled_triton_dw_linear_cudagraphs", "dsrnet_compiled_triton_dw_cudagraphs",
-     "the 1x1 convs as matmuls cost nothing with cuBLAS: a `dsrnet train` switch for them (use_matmul_pointwise) "
-     "is worth adding",
+     "the 1x1 convs as matmuls cost nothing with cuBLAS: try `pointwise: matmul` in the whole loop "
+     "(train_speed.py --arms fast,fast+triton_dw+cudagraphs,fast+triton_dw+matmul+cudagraphs)",
      "as matmuls the 1x1 convs are slower with inductor's default GEMMs: only with max-autotune, if at all"),
     ("dsrnet_compiled_triton_dw_linear_autotune", "dsrnet_compiled_triton_dw_cudagraphs",
-     "add a `dsrnet train` switch for use_matmul_pointwise, then fast.yaml: it + `compile_mode: max-autotune`, once "
-     "train_speed.py agrees over a whole run",
+     "fast.yaml: `pointwise: matmul` + `compile_mode: max-autotune`, once train_speed.py --arms "
+     "fast,fast+triton_dw+cudagraphs,fast+triton_dw+matmul+max-autotune agrees over a whole run",
      "keep the 1x1 convs as convs (the backward's GEMMs through inductor gain nothing here)"),
     ("resnet50_compiled_autotune", "resnet50_compiled_cudagraphs",
      "compare DSRNet with ResNet-50 max-autotune too (the stronger baseline: x_resnet50_autotune)",

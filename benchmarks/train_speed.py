@@ -53,6 +53,12 @@ ARMS = [
     # + inductor's GEMM templates for the forward's stride-1 1x1 convs, the pointwise work around them fused into
     # them (CUDA graphs too); autotuning makes its first epoch minutes long: last, and best in a call of its own
     ("fast+triton_dw+max-autotune", ["--dwconv", "triton", "--compile-mode", "max-autotune"]),
+    # + the 1x1 convs as matmuls in the model, so the backward's GEMMs reach inductor too (with cuBLAS, and with
+    # max-autotune's templates)
+    ("fast+triton_dw+matmul+cudagraphs", ["--dwconv", "triton", "--pointwise", "matmul", "--compile-mode",
+                                          "reduce-overhead"]),
+    ("fast+triton_dw+matmul+max-autotune", ["--dwconv", "triton", "--pointwise", "matmul", "--compile-mode",
+                                            "max-autotune"]),
 ]
 
 

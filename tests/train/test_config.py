@@ -74,6 +74,7 @@ def test_recipe_defaults_and_overrides():
         ({"sync_bn": True}, "sync_bn"),
         ({"lrr": 0.1}, "unknown config key"),
         ({"dwconv": "cudnn"}, "bad value for dwconv: 'cudnn'; fix: use one of torch, shifts, triton"),
+        ({"pointwise": "linear"}, "bad value for pointwise: 'linear'; fix: use one of conv, matmul"),
         ({"pad_fill": "wrap"}, "bad value for pad_fill: 'wrap'; fix: use one of zero, mean, reflect"),
         ({"cutout": -1}, r"bad value for cutout: -1; fix: use an integer in 0\.\.32"),
         ({"cutout": 33}, r"bad value for cutout: 33; fix: use an integer in 0\.\.32"),

@@ -263,6 +263,36 @@ def test_dwconv_shifts_trains_like_torch_and_saves_the_plain_model(cifar10_dir, 
     assert _dwconv_modules(model, "ShiftedDepthwiseConv2d") == 0  # a checkpoint loads as the plain model
 
 
+def test_pointwise_matmul_trains_like_conv_saves_the_plain_model_and_may_change_on_resume(cifar10_dir, tmp_path):
+    # The 1x1 convs as matmuls (dsrnet.models.matmul_pointwise; compiled: tests/models/test_matmul_pointwise.py):
+    # the same losses as the conv run to rounding, the plain model's checkpoint, a setting resume may change.
+    over = {"epochs": 2, "subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "lr": 0.03,
+            "model_kwargs": {"layers": [1, 1, 1, 1], "widths": [4, 8, 8, 8]}}  # fmt: skip
+    train(tiny(tmp_path, cifar10_dir, "conv", **over))
+    matmul = train(tiny(tmp_path, cifar10_dir, "matmul", pointwise="matmul", **over))
+    assert matmul["pointwise"] == "matmul"
+    for a, b in zip(read_metrics(tmp_path / "conv"), read_metrics(tmp_path / "matmul"), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4), (a, b)
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4), (a, b)
+    ckpt = load_checkpoint(tmp_path / "matmul")
+    assert ckpt["config"]["pointwise"] == "matmul"
+    assert list(ckpt["model_state"]) == list(load_checkpoint(tmp_path / "conv")["model_state"])
+    model, _ = load_trained(tmp_path / "matmul")
+    assert not any(type(m).__name__ == "MatmulPointwiseConv2d" for m in model.modules())  # loads as the plain model
+    assert resume_config(tmp_path / "matmul", progress=False).pointwise == "matmul"
+    assert resume_config(tmp_path / "matmul", pointwise="conv").pointwise == "conv"
+
+
+def test_pointwise_matmul_refuses_a_model_without_a_plain_1x1_conv(tmp_path):
+    cfg = TrainConfig.from_recipe("fast", model="dsrnet50_cifar", device="cpu", pointwise="matmul")
+    assert loop._use_pointwise(loop._build(cfg, 10), cfg) == 36
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
+    with pytest.raises(DsrnetError, match="has no plain 1x1 conv to compute as a matmul; fix: drop --pointwise") as e:
+        loop._use_pointwise(net, cfg)
+    assert "\n" not in str(e.value)
+    assert loop._use_pointwise(net, TrainConfig.from_recipe("fast", model="dsrnet50_cifar", device="cpu")) == 0
+
+
 def test_dwconv_triton_precompile_pass_leaves_the_run_unchanged(cifar10_dir, tmp_path, monkeypatch):
     """On a GPU, ``dwconv="triton"`` first compiles its kernels in a throw-away forward + backward
     (:func:`dsrnet.kernels.precompile`): the run must not see it (weights, BatchNorm statistics, RNG). Here the

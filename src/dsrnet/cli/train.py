@@ -78,6 +78,9 @@ FIELD_HELP = {
     "kernels, forward and backward; same numbers within float tolerance; models with depthwise convs only; "
     "PyTorch fallback without CUDA) or triton_bn_relu (those kernels with each DSR block's BatchNorm + ReLU "
     "before the depthwise conv inside them; dsrnet* only, not with --sync-bn) (default: torch)",
+    "pointwise": "what computes the plain 1x1 convs: conv (nn.Conv2d) or matmul (a matmul over the channels-last "
+    "pixels, so that --compile sees the backward's GEMMs too; same parameters, checkpoints and numbers within "
+    "float tolerance) (default: conv)",
     "init_weights": "fine-tune: start from a weights tag (e.g. dsrnet50_cifar.c10), a .safetensors file or a "
     "dsrnet train checkpoint / run folder of the same model; a classifier of another class count is "
     "re-initialised (default: random initialisation)",
@@ -105,7 +108,7 @@ def _recipe_help(key: str) -> str:
 def _choices(name: str) -> tuple[str, ...] | None:
     from dsrnet.data import DATASETS, PAD_FILLS
     from dsrnet.models import list_models
-    from dsrnet.train.config import COMPILE_MODES, DEADLINE_RULES, DWCONVS, RECIPES, SCHEDULES
+    from dsrnet.train.config import COMPILE_MODES, DEADLINE_RULES, DWCONVS, POINTWISE, RECIPES, SCHEDULES
 
     return {
         "model": tuple(list_models()),
@@ -115,6 +118,7 @@ def _choices(name: str) -> tuple[str, ...] | None:
         "precision": PRECISIONS,
         "pad_fill": PAD_FILLS,
         "dwconv": DWCONVS,
+        "pointwise": POINTWISE,
         "compile_mode": COMPILE_MODES,
         "deadline_rule": DEADLINE_RULES,
     }.get(name)

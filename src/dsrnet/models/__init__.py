@@ -49,6 +49,9 @@ PAPER_DSRNET_PARAMS = 2.19e7
 #: Triton kernels of :mod:`dsrnet.kernels` (:func:`dsrnet.use_triton_dwconv`), or those kernels with each DSR
 #: block's preceding BatchNorm and ReLU inside them (``use_triton_dwconv(model, bn_relu=True)``).
 DWCONVS = ("torch", "shifts", "triton", "triton_bn_relu")
+#: What computes a training model's plain 1x1 convs: ``nn.Conv2d`` itself, or a matmul over the channels-last
+#: pixels (:mod:`dsrnet.models.matmul_pointwise`: ``torch.compile`` then sees the backward's GEMMs too).
+POINTWISE = ("conv", "matmul")
 #: :func:`dsrnet.fuse`'s modes (:mod:`dsrnet.models.fused`, which imports Triton: defined here so that a CLI can
 #: offer them without importing it), and the one it uses unless told otherwise: the fastest measured on a GPU.
 FUSE_MODES = ("split", "fused", "auto", "block", "chain")
@@ -72,6 +75,17 @@ def apply_dwconv(model, dwconv: str) -> int:
     return sum(isinstance(m, TritonDepthwiseConv2d) for m in model.modules())
 
 
+def apply_pointwise(model, pointwise: str) -> int:
+    """Put ``model``'s plain 1x1 convs in place into the form ``pointwise`` names (:data:`POINTWISE`): ``"conv"``
+    leaves them, ``"matmul"`` is :func:`dsrnet.models.matmul_pointwise.use_matmul_pointwise`. Returns how many
+    run as matmuls (0 for ``"conv"``)."""
+    if pointwise == "conv":
+        return 0
+    from dsrnet.models.matmul_pointwise import use_matmul_pointwise
+
+    return use_matmul_pointwise(model)
+
+
 def stem_variant(name: str, stem: str) -> str:
     """``("dsrnet50", "cifar") -> "dsrnet50_cifar"``; ``("dsrnet50_cifar", "paper") -> "dsrnet50"``."""
     base = name.removesuffix("_cifar")
@@ -91,6 +105,7 @@ __all__ = [
     "PAPER_DSRNET_PARAMS",
     "PAPER_RESULTS",
     "apply_dwconv",
+    "apply_pointwise",
     "baselines",
     "build_model",
     "create_model",
@@ -113,7 +128,8 @@ TORCHVISION_WEIGHTS = ("DSRNet50_CIFAR_Weights", "DSRNetWeights")
 
 #: Modules of this package not imported by ``import dsrnet.models``, reachable as its attributes on first use
 #: (``dsrnet.models.weights.register_weights``, as the docs write it).
-SUBMODULES = ("detection", "fused", "preprocess", "shifted_dwconv", "torchvision_weights", "weights")
+SUBMODULES = ("detection", "fused", "matmul_pointwise", "preprocess", "shifted_dwconv", "torchvision_weights",
+              "weights")
 
 
 def __getattr__(name: str):

@@ -37,7 +37,7 @@ import numpy as np
 from dsrnet import data as D
 from dsrnet.device import PRECISIONS, resolve_device
 from dsrnet.errors import DsrnetError
-from dsrnet.models import DWCONVS, list_models
+from dsrnet.models import DWCONVS, POINTWISE, list_models
 from dsrnet.run.checkpoint import check_resume_fields, load_checkpoint
 from dsrnet.run.rundir import differences
 
@@ -46,6 +46,7 @@ __all__ = [
     "DEADLINE_RULES",
     "DWCONVS",
     "LEGACY_DEFAULTS",
+    "POINTWISE",
     "PRECISIONS",
     "RECIPES",
     "RESUME_MUTABLE",
@@ -143,6 +144,7 @@ RESUME_MUTABLE = frozenset(
         "deadline",
         "deadline_rule",
         "dwconv",  # the same math either way (fp32 within ~1e-4): switching it mid-run only changes the speed
+        "pointwise",  # likewise (the same parameters and function)
     }
 )
 
@@ -155,6 +157,7 @@ LEGACY_DEFAULTS = {
     "dw_weight_decay": True,
     "ema_decay": 0.0,
     "init_weights": None,
+    "pointwise": "conv",
 }
 
 #: Model arguments that make a network something other than a classifier of the dataset's classes.
@@ -228,6 +231,13 @@ class TrainConfig:
     known by then), so the normalised activations never go to memory; DSRNet only, not with ``sync_bn`` (whose
     statistics span processes).
 
+    ``pointwise``: what computes the plain 1x1 convs (:data:`POINTWISE`). ``"conv"``: ``nn.Conv2d``.
+    ``"matmul"``: a matmul over the channels-last pixels (:func:`dsrnet.use_matmul_pointwise`), so that
+    ``torch.compile`` sees the backward's GEMMs too (as convs they stay cuDNN's ``convolution_backward``) and, with
+    ``compile_mode="max-autotune"``, may fuse the BatchNorm / ReLU work around them into its GEMM templates. Same
+    parameters, checkpoints and function (to rounding); any model, any device; only the speed differs (untimed on a
+    GPU so far: ``benchmarks/train_speed.py``). A model without a plain 1x1 conv is an error.
+
     ``init_weights``: fine-tuning -- start from these weights instead of a random initialisation: a shipped
     weights tag (``"dsrnet50_cifar.c10"``), a ``.safetensors`` file (``dsrnet export-weights``) or a ``dsrnet
     train`` checkpoint / run folder (:func:`dsrnet.models.weights.load_initial_weights`). They must be of the same
@@ -277,6 +287,7 @@ class TrainConfig:
     deadline: float | None = None
     deadline_rule: str = "epoch"
     dwconv: str = "torch"
+    pointwise: str = "conv"
     init_weights: str | None = None
 
     @classmethod
@@ -384,6 +395,7 @@ class TrainConfig:
         _check(0 <= self.cutout <= side, "cutout", self.cutout, f"an integer in 0..{side} (pixels; 0 = off)")
         _check(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in [0, 1) (0 = off)")
         _check(self.dwconv in DWCONVS, "dwconv", self.dwconv, f"one of {', '.join(DWCONVS)}")
+        _check(self.pointwise in POINTWISE, "pointwise", self.pointwise, f"one of {', '.join(POINTWISE)}")
         if self.dwconv == "triton_bn_relu" and self.sync_bn:
             raise DsrnetError(
                 "dwconv=triton_bn_relu computes each BatchNorm's statistics on this process's batch, which "

@@ -51,7 +51,7 @@ from torch import nn
 from dsrnet import data as D
 from dsrnet.device import autocast, device_label, synchronize
 from dsrnet.errors import DsrnetError
-from dsrnet.models import apply_dwconv, build_model
+from dsrnet.models import apply_dwconv, apply_pointwise, build_model
 from dsrnet.models.weights import load_initial_weights
 from dsrnet.run.atomic import atomic_write_json, atomic_write_text
 from dsrnet.run.checkpoint import (
@@ -156,6 +156,20 @@ def _use_dwconv(model: nn.Module, cfg: TrainConfig) -> int:
         raise DsrnetError(
             f"dwconv='triton_bn_relu': model {cfg.model} has no DSR block whose BatchNorm + ReLU could move into "
             f"its depthwise kernel; fix: use --dwconv triton, or train a dsrnet* model"
+        )
+    return swapped
+
+
+def _use_pointwise(model: nn.Module, cfg: TrainConfig) -> int:
+    """Apply ``cfg.pointwise`` to ``model`` in place (after ``cfg.dwconv``, before channels_last, ``torch.compile``
+    and DDP, as :func:`_use_dwconv`); returns how many 1x1 convs now run as matmuls. The parameter objects and
+    ``state_dict`` keys stay, so the checkpoint is the plain model's; a model without a plain 1x1 conv is an
+    error, as for ``dwconv``."""
+    swapped = apply_pointwise(model, cfg.pointwise)
+    if cfg.pointwise != "conv" and not swapped:
+        raise DsrnetError(
+            f"pointwise={cfg.pointwise!r}: model {cfg.model} has no plain 1x1 conv to compute as a matmul; fix: drop "
+            f"--pointwise (= conv)"
         )
     return swapped
 
@@ -361,6 +375,8 @@ class _Trainer:
             self.log(f"initial weights: {load_initial_weights(model, cfg.init_weights)}")
         swapped = _use_dwconv(model, cfg)
         self.triton_dwconvs = swapped if cfg.dwconv.startswith("triton") else 0
+        if _use_pointwise(model, cfg):
+            self.log(f"pointwise {cfg.pointwise}: the 1x1 convs run as matmuls over the channels-last pixels")
         self.train_loader, self.test_loader, self.meta = _load_data(cfg, dist_, device)
         if cfg.sync_bn and dist_.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -820,6 +836,7 @@ class _Trainer:
             "compile": cfg.compile,
             "compile_mode": cfg.compile_mode if cfg.compile else None,
             "dwconv": cfg.dwconv,
+            "pointwise": cfg.pointwise,
             "train_images": self.meta["train_images"],
             "test_images": self.meta["test_images"],
             "world_size": self.dist.world_size,
