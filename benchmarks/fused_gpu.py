@@ -1644,10 +1644,17 @@ TRAINING_DECISIONS = (
      "the 1x1 convs as matmuls cost nothing with cuBLAS: try `pointwise: matmul` in the whole loop "
      "(train_speed.py --arms fast,fast+triton_dw+cudagraphs,fast+triton_dw+matmul+cudagraphs)",
      "as matmuls the 1x1 convs are slower with inductor's default GEMMs: only with max-autotune, if at all"),
+    # one change at a time: the matmul form under max-autotune against the conv form under max-autotune ...
+    ("dsrnet_compiled_triton_dw_linear_autotune", "dsrnet_compiled_triton_dw_autotune",
+     "with max-autotune the matmul form gains (the backward's GEMMs through inductor): prefer `pointwise: matmul` "
+     "wherever max-autotune is used",
+     "with max-autotune the matmul form loses: keep the 1x1 convs as convs"),
+    # ... and against the shipped candidate (reduce-overhead, convs): what fast.yaml would change by
     ("dsrnet_compiled_triton_dw_linear_autotune", "dsrnet_compiled_triton_dw_cudagraphs",
-     "fast.yaml: `pointwise: matmul` + `compile_mode: max-autotune`, once train_speed.py --arms "
-     "fast,fast+triton_dw+cudagraphs,fast+triton_dw+matmul+max-autotune agrees over a whole run",
-     "keep the 1x1 convs as convs (the backward's GEMMs through inductor gain nothing here)"),
+     "fast.yaml candidate: `pointwise: matmul` (if the row above gains, else not) + `compile_mode: max-autotune`, "
+     "once train_speed.py --arms fast,fast+triton_dw+cudagraphs,fast+triton_dw+matmul+max-autotune agrees over a "
+     "whole run",
+     "keep compile_mode: reduce-overhead"),
     ("resnet50_compiled_autotune", "resnet50_compiled_cudagraphs",
      "compare DSRNet with ResNet-50 max-autotune too (the stronger baseline: x_resnet50_autotune)",
      "none (ResNet-50's CUDA-graph row stays the baseline)"),
@@ -1931,10 +1938,10 @@ def full_plan() -> list[tuple]:
         # convolution_backward): with inductor's default GEMMs (cuBLAS, CUDA graphs: does the form itself cost
         # anything?) and with max-autotune (templates with the pointwise work fused, forward and backward).
         ("training 32px b512: 1x1 convs as matmuls (forward and backward GEMMs to inductor), dsrnet + triton dw, "
-         "resnet50, CUDA graphs and max-autotune", 480, step_training,
+         "resnet50, CUDA graphs and max-autotune", 540, step_training,
          ("resnet50_compiled_cudagraphs", "dsrnet_compiled_triton_dw_cudagraphs",
-          "dsrnet_compiled_triton_dw_linear_cudagraphs", "dsrnet_compiled_triton_dw_linear_autotune",
-          "resnet50_compiled_linear_autotune")),
+          "dsrnet_compiled_triton_dw_linear_cudagraphs", "dsrnet_compiled_triton_dw_autotune",
+          "dsrnet_compiled_triton_dw_linear_autotune", "resnet50_compiled_linear_autotune")),
         ("inference cifar/32 b1024: dsrnet (+ shifted depthwise convs), resnet50 compiled tuned (freezing, 1x1 as mm, "
          "max-autotune)", 240, step_inference, "cifar", 32, 1024,
          ("resnet50_compiled_tuned", "dsrnet_compiled_tuned", "dsrnet_compiled_tuned_shifts"), False),

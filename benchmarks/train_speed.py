@@ -12,11 +12,13 @@ accuracy means nothing; only the time does.
     PYTHONPATH=src python3 benchmarks/train_speed.py --dry-run --out /tmp/train-speed                # CPU rehearsal
 
 Each arm is one ``python -m dsrnet train --config fast --epochs E`` in its own process (its compilation, CUDA
-graphs and failures stay its own), in the order below; an arm that no longer fits the budget is skipped and
+graphs and failures stay its own) with empty compile caches of its own (inductor's and Triton's: its first epoch
+is a fresh machine's), in the order below; an arm that no longer fits the budget is skipped and
 listed. Per arm: the median epoch time over the epochs after the first (compilation, autotuning and graph
 recording fall in the first), images/s, the first epoch's time, the median test-pass time, the process's wall
 time, the final train loss (finite: the step ran) and the exit status. Writes three files into ``--out``
-(``results.json`` with every arm's per-epoch metrics; ``results.md``, with each arm's speed-up over ``fast`` and
+(``results.json`` with every arm's per-epoch metrics; ``results.md``, with each arm's speed-up over ``fast`` for a
+whole run of the recipe's epochs (:func:`run_s`) and
 which arm, if any, ``fast.yaml`` should take, :func:`verdict`; ``log.txt`` with each arm's last output lines); the data and run folders go to ``--work`` (a temporary folder unless named), never back from a GPU call.
 ``--dry-run``: a few images, 2 epochs, no compilation (a CPU compiles for minutes), the Triton arms through the
 PyTorch fallback (``DSRNET_DISABLE_TRITON=1``): the plumbing, not the speed.
@@ -51,7 +53,7 @@ ARMS = [
     ("fast+cudagraphs", ["--compile-mode", "reduce-overhead"]),
     ("fast+triton_dw", ["--dwconv", "triton"]),
     # + inductor's GEMM templates for the forward's stride-1 1x1 convs, the pointwise work around them fused into
-    # them (CUDA graphs too); autotuning makes its first epoch minutes long: last, and best in a call of its own
+    # them (CUDA graphs too); autotuning makes its first epoch minutes long: these last, best in a call of their own
     ("fast+triton_dw+max-autotune", ["--dwconv", "triton", "--compile-mode", "max-autotune"]),
     # + the 1x1 convs as matmuls in the model, so the backward's GEMMs reach inductor too (with cuBLAS, and with
     # max-autotune's templates)
@@ -100,6 +102,11 @@ def run_arm(args, name: str, flags: list[str], work: Path, remaining: float) -> 
     cmd = [sys.executable, "-m", "dsrnet", "train", "--config", "fast", "--data-dir", str(data),
            "--out-dir", str(run_dir), "--epochs", str(args.epochs), "--seed", "0", *flags]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    # Each arm starts with empty compile caches, as a run on a fresh machine does: its first epoch counts in the
+    # verdict's whole-run time, and an arm after another must not inherit the kernels and autotuning it paid for.
+    env["TORCHINDUCTOR_CACHE_DIR"], env["TRITON_CACHE_DIR"] = str(run_dir) + "-inductor", str(run_dir) + "-triton"
+    for cache in (env["TORCHINDUCTOR_CACHE_DIR"], env["TRITON_CACHE_DIR"]):
+        shutil.rmtree(cache, ignore_errors=True)
     if args.dry_run:
         cmd += ["--device", "cpu", "--subset-per-class", "4", "--test-subset-per-class", "2", "--batch-size", "20",
                 "--model-kwargs", json.dumps({"widths": [8, 8, 16, 16], "layers": [1, 1, 1, 1]})]  # fmt: skip

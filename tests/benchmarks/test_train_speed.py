@@ -74,3 +74,29 @@ def test_the_verdict_takes_the_fastest_sound_arm_only_where_it_beats_the_recipe_
                       "arms": [arm("fast", 4.0), arm("fast+triton_dw", 2.0, "--dwconv triton")]})  # fmt: skip
     assert "| fast+triton_dw | 0 | 4 | 2.0 | 2.0 | 20.0 | 2.0 |" in md and "set `dwconv: triton`" in md
     assert ts.recipe_epochs() == 40  # fast.yaml's
+
+
+def test_each_arm_starts_with_compile_caches_of_its_own(tmp_path, monkeypatch):
+    """The verdict counts each arm's first epoch (its compilation and autotuning): an arm after another must not
+    find the kernels and autotuning that one paid for in a shared cache."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_speed", SCRIPT)
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+    seen = []
+
+    def fake_run(cmd, env, **kwargs):
+        seen.append((env["TORCHINDUCTOR_CACHE_DIR"], env["TRITON_CACHE_DIR"]))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(ts.subprocess, "run", fake_run)
+    args = argparse.Namespace(dry_run=False, epochs=2, out=tmp_path)
+    stale = tmp_path / "runs" / "b-inductor"
+    stale.mkdir(parents=True)
+    (stale / "kernel").write_text("from an earlier run")
+    for name in ("a", "b"):
+        ts.run_arm(args, name, [], tmp_path, 60.0)
+    assert len({d for pair in seen for d in pair}) == 4 and all(name in seen[i][0] for i, name in enumerate("ab"))
+    assert not stale.exists()  # emptied before the arm starts

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torch.nn.utils import prune
 
 import dsrnet
 from dsrnet.errors import DsrnetError
@@ -27,6 +28,28 @@ def test_forward_and_gradients_match_the_conv(stride, bias, channels_last):
     got = MatmulPointwiseConv2d.from_conv(conv)(x)
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert_same_function_as_conv(got, conv(x), x, conv)
+
+
+def test_an_unbatched_input_and_vmap_work_as_with_the_conv():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 4, 1, stride=2)
+    form = MatmulPointwiseConv2d.from_conv(conv)
+    x = torch.randn(3, 6, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(form(x[0]), conv(x[0]))  # (C, H, W), as nn.Conv2d takes it
+        torch.testing.assert_close(torch.vmap(form)(x.unsqueeze(1)), torch.vmap(conv)(x.unsqueeze(1)))
+
+
+def test_convs_with_hooks_or_a_derived_weight_keep_their_forward_and_eval_mode_is_kept():
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)).eval()
+    seen = []
+    model[0].register_forward_hook(lambda *args: seen.append(1))
+    prune.l1_unstructured(model[1], "weight", amount=0.5)  # weight recomputed by a pre-hook
+    assert use_matmul_pointwise(model) == 1
+    assert [type(m).__name__ for m in model] == ["Conv2d", "Conv2d", "MatmulPointwiseConv2d"]
+    assert not model[2].training  # swapped in eval mode: stays there
+    model(torch.randn(1, 4, 3, 3))
+    assert seen == [1]
 
 
 def test_autocast_computes_in_the_autocast_dtype_as_the_conv_does():

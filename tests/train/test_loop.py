@@ -263,14 +263,22 @@ def test_dwconv_shifts_trains_like_torch_and_saves_the_plain_model(cifar10_dir, 
     assert _dwconv_modules(model, "ShiftedDepthwiseConv2d") == 0  # a checkpoint loads as the plain model
 
 
-def test_pointwise_matmul_trains_like_conv_saves_the_plain_model_and_may_change_on_resume(cifar10_dir, tmp_path):
+def test_pointwise_matmul_trains_like_conv_saves_the_plain_model_and_may_change_on_resume(
+    cifar10_dir, tmp_path, monkeypatch
+):
     # The 1x1 convs as matmuls (dsrnet.models.matmul_pointwise; compiled: tests/models/test_matmul_pointwise.py):
     # the same losses as the conv run to rounding, the plain model's checkpoint, a setting resume may change.
+    from dsrnet.models.matmul_pointwise import MatmulPointwiseConv2d
+
+    calls = []
+    forward = MatmulPointwiseConv2d.forward
+    monkeypatch.setattr(MatmulPointwiseConv2d, "forward", lambda self, x: calls.append(1) or forward(self, x))
     over = {"epochs": 2, "subset_per_class": 4, "test_subset_per_class": 2, "batch_size": 20, "lr": 0.03,
             "model_kwargs": {"layers": [1, 1, 1, 1], "widths": [4, 8, 8, 8]}}  # fmt: skip
     train(tiny(tmp_path, cifar10_dir, "conv", **over))
+    assert calls == []
     matmul = train(tiny(tmp_path, cifar10_dir, "matmul", pointwise="matmul", **over))
-    assert matmul["pointwise"] == "matmul"
+    assert matmul["pointwise"] == "matmul" and len(calls) > 0  # the run's 1x1 convs did run as matmuls
     for a, b in zip(read_metrics(tmp_path / "conv"), read_metrics(tmp_path / "matmul"), strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4), (a, b)
         assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4), (a, b)

@@ -2,13 +2,15 @@
 
 A 1x1 conv with stride ``s`` is ``y[n, :, i, j] = W @ x[n, :, i * s, j * s] + b``: one GEMM of the (strided) pixels
 by the weight, ``[pixels, Cin] @ [Cin, Cout]``. As an ``nn.Conv2d`` Inductor lowers it to a matmul only in the
-forward, only at stride 1 and only under ``max-autotune`` (then its Triton GEMM templates may take the BatchNorm
-apply and ReLU around it as prologue / epilogue); autograd's ``convolution_backward`` stays a cuDNN call (torch
-2.11-2.14). Written as ``F.linear`` on the channels-last pixels, the forward and both backward passes are matmuls
+forward, only at stride 1 and only under ``max-autotune`` (channels-last) or its ``conv_1x1_as_mm`` option (then
+its Triton GEMM templates may take the BatchNorm apply and ReLU around it as prologue / epilogue); autograd's
+``convolution_backward`` stays a cuDNN call (torch 2.11-2.14). Written as ``F.linear`` on the channels-last pixels, the forward and both backward passes are matmuls
 that Inductor can template and fuse with the pointwise work around them. That is what a DSRNet training step is
 mostly made of besides its depthwise convs: the same 1x1 convs and BatchNorms as ResNet-50's, memory-bound in
 between (BENCHMARKS.md, "Measuring them"). Same parameters, same ``state_dict``, same function (to rounding);
 whether it is faster is the GPU's to say (``benchmarks/fused_gpu.py``'s ``..._linear_...`` training forms).
+A training form: checkpoints hold the plain model (its parameters are the conv's), which is what inference, export
+and FX passes that match ``nn.Conv2d`` by type (BatchNorm folding) should be given.
 """
 
 from __future__ import annotations
@@ -45,21 +47,33 @@ class MatmulPointwiseConv2d(nn.Conv2d):
                   device="meta")  # fmt: skip
         new.weight = conv.weight
         new.bias = conv.bias
+        new.train(conv.training)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride = self.stride[0]
         if stride > 1:
-            x = x[:, :, ::stride, ::stride]
-        # channels-last input: the permuted view is already [pixels, Cin] rows, so the matmul reads it in place
-        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+            x = x[..., ::stride, ::stride]
+        # (N, C, H, W) or (C, H, W), as nn.Conv2d takes. Channels-last input: the moved view is already
+        # [pixels, Cin] rows, so the matmul reads it in place.
+        return F.linear(x.movedim(-3, -1), self.weight.flatten(1), self.bias).movedim(-1, -3)
+
+
+def _swappable(conv: nn.Module) -> bool:
+    """A plain 1x1 ``nn.Conv2d`` whose weight is its own parameter and that has no hooks: a pruned or
+    weight-normalised conv (its weight recomputed by a pre-hook) or one whose calls something observes keeps its
+    own forward."""
+    hooked = conv._forward_hooks or conv._forward_pre_hooks or conv._backward_hooks or conv._backward_pre_hooks
+    return (type(conv) is nn.Conv2d and is_pointwise(conv) and isinstance(conv.weight, nn.Parameter)
+            and not hooked)  # fmt: skip
 
 
 def use_matmul_pointwise(model: nn.Module) -> int:
     """Swap every plain 1x1 ``nn.Conv2d`` of ``model`` (DSRNet's, or any CNN's: ResNet-50's for a like-for-like
-    baseline) for a :class:`MatmulPointwiseConv2d`, in place; returns how many now run as matmuls."""
+    baseline) for a :class:`MatmulPointwiseConv2d`, in place, except convs with hooks or a weight that is not
+    their own parameter (pruning, weight norm: left as they are); returns how many now run as matmuls."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Conv2d and is_pointwise(child):
+            if _swappable(child):
                 setattr(parent, name, MatmulPointwiseConv2d.from_conv(child))
     return sum(isinstance(m, MatmulPointwiseConv2d) for m in model.modules())
