@@ -229,6 +229,27 @@ def test_dwconv_training_forms_are_timed_for_models_with_depthwise_convs(tmp_pat
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, dwconv="cudnn")
 
 
+def test_the_pointwise_matmul_form_is_timed_for_every_model_and_refused_with_inference_forms(tmp_path, monkeypatch):
+    from dsrnet.models.matmul_pointwise import MatmulPointwiseConv2d
+
+    calls = []
+    forward = MatmulPointwiseConv2d.forward
+    monkeypatch.setattr(MatmulPointwiseConv2d, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    tiny = {"widths": [4, 8, 8, 16], "layers": [1, 1, 1, 1]}
+    result = bench.run_bench(
+        ["dsrnet50_cifar", "resnet50_cifar"], sizes=[16], batch_size=2, device="cpu", warmup=0, repeats=1,
+        modes=["train"], pointwise="matmul", model_kwargs=tiny, out_dir=tmp_path,
+    )  # fmt: skip
+    assert {r["arch"]: r["pointwise"] for r in result["rows"]} == {"dsrnet50_cifar": "matmul",
+                                                                  "resnet50_cifar": "matmul"}  # fmt: skip
+    assert len(calls) > 0 and result["markdown"].count("(1x1 as matmul)") == 2
+    assert "matmul" in (tmp_path / "bench_cpu.csv").read_text()
+    with pytest.raises(DsrnetError, match="--fused \\(inference form\\) and other backends replace"):
+        bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, fused=True, pointwise="matmul")
+    with pytest.raises(DsrnetError, match="pointwise 'linear' is not valid; fix: choose one of conv, matmul"):
+        bench.run_bench(["dsrnet50_cifar"], sizes=[16], device="cpu", pointwise="linear", out_dir=tmp_path / "no")
+
+
 def test_cpu_backend_rows(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from dsrnet.export import backends

@@ -20,7 +20,9 @@ computed as nine shifted multiply-adds for ``torch.compile`` to fuse (``shifts``
 :mod:`dsrnet.models.shifted_dwconv`) or by the Triton kernels (``triton``; ``triton_bn_relu`` also moves each DSR
 block's preceding BatchNorm and ReLU into the kernel), the training forms of :func:`dsrnet.use_triton_dwconv`; the
 other models run as they are. The Triton kernels are compiled in worker processes before the warm-up
-(:func:`dsrnet.kernels.precompile`).
+(:func:`dsrnet.kernels.precompile`). ``pointwise`` (:data:`dsrnet.models.POINTWISE`): ``matmul`` times every model
+with its plain 1x1 convs as matmuls over the channels-last pixels (:mod:`dsrnet.models.matmul_pointwise`, the
+training form ``dsrnet train --pointwise matmul`` uses).
 
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one image (forward pass, eval mode);
 ``FlopCounterMode`` counts a multiply-add as 2 FLOPs, so MACs = FLOPs / 2.
@@ -279,16 +281,19 @@ def summarize_times(times: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _check_dwconv(dwconv: str, fused: bool, backend: str) -> None:
-    from dsrnet.models import DWCONVS
+def _check_training_forms(dwconv: str, pointwise: str, fused: bool, backend: str) -> None:
+    """``dwconv`` (:data:`dsrnet.models.DWCONVS`) and ``pointwise`` (:data:`dsrnet.models.POINTWISE`) name
+    training forms of the convs, which the fused inference form and the other backends replace."""
+    from dsrnet.models import DWCONVS, POINTWISE
 
-    if dwconv not in DWCONVS:
-        raise DsrnetError(f"dwconv {dwconv!r} is not valid; fix: choose one of {', '.join(DWCONVS)}")
-    if dwconv != "torch" and (fused or backend != "torch"):
-        raise DsrnetError(
-            f"dwconv {dwconv} times the training form of the Triton kernels, which --fused (inference form) and "
-            "other backends replace; fix: drop one of them"
-        )
+    for flag, value, choices in (("dwconv", dwconv, DWCONVS), ("pointwise", pointwise, POINTWISE)):
+        if value not in choices:
+            raise DsrnetError(f"{flag} {value!r} is not valid; fix: choose one of {', '.join(choices)}")
+        if value != choices[0] and (fused or backend != "torch"):
+            raise DsrnetError(
+                f"{flag} {value} times a training form of the convs, which --fused (inference form) and other "
+                "backends replace; fix: drop one of them"
+            )
 
 
 def model_for_bench(
@@ -356,6 +361,7 @@ def benchmark_model(
     backend: str = "torch",
     compile_mode: str = "default",
     dwconv: str = "torch",
+    pointwise: str = "conv",
 ) -> dict[str, Any]:
     """Measure one configuration (see the module docstring for the method). Returns one result row.
 
@@ -370,7 +376,7 @@ def benchmark_model(
         raise DsrnetError(f"precision {precision!r} is not valid; fix: choose one of {', '.join(PRECISIONS)}")
     if compile_mode not in COMPILE_MODES:
         raise DsrnetError(f"compile mode {compile_mode!r} is not valid; fix: choose one of {', '.join(COMPILE_MODES)}")
-    _check_dwconv(dwconv, fused, backend)
+    _check_training_forms(dwconv, pointwise, fused, backend)
     check_int("image size", image_size, 8)
     check_int("batch size", batch_size)
     check_int("num classes", num_classes)
@@ -421,6 +427,9 @@ def benchmark_model(
 
     swapped_dwconvs = apply_dwconv(model, dwconv)  # 0: a model without depthwise convs is timed as it is
     triton_dwconvs = swapped_dwconvs if dwconv.startswith("triton") else 0
+    from dsrnet.models import apply_pointwise
+
+    swapped_pointwise = apply_pointwise(model, pointwise)  # 0: a model without plain 1x1 convs is timed as it is
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # Autocast does not reach custom ops: the fused form's Triton kernels would run in fp32 under a bf16 autocast
     # (only its head would not), so at bf16/fp16 it is cast, weights and input, as an inference form is deployed.
@@ -495,6 +504,7 @@ def benchmark_model(
         "fused": bool(fused and arch.startswith("dsrnet")),
         "fuse_mode": fuse_mode(fused) if arch.startswith("dsrnet") else None,
         "dwconv": dwconv if swapped_dwconvs else "torch",
+        "pointwise": pointwise if swapped_pointwise else "conv",
         "backend": backend,
         "num_classes": num_classes,
         "params": params,
@@ -523,7 +533,7 @@ CSV_FIELDS = (
     "model", "arch", "stem", "image_size", "batch_size", "mode", "device", "precision", "channels_last", "compile",
     "num_classes", "params", "gmacs_per_image", "latency_ms", "latency_p25_ms", "latency_p75_ms", "latency_min_ms",
     "latency_max_ms", "images_per_s", "peak_mem_mb", "peak_mem_kind", "warmup", "repeats", "rel_to_dsrnet", "fused",
-    "fuse_mode", "backend", "compile_mode", "dwconv", "model_kwargs", "device_name", "torch", "torchvision",
+    "fuse_mode", "backend", "compile_mode", "dwconv", "pointwise", "model_kwargs", "device_name", "torch", "torchvision",
     "torch_threads",
 )  # fmt: skip
 
@@ -594,6 +604,7 @@ def render_markdown(rows: list[dict], env: dict[str, Any], *, command: str | Non
         body.append([
             _label(r) + _fused_label(r)
             + (f" ({r['dwconv']})" if r.get("dwconv", "torch") != "torch" else "")
+            + (" (1x1 as matmul)" if r.get("pointwise", "conv") != "conv" else "")
             + (f" [{r['backend']}]" if r.get("backend", "torch") != "torch" else ""), r["stem"], r["image_size"], r["batch_size"],
             r["mode"], r["precision"], "NHWC" if r["channels_last"] else "NCHW", _compiled(r),
             f"{r['params'] / 1e6:.2f}", f"{r['gmacs_per_image']:.3f}", f"{r['latency_ms']:.1f}",
@@ -652,6 +663,7 @@ def speed_claims(rows: list[dict]) -> list[str]:
         papers = (r["batch_size"] == 128 and r["mode"] == "inference" and r["precision"] == "fp32"
                   and not r["compile"] and not dsrnet.get("model_kwargs") and not dsrnet.get("fused")
                   and dsrnet.get("dwconv", "torch") == "torch" and r.get("backend", "torch") == "torch"
+                  and dsrnet.get("pointwise", "conv") == "conv"
                   and r.get("stem") == "paper" and not r.get("channels_last"))  # fmt: skip
         if table and papers and base in table[1]:
             ratio = table[1][base]["paper_time"] / table[1]["dsrnet50"]["paper_time"]
@@ -679,6 +691,7 @@ def run_bench(
     backend: str = "torch",
     compile_mode: str = "default",
     dwconv: str = "torch",
+    pointwise: str = "conv",
     out_dir: str | os.PathLike | None = None,
     overwrite: bool = False,
     command: str | None = None,
@@ -715,7 +728,7 @@ def run_bench(
         )
     if model_kwargs and not all(a.startswith("dsrnet") for a in archs):
         log(f"bench: model kwargs {model_kwargs} go to the DSRNet models only (the baselines are torchvision's)")
-    _check_dwconv(dwconv, fused, backend)
+    _check_training_forms(dwconv, pointwise, fused, backend)
     if backend != "torch":  # every precision before the first row is timed (a late refusal threw minutes away)
         from dsrnet.export.backends import check_backend_precision
 
@@ -748,6 +761,7 @@ def run_bench(
                             channels_last=channels_last, compile=compile, warmup=warmup, repeats=repeats,
                             num_classes=num_classes, mode=mode, stem=stem, model_kwargs=model_kwargs,
                             fused=form_fused, backend=backend, compile_mode=compile_mode, dwconv=dwconv,
+                            pointwise=pointwise,
                         )  # fmt: skip
                         row["cpu_defaults"] = cpu_defaults
                         rows.append(row)

@@ -16,7 +16,7 @@ def _per_device(defaults: dict[str, int]) -> str:
 def configure(name: str, p: argparse.ArgumentParser) -> None:
     # Only `dsrnet bench ...` runs this (not `dsrnet --help`), and the model registry imports torch anyway.
     from dsrnet.bench.measure import COMPILE_MODES, DEFAULT_REPEATS, DEFAULT_SIZES, DEFAULT_WARMUP, MODES
-    from dsrnet.models import DEFAULT_FUSE_MODE, DWCONVS, FUSE_MODES, PAPER_COMPARISON
+    from dsrnet.models import DEFAULT_FUSE_MODE, DWCONVS, FUSE_MODES, PAPER_COMPARISON, POINTWISE
 
     p.description = (
         "Measure parameters, MACs per image, latency per batch (median and spread), throughput and peak memory. "
@@ -42,6 +42,10 @@ def configure(name: str, p: argparse.ArgumentParser) -> None:
                    help="what computes the depthwise convs of the models that have them (DSRNet, MobileNetV2): torch, "
                    "shifts (nine shifted multiply-adds for torch.compile to fuse), triton (the NHWC Triton kernels, dsrnet.use_triton_dwconv) or triton_bn_relu (also each DSR "
                    "block's BatchNorm + ReLU before it inside the kernel); the training forms (default: torch)")
+    p.add_argument("--pointwise", choices=POINTWISE, default="conv",
+                   help="what computes the plain 1x1 convs: conv (nn.Conv2d) or matmul (a matmul over the "
+                   "channels-last pixels, dsrnet.use_matmul_pointwise: the form dsrnet train --pointwise matmul "
+                   "trains; with --compile the backward's GEMMs reach torch.compile too) (default: conv)")
     p.add_argument("--backend", choices=("torch", "torch-compile", "onnxruntime", "openvino"), default="torch",
                    help="inference engine (CPU engines: BatchNorm folded, exported to ONNX for onnxruntime/openvino; "
                    "int8 timings: benchmarks/cpu_backends.py)")
@@ -75,6 +79,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         compile_mode=args.compile_mode or "default", modes=args.mode, warmup=args.warmup,
         repeats=args.repeats, num_classes=args.num_classes, stem=args.stem,
         model_kwargs=parse_model_kwargs(args.model_kwargs), fused=args.fused, dwconv=args.dwconv,
+        pointwise=args.pointwise,
         backend=args.backend, out_dir=args.out_dir, overwrite=args.overwrite, command=command_line(args),
     )  # fmt: skip
     print(result["markdown"], end="")
