@@ -1666,7 +1666,8 @@ DECISION_MIN_GAIN = 0.02
 
 
 def _decide(question: str, compare: str, key: str, a: dict, b: dict, if_faster: str, if_not: str) -> dict:
-    """Row ``a`` against row ``b`` (``key``: their median ms; p25_ms / p75_ms their interquartile range)."""
+    """Row ``a`` against row ``b`` of the same step (``key``: their median ms; p25_ms / p75_ms their interquartile
+    range); the row names the step, as a pair timed in two steps gets a verdict from each."""
     gain = b[key] / a[key]
     if a["p75_ms"] < b["p25_ms"] and gain >= 1 + DECISION_MIN_GAIN:
         verdict, edit = "faster", if_faster
@@ -1675,7 +1676,7 @@ def _decide(question: str, compare: str, key: str, a: dict, b: dict, if_faster: 
     else:
         verdict, edit = "tie", f"none (interquartile ranges overlap or medians within {DECISION_MIN_GAIN:.0%})"
     return {"question": question, "compare": compare, "ms": f"{a[key]} vs {b[key]}", "x": round(gain, 3),
-            "verdict": verdict, "edit": edit}
+            "verdict": verdict, "edit": edit, "step": a.get("step")}
 
 
 def decision_rows(results: dict) -> list[dict]:
@@ -1771,7 +1772,7 @@ def render_markdown(results: dict) -> str:
            f"`{results['rerendered']}`"] if results.get("rerendered") else []),
         "",
         *(["## What these rows decide (x: the first form's images/s over the second's)",
-            _table(decisions, ["question", "compare", "ms", "x", "verdict", "edit"])] if decisions else []),
+            _table(decisions, ["question", "compare", "ms", "x", "verdict", "edit", "step"])] if decisions else []),
         "## Correctness (fused / Triton vs eager fp32 reference)",
         _table(results["correctness"], ["case", "dtype", "max_abs_logit_diff", "max_abs_logit",
                                         "max_rel_feature_diff", "top1_agreement", "grad_norm_rel_err",

@@ -244,6 +244,13 @@ def test_the_pointwise_matmul_form_is_timed_for_every_model_and_refused_with_inf
                                                                   "resnet50_cifar": "matmul"}  # fmt: skip
     assert len(calls) > 0 and result["markdown"].count("(1x1 as matmul)") == 2
     assert "matmul" in (tmp_path / "bench_cpu.csv").read_text()
+    # the CLI passes the flag through
+    from dsrnet.cli.main import main
+
+    assert main(["bench", "--models", "dsrnet50_cifar", "--sizes", "16", "--batch-size", "2", "--device", "cpu",
+                 "--mode", "train", "--warmup", "0", "--repeats", "1", "--pointwise", "matmul", "--model-kwargs",
+                 json.dumps(tiny), "--out-dir", str(tmp_path / "cli")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "cli" / "bench_cpu.json").read_text())["rows"][0]["pointwise"] == "matmul"
     with pytest.raises(DsrnetError, match="--fused \\(inference form\\) and other backends replace"):
         bench.benchmark_model("dsrnet50_cifar", image_size=16, batch_size=2, fused=True, pointwise="matmul")
     with pytest.raises(DsrnetError, match="pointwise 'linear' is not valid; fix: choose one of conv, matmul"):
@@ -379,7 +386,7 @@ def test_the_papers_ratio_stands_only_beside_the_papers_setting():
     (line,) = rows()
     assert line == "ResNet50 at 32 px (paper stem, inference, fp32): 2.00x DSRNet's time (paper, cifar10: 4.86x)"
     for over in ({"compile": True}, {"mode": "train"}, {"precision": "bf16"}, {"batch_size": 1024},
-                 {"stem": "cifar"}, {"channels_last": True}):  # fmt: skip
+                 {"stem": "cifar"}, {"channels_last": True}, {"pointwise": "matmul"}):  # fmt: skip
         (line,) = rows(**over)
         assert "(paper," not in line, over
     (line,) = rows(model_kwargs={"widths": [8, 16, 32, 64]})

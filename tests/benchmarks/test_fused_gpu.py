@@ -484,12 +484,24 @@ def test_the_report_says_what_each_comparison_decides_and_calls_overlapping_timi
             trow("dsrnet_compiled_triton_dw_cudagraphs", 15.0, 14.9, 15.1, step="later"),  # another step's row
             trow("resnet50_compiled_cudagraphs", 30.0, 29.9, 30.1, step="later"),
             trow("dsrnet_compiled_triton_dw_linear_cudagraphs", 16.0, 15.9, 16.1, step="later"),
+            trow("dsrnet_compiled_triton_dw_autotune", 14.0, 13.9, 14.1, step="later"),
+            trow("dsrnet_compiled_triton_dw_linear_autotune", 14.05, 13.95, 14.15, step="later"),  # a tie with 14.0
         ],
     }  # fmt: skip
     got = {(r["question"], r["compare"]): (r.get("verdict"), r.get("edit")) for r in fused_gpu.decision_rows(results)}
+    steps = {(r["question"], r.get("step")): r["verdict"] for r in fused_gpu.decision_rows(results)}
+    # timed in two steps, one verdict each, each row naming its step: 17.0 vs 21.3 ms, then 14.0 vs 15.0 ms
+    assert steps[("dsrnet_compiled_triton_dw_autotune vs dsrnet_compiled_triton_dw_cudagraphs", "autotune")] == (
+        steps[("dsrnet_compiled_triton_dw_autotune vs dsrnet_compiled_triton_dw_cudagraphs", "later")]) == "faster"
     faster, edit = got.pop(("dsrnet_compiled_triton_dw_autotune vs dsrnet_compiled_triton_dw_cudagraphs",
                             "training 32 px b512"))  # fmt: skip
     assert faster == "faster" and "compile_mode: max-autotune" in edit
+    # the matmul form one change at a time: a tie with max-autotune on convs, faster than the shipped candidate
+    assert got.pop(("dsrnet_compiled_triton_dw_linear_autotune vs dsrnet_compiled_triton_dw_autotune",
+                    "training 32 px b512"))[0] == "tie"  # fmt: skip
+    faster, edit = got.pop(("dsrnet_compiled_triton_dw_linear_autotune vs dsrnet_compiled_triton_dw_cudagraphs",
+                            "training 32 px b512"))  # fmt: skip
+    assert faster == "faster" and "`pointwise: matmul` (if the row above gains, else not)" in edit
     assert got.pop(("resnet50_compiled_autotune vs resnet50_compiled_cudagraphs", "training 32 px b512"))[0] == "tie"
     # the matmul form against its own step's row (15.0 ms), not the first step's 21.3
     assert got.pop(("dsrnet_compiled_triton_dw_linear_cudagraphs vs dsrnet_compiled_triton_dw_cudagraphs",

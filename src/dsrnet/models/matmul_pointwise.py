@@ -55,8 +55,11 @@ class MatmulPointwiseConv2d(nn.Conv2d):
         if stride > 1:
             x = x[..., ::stride, ::stride]
         # (N, C, H, W) or (C, H, W), as nn.Conv2d takes. Channels-last input: the moved view is already
-        # [pixels, Cin] rows, so the matmul reads it in place.
-        return F.linear(x.movedim(-3, -1), self.weight.flatten(1), self.bias).movedim(-1, -3)
+        # [pixels, Cin] rows, so the matmul reads it in place, and the output is channels-last as the conv's would
+        # be; any other input gets a contiguous output, as from the conv (a copy: train channels-last).
+        channels_inner = x.dim() == 4 and x.stride(1) == 1 and x.size(1) > 1  # (a stride query works under vmap)
+        out = F.linear(x.movedim(-3, -1), self.weight.flatten(1), self.bias).movedim(-1, -3)
+        return out if channels_inner else out.contiguous()
 
 
 def _swappable(conv: nn.Module) -> bool:
