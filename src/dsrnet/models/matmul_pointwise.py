@@ -35,7 +35,7 @@ def is_pointwise(conv: nn.Module) -> bool:
 
 
 class MatmulPointwiseConv2d(nn.Conv2d):
-    """A 1x1 conv computed as ``F.linear`` over the pixels (module docstring); the output is channels-last."""
+    """A 1x1 conv computed as ``F.linear`` over the pixels (module docstring), its output in the conv's layout."""
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> MatmulPointwiseConv2d:
