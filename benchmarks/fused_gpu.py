@@ -1722,6 +1722,14 @@ def decision_rows(results: dict) -> list[dict]:
     return rows
 
 
+#: The training table's ratio columns: a row's images/s over that ResNet-50 form's (of the same step where it ran).
+TRAINING_BASELINES = {
+    "x_resnet50": "resnet50_compiled", "x_resnet50_1x1mm": "resnet50_compiled_1x1mm",
+    "x_resnet50_cudagraphs": "resnet50_compiled_cudagraphs", "x_resnet50_autotune": "resnet50_compiled_autotune",
+    "x_resnet50_linear_autotune": "resnet50_compiled_linear_autotune",
+}  # fmt: skip
+
+
 def render_markdown(results: dict) -> str:
     env = results.get("environment", {})
     inf = [dict(r) for r in results["inference"]]
@@ -1744,21 +1752,14 @@ def render_markdown(results: dict) -> str:
 
     peak = (results.get("ceilings") or {}).get("bf16_matmul_TFLOPs")
     for r in train:
-        ref, mm = train_ref("resnet50_compiled", r), train_ref("resnet50_compiled_1x1mm", r)
-        graphs, tuned_train = train_ref("resnet50_compiled_cudagraphs", r), train_ref("resnet50_compiled_autotune", r)
-        tuned_linear = train_ref("resnet50_compiled_linear_autotune", r)
-        r["x_resnet50"] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
+        for column, baseline in TRAINING_BASELINES.items():
+            ref = train_ref(baseline, r)
+            r[column] = round(r["images_per_s"] / ref[0]["images_per_s"], 3) if ref else None
         per = results["per_image"].get(f"cifar/{r['image']}", {})
         flops = per.get("resnet50_train_flops" if r["form"].startswith("resnet50") else "dsrnet_train_flops")
         if flops and peak:  # the fwd + bwd FLOPs per image, and the fraction of the matmul rate they reach
             r["train_gflop_per_image"] = round(flops / 1e9, 3)
             r["compute_fraction"] = round(flops * r["images_per_s"] / (peak * 1e12), 4)
-        r["x_resnet50_1x1mm"] = round(r["images_per_s"] / mm[0]["images_per_s"], 3) if mm else None
-        r["x_resnet50_cudagraphs"] = round(r["images_per_s"] / graphs[0]["images_per_s"], 3) if graphs else None
-        r["x_resnet50_autotune"] = (round(r["images_per_s"] / tuned_train[0]["images_per_s"], 3)
-                                    if tuned_train else None)  # fmt: skip
-        r["x_resnet50_linear_autotune"] = (round(r["images_per_s"] / tuned_linear[0]["images_per_s"], 3)
-                                           if tuned_linear else None)  # fmt: skip
     decisions = decision_rows(results)
     lines = [
         "# Fused DSRNet benchmark (issue 10)",

@@ -423,12 +423,10 @@ def benchmark_model(
     flops = count_flops(counted, image_size)
     del counted
 
-    from dsrnet.models import apply_dwconv
+    from dsrnet.models import apply_dwconv, apply_pointwise
 
     swapped_dwconvs = apply_dwconv(model, dwconv)  # 0: a model without depthwise convs is timed as it is
     triton_dwconvs = swapped_dwconvs if dwconv.startswith("triton") else 0
-    from dsrnet.models import apply_pointwise
-
     swapped_pointwise = apply_pointwise(model, pointwise)  # 0: a model without plain 1x1 convs is timed as it is
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     # Autocast does not reach custom ops: the fused form's Triton kernels would run in fp32 under a bf16 autocast

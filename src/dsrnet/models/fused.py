@@ -563,9 +563,10 @@ def fuse(model: nn.Module, *, mode: str = DEFAULT_FUSE_MODE) -> nn.Module:
         raise DsrnetError(f"{type(model).__name__} is fused already; fix: use it as it is, or fuse the model it was "
                           f"made from (for another mode: fuse(model, mode=...))")  # fmt: skip
     if isinstance(model, DSRNet):
-        _check_foldable(_folded_parts(model.named_modules()))
+        folded = _folded_parts(model.named_modules())
+        _check_foldable(folded)
         # hooks on what folding removes have no output left to see; the others move with their module below
-        _check_hooks(_folded_parts(model.named_modules()))
+        _check_hooks(folded)
         dtype = next(model.parameters()).dtype
         source = copy.deepcopy(model).eval().to(_fold_dtype(dtype))  # fold, then round once to the model's dtype
         fused = FusedDSRNet(source, mode).eval().to(dtype=dtype, memory_format=torch.channels_last)
@@ -700,9 +701,8 @@ def _is_dsrnet_stem(module: nn.Module) -> bool:
     )
 
 
-def _check_foldable(folded) -> None:
+def _check_foldable(folded: list[tuple[str, nn.Module]]) -> None:
     """``folded`` (:func:`_folded_parts`): each norm among them must be a BatchNorm that folds into its conv."""
-    folded = list(folded)
     norms = [(n, m) for n, m in folded if n.rsplit(".", 1)[-1] in ("bn1", "bn2", "bn3")
              or n.endswith("downsample.1")]  # fmt: skip (the norm after each conv of a stem or DSR block)
     other = next(((n, m) for n, m in norms if not _foldable_norm(m)), None)
