@@ -150,3 +150,25 @@ class RunsCode:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+_INTERPRETER_RERUN = "tests/kernels/test_interpreter_rerun.py::test_kernel_tests_pass_in_a_fresh_interpreter_process"
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(config, items):
+    """Start the kernel tests' fresh interpreter process (minutes of one core) in the background now and move the
+    test that checks it last, when it is selected and will run (this process imported Triton before the
+    interpreter could be switched on)."""
+    rerun = [item for item in items if item.nodeid == _INTERPRETER_RERUN]
+    if config.option.collectonly or not rerun or rerun[0].module.interp.READY:
+        return
+    items.remove(rerun[0])
+    items.append(rerun[0])
+    rerun[0].module.start_in_background()
+
+
+def pytest_sessionfinish(session):
+    module = sys.modules.get("tests.kernels.test_interpreter_rerun")
+    if module is not None:
+        module.stop()
