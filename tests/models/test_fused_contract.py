@@ -245,3 +245,42 @@ def test_every_kernel_that_can_be_launched_early_waits_in_its_first_statement():
         first = body[0].value
         assert isinstance(first, ast.Call) and first.func.id == "_dependent_launch", k.fn.__name__
         assert [a.id for a in first.args] == ["GDC"]
+
+
+def test_a_cpu_runs_the_wide_1x1_gemms_as_convolutions_that_follow_every_change_of_the_weights(monkeypatch):
+    """On a CPU the fallback runs a 1x1 GEMM of ``ops.CPU_CONV_MIN_PIXELS`` output pixels or more as a oneDNN
+    convolution with a conv-layout copy of the weight kept between calls: the matmul's numbers, and a new copy
+    whenever the weight changes (``load_state_dict`` in place or by assignment, in or out of inference mode), while
+    a trace records the weight itself, not the copy."""
+    from dsrnet.kernels import ops
+
+    monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # as a CPU without the interpreter
+    x = torch.randn(2, 3, 9, 9)  # 162 pixels in the first stage, 41 in the last
+    other = _tiny()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    fused, other = dsrnet.fuse(_tiny()), dsrnet.fuse(other)
+    with torch.no_grad():
+        y = fused(x)
+        cached = [b for b in fused.buffers() if b in ops._CONV_WEIGHTS]
+        assert cached and len(cached) < sum(b.dim() == 2 for b in fused.buffers())  # some GEMMs, not the last stage's
+        with monkeypatch.context() as m:
+            m.setattr(ops, "CPU_CONV_MIN_PIXELS", 10**9)  # every GEMM a matmul
+            y_matmul = fused(x)
+            assert not any(b in ops._CONV_WEIGHTS for b in dsrnet.fuse(_tiny()).buffers())
+        assert _rel_err(y, y_matmul) < 1e-5
+        y_other = other(x)
+        traced = torch.jit.trace(fused, x)
+        fused.load_state_dict(other.state_dict())  # in place: the same tensors, new versions
+        assert _rel_err(fused(x), y_other) < 1e-5
+        fused.load_state_dict(dsrnet.fuse(_tiny()).state_dict(), assign=True)  # new tensors
+        assert _rel_err(fused(x), y) < 1e-5
+        traced.load_state_dict(other.state_dict())
+        assert _rel_err(traced(x), y_other) < 1e-5
+    with torch.inference_mode():  # inference tensors have no version counter: no copy is kept for them
+        fused = dsrnet.fuse(_tiny())
+        assert _rel_err(fused(x), y) < 1e-5
+        fused.load_state_dict(other.state_dict())
+        assert _rel_err(fused(x), y_other) < 1e-5
+        assert not any(b in ops._CONV_WEIGHTS for b in fused.buffers())
