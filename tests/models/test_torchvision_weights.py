@@ -58,6 +58,32 @@ def test_the_transforms_expose_what_torchvisions_presets_do_and_pickle():
     assert x.shape == (2, 3, 32, 32) and torch.allclose(x[1], preprocess(batch[1]))
 
 
+def test_the_transforms_take_torchvisions_arguments_and_read_their_attributes_at_every_call():
+    """As torchvision's ``ImageClassification``: ``weights.transforms(crop_size=..., resize_size=...,
+    interpolation=...)`` builds another pipeline, and setting an attribute changes what the pipeline does."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    w = DSRNet50_CIFAR_Weights.DEFAULT
+    batch = torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8)
+    norm = v2.Normalize(w.transforms().mean, w.transforms().std)
+
+    def torchvisions(crop, resize, mode=InterpolationMode.BICUBIC):
+        return v2.Compose([v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(crop),
+                           v2.ToDtype(torch.float32, scale=True), norm])(batch)  # fmt: skip
+
+    larger = w.transforms(crop_size=24, resize_size=36)
+    assert larger.crop_size == [24] and larger.resize_size == [36] and "resize_size=[36]" in larger.describe()
+    assert torch.equal(larger(batch), torchvisions(24, 36))
+    assert torch.equal(w.transforms(crop_size=24)(batch), torchvisions(24, 24))
+    bilinear = w.transforms(interpolation=InterpolationMode.BILINEAR)
+    assert torch.equal(bilinear(batch), torchvisions(32, 32, InterpolationMode.BILINEAR))
+    live = w.transforms()
+    live.crop_size, live.resize_size = [24], [36]
+    assert torch.equal(live(batch), torchvisions(24, 36)) and "crop_size=[24]" in live.describe()
+    live.mean, live.std = None, None
+    assert live(batch).min() >= 0 and live(batch).max() <= 1 and "not normalized" in live.describe()
+
+
 def test_the_weights_are_the_shipped_files_and_their_meta_comes_from_it():
     entry = weights.SHIPPED["dsrnet50_cifar.c10"]
     _, file_meta = weights.read_weights(weights.weights_path(entry))

@@ -7,7 +7,6 @@ Imports torchvision only when a pipeline is built.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 
@@ -44,40 +43,61 @@ def resize_crop(size: int):
                        v2.CenterCrop(size)])  # fmt: skip
 
 
+class EvalTransforms(torch.nn.Module):
+    """A trained model's evaluation preprocessing, as torchvision's ``ImageClassification`` preset: a side longer
+    than :data:`MAX_ASPECT` times the shorter one cut around the centre, the shorter side resized to
+    ``resize_size``, the centre ``crop_size`` crop, float in [0, 1], normalised with ``mean`` / ``std`` (skipped
+    where they are None). Takes a PIL image, a ``(C, H, W)`` or a batched ``(B, C, H, W)`` uint8 tensor. As in
+    torchvision, the attributes are read at every call: setting one changes what the pipeline does."""
+
+    def __init__(self, *, crop_size: int, resize_size: int | None = None, mean: Sequence[float] | None,
+                 std: Sequence[float] | None, interpolation=INTERPOLATION, antialias: bool = True) -> None:  # fmt: skip
+        from torchvision.transforms import InterpolationMode
+
+        super().__init__()
+        self.crop_size = [crop_size]
+        self.resize_size = [crop_size if resize_size is None else resize_size]
+        self.mean, self.std = (None, None) if mean is None else (list(mean), list(std))
+        self.interpolation = InterpolationMode(interpolation)
+        self.antialias = antialias
+
+    def forward(self, image):
+        from torchvision.transforms.v2 import functional as F
+
+        image = F.resize(cut_long_side(image), self.resize_size, interpolation=self.interpolation,
+                         antialias=self.antialias)  # fmt: skip
+        image = F.to_dtype(F.to_image(F.center_crop(image, self.crop_size)), torch.float32, scale=True)
+        return image if self.mean is None else F.normalize(image, self.mean, self.std)
+
+    def __repr__(self) -> str:
+        fields = ("crop_size", "resize_size", "mean", "std", "interpolation", "antialias")
+        return f"{type(self).__name__}(\n" + "".join(f"    {f}={getattr(self, f)}\n" for f in fields) + ")"
+
+    def describe(self) -> str:
+        """The pipeline in words, as torchvision's presets' ``describe()``."""
+        norm = (f"normalized using ``mean={self.mean}`` and ``std={self.std}``" if self.mean is not None
+                else "not normalized")  # fmt: skip
+        return (f"Accepts ``PIL.Image``, batched ``(B, C, H, W)`` and single ``(C, H, W)`` uint8 image "
+                f"``torch.Tensor`` objects. A side longer than {MAX_ASPECT} times the shorter one is first cut "
+                f"around the centre; the images are then resized to ``resize_size={self.resize_size}`` (shorter "
+                f"side) using ``interpolation={self.interpolation}``"
+                f"{' with antialiasing' if self.antialias else ' without antialiasing'}, followed by a central crop "
+                f"of ``crop_size={self.crop_size}``. Finally the values are rescaled to ``[0.0, 1.0]`` and {norm}.")
+
+
 def transforms(image_size: int, mean: Sequence[float], std: Sequence[float], *, normalize: bool = True,
-               antialias: bool | None = True):  # fmt: skip
-    """The evaluation preprocessing of a trained model, as torchvision's ``weights.transforms()``: shorter side
-    resized to ``image_size`` (bicubic, antialiased; a strip wider than :data:`MAX_ASPECT`:1 cut first), centre
-    crop, float in [0, 1], normalised with the training ``mean``/``std``. Takes a PIL image (or uint8 tensor),
-    returns a (3, S, S) float tensor; its ``crop_size``, ``resize_size``, ``mean``, ``std``, ``interpolation``,
-    ``antialias`` and ``describe()`` say so as torchvision's presets do (read-only here). ``antialias``: taken as torchvision's transforms take it (its reference
-    scripts pass ``antialias=True``; None, torchvision's other spelling, means the same); the resize always
-    antialiases, as the weights were evaluated."""
+               antialias: bool | None = True, crop_size: int | None = None, resize_size: int | None = None,
+               interpolation=INTERPOLATION) -> EvalTransforms:  # fmt: skip
+    """The evaluation preprocessing of a trained model (:class:`EvalTransforms`): what ``dsrnet predict`` /
+    ``eval`` feed it and what its torchvision weights' ``transforms()`` return, taking the keyword arguments
+    torchvision's preset takes: ``crop_size`` and ``resize_size`` (both ``image_size`` unless given; a
+    ``crop_size`` alone sets both), ``interpolation`` (bicubic, as the weights were evaluated) and ``antialias``
+    (torchvision's reference scripts pass ``antialias=True``; None, torchvision's other spelling, means the same;
+    False is refused: the weights were evaluated with antialiasing)."""
     if antialias is False:
         raise DsrnetError("these weights' preprocessing resizes with antialiasing, as they were evaluated; fix: drop "
                           "antialias=False")  # fmt: skip
-    from torchvision.transforms import InterpolationMode, v2
-
-    steps = [*resize_crop(image_size).transforms, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if normalize:
-        steps.append(v2.Normalize(list(mean), list(std)))
-    pipeline = v2.Compose(steps)
-    # What torchvision's ImageClassification preset exposes (code reads weights.transforms().crop_size, .mean, ...,
-    # and prints .describe()); the resize and the crop are the same size here. Read-only descriptions: unlike
-    # torchvision's preset, setting them changes nothing (build another with transforms(size, mean, std)).
-    pipeline.crop_size, pipeline.resize_size = [image_size], [image_size]
-    pipeline.mean, pipeline.std = (list(mean), list(std)) if normalize else (None, None)
-    pipeline.interpolation, pipeline.antialias = InterpolationMode(INTERPOLATION), True
-    pipeline.describe = partial(_describe, image_size, pipeline.mean, pipeline.std)  # a partial: it pickles
-    return pipeline
-
-
-def _describe(image_size: int, mean: list[float] | None, std: list[float] | None) -> str:
-    """:func:`transforms`' pipeline in words, as torchvision's presets' ``describe()``."""
-    norm = f"normalized using ``mean={mean}`` and ``std={std}``" if mean is not None else "not normalized"
-    return (f"Accepts ``PIL.Image``, batched ``(B, C, H, W)`` and single ``(C, H, W)`` uint8 image ``torch.Tensor`` "
-            f"objects. A side longer than "
-            f"{MAX_ASPECT} times the shorter one is first cut around the centre; the images are then resized to "
-            f"``resize_size=[{image_size}]`` (shorter side) using ``interpolation=InterpolationMode."
-            f"{INTERPOLATION.upper()}`` with antialiasing, followed by a central crop of ``crop_size=[{image_size}]``. "
-            f"Finally the values are rescaled to ``[0.0, 1.0]`` and {norm}.")
+    crop = image_size if crop_size is None else crop_size
+    return EvalTransforms(crop_size=crop, resize_size=crop if resize_size is None else resize_size,
+                          mean=mean if normalize else None, std=std if normalize else None,
+                          interpolation=interpolation, antialias=True)  # fmt: skip
