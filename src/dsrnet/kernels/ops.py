@@ -1164,10 +1164,15 @@ def _fallback_only(x: torch.Tensor, args: tuple) -> bool:
     without Triton's interpreter) and no gradient flows, outside Dynamo (``torch.compile`` keeps the op, which
     inductor calls as it is): then a tracer may as well record the fallback's aten ops."""
     return (isinstance(x, torch.Tensor)  # not a torch.fx Proxy: symbolic tracing records the op
-            and not any(isinstance(d, torch.SymInt) for d in x.shape)  # a dynamic-shape export: the fallbacks'
+            and not symbolic_shape(x)  # a dynamic-shape export: the fallbacks'
             # shape checks would become guards on the sizes (the op's fake kernel adds none)
             and x.device.type not in _DIRECT_DEVICES and not torch.compiler.is_dynamo_compiling()
             and not _grad_flows(x, args) and not triton_usable(x))  # fmt: skip
+
+
+def symbolic_shape(x: torch.Tensor) -> bool:
+    """Whether ``x``'s shape holds symbolic sizes (a dynamic-shape export or compile traces it)."""
+    return any(isinstance(d, torch.SymInt) for d in x.shape)
 
 
 def _grad_flows(x: torch.Tensor, args: tuple) -> bool:

@@ -212,7 +212,7 @@ class FusedDSRBlock(nn.Module):
     def _auto_mode(self, x: torch.Tensor) -> str:
         """``mode="auto"``: the faster of :data:`AUTO_CANDIDATES` for this block's shape and ``x``'s, measured on the
         first call and remembered (module docstring)."""
-        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or any(isinstance(d, torch.SymInt) for d in x.shape):
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or ops.symbolic_shape(x):
             # torch.fx (torchvision's create_feature_extractor), torch.jit.trace and a dynamic-shape export or
             # compile record one graph for any input, with no size to key a measurement by: split, auto's choice
             # wherever nothing was measured
