@@ -25,50 +25,72 @@ pytest.importorskip("triton")
 INTERPRETER_TESTS = ("tests/kernels/test_ops.py", "tests/models/test_fused.py",
                      "tests/train/test_loop_triton.py")
 TIMEOUT_S = 900
+#: The child's pytest, asking Linux to kill it when this process dies (a SIGKILLed or SIGTERMed pytest runs no
+#: cleanup hook), and stopping at once if this process is already gone.
+_CHILD = (
+    "import ctypes, os, signal, sys\n"
+    "parent = int(sys.argv[1])\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "except (OSError, AttributeError):\n"
+    "    pass  # not Linux: the session's end stops it\n"
+    "if os.getppid() != parent:\n"
+    "    sys.exit(3)\n"
+    "import pytest\n"
+    "sys.exit(pytest.main(sys.argv[2:]))\n"
+)
 #: The background run: its process, output file, start time, and this process's torch threads before it started.
 _RUN: dict = {}
 
 
 def start_in_background() -> None:
-    """Start the fresh interpreter process now. This process drops to one intra-op thread until the run is
-    collected, so the two do not contend for a core (a descheduled OpenMP thread stalls every parallel region)."""
-    # a file, not a pipe: nobody reads the output until the end (_collect closes it)
+    """Start the fresh interpreter process now. It keeps one core busy, so this process gives up one intra-op
+    thread until the run is collected (on a 2-core machine a descheduled OpenMP thread stalls every parallel
+    region)."""
+    # a file, not a pipe: nobody reads the output until the end (_collect or stop closes it)
     out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *INTERPRETER_TESTS],
+        [sys.executable, "-c", _CHILD, str(os.getpid()), "-q", "-rs", "-p", "no:cacheprovider", *INTERPRETER_TESTS],
         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    _RUN.update(proc=proc, out=out, started=time.monotonic(), threads=torch.get_num_threads())
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    _RUN.update(proc=proc, out=out, started=time.monotonic(), threads=threads)
+    torch.set_num_threads(max(1, threads - 1))
 
 
 def stop() -> None:
     """End a background run that no test collected (the session stopped early)."""
-    if _RUN and _RUN["proc"].poll() is None:
-        _RUN["proc"].kill()
-        _RUN["proc"].wait()
+    run = _RUN.copy()
+    _RUN.clear()
+    if run:
+        if run["proc"].poll() is None:
+            run["proc"].kill()
+            run["proc"].wait()
+        run["out"].close()
+        torch.set_num_threads(run["threads"])
 
 
-def _collect() -> tuple[int, str]:
-    """Wait for the run (started here if the hook did not) and return its exit code and output."""
+def _collect() -> tuple[int | None, str]:
+    """Wait for the run (started here if the hook did not) and return its exit code (None: timed out) and output."""
     if not _RUN:
         start_in_background()
     proc, out = _RUN["proc"], _RUN["out"]
     try:
         proc.wait(timeout=max(1.0, TIMEOUT_S - (time.monotonic() - _RUN["started"])))
+        returncode = proc.returncode
     except subprocess.TimeoutExpired:
-        stop()
-    finally:
-        torch.set_num_threads(_RUN["threads"])
-    with out:
-        out.seek(0)
-        return proc.returncode, out.read()
+        returncode = None
+    out.seek(0)
+    output = out.read()
+    stop()
+    return returncode, output
 
 
 @pytest.mark.skipif(interp.READY, reason="the kernel tests ran in this process")
 def test_kernel_tests_pass_in_a_fresh_interpreter_process():
     returncode, stdout = _collect()
+    assert returncode is not None, f"the kernel tests did not finish in {TIMEOUT_S} s:\n" + stdout[-4000:]
     assert returncode == 0, stdout[-6000:]
     # The kernels really ran in the interpreter there: none skipped for the reason this process skipped them
     # (a Triton that the interpreter check no longer recognises would skip them all and still exit 0).

@@ -247,40 +247,50 @@ def test_every_kernel_that_can_be_launched_early_waits_in_its_first_statement():
         assert [a.id for a in first.args] == ["GDC"]
 
 
-def test_a_cpu_runs_the_wide_1x1_gemms_as_convolutions_that_follow_every_change_of_the_weights(monkeypatch):
+def test_a_cpu_runs_the_1x1_gemms_of_many_pixels_as_convolutions_with_the_matmuls_numbers(monkeypatch):
     """On a CPU the fallback runs a 1x1 GEMM of ``ops.CPU_CONV_MIN_PIXELS`` output pixels or more as a oneDNN
-    convolution with a conv-layout copy of the weight kept between calls: the matmul's numbers, and a new copy
-    whenever the weight changes (``load_state_dict`` in place or by assignment, in or out of inference mode), while
-    a trace records the weight itself, not the copy."""
+    convolution, fewer as a matmul: the same numbers either way, the weight as it is now (nothing kept between
+    calls), a fresh channels-last output whatever the input's layout, and a trace records the matmul."""
     from dsrnet.kernels import ops
 
     monkeypatch.setenv("DSRNET_DISABLE_TRITON", "1")  # as a CPU without the interpreter
-    x = torch.randn(2, 3, 9, 9)  # 162 pixels in the first stage, 41 in the last
-    other = _tiny()
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    fused, other = dsrnet.fuse(_tiny()), dsrnet.fuse(other)
+    routes = []
+    real_route = ops._cpu_conv_route
+
+    def spy(x, w_kn, stride):
+        routes.append((x.shape[0] * ops._out_size(x.shape[2], stride) * ops._out_size(x.shape[3], stride),
+                       real_route(x, w_kn, stride)))  # fmt: skip
+        return routes[-1][1]
+
+    monkeypatch.setattr(ops, "_cpu_conv_route", spy)
+    fused = dsrnet.fuse(_tiny())
+    x = torch.randn(4, 3, 9, 9)  # 324 pixels per map in the first stage, 16 in the last
     with torch.no_grad():
         y = fused(x)
-        cached = [b for b in fused.buffers() if b in ops._CONV_WEIGHTS]
-        assert cached and len(cached) < sum(b.dim() == 2 for b in fused.buffers())  # some GEMMs, not the last stage's
+        assert {conv for _, conv in routes} == {True, False}
+        assert all(conv == (pixels >= ops.CPU_CONV_MIN_PIXELS) for pixels, conv in routes)
         with monkeypatch.context() as m:
             m.setattr(ops, "CPU_CONV_MIN_PIXELS", 10**9)  # every GEMM a matmul
-            y_matmul = fused(x)
-            assert not any(b in ops._CONV_WEIGHTS for b in dsrnet.fuse(_tiny()).buffers())
-        assert _rel_err(y, y_matmul) < 1e-5
-        y_other = other(x)
-        traced = torch.jit.trace(fused, x)
-        fused.load_state_dict(other.state_dict())  # in place: the same tensors, new versions
-        assert _rel_err(fused(x), y_other) < 1e-5
-        fused.load_state_dict(dsrnet.fuse(_tiny()).state_dict(), assign=True)  # new tensors
-        assert _rel_err(fused(x), y) < 1e-5
-        traced.load_state_dict(other.state_dict())
-        assert _rel_err(traced(x), y_other) < 1e-5
-    with torch.inference_mode():  # inference tensors have no version counter: no copy is kept for them
-        fused = dsrnet.fuse(_tiny())
-        assert _rel_err(fused(x), y) < 1e-5
-        fused.load_state_dict(other.state_dict())
-        assert _rel_err(fused(x), y_other) < 1e-5
-        assert not any(b in ops._CONV_WEIGHTS for b in fused.buffers())
+            assert _rel_err(y, fused(x)) < 1e-5
+        for name, buf in fused.named_buffers():
+            if name.endswith("layer1.0.w1"):
+                buf.data.mul_(-1)  # a write no version counter sees: the next call uses it
+        changed = fused(x)
+        assert _rel_err(changed, y) > 1e-3
+        with monkeypatch.context() as m:
+            m.setattr(ops, "CPU_CONV_MIN_PIXELS", 10**9)
+            assert _rel_err(changed, fused(x)) < 1e-5
+        routes.clear()
+        torch.jit.trace(fused, x, check_trace=False)  # (its check reruns the module untraced)
+        assert routes and not any(conv for _, conv in routes)
+        # the op itself: an NCHW input at stride 2, bf16, and a GEMM without output channels
+        inp = torch.randn(2, 16, 24, 24)
+        w_kn, bias = torch.randn(16, 8), torch.randn(8)
+        for dtype in (torch.float32, torch.bfloat16):
+            out = ops.pointwise_conv(inp.to(dtype), w_kn, bias.to(dtype), None, 2, True)  # (an fp32 weight)
+            want = torch.nn.functional.conv2d(inp, w_kn.t()[:, :, None, None], bias, stride=2).relu()
+            assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+            assert _rel_err(out, want) < (1e-5 if dtype == torch.float32 else 2e-2)
+        assert routes[-1] == (2 * 12 * 12, True)
+        empty = ops.pointwise_conv(inp, torch.randn(16, 0), torch.randn(0), None, 1, True)
+        assert empty.shape == (2, 0, 24, 24)

@@ -39,7 +39,6 @@ import os
 import torch
 import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from dsrnet.device import tf32_matmul
 from dsrnet.errors import DsrnetError
@@ -611,11 +610,12 @@ def _dot_f32(t: torch.Tensor) -> bool:
 
 def _pw_fallback(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> torch.Tensor:
     """The 1x1 conv as one GEMM over pixels, ``[pixels, Cin] @ [Cin, Cout]``, returned channels-last (a fresh
-    tensor). On a CPU from :data:`CPU_CONV_MIN_PIXELS` output pixels on, a oneDNN convolution with ``w_kn``'s conv
-    layout kept between calls (:func:`_cached_conv_weight`); elsewhere a matmul of ``w_kn`` as stored."""
-    conv_w = _cached_conv_weight(x, w_kn, stride)
-    if conv_w is not None:
-        return F.conv2d(x, conv_w, stride=stride).contiguous(memory_format=torch.channels_last)
+    tensor): on a CPU from :data:`CPU_CONV_MIN_PIXELS` output pixels on, a oneDNN convolution; elsewhere a matmul
+    of ``w_kn`` as stored."""
+    if _cpu_conv_route(x, w_kn, stride):
+        # a conv-layout copy, made per call: oneDNN reorders the transposed view itself several times slower
+        weight = w_kn.t().to(x.dtype).contiguous()[:, :, None, None]
+        return F.conv2d(x, weight, stride=stride).contiguous(memory_format=torch.channels_last)
     if stride > 1:
         x = x[:, :, ::stride, ::stride]
     n, k, h, w = x.shape
@@ -623,36 +623,22 @@ def _pw_fallback(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> torch.Tens
     return y.view(n, h, w, w_kn.shape[1]).permute(0, 3, 1, 2)  # (-1 cannot be inferred for an empty batch)
 
 
-#: From how many output pixels a CPU runs a 1x1 conv's GEMM as a oneDNN convolution instead of a BLAS matmul.
-#: Measured on a 2-vCPU AMD EPYC (torch 2.14.1, fp32, channels-last): the convolution took 0.44-0.85x the matmul's
-#: time from 64 pixels on (batch 32 of a fused ``dsrnet50_cifar``: 243 ms against 378), but 2.3x at 16 pixels
-#: and K = 2048, where oneDNN's per-call reorder of the weight into its blocked layout outweighs the GEMM.
-CPU_CONV_MIN_PIXELS = 64
-
-#: ``w_kn`` -> (its version, dtype, its ``[Cout, Cin, 1, 1]`` copy), dropped with ``w_kn`` (weak keys by identity).
-_CONV_WEIGHTS = WeakIdKeyDictionary()
+#: From how many output pixels a CPU runs a 1x1 conv's GEMM as a oneDNN convolution (of a conv-layout copy of the
+#: weight, made per call) instead of a BLAS matmul. Measured on a 2-vCPU AMD EPYC (torch 2.14.1, fp32, channels-last,
+#: DSRNet-50's 1x1 shapes; BENCHMARKS.md, "Fused DSRNet on one GPU", its CPU part): from 256 pixels on the
+#: convolution and its copy took 0.40-0.86x the matmul's time, at 128 0.91x, at 64 up to 1.9x and at 16 up to 4.2x
+#: (the copy and oneDNN's reorder of the weight into its blocked layout outweighing the GEMM).
+CPU_CONV_MIN_PIXELS = 256
 
 
-def _cached_conv_weight(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> torch.Tensor | None:
-    """``w_kn`` as a contiguous conv weight in ``x``'s dtype for a CPU's 1x1 conv of ``x`` at ``stride``, copied
-    once per version of ``w_kn`` (a ``load_state_dict`` or any in-place write makes a new one): a convolution with
-    the transposed view instead reorders it on every call (up to 6x slower). None where the matmul should run: not
-    a CPU, fewer than :data:`CPU_CONV_MIN_PIXELS` output pixels, or where the copy cannot stand in for ``w_kn``:
-    anything tracing or wrapping the call (a trace must record ``w_kn``, not a constant), a gradient that should
-    reach ``w_kn``, or an inference tensor (it has no version counter to say when it changed)."""
-    if not (_plain_eager(x) and _plain_eager(w_kn)) or x.device.type != "cpu":  # (a torch.fx Proxy stops here)
-        return None
+def _cpu_conv_route(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> bool:
+    """Whether :func:`_pw_fallback` runs a oneDNN convolution: a CPU tensor in plain eager execution (a tracer
+    records the matmul, whose graph does not depend on the sizes; a ``torch.fx`` Proxy stops at the first check),
+    output channels to compute, and at least :data:`CPU_CONV_MIN_PIXELS` output pixels."""
+    if not _plain_eager(x) or x.device.type != "cpu" or w_kn.shape[1] == 0:
+        return False
     n, _, h, w = x.shape
-    if n * _out_size(h, stride) * _out_size(w, stride) < CPU_CONV_MIN_PIXELS:
-        return None
-    if w_kn.is_inference() or (torch.is_grad_enabled() and w_kn.requires_grad):
-        return None
-    version = w_kn._version
-    hit = _CONV_WEIGHTS.get(w_kn)
-    if hit is None or hit[0] != version or hit[1] != x.dtype:
-        hit = (version, x.dtype, w_kn.detach().t().to(x.dtype).contiguous()[:, :, None, None])
-        _CONV_WEIGHTS[w_kn] = hit
-    return hit[2]
+    return n * _out_size(h, stride) * _out_size(w, stride) >= CPU_CONV_MIN_PIXELS
 
 
 def _pointwise_conv(
