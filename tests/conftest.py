@@ -155,24 +155,24 @@ class RunsCode:
 _INTERPRETER_RERUN = "tests/kernels/test_interpreter_rerun.py::test_kernel_tests_pass_in_a_fresh_interpreter_process"
 
 
-@pytest.hookimpl(wrapper=True)  # its second half runs after every other reordering (-k, -m, --ff, --nf, ...)
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_finish(session):
     """Move the test that checks the kernel tests' fresh interpreter process (minutes of one core) last and start
     that process in the background now, when the test will run: selected, this process imported Triton before the
-    interpreter could be switched on, no skip mark on it, and the tests are to run (not only collected or set up)."""
-    result = yield
+    interpreter could be switched on, no skip mark on it, and the tests are to run (not only collected or set up).
+    Here, not in ``pytest_collection_modifyitems``: after every reordering (-k, -m, --ff, --nf, ...)."""
+    config, items = session.config, session.items
     rerun = [item for item in items if item.nodeid == _INTERPRETER_RERUN]
     if not rerun:
-        return result
+        return
     items.remove(rerun[0])
     items.append(rerun[0])
     only_listing = any(getattr(config.option, flag, False)
                        for flag in ("collectonly", "setuponly", "setupplan", "showfixtures", "show_fixtures_per_test"))  # fmt: skip
     skipped = rerun[0].get_closest_marker("skip") is not None or any(
-        mark.args and mark.args[0] is True for mark in rerun[0].iter_markers("skipif"))  # fmt: skip
+        (mark.args[0] if mark.args else mark.kwargs.get("condition")) is True
+        for mark in rerun[0].iter_markers("skipif"))  # fmt: skip
     if not (only_listing or skipped):
         rerun[0].module.start_in_background()
-    return result
 
 
 def pytest_sessionfinish(session):

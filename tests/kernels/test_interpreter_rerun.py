@@ -36,6 +36,7 @@ _CHILD = (
     "    pass  # not Linux: the session's end stops it\n"
     "if os.getppid() != parent:\n"
     "    sys.exit(3)\n"
+    "sys.path[0] = os.getcwd()  # as python -m pytest has it (-c puts '' there)\n"
     "import pytest\n"
     "sys.exit(pytest.main(sys.argv[2:]))\n"
 )
@@ -49,7 +50,8 @@ def start_in_background() -> None:
     region)."""
     # a file, not a pipe: nobody reads the output until the end (_collect or stop closes it)
     out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src")}
+    # one intra-op thread there too (the interpreter's tests set it; the others would take both cores)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, str(os.getpid()), "-q", "-rs", "-p", "no:cacheprovider", *INTERPRETER_TESTS],
         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
@@ -96,4 +98,5 @@ def test_kernel_tests_pass_in_a_fresh_interpreter_process():
     # (a Triton that the interpreter check no longer recognises would skip them all and still exit 0).
     assert interp.SKIP_REASON not in stdout, stdout[-4000:]
     passed = re.search(r"(\d+) passed", stdout)
-    assert passed and int(passed.group(1)) >= 40, stdout[-2000:]
+    # and nearly all of them ran (231 when this was written; 197 of them need the interpreter)
+    assert passed and int(passed.group(1)) >= 200, stdout[-2000:]

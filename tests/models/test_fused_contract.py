@@ -294,3 +294,17 @@ def test_a_cpu_runs_the_1x1_gemms_of_many_pixels_as_convolutions_with_the_matmul
         assert routes[-1] == (2 * 12 * 12, True)
         empty = ops.pointwise_conv(inp, torch.randn(16, 0), torch.randn(0), None, 1, True)
         assert empty.shape == (2, 0, 24, 24)
+        no_input = ops.pointwise_conv(torch.randn(2, 0, 24, 24), torch.randn(0, 8), bias, None, 1, False)
+        assert torch.equal(no_input, bias[None, :, None, None].expand(2, 8, 24, 24))
+        # the threshold counts output pixels, rounded up at stride 2 (31 -> 16): 256 of them convolve, 225 do not
+        for shape, stride, conv in (((1, 16, 16, 16), 1, True), ((1, 16, 15, 17), 1, False), ((1, 16, 31, 31), 2, True),
+                                    ((1, 16, 29, 29), 2, False)):  # fmt: skip
+            ops.pointwise_conv(torch.randn(shape), w_kn, bias, None, stride, True)
+            assert routes[-1][1] is conv, (shape, stride)
+        with torch.backends.mkldnn.flags(enabled=False):  # PyTorch's own CPU convolution: the matmul is faster
+            ops.pointwise_conv(inp, w_kn, bias, None, 1, True)
+            assert routes[-1][1] is False
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        graph = make_fx(lambda t: ops._pw_fallback(t, w_kn, 1))(inp)  # 1,152 pixels, traced: the matmul
+        assert routes[-1][1] is False and "convolution" not in str(graph.graph)

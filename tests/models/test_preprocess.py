@@ -24,3 +24,21 @@ def test_a_thin_strip_is_cut_before_it_is_resized_and_ordinary_images_are_untouc
         plain = v2.Compose([v2.Resize(32, interpolation=InterpolationMode(INTERPOLATION), antialias=True),
                             v2.CenterCrop(32), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
         assert torch.equal(transforms(32, [0, 0, 0], [1, 1, 1])(im), plain(im))
+
+
+def test_the_pipeline_takes_what_torchvisions_preset_takes():
+    """A ``tv_tensors.Video`` stays one, PIL's integer interpolation constants work as in torchvision's resize, and
+    a mean without a std is one clear error."""
+    import pytest
+    from torchvision import tv_tensors
+
+    from dsrnet.errors import DsrnetError
+    from dsrnet.models.preprocess import transforms
+
+    bicubic = transforms(32, [0.4] * 3, [0.2] * 3)
+    video = tv_tensors.Video(torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8))
+    out = bicubic(video)
+    assert isinstance(out, tv_tensors.Video) and out.shape == (2, 3, 32, 32)
+    assert torch.equal(transforms(32, [0.4] * 3, [0.2] * 3, interpolation=3)(video), out)  # PIL.Image.BICUBIC
+    with pytest.raises(DsrnetError, match="both mean and std"):
+        transforms(32, [0.4] * 3, None)

@@ -625,17 +625,21 @@ def _pw_fallback(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> torch.Tens
 
 #: From how many output pixels a CPU runs a 1x1 conv's GEMM as a oneDNN convolution (of a conv-layout copy of the
 #: weight, made per call) instead of a BLAS matmul. Measured on a 2-vCPU AMD EPYC (torch 2.14.1, fp32, channels-last,
-#: DSRNet-50's 1x1 shapes; BENCHMARKS.md, "Fused DSRNet on one GPU", its CPU part): from 256 pixels on the
-#: convolution and its copy took 0.40-0.86x the matmul's time, at 128 0.91x, at 64 up to 1.9x and at 16 up to 4.2x
-#: (the copy and oneDNN's reorder of the weight into its blocked layout outweighing the GEMM).
+#: DSRNet-50's 1x1 shapes; BENCHMARKS.md, "Fused DSRNet on one GPU", its CPU part): from 512 pixels on the
+#: convolution and its copy took 0.40-0.78x the matmul's time, at 256 about the same (0.8-1.1x), at 128 0.9-1.05x,
+#: at 64 up to 2x and at 16 up to 4.3x (the copy and oneDNN's reorder of the weight into its blocked layout
+#: outweighing the GEMM).
 CPU_CONV_MIN_PIXELS = 256
 
 
 def _cpu_conv_route(x: torch.Tensor, w_kn: torch.Tensor, stride: int) -> bool:
     """Whether :func:`_pw_fallback` runs a oneDNN convolution: a CPU tensor in plain eager execution (a tracer
     records the matmul, whose graph does not depend on the sizes; a ``torch.fx`` Proxy stops at the first check),
-    output channels to compute, and at least :data:`CPU_CONV_MIN_PIXELS` output pixels."""
-    if not _plain_eager(x) or x.device.type != "cpu" or w_kn.shape[1] == 0:
+    oneDNN there to run it (without it a CPU convolution is PyTorch's own, several times slower than the matmul),
+    input and output channels, and at least :data:`CPU_CONV_MIN_PIXELS` output pixels."""
+    if not _plain_eager(x) or x.device.type != "cpu" or 0 in w_kn.shape:
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     n, _, h, w = x.shape
     return n * _out_size(h, stride) * _out_size(w, stride) >= CPU_CONV_MIN_PIXELS

@@ -55,18 +55,23 @@ class EvalTransforms(torch.nn.Module):
         from torchvision.transforms import InterpolationMode
 
         super().__init__()
+        if (mean is None) != (std is None):
+            raise DsrnetError("normalising needs both mean and std; fix: pass both, or neither to skip it")
         self.crop_size = [crop_size]
         self.resize_size = [crop_size if resize_size is None else resize_size]
         self.mean, self.std = (None, None) if mean is None else (list(mean), list(std))
-        self.interpolation = InterpolationMode(interpolation)
+        # a name or an InterpolationMode; PIL's integer constants pass through, as torchvision's resize takes them
+        self.interpolation = InterpolationMode(interpolation) if isinstance(interpolation, str) else interpolation
         self.antialias = antialias
 
     def forward(self, image):
+        from torchvision.transforms import v2
         from torchvision.transforms.v2 import functional as F
 
         image = F.resize(cut_long_side(image), self.resize_size, interpolation=self.interpolation,
                          antialias=self.antialias)  # fmt: skip
-        image = F.to_dtype(F.to_image(F.center_crop(image, self.crop_size)), torch.float32, scale=True)
+        image = v2.ToImage()(F.center_crop(image, self.crop_size))  # (a tv_tensors.Video stays one)
+        image = F.to_dtype(image, torch.float32, scale=True)
         return image if self.mean is None else F.normalize(image, self.mean, self.std)
 
     def __repr__(self) -> str:
