@@ -155,6 +155,7 @@ class RunsCode:
 _INTERPRETER_RERUN = "tests/kernels/test_interpreter_rerun.py::test_kernel_tests_pass_in_a_fresh_interpreter_process"
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter lists the items (--co)
 def pytest_collection_finish(session):
     """Move the test that checks the kernel tests' fresh interpreter process (minutes of one core) last and start
     that process in the background now, when the test will run: selected, this process imported Triton before the
@@ -171,7 +172,8 @@ def pytest_collection_finish(session):
     skipped = rerun[0].get_closest_marker("skip") is not None or any(
         (mark.args[0] if mark.args else mark.kwargs.get("condition")) is True
         for mark in rerun[0].iter_markers("skipif"))  # fmt: skip
-    if not (only_listing or skipped):
+    collection_failed = session.testsfailed and not config.option.continue_on_collection_errors  # nothing will run
+    if not (only_listing or skipped or collection_failed):
         rerun[0].module.start_in_background()
 
 

@@ -36,7 +36,7 @@ _CHILD = (
     "    pass  # not Linux: the session's end stops it\n"
     "if os.getppid() != parent:\n"
     "    sys.exit(3)\n"
-    "sys.path[0] = os.getcwd()  # as python -m pytest has it (-c puts '' there)\n"
+    "sys.path.insert(0, os.getcwd())  # as python -m pytest has it (-c puts '' there)\n"
     "import pytest\n"
     "sys.exit(pytest.main(sys.argv[2:]))\n"
 )

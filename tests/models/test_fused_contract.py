@@ -247,6 +247,7 @@ def test_every_kernel_that_can_be_launched_early_waits_in_its_first_statement():
         assert [a.id for a in first.args] == ["GDC"]
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a torch without oneDNN: every GEMM a matmul")
 def test_a_cpu_runs_the_1x1_gemms_of_many_pixels_as_convolutions_with_the_matmuls_numbers(monkeypatch):
     """On a CPU the fallback runs a 1x1 GEMM of ``ops.CPU_CONV_MIN_PIXELS`` output pixels or more as a oneDNN
     convolution, fewer as a matmul: the same numbers either way, the weight as it is now (nothing kept between
@@ -301,7 +302,7 @@ def test_a_cpu_runs_the_1x1_gemms_of_many_pixels_as_convolutions_with_the_matmul
                                     ((1, 16, 29, 29), 2, False)):  # fmt: skip
             ops.pointwise_conv(torch.randn(shape), w_kn, bias, None, stride, True)
             assert routes[-1][1] is conv, (shape, stride)
-        with torch.backends.mkldnn.flags(enabled=False):  # PyTorch's own CPU convolution: the matmul is faster
+        with torch.backends.mkldnn.flags(enabled=False, allow_tf32=None):  # PyTorch's own CPU convolution: the matmul is faster
             ops.pointwise_conv(inp, w_kn, bias, None, 1, True)
             assert routes[-1][1] is False
         from torch.fx.experimental.proxy_tensor import make_fx
